@@ -1,0 +1,76 @@
+"""Load and verify an artifact bundle before anything runs on it.
+
+Every file listed in the manifest must exist and match its SHA-256; the manifest must be of a
+known schema version. Errors name the offending file, so a field engineer knows what to replace.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from edge_ttt.manifest import SUPPORTED_SCHEMA_VERSIONS, Manifest
+
+MANIFEST = "manifest.json"
+
+
+class BundleError(RuntimeError):
+    """The bundle is missing, incomplete, tampered with or of an unknown version."""
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """A verified bundle: its directory, manifest, and identity (SHA-256 of manifest.json)."""
+
+    path: Path
+    manifest: Manifest
+    sha256: str
+
+    def file(self, name: str) -> Path:
+        return self.path / name
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def load_bundle(path: str | Path) -> Bundle:
+    """Read manifest.json, check its schema, then every file's presence and hash."""
+    root = Path(path)
+    manifest_path = root / MANIFEST
+    if not root.is_dir():
+        raise BundleError(f"artifact directory {root} does not exist; create it with `edge-ttt export`")
+    if not manifest_path.is_file():
+        raise BundleError(f"{manifest_path} is missing: not an artifact bundle")
+    raw = manifest_path.read_bytes()
+    try:
+        doc = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BundleError(f"{manifest_path} is not valid JSON: {exc}") from exc
+    version = doc.get("schema_version") if isinstance(doc, dict) else None
+    if version not in SUPPORTED_SCHEMA_VERSIONS:
+        raise BundleError(
+            f"{manifest_path}: unknown schema_version {version!r}; this edge-ttt reads "
+            f"{', '.join(map(str, SUPPORTED_SCHEMA_VERSIONS))} (re-export the bundle or upgrade edge-ttt)"
+        )
+    try:
+        manifest = Manifest.model_validate(doc)
+    except ValidationError as exc:
+        raise BundleError(f"{manifest_path} is invalid:\n{exc}") from exc
+    for name, digest in manifest.files.items():
+        file = root / name
+        if Path(name).name != name:
+            raise BundleError(f"{manifest_path}: file entry {name!r} is not a plain file name")
+        if not file.is_file():
+            raise BundleError(f"{file} is missing from the bundle")
+        if sha256_file(file) != digest:
+            raise BundleError(f"{file} does not match its SHA-256 in the manifest (modified or corrupted)")
+    return Bundle(path=root, manifest=manifest, sha256=hashlib.sha256(raw).hexdigest())

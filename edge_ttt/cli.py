@@ -1,0 +1,129 @@
+"""`edge-ttt` command line: host commands (datasets, train, export) and device commands (replay)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, NoReturn
+
+import typer
+
+from edge_ttt import logs
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
+datasets_app = typer.Typer(no_args_is_help=True, help="Convert public sensor datasets into recorded logs.")
+app.add_typer(datasets_app, name="datasets")
+
+
+def _fail(message: str) -> NoReturn:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(code=2)
+
+
+def _host_import(module: str):
+    """Import a host-side (torch) module, or explain which extra is missing."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as exc:
+        if exc.name in {"torch", "seglearn"}:
+            _fail(f"this command runs on the host and needs {exc.name}: pip install 'edge-ttt[export]'")
+        raise
+
+
+@app.callback()
+def _main(
+    log_level: Annotated[str, typer.Option(help="debug, info, warning or error")] = "warning",
+    json_logs: Annotated[
+        bool | None, typer.Option("--json-logs/--text-logs", help="default: JSON unless a terminal")
+    ] = None,
+) -> None:
+    logs.configure(log_level, json_logs)
+
+
+@datasets_app.command("watch")
+def datasets_watch(out: Annotated[Path, typer.Option(help="directory for the two logs")]) -> None:
+    """The seglearn smartwatch recordings: watch_source (subjects 1-5) and watch_target (6-10)."""
+    watch = _host_import("firmware_sim.datasets.watch")
+    try:
+        paths = watch.convert_watch(out)
+    except (RuntimeError, OSError, ValueError) as exc:
+        _fail(str(exc))
+    for split, path in paths.items():
+        typer.echo(f"{split}: {path}")
+
+
+@app.command()
+def train(
+    log: Annotated[Path, typer.Option(help="labeled recorded log (Parquet, log format v1)")],
+    out: Annotated[Path, typer.Option(help="checkpoint to write, e.g. model.pt")],
+    model: Annotated[str, typer.Option(help="cnn-bn, cnn-gn or tcn-ln")] = "cnn-bn",
+    window: Annotated[int, typer.Option(min=8, help="samples per window")] = 128,
+    hop: Annotated[int, typer.Option(min=1, help="samples between window starts")] = 64,
+    epochs: Annotated[int, typer.Option(min=1)] = 20,
+    seed: Annotated[int, typer.Option()] = 0,
+) -> None:
+    """Train a source model; prints the held-out validation accuracy."""
+    train_mod = _host_import("export.train")
+    from edge_ttt.recordlog import LogFormatError
+
+    cfg = train_mod.TrainConfig(model=model, window=window, hop=hop, epochs=epochs, seed=seed)
+    try:
+        result = train_mod.train(log, out, cfg, show_progress=sys.stderr.isatty())
+    except (LogFormatError, ValueError) as exc:
+        _fail(str(exc))
+    r = result.report
+    typer.echo(
+        f"{model}: held-out validation accuracy {r['val_accuracy']:.3f} "
+        f"({r['val_windows']} windows from {', '.join(r['val_devices'])}); wrote {out}"
+    )
+
+
+@app.command("export")
+def export_cmd(
+    checkpoint: Annotated[Path, typer.Option(help="checkpoint written by `edge-ttt train`")],
+    out: Annotated[Path, typer.Option(help="artifact directory to create")],
+    force: Annotated[bool, typer.Option(help="replace an existing directory")] = False,
+) -> None:
+    """Export ONNX Runtime training artifacts (only normalization parameters trainable) + manifest."""
+    bundle = _host_import("export.bundle")
+    graph = _host_import("export.onnx_graph")
+    try:
+        manifest = bundle.export_checkpoint(checkpoint, out, force=force)
+    except (FileNotFoundError, FileExistsError, ValueError, graph.ExportError) as exc:
+        _fail(str(exc))
+    typer.echo(f"exported {manifest.model.name} ({len(manifest.trainable)} trainable tensors) to {out}")
+
+
+@app.command()
+def replay(
+    artifacts: Annotated[Path, typer.Option(help="artifact directory")],
+    log: Annotated[Path, typer.Option(help="recorded log to replay")],
+    policy: Annotated[str, typer.Option(help="adaptation policy")] = "source",
+    batch_size: Annotated[int, typer.Option(min=1)] = 1,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda")] = "cpu",
+    as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
+) -> None:
+    """Replay a recorded log through the engine, in time order, and report accuracy and counters."""
+    from edge_ttt.artifacts import BundleError
+    from edge_ttt.recordlog import LogFormatError
+    from edge_ttt.replay import replay as run_replay
+
+    try:
+        result = run_replay(artifacts, log, policy, batch_size, device, show_progress=sys.stderr.isatty())
+    except (BundleError, LogFormatError, ValueError, RuntimeError) as exc:
+        _fail(str(exc))
+    if as_json:
+        typer.echo(json.dumps(result))
+        return
+    acc = "n/a" if result["accuracy"] is None else f"{result['accuracy']:.3f}"
+    typer.echo(
+        f"{result['policy']}: {result['windows']} windows, accuracy {acc}, "
+        f"{result['ms_per_window']:.3f} ms/window"
+    )
+
+
+def main() -> None:
+    app()

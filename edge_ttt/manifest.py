@@ -1,0 +1,135 @@
+"""The artifact manifest, schema v1: what a bundle contains and how its graphs are wired.
+
+Written by `edge-ttt export` on the host, read and verified by the device. The contract is
+documented in docs/manifest.md; a manifest with an unknown `schema_version` is refused.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+SCHEMA_VERSION = 1
+SUPPORTED_SCHEMA_VERSIONS = (1,)
+TRAINING_MODEL = "training_model.onnx"
+EVAL_MODEL = "eval_model.onnx"
+OPTIMIZER_MODEL = "optimizer_model.onnx"
+CHECKPOINT = "checkpoint"
+REQUIRED_FILES = (TRAINING_MODEL, EVAL_MODEL, OPTIMIZER_MODEL, CHECKPOINT)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelInfo(_Strict):
+    name: str
+    classes: list[str] = Field(min_length=2)
+    channels: list[str] = Field(min_length=1)
+    window: int = Field(gt=0, description="samples per window")
+    hop: int = Field(gt=0, description="samples between window starts")
+    sample_rate_hz: float = Field(gt=0)
+
+
+class Standardization(_Strict):
+    """Per-channel constants of the model's first layer: (x - mean) / std."""
+
+    mean: list[float]
+    std: list[float]
+
+
+class GraphInfo(_Strict):
+    input: str = "x"
+    logits: str = "logits"
+    stat_mix: str | None = Field(description="scalar input mixing batch (1) and supplied (0) statistics")
+    sample_weight: str = "sample_weight"
+    loss: str = "loss"
+
+
+class NormLayer(_Strict):
+    """One normalization layer: its parameters, graph ports and source statistics."""
+
+    name: str
+    kind: Literal["batch", "group", "layer"]
+    channels: int
+    eps: float
+    weight: str
+    bias: str
+    stat_inputs: tuple[str, str] | None = Field(description="(mean, var) inputs; batch norms only")
+    moment_outputs: tuple[str, str]
+    source_mean: list[float]
+    source_var: list[float]
+
+
+class OptimizerInfo(_Strict):
+    kind: Literal["adamw"]
+    betas: tuple[float, float]
+    eps: float
+    weight_decay: float
+
+
+class ChannelReference(_Strict):
+    """Source distribution of one input channel, for drift scores on the device."""
+
+    name: str
+    mean: float
+    var: float
+    hist_edges: list[float] = Field(description="inner bin edges; the outer bins are open-ended")
+    hist_share: list[float] = Field(description="share of source samples per bin, len(edges) + 1")
+
+    @model_validator(mode="after")
+    def _bins(self) -> ChannelReference:
+        if len(self.hist_share) != len(self.hist_edges) + 1:
+            raise ValueError(f"channel {self.name}: hist_share needs len(hist_edges) + 1 values")
+        if any(b <= a for a, b in zip(self.hist_edges, self.hist_edges[1:], strict=False)):
+            raise ValueError(f"channel {self.name}: hist_edges must increase strictly")
+        return self
+
+
+class EntropyQuantiles(_Strict):
+    """Quantiles of prediction entropy (nats) on held-out source windows, to calibrate thresholds."""
+
+    q: list[float]
+    value: list[float]
+
+
+class Reference(_Strict):
+    channels: list[ChannelReference]
+    entropy: EntropyQuantiles
+    samples: int
+    val_windows: int
+    val_accuracy: float
+
+
+class Manifest(_Strict):
+    schema_version: Literal[1]
+    model: ModelInfo
+    standardization: Standardization
+    graph: GraphInfo
+    norm_layers: list[NormLayer] = Field(min_length=1)
+    trainable: list[str] = Field(min_length=1)
+    optimizer: OptimizerInfo
+    reference: Reference
+    files: dict[str, str] = Field(description="file name -> SHA-256 hex digest")
+    versions: dict[str, str]
+    created_utc: str
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Manifest:
+        n = len(self.model.channels)
+        if len(self.standardization.mean) != n or len(self.standardization.std) != n:
+            raise ValueError("standardization needs one mean and one std per channel")
+        if [c.name for c in self.reference.channels] != self.model.channels:
+            raise ValueError("reference.channels must list model.channels in order")
+        params = {p for layer in self.norm_layers for p in (layer.weight, layer.bias)}
+        if set(self.trainable) != params:
+            raise ValueError("trainable must be exactly the norm layers' weights and biases")
+        missing = [f for f in REQUIRED_FILES if f not in self.files]
+        if missing:
+            raise ValueError(f"files is missing required entries: {', '.join(missing)}")
+        return self
+
+    @property
+    def batch_norms(self) -> list[NormLayer]:
+        return [layer for layer in self.norm_layers if layer.stat_inputs is not None]

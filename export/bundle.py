@@ -1,0 +1,138 @@
+"""Build the artifact bundle: ORT training/eval/optimizer models, checkpoint and manifest.json."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import shutil
+import tempfile
+from pathlib import Path
+
+import onnx
+import onnxruntime
+import torch
+from onnxruntime.training import artifacts, onnxblock
+
+import edge_ttt
+from edge_ttt.artifacts import sha256_file
+from edge_ttt.manifest import OPTIMIZER_MODEL, SCHEMA_VERSION, Manifest
+from export.checkpoint import SourceModel, load_checkpoint
+from export.loss import WEIGHT_INPUT, WeightedEntropy
+from export.norms import norm_layers
+from export.onnx_graph import MAX_IR_VERSION, GraphNames, to_onnx
+
+EXPORT_LOG = "export.log"
+ADAMW = {"betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.0}
+
+log = logging.getLogger(__name__)
+
+
+def _generate(proto: onnx.ModelProto, names: GraphNames, out: Path) -> None:
+    """Run ORT's artifact generator with its ~40 INFO lines sent to the export log, not stderr."""
+    frozen = [i.name for i in proto.graph.initializer if i.name not in names.trainable]
+    root = logging.getLogger()
+    handler = logging.FileHandler(out / EXPORT_LOG)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    saved = (root.level, root.handlers[:])
+    root.handlers = [handler]
+    root.setLevel(logging.INFO)
+    try:
+        artifacts.generate_artifacts(
+            proto,
+            requires_grad=list(names.trainable),
+            frozen_params=frozen,
+            loss=WeightedEntropy(),
+            optimizer=onnxblock.optim.AdamW(
+                betas=ADAMW["betas"], eps=ADAMW["eps"], weight_decay=ADAMW["weight_decay"]
+            ),
+            artifact_directory=out,
+            additional_output_names=names.outputs,
+            loss_input_names=[names.outputs[0]],
+        )
+    finally:
+        onnxruntime.set_default_logger_severity(2)  # the generator leaves ORT's own logger at INFO
+        root.handlers = saved[1]
+        root.setLevel(saved[0])
+        handler.close()
+    optimizer = onnx.load(out / OPTIMIZER_MODEL)
+    if optimizer.ir_version > MAX_IR_VERSION:  # an onnx newer than the pinned one wrote it
+        optimizer.ir_version = MAX_IR_VERSION
+        onnx.save(optimizer, out / OPTIMIZER_MODEL)
+
+
+def build_manifest(src: SourceModel, names: GraphNames, files: dict[str, str]) -> Manifest:
+    layers = norm_layers(src.model)
+    norm_entries = []
+    for layer, (mean_out, var_out) in names.moment_outputs.items():
+        module = layers[layer]
+        source_mean, source_var = src.norm_source[layer]
+        norm_entries.append(
+            {
+                "name": layer,
+                "kind": module.kind,
+                "channels": int(module.weight.numel()),
+                "eps": float(module.eps),
+                "weight": f"{layer}.weight",
+                "bias": f"{layer}.bias",
+                "stat_inputs": names.stat_inputs.get(layer),
+                "moment_outputs": (mean_out, var_out),
+                "source_mean": source_mean,
+                "source_var": source_var,
+            }
+        )
+    std = src.model.standardize
+    return Manifest.model_validate(
+        {
+            "schema_version": SCHEMA_VERSION,
+            "model": {
+                "name": src.name,
+                "classes": src.classes,
+                "channels": src.channels,
+                "window": src.window,
+                "hop": src.hop,
+                "sample_rate_hz": src.sample_rate_hz,
+            },
+            "standardization": {"mean": std.mean.tolist(), "std": std.std.tolist()},
+            "graph": {"stat_mix": names.stat_mix, "sample_weight": WEIGHT_INPUT},
+            "norm_layers": norm_entries,
+            "trainable": list(names.trainable),
+            "optimizer": {"kind": "adamw", **ADAMW},
+            "reference": src.reference,
+            "files": files,
+            "versions": {
+                "torch": torch.__version__,
+                "onnx": onnx.__version__,
+                "onnxruntime": onnxruntime.__version__,
+                "edge_ttt": edge_ttt.__version__,
+            },
+            "created_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        }
+    )
+
+
+def export_bundle(src: SourceModel, out: Path, force: bool = False) -> Manifest:
+    """Write the bundle to a temporary sibling directory, then move it into place."""
+    out = Path(out)
+    if out.exists() and any(out.iterdir()) and not force:
+        raise FileExistsError(f"{out} exists and is not empty; pass --force to replace it")
+    proto, names = to_onnx(src.model, len(src.channels), src.window)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        _generate(proto, names, tmp)
+        files = {p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.is_file()}
+        manifest = build_manifest(src, names, files)
+        (tmp / "manifest.json").write_text(json.dumps(manifest.model_dump(mode="json"), indent=2) + "\n")
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log.info("exported %s to %s", src.name, out)
+    return manifest
+
+
+def export_checkpoint(checkpoint: Path, out: Path, force: bool = False) -> Manifest:
+    return export_bundle(load_checkpoint(checkpoint), out, force=force)

@@ -1,0 +1,124 @@
+"""Normalization layers that train as the native torch layers and export as explicit primitive ops.
+
+In training (and in the torch reference) each layer is the native torch layer. For export, a
+`NormIO` is attached to every layer; the layer then computes the same normalization from
+primitive ops (ReduceMean, Sub, Mul, Sqrt, Div), which keeps the affine parameters as
+graph initializers with gradients in ONNX Runtime 1.19.2 (its LayerNormalization and
+GroupNormalization have no usable gradient builders, see shared ORT notes), and:
+
+- a batch norm takes its statistics as graph inputs, mixed with the batch's own by a scalar
+  `stat_mix` input (0 = supplied statistics only, 1 = batch statistics as in Tent);
+- every layer returns the moments it measured on the batch as extra graph outputs, so the
+  runtime can average them itself (batch size 1 included) and watch them drift.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+
+@dataclass
+class NormIO:
+    """Tensors flowing into and out of the norm layers while the export graph is traced."""
+
+    stat_mix: Tensor | None = None
+    supplied: dict[str, tuple[Tensor, Tensor]] = field(default_factory=dict)
+    moments: dict[str, tuple[Tensor, Tensor]] = field(default_factory=dict)
+
+
+class _ExplicitNorm:
+    """Mixin: a layer name and an optional `NormIO` that switches to the explicit path."""
+
+    kind: str
+    io: NormIO | None = None
+    layer_name: str = ""
+
+    def _record(self, mean: Tensor, var: Tensor) -> None:
+        assert self.io is not None
+        self.io.moments[self.layer_name] = (mean, var)
+
+
+class BatchNorm(_ExplicitNorm, nn.BatchNorm1d):
+    """BatchNorm over (batch, time) per channel; population statistics are supplied at export."""
+
+    kind = "batch"
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.io is None:
+            return super().forward(x)
+        batch_mean = x.mean(dim=(0, 2))
+        batch_var = (x - batch_mean[None, :, None]).pow(2).mean(dim=(0, 2))
+        self._record(batch_mean, batch_var)
+        stat_mean, stat_var = self.io.supplied[self.layer_name]
+        mix = self.io.stat_mix
+        assert mix is not None
+        mean = mix * batch_mean + (1.0 - mix) * stat_mean
+        var = mix * batch_var + (1.0 - mix) * stat_var
+        x_hat = (x - mean[None, :, None]) / torch.sqrt(var[None, :, None] + self.eps)
+        return x_hat * self.weight[None, :, None] + self.bias[None, :, None]
+
+
+class GroupNorm(_ExplicitNorm, nn.GroupNorm):
+    """GroupNorm: per-sample statistics; its moments (averaged over the batch) are only observed."""
+
+    kind = "group"
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.io is None:
+            return super().forward(x)
+        # Group averages as matrix products with a constant channel->group matrix instead of
+        # reshapes: the training graph ORT 1.19.2 builds from the reshape form crashes.
+        c, g = self.num_channels, self.num_groups
+        to_group = torch.repeat_interleave(torch.eye(g), c // g, dim=0) / (c // g)  # [C, G]
+        to_channel = torch.repeat_interleave(torch.eye(g), c // g, dim=1)  # [G, C]
+        mean = (x.mean(dim=2) @ to_group) @ to_channel  # [B, C]
+        centered = x - mean[:, :, None]
+        var = (centered.pow(2).mean(dim=2) @ to_group) @ to_channel
+        group_mean, group_var = mean @ to_group, var @ to_group  # [B, G]
+        self._record(group_mean.mean(dim=0), group_var.mean(dim=0))
+        x_hat = centered / torch.sqrt(var[:, :, None] + self.eps)
+        return x_hat * self.weight[None, :, None] + self.bias[None, :, None]
+
+
+class ChannelLayerNorm(_ExplicitNorm, nn.Module):
+    """LayerNorm over the channels of each time step of a [batch, channels, time] tensor."""
+
+    kind = "layer"
+
+    def __init__(self, num_channels: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.num_channels = num_channels
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(num_channels))
+        self.bias = nn.Parameter(torch.zeros(num_channels))
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.io is None:
+            y = nn.functional.layer_norm(
+                x.transpose(1, 2), (self.num_channels,), self.weight, self.bias, self.eps
+            )
+            return y.transpose(1, 2)
+        mean = x.mean(dim=1, keepdim=True)
+        centered = x - mean
+        var = centered.pow(2).mean(dim=1, keepdim=True)
+        self._record(mean.mean().reshape(1), var.mean().reshape(1))
+        x_hat = centered / torch.sqrt(var + self.eps)
+        return x_hat * self.weight[None, :, None] + self.bias[None, :, None]
+
+
+NORM_TYPES = (BatchNorm, GroupNorm, ChannelLayerNorm)
+
+
+def norm_layers(model: nn.Module) -> dict[str, _ExplicitNorm]:
+    """The model's normalization layers by module path, in forward order of registration."""
+    return {name: m for name, m in model.named_modules() if isinstance(m, NORM_TYPES)}
+
+
+def attach_io(model: nn.Module, io: NormIO | None) -> None:
+    """Switch every norm layer to the explicit export path (or back, with None)."""
+    for name, layer in norm_layers(model).items():
+        layer.io = io
+        layer.layer_name = name

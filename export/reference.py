@@ -1,0 +1,44 @@
+"""Source reference statistics shipped in the manifest: what "no drift" looks like.
+
+Pure numpy, so that the same numbers can be checked without torch.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from edge_ttt.adapt.softmax import softmax_entropy
+
+HIST_BINS = 16
+ENTROPY_QUANTILES = (0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99)
+
+
+def channel_reference(values: np.ndarray, channels: list[str], bins: int = HIST_BINS) -> list[dict]:
+    """Per channel: mean, variance, equal-share bin edges from the source quantiles, and the shares.
+
+    Equal-share bins make the population stability index sensitive in every part of the source
+    range; the outer bins are open-ended so every finite value lands in one. Ties (quantised or
+    clipped sensors) merge edges, leaving fewer bins rather than empty ones.
+    """
+    out = []
+    for i, name in enumerate(channels):
+        col = values[:, i].astype(np.float64)
+        col = col[np.isfinite(col)]
+        if col.size == 0:
+            raise ValueError(f"channel {name} has no finite source samples")
+        edges = np.unique(np.quantile(col, np.arange(1, bins) / bins))
+        counts = np.bincount(np.searchsorted(edges, col, side="right"), minlength=edges.size + 1)
+        out.append(
+            {
+                "name": name,
+                "mean": float(col.mean()),
+                "var": float(col.var()),
+                "hist_edges": edges.tolist(),
+                "hist_share": (counts / counts.sum()).tolist(),
+            }
+        )
+    return out
+
+
+def entropy_quantiles(logits: np.ndarray, q: tuple[float, ...] = ENTROPY_QUANTILES) -> dict:
+    return {"q": list(q), "value": np.quantile(softmax_entropy(logits)[1], q).tolist()}

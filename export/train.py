@@ -1,0 +1,196 @@
+"""Train a reference model on a labeled recorded log (the source domain).
+
+Validation holds out whole devices (subjects, in the smartwatch data), because the question a
+source model must answer is how it does on a wearer it has not seen. With a single device the
+last fifth of its windows in time is held out instead.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from torch import nn
+
+from edge_ttt.recordlog import RecordedLog, read_log
+from edge_ttt.stream.window import WindowBatch, windows_from_log
+from export.checkpoint import SourceModel, save_checkpoint
+from export.models import build_model
+from export.norms import norm_layers
+from export.onnx_graph import example_inputs, explicit_forward, graph_names
+from export.reference import channel_reference, entropy_quantiles
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    model: str = "cnn-bn"
+    window: int = 128
+    hop: int = 64
+    epochs: int = 20
+    batch_size: int = 64
+    lr: float = 1e-3
+    seed: int = 0
+    val_fraction: float = 0.2
+
+
+@dataclass(frozen=True)
+class Split:
+    train: WindowBatch
+    val: WindowBatch
+    train_devices: list[str]
+    val_devices: list[str]
+
+
+def split_by_device(log_: RecordedLog, cfg: TrainConfig) -> Split:
+    """Labeled windows, split into training and held-out validation (see module docstring)."""
+    batch, devices = windows_from_log(log_, cfg.window, cfg.hop)
+    keep = batch.label >= 0
+    batch, devices = _take(batch, keep), devices[keep]
+    if len(batch) == 0:
+        raise ValueError("the log has no labeled windows: training needs a `label` column with values >= 0")
+    names = sorted(set(devices.tolist()))
+    if len(names) >= 2:
+        rng = np.random.default_rng(cfg.seed)
+        n_val = max(1, round(cfg.val_fraction * len(names)))
+        val_devices = sorted(rng.permutation(names)[:n_val].tolist())
+        is_val = np.isin(devices, val_devices)
+    else:
+        val_devices = names
+        order = np.argsort(batch.t_end_ns, kind="stable")
+        is_val = np.zeros(len(batch), dtype=bool)
+        is_val[order[int(len(order) * (1 - cfg.val_fraction)) :]] = True
+    train_devices = sorted(set(devices[~is_val].tolist()))
+    return Split(_take(batch, ~is_val), _take(batch, is_val), train_devices, val_devices)
+
+
+def _take(batch: WindowBatch, mask: np.ndarray) -> WindowBatch:
+    return WindowBatch(x=batch.x[mask], t_end_ns=batch.t_end_ns[mask], label=batch.label[mask])
+
+
+def _standardization(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    mean = np.nanmean(values, axis=0)
+    std = np.nanstd(values, axis=0)
+    return mean.astype(np.float32), np.maximum(std, 1e-6).astype(np.float32)
+
+
+@torch.no_grad()
+def _logits(model: nn.Module, x: np.ndarray, batch_size: int = 512) -> np.ndarray:
+    model.eval()
+    out = [model(torch.from_numpy(x[i : i + batch_size])) for i in range(0, len(x), batch_size)]
+    return torch.cat(out).numpy() if out else np.zeros((0, 0), np.float32)
+
+
+@torch.no_grad()
+def norm_source_moments(model: nn.Module, x: np.ndarray, batch_size: int = 64) -> dict:
+    """Source statistics per norm layer: BN running statistics; GN/LN mean instance moments."""
+    names = graph_names(model)
+    sums: dict[str, list[np.ndarray]] = {}
+    count = 0
+    for i in range(0, len(x), batch_size):
+        xb = torch.from_numpy(x[i : i + batch_size])
+        out = explicit_forward(model, xb, example_inputs(model, names, xb))
+        moments = iter(out[1:])
+        for layer in names.moment_outputs:
+            m, v = next(moments).numpy(), next(moments).numpy()
+            acc = sums.setdefault(layer, [np.zeros_like(m, np.float64), np.zeros_like(v, np.float64)])
+            acc[0] += m * len(xb)
+            acc[1] += v * len(xb)
+        count += len(xb)
+    result = {}
+    for layer, norm in norm_layers(model).items():
+        if norm.kind == "batch":
+            result[layer] = (norm.running_mean.tolist(), norm.running_var.tolist())
+        else:
+            result[layer] = ((sums[layer][0] / count).tolist(), (sums[layer][1] / count).tolist())
+    return result
+
+
+def train(log_path: Path, out: Path, cfg: TrainConfig, show_progress: bool = True) -> SourceModel:
+    """Train, keep the epoch with the best held-out accuracy, and save the checkpoint."""
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    src = read_log(log_path)
+    if src.class_names is None:
+        raise ValueError(f"{log_path}: training needs class names in the log metadata (edge_ttt.class_names)")
+    split = split_by_device(src, cfg)
+    if len(split.train) == 0 or len(split.val) == 0:
+        raise ValueError(f"{log_path}: too few labeled windows to hold out a validation set")
+    train_values = src.values[np.isin(src.device_id, split.train_devices)]
+    mean, std = _standardization(train_values)
+
+    model = build_model(cfg.model, len(src.channels), len(src.class_names))
+    model.standardize.mean.copy_(torch.from_numpy(mean))
+    model.standardize.std.copy_(torch.from_numpy(std))
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    x_train = np.nan_to_num(split.train.x)
+    y_train = torch.from_numpy(split.train.label.astype(np.int64))
+    x_val = np.nan_to_num(split.val.x)
+    best_acc, best_state = -1.0, None
+    steps = (len(x_train) + cfg.batch_size - 1) // cfg.batch_size
+    with Progress(
+        TextColumn("[bold]train {task.fields[model]}"),
+        BarColumn(),
+        TextColumn("epoch {task.fields[epoch]}/{task.fields[epochs]}  val acc {task.fields[acc]}"),
+        TimeElapsedColumn(),
+        disable=not show_progress,
+    ) as progress:
+        task = progress.add_task(
+            "train", total=cfg.epochs * steps, model=cfg.model, epoch=0, epochs=cfg.epochs, acc="-"
+        )
+        for epoch in range(cfg.epochs):
+            model.train()
+            order = rng.permutation(len(x_train))
+            for i in range(0, len(order), cfg.batch_size):
+                idx = order[i : i + cfg.batch_size]
+                if len(idx) < 2:
+                    continue  # batch norm needs two windows
+                loss = nn.functional.cross_entropy(model(torch.from_numpy(x_train[idx])), y_train[idx])
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                progress.advance(task)
+            acc = float((_logits(model, x_val).argmax(1) == split.val.label).mean())
+            if acc > best_acc:
+                best_acc, best_state = acc, copy.deepcopy(model.state_dict())
+            progress.update(task, epoch=epoch + 1, acc=f"{acc:.3f}")
+            log.info("epoch %d val_accuracy %.4f", epoch + 1, acc)
+    assert best_state is not None
+    model.load_state_dict(best_state)
+    model.eval()
+    val_logits = _logits(model, x_val)
+    result = SourceModel(
+        model=model,
+        name=cfg.model,
+        channels=list(src.channels),
+        classes=list(src.class_names),
+        window=cfg.window,
+        hop=cfg.hop,
+        sample_rate_hz=src.sample_rate_hz,
+        reference={
+            "channels": channel_reference(train_values, list(src.channels)),
+            "entropy": entropy_quantiles(val_logits),
+            "samples": len(train_values),
+            "val_windows": len(x_val),
+            "val_accuracy": best_acc,
+        },
+        norm_source=norm_source_moments(model, x_val),
+        report={
+            "val_accuracy": best_acc,
+            "train_windows": len(x_train),
+            "val_windows": len(x_val),
+            "train_devices": split.train_devices,
+            "val_devices": split.val_devices,
+            "epochs": cfg.epochs,
+            "seed": cfg.seed,
+            "log": str(log_path),
+        },
+    )
+    save_checkpoint(out, result)
+    return result

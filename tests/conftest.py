@@ -1,0 +1,59 @@
+"""Shared fixtures: synthetic labeled logs and exported bundles of every reference model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edge_ttt.recordlog import RecordedLog, write_log
+
+CHANNELS = ("ax", "ay", "az", "wx", "wy", "wz")
+MODELS = ("cnn-bn", "cnn-gn", "tcn-ln")
+
+
+def synthetic_log(devices: int = 4, seconds: float = 40.0, classes: int = 3, seed: int = 0) -> RecordedLog:
+    """Per device, classes in runs of 10 s; class c is a sine of frequency (c + 1) Hz plus noise."""
+    rng = np.random.default_rng(seed)
+    rate = 50.0
+    n = int(seconds * rate)
+    t = np.arange(n) / rate
+    ids, times, values, labels = [], [], [], []
+    for d in range(devices):
+        label = (np.arange(n) // int(10 * rate) + d) % classes
+        phase = rng.uniform(0, 2 * np.pi, len(CHANNELS))
+        x = np.sin(2 * np.pi * (label[:, None] + 1) * t[:, None] + phase) * (1 + 0.2 * d)
+        x += 0.1 * rng.standard_normal(x.shape)
+        ids.append(np.full(n, f"dev{d}", dtype=object))
+        times.append(1_700_000_000_000_000_000 + np.arange(n, dtype=np.int64) * 20_000_000)
+        values.append(x.astype(np.float32))
+        labels.append(label.astype(np.int32))
+    return RecordedLog(
+        device_id=np.concatenate(ids),
+        t_ns=np.concatenate(times),
+        values=np.concatenate(values),
+        label=np.concatenate(labels),
+        channels=CHANNELS,
+        sample_rate_hz=rate,
+        class_names=tuple(f"class{c}" for c in range(classes)),
+    )
+
+
+@pytest.fixture(scope="session")
+def synthetic_log_path(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("logs") / "synthetic.parquet"
+    write_log(path, synthetic_log())
+    return path
+
+
+@pytest.fixture(scope="session")
+def bundle_dir(tmp_path_factory) -> Path:
+    """An exported cnn-bn bundle with randomized weights (no training: seconds, not minutes)."""
+    pytest.importorskip("torch")
+    from export.bundle import export_bundle
+    from tests.model_factory import source_model
+
+    out = tmp_path_factory.mktemp("bundles") / "cnn-bn"
+    export_bundle(source_model("cnn-bn"), out)
+    return out

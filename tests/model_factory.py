@@ -1,0 +1,63 @@
+"""Randomized reference models and bundles for tests (host side: needs torch)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from export.checkpoint import SourceModel
+from export.models import build_model
+from export.norms import norm_layers
+from export.reference import channel_reference, entropy_quantiles
+from export.train import norm_source_moments
+from tests.conftest import CHANNELS
+
+CLASSES = 5
+LENGTH = 64
+
+
+def randomized_model(name: str, seed: int = 0) -> torch.nn.Module:
+    """A model with non-trivial weights and statistics everywhere, so parity is not by symmetry."""
+    torch.manual_seed(seed)
+    model = build_model(name, len(CHANNELS), CLASSES)
+    with torch.no_grad():
+        model.standardize.mean.copy_(torch.randn(len(CHANNELS)) * 0.3)
+        model.standardize.std.copy_(torch.rand(len(CHANNELS)) + 0.5)
+        for layer in norm_layers(model).values():
+            layer.weight.copy_(torch.rand_like(layer.weight) + 0.5)
+            layer.bias.copy_(torch.randn_like(layer.bias) * 0.2)
+            if layer.kind == "batch":
+                layer.running_mean.copy_(torch.randn_like(layer.running_mean) * 0.3)
+                layer.running_var.copy_(torch.rand_like(layer.running_var) + 0.5)
+    return model.eval()
+
+
+def source_model(name: str) -> SourceModel:
+    model = randomized_model(name)
+    rng = np.random.default_rng(1)
+    values = rng.standard_normal((2000, len(CHANNELS))).astype(np.float32)
+    x = rng.standard_normal((32, len(CHANNELS), LENGTH)).astype(np.float32)
+    with torch.no_grad():
+        logits = model(torch.from_numpy(x)).numpy()
+    return SourceModel(
+        model=model,
+        name=name,
+        channels=list(CHANNELS),
+        classes=[f"c{i}" for i in range(CLASSES)],
+        window=LENGTH,
+        hop=LENGTH // 2,
+        sample_rate_hz=50.0,
+        reference={
+            "channels": channel_reference(values, list(CHANNELS)),
+            "entropy": entropy_quantiles(logits),
+            "samples": len(values),
+            "val_windows": len(x),
+            "val_accuracy": 0.5,
+        },
+        norm_source=norm_source_moments(model, x),
+        report={},
+    )
+
+
+def windows(n: int, seed: int = 0) -> np.ndarray:
+    return (np.random.default_rng(seed).standard_normal((n, len(CHANNELS), LENGTH)) * 1.5).astype(np.float32)

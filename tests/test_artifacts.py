@@ -1,0 +1,88 @@
+"""Bundle verification: a bundle that is incomplete, tampered with or unknown is refused by name."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from edge_ttt.artifacts import BundleError, load_bundle
+
+
+@pytest.fixture
+def bundle(bundle_dir: Path, tmp_path: Path) -> Path:
+    copy = tmp_path / "bundle"
+    shutil.copytree(bundle_dir, copy)
+    return copy
+
+
+def _edit_manifest(bundle: Path, edit) -> None:
+    path = bundle / "manifest.json"
+    doc = json.loads(path.read_text())
+    edit(doc)
+    path.write_text(json.dumps(doc))
+
+
+def test_intact_bundle_loads_and_has_a_stable_identity(bundle: Path):
+    first, second = load_bundle(bundle), load_bundle(bundle)
+    assert first.sha256 == second.sha256 and len(first.sha256) == 64
+    assert first.manifest.model.name == "cnn-bn"
+
+
+@pytest.mark.parametrize(
+    "name", ["eval_model.onnx", "training_model.onnx", "optimizer_model.onnx", "checkpoint"]
+)
+def test_tampered_file_is_refused_by_name(bundle: Path, name: str):
+    path = bundle / name
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+    with pytest.raises(BundleError, match=rf"{name}.*SHA-256"):
+        load_bundle(bundle)
+
+
+@pytest.mark.parametrize("name", ["checkpoint", "eval_model.onnx"])
+def test_missing_file_is_refused_by_name(bundle: Path, name: str):
+    (bundle / name).unlink()
+    with pytest.raises(BundleError, match=rf"{name} is missing"):
+        load_bundle(bundle)
+
+
+def test_unknown_schema_version_is_refused(bundle: Path):
+    _edit_manifest(bundle, lambda d: d.update(schema_version=99))
+    with pytest.raises(BundleError, match=r"manifest\.json: unknown schema_version 99"):
+        load_bundle(bundle)
+
+
+def test_missing_manifest_and_directory(bundle: Path, tmp_path: Path):
+    with pytest.raises(BundleError, match="does not exist"):
+        load_bundle(tmp_path / "nowhere")
+    (bundle / "manifest.json").unlink()
+    with pytest.raises(BundleError, match=r"manifest\.json is missing"):
+        load_bundle(bundle)
+
+
+def test_manifest_that_is_not_json(bundle: Path):
+    (bundle / "manifest.json").write_text("{not json")
+    with pytest.raises(BundleError, match="not valid JSON"):
+        load_bundle(bundle)
+
+
+def test_manifest_with_unknown_key_names_it(bundle: Path):
+    _edit_manifest(bundle, lambda d: d["model"].update(colour="blue"))
+    with pytest.raises(BundleError, match="colour"):
+        load_bundle(bundle)
+
+
+def test_manifest_trainable_must_be_exactly_the_norm_parameters(bundle: Path):
+    _edit_manifest(bundle, lambda d: d["trainable"].append("head.weight"))
+    with pytest.raises(BundleError, match="trainable"):
+        load_bundle(bundle)
+
+
+def test_file_entry_outside_the_bundle_is_refused(bundle: Path):
+    _edit_manifest(bundle, lambda d: d["files"].update({"../escape": "0" * 64}))
+    with pytest.raises(BundleError, match="not a plain file name"):
+        load_bundle(bundle)

@@ -1,0 +1,111 @@
+"""The newcomer's path through the CLI: train → export → replay, and its failure messages."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from edge_ttt.cli import app
+
+pytest.importorskip("torch")
+runner = CliRunner()
+
+REPLAY_KEYS = {
+    "policy",
+    "windows",
+    "accuracy",
+    "macro_f1",
+    "adapt_steps",
+    "skipped_unreliable",
+    "rejected_invalid",
+    "resets",
+    "rollbacks",
+    "ms_per_window",
+}
+
+
+def invoke(*args: str):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+@pytest.fixture(scope="module")
+def trained(synthetic_log_path: Path, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("train") / "model.pt"
+    args = ("train", "--log", synthetic_log_path, "--model", "cnn-bn", "--window", 64, "--hop", 32)
+    result = invoke(*args, "--epochs", 3, "--out", out)
+    assert result.exit_code == 0, result.output
+    assert "held-out validation accuracy" in result.output
+    return out
+
+
+def test_train_export_replay(trained: Path, synthetic_log_path: Path, tmp_path: Path):
+    result = invoke("export", "--checkpoint", trained, "--out", tmp_path / "art")
+    assert result.exit_code == 0, result.output
+    result = invoke("replay", "--artifacts", tmp_path / "art", "--log", synthetic_log_path, "--json")
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.output)
+    assert set(summary) >= REPLAY_KEYS
+    assert summary["policy"] == "source" and summary["windows"] > 0
+    # 4 devices x 2000 samples, window 64, hop 32: 61 windows each
+    assert summary["windows"] == 4 * ((2000 - 64) // 32 + 1)
+    assert 0.0 <= summary["accuracy"] <= 1.0
+
+
+def test_training_is_reproducible_with_a_seed(trained: Path, synthetic_log_path: Path, tmp_path: Path):
+    import torch
+
+    again = tmp_path / "again.pt"
+    args = ("train", "--log", synthetic_log_path, "--model", "cnn-bn", "--window", 64, "--hop", 32)
+    assert invoke(*args, "--epochs", 3, "--out", again).exit_code == 0
+    a = torch.load(trained, weights_only=True)["state_dict"]
+    b = torch.load(again, weights_only=True)["state_dict"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_train_refuses_unknown_model(synthetic_log_path: Path, tmp_path: Path):
+    result = invoke("train", "--log", synthetic_log_path, "--model", "resnet", "--out", tmp_path / "m.pt")
+    assert result.exit_code == 2
+    assert "unknown model 'resnet'" in result.output
+
+
+def test_train_refuses_a_file_that_is_not_a_log(tmp_path: Path):
+    bad = tmp_path / "bad.parquet"
+    bad.write_text("not parquet")
+    result = invoke("train", "--log", bad, "--out", tmp_path / "m.pt")
+    assert result.exit_code == 2
+    assert "bad.parquet" in result.output
+
+
+def test_export_of_a_missing_checkpoint(tmp_path: Path):
+    result = invoke("export", "--checkpoint", tmp_path / "nope.pt", "--out", tmp_path / "art")
+    assert result.exit_code == 2
+    assert "nope.pt does not exist" in result.output
+    assert not (tmp_path / "art").exists()
+
+
+def test_replay_refuses_a_tampered_bundle(bundle_dir: Path, synthetic_log_path: Path, tmp_path: Path):
+    import shutil
+
+    art = tmp_path / "art"
+    shutil.copytree(bundle_dir, art)
+    (art / "eval_model.onnx").write_bytes(b"tampered")
+    result = invoke("replay", "--artifacts", art, "--log", synthetic_log_path, "--json")
+    assert result.exit_code == 2
+    assert "eval_model.onnx does not match its SHA-256" in result.output
+
+
+def test_replay_refuses_a_log_with_other_channels(bundle_dir: Path, tmp_path: Path):
+    from dataclasses import replace
+
+    from edge_ttt.recordlog import write_log
+    from tests.conftest import synthetic_log
+
+    log = synthetic_log(devices=1)
+    renamed = replace(log, channels=("a", "b", "c", "d", "e", "f"))
+    write_log(tmp_path / "other.parquet", renamed)
+    result = invoke("replay", "--artifacts", bundle_dir, "--log", tmp_path / "other.parquet")
+    assert result.exit_code == 2
+    assert "do not match the model's" in result.output

@@ -1,0 +1,28 @@
+"""The README's commands stay true: CI runs its test command, its main job names real commands."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _bash_blocks() -> list[str]:
+    return re.findall(r"```bash\n(.*?)\n```", (ROOT / "README.md").read_text(), flags=re.S)
+
+
+def test_ci_runs_the_readme_test_command():
+    test_command = next(b for b in _bash_blocks() if "pytest" in b)
+    assert test_command in (ROOT / ".ci" / "run").read_text()
+
+
+def test_readme_main_job_uses_existing_subcommands():
+    from typer.main import get_command
+
+    from edge_ttt.cli import app
+
+    cli = get_command(app)
+    main_job = next(b for b in _bash_blocks() if "edge-ttt" in b)
+    for call in re.findall(r"edge-ttt ([a-z]+)", main_job):
+        assert call in cli.commands, f"README calls `edge-ttt {call}`, which does not exist"
