@@ -447,6 +447,9 @@ def write_log(
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.fchmod(fd, 0o666 & ~umask)  # mkstemp creates 0600; a log is an ordinary shared file
         with os.fdopen(fd, "wb") as f:
             pq.write_table(table, f)
             f.flush()

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import logging
+import os
 import shutil
+import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import onnx
@@ -28,6 +32,21 @@ ADAMW = {"betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.0}
 log = logging.getLogger(__name__)
 
 
+@contextlib.contextmanager
+def _stderr_to(path: Path) -> Iterator[None]:
+    """Send file descriptor 2 to `path`: ORT's C++ logger writes its INFO lines there, not via Python."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with open(path, "ab") as f:
+        os.dup2(f.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
 def _generate(proto: onnx.ModelProto, names: GraphNames, out: Path) -> None:
     """Run ORT's artifact generator with its ~40 INFO lines sent to the export log, not stderr."""
     frozen = [i.name for i in proto.graph.initializer if i.name not in names.trainable]
@@ -38,18 +57,19 @@ def _generate(proto: onnx.ModelProto, names: GraphNames, out: Path) -> None:
     root.handlers = [handler]
     root.setLevel(logging.INFO)
     try:
-        artifacts.generate_artifacts(
-            proto,
-            requires_grad=list(names.trainable),
-            frozen_params=frozen,
-            loss=WeightedEntropy(),
-            optimizer=onnxblock.optim.AdamW(
-                betas=ADAMW["betas"], eps=ADAMW["eps"], weight_decay=ADAMW["weight_decay"]
-            ),
-            artifact_directory=out,
-            additional_output_names=names.outputs,
-            loss_input_names=[names.outputs[0]],
-        )
+        with _stderr_to(out / EXPORT_LOG):
+            artifacts.generate_artifacts(
+                proto,
+                requires_grad=list(names.trainable),
+                frozen_params=frozen,
+                loss=WeightedEntropy(),
+                optimizer=onnxblock.optim.AdamW(
+                    betas=ADAMW["betas"], eps=ADAMW["eps"], weight_decay=ADAMW["weight_decay"]
+                ),
+                artifact_directory=out,
+                additional_output_names=names.outputs,
+                loss_input_names=[names.outputs[0]],
+            )
     finally:
         onnxruntime.set_default_logger_severity(2)  # the generator leaves ORT's own logger at INFO
         root.handlers = saved[1]

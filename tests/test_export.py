@@ -257,3 +257,11 @@ def test_refuses_to_overwrite_a_bundle_without_force(tmp_path: Path):
         export_bundle(src, tmp_path / "b")
     export_bundle(src, tmp_path / "b", force=True)
     assert load_bundle(tmp_path / "b").manifest.model.name == "cnn-gn"
+
+
+def test_export_keeps_the_runtimes_log_lines_out_of_the_terminal(tmp_path: Path, capfd):
+    """ORT's C++ logger writes ~40 INFO lines to fd 2 while generating artifacts; they go to export.log."""
+    export_bundle(source_model("cnn-bn"), tmp_path / "b")
+    err = capfd.readouterr().err
+    assert "onnxruntime" not in err, err[:500]
+    assert "GraphTransformer" in (tmp_path / "b" / "export.log").read_text()

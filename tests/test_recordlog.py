@@ -371,3 +371,18 @@ def test_empty_log_round_trips(tmp_path: Path) -> None:
     write_log(path, log)
     back = read_log(path)
     assert len(back) == 0 and back.values.shape == (0, 2) and back.devices() == []
+
+
+def test_written_log_gets_ordinary_file_permissions(tmp_path):
+    import os
+    import stat
+
+    from tests.conftest import synthetic_log
+
+    path = tmp_path / "perm.parquet"
+    umask = os.umask(0o022)
+    try:
+        write_log(path, synthetic_log(devices=1, seconds=2))
+    finally:
+        os.umask(umask)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644

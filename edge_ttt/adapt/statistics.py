@@ -1,0 +1,56 @@
+"""Momentum-averaged normalization statistics that estimate the population, even at batch size 1.
+
+A batch norm layer reports, per channel, the mean and (biased) variance of its input over one
+batch of windows. With one window per batch that variance is the *within-window* variance, which
+misses how much window means differ from each other. Averaging the first and second raw moments
+instead, E[x] and E[x^2] = var_b + mean_b^2, and taking var = E[x^2] - E[x]^2 at the end, gives
+the population variance (law of total variance). Pure numpy, float64 inside.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass
+class MomentEMA:
+    """EMA of one layer's first and second raw moments, started from the source statistics.
+
+    `momentum` is the weight of one window; a batch of n windows weighs 1 - (1 - momentum)^n, so
+    the averaging horizon is the same in windows whatever the batch size.
+
+    >>> ema = MomentEMA.from_stats(np.zeros(1), np.ones(1), momentum=0.5)
+    >>> ema.update(np.array([2.0]), np.array([1.0]), windows=1)
+    >>> ema.mean.tolist(), ema.var.tolist()
+    ([1.0], [2.0])
+    """
+
+    m1: np.ndarray
+    m2: np.ndarray
+    momentum: float
+
+    @classmethod
+    def from_stats(cls, mean: np.ndarray, var: np.ndarray, momentum: float) -> MomentEMA:
+        if not 0.0 < momentum <= 1.0:
+            raise ValueError(f"momentum must be in (0, 1], got {momentum}")
+        mean = np.asarray(mean, np.float64)
+        return cls(m1=mean.copy(), m2=np.asarray(var, np.float64) + mean**2, momentum=momentum)
+
+    def weight(self, windows: int) -> float:
+        return 1.0 - (1.0 - self.momentum) ** windows
+
+    def update(self, batch_mean: np.ndarray, batch_var: np.ndarray, windows: int) -> None:
+        a = self.weight(windows)
+        batch_mean = np.asarray(batch_mean, np.float64)
+        self.m1 = (1.0 - a) * self.m1 + a * batch_mean
+        self.m2 = (1.0 - a) * self.m2 + a * (np.asarray(batch_var, np.float64) + batch_mean**2)
+
+    @property
+    def mean(self) -> np.ndarray:
+        return self.m1
+
+    @property
+    def var(self) -> np.ndarray:
+        return np.maximum(self.m2 - self.m1**2, 0.0)
