@@ -10,6 +10,9 @@ from typing import Annotated, NoReturn
 import typer
 
 from edge_ttt import logs
+from edge_ttt.adapt.policies import DEFAULT_POLICY, POLICY_TYPES
+
+POLICIES = tuple(POLICY_TYPES)
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 datasets_app = typer.Typer(no_args_is_help=True, help="Convert public sensor datasets into recorded logs.")
@@ -101,28 +104,36 @@ def export_cmd(
 def replay(
     artifacts: Annotated[Path, typer.Option(help="artifact directory")],
     log: Annotated[Path, typer.Option(help="recorded log to replay")],
-    policy: Annotated[str, typer.Option(help="adaptation policy")] = "source",
+    policy: Annotated[
+        str, typer.Option(help=f"{', '.join(POLICIES)}, or all (default: {DEFAULT_POLICY})")
+    ] = DEFAULT_POLICY,
     batch_size: Annotated[int, typer.Option(min=1)] = 1,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda")] = "cpu",
-    as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="print one JSON object per policy")] = False,
 ) -> None:
     """Replay a recorded log through the engine, in time order, and report accuracy and counters."""
     from edge_ttt.artifacts import BundleError
     from edge_ttt.recordlog import LogFormatError
     from edge_ttt.replay import replay as run_replay
 
+    policies = list(POLICIES) if policy == "all" else [policy]
+    if any(p not in POLICIES for p in policies):
+        _fail(f"unknown policy {policy!r}; choose one of {', '.join(POLICIES)} or all")
     try:
-        result = run_replay(artifacts, log, policy, batch_size, device, show_progress=sys.stderr.isatty())
+        results = run_replay(artifacts, log, policies, batch_size, device, show_progress=sys.stderr.isatty())
     except (BundleError, LogFormatError, ValueError, RuntimeError) as exc:
         _fail(str(exc))
-    if as_json:
-        typer.echo(json.dumps(result))
-        return
-    acc = "n/a" if result["accuracy"] is None else f"{result['accuracy']:.3f}"
-    typer.echo(
-        f"{result['policy']}: {result['windows']} windows, accuracy {acc}, "
-        f"{result['ms_per_window']:.3f} ms/window"
-    )
+    for result in results:
+        if as_json:
+            typer.echo(json.dumps(result))
+            continue
+        acc = "n/a" if result["accuracy"] is None else f"{result['accuracy']:.3f}"
+        typer.echo(
+            f"{result['policy']}: {result['windows']} windows, accuracy {acc}, "
+            f"{result['adapt_steps']} adaptation steps, {result['rejected_invalid']} invalid, "
+            f"{result['resets']} resets, {result['rollbacks']} rollbacks, "
+            f"{result['ms_per_window']:.3f} ms/window"
+        )
 
 
 def main() -> None:

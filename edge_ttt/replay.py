@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from rich.progress import Progress
 
-from edge_ttt.adapt.engine import Engine
+from edge_ttt.adapt.engine import DEFAULT_POLICY, Engine
 from edge_ttt.adapt.ort_model import OrtModel
 from edge_ttt.artifacts import load_bundle
 from edge_ttt.metrics import accuracy, macro_f1
 from edge_ttt.recordlog import RecordedLog, read_log
-from edge_ttt.stream.window import windows_from_log
+from edge_ttt.stream.window import WindowBatch, windows_from_log
 
 
 class ReplayError(ValueError):
@@ -36,12 +37,16 @@ def check_compatible(log: RecordedLog, channels: list[str], sample_rate_hz: floa
 def replay(
     artifacts: Path,
     log_path: Path,
-    policy: str = "source",
+    policies: Sequence[str] = (DEFAULT_POLICY,),
     batch_size: int = 1,
     device: str = "cpu",
     show_progress: bool = False,
-) -> dict[str, Any]:
-    """Run the log in time order; returns the summary `edge-ttt replay --json` prints."""
+) -> list[dict[str, Any]]:
+    """Run the log in time order once per policy; one summary (what `--json` prints) per policy.
+
+    All devices' windows go through one engine in live-stream order (by window end time), as
+    an agent serving every device of the log would see them. Each policy starts from source.
+    """
     if batch_size < 1:
         raise ValueError("batch size must be at least 1")
     bundle = load_bundle(artifacts)
@@ -49,21 +54,27 @@ def replay(
     log = read_log(log_path)
     check_compatible(log, info.channels, info.sample_rate_hz, str(log_path))
     windows, _devices = windows_from_log(log, info.window, info.hop)
-    engine = Engine(OrtModel(bundle, device=device), policy=policy)
+    return [
+        _run(Engine(OrtModel(bundle, device=device), policy=p), windows, batch_size, show_progress)
+        for p in policies
+    ]
+
+
+def _run(engine: Engine, windows: WindowBatch, batch_size: int, show_progress: bool) -> dict[str, Any]:
     predicted = np.full(len(windows), -1, dtype=np.int64)
     start = time.perf_counter()
     with Progress(disable=not show_progress, transient=True) as progress:
-        task = progress.add_task(f"replay {policy}", total=len(windows))
+        task = progress.add_task(f"replay {engine.policy_name}", total=len(windows))
         for i in range(0, len(windows), batch_size):
             predicted[i : i + batch_size] = engine.process(windows.x[i : i + batch_size]).classes
             progress.advance(task, min(batch_size, len(windows) - i))
     elapsed = time.perf_counter() - start
     c = engine.counters
     return {
-        "policy": policy,
+        "policy": engine.policy_name,
         "windows": len(windows),
         "accuracy": accuracy(windows.label, predicted),
-        "macro_f1": macro_f1(windows.label, predicted, len(info.classes)),
+        "macro_f1": macro_f1(windows.label, predicted, len(engine.model.manifest.model.classes)),
         "adapt_steps": c.adapt_steps,
         "skipped_unreliable": c.skipped_unreliable,
         "rejected_invalid": c.rejected_invalid,
@@ -71,5 +82,5 @@ def replay(
         "rollbacks": c.rollbacks,
         "ms_per_window": 1000 * elapsed / max(len(windows), 1),
         "batch_size": batch_size,
-        "bundle_sha256": bundle.sha256,
+        "bundle_sha256": engine.model.bundle_sha256,
     }

@@ -48,7 +48,7 @@ def test_train_export_replay(trained: Path, synthetic_log_path: Path, tmp_path: 
     assert result.exit_code == 0, result.output
     summary = json.loads(result.output)
     assert set(summary) >= REPLAY_KEYS
-    assert summary["policy"] == "source" and summary["windows"] > 0
+    assert summary["policy"] == "steady" and summary["windows"] > 0
     # 4 devices x 2000 samples, window 64, hop 32: 61 windows each
     assert summary["windows"] == 4 * ((2000 - 64) // 32 + 1)
     assert 0.0 <= summary["accuracy"] <= 1.0
@@ -109,3 +109,46 @@ def test_replay_refuses_a_log_with_other_channels(bundle_dir: Path, tmp_path: Pa
     result = invoke("replay", "--artifacts", bundle_dir, "--log", tmp_path / "other.parquet")
     assert result.exit_code == 2
     assert "do not match the model's" in result.output
+
+
+def test_replay_all_policies_prints_one_object_each(bundle_dir: Path, synthetic_log_path: Path):
+    from edge_ttt.adapt.engine import POLICIES
+
+    result = invoke(
+        "replay", "--artifacts", bundle_dir, "--log", synthetic_log_path, "--policy", "all", "--json"
+    )
+    assert result.exit_code == 0, result.output
+    summaries = [json.loads(line) for line in result.output.splitlines()]
+    assert [s["policy"] for s in summaries] == list(POLICIES)
+    assert all(set(s) >= REPLAY_KEYS for s in summaries)
+    by_policy = {s["policy"]: s for s in summaries}
+    assert by_policy["source"]["adapt_steps"] == 0
+    assert by_policy["tent"]["adapt_steps"] == by_policy["tent"]["windows"]  # one step per window
+
+
+def test_replay_accuracy_is_the_share_of_correct_windows(bundle_dir: Path, synthetic_log_path: Path):
+    """Recomputed here from the engine's own predictions on the same windows, in the same order."""
+    import numpy as np
+
+    from edge_ttt.adapt.engine import Engine
+    from edge_ttt.adapt.ort_model import OrtModel
+    from edge_ttt.artifacts import load_bundle
+    from edge_ttt.recordlog import read_log
+    from edge_ttt.stream.window import windows_from_log
+
+    result = invoke(
+        "replay", "--artifacts", bundle_dir, "--log", synthetic_log_path, "--policy", "norm", "--json"
+    )
+    summary = json.loads(result.output)
+    bundle = load_bundle(bundle_dir)
+    windows, _ = windows_from_log(read_log(synthetic_log_path), 64, 32)
+    engine = Engine(OrtModel(bundle), policy="norm")
+    predicted = np.concatenate([engine.process(windows.x[i : i + 1]).classes for i in range(len(windows))])
+    assert summary["windows"] == len(windows)
+    assert summary["accuracy"] == pytest.approx(float(np.mean(predicted == windows.label)))
+    assert summary["adapt_steps"] == len(windows)
+
+
+def test_replay_refuses_an_unknown_policy(bundle_dir: Path, synthetic_log_path: Path):
+    result = invoke("replay", "--artifacts", bundle_dir, "--log", synthetic_log_path, "--policy", "magic")
+    assert result.exit_code == 2 and "unknown policy 'magic'" in result.output

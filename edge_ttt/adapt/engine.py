@@ -1,19 +1,29 @@
 """The adaptation engine: one batch of windows in, predictions out, state updated by a policy.
 
-The same engine serves the agent, `edge-ttt replay` and the demo. This first version carries the
-`source` policy (no adaptation); the adaptive policies plug in behind the same `process` call.
+The same engine serves the agent, `edge-ttt replay` and the demo. It checks every window
+(`guard.check_windows`); valid windows go to the policy's `update`, the others are predicted
+from a sanitized copy by `predict` and never touch the adapted state.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import datetime as dt
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from edge_ttt.adapt.counters import Counters
+from edge_ttt.adapt.guard import InputLimits, check_windows, sanitize
 from edge_ttt.adapt.ort_model import OrtModel
+from edge_ttt.adapt.policies import DEFAULT_POLICY, POLICY_TYPES, Policy
+from edge_ttt.adapt.snapshot import StateError, load_state, save_state
 from edge_ttt.adapt.softmax import softmax_entropy
 
-POLICIES = ("source",)
+POLICIES = tuple(POLICY_TYPES)
+
+__all__ = ["DEFAULT_POLICY", "POLICIES", "Counters", "Engine", "Predictions", "StateError"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -21,35 +31,80 @@ class Predictions:
     classes: np.ndarray  # int64 [n]
     probs: np.ndarray  # float32 [n, K]
     entropy: np.ndarray  # float32 [n], nats
+    valid: np.ndarray  # bool [n]; False: the window failed the input guard and adapted nothing
 
     def __len__(self) -> int:
         return len(self.classes)
 
 
-@dataclass
-class Counters:
-    windows: int = 0
-    adapt_steps: int = 0
-    skipped_unreliable: int = 0
-    rejected_invalid: int = 0
-    resets: int = 0
-    rollbacks: int = 0
-
-
-@dataclass
 class Engine:
-    model: OrtModel
-    policy: str = "source"
-    counters: Counters = field(default_factory=Counters)
+    """A model, a policy by name (with its options), the input guard and the counters."""
 
-    def __post_init__(self) -> None:
-        if self.policy not in POLICIES:
-            raise ValueError(f"unknown policy {self.policy!r}; choose one of {', '.join(POLICIES)}")
-        self._stats = self.model.source_stats()
+    def __init__(
+        self,
+        model: OrtModel,
+        policy: str = DEFAULT_POLICY,
+        options: dict[str, Any] | None = None,
+        limits: InputLimits | None = None,
+    ) -> None:
+        if policy not in POLICY_TYPES:
+            raise ValueError(f"unknown policy {policy!r}; choose one of {', '.join(POLICIES)}")
+        self.model = model
+        self.policy_name = policy
+        self.counters = Counters()
+        self.limits = limits or InputLimits.from_manifest(model.manifest)
+        info = model.manifest.model
+        self.shape = (len(info.channels), info.window)
+        try:
+            self.policy: Policy = POLICY_TYPES[policy](model, self.counters, **(options or {}))
+        except TypeError as exc:
+            raise ValueError(f"policy {policy!r}: bad option ({exc})") from None
 
     def process(self, x: np.ndarray) -> Predictions:
-        """Predict a batch [n, channels, length] of raw windows."""
-        out = self.model.forward(x, self._stats, mix=0.0)
-        probs, ent = softmax_entropy(out.logits.astype(np.float64))
+        """Predict a batch [n, channels, length] of raw windows and adapt on the valid ones."""
+        x = np.asarray(x, np.float32)
+        if x.ndim != 3 or x.shape[1:] != self.shape:
+            c, length = self.shape
+            raise ValueError(f"windows must have shape [n, {c}, {length}], got {list(x.shape)}")
+        valid = check_windows(x, self.limits).valid
+        n_invalid = int((~valid).sum())
+        if n_invalid == 0:
+            logits = self.policy.update(x)
+        else:
+            logits = np.empty((len(x), len(self.model.manifest.model.classes)), np.float32)
+            if n_invalid < len(x):
+                logits[valid] = self.policy.update(x[valid])
+            logits[~valid] = self.policy.predict(sanitize(x[~valid], self.limits))
         self.counters.windows += len(x)
-        return Predictions(probs.argmax(axis=1), probs.astype(np.float32), ent.astype(np.float32))
+        self.counters.rejected_invalid += n_invalid
+        probs, entropy = softmax_entropy(logits.astype(np.float64))
+        return Predictions(probs.argmax(axis=1), probs.astype(np.float32), entropy.astype(np.float32), valid)
+
+    def save_state(self, path: str | Path) -> None:
+        meta = {
+            "bundle_sha256": self.model.bundle_sha256,
+            "policy": self.policy_name,
+            "counters": self.counters.as_dict(),
+            "saved_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        }
+        save_state(path, self.policy.state(), meta)
+
+    def load_state(self, path: str | Path) -> None:
+        """Restore a saved state; refused when it was saved for another bundle or policy."""
+        arrays, meta = load_state(path)
+        if meta.get("bundle_sha256") != self.model.bundle_sha256:
+            raise StateError(
+                f"state file {path} was adapted on bundle {meta.get('bundle_sha256')}, this engine runs "
+                f"bundle {self.model.bundle_sha256}; refusing it (delete it to start from source)"
+            )
+        if meta.get("policy") != self.policy_name:
+            raise StateError(
+                f"state file {path} belongs to policy {meta.get('policy')!r}, not {self.policy_name!r}"
+            )
+        try:
+            self.policy.load_state(arrays)
+        except (KeyError, ValueError) as exc:
+            raise StateError(f"state file {path} does not fit this policy and bundle: {exc}") from exc
+        for name, value in meta.get("counters", {}).items():
+            if hasattr(self.counters, name):
+                setattr(self.counters, name, int(value))

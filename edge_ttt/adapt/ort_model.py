@@ -50,6 +50,7 @@ class OrtModel:
 
         api = training_api()
         self.manifest = bundle.manifest
+        self.bundle_sha256 = bundle.sha256
         self.device = resolve_device(device)
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = threads
@@ -117,6 +118,10 @@ class OrtModel:
         """Apply the optimizer to the accumulated gradients, then clear them."""
         self.optimizer.set_learning_rate(lr)
         self.optimizer.step()
+        self.module.lazy_reset_grad()
+
+    def discard_gradients(self) -> None:
+        """Forget the accumulated gradients: the next training pass starts from zero."""
         self.module.lazy_reset_grad()
 
     def parameters(self, trainable_only: bool = True) -> dict[str, np.ndarray]:

@@ -1,0 +1,18 @@
+"""What the engine did, counted: reported by replay, the agent's status and the drift summaries."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+
+@dataclass
+class Counters:
+    windows: int = 0
+    adapt_steps: int = 0  # batches that changed the adapted state
+    skipped_unreliable: int = 0  # valid windows a reliability filter kept out of a gradient step
+    rejected_invalid: int = 0  # windows the input guard kept away from any state
+    resets: int = 0  # returns to the source state
+    rollbacks: int = 0  # returns to an earlier healthy snapshot
+
+    def as_dict(self) -> dict[str, int]:
+        return asdict(self)

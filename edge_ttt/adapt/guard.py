@@ -1,0 +1,120 @@
+"""Guards: which windows may touch the adapted state, and when the adapted state has collapsed.
+
+Pure numpy. Input checks run on every window before any policy sees it: a window with NaN/Inf,
+a flat-lined channel or values far outside the source range is still predicted (from a
+sanitized copy) but never updates statistics, parameters or optimizer state. The collapse
+detector watches label-free signals of the adapted model and says when to roll back.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from edge_ttt.manifest import Manifest
+
+
+@dataclass(frozen=True)
+class InputLimits:
+    """Per-channel source mean and std, and how far from them a window may go."""
+
+    mean: np.ndarray  # [C]
+    std: np.ndarray  # [C]
+    range_sigmas: float = 50.0
+    flat_ratio: float = 1e-4
+
+    @classmethod
+    def from_manifest(
+        cls, manifest: Manifest, range_sigmas: float = 50.0, flat_ratio: float = 1e-4
+    ) -> InputLimits:
+        ref = manifest.reference.channels
+        return cls(
+            mean=np.array([c.mean for c in ref], np.float64),
+            std=np.sqrt(np.maximum([c.var for c in ref], 1e-24)),
+            range_sigmas=range_sigmas,
+            flat_ratio=flat_ratio,
+        )
+
+
+@dataclass(frozen=True)
+class Validity:
+    """Per window: may it adapt? And why not (a window can fail several checks)."""
+
+    nonfinite: np.ndarray  # bool [n]
+    flat: np.ndarray  # bool [n]
+    out_of_range: np.ndarray  # bool [n]
+
+    @property
+    def valid(self) -> np.ndarray:
+        return ~(self.nonfinite | self.flat | self.out_of_range)
+
+
+def check_windows(x: np.ndarray, limits: InputLimits) -> Validity:
+    """Checks on raw windows [n, C, L].
+
+    Flat-lined: a channel whose spread within the window is below `flat_ratio` of its source
+    std (a dead or stuck sensor). Out of range: any finite value further than `range_sigmas`
+    source stds from the source mean (a wrong unit or a broken reading, not drift).
+    """
+    finite = np.isfinite(x)
+    nonfinite = ~finite.all(axis=(1, 2))
+    clean = np.where(finite, x, limits.mean[None, :, None])
+    spread = clean.max(axis=2) - clean.min(axis=2)
+    flat = (spread < limits.flat_ratio * limits.std[None, :]).any(axis=1)
+    distance = np.abs(clean - limits.mean[None, :, None]) / limits.std[None, :, None]
+    out_of_range = (distance > limits.range_sigmas).any(axis=(1, 2))
+    return Validity(nonfinite=nonfinite, flat=flat, out_of_range=out_of_range)
+
+
+def sanitize(x: np.ndarray, limits: InputLimits) -> np.ndarray:
+    """A copy fit to predict from: non-finite values replaced by the channel's source mean."""
+    return np.where(np.isfinite(x), x, limits.mean[None, :, None]).astype(np.float32)
+
+
+@dataclass
+class CollapseDetector:
+    """Label-free collapse signals over the last `horizon` adapted windows.
+
+    Entropy minimization collapses into one class predicted with near-certainty. A healthy model
+    on a stream of one activity also predicts one class, but not with far more confidence than
+    the source model ever had on its own held-out data; so both must hold: the mean entropy is
+    below `entropy_floor` (a fraction of the source's low entropy quantile) and one class takes
+    at least `max_class_share` of the predictions. Independently, adapted parameters or
+    statistics that move further from source than any plausible drift mean a broken state.
+    """
+
+    entropy_floor: float
+    classes: int
+    horizon: int = 64
+    max_class_share: float = 0.95
+    max_param_drift: float = 1.0
+    max_stat_shift: float = 50.0
+    _entropy: deque = field(init=False)
+    _classes: deque = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.clear()
+
+    def clear(self) -> None:
+        self._entropy = deque(maxlen=self.horizon)
+        self._classes = deque(maxlen=self.horizon)
+
+    def observe(self, classes: np.ndarray, entropy: np.ndarray) -> None:
+        self._classes.extend(int(c) for c in classes)
+        self._entropy.extend(float(h) for h in entropy)
+
+    def verdict(self, param_drift: float = 0.0, stat_shift: float = 0.0) -> str | None:
+        """None when healthy, else the reason for a rollback."""
+        if param_drift > self.max_param_drift:
+            return f"parameters moved {param_drift:.2f} (relative) from source"
+        if stat_shift > self.max_stat_shift:
+            return f"statistics moved {stat_shift:.1f} source stds from source"
+        if len(self._classes) < self.horizon:
+            return None
+        share = np.bincount(np.asarray(self._classes), minlength=self.classes).max() / len(self._classes)
+        mean_entropy = float(np.mean(self._entropy))
+        if mean_entropy < self.entropy_floor and share >= self.max_class_share:
+            return f"entropy {mean_entropy:.3f} below {self.entropy_floor:.3f} with one class at {share:.0%}"
+        return None

@@ -1,0 +1,387 @@
+"""Adaptation policies: what to normalize with, which windows to learn from, how to step.
+
+Every policy sees only windows that passed the input guard (`update`), and predicts the others
+without touching its state (`predict`). ORT computes logits, layer moments and gradients; the
+statistics, optimizers and guards here are numpy, so a policy's whole state is a dict of arrays
+that can be snapshotted, rolled back and restored exactly.
+
+- `source`: the source model, untouched.
+- `norm`: batch norms normalize with momentum averages of the stream's first and second moments.
+- `tent`: Tent (Wang et al., 2021): batch statistics, entropy minimization of the norm affines, Adam.
+- `sar`: SAR (Niu et al., 2023): entropy filter, sharpness-aware two-pass update, reset on collapse.
+- `steady` (default): class-balanced momentum statistics + filtered, class-balanced entropy steps
+  on the norm affines, averaged (EMA) and anchored to source, with collapse rollback.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+
+from edge_ttt.adapt.counters import Counters
+from edge_ttt.adapt.guard import CollapseDetector
+from edge_ttt.adapt.optim import SGD, Adam, Arrays
+from edge_ttt.adapt.ort_model import OrtModel, Stats
+from edge_ttt.adapt.softmax import softmax_entropy
+from edge_ttt.adapt.statistics import BalancedMoments, MomentEMA
+
+
+def entropy_of(logits: np.ndarray) -> np.ndarray:
+    return softmax_entropy(logits.astype(np.float64))[1]
+
+
+def _prefixed(prefix: str, flat: Arrays) -> Arrays:
+    return {f"{prefix}/{k}": v for k, v in flat.items()}
+
+
+def _unprefixed(prefix: str, flat: Arrays) -> Arrays:
+    n = len(prefix) + 1
+    return {k[n:]: v for k, v in flat.items() if k.startswith(prefix + "/")}
+
+
+class Policy:
+    """Base: holds the model, the source parameters and statistics, and the shared counters."""
+
+    name: ClassVar[str]
+
+    def __init__(self, model: OrtModel, counters: Counters) -> None:
+        self.model = model
+        self.counters = counters
+        self.classes = len(model.manifest.model.classes)
+        self.source_stats = model.source_stats()
+        self.source_params = model.parameters()
+
+    def update(self, x: np.ndarray) -> np.ndarray:
+        """Logits for valid windows; may change the policy's state."""
+        return self.predict(x)
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        """Logits without any state change."""
+        return self.model.forward(x, self.source_stats).logits
+
+    def state(self) -> Arrays:
+        return {}
+
+    def load_state(self, flat: Arrays) -> None:
+        """Restore what `state` returned."""
+
+    def _gradient(self, x: np.ndarray, stats: Stats, mix: float, weigh) -> tuple:
+        """One entropy gradient with per-window weights that depend on the pass's own logits.
+
+        The training pass computes logits and gradients together, so the weights are chosen
+        after it: when they come out proportional to the uniform weights the pass used (always
+        at batch size 1), the gradient is rescaled exactly (the loss is linear in the weights);
+        otherwise a second pass with the final weights replaces it. Returns (outputs, weights,
+        gradients or None when every weight is 0).
+        """
+        n = len(x)
+        out = self.model.forward_backward(x, np.full(n, 1.0 / n, np.float32), stats, mix)
+        weights = np.asarray(weigh(out.logits), np.float64)
+        if not weights.any():
+            self.model.discard_gradients()
+            return out, weights, None
+        if np.allclose(weights, weights[0]):
+            grads = {k: g * (weights[0] * n) for k, g in self.model.gradients().items()}
+        else:
+            self.model.discard_gradients()
+            self.model.forward_backward(x, weights.astype(np.float32), stats, mix)
+            grads = self.model.gradients()
+        self.model.discard_gradients()
+        return out, weights, grads
+
+    def _set_params(self, params: Arrays) -> None:
+        self.params = {k: np.asarray(v, np.float32) for k, v in params.items()}
+        self.model.set_parameters(self.params)
+
+
+class Source(Policy):
+    name = "source"
+
+
+class Norm(Policy):
+    """Batch norms normalize with EMAs of the stream's raw moments (see `MomentEMA`); no gradients.
+
+    Group and layer norms normalize every window by its own moments, so for models without batch
+    norms this policy equals `source`.
+    """
+
+    name = "norm"
+
+    def __init__(self, model: OrtModel, counters: Counters, momentum: float = 0.02) -> None:
+        super().__init__(model, counters)
+        self.ema = {k: MomentEMA.from_stats(m, v, momentum) for k, (m, v) in self.source_stats.items()}
+
+    def stats(self) -> Stats:
+        return {k: (e.mean.astype(np.float32), e.var.astype(np.float32)) for k, e in self.ema.items()}
+
+    def update(self, x: np.ndarray) -> np.ndarray:
+        out = self.model.forward(x, self.stats())
+        for layer, ema in self.ema.items():
+            ema.update(*out.moments[layer], windows=len(x))
+        self.counters.adapt_steps += bool(self.ema)
+        return out.logits
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        return self.model.forward(x, self.stats()).logits
+
+    def state(self) -> Arrays:
+        return {f"{k}/{n}": v for k, e in self.ema.items() for n, v in e.state().items()}
+
+    def load_state(self, flat: Arrays) -> None:
+        for layer, ema in self.ema.items():
+            ema.load_state(_unprefixed(layer, flat))
+
+
+class Tent(Policy):
+    """Reference Tent: normalize with the batch's statistics, one Adam step on the mean entropy.
+
+    Predictions are the logits before the step, as in Tent's `forward_and_adapt`.
+    """
+
+    name = "tent"
+
+    def __init__(self, model: OrtModel, counters: Counters, lr: float = 1e-3) -> None:
+        super().__init__(model, counters)
+        self.params = dict(self.source_params)
+        self.opt = Adam(lr=lr)
+
+    def update(self, x: np.ndarray) -> np.ndarray:
+        n = len(x)
+        out, _, grads = self._gradient(x, self.source_stats, 1.0, lambda logits: np.full(n, 1.0 / n))
+        self._set_params(self.opt.step(self.params, grads))
+        self.counters.adapt_steps += 1
+        return out.logits
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        return self.model.forward(x, self.source_stats, mix=1.0).logits
+
+    def state(self) -> Arrays:
+        return {**_prefixed("params", self.params), **_prefixed("adam", self.opt.state())}
+
+    def load_state(self, flat: Arrays) -> None:
+        self._set_params(_unprefixed("params", flat))
+        self.opt.load_state(_unprefixed("adam", flat))
+
+
+class Sar(Policy):
+    """Reference SAR: reliable-entropy filter, SAM two-pass update, reset when the loss EMA collapses.
+
+    Filter E0 = 0.4 ln C; perturbation rho = 0.05 along the normalized gradient; SGD with
+    momentum 0.9 at the paper's rate (0.00025 for batches of 64 and up, (0.00025 / 64) * 2 * B
+    below 32); reset to source when the EMA (0.9) of the second-pass loss falls below 0.2.
+    """
+
+    name = "sar"
+    rho = 0.05
+    reset_below = 0.2
+
+    def __init__(self, model: OrtModel, counters: Counters, lr: float | None = None) -> None:
+        super().__init__(model, counters)
+        self.margin = 0.4 * math.log(self.classes)
+        self.lr = lr
+        self._reset()
+
+    def _reset(self) -> None:
+        self._set_params(self.source_params)
+        self.opt = SGD(lr=self.lr or 0.0, momentum=0.9)
+        self.loss_ema: float | None = None
+
+    def update(self, x: np.ndarray) -> np.ndarray:
+        n = len(x)
+        if self.lr is None:
+            self.opt.lr = 0.00025 if n >= 32 else 0.00025 / 64 * n * 2
+
+        def first(logits: np.ndarray) -> np.ndarray:
+            keep = entropy_of(logits) < self.margin
+            return keep / max(keep.sum(), 1)
+
+        out, w1, grads = self._gradient(x, self.source_stats, 1.0, first)
+        self.counters.skipped_unreliable += int((w1 == 0).sum())
+        if grads is not None:
+            self._sharpness_aware_step(x, w1, grads)
+        if self.loss_ema is not None and self.loss_ema < self.reset_below:
+            self._reset()
+            self.counters.resets += 1
+        return out.logits
+
+    def _sharpness_aware_step(self, x: np.ndarray, w1: np.ndarray, grads: Arrays) -> None:
+        """Ascend to the worst point within rho, take the gradient there, step from the origin."""
+        norm = math.sqrt(sum(float((g.astype(np.float64) ** 2).sum()) for g in grads.values()))
+        scale = self.rho / (norm + 1e-12)
+        origin = self.params
+        self.model.set_parameters({k: origin[k] + scale * grads[k] for k in origin})
+
+        def second(logits: np.ndarray) -> np.ndarray:
+            keep = (w1 > 0) & (entropy_of(logits) < self.margin)
+            return keep / max(keep.sum(), 1)
+
+        perturbed, w2, grads2 = self._gradient(x, self.source_stats, 1.0, second)
+        self.model.set_parameters(origin)
+        if grads2 is not None:
+            loss = float(entropy_of(perturbed.logits)[w2 > 0].mean())
+            self.loss_ema = loss if self.loss_ema is None else 0.9 * self.loss_ema + 0.1 * loss
+            self._set_params(self.opt.step(origin, grads2))
+            self.counters.adapt_steps += 1
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        return self.model.forward(x, self.source_stats, mix=1.0).logits
+
+    def state(self) -> Arrays:
+        ema = np.asarray(np.nan if self.loss_ema is None else self.loss_ema)
+        return {**_prefixed("params", self.params), **_prefixed("sgd", self.opt.state()), "loss_ema": ema}
+
+    def load_state(self, flat: Arrays) -> None:
+        self._set_params(_unprefixed("params", flat))
+        self.opt.load_state(_unprefixed("sgd", flat))
+        ema = float(flat["loss_ema"])
+        self.loss_ema = None if math.isnan(ema) else ema
+
+
+@dataclass(frozen=True)
+class SteadyConfig:
+    """Knobs of the default policy; thresholds on entropy are quantiles of the source's own."""
+
+    stat_momentum: float = 0.02  # weight of one window in its pseudo-class's moment EMA
+    stat_prior_windows: float = 10.0  # source statistics count as this many windows per class
+    lr: float = 1e-4  # Adam on the fast norm affines
+    param_ema: float = 0.2  # weight of the fast parameters in the averaged ones used to predict
+    anchor: float = 0.005  # per step, pull the fast parameters this share of the way back to source
+    reliable_quantile: float = 0.5  # learn only from windows below this source entropy quantile
+    prior_momentum: float = 0.02  # EMA of the predicted-class histogram, for class balance
+    collapse_entropy_ratio: float = 0.5  # collapse floor = ratio * source 5% entropy quantile
+    collapse_horizon: int = 64
+    snapshot_every: int = 32
+    rollback_cooldown: int = 64
+
+
+class Steady(Policy):
+    """The default: safe at batch size 1 on label-correlated, noisy streams.
+
+    1. Batch norms normalize with class-balanced moment EMAs (`BalancedMoments`): a long run of
+       one activity moves only its own class's estimate.
+    2. Entropy steps only from reliable windows (entropy below a source quantile), weighted
+       down when their pseudo-class dominates recent predictions (so a run cannot pull the
+       model toward always predicting it), with Adam on fast parameters that are pulled back
+       toward source every step; predictions use an EMA of the fast parameters.
+    3. A collapse detector (`CollapseDetector`) rolls back to the older of the last two healthy
+       snapshots, and resets to source when collapse returns within a cooldown.
+    """
+
+    name = "steady"
+
+    def __init__(self, model: OrtModel, counters: Counters, **options: float) -> None:
+        super().__init__(model, counters)
+        self.cfg = cfg = SteadyConfig(**options)
+        ref = model.manifest.reference.entropy
+        self.reliable_entropy = float(np.interp(cfg.reliable_quantile, ref.q, ref.value))
+        self.detector = CollapseDetector(
+            entropy_floor=cfg.collapse_entropy_ratio * float(np.interp(0.05, ref.q, ref.value)),
+            classes=self.classes,
+            horizon=cfg.collapse_horizon,
+        )
+        self.snapshots: deque[Arrays] = deque(maxlen=2)
+        self._source_norm = math.sqrt(sum(float((v**2).sum()) for v in self.source_params.values()))
+        self._to_source()
+
+    def _to_source(self) -> None:
+        self.moments = {
+            k: BalancedMoments.from_stats(
+                m, v, self.classes, self.cfg.stat_momentum, self.cfg.stat_prior_windows
+            )
+            for k, (m, v) in self.source_stats.items()
+        }
+        self.fast = {k: v.astype(np.float64) for k, v in self.source_params.items()}
+        self._set_params(self.source_params)
+        self.opt = Adam(lr=self.cfg.lr)
+        self.prior = np.full(self.classes, 1.0 / self.classes)
+        self.updates = 0
+        self.last_rollback = -(10**9)
+        self.detector.clear()
+
+    def stats(self) -> Stats:
+        return {k: (b.mean.astype(np.float32), b.var.astype(np.float32)) for k, b in self.moments.items()}
+
+    def _weights(self, logits: np.ndarray) -> np.ndarray:
+        h = entropy_of(logits)
+        reliable = h < self.reliable_entropy
+        balance = np.minimum(1.0, 1.0 / (self.classes * self.prior[logits.argmax(axis=1)]))
+        return reliable * balance * np.exp(self.reliable_entropy - h) / len(logits)
+
+    def update(self, x: np.ndarray) -> np.ndarray:
+        cfg = self.cfg
+        out, weights, grads = self._gradient(x, self.stats(), 0.0, self._weights)
+        classes = out.logits.argmax(axis=1)
+        counts = np.bincount(classes, minlength=self.classes)
+        for layer, moments in self.moments.items():
+            moments.update(*out.moments[layer], counts=counts)
+        a = 1.0 - (1.0 - cfg.prior_momentum) ** len(x)
+        self.prior = (1.0 - a) * self.prior + a * counts / len(x)
+        self.counters.skipped_unreliable += int((weights == 0).sum())
+        if grads is not None:
+            self.fast = self.opt.step(self.fast, grads)
+            self.fast = {k: v - cfg.anchor * (v - self.source_params[k]) for k, v in self.fast.items()}
+            b = cfg.param_ema
+            self._set_params({k: (1 - b) * self.params[k] + b * self.fast[k] for k in self.params})
+        self.counters.adapt_steps += 1
+        self.updates += 1
+        self.detector.observe(classes, entropy_of(out.logits))
+        self._watch()
+        return out.logits
+
+    def _watch(self) -> None:
+        verdict = self.detector.verdict(self.param_drift(), self.stat_shift())
+        if verdict is None:
+            if self.updates % self.cfg.snapshot_every == 0:
+                self.snapshots.append(self.state())
+            return
+        if self.snapshots and self.updates - self.last_rollback > self.cfg.rollback_cooldown:
+            self.load_state(self.snapshots[0])
+            self.snapshots = deque([self.snapshots[0]], maxlen=2)
+            self.counters.rollbacks += 1
+        else:
+            self._to_source()
+            self.snapshots.clear()
+            self.counters.resets += 1
+        self.last_rollback = self.updates
+        self.detector.clear()
+
+    def param_drift(self) -> float:
+        """Distance of the predicting parameters from source, relative to the source's norm."""
+        d = sum(float(((self.params[k] - v) ** 2).sum()) for k, v in self.source_params.items())
+        return math.sqrt(d) / max(self._source_norm, 1e-12)
+
+    def stat_shift(self) -> float:
+        """Largest shift of a batch-norm mean from source, in source standard deviations."""
+        shifts = [
+            np.abs(self.moments[k].mean - m) / np.sqrt(v + 1e-5) for k, (m, v) in self.source_stats.items()
+        ]
+        return float(max((s.max() for s in shifts), default=0.0))
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        return self.model.forward(x, self.stats()).logits
+
+    def state(self) -> Arrays:
+        flat = {**_prefixed("params", self.params), **_prefixed("fast", self.fast)}
+        flat.update(_prefixed("adam", self.opt.state()))
+        for layer, moments in self.moments.items():
+            flat.update(_prefixed(f"moments/{layer}", moments.state()))
+        flat["prior"] = self.prior.copy()
+        flat["updates"] = np.asarray(self.updates)
+        return flat
+
+    def load_state(self, flat: Arrays) -> None:
+        self._set_params(_unprefixed("params", flat))
+        self.fast = {k: np.asarray(v, np.float64) for k, v in _unprefixed("fast", flat).items()}
+        self.opt.load_state(_unprefixed("adam", flat))
+        for layer, moments in self.moments.items():
+            moments.load_state(_unprefixed(f"moments/{layer}", flat))
+        self.prior = np.asarray(flat["prior"], np.float64)
+        self.updates = int(flat["updates"])
+
+
+POLICY_TYPES: dict[str, type[Policy]] = {p.name: p for p in (Source, Norm, Tent, Sar, Steady)}
+DEFAULT_POLICY = Steady.name

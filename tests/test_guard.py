@@ -1,0 +1,58 @@
+"""Input checks and the collapse detector, on hand-made numbers."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from edge_ttt.adapt.guard import CollapseDetector, InputLimits, check_windows, sanitize
+
+LIMITS = InputLimits(mean=np.zeros(2), std=np.ones(2), range_sigmas=10.0, flat_ratio=1e-3)
+
+
+def window(rng: np.random.Generator) -> np.ndarray:
+    return rng.standard_normal((1, 2, 32)).astype(np.float32)
+
+
+def test_each_check_flags_what_it_names_and_nothing_else():
+    rng = np.random.default_rng(0)
+    ok, nan, flat, far = (window(rng) for _ in range(4))
+    nan[0, 1, 3] = np.nan
+    flat[0, 0, :] = 0.5
+    far[0, 1, 7] = 11.0
+    v = check_windows(np.concatenate([ok, nan, flat, far]), LIMITS)
+    assert v.nonfinite.tolist() == [False, True, False, False]
+    assert v.flat.tolist() == [False, False, True, False]
+    assert v.out_of_range.tolist() == [False, False, False, True]
+    assert v.valid.tolist() == [True, False, False, False]
+
+
+def test_inf_is_nonfinite_and_a_nan_window_is_not_also_called_flat():
+    x = window(np.random.default_rng(1))
+    x[0, 0, 0] = -np.inf
+    v = check_windows(x, LIMITS)
+    assert v.nonfinite[0] and not v.flat[0] and not v.out_of_range[0]
+
+
+def test_sanitize_replaces_only_nonfinite_values_by_the_source_mean():
+    limits = InputLimits(mean=np.array([5.0, -1.0]), std=np.ones(2))
+    x = np.array([[[1.0, np.nan], [np.inf, 2.0]]], np.float32)
+    assert sanitize(x, limits).tolist() == [[[1.0, 5.0], [-1.0, 2.0]]]
+
+
+def test_detector_needs_low_entropy_and_one_class_together():
+    d = CollapseDetector(entropy_floor=0.1, classes=3, horizon=10)
+    d.observe(np.zeros(10, int), np.full(10, 0.5))
+    assert d.verdict() is None  # one class, but no more confident than source: a long activity
+    d.observe(np.arange(10) % 3, np.full(10, 0.01))
+    assert d.verdict() is None  # very confident, but several classes
+    d.observe(np.zeros(10, int), np.full(10, 0.01))
+    assert "one class at 100%" in d.verdict()
+    d.clear()
+    assert d.verdict() is None  # not before a full horizon
+
+
+def test_detector_flags_parameters_and_statistics_that_left_any_plausible_range():
+    d = CollapseDetector(entropy_floor=0.1, classes=3, max_param_drift=1.0, max_stat_shift=50.0)
+    assert d.verdict(param_drift=0.5, stat_shift=10.0) is None
+    assert "parameters moved" in d.verdict(param_drift=1.5)
+    assert "statistics moved" in d.verdict(stat_shift=80.0)
