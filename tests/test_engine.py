@@ -290,3 +290,26 @@ def test_engine_refuses_bad_shapes_policies_and_options(bundle_dir: Path):
     e = engine(bundle_dir, "source")
     with pytest.raises(ValueError, match=rf"\[n, {len(CHANNELS)}, {LENGTH}\]"):
         e.process(np.zeros((1, len(CHANNELS), LENGTH + 1), np.float32))
+
+
+def test_steady_counts_windows_of_a_dominant_class_less(bundle_dir: Path):
+    e = engine(bundle_dir, "steady")
+    e.policy.prior = np.eye(CLASSES)[0]  # class 0 took every recent prediction
+    np.testing.assert_allclose(e.policy._balance(np.array([0, 1])), [1 / CLASSES, 1.0])
+
+
+def test_a_long_run_of_one_class_moves_steady_statistics_less_than_norm(bundle_dir: Path):
+    """The same window over and over (one activity, one predicted class): `norm` follows it at full
+    weight, `steady` weights it down once the class dominates the recent predictions."""
+    x = windows(1, seed=12) * 2 + 1
+    moved = {}
+    for policy in ("norm", "steady"):
+        e = engine(bundle_dir, policy)
+        source = e.model.source_stats()
+        for _ in range(300):
+            e.process(x)
+        first = next(iter(source))
+        moved[policy] = float(np.abs(e.policy.stats()[first][0] - source[first][0]).mean())
+    # 300 windows against a prior of 100: norm's estimate is 3/4 data; steady's first ~50 windows
+    # count fully (the class share is still rising), the rest a fifth: about half data.
+    assert moved["steady"] < 0.75 * moved["norm"], moved

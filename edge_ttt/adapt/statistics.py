@@ -48,13 +48,14 @@ class MomentEMA:
         m2 = np.asarray(var, np.float64) + mean**2
         return cls(m1=mean.copy(), m2=m2, momentum=momentum, prior_windows=prior_windows)
 
-    def weight(self, windows: int) -> float:
+    def weight(self, windows: float) -> float:
         ema = 1.0 - (1.0 - self.momentum) ** windows
         if self.prior_windows is None:
             return ema
         return max(ema, windows / (self.prior_windows + self.seen + windows))
 
-    def update(self, batch_mean: np.ndarray, batch_var: np.ndarray, windows: int) -> None:
+    def update(self, batch_mean: np.ndarray, batch_var: np.ndarray, windows: float) -> None:
+        """Fold in one batch's moments; `windows` may be fractional (windows weighted down)."""
         a = self.weight(windows)
         self.seen += windows
         batch_mean = np.asarray(batch_mean, np.float64)
@@ -75,55 +76,3 @@ class MomentEMA:
     def load_state(self, flat: dict[str, np.ndarray]) -> None:
         self.m1, self.m2 = np.array(flat["m1"], np.float64), np.array(flat["m2"], np.float64)
         self.seen = float(flat["seen"])
-
-
-@dataclass
-class BalancedMoments:
-    """Moment EMAs kept per pseudo-class and averaged with equal class weights.
-
-    On a label-correlated stream (one activity for minutes) a single EMA follows the current
-    class's statistics and the normalization swings with the activity. Keeping one EMA per
-    predicted class and averaging them estimates the statistics of a class-balanced population
-    instead (the idea of RoTTA's category-balanced memory, applied to moments). Every class
-    starts at the source statistics, so a class never seen pulls toward source.
-
-    >>> bm = BalancedMoments.from_stats(np.zeros(1), np.ones(1), classes=2, momentum=1.0, prior_windows=None)
-    >>> bm.update(np.array([2.0]), np.array([1.0]), counts=np.array([0, 1]))
-    >>> bm.mean.tolist(), bm.var.tolist()
-    ([1.0], [2.0])
-    """
-
-    per_class: list[MomentEMA]
-
-    @classmethod
-    def from_stats(
-        cls, mean: np.ndarray, var: np.ndarray, classes: int, momentum: float, prior_windows: float | None
-    ) -> BalancedMoments:
-        return cls([MomentEMA.from_stats(mean, var, momentum, prior_windows) for _ in range(classes)])
-
-    def update(self, batch_mean: np.ndarray, batch_var: np.ndarray, counts: np.ndarray) -> None:
-        """Fold one batch's moments into each class in proportion to its windows in the batch.
-
-        With a batch of one window this is exact; for larger batches the graph reports moments
-        over the whole batch, so each predicted class takes the batch moments with the weight of
-        its own window count (an approximation that is exact for single-class batches).
-        """
-        for ema, n in zip(self.per_class, counts, strict=True):
-            if n:
-                ema.update(batch_mean, batch_var, windows=int(n))
-
-    @property
-    def mean(self) -> np.ndarray:
-        return np.mean([e.m1 for e in self.per_class], axis=0)
-
-    @property
-    def var(self) -> np.ndarray:
-        m2 = np.mean([e.m2 for e in self.per_class], axis=0)
-        return np.maximum(m2 - self.mean**2, 0.0)
-
-    def state(self) -> dict[str, np.ndarray]:
-        return {k: np.stack([e.state()[k] for e in self.per_class]) for k in ("m1", "m2", "seen")}
-
-    def load_state(self, flat: dict[str, np.ndarray]) -> None:
-        for i, ema in enumerate(self.per_class):
-            ema.load_state({k: flat[k][i] for k in ("m1", "m2", "seen")})
