@@ -1,0 +1,413 @@
+"""The agent configuration: example configs, defaults, every validation rule, paths, secrets, topics."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from edge_ttt.adapt.policies import DEFAULT_POLICY, POLICY_TYPES, SteadyConfig
+from edge_ttt.config import AgentConfig, ConfigError, load_config, policy_options
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+AGENT = '[agent]\nid = "a"\n'
+MODEL = '[model]\nartifacts = "bundle"\n'
+BASE = AGENT + MODEL
+
+
+def write(tmp_path: Path, text: str, name: str = "agent.toml") -> Path:
+    path = tmp_path / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+def problems(path: Path, **kwargs) -> str:
+    """The ConfigError message; every line must name the file first."""
+    with pytest.raises(ConfigError) as info:
+        load_config(path, **kwargs)
+    message = str(info.value)
+    assert all(line.startswith(f"{path}: ") for line in message.splitlines()), message
+    return message
+
+
+def test_sim_config_loads_with_checks():
+    cfg = load_config(CONFIGS / "sim.toml")
+    assert cfg.agent.id == "sim-agent"
+    assert (cfg.mqtt.host, cfg.mqtt.port, cfg.mqtt.protocol) == ("127.0.0.1", 1883, "v5")
+    assert cfg.mqtt.client_id == "edge-ttt-sim-agent"
+    assert not cfg.mqtt.tls.enabled
+    assert cfg.mqtt.password() is None
+    assert cfg.model.artifacts == (CONFIGS.parent / "runs" / "cnn-bn").resolve()
+    assert cfg.state.dir == (CONFIGS.parent / "runs" / "state").resolve()
+    assert (cfg.model.policy, cfg.model.device, cfg.model.options) == ("steady", "cpu", {})
+    assert cfg.logging.json_lines is False
+
+
+def test_jetson_config_loads_without_file_checks():
+    cfg = load_config(CONFIGS / "jetson.toml", check_files=False)
+    assert cfg.model.device in ("auto", "cuda")
+    assert cfg.model.artifacts == Path("/var/lib/edge-ttt/bundles/cnn-bn")
+    assert cfg.state.dir == Path("/var/lib/edge-ttt/state")
+    tls = cfg.mqtt.tls
+    assert tls.enabled and not tls.insecure
+    assert tls.ca_file == Path("/etc/edge-ttt/tls/ca.pem")
+    assert tls.cert_file is not None and tls.key_file is not None
+    assert cfg.mqtt.password_env == "EDGE_TTT_MQTT_PASSWORD" and cfg.mqtt.password_file is None
+    assert cfg.mqtt.port == 8883
+    assert cfg.logging.json_lines is True
+
+
+def test_jetson_config_with_file_checks_names_the_tls_files():
+    if Path("/etc/edge-ttt/tls/ca.pem").exists():
+        pytest.skip("this machine has the Jetson's TLS files")
+    message = problems(CONFIGS / "jetson.toml")
+    assert "mqtt.tls.ca_file: file /etc/edge-ttt/tls/ca.pem does not exist" in message
+
+
+def test_example_configs_set_every_section():
+    for name in ("sim.toml", "jetson.toml"):
+        text = (CONFIGS / name).read_text()
+        for section in [*AgentConfig.model_fields, "mqtt.tls", "model.options"]:
+            assert f"[{section}]" in text, f"{name} lacks [{section}]"
+
+
+def test_defaults(tmp_path):
+    cfg = load_config(write(tmp_path, BASE))
+    mqtt = cfg.mqtt
+    assert (mqtt.host, mqtt.port, mqtt.client_id, mqtt.protocol) == ("127.0.0.1", 1883, "edge-ttt-a", "v5")
+    assert (mqtt.keepalive_s, mqtt.session_expiry_s, mqtt.qos) == (30, 3600, 1)
+    assert (mqtt.reconnect_min_s, mqtt.reconnect_max_s) == (1.0, 60.0)
+    assert (mqtt.prefix, mqtt.sensor_topic) == ("edge-ttt", "{prefix}/{device}/dt/{stream}")
+    assert (mqtt.username, mqtt.password_env, mqtt.password_file) == (None, None, None)
+    assert mqtt.tls.model_dump() == {
+        "enabled": False,
+        "ca_file": None,
+        "cert_file": None,
+        "key_file": None,
+        "insecure": False,
+    }
+    assert cfg.model.artifacts == tmp_path / "bundle"
+    assert (cfg.model.policy, cfg.model.device, cfg.model.threads) == (DEFAULT_POLICY, "auto", 1)
+    assert cfg.model.options == {}
+    assert cfg.queue.model_dump() == {
+        "max_frames": 10000,
+        "when_full": "drop_oldest",
+        "max_frame_bytes": 65536,
+    }
+    assert cfg.windowing.reorder_frames == 4
+    assert (cfg.predictions.topic, cfg.predictions.qos, cfg.predictions.batch) == (
+        "{prefix}/{device}/pred",
+        1,
+        1,
+    )
+    assert (cfg.status.topic, cfg.status.interval_s) == ("{prefix}/agents/{agent}/status", 10.0)
+    assert (cfg.state.dir, cfg.state.checkpoint_interval_s) == (tmp_path / "state", 300.0)
+    assert (cfg.logging.level, cfg.logging.json_lines) == ("info", True)
+
+
+def test_config_is_frozen(tmp_path):
+    cfg = load_config(write(tmp_path, BASE))
+    with pytest.raises(ValidationError):
+        cfg.mqtt.port = 1884  # type: ignore[misc]
+
+
+BROKEN = {
+    "unknown top-level section": (
+        BASE + "[mqqt]\nport = 1\n",
+        ["mqqt: unknown key", "did you mean 'mqtt'", "agent, mqtt, model, queue"],
+    ),
+    "unknown key in a section": (
+        BASE + "[mqtt]\nprot = 1883\n",
+        ["mqtt.prot: unknown key", "did you mean 'port'", "host, port, client_id"],
+    ),
+    "unknown key in mqtt.tls": (
+        BASE + '[mqtt.tls]\nca = "ca.pem"\n',
+        ["mqtt.tls.ca: unknown key", "enabled, ca_file, cert_file, key_file, insecure"],
+    ),
+    "string for an integer": (
+        BASE + '[mqtt]\nport = "1883"\n',
+        ["mqtt.port: must be an integer, got '1883'"],
+    ),
+    "float for an integer": (BASE + "[queue]\nmax_frames = 1.5\n", ["queue.max_frames: must be an integer"]),
+    "string for a flag": (
+        BASE + '[logging]\njson = "yes"\n',
+        ["logging.json: must be true or false, got 'yes'"],
+    ),
+    "string for a number": (
+        BASE + '[status]\ninterval_s = "10"\n',
+        ["status.interval_s: must be a number, got '10'"],
+    ),
+    "value for a table": ("mqtt = 5\n" + BASE, ["mqtt: must be a table, got 5"]),
+    "port out of range": (
+        BASE + "[mqtt]\nport = 70000\n",
+        ["mqtt.port: must be between 1 and 65535, got 70000"],
+    ),
+    "qos out of range": (
+        BASE + "[predictions]\nqos = 2\n",
+        ["predictions.qos: must be between 0 and 1, got 2"],
+    ),
+    "threads below 1": (AGENT + MODEL + "threads = 0\n", ["model.threads: must be at least 1, got 0"]),
+    "negative reorder": (
+        BASE + "[windowing]\nreorder_frames = -1\n",
+        ["windowing.reorder_frames: must be at least 0"],
+    ),
+    "zero interval": (
+        BASE + "[state]\ncheckpoint_interval_s = 0\n",
+        ["state.checkpoint_interval_s: must be greater"],
+    ),
+    "bad protocol": (BASE + '[mqtt]\nprotocol = "v4"\n', ["mqtt.protocol: must be 'v5' or 'v311', got 'v4'"]),
+    "bad device": (
+        AGENT + MODEL + 'device = "gpu"\n',
+        ["model.device: must be 'auto', 'cpu' or 'cuda', got 'gpu'"],
+    ),
+    "bad when_full": (BASE + '[queue]\nwhen_full = "drop"\n', ["queue.when_full: must be 'drop_oldest' or"]),
+    "bad log level": (
+        BASE + '[logging]\nlevel = "verbose"\n',
+        ["logging.level: must be 'debug', 'info', 'warning'"],
+    ),
+    "both password sources": (
+        BASE + '[mqtt]\npassword_env = "PW"\npassword_file = "pw.txt"\n',
+        ["mqtt.password_file: set mqtt.password_env or mqtt.password_file, not both"],
+    ),
+    "password in the config": (
+        BASE + '[mqtt]\npassword = "hunter2"\n',
+        ["mqtt.password: a password is never written", "mqtt.password_env", "mqtt.password_file"],
+    ),
+    "password_env is not a variable name": (
+        BASE + '[mqtt]\npassword_env = "hunter2!"\n',
+        ["mqtt.password_env: must be the name of an environment variable"],
+    ),
+    "missing agent.id": (
+        MODEL + '[agent]\nname = "a"\n',
+        ["agent.id: required, but missing", "agent.name: unknown"],
+    ),
+    "missing agent section": (MODEL, ["agent.id: required, but missing"]),
+    "missing artifacts": (AGENT + "[model]\n", ["model.artifacts: required, but missing"]),
+    "bad agent id": ('[agent]\nid = "a/b"\n' + MODEL, ["agent.id: 'a/b' may contain only letters, digits"]),
+    "empty client id": (BASE + '[mqtt]\nclient_id = ""\n', ["mqtt.client_id: must not be empty"]),
+    "prefix with trailing slash": (BASE + '[mqtt]\nprefix = "edge/"\n', ["mqtt.prefix: 'edge/' must be"]),
+    "prefix with a wildcard": (BASE + '[mqtt]\nprefix = "edge/+"\n', ["mqtt.prefix: 'edge/+' must be"]),
+    "sensor topic without stream": (
+        BASE + '[mqtt]\nsensor_topic = "{prefix}/{device}/dt"\n',
+        ["mqtt.sensor_topic: '{prefix}/{device}/dt' lacks {stream}"],
+    ),
+    "sensor topic with a wildcard": (
+        BASE + '[mqtt]\nsensor_topic = "{prefix}/{device}/{stream}/#"\n',
+        ["mqtt.sensor_topic:", "wildcard"],
+    ),
+    "placeholder inside a level": (
+        BASE + '[mqtt]\nsensor_topic = "{prefix}/{device}-{stream}"\n',
+        ["mqtt.sensor_topic:", "placeholders fill a whole level"],
+    ),
+    "unknown placeholder": (
+        BASE + '[predictions]\ntopic = "{prefix}/{site}/{device}"\n',
+        ["predictions.topic:", "'{site}' is not a placeholder", "{prefix}, {device}"],
+    ),
+    "prediction topic without device": (
+        BASE + '[predictions]\ntopic = "{prefix}/pred"\n',
+        ["predictions.topic: '{prefix}/pred' lacks {device}"],
+    ),
+    "status topic without agent": (
+        BASE + '[status]\ntopic = "{prefix}/status"\n',
+        ["status.topic:", "{agent}"],
+    ),
+    "prediction topic under the subscription": (
+        BASE + '[predictions]\ntopic = "{prefix}/{device}/dt/pred"\n',
+        ["predictions: topic '{prefix}/{device}/dt/pred' can match mqtt.sensor_topic", "own messages"],
+    ),
+    "status topic under the subscription": (
+        '[agent]\nid = "dt"\n' + MODEL,
+        ["status: topic '{prefix}/agents/{agent}/status' can match mqtt.sensor_topic"],
+    ),
+    "bad policy": (
+        AGENT + MODEL + 'policy = "tnet"\n',
+        [f"model.policy: unknown policy 'tnet'; choose one of {', '.join(POLICY_TYPES)}"],
+    ),
+    "misspelt steady option": (
+        AGENT + MODEL + "options = { lrr = 1e-4 }\n",
+        ["model.options.lrr: unknown key; did you mean 'lr'?", "stat_momentum"],
+    ),
+    "wrong type of a steady option": (
+        AGENT + MODEL + "[model.options]\ncollapse_horizon = 1.5\n",
+        ["model.options.collapse_horizon: must be an integer, got 1.5"],
+    ),
+    "option another policy does not take": (
+        AGENT + MODEL + 'policy = "tent"\noptions = { lr = 1e-3, momentum = 0.9 }\n',
+        ["model.options.momentum: unknown key; allowed in model.options: lr"],
+    ),
+    "backoff minimum above maximum": (
+        BASE + "[mqtt]\nreconnect_min_s = 10\nreconnect_max_s = 5\n",
+        ["mqtt.reconnect_max_s: must be at least mqtt.reconnect_min_s (10.0), got 5.0"],
+    ),
+    "backoff minimum above the default maximum": (
+        BASE + "[mqtt]\nreconnect_min_s = 120\n",
+        ["mqtt.reconnect_max_s: must be at least mqtt.reconnect_min_s (120.0), got 60.0"],
+    ),
+    "TLS certificate without key": (
+        BASE + '[mqtt.tls]\ncert_file = "client.pem"\n',
+        ["mqtt.tls.key_file: missing: mqtt.tls.cert_file is set"],
+    ),
+    "TLS key without certificate": (
+        BASE + '[mqtt.tls]\nkey_file = "client.key"\n',
+        ["mqtt.tls.key_file: set without mqtt.tls.cert_file"],
+    ),
+    "TLS file missing": (
+        BASE + '[mqtt.tls]\nenabled = true\nca_file = "ca.pem"\n',
+        ["mqtt.tls.ca_file: file ", "ca.pem does not exist"],
+    ),
+    "password file missing": (
+        BASE + '[mqtt]\npassword_file = "pw.txt"\n',
+        ["mqtt.password_file: file ", "pw.txt does not exist"],
+    ),
+    "TOML syntax error": (AGENT + "[model]\nartifacts = \n", ["invalid TOML", "line 4"]),
+}
+
+
+@pytest.mark.parametrize(("text", "expected"), BROKEN.values(), ids=BROKEN.keys())
+def test_broken_config_names_the_key(tmp_path, text, expected):
+    message = problems(write(tmp_path, text))
+    for part in expected:
+        assert part in message
+
+
+def test_all_problems_in_one_message(tmp_path):
+    text = '[agent]\nid = "a b"\n[mqtt]\nport = 0\nprot = 1\n[model]\npolicy = "x"\n[queue]\nmax_frames = 0\n'
+    lines = problems(write(tmp_path, text)).splitlines()
+    keys = [line.split(": ")[1] for line in lines]
+    assert sorted(keys) == sorted(
+        ["agent.id", "mqtt.port", "mqtt.prot", "model.artifacts", "model.policy", "queue.max_frames"]
+    )
+
+
+def test_unreadable_file(tmp_path):
+    missing = tmp_path / "nope.toml"
+    assert "cannot read the configuration" in problems(missing)
+    (tmp_path / "latin1.toml").write_bytes(b'[agent]\nid = "\xe9"\n')
+    assert "not UTF-8" in problems(tmp_path / "latin1.toml")
+
+
+def test_relative_paths_are_relative_to_the_config_file(tmp_path, monkeypatch):
+    conf = tmp_path / "conf"
+    for name in ("ca.pem", "client.pem", "client.key", "pw.txt"):
+        write(conf, "x\n", f"secrets/{name}")
+    text = AGENT + (
+        '[model]\nartifacts = "../bundles/cnn-bn"\n'
+        '[state]\ndir = "state"\n'
+        '[mqtt]\npassword_file = "secrets/pw.txt"\n'
+        '[mqtt.tls]\nenabled = true\nca_file = "secrets/ca.pem"\n'
+        'cert_file = "secrets/client.pem"\nkey_file = "/abs/client.key"\n'
+    )
+    write(conf, text)
+    monkeypatch.chdir(write(tmp_path, "", "elsewhere/.keep").parent)
+    message = problems(Path("../conf/agent.toml"))  # the absolute key file does not exist
+    assert message.endswith(
+        "mqtt.tls.key_file: file /abs/client.key does not exist; correct the path or install the file there"
+    )
+
+    write(conf, text.replace("/abs/client.key", "secrets/client.key"))
+    cfg = load_config(Path("../conf/agent.toml"))
+    assert cfg.model.artifacts == tmp_path / "bundles" / "cnn-bn"
+    assert cfg.state.dir == conf / "state"
+    assert cfg.mqtt.password_file == conf / "secrets" / "pw.txt"
+    assert cfg.mqtt.tls.ca_file == conf / "secrets" / "ca.pem"
+    assert cfg.mqtt.tls.key_file == conf / "secrets" / "client.key"
+
+
+def test_password_from_env_is_read_at_connect_time(tmp_path, monkeypatch):
+    cfg = load_config(write(tmp_path, BASE + '[mqtt]\nusername = "u"\npassword_env = "EDGE_TTT_TEST_PW"\n'))
+    monkeypatch.delenv("EDGE_TTT_TEST_PW", raising=False)
+    with pytest.raises(
+        ConfigError, match=r"mqtt.password_env: environment variable EDGE_TTT_TEST_PW is not set"
+    ):
+        cfg.mqtt.password()
+    monkeypatch.setenv("EDGE_TTT_TEST_PW", "s3cret-from-env")
+    assert cfg.mqtt.password() == "s3cret-from-env"
+    assert_no_secret(cfg, "s3cret-from-env")
+
+
+def test_password_from_file(tmp_path):
+    secret = write(tmp_path, "s3cret-from-file\n", "pw.txt")
+    cfg = load_config(write(tmp_path, BASE + '[mqtt]\npassword_file = "pw.txt"\n'))
+    assert cfg.mqtt.password() == "s3cret-from-file"
+    assert_no_secret(cfg, "s3cret-from-file")
+    secret.unlink()
+    with pytest.raises(ConfigError, match=rf"mqtt.password_file: cannot read {secret}"):
+        cfg.mqtt.password()
+    secret.write_text("\n")
+    with pytest.raises(ConfigError, match="is empty"):
+        cfg.mqtt.password()
+
+
+def assert_no_secret(cfg: AgentConfig, secret: str) -> None:
+    for text in (repr(cfg), str(cfg), repr(cfg.mqtt), str(cfg.model_dump()), cfg.model_dump_json()):
+        assert secret not in text
+
+
+def test_a_misplaced_password_is_never_echoed(tmp_path):
+    for text in ('[mqtt]\npassword = "hunter2"\n', '[mqtt]\npassword_env = "hunter2"\n'):
+        path = write(tmp_path, BASE + text.replace('"hunter2"', '"hunter2 x"'))
+        with pytest.raises(ConfigError) as info:
+            load_config(path)
+        assert "hunter2" not in str(info.value)
+        assert info.value.__context__ is None and info.value.__cause__ is None
+
+
+def test_valid_policy_options_reach_the_policy(tmp_path):
+    cfg = load_config(write(tmp_path, AGENT + MODEL + "[model.options]\nlr = 1e-3\ncollapse_horizon = 32\n"))
+    assert cfg.model.options == {"lr": 1e-3, "collapse_horizon": 32}
+    assert SteadyConfig(**cfg.model.options).collapse_horizon == 32
+    assert set(policy_options("steady").model_fields) == {f.name for f in dataclasses.fields(SteadyConfig)}
+    assert set(policy_options("source").model_fields) == set()
+
+
+def mqtt_filter_matches(subscription: str, topic: str) -> bool:
+    """MQTT's rule for '+' (the only wildcard a subscription here uses)."""
+    sub, top = subscription.split("/"), topic.split("/")
+    return len(sub) == len(top) and all(s in ("+", t) for s, t in zip(sub, top, strict=True))
+
+
+@pytest.mark.parametrize(
+    ("mqtt", "subscription", "topic", "parsed"),
+    [
+        ("", "edge-ttt/+/dt/+", "edge-ttt/watch-7/dt/imu", ("watch-7", "imu")),
+        ('prefix = "plant/3"', "plant/3/+/dt/+", "plant/3/w1/dt/acc", ("w1", "acc")),
+        ('sensor_topic = "s/{stream}/{device}"', "s/+/+", "s/acc/w1", ("w1", "acc")),
+    ],
+)
+def test_sensor_topic_pattern(tmp_path, mqtt, subscription, topic, parsed):
+    cfg = load_config(write(tmp_path, BASE + f"[mqtt]\n{mqtt}\n"))
+    assert cfg.mqtt.subscription() == subscription
+    assert cfg.mqtt.parse_topic(topic) == parsed
+    device, stream = parsed
+    again = cfg.mqtt.sensor_topic.format(prefix=cfg.mqtt.prefix, device=device, stream=stream)
+    assert again == topic
+    assert mqtt_filter_matches(subscription, topic)
+
+
+@pytest.mark.parametrize(
+    "topic",
+    [
+        "edge-ttt/w1/dt",
+        "edge-ttt/w1/dt/imu/extra",
+        "other/w1/dt/imu",
+        "edge-ttt/w1/pred",
+        "edge-ttt/w1/xx/imu",
+        "edge-ttt//dt/imu",
+        "edge-ttt/w1/dt/",
+        "",
+    ],
+)
+def test_topics_that_do_not_fit_parse_to_none(tmp_path, topic):
+    cfg = load_config(write(tmp_path, BASE))
+    assert cfg.mqtt.parse_topic(topic) is None
+
+
+def test_publish_topics(tmp_path):
+    cfg = load_config(write(tmp_path, BASE + '[mqtt]\nprefix = "plant/3"\n'))
+    assert cfg.prediction_topic("w1") == "plant/3/w1/pred"
+    assert cfg.status_topic() == "plant/3/agents/a/status"
+    assert cfg.mqtt.parse_topic(cfg.prediction_topic("w1")) is None
+    assert cfg.mqtt.parse_topic(cfg.status_topic()) is None
