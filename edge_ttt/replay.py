@@ -75,11 +75,7 @@ def _run(engine: Engine, windows: WindowBatch, batch_size: int, show_progress: b
         "windows": len(windows),
         "accuracy": accuracy(windows.label, predicted),
         "macro_f1": macro_f1(windows.label, predicted, len(engine.model.manifest.model.classes)),
-        "adapt_steps": c.adapt_steps,
-        "skipped_unreliable": c.skipped_unreliable,
-        "rejected_invalid": c.rejected_invalid,
-        "resets": c.resets,
-        "rollbacks": c.rollbacks,
+        **{k: v for k, v in c.as_dict().items() if k != "windows"},  # adapt_steps, skips, resets, ...
         "ms_per_window": 1000 * elapsed / max(len(windows), 1),
         "batch_size": batch_size,
         "bundle_sha256": engine.model.bundle_sha256,

@@ -209,6 +209,7 @@ def test_steady_rolls_back_a_collapse_on_an_adversarial_single_class_stream(bund
         collapse_horizon=16,
         snapshot_every=4,
         rollback_cooldown=8,
+        gate_shift=0.0,  # the drift gate always open: this test is about the guard behind it
     )
     x = windows(1, seed=11)
     for _ in range(300):
@@ -313,3 +314,20 @@ def test_a_long_run_of_one_class_moves_steady_statistics_less_than_norm(bundle_d
     # 300 windows against a prior of 100: norm's estimate is 3/4 data; steady's first ~50 windows
     # count fully (the class share is still rising), the rest a fifth: about half data.
     assert moved["steady"] < 0.75 * moved["norm"], moved
+
+
+def test_drift_gate_skips_gradient_steps_on_source_like_input(bundle_dir: Path):
+    """The fixture's source reference is N(0, 1) per channel: such windows leave the gate closed
+    (no backward pass, parameters untouched); windows shifted by 2 source stds open it."""
+    e = engine(bundle_dir, "steady")
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        e.process(rng.standard_normal((1, len(CHANNELS), LENGTH)).astype(np.float32))
+    assert not e.policy.gate.open
+    assert e.counters.skipped_no_drift == 50
+    assert all(np.array_equal(e.policy.params[k], v) for k, v in e.policy.source_params.items())
+    for _ in range(100):
+        e.process((rng.standard_normal((1, len(CHANNELS), LENGTH)) + 2.0).astype(np.float32))
+    shift, _ = e.policy.gate.scores()
+    assert e.policy.gate.open and shift > 0.5
+    assert e.counters.skipped_no_drift < 150  # steps were taken once it opened

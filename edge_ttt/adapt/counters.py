@@ -10,6 +10,7 @@ class Counters:
     windows: int = 0
     adapt_steps: int = 0  # batches that changed the adapted state
     skipped_unreliable: int = 0  # valid windows a reliability filter kept out of a gradient step
+    skipped_no_drift: int = 0  # valid windows with no gradient step because the input looks like source
     rejected_invalid: int = 0  # windows the input guard kept away from any state
     resets: int = 0  # returns to the source state
     rollbacks: int = 0  # returns to an earlier healthy snapshot

@@ -26,6 +26,7 @@ from typing import ClassVar
 import numpy as np
 
 from edge_ttt.adapt.counters import Counters
+from edge_ttt.adapt.drift_gate import DriftGate
 from edge_ttt.adapt.guard import CollapseDetector
 from edge_ttt.adapt.optim import SGD, Adam, Arrays
 from edge_ttt.adapt.ort_model import OrtModel, Stats
@@ -269,6 +270,8 @@ class SteadyConfig:
     anchor: float = 0.05  # per step, pull the fast parameters this share of the way back to source
     reliable_quantile: float = 0.5  # learn only from windows below this source entropy quantile
     prior_momentum: float = 0.02  # EMA of the predicted-class histogram, for class balance
+    gate_shift: float = 0.5  # drift gate: mean input shift, in source stds, that opens it
+    gate_spread: float = 0.5  # drift gate: mean |log variance ratio| that opens it
     collapse_entropy_ratio: float = 0.5  # collapse floor = ratio * source 5% entropy quantile
     collapse_horizon: int = 64
     snapshot_every: int = 32
@@ -282,7 +285,8 @@ class Steady(Policy):
        each window counts less when its pseudo-class dominates the recent predictions: a long
        run of one activity cannot drag the statistics toward that activity. (Separate estimates
        per pseudo-class were tried and lost: misclassified windows contaminate them.)
-    2. Entropy steps only from reliable windows (entropy below a source quantile), weighted
+    2. While the drift gate (`DriftGate`) sees the input away from source, entropy steps only
+       from reliable windows (entropy below a source quantile), weighted
        down when their pseudo-class dominates recent predictions (so a run cannot pull the
        model toward always predicting it), with Adam on fast parameters that are pulled back
        toward source every step; predictions use an EMA of the fast parameters.
@@ -311,6 +315,15 @@ class Steady(Policy):
             k: MomentEMA.from_stats(m, v, self.cfg.stat_momentum, self.cfg.stat_prior_windows)
             for k, (m, v) in self.source_stats.items()
         }
+        ref = self.model.manifest.reference.channels
+        self.gate = DriftGate.from_reference(
+            np.array([c.mean for c in ref]),
+            np.array([c.var for c in ref]),
+            self.cfg.stat_momentum,
+            self.cfg.stat_prior_windows,
+            self.cfg.gate_shift,
+            self.cfg.gate_spread,
+        )
         self.fast = {k: v.astype(np.float64) for k, v in self.source_params.items()}
         self._set_params(self.source_params)
         self.opt = Adam(lr=self.cfg.lr)
@@ -336,7 +349,12 @@ class Steady(Policy):
 
     def update(self, x: np.ndarray) -> np.ndarray:
         cfg = self.cfg
-        out, weights, grads = self._gradient(x, self.stats(), 0.0, self._weights)
+        self.gate.observe(x)
+        if self.gate.open:
+            out, weights, grads = self._gradient(x, self.stats(), 0.0, self._weights)
+        else:  # nothing to correct: no backward pass, no step
+            out, weights, grads = self.model.forward(x, self.stats()), np.zeros(len(x)), None
+            self.counters.skipped_no_drift += len(x)
         classes = out.logits.argmax(axis=1)
         counts = np.bincount(classes, minlength=self.classes)
         balanced_windows = float(self._balance(classes).sum())
@@ -344,7 +362,8 @@ class Steady(Policy):
             moments.update(*out.moments[layer], windows=balanced_windows)
         a = 1.0 - (1.0 - cfg.prior_momentum) ** len(x)
         self.prior = (1.0 - a) * self.prior + a * counts / len(x)
-        self.counters.skipped_unreliable += int((weights == 0).sum())
+        if self.gate.open:
+            self.counters.skipped_unreliable += int((weights == 0).sum())
         if grads is not None:
             self.fast = self.opt.step(self.fast, grads)
             self.fast = {k: v - cfg.anchor * (v - self.source_params[k]) for k, v in self.fast.items()}
@@ -393,6 +412,7 @@ class Steady(Policy):
         flat.update(_prefixed("adam", self.opt.state()))
         for layer, moments in self.moments.items():
             flat.update(_prefixed(f"moments/{layer}", moments.state()))
+        flat.update(_prefixed("gate", self.gate.moments.state()))
         flat["prior"] = self.prior.copy()
         flat["updates"] = np.asarray(self.updates)
         return flat
@@ -403,6 +423,7 @@ class Steady(Policy):
         self.opt.load_state(_unprefixed("adam", flat))
         for layer, moments in self.moments.items():
             moments.load_state(_unprefixed(f"moments/{layer}", flat))
+        self.gate.moments.load_state(_unprefixed("gate", flat))
         self.prior = np.asarray(flat["prior"], np.float64)
         self.updates = int(flat["updates"])
 

@@ -1,0 +1,61 @@
+"""The drift gate: take gradient steps only while the input stream has moved away from source.
+
+Entropy steps on data that looks like the source data have nothing to correct and can only add
+noise (and they cost a backward pass). The gate follows the stream's per-channel input moments
+with the same long-horizon average as the normalization statistics and compares them with the
+source reference in the manifest, in source units:
+
+- shift: mean over channels of |mean - source mean| / source std;
+- spread: mean over channels of |log(var / source var)|.
+
+It opens when either exceeds its threshold (0.5 by default: half a source standard deviation,
+or a variance changed by a factor of about 1.65). Noise and dropouts that keep the first two
+moments leave it closed; they change too little for an entropy step to fix anyway.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from edge_ttt.adapt.statistics import MomentEMA
+
+
+@dataclass
+class DriftGate:
+    source_mean: np.ndarray  # [C]
+    source_var: np.ndarray  # [C]
+    moments: MomentEMA
+    max_shift: float = 0.5
+    max_spread: float = 0.5
+
+    @classmethod
+    def from_reference(
+        cls,
+        mean: np.ndarray,
+        var: np.ndarray,
+        momentum: float,
+        prior_windows: float | None,
+        max_shift: float = 0.5,
+        max_spread: float = 0.5,
+    ) -> DriftGate:
+        mean, var = np.asarray(mean, np.float64), np.maximum(np.asarray(var, np.float64), 1e-12)
+        ema = MomentEMA.from_stats(mean, var, momentum, prior_windows)
+        return cls(mean, var, ema, max_shift, max_spread)
+
+    def observe(self, x: np.ndarray) -> None:
+        """Fold in a batch of valid raw windows [n, C, L]."""
+        x = np.asarray(x, np.float64)
+        self.moments.update(x.mean(axis=(0, 2)), x.var(axis=(0, 2)), windows=len(x))
+
+    def scores(self) -> tuple[float, float]:
+        """(shift, spread) of the stream so far against source."""
+        shift = np.abs(self.moments.mean - self.source_mean) / np.sqrt(self.source_var)
+        spread = np.abs(np.log(np.maximum(self.moments.var, 1e-12) / self.source_var))
+        return float(shift.mean()), float(spread.mean())
+
+    @property
+    def open(self) -> bool:
+        shift, spread = self.scores()
+        return shift > self.max_shift or spread > self.max_spread
