@@ -1,4 +1,4 @@
-"""`edge-ttt` command line: host commands (datasets, train, export) and device commands (replay)."""
+"""`edge-ttt` command line: host commands (datasets, train, export) and device commands (replay, run)."""
 
 from __future__ import annotations
 
@@ -136,5 +136,31 @@ def replay(
         )
 
 
+@app.command()
+def run(
+    config: Annotated[Path, typer.Option(help="agent configuration (TOML), e.g. configs/sim.toml")],
+) -> None:
+    """Run the edge agent: MQTT sensor frames in, predictions out, adapting as it goes."""
+    import signal
+
+    from edge_ttt.agent import Agent
+    from edge_ttt.artifacts import BundleError
+    from edge_ttt.config import ConfigError, load_config
+
+    try:
+        cfg = load_config(config)
+        logs.configure(cfg.logging.level, cfg.logging.json_lines)
+        agent = Agent(cfg)
+    except (ConfigError, BundleError, RuntimeError) as exc:
+        _fail(str(exc))
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: agent.stop_event.set())
+    agent.run()
+
+
 def main() -> None:
     app()
+
+
+if __name__ == "__main__":
+    main()

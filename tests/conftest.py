@@ -57,3 +57,16 @@ def bundle_dir(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("bundles") / "cnn-bn"
     export_bundle(source_model("cnn-bn"), out)
     return out
+
+
+@pytest.fixture
+def broker(tmp_path):
+    """A private mosquitto on a free loopback port, stopped after the test."""
+    from tests.broker import Broker
+
+    b = Broker(tmp_path)
+    b.start()
+    try:
+        yield b
+    finally:
+        b.stop()

@@ -331,3 +331,16 @@ def test_drift_gate_skips_gradient_steps_on_source_like_input(bundle_dir: Path):
     shift, _ = e.policy.gate.scores()
     assert e.policy.gate.open and shift > 0.5
     assert e.counters.skipped_no_drift < 150  # steps were taken once it opened
+
+
+def test_engines_of_several_devices_can_share_one_model(bundle_dir: Path):
+    """Two devices adapt on one set of ORT sessions, each exactly as if it had its own model."""
+    shared = OrtModel(load_bundle(bundle_dir))
+    a, b = Engine(shared, policy="tent"), Engine(shared, policy="tent")
+    alone_a, alone_b = engine(bundle_dir, "tent"), engine(bundle_dir, "tent")
+    for seed in range(6):
+        xa, xb = windows(2, seed=seed), windows(2, seed=100 + seed) * 2
+        np.testing.assert_array_equal(a.process(xa).probs, alone_a.process(xa).probs)
+        np.testing.assert_array_equal(b.process(xb).probs, alone_b.process(xb).probs)
+    assert states_equal(a.policy.state(), alone_a.policy.state())
+    assert not states_equal(a.policy.state(), b.policy.state())

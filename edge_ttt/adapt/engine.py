@@ -62,6 +62,9 @@ class Engine:
 
     def process(self, x: np.ndarray) -> Predictions:
         """Predict a batch [n, channels, length] of raw windows and adapt on the valid ones."""
+        if self.model.active is not self.policy:  # engines of several devices share one model
+            self.policy.activate()
+            self.model.active = self.policy
         x = np.asarray(x, np.float32)
         if x.ndim != 3 or x.shape[1:] != self.shape:
             c, length = self.shape

@@ -71,6 +71,7 @@ class OrtModel:
         self._eval_inputs = self.module.eval().input_names()
         self._outputs = [graph.logits] + [n for layer in self._layers for n in layer.moment_outputs]
         self.trainable = list(self.manifest.trainable)
+        self.active: object | None = None  # the policy whose parameters the state holds (Engine)
 
     def source_stats(self) -> Stats:
         """The batch norms' source statistics from the manifest, as float32 arrays."""

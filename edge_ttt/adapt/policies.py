@@ -61,6 +61,11 @@ class Policy:
         self.classes = len(model.manifest.model.classes)
         self.source_stats = model.source_stats()
         self.source_params = model.parameters()
+        self.params = dict(self.source_params)  # what the model must hold while this policy runs
+
+    def activate(self) -> None:
+        """Load this policy's parameters into a model that other policies (devices) share."""
+        self.model.set_parameters(self.params)
 
     def update(self, x: np.ndarray) -> np.ndarray:
         """Logits for valid windows; may change the policy's state."""
@@ -164,7 +169,6 @@ class Tent(Policy):
 
     def __init__(self, model: OrtModel, counters: Counters, lr: float = 1e-3) -> None:
         super().__init__(model, counters)
-        self.params = dict(self.source_params)
         self.opt = Adam(lr=lr)
 
     def update(self, x: np.ndarray) -> np.ndarray:

@@ -1,0 +1,121 @@
+"""The MQTT edge of the agent: paho-mqtt 2.x, its network loop, reconnects and the status topic.
+
+paho's own thread (`loop_start`) runs the network loop: keepalives, QoS 1 acknowledgements and
+reconnects with exponential backoff between `reconnect_min_s` and `reconnect_max_s`. Callbacks
+run on that thread and only hand messages on (`on_message`), never model work. Subscriptions are
+made in `on_connect`, so every reconnect subscribes again. The session is persistent (stable
+client id; MQTT v5 clean_start off with a session expiry, or v3.1.1 clean_session off), so QoS 1
+frames published while the agent was away are delivered when it is back. The retained status
+topic carries a Last Will of `offline`, replaced by `online` on every connect and by an explicit
+`offline` on a clean shutdown.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import ssl
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from edge_ttt.config import MqttSection
+
+log = logging.getLogger(__name__)
+
+
+def status_payload(agent: str, state: str, **fields: Any) -> bytes:
+    return json.dumps({"agent": agent, "state": state, **fields}, default=str).encode()
+
+
+class MqttTransport:
+    def __init__(
+        self,
+        cfg: MqttSection,
+        agent_id: str,
+        status_topic: str,
+        on_message: Callable[[str, bytes], None],
+    ) -> None:
+        self.cfg = cfg
+        self.agent_id = agent_id
+        self.status_topic = status_topic
+        self._on_message = on_message
+        self.connected = threading.Event()
+        self.connects = 0
+        self.disconnects = 0
+        self._stopping = False
+        v5 = cfg.protocol == "v5"
+        self.client = paho.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=cfg.client_id or f"edge-ttt-{agent_id}",
+            protocol=paho.MQTTv5 if v5 else paho.MQTTv311,
+            clean_session=None if v5 else False,
+        )
+        self.client.will_set(status_topic, status_payload(agent_id, "offline"), qos=1, retain=True)
+        self.client.reconnect_delay_set(
+            min_delay=max(1, math.ceil(cfg.reconnect_min_s)), max_delay=max(1, math.ceil(cfg.reconnect_max_s))
+        )
+        if cfg.username is not None:
+            self.client.username_pw_set(cfg.username, cfg.password())
+        if cfg.tls.enabled:
+            self.client.tls_set(
+                ca_certs=str(cfg.tls.ca_file) if cfg.tls.ca_file else None,
+                certfile=str(cfg.tls.cert_file) if cfg.tls.cert_file else None,
+                keyfile=str(cfg.tls.key_file) if cfg.tls.key_file else None,
+                tls_version=ssl.PROTOCOL_TLS_CLIENT,
+            )
+            self.client.tls_insecure_set(cfg.tls.insecure)
+        self.client.on_connect = self._connected
+        self.client.on_disconnect = self._disconnected
+        self.client.on_message = lambda _c, _u, msg: self._on_message(msg.topic, msg.payload)
+
+    def start(self) -> None:
+        """Connect in the background: the loop keeps retrying until the broker answers."""
+        kwargs: dict[str, Any] = {}
+        if self.cfg.protocol == "v5":
+            props = Properties(PacketTypes.CONNECT)
+            props.SessionExpiryInterval = self.cfg.session_expiry_s
+            kwargs = {"clean_start": False, "properties": props}
+        self.client.connect_async(self.cfg.host, self.cfg.port, self.cfg.keepalive_s, **kwargs)
+        self.client.loop_start()
+
+    def _connected(self, client: paho.Client, _userdata, _flags, reason_code, _properties) -> None:
+        if reason_code.is_failure:
+            log.warning("broker refused the connection", extra={"fields": {"reason": str(reason_code)}})
+            return
+        self.connects += 1
+        client.subscribe(self.cfg.subscription(), qos=self.cfg.qos)
+        client.publish(self.status_topic, status_payload(self.agent_id, "online"), qos=1, retain=True)
+        self.connected.set()
+        log.info("connected", extra={"fields": {"broker": f"{self.cfg.host}:{self.cfg.port}"}})
+
+    def _disconnected(self, _client, _userdata, _flags, reason_code, _properties) -> None:
+        self.connected.clear()
+        if self._stopping:
+            return
+        self.disconnects += 1
+        log.warning("disconnected; reconnecting", extra={"fields": {"reason": str(reason_code)}})
+
+    def publish(self, topic: str, payload: bytes, qos: int, retain: bool = False) -> None:
+        """Queued by paho while disconnected (QoS 1) and sent on reconnect."""
+        self.client.publish(topic, payload, qos=qos, retain=retain)
+
+    def stop(self, timeout: float = 5.0, **status: Any) -> None:
+        """Say `offline` (retained) and disconnect cleanly, so the Last Will is not sent."""
+        self._stopping = True
+        if self.connected.is_set():
+            info = self.client.publish(
+                self.status_topic, status_payload(self.agent_id, "offline", **status), qos=1, retain=True
+            )
+            try:
+                info.wait_for_publish(timeout)
+            except (RuntimeError, ValueError):
+                log.warning("could not publish the offline status before disconnecting")
+        self.client.disconnect()
+        self.client.loop_stop()

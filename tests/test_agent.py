@@ -1,0 +1,200 @@
+"""The agent end to end against a real mosquitto: frames in, predictions and status out."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import paho.mqtt.client as paho
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from paho.mqtt.enums import CallbackAPIVersion
+
+from edge_ttt.agent import Agent, Message
+from edge_ttt.config import load_config
+from edge_ttt.stream.codec import Frame, encode, encode_json
+from tests.conftest import CHANNELS
+from tests.model_factory import LENGTH
+
+PERIOD_NS = 20_000_000
+T0 = 1_704_067_200_000_000_000
+
+
+def write_config(tmp_path: Path, bundle_dir: Path, port: int, **sections: str) -> Path:
+    text = f"""
+[agent]
+id = "test-agent"
+[mqtt]
+port = {port}
+reconnect_min_s = 0.2
+reconnect_max_s = 1.0
+[model]
+artifacts = "{bundle_dir}"
+[status]
+interval_s = 0.3
+[state]
+dir = "{tmp_path / "state"}"
+"""
+    path = tmp_path / "agent.toml"
+    path.write_text(text + "\n".join(sections.values()))
+    return path
+
+
+class Listener:
+    """A test client that records what the agent publishes."""
+
+    def __init__(self, port: int, topics: list[str]) -> None:
+        self.messages: list[tuple[str, dict]] = []
+        self.lock = threading.Lock()
+        self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"listener-{port}")
+        self.client.on_message = self._on_message
+        self.client.on_connect = lambda c, *_: [c.subscribe(t, qos=1) for t in topics]
+        self.client.connect("127.0.0.1", port)
+        self.client.loop_start()
+
+    def _on_message(self, _c, _u, msg) -> None:
+        with self.lock:
+            self.messages.append((msg.topic, json.loads(msg.payload)))
+
+    def of(self, suffix: str) -> list[dict]:
+        with self.lock:
+            return [m for t, m in self.messages if t.endswith(suffix)]
+
+    def publish(self, topic: str, payload: bytes) -> None:
+        self.client.publish(topic, payload, qos=1).wait_for_publish(5)
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def wait_for(condition, timeout: float = 20.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def frames(n_frames: int, samples: int = 25, seed: int = 0) -> list[Frame]:
+    rng = np.random.default_rng(seed)
+    return [
+        Frame(
+            0,
+            seq,
+            T0 + seq * samples * PERIOD_NS,
+            PERIOD_NS,
+            rng.standard_normal((samples, len(CHANNELS))).astype(np.float32),
+        )
+        for seq in range(n_frames)
+    ]
+
+
+def start(agent: Agent) -> threading.Thread:
+    thread = threading.Thread(target=agent.run, daemon=True)
+    thread.start()
+    assert agent.transport.connected.wait(10), "the agent did not connect"
+    return thread
+
+
+def test_two_devices_get_predictions_with_the_right_window_counts(tmp_path, bundle_dir, broker):
+    agent = Agent(load_config(write_config(tmp_path, bundle_dir, broker.port)))
+    listener = Listener(broker.port, ["edge-ttt/+/pred", "edge-ttt/agents/+/status"])
+    thread = start(agent)
+    try:
+        for device, seed in (("dev-a", 1), ("dev-b", 2)):
+            for frame in frames(12, seed=seed):  # 300 samples
+                listener.publish(f"edge-ttt/{device}/dt/0", encode(frame))
+        expected = (300 - LENGTH) // (LENGTH // 2) + 1
+        assert wait_for(lambda: len(listener.of("/pred")) >= 2 * expected)
+        time.sleep(0.3)  # nothing more should come
+        preds = listener.of("/pred")
+        assert sorted(p["device"] for p in preds) == ["dev-a"] * expected + ["dev-b"] * expected
+        for device in ("dev-a", "dev-b"):
+            ends = [p["t_end_ns"] for p in preds if p["device"] == device]
+            assert ends == [T0 + (LENGTH - 1 + k * LENGTH // 2) * PERIOD_NS for k in range(expected)]
+        p = preds[0]
+        assert p["policy"] == "steady" and p["model"] == agent.model.bundle_sha256
+        assert 0 < p["confidence"] <= 1 and p["entropy"] >= 0 and p["class"].startswith("c")
+        statuses = lambda: listener.of("/status")  # noqa: E731
+        assert wait_for(lambda: any(s.get("counters", {}).get("windows") == 2 * expected for s in statuses()))
+    finally:
+        agent.stop_event.set()
+        thread.join(10)
+    assert not thread.is_alive()
+    assert listener.of("/status")[-1]["state"] == "offline"  # the explicit offline of a clean stop
+    assert sorted(f.name for f in (tmp_path / "state").iterdir()) == ["dev-a__0.npz", "dev-b__0.npz"]
+    listener.close()
+
+
+def test_json_frames_and_duplicates(tmp_path, bundle_dir, broker):
+    agent = Agent(load_config(write_config(tmp_path, bundle_dir, broker.port)))
+    listener = Listener(broker.port, ["edge-ttt/+/pred"])
+    thread = start(agent)
+    try:
+        sent = frames(8, samples=16)  # 128 samples: 3 windows
+        for frame in sent + sent[2:5]:  # QoS 1 redelivery: three duplicates
+            listener.publish("edge-ttt/dev-j/dt/0", encode_json(frame))
+        assert wait_for(lambda: len(listener.of("/pred")) >= 3)
+        time.sleep(0.3)
+        assert len(listener.of("/pred")) == 3
+        assert agent.status()["counters"]["frames_duplicates"] == 3
+    finally:
+        agent.stop_event.set()
+        thread.join(10)
+        listener.close()
+
+
+@pytest.fixture
+def offline_agent(tmp_path, bundle_dir) -> Agent:
+    """An agent whose worker is driven by hand (no broker needed for `handle`)."""
+    return Agent(load_config(write_config(tmp_path, bundle_dir, 1)))
+
+
+@settings(max_examples=3000, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(payload=st.binary(max_size=300))
+def test_malformed_payloads_never_stop_the_worker_and_are_counted(offline_agent: Agent, payload: bytes):
+    before = offline_agent.counters.frames + sum(offline_agent.counters.rejected.values())
+    offline_agent.handle(Message("edge-ttt/fuzz/dt/0", payload, time.monotonic()))
+    after = offline_agent.counters.frames + sum(offline_agent.counters.rejected.values())
+    assert after == before + 1  # every payload is either a frame or a counted rejection
+
+
+def test_frames_that_do_not_fit_the_model_are_rejected_by_reason(offline_agent: Agent):
+    good = frames(1)[0]
+    cases = {
+        "channels": Frame(0, 1, T0, PERIOD_NS, np.zeros((10, 3), np.float32)),
+        "rate": Frame(0, 2, T0, PERIOD_NS // 2, np.zeros((10, len(CHANNELS)), np.float32)),
+        "stream": Frame(7, 3, T0, PERIOD_NS, np.zeros((10, len(CHANNELS)), np.float32)),
+    }
+    for frame in cases.values():
+        offline_agent.handle(Message("edge-ttt/dev/dt/0", encode(frame), time.monotonic()))
+    offline_agent.handle(Message("not/a/sensor/topic/at/all", encode(good), time.monotonic()))
+    assert dict(offline_agent.counters.rejected) == dict.fromkeys(cases, 1)
+    assert offline_agent.counters.unknown_topic == 1 and offline_agent.counters.frames == 0
+
+
+def test_run_refuses_a_bad_config_or_bundle_before_starting_anything(tmp_path, bundle_dir):
+    import shutil
+    import subprocess
+    import sys
+
+    def run(config: Path) -> subprocess.CompletedProcess:
+        cmd = [sys.executable, "-m", "edge_ttt.cli", "run", "--config", str(config)]
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=60, cwd=Path(__file__).parents[1])
+
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[agent]\nid = "x"\n[mqtt]\nprot = 1883\n[model]\nartifacts = "a"\n')
+    result = run(bad)
+    assert result.returncode == 2 and "mqtt.prot" in result.stderr
+    art = tmp_path / "art"
+    shutil.copytree(bundle_dir, art)
+    (art / "checkpoint").write_bytes(b"tampered")
+    result = run(write_config(tmp_path, art, 1))
+    assert result.returncode == 2 and "checkpoint" in result.stderr and "SHA-256" in result.stderr
+    assert not (tmp_path / "state").exists()  # nothing half-started
