@@ -59,6 +59,7 @@ class AgentCounters:
     windows: int = 0
     published: int = 0
     unknown_topic: int = 0
+    states_restored: int = 0
     rejected: Counter = field(default_factory=Counter)  # by reason: codec reasons, channels, rate, stream
 
 
@@ -180,6 +181,7 @@ class Agent:
             if path.is_file():
                 try:
                     engine.load_state(path)
+                    self.counters.states_restored += 1
                     log.info("adapted state restored", extra={"fields": {"device": device, "stream": stream}})
                 except StateError as exc:
                     log.warning(
@@ -244,6 +246,7 @@ class Agent:
                 "predictions_published": c.published,
                 "decode_errors": dict(c.rejected),
                 "unknown_topic": c.unknown_topic,
+                "states_restored": c.states_restored,
                 "queue_dropped": self.inbox.counters.dropped,
                 "queue_depth": len(self.inbox),
                 "gaps": gaps,

@@ -24,7 +24,10 @@ PERIOD_NS = 20_000_000
 T0 = 1_704_067_200_000_000_000
 
 
-def write_config(tmp_path: Path, bundle_dir: Path, port: int, **sections: str) -> Path:
+def write_config(
+    tmp_path: Path, bundle_dir: Path, port: int, mqtt: str = "", checkpoint_s: float = 300.0, extra: str = ""
+) -> Path:
+    """An agent config for the test broker; `mqtt` adds keys to [mqtt], `extra` whole sections."""
     text = f"""
 [agent]
 id = "test-agent"
@@ -32,15 +35,18 @@ id = "test-agent"
 port = {port}
 reconnect_min_s = 0.2
 reconnect_max_s = 1.0
+{mqtt}
 [model]
 artifacts = "{bundle_dir}"
 [status]
 interval_s = 0.3
 [state]
 dir = "{tmp_path / "state"}"
+checkpoint_interval_s = {checkpoint_s}
+{extra}
 """
     path = tmp_path / "agent.toml"
-    path.write_text(text + "\n".join(sections.values()))
+    path.write_text(text)
     return path
 
 
@@ -198,3 +204,103 @@ def test_run_refuses_a_bad_config_or_bundle_before_starting_anything(tmp_path, b
     result = run(write_config(tmp_path, art, 1))
     assert result.returncode == 2 and "checkpoint" in result.stderr and "SHA-256" in result.stderr
     assert not (tmp_path / "state").exists()  # nothing half-started
+
+
+def listener_reconnecting(port: int, topics: list[str]) -> Listener:
+    listener = Listener(port, topics)
+    listener.client.reconnect_delay_set(min_delay=1, max_delay=1)
+    return listener
+
+
+def test_broker_restart_mid_stream_the_agent_reconnects_and_misses_nothing_sent_after(
+    tmp_path, bundle_dir, broker
+):
+    agent = Agent(load_config(write_config(tmp_path, bundle_dir, broker.port)))
+    listener = listener_reconnecting(broker.port, ["edge-ttt/+/pred"])
+    thread = start(agent)
+    try:
+        sent = frames(24, samples=16)  # 384 samples: 11 windows in all
+        for frame in sent[:12]:
+            listener.publish("edge-ttt/dev-r/dt/0", encode(frame))
+        assert wait_for(lambda: len(listener.of("/pred")) == 5)  # 192 samples: 5 windows
+        broker.restart()
+        assert wait_for(lambda: agent.transport.connects >= 2 and agent.transport.connected.is_set())
+        assert wait_for(lambda: listener.client.is_connected())
+        for frame in sent[12:]:
+            listener.publish("edge-ttt/dev-r/dt/0", encode(frame))
+        assert wait_for(lambda: len(listener.of("/pred")) >= 11)
+        assert agent.counters.frames == 24 and agent.transport.disconnects >= 1
+    finally:
+        agent.stop_event.set()
+        thread.join(10)
+        listener.close()
+
+
+def test_sigkill_leaves_offline_by_last_will_and_a_restart_restores_the_state(tmp_path, bundle_dir, broker):
+    import signal
+    import subprocess
+    import sys
+
+    config = write_config(tmp_path, bundle_dir, broker.port, checkpoint_s=0.2)
+    cmd = [sys.executable, "-m", "edge_ttt.cli", "run", "--config", str(config)]
+    root = Path(__file__).parents[1]
+    listener = Listener(broker.port, ["edge-ttt/+/pred", "edge-ttt/agents/+/status"])
+    proc = subprocess.Popen(cmd, cwd=root, stderr=subprocess.PIPE, text=True)
+    try:
+        assert wait_for(lambda: any(s["state"] == "online" for s in listener.of("/status")))
+        for frame in frames(12):
+            listener.publish("edge-ttt/dev-k/dt/0", encode(frame))
+        assert wait_for(lambda: len(listener.of("/pred")) == 8)
+        assert wait_for(lambda: (tmp_path / "state" / "dev-k__0.npz").is_file())
+        time.sleep(0.5)  # a checkpoint after the last window
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+        assert wait_for(lambda: listener.of("/status")[-1]["state"] == "offline")  # the Last Will
+        assert "counters" not in listener.of("/status")[-1]  # the will, not a clean stop
+    finally:
+        proc.kill()
+    restarted = subprocess.Popen(cmd, cwd=root, stderr=subprocess.PIPE, text=True)
+    try:
+        assert wait_for(lambda: listener.of("/status")[-1]["state"] == "online")
+        next_frame = frames(13)[12]  # the stream goes on: the device's saved state is loaded
+        listener.publish("edge-ttt/dev-k/dt/0", encode(next_frame))
+        assert wait_for(
+            lambda: any(s.get("counters", {}).get("states_restored") == 1 for s in listener.of("/status"))
+        )
+    finally:
+        restarted.send_signal(signal.SIGTERM)
+        restarted.wait(20)
+        listener.close()
+    assert restarted.returncode == 0
+    assert listener.of("/status")[-1]["state"] == "offline" and "counters" in listener.of("/status")[-1]
+
+
+def test_a_slow_engine_keeps_memory_bounded_and_the_connection_alive(
+    tmp_path, bundle_dir, broker, monkeypatch
+):
+    from edge_ttt.adapt.engine import Engine
+
+    extra = "[queue]\nmax_frames = 50\n"
+    agent = Agent(
+        load_config(write_config(tmp_path, bundle_dir, broker.port, mqtt="keepalive_s = 1", extra=extra))
+    )
+    original = Engine.process
+
+    def slow(self, x):
+        time.sleep(0.05)
+        return original(self, x)
+
+    monkeypatch.setattr(Engine, "process", slow)
+    listener = Listener(broker.port, ["edge-ttt/+/pred"])
+    thread = start(agent)
+    try:
+        for frame in frames(600, samples=8):  # far more than the worker can take
+            listener.client.publish("edge-ttt/dev-s/dt/0", encode(frame), qos=1)
+        time.sleep(3)  # three keepalive periods while the worker is busy
+        assert agent.inbox.counters.high_water <= 50
+        assert agent.inbox.counters.dropped > 0
+        assert agent.transport.connected.is_set() and agent.transport.disconnects == 0
+    finally:
+        agent.stop_event.set()
+        thread.join(20)
+        listener.close()
