@@ -62,7 +62,7 @@ def bundle_dir(tmp_path_factory) -> Path:
 @pytest.fixture
 def broker(tmp_path):
     """A private mosquitto on a free loopback port, stopped after the test."""
-    from tests.broker import Broker
+    from firmware_sim.broker import Broker
 
     b = Broker(tmp_path)
     b.start()

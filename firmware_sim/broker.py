@@ -1,4 +1,4 @@
-"""A private mosquitto for tests: a free loopback port, its own config, started and stopped here."""
+"""A private mosquitto on a free loopback port, for tests, benchmarks and local simulation."""
 
 from __future__ import annotations
 
