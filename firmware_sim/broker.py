@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import getpass
 import shutil
 import socket
 import subprocess
@@ -24,7 +25,8 @@ def mosquitto_binary() -> str | None:
 class Broker:
     """mosquitto on 127.0.0.1:<port>; `restart` keeps the port (a broker that went down and came back)."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, listener_options: str = "", anonymous: bool = True) -> None:
+        """`listener_options`: mosquitto lines for the listener (TLS files, password_file...)."""
         binary = mosquitto_binary()
         if binary is None:
             raise RuntimeError("mosquitto is not installed: apt-get install -y mosquitto (.ci/run does)")
@@ -32,7 +34,11 @@ class Broker:
         self.port = free_port()
         self.config = workdir / "mosquitto.conf"
         self.config.write_text(
-            f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\nlog_dest none\n"
+            # `user`: started as root, mosquitto would switch to its own user and could no longer read
+            # the key files of a test's private directory; as anyone else the setting does nothing.
+            f"user {getpass.getuser()}\n"
+            f"per_listener_settings false\nallow_anonymous {str(anonymous).lower()}\npersistence false\n"
+            f"log_dest none\nlistener {self.port} 127.0.0.1\n{listener_options}\n"
         )
         self.process: subprocess.Popen | None = None
 

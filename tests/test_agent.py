@@ -304,3 +304,23 @@ def test_a_slow_engine_keeps_memory_bounded_and_the_connection_alive(
         agent.stop_event.set()
         thread.join(20)
         listener.close()
+
+
+def test_predictions_can_be_batched(tmp_path, bundle_dir, broker):
+    extra = "[predictions]\nbatch = 4\n"
+    agent = Agent(load_config(write_config(tmp_path, bundle_dir, broker.port, extra=extra)))
+    listener = Listener(broker.port, ["edge-ttt/+/pred"])
+    thread = start(agent)
+    try:
+        for frame in frames(12):  # 300 samples: 8 windows, two messages of four
+            listener.publish("edge-ttt/dev-b/dt/0", encode(frame))
+        assert wait_for(lambda: len(listener.of("/pred")) == 2)
+        first, second = listener.of("/pred")
+        assert [len(m["predictions"]) for m in (first, second)] == [4, 4]
+        ends = [p["t_end_ns"] for m in (first, second) for p in m["predictions"]]
+        assert ends == sorted(ends) and len(set(ends)) == 8
+        assert agent.status()["device"] == agent.model.device in ("cpu", "cuda")
+    finally:
+        agent.stop_event.set()
+        thread.join(10)
+        listener.close()
