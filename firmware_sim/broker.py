@@ -55,8 +55,11 @@ class Broker:
                 time.sleep(0.05)
         raise RuntimeError(f"mosquitto did not listen on port {self.port} within 10 s")
 
-    def stop(self) -> None:
+    def stop(self, kill: bool = False) -> None:
+        """Terminate (or, with `kill`, SIGKILL: a crash) and wait."""
         if self.process is not None and self.process.poll() is None:
+            if kill:
+                self.process.kill()
             self.process.terminate()
             try:
                 self.process.wait(5)
@@ -65,6 +68,6 @@ class Broker:
                 self.process.wait(5)
         self.process = None
 
-    def restart(self) -> None:
-        self.stop()
+    def restart(self, kill: bool = False) -> None:
+        self.stop(kill)
         self.start()

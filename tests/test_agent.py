@@ -204,6 +204,8 @@ def test_run_refuses_a_bad_config_or_bundle_before_starting_anything(tmp_path, b
     result = run(write_config(tmp_path, art, 1))
     assert result.returncode == 2 and "checkpoint" in result.stderr and "SHA-256" in result.stderr
     assert not (tmp_path / "state").exists()  # nothing half-started
+    result = run(write_config(tmp_path, tmp_path / "no-such-bundle", 1))
+    assert result.returncode == 2 and "no-such-bundle does not exist" in result.stderr
 
 
 def listener_reconnecting(port: int, topics: list[str]) -> Listener:
@@ -223,7 +225,7 @@ def test_broker_restart_mid_stream_the_agent_reconnects_and_misses_nothing_sent_
         for frame in sent[:12]:
             listener.publish("edge-ttt/dev-r/dt/0", encode(frame))
         assert wait_for(lambda: len(listener.of("/pred")) == 5)  # 192 samples: 5 windows
-        broker.restart()
+        broker.restart(kill=True)  # a crash: no clean disconnect for anyone
         assert wait_for(lambda: agent.transport.connects >= 2 and agent.transport.connected.is_set())
         assert wait_for(lambda: listener.client.is_connected())
         for frame in sent[12:]:
@@ -257,13 +259,19 @@ def test_sigkill_leaves_offline_by_last_will_and_a_restart_restores_the_state(tm
         proc.wait(10)
         assert wait_for(lambda: listener.of("/status")[-1]["state"] == "offline")  # the Last Will
         assert "counters" not in listener.of("/status")[-1]  # the will, not a clean stop
+        # While the agent is down, the device goes on: 4 more frames (100 samples, 3 more windows);
+        # the broker keeps them for the agent's persistent session.
+        for frame in frames(16)[12:]:
+            listener.publish("edge-ttt/dev-k/dt/0", encode(frame))
     finally:
         proc.kill()
     restarted = subprocess.Popen(cmd, cwd=root, stderr=subprocess.PIPE, text=True)
     try:
         assert wait_for(lambda: listener.of("/status")[-1]["state"] == "online")
-        next_frame = frames(13)[12]  # the stream goes on: the device's saved state is loaded
-        listener.publish("edge-ttt/dev-k/dt/0", encode(next_frame))
+        # The frames sent while it was down arrive; the device's saved state is loaded for them.
+        # Samples buffered for an unfinished window die with the process: the 100 new samples
+        # start a new run and give (100 - 64) // 32 + 1 = 2 windows.
+        assert wait_for(lambda: len(listener.of("/pred")) == 8 + 2)
         assert wait_for(
             lambda: any(s.get("counters", {}).get("states_restored") == 1 for s in listener.of("/status"))
         )
