@@ -38,7 +38,6 @@ class Inbox(Generic[T]):
         self.counters = InboxCounters()
         self._items: deque[T] = deque()
         self._ready = threading.Condition()
-        self._closed = False
 
     def put(self, item: T) -> None:
         """Never blocks: called from the network thread."""
@@ -54,17 +53,11 @@ class Inbox(Generic[T]):
             self._ready.notify()
 
     def get(self, timeout: float | None = None) -> T | None:
-        """The oldest item, waiting up to `timeout` s; None on timeout or once closed and empty."""
+        """The oldest item, waiting up to `timeout` s; None on timeout."""
         with self._ready:
-            if not self._items and not self._closed:
+            if not self._items:
                 self._ready.wait(timeout)
             return self._items.popleft() if self._items else None
-
-    def close(self) -> None:
-        """Wake the worker; items still queued can be drained with `get`."""
-        with self._ready:
-            self._closed = True
-            self._ready.notify_all()
 
     def __len__(self) -> int:
         with self._ready:
