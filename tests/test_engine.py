@@ -207,6 +207,7 @@ def test_steady_rolls_back_a_collapse_on_an_adversarial_single_class_stream(bund
         param_ema=1.0,
         reliable_quantile=0.99,
         collapse_horizon=16,
+        watch_every=2,
         snapshot_every=4,
         rollback_cooldown=8,
         gate_shift=0.0,  # the drift gate always open: this test is about the guard behind it

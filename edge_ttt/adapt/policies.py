@@ -96,7 +96,7 @@ class Policy:
         if not weights.any():
             self.model.discard_gradients()
             return out, weights, None
-        if np.allclose(weights, weights[0]):
+        if (weights == weights[0]).all():
             grads = {k: g * (weights[0] * n) for k, g in self.model.gradients().items()}
         else:
             self.model.discard_gradients()
@@ -278,8 +278,16 @@ class SteadyConfig:
     gate_spread: float = 0.5  # drift gate: mean |log variance ratio| that opens it
     collapse_entropy_ratio: float = 0.5  # collapse floor = ratio * source 5% entropy quantile
     collapse_horizon: int = 64
-    snapshot_every: int = 32
+    watch_every: int = 8  # updates between two looks of the collapse detector
+    snapshot_every: int = 32  # updates between snapshots (a multiple of watch_every)
     rollback_cooldown: int = 64
+
+    def __post_init__(self) -> None:
+        if self.watch_every < 1 or self.snapshot_every % self.watch_every:
+            raise ValueError(
+                f"snapshot_every ({self.snapshot_every}) must be a multiple of "
+                f"watch_every ({self.watch_every})"
+            )
 
 
 class Steady(Policy):
@@ -354,7 +362,8 @@ class Steady(Policy):
     def update(self, x: np.ndarray) -> np.ndarray:
         cfg = self.cfg
         self.gate.observe(x)
-        if self.gate.open:
+        drifting = self.gate.open
+        if drifting:
             out, weights, grads = self._gradient(x, self.stats(), 0.0, self._weights)
         else:  # nothing to correct: no backward pass, no step
             out, weights, grads = self.model.forward(x, self.stats()), np.zeros(len(x)), None
@@ -366,7 +375,7 @@ class Steady(Policy):
             moments.update(*out.moments[layer], windows=balanced_windows)
         a = 1.0 - (1.0 - cfg.prior_momentum) ** len(x)
         self.prior = (1.0 - a) * self.prior + a * counts / len(x)
-        if self.gate.open:
+        if drifting:
             self.counters.skipped_unreliable += int((weights == 0).sum())
         if grads is not None:
             self.fast = self.opt.step(self.fast, grads)
@@ -380,6 +389,9 @@ class Steady(Policy):
         return out.logits
 
     def _watch(self) -> None:
+        """Every `watch_every` updates: roll back on collapse, else maybe take a snapshot."""
+        if self.updates % self.cfg.watch_every:
+            return
         verdict = self.detector.verdict(self.param_drift(), self.stat_shift())
         if verdict is None:
             if self.updates % self.cfg.snapshot_every == 0:
