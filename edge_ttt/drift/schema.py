@@ -1,0 +1,227 @@
+"""The drift summary file: one Parquet row per summary, schema documented in docs/drift-summaries.md.
+
+Versions only ever add nullable columns. A reader conforms every file to the columns it knows:
+a column missing from an older file reads as null, a column it does not know (a newer file) is
+ignored; only the identity columns are required.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from edge_ttt.drift.stats import Histogram, Moments
+from edge_ttt.drift.summary import COUNTERS, Adaptation, DriftSummary, Reference
+
+SCHEMA_VERSION = 1
+FORMAT = b"edge-ttt-drift"  # file metadata key `format`; a breaking change would need a new name
+
+_f64, _i64, _str = pa.float64(), pa.int64(), pa.string()
+_ts = pa.timestamp("us", tz="UTC")
+REQUIRED = (
+    pa.field("schema_version", pa.int32(), nullable=False),
+    pa.field("summary_id", _str, nullable=False),
+    pa.field("device", _str, nullable=False),
+    pa.field("stream", _str, nullable=False),
+    pa.field("interval_start", _ts, nullable=False),
+    pa.field("interval_end", _ts, nullable=False),
+    pa.field("model_sha256", _str, nullable=False),
+    pa.field("policy", _str, nullable=False),
+    pa.field("agent_version", _str, nullable=False),
+)
+OPTIONAL = (
+    pa.field("windows", _i64),
+    pa.field("invalid_windows", _i64),
+    pa.field("samples", _i64),
+    pa.field("channels", pa.list_(_str)),
+    pa.field("channel_count", pa.list_(_i64)),
+    pa.field("channel_nonfinite", pa.list_(_i64)),
+    pa.field("channel_mean", pa.list_(_f64)),
+    pa.field("channel_m2", pa.list_(_f64)),
+    pa.field("channel_var", pa.list_(_f64)),
+    pa.field("channel_min", pa.list_(_f64)),
+    pa.field("channel_max", pa.list_(_f64)),
+    pa.field("channel_hist_edges", pa.list_(pa.list_(_f64))),
+    pa.field("channel_hist_counts", pa.list_(pa.list_(_i64))),
+    pa.field("ref_mean", pa.list_(_f64)),
+    pa.field("ref_var", pa.list_(_f64)),
+    pa.field("ref_share", pa.list_(pa.list_(_f64))),
+    pa.field("psi", pa.list_(_f64)),
+    pa.field("mean_shift", pa.list_(_f64)),
+    pa.field("classes", pa.list_(_str)),
+    pa.field("class_counts", pa.list_(_i64)),
+    pa.field("confidence_edges", pa.list_(_f64)),
+    pa.field("confidence_counts", pa.list_(_i64)),
+    pa.field("entropy_edges", pa.list_(_f64)),
+    pa.field("entropy_counts", pa.list_(_i64)),
+    *(pa.field(name, _i64) for name in COUNTERS),
+    pa.field("norm_layers", pa.list_(_str)),
+    pa.field("norm_mean_shift", pa.list_(_f64)),
+    pa.field("norm_log_var_ratio", pa.list_(_f64)),
+    pa.field("param_change", _f64),
+    pa.field("param_change_rel", _f64),
+    pa.field("latency_edges_ms", pa.list_(_f64)),
+    pa.field("latency_counts", pa.list_(_i64)),
+    pa.field("latency_p50_ms", _f64),
+    pa.field("latency_p99_ms", _f64),
+)
+SCHEMA = pa.schema([*REQUIRED, *OPTIONAL], metadata={b"format": FORMAT, b"schema_version": b"1"})
+
+
+class SchemaError(ValueError):
+    """A file is not a drift summary file, or lacks a required column."""
+
+
+def _row(s: DriftSummary) -> dict:
+    m, a = s.moments, s.adaptation
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "summary_id": s.summary_id,
+        "device": s.device,
+        "stream": s.stream,
+        "interval_start": round(s.start * 1e6),
+        "interval_end": round(s.end * 1e6),
+        "model_sha256": s.model_sha256,
+        "policy": s.policy,
+        "agent_version": s.agent_version,
+        "windows": s.windows,
+        "invalid_windows": s.invalid_windows,
+        "samples": s.samples,
+        "channels": list(s.reference.channels),
+        "channel_count": m.count.tolist(),
+        "channel_nonfinite": m.nonfinite.tolist(),
+        "channel_mean": m.mean.tolist(),
+        "channel_m2": m.m2.tolist(),
+        "channel_var": m.var.tolist(),
+        "channel_min": m.min.tolist(),
+        "channel_max": m.max.tolist(),
+        "channel_hist_edges": [h.edges.tolist() for h in s.channel_hist],
+        "channel_hist_counts": [h.counts.tolist() for h in s.channel_hist],
+        "ref_mean": list(s.reference.mean),
+        "ref_var": list(s.reference.var),
+        "ref_share": [list(x) for x in s.reference.share],
+        "psi": s.psi().tolist(),
+        "mean_shift": s.mean_shift().tolist(),
+        "classes": list(s.reference.classes),
+        "class_counts": s.class_counts.tolist(),
+        "confidence_edges": s.confidence.edges.tolist(),
+        "confidence_counts": s.confidence.counts.tolist(),
+        "entropy_edges": s.entropy.edges.tolist(),
+        "entropy_counts": s.entropy.counts.tolist(),
+        **{name: s.counters.get(name, 0) for name in COUNTERS},
+        "norm_layers": None if a is None or a.norm_layers is None else list(a.norm_layers),
+        "norm_mean_shift": None if a is None or a.norm_mean_shift is None else list(a.norm_mean_shift),
+        "norm_log_var_ratio": None
+        if a is None or a.norm_log_var_ratio is None
+        else list(a.norm_log_var_ratio),
+        "param_change": None if a is None else a.param_change,
+        "param_change_rel": None if a is None else a.param_change_rel,
+        "latency_edges_ms": s.latency.edges.tolist(),
+        "latency_counts": s.latency.counts.tolist(),
+        "latency_p50_ms": s.latency_ms(0.5),
+        "latency_p99_ms": s.latency_ms(0.99),
+    }
+
+
+def to_table(summaries: list[DriftSummary]) -> pa.Table:
+    return pa.Table.from_pylist([_row(s) for s in summaries], schema=SCHEMA)
+
+
+def to_parquet(summaries: list[DriftSummary]) -> bytes:
+    """The Parquet file's bytes (the spool writes them atomically)."""
+    sink = io.BytesIO()
+    pq.write_table(to_table(summaries), sink, compression="zstd")
+    return sink.getvalue()
+
+
+def conform(table: pa.Table) -> pa.Table:
+    """The table in this reader's columns: missing optional ones null, unknown ones dropped."""
+    missing = [f.name for f in REQUIRED if f.name not in table.column_names]
+    if missing:
+        raise SchemaError(f"not a drift summary table: missing {', '.join(missing)}")
+    columns = [
+        table.column(f.name).cast(f.type) if f.name in table.column_names else pa.nulls(len(table), f.type)
+        for f in SCHEMA
+    ]
+    return pa.Table.from_arrays(columns, schema=SCHEMA)
+
+
+def read_table(source) -> pa.Table:
+    """Read a summary file (path, file object or `pa.BufferReader`) in this reader's schema."""
+    return conform(pq.read_table(source))
+
+
+def read_bytes(data: bytes) -> pa.Table:
+    return read_table(pa.BufferReader(data))
+
+
+def _array(value, dtype, default) -> np.ndarray:
+    return np.asarray(default if value is None else value, dtype)
+
+
+def from_table(table: pa.Table) -> list[DriftSummary]:
+    """Summaries back from a conformed table, for merging; absent statistics read as empty."""
+    out = []
+    for r in conform(table).to_pylist():
+        n = len(r["channels"] or [])
+        edges = r["channel_hist_edges"] or [[] for _ in range(n)]
+        k = len(r["classes"] or [])
+        a = None
+        if r["param_change"] is not None:
+            a = Adaptation(
+                *(None if r[c] is None else tuple(r[c]) for c in ("norm_layers", "norm_mean_shift")),
+                None if r["norm_log_var_ratio"] is None else tuple(r["norm_log_var_ratio"]),
+                r["param_change"],
+                r["param_change_rel"],
+            )
+        zeros_i, zeros_f = [0] * n, [0.0] * n
+        out.append(
+            DriftSummary(
+                summary_id=r["summary_id"],
+                device=r["device"],
+                stream=r["stream"],
+                start=r["interval_start"].timestamp(),
+                end=r["interval_end"].timestamp(),
+                model_sha256=r["model_sha256"],
+                policy=r["policy"],
+                agent_version=r["agent_version"],
+                reference=Reference(
+                    tuple(r["channels"] or ()),
+                    tuple(r["ref_mean"] or zeros_f),
+                    tuple(r["ref_var"] or zeros_f),
+                    tuple(tuple(e) for e in edges),
+                    tuple(tuple(x) for x in (r["ref_share"] or [[] for _ in range(n)])),
+                    tuple(r["classes"] or ()),
+                ),
+                moments=Moments(
+                    _array(r["channel_count"], np.int64, zeros_i),
+                    _array(r["channel_nonfinite"], np.int64, zeros_i),
+                    _array(r["channel_mean"], np.float64, zeros_f),
+                    _array(r["channel_m2"], np.float64, zeros_f),
+                    _array(r["channel_min"], np.float64, [math.inf] * n),
+                    _array(r["channel_max"], np.float64, [-math.inf] * n),
+                ),
+                channel_hist=[
+                    Histogram(np.asarray(e, np.float64), _array(c, np.int64, [0] * (len(e) + 1)))
+                    for e, c in zip(edges, r["channel_hist_counts"] or [None] * n, strict=True)
+                ],
+                class_counts=_array(r["class_counts"], np.int64, [0] * k),
+                confidence=_hist(r["confidence_edges"], r["confidence_counts"]),
+                entropy=_hist(r["entropy_edges"], r["entropy_counts"]),
+                latency=_hist(r["latency_edges_ms"], r["latency_counts"]),
+                windows=r["windows"] or 0,
+                invalid_windows=r["invalid_windows"] or 0,
+                counters={c: r[c] or 0 for c in COUNTERS},
+                adaptation=a,
+            )
+        )
+    return out
+
+
+def _hist(edges, counts) -> Histogram:
+    edges = np.asarray(edges or [], np.float64)
+    return Histogram(edges, _array(counts, np.int64, [0] * (len(edges) + 1)))

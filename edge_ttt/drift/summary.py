@@ -1,0 +1,306 @@
+"""Drift summaries: what one (device, stream) saw and did over an interval, without raw data.
+
+`SummaryCollector` folds in every batch of windows the engine processed and hands back a
+finished `DriftSummary` when the interval (seconds or windows) is over. Summaries carry their
+source reference, so their drift scores can be recomputed after `merge_summaries` combines
+consecutive intervals or several devices. Pure: no I/O (schema.py writes them).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+import uuid
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from edge_ttt import __version__
+from edge_ttt.drift.stats import Histogram, Moments, mean_shift, psi
+
+COUNTERS = (
+    "adapt_steps",
+    "skipped_unreliable",
+    "skipped_no_drift",
+    "rejected_invalid",
+    "resets",
+    "rollbacks",
+)
+BINS = 20  # confidence and entropy histograms: equal-width bins over [0, 1] and [0, ln K]
+LATENCY_EDGES_MS = tuple(float(e) for e in np.geomspace(0.1, 10_000.0, 41))  # 0.1 ms to 10 s, x1.33
+_MERGED = uuid.UUID("6c1d5e2a-3f0b-4b8e-9a51-0d7e4c2f9b10")  # namespace of merged summaries' ids
+ANY = "*"  # an identity field that differs between merged summaries
+
+
+@dataclass(frozen=True)
+class Reference:
+    """The source distribution a summary is scored against (from the manifest's `reference`)."""
+
+    channels: tuple[str, ...]
+    mean: tuple[float, ...]
+    var: tuple[float, ...]
+    edges: tuple[tuple[float, ...], ...]  # inner histogram edges per channel
+    share: tuple[tuple[float, ...], ...]  # source share per bin, per channel
+    classes: tuple[str, ...]
+
+    @classmethod
+    def from_manifest(cls, manifest: Any) -> Reference:
+        ref = manifest.reference.channels
+        return cls(
+            tuple(c.name for c in ref),
+            tuple(c.mean for c in ref),
+            tuple(c.var for c in ref),
+            tuple(tuple(c.hist_edges) for c in ref),
+            tuple(tuple(c.hist_share) for c in ref),
+            tuple(manifest.model.classes),
+        )
+
+
+@dataclass(frozen=True)
+class Adaptation:
+    """Where the adapted state stands at the end of an interval (a level, not a count).
+
+    Per batch-norm layer: the mean over channels of |mu - mu_s| / sqrt(var_s + eps) and of
+    |ln((var + eps) / (var_s + eps))|; None for policies that keep no statistics of their own
+    (source, tent, sar), empty for models without batch norms. `param_change` is the L2 norm of
+    the adapted norm affines minus the source ones; `param_change_rel` divides it by the source norm.
+    """
+
+    norm_layers: tuple[str, ...] | None
+    norm_mean_shift: tuple[float, ...] | None
+    norm_log_var_ratio: tuple[float, ...] | None
+    param_change: float
+    param_change_rel: float
+
+
+def adaptation_state(policy: Any, eps: float = 1e-5) -> Adaptation:
+    """Read a policy's `params`/`source_params` and, when it has them, `stats()`/`source_stats`."""
+    layers = shifts = ratios = None
+    if hasattr(policy, "stats"):
+        stats, source = policy.stats(), policy.source_stats
+        layers = tuple(source)
+        shifts, ratios = [], []
+        for name in layers:
+            (m, v), (ms, vs) = stats[name], source[name]
+            m, v, ms, vs = (np.asarray(a, np.float64) for a in (m, v, ms, vs))
+            shifts.append(float(np.mean(np.abs(m - ms) / np.sqrt(vs + eps))))
+            ratios.append(float(np.mean(np.abs(np.log((v + eps) / (vs + eps))))))
+        shifts, ratios = tuple(shifts), tuple(ratios)
+    sq = sum(
+        float(((np.asarray(policy.params[k], np.float64) - v) ** 2).sum())
+        for k, v in policy.source_params.items()
+    )
+    norm = math.sqrt(
+        sum(float((np.asarray(v, np.float64) ** 2).sum()) for v in policy.source_params.values())
+    )
+    return Adaptation(layers, shifts, ratios, math.sqrt(sq), math.sqrt(sq) / max(norm, 1e-12))
+
+
+@dataclass
+class DriftSummary:
+    """One interval of one (device, stream), or a merge of several. Times are Unix seconds."""
+
+    summary_id: str
+    device: str
+    stream: str
+    start: float
+    end: float
+    model_sha256: str
+    policy: str
+    agent_version: str
+    reference: Reference
+    moments: Moments  # over the raw samples of the windows, per channel
+    channel_hist: list[Histogram]  # per channel, over the reference edges
+    class_counts: np.ndarray  # int64 [K], predicted classes
+    confidence: Histogram  # max softmax probability
+    entropy: Histogram  # prediction entropy, nats
+    latency: Histogram  # ms, frame arrival to prediction
+    windows: int = 0
+    invalid_windows: int = 0  # failed the input guard
+    counters: dict[str, int] = field(default_factory=lambda: dict.fromkeys(COUNTERS, 0))
+    adaptation: Adaptation | None = None
+
+    @classmethod
+    def empty(
+        cls, reference: Reference, device: str, stream: str, start: float, model_sha256: str, policy: str
+    ) -> DriftSummary:
+        k = len(reference.classes)
+        return cls(
+            summary_id=uuid.uuid4().hex,
+            device=device,
+            stream=stream,
+            start=start,
+            end=start,
+            model_sha256=model_sha256,
+            policy=policy,
+            agent_version=__version__,
+            reference=reference,
+            moments=Moments.empty(len(reference.channels)),
+            channel_hist=[Histogram.over(e) for e in reference.edges],
+            class_counts=np.zeros(k, np.int64),
+            confidence=Histogram.over(np.linspace(0.0, 1.0, BINS + 1)[1:-1]),
+            entropy=Histogram.over(np.linspace(0.0, math.log(k), BINS + 1)[1:-1]),
+            latency=Histogram.over(LATENCY_EDGES_MS),
+        )
+
+    @property
+    def samples(self) -> int:
+        """Raw sample rows seen (overlapping windows count their shared samples again)."""
+        return int((self.moments.count + self.moments.nonfinite).max(initial=0))
+
+    def psi(self) -> np.ndarray:
+        """Population stability index per channel against the reference shares (NaN without data)."""
+        return np.array(
+            [
+                psi(h.counts, np.asarray(s))
+                for h, s in zip(self.channel_hist, self.reference.share, strict=True)
+            ]
+        )
+
+    def mean_shift(self) -> np.ndarray:
+        """Standardized mean shift per channel (NaN without finite data)."""
+        shift = mean_shift(self.moments.mean, np.asarray(self.reference.mean), np.asarray(self.reference.var))
+        return np.where(self.moments.count > 0, shift, np.nan)
+
+    def latency_ms(self, q: float) -> float | None:
+        return self.latency.quantile(q)
+
+
+def _same(values: Iterable[str]) -> str:
+    distinct = set(values)
+    return distinct.pop() if len(distinct) == 1 else ANY
+
+
+def merge_summaries(summaries: Iterable[DriftSummary]) -> DriftSummary:
+    """Exact for counts, moments and histograms. Identity fields that differ become "*"; the
+    adaptation level is the latest interval's when all are of one (device, stream), else None.
+    The merged id is derived from the inputs' ids, so merging the same summaries twice gives one id.
+    """
+    parts = sorted(summaries, key=lambda s: (s.end, s.summary_id))
+    if not parts:
+        raise ValueError("nothing to merge")
+    first = parts[0]
+    if any(p.reference != first.reference for p in parts):
+        raise ValueError("summaries scored against different references cannot merge")
+    out = copy.deepcopy(first)  # the inputs stay as they are
+    out.summary_id = uuid.uuid5(_MERGED, ",".join(sorted(p.summary_id for p in parts))).hex
+    for p in parts[1:]:
+        out.moments = out.moments + p.moments
+        out.channel_hist = [a + b for a, b in zip(out.channel_hist, p.channel_hist, strict=True)]
+        out.class_counts = out.class_counts + p.class_counts
+        out.confidence, out.entropy, out.latency = (
+            out.confidence + p.confidence,
+            out.entropy + p.entropy,
+            out.latency + p.latency,
+        )
+        out.windows += p.windows
+        out.invalid_windows += p.invalid_windows
+        out.counters = {k: out.counters.get(k, 0) + p.counters.get(k, 0) for k in COUNTERS}
+    for name in ("device", "stream", "model_sha256", "policy", "agent_version"):
+        setattr(out, name, _same(getattr(p, name) for p in parts))
+    out.start, out.end = min(p.start for p in parts), max(p.end for p in parts)
+    one_stream = ANY not in (out.device, out.stream)
+    out.adaptation = parts[-1].adaptation if one_stream else None
+    return out
+
+
+class SummaryCollector:
+    """Collects one (device, stream) and closes a summary every `interval_s` seconds or every
+    `interval_windows` windows, whichever comes first. An interval without windows yields none.
+
+    `counters` are the engine's counters when the collector starts (a restored engine does not
+    start at 0); each summary holds the increase over its interval.
+    """
+
+    def __init__(
+        self,
+        reference: Reference,
+        device: str,
+        stream: str,
+        model_sha256: str,
+        policy: str,
+        interval_s: float = 300.0,
+        interval_windows: int | None = None,
+        counters: Mapping[str, int] | None = None,
+        now: float | None = None,
+    ) -> None:
+        if interval_s <= 0 or (interval_windows is not None and interval_windows <= 0):
+            raise ValueError("intervals must be positive")
+        self.reference = reference
+        self.identity = (device, stream, model_sha256, policy)
+        self.interval_s = interval_s
+        self.interval_windows = interval_windows
+        self._counters = {k: int((counters or {}).get(k, 0)) for k in COUNTERS}
+        self._open(time.time() if now is None else now)
+
+    def _open(self, now: float) -> None:
+        device, stream, model, policy = self.identity
+        self.current = DriftSummary.empty(self.reference, device, stream, now, model, policy)
+        self._base = dict(self._counters)
+
+    def observe(
+        self,
+        x: np.ndarray,
+        classes: np.ndarray,
+        confidence: np.ndarray,
+        entropy: np.ndarray,
+        valid: np.ndarray | None = None,
+        counters: Mapping[str, int] | None = None,
+        adaptation: Adaptation | None = None,
+        latency_ms: Iterable[float] = (),
+    ) -> SummaryCollector:
+        """One batch: raw windows `[n, C, L]`, and per window the predicted class, confidence,
+        entropy and guard verdict; the engine's counters and adaptation level after the batch."""
+        x = np.asarray(x)
+        s = self.current
+        samples = np.moveaxis(x, 1, 2).reshape(-1, x.shape[1])
+        s.moments.update(samples)
+        for c, hist in enumerate(s.channel_hist):
+            hist.update(samples[:, c])
+        s.class_counts += np.bincount(np.asarray(classes, np.int64), minlength=len(s.class_counts))
+        s.confidence.update(confidence)
+        s.entropy.update(entropy)
+        s.latency.update(np.fromiter(latency_ms, np.float64))
+        s.windows += len(x)
+        s.invalid_windows += 0 if valid is None else int((~np.asarray(valid, bool)).sum())
+        if counters is not None:
+            self._counters = {k: int(counters.get(k, 0)) for k in COUNTERS}
+        if adaptation is not None:
+            s.adaptation = adaptation
+        return self
+
+    def observe_windows(
+        self, x: np.ndarray, predictions: Any, engine: Any, latency_ms: Iterable[float] = ()
+    ) -> SummaryCollector:
+        """`observe` from the engine's `Predictions` and the engine itself (counters, policy)."""
+        return self.observe(
+            x,
+            predictions.classes,
+            predictions.probs.max(axis=1),
+            predictions.entropy,
+            predictions.valid,
+            engine.counters.as_dict(),
+            adaptation_state(engine.policy),
+            latency_ms,
+        )
+
+    def maybe_close(self, now: float | None = None) -> DriftSummary | None:
+        """The finished summary when the interval is over, else None; a new interval starts."""
+        now = time.time() if now is None else now
+        s = self.current
+        full = self.interval_windows is not None and s.windows >= self.interval_windows
+        if not full and now - s.start < self.interval_s:
+            return None
+        return self.close(now)
+
+    def close(self, now: float | None = None) -> DriftSummary | None:
+        """End the interval now (shutdown); None when it saw no windows."""
+        now = time.time() if now is None else now
+        s = self.current
+        s.end = now
+        s.counters = {k: self._counters[k] - self._base[k] for k in COUNTERS}
+        self._open(now)
+        return s if s.windows else None

@@ -1,0 +1,289 @@
+"""Shipping drift summaries over a real mosquitto: outages, restarts, the bound, chunks, corruption."""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+
+import paho.mqtt.client as paho
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+
+from edge_ttt.drift.receiver import MessageError, Receiver, parse_message
+from edge_ttt.drift.schema import to_parquet
+from edge_ttt.drift.shipper import Shipper, drift_topic, encode_chunks
+from edge_ttt.drift.spool import Spool, summary_id_of
+from tests.test_drift_spool import summary
+
+TOPIC = drift_topic("edge-ttt", "dev-1")
+
+
+@pytest.fixture
+def home_broker(broker, tmp_path):
+    """The fixture broker with persistence on, as a fleet broker runs: the collector's session and
+    its queued QoS 1 messages survive a broker restart (stop() saves them, start() restores them)."""
+    broker.stop()
+    store = tmp_path / "mosquitto-db"
+    store.mkdir()
+    text = broker.config.read_text().replace(
+        "persistence false", f"persistence true\npersistence_location {store}/"
+    )
+    broker.config.write_text(text)
+    broker.start()
+    return broker
+
+
+def client(port: int, client_id: str, clean: bool = True) -> paho.Client:
+    c = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=clean)
+    c.reconnect_delay_set(min_delay=1, max_delay=1)
+    c.connect_async("127.0.0.1", port)
+    c.loop_start()
+    return c
+
+
+class Home:
+    """The receiving side: a persistent-session subscriber feeding a `Receiver`."""
+
+    def __init__(self, port: int) -> None:
+        self.receiver = Receiver()
+        self.ids: list[str] = []
+        self.lock = threading.Lock()
+        self.subscribed = threading.Event()
+        self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id="home", clean_session=False)
+        self.client.reconnect_delay_set(min_delay=1, max_delay=1)
+        self.client.on_connect = lambda c, *_: c.subscribe("edge-ttt/+/drift", qos=1)
+        self.client.on_subscribe = lambda *_: self.subscribed.set()
+        self.client.on_message = self._on_message
+        self.client.connect_async("127.0.0.1", port)
+        self.client.loop_start()
+        assert self.subscribed.wait(10)
+
+    def _on_message(self, _c, _u, msg) -> None:
+        with self.lock:
+            table = self.receiver.accept(msg.payload)
+            if table is not None:
+                self.ids.extend(table["summary_id"].to_pylist())
+
+    def accepted(self) -> list[str]:
+        with self.lock:
+            return list(self.ids)
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def wait_for(condition, timeout: float = 20.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+@pytest.fixture
+def home(home_broker):
+    h = Home(home_broker.port)
+    yield h
+    h.close()
+
+
+def shipper_for(port: int, spool: Spool, chunk_bytes: int = 64_000) -> Shipper:
+    shipper = Shipper(client(port, "dev-1"), spool, TOPIC, chunk_bytes=chunk_bytes)
+    shipper.start(interval_s=0.05)
+    return shipper
+
+
+def close(shipper: Shipper) -> None:
+    shipper.stop()
+    shipper.client.disconnect()
+    shipper.client.loop_stop()
+
+
+def test_summaries_made_during_a_broker_outage_arrive_once_each_when_it_returns(home_broker, home, tmp_path):
+    spool = Spool(tmp_path / "spool", 10**7)
+    shipper = shipper_for(home_broker.port, spool)
+    try:
+        before = [summary(i) for i in range(3)]
+        for s in before:
+            shipper.submit(s)
+        assert wait_for(lambda: len(home.accepted()) == 3 and shipper.pending() == 0)
+        home_broker.stop()
+        during = [summary(10 + i) for i in range(5)]
+        for s in during:
+            shipper.submit(s)
+            time.sleep(0.2)
+        time.sleep(1.0)
+        assert shipper.pending() == 5  # nothing acknowledged, nothing removed
+        home_broker.start()
+        assert wait_for(lambda: len(home.accepted()) == 8 and shipper.pending() == 0, 30)
+        time.sleep(0.5)  # room for late duplicates, which must be dropped
+        accepted = home.accepted()
+        assert sorted(accepted) == sorted(s.summary_id for s in before + during)  # each once
+        assert home.receiver.counters.corrupt == 0 and spool.counters.dropped == 0
+    finally:
+        close(shipper)
+
+
+def test_a_restarted_agent_ships_what_its_spool_holds(home_broker, home, tmp_path):
+    offline = Shipper(
+        paho.Client(CallbackAPIVersion.VERSION2, client_id="never"), Spool(tmp_path, 10**7), TOPIC
+    )
+    ids = [summary_id_of(offline.submit(summary(i))) for i in range(3)]
+    offline.pump()  # not connected: nothing is handed over, everything stays
+    assert offline.pending() == 3 and offline.messages_sent == 0
+    shipper = shipper_for(home_broker.port, Spool(tmp_path, 10**7))  # the agent after a restart
+    try:
+        assert wait_for(lambda: len(home.accepted()) == 3 and shipper.pending() == 0)
+        assert sorted(ids) == sorted(home.accepted())
+    finally:
+        close(shipper)
+
+
+def test_a_long_outage_keeps_the_spool_within_its_bound_and_ships_the_newest(home_broker, home, tmp_path):
+    size = len(to_parquet([summary(0)]))
+    spool = Spool(tmp_path, max_bytes=int(size * 5.5))
+    shipper = shipper_for(home_broker.port, spool)
+    try:
+        assert wait_for(shipper.client.is_connected)
+        home_broker.stop()
+        made = [summary(i) for i in range(20)]
+        for s in made:
+            shipper.submit(s)
+        assert spool.size() <= spool.max_bytes
+        assert spool.counters.dropped == 15 and shipper.pending() == 5
+        home_broker.start()
+        assert wait_for(lambda: len(home.accepted()) == 5 and shipper.pending() == 0, 30)
+        assert sorted(home.accepted()) == sorted(s.summary_id for s in made[-5:])
+    finally:
+        close(shipper)
+
+
+def test_a_summary_larger_than_the_chunk_limit_arrives_in_chunks_and_is_reassembled(
+    home_broker, home, tmp_path
+):
+    shipper = shipper_for(home_broker.port, Spool(tmp_path, 10**7), chunk_bytes=1_000)
+    try:
+        s = summary()
+        shipper.submit(s)
+        assert wait_for(lambda: home.accepted() == [s.summary_id])
+        assert shipper.messages_sent > 3 and home.receiver.counters.messages >= shipper.messages_sent
+    finally:
+        close(shipper)
+
+
+def messages(chunk_bytes: int = 700) -> tuple[str, list[bytes]]:
+    s = summary()
+    return s.summary_id, encode_chunks(s.summary_id, to_parquet([s]), chunk_bytes)
+
+
+def test_a_corrupted_chunk_fails_the_sha256_and_is_counted_not_stored():
+    sid, msgs = messages()
+    head, body = msgs[1].split(b"\n", 1)
+    bad = head + b"\n" + bytes([body[0] ^ 0xFF]) + body[1:]
+    receiver = Receiver()
+    out = [receiver.accept(m) for m in [msgs[0], bad, *msgs[2:]]]
+    assert out == [None] * len(msgs) and receiver.counters.corrupt == 1 and sid not in receiver.seen
+    out = [receiver.accept(m) for m in reversed(msgs)]  # an intact resend, in any order, is accepted
+    assert out[-1]["summary_id"].to_pylist() == [sid] and receiver.counters.accepted == 1
+
+
+def test_duplicates_are_dropped_by_summary_id():
+    sid, msgs = messages()
+    receiver = Receiver()
+    first = [receiver.accept(m) for m in msgs]
+    again = [receiver.accept(m) for m in msgs]
+    assert first[-1] is not None and again == [None] * len(msgs)
+    assert receiver.counters.duplicates == len(msgs) and receiver.seen == {sid}
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [b"no header", b"{}\n", b'{"format": "edge-ttt-drift", "v": 2}\nx', b"[1]\n", b"{bad json\n"],
+)
+def test_malformed_messages_are_refused_and_counted(payload):
+    with pytest.raises(MessageError):
+        parse_message(payload)
+    receiver = Receiver()
+    assert receiver.accept(payload) is None and receiver.counters.malformed == 1
+
+
+def test_incomplete_files_are_evicted_beyond_the_bound():
+    receiver = Receiver(max_partial=2)
+    for seed in range(3):
+        s = summary(seed)
+        receiver.accept(encode_chunks(s.summary_id, to_parquet([s]), 500)[0])
+    assert receiver.counters.evicted == 1
+
+
+def test_a_file_leaves_the_spool_only_after_the_broker_acknowledged_it(home_broker, home, tmp_path):
+    shipper = shipper_for(home_broker.port, Spool(tmp_path, 10**7))
+    try:
+        assert wait_for(shipper.client.is_connected)
+        home_broker.process.send_signal(signal.SIGSTOP)  # connected, but no PUBACK comes
+        try:
+            s = summary()
+            shipper.submit(s)
+            assert wait_for(lambda: shipper.messages_sent > 0)  # handed to paho, sent on the socket
+            time.sleep(1.0)
+            assert shipper.pending() == 1
+        finally:
+            home_broker.process.send_signal(signal.SIGCONT)
+        assert wait_for(lambda: shipper.pending() == 0 and home.accepted() == [s.summary_id])
+    finally:
+        close(shipper)
+
+
+class FakeInfo:
+    """paho's `MQTTMessageInfo` contract: `is_published()` raises for a refused publish."""
+
+    def __init__(self, rc: MQTTErrorCode) -> None:
+        self.rc = rc
+        self.published = False
+
+    def is_published(self) -> bool:
+        if self.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            raise RuntimeError(f"Message publish failed: {self.rc}")
+        return self.published
+
+
+class FlakyClient:
+    """Connected, but the first publish is refused (the connection dropped during the call)."""
+
+    def __init__(self) -> None:
+        self.infos: list[FakeInfo] = []
+
+    def is_connected(self) -> bool:
+        return True
+
+    def publish(self, topic: str, payload: bytes, qos: int) -> FakeInfo:
+        refused = not self.infos
+        self.infos.append(
+            FakeInfo(MQTTErrorCode.MQTT_ERR_NO_CONN if refused else MQTTErrorCode.MQTT_ERR_SUCCESS)
+        )
+        return self.infos[-1]
+
+
+def test_a_refused_publish_keeps_the_file_and_sends_it_again(tmp_path):
+    shipper = Shipper(FlakyClient(), Spool(tmp_path, 10**7), TOPIC)
+    shipper.submit(summary())
+    shipper.pump()
+    shipper.pump()  # the refused one is not tracked: it goes again
+    assert len(shipper.client.infos) == 2 and shipper.pending() == 1
+    shipper.pump()  # in flight, not acknowledged: not sent a third time, still spooled
+    assert len(shipper.client.infos) == 2 and shipper.pending() == 1
+    shipper.client.infos[1].published = True
+    shipper.pump()
+    assert shipper.pending() == 0 and shipper.spool.counters.shipped == 1
+
+
+def test_chunks_of_a_resend_chunked_differently_do_not_mix():
+    s = summary()
+    data = to_parquet([s])
+    small, large = encode_chunks(s.summary_id, data, 500), encode_chunks(s.summary_id, data, 700)
+    receiver = Receiver()
+    assert len(small) > len(large) + 2
+    out = [receiver.accept(m) for m in [*small[2:], *large]]  # small[2:] alone outnumbers large
+    assert out[-1] is not None and receiver.counters.corrupt == 0
