@@ -2,12 +2,171 @@
 
 from __future__ import annotations
 
+import time
+from pathlib import Path
+from typing import Annotated, NoReturn
+
+import numpy as np
 import typer
 
 from edge_ttt.cli import datasets_app
+from edge_ttt.recordlog import LogFormatError, read_log, write_log
+from firmware_sim.corruptions import device_rng
+from firmware_sim.devices import Link, SimDevice, fleet_schedule, pump
+from firmware_sim.scenarios import ScenarioError, load_scenario
+from firmware_sim.signals import IMU_CHANNELS, ImuSource, LogSource, Source
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 app.add_typer(datasets_app, name="datasets")
+
+Broker = Annotated[str, typer.Option(help="MQTT broker as HOST:PORT")]
+Prefix = Annotated[str, typer.Option(help="topic prefix: frames go to <prefix>/<device>/dt/0")]
+Qos = Annotated[int, typer.Option(min=0, max=1, help="MQTT QoS of the frames")]
+SamplesPerFrame = Annotated[int, typer.Option(min=1, max=1000, help="samples per frame")]
+ScenarioName = Annotated[str, typer.Option("--scenario", help="built-in scenario name or TOML file")]
+Buffer = Annotated[int, typer.Option(min=1, help="frames a device keeps while disconnected")]
+
+
+def _fail(message: str) -> NoReturn:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(code=2)
+
+
+def _broker(value: str) -> tuple[str, int]:
+    host, _, port = value.rpartition(":")
+    if not host or not port.isdigit():
+        _fail(f"--broker {value!r} is not HOST:PORT, e.g. 127.0.0.1:1883")
+    return host, int(port)
+
+
+@app.command()
+def devices(
+    broker: Broker,
+    count: Annotated[int, typer.Option(min=1, help="number of simulated devices")] = 10,
+    rate: Annotated[float, typer.Option(min=0.1, help="sample rate, Hz (a --log's own rate wins)")] = 50.0,
+    scenario: ScenarioName = "clean",
+    duration: Annotated[float | None, typer.Option(min=0.0, help="seconds; default: until Ctrl-C")] = None,
+    seed: Annotated[int, typer.Option(help="seeds signals, faults and clock offsets")] = 0,
+    prefix: Prefix = "edge-ttt",
+    samples_per_frame: SamplesPerFrame = 10,
+    qos: Qos = 1,
+    log: Annotated[Path | None, typer.Option(help="recorded log to take signals from (looped)")] = None,
+    clock_offset_ms: Annotated[float, typer.Option(min=0.0, help="max clock offset between devices")] = 0.0,
+    buffer: Buffer = 500,
+) -> None:
+    """N simulated devices publishing frames in real time, with an optional drift scenario."""
+    host, port = _broker(broker)
+    try:
+        plan = load_scenario(scenario)
+        recorded = read_log(log) if log is not None else None
+    except (ScenarioError, LogFormatError) as exc:
+        _fail(str(exc))
+    if recorded is not None and not len(recorded):
+        _fail(f"{log} holds no samples")
+    start_ns = time.time_ns()
+    sims, links, topics = [], [], []
+    for i in range(count):
+        source: Source
+        if recorded is None:
+            device = f"sim-{i:03d}"
+            source = ImuSource(rate, seed, device)
+        else:
+            ids = recorded.devices()
+            base = ids[i % len(ids)]
+            device = base if i < len(ids) else f"{base}-{i // len(ids)}"
+            source = LogSource(recorded.values[recorded.device_id == base], recorded.channels)
+            rate = recorded.sample_rate_hz
+        offset_ns = round(device_rng(seed, device).uniform(-1, 1) * clock_offset_ms * 1e6)
+        try:
+            drift = plan.for_device(i, device, source.channels, seed)
+        except ScenarioError as exc:
+            _fail(str(exc))
+        sims.append(SimDevice(device, source, drift, rate, samples_per_frame, start_ns + offset_ns))
+        links.append(Link(host, port, f"firmware-sim-{device}", qos, buffer))
+        topics.append(f"{prefix}/{device}/dt/0")
+    for link in links:
+        link.open()
+    total = None if duration is None else int(duration * rate / samples_per_frame) * count
+    summary = pump(fleet_schedule(sims, links, topics, duration), links, total=total, progress=True)
+    typer.echo(summary.line())
+
+
+@app.command()
+def replay(
+    log: Annotated[Path, typer.Option(help="recorded log to replay")],
+    broker: Broker,
+    speed: Annotated[float, typer.Option(min=1e-3, help="time scale: 2 plays twice as fast")] = 1.0,
+    as_fast_as_possible: Annotated[bool, typer.Option(help="ignore the log's timing")] = False,
+    scenario: ScenarioName = "clean",
+    seed: Annotated[int, typer.Option(help="seeds the scenario's random faults")] = 0,
+    prefix: Prefix = "edge-ttt",
+    samples_per_frame: SamplesPerFrame = 10,
+    qos: Qos = 1,
+    buffer: Buffer = 500,
+) -> None:
+    """A recorded log into MQTT, each device's frames at their sample times / speed."""
+    from firmware_sim.replay import replay_schedule
+
+    host, port = _broker(broker)
+    try:
+        plan = load_scenario(scenario)
+        recorded = read_log(log)
+    except (ScenarioError, LogFormatError) as exc:
+        _fail(str(exc))
+    links = {d: Link(host, port, f"firmware-sim-{d}", qos, buffer) for d in recorded.devices()}
+    for link in links.values():
+        link.open()
+    deadline = time.monotonic() + 10
+    for link in links.values():  # a replay starts with every device online (or after 10 s)
+        link.connected.wait(max(0.0, deadline - time.monotonic()))
+    try:
+        items = replay_schedule(
+            recorded,
+            links,
+            f"{prefix}/{{device}}/dt/0",
+            None if as_fast_as_possible else speed,
+            samples_per_frame,
+            plan,
+            seed,
+        )
+    except ScenarioError as exc:
+        _fail(str(exc))
+    paced = not as_fast_as_possible
+    summary = pump(items, list(links.values()), paced=paced, total=len(items), progress=True)
+    typer.echo(summary.line())
+
+
+@app.command()
+def record(
+    broker: Broker,
+    out: Annotated[Path, typer.Option(help="recorded log to write (Parquet)")],
+    duration: Annotated[float | None, typer.Option(min=0.0, help="seconds; default: until Ctrl-C")] = None,
+    prefix: Prefix = "edge-ttt",
+    channels: Annotated[str, typer.Option(help="channel names, comma-separated")] = ",".join(IMU_CHANNELS),
+    stream: Annotated[int, typer.Option(min=0, help="stream number in the topic")] = 0,
+) -> None:
+    """Frames from MQTT into a recorded log (device id from the topic, duplicates dropped)."""
+    from firmware_sim.record import Recorder
+
+    host, port = _broker(broker)
+    recorder = Recorder(host, port, prefix, stream)
+    recorder.start()
+    deadline = np.inf if duration is None else time.monotonic() + duration
+    try:
+        while time.monotonic() < deadline:
+            time.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
+    except KeyboardInterrupt:
+        pass
+    recorder.stop()
+    try:
+        recorded = recorder.log(tuple(c.strip() for c in channels.split(",")))
+        write_log(out, recorded)
+    except (ValueError, LogFormatError) as exc:
+        _fail(str(exc))
+    typer.echo(
+        f"recorded {recorder.count()} frames, {len(recorded)} samples of {len(recorded.devices())} devices, "
+        f"{recorder.duplicates} duplicates and {recorder.rejected} bad frames dropped -> {out}"
+    )
 
 
 def main() -> None:

@@ -1,0 +1,104 @@
+"""Record frames from MQTT back into the recorded-log format, e.g. to capture a replay or a fleet.
+
+The device id comes from the topic `<prefix>/<device>/dt/<stream>`; QoS 1 redeliveries are
+dropped by (device, stream, seq). Frames carry no channel names, so they are given; the sample
+rate is that of the most common frame period. Values are kept as the float32 the frames carried,
+so replay followed by record reproduces a log's samples bit for bit.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+
+import numpy as np
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion
+
+from edge_ttt.recordlog import RecordedLog
+from edge_ttt.stream.codec import Frame, FrameError, decode
+
+__all__ = ["Recorder"]
+
+
+class Recorder:
+    """Subscribes to `<prefix>/+/dt/<stream>` and keeps each distinct frame until `log()` is asked for."""
+
+    def __init__(self, host: str, port: int, prefix: str = "edge-ttt", stream: int = 0, qos: int = 1) -> None:
+        self.prefix = prefix
+        self.topic = f"{prefix}/+/dt/{stream}"
+        self.qos = qos
+        self.frames: dict[tuple[str, int, int], Frame] = {}
+        self.duplicates = 0
+        self.rejected = 0
+        self.subscribed = threading.Event()
+        self._lock = threading.Lock()
+        self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"firmware-sim-record-{id(self)}")
+        self.client.on_connect = lambda client, *_: client.subscribe(self.topic, qos=qos)
+        self.client.on_subscribe = lambda *_: self.subscribed.set()
+        self.client.on_disconnect = lambda *_: self.subscribed.clear()
+        self.client.on_message = self._on_message
+        self.client.reconnect_delay_set(0.1, 2.0)
+        self.host, self.port = host, port
+
+    def start(self) -> None:
+        self.client.connect_async(self.host, self.port)
+        self.client.loop_start()
+
+    def stop(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+    def _on_message(self, _client: paho.Client, _userdata: object, msg: paho.MQTTMessage) -> None:
+        device = msg.topic[len(self.prefix) + 1 :].split("/")[0]
+        try:
+            frame = decode(msg.payload)
+        except FrameError:
+            with self._lock:
+                self.rejected += 1
+            return
+        key = (device, frame.stream_id, frame.seq)
+        with self._lock:
+            if key in self.frames:
+                self.duplicates += 1
+            else:
+                self.frames[key] = frame
+
+    def count(self) -> int:
+        with self._lock:
+            return len(self.frames)
+
+    def seqs(self) -> dict[str, list[int]]:
+        """Received sequence numbers per device, sorted."""
+        with self._lock:
+            keys = sorted(self.frames)
+        out: dict[str, list[int]] = {}
+        for device, _, seq in keys:
+            out.setdefault(device, []).append(seq)
+        return out
+
+    def log(self, channels: tuple[str, ...]) -> RecordedLog:
+        """The samples received so far, one row per sample; a repeated (device, time) keeps the first."""
+        with self._lock:
+            items = sorted(self.frames.items(), key=lambda item: item[0])
+        if not items:
+            raise ValueError(f"no frames were received on {self.topic}")
+        widths = {frame.n_channels for _, frame in items}
+        if widths != {len(channels)}:
+            raise ValueError(f"frames have {sorted(widths)} channels, but {len(channels)} names were given")
+        ids = np.concatenate([np.full(f.n_samples, device, dtype=object) for (device, _, _), f in items])
+        t_ns = np.concatenate([f.times() for _, f in items])
+        values = np.concatenate([f.values for _, f in items])
+        order = np.lexsort((t_ns, ids.astype(str)))
+        ids, t_ns, values = ids[order], t_ns[order], values[order]
+        first = np.r_[True, (ids[1:] != ids[:-1]) | (t_ns[1:] != t_ns[:-1])]
+        period = Counter(f.period_ns for _, f in items).most_common(1)[0][0]
+        return RecordedLog(
+            device_id=ids[first],
+            t_ns=t_ns[first],
+            values=values[first],
+            label=None,
+            channels=channels,
+            sample_rate_hz=1e9 / period,
+            class_names=None,
+        )

@@ -1,0 +1,162 @@
+"""Simulated devices, replay and record against a real mosquitto (the `broker` fixture)."""
+
+from __future__ import annotations
+
+import re
+import time
+
+import numpy as np
+import paho.mqtt.client as paho
+from typer.testing import CliRunner
+
+from edge_ttt.recordlog import read_log, write_log
+from edge_ttt.stream.codec import decode, encode
+from firmware_sim.cli import app
+from firmware_sim.devices import Link, SimDevice
+from firmware_sim.record import Recorder
+from firmware_sim.replay import replay_schedule
+from firmware_sim.scenarios import BUILTINS
+from firmware_sim.signals import IMU_CHANNELS, ImuSource
+from tests.conftest import synthetic_log
+
+
+def wait_for(condition, timeout: float = 15.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def address(broker) -> str:
+    return f"127.0.0.1:{broker.port}"
+
+
+def recorder(port: int) -> Recorder:
+    rec = Recorder("127.0.0.1", port)
+    rec.start()
+    assert rec.subscribed.wait(10), "the recorder did not subscribe"
+    return rec
+
+
+def gappy_log():
+    """Three devices, 6 s at 50 Hz; dev1 misses 2.00-3.00 s (a gap) and dev2 one sample."""
+    log = synthetic_log(devices=3, seconds=6.0)
+    since = (log.t_ns - log.t_ns.min()) / 1e9
+    gap = (log.device_id == "dev1") & (since >= 2.0) & (since < 3.0)
+    missing = (log.device_id == "dev2") & (np.abs(since - 4.1) < 1e-9)
+    return log.select(~(gap | missing))
+
+
+def test_replay_timing_keeps_sample_times_and_shows_the_gap():
+    log = gappy_log()
+    links = {d: None for d in log.devices()}
+    items = replay_schedule(log, links, "p/{device}/dt/0", 10.0, 10, BUILTINS["clean"])
+    dues = {}
+    for due, _, topic, payload in items:
+        frame = decode(payload)
+        dues.setdefault(topic.split("/")[1], []).append((due, frame))
+    origin = int(log.t_ns.min())
+    for frames in dues.values():
+        assert [f.seq for _, f in frames] == list(range(len(frames)))
+        for due, frame in frames:  # due when the last sample was taken, at 10x speed
+            assert due == (int(frame.times()[-1]) - origin) / 1e9 / 10.0
+    t0 = np.array([f.t0_ns for _, f in dues["dev1"]])
+    assert np.diff(t0).max() == 1_000_000_000 + 200_000_000  # the 1 s gap between two 10-sample frames
+    due = [item[0] for item in items]
+    assert due == sorted(due)
+
+
+def test_replay_then_record_reproduces_the_log_bit_for_bit(tmp_path, broker):
+    path = tmp_path / "in.parquet"
+    write_log(path, gappy_log())
+    original = read_log(path)
+    rec = recorder(broker.port)
+    try:
+        result = CliRunner().invoke(
+            app,
+            ["replay", "--log", str(path), "--broker", f"127.0.0.1:{broker.port}", "--as-fast-as-possible"],
+        )
+        assert result.exit_code == 0, result.output
+        published = int(re.search(r"published (\d+)", result.output).group(1))
+        assert wait_for(lambda: rec.count() == published)
+    finally:
+        rec.stop()
+    out = tmp_path / "out.parquet"
+    write_log(out, rec.log(original.channels))
+    back = read_log(out)
+    assert back.devices() == original.devices() == ["dev0", "dev1", "dev2"]
+    assert np.array_equal(back.device_id, original.device_id)
+    assert np.array_equal(back.t_ns, original.t_ns)
+    assert np.array_equal(back.values.view(np.uint32), original.values.view(np.uint32))
+    assert back.sample_rate_hz == original.sample_rate_hz and back.channels == original.channels
+
+
+def test_twenty_devices_deliver_every_frame_in_sequence(broker):
+    rec = recorder(broker.port)
+    try:
+        result = CliRunner().invoke(
+            app,
+            [
+                *("devices", "--broker", address(broker), "--count", "20", "--rate", "50", "--duration", "3"),
+                *("--scenario", "mixed", "--clock-offset-ms", "50"),
+            ],
+        )
+        assert result.exit_code == 0, result.output
+        published = int(re.search(r"published (\d+)", result.output).group(1))
+        assert "dropped 0" in result.output and published >= 20 * 14
+        assert wait_for(lambda: rec.count() == published)
+    finally:
+        rec.stop()
+    seqs = rec.seqs()
+    assert len(seqs) == 20
+    assert all(s == list(range(len(s))) and len(s) >= 14 for s in seqs.values())
+    assert rec.duplicates == 0 and rec.rejected == 0
+    t0 = [rec.frames[(d, 0, 0)].t0_ns for d in sorted(seqs)]
+    assert len(set(t0)) == 20 and max(t0) - min(t0) <= 100_000_000  # clock offsets within +-50 ms
+
+
+def test_device_buffers_while_the_broker_is_down_and_drops_the_oldest(broker):
+    rec = recorder(broker.port)
+    link = Link(
+        "127.0.0.1", broker.port, "buffered-dev", buffer_frames=5, reconnect_min_s=0.1, reconnect_max_s=0.3
+    )
+    device = SimDevice(
+        "dev", ImuSource(50.0), BUILTINS["clean"].for_device(0, "dev", IMU_CHANNELS), 50.0, 10, 0
+    )
+    topic = "edge-ttt/dev/dt/0"
+    link.open()
+    try:
+        assert link.connected.wait(10)
+
+        def send(n: int) -> None:
+            for _ in range(n):
+                link.send(topic, encode(device.next_frame()))
+
+        send(5)
+        assert wait_for(lambda: rec.count() == 5)
+        broker.stop()
+        assert wait_for(lambda: not link.connected.is_set() and not rec.subscribed.is_set())
+        send(8)  # seqs 5..12 while down: a buffer of 5 keeps 8..12 and drops 5, 6, 7
+        assert link.dropped == 3 and len(link.buffer) == 5
+        broker.start()
+        assert rec.subscribed.wait(10) and link.connected.wait(10)
+        send(3)  # the buffer goes out first, then 13..15
+        assert wait_for(lambda: rec.count() == 13)
+    finally:
+        link.close()
+        rec.stop()
+    assert rec.seqs() == {"dev": [0, 1, 2, 3, 4, *range(8, 16)]}
+
+
+def test_recorder_drops_redelivered_frames_and_counts_bad_ones():
+    rec = Recorder("127.0.0.1", 1)  # never started: messages are handed in directly
+    device = SimDevice("d", ImuSource(50.0), BUILTINS["clean"].for_device(0, "d", IMU_CHANNELS), 50.0, 10, 0)
+    first, second = encode(device.next_frame()), encode(device.next_frame())
+    for payload in (first, second, first, b"junk"):
+        msg = paho.MQTTMessage(topic=b"edge-ttt/d/dt/0")
+        msg.payload = payload
+        rec._on_message(rec.client, None, msg)
+    assert rec.seqs() == {"d": [0, 1]} and rec.duplicates == 1 and rec.rejected == 1
+    assert len(rec.log(IMU_CHANNELS)) == 20
