@@ -23,6 +23,9 @@ from edge_ttt.adapt.engine import Engine, Predictions, StateError
 from edge_ttt.adapt.ort_model import OrtModel
 from edge_ttt.artifacts import load_bundle
 from edge_ttt.config import AgentConfig
+from edge_ttt.drift.shipper import Shipper
+from edge_ttt.drift.spool import Spool
+from edge_ttt.drift.summary import Reference, SummaryCollector
 from edge_ttt.stream.codec import Frame, FrameError, decode
 from edge_ttt.stream.inbox import Inbox
 from edge_ttt.stream.mqtt import MqttTransport
@@ -51,6 +54,7 @@ class Pipeline:
     sequencer: Sequencer
     windower: Windower
     engine: Engine
+    drift: SummaryCollector
 
 
 @dataclass
@@ -103,6 +107,9 @@ class Agent:
         self._warn = RateLimitedLog()
         self._pending: dict[str, list[dict]] = {}
         self.transport = MqttTransport(cfg.mqtt, cfg.agent.id, cfg.status_topic(), self._received)
+        self.reference = Reference.from_manifest(self.manifest)
+        self.spool = Spool(cfg.drift.spool_dir, cfg.drift.spool_max_bytes)
+        self.shipper = Shipper(self.transport.client, self.spool, cfg.drift_topic, cfg.drift.chunk_bytes)
 
     # network thread -------------------------------------------------------------------------
     def _received(self, topic: str, payload: bytes) -> None:
@@ -110,8 +117,9 @@ class Agent:
 
     # worker ---------------------------------------------------------------------------------
     def run(self) -> None:
-        """Until `stop_event` is set: handle messages, publish status, checkpoint state."""
+        """Until `stop_event` is set: handle messages, publish status, summaries and checkpoints."""
         self.transport.start()
+        self.shipper.start()  # also ships what a previous run left in the spool
         next_status = time.monotonic()
         next_checkpoint = time.monotonic() + self.cfg.state.checkpoint_interval_s
         try:
@@ -126,9 +134,19 @@ class Agent:
                 if now >= next_checkpoint:
                     self.checkpoint()
                     next_checkpoint = now + self.cfg.state.checkpoint_interval_s
+                self._close_summaries(final=False)
         finally:
             self.checkpoint()
+            self._close_summaries(final=True)
+            self.shipper.pump()  # hand the last ones to paho; the spool keeps whatever is not acked
             self.transport.stop(counters=self.status()["counters"])
+            self.shipper.stop()
+
+    def _close_summaries(self, final: bool) -> None:
+        for p in self.pipelines.values():
+            summary = p.drift.close() if final else p.drift.maybe_close()
+            if summary is not None:
+                self.shipper.submit(summary)
 
     def handle(self, message: Message) -> None:
         parsed = self.cfg.mqtt.parse_topic(message.topic)
@@ -149,7 +167,8 @@ class Agent:
             windows = pipeline.windower.push(ready.times(), ready.values)
             if len(windows):
                 predictions = pipeline.engine.process(windows.x)
-                self._publish_predictions(pipeline, windows.t_end_ns, predictions, message.arrived)
+                latency = self._publish_predictions(pipeline, windows.t_end_ns, predictions, message.arrived)
+                pipeline.drift.observe_windows(windows.x, predictions, pipeline.engine, latency)
 
     def _check(self, frame: Frame, stream: str) -> None:
         """What the codec cannot know: the model's channels and rate, and the topic's stream."""
@@ -189,14 +208,24 @@ class Agent:
                     )
             info = self.manifest.model
             windower = Windower(info.window, info.hop, self.period_ns, len(info.channels))
-            self.pipelines[key] = Pipeline(
-                device, stream, Sequencer(self.cfg.windowing.reorder_frames), windower, engine
+            drift = SummaryCollector(
+                self.reference,
+                device,
+                stream,
+                self.model.bundle_sha256,
+                engine.policy_name,
+                interval_s=self.cfg.drift.interval_s,
+                interval_windows=self.cfg.drift.interval_windows,
+                counters=engine.counters.as_dict(),
             )
+            sequencer = Sequencer(self.cfg.windowing.reorder_frames)
+            self.pipelines[key] = Pipeline(device, stream, sequencer, windower, engine, drift)
         return self.pipelines[key]
 
     def _publish_predictions(
         self, pipeline: Pipeline, t_end_ns: np.ndarray, pred: Predictions, arrived: float
-    ) -> None:
+    ) -> list[float]:
+        """Publish (or hold for a batch); the latency in ms of what was published, if anything."""
         classes = self.manifest.model.classes
         pending = self._pending.setdefault(pipeline.device, [])
         for i in range(len(pred)):
@@ -227,6 +256,8 @@ class Agent:
             self.counters.published += len(pending)
             self._pending[pipeline.device] = []
             self.latency_ms.append(1000 * (time.monotonic() - arrived))
+            return [self.latency_ms[-1]]
+        return []
 
     # reporting and state ------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
@@ -249,6 +280,8 @@ class Agent:
                 "states_restored": c.states_restored,
                 "queue_dropped": self.inbox.counters.dropped,
                 "queue_depth": len(self.inbox),
+                "drift_spooled": len(self.spool.pending()),
+                "drift_dropped": self.spool.counters.dropped,
                 "gaps": gaps,
                 **{f"frames_{k}": v for k, v in order.items() if k != "delivered"},
                 **engines,

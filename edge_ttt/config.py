@@ -44,6 +44,7 @@ __all__ = [
     "AgentConfig",
     "AgentSection",
     "ConfigError",
+    "DriftSection",
     "LoggingSection",
     "ModelSection",
     "MqttSection",
@@ -360,6 +361,20 @@ class StateSection(_Section):
     checkpoint_interval_s: float = Field(300.0, gt=0)
 
 
+class DriftSection(_Section):
+    topic: str = "{prefix}/{device}/drift"
+    interval_s: float = Field(300.0, gt=0, description="a summary per stream at least this often")
+    interval_windows: int | None = Field(None, ge=1, description="or after this many windows")
+    spool_dir: ConfigPath = Field(Path("drift-spool"), validate_default=True)
+    spool_max_bytes: int = Field(64 * 2**20, ge=1, description="oldest summaries go first beyond this")
+    chunk_bytes: int = Field(64_000, ge=1024, description="larger summaries travel in several messages")
+
+    @field_validator("topic")
+    @classmethod
+    def _topic(cls, value: str) -> str:
+        return _check_pattern(value, ("device",))
+
+
 class LoggingSection(_Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
     json_lines: bool = Field(True, alias="json")  # `json` would shadow BaseModel.json
@@ -374,6 +389,7 @@ class AgentConfig(_Section):
     predictions: PredictionsSection
     status: StatusSection
     state: StateSection
+    drift: DriftSection
     logging: LoggingSection
 
     @model_validator(mode="before")
@@ -393,11 +409,11 @@ class AgentConfig(_Section):
             return mqtt.model_copy(update={"client_id": f"edge-ttt-{info.data['agent'].id}"})
         return mqtt
 
-    @field_validator("predictions", "status")
+    @field_validator("predictions", "status", "drift")
     @classmethod
     def _not_a_sensor_topic(
-        cls, section: PredictionsSection | StatusSection, info: ValidationInfo
-    ) -> PredictionsSection | StatusSection:
+        cls, section: PredictionsSection | StatusSection | DriftSection, info: ValidationInfo
+    ) -> PredictionsSection | StatusSection | DriftSection:
         """The agent publishes here; if its subscription matched, it would read its own messages."""
         mqtt, agent = info.data.get("mqtt"), info.data.get("agent")
         if mqtt is None or agent is None:
@@ -415,6 +431,9 @@ class AgentConfig(_Section):
 
     def status_topic(self) -> str:
         return self.status.topic.format(prefix=self.mqtt.prefix, agent=self.agent.id)
+
+    def drift_topic(self, device: str) -> str:
+        return self.drift.topic.format(prefix=self.mqtt.prefix, device=device)
 
 
 def load_config(path: str | os.PathLike[str], *, check_files: bool = True) -> AgentConfig:

@@ -55,6 +55,7 @@ class Listener:
 
     def __init__(self, port: int, topics: list[str]) -> None:
         self.messages: list[tuple[str, dict]] = []
+        self.raw: list[tuple[str, bytes]] = []
         self.lock = threading.Lock()
         self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"listener-{port}")
         self.client.on_message = self._on_message
@@ -64,7 +65,10 @@ class Listener:
 
     def _on_message(self, _c, _u, msg) -> None:
         with self.lock:
-            self.messages.append((msg.topic, json.loads(msg.payload)))
+            if msg.topic.endswith("/drift"):  # a header line and Parquet bytes, not JSON
+                self.raw.append((msg.topic, msg.payload))
+            else:
+                self.messages.append((msg.topic, json.loads(msg.payload)))
 
     def of(self, suffix: str) -> list[dict]:
         with self.lock:
@@ -332,3 +336,30 @@ def test_predictions_can_be_batched(tmp_path, bundle_dir, broker):
         agent.stop_event.set()
         thread.join(10)
         listener.close()
+
+
+def test_drift_summaries_are_spooled_and_shipped_per_device(tmp_path, bundle_dir, broker):
+    from edge_ttt.drift.receiver import Receiver
+    from edge_ttt.drift.schema import from_table
+
+    extra = '[drift]\ninterval_windows = 4\nspool_dir = "spool"\n'
+    agent = Agent(load_config(write_config(tmp_path, bundle_dir, broker.port, extra=extra)))
+    listener = Listener(broker.port, ["edge-ttt/+/drift"])
+    thread = start(agent)
+    try:
+        for device in ("dev-d", "dev-e"):
+            for frame in frames(12):  # 8 windows: two summaries of 4 each
+                listener.publish(f"edge-ttt/{device}/dt/0", encode(frame))
+        assert wait_for(lambda: len(listener.raw) >= 4)
+    finally:
+        agent.stop_event.set()
+        thread.join(10)
+        listener.close()
+    receiver = Receiver()
+    tables = [t for _, payload in listener.raw if (t := receiver.accept(payload)) is not None]
+    summaries = [s for t in tables for s in from_table(t)]
+    assert sorted(s.device for s in summaries) == ["dev-d", "dev-d", "dev-e", "dev-e"]
+    assert all(s.windows == 4 and s.samples == 4 * LENGTH for s in summaries)  # sample rows
+    assert {t.split("/")[1] for t, _ in listener.raw} == {"dev-d", "dev-e"}  # each on its device's topic
+    assert len({s.summary_id for s in summaries}) == 4
+    assert not list((tmp_path / "spool").glob("*.parquet"))  # acknowledged, so gone from the spool

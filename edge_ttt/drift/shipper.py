@@ -20,9 +20,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 from paho.mqtt.enums import MQTTErrorCode
 
-from edge_ttt.drift.schema import read_bytes, to_parquet
+from edge_ttt.drift.schema import SchemaError, read_bytes, to_parquet
 from edge_ttt.drift.spool import Spool, summary_id_of
 from edge_ttt.drift.summary import DriftSummary
 
@@ -38,7 +39,7 @@ def drift_topic(prefix: str, device: str) -> str:
 
 def device_of(data: bytes) -> str:
     """The device id inside one spooled summary file."""
-    return str(read_bytes(data).column("device_id")[0].as_py())
+    return str(read_bytes(data).column("device")[0].as_py())
 
 
 def encode_chunks(summary_id: str, data: bytes, chunk_bytes: int) -> list[bytes]:
@@ -88,6 +89,7 @@ class Shipper:
         self.chunk_bytes = chunk_bytes
         self.max_inflight = max_inflight
         self.messages_sent = 0
+        self.unreadable = 0
         self._inflight: dict[Path, list[Any]] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -115,8 +117,19 @@ class Shipper:
                     data = path.read_bytes()
                 except FileNotFoundError:  # dropped by the bound meanwhile
                     continue
+                try:
+                    topic = self.topic if isinstance(self.topic, str) else self.topic(device_of(data))
+                except (pa.ArrowException, SchemaError, KeyError, IndexError) as exc:
+                    # Not a summary we can read (written by something else): shipping it would only
+                    # fail at the receiver, keeping it would block the spool.
+                    log.warning(
+                        "unreadable spool file removed",
+                        extra={"fields": {"file": path.name, "error": str(exc)}},
+                    )
+                    path.unlink(missing_ok=True)
+                    self.unreadable += 1
+                    continue
                 messages = encode_chunks(summary_id_of(path), data, self.chunk_bytes)
-                topic = self.topic if isinstance(self.topic, str) else self.topic(device_of(data))
                 infos = [self.client.publish(topic, m, qos=1) for m in messages]
                 self.messages_sent += len(messages)
                 # A refused publish (the connection dropped meanwhile) cannot be tracked: the file
