@@ -151,6 +151,10 @@ def record(
     host, port = _broker(broker)
     recorder = Recorder(host, port, prefix, stream)
     recorder.start()
+    if not recorder.subscribed.wait(10):
+        recorder.stop()
+        _fail(f"no MQTT broker answered at {host}:{port} within 10 s")
+    typer.echo(f"recording {recorder.topic}", err=True)  # from here on nothing published is missed
     deadline = np.inf if duration is None else time.monotonic() + duration
     try:
         while time.monotonic() < deadline:
@@ -171,3 +175,7 @@ def record(
 
 def main() -> None:
     app()
+
+
+if __name__ == "__main__":
+    main()
