@@ -22,6 +22,7 @@ import numpy as np
 from edge_ttt.adapt.engine import Engine, Predictions, StateError
 from edge_ttt.adapt.ort_model import OrtModel
 from edge_ttt.artifacts import load_bundle
+from edge_ttt.atomic import atomic_write
 from edge_ttt.config import AgentConfig
 from edge_ttt.drift.shipper import Shipper
 from edge_ttt.drift.spool import Spool
@@ -65,6 +66,26 @@ class AgentCounters:
     unknown_topic: int = 0
     states_restored: int = 0
     rejected: Counter = field(default_factory=Counter)  # by reason: codec reasons, channels, rate, stream
+
+
+def status_file(cfg: AgentConfig) -> Path:
+    return Path(cfg.state.dir) / "status.json"
+
+
+def health(cfg: AgentConfig, max_age_s: float | None = None) -> str | None:
+    """None when the agent's local status is online and fresh, else what is wrong (for probes)."""
+    path = status_file(cfg)
+    max_age_s = 3 * cfg.status.interval_s if max_age_s is None else max_age_s
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        return f"no readable status at {path}: {exc}"
+    age = time.time() - float(doc.get("time_unix", 0))
+    if doc.get("state") != "online":
+        return f"agent is {doc.get('state')}"
+    if age > max_age_s:
+        return f"status is {age:.0f} s old (more than {max_age_s:.0f} s): the agent is stuck or gone"
+    return None
 
 
 class RateLimitedLog:
@@ -139,6 +160,7 @@ class Agent:
             self.checkpoint()
             self._close_summaries(final=True)
             self.shipper.pump()  # hand the last ones to paho; the spool keeps whatever is not acked
+            self.publish_status("offline")
             self.transport.stop(counters=self.status()["counters"])
             self.shipper.stop()
 
@@ -296,9 +318,13 @@ class Agent:
             "model": self.model.bundle_sha256,
         }
 
-    def publish_status(self) -> None:
-        payload = json.dumps({"agent": self.cfg.agent.id, "state": "online", **self.status()}).encode()
-        self.transport.publish(self.cfg.status_topic(), payload, qos=1, retain=True)
+    def publish_status(self, state: str = "online") -> None:
+        """To the retained status topic, and to `<state.dir>/status.json` for local health checks."""
+        doc = {"agent": self.cfg.agent.id, "state": state, "time_unix": time.time(), **self.status()}
+        payload = json.dumps(doc).encode()
+        if state == "online":
+            self.transport.publish(self.cfg.status_topic(), payload, qos=1, retain=True)
+        atomic_write(status_file(self.cfg), lambda f: f.write(payload))
 
     def _state_path(self, device: str, stream: str) -> Path:
         safe = re.sub(r"[^A-Za-z0-9._-]", "_", f"{device}__{stream}")

@@ -158,6 +158,25 @@ def run(
     agent.run()
 
 
+@app.command()
+def health(
+    config: Annotated[Path, typer.Option(help="the agent's configuration")],
+    max_age: Annotated[float | None, typer.Option(help="seconds; default 3 status intervals")] = None,
+) -> None:
+    """Exit 0 when the agent's local status is online and fresh (for container health checks)."""
+    from edge_ttt.agent import health as agent_health
+    from edge_ttt.config import ConfigError, load_config
+
+    try:
+        problem = agent_health(load_config(config, check_files=False), max_age)
+    except ConfigError as exc:
+        _fail(str(exc))
+    if problem is not None:
+        typer.secho(f"unhealthy: {problem}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(code=1)
+    typer.echo("healthy")
+
+
 def main() -> None:
     app()
 

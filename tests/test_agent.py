@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from paho.mqtt.enums import CallbackAPIVersion
 
-from edge_ttt.agent import Agent, Message
+from edge_ttt.agent import Agent, Message, health
 from edge_ttt.config import load_config
 from edge_ttt.stream.codec import Frame, encode, encode_json
 from tests.conftest import CHANNELS
@@ -138,7 +138,11 @@ def test_two_devices_get_predictions_with_the_right_window_counts(tmp_path, bund
         thread.join(10)
     assert not thread.is_alive()
     assert listener.of("/status")[-1]["state"] == "offline"  # the explicit offline of a clean stop
-    assert sorted(f.name for f in (tmp_path / "state").iterdir()) == ["dev-a__0.npz", "dev-b__0.npz"]
+    assert sorted(f.name for f in (tmp_path / "state").iterdir()) == [
+        "dev-a__0.npz",
+        "dev-b__0.npz",
+        "status.json",
+    ]
     listener.close()
 
 
@@ -363,3 +367,26 @@ def test_drift_summaries_are_spooled_and_shipped_per_device(tmp_path, bundle_dir
     assert {t.split("/")[1] for t, _ in listener.raw} == {"dev-d", "dev-e"}  # each on its device's topic
     assert len({s.summary_id for s in summaries}) == 4
     assert not list((tmp_path / "spool").glob("*.parquet"))  # acknowledged, so gone from the spool
+
+
+def test_health_reads_the_local_status_file(tmp_path, bundle_dir, broker):
+    from typer.testing import CliRunner
+
+    from edge_ttt.cli import app
+
+    config = write_config(tmp_path, bundle_dir, broker.port)
+    cfg = load_config(config)
+    assert "no readable status" in health(cfg)
+    agent = Agent(cfg)
+    thread = start(agent)
+    try:
+        assert wait_for(lambda: health(cfg) is None)
+        result = CliRunner().invoke(app, ["health", "--config", str(config)])
+        assert result.exit_code == 0 and "healthy" in result.output
+        assert "old" in health(cfg, max_age_s=-1.0)  # a status that stopped coming
+    finally:
+        agent.stop_event.set()
+        thread.join(10)
+    assert health(cfg) == "agent is offline"
+    result = CliRunner().invoke(app, ["health", "--config", str(config)])
+    assert result.exit_code == 1 and "offline" in result.output
