@@ -169,8 +169,8 @@ def health(
 
     try:
         problem = agent_health(load_config(config, check_files=False), max_age)
-    except ConfigError as exc:
-        _fail(str(exc))
+    except ConfigError as exc:  # 1, not 2: container runtimes reserve exit code 2 of a health check
+        problem = str(exc)
     if problem is not None:
         typer.secho(f"unhealthy: {problem}", fg=typer.colors.RED, err=True)
         raise typer.Exit(code=1)
