@@ -11,12 +11,15 @@ import typer
 
 from edge_ttt import logs
 from edge_ttt.adapt.policies import DEFAULT_POLICY, POLICY_TYPES
+from edge_ttt.monitor.cli import collect_command, monitor_app
 
 POLICIES = tuple(POLICY_TYPES)
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 datasets_app = typer.Typer(no_args_is_help=True, help="Convert public sensor datasets into recorded logs.")
 app.add_typer(datasets_app, name="datasets")
+app.command("collect")(collect_command)
+app.add_typer(monitor_app, name="monitor")
 
 
 def _fail(message: str) -> NoReturn:

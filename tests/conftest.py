@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -70,3 +71,13 @@ def broker(tmp_path):
         yield b
     finally:
         b.stop()
+
+
+def wait_for(condition, timeout: float = 20.0) -> bool:
+    """Poll `condition` until it holds or `timeout` s pass (for what other threads and processes do)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.02)
+    return False

@@ -17,7 +17,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from edge_ttt.agent import Agent, Message, health
 from edge_ttt.config import load_config
 from edge_ttt.stream.codec import Frame, encode, encode_json
-from tests.conftest import CHANNELS
+from tests.conftest import CHANNELS, wait_for
 from tests.model_factory import LENGTH
 
 PERIOD_NS = 20_000_000
@@ -80,15 +80,6 @@ class Listener:
     def close(self) -> None:
         self.client.disconnect()
         self.client.loop_stop()
-
-
-def wait_for(condition, timeout: float = 20.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def frames(n_frames: int, samples: int = 25, seed: int = 0) -> list[Frame]:

@@ -14,6 +14,7 @@ from edge_ttt.drift.receiver import MessageError, Receiver, parse_message
 from edge_ttt.drift.schema import to_parquet
 from edge_ttt.drift.shipper import Shipper, drift_topic, encode_chunks
 from edge_ttt.drift.spool import Spool, summary_id_of
+from tests.conftest import wait_for
 from tests.test_drift_spool import summary
 
 TOPIC = drift_topic("edge-ttt", "dev-1")
@@ -72,15 +73,6 @@ class Home:
     def close(self) -> None:
         self.client.disconnect()
         self.client.loop_stop()
-
-
-def wait_for(condition, timeout: float = 20.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import time
 
 import numpy as np
 import paho.mqtt.client as paho
@@ -17,16 +16,7 @@ from firmware_sim.record import Recorder
 from firmware_sim.replay import replay_schedule
 from firmware_sim.scenarios import BUILTINS
 from firmware_sim.signals import IMU_CHANNELS, ImuSource
-from tests.conftest import synthetic_log
-
-
-def wait_for(condition, timeout: float = 15.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.02)
-    return False
+from tests.conftest import synthetic_log, wait_for
 
 
 def address(broker) -> str:

@@ -1,0 +1,151 @@
+"""The fleet collector: drift messages from MQTT in, verified summaries out into the dataset.
+
+One paho client with a persistent session (stable client id; v5 clean_start off with a session
+expiry, or v3.1.1 clean_session off) subscribes at QoS 1 in `on_connect`, so every reconnect
+subscribes again and messages queued while the collector was away arrive. Payloads go to a
+`Receiver` (chunks, SHA-256, de-duplication), whose `seen` set starts with the ids already in the
+dataset. New summaries are buffered and written as one file per batch: after `flush_summaries`
+summaries or `flush_s` seconds. A crash loses at most the buffered batch's rows from the dataset;
+the agents' spools cannot tell, so keep batches small where that matters.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import asdict
+from typing import Any
+
+import paho.mqtt.client as paho
+import pyarrow as pa
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from edge_ttt.drift.receiver import Receiver
+from edge_ttt.monitor import dataset
+from edge_ttt.monitor.config import MonitorConfig
+
+log = logging.getLogger(__name__)
+
+
+class Collector:
+    def __init__(self, cfg: MonitorConfig) -> None:
+        self.cfg = cfg
+        self.location = cfg.collector.dataset
+        self.receiver = Receiver(seen=dataset.summary_ids(self.location))
+        self.subscribed = threading.Event()
+        self.files_written = 0
+        self._pending: list[pa.Table] = []
+        self._pending_since = time.monotonic()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._full = threading.Event()
+        self._last_warning = -float("inf")
+        self._rejected_reported = 0
+        m = cfg.mqtt
+        v5 = m.protocol == "v5"
+        self.client = paho.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=cfg.collector.client_id,
+            protocol=paho.MQTTv5 if v5 else paho.MQTTv311,
+            clean_session=None if v5 else False,
+        )
+        self.client.reconnect_delay_set(
+            min_delay=max(1, round(m.reconnect_min_s)), max_delay=max(1, round(m.reconnect_max_s))
+        )
+        if m.username is not None:
+            self.client.username_pw_set(m.username, m.password())
+        if m.tls.enabled:
+            self.client.tls_set(
+                ca_certs=str(m.tls.ca_file) if m.tls.ca_file else None,
+                certfile=str(m.tls.cert_file) if m.tls.cert_file else None,
+                keyfile=str(m.tls.key_file) if m.tls.key_file else None,
+            )
+            self.client.tls_insecure_set(m.tls.insecure)
+        self.client.on_connect = self._connected
+        self.client.on_subscribe = lambda *_: self.subscribed.set()
+        self.client.on_message = lambda _c, _u, msg: self.accept(msg.payload)
+
+    def start(self) -> None:
+        m = self.cfg.mqtt
+        kwargs: dict[str, Any] = {}
+        if m.protocol == "v5":
+            props = Properties(PacketTypes.CONNECT)
+            props.SessionExpiryInterval = m.session_expiry_s
+            kwargs = {"clean_start": False, "properties": props}
+        self.client.connect_async(m.host, m.port, m.keepalive_s, **kwargs)
+        self.client.loop_start()
+
+    def _connected(self, client: paho.Client, _userdata, _flags, reason_code, _properties) -> None:
+        if reason_code.is_failure:
+            log.warning("broker refused the connection: %s", reason_code)
+            return
+        client.subscribe(self.cfg.topic_filter(), qos=1)
+        log.info(
+            "connected to %s:%s, subscribed to %s",
+            self.cfg.mqtt.host,
+            self.cfg.mqtt.port,
+            self.cfg.topic_filter(),
+        )
+
+    def accept(self, payload: bytes) -> None:
+        """One message, on paho's thread: a completed new summary joins the batch; a full batch
+        wakes the writer thread (files are never written on the network thread)."""
+        with self._lock:
+            table = self.receiver.accept(payload)
+            if table is not None:
+                self._pending.append(table)
+            self._warn_rejected()
+            if len(self._pending) >= self.cfg.collector.flush_summaries:
+                self._full.set()
+
+    def _warn_rejected(self) -> None:
+        """At most one warning per `log_every_s`, with the count since the last one."""
+        c = self.receiver.counters
+        rejected = c.malformed + c.corrupt
+        now = time.monotonic()
+        if rejected > self._rejected_reported and now - self._last_warning >= self.cfg.collector.log_every_s:
+            log.warning("rejected %d payloads (counters: %s)", rejected - self._rejected_reported, asdict(c))
+            self._rejected_reported, self._last_warning = rejected, now
+
+    def flush(self) -> None:
+        """Write the buffered summaries as one file (per date), outside the lock so that messages
+        keep arriving meanwhile; on failure they go back to the buffer for the next try."""
+        with self._lock:
+            batch, self._pending = self._pending, []
+            self._pending_since = time.monotonic()
+            self._full.clear()
+        if not batch:
+            return
+        try:
+            self.files_written += len(dataset.append(self.location, pa.concat_tables(batch)))
+        except OSError:
+            log.exception("could not write %d summaries; will try again", len(batch))
+            with self._lock:
+                self._pending = batch + self._pending
+
+    def run(self, stop: threading.Event | None = None) -> None:
+        """Write batches when full or `flush_s` old until `stop` (or `self.stop()`), then write
+        what is left and disconnect."""
+        stop = stop or self._stop
+        self.start()
+        try:
+            while not stop.is_set():
+                self._full.wait(0.2)
+                if (
+                    self._full.is_set()
+                    or time.monotonic() - self._pending_since >= self.cfg.collector.flush_s
+                ):
+                    self.flush()
+        finally:
+            self.close()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+        self.flush()

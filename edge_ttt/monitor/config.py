@@ -1,0 +1,97 @@
+"""The collector's and the monitor's configuration (configs/monitor.toml), in the agent config's
+style: strict TOML types, unknown keys refused, every problem reported at once with its key path."""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from pathlib import Path
+
+from pydantic import Field, ValidationError, field_validator
+
+from edge_ttt.config import ConfigError, MqttSection, _Section, _show
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+_GROUP = re.compile(r"[A-Za-z0-9._-]+")
+
+
+class CollectorSection(_Section):
+    dataset: str = Field(
+        min_length=1, description="local directory (relative to this file) or URI, e.g. s3://"
+    )
+    client_id: str = Field(
+        "edge-ttt-collector", min_length=1, description="stable: the session is persistent"
+    )
+    share_group: str | None = Field(None, description="MQTT v5 shared subscription group; None: no sharing")
+    flush_summaries: int = Field(100, ge=1, description="write a file after this many new summaries")
+    flush_s: float = Field(60.0, gt=0, description="or after this many seconds, whichever comes first")
+    log_every_s: float = Field(60.0, gt=0, description="at most one rejected-payload warning per period")
+
+    @field_validator("share_group")
+    @classmethod
+    def _group(cls, value: str | None) -> str | None:
+        if value is not None and not _GROUP.fullmatch(value):
+            raise ValueError(f"{value!r} may contain only letters, digits, '-', '_' and '.' (a topic level)")
+        return value
+
+
+class AlertsSection(_Section):
+    psi_threshold: float = Field(0.25, gt=0, description="max channel PSI of an interval counted as drift")
+    psi_intervals: int = Field(3, ge=1, description="consecutive latest intervals above it to alert")
+    reset_rate: float = Field(0.05, gt=0, description="(resets + rollbacks) per window over the window")
+    reset_intervals: int = Field(6, ge=1, description="latest intervals the reset rate is taken over")
+    entropy_rise: float = Field(0.2, gt=0, description="nats the mean entropy rose over the window")
+    entropy_intervals: int = Field(4, ge=2, description="latest intervals, each mean entropy above the last")
+    silent_s: float = Field(900.0, gt=0, description="no summary for this long: device silent")
+
+
+class MonitorConfig(_Section):
+    mqtt: MqttSection = Field(default_factory=MqttSection)
+    collector: CollectorSection
+    alerts: AlertsSection = Field(default_factory=AlertsSection)
+
+    def topic_filter(self) -> str:
+        """`<prefix>/+/drift`, or `$share/<group>/<prefix>/+/drift` when collectors share the load."""
+        topic = f"{self.mqtt.prefix}/+/drift"
+        group = self.collector.share_group
+        return topic if group is None else f"$share/{group}/{topic}"
+
+
+def resolve_location(location: str, base: Path) -> str:
+    """A URI stays as it is; a local path is taken relative to the config file's directory."""
+    if "://" in location:
+        return location
+    path = Path(location).expanduser()
+    return str(path if path.is_absolute() else (base / path).resolve())
+
+
+def load_monitor_config(path: str | os.PathLike[str]) -> MonitorConfig:
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the configuration ({exc.strerror}); check the path") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start}); save it as UTF-8") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: invalid TOML: {exc}; fix the syntax there") from None
+    try:
+        # base_dir: the mqtt section's TLS and password file paths are relative to this file
+        cfg = MonitorConfig.model_validate(
+            raw, context={"base_dir": path.parent.resolve(), "check_files": True}
+        )
+    except ValidationError as exc:
+        problems = [
+            f"{path}: {'.'.join(map(str, e['loc']))}: {e['msg']}"
+            + ("" if e["type"] == "extra_forbidden" else f", got {_show(e.get('input'))}")
+            for e in exc.errors(include_url=False)
+        ]
+    else:
+        dataset = resolve_location(cfg.collector.dataset, path.parent.resolve())
+        return cfg.model_copy(update={"collector": cfg.collector.model_copy(update={"dataset": dataset})})
+    raise ConfigError("\n".join(problems))

@@ -1,0 +1,116 @@
+"""The fleet dataset: summary rows as Parquet, Hive-partitioned by the UTC date of the interval
+end (`date=YYYY-MM-DD/part-<uuid>.parquet`), on a local disk or any filesystem pyarrow opens.
+
+Rows are the drift summary schema (edge_ttt/drift/schema.py) plus `device_id`, a copy of
+`device` under the name fleet tools expect; `date` lives in the directory names only.
+"""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from edge_ttt.atomic import atomic_write
+from edge_ttt.drift.schema import SCHEMA, conform
+
+FILE_SCHEMA = SCHEMA.append(pa.field("device_id", pa.string(), nullable=False))
+PARTITIONING = ds.partitioning(pa.schema([("date", pa.string())]), flavor="hive")
+
+
+def open_fs(location: str) -> tuple[pafs.FileSystem, str]:
+    """(filesystem, root path inside it) of a local path or a URI such as s3://bucket/fleet."""
+    if "://" in location:
+        return pafs.FileSystem.from_uri(location)
+    return pafs.LocalFileSystem(), str(Path(location).resolve())
+
+
+def rows(table: pa.Table) -> pa.Table:
+    """Accepted summaries in the dataset's columns."""
+    table = conform(table)
+    return table.append_column(FILE_SCHEMA.field("device_id"), table.column("device"))
+
+
+def write_file(fs: pafs.FileSystem, path: str, table: pa.Table) -> None:
+    """Atomic on a local disk (temporary file and rename); object stores publish a PUT whole."""
+    if isinstance(fs, pafs.LocalFileSystem):
+        atomic_write(path, lambda f: pq.write_table(table, f, compression="zstd"))
+        return
+    fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+    with fs.open_output_stream(path) as f:
+        pq.write_table(table, f, compression="zstd")
+
+
+def append(location: str, table: pa.Table) -> list[str]:
+    """One new file per date partition the batch touches; the paths written."""
+    fs, root = open_fs(location)
+    table = rows(table)
+    dates = pc.strftime(table.column("interval_end"), format="%Y-%m-%d")
+    written = []
+    for date in sorted(set(dates.to_pylist())):
+        part = table.filter(pc.equal(dates, date))
+        path = f"{root}/date={date}/part-{uuid.uuid4().hex}.parquet"
+        write_file(fs, path, part)
+        written.append(path)
+    return written
+
+
+def open_dataset(location: str) -> ds.Dataset:
+    """The whole dataset; files being written (hidden `.` temporaries) are not part of it."""
+    fs, root = open_fs(location)
+    return ds.dataset(
+        root,
+        schema=FILE_SCHEMA.append(pa.field("date", pa.string())),
+        filesystem=fs,
+        format="parquet",
+        partitioning=PARTITIONING,
+    )
+
+
+def exists(location: str) -> bool:
+    fs, root = open_fs(location)
+    return fs.get_file_info(root).type == pafs.FileType.Directory
+
+
+def summary_ids(location: str) -> set[str]:
+    """Ids already stored, reading that one column only: a restarted collector skips them."""
+    if not exists(location):
+        return set()
+    return set(open_dataset(location).to_table(columns=["summary_id"]).column("summary_id").to_pylist())
+
+
+def read(location: str, columns: list[str] | None = None) -> pa.Table:
+    return open_dataset(location).to_table(columns=columns)
+
+
+def compact(location: str) -> dict[str, int]:
+    """Per partition with several files: write one file with all their rows, then remove them.
+
+    The new file is complete before any old one goes, so a crash in between leaves duplicates
+    (rows in both), never a loss; the next run finishes the job. Returns files merged per partition.
+    """
+    fs, root = open_fs(location)
+    done = {}
+    for info in fs.get_file_info(pafs.FileSelector(root)):
+        if info.type != pafs.FileType.Directory or not info.base_name.startswith("date="):
+            continue
+        files = sorted(
+            f.path
+            for f in fs.get_file_info(pafs.FileSelector(info.path))
+            if f.type == pafs.FileType.File
+            and f.base_name.endswith(".parquet")
+            and not f.base_name.startswith(".")
+        )
+        if len(files) < 2:
+            continue
+        table = pa.concat_tables(pq.read_table(p, filesystem=fs, schema=FILE_SCHEMA) for p in files)
+        write_file(fs, f"{info.path}/part-{uuid.uuid4().hex}.parquet", table)
+        for p in files:
+            fs.delete_file(p)
+        done[info.base_name] = len(files)
+    return done

@@ -1,0 +1,261 @@
+"""The fleet collector against a real mosquitto: once-only delivery into the dataset, corrupt
+payloads, restarts, shared subscriptions; and compaction of the dataset it writes."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import paho.mqtt.client as paho
+import pyarrow.compute as pc
+import pytest
+import typer
+from paho.mqtt.enums import CallbackAPIVersion
+
+from edge_ttt.config import MqttSection
+from edge_ttt.drift.schema import to_parquet
+from edge_ttt.drift.shipper import drift_topic, encode_chunks
+from edge_ttt.drift.summary import DriftSummary, SummaryCollector
+from edge_ttt.monitor import dataset
+from edge_ttt.monitor.collector import Collector
+from edge_ttt.monitor.config import CollectorSection, MonitorConfig
+from tests.conftest import wait_for
+from tests.test_drift_stats import reference
+
+DAY = 86_400.0
+T0 = 1_700_000_000.0  # 2023-11-14 22:13:20 UTC
+
+
+def make_summary(
+    device: str,
+    end: float,
+    shift: float = 0.0,
+    seed: int = 0,
+    entropy: float = 0.5,
+    resets: int = 0,
+    windows: int = 40,
+) -> DriftSummary:
+    """A real summary of standard normal data on two channels; `shift` moves channel c0 only."""
+    rng = np.random.default_rng(seed)
+    c = SummaryCollector(reference(), device, "0", "ab" * 32, "steady", interval_s=1e9, now=end - 300)
+    x = rng.standard_normal((windows, 2, 16))
+    x[:, 0] += shift
+    h = np.full(windows, entropy)
+    c.observe(x, rng.integers(0, 3, windows), np.exp(-h), h, None, {"resets": resets}, None, [5.0] * windows)
+    return c.close(end)
+
+
+def messages(s: DriftSummary, chunk_bytes: int = 1500) -> list[bytes]:
+    return encode_chunks(s.summary_id, to_parquet([s]), chunk_bytes)
+
+
+def config(
+    port: int, location: str, client_id: str = "collector-1", group: str | None = None
+) -> MonitorConfig:
+    return MonitorConfig(
+        mqtt=MqttSection(port=port, reconnect_min_s=1.0, reconnect_max_s=1.0),
+        collector=CollectorSection(
+            dataset=location, client_id=client_id, share_group=group, flush_summaries=3, flush_s=0.3
+        ),
+    )
+
+
+class Running:
+    """A collector on its own thread, like `edge-ttt collect`, until `stop()`."""
+
+    def __init__(self, cfg: MonitorConfig) -> None:
+        self.collector = Collector(cfg)
+        self.stop_event = threading.Event()
+        self.thread = threading.Thread(target=self.collector.run, args=(self.stop_event,), daemon=True)
+        self.thread.start()
+        assert self.collector.subscribed.wait(10)
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        self.thread.join(10)
+
+
+def publisher(port: int) -> paho.Client:
+    c = paho.Client(CallbackAPIVersion.VERSION2, client_id="agents")
+    c.connect("127.0.0.1", port)
+    c.loop_start()
+    return c
+
+
+def publish(client: paho.Client, device: str, payloads: list[bytes]) -> None:
+    for payload in payloads:
+        client.publish(drift_topic("edge-ttt", device), payload, qos=1).wait_for_publish(10)
+
+
+def stored_ids(location: str) -> list[str]:
+    return (
+        dataset.read(location, ["summary_id"]).column("summary_id").to_pylist()
+        if dataset.exists(location)
+        else []
+    )
+
+
+def test_summaries_of_several_agents_arrive_once_each_and_corrupt_ones_are_counted(broker, tmp_path):
+    location = str(tmp_path / "fleet")
+    running = Running(config(broker.port, location))
+    agents = publisher(broker.port)
+    made = {
+        f"dev-{d}": [make_summary(f"dev-{d}", T0 + i * DAY / 2, seed=10 * d + i) for i in range(4)]
+        for d in range(3)
+    }
+    try:
+        for device, summaries in made.items():
+            for i, s in enumerate(summaries):
+                publish(agents, device, messages(s) * (2 if i % 2 else 1))  # every other one twice
+        bad = messages(make_summary("dev-0", T0, seed=99))
+        assert len(bad) > 1  # chunked
+        head, _, data = bad[-1].partition(b"\n")
+        publish(
+            agents,
+            "dev-0",
+            [*bad[:-1], head + b"\n" + bytes([data[0] ^ 0xFF]) + data[1:], b"not a drift message"],
+        )
+        expected = sorted(s.summary_id for summaries in made.values() for s in summaries)
+        assert wait_for(lambda: sorted(stored_ids(location)) == expected)
+        counters = running.collector.receiver.counters
+        assert wait_for(lambda: counters.corrupt == 1 and counters.malformed == 1)
+        assert counters.accepted == 12 and counters.duplicates > 0
+    finally:
+        running.stop()
+    table = dataset.read(location)
+    assert table.column("device_id").to_pylist() == table.column("device").to_pylist()
+    dates = dict(zip(table.column("summary_id").to_pylist(), table.column("date").to_pylist(), strict=True))
+    assert all(
+        dates[s.summary_id] == time.strftime("%Y-%m-%d", time.gmtime(s.end)) for v in made.values() for s in v
+    )
+    assert {p.name for p in (tmp_path / "fleet").iterdir()} == {
+        "date=2023-11-14",
+        "date=2023-11-15",
+        "date=2023-11-16",
+    }
+
+    # A restarted collector knows what the dataset holds: a re-shipped summary is not stored again.
+    restarted = Running(config(broker.port, location))
+    try:
+        assert set(expected) <= restarted.collector.receiver.seen
+        publish(agents, "dev-1", messages(made["dev-1"][0]))
+        assert wait_for(lambda: restarted.collector.receiver.counters.duplicates >= 1)
+    finally:
+        restarted.stop()
+        agents.disconnect()
+        agents.loop_stop()
+    assert sorted(stored_ids(location)) == expected
+
+
+def test_two_collectors_on_a_shared_subscription_split_the_load_without_loss_or_duplicates(broker, tmp_path):
+    location = str(tmp_path / "fleet")
+    a = Running(config(broker.port, location, "collector-a", group="collectors"))
+    b = Running(config(broker.port, location, "collector-b", group="collectors"))
+    agents = publisher(broker.port)
+    made = [make_summary(f"dev-{i % 5}", T0 + i, seed=i) for i in range(30)]
+    try:
+        for s in made:
+            publish(agents, s.device, messages(s, chunk_bytes=1 << 20))  # one message per summary
+        expected = sorted(s.summary_id for s in made)
+        assert wait_for(lambda: sorted(stored_ids(location)) == expected)
+    finally:
+        a.stop()
+        b.stop()
+        agents.disconnect()
+        agents.loop_stop()
+    got = [r.collector.receiver.counters.accepted for r in (a, b)]
+    assert sum(got) == 30 and min(got) > 0, got
+    assert sorted(stored_ids(location)) == expected
+
+
+def test_compaction_leaves_one_file_per_partition_and_the_data_unchanged(tmp_path):
+    location = str(tmp_path / "fleet")
+    for i in range(6):
+        dataset.append(location, pa_table([make_summary(f"dev-{i % 2}", T0 + i * DAY / 3, seed=i)]))
+    before = dataset.read(location).sort_by("summary_id")
+    partitions = sorted(p for p in (tmp_path / "fleet").iterdir())
+    assert sum(len(list(p.glob("*.parquet"))) for p in partitions) == 6
+
+    counts = {p.name: len(list(p.glob("*.parquet"))) for p in partitions}
+    assert dataset.compact(location) == {name: n for name, n in counts.items() if n > 1}
+    assert all(len(list(p.iterdir())) == 1 for p in partitions)
+    assert dataset.read(location).sort_by("summary_id").equals(before)
+    assert dataset.compact(location) == {}  # nothing left to do
+
+
+def pa_table(summaries: list[DriftSummary]):
+    from edge_ttt.drift.schema import to_table
+
+    return to_table(summaries)
+
+
+@pytest.mark.parametrize("end", [T0, T0 + DAY - 0.5])
+@pytest.mark.parametrize("uri", [False, True])
+def test_the_partition_is_the_utc_date_of_the_interval_end(tmp_path, end, uri):
+    location = (tmp_path / "fleet").as_uri() if uri else str(tmp_path / "fleet")
+    (path,) = dataset.append(location, pa_table([make_summary("d", end)]))
+    assert f"/date={time.strftime('%Y-%m-%d', time.gmtime(end))}/" in path
+    assert pc.sum(pc.equal(dataset.read(location).column("device_id"), "d")).as_py() == 1
+    assert dataset.summary_ids(location) == set(
+        dataset.read(location, ["summary_id"])["summary_id"].to_pylist()
+    )
+
+
+def test_the_example_config_loads_and_a_bad_one_names_its_keys(tmp_path):
+    from pathlib import Path
+
+    from typer.testing import CliRunner
+
+    from edge_ttt.monitor.cli import collect_command
+    from edge_ttt.monitor.config import load_monitor_config
+
+    example = Path(__file__).resolve().parents[1] / "configs" / "monitor.toml"
+    cfg = load_monitor_config(example)
+    assert (
+        cfg.collector.dataset == str(example.parent.parent / "fleet")
+        and cfg.topic_filter() == "edge-ttt/+/drift"
+    )
+    shared = cfg.model_copy(update={"collector": cfg.collector.model_copy(update={"share_group": "g"})})
+    assert shared.topic_filter() == "$share/g/edge-ttt/+/drift"
+
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[collector]\ndataset = "x"\nflush_summaries = 0\nshare_group = "a/b"\n')
+    app = typer.Typer()
+    app.command()(collect_command)
+    result = CliRunner().invoke(app, ["--config", str(bad)])
+    assert result.exit_code == 2
+    assert "collector.flush_summaries" in result.output and "collector.share_group" in result.output
+
+
+@pytest.fixture
+def s3_location(monkeypatch):
+    """An S3 stand-in (moto's server, in-process, on a loopback port) with an empty bucket."""
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    for key, value in {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test"}.items():
+        monkeypatch.setenv(key, value)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        s3 = boto3.client("s3", endpoint_url=f"http://{host}:{port}", region_name="us-east-1")
+        s3.create_bucket(Bucket="fleet")
+        yield f"s3://fleet/drift?endpoint_override={host}:{port}&scheme=http&region=us-east-1"
+    finally:
+        server.stop()
+
+
+def test_the_dataset_can_live_in_object_storage(s3_location):
+    """The same code writes, reads, de-duplicates and compacts through pyarrow's S3 filesystem."""
+    first = dataset.append(s3_location, pa_table([make_summary("d1", T0), make_summary("d2", T0)]))
+    dataset.append(s3_location, pa_table([make_summary("d1", T0 + 60)]))
+    assert all("/date=" in p for p in first)
+    table = dataset.read(s3_location)
+    assert sorted(table.column("device_id").to_pylist()) == ["d1", "d1", "d2"]
+    assert dataset.summary_ids(s3_location) == set(table.column("summary_id").to_pylist())
+    assert len(dataset.open_dataset(s3_location).files) == 2
+    dataset.compact(s3_location)
+    assert len(dataset.open_dataset(s3_location).files) == 1  # one partition, one file
+    assert dataset.read(s3_location).num_rows == 3

@@ -1,0 +1,174 @@
+"""Alert rules, SQL queries and the HTML report over hand-made fleet datasets."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from edge_ttt.drift.schema import to_table
+from edge_ttt.monitor import dataset
+from edge_ttt.monitor.alerts import evaluate
+from edge_ttt.monitor.cli import monitor_app
+from edge_ttt.monitor.config import AlertsSection
+from edge_ttt.monitor.report import REPORT_COLUMNS, write_report
+from tests.test_monitor_collector import T0, make_summary
+
+STEP = 300.0
+RULES = AlertsSection(
+    psi_threshold=0.25,
+    psi_intervals=3,
+    reset_rate=0.05,
+    reset_intervals=4,
+    entropy_rise=0.2,
+    entropy_intervals=4,
+)
+NOW = T0 + 6 * STEP  # just after the last interval of the fleet below
+
+
+def fleet(location: str) -> None:
+    """Six intervals per device. `drifting`: channel c0 shifted by 3 sd in its last three;
+    `resetting`: 4 resets per 40 windows; `confused`: entropy rising from 0.2 to 0.8 nats in its last
+    four; `gone`: one summary, 90 minutes before NOW; `steady`: nothing. One file per interval."""
+    for i in range(6):
+        end = T0 + (i + 1) * STEP
+        made = [
+            make_summary("steady", end, seed=i),
+            make_summary("drifting", end, shift=3.0 if i >= 3 else 0.0, seed=100 + i),
+            make_summary("resetting", end, seed=200 + i, resets=4),
+            make_summary("confused", end, seed=300 + i, entropy=0.2 * max(i - 1, 1)),
+        ]
+        dataset.append(location, to_table(made))
+    dataset.append(location, to_table([make_summary("gone", T0 - 3600, seed=400)]))
+
+
+@pytest.fixture
+def location(tmp_path) -> str:
+    path = str(tmp_path / "fleet")
+    fleet(path)
+    return path
+
+
+def test_alert_rules_give_exactly_the_expected_alerts(location):
+    found = evaluate(dataset.read(location, REPORT_COLUMNS), RULES, now=NOW)
+    assert sorted((a.device, a.rule) for a in found) == [
+        ("confused", "entropy"),
+        ("drifting", "psi"),
+        ("gone", "silent"),
+        ("resetting", "resets"),
+    ]
+    (resets,) = [a for a in found if a.rule == "resets"]
+    assert resets.value == pytest.approx(16 / 160)
+    (silent,) = [a for a in found if a.rule == "silent"]
+    assert silent.value == pytest.approx(NOW - (T0 - 3600))
+
+
+def test_psi_must_stay_above_the_threshold_for_k_consecutive_intervals(location):
+    table = dataset.read(location, REPORT_COLUMNS)
+
+    def psi_alerts(**rules) -> list[str]:
+        return [a.device for a in evaluate(table, RULES.model_copy(update=rules), now=NOW) if a.rule == "psi"]
+
+    assert psi_alerts() == ["drifting"]
+    assert psi_alerts(psi_intervals=4) == []  # drifting for three intervals only
+    assert psi_alerts(psi_threshold=1e6) == []
+
+
+def test_the_alerts_command_prints_them_as_json_and_fails(location, tmp_path):
+    config = tmp_path / "monitor.toml"
+    config.write_text('[collector]\ndataset = "fleet"\n[alerts]\nsilent_s = 1e12\nreset_intervals = 4\n')
+    result = CliRunner().invoke(
+        monitor_app, ["alerts", "--dataset", location, "--config", str(config), "--json"]
+    )
+    assert result.exit_code == 1, result.output
+    assert sorted((a["device"], a["rule"]) for a in json.loads(result.output)) == [
+        ("confused", "entropy"),
+        ("drifting", "psi"),
+        ("resetting", "resets"),
+    ]
+
+
+def test_a_bad_config_is_reported_with_its_key(location, tmp_path):
+    config = tmp_path / "monitor.toml"
+    config.write_text('[collector]\ndataset = "fleet"\n[alerts]\npsi_treshold = 0.3\n')
+    result = CliRunner().invoke(monitor_app, ["alerts", "--dataset", location, "--config", str(config)])
+    assert result.exit_code == 2 and "alerts.psi_treshold" in result.output
+
+
+def test_query_runs_sql_over_the_dataset(location):
+    sql = "SELECT device_id, count(*) AS n, sum(resets) AS resets FROM summaries GROUP BY 1 ORDER BY 1"
+    result = CliRunner().invoke(monitor_app, ["query", sql, "--dataset", location, "--json"])
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in result.output.splitlines()]
+    assert rows == [
+        {"device_id": "confused", "n": 6, "resets": 0},
+        {"device_id": "drifting", "n": 6, "resets": 0},
+        {"device_id": "gone", "n": 1, "resets": 0},
+        {"device_id": "resetting", "n": 6, "resets": 24},
+        {"device_id": "steady", "n": 6, "resets": 0},
+    ]
+    table = CliRunner().invoke(
+        monitor_app, ["query", "SELECT DISTINCT date FROM summaries", "--dataset", location]
+    )
+    assert table.exit_code == 0 and "2023-11-14" in table.output
+
+
+def test_compact_command(location):
+    result = CliRunner().invoke(monitor_app, ["compact", "--dataset", location])
+    assert result.exit_code == 0 and json.loads(result.output)["files_merged"] == 7
+    assert len(dataset.read(location)) == 25
+
+
+def test_the_report_ranks_the_drifting_device_first_and_shows_its_alert(location, tmp_path):
+    out = tmp_path / "report.html"
+    alerts = write_report(dataset.read(location, REPORT_COLUMNS), RULES, out, now=NOW)
+    html = out.read_text()
+    ranking = html.split('<table id="ranking">')[1].split("</table>")[0]
+    assert re.findall(r"<tr><td>([\w-]+)</td>", ranking)[0] == "drifting"
+    assert "drifting</b> [psi]" in html and len(alerts) == 4
+    images = re.findall(r'src="data:image/png;base64,([^"]+)"', html)
+    assert len(images) == 2 and all(base64.b64decode(i).startswith(b"\x89PNG") for i in images)
+    assert not re.search(r"(src|href)=\"(https?:)?//", html)  # self-contained
+    result = CliRunner().invoke(
+        monitor_app, ["report", "--dataset", location, "--out", str(tmp_path / "r.html")]
+    )
+    assert result.exit_code == 0 and (tmp_path / "r.html").stat().st_size > 10_000
+
+
+def test_the_report_renders_in_headless_chromium(location, tmp_path):
+    chromium = shutil.which("chromium")
+    if chromium is None:
+        reason = (
+            "chromium is not installed (apt-get install chromium): the report was not opened in a browser"
+        )
+        if os.environ.get("EDGE_TTT_REQUIRE_CHROMIUM") == "1":
+            pytest.fail(reason)
+        pytest.skip(reason)
+    out = tmp_path / "report.html"
+    write_report(dataset.read(location, REPORT_COLUMNS), RULES, out, now=NOW)
+    artifacts = Path(__file__).resolve().parents[1] / "test-artifacts"
+    artifacts.mkdir(exist_ok=True)
+    shot = artifacts / "monitor-report.png"
+    shot.unlink(missing_ok=True)
+    flags = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--no-first-run",
+        "--disable-background-networking",
+    ]
+    flags += ["--disable-component-update", "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}"]
+    subprocess.run(
+        [chromium, *flags, f"--screenshot={shot}", "--window-size=1200,1600", out.as_uri()],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    assert shot.stat().st_size > 10_000 and shot.read_bytes().startswith(b"\x89PNG")
