@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import paho.mqtt.client as paho
@@ -259,3 +260,41 @@ def test_the_dataset_can_live_in_object_storage(s3_location):
     dataset.compact(s3_location)
     assert len(dataset.open_dataset(s3_location).files) == 1  # one partition, one file
     assert dataset.read(s3_location).num_rows == 3
+
+
+def test_a_collector_killed_before_writing_loses_nothing(broker, tmp_path):
+    """Messages are acknowledged only once written: after SIGKILL the broker delivers them again."""
+    import signal
+    import subprocess
+    import sys
+
+    location = tmp_path / "fleet"
+    toml = tmp_path / "monitor.toml"
+    toml.write_text(
+        f"[mqtt]\nport = {broker.port}\nreconnect_min_s = 1.0\nreconnect_max_s = 1.0\n"
+        f'[collector]\ndataset = "{location}"\nclient_id = "crashy"\n'
+        "flush_summaries = 1000\nflush_s = 3600.0\n"
+    )
+    cmd = [sys.executable, "-m", "edge_ttt.cli", "collect", "--config", str(toml)]
+    root = Path(__file__).resolve().parents[1]
+    first = subprocess.Popen(cmd, cwd=root, stderr=subprocess.PIPE, text=True)
+    agents = publisher(broker.port)
+    made = [make_summary("dev-k", T0 + i * 60, seed=i) for i in range(5)]
+    try:
+        assert "collecting" in first.stderr.readline()  # subscribed
+        for s in made:
+            # one message each: five stay below MAX_UNACKED, so nothing is written before the kill
+            publish(agents, "dev-k", messages(s, chunk_bytes=10**6))
+        time.sleep(1.0)
+        first.send_signal(signal.SIGKILL)
+        first.wait(10)
+        assert stored_ids(str(location)) == []  # nothing was written
+        restarted = Running(config(broker.port, str(location), client_id="crashy"))
+        try:
+            assert wait_for(lambda: sorted(stored_ids(str(location))) == sorted(s.summary_id for s in made))
+        finally:
+            restarted.stop()
+    finally:
+        first.kill()
+        agents.disconnect()
+        agents.loop_stop()

@@ -104,6 +104,10 @@ class Receiver:
         self.counters.accepted += 1
         return table
 
+    def waiting(self, summary_id: str) -> bool:
+        """Some chunks of this summary are here, the rest not yet."""
+        return any(key[0] == summary_id for key in self._partial)
+
     def _reassemble(self, chunk: Chunk) -> bytes | None:
         key = (chunk.summary_id, chunk.sha256, chunk.count)  # a re-send may be chunked differently
         parts = self._partial.setdefault(key, {})

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import logging
 import signal
 import threading
 from dataclasses import asdict
@@ -55,11 +54,16 @@ def collect_command(
         cfg = load_monitor_config(config)
     except ConfigError as exc:
         raise typer.BadParameter(str(exc), param_hint="--config") from None
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     collector = Collector(cfg)
+
+    def announce() -> None:  # one line once subscribed: from then on nothing published is missed
+        if collector.subscribed.wait(60):
+            typer.echo(f"collecting {cfg.topic_filter()} into {cfg.collector.dataset}", err=True)
+
+    threading.Thread(target=announce, daemon=True).start()
     collector.run(stop)
     typer.echo(json.dumps({"files_written": collector.files_written, **asdict(collector.receiver.counters)}))
 

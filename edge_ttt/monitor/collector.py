@@ -5,8 +5,12 @@ expiry, or v3.1.1 clean_session off) subscribes at QoS 1 in `on_connect`, so eve
 subscribes again and messages queued while the collector was away arrive. Payloads go to a
 `Receiver` (chunks, SHA-256, de-duplication), whose `seen` set starts with the ids already in the
 dataset. New summaries are buffered and written as one file per batch: after `flush_summaries`
-summaries or `flush_s` seconds. A crash loses at most the buffered batch's rows from the dataset;
-the agents' spools cannot tell, so keep batches small where that matters.
+summaries or `flush_s` seconds, or when `MAX_UNACKED` messages wait for their acknowledgement.
+
+Nothing is lost in a crash: messages are acknowledged by hand (paho `manual_ack`), a summary's
+messages only once the file holding it is written. A collector killed before writing leaves
+them unacknowledged, and the broker delivers them again to its persistent session. Messages that
+carry nothing to keep (duplicates, malformed, corrupt) are acknowledged at once.
 """
 
 from __future__ import annotations
@@ -23,11 +27,15 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from edge_ttt.drift.receiver import Receiver
+from edge_ttt.drift.receiver import MessageError, Receiver, parse_message
 from edge_ttt.monitor import dataset
 from edge_ttt.monitor.config import MonitorConfig
 
 log = logging.getLogger(__name__)
+
+# Brokers stop sending to a client with this many QoS 1 messages unacknowledged (mosquitto's
+# max_inflight_messages defaults to 20): write the batch before reaching it.
+MAX_UNACKED = 16
 
 
 class Collector:
@@ -38,6 +46,8 @@ class Collector:
         self.subscribed = threading.Event()
         self.files_written = 0
         self._pending: list[pa.Table] = []
+        self._unacked: dict[str, list[int]] = {}  # summary id -> message ids, until written
+        self._to_ack: list[int] = []  # message ids of the summaries in `_pending`
         self._pending_since = time.monotonic()
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -51,6 +61,7 @@ class Collector:
             client_id=cfg.collector.client_id,
             protocol=paho.MQTTv5 if v5 else paho.MQTTv311,
             clean_session=None if v5 else False,
+            manual_ack=True,
         )
         self.client.reconnect_delay_set(
             min_delay=max(1, round(m.reconnect_min_s)), max_delay=max(1, round(m.reconnect_max_s))
@@ -66,7 +77,7 @@ class Collector:
             self.client.tls_insecure_set(m.tls.insecure)
         self.client.on_connect = self._connected
         self.client.on_subscribe = lambda *_: self.subscribed.set()
-        self.client.on_message = lambda _c, _u, msg: self.accept(msg.payload)
+        self.client.on_message = lambda _c, _u, msg: self._on_message(msg)
 
     def start(self) -> None:
         m = self.cfg.mqtt
@@ -90,16 +101,33 @@ class Collector:
             self.cfg.topic_filter(),
         )
 
-    def accept(self, payload: bytes) -> None:
+    def _on_message(self, msg: paho.MQTTMessage) -> None:
+        for mid in self.accept(msg.payload, msg.mid):
+            self.client.ack(mid, msg.qos)
+
+    def accept(self, payload: bytes, mid: int = 0) -> list[int]:
         """One message, on paho's thread: a completed new summary joins the batch; a full batch
-        wakes the writer thread (files are never written on the network thread)."""
+        wakes the writer thread (files are never written on the network thread). Returns the
+        message ids to acknowledge now (those that carry nothing to keep)."""
         with self._lock:
             table = self.receiver.accept(payload)
+            try:
+                summary_id: str | None = parse_message(payload).summary_id
+            except MessageError:
+                summary_id = None
+            ack_now: list[int] = []
             if table is not None:
                 self._pending.append(table)
+                self._to_ack += [*self._unacked.pop(str(summary_id), []), mid]
+            elif summary_id is not None and self.receiver.waiting(summary_id):
+                self._unacked.setdefault(summary_id, []).append(mid)  # a chunk of a summary to come
+            else:
+                ack_now = [mid, *self._unacked.pop(str(summary_id), [])]  # duplicate, corrupt or junk
             self._warn_rejected()
-            if len(self._pending) >= self.cfg.collector.flush_summaries:
+            waiting = len(self._to_ack) + sum(map(len, self._unacked.values()))
+            if len(self._pending) >= self.cfg.collector.flush_summaries or waiting >= MAX_UNACKED:
                 self._full.set()
+            return ack_now
 
     def _warn_rejected(self) -> None:
         """At most one warning per `log_every_s`, with the count since the last one."""
@@ -115,6 +143,7 @@ class Collector:
         keep arriving meanwhile; on failure they go back to the buffer for the next try."""
         with self._lock:
             batch, self._pending = self._pending, []
+            acks, self._to_ack = self._to_ack, []
             self._pending_since = time.monotonic()
             self._full.clear()
         if not batch:
@@ -125,6 +154,10 @@ class Collector:
             log.exception("could not write %d summaries; will try again", len(batch))
             with self._lock:
                 self._pending = batch + self._pending
+                self._to_ack = acks + self._to_ack
+            return
+        for mid in acks:  # written: now the broker may forget them
+            self.client.ack(mid, 1)
 
     def run(self, stop: threading.Event | None = None) -> None:
         """Write batches when full or `flush_s` old until `stop` (or `self.stop()`), then write
