@@ -436,6 +436,18 @@ class AgentConfig(_Section):
         return self.drift.topic.format(prefix=self.mqtt.prefix, device=device)
 
 
+def read_toml(path: Path) -> dict[str, Any]:
+    """The file's tables, or a ConfigError that says what is wrong with the file itself."""
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the configuration ({exc.strerror}); check the path") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start}); save it as UTF-8") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: invalid TOML: {exc}; fix the syntax there") from None
+
+
 def load_config(path: str | os.PathLike[str], *, check_files: bool = True) -> AgentConfig:
     """Read and validate an agent configuration.
 
@@ -444,14 +456,7 @@ def load_config(path: str | os.PathLike[str], *, check_files: bool = True) -> Ag
     here; the bundle loader verifies it.
     """
     path = Path(path)
-    try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read the configuration ({exc.strerror}); check the path") from None
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start}); save it as UTF-8") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: invalid TOML: {exc}; fix the syntax there") from None
+    raw = read_toml(path)
     context = {"base_dir": path.parent.resolve(), "check_files": check_files}
     try:
         return AgentConfig.model_validate(raw, context=context)

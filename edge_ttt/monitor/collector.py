@@ -19,17 +19,14 @@ import logging
 import threading
 import time
 from dataclasses import asdict
-from typing import Any
 
 import paho.mqtt.client as paho
 import pyarrow as pa
-from paho.mqtt.enums import CallbackAPIVersion
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
 
 from edge_ttt.drift.receiver import MessageError, Receiver, parse_message
 from edge_ttt.monitor import dataset
 from edge_ttt.monitor.config import MonitorConfig
+from edge_ttt.stream.mqtt import connect_in_background, make_client
 
 log = logging.getLogger(__name__)
 
@@ -54,40 +51,13 @@ class Collector:
         self._full = threading.Event()
         self._last_warning = -float("inf")
         self._rejected_reported = 0
-        m = cfg.mqtt
-        v5 = m.protocol == "v5"
-        self.client = paho.Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=cfg.collector.client_id,
-            protocol=paho.MQTTv5 if v5 else paho.MQTTv311,
-            clean_session=None if v5 else False,
-            manual_ack=True,
-        )
-        self.client.reconnect_delay_set(
-            min_delay=max(1, round(m.reconnect_min_s)), max_delay=max(1, round(m.reconnect_max_s))
-        )
-        if m.username is not None:
-            self.client.username_pw_set(m.username, m.password())
-        if m.tls.enabled:
-            self.client.tls_set(
-                ca_certs=str(m.tls.ca_file) if m.tls.ca_file else None,
-                certfile=str(m.tls.cert_file) if m.tls.cert_file else None,
-                keyfile=str(m.tls.key_file) if m.tls.key_file else None,
-            )
-            self.client.tls_insecure_set(m.tls.insecure)
+        self.client = make_client(cfg.mqtt, cfg.collector.client_id, manual_ack=True)
         self.client.on_connect = self._connected
         self.client.on_subscribe = lambda *_: self.subscribed.set()
         self.client.on_message = lambda _c, _u, msg: self._on_message(msg)
 
     def start(self) -> None:
-        m = self.cfg.mqtt
-        kwargs: dict[str, Any] = {}
-        if m.protocol == "v5":
-            props = Properties(PacketTypes.CONNECT)
-            props.SessionExpiryInterval = m.session_expiry_s
-            kwargs = {"clean_start": False, "properties": props}
-        self.client.connect_async(m.host, m.port, m.keepalive_s, **kwargs)
-        self.client.loop_start()
+        connect_in_background(self.client, self.cfg.mqtt)
 
     def _connected(self, client: paho.Client, _userdata, _flags, reason_code, _properties) -> None:
         if reason_code.is_failure:

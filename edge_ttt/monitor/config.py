@@ -5,17 +5,11 @@ from __future__ import annotations
 
 import os
 import re
-import sys
 from pathlib import Path
 
 from pydantic import Field, ValidationError, field_validator
 
-from edge_ttt.config import ConfigError, MqttSection, _Section, _show
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
+from edge_ttt.config import ConfigError, MqttSection, _Section, _show, read_toml
 
 _GROUP = re.compile(r"[A-Za-z0-9._-]+")
 
@@ -72,14 +66,7 @@ def resolve_location(location: str, base: Path) -> str:
 
 def load_monitor_config(path: str | os.PathLike[str]) -> MonitorConfig:
     path = Path(path)
-    try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read the configuration ({exc.strerror}); check the path") from None
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start}); save it as UTF-8") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: invalid TOML: {exc}; fix the syntax there") from None
+    raw = read_toml(path)
     try:
         # base_dir: the mqtt section's TLS and password file paths are relative to this file
         cfg = MonitorConfig.model_validate(

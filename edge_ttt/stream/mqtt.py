@@ -34,6 +34,44 @@ def status_payload(agent: str, state: str, **fields: Any) -> bytes:
     return json.dumps({"agent": agent, "state": state, **fields}, default=str).encode()
 
 
+def make_client(cfg: MqttSection, client_id: str, manual_ack: bool = False) -> paho.Client:
+    """A paho client for a persistent session: stable id, backoff, credentials and TLS from config."""
+    v5 = cfg.protocol == "v5"
+    client = paho.Client(
+        CallbackAPIVersion.VERSION2,
+        client_id=client_id,
+        protocol=paho.MQTTv5 if v5 else paho.MQTTv311,
+        clean_session=None if v5 else False,
+        manual_ack=manual_ack,
+    )
+    client.reconnect_delay_set(
+        min_delay=max(1, math.ceil(cfg.reconnect_min_s)), max_delay=max(1, math.ceil(cfg.reconnect_max_s))
+    )
+    if cfg.username is not None:
+        client.username_pw_set(cfg.username, cfg.password())
+    if cfg.tls.enabled:
+        client.tls_set(
+            ca_certs=str(cfg.tls.ca_file) if cfg.tls.ca_file else None,
+            certfile=str(cfg.tls.cert_file) if cfg.tls.cert_file else None,
+            keyfile=str(cfg.tls.key_file) if cfg.tls.key_file else None,
+            tls_version=ssl.PROTOCOL_TLS_CLIENT,
+        )
+        client.tls_insecure_set(cfg.tls.insecure)
+    return client
+
+
+def connect_in_background(client: paho.Client, cfg: MqttSection) -> None:
+    """connect_async, then the loop: it keeps retrying until the broker answers. With MQTT v5 the
+    session outlives a disconnect only with clean_start off and a session expiry."""
+    kwargs: dict[str, Any] = {}
+    if cfg.protocol == "v5":
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = cfg.session_expiry_s
+        kwargs = {"clean_start": False, "properties": props}
+    client.connect_async(cfg.host, cfg.port, cfg.keepalive_s, **kwargs)
+    client.loop_start()
+
+
 class MqttTransport:
     def __init__(
         self,
@@ -50,40 +88,15 @@ class MqttTransport:
         self.connects = 0
         self.disconnects = 0
         self._stopping = False
-        v5 = cfg.protocol == "v5"
-        self.client = paho.Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=cfg.client_id or f"edge-ttt-{agent_id}",
-            protocol=paho.MQTTv5 if v5 else paho.MQTTv311,
-            clean_session=None if v5 else False,
-        )
+        self.client = make_client(cfg, cfg.client_id or f"edge-ttt-{agent_id}")
         self.client.will_set(status_topic, status_payload(agent_id, "offline"), qos=1, retain=True)
-        self.client.reconnect_delay_set(
-            min_delay=max(1, math.ceil(cfg.reconnect_min_s)), max_delay=max(1, math.ceil(cfg.reconnect_max_s))
-        )
-        if cfg.username is not None:
-            self.client.username_pw_set(cfg.username, cfg.password())
-        if cfg.tls.enabled:
-            self.client.tls_set(
-                ca_certs=str(cfg.tls.ca_file) if cfg.tls.ca_file else None,
-                certfile=str(cfg.tls.cert_file) if cfg.tls.cert_file else None,
-                keyfile=str(cfg.tls.key_file) if cfg.tls.key_file else None,
-                tls_version=ssl.PROTOCOL_TLS_CLIENT,
-            )
-            self.client.tls_insecure_set(cfg.tls.insecure)
         self.client.on_connect = self._connected
         self.client.on_disconnect = self._disconnected
         self.client.on_message = lambda _c, _u, msg: self._on_message(msg.topic, msg.payload)
 
     def start(self) -> None:
         """Connect in the background: the loop keeps retrying until the broker answers."""
-        kwargs: dict[str, Any] = {}
-        if self.cfg.protocol == "v5":
-            props = Properties(PacketTypes.CONNECT)
-            props.SessionExpiryInterval = self.cfg.session_expiry_s
-            kwargs = {"clean_start": False, "properties": props}
-        self.client.connect_async(self.cfg.host, self.cfg.port, self.cfg.keepalive_s, **kwargs)
-        self.client.loop_start()
+        connect_in_background(self.client, self.cfg)
 
     def _connected(self, client: paho.Client, _userdata, _flags, reason_code, _properties) -> None:
         if reason_code.is_failure:
