@@ -195,7 +195,7 @@ def test_run_refuses_a_bad_config_or_bundle_before_starting_anything(tmp_path, b
         return subprocess.run(cmd, capture_output=True, text=True, timeout=60, cwd=Path(__file__).parents[1])
 
     bad = tmp_path / "bad.toml"
-    bad.write_text('[agent]\nid = "x"\n[mqtt]\nprot = 1883\n[model]\nartifacts = "a"\n')
+    bad.write_text('[agent]\nid = "x"\n[mqtt]\nprot = 1\n[model]\nartifacts = "a"\n')
     result = run(bad)
     assert result.returncode == 2 and "mqtt.prot" in result.stderr
     art = tmp_path / "art"

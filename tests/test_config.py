@@ -36,6 +36,7 @@ def problems(path: Path, **kwargs) -> str:
 def test_sim_config_loads_with_checks():
     cfg = load_config(CONFIGS / "sim.toml")
     assert cfg.agent.id == "sim-agent"
+    # the example's broker address (a config file only: nothing connects here)
     assert (cfg.mqtt.host, cfg.mqtt.port, cfg.mqtt.protocol) == ("127.0.0.1", 1883, "v5")
     assert cfg.mqtt.client_id == "edge-ttt-sim-agent"
     assert not cfg.mqtt.tls.enabled
@@ -77,6 +78,7 @@ def test_example_configs_set_every_section():
 def test_defaults(tmp_path):
     cfg = load_config(write(tmp_path, BASE))
     mqtt = cfg.mqtt
+    # the defaults (nothing connects here)
     assert (mqtt.host, mqtt.port, mqtt.client_id, mqtt.protocol) == ("127.0.0.1", 1883, "edge-ttt-a", "v5")
     assert (mqtt.keepalive_s, mqtt.session_expiry_s, mqtt.qos) == (30, 3600, 1)
     assert (mqtt.reconnect_min_s, mqtt.reconnect_max_s) == (1.0, 60.0)
