@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 
 RATE_TOLERANCE = 0.01  # a frame's sample period may differ this much from the model's
 LATENCY_SAMPLES = 4096  # recent latencies kept for the status percentiles
+SUMMARY_CHECK_S = 1.0  # how often the worker looks for drift summary intervals that ended
 
 
 @dataclass(frozen=True)
@@ -141,7 +142,7 @@ class Agent:
         """Until `stop_event` is set: handle messages, publish status, summaries and checkpoints."""
         self.transport.start()
         self.shipper.start()  # also ships what a previous run left in the spool
-        next_status = time.monotonic()
+        next_status = next_summaries = time.monotonic()
         next_checkpoint = time.monotonic() + self.cfg.state.checkpoint_interval_s
         try:
             while not self.stop_event.is_set():
@@ -155,7 +156,9 @@ class Agent:
                 if now >= next_checkpoint:
                     self.checkpoint()
                     next_checkpoint = now + self.cfg.state.checkpoint_interval_s
-                self._close_summaries(final=False)
+                if now >= next_summaries:  # intervals are minutes: a look per second is plenty
+                    self._close_summaries(final=False)
+                    next_summaries = now + SUMMARY_CHECK_S
         finally:
             self.checkpoint()
             self._close_summaries(final=True)
@@ -191,6 +194,8 @@ class Agent:
                 predictions = pipeline.engine.process(windows.x)
                 latency = self._publish_predictions(pipeline, windows.t_end_ns, predictions, message.arrived)
                 pipeline.drift.observe_windows(windows.x, predictions, pipeline.engine, latency)
+                if (summary := pipeline.drift.maybe_close()) is not None:  # a window count reached
+                    self.shipper.submit(summary)
 
     def _check(self, frame: Frame, stream: str) -> None:
         """What the codec cannot know: the model's channels and rate, and the topic's stream."""

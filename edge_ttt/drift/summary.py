@@ -234,6 +234,7 @@ class SummaryCollector:
         self.interval_s = interval_s
         self.interval_windows = interval_windows
         self._counters = {k: int((counters or {}).get(k, 0)) for k in COUNTERS}
+        self._engine: Any = None  # set by observe_windows: read at close
         self._open(time.time() if now is None else now)
 
     def _open(self, now: float) -> None:
@@ -275,16 +276,16 @@ class SummaryCollector:
     def observe_windows(
         self, x: np.ndarray, predictions: Any, engine: Any, latency_ms: Iterable[float] = ()
     ) -> SummaryCollector:
-        """`observe` from the engine's `Predictions` and the engine itself (counters, policy)."""
+        """`observe` from the engine's `Predictions`; the engine's counters and adaptation level
+        are read once, when the interval closes, not on every batch."""
+        self._engine = engine
         return self.observe(
             x,
             predictions.classes,
             predictions.probs.max(axis=1),
             predictions.entropy,
             predictions.valid,
-            engine.counters.as_dict(),
-            adaptation_state(engine.policy),
-            latency_ms,
+            latency_ms=latency_ms,
         )
 
     def maybe_close(self, now: float | None = None) -> DriftSummary | None:
@@ -301,6 +302,10 @@ class SummaryCollector:
         now = time.time() if now is None else now
         s = self.current
         s.end = now
+        if self._engine is not None:
+            counters = self._engine.counters.as_dict()
+            self._counters = {k: int(counters.get(k, 0)) for k in COUNTERS}
+            s.adaptation = adaptation_state(self._engine.policy)
         s.counters = {k: self._counters[k] - self._base[k] for k in COUNTERS}
         self._open(now)
         return s if s.windows else None
