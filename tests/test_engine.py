@@ -218,7 +218,7 @@ def test_steady_rolls_back_a_collapse_on_an_adversarial_single_class_stream(bund
     assert e.counters.rollbacks + e.counters.resets > 0
     assert e.counters.rollbacks > 0
     # After each rollback the detector starts over; the model is not left collapsed for good.
-    assert e.policy.param_drift() <= e.policy.detector.max_param_drift
+    assert e.policy.param_change()[1] <= e.policy.detector.max_param_drift
 
 
 def test_steady_with_default_settings_does_not_roll_back_on_a_benign_stream(bundle_dir: Path):

@@ -62,6 +62,17 @@ class Policy:
         self.source_stats = model.source_stats()
         self.source_params = model.parameters()
         self.params = dict(self.source_params)  # what the model must hold while this policy runs
+        self._source_norm = math.sqrt(
+            sum(float((v.astype(np.float64) ** 2).sum()) for v in self.source_params.values())
+        )
+
+    def param_change(self) -> tuple[float, float]:
+        """How far the predicting parameters moved from source: L2 distance, and that distance
+        relative to the source parameters' norm (guards and drift summaries report it)."""
+        sq = sum(
+            float(((self.params[k].astype(np.float64) - v) ** 2).sum()) for k, v in self.source_params.items()
+        )
+        return math.sqrt(sq), math.sqrt(sq) / max(self._source_norm, 1e-12)
 
     def activate(self) -> None:
         """Load this policy's parameters into a model that other policies (devices) share."""
@@ -319,7 +330,6 @@ class Steady(Policy):
             horizon=cfg.collapse_horizon,
         )
         self.snapshots: deque[Arrays] = deque(maxlen=2)
-        self._source_norm = math.sqrt(sum(float((v**2).sum()) for v in self.source_params.values()))
         self._to_source()
 
     def _to_source(self) -> None:
@@ -392,7 +402,7 @@ class Steady(Policy):
         """Every `watch_every` updates: roll back on collapse, else maybe take a snapshot."""
         if self.updates % self.cfg.watch_every:
             return
-        verdict = self.detector.verdict(self.param_drift(), self.stat_shift())
+        verdict = self.detector.verdict(self.param_change()[1], self.stat_shift())
         if verdict is None:
             if self.updates % self.cfg.snapshot_every == 0:
                 self.snapshots.append(self.state())
@@ -407,11 +417,6 @@ class Steady(Policy):
             self.counters.resets += 1
         self.last_rollback = self.updates
         self.detector.clear()
-
-    def param_drift(self) -> float:
-        """Distance of the predicting parameters from source, relative to the source's norm."""
-        d = sum(float(((self.params[k] - v) ** 2).sum()) for k, v in self.source_params.items())
-        return math.sqrt(d) / max(self._source_norm, 1e-12)
 
     def stat_shift(self) -> float:
         """Largest shift of a batch-norm mean from source, in source standard deviations."""

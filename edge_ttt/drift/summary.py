@@ -77,7 +77,7 @@ class Adaptation:
 
 
 def adaptation_state(policy: Any, eps: float = 1e-5) -> Adaptation:
-    """Read a policy's `params`/`source_params` and, when it has them, `stats()`/`source_stats`."""
+    """A policy's `param_change()` and, when it has them, `stats()` against `source_stats`."""
     layers = shifts = ratios = None
     if hasattr(policy, "stats"):
         stats, source = policy.stats(), policy.source_stats
@@ -89,14 +89,7 @@ def adaptation_state(policy: Any, eps: float = 1e-5) -> Adaptation:
             shifts.append(float(np.mean(np.abs(m - ms) / np.sqrt(vs + eps))))
             ratios.append(float(np.mean(np.abs(np.log((v + eps) / (vs + eps))))))
         shifts, ratios = tuple(shifts), tuple(ratios)
-    sq = sum(
-        float(((np.asarray(policy.params[k], np.float64) - v) ** 2).sum())
-        for k, v in policy.source_params.items()
-    )
-    norm = math.sqrt(
-        sum(float((np.asarray(v, np.float64) ** 2).sum()) for v in policy.source_params.values())
-    )
-    return Adaptation(layers, shifts, ratios, math.sqrt(sq), math.sqrt(sq) / max(norm, 1e-12))
+    return Adaptation(layers, shifts, ratios, *policy.param_change())
 
 
 @dataclass
