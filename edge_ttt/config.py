@@ -117,6 +117,16 @@ def _check_pattern(pattern: str, required: tuple[str, ...]) -> str:
     return pattern
 
 
+def _topic_pattern(*required: str) -> Any:
+    """A topic-pattern field type whose placeholders must include `required`."""
+    return Annotated[str, AfterValidator(lambda value: _check_pattern(value, required))]
+
+
+DeviceTopic = _topic_pattern("device")
+AgentTopic = _topic_pattern("agent")
+SensorTopic = _topic_pattern("device", "stream")
+
+
 def _may_overlap(a: list[str], b: list[str]) -> bool:
     """Whether one topic can fit both level lists ('{...}' levels fit any one level)."""
     return len(a) == len(b) and all(
@@ -182,7 +192,7 @@ class MqttSection(_Section):
     reconnect_min_s: float = Field(1.0, gt=0)
     reconnect_max_s: float = Field(60.0, gt=0, validate_default=True)
     prefix: str = "edge-ttt"
-    sensor_topic: str = "{prefix}/{device}/dt/{stream}"
+    sensor_topic: SensorTopic = "{prefix}/{device}/dt/{stream}"
     username: str | None = None
     password_env: str | None = Field(None, description="name of the environment variable with the password")
     password_file: ConfigPath | None = Field(None, description="file whose content is the password")
@@ -208,11 +218,6 @@ class MqttSection(_Section):
                 "trailing or doubled '/'"
             )
         return value
-
-    @field_validator("sensor_topic")
-    @classmethod
-    def _sensor_topic(cls, value: str) -> str:
-        return _check_pattern(value, ("device", "stream"))
 
     @field_validator("password_env")
     @classmethod
@@ -336,24 +341,14 @@ class WindowingSection(_Section):
 
 
 class PredictionsSection(_Section):
-    topic: str = "{prefix}/{device}/pred"
+    topic: DeviceTopic = Field("{prefix}/{device}/pred", validate_default=True)
     qos: int = Field(1, ge=0, le=1)
     batch: int = Field(1, ge=1, description="predictions per message")
 
-    @field_validator("topic")
-    @classmethod
-    def _topic(cls, value: str) -> str:
-        return _check_pattern(value, ("device",))
-
 
 class StatusSection(_Section):
-    topic: str = "{prefix}/agents/{agent}/status"
+    topic: AgentTopic = Field("{prefix}/agents/{agent}/status", validate_default=True)
     interval_s: float = Field(10.0, gt=0)
-
-    @field_validator("topic")
-    @classmethod
-    def _topic(cls, value: str) -> str:
-        return _check_pattern(value, ("agent",))
 
 
 class StateSection(_Section):
@@ -362,17 +357,12 @@ class StateSection(_Section):
 
 
 class DriftSection(_Section):
-    topic: str = "{prefix}/{device}/drift"
+    topic: DeviceTopic = Field("{prefix}/{device}/drift", validate_default=True)
     interval_s: float = Field(300.0, gt=0, description="a summary per stream at least this often")
     interval_windows: int | None = Field(None, ge=1, description="or after this many windows")
     spool_dir: ConfigPath = Field(Path("drift-spool"), validate_default=True)
     spool_max_bytes: int = Field(64 * 2**20, ge=1, description="oldest summaries go first beyond this")
     chunk_bytes: int = Field(64_000, ge=1024, description="larger summaries travel in several messages")
-
-    @field_validator("topic")
-    @classmethod
-    def _topic(cls, value: str) -> str:
-        return _check_pattern(value, ("device",))
 
 
 class LoggingSection(_Section):

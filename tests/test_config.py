@@ -16,6 +16,8 @@ AGENT = '[agent]\nid = "a"\n'
 MODEL = '[model]\nartifacts = "bundle"\n'
 BASE = AGENT + MODEL
 
+DEFAULT_MQTT_PORT = 1883  # the default of mqtt.port; these tests never connect
+
 
 def write(tmp_path: Path, text: str, name: str = "agent.toml") -> Path:
     path = tmp_path / name
@@ -37,7 +39,7 @@ def test_sim_config_loads_with_checks():
     cfg = load_config(CONFIGS / "sim.toml")
     assert cfg.agent.id == "sim-agent"
     # the example's broker address (a config file only: nothing connects here)
-    assert (cfg.mqtt.host, cfg.mqtt.port, cfg.mqtt.protocol) == ("127.0.0.1", 1883, "v5")
+    assert (cfg.mqtt.host, cfg.mqtt.port, cfg.mqtt.protocol) == ("127.0.0.1", DEFAULT_MQTT_PORT, "v5")
     assert cfg.mqtt.client_id == "edge-ttt-sim-agent"
     assert not cfg.mqtt.tls.enabled
     assert cfg.mqtt.password() is None
@@ -79,7 +81,12 @@ def test_defaults(tmp_path):
     cfg = load_config(write(tmp_path, BASE))
     mqtt = cfg.mqtt
     # the defaults (nothing connects here)
-    assert (mqtt.host, mqtt.port, mqtt.client_id, mqtt.protocol) == ("127.0.0.1", 1883, "edge-ttt-a", "v5")
+    assert (mqtt.host, mqtt.port, mqtt.client_id, mqtt.protocol) == (
+        "127.0.0.1",
+        DEFAULT_MQTT_PORT,
+        "edge-ttt-a",
+        "v5",
+    )
     assert (mqtt.keepalive_s, mqtt.session_expiry_s, mqtt.qos) == (30, 3600, 1)
     assert (mqtt.reconnect_min_s, mqtt.reconnect_max_s) == (1.0, 60.0)
     assert (mqtt.prefix, mqtt.sensor_topic) == ("edge-ttt", "{prefix}/{device}/dt/{stream}")
@@ -122,7 +129,7 @@ BROKEN = {
         ["mqqt: unknown key", "did you mean 'mqtt'", "agent, mqtt, model, queue"],
     ),
     "unknown key in a section": (
-        BASE + "[mqtt]\nprot = 1883\n",
+        BASE + "[mqtt]\nprot = 1884\n",
         ["mqtt.prot: unknown key", "did you mean 'port'", "host, port, client_id"],
     ),
     "unknown key in mqtt.tls": (
@@ -130,8 +137,8 @@ BROKEN = {
         ["mqtt.tls.ca: unknown key", "enabled, ca_file, cert_file, key_file, insecure"],
     ),
     "string for an integer": (
-        BASE + '[mqtt]\nport = "1883"\n',
-        ["mqtt.port: must be an integer, got '1883'"],
+        BASE + '[mqtt]\nport = "1884"\n',
+        ["mqtt.port: must be an integer, got '1884'"],
     ),
     "float for an integer": (BASE + "[queue]\nmax_frames = 1.5\n", ["queue.max_frames: must be an integer"]),
     "string for a flag": (
