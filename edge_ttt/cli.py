@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Annotated, NoReturn
 
 import typer
+from rich.console import Console
 
 from edge_ttt import logs
 from edge_ttt.adapt.policies import DEFAULT_POLICY, POLICY_TYPES
@@ -159,6 +160,48 @@ def run(
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: agent.stop_event.set())
     agent.run()
+
+
+@app.command()
+def demo(
+    workdir: Annotated[Path, typer.Option(help="data, cached model, run files and the report")] = Path(
+        "runs/demo"
+    ),
+    devices: Annotated[int, typer.Option(min=2, max=10, help="simulated devices (target recordings)")] = 6,
+    minutes: Annotated[float | None, typer.Option(min=0.1, help="of each recording; default: all")] = None,
+    speed: Annotated[float, typer.Option(min=0.1, help="replay speed, multiple of real time")] = 10.0,
+    epochs: Annotated[int, typer.Option(min=1, help="training epochs when no model is cached")] = 20,
+    retrain: Annotated[bool, typer.Option(help="train and export again even if cached")] = False,
+    broker: Annotated[
+        str | None, typer.Option(help="use this broker (HOST:PORT) instead of starting one")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="seeds the scenarios' random faults")] = 0,
+) -> None:
+    """The whole pipeline on real smartwatch data: model, broker, drifting devices, agents, report."""
+    run_mod = _host_import("firmware_sim.demo.run")
+    from firmware_sim.broker import parse_address
+    from firmware_sim.demo import DemoError
+    from firmware_sim.demo.results import print_results
+
+    try:
+        address = None if broker is None else parse_address(broker)
+    except ValueError as exc:
+        _fail(f"--broker {exc}")
+    opts = run_mod.DemoOptions(workdir, devices, minutes, speed, epochs, retrain, address, seed)
+    try:
+        result = run_mod.run_demo(opts)
+    except ModuleNotFoundError as exc:
+        if exc.name != "torch":
+            raise
+        _fail("the demo trains a model and needs torch: pip install 'edge-ttt[demo]'")
+    except (DemoError, RuntimeError, OSError, ValueError) as exc:
+        _fail(str(exc))
+    except KeyboardInterrupt:  # before the live part, where Ctrl-C ends the run in order
+        typer.secho("interrupted", err=True)
+        raise typer.Exit(code=130) from None
+    print_results(result, Console(width=None if sys.stdout.isatty() else 100))
+    if result.interrupted:
+        raise typer.Exit(code=130)
 
 
 @app.command()

@@ -9,11 +9,21 @@ import subprocess
 import time
 from pathlib import Path
 
+from firmware_sim.children import child_options
+
 
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def parse_address(value: str) -> tuple[str, int]:
+    """'HOST:PORT' -> (host, port); ValueError with an example otherwise."""
+    host, _, port = value.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{value!r} is not HOST:PORT, e.g. 127.0.0.1:1883")
+    return host, int(port)
 
 
 def mosquitto_binary() -> str | None:
@@ -33,6 +43,7 @@ class Broker:
         self.binary = binary
         self.port = free_port()
         self.config = workdir / "mosquitto.conf"
+        self.log = workdir / "mosquitto.log"
         self.config.write_text(
             # `user`: started as root, mosquitto would switch to its own user and could no longer read
             # the key files of a test's private directory; as anyone else the setting does nothing.
@@ -43,7 +54,10 @@ class Broker:
         self.process: subprocess.Popen | None = None
 
     def start(self) -> None:
-        self.process = subprocess.Popen([self.binary, "-c", str(self.config)], stdout=subprocess.DEVNULL)
+        with self.log.open("ab") as log:  # its own warnings (e.g. about running as root) go there
+            self.process = subprocess.Popen(
+                [self.binary, "-c", str(self.config)], stdout=log, stderr=log, **child_options()
+            )
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             try:
@@ -51,7 +65,8 @@ class Broker:
                 return
             except OSError:
                 if self.process.poll() is not None:
-                    raise RuntimeError(f"mosquitto exited with {self.process.returncode}") from None
+                    tail = self.log.read_text(errors="replace").strip()[-500:]
+                    raise RuntimeError(f"mosquitto exited with {self.process.returncode}: {tail}") from None
                 time.sleep(0.05)
         raise RuntimeError(f"mosquitto did not listen on port {self.port} within 10 s")
 

@@ -11,6 +11,7 @@ import typer
 
 from edge_ttt.cli import datasets_app
 from edge_ttt.recordlog import LogFormatError, read_log, write_log
+from firmware_sim.broker import parse_address
 from firmware_sim.corruptions import device_rng
 from firmware_sim.devices import Link, SimDevice, fleet_schedule, pump
 from firmware_sim.scenarios import ScenarioError, load_scenario
@@ -33,10 +34,10 @@ def _fail(message: str) -> NoReturn:
 
 
 def _broker(value: str) -> tuple[str, int]:
-    host, _, port = value.rpartition(":")
-    if not host or not port.isdigit():
-        _fail(f"--broker {value!r} is not HOST:PORT, e.g. 127.0.0.1:1883")
-    return host, int(port)
+    try:
+        return parse_address(value)
+    except ValueError as exc:
+        _fail(f"--broker {exc}")
 
 
 @app.command()
