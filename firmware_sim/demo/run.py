@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import shutil
 import signal
@@ -176,7 +177,6 @@ def run_demo(opts: DemoOptions, console: Console | None = None) -> DemoResult:
     try:
         broker_text = run_live(opts, fleet, bundle, dirs, agents, stop, say, console)
     finally:
-        agents.stop()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     say("[5/5] report")
@@ -202,15 +202,15 @@ def run_live(
     say: Callable[[str], None],
     console: Console,
 ) -> str:
-    """Broker, agents, collector and listener up; stream; drain; all down in order. Returns what
-    broker it was."""
+    """Broker, listener, collector, agents up; stream; drain; down in reverse order (the agents'
+    last summaries still reach the collector). Returns what broker it was."""
     from edge_ttt.monitor.collector import Collector
     from edge_ttt.monitor.config import MonitorConfig
 
-    with running_broker(opts.broker, dirs.rundir) as (host, port, protocol, broker_text):
+    with contextlib.ExitStack() as teardown:
+        host, port, protocol, broker_text = teardown.enter_context(running_broker(opts.broker, dirs.rundir))
         say(f"[3/5] broker: {broker_text}")
         mqtt = {"host": host, "port": port, "protocol": protocol, "prefix": dirs.prefix}
-        start_agents(agents, dirs, bundle, mqtt)
         collector_cfg = {
             "dataset": str(dirs.fleet),
             "client_id": f"demo-collector-{dirs.run_id}",
@@ -218,48 +218,49 @@ def run_live(
             "flush_s": 2.0,
         }
         monitor = MonitorConfig.model_validate({"mqtt": mqtt, "collector": collector_cfg})
+        listener = Listener(monitor.mqtt, f"demo-listener-{dirs.run_id}", dirs.prefix, fleet.board)
+        listener.start()
+        teardown.callback(listener.close)
         collector = Collector(monitor)
         collector_stop = threading.Event()
         collecting = threading.Thread(target=collector.run, args=(collector_stop,), name="collector")
         collecting.start()
-        listener = Listener(monitor.mqtt, f"demo-listener-{dirs.run_id}", dirs.prefix, fleet.board)
-        listener.start(monitor.mqtt)
-        try:
-            say(
-                f"starting {len(agents.procs)} agents ({', '.join(POLICIES)}) and the collector; "
-                f"logs in {dirs.rundir}"
-            )
-            with console.status("waiting for the agents to come online"):
-                ready = _wait(
-                    lambda: (
-                        set(agents.procs) <= listener.online
-                        and collector.subscribed.is_set()
-                        and listener.subscribed.is_set()
-                    ),
-                    120.0,
-                    stop,
-                    agents.check_alive,
-                )
-            if not ready and not stop.is_set():
-                raise DemoError(
-                    f"the agents did not come online within 120 s; see their logs in {dirs.rundir}"
-                )
-            if not stop.is_set():
-                duration_s = (int(fleet.log.t_ns.max()) - int(fleet.log.t_ns.min())) / 1e9
-                say(
-                    f"[4/5] streaming {len(fleet.log.devices())} devices ({duration_s / 60:.1f} min of "
-                    f"recordings each at {opts.speed:g}x, about {duration_s / opts.speed:.0f} s)"
-                )
-                stream(fleet, host, port, dirs, opts, stop)
-                with console.status("waiting for the last predictions"):
-                    _drain(fleet.board, len(fleet.board.labels), list(POLICIES), stop)
-        finally:
-            agents.stop()
+
+        @teardown.callback
+        def _stop_collector() -> None:
             # The agents ship their last summaries as they stop; give the collector a moment for them.
             _quiet(lambda: collector.receiver.counters.accepted, 3.0, 20.0)
             collector_stop.set()
             collecting.join(30)
-            listener.close()
+
+        start_agents(agents, dirs, bundle, mqtt)
+        teardown.callback(agents.stop)
+        say(
+            f"started the collector and {len(agents.procs)} agents ({', '.join(POLICIES)}); "
+            f"logs in {dirs.rundir}"
+        )
+        with console.status("waiting for the agents to come online"):
+            ready = _wait(
+                lambda: (
+                    set(agents.procs) <= listener.online
+                    and collector.subscribed.is_set()
+                    and listener.subscribed.is_set()
+                ),
+                120.0,
+                stop,
+                agents.check_alive,
+            )
+        if not ready and not stop.is_set():
+            raise DemoError(f"the agents did not come online within 120 s; see their logs in {dirs.rundir}")
+        if not stop.is_set():
+            duration_s = (int(fleet.log.t_ns.max()) - int(fleet.log.t_ns.min())) / 1e9
+            say(
+                f"[4/5] streaming {len(fleet.log.devices())} devices ({duration_s / 60:.1f} min of "
+                f"recordings each at {opts.speed:g}x, about {duration_s / opts.speed:.0f} s)"
+            )
+            stream(fleet, host, port, dirs, opts, stop)
+            with console.status("waiting for the last predictions"):
+                _drain(fleet.board, len(fleet.board.labels), list(POLICIES), stop)
     return broker_text
 
 

@@ -13,6 +13,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from edge_ttt.config import MqttSection
+from edge_ttt.stream.mqtt import connect_in_background, make_client
 from firmware_sim.broker import Broker, mosquitto_binary
 from firmware_sim.children import child_options
 from firmware_sim.demo import DemoError
@@ -112,9 +114,8 @@ class Agents:
 class Listener:
     """Predictions into the scoreboard, and the agents' retained status, from one MQTT client."""
 
-    def __init__(self, mqtt: Any, client_id: str, prefix: str, board: Scoreboard) -> None:
-        from edge_ttt.stream.mqtt import make_client
-
+    def __init__(self, mqtt: MqttSection, client_id: str, prefix: str, board: Scoreboard) -> None:
+        self.mqtt = mqtt
         self.board = board
         self.online: set[str] = set()
         self.subscribed = threading.Event()
@@ -124,10 +125,8 @@ class Listener:
         self.client.on_subscribe = lambda *_: self.subscribed.set()
         self.client.on_message = lambda _c, _u, msg: self._message(msg.topic, msg.payload)
 
-    def start(self, mqtt: Any) -> None:
-        from edge_ttt.stream.mqtt import connect_in_background
-
-        connect_in_background(self.client, mqtt)
+    def start(self) -> None:
+        connect_in_background(self.client, self.mqtt)
 
     def _message(self, topic: str, payload: bytes) -> None:
         if topic.endswith("/pred"):
