@@ -17,6 +17,7 @@ from benchmarks.performance import (  # noqa: E402
     COLUMNS,
     DEFAULT_POLICY,
     TORCH_TENT,
+    TRAIN_PASS,
     UNGATED,
     evaluate_targets,
     markdown,
@@ -103,6 +104,13 @@ def test_each_target_fails_on_its_own_number():
         assert statuses == [FAIL if i == index else PASS for i in range(5)], index
     slower = evaluate_targets(results(gate=[gate(1.2, 0.80)]))[2]
     assert slower.status == FAIL and "missed" in slower.details[0]
+
+
+def test_the_first_target_names_the_bare_training_pass_as_its_floor():
+    windows = rows(ungated=0.6, torch_tent=1.0, source=0.3)
+    windows.append({**windows[0], "column": TRAIN_PASS, "median_ms": 0.45})
+    first = evaluate_targets(results(windows=windows))[0]
+    assert first.status == FAIL and first.details == ["m: 0.60 (missed)", f"m: {TRAIN_PASS} alone 0.45"]
 
 
 def test_memory_target_fails_when_the_device_environment_has_torch():
