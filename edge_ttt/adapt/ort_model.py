@@ -46,8 +46,8 @@ class OrtModel:
     """One bundle loaded into ORT training and eval sessions sharing one checkpoint state.
 
     On CPU, `forward` runs the eval graph in a plain `InferenceSession` fed with a copy of the
-    state's parameters kept here: at batch size 1 that call costs about a quarter less than the
-    training module's eval step, with the same outputs bit for bit (docs/performance.md). The copy
+    state's parameters kept here: that call costs a few to 12% less than the training module's
+    eval step at batch size 1, with the same outputs bit for bit (docs/performance.md). The copy
     follows `set_parameters` and `step`; change parameters only through them.
     """
 
