@@ -390,14 +390,13 @@ def _model_info(bundle: Bundle) -> dict:
     return {"bundle_sha256": bundle.sha256, "source_val_accuracy": bundle.manifest.reference.val_accuracy}
 
 
-def run_metadata(
-    argv: list[str], args: argparse.Namespace, paths: dict[str, ModelPaths], default: str | None
-) -> dict:
+def machine_info(module: str, argv: list[str]) -> dict:
+    """When, where and with what a benchmark ran: date, commit, command, versions, CPUs."""
     return {
         "date_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "git_commit": _git("rev-parse", "HEAD"),
         "git_dirty": bool(_git("status", "--porcelain")),
-        "command": shlex.join(["python", "-m", "benchmarks.adaptation", *argv]),
+        "command": shlex.join(["python", "-m", module, *argv]),
         "versions": {
             "python": platform.python_version(),
             "numpy": np.__version__,
@@ -405,8 +404,16 @@ def run_metadata(
             "onnxruntime": onnxruntime.__version__,
             "edge_ttt": edge_ttt.__version__,
         },
-        "jobs": args.jobs,
         "cpus": os.cpu_count(),
+    }
+
+
+def run_metadata(
+    argv: list[str], args: argparse.Namespace, paths: dict[str, ModelPaths], default: str | None
+) -> dict:
+    return {
+        **machine_info("benchmarks.adaptation", argv),
+        "jobs": args.jobs,
         "severity": args.severity,
         "seed": args.seed,
         "default_policy": default,

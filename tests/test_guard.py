@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from edge_ttt.adapt.guard import CollapseDetector, InputLimits, check_windows, sanitize
 
@@ -56,3 +58,34 @@ def test_detector_flags_parameters_and_statistics_that_left_any_plausible_range(
     assert d.verdict(param_drift=0.5, stat_shift=10.0) is None
     assert "parameters moved" in d.verdict(param_drift=1.5)
     assert "statistics moved" in d.verdict(stat_shift=80.0)
+
+
+def elementwise_check(x: np.ndarray, limits: InputLimits) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The checks as first written, on every element: `check_windows` looks at extremes only."""
+    finite = np.isfinite(x)
+    clean = np.where(finite, x, limits.mean[None, :, None])
+    flat = (clean.max(axis=2) - clean.min(axis=2) < limits.flat_ratio * limits.std[None, :]).any(axis=1)
+    distance = np.abs(clean - limits.mean[None, :, None]) / limits.std[None, :, None]
+    return ~finite.all(axis=(1, 2)), flat, (distance > limits.range_sigmas).any(axis=(1, 2))
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.integers(0, 2**32 - 1),
+    st.sampled_from([np.float32, np.float64]),
+    st.floats(1e-3, 1e3),
+    st.floats(-5.0, 5.0),
+)
+def test_extremes_give_the_elementwise_verdicts(seed, dtype, scale, offset):
+    rng = np.random.default_rng(seed)
+    limits = InputLimits(
+        mean=rng.normal(size=3), std=rng.uniform(0.1, 2.0, 3), range_sigmas=3.0, flat_ratio=1e-3
+    )
+    x = (offset + scale * rng.standard_normal((4, 3, 16))).astype(dtype)
+    x[0, 1] = limits.mean[1]  # flat
+    x[1, 2, 5] = limits.mean[2] + limits.range_sigmas * limits.std[2]  # right at the range limit
+    if seed % 2:
+        x[2, 0, 3] = [np.nan, np.inf, -np.inf][seed % 3]
+    v = check_windows(x, limits)
+    for got, want in zip((v.nonfinite, v.flat, v.out_of_range), elementwise_check(x, limits), strict=True):
+        np.testing.assert_array_equal(got, want)

@@ -93,24 +93,32 @@ class Policy:
         """Restore what `state` returned."""
 
     def _gradient(self, x: np.ndarray, stats: Stats, mix: float, weigh) -> tuple:
-        """One entropy gradient with per-window weights that depend on the pass's own logits.
+        """One entropy gradient with per-window weights `weigh(logits)` (None: uniform).
 
-        The training pass computes logits and gradients together, so the weights are chosen
-        after it: when they come out proportional to the uniform weights the pass used (always
-        at batch size 1), the gradient is rescaled exactly (the loss is linear in the weights);
-        otherwise a second pass with the final weights replaces it. Returns (outputs, weights,
-        gradients or None when every weight is 0).
+        When the weights are known to come out uniform (batch size 1, or `weigh` None), the
+        training pass comes first and its logits are the outputs; the gradient is rescaled
+        exactly (the loss is linear in the weights). Otherwise the batch is first run through
+        the eval graph (the same logits and moments bit for bit, without a backward pass) and
+        then through one training pass: with uniform weights, rescaled, when the weights come
+        out equal, else with the final weights, and none when every weight is 0. Returns
+        (outputs, weights, gradients or None when every weight is 0).
         """
         n = len(x)
-        out = self.model.forward_backward(x, np.full(n, 1.0 / n, np.float32), stats, mix)
-        weights = np.asarray(weigh(out.logits), np.float64)
+        uniform = np.full(n, 1.0 / n, np.float32)
+        trained = n == 1 or weigh is None
+        if trained:
+            out = self.model.forward_backward(x, uniform, stats, mix)
+        else:
+            out = self.model.forward(x, stats, mix)
+        weights = np.full(n, 1.0 / n) if weigh is None else np.asarray(weigh(out.logits), np.float64)
         if not weights.any():
             self.model.discard_gradients()
             return out, weights, None
         if (weights == weights[0]).all():
+            if not trained:
+                self.model.forward_backward(x, uniform, stats, mix)
             grads = {k: g * (weights[0] * n) for k, g in self.model.gradients().items()}
-        else:
-            self.model.discard_gradients()
+        else:  # only when not trained: uniform weights never get here
             self.model.forward_backward(x, weights.astype(np.float32), stats, mix)
             grads = self.model.gradients()
         self.model.discard_gradients()
@@ -183,8 +191,7 @@ class Tent(Policy):
         self.opt = Adam(lr=lr)
 
     def update(self, x: np.ndarray) -> np.ndarray:
-        n = len(x)
-        out, _, grads = self._gradient(x, self.source_stats, 1.0, lambda logits: np.full(n, 1.0 / n))
+        out, _, grads = self._gradient(x, self.source_stats, 1.0, None)
         self._set_params(self.opt.step(self.params, grads))
         self.counters.adapt_steps += 1
         return out.logits

@@ -1,0 +1,70 @@
+"""OrtModel's fast paths give exactly what the training module's own calls give."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from edge_ttt.adapt.ort_model import OrtModel  # noqa: E402
+from edge_ttt.artifacts import load_bundle  # noqa: E402
+from export.bundle import export_bundle  # noqa: E402
+from tests.conftest import MODELS  # noqa: E402
+from tests.model_factory import source_model, windows  # noqa: E402
+
+
+@pytest.fixture(scope="module", params=MODELS)
+def model(request, tmp_path_factory) -> OrtModel:
+    out = tmp_path_factory.mktemp("bundle") / request.param
+    export_bundle(source_model(request.param), out)
+    return OrtModel(load_bundle(out))
+
+
+def module_eval(model: OrtModel, x: np.ndarray, stats, mix: float) -> list[np.ndarray]:
+    """The training module's eval step: the reference `forward` must equal."""
+    model.module.eval()
+    weights = np.zeros(len(x), np.float32)
+    return list(model.module(*model._feeds(model._eval_inputs, x, weights, stats, mix))[1:])
+
+
+def assert_forward_is_the_eval_step(model: OrtModel, x: np.ndarray, stats, mix: float) -> None:
+    out = model.forward(x, stats, mix)
+    got = [out.logits] + [m for layer in model._layers for m in out.moments[layer.name]]
+    for a, b in zip(got, module_eval(model, x, stats, mix), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("batch", [1, 5])
+def test_forward_equals_the_modules_eval_step_as_parameters_change(model: OrtModel, batch: int):
+    assert model._predictor is not None  # the CPU path under test
+    x = windows(batch)
+    stats = {k: (m + 0.1, v * 1.5) for k, (m, v) in model.source_stats().items()}
+    source = model.parameters()
+    try:
+        for mix in (0.0, 1.0):
+            assert_forward_is_the_eval_step(model, x, stats, mix)
+        model.set_parameters({k: v * 1.1 + 0.01 for k, v in source.items()})
+        assert_forward_is_the_eval_step(model, x, stats, 0.0)
+        model.forward_backward(x, np.full(batch, 1.0 / batch, np.float32), stats, 1.0)
+        model.step(0.05)  # ORT's own optimizer moves the state's parameters
+        assert any(not np.array_equal(model.parameters()[k], v * 1.1 + 0.01) for k, v in source.items())
+        assert_forward_is_the_eval_step(model, x, stats, 1.0)
+    finally:
+        model.set_parameters(source)
+
+
+def test_set_parameters_keeps_its_own_copy(model: OrtModel):
+    x = windows(2)
+    stats = model.source_stats()
+    source = model.parameters()
+    values = {k: v * 0.9 for k, v in source.items()}
+    try:
+        model.set_parameters(values)
+        before = model.forward(x, stats).logits
+        for v in values.values():
+            v += 1.0  # the caller reuses its arrays
+        np.testing.assert_array_equal(model.forward(x, stats).logits, before)
+        assert_forward_is_the_eval_step(model, x, stats, 0.0)
+    finally:
+        model.set_parameters(source)
