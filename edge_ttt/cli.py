@@ -113,17 +113,22 @@ def replay(
     batch_size: Annotated[int, typer.Option(min=1)] = 1,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda")] = "cpu",
     as_json: Annotated[bool, typer.Option("--json", help="print one JSON object per policy")] = False,
+    episodic: Annotated[
+        bool, typer.Option(help="adapt on each batch, predict, then forget (gradient policies)")
+    ] = False,
 ) -> None:
     """Replay a recorded log through the engine, in time order, and report accuracy and counters."""
     from edge_ttt.artifacts import BundleError
     from edge_ttt.recordlog import LogFormatError
     from edge_ttt.replay import replay as run_replay
 
-    policies = list(POLICIES) if policy == "all" else [policy]
-    if any(p not in POLICIES for p in policies):
+    policies = None if policy == "all" else [policy]  # all: every policy the bundle can run
+    if policies is not None and policy not in POLICIES:
         _fail(f"unknown policy {policy!r}; choose one of {', '.join(POLICIES)} or all")
     try:
-        results = run_replay(artifacts, log, policies, batch_size, device, show_progress=sys.stderr.isatty())
+        results = run_replay(
+            artifacts, log, policies, batch_size, device, show_progress=sys.stderr.isatty(), episodic=episodic
+        )
     except (BundleError, LogFormatError, ValueError, RuntimeError) as exc:
         _fail(str(exc))
     for result in results:
@@ -131,8 +136,9 @@ def replay(
             typer.echo(json.dumps(result))
             continue
         acc = "n/a" if result["accuracy"] is None else f"{result['accuracy']:.3f}"
+        mode = " (episodic)" if result["episodic"] else ""
         typer.echo(
-            f"{result['policy']}: {result['windows']} windows, accuracy {acc}, "
+            f"{result['policy']}{mode}: {result['windows']} windows, accuracy {acc}, "
             f"{result['adapt_steps']} adaptation steps, {result['rejected_invalid']} invalid, "
             f"{result['resets']} resets, {result['rollbacks']} rollbacks, "
             f"{result['ms_per_window']:.3f} ms/window"
