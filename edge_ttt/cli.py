@@ -65,7 +65,7 @@ def datasets_watch(out: Annotated[Path, typer.Option(help="directory for the two
 def train(
     log: Annotated[Path, typer.Option(help="labeled recorded log (Parquet, log format v1)")],
     out: Annotated[Path, typer.Option(help="checkpoint to write, e.g. model.pt")],
-    model: Annotated[str, typer.Option(help="cnn-bn, cnn-gn or tcn-ln")] = "cnn-bn",
+    model: Annotated[str, typer.Option(help="cnn-bn, cnn-gn, tcn-ln or cnn-bn-ttt")] = "cnn-bn",
     window: Annotated[int, typer.Option(min=8, help="samples per window")] = 128,
     hop: Annotated[int, typer.Option(min=1, help="samples between window starts")] = 64,
     epochs: Annotated[int, typer.Option(min=1)] = 20,
@@ -81,8 +81,9 @@ def train(
     except (LogFormatError, ValueError) as exc:
         _fail(str(exc))
     r = result.report
+    aux = f", auxiliary task {r['aux_val_accuracy']:.3f}" if "aux_val_accuracy" in r else ""
     typer.echo(
-        f"{model}: held-out validation accuracy {r['val_accuracy']:.3f} "
+        f"{model}: held-out validation accuracy {r['val_accuracy']:.3f}{aux} "
         f"({r['val_windows']} windows from {', '.join(r['val_devices'])}); wrote {out}"
     )
 

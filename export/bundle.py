@@ -155,7 +155,10 @@ def export_bundle(src: SourceModel, out: Path, force: bool = False) -> Manifest:
         _generate(proto, names, tmp)
         files = {p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.is_file()}
         manifest = build_manifest(src, names, files)
-        (tmp / "manifest.json").write_text(json.dumps(manifest.model_dump(mode="json"), indent=2) + "\n")
+        # A bundle without an auxiliary task has no `auxiliary` key at all, so that readers from
+        # before the key (which forbid unknown keys) still load it.
+        doc = manifest.model_dump(mode="json", exclude={"auxiliary"} if manifest.auxiliary is None else None)
+        (tmp / "manifest.json").write_text(json.dumps(doc, indent=2) + "\n")
         if out.exists():
             shutil.rmtree(out)
         tmp.rename(out)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 from dataclasses import replace
 from pathlib import Path
 
@@ -88,6 +89,8 @@ def test_aux_bundle_declares_its_task_and_plain_bundles_do_not(aux_bundle_dir: P
     aux = load_bundle(aux_bundle_dir).manifest.auxiliary
     assert aux is not None and aux.transformations == list(TRANSFORMS)
     assert load_bundle(bundle_dir).manifest.auxiliary is None
+    # No key at all in a plain bundle: readers from before the key (extras forbidden) still load it.
+    assert "auxiliary" not in json.loads((bundle_dir / "manifest.json").read_text())
 
 
 def test_one_auxiliary_step_equals_torch(aux_bundle_dir: Path):
