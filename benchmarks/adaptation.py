@@ -35,6 +35,7 @@ from benchmarks.torch_tent import tent_predictions
 from edge_ttt.adapt import engine as engine_module
 from edge_ttt.adapt.engine import POLICIES, Engine
 from edge_ttt.adapt.ort_model import OrtModel
+from edge_ttt.adapt.policies import POLICY_TYPES, fits
 from edge_ttt.artifacts import Bundle, BundleError, load_bundle
 from edge_ttt.metrics import accuracy
 from edge_ttt.recordlog import RecordedLog, write_log
@@ -52,6 +53,11 @@ TARGET_ORDERS = ("recorded", "shuffled")  # the targets' streams; class-sorted i
 TORCH_TENT = "torch-tent"
 TORCH_TENT_LR = 1e-3
 TARGET_MODEL = "cnn-bn"  # the targets are about the batch-norm model unless they say otherwise
+AUX_MODEL = "cnn-bn-ttt"  # the same encoder with the auxiliary head: the auxiliary-task targets' model
+AUX_POLICY = "ttt"
+# Columns that are a policy with options: name -> (policy, engine options).
+VARIANTS = {"ttt-episodic": ("ttt", {"episodic": True})}
+COLUMNS = (*POLICIES, *VARIANTS)
 PASS, FAIL, NOT_MEASURED = "PASS", "FAIL", "not measured"
 
 
@@ -130,7 +136,8 @@ def run_cell(cell: Cell, paths: ModelPaths, log: RecordedLog) -> dict:
         start = time.perf_counter()
         predicted[:] = tent_predictions(model, stream.x, cell.batch_size, TORCH_TENT_LR)
     else:
-        engine = Engine(OrtModel(bundle, threads=1), policy=cell.policy)
+        policy, options = VARIANTS.get(cell.policy, (cell.policy, {}))
+        engine = Engine(OrtModel(bundle, threads=1), policy=policy, options=options)
         start = time.perf_counter()
         for i in range(0, len(stream), cell.batch_size):
             predicted[i : i + cell.batch_size] = engine.process(stream.x[i : i + cell.batch_size]).classes
@@ -147,6 +154,14 @@ def run_cell(cell: Cell, paths: ModelPaths, log: RecordedLog) -> dict:
 
 # ---------------------------------------------------------------------------------------------
 # Models
+
+
+def runs_on(column: str, bundle: Bundle) -> bool:
+    """Whether the column's policy can run on the bundle (entropy policies and the torch Tent need
+    an entropy training graph; the auxiliary-task policy needs an auxiliary head)."""
+    if column == TORCH_TENT:
+        return bundle.manifest.auxiliary is None  # its ORT counterpart `tent` cannot run otherwise
+    return fits(POLICY_TYPES[VARIANTS.get(column, (column,))[0]], bundle.manifest)
 
 
 def cached(paths: ModelPaths, name: str) -> bool:
@@ -296,10 +311,46 @@ def _target_tent_parity(acc: Accuracies) -> Target:
     return _verdict(title, compared, failed, f"tent and {TORCH_TENT}")
 
 
+def _target_auxiliary(acc: Accuracies, number: int, column: str) -> Target:
+    """The auxiliary-task policy on its own model: at batch size 1 in recorded order (labels in runs)
+    never more than 1 point below that model's source, and its mean over corruptions above Tent's
+    on the same streams. Tent cannot step on the auxiliary model's training graph, so its numbers
+    are those of the model with the same encoder and no auxiliary head."""
+    title = (
+        f"{number}. {column} ({AUX_MODEL}) at batch size 1 in recorded order never more than 1 point "
+        f"below source, and its mean over corruptions above tent ({TARGET_MODEL}) on the same streams"
+    )
+    harm = {k: v for k, v in acc.items() if k[0] == AUX_MODEL and k[2] == "recorded" and k[3] == 1}
+    compared, below = _violations(harm, column, "source", lambda key, mine, ref: mine >= ref - 1.0)
+    means, behind = [], []
+    for order in TARGET_ORDERS:
+        for batch in sorted({k[3] for k in acc if k[0] == AUX_MODEL and k[4] == column}):
+            mine = mean_over_corruptions(acc, AUX_MODEL, order, batch, column)
+            tent = mean_over_corruptions(acc, TARGET_MODEL, order, batch, "tent")
+            if mine is not None and tent is not None:
+                means.append(
+                    f"mean over corruptions, {order} b={batch}: {column} {mine:.1f} vs tent {tent:.1f}"
+                )
+                if mine <= tent:
+                    behind.append(f"not above tent: {means[-1]}")
+    if compared == 0 or not means:
+        return Target(
+            title, NOT_MEASURED, [f"needs {column} and source on {AUX_MODEL}, tent on {TARGET_MODEL}"]
+        )
+    summary = f"{compared - len(below)} of {compared} cells within 1 point of source"
+    return Target(title, FAIL if below or behind else PASS, [summary, *below, *means, *behind])
+
+
 def evaluate_targets(results: list[dict], default: str | None) -> list[Target]:
     """The targets of docs/adaptation-benchmark.md, from this run's numbers only."""
     acc = accuracies(results)
-    return [_target_default_vs_tent(acc, default), _target_no_harm(acc, default), _target_tent_parity(acc)]
+    return [
+        _target_default_vs_tent(acc, default),
+        _target_no_harm(acc, default),
+        _target_tent_parity(acc),
+        _target_auxiliary(acc, 4, AUX_POLICY),
+        _target_auxiliary(acc, 5, "ttt-episodic"),
+    ]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -446,7 +497,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m benchmarks.adaptation", description=__doc__.split("\n")[0])
     p.add_argument("--models", type=_names(MODELS, "model"), default=list(MODELS))
     p.add_argument("--corruptions", type=_names(CORRUPTIONS, "corruption"), default=list(CORRUPTIONS))
-    p.add_argument("--policies", type=_names(POLICIES, "policy"), default=list(POLICIES))
+    p.add_argument("--policies", type=_names(COLUMNS, "policy"), default=list(COLUMNS))
     p.add_argument("--no-torch-tent", action="store_true", help=f"skip the {TORCH_TENT} reference column")
     p.add_argument("--orders", type=_names(ORDERS, "order"), default=list(ORDERS))
     p.add_argument("--batch-sizes", type=_batch_sizes, default=[1, 16])
@@ -474,6 +525,7 @@ def main(argv: list[str] | None = None) -> None:
     default = getattr(engine_module, "DEFAULT_POLICY", None)
     paths = prepare_models(args.models, args.cache, args.retrain)
     columns = args.policies + ([] if args.no_torch_tent else [TORCH_TENT])
+    bundles = {model: load_bundle(paths[model].bundle) for model in args.models}
     tasks = [
         (Cell(model, corruption, args.severity, order, batch, policy, args.seed), paths[model])
         for model in args.models
@@ -481,6 +533,7 @@ def main(argv: list[str] | None = None) -> None:
         for order in args.orders
         for batch in args.batch_sizes
         for policy in columns
+        if runs_on(policy, bundles[model])
     ]
     results = []
     for k, r in enumerate(run_cells(tasks, args.jobs), 1):

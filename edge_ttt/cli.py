@@ -66,7 +66,7 @@ def datasets_watch(out: Annotated[Path, typer.Option(help="directory for the two
 def train(
     log: Annotated[Path, typer.Option(help="labeled recorded log (Parquet, log format v1)")],
     out: Annotated[Path, typer.Option(help="checkpoint to write, e.g. model.pt")],
-    model: Annotated[str, typer.Option(help="cnn-bn, cnn-gn or tcn-ln")] = "cnn-bn",
+    model: Annotated[str, typer.Option(help="cnn-bn, cnn-gn, tcn-ln or cnn-bn-ttt")] = "cnn-bn",
     window: Annotated[int, typer.Option(min=8, help="samples per window")] = 128,
     hop: Annotated[int, typer.Option(min=1, help="samples between window starts")] = 64,
     epochs: Annotated[int, typer.Option(min=1)] = 20,
@@ -82,8 +82,9 @@ def train(
     except (LogFormatError, ValueError) as exc:
         _fail(str(exc))
     r = result.report
+    aux = f", auxiliary task {r['aux_val_accuracy']:.3f}" if "aux_val_accuracy" in r else ""
     typer.echo(
-        f"{model}: held-out validation accuracy {r['val_accuracy']:.3f} "
+        f"{model}: held-out validation accuracy {r['val_accuracy']:.3f}{aux} "
         f"({r['val_windows']} windows from {', '.join(r['val_devices'])}); wrote {out}"
     )
 
@@ -114,17 +115,22 @@ def replay(
     batch_size: Annotated[int, typer.Option(min=1)] = 1,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda")] = "cpu",
     as_json: Annotated[bool, typer.Option("--json", help="print one JSON object per policy")] = False,
+    episodic: Annotated[
+        bool, typer.Option(help="adapt on each batch, predict, then forget (gradient policies)")
+    ] = False,
 ) -> None:
     """Replay a recorded log through the engine, in time order, and report accuracy and counters."""
     from edge_ttt.artifacts import BundleError
     from edge_ttt.recordlog import LogFormatError
     from edge_ttt.replay import replay as run_replay
 
-    policies = list(POLICIES) if policy == "all" else [policy]
-    if any(p not in POLICIES for p in policies):
+    policies = None if policy == "all" else [policy]  # all: every policy the bundle can run
+    if policies is not None and policy not in POLICIES:
         _fail(f"unknown policy {policy!r}; choose one of {', '.join(POLICIES)} or all")
     try:
-        results = run_replay(artifacts, log, policies, batch_size, device, show_progress=sys.stderr.isatty())
+        results = run_replay(
+            artifacts, log, policies, batch_size, device, show_progress=sys.stderr.isatty(), episodic=episodic
+        )
     except (BundleError, LogFormatError, ValueError, RuntimeError) as exc:
         _fail(str(exc))
     for result in results:
@@ -132,8 +138,9 @@ def replay(
             typer.echo(json.dumps(result))
             continue
         acc = "n/a" if result["accuracy"] is None else f"{result['accuracy']:.3f}"
+        mode = " (episodic)" if result["episodic"] else ""
         typer.echo(
-            f"{result['policy']}: {result['windows']} windows, accuracy {acc}, "
+            f"{result['policy']}{mode}: {result['windows']} windows, accuracy {acc}, "
             f"{result['adapt_steps']} adaptation steps, {result['rejected_invalid']} invalid, "
             f"{result['resets']} resets, {result['rollbacks']} rollbacks, "
             f"{result['ms_per_window']:.3f} ms/window"

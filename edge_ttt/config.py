@@ -292,7 +292,7 @@ def policy_options(policy: str) -> type[BaseModel]:
     """The options a policy takes, as a strict model, so that a misspelt option fails on load.
 
     They are the keyword arguments of the policy's constructor; `steady` takes the fields of
-    `SteadyConfig` as keyword arguments instead.
+    `SteadyConfig` as keyword arguments instead; every gradient policy also takes `episodic`.
     """
     if policy == Steady.name:
         hints = get_type_hints(SteadyConfig)
@@ -302,6 +302,8 @@ def policy_options(policy: str) -> type[BaseModel]:
         hints = get_type_hints(init)
         params = inspect.signature(init).parameters.values()
         fields = {p.name: (hints[p.name], p.default) for p in params if p.default is not p.empty}
+    if POLICY_TYPES[policy].loss is not None:  # gradient policies: see `Engine`
+        fields["episodic"] = (bool, False)
     return create_model(f"{policy}_options", __config__=_Section.model_config, **fields)
 
 

@@ -62,6 +62,19 @@ class NormLayer(_Strict):
     source_var: list[float]
 
 
+class AuxiliaryInfo(_Strict):
+    """The self-supervised task the training graph's loss belongs to (models with an auxiliary head).
+
+    The loss is the cross-entropy of the `logits` output against the `target` input
+    ([batch, len(transformations)], one-hot rows), weighted by `graph.sample_weight`; label k is
+    `transformations[k]`, a name in `edge_ttt.adapt.transforms.TRANSFORMS`.
+    """
+
+    transformations: list[str] = Field(min_length=2)
+    logits: str = "aux_logits"
+    target: str = "aux_target"
+
+
 class OptimizerInfo(_Strict):
     kind: Literal["adamw"]
     betas: tuple[float, float]
@@ -109,6 +122,9 @@ class Manifest(_Strict):
     graph: GraphInfo
     norm_layers: list[NormLayer] = Field(min_length=1)
     trainable: list[str] = Field(min_length=1)
+    auxiliary: AuxiliaryInfo | None = Field(
+        None, description="absent: the training loss is the weighted entropy of the logits"
+    )
     optimizer: OptimizerInfo
     reference: Reference
     files: dict[str, str] = Field(description="file name -> SHA-256 hex digest")

@@ -12,6 +12,7 @@ from rich.progress import Progress
 
 from edge_ttt.adapt.engine import DEFAULT_POLICY, Engine
 from edge_ttt.adapt.ort_model import OrtModel
+from edge_ttt.adapt.policies import POLICY_TYPES, fits
 from edge_ttt.artifacts import load_bundle
 from edge_ttt.metrics import accuracy, macro_f1
 from edge_ttt.recordlog import RecordedLog, read_log
@@ -37,15 +38,17 @@ def check_compatible(log: RecordedLog, channels: list[str], sample_rate_hz: floa
 def replay(
     artifacts: Path,
     log_path: Path,
-    policies: Sequence[str] = (DEFAULT_POLICY,),
+    policies: Sequence[str] | None = (DEFAULT_POLICY,),
     batch_size: int = 1,
     device: str = "cpu",
     show_progress: bool = False,
+    episodic: bool = False,
 ) -> list[dict[str, Any]]:
     """Run the log in time order once per policy; one summary (what `--json` prints) per policy.
 
     All devices' windows go through one engine in live-stream order (by window end time), as
     an agent serving every device of the log would see them. Each policy starts from source.
+    `policies=None` means every policy the bundle can run (with `episodic`, every gradient one).
     """
     if batch_size < 1:
         raise ValueError("batch size must be at least 1")
@@ -54,8 +57,15 @@ def replay(
     log = read_log(log_path)
     check_compatible(log, info.channels, info.sample_rate_hz, str(log_path))
     windows, _devices = windows_from_log(log, info.window, info.hop)
+    if policies is None:
+        policies = [
+            name
+            for name, policy in POLICY_TYPES.items()
+            if fits(policy, bundle.manifest) and (policy.loss is not None or not episodic)
+        ]
+    options = {"episodic": True} if episodic else None
     return [
-        _run(Engine(OrtModel(bundle, device=device), policy=p), windows, batch_size, show_progress)
+        _run(Engine(OrtModel(bundle, device=device), p, options), windows, batch_size, show_progress)
         for p in policies
     ]
 
@@ -72,6 +82,7 @@ def _run(engine: Engine, windows: WindowBatch, batch_size: int, show_progress: b
     c = engine.counters
     return {
         "policy": engine.policy_name,
+        "episodic": engine.episodic,
         "windows": len(windows),
         "accuracy": accuracy(windows.label, predicted),
         "macro_f1": macro_f1(windows.label, predicted, len(engine.model.manifest.model.classes)),

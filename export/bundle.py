@@ -19,10 +19,11 @@ import torch
 from onnxruntime.training import artifacts, onnxblock
 
 import edge_ttt
+from edge_ttt.adapt.transforms import TRANSFORMS, check_channels
 from edge_ttt.artifacts import sha256_file
 from edge_ttt.manifest import OPTIMIZER_MODEL, SCHEMA_VERSION, Manifest
 from export.checkpoint import SourceModel, load_checkpoint
-from export.loss import WEIGHT_INPUT, WeightedEntropy
+from export.loss import AUX_TARGET_INPUT, WEIGHT_INPUT, WeightedCrossEntropy, WeightedEntropy
 from export.norms import norm_layers
 from export.onnx_graph import MAX_IR_VERSION, GraphNames, to_onnx
 
@@ -50,6 +51,7 @@ def _stderr_to(path: Path) -> Iterator[None]:
 def _generate(proto: onnx.ModelProto, names: GraphNames, out: Path) -> None:
     """Run ORT's artifact generator with its ~40 INFO lines sent to the export log, not stderr."""
     frozen = [i.name for i in proto.graph.initializer if i.name not in names.trainable]
+    loss = WeightedCrossEntropy(len(TRANSFORMS)) if names.aux_logits else WeightedEntropy()
     root = logging.getLogger()
     handler = logging.FileHandler(out / EXPORT_LOG)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
@@ -62,13 +64,13 @@ def _generate(proto: onnx.ModelProto, names: GraphNames, out: Path) -> None:
                 proto,
                 requires_grad=list(names.trainable),
                 frozen_params=frozen,
-                loss=WeightedEntropy(),
+                loss=loss,
                 optimizer=onnxblock.optim.AdamW(
                     betas=ADAMW["betas"], eps=ADAMW["eps"], weight_decay=ADAMW["weight_decay"]
                 ),
                 artifact_directory=out,
                 additional_output_names=names.outputs,
-                loss_input_names=[names.outputs[0]],
+                loss_input_names=[names.aux_logits or names.outputs[0]],
             )
     finally:
         onnxruntime.set_default_logger_severity(2)  # the generator leaves ORT's own logger at INFO
@@ -79,6 +81,13 @@ def _generate(proto: onnx.ModelProto, names: GraphNames, out: Path) -> None:
     if optimizer.ir_version > MAX_IR_VERSION:  # an onnx newer than the pinned one wrote it
         optimizer.ir_version = MAX_IR_VERSION
         onnx.save(optimizer, out / OPTIMIZER_MODEL)
+
+
+def _auxiliary(names: GraphNames) -> dict | None:
+    """The manifest's auxiliary section: the task's transformations in label order and its ports."""
+    if names.aux_logits is None:
+        return None
+    return {"transformations": list(TRANSFORMS), "logits": names.aux_logits, "target": AUX_TARGET_INPUT}
 
 
 def build_manifest(src: SourceModel, names: GraphNames, files: dict[str, str]) -> Manifest:
@@ -117,6 +126,7 @@ def build_manifest(src: SourceModel, names: GraphNames, files: dict[str, str]) -
             "graph": {"stat_mix": names.stat_mix, "sample_weight": WEIGHT_INPUT},
             "norm_layers": norm_entries,
             "trainable": list(names.trainable),
+            "auxiliary": _auxiliary(names),
             "optimizer": {"kind": "adamw", **ADAMW},
             "reference": src.reference,
             "files": files,
@@ -137,13 +147,18 @@ def export_bundle(src: SourceModel, out: Path, force: bool = False) -> Manifest:
     if out.exists() and any(out.iterdir()) and not force:
         raise FileExistsError(f"{out} exists and is not empty; pass --force to replace it")
     proto, names = to_onnx(src.model, len(src.channels), src.window)
+    if names.aux_logits:
+        check_channels(src.channels)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         _generate(proto, names, tmp)
         files = {p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.is_file()}
         manifest = build_manifest(src, names, files)
-        (tmp / "manifest.json").write_text(json.dumps(manifest.model_dump(mode="json"), indent=2) + "\n")
+        # A bundle without an auxiliary task has no `auxiliary` key at all, so that readers from
+        # before the key (which forbid unknown keys) still load it.
+        doc = manifest.model_dump(mode="json", exclude={"auxiliary"} if manifest.auxiliary is None else None)
+        (tmp / "manifest.json").write_text(json.dumps(doc, indent=2) + "\n")
         if out.exists():
             shutil.rmtree(out)
         tmp.rename(out)

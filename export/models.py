@@ -11,6 +11,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
+from edge_ttt.adapt.transforms import TRANSFORMS
 from export.norms import BatchNorm, ChannelLayerNorm, GroupNorm
 
 
@@ -52,9 +53,34 @@ class ConvNet(nn.Module):
         self.block3 = ConvBlock(2 * width, 2 * width, 3, norm(2 * width), pool=False)
         self.head = nn.Linear(2 * width, classes)
 
+    def features(self, x: Tensor) -> Tensor:
+        """The encoder: every layer before the head, pooled over time."""
+        return self.block3(self.block2(self.block1(self.standardize(x)))).mean(dim=2)
+
     def forward(self, x: Tensor) -> Tensor:
-        h = self.block3(self.block2(self.block1(self.standardize(x))))
-        return self.head(h.mean(dim=2))
+        return self.head(self.features(x))
+
+
+class AuxConvNet(ConvNet):
+    """ConvNet plus a self-supervised head on the same encoder: which of the auxiliary
+    transformations (`edge_ttt.adapt.transforms`) was applied to the window.
+
+    `forward` is the classifier, so everything that runs a classifier runs this model; `heads`
+    gives both from one encoder pass. Every norm layer is in the shared encoder, so test-time
+    steps on the auxiliary loss move exactly the parameters the classifier depends on.
+    """
+
+    def __init__(self, channels: int, classes: int, norm: Callable[[int], nn.Module], tasks: int) -> None:
+        super().__init__(channels, classes, norm)
+        self.aux_head = nn.Linear(self.head.in_features, tasks)
+
+    def heads(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """(class logits, auxiliary logits)."""
+        h = self.features(x)
+        return self.head(h), self.aux_head(h)
+
+    def aux_logits(self, x: Tensor) -> Tensor:
+        return self.aux_head(self.features(x))
 
 
 class TemporalBlock(nn.Module):
@@ -102,6 +128,10 @@ def _cnn_gn(channels: int, classes: int) -> nn.Module:
     return ConvNet(channels, classes, lambda c: GroupNorm(8, c))
 
 
+def _cnn_bn_ttt(channels: int, classes: int) -> nn.Module:
+    return AuxConvNet(channels, classes, lambda c: BatchNorm(c), len(TRANSFORMS))
+
+
 def _tcn_ln(channels: int, classes: int) -> nn.Module:
     return TemporalConvNet(channels, classes)
 
@@ -110,6 +140,7 @@ MODELS: dict[str, Callable[[int, int], nn.Module]] = {
     "cnn-bn": _cnn_bn,
     "cnn-gn": _cnn_gn,
     "tcn-ln": _tcn_ln,
+    "cnn-bn-ttt": _cnn_bn_ttt,
 }
 
 

@@ -5,7 +5,9 @@ Graph contract (also written to the manifest and docs/manifest.md):
 - for models with batch norms: input `stat_mix` [1] and, per batch norm `L`, inputs
   `L.stat_mean` and `L.stat_var` [C];
 - output `logits` [batch, classes] and, per norm layer `L`, outputs `L.batch_mean` and
-  `L.batch_var` (per channel for batch norms, per group for group norms, [1] for layer norms).
+  `L.batch_var` (per channel for batch norms, per group for group norms, [1] for layer norms);
+- for models with an auxiliary head (`aux_head`): output `aux_logits` [batch, transformations],
+  the input of the training loss (`export.loss.WeightedCrossEntropy`).
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ class GraphNames:
     stat_inputs: dict[str, tuple[str, str]]
     moment_outputs: dict[str, tuple[str, str]]
     trainable: tuple[str, ...]
+    aux_logits: str | None = None
 
     @property
     def inputs(self) -> list[str]:
@@ -54,6 +57,11 @@ class GraphNames:
             names += [mean, var]
         return names
 
+    @property
+    def exported(self) -> list[str]:
+        """Every output of the traced graph: `outputs`, then the auxiliary logits if any."""
+        return self.outputs + ([self.aux_logits] if self.aux_logits else [])
+
 
 def graph_names(model: nn.Module) -> GraphNames:
     """Derive every graph name from the model's norm layers; fails when there are none."""
@@ -69,6 +77,7 @@ def graph_names(model: nn.Module) -> GraphNames:
         stat_inputs={n: (f"{n}.stat_mean", f"{n}.stat_var") for n in batch},
         moment_outputs={n: (f"{n}.batch_mean", f"{n}.batch_var") for n in layers},
         trainable=tuple(f"{n}.{p}" for n in layers for p in ("weight", "bias")),
+        aux_logits="aux_logits" if hasattr(model, "aux_head") else None,
     )
 
 
@@ -87,13 +96,13 @@ class _ExplicitGraph(nn.Module):
             io.supplied[layer] = (next(it), next(it))
         attach_io(self.model, io)
         try:
-            logits = self.model(x)
+            logits, aux = self.model.heads(x) if self.names.aux_logits else (self.model(x), None)
         finally:
             attach_io(self.model, None)
         out = [logits]
         for layer in self.names.moment_outputs:
             out += list(io.moments[layer])
-        return tuple(out)
+        return tuple(out) if aux is None else (*out, aux)
 
 
 def example_inputs(model: nn.Module, names: GraphNames, x: Tensor, stat_mix: float = 0.0) -> list[Tensor]:
@@ -141,7 +150,7 @@ def to_onnx(model: nn.Module, channels: int, length: int) -> tuple[onnx.ModelPro
     x = torch.zeros(1, channels, length)
     flat = example_inputs(work, names, x)
     buf = io.BytesIO()
-    dynamic = {"x": {0: "batch"}, "logits": {0: "batch"}}
+    dynamic = {name: {0: "batch"} for name in ("x", "logits", names.aux_logits) if name}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(
@@ -149,7 +158,7 @@ def to_onnx(model: nn.Module, channels: int, length: int) -> tuple[onnx.ModelPro
             (x, *flat),
             buf,
             input_names=names.inputs,
-            output_names=names.outputs,
+            output_names=names.exported,
             dynamic_axes=dynamic,
             opset_version=OPSET,
             do_constant_folding=False,

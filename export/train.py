@@ -17,6 +17,7 @@ import torch
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from torch import nn
 
+from edge_ttt.adapt.transforms import TRANSFORMS, transform_each, transformed_copies
 from edge_ttt.recordlog import RecordedLog, read_log
 from edge_ttt.stream.window import WindowBatch, windows_from_log
 from export.checkpoint import SourceModel, save_checkpoint
@@ -38,6 +39,7 @@ class TrainConfig:
     lr: float = 1e-3
     seed: int = 0
     val_fraction: float = 0.2
+    aux_weight: float = 1.0  # models with an auxiliary head: loss = CE(classes) + aux_weight * CE(aux)
 
 
 @dataclass(frozen=True)
@@ -112,6 +114,35 @@ def norm_source_moments(model: nn.Module, x: np.ndarray, batch_size: int = 64) -
     return result
 
 
+def aux_loss(model: nn.Module, x: np.ndarray, channels: list[str], rng: np.random.Generator) -> torch.Tensor:
+    """Cross-entropy of the auxiliary head on one randomly transformed copy of each window.
+
+    The pass runs with the batch norms in eval mode, normalizing with the running statistics of
+    clean windows, because that is what the device does with its transformed copies (the
+    statistics it feeds describe the stream, not the copies); it also keeps the copies out of
+    the running statistics that become the source statistics.
+    """
+    labels = rng.integers(len(TRANSFORMS), size=len(x))
+    copies = torch.from_numpy(transform_each(x, labels, channels))
+    model.eval()
+    try:
+        logits = model.aux_logits(copies)
+    finally:
+        model.train()
+    return nn.functional.cross_entropy(logits, torch.from_numpy(labels))
+
+
+@torch.no_grad()
+def aux_accuracy(model: nn.Module, x: np.ndarray, channels: list[str]) -> float:
+    """Share of every transformed copy of the windows whose transformation the head names."""
+    model.eval()
+    copies, labels = transformed_copies(x, channels)
+    logits = torch.cat(
+        [model.aux_logits(torch.from_numpy(c)) for c in np.array_split(copies, 1 + len(copies) // 512)]
+    )
+    return float((logits.argmax(1).numpy() == labels).mean())
+
+
 def train(log_path: Path, out: Path, cfg: TrainConfig, show_progress: bool = True) -> SourceModel:
     """Train, keep the epoch with the best held-out accuracy, and save the checkpoint."""
     torch.manual_seed(cfg.seed)
@@ -132,6 +163,7 @@ def train(log_path: Path, out: Path, cfg: TrainConfig, show_progress: bool = Tru
     x_train = np.nan_to_num(split.train.x)
     y_train = torch.from_numpy(split.train.label.astype(np.int64))
     x_val = np.nan_to_num(split.val.x)
+    has_aux = hasattr(model, "aux_head")
     best_acc, best_state = -1.0, None
     steps = (len(x_train) + cfg.batch_size - 1) // cfg.batch_size
     with Progress(
@@ -152,6 +184,8 @@ def train(log_path: Path, out: Path, cfg: TrainConfig, show_progress: bool = Tru
                 if len(idx) < 2:
                     continue  # batch norm needs two windows
                 loss = nn.functional.cross_entropy(model(torch.from_numpy(x_train[idx])), y_train[idx])
+                if has_aux:
+                    loss = loss + cfg.aux_weight * aux_loss(model, x_train[idx], list(src.channels), rng)
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
@@ -165,6 +199,7 @@ def train(log_path: Path, out: Path, cfg: TrainConfig, show_progress: bool = Tru
     model.load_state_dict(best_state)
     model.eval()
     val_logits = _logits(model, x_val)
+    aux_report = {"aux_val_accuracy": aux_accuracy(model, x_val, list(src.channels))} if has_aux else {}
     result = SourceModel(
         model=model,
         name=cfg.model,
@@ -190,6 +225,7 @@ def train(log_path: Path, out: Path, cfg: TrainConfig, show_progress: bool = Tru
             "epochs": cfg.epochs,
             "seed": cfg.seed,
             "log": str(log_path),
+            **aux_report,
         },
     )
     save_checkpoint(out, result)

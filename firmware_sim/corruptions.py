@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from edge_ttt.adapt.transforms import triads
 from edge_ttt.recordlog import RecordedLog
 
 __all__ = ["CORRUPTIONS", "SEVERITIES", "Corruption", "Signal", "corrupt", "corrupt_log", "triads"]
@@ -85,18 +86,6 @@ def _bias(s: Signal, k: float) -> np.ndarray:
 
 def _noise(s: Signal, k: float) -> np.ndarray:
     return s.values + s.rng.standard_normal(s.values.shape) * (k * s.scale)
-
-
-def triads(channels: tuple[str, ...]) -> list[tuple[int, int, int]]:
-    """Indices of every (<p>x, <p>y, <p>z) channel triple, ordered by the x channel's position."""
-    index = {name: i for i, name in enumerate(channels)}
-    found = []
-    for name in channels:
-        if name.endswith("x"):
-            members = [name[:-1] + axis for axis in "xyz"]
-            if all(m in index for m in members):
-                found.append((index[members[0]], index[members[1]], index[members[2]]))
-    return found
 
 
 def rotation_matrix(axis: np.ndarray, degrees: float) -> np.ndarray:

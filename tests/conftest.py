@@ -60,6 +60,35 @@ def bundle_dir(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def confident_bundle_dir(tmp_path_factory) -> Path:
+    """A cnn-bn whose head is scaled up, so that some windows pass SAR's entropy filter."""
+    pytest.importorskip("torch")
+    import torch
+
+    from export.bundle import export_bundle
+    from tests.model_factory import source_model
+
+    src = source_model("cnn-bn")
+    with torch.no_grad():
+        src.model.head.weight.mul_(8.0)  # entropies 0.4 to 1.3 nats: a few below E0, none below 0.2
+    out = tmp_path_factory.mktemp("confident") / "cnn-bn"
+    export_bundle(src, out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def aux_bundle_dir(tmp_path_factory) -> Path:
+    """An exported cnn-bn-ttt bundle (auxiliary head, auxiliary loss) with randomized weights."""
+    pytest.importorskip("torch")
+    from export.bundle import export_bundle
+    from tests.model_factory import source_model
+
+    out = tmp_path_factory.mktemp("bundles") / "cnn-bn-ttt"
+    export_bundle(source_model("cnn-bn-ttt"), out)
+    return out
+
+
 @pytest.fixture
 def broker(tmp_path):
     """A private mosquitto on a free loopback port, stopped after the test."""

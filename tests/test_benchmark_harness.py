@@ -144,7 +144,7 @@ def test_targets_pass():
         {("cnn-bn", "clean", "class-sorted", 1, p): a for p, a in (("source", 70.0), ("steady", 40.0))}
     )
     targets = evaluate_targets(results(cells), default="steady")
-    assert [t.status for t in targets] == [PASS, PASS, PASS], targets
+    assert [t.status for t in targets] == [PASS, PASS, PASS, NOT_MEASURED, NOT_MEASURED], targets
     assert targets[1].details[0] == "12 of 12 cells within the target"
     assert "steady 69.6 vs tent 60.0" in targets[0].details[0]
 
@@ -156,7 +156,7 @@ def test_targets_fail_and_name_the_cells():
     cells[("cnn-bn", "gain", "recorded", 1, "steady")] = 50.0
     cells[("cnn-bn", "noise", "shuffled", 16, "tent")] = 90.0  # ORT tent parity broken
     targets = evaluate_targets(results(cells), default="steady")
-    assert [t.status for t in targets] == [FAIL, FAIL, FAIL]
+    assert [t.status for t in targets][:3] == [FAIL, FAIL, FAIL]
     assert targets[0].details == ["steady 50.0 vs tent 75.0"]
     assert targets[1].details[1:] == [
         "cnn-bn clean shuffled b=16: steady 69.9 vs source 70.0 (-0.10)",
@@ -168,8 +168,38 @@ def test_targets_fail_and_name_the_cells():
 
 def test_targets_not_measured_without_the_policies():
     targets = evaluate_targets(results(grid({"source": 70.0, TORCH_TENT: 60.0})), default=None)
-    assert [t.status for t in targets] == [NOT_MEASURED] * 3
+    assert [t.status for t in targets] == [NOT_MEASURED] * 5
     assert "DEFAULT_POLICY" in targets[0].details[0]
+
+
+def aux_grid(ttt: float, episodic: float, tent: float) -> dict:
+    """cnn-bn-ttt cells for source (70), ttt and ttt-episodic, and cnn-bn cells for tent."""
+    cells = {}
+    for c in ("clean", "gain", "noise"):
+        for o in ("recorded", "shuffled"):
+            for b in (1, 16):
+                cells.update({("cnn-bn-ttt", c, o, b, p): a for p, a in (("source", 70.0), ("ttt", ttt))})
+                cells[("cnn-bn-ttt", c, o, b, "ttt-episodic")] = episodic
+                cells[("cnn-bn", c, o, b, "tent")] = tent
+    return cells
+
+
+def test_auxiliary_targets_compare_with_source_of_their_model_and_tent_of_the_plain_one():
+    cells = aux_grid(ttt=70.5, episodic=69.5, tent=60.0)
+    cells[("cnn-bn-ttt", "gain", "recorded", 1, "ttt-episodic")] = 68.0  # 2 below source at b=1
+    cells[("cnn-bn-ttt", "noise", "shuffled", 16, "ttt-episodic")] = 40.0  # off b=1 recorded: not judged
+    targets = evaluate_targets(results(cells), default=None)
+    online, episodic = targets[3], targets[4]
+    assert online.status == PASS and online.details[0] == "3 of 3 cells within 1 point of source"
+    assert "mean over corruptions, recorded b=1: ttt 70.5 vs tent 60.0" in online.details
+    assert episodic.status == FAIL
+    assert episodic.details[:2] == [
+        "2 of 3 cells within 1 point of source",
+        "cnn-bn-ttt gain recorded b=1: ttt-episodic 68.0 vs source 70.0 (-2.00)",
+    ]
+    behind = evaluate_targets(results(aux_grid(ttt=70.5, episodic=70.0, tent=71.0)), default=None)[3]
+    assert behind.status == FAIL
+    assert "not above tent: mean over corruptions, shuffled b=16: ttt 70.5 vs tent 71.0" in behind.details
 
 
 @pytest.fixture(scope="module")

@@ -112,6 +112,7 @@ def test_replay_refuses_a_log_with_other_channels(bundle_dir: Path, tmp_path: Pa
 
 
 def test_replay_all_policies_prints_one_object_each(bundle_dir: Path, synthetic_log_path: Path):
+    """`all` is every policy the bundle can run: not the auxiliary-task one on a plain bundle."""
     from edge_ttt.adapt.engine import POLICIES
 
     result = invoke(
@@ -119,7 +120,7 @@ def test_replay_all_policies_prints_one_object_each(bundle_dir: Path, synthetic_
     )
     assert result.exit_code == 0, result.output
     summaries = [json.loads(line) for line in result.output.splitlines()]
-    assert [s["policy"] for s in summaries] == list(POLICIES)
+    assert [s["policy"] for s in summaries] == [p for p in POLICIES if p != "ttt"]
     assert all(set(s) >= REPLAY_KEYS for s in summaries)
     by_policy = {s["policy"]: s for s in summaries}
     assert by_policy["source"]["adapt_steps"] == 0
@@ -152,3 +153,20 @@ def test_replay_accuracy_is_the_share_of_correct_windows(bundle_dir: Path, synth
 def test_replay_refuses_an_unknown_policy(bundle_dir: Path, synthetic_log_path: Path):
     result = invoke("replay", "--artifacts", bundle_dir, "--log", synthetic_log_path, "--policy", "magic")
     assert result.exit_code == 2 and "unknown policy 'magic'" in result.output
+
+
+def test_replay_episodic_runs_the_gradient_policies_the_bundle_can_run(
+    aux_bundle_dir: Path, synthetic_log_path: Path
+):
+    args = ("replay", "--artifacts", aux_bundle_dir, "--log", synthetic_log_path, "--json")
+    result = invoke(*args, "--policy", "all", "--episodic")
+    assert result.exit_code == 0, result.output
+    summaries = [json.loads(line) for line in result.output.splitlines()]
+    assert [(s["policy"], s["episodic"]) for s in summaries] == [("ttt", True)]
+    assert summaries[0]["adapt_steps"] == summaries[0]["windows"]  # one step per window, each forgotten
+
+
+def test_replay_names_the_policy_that_does_not_fit_the_bundle(aux_bundle_dir: Path, synthetic_log_path: Path):
+    result = invoke("replay", "--artifacts", aux_bundle_dir, "--log", synthetic_log_path, "--policy", "tent")
+    assert result.exit_code == 2
+    assert "policy 'tent' steps on the entropy loss" in result.output and "ttt" in result.output

@@ -368,8 +368,22 @@ def test_valid_policy_options_reach_the_policy(tmp_path):
     cfg = load_config(write(tmp_path, AGENT + MODEL + "[model.options]\nlr = 1e-3\ncollapse_horizon = 32\n"))
     assert cfg.model.options == {"lr": 1e-3, "collapse_horizon": 32}
     assert SteadyConfig(**cfg.model.options).collapse_horizon == 32
-    assert set(policy_options("steady").model_fields) == {f.name for f in dataclasses.fields(SteadyConfig)}
+    steady_fields = {f.name for f in dataclasses.fields(SteadyConfig)}
+    assert set(policy_options("steady").model_fields) == steady_fields | {"episodic"}
     assert set(policy_options("source").model_fields) == set()
+
+
+def test_episodic_and_auxiliary_step_options_are_checked_on_load(tmp_path):
+    """Every gradient policy takes `episodic`; a policy without gradient steps refuses it."""
+    text = 'policy = "ttt"\n[model.options]\nepisodic = true\nlr = 1e-4\nsteps = 3\nstats = "source"\n'
+    cfg = load_config(write(tmp_path, AGENT + MODEL + text))
+    assert cfg.model.options == {"episodic": True, "lr": 1e-4, "steps": 3, "stats": "source"}
+    for policy in ("tent", "sar", "steady", "ttt"):
+        assert policy_options(policy).model_validate({"episodic": True}).episodic is True
+    with pytest.raises(ConfigError, match="episodic"):
+        load_config(write(tmp_path, AGENT + MODEL + 'policy = "norm"\n[model.options]\nepisodic = true\n'))
+    with pytest.raises(ConfigError, match="stats"):
+        load_config(write(tmp_path, AGENT + MODEL + 'policy = "ttt"\n[model.options]\nstats = "batch"\n'))
 
 
 def mqtt_filter_matches(subscription: str, topic: str) -> bool:

@@ -10,6 +10,7 @@ import pytest
 
 from edge_ttt.adapt.engine import POLICIES, Engine, StateError
 from edge_ttt.adapt.ort_model import OrtModel
+from edge_ttt.adapt.policies import POLICY_TYPES
 from edge_ttt.adapt.softmax import softmax_entropy
 from edge_ttt.artifacts import load_bundle
 from tests.conftest import CHANNELS
@@ -20,6 +21,11 @@ def engine(bundle_dir: Path, policy: str, **options) -> Engine:
     return Engine(OrtModel(load_bundle(bundle_dir)), policy=policy, options=options or None)
 
 
+def bundle_for(policy: str, bundle_dir: Path, aux_bundle_dir: Path) -> Path:
+    """The auxiliary-task policy needs the bundle with the auxiliary head; the others the plain one."""
+    return aux_bundle_dir if POLICY_TYPES[policy].loss == "auxiliary" else bundle_dir
+
+
 def states_equal(a: dict, b: dict) -> bool:
     def same(x: np.ndarray, y: np.ndarray) -> bool:
         return np.array_equal(x, y, equal_nan=np.asarray(x).dtype.kind == "f")
@@ -27,9 +33,9 @@ def states_equal(a: dict, b: dict) -> bool:
     return a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
 
 
-def test_every_policy_runs_at_batch_size_one_and_sixteen(bundle_dir: Path):
+def test_every_policy_runs_at_batch_size_one_and_sixteen(bundle_dir: Path, aux_bundle_dir: Path):
     for policy in POLICIES:
-        e = engine(bundle_dir, policy)
+        e = engine(bundle_for(policy, bundle_dir, aux_bundle_dir), policy)
         for n in (1, 16):
             pred = e.process(windows(n, seed=n))
             assert pred.classes.shape == (n,) and pred.probs.shape == (n, CLASSES)
@@ -98,8 +104,10 @@ def bad_windows() -> dict[str, np.ndarray]:
 
 
 @pytest.mark.parametrize("policy", [p for p in POLICIES if p != "source"])
-def test_invalid_windows_are_predicted_but_never_change_state(bundle_dir: Path, policy: str):
-    e = engine(bundle_dir, policy)
+def test_invalid_windows_are_predicted_but_never_change_state(
+    bundle_dir: Path, aux_bundle_dir: Path, policy: str
+):
+    e = engine(bundle_for(policy, bundle_dir, aux_bundle_dir), policy)
     e.process(windows(2, seed=1))  # some state that is not the initial one
     before = e.policy.state()
     steps = e.counters.adapt_steps
@@ -134,23 +142,6 @@ def test_tent_step_uses_batch_statistics_and_moves_only_norm_affines(bundle_dir:
     trainable = set(e.model.trainable)
     assert all(np.array_equal(before[k], after[k]) for k in before if k not in trainable)
     assert any(not np.array_equal(before[k], after[k]) for k in trainable)
-
-
-@pytest.fixture(scope="module")
-def confident_bundle_dir(tmp_path_factory) -> Path:
-    """A cnn-bn whose head is scaled up, so that some windows pass SAR's entropy filter."""
-    pytest.importorskip("torch")
-    import torch
-
-    from export.bundle import export_bundle
-    from tests.model_factory import source_model
-
-    src = source_model("cnn-bn")
-    with torch.no_grad():
-        src.model.head.weight.mul_(8.0)  # entropies 0.4 to 1.3 nats: a few below E0, none below 0.2
-    out = tmp_path_factory.mktemp("confident") / "cnn-bn"
-    export_bundle(src, out)
-    return out
 
 
 def test_sar_filters_by_entropy_and_takes_a_sharpness_aware_step(confident_bundle_dir: Path):
@@ -231,8 +222,9 @@ def test_steady_with_default_settings_does_not_roll_back_on_a_benign_stream(bund
 
 @pytest.mark.parametrize("policy", POLICIES)
 def test_snapshot_round_trip_gives_identical_future_predictions(
-    bundle_dir: Path, tmp_path: Path, policy: str
+    bundle_dir: Path, aux_bundle_dir: Path, tmp_path: Path, policy: str
 ):
+    bundle_dir = bundle_for(policy, bundle_dir, aux_bundle_dir)
     a = engine(bundle_dir, policy)
     for seed in range(5):
         a.process(windows(1, seed=seed) * 1.5)

@@ -38,7 +38,11 @@ class Predictions:
 
 
 class Engine:
-    """A model, a policy by name (with its options), the input guard and the counters."""
+    """A model, a policy by name (with its options), the input guard and the counters.
+
+    The option `episodic=True` (gradient policies only) runs the policy episodically: each batch
+    is adapted on and predicted, then the policy returns to its state before it (`Policy.episode`).
+    """
 
     def __init__(
         self,
@@ -55,8 +59,14 @@ class Engine:
         self.limits = limits or InputLimits.from_manifest(model.manifest)
         info = model.manifest.model
         self.shape = (len(info.channels), info.window)
+        options = dict(options or {})
+        self.episodic = bool(options.pop("episodic", False))
+        if self.episodic and POLICY_TYPES[policy].loss is None:
+            raise ValueError(
+                f"policy {policy!r} takes no gradient steps: there is nothing to run episodically"
+            )
         try:
-            self.policy: Policy = POLICY_TYPES[policy](model, self.counters, **(options or {}))
+            self.policy: Policy = POLICY_TYPES[policy](model, self.counters, **options)
         except TypeError as exc:
             raise ValueError(f"policy {policy!r}: bad option ({exc})") from None
 
@@ -71,12 +81,13 @@ class Engine:
             raise ValueError(f"windows must have shape [n, {c}, {length}], got {list(x.shape)}")
         valid = check_windows(x, self.limits).valid
         n_invalid = int((~valid).sum())
+        update = self.policy.episode if self.episodic else self.policy.update
         if n_invalid == 0:
-            logits = self.policy.update(x)
+            logits = update(x)
         else:
             logits = np.empty((len(x), len(self.model.manifest.model.classes)), np.float32)
             if n_invalid < len(x):
-                logits[valid] = self.policy.update(x[valid])
+                logits[valid] = update(x[valid])
             logits[~valid] = self.policy.predict(sanitize(x[~valid], self.limits))
         self.counters.windows += len(x)
         self.counters.rejected_invalid += n_invalid

@@ -56,6 +56,7 @@ class OrtModel:
 
         api = training_api()
         self.manifest = bundle.manifest
+        self.bundle_path = bundle.path
         self.bundle_sha256 = bundle.sha256
         self.device = resolve_device(device)
         options = onnxruntime.SessionOptions()
@@ -94,9 +95,20 @@ class OrtModel:
             for layer in self.manifest.batch_norms
         }
 
-    def _values(self, x: np.ndarray, weights: np.ndarray, stats: Stats, mix: float) -> dict[str, np.ndarray]:
+    def _values(
+        self,
+        x: np.ndarray,
+        weights: np.ndarray,
+        stats: Stats,
+        mix: float,
+        target: np.ndarray | None = None,
+    ) -> dict[str, np.ndarray]:
         graph = self.manifest.graph
         values = {graph.input: np.ascontiguousarray(x, np.float32), graph.sample_weight: weights}
+        aux = self.manifest.auxiliary
+        if aux is not None:  # the eval graph keeps the training graph's inputs, so feed it always
+            shape = (len(x), len(aux.transformations))
+            values[aux.target] = np.zeros(shape, np.float32) if target is None else target
         if graph.stat_mix is not None:
             values[graph.stat_mix] = np.asarray([mix], np.float32)
         for layer in self.manifest.batch_norms:
@@ -105,8 +117,16 @@ class OrtModel:
             values[layer.stat_inputs[1]] = np.asarray(var, np.float32)
         return values
 
-    def _feeds(self, names: list[str], x: np.ndarray, weights: np.ndarray, stats: Stats, mix: float) -> list:
-        values = self._values(x, weights, stats, mix)
+    def _feeds(
+        self,
+        names: list[str],
+        x: np.ndarray,
+        weights: np.ndarray,
+        stats: Stats,
+        mix: float,
+        target: np.ndarray | None = None,
+    ) -> list:
+        values = self._values(x, weights, stats, mix, target)
         return [values[n] for n in names]
 
     def _params_as_fed(self) -> dict[str, np.ndarray]:
@@ -132,13 +152,25 @@ class OrtModel:
         feeds = {**self._values(x, weights, stats, mix), **self._params_as_fed()}
         return self._unpack(self._predictor.run(self._outputs, feeds), None)
 
-    def forward_backward(self, x: np.ndarray, weights: np.ndarray, stats: Stats, mix: float = 0.0) -> Outputs:
-        """Training graph: loss = sum(weights * entropy); gradients accumulate until `step`.
+    def forward_backward(
+        self,
+        x: np.ndarray,
+        weights: np.ndarray,
+        stats: Stats,
+        mix: float = 0.0,
+        target: np.ndarray | None = None,
+    ) -> Outputs:
+        """Training graph: loss = sum(weights * entropy), or for a bundle with an auxiliary task
+        sum(weights * cross-entropy of the auxiliary head against `target`); gradients accumulate
+        until `step`.
 
         The logits are those before the update, i.e. what `forward` would have returned.
         """
         self.module.train()
-        out = self.module(*self._feeds(self._train_inputs, x, np.asarray(weights, np.float32), stats, mix))
+        weights = np.asarray(weights, np.float32)
+        if target is not None:
+            target = np.ascontiguousarray(target, np.float32)
+        out = self.module(*self._feeds(self._train_inputs, x, weights, stats, mix, target))
         return self._unpack(out[1:], float(out[0]))
 
     def step(self, lr: float) -> None:

@@ -11,6 +11,10 @@ that can be snapshotted, rolled back and restored exactly.
 - `sar`: SAR (Niu et al., 2023): entropy filter, sharpness-aware two-pass update, reset on collapse.
 - `steady` (default): class-balanced momentum statistics + filtered, class-balanced entropy steps
   on the norm affines, averaged (EMA) and anchored to source, with collapse rollback.
+- `ttt` (`edge_ttt.adapt.auxiliary`): test-time training on a self-supervised auxiliary task; needs
+  a bundle with an auxiliary head, on which the entropy policies refuse to run.
+
+Every gradient policy also runs episodically (`episode`): adapt on a batch, predict, forget.
 
 Results on the smartwatch data are in docs/adaptation.md; the benchmark that measures them is
 benchmarks/adaptation.py.
@@ -18,6 +22,7 @@ benchmarks/adaptation.py.
 
 from __future__ import annotations
 
+import copy
 import math
 from collections import deque
 from dataclasses import dataclass
@@ -32,6 +37,7 @@ from edge_ttt.adapt.optim import SGD, Adam, Arrays
 from edge_ttt.adapt.ort_model import OrtModel, Stats
 from edge_ttt.adapt.softmax import softmax_entropy
 from edge_ttt.adapt.statistics import MomentEMA
+from edge_ttt.manifest import Manifest
 
 STAT_MOMENTUM = 0.002  # weight of one window in the moment EMAs: a horizon of about 500 windows
 STAT_PRIOR_WINDOWS = 100.0  # the source statistics count as this many windows
@@ -50,12 +56,39 @@ def _unprefixed(prefix: str, flat: Arrays) -> Arrays:
     return {k[n:]: v for k, v in flat.items() if k.startswith(prefix + "/")}
 
 
+class PolicyMismatchError(ValueError):
+    """The policy steps on a loss that the bundle's training graph does not compute."""
+
+
+def bundle_loss(manifest: Manifest) -> str:
+    """The loss the bundle's training graph computes: 'auxiliary' or 'entropy'."""
+    return "entropy" if manifest.auxiliary is None else "auxiliary"
+
+
+def fits(policy: type[Policy], manifest: Manifest) -> bool:
+    """Whether the policy can run on the bundle (gradient-free policies run on any)."""
+    return policy.loss is None or policy.loss == bundle_loss(manifest)
+
+
+_NEVER_CHANGE = ("model", "counters", "source_params", "source_stats")  # not copied by `episode`
+
+
 class Policy:
     """Base: holds the model, the source parameters and statistics, and the shared counters."""
 
     name: ClassVar[str]
+    loss: ClassVar[str | None] = None  # the training loss its steps need: 'entropy', 'auxiliary', None
 
     def __init__(self, model: OrtModel, counters: Counters) -> None:
+        manifest = model.manifest
+        if not fits(type(self), manifest):
+            usable = ", ".join(p.name for p in POLICY_TYPES.values() if fits(p, manifest))
+            raise PolicyMismatchError(
+                f"policy {self.name!r} steps on the {self.loss} loss, but bundle {model.bundle_path} "
+                f"(model {manifest.model.name}) was exported with the {bundle_loss(manifest)} loss; "
+                f"run it with one of {usable}, or export a model made for {self.name!r}"
+                + (" (a model with an auxiliary head, e.g. cnn-bn-ttt)" if self.loss == "auxiliary" else "")
+            )
         self.model = model
         self.counters = counters
         self.classes = len(model.manifest.model.classes)
@@ -85,6 +118,16 @@ class Policy:
     def predict(self, x: np.ndarray) -> np.ndarray:
         """Logits without any state change."""
         return self.model.forward(x, self.source_stats).logits
+
+    def episode(self, x: np.ndarray) -> np.ndarray:
+        """Episodic mode: `update` on x (adapt, predict), then return to the state before it, bit
+        for bit (everything the policy holds, not only `state()`: snapshots, detectors, gates)."""
+        saved = copy.deepcopy({k: v for k, v in vars(self).items() if k not in _NEVER_CHANGE})
+        try:
+            return self.update(x)
+        finally:
+            vars(self).update(saved)
+            self.model.set_parameters(self.params)
 
     def state(self) -> Arrays:
         return {}
@@ -185,6 +228,7 @@ class Tent(Policy):
     """
 
     name = "tent"
+    loss = "entropy"
 
     def __init__(self, model: OrtModel, counters: Counters, lr: float = 1e-3) -> None:
         super().__init__(model, counters)
@@ -216,6 +260,7 @@ class Sar(Policy):
     """
 
     name = "sar"
+    loss = "entropy"
     rho = 0.05
     reset_below = 0.2
 
@@ -325,6 +370,7 @@ class Steady(Policy):
     """
 
     name = "steady"
+    loss = "entropy"
 
     def __init__(self, model: OrtModel, counters: Counters, **options: float) -> None:
         super().__init__(model, counters)
@@ -458,3 +504,7 @@ class Steady(Policy):
 
 POLICY_TYPES: dict[str, type[Policy]] = {p.name: p for p in (Source, Norm, Tent, Sar, Steady)}
 DEFAULT_POLICY = Steady.name
+
+# The auxiliary-task policy subclasses `Norm` and adds itself to POLICY_TYPES; a plain import works
+# whichever of the two modules is imported first.
+import edge_ttt.adapt.auxiliary  # noqa: E402, F401

@@ -1,0 +1,109 @@
+"""Test-time training on a self-supervised auxiliary task (Sun et al., ICML 2020), for IMU windows.
+
+The bundle's model has a second head on the shared encoder that names which transformation
+(`edge_ttt.adapt.transforms`) was applied to a window; its training graph's loss is that head's
+cross-entropy. At test time the device builds every transformed copy of each incoming window,
+knows their labels, and steps the encoder's normalization parameters on that loss before it
+predicts the originals with the updated parameters. The labels do not come from the classifier,
+so a confident mistake is not reinforced, and a long run of one activity pulls no class forward.
+
+Statistics: `stats="ema"` normalizes (the auxiliary step and the prediction alike) with the
+momentum-averaged stream moments of `norm` and the default policy; `stats="source"` with the
+source statistics, as the original per-sample method.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+
+from edge_ttt.adapt.counters import Counters
+from edge_ttt.adapt.optim import SGD, Adam, Arrays
+from edge_ttt.adapt.ort_model import OrtModel, Stats
+from edge_ttt.adapt.policies import (
+    POLICY_TYPES,
+    STAT_MOMENTUM,
+    STAT_PRIOR_WINDOWS,
+    Norm,
+    _prefixed,
+    _unprefixed,
+)
+from edge_ttt.adapt.transforms import TRANSFORMS, transformed_copies
+
+
+class TestTimeTraining(Norm):
+    """Per batch: `steps` optimizer steps on the auxiliary loss of the windows' transformed copies,
+    then the prediction with the updated parameters. `optimizer` is SGD (with `sgd_momentum`) or
+    Adam; in online mode the parameters, optimizer state and statistics carry on to the next batch.
+    """
+
+    __test__ = False  # not a pytest test class, whatever its name
+    name = "ttt"
+    loss = "auxiliary"
+
+    def __init__(
+        self,
+        model: OrtModel,
+        counters: Counters,
+        lr: float = 1e-3,
+        steps: int = 1,
+        optimizer: Literal["sgd", "adam"] = "sgd",
+        sgd_momentum: float = 0.0,
+        stats: Literal["ema", "source"] = "ema",
+        momentum: float = STAT_MOMENTUM,
+        prior_windows: float | None = STAT_PRIOR_WINDOWS,
+    ) -> None:
+        super().__init__(model, counters, momentum, prior_windows)
+        if steps < 1:
+            raise ValueError(f"steps must be at least 1, got {steps}")
+        if stats not in ("ema", "source"):
+            raise ValueError(f"stats must be 'ema' or 'source', got {stats!r}")
+        aux = model.manifest.auxiliary
+        assert aux is not None  # Policy.__init__ refused bundles without one
+        unknown = [t for t in aux.transformations if t not in TRANSFORMS]
+        if unknown:
+            raise ValueError(
+                f"bundle {model.bundle_path} uses auxiliary transformations {unknown} that this "
+                f"edge-ttt does not know ({', '.join(TRANSFORMS)}); upgrade edge-ttt or re-export"
+            )
+        self.transformations = list(aux.transformations)
+        self.channels = list(model.manifest.model.channels)
+        self.steps = steps
+        self.use_ema = stats == "ema"
+        self.opt: SGD | Adam = SGD(lr=lr, momentum=sgd_momentum) if optimizer == "sgd" else Adam(lr=lr)
+
+    def stats(self) -> Stats:
+        return super().stats() if self.use_ema else self.source_stats
+
+    def aux_batch(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Every transformed copy of the windows, their one-hot targets and equal weights (a mean)."""
+        copies, labels = transformed_copies(x, self.channels, self.transformations)
+        target = np.eye(len(self.transformations), dtype=np.float32)[labels]
+        return copies, target, np.full(len(copies), 1.0 / len(copies), np.float32)
+
+    def update(self, x: np.ndarray) -> np.ndarray:
+        stats = self.stats()
+        copies, target, weights = self.aux_batch(x)
+        for _ in range(self.steps):
+            self.model.forward_backward(copies, weights, stats, 0.0, target)
+            grads = self.model.gradients()
+            self.model.discard_gradients()
+            self._set_params(self.opt.step(self.params, grads))
+            self.counters.adapt_steps += 1
+        out = self.model.forward(x, stats)
+        if self.use_ema:
+            for layer, ema in self.ema.items():
+                ema.update(*out.moments[layer], windows=len(x))
+        return out.logits
+
+    def state(self) -> Arrays:
+        return {**super().state(), **_prefixed("params", self.params), **_prefixed("opt", self.opt.state())}
+
+    def load_state(self, flat: Arrays) -> None:
+        super().load_state(flat)
+        self._set_params(_unprefixed("params", flat))
+        self.opt.load_state(_unprefixed("opt", flat))
+
+
+POLICY_TYPES[TestTimeTraining.name] = TestTimeTraining
