@@ -59,9 +59,15 @@ class Listener:
         self.lock = threading.Lock()
         self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"listener-{port}")
         self.client.on_message = self._on_message
-        self.client.on_connect = lambda c, *_: [c.subscribe(t, qos=1) for t in topics]
+        # Frames and predictions are only delivered once the broker has acknowledged the
+        # subscription: wait for that, not for the connection, or a busy machine loses the first ones.
+        self.subscribed = threading.Event()
+        self.client.on_connect = lambda c, *_: c.subscribe([(t, 1) for t in topics])
+        self.client.on_subscribe = lambda *_: self.subscribed.set()
+        self.client.on_disconnect = lambda *_: self.subscribed.clear()
         self.client.connect("127.0.0.1", port)
         self.client.loop_start()
+        assert self.subscribed.wait(10), "the listener did not subscribe"
 
     def _on_message(self, _c, _u, msg) -> None:
         with self.lock:
@@ -99,7 +105,7 @@ def frames(n_frames: int, samples: int = 25, seed: int = 0) -> list[Frame]:
 def start(agent: Agent) -> threading.Thread:
     thread = threading.Thread(target=agent.run, daemon=True)
     thread.start()
-    assert agent.transport.connected.wait(10), "the agent did not connect"
+    assert agent.transport.subscribed.wait(10), "the agent did not subscribe"
     return thread
 
 
@@ -226,8 +232,8 @@ def test_broker_restart_mid_stream_the_agent_reconnects_and_misses_nothing_sent_
             listener.publish("edge-ttt/dev-r/dt/0", encode(frame))
         assert wait_for(lambda: len(listener.of("/pred")) == 5)  # 192 samples: 5 windows
         broker.restart(kill=True)  # a crash: no clean disconnect for anyone
-        assert wait_for(lambda: agent.transport.connects >= 2 and agent.transport.connected.is_set())
-        assert wait_for(lambda: listener.client.is_connected())
+        assert wait_for(lambda: agent.transport.connects >= 2 and agent.transport.subscribed.is_set())
+        assert wait_for(listener.subscribed.is_set)
         for frame in sent[12:]:
             listener.publish("edge-ttt/dev-r/dt/0", encode(frame))
         assert wait_for(lambda: len(listener.of("/pred")) >= 11)

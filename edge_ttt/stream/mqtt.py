@@ -85,6 +85,7 @@ class MqttTransport:
         self.status_topic = status_topic
         self._on_message = on_message
         self.connected = threading.Event()
+        self.subscribed = threading.Event()  # the broker acknowledged the sensor subscription
         self.connects = 0
         self.disconnects = 0
         self._stopping = False
@@ -92,6 +93,7 @@ class MqttTransport:
         self.client.will_set(status_topic, status_payload(agent_id, "offline"), qos=1, retain=True)
         self.client.on_connect = self._connected
         self.client.on_disconnect = self._disconnected
+        self.client.on_subscribe = lambda *_: self.subscribed.set()
         self.client.on_message = lambda _c, _u, msg: self._on_message(msg.topic, msg.payload)
 
     def start(self) -> None:
@@ -110,6 +112,7 @@ class MqttTransport:
 
     def _disconnected(self, _client, _userdata, _flags, reason_code, _properties) -> None:
         self.connected.clear()
+        self.subscribed.clear()
         if self._stopping:
             return
         self.disconnects += 1
