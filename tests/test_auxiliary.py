@@ -167,3 +167,27 @@ def test_policies_refuse_bundles_made_for_another_loss(bundle_dir: Path, aux_bun
         Engine(OrtModel(load_bundle(aux_bundle_dir)), "norm", {"episodic": True})
     with pytest.raises(ValueError, match="steps must be at least 1"):
         Engine(OrtModel(load_bundle(aux_bundle_dir)), "ttt", {"steps": 0})
+
+
+def test_ttt_balanced_statistics_follow_a_long_run_of_one_class_less_and_survive_a_restore(
+    aux_bundle_dir: Path,
+):
+    """The same window over and over (one activity): `stats="ema"` follows it at full weight,
+    the default `balanced` weights it down once its predicted class dominates; the class shares
+    are part of the saved state."""
+    x = windows(1, seed=12) * 2 + 1
+    moved, engines = {}, {}
+    for stats in ("ema", "balanced"):
+        e = Engine(OrtModel(load_bundle(aux_bundle_dir)), "ttt", {"stats": stats, "lr": 0.0})
+        source = e.model.source_stats()
+        for _ in range(300):
+            e.process(x)
+        first = next(iter(source))
+        moved[stats] = float(np.abs(e.policy.stats()[first][0] - source[first][0]).mean())
+        engines[stats] = e
+    assert moved["balanced"] < 0.75 * moved["ema"], moved
+    balanced = engines["balanced"].policy
+    assert balanced.balance.share.max() > 0.9  # one class took the recent predictions
+    restored = Engine(OrtModel(load_bundle(aux_bundle_dir)), "ttt", {"stats": "balanced", "lr": 0.0})
+    restored.policy.load_state(balanced.state())
+    np.testing.assert_array_equal(restored.policy.balance.share, balanced.balance.share)

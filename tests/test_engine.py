@@ -288,8 +288,8 @@ def test_engine_refuses_bad_shapes_policies_and_options(bundle_dir: Path):
 
 def test_steady_counts_windows_of_a_dominant_class_less(bundle_dir: Path):
     e = engine(bundle_dir, "steady")
-    e.policy.prior = np.eye(CLASSES)[0]  # class 0 took every recent prediction
-    np.testing.assert_allclose(e.policy._balance(np.array([0, 1])), [1 / CLASSES, 1.0])
+    e.policy.balance.share = np.eye(CLASSES)[0]  # class 0 took every recent prediction
+    np.testing.assert_allclose(e.policy.balance.weights(np.array([0, 1])), [1 / CLASSES, 1.0])
 
 
 def test_a_long_run_of_one_class_moves_steady_statistics_less_than_norm(bundle_dir: Path):

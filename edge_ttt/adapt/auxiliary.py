@@ -7,9 +7,10 @@ knows their labels, and steps the encoder's normalization parameters on that los
 predicts the originals with the updated parameters. The labels do not come from the classifier,
 so a confident mistake is not reinforced, and a long run of one activity pulls no class forward.
 
-Statistics: `stats="ema"` normalizes (the auxiliary step and the prediction alike) with the
-momentum-averaged stream moments of `norm` and the default policy; `stats="source"` with the
-source statistics, as the original per-sample method.
+Statistics: `stats="balanced"` (the default) normalizes (the auxiliary step and the prediction
+alike) with the default policy's momentum-averaged stream moments, each batch weighted down when
+its predicted class dominates the recent stream; `stats="ema"` with the unweighted averages of
+`norm`; `stats="source"` with the source statistics, as the original per-sample method.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from edge_ttt.adapt.counters import Counters
 from edge_ttt.adapt.optim import SGD, Adam, Arrays
 from edge_ttt.adapt.ort_model import OrtModel, Stats
 from edge_ttt.adapt.policies import (
+    CLASS_PRIOR_MOMENTUM,
     POLICY_TYPES,
     STAT_MOMENTUM,
     STAT_PRIOR_WINDOWS,
@@ -29,6 +31,7 @@ from edge_ttt.adapt.policies import (
     _prefixed,
     _unprefixed,
 )
+from edge_ttt.adapt.statistics import ClassBalance
 from edge_ttt.adapt.transforms import TRANSFORMS, transformed_copies
 
 
@@ -50,15 +53,16 @@ class TestTimeTraining(Norm):
         steps: int = 1,
         optimizer: Literal["sgd", "adam"] = "sgd",
         sgd_momentum: float = 0.0,
-        stats: Literal["ema", "source"] = "ema",
+        stats: Literal["balanced", "ema", "source"] = "balanced",
         momentum: float = STAT_MOMENTUM,
         prior_windows: float | None = STAT_PRIOR_WINDOWS,
+        prior_momentum: float = CLASS_PRIOR_MOMENTUM,
     ) -> None:
         super().__init__(model, counters, momentum, prior_windows)
         if steps < 1:
             raise ValueError(f"steps must be at least 1, got {steps}")
-        if stats not in ("ema", "source"):
-            raise ValueError(f"stats must be 'ema' or 'source', got {stats!r}")
+        if stats not in ("balanced", "ema", "source"):
+            raise ValueError(f"stats must be 'balanced', 'ema' or 'source', got {stats!r}")
         aux = model.manifest.auxiliary
         assert aux is not None  # Policy.__init__ refused bundles without one
         unknown = [t for t in aux.transformations if t not in TRANSFORMS]
@@ -70,7 +74,8 @@ class TestTimeTraining(Norm):
         self.transformations = list(aux.transformations)
         self.channels = list(model.manifest.model.channels)
         self.steps = steps
-        self.use_ema = stats == "ema"
+        self.use_ema = stats != "source"
+        self.balance = ClassBalance(self.classes, prior_momentum) if stats == "balanced" else None
         self.opt: SGD | Adam = SGD(lr=lr, momentum=sgd_momentum) if optimizer == "sgd" else Adam(lr=lr)
 
     def stats(self) -> Stats:
@@ -93,17 +98,26 @@ class TestTimeTraining(Norm):
             self.counters.adapt_steps += 1
         out = self.model.forward(x, stats)
         if self.use_ema:
+            classes = out.logits.argmax(axis=1)
+            windows = len(x) if self.balance is None else float(self.balance.weights(classes).sum())
             for layer, ema in self.ema.items():
-                ema.update(*out.moments[layer], windows=len(x))
+                ema.update(*out.moments[layer], windows=windows)
+            if self.balance is not None:
+                self.balance.observe(classes)
         return out.logits
 
     def state(self) -> Arrays:
-        return {**super().state(), **_prefixed("params", self.params), **_prefixed("opt", self.opt.state())}
+        flat = {**super().state(), **_prefixed("params", self.params), **_prefixed("opt", self.opt.state())}
+        if self.balance is not None:
+            flat["class_share"] = self.balance.share.copy()
+        return flat
 
     def load_state(self, flat: Arrays) -> None:
         super().load_state(flat)
         self._set_params(_unprefixed("params", flat))
         self.opt.load_state(_unprefixed("opt", flat))
+        if self.balance is not None:
+            self.balance.share = np.asarray(flat["class_share"], np.float64)
 
 
 POLICY_TYPES[TestTimeTraining.name] = TestTimeTraining

@@ -36,11 +36,12 @@ from edge_ttt.adapt.guard import CollapseDetector
 from edge_ttt.adapt.optim import SGD, Adam, Arrays
 from edge_ttt.adapt.ort_model import OrtModel, Stats
 from edge_ttt.adapt.softmax import softmax_entropy
-from edge_ttt.adapt.statistics import MomentEMA
+from edge_ttt.adapt.statistics import ClassBalance, MomentEMA
 from edge_ttt.manifest import Manifest
 
 STAT_MOMENTUM = 0.002  # weight of one window in the moment EMAs: a horizon of about 500 windows
 STAT_PRIOR_WINDOWS = 100.0  # the source statistics count as this many windows
+CLASS_PRIOR_MOMENTUM = 0.02  # EMA of the predicted-class histogram, for class-balanced statistics
 
 
 def entropy_of(logits: np.ndarray) -> np.ndarray:
@@ -336,7 +337,7 @@ class SteadyConfig:
     param_ema: float = 0.2  # weight of the fast parameters in the averaged ones used to predict
     anchor: float = 0.05  # per step, pull the fast parameters this share of the way back to source
     reliable_quantile: float = 0.5  # learn only from windows below this source entropy quantile
-    prior_momentum: float = 0.02  # EMA of the predicted-class histogram, for class balance
+    prior_momentum: float = CLASS_PRIOR_MOMENTUM
     gate_shift: float = 0.5  # drift gate: mean input shift, in source stds, that opens it
     gate_spread: float = 0.5  # drift gate: mean |log variance ratio| that opens it
     collapse_entropy_ratio: float = 0.5  # collapse floor = ratio * source 5% entropy quantile
@@ -402,7 +403,7 @@ class Steady(Policy):
         self.fast = {k: v.astype(np.float64) for k, v in self.source_params.items()}
         self._set_params(self.source_params)
         self.opt = Adam(lr=self.cfg.lr)
-        self.prior = np.full(self.classes, 1.0 / self.classes)
+        self.balance = ClassBalance(self.classes, self.cfg.prior_momentum)
         self.updates = 0
         self.last_rollback = -(10**9)
         self.detector.clear()
@@ -410,16 +411,14 @@ class Steady(Policy):
     def stats(self) -> Stats:
         return {k: (b.mean.astype(np.float32), b.var.astype(np.float32)) for k, b in self.moments.items()}
 
-    def _balance(self, classes: np.ndarray) -> np.ndarray:
-        """Per window, 1 / (C * recent share of its pseudo-class), at most 1: a class that
-        dominates the recent stream (one long activity) counts as if classes were balanced."""
-        return np.minimum(1.0, 1.0 / (self.classes * np.maximum(self.prior[classes], 1e-12)))
-
     def _weights(self, logits: np.ndarray) -> np.ndarray:
         h = entropy_of(logits)
         reliable = h < self.reliable_entropy
         return (
-            reliable * self._balance(logits.argmax(axis=1)) * np.exp(self.reliable_entropy - h) / len(logits)
+            reliable
+            * self.balance.weights(logits.argmax(axis=1))
+            * np.exp(self.reliable_entropy - h)
+            / len(logits)
         )
 
     def update(self, x: np.ndarray) -> np.ndarray:
@@ -432,12 +431,10 @@ class Steady(Policy):
             out, weights, grads = self.model.forward(x, self.stats()), np.zeros(len(x)), None
             self.counters.skipped_no_drift += len(x)
         classes = out.logits.argmax(axis=1)
-        counts = np.bincount(classes, minlength=self.classes)
-        balanced_windows = float(self._balance(classes).sum())
+        balanced_windows = float(self.balance.weights(classes).sum())
         for layer, moments in self.moments.items():
             moments.update(*out.moments[layer], windows=balanced_windows)
-        a = 1.0 - (1.0 - cfg.prior_momentum) ** len(x)
-        self.prior = (1.0 - a) * self.prior + a * counts / len(x)
+        self.balance.observe(classes)
         if drifting:
             self.counters.skipped_unreliable += int((weights == 0).sum())
         if grads is not None:
@@ -487,7 +484,7 @@ class Steady(Policy):
         for layer, moments in self.moments.items():
             flat.update(_prefixed(f"moments/{layer}", moments.state()))
         flat.update(_prefixed("gate", self.gate.moments.state()))
-        flat["prior"] = self.prior.copy()
+        flat["prior"] = self.balance.share.copy()
         flat["updates"] = np.asarray(self.updates)
         return flat
 
@@ -498,7 +495,7 @@ class Steady(Policy):
         for layer, moments in self.moments.items():
             moments.load_state(_unprefixed(f"moments/{layer}", flat))
         self.gate.moments.load_state(_unprefixed("gate", flat))
-        self.prior = np.asarray(flat["prior"], np.float64)
+        self.balance.share = np.asarray(flat["prior"], np.float64)
         self.updates = int(flat["updates"])
 
 

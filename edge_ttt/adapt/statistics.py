@@ -76,3 +76,28 @@ class MomentEMA:
     def load_state(self, flat: dict[str, np.ndarray]) -> None:
         self.m1, self.m2 = np.array(flat["m1"], np.float64), np.array(flat["m2"], np.float64)
         self.seen = float(flat["seen"])
+
+
+class ClassBalance:
+    """Recent share of each predicted class (an EMA of their histogram, `momentum` per window) and
+    per window the weight 1 / (C * share of its class), at most 1: a class that dominates the recent
+    stream (one long activity) counts as if the classes were balanced, so it cannot drag the
+    statistics towards itself.
+
+    >>> balance = ClassBalance(classes=2, momentum=0.5)
+    >>> balance.observe(np.array([0]))
+    >>> balance.share.tolist(), balance.weights(np.array([0, 1])).tolist()
+    ([0.75, 0.25], [0.6666666666666666, 1.0])
+    """
+
+    def __init__(self, classes: int, momentum: float) -> None:
+        self.momentum = momentum
+        self.share = np.full(classes, 1.0 / classes)
+
+    def weights(self, classes: np.ndarray) -> np.ndarray:
+        return np.minimum(1.0, 1.0 / (len(self.share) * np.maximum(self.share[classes], 1e-12)))
+
+    def observe(self, classes: np.ndarray) -> None:
+        counts = np.bincount(classes, minlength=len(self.share))
+        a = 1.0 - (1.0 - self.momentum) ** len(classes)
+        self.share = (1.0 - a) * self.share + a * counts / len(classes)
