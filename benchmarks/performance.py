@@ -33,6 +33,7 @@ from benchmarks.adaptation import (
     Cell,
     ModelPaths,
     Target,
+    _batch_sizes,
     _names,
     _progress,
     machine_info,
@@ -491,13 +492,6 @@ def markdown(results: dict, targets: list[Target]) -> str:
 
 # ---------------------------------------------------------------------------------------------
 # Command line
-
-
-def _batch_sizes(text: str) -> list[int]:
-    sizes = [int(n) for n in text.split(",") if n]
-    if not sizes or min(sizes) < 1:
-        raise argparse.ArgumentTypeError("batch sizes must be positive integers")
-    return sizes
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

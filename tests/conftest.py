@@ -48,45 +48,44 @@ def synthetic_log_path(tmp_path_factory) -> Path:
     return path
 
 
-@pytest.fixture(scope="session")
-def bundle_dir(tmp_path_factory) -> Path:
-    """An exported cnn-bn bundle with randomized weights (no training: seconds, not minutes)."""
+def exported_bundle(tmp_path_factory, model: str, folder: str, prepare=None) -> Path:
+    """A bundle of `model` with randomized weights (no training: seconds, not minutes), after
+    `prepare(source_model)` if given."""
     pytest.importorskip("torch")
     from export.bundle import export_bundle
     from tests.model_factory import source_model
 
-    out = tmp_path_factory.mktemp("bundles") / "cnn-bn"
-    export_bundle(source_model("cnn-bn"), out)
-    return out
-
-
-@pytest.fixture(scope="session")
-def confident_bundle_dir(tmp_path_factory) -> Path:
-    """A cnn-bn whose head is scaled up, so that some windows pass SAR's entropy filter."""
-    pytest.importorskip("torch")
-    import torch
-
-    from export.bundle import export_bundle
-    from tests.model_factory import source_model
-
-    src = source_model("cnn-bn")
-    with torch.no_grad():
-        src.model.head.weight.mul_(8.0)  # entropies 0.4 to 1.3 nats: a few below E0, none below 0.2
-    out = tmp_path_factory.mktemp("confident") / "cnn-bn"
+    src = source_model(model)
+    if prepare is not None:
+        prepare(src)
+    out = tmp_path_factory.mktemp(folder) / model
     export_bundle(src, out)
     return out
 
 
 @pytest.fixture(scope="session")
-def aux_bundle_dir(tmp_path_factory) -> Path:
-    """An exported cnn-bn-ttt bundle (auxiliary head, auxiliary loss) with randomized weights."""
-    pytest.importorskip("torch")
-    from export.bundle import export_bundle
-    from tests.model_factory import source_model
+def bundle_dir(tmp_path_factory) -> Path:
+    """An exported cnn-bn bundle."""
+    return exported_bundle(tmp_path_factory, "cnn-bn", "bundles")
 
-    out = tmp_path_factory.mktemp("bundles") / "cnn-bn-ttt"
-    export_bundle(source_model("cnn-bn-ttt"), out)
-    return out
+
+@pytest.fixture(scope="session")
+def confident_bundle_dir(tmp_path_factory) -> Path:
+    """A cnn-bn whose head is scaled up, so that some windows pass SAR's entropy filter."""
+
+    def sharpen(src) -> None:
+        import torch
+
+        with torch.no_grad():
+            src.model.head.weight.mul_(8.0)  # entropies 0.4 to 1.3 nats: a few below E0, none below 0.2
+
+    return exported_bundle(tmp_path_factory, "cnn-bn", "confident", sharpen)
+
+
+@pytest.fixture(scope="session")
+def aux_bundle_dir(tmp_path_factory) -> Path:
+    """An exported cnn-bn-ttt bundle (auxiliary head, auxiliary loss)."""
+    return exported_bundle(tmp_path_factory, "cnn-bn-ttt", "bundles")
 
 
 @pytest.fixture
@@ -110,3 +109,18 @@ def wait_for(condition, timeout: float = 20.0) -> bool:
             return True
         time.sleep(0.02)
     return False
+
+
+@pytest.fixture(scope="session")
+def model_paths(bundle_dir, tmp_path_factory):
+    """A benchmark model cache holding the cnn-bn bundle and a checkpoint (benchmarks' `ModelPaths`)."""
+    import shutil
+
+    from benchmarks.adaptation import ModelPaths
+    from export.checkpoint import save_checkpoint
+    from tests.model_factory import source_model
+
+    cache = tmp_path_factory.mktemp("bench")
+    shutil.copytree(bundle_dir, cache / "cnn-bn")
+    save_checkpoint(cache / "cnn-bn.pt", source_model("cnn-bn"))
+    return ModelPaths(cache / "cnn-bn", cache / "cnn-bn.pt")

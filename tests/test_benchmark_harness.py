@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 import importlib.util
 import json
-import shutil
 
 import numpy as np
 import pytest
@@ -19,7 +18,6 @@ from benchmarks.adaptation import (  # noqa: E402
     PASS,
     TORCH_TENT,
     Cell,
-    ModelPaths,
     evaluate_targets,
     main,
     make_stream,
@@ -32,11 +30,10 @@ from edge_ttt.adapt.ort_model import OrtModel  # noqa: E402
 from edge_ttt.artifacts import load_bundle  # noqa: E402
 from edge_ttt.metrics import accuracy  # noqa: E402
 from edge_ttt.stream.window import windows_from_log  # noqa: E402
-from export.checkpoint import save_checkpoint  # noqa: E402
 from export.norms import norm_layers  # noqa: E402
 from firmware_sim.corruptions import corrupt_log  # noqa: E402
 from tests.conftest import MODELS, synthetic_log  # noqa: E402
-from tests.model_factory import randomized_model, source_model, windows  # noqa: E402
+from tests.model_factory import randomized_model, windows  # noqa: E402
 
 
 def batch_statistics_logits(model: torch.nn.Module, x: np.ndarray) -> np.ndarray:
@@ -200,14 +197,6 @@ def test_auxiliary_targets_compare_with_source_of_their_model_and_tent_of_the_pl
     behind = evaluate_targets(results(aux_grid(ttt=70.5, episodic=70.0, tent=71.0)), default=None)[3]
     assert behind.status == FAIL
     assert "not above tent: mean over corruptions, shuffled b=16: ttt 70.5 vs tent 71.0" in behind.details
-
-
-@pytest.fixture(scope="module")
-def model_paths(bundle_dir, tmp_path_factory) -> ModelPaths:
-    cache = tmp_path_factory.mktemp("bench")
-    shutil.copytree(bundle_dir, cache / "cnn-bn")
-    save_checkpoint(cache / "cnn-bn.pt", source_model("cnn-bn"))
-    return ModelPaths(cache / "cnn-bn", cache / "cnn-bn.pt")
 
 
 @pytest.mark.parametrize("corruption", ["clean", "noise"])

@@ -13,7 +13,7 @@ from edge_ttt.adapt.ort_model import OrtModel
 from edge_ttt.adapt.policies import POLICY_TYPES
 from edge_ttt.adapt.softmax import softmax_entropy
 from edge_ttt.artifacts import load_bundle
-from tests.conftest import CHANNELS
+from tests.conftest import CHANNELS, exported_bundle
 from tests.model_factory import CLASSES, LENGTH, windows
 
 
@@ -240,13 +240,7 @@ def test_snapshot_round_trip_gives_identical_future_predictions(
 
 @pytest.fixture(scope="module")
 def other_bundle_dir(tmp_path_factory) -> Path:
-    pytest.importorskip("torch")
-    from export.bundle import export_bundle
-    from tests.model_factory import source_model
-
-    out = tmp_path_factory.mktemp("other") / "cnn-gn"
-    export_bundle(source_model("cnn-gn"), out)
-    return out
+    return exported_bundle(tmp_path_factory, "cnn-gn", "other")
 
 
 def test_snapshot_is_refused_on_another_bundle_or_policy(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
 
 import numpy as np
@@ -12,7 +11,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from benchmarks import rss_workload  # noqa: E402
-from benchmarks.adaptation import FAIL, NOT_MEASURED, PASS, ModelPaths  # noqa: E402
+from benchmarks.adaptation import FAIL, NOT_MEASURED, PASS  # noqa: E402
 from benchmarks.performance import (  # noqa: E402
     COLUMNS,
     DEFAULT_POLICY,
@@ -29,9 +28,7 @@ from benchmarks.performance import (  # noqa: E402
     summary_ms,
     time_turns,
 )
-from export.checkpoint import save_checkpoint  # noqa: E402
 from tests.conftest import synthetic_log  # noqa: E402
-from tests.model_factory import source_model  # noqa: E402
 
 
 def test_runners_take_turns_on_the_same_batches_and_warmup_is_not_recorded():
@@ -125,14 +122,6 @@ def test_nothing_measured():
 def test_ratio_needs_both_columns():
     assert ratio(rows(0.4, 1.0, 0.2), "m", 1, UNGATED, TORCH_TENT) == pytest.approx(0.4)
     assert ratio(rows(0.4, 1.0, 0.2), "m", 16, UNGATED, TORCH_TENT) is None
-
-
-@pytest.fixture(scope="module")
-def model_paths(bundle_dir, tmp_path_factory) -> ModelPaths:
-    cache = tmp_path_factory.mktemp("perf")
-    shutil.copytree(bundle_dir, cache / "cnn-bn")
-    save_checkpoint(cache / "cnn-bn.pt", source_model("cnn-bn"))
-    return ModelPaths(cache / "cnn-bn", cache / "cnn-bn.pt")
 
 
 def test_tiny_run_of_every_measurement_and_the_report(model_paths, synthetic_log_path, tmp_path):
