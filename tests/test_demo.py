@@ -88,7 +88,7 @@ def test_first_device_is_clean_and_scenarios_cycle():
     assert len(set(names)) == len(fleet.FLEET_SCENARIOS)
 
 
-@pytest.mark.parametrize("bad", ["localhost", ":1883", "host:port", "h:0", "h:70000"])
+@pytest.mark.parametrize("bad", ["localhost", ":1884", "host:port", "h:0", "h:70000"])
 def test_broker_address_is_checked(bad):
     with pytest.raises(ValueError, match="HOST:PORT"):
         parse_address(bad)
