@@ -23,58 +23,72 @@ WEIGHT_INPUT = "sample_weight"
 AUX_TARGET_INPUT = "aux_target"
 
 
-class WeightedEntropy(onnxblock.Block):
-    """Appends the weighted-entropy nodes to the graph; built from ops that have gradients."""
+class _WeightedPerSample(onnxblock.Block):
+    """sum_i w_i * loss_i with `sample_weight` as the weights; subclasses add the per-sample loss
+    nodes (`per_sample`), named under their `prefix`."""
+
+    prefix: str
+
+    def per_sample(self, graph: onnx.GraphProto, logits_name: str, axes: str) -> tuple[list, str]:
+        """Extra inputs on `graph`, and the nodes computing a [batch] loss; returns (nodes, output)."""
+        raise NotImplementedError
 
     def build(self, logits_name: str) -> str:
         graph = self.base.graph
         graph.input.append(helper.make_tensor_value_info(WEIGHT_INPUT, TensorProto.FLOAT, ["batch"]))
-        axes = "entropy.axes_1"
+        axes = f"{self.prefix}.axes_1"
+        nodes, per_sample = self.per_sample(graph, logits_name, axes)
         graph.initializer.append(onnx.numpy_helper.from_array(np.asarray([1], dtype=np.int64), axes))
+        weighted = f"{self.prefix}.weighted"
+        nodes += [
+            helper.make_node("Mul", [per_sample, WEIGHT_INPUT], [weighted]),
+            helper.make_node("ReduceSum", [weighted], ["loss"], keepdims=0),
+        ]
+        graph.node.extend(nodes)
+        graph.value_info.append(helper.make_tensor_value_info("loss", TensorProto.FLOAT, []))
+        return "loss"
+
+
+class WeightedEntropy(_WeightedPerSample):
+    """The weighted entropy of the logits; built from ops that have gradients."""
+
+    prefix = "entropy"
+
+    def per_sample(self, graph: onnx.GraphProto, logits_name: str, axes: str) -> tuple[list, str]:
         nodes = [
             helper.make_node("LogSoftmax", [logits_name], ["entropy.logp"], axis=1),
             helper.make_node("Exp", ["entropy.logp"], ["entropy.p"]),
             helper.make_node("Mul", ["entropy.p", "entropy.logp"], ["entropy.plogp"]),
             helper.make_node("ReduceSum", ["entropy.plogp", axes], ["entropy.neg_h"], keepdims=0),
             helper.make_node("Neg", ["entropy.neg_h"], ["entropy.h"]),
-            helper.make_node("Mul", ["entropy.h", WEIGHT_INPUT], ["entropy.weighted"]),
-            helper.make_node("ReduceSum", ["entropy.weighted"], ["loss"], keepdims=0),
         ]
-        graph.node.extend(nodes)
-        graph.value_info.append(helper.make_tensor_value_info("loss", TensorProto.FLOAT, []))
-        return "loss"
+        return nodes, "entropy.h"
 
 
-class WeightedCrossEntropy(onnxblock.Block):
-    """Appends the weighted cross-entropy of the auxiliary head against a target input.
+class WeightedCrossEntropy(_WeightedPerSample):
+    """The weighted cross-entropy of the auxiliary head against a target input.
 
     The target is a float [batch, transformations] input (one-hot rows on the device) rather than
     int64 labels: a product with the log-probabilities needs no OneHot or Gather node, whose
     gradient builders ORT 1.19.2 would have to supply, and the labels need no gradient anyway.
     """
 
+    prefix = "aux_ce"
+
     def __init__(self, transformations: int) -> None:
         super().__init__()
         self.transformations = transformations
 
-    def build(self, logits_name: str) -> str:
-        graph = self.base.graph
-        graph.input.append(helper.make_tensor_value_info(WEIGHT_INPUT, TensorProto.FLOAT, ["batch"]))
+    def per_sample(self, graph: onnx.GraphProto, logits_name: str, axes: str) -> tuple[list, str]:
         graph.input.append(
             helper.make_tensor_value_info(
                 AUX_TARGET_INPUT, TensorProto.FLOAT, ["batch", self.transformations]
             )
         )
-        axes = "aux_ce.axes_1"
-        graph.initializer.append(onnx.numpy_helper.from_array(np.asarray([1], dtype=np.int64), axes))
         nodes = [
             helper.make_node("LogSoftmax", [logits_name], ["aux_ce.logp"], axis=1),
             helper.make_node("Mul", ["aux_ce.logp", AUX_TARGET_INPUT], ["aux_ce.tlogp"]),
             helper.make_node("ReduceSum", ["aux_ce.tlogp", axes], ["aux_ce.neg_ce"], keepdims=0),
             helper.make_node("Neg", ["aux_ce.neg_ce"], ["aux_ce.ce"]),
-            helper.make_node("Mul", ["aux_ce.ce", WEIGHT_INPUT], ["aux_ce.weighted"]),
-            helper.make_node("ReduceSum", ["aux_ce.weighted"], ["loss"], keepdims=0),
         ]
-        graph.node.extend(nodes)
-        graph.value_info.append(helper.make_tensor_value_info("loss", TensorProto.FLOAT, []))
-        return "loss"
+        return nodes, "aux_ce.ce"
