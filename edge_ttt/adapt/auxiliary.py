@@ -31,7 +31,7 @@ from edge_ttt.adapt.policies import (
     _prefixed,
     _unprefixed,
 )
-from edge_ttt.adapt.statistics import ClassBalance
+from edge_ttt.adapt.statistics import ClassBalance, fold_moments
 from edge_ttt.adapt.transforms import TRANSFORMS, transformed_copies
 
 
@@ -98,12 +98,7 @@ class TestTimeTraining(Norm):
             self.counters.adapt_steps += 1
         out = self.model.forward(x, stats)
         if self.use_ema:
-            classes = out.logits.argmax(axis=1)
-            windows = len(x) if self.balance is None else float(self.balance.weights(classes).sum())
-            for layer, ema in self.ema.items():
-                ema.update(*out.moments[layer], windows=windows)
-            if self.balance is not None:
-                self.balance.observe(classes)
+            fold_moments(self.ema, out.moments, out.logits.argmax(axis=1), self.balance)
         return out.logits
 
     def state(self) -> Arrays:

@@ -36,7 +36,7 @@ from edge_ttt.adapt.guard import CollapseDetector
 from edge_ttt.adapt.optim import SGD, Adam, Arrays
 from edge_ttt.adapt.ort_model import OrtModel, Stats
 from edge_ttt.adapt.softmax import softmax_entropy
-from edge_ttt.adapt.statistics import ClassBalance, MomentEMA
+from edge_ttt.adapt.statistics import ClassBalance, MomentEMA, fold_moments
 from edge_ttt.manifest import Manifest
 
 STAT_MOMENTUM = 0.002  # weight of one window in the moment EMAs: a horizon of about 500 windows
@@ -206,8 +206,7 @@ class Norm(Policy):
 
     def update(self, x: np.ndarray) -> np.ndarray:
         out = self.model.forward(x, self.stats())
-        for layer, ema in self.ema.items():
-            ema.update(*out.moments[layer], windows=len(x))
+        fold_moments(self.ema, out.moments, out.logits.argmax(axis=1))
         self.counters.adapt_steps += bool(self.ema)
         return out.logits
 
@@ -431,10 +430,7 @@ class Steady(Policy):
             out, weights, grads = self.model.forward(x, self.stats()), np.zeros(len(x)), None
             self.counters.skipped_no_drift += len(x)
         classes = out.logits.argmax(axis=1)
-        balanced_windows = float(self.balance.weights(classes).sum())
-        for layer, moments in self.moments.items():
-            moments.update(*out.moments[layer], windows=balanced_windows)
-        self.balance.observe(classes)
+        fold_moments(self.moments, out.moments, classes, self.balance)
         if drifting:
             self.counters.skipped_unreliable += int((weights == 0).sum())
         if grads is not None:

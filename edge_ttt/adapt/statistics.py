@@ -101,3 +101,19 @@ class ClassBalance:
         counts = np.bincount(classes, minlength=len(self.share))
         a = 1.0 - (1.0 - self.momentum) ** len(classes)
         self.share = (1.0 - a) * self.share + a * counts / len(classes)
+
+
+def fold_moments(
+    emas: dict[str, MomentEMA],
+    batch_moments: dict[str, tuple[np.ndarray, np.ndarray]],
+    classes: np.ndarray,
+    balance: ClassBalance | None = None,
+) -> None:
+    """Fold one batch's per-layer moments into the averages. The batch weighs its number of
+    windows, or with `balance` the sum of its windows' class-balance weights, after which the
+    class shares take the batch's predicted `classes` in."""
+    windows = len(classes) if balance is None else float(balance.weights(classes).sum())
+    for layer, ema in emas.items():
+        ema.update(*batch_moments[layer], windows=windows)
+    if balance is not None:
+        balance.observe(classes)
