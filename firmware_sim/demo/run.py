@@ -25,7 +25,6 @@ from firmware_sim.demo.results import POLICIES, DemoResult, device_results
 from firmware_sim.demo.services import Agents, Listener, agent_config, running_broker
 from firmware_sim.devices import Link, pump
 from firmware_sim.replay import replay_schedule
-from firmware_sim.scoreboard import Scoreboard
 
 MODEL = "cnn-bn"
 SAMPLES_PER_FRAME = 25  # half a second of 50 Hz samples per MQTT message
@@ -95,22 +94,6 @@ def _wait(
             return True
         time.sleep(0.1)
     return condition()
-
-
-def _drain(
-    board: Scoreboard, expected: int, policies: list[str], stop: threading.Event, idle_s: float = 10.0
-) -> None:
-    """Until every policy predicted `expected` windows, or nothing new came for `idle_s`."""
-    last, since = -1, time.monotonic()
-    while not stop.is_set():
-        counts = [board.received(p) for p in policies]
-        if min(counts) >= expected:
-            return
-        if sum(counts) != last:
-            last, since = sum(counts), time.monotonic()
-        elif time.monotonic() - since > idle_s:
-            return
-        time.sleep(0.2)
 
 
 @dataclass(frozen=True)
@@ -229,7 +212,7 @@ def run_live(
         @teardown.callback
         def _stop_collector() -> None:
             # The agents ship their last summaries as they stop; give the collector a moment for them.
-            _quiet(lambda: collector.receiver.counters.accepted, 3.0, 20.0)
+            _settle(lambda: collector.receiver.counters.accepted, still_s=3.0, max_s=20.0)
             collector_stop.set()
             collecting.join(30)
 
@@ -260,7 +243,13 @@ def run_live(
             )
             stream(fleet, host, port, dirs, opts, stop)
             with console.status("waiting for the last predictions"):
-                _drain(fleet.board, len(fleet.board.labels), list(POLICIES), stop)
+                board, expected = fleet.board, len(fleet.board.labels)
+                _settle(
+                    lambda: sum(board.received(p) for p in POLICIES),
+                    still_s=10.0,
+                    done=lambda: min(board.received(p) for p in POLICIES) >= expected,
+                    stop=stop,
+                )
     return broker_text
 
 
@@ -281,11 +270,20 @@ def stream(
     pump(pending, list(links.values()), paced=True, total=len(items), progress=True)
 
 
-def _quiet(value: Callable[[], int], still_s: float, max_s: float) -> None:
-    """Return once `value()` stayed the same for `still_s` seconds (or after `max_s`)."""
+def _settle(
+    value: Callable[[], int],
+    still_s: float,
+    max_s: float = float("inf"),
+    done: Callable[[], bool] = lambda: False,
+    stop: threading.Event | None = None,
+) -> None:
+    """Return once `done()`, or `value()` stayed the same for `still_s` seconds (nothing more is
+    coming), or after `max_s`, or on `stop`."""
     deadline = time.monotonic() + max_s
     last, since = value(), time.monotonic()
-    while time.monotonic() < deadline and time.monotonic() - since < still_s:
+    while not done() and time.monotonic() < deadline and not (stop is not None and stop.is_set()):
+        if time.monotonic() - since >= still_s:
+            return
         time.sleep(0.2)
         if value() != last:
             last, since = value(), time.monotonic()
