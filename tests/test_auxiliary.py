@@ -15,6 +15,7 @@ torch = pytest.importorskip("torch")
 from edge_ttt.adapt.engine import Engine  # noqa: E402
 from edge_ttt.adapt.ort_model import OrtModel  # noqa: E402
 from edge_ttt.adapt.policies import PolicyMismatchError  # noqa: E402
+from edge_ttt.adapt.softmax import softmax_entropy  # noqa: E402
 from edge_ttt.adapt.transforms import TRANSFORMS, check_channels, transform_each, transformed_copies  # noqa: E402
 from edge_ttt.artifacts import load_bundle  # noqa: E402
 from edge_ttt.recordlog import write_log  # noqa: E402
@@ -137,7 +138,8 @@ def test_one_auxiliary_step_equals_torch(aux_bundle_dir: Path):
 def test_episodic_mode_leaves_the_state_as_it_was_after_every_window(
     confident_bundle_dir: Path, aux_bundle_dir: Path, policy: str
 ):
-    """Bit for bit after each window, and each prediction is that of the first window's state."""
+    """Bit for bit after each window, and each prediction is what a fresh episodic engine makes
+    of that window (for the entropy policies, also what a fresh online engine makes of it)."""
     # Settings under which every policy steps on these windows: the drift gate open, filters wide.
     options = {"gate_shift": 0.0, "reliable_quantile": 0.99} if policy == "steady" else {}
     path = aux_bundle_dir if policy == "ttt" else confident_bundle_dir
@@ -146,8 +148,12 @@ def test_episodic_mode_leaves_the_state_as_it_was_after_every_window(
     start = copy.deepcopy(episodic.policy.state())
     for seed in range(4):
         x = windows(2, seed=seed) * 1.5
-        fresh = Engine(OrtModel(load_bundle(path)), policy, options or None)
-        np.testing.assert_array_equal(episodic.process(x).probs, fresh.process(x).probs)
+        fresh = Engine(OrtModel(load_bundle(path)), policy, {**options, "episodic": True})
+        probs = episodic.process(x).probs
+        np.testing.assert_array_equal(probs, fresh.process(x).probs)
+        if policy != "ttt":  # ttt mixes in the batch's statistics only when episodic
+            first = Engine(OrtModel(load_bundle(path)), policy, options or None)
+            np.testing.assert_array_equal(probs, first.process(x).probs)
         assert states_equal(episodic.policy.state(), start), f"{policy} kept something of window {seed}"
         assert all(
             np.array_equal(episodic.model.parameters()[k], v) for k, v in episodic.policy.params.items()
@@ -155,6 +161,24 @@ def test_episodic_mode_leaves_the_state_as_it_was_after_every_window(
         online.process(x)
     assert episodic.counters.adapt_steps > 0  # it did adapt before forgetting
     assert not states_equal(online.policy.state(), start)  # online keeps what it learned
+
+
+@pytest.mark.parametrize("prior", [0.0, 4.0, 1e9])
+def test_episodic_ttt_normalizes_with_source_statistics_mixed_with_the_batch(
+    aux_bundle_dir: Path, prior: float
+):
+    """With a zero step, episodic ttt predicts exactly as the eval graph at the mix n / (prior + n)."""
+    x = windows(3, seed=7) * 1.5 + 0.3
+    engine = Engine(
+        OrtModel(load_bundle(aux_bundle_dir)), "ttt", {"lr": 0.0, "batch_prior": prior, "episodic": True}
+    )
+    model = OrtModel(load_bundle(aux_bundle_dir))
+    mix = 3 / (prior + 3)
+    expected = softmax_entropy(model.forward(x, model.source_stats(), mix).logits.astype(np.float64))[0]
+    np.testing.assert_array_equal(engine.process(x).probs, expected.astype(np.float32))
+    source = softmax_entropy(model.forward(x, model.source_stats()).logits.astype(np.float64))[0]
+    moved = float(np.abs(expected - source).max())
+    assert (moved < 1e-5) if prior > 1e6 else (moved > 1e-3)  # a huge prior is the source model
 
 
 def test_policies_refuse_bundles_made_for_another_loss(bundle_dir: Path, aux_bundle_dir: Path):
@@ -167,6 +191,8 @@ def test_policies_refuse_bundles_made_for_another_loss(bundle_dir: Path, aux_bun
         Engine(OrtModel(load_bundle(aux_bundle_dir)), "norm", {"episodic": True})
     with pytest.raises(ValueError, match="steps must be at least 1"):
         Engine(OrtModel(load_bundle(aux_bundle_dir)), "ttt", {"steps": 0})
+    with pytest.raises(ValueError, match="batch_prior must be at least 0"):
+        Engine(OrtModel(load_bundle(aux_bundle_dir)), "ttt", {"batch_prior": -1.0})
 
 
 def test_ttt_balanced_statistics_follow_a_long_run_of_one_class_less_and_survive_a_restore(

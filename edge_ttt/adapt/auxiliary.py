@@ -11,6 +11,11 @@ Statistics: `stats="balanced"` (the default) normalizes (the auxiliary step and 
 alike) with the default policy's momentum-averaged stream moments, each batch weighted down when
 its predicted class dominates the recent stream; `stats="ema"` with the unweighted averages of
 `norm`; `stats="source"` with the source statistics, as the original per-sample method.
+
+In episodic mode nothing is remembered, averages included, so whatever `stats` says the batch
+norms normalize with the source statistics mixed with the batch's own moments, the source counting
+as `batch_prior` windows against the batch's n (the prior of Schneider et al., NeurIPS 2020):
+the batch's weight is n / (batch_prior + n).
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ import numpy as np
 
 from edge_ttt.adapt.counters import Counters
 from edge_ttt.adapt.optim import SGD, Adam, Arrays
-from edge_ttt.adapt.ort_model import OrtModel, Stats
+from edge_ttt.adapt.ort_model import OrtModel, Outputs, Stats
 from edge_ttt.adapt.policies import (
     CLASS_PRIOR_MOMENTUM,
     POLICY_TYPES,
@@ -33,6 +38,8 @@ from edge_ttt.adapt.policies import (
 )
 from edge_ttt.adapt.statistics import ClassBalance, fold_moments
 from edge_ttt.adapt.transforms import TRANSFORMS, transformed_copies
+
+BATCH_PRIOR_WINDOWS = 4.0  # episodic mode: the source statistics count as this many windows
 
 
 class TestTimeTraining(Norm):
@@ -57,10 +64,13 @@ class TestTimeTraining(Norm):
         momentum: float = STAT_MOMENTUM,
         prior_windows: float | None = STAT_PRIOR_WINDOWS,
         prior_momentum: float = CLASS_PRIOR_MOMENTUM,
+        batch_prior: float = BATCH_PRIOR_WINDOWS,
     ) -> None:
         super().__init__(model, counters, momentum, prior_windows)
         if steps < 1:
             raise ValueError(f"steps must be at least 1, got {steps}")
+        if not batch_prior >= 0:
+            raise ValueError(f"batch_prior must be at least 0 (windows), got {batch_prior}")
         if stats not in ("balanced", "ema", "source"):
             raise ValueError(f"stats must be 'balanced', 'ema' or 'source', got {stats!r}")
         aux = model.manifest.auxiliary
@@ -74,6 +84,7 @@ class TestTimeTraining(Norm):
         self.transformations = list(aux.transformations)
         self.channels = list(model.manifest.model.channels)
         self.steps = steps
+        self.batch_prior = batch_prior
         self.use_ema = stats != "source"
         self.balance = ClassBalance(self.classes, prior_momentum) if stats == "balanced" else None
         self.opt: SGD | Adam = SGD(lr=lr, momentum=sgd_momentum) if optimizer == "sgd" else Adam(lr=lr)
@@ -87,19 +98,28 @@ class TestTimeTraining(Norm):
         target = np.eye(len(self.transformations), dtype=np.float32)[labels]
         return copies, target, np.full(len(copies), 1.0 / len(copies), np.float32)
 
-    def update(self, x: np.ndarray) -> np.ndarray:
-        stats = self.stats()
+    def _step_and_predict(self, x: np.ndarray, stats: Stats, mix: float) -> Outputs:
+        """The auxiliary steps on x's transformed copies, then the prediction of x."""
         copies, target, weights = self.aux_batch(x)
         for _ in range(self.steps):
-            self.model.forward_backward(copies, weights, stats, 0.0, target)
+            self.model.forward_backward(copies, weights, stats, mix, target)
             grads = self.model.gradients()
             self.model.discard_gradients()
             self._set_params(self.opt.step(self.params, grads))
             self.counters.adapt_steps += 1
-        out = self.model.forward(x, stats)
+        return self.model.forward(x, stats, mix)
+
+    def update(self, x: np.ndarray) -> np.ndarray:
+        out = self._step_and_predict(x, self.stats(), 0.0)
         if self.use_ema:
             fold_moments(self.ema, out.moments, out.logits.argmax(axis=1), self.balance)
         return out.logits
+
+    def episode(self, x: np.ndarray) -> np.ndarray:
+        """Adapt on x alone and predict it, with the source statistics mixed with x's own moments
+        (copies and originals each with their own), then forget."""
+        mix = len(x) / (self.batch_prior + len(x))
+        return self._forgetting(lambda v: self._step_and_predict(v, self.source_stats, mix).logits, x)
 
     def state(self) -> Arrays:
         flat = {**super().state(), **_prefixed("params", self.params), **_prefixed("opt", self.opt.state())}

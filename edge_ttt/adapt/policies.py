@@ -25,6 +25,7 @@ from __future__ import annotations
 import copy
 import math
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -121,11 +122,15 @@ class Policy:
         return self.model.forward(x, self.source_stats).logits
 
     def episode(self, x: np.ndarray) -> np.ndarray:
-        """Episodic mode: `update` on x (adapt, predict), then return to the state before it, bit
-        for bit (everything the policy holds, not only `state()`: snapshots, detectors, gates)."""
+        """Episodic mode: `update` on x (adapt, predict), then return to the state before it."""
+        return self._forgetting(self.update, x)
+
+    def _forgetting(self, adapt: Callable[[np.ndarray], np.ndarray], x: np.ndarray) -> np.ndarray:
+        """`adapt(x)`, then back to the state before it, bit for bit (everything the policy holds,
+        not only `state()`: snapshots, detectors, gates)."""
         saved = copy.deepcopy({k: v for k, v in vars(self).items() if k not in _NEVER_CHANGE})
         try:
-            return self.update(x)
+            return adapt(x)
         finally:
             vars(self).update(saved)
             self.model.set_parameters(self.params)
