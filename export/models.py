@@ -24,7 +24,7 @@ class Standardize(nn.Module):
         self.register_buffer("std", torch.ones(channels))
 
     def forward(self, x: Tensor) -> Tensor:
-        return (x - self.mean[None, :, None]) / self.std[None, :, None]
+        return (x - self.mean.reshape(1, -1, 1)) / self.std.reshape(1, -1, 1)
 
 
 class ConvBlock(nn.Module):

@@ -10,6 +10,15 @@ GroupNormalization have no usable gradient builders, see shared ORT notes), and:
   `stat_mix` input (0 = supplied statistics only, 1 = batch statistics as in Tent);
 - every layer returns the moments it measured on the batch as extra graph outputs, so the
   runtime can average them itself (batch size 1 included) and watch them drift.
+
+The explicit form is written for a lean training graph, because ORT's gradient builder adds
+several nodes for every op on the way to the loss and at 6 x 128 inputs those nodes, not the
+convolutions, take most of a training pass: squares are products (Pow's gradient is four
+nodes, three of them on the whole tensor, one a Pow); batch and group norms fold mean, variance
+and affine into a per-channel `scale = weight / sqrt(var + eps)` and `shift = bias - mean *
+scale`, so the whole tensor sees a Mul and an Add instead of Sub, Div, Mul and Add; and small
+tensors broadcast through one Reshape instead of one Unsqueeze per new axis (and a Squeeze per
+axis in the backward pass).
 """
 
 from __future__ import annotations
@@ -50,15 +59,17 @@ class BatchNorm(_ExplicitNorm, nn.BatchNorm1d):
         if self.io is None:
             return super().forward(x)
         batch_mean = x.mean(dim=(0, 2))
-        batch_var = (x - batch_mean[None, :, None]).pow(2).mean(dim=(0, 2))
+        centered = x - batch_mean.reshape(1, -1, 1)
+        batch_var = (centered * centered).mean(dim=(0, 2))
         self._record(batch_mean, batch_var)
         stat_mean, stat_var = self.io.supplied[self.layer_name]
         mix = self.io.stat_mix
         assert mix is not None
         mean = mix * batch_mean + (1.0 - mix) * stat_mean
         var = mix * batch_var + (1.0 - mix) * stat_var
-        x_hat = (x - mean[None, :, None]) / torch.sqrt(var[None, :, None] + self.eps)
-        return x_hat * self.weight[None, :, None] + self.bias[None, :, None]
+        scale = self.weight / torch.sqrt(var + self.eps)
+        shift = self.bias - mean * scale
+        return x * scale.reshape(1, -1, 1) + shift.reshape(1, -1, 1)
 
 
 class GroupNorm(_ExplicitNorm, nn.GroupNorm):
@@ -74,13 +85,14 @@ class GroupNorm(_ExplicitNorm, nn.GroupNorm):
         c, g = self.num_channels, self.num_groups
         to_group = torch.repeat_interleave(torch.eye(g), c // g, dim=0) / (c // g)  # [C, G]
         to_channel = torch.repeat_interleave(torch.eye(g), c // g, dim=1)  # [G, C]
-        mean = (x.mean(dim=2) @ to_group) @ to_channel  # [B, C]
-        centered = x - mean[:, :, None]
-        var = (centered.pow(2).mean(dim=2) @ to_group) @ to_channel
-        group_mean, group_var = mean @ to_group, var @ to_group  # [B, G]
-        self._record(group_mean.mean(dim=0), group_var.mean(dim=0))
-        x_hat = centered / torch.sqrt(var[:, :, None] + self.eps)
-        return x_hat * self.weight[None, :, None] + self.bias[None, :, None]
+        average = to_group @ to_channel  # [C, C]: each channel to the average of its group
+        mean = x.mean(dim=2) @ average  # [B, C]
+        centered = x - mean.unsqueeze(2)
+        var = (centered * centered).mean(dim=2) @ average
+        self._record((mean @ to_group).mean(dim=0), (var @ to_group).mean(dim=0))
+        scale = self.weight / torch.sqrt(var + self.eps)  # [B, C]
+        shift = self.bias - mean * scale
+        return x * scale.unsqueeze(2) + shift.unsqueeze(2)
 
 
 class ChannelLayerNorm(_ExplicitNorm, nn.Module):
@@ -103,10 +115,10 @@ class ChannelLayerNorm(_ExplicitNorm, nn.Module):
             return y.transpose(1, 2)
         mean = x.mean(dim=1, keepdim=True)
         centered = x - mean
-        var = centered.pow(2).mean(dim=1, keepdim=True)
+        var = (centered * centered).mean(dim=1, keepdim=True)
         self._record(mean.mean().reshape(1), var.mean().reshape(1))
         x_hat = centered / torch.sqrt(var + self.eps)
-        return x_hat * self.weight[None, :, None] + self.bias[None, :, None]
+        return x_hat * self.weight.reshape(1, -1, 1) + self.bias.reshape(1, -1, 1)
 
 
 NORM_TYPES = (BatchNorm, GroupNorm, ChannelLayerNorm)

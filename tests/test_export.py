@@ -6,6 +6,7 @@ import copy
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -13,6 +14,7 @@ torch = pytest.importorskip("torch")
 from edge_ttt.adapt.ort_model import OrtModel  # noqa: E402
 from edge_ttt.adapt.softmax import softmax_entropy  # noqa: E402
 from edge_ttt.artifacts import Bundle, load_bundle  # noqa: E402
+from edge_ttt.manifest import EVAL_MODEL, TRAINING_MODEL  # noqa: E402
 from export.bundle import ADAMW, export_bundle  # noqa: E402
 from export.checkpoint import SourceModel  # noqa: E402
 from export.models import build_model  # noqa: E402
@@ -204,6 +206,23 @@ def test_zero_weight_gives_zero_loss_and_gradient(exported):
     out = model.forward_backward(windows(3), np.zeros(3, np.float32), model.source_stats())
     assert out.loss == 0.0
     assert all(not g.any() for g in model.gradients().values())
+
+
+def test_graphs_have_no_pow_and_no_chained_unsqueezes(exported):
+    """The norm layers export lean (export/norms.py): at batch size 1 every node costs. Pow's
+    gradient runs another Pow on the whole tensor, and an Unsqueeze per new axis costs a node
+    forward and a Squeeze backward where one Reshape each would do."""
+    _, bundle = exported
+    for name in (TRAINING_MODEL, EVAL_MODEL):
+        nodes = onnx.load(bundle.file(name)).graph.node
+        producer = {out: node.op_type for node in nodes for out in node.output}
+        assert "Pow" not in {node.op_type for node in nodes}, name
+        chained = [
+            node.name
+            for node in nodes
+            if node.op_type in ("Unsqueeze", "Squeeze") and producer.get(node.input[0]) == node.op_type
+        ]
+        assert not chained, (name, chained)
 
 
 def test_manifest_describes_the_bundle(exported):
