@@ -180,7 +180,7 @@ def test_sar_filters_by_entropy_and_takes_a_sharpness_aware_step(confident_bundl
 
 def test_sar_resets_to_source_when_its_loss_average_collapses(bundle_dir: Path):
     e = engine(bundle_dir, "sar")
-    e.policy.params = {k: v + 1.0 for k, v in e.policy.params.items()}
+    e.policy.param_vector = e.policy.param_vector + 1.0
     e.policy.loss_ema = 0.05  # as after a collapse into confident predictions
     e.process(windows(1, seed=8))
     assert e.counters.resets == 1 and e.policy.loss_ema is None

@@ -20,16 +20,16 @@ def two_pass_gradient(self: Policy, x: np.ndarray, stats, mix: float, weigh) -> 
     weights it yields are not uniform."""
     n = len(x)
     out = self.model.forward_backward(x, np.full(n, 1.0 / n, np.float32), stats, mix)
-    weights = np.full(n, 1.0 / n) if weigh is None else np.asarray(weigh(out.logits), np.float64)
+    weights = np.full(n, 1.0 / n) if weigh is None else np.asarray(weigh(out), np.float64)
     if not weights.any():
         self.model.discard_gradients()
         return out, weights, None
     if (weights == weights[0]).all():
-        grads = {k: g * (weights[0] * n) for k, g in self.model.gradients().items()}
+        grads = self.model.gradient_vector() * (weights[0] * n)
     else:
         self.model.discard_gradients()
         self.model.forward_backward(x, weights.astype(np.float32), stats, mix)
-        grads = self.model.gradients()
+        grads = self.model.gradient_vector()
     self.model.discard_gradients()
     return out, weights, grads
 

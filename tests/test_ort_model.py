@@ -68,3 +68,18 @@ def test_set_parameters_keeps_its_own_copy(model: OrtModel):
         assert_forward_is_the_eval_step(model, x, stats, 0.0)
     finally:
         model.set_parameters(source)
+
+
+def test_one_buffer_write_sets_every_trainable_parameter_by_name(model: OrtModel):
+    """`write_parameters` fills ORT's contiguous buffer: each name must get its own slice."""
+    source = model.parameters()
+    assert sorted(model.layout.names) == sorted(model.trainable)
+    vector = np.arange(model.layout.size, dtype=np.float32) * 0.01
+    try:
+        model.write_parameters(vector)
+        got = model.parameters()
+        for name, expected in model.layout.split(vector).items():
+            np.testing.assert_array_equal(got[name], expected, err_msg=name)
+        np.testing.assert_array_equal(model.gradient_vector().shape, vector.shape)
+    finally:
+        model.set_parameters(source)

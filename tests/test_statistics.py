@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from edge_ttt.adapt.statistics import MomentEMA
+from edge_ttt.adapt.statistics import LayerMoments, MomentEMA
 
 finite = st.floats(-100, 100, allow_nan=False)
 
@@ -46,3 +46,30 @@ def test_batch_size_one_converges_to_population_not_within_window_statistics():
 def test_momentum_is_validated():
     with pytest.raises(ValueError, match="momentum"):
         MomentEMA.from_stats(np.zeros(1), np.ones(1), momentum=0.0)
+
+
+def test_layer_moments_fold_every_layer_as_its_own_average_would():
+    """One average over the concatenated layers gives each layer's floats bit for bit."""
+    rng = np.random.default_rng(2)
+    source = {f"l{i}": (rng.standard_normal(c), rng.uniform(0.5, 2, c)) for i, c in enumerate((3, 5))}
+    moments = LayerMoments(source, momentum=0.1, prior_windows=10.0)
+    alone = {k: MomentEMA.from_stats(m, v, 0.1, 10.0) for k, (m, v) in source.items()}
+    for _ in range(20):
+        batch = {k: (rng.standard_normal(len(m)), rng.uniform(0, 3, len(m))) for k, (m, _) in source.items()}
+        windows = float(rng.uniform(0.1, 4))
+        moments.fold(batch, windows)
+        for k, ema in alone.items():
+            ema.update(*batch[k], windows=windows)
+    for k, ema in alone.items():
+        mean, var = moments.stats()[k]
+        np.testing.assert_array_equal(mean, ema.mean.astype(np.float32))
+        np.testing.assert_array_equal(var, ema.var.astype(np.float32))
+        assert all(np.array_equal(moments.state()[f"{k}/{n}"], v) for n, v in ema.state().items())
+
+
+def test_layer_moments_refuse_a_state_whose_layers_saw_different_windows():
+    source = {"a": (np.zeros(2), np.ones(2)), "b": (np.zeros(1), np.ones(1))}
+    moments = LayerMoments(source, momentum=0.1)
+    state = moments.state() | {"b/seen": np.asarray(3.0)}
+    with pytest.raises(ValueError, match="different numbers of windows"):
+        moments.load_state(state)

@@ -103,16 +103,16 @@ class TestTimeTraining(Norm):
         copies, target, weights = self.aux_batch(x)
         for _ in range(self.steps):
             self.model.forward_backward(copies, weights, stats, mix, target)
-            grads = self.model.gradients()
+            grads = self.model.gradient_vector()
             self.model.discard_gradients()
-            self._set_params(self.opt.step(self.params, grads))
+            self._set_params(self.opt.step(self.param_vector, grads))
             self.counters.adapt_steps += 1
         return self.model.forward(x, stats, mix)
 
     def update(self, x: np.ndarray) -> np.ndarray:
         out = self._step_and_predict(x, self.stats(), 0.0)
         if self.use_ema:
-            fold_moments(self.ema, out.moments, out.logits.argmax(axis=1), self.balance)
+            fold_moments(self.moments, out.moments, out.logits.argmax(axis=1), self.balance)
         return out.logits
 
     def episode(self, x: np.ndarray) -> np.ndarray:
@@ -122,15 +122,16 @@ class TestTimeTraining(Norm):
         return self._forgetting(lambda v: self._step_and_predict(v, self.source_stats, mix).logits, x)
 
     def state(self) -> Arrays:
-        flat = {**super().state(), **_prefixed("params", self.params), **_prefixed("opt", self.opt.state())}
+        opt = self.opt.state(self.layout)
+        flat = {**super().state(), **_prefixed("params", self.params), **_prefixed("opt", opt)}
         if self.balance is not None:
             flat["class_share"] = self.balance.share.copy()
         return flat
 
     def load_state(self, flat: Arrays) -> None:
         super().load_state(flat)
-        self._set_params(_unprefixed("params", flat))
-        self.opt.load_state(_unprefixed("opt", flat))
+        self._load_params(flat)
+        self.opt.load_state(_unprefixed("opt", flat), self.layout)
         if self.balance is not None:
             self.balance.share = np.asarray(flat["class_share"], np.float64)
 

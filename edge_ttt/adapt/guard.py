@@ -58,14 +58,17 @@ def check_windows(x: np.ndarray, limits: InputLimits) -> Validity:
     std (a dead or stuck sensor). Out of range: any finite value further than `range_sigmas`
     source stds from the source mean (a wrong unit or a broken reading, not drift).
     """
-    finite = np.isfinite(x)
-    nonfinite = ~finite.all(axis=(1, 2))
-    clean = np.where(finite, x, limits.mean[None, :, None]) if nonfinite.any() else x
     # Only each channel's extremes matter: |v - mean| is largest at the minimum or the maximum,
     # and float64 rounding keeps that order, so this equals the element-wise test, without
-    # the element-wise work.
-    high = clean.max(axis=2).astype(np.float64)
-    low = clean.min(axis=2).astype(np.float64)
+    # the element-wise work. A NaN or an infinity shows in the extremes too (max and min
+    # propagate NaN), as a spread that is not finite; only then is the window looked at whole.
+    high = x.max(axis=2).astype(np.float64)
+    low = x.min(axis=2).astype(np.float64)
+    nonfinite = ~np.isfinite(high - low).all(axis=1)
+    if nonfinite.any():
+        clean = np.where(np.isfinite(x), x, limits.mean[None, :, None])
+        high = clean.max(axis=2).astype(np.float64)
+        low = clean.min(axis=2).astype(np.float64)
     flat = (high - low < limits.flat_ratio * limits.std[None, :]).any(axis=1)
     mean = limits.mean[None, :]
     distance = np.maximum(np.abs(high - mean), np.abs(low - mean)) / limits.std[None, :]

@@ -8,14 +8,16 @@ layer's batch moments. No policy lives here; `edge_ttt.adapt` policies decide wh
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
+from edge_ttt.adapt.flat import Layout
+from edge_ttt.adapt.softmax import softmax_entropy
+from edge_ttt.adapt.statistics import Stats
 from edge_ttt.artifacts import Bundle
 from edge_ttt.manifest import CHECKPOINT, EVAL_MODEL, OPTIMIZER_MODEL, TRAINING_MODEL
 from edge_ttt.ortapi import training_api
-
-Stats = dict[str, tuple[np.ndarray, np.ndarray]]
 
 
 @dataclass(frozen=True)
@@ -23,6 +25,12 @@ class Outputs:
     logits: np.ndarray
     moments: Stats
     loss: float | None = None
+
+    @cached_property
+    def entropy(self) -> np.ndarray:
+        """Per window, the entropy of the predicted distribution in nats, float64 (computed once:
+        a policy may weigh windows by it and watch it for collapse)."""
+        return softmax_entropy(self.logits.astype(np.float64))[1]
 
 
 def available_devices() -> list[str]:
@@ -48,7 +56,7 @@ class OrtModel:
     On CPU, `forward` runs the eval graph in a plain `InferenceSession` fed with a copy of the
     state's parameters kept here: that call costs a few to 12% less than the training module's
     eval step at batch size 1, with the same outputs bit for bit (docs/performance.md). The copy
-    follows `set_parameters` and `step`; change parameters only through them.
+    follows `write_parameters` (and `set_parameters`) and `step`; change parameters only through them.
     """
 
     def __init__(self, bundle: Bundle, device: str = "cpu", threads: int = 1) -> None:
@@ -79,14 +87,43 @@ class OrtModel:
             if self.device == "cpu"
             else None
         )
-        self._fed_params: dict[str, np.ndarray] | None = None  # the state's parameters; None: read again
+        self._ortvalue = onnxruntime.OrtValue.ortvalue_from_numpy
+        # The last value of every graph input, kept between calls; for the predictor also the
+        # state's parameters, once read (False: read them again before the next forward).
+        self._feed: dict[str, np.ndarray] = {}
+        self._params_fed = False
         graph = self.manifest.graph
         self._layers = self.manifest.norm_layers
+        self._stat_inputs = [(layer.name, *layer.stat_inputs) for layer in self.manifest.batch_norms]
         self._train_inputs = self.module.train().input_names()
         self._eval_inputs = self.module.eval().input_names()
         self._outputs = [graph.logits] + [n for layer in self._layers for n in layer.moment_outputs]
         self.trainable = list(self.manifest.trainable)
+        self.layout = self._buffer_layout()
+        params = self.state.parameters
+        self._trainable_params = [params[n] for n in self.layout.names]
         self.active: object | None = None  # the policy whose parameters the state holds (Engine)
+
+    def _buffer_layout(self) -> Layout:
+        """The trainable parameters in the order of ORT's contiguous parameter buffer (that of
+        the training graph), which `write_parameters` fills in one call. The buffer carries no
+        names: distinct values written per name and read back in one buffer give the order."""
+        source = self.parameters()
+        layout = Layout.of(source)
+        if self.module.get_parameters_size(trainable_only=True) != layout.size:
+            raise ValueError(f"the training graph does not train exactly the manifest's {self.trainable}")
+        params = self.state.parameters
+        probe = layout.split(np.arange(layout.size, dtype=np.float32))
+        for name, value in probe.items():
+            params[name] = np.ascontiguousarray(value)
+        buffer = self.module.get_contiguous_parameters(trainable_only=True).numpy()
+        for name, value in source.items():
+            params[name] = value
+        order = sorted(layout.names, key=lambda n: int(np.flatnonzero(buffer == probe[n].flat[0])[0]))
+        layout = Layout(order, [source[n].shape for n in order])
+        if not np.array_equal(buffer, layout.flatten(probe, np.float32)):
+            raise ValueError("ORT's contiguous parameter buffer does not hold each parameter in one piece")
+        return layout
 
     def source_stats(self) -> Stats:
         """The batch norms' source statistics from the manifest, as float32 arrays."""
@@ -103,18 +140,21 @@ class OrtModel:
         mix: float,
         target: np.ndarray | None = None,
     ) -> dict[str, np.ndarray]:
+        """This call's inputs, written into the kept feed (whose other entries stay as they were)."""
         graph = self.manifest.graph
-        values = {graph.input: np.ascontiguousarray(x, np.float32), graph.sample_weight: weights}
+        values = self._feed
+        values[graph.input] = np.ascontiguousarray(x, np.float32)
+        values[graph.sample_weight] = weights
         aux = self.manifest.auxiliary
         if aux is not None:  # the eval graph keeps the training graph's inputs, so feed it always
             shape = (len(x), len(aux.transformations))
             values[aux.target] = np.zeros(shape, np.float32) if target is None else target
         if graph.stat_mix is not None:
             values[graph.stat_mix] = np.asarray([mix], np.float32)
-        for layer in self.manifest.batch_norms:
-            mean, var = stats[layer.name]
-            values[layer.stat_inputs[0]] = np.asarray(mean, np.float32)
-            values[layer.stat_inputs[1]] = np.asarray(var, np.float32)
+        for layer, mean_input, var_input in self._stat_inputs:
+            mean, var = stats[layer]
+            values[mean_input] = np.asarray(mean, np.float32)
+            values[var_input] = np.asarray(var, np.float32)
         return values
 
     def _feeds(
@@ -129,18 +169,9 @@ class OrtModel:
         values = self._values(x, weights, stats, mix, target)
         return [values[n] for n in names]
 
-    def _params_as_fed(self) -> dict[str, np.ndarray]:
-        if self._fed_params is None:
-            self._fed_params = {name: p.data.copy() for name, p in self.state.parameters}
-        return self._fed_params
-
     def _unpack(self, out: tuple, loss: float | None) -> Outputs:
-        named = dict(zip(self._outputs, out, strict=True))
-        moments = {
-            layer.name: (named[layer.moment_outputs[0]], named[layer.moment_outputs[1]])
-            for layer in self._layers
-        }
-        return Outputs(logits=named[self.manifest.graph.logits], moments=moments, loss=loss)
+        moments = {layer.name: (out[1 + 2 * i], out[2 + 2 * i]) for i, layer in enumerate(self._layers)}
+        return Outputs(logits=out[0], moments=moments, loss=loss)
 
     def forward(self, x: np.ndarray, stats: Stats, mix: float = 0.0) -> Outputs:
         """Eval graph: logits and batch moments; no gradients, no state change."""
@@ -149,7 +180,10 @@ class OrtModel:
             self.module.eval()
             out = self.module(*self._feeds(self._eval_inputs, x, weights, stats, mix))
             return self._unpack(out[1:], None)
-        feeds = {**self._values(x, weights, stats, mix), **self._params_as_fed()}
+        feeds = self._values(x, weights, stats, mix)
+        if not self._params_fed:
+            feeds.update({name: p.data.copy() for name, p in self.state.parameters})
+            self._params_fed = True
         return self._unpack(self._predictor.run(self._outputs, feeds), None)
 
     def forward_backward(
@@ -178,7 +212,7 @@ class OrtModel:
         self.optimizer.set_learning_rate(lr)
         self.optimizer.step()
         self.module.lazy_reset_grad()
-        self._fed_params = None
+        self._params_fed = False
 
     def discard_gradients(self) -> None:
         """Forget the accumulated gradients: the next training pass starts from zero."""
@@ -189,14 +223,21 @@ class OrtModel:
         names = self.trainable if trainable_only else [name for name, _ in params]
         return {n: params[n].data.copy() for n in names}
 
+    def gradient_vector(self) -> np.ndarray:
+        """The accumulated gradients of the trainable parameters, float32, flat in `layout`."""
+        return np.concatenate([p.grad for p in self._trainable_params])
+
     def gradients(self) -> dict[str, np.ndarray]:
-        params = self.state.parameters
-        return {n: params[n].grad.copy() for n in self.trainable}
+        views = self.layout.split(self.gradient_vector())
+        return {n: views[n] for n in self.trainable}
+
+    def write_parameters(self, vector: np.ndarray) -> None:
+        """Set every trainable parameter from one flat vector in `layout`, in one ORT call."""
+        vector = np.array(vector, np.float32)  # a copy: the caller may change its array later
+        self.module.copy_buffer_to_parameters(self._ortvalue(vector)._ortvalue, trainable_only=True)
+        if self._params_fed:
+            self._feed.update(self.layout.split(vector))
 
     def set_parameters(self, values: dict[str, np.ndarray]) -> None:
-        params = self.state.parameters
-        for name, value in values.items():
-            value = np.array(value, np.float32)  # a copy: the caller may change its array later
-            params[name] = value
-            if self._fed_params is not None:
-                self._fed_params[name] = value
+        """Set every trainable parameter by name."""
+        self.write_parameters(self.layout.flatten(values, np.float32))

@@ -35,18 +35,13 @@ from edge_ttt.adapt.counters import Counters
 from edge_ttt.adapt.drift_gate import DriftGate
 from edge_ttt.adapt.guard import CollapseDetector
 from edge_ttt.adapt.optim import SGD, Adam, Arrays
-from edge_ttt.adapt.ort_model import OrtModel, Stats
-from edge_ttt.adapt.softmax import softmax_entropy
-from edge_ttt.adapt.statistics import ClassBalance, MomentEMA, fold_moments
+from edge_ttt.adapt.ort_model import OrtModel, Outputs, Stats
+from edge_ttt.adapt.statistics import ClassBalance, LayerMoments, fold_moments
 from edge_ttt.manifest import Manifest
 
 STAT_MOMENTUM = 0.002  # weight of one window in the moment EMAs: a horizon of about 500 windows
 STAT_PRIOR_WINDOWS = 100.0  # the source statistics count as this many windows
 CLASS_PRIOR_MOMENTUM = 0.02  # EMA of the predicted-class histogram, for class-balanced statistics
-
-
-def entropy_of(logits: np.ndarray) -> np.ndarray:
-    return softmax_entropy(logits.astype(np.float64))[1]
 
 
 def _prefixed(prefix: str, flat: Arrays) -> Arrays:
@@ -72,7 +67,8 @@ def fits(policy: type[Policy], manifest: Manifest) -> bool:
     return policy.loss is None or policy.loss == bundle_loss(manifest)
 
 
-_NEVER_CHANGE = ("model", "counters", "source_params", "source_stats")  # not copied by `episode`
+# Never change after __init__, so `episode` does not copy them.
+_NEVER_CHANGE = ("model", "counters", "source_params", "source_stats", "source_vector", "layout")
 
 
 class Policy:
@@ -96,22 +92,31 @@ class Policy:
         self.classes = len(model.manifest.model.classes)
         self.source_stats = model.source_stats()
         self.source_params = model.parameters()
-        self.params = dict(self.source_params)  # what the model must hold while this policy runs
-        self._source_norm = math.sqrt(
-            sum(float((v.astype(np.float64) ** 2).sum()) for v in self.source_params.values())
-        )
+        self.layout = model.layout  # of the flat parameter vectors (`edge_ttt.adapt.flat`)
+        self.source_vector = self.layout.flatten(self.source_params, np.float32)
+        self.param_vector = self.source_vector  # what the model must hold while this policy runs
+        self._source_norm = math.sqrt(self._layer_sum(self.source_vector.astype(np.float64) ** 2))
+
+    @property
+    def params(self) -> Arrays:
+        """The predicting parameters by name (views of `param_vector`)."""
+        return self.layout.split(self.param_vector)
+
+    def _layer_sum(self, vector: np.ndarray) -> float:
+        """The sum of a flat vector, layer by layer in the manifest's order: sums over layers,
+        not over the whole vector, round as they always have."""
+        parts = self.layout.split(vector)
+        return sum(float(parts[k].sum()) for k in self.source_params)
 
     def param_change(self) -> tuple[float, float]:
         """How far the predicting parameters moved from source: L2 distance, and that distance
         relative to the source parameters' norm (guards and drift summaries report it)."""
-        sq = sum(
-            float(((self.params[k].astype(np.float64) - v) ** 2).sum()) for k, v in self.source_params.items()
-        )
+        sq = self._layer_sum((self.param_vector.astype(np.float64) - self.source_vector) ** 2)
         return math.sqrt(sq), math.sqrt(sq) / max(self._source_norm, 1e-12)
 
     def activate(self) -> None:
         """Load this policy's parameters into a model that other policies (devices) share."""
-        self.model.set_parameters(self.params)
+        self.model.write_parameters(self.param_vector)
 
     def update(self, x: np.ndarray) -> np.ndarray:
         """Logits for valid windows; may change the policy's state."""
@@ -133,7 +138,7 @@ class Policy:
             return adapt(x)
         finally:
             vars(self).update(saved)
-            self.model.set_parameters(self.params)
+            self.model.write_parameters(self.param_vector)
 
     def state(self) -> Arrays:
         return {}
@@ -142,7 +147,7 @@ class Policy:
         """Restore what `state` returned."""
 
     def _gradient(self, x: np.ndarray, stats: Stats, mix: float, weigh) -> tuple:
-        """One entropy gradient with per-window weights `weigh(logits)` (None: uniform).
+        """One entropy gradient with per-window weights `weigh(outputs)` (None: uniform).
 
         When the weights are known to come out uniform (batch size 1, or `weigh` None), the
         training pass comes first and its logits are the outputs; the gradient is rescaled
@@ -150,7 +155,7 @@ class Policy:
         the eval graph (the same logits and moments bit for bit, without a backward pass) and
         then through one training pass: with uniform weights, rescaled, when the weights come
         out equal, else with the final weights, and none when every weight is 0. Returns
-        (outputs, weights, gradients or None when every weight is 0).
+        (outputs, weights, flat gradients or None when every weight is 0).
         """
         n = len(x)
         uniform = np.full(n, 1.0 / n, np.float32)
@@ -159,23 +164,27 @@ class Policy:
             out = self.model.forward_backward(x, uniform, stats, mix)
         else:
             out = self.model.forward(x, stats, mix)
-        weights = np.full(n, 1.0 / n) if weigh is None else np.asarray(weigh(out.logits), np.float64)
+        weights = np.full(n, 1.0 / n) if weigh is None else np.asarray(weigh(out), np.float64)
         if not weights.any():
             self.model.discard_gradients()
             return out, weights, None
         if (weights == weights[0]).all():
             if not trained:
                 self.model.forward_backward(x, uniform, stats, mix)
-            grads = {k: g * (weights[0] * n) for k, g in self.model.gradients().items()}
+            grads = self.model.gradient_vector() * (weights[0] * n)
         else:  # only when not trained: uniform weights never get here
             self.model.forward_backward(x, weights.astype(np.float32), stats, mix)
-            grads = self.model.gradients()
+            grads = self.model.gradient_vector()
         self.model.discard_gradients()
         return out, weights, grads
 
-    def _set_params(self, params: Arrays) -> None:
-        self.params = {k: np.asarray(v, np.float32) for k, v in params.items()}
-        self.model.set_parameters(self.params)
+    def _set_params(self, vector: np.ndarray) -> None:
+        self.param_vector = np.asarray(vector, np.float32)
+        self.model.write_parameters(self.param_vector)
+
+    def _load_params(self, flat: Arrays) -> None:
+        """Restore the predicting parameters from a state's `params/<name>` arrays."""
+        self._set_params(self.layout.flatten(_unprefixed("params", flat), np.float32))
 
 
 class Source(Policy):
@@ -202,28 +211,25 @@ class Norm(Policy):
         prior_windows: float | None = STAT_PRIOR_WINDOWS,
     ) -> None:
         super().__init__(model, counters)
-        self.ema = {
-            k: MomentEMA.from_stats(m, v, momentum, prior_windows) for k, (m, v) in self.source_stats.items()
-        }
+        self.moments = LayerMoments(self.source_stats, momentum, prior_windows)
 
     def stats(self) -> Stats:
-        return {k: (e.mean.astype(np.float32), e.var.astype(np.float32)) for k, e in self.ema.items()}
+        return self.moments.stats()
 
     def update(self, x: np.ndarray) -> np.ndarray:
         out = self.model.forward(x, self.stats())
-        fold_moments(self.ema, out.moments, out.logits.argmax(axis=1))
-        self.counters.adapt_steps += bool(self.ema)
+        fold_moments(self.moments, out.moments, out.logits.argmax(axis=1))
+        self.counters.adapt_steps += bool(self.moments)
         return out.logits
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         return self.model.forward(x, self.stats()).logits
 
     def state(self) -> Arrays:
-        return {f"{k}/{n}": v for k, e in self.ema.items() for n, v in e.state().items()}
+        return self.moments.state()
 
     def load_state(self, flat: Arrays) -> None:
-        for layer, ema in self.ema.items():
-            ema.load_state(_unprefixed(layer, flat))
+        self.moments.load_state(flat)
 
 
 class Tent(Policy):
@@ -241,7 +247,7 @@ class Tent(Policy):
 
     def update(self, x: np.ndarray) -> np.ndarray:
         out, _, grads = self._gradient(x, self.source_stats, 1.0, None)
-        self._set_params(self.opt.step(self.params, grads))
+        self._set_params(self.opt.step(self.param_vector, grads))
         self.counters.adapt_steps += 1
         return out.logits
 
@@ -249,11 +255,11 @@ class Tent(Policy):
         return self.model.forward(x, self.source_stats, mix=1.0).logits
 
     def state(self) -> Arrays:
-        return {**_prefixed("params", self.params), **_prefixed("adam", self.opt.state())}
+        return {**_prefixed("params", self.params), **_prefixed("adam", self.opt.state(self.layout))}
 
     def load_state(self, flat: Arrays) -> None:
-        self._set_params(_unprefixed("params", flat))
-        self.opt.load_state(_unprefixed("adam", flat))
+        self._load_params(flat)
+        self.opt.load_state(_unprefixed("adam", flat), self.layout)
 
 
 class Sar(Policy):
@@ -276,7 +282,7 @@ class Sar(Policy):
         self._reset()
 
     def _reset(self) -> None:
-        self._set_params(self.source_params)
+        self._set_params(self.source_vector)
         self.opt = SGD(lr=self.lr or 0.0, momentum=0.9)
         self.loss_ema: float | None = None
 
@@ -285,8 +291,8 @@ class Sar(Policy):
         if self.lr is None:
             self.opt.lr = 0.00025 if n >= 32 else 0.00025 / 64 * n * 2
 
-        def first(logits: np.ndarray) -> np.ndarray:
-            keep = entropy_of(logits) < self.margin
+        def first(out: Outputs) -> np.ndarray:
+            keep = out.entropy < self.margin
             return keep / max(keep.sum(), 1)
 
         out, w1, grads = self._gradient(x, self.source_stats, 1.0, first)
@@ -298,21 +304,21 @@ class Sar(Policy):
             self.counters.resets += 1
         return out.logits
 
-    def _sharpness_aware_step(self, x: np.ndarray, w1: np.ndarray, grads: Arrays) -> None:
+    def _sharpness_aware_step(self, x: np.ndarray, w1: np.ndarray, grads: np.ndarray) -> None:
         """Ascend to the worst point within rho, take the gradient there, step from the origin."""
-        norm = math.sqrt(sum(float((g.astype(np.float64) ** 2).sum()) for g in grads.values()))
+        norm = math.sqrt(self._layer_sum(grads.astype(np.float64) ** 2))
         scale = self.rho / (norm + 1e-12)
-        origin = self.params
-        self.model.set_parameters({k: origin[k] + scale * grads[k] for k in origin})
+        origin = self.param_vector
+        self.model.write_parameters(origin + scale * grads)
 
-        def second(logits: np.ndarray) -> np.ndarray:
-            keep = (w1 > 0) & (entropy_of(logits) < self.margin)
+        def second(out: Outputs) -> np.ndarray:
+            keep = (w1 > 0) & (out.entropy < self.margin)
             return keep / max(keep.sum(), 1)
 
         perturbed, w2, grads2 = self._gradient(x, self.source_stats, 1.0, second)
-        self.model.set_parameters(origin)
+        self.model.write_parameters(origin)
         if grads2 is not None:
-            loss = float(entropy_of(perturbed.logits)[w2 > 0].mean())
+            loss = float(perturbed.entropy[w2 > 0].mean())
             self.loss_ema = loss if self.loss_ema is None else 0.9 * self.loss_ema + 0.1 * loss
             self._set_params(self.opt.step(origin, grads2))
             self.counters.adapt_steps += 1
@@ -322,11 +328,12 @@ class Sar(Policy):
 
     def state(self) -> Arrays:
         ema = np.asarray(np.nan if self.loss_ema is None else self.loss_ema)
-        return {**_prefixed("params", self.params), **_prefixed("sgd", self.opt.state()), "loss_ema": ema}
+        sgd = self.opt.state(self.layout)
+        return {**_prefixed("params", self.params), **_prefixed("sgd", sgd), "loss_ema": ema}
 
     def load_state(self, flat: Arrays) -> None:
-        self._set_params(_unprefixed("params", flat))
-        self.opt.load_state(_unprefixed("sgd", flat))
+        self._load_params(flat)
+        self.opt.load_state(_unprefixed("sgd", flat), self.layout)
         ema = float(flat["loss_ema"])
         self.loss_ema = None if math.isnan(ema) else ema
 
@@ -391,10 +398,7 @@ class Steady(Policy):
         self._to_source()
 
     def _to_source(self) -> None:
-        self.moments = {
-            k: MomentEMA.from_stats(m, v, self.cfg.stat_momentum, self.cfg.stat_prior_windows)
-            for k, (m, v) in self.source_stats.items()
-        }
+        self.moments = LayerMoments(self.source_stats, self.cfg.stat_momentum, self.cfg.stat_prior_windows)
         ref = self.model.manifest.reference.channels
         self.gate = DriftGate.from_reference(
             np.array([c.mean for c in ref]),
@@ -404,8 +408,8 @@ class Steady(Policy):
             self.cfg.gate_shift,
             self.cfg.gate_spread,
         )
-        self.fast = {k: v.astype(np.float64) for k, v in self.source_params.items()}
-        self._set_params(self.source_params)
+        self.fast = self.source_vector.astype(np.float64)  # flat, as `param_vector`
+        self._set_params(self.source_vector)
         self.opt = Adam(lr=self.cfg.lr)
         self.balance = ClassBalance(self.classes, self.cfg.prior_momentum)
         self.updates = 0
@@ -413,16 +417,16 @@ class Steady(Policy):
         self.detector.clear()
 
     def stats(self) -> Stats:
-        return {k: (b.mean.astype(np.float32), b.var.astype(np.float32)) for k, b in self.moments.items()}
+        return self.moments.stats()
 
-    def _weights(self, logits: np.ndarray) -> np.ndarray:
-        h = entropy_of(logits)
+    def _weights(self, out: Outputs) -> np.ndarray:
+        h = out.entropy
         reliable = h < self.reliable_entropy
         return (
             reliable
-            * self.balance.weights(logits.argmax(axis=1))
+            * self.balance.weights(out.logits.argmax(axis=1))
             * np.exp(self.reliable_entropy - h)
-            / len(logits)
+            / len(out.logits)
         )
 
     def update(self, x: np.ndarray) -> np.ndarray:
@@ -439,13 +443,13 @@ class Steady(Policy):
         if drifting:
             self.counters.skipped_unreliable += int((weights == 0).sum())
         if grads is not None:
-            self.fast = self.opt.step(self.fast, grads)
-            self.fast = {k: v - cfg.anchor * (v - self.source_params[k]) for k, v in self.fast.items()}
+            fast = self.opt.step(self.fast, grads)
+            self.fast = fast - cfg.anchor * (fast - self.source_vector)
             b = cfg.param_ema
-            self._set_params({k: (1 - b) * self.params[k] + b * self.fast[k] for k in self.params})
+            self._set_params((1 - b) * self.param_vector + b * self.fast)
         self.counters.adapt_steps += 1
         self.updates += 1
-        self.detector.observe(classes, entropy_of(out.logits))
+        self.detector.observe(classes, out.entropy)
         self._watch()
         return out.logits
 
@@ -471,30 +475,27 @@ class Steady(Policy):
 
     def stat_shift(self) -> float:
         """Largest shift of a batch-norm mean from source, in source standard deviations."""
-        shifts = [
-            np.abs(self.moments[k].mean - m) / np.sqrt(v + 1e-5) for k, (m, v) in self.source_stats.items()
-        ]
+        means = self.moments.means()
+        shifts = [np.abs(means[k] - m) / np.sqrt(v + 1e-5) for k, (m, v) in self.source_stats.items()]
         return float(max((s.max() for s in shifts), default=0.0))
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         return self.model.forward(x, self.stats()).logits
 
     def state(self) -> Arrays:
-        flat = {**_prefixed("params", self.params), **_prefixed("fast", self.fast)}
-        flat.update(_prefixed("adam", self.opt.state()))
-        for layer, moments in self.moments.items():
-            flat.update(_prefixed(f"moments/{layer}", moments.state()))
+        flat = {**_prefixed("params", self.params), **_prefixed("fast", self.layout.split(self.fast))}
+        flat.update(_prefixed("adam", self.opt.state(self.layout)))
+        flat.update(_prefixed("moments", self.moments.state()))
         flat.update(_prefixed("gate", self.gate.moments.state()))
         flat["prior"] = self.balance.share.copy()
         flat["updates"] = np.asarray(self.updates)
         return flat
 
     def load_state(self, flat: Arrays) -> None:
-        self._set_params(_unprefixed("params", flat))
-        self.fast = {k: np.asarray(v, np.float64) for k, v in _unprefixed("fast", flat).items()}
-        self.opt.load_state(_unprefixed("adam", flat))
-        for layer, moments in self.moments.items():
-            moments.load_state(_unprefixed(f"moments/{layer}", flat))
+        self._load_params(flat)
+        self.fast = self.layout.flatten(_unprefixed("fast", flat), np.float64)
+        self.opt.load_state(_unprefixed("adam", flat), self.layout)
+        self.moments.load_state(_unprefixed("moments", flat))
         self.gate.moments.load_state(_unprefixed("gate", flat))
         self.balance.share = np.asarray(flat["prior"], np.float64)
         self.updates = int(flat["updates"])

@@ -13,6 +13,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from edge_ttt.adapt.flat import Layout
+
+Stats = dict[str, tuple[np.ndarray, np.ndarray]]  # per layer: (mean, var)
+
 
 @dataclass
 class MomentEMA:
@@ -103,9 +107,67 @@ class ClassBalance:
         self.share = (1.0 - a) * self.share + a * counts / len(classes)
 
 
+class LayerMoments:
+    """The `MomentEMA` of every batch norm, as one over all their channels: every layer folds in
+    the same batch with the same weight, so one update over the concatenation gives each layer's
+    floats bit for bit, in a few numpy calls instead of a few per layer. `stats` gives per-layer
+    float32 views to normalize with (kept until the next fold); `state` one array per layer."""
+
+    def __init__(self, source: Stats, momentum: float, prior_windows: float | None = None) -> None:
+        self.layout = Layout.of({k: m for k, (m, _) in source.items()})
+        self.ema = MomentEMA.from_stats(
+            self.layout.flatten({k: m for k, (m, _) in source.items()}, np.float64),
+            self.layout.flatten({k: v for k, (_, v) in source.items()}, np.float64),
+            momentum,
+            prior_windows,
+        )
+        self._stats: Stats | None = None
+
+    def __bool__(self) -> bool:
+        return bool(self.layout.names)
+
+    def means(self) -> dict[str, np.ndarray]:
+        return self.layout.split(self.ema.mean)
+
+    def stats(self) -> Stats:
+        if self._stats is None:
+            means = self.layout.split(self.ema.mean.astype(np.float32))
+            variances = self.layout.split(self.ema.var.astype(np.float32))
+            self._stats = {k: (means[k], variances[k]) for k in self.layout.names}
+        return self._stats
+
+    def fold(self, batch_moments: Stats, windows: float) -> None:
+        """Fold in one batch's moments (per layer: mean, var) weighing `windows` windows."""
+        if self:
+            names, size = self.layout.names, self.layout.size
+            both = np.concatenate(
+                [batch_moments[k][0] for k in names] + [batch_moments[k][1] for k in names], dtype=np.float64
+            )
+            self.ema.update(both[:size], both[size:], windows)
+            self._stats = None
+
+    def state(self) -> dict[str, np.ndarray]:
+        m1, m2 = self.layout.split(self.ema.m1), self.layout.split(self.ema.m2)
+        seen = np.asarray(self.ema.seen)
+        flat = {}
+        for k in self.layout.names:
+            flat[f"{k}/m1"], flat[f"{k}/m2"], flat[f"{k}/seen"] = m1[k], m2[k], seen
+        return flat
+
+    def load_state(self, flat: dict[str, np.ndarray]) -> None:
+        """Restore what `state` returned; every layer must have seen the same windows."""
+        seen = {float(flat[f"{k}/seen"]) for k in self.layout.names}
+        if len(seen) > 1:
+            raise ValueError(f"the batch norms' moment averages saw different numbers of windows: {seen}")
+        self.ema.m1 = self.layout.flatten({k: flat[f"{k}/m1"] for k in self.layout.names}, np.float64)
+        self.ema.m2 = self.layout.flatten({k: flat[f"{k}/m2"] for k in self.layout.names}, np.float64)
+        self.ema.seen = seen.pop() if seen else 0.0
+        self._stats = None
+
+
 def fold_moments(
-    emas: dict[str, MomentEMA],
-    batch_moments: dict[str, tuple[np.ndarray, np.ndarray]],
+    moments: LayerMoments,
+    batch_moments: Stats,
     classes: np.ndarray,
     balance: ClassBalance | None = None,
 ) -> None:
@@ -113,7 +175,6 @@ def fold_moments(
     windows, or with `balance` the sum of its windows' class-balance weights, after which the
     class shares take the batch's predicted `classes` in."""
     windows = len(classes) if balance is None else float(balance.weights(classes).sum())
-    for layer, ema in emas.items():
-        ema.update(*batch_moments[layer], windows=windows)
+    moments.fold(batch_moments, windows)
     if balance is not None:
         balance.observe(classes)
