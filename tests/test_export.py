@@ -14,7 +14,8 @@ torch = pytest.importorskip("torch")
 from edge_ttt.adapt.ort_model import OrtModel  # noqa: E402
 from edge_ttt.adapt.softmax import softmax_entropy  # noqa: E402
 from edge_ttt.artifacts import Bundle, load_bundle  # noqa: E402
-from edge_ttt.manifest import EVAL_MODEL, TRAINING_MODEL  # noqa: E402
+from edge_ttt.manifest import EVAL_MODEL, OPTIMIZER_MODEL, TRAINING_MODEL  # noqa: E402
+from edge_ttt.ortapi import training_api  # noqa: E402
 from export.bundle import ADAMW, export_bundle  # noqa: E402
 from export.checkpoint import SourceModel  # noqa: E402
 from export.models import build_model  # noqa: E402
@@ -125,6 +126,23 @@ def first_adamw_update(grad: torch.Tensor, lr: float) -> torch.Tensor:
     return lr * (1 - b2) ** 0.5 / (1 - b1) * m / (v.sqrt() + eps)
 
 
+class OrtAdamW:
+    """The bundle's training module stepped by its AdamW optimizer model: what an application of
+    ORT's own on-device training would run (the engine's policies step with their own optimizers)."""
+
+    def __init__(self, model: OrtModel, bundle: Bundle) -> None:
+        self.model = model
+        self.optimizer = training_api().Optimizer(str(bundle.file(OPTIMIZER_MODEL)), model.module)
+
+    def step(self, x: np.ndarray, weights: np.ndarray, mix: float, lr: float) -> None:
+        model = self.model
+        model.module.train()
+        model.module(*model._feeds(model._train_inputs, x, weights, model.source_stats(), mix))
+        self.optimizer.set_learning_rate(lr)
+        self.optimizer.step()
+        model.module.lazy_reset_grad()
+
+
 @pytest.mark.parametrize("mix", [0.0, 1.0])
 def test_one_adaptation_step_equals_torch(exported, mix):
     """Same weighted-entropy loss, same AdamW: gradients and updated norm parameters agree."""
@@ -158,7 +176,7 @@ def test_one_adaptation_step_equals_torch(exported, mix):
     ort_grads = model.gradients()
     for name in names:
         np.testing.assert_allclose(ort_grads[name], torch_grads[name], rtol=1e-3, atol=1e-6)
-    model.step(lr)
+    OrtAdamW(model, bundle).step(x, weights, mix, lr)
     updated = model.parameters()
     for name, p in zip(names, params, strict=True):
         assert np.abs(updated[name] - p.detach().numpy()).max() <= 1e-4, name
@@ -172,11 +190,11 @@ def test_fifty_steps_change_only_norm_parameters(exported):
     trainable = set(bundle.manifest.trainable)
     assert trainable == {f"{n}.{p}" for n in norm_layers(src.model) for p in ("weight", "bias")}
     rng = np.random.default_rng(4)
+    optimizer = OrtAdamW(model, bundle)
     for step in range(50):
         batch = 1 if step % 2 else 4  # batch size 1 included
         x = windows(batch, seed=100 + step)
-        model.forward_backward(x, np.full(batch, 1.0 / batch, np.float32), model.source_stats(), mix=0.0)
-        model.step(float(rng.uniform(1e-3, 1e-2)))
+        optimizer.step(x, np.full(batch, 1.0 / batch, np.float32), 0.0, float(rng.uniform(1e-3, 1e-2)))
     after = model.parameters(trainable_only=False)
     frozen = [n for n in before if n not in trainable]
     assert frozen, "a model without frozen parameters would make this test vacuous"

@@ -46,11 +46,46 @@ def test_forward_equals_the_modules_eval_step_as_parameters_change(model: OrtMod
             assert_forward_is_the_eval_step(model, x, stats, mix)
         model.set_parameters({k: v * 1.1 + 0.01 for k, v in source.items()})
         assert_forward_is_the_eval_step(model, x, stats, 0.0)
-        model.forward_backward(x, np.full(batch, 1.0 / batch, np.float32), stats, 1.0)
-        model.step(0.05)  # ORT's own optimizer moves the state's parameters
-        assert any(not np.array_equal(model.parameters()[k], v * 1.1 + 0.01) for k, v in source.items())
         assert_forward_is_the_eval_step(model, x, stats, 1.0)
     finally:
+        model.set_parameters(source)
+
+
+def module_train(model: OrtModel, x: np.ndarray, weights: np.ndarray, stats, mix: float) -> list[np.ndarray]:
+    """The training module's own step: outputs, then the gradients it accumulated."""
+    model.module.train()
+    out = model.module(*model._feeds(model._train_inputs, x, weights, stats, mix))
+    return [*out, *(model.state.parameters[n].grad for n in model.layout.names)]
+
+
+@pytest.mark.parametrize("batch", [1, 5])
+def test_forward_backward_equals_the_modules_training_step(model: OrtModel, batch: int):
+    """Outputs and gradients bit for bit, accumulating over passes until `discard_gradients`."""
+    assert model._trainer is not None  # the CPU path under test
+    stats = {k: (m + 0.1, v * 1.5) for k, (m, v) in model.source_stats().items()}
+    weights = np.linspace(0.1, 1.0, batch, dtype=np.float32)
+    source = model.parameters()
+    try:
+        model.set_parameters({k: v * 1.1 + 0.01 for k, v in source.items()})
+        for mix, seeds in ((0.0, [1]), (1.0, [2, 3]), (0.5, [4])):  # mix 1: two passes accumulate
+            model.discard_gradients()
+            for seed in seeds:
+                x = windows(batch, seed=seed)
+                out = model.forward_backward(x, weights, stats, mix)
+                expected = module_train(model, x, weights, stats, mix)
+            got = [
+                np.float32(out.loss),
+                out.logits,
+                *(m for layer in model._layers for m in out.moments[layer.name]),
+            ]
+            for a, b in zip(got, expected, strict=False):
+                np.testing.assert_array_equal(a, b)
+            grads = expected[-len(model.layout.names) :]
+            np.testing.assert_array_equal(model.gradient_vector(), np.concatenate(grads))
+            assert np.abs(model.gradient_vector()).max() > 0
+            model.module.lazy_reset_grad()
+    finally:
+        model.discard_gradients()
         model.set_parameters(source)
 
 
