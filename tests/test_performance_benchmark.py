@@ -168,3 +168,6 @@ def test_arguments_are_checked():
     with pytest.raises(SystemExit):
         parse_args(["--repeats", "0"])
     assert isinstance(parse_args([]), argparse.Namespace)
+    assert parse_args([]).models == ["cnn-bn", "cnn-gn", "tcn-ln"]  # no entropy steps on an auxiliary head
+    with pytest.raises(SystemExit):
+        parse_args(["--models", "cnn-bn-ttt"])
