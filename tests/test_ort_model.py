@@ -37,7 +37,7 @@ def assert_forward_is_the_eval_step(model: OrtModel, x: np.ndarray, stats, mix: 
 
 @pytest.mark.parametrize("batch", [1, 5])
 def test_forward_equals_the_modules_eval_step_as_parameters_change(model: OrtModel, batch: int):
-    assert model._predictor is not None  # the CPU path under test
+    assert model._graphs is not None  # the CPU path under test
     x = windows(batch)
     stats = {k: (m + 0.1, v * 1.5) for k, (m, v) in model.source_stats().items()}
     source = model.parameters()
@@ -61,7 +61,7 @@ def module_train(model: OrtModel, x: np.ndarray, weights: np.ndarray, stats, mix
 @pytest.mark.parametrize("batch", [1, 5])
 def test_forward_backward_equals_the_modules_training_step(model: OrtModel, batch: int):
     """Outputs and gradients bit for bit, accumulating over passes until `discard_gradients`."""
-    assert model._trainer is not None  # the CPU path under test
+    assert model._graphs is not None  # the CPU path under test
     stats = {k: (m + 0.1, v * 1.5) for k, (m, v) in model.source_stats().items()}
     weights = np.linspace(0.1, 1.0, batch, dtype=np.float32)
     source = model.parameters()

@@ -14,6 +14,7 @@ from functools import cached_property
 
 import numpy as np
 
+from edge_ttt.adapt.bound_graph import BoundGraph
 from edge_ttt.adapt.flat import Layout
 from edge_ttt.adapt.softmax import softmax_entropy
 from edge_ttt.adapt.statistics import Stats
@@ -62,11 +63,11 @@ class OrtModel:
     """One bundle loaded into ORT training and eval sessions sharing one checkpoint state.
 
     On CPU, `forward` and `forward_backward` run the eval and training graphs in plain
-    `InferenceSession`s fed with a copy of the state's parameters kept here, the training graph
-    accumulating its gradients in place into a buffer kept here too: that costs 5 to 15% less per
-    call than the training module's own steps at batch size 1, with the same outputs and gradients
-    bit for bit (docs/performance.md). The copy follows `write_parameters` (and `set_parameters`);
-    change parameters only through them.
+    `InferenceSession`s (`BoundGraph`) bound to arrays kept here: a copy of the parameters, the
+    statistics to normalize with, and the gradient buffer that the training graph's accumulators
+    write in place. That costs 15 to 20% less per call than the training module's own steps at
+    batch size 1, with the same outputs and gradients bit for bit (docs/performance.md). The copy
+    follows `write_parameters` (and `set_parameters`); change parameters only through them.
     """
 
     def __init__(self, bundle: Bundle, device: str = "cpu", threads: int = 1) -> None:
@@ -89,23 +90,7 @@ class OrtModel:
             device=self.device,
             session_options=options,
         )
-        cpu = self.device == "cpu"
-        session = onnxruntime.InferenceSession
-        self._predictor = (
-            session(str(bundle.file(EVAL_MODEL)), options, providers=["CPUExecutionProvider"])
-            if cpu
-            else None
-        )
-        self._trainer = (
-            session(str(bundle.file(TRAINING_MODEL)), options, providers=["CPUExecutionProvider"])
-            if cpu
-            else None
-        )
         self._ortvalue = onnxruntime.OrtValue.ortvalue_from_numpy
-        # The last value of every graph input, kept between calls; for the predictor also the
-        # state's parameters, once read (False: read them again before the next forward).
-        self._feed: dict[str, np.ndarray] = {}
-        self._params_fed = False
         graph = self.manifest.graph
         self._layers = self.manifest.norm_layers
         self._stat_inputs = [(layer.name, *layer.stat_inputs) for layer in self.manifest.batch_norms]
@@ -116,32 +101,48 @@ class OrtModel:
         self.layout = self._buffer_layout()
         params = self.state.parameters
         self._trainable_params = [params[n] for n in self.layout.names]
-        if self._trainer is not None:
-            self._gradient = np.zeros(self.layout.size, np.float32)
-            self._trainer_feed = self._gradient_buffers(
-                self._trainer, onnxruntime.OrtValue.ortvalue_from_numpy
-            )
-            self._trainer_outputs = [graph.loss, *self._outputs, *self._trainer_flags(self._trainer)]
         self._reset_gradient = True  # the next training pass overwrites the gradient instead of adding
+        self._graphs = self._bind_graphs(bundle, options) if self.device == "cpu" else None
         self.active: object | None = None  # the policy whose parameters the state holds (Engine)
 
-    def _gradient_buffers(self, trainer, ortvalue) -> dict:
-        """Each trainable parameter's gradient accumulation input, bound to its slice of
-        `_gradient`: the graph's accumulator nodes write there in place."""
-        inputs = {i.name for i in trainer.get_inputs()}
-        buffers = {}
-        for name, view in self.layout.split(self._gradient).items():
-            buffer = f"{name}{ACCUMULATION_BUFFER}"
-            if buffer not in inputs:
-                raise ValueError(
-                    f"the training graph of {self.bundle_path} has no gradient buffer {buffer!r}"
-                )
-            buffers[buffer] = ortvalue(view)
-        return buffers
+    def _bind_graphs(self, bundle: Bundle, options) -> tuple[BoundGraph, BoundGraph]:
+        """The CPU path: eval and training graphs bound to the parameters (trainable ones as views
+        of one vector in `layout`), the statistics and stat mix, and, for training, each trainable
+        parameter's gradient accumulation buffer (a view of `_gradient`) and the reset flag."""
+        graph = self.manifest.graph
+        self._param_vector = self.layout.flatten(self.parameters(), np.float32)
+        kept = {n: p.data.copy() for n, p in self.state.parameters if n not in self.layout.names}
+        kept.update(self.layout.split(self._param_vector))
+        kept.update({name: np.zeros(size, np.float32) for name, size in self._stat_sizes().items()})
+        if graph.stat_mix is not None:
+            kept[graph.stat_mix] = np.zeros(1, np.float32)
+        self._kept = kept
+        self._gradient = np.zeros(self.layout.size, np.float32)
+        self._reset = np.ones(1, bool)
+        training = {f"{n}{ACCUMULATION_BUFFER}": v for n, v in self.layout.split(self._gradient).items()}
+        training[LAZY_RESET_GRAD] = self._reset
+        per_call = {graph.input, graph.sample_weight} | (
+            {self.manifest.auxiliary.target} if self.manifest.auxiliary else set()
+        )
+        predictor = BoundGraph(bundle.file(EVAL_MODEL), options)
+        trainer = BoundGraph(bundle.file(TRAINING_MODEL), options)
+        predictor.fetch(self._outputs)
+        trainer.fetch(
+            [graph.loss, *self._outputs, *(o for o in trainer.outputs if o.endswith(ACCUMULATION_OUT))]
+        )
+        for g, values in ((predictor, kept), (trainer, {**kept, **training})):
+            for name in g.inputs:
+                if name in values:
+                    g.bind(name, values[name])
+            missing = [name for name in g.unbound() if name not in per_call]
+            if missing:
+                raise ValueError(f"{g.path} has inputs this runtime does not feed: {missing}")
+        return predictor, trainer
 
-    def _trainer_flags(self, trainer) -> list[str]:
-        """The accumulators' outputs: fetched so that ORT runs the nodes that write the gradients."""
-        return [o.name for o in trainer.get_outputs() if o.name.endswith(ACCUMULATION_OUT)]
+    def _stat_sizes(self) -> dict[str, int]:
+        return {
+            name: len(layer.source_mean) for layer in self.manifest.batch_norms for name in layer.stat_inputs
+        }
 
     def _buffer_layout(self) -> Layout:
         """The trainable parameters in the order of ORT's contiguous parameter buffer (that of
@@ -179,9 +180,9 @@ class OrtModel:
         mix: float,
         target: np.ndarray | None = None,
     ) -> dict[str, np.ndarray]:
-        """This call's inputs, written into the kept feed (whose other entries stay as they were)."""
+        """This call's inputs by name, for the training module (the path off CPU)."""
         graph = self.manifest.graph
-        values = self._feed
+        values = {}
         values[graph.input] = np.ascontiguousarray(x, np.float32)
         values[graph.sample_weight] = weights
         aux = self.manifest.auxiliary
@@ -212,26 +213,42 @@ class OrtModel:
         moments = {layer.name: (out[1 + 2 * i], out[2 + 2 * i]) for i, layer in enumerate(self._layers)}
         return Outputs(logits=out[0], moments=moments, loss=loss)
 
+    def _bind_call(
+        self,
+        g: BoundGraph,
+        x: np.ndarray,
+        weights: np.ndarray,
+        stats: Stats,
+        mix: float,
+        target: np.ndarray | None = None,
+    ) -> None:
+        """This call's inputs: the batch-shaped ones bound anew, the statistics copied in place."""
+        graph = self.manifest.graph
+        g.batch(len(x))
+        g.bind(graph.input, np.ascontiguousarray(x, np.float32))
+        g.bind(graph.sample_weight, weights)
+        aux = self.manifest.auxiliary
+        if aux is not None:  # the eval graph keeps the training graph's inputs, so feed it always
+            shape = (len(x), len(aux.transformations))
+            g.bind(aux.target, np.zeros(shape, np.float32) if target is None else target)
+        kept = self._kept
+        if graph.stat_mix is not None:
+            kept[graph.stat_mix][0] = mix
+        for layer, mean_input, var_input in self._stat_inputs:
+            mean, var = stats[layer]
+            np.copyto(kept[mean_input], mean)
+            np.copyto(kept[var_input], var)
+
     def forward(self, x: np.ndarray, stats: Stats, mix: float = 0.0) -> Outputs:
         """Eval graph: logits and batch moments; no gradients, no state change."""
         weights = np.zeros(len(x), np.float32)
-        if self._predictor is None:
+        if self._graphs is None:
             self.module.eval()
             out = self.module(*self._feeds(self._eval_inputs, x, weights, stats, mix))
             return self._unpack(out[1:], None)
-        return self._unpack(
-            self._predictor.run(self._outputs, self._with_parameters(x, weights, stats, mix)), None
-        )
-
-    def _with_parameters(
-        self, x: np.ndarray, weights: np.ndarray, stats: Stats, mix: float, target: np.ndarray | None = None
-    ) -> dict[str, np.ndarray]:
-        """The kept feed with this call's inputs and, once read from the state, the parameters."""
-        feeds = self._values(x, weights, stats, mix, target)
-        if not self._params_fed:
-            feeds.update({name: p.data.copy() for name, p in self.state.parameters})
-            self._params_fed = True
-        return feeds
+        predictor = self._graphs[0]
+        self._bind_call(predictor, x, weights, stats, mix)
+        return self._unpack(predictor.run(), None)
 
     def forward_backward(
         self,
@@ -250,13 +267,14 @@ class OrtModel:
         weights = np.asarray(weights, np.float32)
         if target is not None:
             target = np.ascontiguousarray(target, np.float32)
-        if self._trainer is None:
+        if self._graphs is None:
             self.module.train()
             out = self.module(*self._feeds(self._train_inputs, x, weights, stats, mix, target))
         else:
-            feeds = {**self._with_parameters(x, weights, stats, mix, target), **self._trainer_feed}
-            feeds[LAZY_RESET_GRAD] = np.array([self._reset_gradient])
-            out = self._trainer.run(self._trainer_outputs, feeds)
+            trainer = self._graphs[1]
+            self._bind_call(trainer, x, weights, stats, mix, target)
+            self._reset[0] = self._reset_gradient
+            out = trainer.run()
         self._reset_gradient = False
         return self._unpack(out[1:], float(out[0]))
 
@@ -272,7 +290,7 @@ class OrtModel:
 
     def gradient_vector(self) -> np.ndarray:
         """The accumulated gradients of the trainable parameters, float32, flat in `layout`."""
-        if self._trainer is not None:
+        if self._graphs is not None:
             return self._gradient.copy()
         return np.concatenate([p.grad for p in self._trainable_params])
 
@@ -284,8 +302,8 @@ class OrtModel:
         """Set every trainable parameter from one flat vector in `layout`, in one ORT call."""
         vector = np.array(vector, np.float32)  # a copy: the caller may change its array later
         self.module.copy_buffer_to_parameters(self._ortvalue(vector)._ortvalue, trainable_only=True)
-        if self._params_fed:
-            self._feed.update(self.layout.split(vector))
+        if self._graphs is not None:
+            np.copyto(self._param_vector, vector)
 
     def set_parameters(self, values: dict[str, np.ndarray]) -> None:
         """Set every trainable parameter by name."""
