@@ -312,33 +312,39 @@ def _target_tent_parity(acc: Accuracies) -> Target:
 
 
 def _target_auxiliary(acc: Accuracies, number: int, column: str) -> Target:
-    """The auxiliary-task policy on its own model: at batch size 1 in recorded order (labels in runs)
-    never more than 1 point below that model's source, and its mean over corruptions above Tent's
-    on the same streams. Tent cannot step on the auxiliary model's training graph, so its numbers
-    are those of the model with the same encoder and no auxiliary head."""
+    """The auxiliary-task policy on its own model, on the stream the issue names (batch size 1 in
+    recorded order: labels in runs): never more than 1 point below that model's source in any
+    corruption, and its mean over corruptions above Tent's. Tent cannot step on the auxiliary
+    model's training graph, so its numbers are those of the model with the same encoder and no
+    auxiliary head. The other streams' means are listed beside it, not judged."""
     title = (
-        f"{number}. {column} ({AUX_MODEL}) at batch size 1 in recorded order never more than 1 point "
-        f"below source, and its mean over corruptions above tent ({TARGET_MODEL}) on the same streams"
+        f"{number}. {column} ({AUX_MODEL}) at batch size 1 in recorded order: never more than 1 point "
+        f"below source, and its mean over corruptions above tent ({TARGET_MODEL}) on the same stream"
     )
     harm = {k: v for k, v in acc.items() if k[0] == AUX_MODEL and k[2] == "recorded" and k[3] == 1}
     compared, below = _violations(harm, column, "source", lambda key, mine, ref: mine >= ref - 1.0)
-    means, behind = [], []
+    judged, behind, others = None, [], []
     for order in TARGET_ORDERS:
         for batch in sorted({k[3] for k in acc if k[0] == AUX_MODEL and k[4] == column}):
             mine = mean_over_corruptions(acc, AUX_MODEL, order, batch, column)
             tent = mean_over_corruptions(acc, TARGET_MODEL, order, batch, "tent")
-            if mine is not None and tent is not None:
-                means.append(
-                    f"mean over corruptions, {order} b={batch}: {column} {mine:.1f} vs tent {tent:.1f}"
-                )
+            if mine is None or tent is None:
+                continue
+            line = f"mean over corruptions, {order} b={batch}: {column} {mine:.1f} vs tent {tent:.1f}"
+            if (order, batch) == ("recorded", 1):
+                judged = line
                 if mine <= tent:
-                    behind.append(f"not above tent: {means[-1]}")
-    if compared == 0 or not means:
+                    behind.append(f"not above tent: {line}")
+            else:
+                others.append(f"not judged: {line}" + (" (not above tent)" if mine <= tent else ""))
+    if compared == 0 or judged is None:
         return Target(
-            title, NOT_MEASURED, [f"needs {column} and source on {AUX_MODEL}, tent on {TARGET_MODEL}"]
+            title,
+            NOT_MEASURED,
+            [f"needs {column} and source on {AUX_MODEL}, tent on {TARGET_MODEL}, recorded b=1"],
         )
     summary = f"{compared - len(below)} of {compared} cells within 1 point of source"
-    return Target(title, FAIL if below or behind else PASS, [summary, *below, *means, *behind])
+    return Target(title, FAIL if below or behind else PASS, [summary, *below, judged, *behind, *others])
 
 
 def evaluate_targets(results: list[dict], default: str | None) -> list[Target]:

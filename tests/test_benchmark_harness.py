@@ -196,7 +196,21 @@ def test_auxiliary_targets_compare_with_source_of_their_model_and_tent_of_the_pl
     ]
     behind = evaluate_targets(results(aux_grid(ttt=70.5, episodic=70.0, tent=71.0)), default=None)[3]
     assert behind.status == FAIL
-    assert "not above tent: mean over corruptions, shuffled b=16: ttt 70.5 vs tent 71.0" in behind.details
+    assert "not above tent: mean over corruptions, recorded b=1: ttt 70.5 vs tent 71.0" in behind.details
+
+
+def test_auxiliary_targets_judge_the_label_correlated_stream_and_list_the_others():
+    cells = aux_grid(ttt=70.5, episodic=69.5, tent=60.0)
+    for c in ("gain", "noise"):  # tent ahead on shuffled batches of 16 only
+        cells[("cnn-bn", c, "shuffled", 16, "tent")] = 72.0
+    online = evaluate_targets(results(cells), default=None)[3]
+    assert online.status == PASS
+    assert online.details[1] == "mean over corruptions, recorded b=1: ttt 70.5 vs tent 60.0"
+    assert (
+        "not judged: mean over corruptions, shuffled b=16: ttt 70.5 vs tent 72.0 (not above tent)"
+        in online.details
+    )
+    assert "not judged: mean over corruptions, recorded b=16: ttt 70.5 vs tent 60.0" in online.details
 
 
 @pytest.mark.parametrize("corruption", ["clean", "noise"])
