@@ -164,19 +164,21 @@ def test_episodic_mode_leaves_the_state_as_it_was_after_every_window(
 
 
 @pytest.mark.parametrize("prior", [0.0, 4.0, 1e9])
-def test_episodic_ttt_normalizes_with_source_statistics_mixed_with_the_batch(
+def test_episodic_ttt_adapts_on_each_window_alone_with_its_moments_mixed_in(
     aux_bundle_dir: Path, prior: float
 ):
-    """With a zero step, episodic ttt predicts exactly as the eval graph at the mix n / (prior + n)."""
+    """With a zero step, episodic ttt predicts each window as the eval graph does at the mix
+    1 / (prior + 1) of that window alone, however the windows are batched."""
     x = windows(3, seed=7) * 1.5 + 0.3
-    engine = Engine(
-        OrtModel(load_bundle(aux_bundle_dir)), "ttt", {"lr": 0.0, "batch_prior": prior, "episodic": True}
-    )
+    options = {"lr": 0.0, "episode_prior": prior, "episodic": True}
+    engine = Engine(OrtModel(load_bundle(aux_bundle_dir)), "ttt", options)
     model = OrtModel(load_bundle(aux_bundle_dir))
-    mix = 3 / (prior + 3)
-    expected = softmax_entropy(model.forward(x, model.source_stats(), mix).logits.astype(np.float64))[0]
-    np.testing.assert_array_equal(engine.process(x).probs, expected.astype(np.float32))
-    source = softmax_entropy(model.forward(x, model.source_stats()).logits.astype(np.float64))[0]
+    stats, mix = model.source_stats(), 1 / (prior + 1)
+    alone = np.concatenate([model.forward(x[i : i + 1], stats, mix).logits for i in range(len(x))])
+    expected = softmax_entropy(alone.astype(np.float64))[0].astype(np.float32)
+    np.testing.assert_array_equal(engine.process(x).probs, expected)
+    np.testing.assert_array_equal(engine.process(x[1:2]).probs, expected[1:2])
+    source = softmax_entropy(model.forward(x, stats).logits.astype(np.float64))[0]
     moved = float(np.abs(expected - source).max())
     assert (moved < 1e-5) if prior > 1e6 else (moved > 1e-3)  # a huge prior is the source model
 
@@ -191,8 +193,8 @@ def test_policies_refuse_bundles_made_for_another_loss(bundle_dir: Path, aux_bun
         Engine(OrtModel(load_bundle(aux_bundle_dir)), "norm", {"episodic": True})
     with pytest.raises(ValueError, match="steps must be at least 1"):
         Engine(OrtModel(load_bundle(aux_bundle_dir)), "ttt", {"steps": 0})
-    with pytest.raises(ValueError, match="batch_prior must be at least 0"):
-        Engine(OrtModel(load_bundle(aux_bundle_dir)), "ttt", {"batch_prior": -1.0})
+    with pytest.raises(ValueError, match="episode_prior must be at least 0"):
+        Engine(OrtModel(load_bundle(aux_bundle_dir)), "ttt", {"episode_prior": -1.0})
 
 
 def test_ttt_balanced_statistics_follow_a_long_run_of_one_class_less_and_survive_a_restore(

@@ -12,10 +12,12 @@ alike) with the default policy's momentum-averaged stream moments, each batch we
 its predicted class dominates the recent stream; `stats="ema"` with the unweighted averages of
 `norm`; `stats="source"` with the source statistics, as the original per-sample method.
 
-In episodic mode nothing is remembered, averages included, so whatever `stats` says the batch
-norms normalize with the source statistics mixed with the batch's own moments, the source counting
-as `batch_prior` windows against the batch's n (the prior of Schneider et al., NeurIPS 2020):
-the batch's weight is n / (batch_prior + n).
+Episodic mode is per window, as the original per-sample method: each window of a batch is adapted
+on alone, predicted, and forgotten. Nothing is remembered, averages included, so whatever `stats`
+says the batch norms normalize with the source statistics mixed with the window's own moments, the
+source counting as `episode_prior` windows (the prior of Schneider et al., NeurIPS 2020): the
+window's weight is 1 / (episode_prior + 1). Per window rather than per batch, because a batch of
+consecutive windows is mostly one activity, whose moments are not the stream's.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ from edge_ttt.adapt.policies import (
 from edge_ttt.adapt.statistics import ClassBalance, fold_moments
 from edge_ttt.adapt.transforms import TRANSFORMS, transformed_copies
 
-BATCH_PRIOR_WINDOWS = 4.0  # episodic mode: the source statistics count as this many windows
+EPISODE_PRIOR_WINDOWS = 4.0  # episodic mode: the source statistics count as this many windows
 
 
 class TestTimeTraining(Norm):
@@ -64,13 +66,13 @@ class TestTimeTraining(Norm):
         momentum: float = STAT_MOMENTUM,
         prior_windows: float | None = STAT_PRIOR_WINDOWS,
         prior_momentum: float = CLASS_PRIOR_MOMENTUM,
-        batch_prior: float = BATCH_PRIOR_WINDOWS,
+        episode_prior: float = EPISODE_PRIOR_WINDOWS,
     ) -> None:
         super().__init__(model, counters, momentum, prior_windows)
         if steps < 1:
             raise ValueError(f"steps must be at least 1, got {steps}")
-        if not batch_prior >= 0:
-            raise ValueError(f"batch_prior must be at least 0 (windows), got {batch_prior}")
+        if not episode_prior >= 0:
+            raise ValueError(f"episode_prior must be at least 0 (windows), got {episode_prior}")
         if stats not in ("balanced", "ema", "source"):
             raise ValueError(f"stats must be 'balanced', 'ema' or 'source', got {stats!r}")
         aux = model.manifest.auxiliary
@@ -84,7 +86,7 @@ class TestTimeTraining(Norm):
         self.transformations = list(aux.transformations)
         self.channels = list(model.manifest.model.channels)
         self.steps = steps
-        self.batch_prior = batch_prior
+        self.episode_prior = episode_prior
         self.use_ema = stats != "source"
         self.balance = ClassBalance(self.classes, prior_momentum) if stats == "balanced" else None
         self.opt: SGD | Adam = SGD(lr=lr, momentum=sgd_momentum) if optimizer == "sgd" else Adam(lr=lr)
@@ -116,10 +118,14 @@ class TestTimeTraining(Norm):
         return out.logits
 
     def episode(self, x: np.ndarray) -> np.ndarray:
-        """Adapt on x alone and predict it, with the source statistics mixed with x's own moments
-        (copies and originals each with their own), then forget."""
-        mix = len(x) / (self.batch_prior + len(x))
-        return self._forgetting(lambda v: self._step_and_predict(v, self.source_stats, mix).logits, x)
+        """Each window alone: adapt on it with the source statistics mixed with its own moments
+        (its transformed copies with theirs), predict it, forget."""
+        mix = 1.0 / (self.episode_prior + 1.0)
+
+        def one(window: np.ndarray) -> np.ndarray:
+            return self._step_and_predict(window, self.source_stats, mix).logits
+
+        return np.concatenate([self._forgetting(one, x[i : i + 1]) for i in range(len(x))])
 
     def state(self) -> Arrays:
         opt = self.opt.state(self.layout)
