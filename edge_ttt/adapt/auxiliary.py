@@ -111,21 +111,22 @@ class TestTimeTraining(Norm):
             self.counters.adapt_steps += 1
         return self.model.forward(x, stats, mix)
 
-    def update(self, x: np.ndarray) -> np.ndarray:
+    def update(self, x: np.ndarray) -> Outputs:
         out = self._step_and_predict(x, self.stats(), 0.0)
         if self.use_ema:
             fold_moments(self.moments, out.moments, out.logits.argmax(axis=1), self.balance)
-        return out.logits
+        return out
 
-    def episode(self, x: np.ndarray) -> np.ndarray:
+    def episode(self, x: np.ndarray) -> Outputs:
         """Each window alone: adapt on it with the source statistics mixed with its own moments
         (its transformed copies with theirs), predict it, forget."""
         mix = 1.0 / (self.episode_prior + 1.0)
 
-        def one(window: np.ndarray) -> np.ndarray:
-            return self._step_and_predict(window, self.source_stats, mix).logits
+        def one(window: np.ndarray) -> Outputs:
+            return self._step_and_predict(window, self.source_stats, mix)
 
-        return np.concatenate([self._forgetting(one, x[i : i + 1]) for i in range(len(x))])
+        alone = [self._forgetting(one, x[i : i + 1]).logits for i in range(len(x))]
+        return Outputs(logits=np.concatenate(alone), moments={})  # no moments of the batch as one
 
     def state(self) -> Arrays:
         opt = self.opt.state(self.layout)

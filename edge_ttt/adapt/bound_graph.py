@@ -48,6 +48,15 @@ class BoundGraph:
                 self._binding.bind_output(name, "cpu")
             self._rows = rows
 
+    def feed(self, name: str, array: np.ndarray) -> None:
+        """Copy a batch-shaped input into the buffer bound to it, bound anew when the shape (or
+        type) changes: a copy of one window costs less than wrapping and binding it."""
+        held = self._held.get(name)
+        if held is not None and held[1].shape == array.shape and held[1].dtype == array.dtype:
+            np.copyto(held[1], array)
+        else:
+            self.bind(name, np.array(array, order="C"))
+
     def bind(self, name: str, array: np.ndarray) -> None:
         """Bind an input to the array's memory (C-contiguous, of the input's type): the next runs
         read whatever the array holds then."""

@@ -83,15 +83,15 @@ class Engine:
         n_invalid = int((~valid).sum())
         update = self.policy.episode if self.episodic else self.policy.update
         if n_invalid == 0:
-            logits = update(x)
+            probs, entropy = update(x).softmax
         else:
             logits = np.empty((len(x), len(self.model.manifest.model.classes)), np.float32)
             if n_invalid < len(x):
-                logits[valid] = update(x[valid])
-            logits[~valid] = self.policy.predict(sanitize(x[~valid], self.limits))
+                logits[valid] = update(x[valid]).logits
+            logits[~valid] = self.policy.predict(sanitize(x[~valid], self.limits)).logits
+            probs, entropy = softmax_entropy(logits.astype(np.float64))
         self.counters.windows += len(x)
         self.counters.rejected_invalid += n_invalid
-        probs, entropy = softmax_entropy(logits.astype(np.float64))
         return Predictions(probs.argmax(axis=1), probs.astype(np.float32), entropy.astype(np.float32), valid)
 
     def save_state(self, path: str | Path) -> None:

@@ -36,10 +36,14 @@ class Outputs:
     loss: float | None = None
 
     @cached_property
+    def softmax(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per window, the predicted distribution and its entropy in nats, float64 (computed once:
+        a policy weighs and watches windows by them, the engine reports them)."""
+        return softmax_entropy(self.logits.astype(np.float64))
+
+    @property
     def entropy(self) -> np.ndarray:
-        """Per window, the entropy of the predicted distribution in nats, float64 (computed once:
-        a policy may weigh windows by it and watch it for collapse)."""
-        return softmax_entropy(self.logits.astype(np.float64))[1]
+        return self.softmax[1]
 
 
 def available_devices() -> list[str]:
@@ -222,15 +226,15 @@ class OrtModel:
         mix: float,
         target: np.ndarray | None = None,
     ) -> None:
-        """This call's inputs: the batch-shaped ones bound anew, the statistics copied in place."""
+        """This call's inputs, copied into the bound buffers."""
         graph = self.manifest.graph
         g.batch(len(x))
-        g.bind(graph.input, np.ascontiguousarray(x, np.float32))
-        g.bind(graph.sample_weight, weights)
+        g.feed(graph.input, np.asarray(x, np.float32))
+        g.feed(graph.sample_weight, weights)
         aux = self.manifest.auxiliary
         if aux is not None:  # the eval graph keeps the training graph's inputs, so feed it always
             shape = (len(x), len(aux.transformations))
-            g.bind(aux.target, np.zeros(shape, np.float32) if target is None else target)
+            g.feed(aux.target, np.zeros(shape, np.float32) if target is None else target)
         kept = self._kept
         if graph.stat_mix is not None:
             kept[graph.stat_mix][0] = mix

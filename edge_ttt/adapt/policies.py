@@ -118,19 +118,19 @@ class Policy:
         """Load this policy's parameters into a model that other policies (devices) share."""
         self.model.write_parameters(self.param_vector)
 
-    def update(self, x: np.ndarray) -> np.ndarray:
+    def update(self, x: np.ndarray) -> Outputs:
         """Logits for valid windows; may change the policy's state."""
         return self.predict(x)
 
-    def predict(self, x: np.ndarray) -> np.ndarray:
+    def predict(self, x: np.ndarray) -> Outputs:
         """Logits without any state change."""
-        return self.model.forward(x, self.source_stats).logits
+        return self.model.forward(x, self.source_stats)
 
-    def episode(self, x: np.ndarray) -> np.ndarray:
+    def episode(self, x: np.ndarray) -> Outputs:
         """Episodic mode: `update` on x (adapt, predict), then return to the state before it."""
         return self._forgetting(self.update, x)
 
-    def _forgetting(self, adapt: Callable[[np.ndarray], np.ndarray], x: np.ndarray) -> np.ndarray:
+    def _forgetting(self, adapt: Callable[[np.ndarray], Outputs], x: np.ndarray) -> Outputs:
         """`adapt(x)`, then back to the state before it, bit for bit (everything the policy holds,
         not only `state()`: snapshots, detectors, gates)."""
         saved = copy.deepcopy({k: v for k, v in vars(self).items() if k not in _NEVER_CHANGE})
@@ -216,14 +216,14 @@ class Norm(Policy):
     def stats(self) -> Stats:
         return self.moments.stats()
 
-    def update(self, x: np.ndarray) -> np.ndarray:
+    def update(self, x: np.ndarray) -> Outputs:
         out = self.model.forward(x, self.stats())
         fold_moments(self.moments, out.moments, out.logits.argmax(axis=1))
         self.counters.adapt_steps += bool(self.moments)
-        return out.logits
+        return out
 
-    def predict(self, x: np.ndarray) -> np.ndarray:
-        return self.model.forward(x, self.stats()).logits
+    def predict(self, x: np.ndarray) -> Outputs:
+        return self.model.forward(x, self.stats())
 
     def state(self) -> Arrays:
         return self.moments.state()
@@ -245,14 +245,14 @@ class Tent(Policy):
         super().__init__(model, counters)
         self.opt = Adam(lr=lr)
 
-    def update(self, x: np.ndarray) -> np.ndarray:
+    def update(self, x: np.ndarray) -> Outputs:
         out, _, grads = self._gradient(x, self.source_stats, 1.0, None)
         self._set_params(self.opt.step(self.param_vector, grads))
         self.counters.adapt_steps += 1
-        return out.logits
+        return out
 
-    def predict(self, x: np.ndarray) -> np.ndarray:
-        return self.model.forward(x, self.source_stats, mix=1.0).logits
+    def predict(self, x: np.ndarray) -> Outputs:
+        return self.model.forward(x, self.source_stats, mix=1.0)
 
     def state(self) -> Arrays:
         return {**_prefixed("params", self.params), **_prefixed("adam", self.opt.state(self.layout))}
@@ -286,7 +286,7 @@ class Sar(Policy):
         self.opt = SGD(lr=self.lr or 0.0, momentum=0.9)
         self.loss_ema: float | None = None
 
-    def update(self, x: np.ndarray) -> np.ndarray:
+    def update(self, x: np.ndarray) -> Outputs:
         n = len(x)
         if self.lr is None:
             self.opt.lr = 0.00025 if n >= 32 else 0.00025 / 64 * n * 2
@@ -302,7 +302,7 @@ class Sar(Policy):
         if self.loss_ema is not None and self.loss_ema < self.reset_below:
             self._reset()
             self.counters.resets += 1
-        return out.logits
+        return out
 
     def _sharpness_aware_step(self, x: np.ndarray, w1: np.ndarray, grads: np.ndarray) -> None:
         """Ascend to the worst point within rho, take the gradient there, step from the origin."""
@@ -323,8 +323,8 @@ class Sar(Policy):
             self._set_params(self.opt.step(origin, grads2))
             self.counters.adapt_steps += 1
 
-    def predict(self, x: np.ndarray) -> np.ndarray:
-        return self.model.forward(x, self.source_stats, mix=1.0).logits
+    def predict(self, x: np.ndarray) -> Outputs:
+        return self.model.forward(x, self.source_stats, mix=1.0)
 
     def state(self) -> Arrays:
         ema = np.asarray(np.nan if self.loss_ema is None else self.loss_ema)
@@ -429,7 +429,7 @@ class Steady(Policy):
             / len(out.logits)
         )
 
-    def update(self, x: np.ndarray) -> np.ndarray:
+    def update(self, x: np.ndarray) -> Outputs:
         cfg = self.cfg
         self.gate.observe(x)
         drifting = self.gate.open
@@ -451,7 +451,7 @@ class Steady(Policy):
         self.updates += 1
         self.detector.observe(classes, out.entropy)
         self._watch()
-        return out.logits
+        return out
 
     def _watch(self) -> None:
         """Every `watch_every` updates: roll back on collapse, else maybe take a snapshot."""
@@ -479,8 +479,8 @@ class Steady(Policy):
         shifts = [np.abs(means[k] - m) / np.sqrt(v + 1e-5) for k, (m, v) in self.source_stats.items()]
         return float(max((s.max() for s in shifts), default=0.0))
 
-    def predict(self, x: np.ndarray) -> np.ndarray:
-        return self.model.forward(x, self.stats()).logits
+    def predict(self, x: np.ndarray) -> Outputs:
+        return self.model.forward(x, self.stats())
 
     def state(self) -> Arrays:
         flat = {**_prefixed("params", self.params), **_prefixed("fast", self.layout.split(self.fast))}
