@@ -12,7 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from edge_ttt.adapt.transforms import TRANSFORMS
-from export.norms import BatchNorm, ChannelLayerNorm, GroupNorm
+from export.norms import BatchNorm, ChannelLayerNorm, GroupNorm, pool_time
 
 
 class Standardize(nn.Module):
@@ -55,7 +55,7 @@ class ConvNet(nn.Module):
 
     def features(self, x: Tensor) -> Tensor:
         """The encoder: every layer before the head, pooled over time."""
-        return self.block3(self.block2(self.block1(self.standardize(x)))).mean(dim=2)
+        return pool_time(self.block3(self.block2(self.block1(self.standardize(x)))))
 
     def forward(self, x: Tensor) -> Tensor:
         return self.head(self.features(x))
@@ -117,7 +117,7 @@ class TemporalConvNet(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         h = self.stem_norm(self.stem(self.standardize(x)))
         h = self.norm(self.blocks(h))
-        return self.head(h.mean(dim=2))
+        return self.head(pool_time(h))
 
 
 def _cnn_bn(channels: int, classes: int) -> nn.Module:

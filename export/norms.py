@@ -2,7 +2,7 @@
 
 In training (and in the torch reference) each layer is the native torch layer. For export, a
 `NormIO` is attached to every layer; the layer then computes the same normalization from
-primitive ops (ReduceMean, Sub, Mul, Sqrt, Div), which keeps the affine parameters as
+primitive ops (MatMul, ReduceMean, Sub, Mul, Sqrt, Div), which keeps the affine parameters as
 graph initializers with gradients in ONNX Runtime 1.19.2 (its LayerNormalization and
 GroupNormalization have no usable gradient builders, see shared ORT notes), and:
 
@@ -19,6 +19,17 @@ and affine into a per-channel `scale = weight / sqrt(var + eps)` and `shift = bi
 scale`, so the whole tensor sees a Mul and an Add instead of Sub, Div, Mul and Add; and small
 tensors broadcast through one Reshape instead of one Unsqueeze per new axis (and a Squeeze per
 axis in the backward pass).
+
+Averages over an axis whose length the traced graph fixes are MatMuls with a constant vector
+(`time_average`: [B, C, L] @ [L, 1] of 1 / L; layer norm's channel mean: [1, C] of 1 / C @
+[B, C, L]). ORT's gradient of a ReduceMean is seven bookkeeping nodes (Size, Shape, Size, Div,
+Unsqueeze, Scale, Expand), a MatMul's is one MatMul. The time length is a constant of every
+layer (the window is fixed at export) and the channel count one of the model; the batch is
+dynamic, so a batch norm still averages its [B, C, 1] time means over the batch by ReduceMean.
+Group norm squeezes its time means to [B, C] before the group matrix: a [C, C] @ [B, C, 1]
+product broadcasts, and ORT wraps that (and its gradient) in Reshapes and is slower, though
+the graph has fewer nodes. The global average pooling before the head (`pool_time`) is the
+same MatMul in the exported graph only.
 """
 
 from __future__ import annotations
@@ -27,6 +38,21 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
+
+
+def time_average(x: Tensor) -> Tensor:
+    """[B, C, L] -> [B, C, 1]: the mean over time as a MatMul with a constant column of 1 / L (L
+    is the traced, static length)."""
+    length = int(x.shape[-1])
+    return x @ torch.full((length, 1), 1.0 / length, dtype=x.dtype)
+
+
+def pool_time(x: Tensor) -> Tensor:
+    """[B, C, L] -> [B, C]: global average pooling over time; a MatMul when traced for export
+    (see the module docstring), `mean` otherwise, so eager torch runs as it always did."""
+    if torch.jit.is_tracing():
+        return time_average(x).flatten(1)
+    return x.mean(dim=2)
 
 
 @dataclass
@@ -58,9 +84,9 @@ class BatchNorm(_ExplicitNorm, nn.BatchNorm1d):
     def forward(self, x: Tensor) -> Tensor:
         if self.io is None:
             return super().forward(x)
-        batch_mean = x.mean(dim=(0, 2))
+        batch_mean = time_average(x).mean(dim=(0, 2))
         centered = x - batch_mean.reshape(1, -1, 1)
-        batch_var = (centered * centered).mean(dim=(0, 2))
+        batch_var = time_average(centered * centered).mean(dim=(0, 2))
         self._record(batch_mean, batch_var)
         stat_mean, stat_var = self.io.supplied[self.layer_name]
         mix = self.io.stat_mix
@@ -86,9 +112,9 @@ class GroupNorm(_ExplicitNorm, nn.GroupNorm):
         to_group = torch.repeat_interleave(torch.eye(g), c // g, dim=0) / (c // g)  # [C, G]
         to_channel = torch.repeat_interleave(torch.eye(g), c // g, dim=1)  # [G, C]
         average = to_group @ to_channel  # [C, C]: each channel to the average of its group
-        mean = x.mean(dim=2) @ average  # [B, C]
+        mean = time_average(x).squeeze(2) @ average  # [B, C]
         centered = x - mean.unsqueeze(2)
-        var = (centered * centered).mean(dim=2) @ average
+        var = time_average(centered * centered).squeeze(2) @ average
         self._record((mean @ to_group).mean(dim=0), (var @ to_group).mean(dim=0))
         scale = self.weight / torch.sqrt(var + self.eps)  # [B, C]
         shift = self.bias - mean * scale
@@ -113,9 +139,10 @@ class ChannelLayerNorm(_ExplicitNorm, nn.Module):
                 x.transpose(1, 2), (self.num_channels,), self.weight, self.bias, self.eps
             )
             return y.transpose(1, 2)
-        mean = x.mean(dim=1, keepdim=True)
+        row = torch.full((1, self.num_channels), 1.0 / self.num_channels, dtype=x.dtype)
+        mean = row @ x  # [B, 1, L]: the channel mean of each time step
         centered = x - mean
-        var = (centered * centered).mean(dim=1, keepdim=True)
+        var = row @ (centered * centered)
         self._record(mean.mean().reshape(1), var.mean().reshape(1))
         x_hat = centered / torch.sqrt(var + self.eps)
         return x_hat * self.weight.reshape(1, -1, 1) + self.bias.reshape(1, -1, 1)

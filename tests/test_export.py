@@ -302,3 +302,19 @@ def test_export_keeps_the_runtimes_log_lines_out_of_the_terminal(tmp_path: Path,
     err = capfd.readouterr().err
     assert "onnxruntime" not in err, err[:500]
     assert "GraphTransformer" in (tmp_path / "b" / "export.log").read_text()
+
+
+def test_averages_over_time_and_channels_are_matmuls(exported):
+    """Every full-tensor average in the norm layers and the pooling before the head is a MatMul
+    with a constant vector (export/norms.py): ORT's gradient of a ReduceMean is seven bookkeeping
+    nodes, a MatMul's one. What is left for ReduceMean is the batch axis (dynamic) and averages
+    of the small tensors those MatMuls produce."""
+    _, bundle = exported
+    for name in (TRAINING_MODEL, EVAL_MODEL):
+        nodes = onnx.load(bundle.file(name)).graph.node
+        producer = {out: node.op_type for node in nodes for out in node.output}
+        means = [node for node in nodes if node.op_type == "ReduceMean"]
+        assert means, name
+        for node in means:
+            axes = [list(a.ints) for a in node.attribute if a.name == "axes"]
+            assert axes == [[0]] or producer.get(node.input[0]) == "MatMul", (name, node.name, axes)
