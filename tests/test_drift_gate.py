@@ -19,7 +19,7 @@ def window(mean: float, std: float, seed: int = 0) -> np.ndarray:
 def test_source_like_input_keeps_it_closed():
     g = gate()
     g.observe(window(0.0, 1.0))
-    shift, spread = g.scores()
+    shift, spread = g.shift(), g.spread()
     assert shift < 0.05 and spread < 0.05 and not g.open
 
 
@@ -29,7 +29,7 @@ def test_source_like_input_keeps_it_closed():
 def test_scores_are_shift_in_source_stds_and_log_variance_ratio(mean, std, expect_shift, expect_spread):
     g = gate()
     g.observe(window(mean, std))
-    shift, spread = g.scores()
+    shift, spread = g.shift(), g.spread()
     assert shift == pytest.approx(expect_shift, abs=0.03)
     assert spread == pytest.approx(expect_spread, abs=0.03)
     assert g.open

@@ -23,6 +23,7 @@ def model(request, tmp_path_factory) -> OrtModel:
 
 def module_eval(model: OrtModel, x: np.ndarray, stats, mix: float) -> list[np.ndarray]:
     """The training module's eval step: the reference `forward` must equal."""
+    model._sync_state()
     model.module.eval()
     weights = np.zeros(len(x), np.float32)
     return list(model.module(*model._feeds(model._eval_inputs, x, weights, stats, mix))[1:])
@@ -53,6 +54,7 @@ def test_forward_equals_the_modules_eval_step_as_parameters_change(model: OrtMod
 
 def module_train(model: OrtModel, x: np.ndarray, weights: np.ndarray, stats, mix: float) -> list[np.ndarray]:
     """The training module's own step: outputs, then the gradients it accumulated."""
+    model._sync_state()
     model.module.train()
     out = model.module(*model._feeds(model._train_inputs, x, weights, stats, mix))
     return [*out, *(model.state.parameters[n].grad for n in model.layout.names)]

@@ -58,13 +58,16 @@ class DriftGate:
         var = np.add.reduce(centered * centered, axis=(0, 2)) / count
         self.moments.update(mean.reshape(-1), var, windows=len(x))
 
-    def scores(self) -> tuple[float, float]:
-        """(shift, spread) of the stream so far against source."""
+    def shift(self) -> float:
+        """Mean over channels of |mean - source mean| / source std, for the stream so far."""
         shift = np.abs(self.moments.mean - self.source_mean) / self._source_std
+        return float(np.add.reduce(shift) / len(shift))
+
+    def spread(self) -> float:
+        """Mean over channels of |log(var / source var)|, for the stream so far."""
         spread = np.abs(np.log(np.maximum(self.moments.var, 1e-12) / self.source_var))
-        return float(np.add.reduce(shift) / len(shift)), float(np.add.reduce(spread) / len(spread))
+        return float(np.add.reduce(spread) / len(spread))
 
     @property
     def open(self) -> bool:
-        shift, spread = self.scores()
-        return shift > self.max_shift or spread > self.max_spread
+        return self.shift() > self.max_shift or self.spread() > self.max_spread

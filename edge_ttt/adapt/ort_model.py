@@ -88,6 +88,7 @@ class OrtModel:
         options.inter_op_num_threads = 1
         options.log_severity_level = 2  # warnings and up, whatever another library set globally
         self.state = api.CheckpointState.load_checkpoint(str(bundle.file(CHECKPOINT)))
+        self._state_behind = False  # the bound parameter copy (CPU) holds writes the state has not seen
         self.module = api.Module(
             str(bundle.file(TRAINING_MODEL)),
             self.state,
@@ -285,10 +286,12 @@ class OrtModel:
 
     def discard_gradients(self) -> None:
         """Forget the accumulated gradients: the next training pass starts from zero."""
-        self.module.lazy_reset_grad()
+        if self._graphs is None:
+            self.module.lazy_reset_grad()
         self._reset_gradient = True
 
     def parameters(self, trainable_only: bool = True) -> dict[str, np.ndarray]:
+        self._sync_state()
         params = self.state.parameters
         names = self.trainable if trainable_only else [name for name, _ in params]
         return {n: params[n].data.copy() for n in names}
@@ -304,11 +307,23 @@ class OrtModel:
         return {n: views[n] for n in self.trainable}
 
     def write_parameters(self, vector: np.ndarray) -> None:
-        """Set every trainable parameter from one flat vector in `layout`, in one ORT call."""
-        vector = np.array(vector, np.float32)  # a copy: the caller may change its array later
-        self.module.copy_buffer_to_parameters(self._ortvalue(vector)._ortvalue, trainable_only=True)
-        if self._graphs is not None:
+        """Set every trainable parameter from one flat vector in `layout`: on CPU into the copy
+        the graphs are bound to (the checkpoint state follows when it is read), else into the
+        state in one ORT call."""
+        if self._graphs is None:
+            vector = np.array(vector, np.float32)  # a copy: the caller may change its array later
+            self.module.copy_buffer_to_parameters(self._ortvalue(vector)._ortvalue, trainable_only=True)
+        else:
             np.copyto(self._param_vector, vector)
+            self._state_behind = True
+
+    def _sync_state(self) -> None:
+        """Bring the checkpoint state up to the bound copy (CPU) before anything reads it."""
+        if self._state_behind:
+            self.module.copy_buffer_to_parameters(
+                self._ortvalue(self._param_vector)._ortvalue, trainable_only=True
+            )
+            self._state_behind = False
 
     def set_parameters(self, values: dict[str, np.ndarray]) -> None:
         """Set every trainable parameter by name."""
