@@ -7,6 +7,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from edge_ttt.adapt.engine import Engine  # noqa: E402
 from edge_ttt.adapt.ort_model import OrtModel  # noqa: E402
 from edge_ttt.artifacts import load_bundle  # noqa: E402
 from export.bundle import export_bundle  # noqa: E402
@@ -120,3 +121,24 @@ def test_one_buffer_write_sets_every_trainable_parameter_by_name(model: OrtModel
         np.testing.assert_array_equal(model.gradient_vector().shape, vector.shape)
     finally:
         model.set_parameters(source)
+
+
+@pytest.mark.parametrize("policy", ["tent", "steady"])
+def test_engines_on_the_training_modules_own_calls_predict_as_on_the_bound_graphs(
+    model: OrtModel, policy: str
+):
+    """Off CPU (CUDA) `OrtModel` keeps the training module's calls: the same predictions, step by step."""
+    options = {"gate_shift": 0.0, "gate_spread": 0.0, "reliable_quantile": 0.99} if policy == "steady" else {}
+    bound = Engine(OrtModel(load_bundle(model.bundle_path)), policy, options)
+    module_only = OrtModel(load_bundle(model.bundle_path))
+    module_only._graphs = None  # what a CUDA device runs
+    modules = Engine(module_only, policy, options)
+    start = bound.model.parameters()
+    for seed in range(6):
+        x = windows(1 + seed % 3, seed=seed) * 1.3
+        np.testing.assert_array_equal(bound.process(x).probs, modules.process(x).probs)
+    assert bound.counters.adapt_steps > 0
+    moved = modules.model.parameters()
+    for name, value in bound.model.parameters().items():
+        np.testing.assert_array_equal(value, moved[name])
+    assert any(not np.array_equal(v, start[k]) for k, v in moved.items())  # the steps moved them
