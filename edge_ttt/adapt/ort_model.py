@@ -71,8 +71,8 @@ class OrtModel:
     statistics to normalize with, and the gradient buffer that the training graph's accumulators
     write in place. At batch size 1 a training pass costs 11 to 16% less than the training
     module's own, an eval pass 27 to 31% less, with the same outputs and gradients bit for bit
-    (docs/performance.md). The copy
-    follows `write_parameters` (and `set_parameters`); change parameters only through them.
+    (docs/performance.md). The copy follows `write_parameters` (and `set_parameters`); change
+    parameters only through them. Elsewhere (CUDA) the training module's own calls run.
     """
 
     def __init__(self, bundle: Bundle, device: str = "cpu", threads: int = 1) -> None:
