@@ -4,8 +4,8 @@ caller, so that a call passes only what changed.
 At batch size 1 the graphs are a few hundred tiny kernels, and handing ORT some thirty inputs per
 call (each wrapped and checked by `InferenceSession.run`) costs a tenth of the call. Bound once
 (`bind`), parameters, statistics and gradient buffers are read (and the gradient accumulators
-written) in place; the caller changes them with `np.copyto` and rebinds only the inputs whose
-shape follows the batch.
+written) in place; the caller changes them with `np.copyto`, and copies the batch-shaped inputs
+into buffers bound anew only when the batch size changes (`feed`).
 """
 
 from __future__ import annotations
@@ -65,6 +65,7 @@ class BoundGraph:
         self._held[name] = (value, array)
 
     def unbound(self) -> list[str]:
+        """The inputs no array is bound to yet."""
         return [name for name in self.inputs if name not in self._held]
 
     def run(self) -> list[np.ndarray]:

@@ -107,7 +107,6 @@ class OrtModel:
         self.layout = self._buffer_layout()
         params = self.state.parameters
         self._trainable_params = [params[n] for n in self.layout.names]
-        self._reset_gradient = True  # the next training pass overwrites the gradient instead of adding
         self._graphs = self._bind_graphs(bundle, options) if self.device == "cpu" else None
         self.active: object | None = None  # the policy whose parameters the state holds (Engine)
 
@@ -124,7 +123,7 @@ class OrtModel:
             kept[graph.stat_mix] = np.zeros(1, np.float32)
         self._kept = kept
         self._gradient = np.zeros(self.layout.size, np.float32)
-        self._reset = np.ones(1, bool)
+        self._reset = np.ones(1, bool)  # true: the next training pass overwrites the gradients
         training = {f"{n}{ACCUMULATION_BUFFER}": v for n, v in self.layout.split(self._gradient).items()}
         training[LAZY_RESET_GRAD] = self._reset
         per_call = {graph.input, graph.sample_weight} | (
@@ -186,7 +185,7 @@ class OrtModel:
         mix: float,
         target: np.ndarray | None = None,
     ) -> dict[str, np.ndarray]:
-        """This call's inputs by name, for the training module (the path off CPU)."""
+        """This call's inputs by name (everything but the parameters and gradient buffers)."""
         graph = self.manifest.graph
         values = {}
         values[graph.input] = np.ascontiguousarray(x, np.float32)
@@ -228,22 +227,15 @@ class OrtModel:
         mix: float,
         target: np.ndarray | None = None,
     ) -> None:
-        """This call's inputs, copied into the bound buffers."""
-        graph = self.manifest.graph
+        """This call's inputs, copied into the bound buffers: the statistics and the mix into
+        those bound once, the batch-shaped ones into buffers bound for the batch size."""
         g.batch(len(x))
-        g.feed(graph.input, np.asarray(x, np.float32))
-        g.feed(graph.sample_weight, weights)
-        aux = self.manifest.auxiliary
-        if aux is not None:  # the eval graph keeps the training graph's inputs, so feed it always
-            shape = (len(x), len(aux.transformations))
-            g.feed(aux.target, np.zeros(shape, np.float32) if target is None else target)
-        kept = self._kept
-        if graph.stat_mix is not None:
-            kept[graph.stat_mix][0] = mix
-        for layer, mean_input, var_input in self._stat_inputs:
-            mean, var = stats[layer]
-            np.copyto(kept[mean_input], mean)
-            np.copyto(kept[var_input], var)
+        for name, value in self._values(x, weights, stats, mix, target).items():
+            kept = self._kept.get(name)
+            if kept is None:
+                g.feed(name, value)
+            else:
+                np.copyto(kept, value)
 
     def forward(self, x: np.ndarray, stats: Stats, mix: float = 0.0) -> Outputs:
         """Eval graph: logits and batch moments; no gradients, no state change."""
@@ -279,16 +271,16 @@ class OrtModel:
         else:
             trainer = self._graphs[1]
             self._bind_call(trainer, x, weights, stats, mix, target)
-            self._reset[0] = self._reset_gradient
             out = trainer.run()
-        self._reset_gradient = False
+            self._reset[0] = False  # the next pass adds to these gradients
         return self._unpack(out[1:], float(out[0]))
 
     def discard_gradients(self) -> None:
         """Forget the accumulated gradients: the next training pass starts from zero."""
         if self._graphs is None:
             self.module.lazy_reset_grad()
-        self._reset_gradient = True
+        else:
+            self._reset[0] = True
 
     def parameters(self, trainable_only: bool = True) -> dict[str, np.ndarray]:
         self._sync_state()
