@@ -155,8 +155,9 @@ def run(
     import signal
 
     from edge_ttt.agent import Agent
+    from edge_ttt.agent.config import load_config
     from edge_ttt.artifacts import BundleError
-    from edge_ttt.config import ConfigError, load_config
+    from edge_ttt.config_file import ConfigError
 
     try:
         cfg = load_config(config)
@@ -218,7 +219,8 @@ def health(
 ) -> None:
     """Exit 0 when the agent's local status is online and fresh (for container health checks)."""
     from edge_ttt.agent import health as agent_health
-    from edge_ttt.config import ConfigError, load_config
+    from edge_ttt.agent.config import load_config
+    from edge_ttt.config_file import ConfigError
 
     try:
         problem = agent_health(load_config(config, check_files=False), max_age)

@@ -1,4 +1,5 @@
-"""Structured logs: one JSON object per line on devices, readable lines in a terminal."""
+"""Structured logs: one JSON object per line on devices, readable lines in a terminal; a warning
+that a flood of bad input cannot turn into a flood of lines; values quoted in messages, bounded."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import json
 import logging
 import sys
 import time
+from typing import Any
 
 
 class JsonFormatter(logging.Formatter):
@@ -35,3 +37,34 @@ def configure(level: str = "info", json_lines: bool | None = None) -> None:
     root = logging.getLogger()
     root.handlers = [handler]
     root.setLevel(level.upper())
+
+
+class RateLimitedLog:
+    """At most one warning per `interval` s per kind; the rest are left to the caller's counters,
+    so that a flood of bad input stays cheap and the log stays readable."""
+
+    def __init__(self, logger: logging.Logger, interval: float = 10.0) -> None:
+        self.logger = logger
+        self.interval = interval
+        self._last: dict[str, float] = {}
+
+    def warning(self, kind: str, message: str, *args: Any, fields: dict[str, Any] | None = None) -> bool:
+        """Log unless `kind` was logged less than `interval` s ago; whether it was logged.
+
+        `fields` go to the JSON line (with `kind`); without them the record carries no extra."""
+        now = time.monotonic()
+        if now - self._last.get(kind, -float("inf")) < self.interval:
+            return False
+        self._last[kind] = now
+        extra = None if fields is None else {"fields": {"kind": kind, **fields}}
+        self.logger.warning(message, *args, extra=extra)
+        return True
+
+
+def show(value: object, limit: int = 60, *, toml: bool = False) -> str:
+    """A value for an error message, shortened to `limit` characters: messages quote what a user or
+    a device sent. `toml`: spelt as TOML would (true, [1, 2]) rather than as Python's repr."""
+    text = repr(value)
+    if toml and not isinstance(value, str):
+        text = json.dumps(value, default=str, ensure_ascii=False)
+    return text if len(text) <= limit else f"{text[: limit - 3]}..."

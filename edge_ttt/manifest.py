@@ -6,6 +6,7 @@ documented in docs/manifest.md; a manifest with an unknown `schema_version` is r
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -17,6 +18,9 @@ EVAL_MODEL = "eval_model.onnx"
 OPTIMIZER_MODEL = "optimizer_model.onnx"
 CHECKPOINT = "checkpoint"
 REQUIRED_FILES = (TRAINING_MODEL, EVAL_MODEL, OPTIMIZER_MODEL, CHECKPOINT)
+# How far a stream's sample period may be from the model's, relative to the model's: a sensor's
+# clock is off by a fraction of a percent, and a frame states its period in whole nanoseconds.
+RATE_TOLERANCE = 0.01
 
 
 class _Strict(BaseModel):
@@ -149,3 +153,34 @@ class Manifest(_Strict):
     @property
     def batch_norms(self) -> list[NormLayer]:
         return [layer for layer in self.norm_layers if layer.stat_inputs is not None]
+
+
+def sample_period_ns(sample_rate_hz: float) -> int:
+    """The sample period in whole nanoseconds, as frames state it."""
+    return round(1e9 / sample_rate_hz)
+
+
+def check_fits(
+    model_channels: Sequence[str], model_rate_hz: float, *, channels: Sequence[str] | int, period_ns: float
+) -> Literal["channels", "rate"] | None:
+    """What keeps a stream from fitting the model, or None when it fits.
+
+    `channels` are the stream's channel names (same names, same order as the model's) or, where a
+    stream does not name them, their number. The caller words the refusal for its reader.
+
+    >>> check_fits(["ax", "ay"], 50.0, channels=2, period_ns=20_100_000) is None
+    True
+    >>> check_fits(["ax", "ay"], 50.0, channels=["ay", "ax"], period_ns=20_000_000)
+    'channels'
+    >>> check_fits(["ax", "ay"], 50.0, channels=2, period_ns=10_000_000)
+    'rate'
+    """
+    if isinstance(channels, int):
+        if channels != len(model_channels):
+            return "channels"
+    elif list(channels) != list(model_channels):
+        return "channels"
+    expected = sample_period_ns(model_rate_hz)
+    if abs(period_ns - expected) > RATE_TOLERANCE * expected:
+        return "rate"
+    return None

@@ -14,6 +14,7 @@ from edge_ttt.adapt.engine import DEFAULT_POLICY, Engine
 from edge_ttt.adapt.ort_model import OrtModel
 from edge_ttt.adapt.policies import POLICY_TYPES, fits
 from edge_ttt.artifacts import load_bundle
+from edge_ttt.manifest import check_fits
 from edge_ttt.metrics import accuracy, macro_f1
 from edge_ttt.recordlog import RecordedLog, read_log
 from edge_ttt.stream.window import WindowBatch, windows_from_log
@@ -24,12 +25,16 @@ class ReplayError(ValueError):
 
 
 def check_compatible(log: RecordedLog, channels: list[str], sample_rate_hz: float, where: str) -> None:
-    if list(log.channels) != channels:
+    """Refuse a log whose channels or sample rate the model was not trained for (`check_fits`)."""
+    misfit = check_fits(
+        channels, sample_rate_hz, channels=list(log.channels), period_ns=1e9 / log.sample_rate_hz
+    )
+    if misfit == "channels":
         raise ReplayError(
             f"{where}: channels {list(log.channels)} do not match the model's {channels} "
             "(same names, same order)"
         )
-    if abs(log.sample_rate_hz - sample_rate_hz) > 1e-6 * sample_rate_hz:
+    if misfit == "rate":
         raise ReplayError(
             f"{where}: sample rate {log.sample_rate_hz} Hz, the model expects {sample_rate_hz} Hz"
         )

@@ -12,7 +12,6 @@ benchmark mean the same thing by them.
 from __future__ import annotations
 
 import math
-import sys
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,11 +20,7 @@ from typing import Any
 
 import numpy as np
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
-
+from edge_ttt.config_file import TOMLDecodeError, parse_toml
 from firmware_sim.corruptions import DROPOUT_MEAN_BURST, rotation_matrix, triads
 
 __all__ = ["BUILTINS", "KINDS", "Bursts", "DeviceDrift", "Scenario", "ScenarioError", "Step", "load_scenario"]
@@ -167,8 +162,8 @@ def load_scenario(spec: str) -> Scenario:
     if not path.is_file():
         raise ScenarioError(f"unknown scenario {spec!r}: not a built-in ({', '.join(BUILTINS)}) nor a file")
     try:
-        doc = tomllib.loads(path.read_text())
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        doc = parse_toml(path.read_text())
+    except (TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ScenarioError(f"{path}: not valid TOML ({exc})") from None
     unknown = sorted(set(doc) - {"description", "step"})
     if unknown:

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from paho.mqtt.enums import CallbackAPIVersion
 
 from edge_ttt.agent import Agent, Message, health
-from edge_ttt.config import load_config
+from edge_ttt.agent.config import load_config
 from edge_ttt.stream.codec import Frame, encode, encode_json
 from tests.conftest import CHANNELS, wait_for
 from tests.model_factory import LENGTH

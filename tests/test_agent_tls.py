@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from edge_ttt.agent import Agent
-from edge_ttt.config import load_config
+from edge_ttt.agent.config import load_config
 from firmware_sim.broker import Broker
 from tests.test_agent import write_config
 

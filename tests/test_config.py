@@ -9,7 +9,8 @@ import pytest
 from pydantic import ValidationError
 
 from edge_ttt.adapt.policies import DEFAULT_POLICY, POLICY_TYPES, SteadyConfig
-from edge_ttt.config import AgentConfig, ConfigError, load_config, policy_options
+from edge_ttt.agent.config import AgentConfig, load_config, policy_options
+from edge_ttt.config_file import ConfigError
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 AGENT = '[agent]\nid = "a"\n'

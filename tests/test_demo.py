@@ -96,7 +96,7 @@ def test_broker_address_is_checked(bad):
 
 
 def test_agent_config_loads_and_names_its_own_state(tmp_path):
-    from edge_ttt.config import load_config
+    from edge_ttt.agent.config import load_config
 
     mqtt = {"host": "127.0.0.1", "port": 1884, "protocol": "v311", "prefix": "edge-ttt-demo/x"}
     path = services.agent_config(

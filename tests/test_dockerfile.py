@@ -14,15 +14,12 @@ from pathlib import Path
 
 import pytest
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
+from edge_ttt.config_file import parse_toml
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCKERFILE = ROOT / "Dockerfile.jetson"
 DOCKERIGNORE = ROOT / ".dockerignore"
-PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
+PYPROJECT = parse_toml((ROOT / "pyproject.toml").read_text())
 
 
 @dataclass(frozen=True)
@@ -267,7 +264,7 @@ def test_versions_are_pinned_and_match_pyproject():
 
 
 def test_container_config_in_the_docs_loads_with_the_images_paths(tmp_path: Path):
-    from edge_ttt.config import load_config
+    from edge_ttt.agent.config import load_config
 
     doc = (ROOT / "docs" / "jetson.md").read_text()
     blocks = re.findall(r"```toml\n(.*?)```", doc, flags=re.S)

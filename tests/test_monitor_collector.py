@@ -14,13 +14,13 @@ import pytest
 import typer
 from paho.mqtt.enums import CallbackAPIVersion
 
-from edge_ttt.config import MqttSection
 from edge_ttt.drift.schema import to_parquet
 from edge_ttt.drift.shipper import drift_topic, encode_chunks
 from edge_ttt.drift.summary import DriftSummary, SummaryCollector
 from edge_ttt.monitor import dataset
 from edge_ttt.monitor.collector import Collector
 from edge_ttt.monitor.config import CollectorSection, MonitorConfig
+from edge_ttt.stream.mqtt_settings import MqttSection
 from tests.conftest import wait_for
 from tests.test_drift_stats import reference
 

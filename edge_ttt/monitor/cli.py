@@ -15,7 +15,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from edge_ttt.config import ConfigError
+from edge_ttt.config_file import ConfigError
 from edge_ttt.monitor import dataset
 from edge_ttt.monitor.alerts import COLUMNS, evaluate
 from edge_ttt.monitor.config import AlertsSection, load_monitor_config

@@ -7,14 +7,15 @@ import os
 import re
 from pathlib import Path
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, field_validator
 
-from edge_ttt.config import ConfigError, MqttSection, _Section, _show, read_toml
+from edge_ttt.config_file import Section, pydantic_message, read_toml, validate_file
+from edge_ttt.stream.mqtt_settings import MqttSection
 
 _GROUP = re.compile(r"[A-Za-z0-9._-]+")
 
 
-class CollectorSection(_Section):
+class CollectorSection(Section):
     dataset: str = Field(
         min_length=1, description="local directory (relative to this file) or URI, e.g. s3://"
     )
@@ -34,7 +35,7 @@ class CollectorSection(_Section):
         return value
 
 
-class AlertsSection(_Section):
+class AlertsSection(Section):
     psi_threshold: float = Field(0.25, gt=0, description="max channel PSI of an interval counted as drift")
     psi_intervals: int = Field(3, ge=1, description="consecutive latest intervals above it to alert")
     reset_rate: float = Field(0.05, gt=0, description="(resets + rollbacks) per window over the window")
@@ -44,7 +45,7 @@ class AlertsSection(_Section):
     silent_s: float = Field(900.0, gt=0, description="no summary for this long: device silent")
 
 
-class MonitorConfig(_Section):
+class MonitorConfig(Section):
     mqtt: MqttSection = Field(default_factory=MqttSection)
     collector: CollectorSection
     alerts: AlertsSection = Field(default_factory=AlertsSection)
@@ -66,19 +67,8 @@ def resolve_location(location: str, base: Path) -> str:
 
 def load_monitor_config(path: str | os.PathLike[str]) -> MonitorConfig:
     path = Path(path)
-    raw = read_toml(path)
-    try:
-        # base_dir: the mqtt section's TLS and password file paths are relative to this file
-        cfg = MonitorConfig.model_validate(
-            raw, context={"base_dir": path.parent.resolve(), "check_files": True}
-        )
-    except ValidationError as exc:
-        problems = [
-            f"{path}: {'.'.join(map(str, e['loc']))}: {e['msg']}"
-            + ("" if e["type"] == "extra_forbidden" else f", got {_show(e.get('input'))}")
-            for e in exc.errors(include_url=False)
-        ]
-    else:
-        dataset = resolve_location(cfg.collector.dataset, path.parent.resolve())
-        return cfg.model_copy(update={"collector": cfg.collector.model_copy(update={"dataset": dataset})})
-    raise ConfigError("\n".join(problems))
+    # base_dir: the mqtt section's TLS and password file paths are relative to this file
+    context = {"base_dir": path.parent.resolve(), "check_files": True}
+    cfg = validate_file(MonitorConfig, read_toml(path), path, context, pydantic_message)
+    dataset = resolve_location(cfg.collector.dataset, path.parent.resolve())
+    return cfg.model_copy(update={"collector": cfg.collector.model_copy(update={"dataset": dataset})})

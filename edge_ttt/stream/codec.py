@@ -29,6 +29,8 @@ from typing import Any
 
 import numpy as np
 
+from edge_ttt.logs import show
+
 __all__ = [
     "DEFAULT_MAX_BYTES",
     "FORMAT_VERSION",
@@ -82,20 +84,14 @@ class FrameError(ValueError):
         self.reason = reason
 
 
-def _show(value: object, limit: int = 40) -> str:
-    """Bounded repr: error messages quote untrusted payload content."""
-    text = repr(value)
-    return text if len(text) <= limit else f"{text[: limit - 3]}..."
-
-
 def _field_problem(fields: tuple[object, ...]) -> str | None:
     """Why these integers (in `_LIMITS` order) cannot form a v1 frame, or None when they can."""
     numbers = []
     for (name, low, high), value in zip(_LIMITS, fields, strict=True):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-            return f"{name} must be an integer, got {type(value).__name__} {_show(value)}"
+            return f"{name} must be an integer, got {type(value).__name__} {show(value, 40)}"
         if not low <= int(value) <= high:
-            return f"{name} is {_show(int(value))}, outside {low}..{high}"
+            return f"{name} is {show(int(value), 40)}, outside {low}..{high}"
         numbers.append(int(value))
     _, _, t0_ns, period_ns, n_samples, _ = numbers
     last = t0_ns + (n_samples - 1) * period_ns
@@ -216,7 +212,7 @@ def decode(payload: bytes, max_bytes: int = DEFAULT_MAX_BYTES) -> Frame:
     if magic != MAGIC:
         raise FrameError(
             "magic",
-            f"payload starts with {_show(magic)}, not {MAGIC!r}",
+            f"payload starts with {show(magic, 40)}, not {MAGIC!r}",
             "publish edge-ttt frames only on the data topic",
         )
     if version != FORMAT_VERSION:
@@ -267,7 +263,7 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     doc: dict[str, Any] = {}
     for key, value in pairs:
         if key in doc:
-            raise ValueError(f"key {_show(key)} appears twice")
+            raise ValueError(f"key {show(key, 40)} appears twice")
         doc[key] = value
     return doc
 
@@ -282,21 +278,21 @@ def _decode_json(payload: bytes) -> Frame:
             payload.decode("utf-8"), parse_constant=_no_constants, object_pairs_hook=_unique_keys
         )
     except (ValueError, RecursionError) as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
-        raise _json_fail(f"not valid UTF-8 JSON ({_show(str(exc), 160)})", "send one JSON object") from None
+        raise _json_fail(f"not valid UTF-8 JSON ({show(str(exc), 160)})", "send one JSON object") from None
     # A text starting with '{' parses to an object or not at all, so `doc` is a dict here.
     unknown = sorted(set(doc) - set(_JSON_KEYS))
     if unknown:
-        raise _json_fail(f"unknown key(s) {_show(unknown, 80)}", f"use only {', '.join(_JSON_KEYS)}")
+        raise _json_fail(f"unknown key(s) {show(unknown, 80)}", f"use only {', '.join(_JSON_KEYS)}")
     missing = [k for k in _JSON_REQUIRED if k not in doc]
     if missing:
         raise _json_fail(f"missing key(s) {missing}", f"give all of {', '.join(_JSON_REQUIRED)}")
     v = doc["v"]
     if type(v) is not int:
-        raise _json_fail(f"v is {_show(v)}, not an integer", f'write "v": {FORMAT_VERSION}')
+        raise _json_fail(f"v is {show(v, 40)}, not an integer", f'write "v": {FORMAT_VERSION}')
     if v != FORMAT_VERSION:
         raise FrameError(
             "version",
-            f"JSON frame version is {_show(v)}; this decoder reads version {FORMAT_VERSION}",
+            f"JSON frame version is {show(v, 40)}; this decoder reads version {FORMAT_VERSION}",
             "encode frames as v1 or upgrade the agent",
         )
     samples = doc["samples"]
@@ -313,7 +309,7 @@ def _decode_json(payload: bytes) -> Frame:
         for x in row:
             if type(x) not in _JSON_VALUE_TYPES:
                 raise _json_fail(
-                    f"row {i} holds {type(x).__name__} {_show(x)}",
+                    f"row {i} holds {type(x).__name__} {show(x, 40)}",
                     "write numbers, or null for a missing value",
                 )
     try:

@@ -25,7 +25,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from edge_ttt.config import MqttSection
+from edge_ttt.stream.mqtt_settings import MqttSection
 
 log = logging.getLogger(__name__)
 

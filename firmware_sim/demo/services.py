@@ -13,8 +13,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from edge_ttt.config import MqttSection
 from edge_ttt.stream.mqtt import connect_in_background, make_client
+from edge_ttt.stream.mqtt_settings import MqttSection
 from firmware_sim.broker import Broker, mosquitto_binary
 from firmware_sim.children import child_options
 from firmware_sim.demo import DemoError

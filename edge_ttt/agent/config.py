@@ -1,0 +1,188 @@
+"""The agent's configuration: one TOML file, checked completely before the agent starts.
+
+`edge-ttt run --config FILE` loads it with `load_config`. The file's tables are the sections of
+what they configure (the transport's `[mqtt]`, the stream stages', the sinks'); this module adds
+the agent's own (`[agent]`, `[model]`, `[drift]`, `[logging]`), composes them and checks what only
+the whole can tell. The keys are documented in docs/configuration.md.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import os
+import re
+from functools import cache
+from pathlib import Path
+from typing import Any, Literal, get_type_hints
+
+from pydantic import BaseModel, Field, ValidationInfo, create_model, field_validator, model_validator
+
+from edge_ttt.adapt.policies import DEFAULT_POLICY, POLICY_TYPES, Steady, SteadyConfig
+from edge_ttt.agent.checkpoints import StateSection
+from edge_ttt.agent.publisher import PredictionsSection
+from edge_ttt.agent.status import StatusSection
+from edge_ttt.config_file import ConfigPath, Section, explain, read_toml, section_at, validate_file
+from edge_ttt.stream.mqtt_settings import MqttSection
+from edge_ttt.stream.settings import QueueSection, WindowingSection
+from edge_ttt.stream.topics import DeviceTopic, levels, may_overlap
+
+__all__ = [
+    "AgentConfig",
+    "AgentSection",
+    "DriftSection",
+    "LoggingSection",
+    "ModelSection",
+    "load_config",
+    "policy_options",
+]
+
+_NAME = re.compile(r"[A-Za-z0-9._-]+")
+
+
+class AgentSection(Section):
+    id: str = Field(description="this agent's id, in the MQTT client id and the status topic")
+
+    @field_validator("id")
+    @classmethod
+    def _id_chars(cls, value: str) -> str:
+        if not _NAME.fullmatch(value):
+            raise ValueError(
+                f"{value!r} may contain only letters, digits, '-', '_' and '.', because it becomes part of "
+                "MQTT topics and the client id; rename the agent"
+            )
+        return value
+
+
+@cache
+def policy_options(policy: str) -> type[BaseModel]:
+    """The options a policy takes, as a strict model, so that a misspelt option fails on load.
+
+    They are the keyword arguments of the policy's constructor; `steady` takes the fields of
+    `SteadyConfig` as keyword arguments instead; every gradient policy also takes `episodic`.
+    """
+    if policy == Steady.name:
+        hints = get_type_hints(SteadyConfig)
+        fields = {f.name: (hints[f.name], f.default) for f in dataclasses.fields(SteadyConfig)}
+    else:
+        init = POLICY_TYPES[policy].__init__
+        hints = get_type_hints(init)
+        params = inspect.signature(init).parameters.values()
+        fields = {p.name: (hints[p.name], p.default) for p in params if p.default is not p.empty}
+    if POLICY_TYPES[policy].loss is not None:  # gradient policies: see `Engine`
+        fields["episodic"] = (bool, False)
+    return create_model(f"{policy}_options", __config__=Section.model_config, **fields)
+
+
+class ModelSection(Section):
+    artifacts: ConfigPath = Field(
+        description="artifact bundle directory, verified later by the bundle loader"
+    )
+    policy: str = DEFAULT_POLICY
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    threads: int = Field(1, ge=1)
+    options: dict[str, Any] = Field(default_factory=dict, description="keyword options of the policy")
+
+    @field_validator("policy")
+    @classmethod
+    def _known_policy(cls, value: str) -> str:
+        if value not in POLICY_TYPES:
+            raise ValueError(f"unknown policy {value!r}; choose one of {', '.join(POLICY_TYPES)}")
+        return value
+
+    @field_validator("options")
+    @classmethod
+    def _policy_options(cls, options: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        if "policy" in info.data:
+            # A ValidationError raised here keeps its locations: model.options.<key>.
+            policy_options(info.data["policy"]).model_validate(options)
+        return options
+
+
+class DriftSection(Section):
+    topic: DeviceTopic = Field("{prefix}/{device}/drift", validate_default=True)
+    interval_s: float = Field(300.0, gt=0, description="a summary per stream at least this often")
+    interval_windows: int | None = Field(None, ge=1, description="or after this many windows")
+    spool_dir: ConfigPath = Field(Path("drift-spool"), validate_default=True)
+    spool_max_bytes: int = Field(64 * 2**20, ge=1, description="oldest summaries go first beyond this")
+    chunk_bytes: int = Field(64_000, ge=1024, description="larger summaries travel in several messages")
+
+
+class LoggingSection(Section):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    json_lines: bool = Field(True, alias="json")  # `json` would shadow BaseModel.json
+
+
+class AgentConfig(Section):
+    agent: AgentSection
+    mqtt: MqttSection
+    model: ModelSection
+    queue: QueueSection
+    windowing: WindowingSection
+    predictions: PredictionsSection
+    status: StatusSection
+    state: StateSection
+    drift: DriftSection
+    logging: LoggingSection
+
+    @model_validator(mode="before")
+    @classmethod
+    def _absent_sections_are_empty(cls, data: Any) -> Any:
+        """An absent section is an empty table: its defaults get the same checks and path resolution,
+        and a missing required key is named (agent.id rather than agent)."""
+        if isinstance(data, dict):
+            return {**{name: {} for name in cls.model_fields}, **data}
+        return data
+
+    @field_validator("mqtt")
+    @classmethod
+    def _client_id(cls, mqtt: MqttSection, info: ValidationInfo) -> MqttSection:
+        """Derived from the agent id, so it is stable across restarts, as a persistent session needs."""
+        if mqtt.client_id is None and "agent" in info.data:
+            return mqtt.model_copy(update={"client_id": f"edge-ttt-{info.data['agent'].id}"})
+        return mqtt
+
+    @field_validator("predictions", "status", "drift")
+    @classmethod
+    def _not_a_sensor_topic(
+        cls, section: PredictionsSection | StatusSection | DriftSection, info: ValidationInfo
+    ) -> PredictionsSection | StatusSection | DriftSection:
+        """The agent publishes here; if its subscription matched, it would read its own messages."""
+        mqtt, agent = info.data.get("mqtt"), info.data.get("agent")
+        if mqtt is None or agent is None:
+            return section
+        published = levels(section.topic, prefix=mqtt.prefix, agent=agent.id)
+        if may_overlap(published, mqtt.sensor_levels()):
+            raise ValueError(
+                f"topic {section.topic!r} can match mqtt.sensor_topic {mqtt.sensor_topic!r}, so the agent "
+                f"would read its own messages as sensor frames; change {info.field_name}.topic"
+            )
+        return section
+
+    def prediction_topic(self, device: str) -> str:
+        return self.predictions.topic.format(prefix=self.mqtt.prefix, device=device)
+
+    def status_topic(self) -> str:
+        return self.status.topic.format(prefix=self.mqtt.prefix, agent=self.agent.id)
+
+    def drift_topic(self, device: str) -> str:
+        return self.drift.topic.format(prefix=self.mqtt.prefix, device=device)
+
+
+def load_config(path: str | os.PathLike[str], *, check_files: bool = True) -> AgentConfig:
+    """Read and validate an agent configuration.
+
+    `check_files=False` skips the existence checks of TLS and password files, to check a config
+    on a machine other than the device it is written for. The artifact bundle is never checked
+    here; the bundle loader verifies it.
+    """
+    path = Path(path)
+    raw = read_toml(path)
+    context = {"base_dir": path.parent.resolve(), "check_files": check_files}
+
+    def section_model(section: tuple[Any, ...]) -> type[BaseModel]:
+        if section == ("model", "options"):  # options are only validated once the policy is valid
+            return policy_options(raw["model"].get("policy", DEFAULT_POLICY))
+        return section_at(AgentConfig, section)
+
+    return validate_file(AgentConfig, raw, path, context, explain, section_model)

@@ -1,0 +1,152 @@
+"""The edge agent: MQTT sensor frames in, predictions out, adapting as it goes.
+
+Data flows one way: transport (paho thread) -> inbox (bounded) -> worker: route by topic, decode,
+check -> the stream's pipeline (sequencer, windower, engine) -> predictions, drift summaries;
+status and state checkpoints on their intervals.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from edge_ttt.adapt.ort_model import OrtModel
+from edge_ttt.agent.checkpoints import save
+from edge_ttt.agent.config import AgentConfig
+from edge_ttt.agent.pipeline import AgentCounters, Pipelines, PipelineSettings, check_frame
+from edge_ttt.agent.publisher import PredictionPublisher
+from edge_ttt.agent.status import StatusReporter, read_health, status_file
+from edge_ttt.artifacts import load_bundle
+from edge_ttt.drift.shipper import Shipper
+from edge_ttt.drift.spool import Spool
+from edge_ttt.logs import RateLimitedLog
+from edge_ttt.stream.codec import FrameError, decode
+from edge_ttt.stream.inbox import Inbox
+from edge_ttt.stream.mqtt import MqttTransport
+
+log = logging.getLogger(__package__)
+
+SUMMARY_CHECK_S = 1.0  # how often the worker looks for drift summary intervals that ended
+
+
+@dataclass(frozen=True)
+class Message:
+    topic: str
+    payload: bytes
+    arrived: float  # time.monotonic() when paho handed it over
+
+
+def health(cfg: AgentConfig, max_age_s: float | None = None) -> str | None:
+    """None when the agent's local status is online and fresh, else what is wrong (for probes)."""
+    max_age_s = 3 * cfg.status.interval_s if max_age_s is None else max_age_s
+    return read_health(status_file(cfg.state.dir), max_age_s)
+
+
+class Agent:
+    def __init__(self, cfg: AgentConfig) -> None:
+        self.cfg, m = cfg, cfg.model
+        bundle = load_bundle(m.artifacts)
+        self.manifest = bundle.manifest
+        self.model = OrtModel(bundle, device=m.device, threads=m.threads)
+        identity = {"device": self.model.device, "policy": m.policy, "model": self.model.bundle_sha256}
+        loaded = {"bundle": bundle.sha256[:12], "device": self.model.device, "policy": m.policy}
+        log.info("model loaded", extra={"fields": loaded})
+        self.inbox: Inbox[Message] = Inbox(cfg.queue.max_frames, cfg.queue.when_full)
+        self.counters = AgentCounters()
+        self.stop_event = threading.Event()
+        self._warn = RateLimitedLog(log)
+        self.transport = MqttTransport(cfg.mqtt, cfg.agent.id, cfg.status_topic(), self._received)
+        self.spool = Spool(cfg.drift.spool_dir, cfg.drift.spool_max_bytes)
+        self.shipper = Shipper(self.transport.client, self.spool, cfg.drift_topic, cfg.drift.chunk_bytes)
+        self.publisher = PredictionPublisher(
+            cfg.predictions,
+            cfg.prediction_topic,
+            self.transport.publish,
+            self.manifest.model.classes,
+            self.model.bundle_sha256,
+        )
+        d = cfg.drift
+        settings = PipelineSettings(
+            m.policy, m.options, cfg.state.dir, cfg.windowing.reorder_frames, d.interval_s, d.interval_windows
+        )
+        self.pipelines = Pipelines(
+            self.model, self.manifest, settings, self.publisher.publish, self.shipper.submit, self.counters
+        )
+        self.reporter = StatusReporter(
+            cfg.agent.id,
+            cfg.status_topic(),
+            status_file(cfg.state.dir),
+            self.transport.publish,
+            identity,
+            self.counters,
+            self.pipelines,
+            self.publisher,
+            self.inbox,
+            self.spool,
+        )
+
+    def status(self) -> dict[str, Any]:
+        return self.reporter.status()
+
+    def _received(self, topic: str, payload: bytes) -> None:  # on paho's thread
+        self.inbox.put(Message(topic, payload, time.monotonic()))
+
+    def run(self) -> None:
+        """Until `stop_event` is set: handle messages, publish status, summaries and checkpoints."""
+        self.transport.start()
+        self.shipper.start()  # also ships what a previous run left in the spool
+        next_status = next_summaries = time.monotonic()
+        next_checkpoint = time.monotonic() + self.cfg.state.checkpoint_interval_s
+        try:
+            while not self.stop_event.is_set():
+                message = self.inbox.get(timeout=0.2)
+                if message is not None:
+                    self.handle(message)
+                now = time.monotonic()
+                if now >= next_status:
+                    self.reporter.publish()
+                    next_status = now + self.cfg.status.interval_s
+                if now >= next_checkpoint:
+                    self.checkpoint()
+                    next_checkpoint = now + self.cfg.state.checkpoint_interval_s
+                if now >= next_summaries:  # intervals are minutes: a look per second is plenty
+                    self._close_summaries(final=False)
+                    next_summaries = now + SUMMARY_CHECK_S
+        finally:
+            self.checkpoint()
+            self._close_summaries(final=True)
+            self.shipper.pump()  # hand the last ones to paho; the spool keeps whatever is not acked
+            self.reporter.publish("offline")
+            self.transport.stop(counters=self.status()["counters"])
+            self.shipper.stop()
+
+    def _close_summaries(self, final: bool) -> None:
+        for p in self.pipelines.values():
+            summary = p.drift.close() if final else p.drift.maybe_close()
+            if summary is not None:
+                self.shipper.submit(summary)
+
+    def handle(self, message: Message) -> None:
+        """Route a message to its stream's pipeline; a frame that cannot go there is counted."""
+        parsed = self.cfg.mqtt.parse_topic(message.topic)
+        if parsed is None:
+            self.counters.unknown_topic += 1
+            return
+        device, stream = parsed
+        try:
+            frame = decode(message.payload, self.cfg.queue.max_frame_bytes)
+            check_frame(self.manifest, frame, stream)
+        except FrameError as exc:
+            self.counters.rejected[exc.reason] += 1
+            fields = {"device": device, "stream": stream, "error": str(exc)}
+            self._warn.warning(exc.reason, "frame dropped", fields=fields)
+            return
+        self.counters.frames += 1
+        self.pipelines.get_or_make(device, stream).feed(frame, message.arrived)
+
+    def checkpoint(self) -> None:
+        """Save every stream's adapted state."""
+        save(self.cfg.state.dir, ((p.device, p.stream, p.engine) for p in self.pipelines.values()))

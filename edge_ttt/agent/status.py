@@ -1,0 +1,114 @@
+"""The agent's status: counters of every stage in one document, published retained on the status
+topic (for the fleet) and written to `<state.dir>/status.json` (for a local health probe, which
+must work without a broker)."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field
+
+from edge_ttt.agent.pipeline import AgentCounters, Pipeline
+from edge_ttt.agent.publisher import PredictionPublisher
+from edge_ttt.atomic import atomic_write
+from edge_ttt.config_file import Section
+from edge_ttt.drift.spool import Spool
+from edge_ttt.stream.inbox import Inbox
+from edge_ttt.stream.topics import AgentTopic
+
+
+class StatusSection(Section):
+    topic: AgentTopic = Field("{prefix}/agents/{agent}/status", validate_default=True)
+    interval_s: float = Field(10.0, gt=0)
+
+
+def status_file(state_dir: Path) -> Path:
+    return Path(state_dir) / "status.json"
+
+
+def read_health(path: Path, max_age_s: float) -> str | None:
+    """None when the status file says online and is fresh, else what is wrong (for probes)."""
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        return f"no readable status at {path}: {exc}"
+    age = time.time() - float(doc.get("time_unix", 0))
+    if doc.get("state") != "online":
+        return f"agent is {doc.get('state')}"
+    if age > max_age_s:
+        return f"status is {age:.0f} s old (more than {max_age_s:.0f} s): the agent is stuck or gone"
+    return None
+
+
+class StatusReporter:
+    """Reads the counters of every stage; publishes and writes them, never changes them."""
+
+    def __init__(
+        self,
+        agent_id: str,
+        topic: str,
+        path: Path,
+        publish: Callable[..., None],
+        identity: dict[str, str],
+        counters: AgentCounters,
+        pipelines: Mapping[tuple[str, str], Pipeline],
+        publisher: PredictionPublisher,
+        inbox: Inbox,
+        spool: Spool,
+    ) -> None:
+        self.agent_id = agent_id
+        self.topic = topic
+        self.path = path
+        self._publish = publish
+        self.identity = identity  # device, policy, model
+        self.counters = counters
+        self.pipelines = pipelines
+        self.publisher = publisher
+        self.inbox = inbox
+        self.spool = spool
+
+    def status(self) -> dict[str, Any]:
+        engines: Counter = Counter()
+        order: Counter = Counter()
+        gaps = 0
+        for p in self.pipelines.values():
+            engines.update({k: v for k, v in p.engine.counters.as_dict().items() if k != "windows"})
+            order.update(vars(p.sequencer.counters))
+            gaps += p.windower.gaps
+        c = self.counters
+        return {
+            "counters": {
+                "frames": c.frames,
+                "windows": self.publisher.windows,
+                "predictions_published": self.publisher.published,
+                "decode_errors": dict(c.rejected),
+                "unknown_topic": c.unknown_topic,
+                "states_restored": c.states_restored,
+                "queue_dropped": self.inbox.counters.dropped,
+                "queue_depth": len(self.inbox),
+                "drift_spooled": len(self.spool.pending()),
+                "drift_dropped": self.spool.counters.dropped,
+                "gaps": gaps,
+                **{f"frames_{k}": v for k, v in order.items() if k != "delivered"},
+                **engines,
+            },
+            "latency_ms": self.publisher.percentiles(),
+            "streams": len(self.pipelines),
+            "device": self.identity["device"],
+            "policy": self.identity["policy"],
+            "model": self.identity["model"],
+        }
+
+    def publish(self, state: str = "online") -> None:
+        """To the retained status topic (online only: the transport says offline itself), and to
+        the status file."""
+        doc = {"agent": self.agent_id, "state": state, "time_unix": time.time(), **self.status()}
+        payload = json.dumps(doc).encode()
+        if state == "online":
+            self._publish(self.topic, payload, qos=1, retain=True)
+        atomic_write(self.path, lambda f: f.write(payload))

@@ -1,0 +1,193 @@
+"""What every configuration file shares: TOML reading, strict sections, paths and error messages.
+
+A config is read whole and checked whole: every problem is reported in one `ConfigError`, one
+line each, naming the key by its dotted path and saying how to fix it, because the reader is at a
+device's console and fixing one typo per restart is slow. This module knows no section of any
+particular config; the agent's and the monitor's configs are built from it.
+"""
+
+from __future__ import annotations
+
+import difflib
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Strict, ValidationError, ValidationInfo
+from pydantic_core import ErrorDetails
+
+from edge_ttt.logs import show
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+__all__ = [
+    "ConfigError",
+    "ConfigPath",
+    "Section",
+    "TOMLDecodeError",
+    "explain",
+    "parse_toml",
+    "pydantic_message",
+    "read_toml",
+    "require_file",
+    "section_at",
+    "validate_file",
+]
+
+TOMLDecodeError = tomllib.TOMLDecodeError
+Model = TypeVar("Model", bound=BaseModel)
+SectionModel = Callable[[tuple[Any, ...]], type[BaseModel]]
+Explain = Callable[[ErrorDetails, SectionModel], str]
+
+
+class ConfigError(ValueError):
+    """The configuration is unreadable or invalid; the message names the file, the keys and the fix."""
+
+
+class Section(BaseModel):
+    """A table of a config file: unknown keys refused, values immutable, types strict."""
+
+    # strict: a TOML "1883" for a port or "yes" for a flag is a mistake, not a value to coerce
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+def _context(info: ValidationInfo) -> dict[str, Any]:
+    """The loader passes base_dir (the config file's directory) and check_files."""
+    return info.context or {}
+
+
+def _resolve(path: Path, info: ValidationInfo) -> Path:
+    """Relative to the config file, so that a config means the same from any working directory."""
+    base = _context(info).get("base_dir")
+    return path if base is None or path.is_absolute() else (base / path).resolve()
+
+
+def require_file(path: Path, info: ValidationInfo) -> None:
+    """Refuse a path that is not a file, unless the loader was told not to check files."""
+    if _context(info).get("check_files", True) and not path.is_file():
+        what = "is a directory" if path.is_dir() else "does not exist"
+        raise ValueError(f"file {path} {what}; correct the path or install the file there")
+
+
+# The models are strict (TOML has real types); paths are the one place a string is converted.
+ConfigPath = Annotated[Path, Strict(False), AfterValidator(_resolve)]
+
+
+def parse_toml(text: str) -> dict[str, Any]:
+    """TOML text to its tables; raises `TOMLDecodeError` (tomllib, or tomli before Python 3.11)."""
+    return tomllib.loads(text)
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    """The file's tables, or a ConfigError that says what is wrong with the file itself."""
+    try:
+        return parse_toml(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the configuration ({exc.strerror}); check the path") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start}); save it as UTF-8") from None
+    except TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: invalid TOML: {exc}; fix the syntax there") from None
+
+
+def section_at(root: type[BaseModel], section: tuple[Any, ...]) -> type[BaseModel]:
+    """The model of the table at `section` below `root`: its fields are the keys allowed there."""
+    model = root
+    for name in section:
+        model = model.model_fields[name].annotation
+    return model
+
+
+def validate_file(
+    model: type[Model],
+    raw: dict[str, Any],
+    path: Path,
+    context: dict[str, Any],
+    explain: Explain,
+    section_model: SectionModel | None = None,
+) -> Model:
+    """`raw` (the tables of `path`) as `model`, or one ConfigError with a line per problem."""
+    try:
+        return model.model_validate(raw, context=context)
+    except ValidationError as exc:
+        where = section_model or (lambda section: section_at(model, section))
+        problems = [
+            f"{path}: {'.'.join(map(str, e['loc']))}: {explain(e, where)}"
+            for e in exc.errors(include_url=False)
+        ]
+    # Raised outside the except block so that the ValidationError, which holds the raw input
+    # values (a misplaced password among them), is not chained to it.
+    raise ConfigError("\n".join(problems))
+
+
+# ---------------------------------------------------------------------------------------------
+# What is wrong and how to fix it
+
+_EXPECTED = {
+    "string_type": "a string",
+    "int_type": "an integer",
+    "float_type": "a number",
+    "bool_type": "true or false",
+    "dict_type": "a table",
+    "model_type": "a table",
+    "path_type": "a path (a string)",
+}
+_BOUNDS = {"gt": "greater than {}", "ge": "at least {}", "lt": "less than {}", "le": "at most {}"}
+_PASSWORD = (
+    "a password is never written in the configuration; name an environment variable that holds it "
+    "with mqtt.password_env, or a file with mqtt.password_file"
+)
+
+
+def _got(error: ErrorDetails) -> str:
+    return f"got {show(error.get('input'), toml=True)}"
+
+
+def explain(error: ErrorDetails, section_model: SectionModel) -> str:
+    """What is wrong with one key and how to fix it, in the words of a TOML file."""
+    kind, loc, ctx = error["type"], error["loc"], error.get("ctx", {})
+    got = _got(error)
+    if kind == "extra_forbidden":  # the value is not shown: it may be a password
+        return _PASSWORD if loc == ("mqtt", "password") else _unknown_key(loc, section_model)
+    if kind == "missing":
+        return "required, but missing; add it"
+    if kind == "value_error":
+        return str(ctx["error"])
+    if kind == "literal_error":
+        return f"must be {ctx['expected']}, {got}"
+    if kind == "string_too_short":
+        return f"must not be empty, {got}"
+    if kind in _EXPECTED:
+        return f"must be {_EXPECTED[kind]}, {got}"
+    if kind in {"greater_than", "greater_than_equal", "less_than", "less_than_equal"}:
+        return f"must be {_bounds(loc, section_model)}, {got}"
+    return f"{error['msg']}, {got}"
+
+
+def pydantic_message(error: ErrorDetails, _section_model: SectionModel) -> str:
+    """pydantic's own message and the value (never for an unknown key: it may be a password)."""
+    return error["msg"] + ("" if error["type"] == "extra_forbidden" else f", {_got(error)}")
+
+
+def _keys(model: type[BaseModel]) -> dict[str, Any]:
+    return {field.alias or name: field for name, field in model.model_fields.items()}
+
+
+def _unknown_key(loc: tuple[Any, ...], section_model: SectionModel) -> str:
+    allowed = list(_keys(section_model(loc[:-1])))
+    guess = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
+    hint = f"did you mean {guess[0]!r}? " if guess else ""
+    where = ".".join(loc[:-1]) or "the top level"
+    return f"unknown key; {hint}allowed in {where}: {', '.join(allowed) or 'none'}"
+
+
+def _bounds(loc: tuple[Any, ...], section_model: SectionModel) -> str:
+    field = _keys(section_model(loc[:-1]))[loc[-1]]
+    bounds = {k: getattr(m, k) for m in field.metadata for k in _BOUNDS if hasattr(m, k)}
+    if "ge" in bounds and "le" in bounds:
+        return f"between {bounds['ge']} and {bounds['le']}"
+    return " and ".join(_BOUNDS[k].format(v) for k, v in bounds.items())
