@@ -18,7 +18,7 @@ from edge_ttt.agent.checkpoints import save
 from edge_ttt.agent.config import AgentConfig
 from edge_ttt.agent.pipeline import AgentCounters, Pipelines, PipelineSettings, check_frame
 from edge_ttt.agent.publisher import PredictionPublisher
-from edge_ttt.agent.status import StatusReporter, read_health, status_file
+from edge_ttt.agent.status import StatusReporter, StatusSources, read_health, status_file
 from edge_ttt.artifacts import load_bundle
 from edge_ttt.drift.shipper import Shipper
 from edge_ttt.drift.spool import Spool
@@ -45,7 +45,17 @@ def health(cfg: AgentConfig, max_age_s: float | None = None) -> str | None:
     return read_health(status_file(cfg.state.dir), max_age_s)
 
 
+def _settings(cfg: AgentConfig) -> PipelineSettings:
+    m, d = cfg.model, cfg.drift
+    return PipelineSettings(
+        m.policy, m.options, cfg.state.dir, cfg.windowing.reorder_frames, d.interval_s, d.interval_windows
+    )
+
+
 class Agent:
+    """Routes each message of the inbox to its stream's pipeline, and keeps status, drift summaries
+    and checkpoints on their intervals."""
+
     def __init__(self, cfg: AgentConfig) -> None:
         self.cfg, m = cfg, cfg.model
         bundle = load_bundle(m.artifacts)
@@ -61,31 +71,18 @@ class Agent:
         self.transport = MqttTransport(cfg.mqtt, cfg.agent.id, cfg.status_topic(), self._received)
         self.spool = Spool(cfg.drift.spool_dir, cfg.drift.spool_max_bytes)
         self.shipper = Shipper(self.transport.client, self.spool, cfg.drift_topic, cfg.drift.chunk_bytes)
+        sha = self.model.bundle_sha256
         self.publisher = PredictionPublisher(
-            cfg.predictions,
-            cfg.prediction_topic,
-            self.transport.publish,
-            self.manifest.model.classes,
-            self.model.bundle_sha256,
-        )
-        d = cfg.drift
-        settings = PipelineSettings(
-            m.policy, m.options, cfg.state.dir, cfg.windowing.reorder_frames, d.interval_s, d.interval_windows
+            cfg.predictions, cfg.prediction_topic, self.transport.publish, self.manifest.model.classes, sha
         )
         self.pipelines = Pipelines(
-            self.model, self.manifest, settings, self.publisher.publish, self.shipper.submit, self.counters
+            self.model, self.manifest, _settings(cfg), self.publisher.publish, self.shipper.submit
+        )
+        sources = StatusSources(
+            identity, self.counters, self.pipelines, self.publisher, self.inbox, self.spool
         )
         self.reporter = StatusReporter(
-            cfg.agent.id,
-            cfg.status_topic(),
-            status_file(cfg.state.dir),
-            self.transport.publish,
-            identity,
-            self.counters,
-            self.pipelines,
-            self.publisher,
-            self.inbox,
-            self.spool,
+            cfg.agent.id, cfg.status_topic(), status_file(cfg.state.dir), self.transport.publish, sources
         )
 
     def status(self) -> dict[str, Any]:
@@ -113,21 +110,15 @@ class Agent:
                     self.checkpoint()
                     next_checkpoint = now + self.cfg.state.checkpoint_interval_s
                 if now >= next_summaries:  # intervals are minutes: a look per second is plenty
-                    self._close_summaries(final=False)
+                    self.pipelines.close_summaries(final=False)
                     next_summaries = now + SUMMARY_CHECK_S
         finally:
             self.checkpoint()
-            self._close_summaries(final=True)
+            self.pipelines.close_summaries(final=True)
             self.shipper.pump()  # hand the last ones to paho; the spool keeps whatever is not acked
             self.reporter.publish("offline")
             self.transport.stop(counters=self.status()["counters"])
             self.shipper.stop()
-
-    def _close_summaries(self, final: bool) -> None:
-        for p in self.pipelines.values():
-            summary = p.drift.close() if final else p.drift.maybe_close()
-            if summary is not None:
-                self.shipper.submit(summary)
 
     def handle(self, message: Message) -> None:
         """Route a message to its stream's pipeline; a frame that cannot go there is counted."""

@@ -30,7 +30,6 @@ PublishPredictions = Callable[[str, str, str, np.ndarray, Predictions, float], l
 class AgentCounters:
     frames: int = 0
     unknown_topic: int = 0
-    states_restored: int = 0
     rejected: Counter = field(default_factory=Counter)  # by reason: codec reasons, channels, rate, stream
 
 
@@ -87,6 +86,18 @@ class Pipeline:
                     self.ship(summary)
 
 
+@dataclass(frozen=True)
+class PipelineSettings:
+    """What a new pipeline is made with, taken from the agent's config."""
+
+    policy: str
+    options: dict
+    state_dir: Path
+    reorder_frames: int
+    drift_interval_s: float
+    drift_interval_windows: int | None
+
+
 class Pipelines(dict[tuple[str, str], Pipeline]):
     """The pipelines by (device, stream), each made on its stream's first valid frame, from the
     stream's checkpoint when there is one."""
@@ -98,7 +109,6 @@ class Pipelines(dict[tuple[str, str], Pipeline]):
         settings: PipelineSettings,
         publish: PublishPredictions,
         ship: Callable[[DriftSummary], None],
-        counters: AgentCounters,
     ) -> None:
         super().__init__()
         self.model = model
@@ -107,7 +117,7 @@ class Pipelines(dict[tuple[str, str], Pipeline]):
         self.reference = Reference.from_manifest(manifest)
         self._publish = publish
         self._ship = ship
-        self._counters = counters
+        self.states_restored = 0  # pipelines that started from a checkpoint
 
     def get_or_make(self, device: str, stream: str) -> Pipeline:
         key = (device, stream)
@@ -115,11 +125,18 @@ class Pipelines(dict[tuple[str, str], Pipeline]):
             self[key] = self._make(device, stream)
         return self[key]
 
+    def close_summaries(self, final: bool) -> None:
+        """Ship the drift summaries whose interval ended (`final`: every stream's, ended or not)."""
+        for p in self.values():
+            summary = p.drift.close() if final else p.drift.maybe_close()
+            if summary is not None:
+                self._ship(summary)
+
     def _make(self, device: str, stream: str) -> Pipeline:
         s = self.settings
         engine = Engine(self.model, policy=s.policy, options=s.options or None)
         if restore(engine, s.state_dir, device, stream):
-            self._counters.states_restored += 1
+            self.states_restored += 1
         info = self.manifest.model
         windower = Windower(info.window, info.hop, sample_period_ns(info.sample_rate_hz), len(info.channels))
         drift = SummaryCollector(
@@ -134,15 +151,3 @@ class Pipelines(dict[tuple[str, str], Pipeline]):
         )
         sequencer = Sequencer(s.reorder_frames)
         return Pipeline(device, stream, sequencer, windower, engine, drift, self._publish, self._ship)
-
-
-@dataclass(frozen=True)
-class PipelineSettings:
-    """What a new pipeline is made with, taken from the agent's config."""
-
-    policy: str
-    options: dict
-    state_dir: Path
-    reorder_frames: int
-    drift_interval_s: float
-    drift_interval_windows: int | None

@@ -7,13 +7,14 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from pydantic import Field
 
-from edge_ttt.agent.pipeline import AgentCounters, Pipeline
+from edge_ttt.agent.pipeline import AgentCounters, Pipelines
 from edge_ttt.agent.publisher import PredictionPublisher
 from edge_ttt.atomic import atomic_write
 from edge_ttt.config_file import Section
@@ -45,63 +46,61 @@ def read_health(path: Path, max_age_s: float) -> str | None:
     return None
 
 
+@dataclass(frozen=True)
+class StatusSources:
+    """What the status is read from: the agent's identity and every stage's counters."""
+
+    identity: dict[str, str]  # device, policy, model
+    counters: AgentCounters
+    pipelines: Pipelines
+    publisher: PredictionPublisher
+    inbox: Inbox
+    spool: Spool
+
+
 class StatusReporter:
     """Reads the counters of every stage; publishes and writes them, never changes them."""
 
     def __init__(
-        self,
-        agent_id: str,
-        topic: str,
-        path: Path,
-        publish: Callable[..., None],
-        identity: dict[str, str],
-        counters: AgentCounters,
-        pipelines: Mapping[tuple[str, str], Pipeline],
-        publisher: PredictionPublisher,
-        inbox: Inbox,
-        spool: Spool,
+        self, agent_id: str, topic: str, path: Path, publish: Callable[..., None], sources: StatusSources
     ) -> None:
         self.agent_id = agent_id
         self.topic = topic
         self.path = path
         self._publish = publish
-        self.identity = identity  # device, policy, model
-        self.counters = counters
-        self.pipelines = pipelines
-        self.publisher = publisher
-        self.inbox = inbox
-        self.spool = spool
+        self.sources = sources
 
     def status(self) -> dict[str, Any]:
+        src = self.sources
         engines: Counter = Counter()
         order: Counter = Counter()
         gaps = 0
-        for p in self.pipelines.values():
+        for p in src.pipelines.values():
             engines.update({k: v for k, v in p.engine.counters.as_dict().items() if k != "windows"})
             order.update(vars(p.sequencer.counters))
             gaps += p.windower.gaps
-        c = self.counters
+        c = src.counters
         return {
             "counters": {
                 "frames": c.frames,
-                "windows": self.publisher.windows,
-                "predictions_published": self.publisher.published,
+                "windows": src.publisher.windows,
+                "predictions_published": src.publisher.published,
                 "decode_errors": dict(c.rejected),
                 "unknown_topic": c.unknown_topic,
-                "states_restored": c.states_restored,
-                "queue_dropped": self.inbox.counters.dropped,
-                "queue_depth": len(self.inbox),
-                "drift_spooled": len(self.spool.pending()),
-                "drift_dropped": self.spool.counters.dropped,
+                "states_restored": src.pipelines.states_restored,
+                "queue_dropped": src.inbox.counters.dropped,
+                "queue_depth": len(src.inbox),
+                "drift_spooled": len(src.spool.pending()),
+                "drift_dropped": src.spool.counters.dropped,
                 "gaps": gaps,
                 **{f"frames_{k}": v for k, v in order.items() if k != "delivered"},
                 **engines,
             },
-            "latency_ms": self.publisher.percentiles(),
-            "streams": len(self.pipelines),
-            "device": self.identity["device"],
-            "policy": self.identity["policy"],
-            "model": self.identity["model"],
+            "latency_ms": src.publisher.percentiles(),
+            "streams": len(src.pipelines),
+            "device": src.identity["device"],
+            "policy": src.identity["policy"],
+            "model": src.identity["model"],
         }
 
     def publish(self, state: str = "online") -> None:
