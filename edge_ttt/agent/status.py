@@ -58,17 +58,15 @@ class StatusSources:
     spool: Spool
 
 
+@dataclass(frozen=True)
 class StatusReporter:
     """Reads the counters of every stage; publishes and writes them, never changes them."""
 
-    def __init__(
-        self, agent_id: str, topic: str, path: Path, publish: Callable[..., None], sources: StatusSources
-    ) -> None:
-        self.agent_id = agent_id
-        self.topic = topic
-        self.path = path
-        self._publish = publish
-        self.sources = sources
+    agent_id: str
+    topic: str
+    path: Path  # the status file
+    publish_to: Callable[..., None]  # (topic, payload, qos=, retain=): the transport's publish
+    sources: StatusSources
 
     def status(self) -> dict[str, Any]:
         src = self.sources
@@ -109,5 +107,5 @@ class StatusReporter:
         doc = {"agent": self.agent_id, "state": state, "time_unix": time.time(), **self.status()}
         payload = json.dumps(doc).encode()
         if state == "online":
-            self._publish(self.topic, payload, qos=1, retain=True)
+            self.publish_to(self.topic, payload, qos=1, retain=True)
         atomic_write(self.path, lambda f: f.write(payload))
