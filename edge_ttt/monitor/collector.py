@@ -24,6 +24,7 @@ import paho.mqtt.client as paho
 import pyarrow as pa
 
 from edge_ttt.drift.receiver import MessageError, Receiver, parse_message
+from edge_ttt.logs import RateLimitedLog
 from edge_ttt.monitor import dataset
 from edge_ttt.monitor.config import MonitorConfig
 from edge_ttt.stream.mqtt import connect_in_background, make_client
@@ -49,7 +50,7 @@ class Collector:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._full = threading.Event()
-        self._last_warning = -float("inf")
+        self._warn = RateLimitedLog(log, cfg.collector.log_every_s)
         self._rejected_reported = 0
         self.client = make_client(cfg.mqtt, cfg.collector.client_id, manual_ack=True)
         self.client.on_connect = self._connected
@@ -103,10 +104,9 @@ class Collector:
         """At most one warning per `log_every_s`, with the count since the last one."""
         c = self.receiver.counters
         rejected = c.malformed + c.corrupt
-        now = time.monotonic()
-        if rejected > self._rejected_reported and now - self._last_warning >= self.cfg.collector.log_every_s:
-            log.warning("rejected %d payloads (counters: %s)", rejected - self._rejected_reported, asdict(c))
-            self._rejected_reported, self._last_warning = rejected, now
+        new = rejected - self._rejected_reported
+        if new > 0 and self._warn.warning("rejected", "rejected %d payloads (counters: %s)", new, asdict(c)):
+            self._rejected_reported = rejected
 
     def flush(self) -> None:
         """Write the buffered summaries as one file (per date), outside the lock so that messages
