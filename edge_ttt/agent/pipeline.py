@@ -28,6 +28,8 @@ PublishPredictions = Callable[[str, str, str, np.ndarray, Predictions, float], l
 
 @dataclass
 class AgentCounters:
+    """What the router counts: frames passed on, topics it cannot route, frames refused by reason."""
+
     frames: int = 0
     unknown_topic: int = 0
     rejected: Counter = field(default_factory=Counter)  # by reason: codec reasons, channels, rate, stream
