@@ -349,6 +349,19 @@ def test_write_refuses_invalid_log(tmp_path: Path, changes: dict, needle: str) -
     assert not path.exists()
 
 
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"channels": ("ax", "ax")}, f"'{KEY_CHANNELS}' repeats channel(s) ['ax']. Fix: give each channel"),
+        ({"class_names": ("x", "x", "y")}, f"'{KEY_CLASS_NAMES}' repeats class(es) ['x']. Fix: make class"),
+    ],
+)
+def test_repeated_names_are_named(tmp_path: Path, changes: dict, message: str) -> None:
+    with pytest.raises(LogFormatError) as info:
+        write_log(tmp_path / "log.parquet", make_log_with(**changes))
+    assert message in str(info.value)
+
+
 def test_write_refuses_clashing_extra_column(tmp_path: Path) -> None:
     with pytest.raises(LogFormatError, match="'ax'"):
         write_log(tmp_path / "log.parquet", make_log(), extra_columns={"ax": np.zeros(5)})

@@ -1,7 +1,8 @@
 """Recorded sensor log format v1: one Parquet file, one row per sample.
 
 The written contract lives in docs/log-format.md. `checks` holds the contract's names and the
-checks that reader (`read`) and writer (`write`) share; `recorded` the in-memory log.
+checks that reader (`read`) and writer (`write`) share, `metadata` the file's key-value metadata
+both ways, `recorded` the in-memory log.
 """
 
 from __future__ import annotations

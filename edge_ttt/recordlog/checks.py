@@ -34,6 +34,14 @@ def contract_error(where: str | os.PathLike[str], what: str, fix: str) -> LogFor
     return LogFormatError(f"{where}: {what}. Fix: {fix}.")
 
 
+def _refuse_repeats(
+    where: str | os.PathLike[str], key: str, names: tuple[str, ...], what: str, fix: str
+) -> None:
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise contract_error(where, f"metadata key '{key}' repeats {what} {duplicates}", fix)
+
+
 def check_metadata(
     where: str | os.PathLike[str],
     channels: tuple[str, ...],
@@ -55,13 +63,7 @@ def check_metadata(
                 f"metadata key '{KEY_CHANNELS}' uses the reserved column name '{name}' as a channel",
                 f"rename the channel; {', '.join(RESERVED_COLUMNS)} are reserved",
             )
-    duplicates = sorted({c for c in channels if channels.count(c) > 1})
-    if duplicates:
-        raise contract_error(
-            where,
-            f"metadata key '{KEY_CHANNELS}' repeats channel(s) {duplicates}",
-            "give each channel a unique name",
-        )
+    _refuse_repeats(where, KEY_CHANNELS, channels, "channel(s)", "give each channel a unique name")
     if not (math.isfinite(sample_rate_hz) and sample_rate_hz > 0):
         raise contract_error(
             where,
@@ -75,13 +77,7 @@ def check_metadata(
                 f"metadata key '{KEY_CLASS_NAMES}' is an empty list",
                 "omit the key when there are no classes",
             )
-        duplicates = sorted({c for c in class_names if class_names.count(c) > 1})
-        if duplicates:
-            raise contract_error(
-                where,
-                f"metadata key '{KEY_CLASS_NAMES}' repeats class(es) {duplicates}",
-                "make class names unique",
-            )
+        _refuse_repeats(where, KEY_CLASS_NAMES, class_names, "class(es)", "make class names unique")
 
 
 def sort_and_check_rows(

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
 import os
-from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -16,69 +14,11 @@ from edge_ttt.recordlog.checks import (
     COL_LABEL,
     COL_T_NS,
     KEY_CHANNELS,
-    KEY_CLASS_NAMES,
-    KEY_LOG_FORMAT,
-    KEY_SAMPLE_RATE_HZ,
-    LOG_FORMAT_VERSION,
-    SUPPORTED_VERSIONS,
-    check_metadata,
     contract_error,
     sort_and_check_rows,
 )
+from edge_ttt.recordlog.metadata import parse_metadata
 from edge_ttt.recordlog.recorded import RecordedLog
-
-
-def _parse_metadata(
-    path: Path, metadata: Mapping[bytes, bytes] | None
-) -> tuple[tuple[str, ...], float, tuple[str, ...] | None]:
-    meta = {k.decode("utf-8", "replace"): v.decode("utf-8", "replace") for k, v in (metadata or {}).items()}
-
-    def required(key: str, fix: str) -> str:
-        if key not in meta:
-            raise contract_error(path, f"metadata key '{key}' is missing", fix)
-        return meta[key]
-
-    version = required(
-        KEY_LOG_FORMAT, f"add '{KEY_LOG_FORMAT}' = \"{LOG_FORMAT_VERSION}\" (write files with write_log)"
-    )
-    if version.strip() not in {str(v) for v in SUPPORTED_VERSIONS}:
-        raise contract_error(
-            path,
-            f"metadata key '{KEY_LOG_FORMAT}' is {version!r}, an unsupported log format version",
-            f"this reader supports version(s) {', '.join(map(str, SUPPORTED_VERSIONS))}; convert the file or "
-            "upgrade edge-ttt",
-        )
-
-    def json_strings(key: str, raw: str) -> tuple[str, ...]:
-        try:
-            parsed = json.loads(raw)
-        except json.JSONDecodeError as exc:
-            raise contract_error(
-                path,
-                f"metadata key '{key}' is not valid JSON ({exc})",
-                'store a JSON list, e.g. ["ax", "ay"]',
-            ) from exc
-        if not isinstance(parsed, list) or not all(isinstance(x, str) for x in parsed):
-            raise contract_error(
-                path,
-                f"metadata key '{key}' is {raw!r}, not a JSON list of strings",
-                "store a list of strings",
-            )
-        return tuple(parsed)
-
-    channels = json_strings(KEY_CHANNELS, required(KEY_CHANNELS, "add the JSON list of channel column names"))
-    raw_rate = required(KEY_SAMPLE_RATE_HZ, 'add the nominal sample rate as a decimal string, e.g. "50.0"')
-    try:
-        rate = float(raw_rate)
-    except ValueError:
-        raise contract_error(
-            path,
-            f"metadata key '{KEY_SAMPLE_RATE_HZ}' is {raw_rate!r}, not a number",
-            'use a decimal string, e.g. "50.0"',
-        ) from None
-    class_names = json_strings(KEY_CLASS_NAMES, meta[KEY_CLASS_NAMES]) if KEY_CLASS_NAMES in meta else None
-    check_metadata(path, channels, rate, class_names)
-    return channels, rate, class_names
 
 
 def _is_string_type(t: pa.DataType) -> bool:
@@ -143,7 +83,7 @@ def read_log(path: str | os.PathLike[str]) -> RecordedLog:
     try:
         with pq.ParquetFile(path) as pf:
             schema = pf.schema_arrow
-            channels, rate, class_names = _parse_metadata(path, schema.metadata)
+            channels, rate, class_names = parse_metadata(path, schema.metadata)
             has_label = _check_column_types(path, schema, channels)
             columns = [COL_DEVICE_ID, COL_T_NS, *channels, *([COL_LABEL] if has_label else [])]
             table = pf.read(columns=columns)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -16,16 +15,12 @@ from edge_ttt.recordlog.checks import (
     COL_DEVICE_ID,
     COL_LABEL,
     COL_T_NS,
-    KEY_CHANNELS,
-    KEY_CLASS_NAMES,
-    KEY_LOG_FORMAT,
-    KEY_SAMPLE_RATE_HZ,
-    LOG_FORMAT_VERSION,
     RESERVED_COLUMNS,
     check_metadata,
     contract_error,
     sort_and_check_rows,
 )
+from edge_ttt.recordlog.metadata import encode_metadata
 from edge_ttt.recordlog.recorded import RecordedLog
 
 
@@ -69,13 +64,6 @@ def write_log(
             )
         columns[name] = pa.array(data[order])
 
-    metadata = {
-        KEY_LOG_FORMAT: str(LOG_FORMAT_VERSION),
-        KEY_CHANNELS: json.dumps(list(log.channels)),
-        KEY_SAMPLE_RATE_HZ: repr(log.sample_rate_hz),
-    }
-    if log.class_names is not None:
-        metadata[KEY_CLASS_NAMES] = json.dumps(list(log.class_names))
-    table = pa.table(columns).replace_schema_metadata({k.encode(): v.encode() for k, v in metadata.items()})
+    table = pa.table(columns).replace_schema_metadata(encode_metadata(log))
 
     atomic_write(path, lambda f: pq.write_table(table, f))
