@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import Annotated
 
 import numpy as np
 import typer
 
-from edge_ttt.cli import datasets_app
+from edge_ttt.commandline import fail
 from edge_ttt.recordlog import LogFormatError, read_log, write_log
 from firmware_sim.broker import parse_address
 from firmware_sim.corruptions import device_rng
+from firmware_sim.datasets.cli import datasets_app
 from firmware_sim.devices import Link, SimDevice, fleet_schedule, pump
 from firmware_sim.scenarios import ScenarioError, load_scenario
 from firmware_sim.signals import IMU_CHANNELS, ImuSource, LogSource, Source
@@ -28,16 +29,11 @@ ScenarioName = Annotated[str, typer.Option("--scenario", help="built-in scenario
 Buffer = Annotated[int, typer.Option(min=1, help="frames a device keeps while disconnected")]
 
 
-def _fail(message: str) -> NoReturn:
-    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(code=2)
-
-
 def _broker(value: str) -> tuple[str, int]:
     try:
         return parse_address(value)
     except ValueError as exc:
-        _fail(f"--broker {exc}")
+        fail(f"--broker {exc}")
 
 
 @app.command()
@@ -61,9 +57,9 @@ def devices(
         plan = load_scenario(scenario)
         recorded = read_log(log) if log is not None else None
     except (ScenarioError, LogFormatError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
     if recorded is not None and not len(recorded):
-        _fail(f"{log} holds no samples")
+        fail(f"{log} holds no samples")
     start_ns = time.time_ns()
     sims, links, topics = [], [], []
     for i in range(count):
@@ -81,7 +77,7 @@ def devices(
         try:
             drift = plan.for_device(i, device, source.channels, seed)
         except ScenarioError as exc:
-            _fail(str(exc))
+            fail(str(exc))
         sims.append(SimDevice(device, source, drift, rate, samples_per_frame, start_ns + offset_ns))
         links.append(Link(host, port, f"firmware-sim-{device}", qos, buffer))
         topics.append(f"{prefix}/{device}/dt/0")
@@ -113,7 +109,7 @@ def replay(
         plan = load_scenario(scenario)
         recorded = read_log(log)
     except (ScenarioError, LogFormatError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
     links = {d: Link(host, port, f"firmware-sim-{d}", qos, buffer) for d in recorded.devices()}
     for link in links.values():
         link.open()
@@ -131,7 +127,7 @@ def replay(
             seed,
         )
     except ScenarioError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     paced = not as_fast_as_possible
     summary = pump(items, list(links.values()), paced=paced, total=len(items), progress=True)
     typer.echo(summary.line())
@@ -154,7 +150,7 @@ def record(
     recorder.start()
     if not recorder.subscribed.wait(10):
         recorder.stop()
-        _fail(f"no MQTT broker answered at {host}:{port} within 10 s")
+        fail(f"no MQTT broker answered at {host}:{port} within 10 s")
     typer.echo(f"recording {recorder.topic}", err=True)  # from here on nothing published is missed
     deadline = np.inf if duration is None else time.monotonic() + duration
     try:
@@ -167,7 +163,7 @@ def record(
         recorded = recorder.log(tuple(c.strip() for c in channels.split(",")))
         write_log(out, recorded)
     except (ValueError, LogFormatError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
     typer.echo(
         f"recorded {recorder.count()} frames, {len(recorded)} samples of {len(recorded.devices())} devices, "
         f"{recorder.duplicates} duplicates and {recorder.rejected} bad frames dropped -> {out}"

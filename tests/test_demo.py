@@ -20,8 +20,8 @@ from rich.console import Console
 
 from edge_ttt.monitor import dataset
 from edge_ttt.recordlog import RecordedLog
+from edge_ttt_demo import fleet, results, run, services
 from firmware_sim.broker import Broker, parse_address
-from firmware_sim.demo import fleet, results, run, services
 from firmware_sim.embedded_broker import EmbeddedBroker
 from firmware_sim.scoreboard import Scoreboard, window_labels
 from tests.conftest import CHANNELS, wait_for

@@ -12,6 +12,7 @@ processes, exactly as `edge-ttt run` runs on a device.
 - `services`: the broker, the agent processes and their configs, the predictions listener.
 - `run`: the stages in order, and a clean stop on Ctrl-C.
 - `results`: the per-device table.
+- `cli`: the `edge-ttt demo` command, which `edge_ttt.cli` mounts by name.
 """
 
 

@@ -15,9 +15,9 @@ from typing import Any
 
 from edge_ttt.stream.mqtt import connect_in_background, make_client
 from edge_ttt.stream.mqtt_settings import MqttSection
+from edge_ttt_demo import DemoError
 from firmware_sim.broker import Broker, mosquitto_binary
 from firmware_sim.children import child_options
-from firmware_sim.demo import DemoError
 from firmware_sim.embedded_broker import EmbeddedBroker
 from firmware_sim.scoreboard import Scoreboard
 

@@ -19,10 +19,10 @@ from rich.console import Console
 
 from edge_ttt.adapt.policies import DEFAULT_POLICY
 from edge_ttt.recordlog import read_log
-from firmware_sim.demo import DemoError
-from firmware_sim.demo.fleet import FLEET_SCENARIOS, Fleet, plan_fleet
-from firmware_sim.demo.results import POLICIES, DemoResult, device_results
-from firmware_sim.demo.services import Agents, Listener, agent_config, running_broker
+from edge_ttt_demo import DemoError
+from edge_ttt_demo.fleet import FLEET_SCENARIOS, Fleet, plan_fleet
+from edge_ttt_demo.results import POLICIES, DemoResult, device_results
+from edge_ttt_demo.services import Agents, Listener, agent_config, running_broker
 from firmware_sim.devices import Link, pump
 from firmware_sim.replay import replay_schedule
 

@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from edge_ttt.adapt.policies import DEFAULT_POLICY
-from firmware_sim.demo.fleet import Fleet
+from edge_ttt_demo.fleet import Fleet
 
 BASELINE = "source"
 POLICIES = (DEFAULT_POLICY, BASELINE)  # one live agent each

@@ -1,0 +1,144 @@
+"""A cell of the adaptation benchmark: one policy on one corrupted stream, replayed as a device
+would see it, and the workers that run cells side by side."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import multiprocessing
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from benchmarks.torch_tent import tent_predictions
+from edge_ttt.adapt.engine import POLICIES, Engine
+from edge_ttt.adapt.ort_model import OrtModel
+from edge_ttt.adapt.policies import POLICY_TYPES, fits
+from edge_ttt.artifacts import Bundle, load_bundle
+from edge_ttt.metrics import accuracy
+from edge_ttt.recordlog import RecordedLog
+from edge_ttt.replay import check_compatible
+from edge_ttt.stream.window import WindowBatch, windows_from_log
+from export.checkpoint import load_checkpoint
+from firmware_sim.corruptions import corrupt_log
+from firmware_sim.datasets.watch import watch_logs
+
+ORDERS = ("recorded", "shuffled", "class-sorted")
+TORCH_TENT = "torch-tent"
+TORCH_TENT_LR = 1e-3
+# Columns that are a policy with options: name -> (policy, engine options).
+VARIANTS = {"ttt-episodic": ("ttt", {"episodic": True})}
+COLUMNS = (*POLICIES, *VARIANTS)
+
+
+@dataclass(frozen=True)
+class ModelPaths:
+    """Where a trained model lives: its bundle (for the engine) and checkpoint (for the torch Tent)."""
+
+    bundle: Path
+    checkpoint: Path
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One measurement: a policy (or TORCH_TENT) on one stream."""
+
+    model: str
+    corruption: str
+    severity: int
+    order: str
+    batch_size: int
+    policy: str
+    seed: int
+
+
+def stream_order(
+    devices: np.ndarray, t_end_ns: np.ndarray, labels: np.ndarray, order: str, seed: int
+) -> np.ndarray:
+    """Window indices in stream order.
+
+    `recorded`: device after device (sorted by id), each device's windows in time order, so
+    labels arrive in runs as they were recorded. `shuffled`: a permutation drawn from `seed`.
+    `class-sorted`: every window of one class before the next class (recorded order within a
+    class): one activity for minutes on end, the stream on which published methods collapse.
+    """
+    if order == "recorded":
+        return np.lexsort((t_end_ns, devices))
+    if order == "class-sorted":
+        return np.lexsort((t_end_ns, devices, labels))
+    if order == "shuffled":
+        return np.random.default_rng(seed).permutation(len(devices))
+    raise ValueError(f"unknown order {order!r}; choose one of {', '.join(ORDERS)}")
+
+
+def make_stream(log: RecordedLog, cell: Cell, window: int, hop: int) -> WindowBatch:
+    """The cell's corrupted windows, in the cell's order."""
+    # One fault for the whole fleet: a shuffled stream mixes devices, and a per-device fault (each
+    # its own bias signs, rotation axis) would then be no single shift that any policy could undo.
+    corrupted = corrupt_log(log, cell.corruption, cell.severity, cell.seed, same_for_all_devices=True)
+    batch, devices = windows_from_log(corrupted, window, hop)
+    idx = stream_order(devices, batch.t_end_ns, batch.label, cell.order, cell.seed)
+    return WindowBatch(x=batch.x[idx], t_end_ns=batch.t_end_ns[idx], label=batch.label[idx])
+
+
+def run_cell(cell: Cell, paths: ModelPaths, log: RecordedLog) -> dict:
+    """Replay the cell's stream through a fresh engine (or the torch Tent); accuracy, counters, timing."""
+    bundle = load_bundle(paths.bundle)
+    info = bundle.manifest.model
+    check_compatible(log, info.channels, info.sample_rate_hz, "target log")
+    stream = make_stream(log, cell, info.window, info.hop)
+    predicted = np.full(len(stream), -1, dtype=np.int64)
+    counters = None
+    if cell.policy == TORCH_TENT:
+        torch.set_num_threads(1)  # a cell is single-threaded whoever runs it (ORT: threads=1 below)
+        model = load_checkpoint(paths.checkpoint).model
+        start = time.perf_counter()
+        predicted[:] = tent_predictions(model, stream.x, cell.batch_size, TORCH_TENT_LR)
+    else:
+        policy, options = VARIANTS.get(cell.policy, (cell.policy, {}))
+        engine = Engine(OrtModel(bundle, threads=1), policy=policy, options=options)
+        start = time.perf_counter()
+        for i in range(0, len(stream), cell.batch_size):
+            predicted[i : i + cell.batch_size] = engine.process(stream.x[i : i + cell.batch_size]).classes
+        counters = engine.counters.as_dict()
+    elapsed = time.perf_counter() - start
+    return {
+        **dataclasses.asdict(cell),
+        "windows": len(stream),
+        "accuracy": accuracy(stream.label, predicted),
+        "counters": counters,
+        "ms_per_window": 1000 * elapsed / max(len(stream), 1),
+    }
+
+
+def runs_on(column: str, bundle: Bundle) -> bool:
+    """Whether the column's policy can run on the bundle (entropy policies and the torch Tent need
+    an entropy training graph; the auxiliary-task policy needs an auxiliary head)."""
+    if column == TORCH_TENT:
+        return bundle.manifest.auxiliary is None  # its ORT counterpart `tent` cannot run otherwise
+    return fits(POLICY_TYPES[VARIANTS.get(column, (column,))[0]], bundle.manifest)
+
+
+@functools.lru_cache(maxsize=1)
+def _target_log() -> RecordedLog:
+    return watch_logs()["target"]
+
+
+def _work(task: tuple[Cell, ModelPaths]) -> dict:
+    cell, paths = task
+    return run_cell(cell, paths, _target_log())
+
+
+def run_cells(tasks: list[tuple[Cell, ModelPaths]], jobs: int) -> Iterable[dict]:
+    """Results as they finish; every cell is independent and single-threaded, so `jobs` changes no number."""
+    # Slowest first (batch size 1, then the torch reference) so that no worker idles at the end.
+    tasks = sorted(tasks, key=lambda t: (t[0].batch_size != 1, t[0].policy != TORCH_TENT))
+    if jobs == 1:
+        yield from map(_work, tasks)
+        return
+    with multiprocessing.get_context("spawn").Pool(jobs) as pool:
+        yield from pool.imap_unordered(_work, tasks)

@@ -1,0 +1,114 @@
+"""`python -m benchmarks.adaptation`: every cell the options name, then the JSON and the report."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from benchmarks.adaptation.cells import (
+    COLUMNS,
+    ORDERS,
+    TORCH_TENT,
+    TORCH_TENT_LR,
+    Cell,
+    ModelPaths,
+    run_cells,
+    runs_on,
+)
+from benchmarks.adaptation.models import prepare_models
+from benchmarks.adaptation.report import markdown, pct
+from benchmarks.adaptation.targets import evaluate_targets
+from benchmarks.harness import _batch_sizes, machine_info, name_list, progress
+from edge_ttt.adapt import engine as engine_module
+from edge_ttt.artifacts import Bundle, load_bundle
+from export.models import MODELS
+from firmware_sim.corruptions import CORRUPTIONS, SEVERITIES
+
+DESCRIPTION = (
+    "The adaptation benchmark: every policy on corrupted smartwatch streams, as a device would see them."
+)
+
+
+def _model_info(bundle: Bundle) -> dict:
+    return {"bundle_sha256": bundle.sha256, "source_val_accuracy": bundle.manifest.reference.val_accuracy}
+
+
+def run_metadata(
+    argv: list[str], args: argparse.Namespace, paths: dict[str, ModelPaths], default: str | None
+) -> dict:
+    return {
+        **machine_info("benchmarks.adaptation", argv),
+        "jobs": args.jobs,
+        "severity": args.severity,
+        "seed": args.seed,
+        "default_policy": default,
+        "torch_tent_lr": TORCH_TENT_LR,
+        "models": {name: _model_info(load_bundle(p.bundle)) for name, p in paths.items()},
+    }
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.adaptation", description=DESCRIPTION)
+    p.add_argument("--models", type=name_list(MODELS, "model"), default=list(MODELS))
+    p.add_argument("--corruptions", type=name_list(CORRUPTIONS, "corruption"), default=list(CORRUPTIONS))
+    p.add_argument("--policies", type=name_list(COLUMNS, "policy"), default=list(COLUMNS))
+    p.add_argument("--no-torch-tent", action="store_true", help=f"skip the {TORCH_TENT} reference column")
+    p.add_argument("--orders", type=name_list(ORDERS, "order"), default=list(ORDERS))
+    p.add_argument("--batch-sizes", type=_batch_sizes, default=[1, 16])
+    p.add_argument("--severity", type=int, choices=SEVERITIES, default=4)
+    p.add_argument("--seed", type=int, default=0, help="corruption draws and the shuffled order")
+    p.add_argument("--jobs", type=int, default=2, help="worker processes, each single-threaded")
+    p.add_argument("--cache", type=Path, default=Path("runs/bench"), help="trained models and bundles")
+    p.add_argument("--retrain", action="store_true", help="train and export again even if cached")
+    p.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    args = p.parse_args(argv)
+    if args.jobs < 1:
+        p.error("--jobs must be at least 1")
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    args = parse_args(argv)
+    start = time.perf_counter()
+    torch.set_num_threads(1)  # training too: reproducible, and faster than two threads on small batches
+    default = getattr(engine_module, "DEFAULT_POLICY", None)
+    paths = prepare_models(args.models, args.cache, args.retrain)
+    columns = args.policies + ([] if args.no_torch_tent else [TORCH_TENT])
+    bundles = {model: load_bundle(paths[model].bundle) for model in args.models}
+    tasks = [
+        (Cell(model, corruption, args.severity, order, batch, policy, args.seed), paths[model])
+        for model in args.models
+        for corruption in args.corruptions
+        for order in args.orders
+        for batch in args.batch_sizes
+        for policy in columns
+        if runs_on(policy, bundles[model])
+    ]
+    results = []
+    for k, r in enumerate(run_cells(tasks, args.jobs), 1):
+        results.append(r)
+        progress(
+            f"[{k}/{len(tasks)}] {r['model']} {r['corruption']} {r['order']} b={r['batch_size']} "
+            f"{r['policy']}: {pct(None if r['accuracy'] is None else 100 * r['accuracy'])}% "
+            f"({r['ms_per_window']:.2f} ms/window)"
+        )
+    canonical = {
+        (c.model, c.corruption, c.order, c.batch_size, c.policy): i for i, (c, _) in enumerate(tasks)
+    }
+    results.sort(
+        key=lambda r: canonical[(r["model"], r["corruption"], r["order"], r["batch_size"], r["policy"])]
+    )
+    meta = run_metadata(argv, args, paths, default)
+    meta["wall_s"] = time.perf_counter() - start
+    targets = evaluate_targets(results, default)
+    report = markdown(results, targets, meta)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "adaptation.json").write_text(json.dumps({"meta": meta, "cells": results}, indent=1) + "\n")
+    (args.out / "adaptation.md").write_text(report)
+    print(report)

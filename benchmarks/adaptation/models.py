@@ -1,0 +1,39 @@
+"""The benchmarks' models: trained on the source subjects and exported once, then taken from the
+cache while their bundles verify."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from benchmarks.adaptation.cells import ModelPaths
+from benchmarks.harness import progress
+from edge_ttt.artifacts import BundleError, load_bundle
+from edge_ttt.recordlog import write_log
+from export.bundle import export_bundle
+from export.train import TrainConfig, train
+from firmware_sim.datasets.watch import watch_logs
+
+
+def cached(paths: ModelPaths, name: str) -> bool:
+    """A checkpoint next to a bundle that verifies and holds the named model."""
+    try:
+        bundle = load_bundle(paths.bundle)
+    except BundleError:
+        return False
+    return bundle.manifest.model.name == name and paths.checkpoint.is_file()
+
+
+def prepare_models(names: list[str], cache: Path, retrain: bool) -> dict[str, ModelPaths]:
+    """Train (TrainConfig defaults) and export every model that has no valid cached bundle."""
+    paths = {name: ModelPaths(cache / name, cache / f"{name}.pt") for name in names}
+    todo = [name for name in names if retrain or not cached(paths[name], name)]
+    if todo:
+        with tempfile.TemporaryDirectory() as tmp:
+            source = Path(tmp) / "watch_source.parquet"
+            write_log(source, watch_logs()["source"])
+            for name in todo:
+                progress(f"training {name} on the source subjects and exporting it to {paths[name].bundle}")
+                src = train(source, paths[name].checkpoint, TrainConfig(model=name), show_progress=False)
+                export_bundle(src, paths[name].bundle, force=True)
+    return paths

@@ -1,0 +1,90 @@
+"""What the benchmarks' command lines share: verdicts, argument types, progress lines, and a record
+of when, where and with what a run was made, so that every results table can be traced."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import platform
+import shlex
+import subprocess
+import sys
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import numpy as np
+import onnxruntime
+import torch
+
+import edge_ttt
+
+PASS, FAIL, NOT_MEASURED = "PASS", "FAIL", "not measured"
+
+
+@dataclass(frozen=True)
+class Target:
+    title: str
+    status: str  # PASS, FAIL or NOT_MEASURED
+    details: list[str]
+
+
+def target_lines(targets: list[Target]) -> list[str]:
+    """The report's closing section: every target's verdict with its details."""
+    lines = ["", "## Targets", ""]
+    for target in targets:
+        lines.append(f"- **{target.status}** {target.title}")
+        lines += [f"  - {detail}" for detail in target.details]
+    return lines
+
+
+def _git(*args: str) -> str | None:
+    try:
+        out = subprocess.run(["git", *args], capture_output=True, text=True, check=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip()
+
+
+def machine_info(module: str, argv: list[str]) -> dict:
+    """When, where and with what a benchmark ran: date, commit, command, versions, CPUs."""
+    return {
+        "date_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "git_commit": _git("rev-parse", "HEAD"),
+        "git_dirty": bool(_git("status", "--porcelain")),
+        "command": shlex.join(["python", "-m", module, *argv]),
+        "versions": {
+            "python": platform.python_version(),
+            "numpy": np.__version__,
+            "torch": torch.__version__,
+            "onnxruntime": onnxruntime.__version__,
+            "edge_ttt": edge_ttt.__version__,
+        },
+        "cpus": os.cpu_count(),
+    }
+
+
+def name_list(known: Iterable[str], what: str):
+    """An argparse type: a comma-separated list of names out of `known`."""
+    known = tuple(known)
+
+    def parse(text: str) -> list[str]:
+        names = [n for n in text.split(",") if n]
+        unknown = [n for n in names if n not in known]
+        if not names or unknown:
+            raise argparse.ArgumentTypeError(f"unknown {what} {unknown}; choose from {', '.join(known)}")
+        return names
+
+    return parse
+
+
+def _batch_sizes(text: str) -> list[int]:
+    """An argparse type; argparse names it in its error for a non-number, hence the name."""
+    sizes = [int(n) for n in text.split(",") if n]
+    if not sizes or min(sizes) < 1:
+        raise argparse.ArgumentTypeError("batch sizes must be positive integers")
+    return sizes
+
+
+def progress(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)

@@ -1,0 +1,60 @@
+"""`edge-ttt train` and `edge-ttt export`: the host commands, mounted by `edge_ttt.cli` by name.
+
+Importing this module imports no torch, so that `edge-ttt --help` lists these commands on a device;
+each command imports its torch modules when it runs.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from edge_ttt.commandline import fail, host_import
+
+app = typer.Typer(no_args_is_help=True, add_completion=False)
+
+
+@app.command()
+def train(
+    log: Annotated[Path, typer.Option(help="labeled recorded log (Parquet, log format v1)")],
+    out: Annotated[Path, typer.Option(help="checkpoint to write, e.g. model.pt")],
+    model: Annotated[str, typer.Option(help="cnn-bn, cnn-gn, tcn-ln or cnn-bn-ttt")] = "cnn-bn",
+    window: Annotated[int, typer.Option(min=8, help="samples per window")] = 128,
+    hop: Annotated[int, typer.Option(min=1, help="samples between window starts")] = 64,
+    epochs: Annotated[int, typer.Option(min=1)] = 20,
+    seed: Annotated[int, typer.Option()] = 0,
+) -> None:
+    """Train a source model; prints the held-out validation accuracy."""
+    train_mod = host_import("export.train")
+    from edge_ttt.recordlog import LogFormatError
+
+    cfg = train_mod.TrainConfig(model=model, window=window, hop=hop, epochs=epochs, seed=seed)
+    try:
+        result = train_mod.train(log, out, cfg, show_progress=sys.stderr.isatty())
+    except (LogFormatError, ValueError) as exc:
+        fail(str(exc))
+    r = result.report
+    aux = f", auxiliary task {r['aux_val_accuracy']:.3f}" if "aux_val_accuracy" in r else ""
+    typer.echo(
+        f"{model}: held-out validation accuracy {r['val_accuracy']:.3f}{aux} "
+        f"({r['val_windows']} windows from {', '.join(r['val_devices'])}); wrote {out}"
+    )
+
+
+@app.command("export")
+def export_cmd(
+    checkpoint: Annotated[Path, typer.Option(help="checkpoint written by `edge-ttt train`")],
+    out: Annotated[Path, typer.Option(help="artifact directory to create")],
+    force: Annotated[bool, typer.Option(help="replace an existing directory")] = False,
+) -> None:
+    """Export ONNX Runtime training artifacts (only normalization parameters trainable) + manifest."""
+    bundle = host_import("export.bundle")
+    graph = host_import("export.onnx_graph")
+    try:
+        manifest = bundle.export_checkpoint(checkpoint, out, force=force)
+    except (FileNotFoundError, FileExistsError, ValueError, graph.ExportError) as exc:
+        fail(str(exc))
+    typer.echo(f"exported {manifest.model.name} ({len(manifest.trainable)} trainable tensors) to {out}")
