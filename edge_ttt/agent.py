@@ -169,7 +169,12 @@ class Agent:
 
     def _close_summaries(self, final: bool) -> None:
         for p in self.pipelines.values():
-            summary = p.drift.close() if final else p.drift.maybe_close()
+            self._close_summary(p, final)
+
+    def _close_summary(self, p: Pipeline, final: bool) -> None:
+        now = time.time()
+        if final or p.drift.due(now):
+            summary = p.drift.close(now, p.engine.report())
             if summary is not None:
                 self.shipper.submit(summary)
 
@@ -193,9 +198,8 @@ class Agent:
             if len(windows):
                 predictions = pipeline.engine.process(windows.x)
                 latency = self._publish_predictions(pipeline, windows.t_end_ns, predictions, message.arrived)
-                pipeline.drift.observe_windows(windows.x, predictions, pipeline.engine, latency)
-                if (summary := pipeline.drift.maybe_close()) is not None:  # a window count reached
-                    self.shipper.submit(summary)
+                pipeline.drift.observe_predictions(windows.x, predictions, latency)
+                self._close_summary(pipeline, final=False)  # a window count reached
 
     def _check(self, frame: Frame, stream: str) -> None:
         """What the codec cannot know: the model's channels and rate, and the topic's stream."""

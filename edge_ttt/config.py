@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import inspect
 import json
 import os
 import re
@@ -33,7 +32,7 @@ from pydantic import (
 )
 from pydantic_core import ErrorDetails
 
-from edge_ttt.adapt.policies import DEFAULT_POLICY, POLICY_TYPES, Steady, SteadyConfig
+from edge_ttt.adapt.policies import DEFAULT_POLICY, POLICY_TYPES
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -289,19 +288,11 @@ class MqttSection(_Section):
 
 @cache
 def policy_options(policy: str) -> type[BaseModel]:
-    """The options a policy takes, as a strict model, so that a misspelt option fails on load.
-
-    They are the keyword arguments of the policy's constructor; `steady` takes the fields of
-    `SteadyConfig` as keyword arguments instead; every gradient policy also takes `episodic`.
-    """
-    if policy == Steady.name:
-        hints = get_type_hints(SteadyConfig)
-        fields = {f.name: (hints[f.name], f.default) for f in dataclasses.fields(SteadyConfig)}
-    else:
-        init = POLICY_TYPES[policy].__init__
-        hints = get_type_hints(init)
-        params = inspect.signature(init).parameters.values()
-        fields = {p.name: (hints[p.name], p.default) for p in params if p.default is not p.empty}
+    """The options a policy takes, as a strict model, so that a misspelt option fails on load:
+    the fields of its `Options`, and `episodic` for every gradient policy."""
+    options = POLICY_TYPES[policy].Options
+    hints = get_type_hints(options)
+    fields = {f.name: (hints[f.name], f.default) for f in dataclasses.fields(options)}
     if POLICY_TYPES[policy].loss is not None:  # gradient policies: see `Engine`
         fields["episodic"] = (bool, False)
     return create_model(f"{policy}_options", __config__=_Section.model_config, **fields)

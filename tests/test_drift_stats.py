@@ -170,8 +170,8 @@ def test_the_collector_reads_counters_and_adaptation_from_a_real_engine(bundle_d
     x = windows(8, seed=3) * 3 + 1  # shifted, so that steady's drift gate opens
     for i in range(4):
         batch = x[2 * i : 2 * i + 2]
-        c.observe_windows(batch, engine.process(batch), engine)
-    s = c.close(1.0)
+        c.observe_predictions(batch, engine.process(batch))
+    s = c.close(1.0, engine.report())
     assert s.windows == 8 and s.class_counts.sum() == 8
     assert s.counters == {k: getattr(engine.counters, k) for k in COUNTERS}
     a = s.adaptation

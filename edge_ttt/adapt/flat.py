@@ -48,3 +48,22 @@ class Layout:
         """Per name, a view into `vector` (callers never change these vectors in place)."""
         parts = zip(self.names, self.bounds, self.shapes, strict=True)
         return {n: vector[a:b].reshape(s) for n, (a, b), s in parts}
+
+
+def prefixed(prefix: str, arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The arrays renamed `prefix/name`: how a saved state keeps its parts apart.
+
+    >>> prefixed("adam", {"t": 1})
+    {'adam/t': 1}
+    """
+    return {f"{prefix}/{k}": v for k, v in arrays.items()}
+
+
+def unprefixed(prefix: str, arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The arrays saved under `prefix/`, with their own names back.
+
+    >>> unprefixed("adam", {"adam/t": 1, "fast/w": 2})
+    {'t': 1}
+    """
+    n = len(prefix) + 1
+    return {k[n:]: v for k, v in arrays.items() if k.startswith(prefix + "/")}
