@@ -181,3 +181,14 @@ def test_the_collector_reads_counters_and_adaptation_from_a_real_engine(bundle_d
     else:
         assert a.norm_layers is None and a.norm_mean_shift is None
     assert (a.param_change > 0) == (policy in ("steady", "tent"))
+
+
+def test_the_drift_package_imports_nothing_of_the_engine():
+    """Summaries take the engine's report as a value; drift/ stays beside adapt/, not above it."""
+    import ast
+
+    for path in (Path(__file__).parents[1] / "edge_ttt" / "drift").glob("*.py"):
+        tree = ast.parse(path.read_text())
+        names = [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
+        names += [n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
+        assert not [n for n in names if n.startswith("edge_ttt.adapt")], path.name
