@@ -39,7 +39,7 @@ class Layout:
         when the sizes do not add up (a saved state of another model)."""
         if not self.names:
             return np.zeros(0, dtype)
-        vector = np.concatenate([np.ravel(arrays[n]) for n in self.names], dtype=dtype)
+        vector = np.concatenate([np.asarray(arrays[n]).reshape(-1) for n in self.names], dtype=dtype)
         if vector.size != self.size:
             raise ValueError(f"{vector.size} values for a layout of {self.size}")
         return vector
@@ -65,5 +65,6 @@ def unprefixed(prefix: str, arrays: Mapping[str, np.ndarray]) -> dict[str, np.nd
     >>> unprefixed("adam", {"adam/t": 1, "fast/w": 2})
     {'t': 1}
     """
-    n = len(prefix) + 1
-    return {k[n:]: v for k, v in arrays.items() if k.startswith(prefix + "/")}
+    head = prefix + "/"
+    n = len(head)
+    return {k[n:]: v for k, v in arrays.items() if k.startswith(head)}
