@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from edge_ttt.adapt.policies import DEFAULT_POLICY, POLICY_TYPES, SteadyConfig
+from edge_ttt.adapt.policies import DEFAULT_POLICY, POLICY_TYPES, Steady
 from edge_ttt.agent.config import AgentConfig, load_config, policy_options
 from edge_ttt.config_file import ConfigError
 
@@ -368,8 +368,8 @@ def test_a_misplaced_password_is_never_echoed(tmp_path):
 def test_valid_policy_options_reach_the_policy(tmp_path):
     cfg = load_config(write(tmp_path, AGENT + MODEL + "[model.options]\nlr = 1e-3\ncollapse_horizon = 32\n"))
     assert cfg.model.options == {"lr": 1e-3, "collapse_horizon": 32}
-    assert SteadyConfig(**cfg.model.options).collapse_horizon == 32
-    steady_fields = {f.name for f in dataclasses.fields(SteadyConfig)}
+    assert Steady.Options(**cfg.model.options).collapse_horizon == 32
+    steady_fields = {f.name for f in dataclasses.fields(Steady.Options)}
     assert set(policy_options("steady").model_fields) == steady_fields | {"episodic"}
     assert set(policy_options("source").model_fields) == set()
 

@@ -170,8 +170,8 @@ def test_the_collector_reads_counters_and_adaptation_from_a_real_engine(bundle_d
     x = windows(8, seed=3) * 3 + 1  # shifted, so that steady's drift gate opens
     for i in range(4):
         batch = x[2 * i : 2 * i + 2]
-        c.observe_windows(batch, engine.process(batch), engine)
-    s = c.close(1.0)
+        c.observe_predictions(batch, engine.process(batch))
+    s = c.close(1.0, engine.report())
     assert s.windows == 8 and s.class_counts.sum() == 8
     assert s.counters == {k: getattr(engine.counters, k) for k in COUNTERS}
     a = s.adaptation
@@ -181,3 +181,14 @@ def test_the_collector_reads_counters_and_adaptation_from_a_real_engine(bundle_d
     else:
         assert a.norm_layers is None and a.norm_mean_shift is None
     assert (a.param_change > 0) == (policy in ("steady", "tent"))
+
+
+def test_the_drift_package_imports_nothing_of_the_engine():
+    """Summaries take the engine's report as a value; drift/ stays beside adapt/, not above it."""
+    import ast
+
+    for path in (Path(__file__).parents[1] / "edge_ttt" / "drift").glob("*.py"):
+        tree = ast.parse(path.read_text())
+        names = [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
+        names += [n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
+        assert not [n for n in names if n.startswith("edge_ttt.adapt")], path.name

@@ -16,6 +16,20 @@ from edge_ttt.artifacts import load_bundle
 from tests.conftest import CHANNELS, exported_bundle
 from tests.model_factory import CLASSES, LENGTH, windows
 
+# Steady with aggressive settings: it steps on every window (the drift gate always open, the
+# filter wide) and its guard acts within a few dozen updates.
+AGGRESSIVE_STEADY = dict(
+    lr=0.05,
+    anchor=0.0,
+    param_ema=1.0,
+    reliable_quantile=0.99,
+    collapse_horizon=16,
+    watch_every=2,
+    snapshot_every=4,
+    rollback_cooldown=8,
+    gate_shift=0.0,
+)
+
 
 def engine(bundle_dir: Path, policy: str, **options) -> Engine:
     return Engine(OrtModel(load_bundle(bundle_dir)), policy=policy, options=options or None)
@@ -190,19 +204,7 @@ def test_sar_resets_to_source_when_its_loss_average_collapses(bundle_dir: Path):
 
 def test_steady_rolls_back_a_collapse_on_an_adversarial_single_class_stream(bundle_dir: Path):
     """Aggressive settings and one repeated input drive entropy minimization into collapse."""
-    e = engine(
-        bundle_dir,
-        "steady",
-        lr=0.05,
-        anchor=0.0,
-        param_ema=1.0,
-        reliable_quantile=0.99,
-        collapse_horizon=16,
-        watch_every=2,
-        snapshot_every=4,
-        rollback_cooldown=8,
-        gate_shift=0.0,  # the drift gate always open: this test is about the guard behind it
-    )
+    e = engine(bundle_dir, "steady", **AGGRESSIVE_STEADY)
     x = windows(1, seed=11)
     for _ in range(300):
         e.process(x + np.random.default_rng(0).normal(0, 0.01, x.shape).astype(np.float32))

@@ -17,13 +17,14 @@ import numpy as np
 from edge_ttt.adapt.counters import Counters
 from edge_ttt.adapt.guard import InputLimits, check_windows, sanitize
 from edge_ttt.adapt.ort_model import OrtModel
-from edge_ttt.adapt.policies import DEFAULT_POLICY, POLICY_TYPES, Policy
+from edge_ttt.adapt.policies import DEFAULT_POLICY, POLICY_TYPES, Policy, create
+from edge_ttt.adapt.report import Report
 from edge_ttt.adapt.snapshot import StateError, load_state, save_state
 from edge_ttt.adapt.softmax import softmax_entropy
 
 POLICIES = tuple(POLICY_TYPES)
 
-__all__ = ["DEFAULT_POLICY", "POLICIES", "Counters", "Engine", "Predictions", "StateError"]
+__all__ = ["DEFAULT_POLICY", "POLICIES", "Counters", "Engine", "Predictions", "Report", "StateError"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -66,15 +67,20 @@ class Engine:
                 f"policy {policy!r} takes no gradient steps: there is nothing to run episodically"
             )
         try:
-            self.policy: Policy = POLICY_TYPES[policy](model, self.counters, **options)
+            self.policy: Policy = create(policy, model, self.counters, options)
         except TypeError as exc:
             raise ValueError(f"policy {policy!r}: bad option ({exc})") from None
+        self._serve()
+
+    def _serve(self) -> None:
+        """The model holds this policy's parameters from now on (engines of several devices
+        share one model). Also called after the policy wrote them itself (construction, a
+        restored state), so that the engine that served last does not take them for its own."""
+        self.model.serve(self.policy, self.policy.param_vector)
 
     def process(self, x: np.ndarray) -> Predictions:
         """Predict a batch [n, channels, length] of raw windows and adapt on the valid ones."""
-        if self.model.active is not self.policy:  # engines of several devices share one model
-            self.policy.activate()
-            self.model.active = self.policy
+        self._serve()
         x = np.asarray(x, np.float32)
         if x.ndim != 3 or x.shape[1:] != self.shape:
             c, length = self.shape
@@ -122,3 +128,8 @@ class Engine:
         for name, value in meta.get("counters", {}).items():
             if hasattr(self.counters, name):
                 setattr(self.counters, name, int(value))
+        self._serve()
+
+    def report(self) -> Report:
+        """The counters and the adaptation level now, as a frozen value (for drift summaries)."""
+        return Report.of(self.counters.as_dict(), self.policy)

@@ -39,7 +39,7 @@ class Layout:
         when the sizes do not add up (a saved state of another model)."""
         if not self.names:
             return np.zeros(0, dtype)
-        vector = np.concatenate([np.ravel(arrays[n]) for n in self.names], dtype=dtype)
+        vector = np.concatenate([np.asarray(arrays[n]).reshape(-1) for n in self.names], dtype=dtype)
         if vector.size != self.size:
             raise ValueError(f"{vector.size} values for a layout of {self.size}")
         return vector
@@ -48,3 +48,23 @@ class Layout:
         """Per name, a view into `vector` (callers never change these vectors in place)."""
         parts = zip(self.names, self.bounds, self.shapes, strict=True)
         return {n: vector[a:b].reshape(s) for n, (a, b), s in parts}
+
+
+def prefixed(prefix: str, arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The arrays renamed `prefix/name`: how a saved state keeps its parts apart.
+
+    >>> prefixed("adam", {"t": 1})
+    {'adam/t': 1}
+    """
+    return {f"{prefix}/{k}": v for k, v in arrays.items()}
+
+
+def unprefixed(prefix: str, arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The arrays saved under `prefix/`, with their own names back.
+
+    >>> unprefixed("adam", {"adam/t": 1, "fast/w": 2})
+    {'t': 1}
+    """
+    head = prefix + "/"
+    n = len(head)
+    return {k[n:]: v for k, v in arrays.items() if k.startswith(head)}

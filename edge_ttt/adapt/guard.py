@@ -113,6 +113,15 @@ class CollapseDetector:
         self._classes.extend(int(c) for c in classes)
         self._entropy.extend(float(h) for h in entropy)
 
+    def state(self) -> dict[str, np.ndarray]:
+        """The windows in view, oldest first."""
+        return {"classes": np.array(self._classes, np.int64), "entropy": np.array(self._entropy, np.float64)}
+
+    def load_state(self, flat: dict[str, np.ndarray]) -> None:
+        self.clear()
+        self._classes.extend(int(c) for c in flat["classes"])
+        self._entropy.extend(float(h) for h in flat["entropy"])
+
     def verdict(self, param_drift: float = 0.0, stat_shift: float = 0.0) -> str | None:
         """None when healthy, else the reason for a rollback."""
         if param_drift > self.max_param_drift:

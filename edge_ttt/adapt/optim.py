@@ -16,18 +16,18 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edge_ttt.adapt.flat import Layout
+from edge_ttt.adapt.flat import Layout, prefixed, unprefixed
 
 Arrays = dict[str, np.ndarray]
 
 
 def _named(prefix: str, vector: np.ndarray | None, layout: Layout) -> Arrays:
-    return {} if vector is None else {f"{prefix}/{k}": v for k, v in layout.split(vector).items()}
+    return {} if vector is None else prefixed(prefix, layout.split(vector))
 
 
 def _vector(prefix: str, flat: Arrays, layout: Layout) -> np.ndarray | None:
     """The vector saved under `prefix`/name, or None when none was (no step yet)."""
-    named = {k[len(prefix) + 1 :]: v for k, v in flat.items() if k.startswith(prefix + "/")}
+    named = unprefixed(prefix, flat)
     return layout.flatten(named, np.float64) if named else None
 
 

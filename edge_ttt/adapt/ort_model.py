@@ -69,10 +69,10 @@ class OrtModel:
     On CPU, `forward` and `forward_backward` run the eval and training graphs in plain
     `InferenceSession`s (`BoundGraph`) bound to arrays kept here: a copy of the parameters, the
     statistics to normalize with, and the gradient buffer that the training graph's accumulators
-    write in place. At batch size 1 a training pass costs 11 to 16% less than the training
-    module's own, an eval pass 27 to 31% less, with the same outputs and gradients bit for bit
-    (docs/performance.md). The copy follows `write_parameters` (and `set_parameters`); change
-    parameters only through them. Elsewhere (CUDA) the training module's own calls run.
+    write in place. That skips the training module's per-call copies of inputs and parameters,
+    with the same outputs and gradients bit for bit (docs/performance.md measures it). The copy
+    follows `write_parameters` (and `set_parameters`); change parameters only through them.
+    Elsewhere (CUDA) the training module's own calls run.
     """
 
     def __init__(self, bundle: Bundle, device: str = "cpu", threads: int = 1) -> None:
@@ -108,7 +108,7 @@ class OrtModel:
         params = self.state.parameters
         self._trainable_params = [params[n] for n in self.layout.names]
         self._graphs = self._bind_graphs(bundle, options) if self.device == "cpu" else None
-        self.active: object | None = None  # the policy whose parameters the state holds (Engine)
+        self._owner: object | None = None  # whose parameters the model holds (`serve`)
 
     def _bind_graphs(self, bundle: Bundle, options) -> tuple[BoundGraph, BoundGraph]:
         """The CPU path: eval and training graphs bound to the parameters (trainable ones as views
@@ -316,6 +316,15 @@ class OrtModel:
                 self._ortvalue(self._param_vector)._ortvalue, trainable_only=True
             )
             self._state_behind = False
+
+    def serve(self, owner: object, vector: np.ndarray) -> None:
+        """Hold `owner`'s trainable parameters (a flat vector in `layout`): written only when the
+        owner changes, so that one model serves several adapting devices in turn at the cost of
+        one write per switch. Owners keep the parameters current with `write_parameters` while
+        they are served."""
+        if owner is not self._owner:
+            self.write_parameters(vector)
+            self._owner = owner
 
     def set_parameters(self, values: dict[str, np.ndarray]) -> None:
         """Set every trainable parameter by name."""

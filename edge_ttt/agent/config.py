@@ -9,7 +9,6 @@ the whole can tell. The keys are documented in docs/configuration.md.
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import os
 import re
 from functools import cache
@@ -18,7 +17,7 @@ from typing import Any, Literal, get_type_hints
 
 from pydantic import BaseModel, Field, ValidationInfo, create_model, field_validator, model_validator
 
-from edge_ttt.adapt.policies import DEFAULT_POLICY, POLICY_TYPES, Steady, SteadyConfig
+from edge_ttt.adapt.policies import DEFAULT_POLICY, POLICY_TYPES
 from edge_ttt.agent.checkpoints import StateSection
 from edge_ttt.agent.publisher import PredictionsSection
 from edge_ttt.agent.status import StatusSection
@@ -56,19 +55,11 @@ class AgentSection(Section):
 
 @cache
 def policy_options(policy: str) -> type[BaseModel]:
-    """The options a policy takes, as a strict model, so that a misspelt option fails on load.
-
-    They are the keyword arguments of the policy's constructor; `steady` takes the fields of
-    `SteadyConfig` as keyword arguments instead; every gradient policy also takes `episodic`.
-    """
-    if policy == Steady.name:
-        hints = get_type_hints(SteadyConfig)
-        fields = {f.name: (hints[f.name], f.default) for f in dataclasses.fields(SteadyConfig)}
-    else:
-        init = POLICY_TYPES[policy].__init__
-        hints = get_type_hints(init)
-        params = inspect.signature(init).parameters.values()
-        fields = {p.name: (hints[p.name], p.default) for p in params if p.default is not p.empty}
+    """The options a policy takes, as a strict model, so that a misspelt option fails on load:
+    the fields of its `Options`, and `episodic` for every gradient policy."""
+    options = POLICY_TYPES[policy].Options
+    hints = get_type_hints(options)
+    fields = {f.name: (hints[f.name], f.default) for f in dataclasses.fields(options)}
     if POLICY_TYPES[policy].loss is not None:  # gradient policies: see `Engine`
         fields["episodic"] = (bool, False)
     return create_model(f"{policy}_options", __config__=Section.model_config, **fields)

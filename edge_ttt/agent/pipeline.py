@@ -6,6 +6,7 @@ set of ORT sessions. Predictions go to the publisher, finished drift summaries t
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -83,9 +84,17 @@ class Pipeline:
                 latency = self.publish(
                     self.device, self.stream, self.engine.policy_name, windows.t_end_ns, predictions, arrived
                 )
-                self.drift.observe_windows(windows.x, predictions, self.engine, latency)
-                if (summary := self.drift.maybe_close()) is not None:  # a window count reached
-                    self.ship(summary)
+                self.drift.observe_predictions(windows.x, predictions, latency)
+                self.close_summary(final=False)  # a window count may be reached
+
+    def close_summary(self, final: bool) -> None:
+        """Ship the drift summary when its interval ended (`final`: now, ended or not); the
+        engine hands over its report only then."""
+        now = time.time()
+        if final or self.drift.due(now):
+            summary = self.drift.close(now, self.engine.report())
+            if summary is not None:
+                self.ship(summary)
 
 
 @dataclass(frozen=True)
@@ -130,9 +139,7 @@ class Pipelines(dict[tuple[str, str], Pipeline]):
     def close_summaries(self, final: bool) -> None:
         """Ship the drift summaries whose interval ended (`final`: every stream's, ended or not)."""
         for p in self.values():
-            summary = p.drift.close() if final else p.drift.maybe_close()
-            if summary is not None:
-                self._ship(summary)
+            p.close_summary(final)
 
     def _make(self, device: str, stream: str) -> Pipeline:
         s = self.settings

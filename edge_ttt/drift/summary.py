@@ -1,9 +1,10 @@
 """Drift summaries: what one (device, stream) saw and did over an interval, without raw data.
 
-`SummaryCollector` folds in every batch of windows the engine processed and hands back a
-finished `DriftSummary` when the interval (seconds or windows) is over. Summaries carry their
-source reference, so their drift scores can be recomputed after `merge_summaries` combines
-consecutive intervals or several devices. Pure: no I/O (schema.py writes them).
+`SummaryCollector` folds in every batch of windows the engine processed and, when the interval
+(seconds or windows) is over, closes a `DriftSummary` with the engine's report of that moment (a
+value: the collector never holds the engine). Summaries carry their source reference, so their
+drift scores can be recomputed after `merge_summaries` combines consecutive intervals or several
+devices. Pure: no I/O (schema.py writes them).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import time
 import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -61,7 +62,8 @@ class Reference:
 
 @dataclass(frozen=True)
 class Adaptation:
-    """Where the adapted state stands at the end of an interval (a level, not a count).
+    """Where the adapted state stands at the end of an interval (a level, not a count), as the
+    engine reports it.
 
     Per batch-norm layer: the mean over channels of |mu - mu_s| / sqrt(var_s + eps) and of
     |ln((var + eps) / (var_s + eps))|; None for policies that keep no statistics of their own
@@ -76,20 +78,15 @@ class Adaptation:
     param_change_rel: float
 
 
-def adaptation_state(policy: Any, eps: float = 1e-5) -> Adaptation:
-    """A policy's `param_change()` and, when it has them, `stats()` against `source_stats`."""
-    layers = shifts = ratios = None
-    if hasattr(policy, "stats"):
-        stats, source = policy.stats(), policy.source_stats
-        layers = tuple(source)
-        shifts, ratios = [], []
-        for name in layers:
-            (m, v), (ms, vs) = stats[name], source[name]
-            m, v, ms, vs = (np.asarray(a, np.float64) for a in (m, v, ms, vs))
-            shifts.append(float(np.mean(np.abs(m - ms) / np.sqrt(vs + eps))))
-            ratios.append(float(np.mean(np.abs(np.log((v + eps) / (vs + eps))))))
-        shifts, ratios = tuple(shifts), tuple(ratios)
-    return Adaptation(layers, shifts, ratios, *policy.param_change())
+class EngineReport(Protocol):
+    """What an interval's close takes from the engine: its counters (totals so far) and the
+    fields of `Adaptation`, by name."""
+
+    @property
+    def counters(self) -> Mapping[str, int]: ...
+
+    @property
+    def adaptation(self) -> Mapping[str, Any]: ...
 
 
 @dataclass
@@ -227,7 +224,6 @@ class SummaryCollector:
         self.interval_s = interval_s
         self.interval_windows = interval_windows
         self._counters = {k: int((counters or {}).get(k, 0)) for k in COUNTERS}
-        self._engine: Any = None  # set by observe_windows: read at close
         self._open(time.time() if now is None else now)
 
     def _open(self, now: float) -> None:
@@ -266,12 +262,11 @@ class SummaryCollector:
             s.adaptation = adaptation
         return self
 
-    def observe_windows(
-        self, x: np.ndarray, predictions: Any, engine: Any, latency_ms: Iterable[float] = ()
+    def observe_predictions(
+        self, x: np.ndarray, predictions: Any, latency_ms: Iterable[float] = ()
     ) -> SummaryCollector:
-        """`observe` from the engine's `Predictions`; the engine's counters and adaptation level
-        are read once, when the interval closes, not on every batch."""
-        self._engine = engine
+        """`observe` from the engine's `Predictions` (classes, probs, entropy, valid); the
+        counters and adaptation level come with the report at `close`."""
         return self.observe(
             x,
             predictions.classes,
@@ -281,24 +276,28 @@ class SummaryCollector:
             latency_ms=latency_ms,
         )
 
-    def maybe_close(self, now: float | None = None) -> DriftSummary | None:
-        """The finished summary when the interval is over, else None; a new interval starts."""
+    def due(self, now: float | None = None) -> bool:
+        """Whether the interval is over (by time or window count): time to `close` it."""
         now = time.time() if now is None else now
-        s = self.current
-        full = self.interval_windows is not None and s.windows >= self.interval_windows
-        if not full and now - s.start < self.interval_s:
-            return None
-        return self.close(now)
+        full = self.interval_windows is not None and self.current.windows >= self.interval_windows
+        return full or now - self.current.start >= self.interval_s
 
-    def close(self, now: float | None = None) -> DriftSummary | None:
-        """End the interval now (shutdown); None when it saw no windows."""
+    def maybe_close(
+        self, now: float | None = None, report: EngineReport | None = None
+    ) -> DriftSummary | None:
+        """`close` when the interval is over, else None."""
+        now = time.time() if now is None else now
+        return self.close(now, report) if self.due(now) else None
+
+    def close(self, now: float | None = None, report: EngineReport | None = None) -> DriftSummary | None:
+        """End the interval now (also at shutdown); None when it saw no windows. The engine's
+        `report` gives the counters and the adaptation level at the end of the interval."""
         now = time.time() if now is None else now
         s = self.current
         s.end = now
-        if self._engine is not None:
-            counters = self._engine.counters.as_dict()
-            self._counters = {k: int(counters.get(k, 0)) for k in COUNTERS}
-            s.adaptation = adaptation_state(self._engine.policy)
+        if report is not None:
+            self._counters = {k: int(report.counters.get(k, 0)) for k in COUNTERS}
+            s.adaptation = Adaptation(**report.adaptation)
         s.counters = {k: self._counters[k] - self._base[k] for k in COUNTERS}
         self._open(now)
         return s if s.windows else None

@@ -22,22 +22,17 @@ consecutive windows is mostly one activity, whose moments are not the stream's.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
 
 from edge_ttt.adapt.counters import Counters
+from edge_ttt.adapt.flat import prefixed, unprefixed
 from edge_ttt.adapt.optim import SGD, Adam, Arrays
 from edge_ttt.adapt.ort_model import OrtModel, Outputs, Stats
-from edge_ttt.adapt.policies import (
-    CLASS_PRIOR_MOMENTUM,
-    POLICY_TYPES,
-    STAT_MOMENTUM,
-    STAT_PRIOR_WINDOWS,
-    Norm,
-    _prefixed,
-    _unprefixed,
-)
+from edge_ttt.adapt.policies.base import CLASS_PRIOR_MOMENTUM, STAT_MOMENTUM, STAT_PRIOR_WINDOWS
+from edge_ttt.adapt.policies.norm import Norm
 from edge_ttt.adapt.statistics import ClassBalance, fold_moments
 from edge_ttt.adapt.transforms import TRANSFORMS, transformed_copies
 
@@ -54,29 +49,30 @@ class TestTimeTraining(Norm):
     name = "ttt"
     loss = "auxiliary"
 
-    def __init__(
-        self,
-        model: OrtModel,
-        counters: Counters,
-        lr: float = 1e-3,
-        steps: int = 1,
-        optimizer: Literal["sgd", "adam"] = "sgd",
-        sgd_momentum: float = 0.0,
-        stats: Literal["balanced", "ema", "source"] = "balanced",
-        momentum: float = STAT_MOMENTUM,
-        prior_windows: float | None = STAT_PRIOR_WINDOWS,
-        prior_momentum: float = CLASS_PRIOR_MOMENTUM,
-        episode_prior: float = EPISODE_PRIOR_WINDOWS,
-    ) -> None:
-        super().__init__(model, counters, momentum, prior_windows)
-        if steps < 1:
-            raise ValueError(f"steps must be at least 1, got {steps}")
-        if not episode_prior >= 0:
-            raise ValueError(f"episode_prior must be at least 0 (windows), got {episode_prior}")
-        if stats not in ("balanced", "ema", "source"):
-            raise ValueError(f"stats must be 'balanced', 'ema' or 'source', got {stats!r}")
+    @dataclass(frozen=True)
+    class Options:
+        lr: float = 1e-3
+        steps: int = 1
+        optimizer: Literal["sgd", "adam"] = "sgd"
+        sgd_momentum: float = 0.0
+        stats: Literal["balanced", "ema", "source"] = "balanced"
+        momentum: float = STAT_MOMENTUM
+        prior_windows: float | None = STAT_PRIOR_WINDOWS
+        prior_momentum: float = CLASS_PRIOR_MOMENTUM
+        episode_prior: float = EPISODE_PRIOR_WINDOWS
+
+        def __post_init__(self) -> None:
+            if self.steps < 1:
+                raise ValueError(f"steps must be at least 1, got {self.steps}")
+            if not self.episode_prior >= 0:
+                raise ValueError(f"episode_prior must be at least 0 (windows), got {self.episode_prior}")
+            if self.stats not in ("balanced", "ema", "source"):
+                raise ValueError(f"stats must be 'balanced', 'ema' or 'source', got {self.stats!r}")
+
+    def __init__(self, model: OrtModel, counters: Counters, options: Options | None = None) -> None:
+        super().__init__(model, counters, options)
         aux = model.manifest.auxiliary
-        assert aux is not None  # Policy.__init__ refused bundles without one
+        assert aux is not None  # the policy factory refused bundles without one
         unknown = [t for t in aux.transformations if t not in TRANSFORMS]
         if unknown:
             raise ValueError(
@@ -85,11 +81,15 @@ class TestTimeTraining(Norm):
             )
         self.transformations = list(aux.transformations)
         self.channels = list(model.manifest.model.channels)
-        self.steps = steps
-        self.episode_prior = episode_prior
-        self.use_ema = stats != "source"
-        self.balance = ClassBalance(self.classes, prior_momentum) if stats == "balanced" else None
-        self.opt: SGD | Adam = SGD(lr=lr, momentum=sgd_momentum) if optimizer == "sgd" else Adam(lr=lr)
+        self.use_ema = self.options.stats != "source"
+
+    def reset(self) -> None:
+        super().reset()
+        o = self.options
+        self.balance = ClassBalance(self.classes, o.prior_momentum) if o.stats == "balanced" else None
+        self.opt: SGD | Adam = (
+            SGD(lr=o.lr, momentum=o.sgd_momentum) if o.optimizer == "sgd" else Adam(lr=o.lr)
+        )
 
     def stats(self) -> Stats:
         return super().stats() if self.use_ema else self.source_stats
@@ -103,7 +103,7 @@ class TestTimeTraining(Norm):
     def _step_and_predict(self, x: np.ndarray, stats: Stats, mix: float) -> Outputs:
         """The auxiliary steps on x's transformed copies, then the prediction of x."""
         copies, target, weights = self.aux_batch(x)
-        for _ in range(self.steps):
+        for _ in range(self.options.steps):
             self.model.forward_backward(copies, weights, stats, mix, target)
             grads = self.model.gradient_vector()
             self.model.discard_gradients()
@@ -120,17 +120,16 @@ class TestTimeTraining(Norm):
     def episode(self, x: np.ndarray) -> Outputs:
         """Each window alone: adapt on it with the source statistics mixed with its own moments
         (its transformed copies with theirs), predict it, forget."""
-        mix = 1.0 / (self.episode_prior + 1.0)
-
-        def one(window: np.ndarray) -> Outputs:
-            return self._step_and_predict(window, self.source_stats, mix)
-
-        alone = [self._forgetting(one, x[i : i + 1]).logits for i in range(len(x))]
+        mix = 1.0 / (self.options.episode_prior + 1.0)
+        alone = []
+        for i in range(len(x)):
+            with self.restoring():
+                alone.append(self._step_and_predict(x[i : i + 1], self.source_stats, mix).logits)
         return Outputs(logits=np.concatenate(alone), moments={})  # no moments of the batch as one
 
     def state(self) -> Arrays:
         opt = self.opt.state(self.layout)
-        flat = {**super().state(), **_prefixed("params", self.params), **_prefixed("opt", opt)}
+        flat = {**super().state(), **prefixed("params", self.params), **prefixed("opt", opt)}
         if self.balance is not None:
             flat["class_share"] = self.balance.share.copy()
         return flat
@@ -138,9 +137,6 @@ class TestTimeTraining(Norm):
     def load_state(self, flat: Arrays) -> None:
         super().load_state(flat)
         self._load_params(flat)
-        self.opt.load_state(_unprefixed("opt", flat), self.layout)
+        self.opt.load_state(unprefixed("opt", flat), self.layout)
         if self.balance is not None:
             self.balance.share = np.asarray(flat["class_share"], np.float64)
-
-
-POLICY_TYPES[TestTimeTraining.name] = TestTimeTraining

@@ -1,0 +1,67 @@
+"""Adaptation policies: what to normalize with, which windows to learn from, how to step.
+
+- `source`: the source model, untouched.
+- `norm`: batch norms normalize with momentum averages of the stream's first and second moments.
+- `tent`: Tent (Wang et al., 2021): batch statistics, entropy minimization of the norm affines, Adam.
+- `sar`: SAR (Niu et al., 2023): entropy filter, sharpness-aware two-pass update, reset on collapse.
+- `steady` (default): class-balanced momentum statistics + filtered, class-balanced entropy steps
+  on the norm affines, averaged (EMA) and anchored to source, with collapse rollback.
+- `ttt`: test-time training on a self-supervised auxiliary task; needs a bundle with an auxiliary
+  head, on which the entropy policies refuse to run.
+
+Every gradient policy also runs episodically (`Policy.episode`): adapt on a batch, predict, forget.
+The registry below is the one list of policies: `create` builds one by name and refuses a bundle
+whose training graph computes another loss, naming the policies that fit it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from edge_ttt.adapt.counters import Counters
+from edge_ttt.adapt.ort_model import OrtModel
+from edge_ttt.adapt.policies.base import Policy, PolicyMismatchError, bundle_loss, fits
+from edge_ttt.adapt.policies.norm import Norm
+from edge_ttt.adapt.policies.sar import Sar
+from edge_ttt.adapt.policies.source import Source
+from edge_ttt.adapt.policies.steady import Steady
+from edge_ttt.adapt.policies.tent import Tent
+from edge_ttt.adapt.policies.ttt import TestTimeTraining
+
+POLICY_TYPES: dict[str, type[Policy]] = {
+    p.name: p for p in (Source, Norm, Tent, Sar, Steady, TestTimeTraining)
+}
+DEFAULT_POLICY = Steady.name
+
+__all__ = [
+    "DEFAULT_POLICY",
+    "POLICY_TYPES",
+    "Norm",
+    "Policy",
+    "PolicyMismatchError",
+    "Sar",
+    "Source",
+    "Steady",
+    "Tent",
+    "TestTimeTraining",
+    "bundle_loss",
+    "create",
+    "fits",
+]
+
+
+def create(name: str, model: OrtModel, counters: Counters, options: Mapping[str, Any]) -> Policy:
+    """The policy `name` on the model, with its options by keyword: PolicyMismatchError when the
+    bundle does not fit it, TypeError for an option it does not take, ValueError for a bad value."""
+    policy = POLICY_TYPES[name]
+    manifest = model.manifest
+    if not fits(policy, manifest):
+        usable = ", ".join(p.name for p in POLICY_TYPES.values() if fits(p, manifest))
+        raise PolicyMismatchError(
+            f"policy {name!r} steps on the {policy.loss} loss, but bundle {model.bundle_path} "
+            f"(model {manifest.model.name}) was exported with the {bundle_loss(manifest)} loss; "
+            f"run it with one of {usable}, or export a model made for {name!r}"
+            + (" (a model with an auxiliary head, e.g. cnn-bn-ttt)" if policy.loss == "auxiliary" else "")
+        )
+    return policy(model, counters, policy.Options(**options))

@@ -1,0 +1,168 @@
+"""What every adaptation policy shares, and the contract the engine relies on.
+
+A policy sees only windows that passed the input guard (`update`), and predicts the others
+without touching its state (`predict`). ORT computes logits, layer moments and gradients; the
+statistics, optimizers and guards are numpy, so a policy's whole state is a dict of arrays:
+`state()` holds everything `update` changes and `load_state` puts it back bit for bit, which is
+what snapshots, rollbacks, restarts and episodic mode (`s = state(); update(x); load_state(s)`)
+stand on. `reset()` returns to source. A policy's knobs are its `Options` dataclass, from which
+the config schema is built, so a new option is one field, validated in `__post_init__`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+
+from edge_ttt.adapt.counters import Counters
+from edge_ttt.adapt.flat import unprefixed
+from edge_ttt.adapt.optim import Arrays
+from edge_ttt.adapt.ort_model import OrtModel, Outputs, Stats
+from edge_ttt.manifest import Manifest
+
+STAT_MOMENTUM = 0.002  # weight of one window in the moment EMAs: a horizon of about 500 windows
+STAT_PRIOR_WINDOWS = 100.0  # the source statistics count as this many windows
+CLASS_PRIOR_MOMENTUM = 0.02  # EMA of the predicted-class histogram, for class-balanced statistics
+
+
+class PolicyMismatchError(ValueError):
+    """The policy steps on a loss that the bundle's training graph does not compute."""
+
+
+def bundle_loss(manifest: Manifest) -> str:
+    """The loss the bundle's training graph computes: 'auxiliary' or 'entropy'."""
+    return "entropy" if manifest.auxiliary is None else "auxiliary"
+
+
+def fits(policy: type[Policy], manifest: Manifest) -> bool:
+    """Whether the policy can run on the bundle (gradient-free policies run on any)."""
+    return policy.loss is None or policy.loss == bundle_loss(manifest)
+
+
+class Policy:
+    """Base: holds the model, the source parameters and statistics, and the shared counters.
+
+    Subclasses set up what never changes in `__init__`, then call `reset()`, which builds
+    everything that adapts from source (so construction and a reset cannot drift apart).
+    """
+
+    name: ClassVar[str]
+    loss: ClassVar[str | None] = None  # the training loss its steps need: 'entropy', 'auxiliary', None
+    keeps_stats: ClassVar[bool] = False  # normalizes with statistics of its own (`stats()`)
+
+    @dataclass(frozen=True)
+    class Options:
+        """The policy's knobs (none here); the config's `[model.options]` are these fields."""
+
+    def __init__(self, model: OrtModel, counters: Counters, options: Options | None = None) -> None:
+        self.options = self.Options() if options is None else options
+        self.model = model
+        self.counters = counters
+        self.classes = len(model.manifest.model.classes)
+        self.source_stats = model.source_stats()
+        self.source_params = model.parameters()
+        self.layout = model.layout  # of the flat parameter vectors (`edge_ttt.adapt.flat`)
+        self.source_vector = self.layout.flatten(self.source_params, np.float32)
+        self.param_vector = self.source_vector  # what the model must hold while this policy runs
+        self._source_norm = math.sqrt(self._layer_sum(self.source_vector.astype(np.float64) ** 2))
+
+    @property
+    def params(self) -> Arrays:
+        """The predicting parameters by name (views of `param_vector`)."""
+        return self.layout.split(self.param_vector)
+
+    def stats(self) -> Stats:
+        """The statistics the batch norms normalize with."""
+        return self.source_stats
+
+    def _layer_sum(self, vector: np.ndarray) -> float:
+        """The sum of a flat vector, layer by layer in the manifest's order: summing per layer
+        keeps the rounding of the reported parameter change independent of the flat layout."""
+        parts = self.layout.split(vector)
+        return sum(float(parts[k].sum()) for k in self.source_params)
+
+    def param_change(self) -> tuple[float, float]:
+        """How far the predicting parameters moved from source: L2 distance, and that distance
+        relative to the source parameters' norm (guards and drift summaries report it)."""
+        sq = self._layer_sum((self.param_vector.astype(np.float64) - self.source_vector) ** 2)
+        return math.sqrt(sq), math.sqrt(sq) / max(self._source_norm, 1e-12)
+
+    def update(self, x: np.ndarray) -> Outputs:
+        """Logits for valid windows; may change the policy's state."""
+        return self.predict(x)
+
+    def predict(self, x: np.ndarray) -> Outputs:
+        """Logits without any state change."""
+        return self.model.forward(x, self.source_stats)
+
+    def episode(self, x: np.ndarray) -> Outputs:
+        """Episodic mode: `update` on x (adapt, predict), then return to the state before it."""
+        with self.restoring():
+            return self.update(x)
+
+    @contextmanager
+    def restoring(self) -> Iterator[None]:
+        """Whatever happens inside, the policy (and the model's parameters) leave as they came."""
+        saved = self.state()
+        try:
+            yield
+        finally:
+            self.load_state(saved)
+
+    def reset(self) -> None:
+        """Back to source: the source parameters, and every adapted quantity started afresh."""
+        self._set_params(self.source_vector)
+
+    def state(self) -> Arrays:
+        """Everything `update` changes (the shared counters aside), as named arrays."""
+        return {}
+
+    def load_state(self, flat: Arrays) -> None:
+        """Restore what `state` returned."""
+
+    def _gradient(
+        self, x: np.ndarray, stats: Stats, mix: float, weigh: Callable[[Outputs], np.ndarray] | None
+    ) -> tuple:
+        """One entropy gradient with per-window weights `weigh(outputs)` (None: uniform).
+
+        When the weights are known to come out uniform (batch size 1, or `weigh` None), the
+        training pass comes first and its logits are the outputs; the gradient is rescaled
+        exactly (the loss is linear in the weights). Otherwise the batch is first run through
+        the eval graph (the same logits and moments bit for bit, without a backward pass) and
+        then through one training pass: with uniform weights, rescaled, when the weights come
+        out equal, else with the final weights, and none when every weight is 0. Returns
+        (outputs, weights, flat gradients or None when every weight is 0).
+        """
+        n = len(x)
+        uniform = np.full(n, 1.0 / n, np.float32)
+        trained = n == 1 or weigh is None
+        if trained:
+            out = self.model.forward_backward(x, uniform, stats, mix)
+        else:
+            out = self.model.forward(x, stats, mix)
+        weights = np.full(n, 1.0 / n) if weigh is None else np.asarray(weigh(out), np.float64)
+        if not weights.any():
+            self.model.discard_gradients()
+            return out, weights, None
+        if (weights == weights[0]).all():
+            if not trained:
+                self.model.forward_backward(x, uniform, stats, mix)
+            grads = self.model.gradient_vector() * (weights[0] * n)
+        else:  # only when not trained: uniform weights never get here
+            self.model.forward_backward(x, weights.astype(np.float32), stats, mix)
+            grads = self.model.gradient_vector()
+        self.model.discard_gradients()
+        return out, weights, grads
+
+    def _set_params(self, vector: np.ndarray) -> None:
+        self.param_vector = np.asarray(vector, np.float32)
+        self.model.write_parameters(self.param_vector)
+
+    def _load_params(self, flat: Arrays) -> None:
+        """Restore the predicting parameters from a state's `params/<name>` arrays."""
+        self._set_params(self.layout.flatten(unprefixed("params", flat), np.float32))

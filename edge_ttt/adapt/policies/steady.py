@@ -1,0 +1,208 @@
+"""`steady`, the default policy: class-balanced momentum statistics and filtered, class-balanced
+entropy steps on the norm affines, averaged (EMA) and anchored to source, with collapse rollback."""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+import numpy as np
+
+from edge_ttt.adapt.counters import Counters
+from edge_ttt.adapt.drift_gate import DriftGate
+from edge_ttt.adapt.flat import prefixed, unprefixed
+from edge_ttt.adapt.guard import CollapseDetector
+from edge_ttt.adapt.optim import Adam, Arrays
+from edge_ttt.adapt.ort_model import OrtModel, Outputs, Stats
+from edge_ttt.adapt.policies.base import CLASS_PRIOR_MOMENTUM, STAT_MOMENTUM, STAT_PRIOR_WINDOWS, Policy
+from edge_ttt.adapt.statistics import ClassBalance, LayerMoments, fold_moments
+
+NEVER_ROLLED_BACK = -(10**9)  # `last_rollback` before the first: any cooldown has passed
+SNAPSHOTS = 2  # healthy snapshots kept; a rollback goes to the older one
+
+
+class Steady(Policy):
+    """The default: safe at batch size 1 on label-correlated, noisy streams.
+
+    1. Batch norms normalize with long-horizon moment EMAs started from source (as `norm`), but
+       each window counts less when its pseudo-class dominates the recent predictions: a long
+       run of one activity cannot drag the statistics toward that activity. (Separate estimates
+       per pseudo-class lose: misclassified windows contaminate them.)
+    2. While the drift gate (`DriftGate`) sees the input away from source, entropy steps only
+       from reliable windows (entropy below a source quantile), weighted
+       down when their pseudo-class dominates recent predictions (so a run cannot pull the
+       model toward always predicting it), with Adam on fast parameters that are pulled back
+       toward source every step; predictions use an EMA of the fast parameters.
+    3. A collapse detector (`CollapseDetector`) rolls back to the older of the last two healthy
+       snapshots, and resets to source when collapse returns within a cooldown.
+    """
+
+    name = "steady"
+    loss = "entropy"
+    keeps_stats = True
+
+    @dataclass(frozen=True)
+    class Options:
+        """Thresholds on entropy are quantiles of the source's own."""
+
+        stat_momentum: float = STAT_MOMENTUM
+        stat_prior_windows: float = STAT_PRIOR_WINDOWS
+        lr: float = 1e-4  # Adam on the fast norm affines
+        param_ema: float = 0.2  # weight of the fast parameters in the averaged ones used to predict
+        anchor: float = 0.05  # per step, pull the fast parameters this share of the way back to source
+        reliable_quantile: float = 0.5  # learn only from windows below this source entropy quantile
+        prior_momentum: float = CLASS_PRIOR_MOMENTUM
+        gate_shift: float = 0.5  # drift gate: mean input shift, in source stds, that opens it
+        gate_spread: float = 0.5  # drift gate: mean |log variance ratio| that opens it
+        collapse_entropy_ratio: float = 0.5  # collapse floor = ratio * source 5% entropy quantile
+        collapse_horizon: int = 64
+        watch_every: int = 8  # updates between two looks of the collapse detector
+        snapshot_every: int = 32  # updates between snapshots (a multiple of watch_every)
+        rollback_cooldown: int = 64
+
+        def __post_init__(self) -> None:
+            if self.watch_every < 1 or self.snapshot_every % self.watch_every:
+                raise ValueError(
+                    f"snapshot_every ({self.snapshot_every}) must be a multiple of "
+                    f"watch_every ({self.watch_every})"
+                )
+
+    def __init__(self, model: OrtModel, counters: Counters, options: Options | None = None) -> None:
+        super().__init__(model, counters, options)
+        cfg = self.options
+        ref = model.manifest.reference.entropy
+        self.reliable_entropy = float(np.interp(cfg.reliable_quantile, ref.q, ref.value))
+        self.detector = CollapseDetector(
+            entropy_floor=cfg.collapse_entropy_ratio * float(np.interp(0.05, ref.q, ref.value)),
+            classes=self.classes,
+            horizon=cfg.collapse_horizon,
+        )
+        self.reset()
+
+    def reset(self) -> None:
+        cfg = self.options
+        self.moments = LayerMoments(self.source_stats, cfg.stat_momentum, cfg.stat_prior_windows)
+        ref = self.model.manifest.reference.channels
+        self.gate = DriftGate.from_reference(
+            np.array([c.mean for c in ref]),
+            np.array([c.var for c in ref]),
+            cfg.stat_momentum,
+            cfg.stat_prior_windows,
+            cfg.gate_shift,
+            cfg.gate_spread,
+        )
+        self.fast = self.source_vector.astype(np.float64)  # flat, as `param_vector`
+        super().reset()
+        self.opt = Adam(lr=cfg.lr)
+        self.balance = ClassBalance(self.classes, cfg.prior_momentum)
+        self.updates = 0
+        self.last_rollback = NEVER_ROLLED_BACK
+        self.detector.clear()
+        self.snapshots: deque[Arrays] = deque(maxlen=SNAPSHOTS)
+
+    def stats(self) -> Stats:
+        return self.moments.stats()
+
+    def _weights(self, out: Outputs) -> np.ndarray:
+        h = out.entropy
+        reliable = h < self.reliable_entropy
+        return (
+            reliable
+            * self.balance.weights(out.logits.argmax(axis=1))
+            * np.exp(self.reliable_entropy - h)
+            / len(out.logits)
+        )
+
+    def update(self, x: np.ndarray) -> Outputs:
+        cfg = self.options
+        self.gate.observe(x)
+        drifting = self.gate.open
+        if drifting:
+            out, weights, grads = self._gradient(x, self.stats(), 0.0, self._weights)
+        else:  # nothing to correct: no backward pass, no step
+            out, weights, grads = self.model.forward(x, self.stats()), np.zeros(len(x)), None
+            self.counters.skipped_no_drift += len(x)
+        classes = out.logits.argmax(axis=1)
+        fold_moments(self.moments, out.moments, classes, self.balance)
+        if drifting:
+            self.counters.skipped_unreliable += int((weights == 0).sum())
+        if grads is not None:
+            fast = self.opt.step(self.fast, grads)
+            self.fast = fast - cfg.anchor * (fast - self.source_vector)
+            b = cfg.param_ema
+            self._set_params((1 - b) * self.param_vector + b * self.fast)
+        self.counters.adapt_steps += 1
+        self.updates += 1
+        self.detector.observe(classes, out.entropy)
+        self._watch()
+        return out
+
+    def _watch(self) -> None:
+        """Every `watch_every` updates: roll back on collapse, else maybe take a snapshot."""
+        if self.updates % self.options.watch_every:
+            return
+        verdict = self.detector.verdict(self.param_change()[1], self.stat_shift())
+        if verdict is None:
+            if self.updates % self.options.snapshot_every == 0:
+                self.snapshots.append(self._adapted())
+            return
+        if self.snapshots and self.updates - self.last_rollback > self.options.rollback_cooldown:
+            older = self.snapshots[0]
+            self._load_adapted(older)
+            self.snapshots = deque([older], maxlen=SNAPSHOTS)
+            self.counters.rollbacks += 1
+        else:
+            self.reset()
+            self.counters.resets += 1
+        self.last_rollback = self.updates
+        self.detector.clear()
+
+    def stat_shift(self) -> float:
+        """Largest shift of a batch-norm mean from source, in source standard deviations."""
+        means = self.moments.means()
+        shifts = [np.abs(means[k] - m) / np.sqrt(v + 1e-5) for k, (m, v) in self.source_stats.items()]
+        return float(max((s.max() for s in shifts), default=0.0))
+
+    def predict(self, x: np.ndarray) -> Outputs:
+        return self.model.forward(x, self.stats())
+
+    def _adapted(self) -> Arrays:
+        """What a snapshot holds: the parameters, optimizer, statistics, gate and update count."""
+        flat = {**prefixed("params", self.params), **prefixed("fast", self.layout.split(self.fast))}
+        flat.update(prefixed("adam", self.opt.state(self.layout)))
+        flat.update(prefixed("moments", self.moments.state()))
+        flat.update(prefixed("gate", self.gate.moments.state()))
+        flat["prior"] = self.balance.share.copy()
+        flat["updates"] = np.asarray(self.updates)
+        return flat
+
+    def _load_adapted(self, flat: Arrays) -> None:
+        self._load_params(flat)
+        self.fast = self.layout.flatten(unprefixed("fast", flat), np.float64)
+        self.opt.load_state(unprefixed("adam", flat), self.layout)
+        self.moments.load_state(unprefixed("moments", flat))
+        self.gate.moments.load_state(unprefixed("gate", flat))
+        self.balance.share = np.asarray(flat["prior"], np.float64)
+        self.updates = int(flat["updates"])
+
+    def state(self) -> Arrays:
+        """A snapshot's arrays, plus the guard's: the detector's view, the last rollback and the
+        snapshots themselves (`snapshot<i>/...`, oldest first)."""
+        flat = {**self._adapted(), **prefixed("detector", self.detector.state())}
+        flat["last_rollback"] = np.asarray(self.last_rollback)
+        for i, snapshot in enumerate(self.snapshots):
+            flat.update(prefixed(f"snapshot{i}", snapshot))
+        return flat
+
+    def load_state(self, flat: Arrays) -> None:
+        """Restore what `state` returned. The guard's arrays are optional: without them it starts
+        fresh (no snapshots, an empty detector view), so states of the adapted arrays alone restore."""
+        self._load_adapted(flat)
+        detector = unprefixed("detector", flat)
+        if detector:
+            self.detector.load_state(detector)
+        else:
+            self.detector.clear()
+        self.last_rollback = int(flat.get("last_rollback", NEVER_ROLLED_BACK))
+        snapshots = (unprefixed(f"snapshot{i}", flat) for i in range(SNAPSHOTS))
+        self.snapshots = deque((s for s in snapshots if s), maxlen=SNAPSHOTS)
