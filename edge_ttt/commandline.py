@@ -25,12 +25,14 @@ def fail(message: str) -> NoReturn:
 
 
 def host_import(module: str) -> ModuleType:
-    """Import a host-side (torch) module, or explain which extra is missing."""
+    """Import a host-side (torch) module, or explain which extra or package is missing."""
     try:
         return importlib.import_module(module)
     except ModuleNotFoundError as exc:
         if exc.name in HOST_ONLY:
             fail(f"this command runs on the host and needs {exc.name}: pip install 'edge-ttt[export]'")
+        if exc.name == module.partition(".")[0]:  # an install made before the package existed
+            fail(f"package {exc.name} is not installed; reinstall edge-ttt (in a checkout: pip install -e .)")
         raise
 
 

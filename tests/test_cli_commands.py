@@ -96,3 +96,16 @@ def test_a_mistyped_host_command_is_suggested():
     result = CliRunner().invoke(app, ["trian"])
     assert result.exit_code == 2
     assert "No such command 'trian'. Did you mean 'train'?" in result.output
+
+
+def test_a_package_missing_from_an_old_install_is_named(capsys):
+    """An editable install made before a mounted package existed: one line saying to reinstall."""
+    import typer
+
+    from edge_ttt.commandline import host_import
+
+    with pytest.raises(typer.Exit) as raised:
+        host_import("edge_ttt_no_such_package.cli")
+    assert raised.value.exit_code == 2
+    err = capsys.readouterr().err
+    assert "package edge_ttt_no_such_package is not installed; reinstall edge-ttt" in err
