@@ -31,7 +31,6 @@ __all__ = [
     "TOMLDecodeError",
     "explain",
     "parse_toml",
-    "pydantic_message",
     "read_toml",
     "require_file",
     "section_at",
@@ -41,7 +40,6 @@ __all__ = [
 TOMLDecodeError = tomllib.TOMLDecodeError
 Model = TypeVar("Model", bound=BaseModel)
 SectionModel = Callable[[tuple[Any, ...]], type[BaseModel]]
-Explain = Callable[[ErrorDetails, SectionModel], str]
 
 
 class ConfigError(ValueError):
@@ -107,10 +105,12 @@ def validate_file(
     raw: dict[str, Any],
     path: Path,
     context: dict[str, Any],
-    explain: Explain,
     section_model: SectionModel | None = None,
 ) -> Model:
-    """`raw` (the tables of `path`) as `model`, or one ConfigError with a line per problem."""
+    """`raw` (the tables of `path`) as `model`, or one ConfigError with a line per problem.
+
+    `section_model` finds the model of a table by its key path (default: through `model`'s fields),
+    for tables whose model depends on another key, such as a policy's options."""
     try:
         return model.model_validate(raw, context=context)
     except ValidationError as exc:
@@ -166,11 +166,6 @@ def explain(error: ErrorDetails, section_model: SectionModel) -> str:
     if kind in {"greater_than", "greater_than_equal", "less_than", "less_than_equal"}:
         return f"must be {_bounds(loc, section_model)}, {got}"
     return f"{error['msg']}, {got}"
-
-
-def pydantic_message(error: ErrorDetails, _section_model: SectionModel) -> str:
-    """pydantic's own message and the value (never for an unknown key: it may be a password)."""
-    return error["msg"] + ("" if error["type"] == "extra_forbidden" else f", {_got(error)}")
 
 
 def _keys(model: type[BaseModel]) -> dict[str, Any]:

@@ -40,14 +40,15 @@ def test_show_quotes_python_or_toml_and_shortens():
     assert show(1.5) == "1.5" and len(show(list(range(100)), toml=True)) == 60
 
 
-def test_the_monitor_config_keeps_pydantic_wording_one_line_per_key(tmp_path):
+def test_the_monitor_config_says_what_to_fix_in_the_agent_configs_words(tmp_path):
     path = tmp_path / "monitor.toml"
     path.write_text('[collector]\ndataset = "fleet"\nflush_s = 0\nflsh = 1\n')
     with pytest.raises(ConfigError) as info:
         load_monitor_config(path)
     assert str(info.value).splitlines() == [
-        f"{path}: collector.flush_s: Input should be greater than 0, got 0",
-        f"{path}: collector.flsh: Extra inputs are not permitted",
+        f"{path}: collector.flush_s: must be greater than 0, got 0",
+        f"{path}: collector.flsh: unknown key; did you mean 'flush_s'? allowed in collector: dataset, "
+        "client_id, share_group, flush_summaries, flush_s, log_every_s",
     ]
 
 

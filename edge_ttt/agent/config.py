@@ -21,7 +21,7 @@ from edge_ttt.adapt.policies import DEFAULT_POLICY, POLICY_TYPES
 from edge_ttt.agent.checkpoints import StateSection
 from edge_ttt.agent.publisher import PredictionsSection
 from edge_ttt.agent.status import StatusSection
-from edge_ttt.config_file import ConfigPath, Section, explain, read_toml, section_at, validate_file
+from edge_ttt.config_file import ConfigPath, Section, read_toml, section_at, validate_file
 from edge_ttt.stream.mqtt_settings import MqttSection
 from edge_ttt.stream.settings import QueueSection, WindowingSection
 from edge_ttt.stream.topics import DeviceTopic, levels, may_overlap
@@ -176,4 +176,4 @@ def load_config(path: str | os.PathLike[str], *, check_files: bool = True) -> Ag
             return policy_options(raw["model"].get("policy", DEFAULT_POLICY))
         return section_at(AgentConfig, section)
 
-    return validate_file(AgentConfig, raw, path, context, explain, section_model)
+    return validate_file(AgentConfig, raw, path, context, section_model)

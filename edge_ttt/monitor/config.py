@@ -9,7 +9,7 @@ from pathlib import Path
 
 from pydantic import Field, field_validator
 
-from edge_ttt.config_file import Section, pydantic_message, read_toml, validate_file
+from edge_ttt.config_file import Section, read_toml, validate_file
 from edge_ttt.stream.mqtt_settings import MqttSection
 
 _GROUP = re.compile(r"[A-Za-z0-9._-]+")
@@ -69,6 +69,6 @@ def load_monitor_config(path: str | os.PathLike[str]) -> MonitorConfig:
     path = Path(path)
     # base_dir: the mqtt section's TLS and password file paths are relative to this file
     context = {"base_dir": path.parent.resolve(), "check_files": True}
-    cfg = validate_file(MonitorConfig, read_toml(path), path, context, pydantic_message)
+    cfg = validate_file(MonitorConfig, read_toml(path), path, context)
     dataset = resolve_location(cfg.collector.dataset, path.parent.resolve())
     return cfg.model_copy(update={"collector": cfg.collector.model_copy(update={"dataset": dataset})})
