@@ -2,111 +2,15 @@
 
 from __future__ import annotations
 
-import json
-import threading
 import time
 from pathlib import Path
 
-import numpy as np
-import paho.mqtt.client as paho
-import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
-from paho.mqtt.enums import CallbackAPIVersion
-
-from edge_ttt.agent import Agent, Message, health
+from edge_ttt.agent import Agent, health
 from edge_ttt.agent.config import load_config
-from edge_ttt.stream.codec import Frame, encode, encode_json
-from tests.conftest import CHANNELS, wait_for
+from edge_ttt.stream.codec import encode, encode_json
+from tests.agent_harness import PERIOD_NS, T0, Listener, frames, start, write_config
+from tests.conftest import wait_for
 from tests.model_factory import LENGTH
-
-PERIOD_NS = 20_000_000
-T0 = 1_704_067_200_000_000_000
-
-
-def write_config(
-    tmp_path: Path, bundle_dir: Path, port: int, mqtt: str = "", checkpoint_s: float = 300.0, extra: str = ""
-) -> Path:
-    """An agent config for the test broker; `mqtt` adds keys to [mqtt], `extra` whole sections."""
-    text = f"""
-[agent]
-id = "test-agent"
-[mqtt]
-port = {port}
-reconnect_min_s = 0.2
-reconnect_max_s = 1.0
-{mqtt}
-[model]
-artifacts = "{bundle_dir}"
-[status]
-interval_s = 0.3
-[state]
-dir = "{tmp_path / "state"}"
-checkpoint_interval_s = {checkpoint_s}
-{extra}
-"""
-    path = tmp_path / "agent.toml"
-    path.write_text(text)
-    return path
-
-
-class Listener:
-    """A test client that records what the agent publishes."""
-
-    def __init__(self, port: int, topics: list[str]) -> None:
-        self.messages: list[tuple[str, dict]] = []
-        self.raw: list[tuple[str, bytes]] = []
-        self.lock = threading.Lock()
-        self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"listener-{port}")
-        self.client.on_message = self._on_message
-        # Frames and predictions are only delivered once the broker has acknowledged the
-        # subscription: wait for that, not for the connection, or a busy machine loses the first ones.
-        self.subscribed = threading.Event()
-        self.client.on_connect = lambda c, *_: c.subscribe([(t, 1) for t in topics])
-        self.client.on_subscribe = lambda *_: self.subscribed.set()
-        self.client.on_disconnect = lambda *_: self.subscribed.clear()
-        self.client.connect("127.0.0.1", port)
-        self.client.loop_start()
-        assert self.subscribed.wait(10), "the listener did not subscribe"
-
-    def _on_message(self, _c, _u, msg) -> None:
-        with self.lock:
-            if msg.topic.endswith("/drift"):  # a header line and Parquet bytes, not JSON
-                self.raw.append((msg.topic, msg.payload))
-            else:
-                self.messages.append((msg.topic, json.loads(msg.payload)))
-
-    def of(self, suffix: str) -> list[dict]:
-        with self.lock:
-            return [m for t, m in self.messages if t.endswith(suffix)]
-
-    def publish(self, topic: str, payload: bytes) -> None:
-        self.client.publish(topic, payload, qos=1).wait_for_publish(5)
-
-    def close(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
-
-
-def frames(n_frames: int, samples: int = 25, seed: int = 0) -> list[Frame]:
-    rng = np.random.default_rng(seed)
-    return [
-        Frame(
-            0,
-            seq,
-            T0 + seq * samples * PERIOD_NS,
-            PERIOD_NS,
-            rng.standard_normal((samples, len(CHANNELS))).astype(np.float32),
-        )
-        for seq in range(n_frames)
-    ]
-
-
-def start(agent: Agent) -> threading.Thread:
-    thread = threading.Thread(target=agent.run, daemon=True)
-    thread.start()
-    assert agent.transport.subscribed.wait(10), "the agent did not subscribe"
-    return thread
 
 
 def test_two_devices_get_predictions_with_the_right_window_counts(tmp_path, bundle_dir, broker):
@@ -160,58 +64,6 @@ def test_json_frames_and_duplicates(tmp_path, bundle_dir, broker):
         agent.stop_event.set()
         thread.join(10)
         listener.close()
-
-
-@pytest.fixture
-def offline_agent(tmp_path, bundle_dir) -> Agent:
-    """An agent whose worker is driven by hand (no broker needed for `handle`)."""
-    return Agent(load_config(write_config(tmp_path, bundle_dir, 1)))
-
-
-@settings(max_examples=3000, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(payload=st.binary(max_size=300))
-def test_malformed_payloads_never_stop_the_worker_and_are_counted(offline_agent: Agent, payload: bytes):
-    before = offline_agent.counters.frames + sum(offline_agent.counters.rejected.values())
-    offline_agent.handle(Message("edge-ttt/fuzz/dt/0", payload, time.monotonic()))
-    after = offline_agent.counters.frames + sum(offline_agent.counters.rejected.values())
-    assert after == before + 1  # every payload is either a frame or a counted rejection
-
-
-def test_frames_that_do_not_fit_the_model_are_rejected_by_reason(offline_agent: Agent):
-    good = frames(1)[0]
-    cases = {
-        "channels": Frame(0, 1, T0, PERIOD_NS, np.zeros((10, 3), np.float32)),
-        "rate": Frame(0, 2, T0, PERIOD_NS // 2, np.zeros((10, len(CHANNELS)), np.float32)),
-        "stream": Frame(7, 3, T0, PERIOD_NS, np.zeros((10, len(CHANNELS)), np.float32)),
-    }
-    for frame in cases.values():
-        offline_agent.handle(Message("edge-ttt/dev/dt/0", encode(frame), time.monotonic()))
-    offline_agent.handle(Message("not/a/sensor/topic/at/all", encode(good), time.monotonic()))
-    assert dict(offline_agent.counters.rejected) == dict.fromkeys(cases, 1)
-    assert offline_agent.counters.unknown_topic == 1 and offline_agent.counters.frames == 0
-
-
-def test_run_refuses_a_bad_config_or_bundle_before_starting_anything(tmp_path, bundle_dir):
-    import shutil
-    import subprocess
-    import sys
-
-    def run(config: Path) -> subprocess.CompletedProcess:
-        cmd = [sys.executable, "-m", "edge_ttt.cli", "run", "--config", str(config)]
-        return subprocess.run(cmd, capture_output=True, text=True, timeout=60, cwd=Path(__file__).parents[1])
-
-    bad = tmp_path / "bad.toml"
-    bad.write_text('[agent]\nid = "x"\n[mqtt]\nprot = 1\n[model]\nartifacts = "a"\n')
-    result = run(bad)
-    assert result.returncode == 2 and "mqtt.prot" in result.stderr
-    art = tmp_path / "art"
-    shutil.copytree(bundle_dir, art)
-    (art / "checkpoint").write_bytes(b"tampered")
-    result = run(write_config(tmp_path, art, 1))
-    assert result.returncode == 2 and "checkpoint" in result.stderr and "SHA-256" in result.stderr
-    assert not (tmp_path / "state").exists()  # nothing half-started
-    result = run(write_config(tmp_path, tmp_path / "no-such-bundle", 1))
-    assert result.returncode == 2 and "no-such-bundle does not exist" in result.stderr
 
 
 def listener_reconnecting(port: int, topics: list[str]) -> Listener:

@@ -13,7 +13,7 @@ import pytest
 from edge_ttt.agent import Agent
 from edge_ttt.agent.config import load_config
 from firmware_sim.broker import Broker
-from tests.test_agent import write_config
+from tests.agent_harness import write_config
 
 PASSWORD = "s3cret-Pa55"
 
