@@ -23,13 +23,13 @@ INT64_MAX = 2**63 - 1
 FUZZ = settings(deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
 
 
-def _doc_section(title: str) -> str:
+def doc_section(title: str) -> str:
     return DOC.split(f"\n## {title}\n", 1)[1].split("\n## ", 1)[0]
 
 
 def _doc_fields() -> dict[str, tuple[int, int, str]]:
     """name -> (offset, size, type) from the binary table of docs/frames.md."""
-    rows = re.findall(r"^\| (\d+) \| (\d+) \| (\w+) \| (\w+) \|", _doc_section("Binary frame"), flags=re.M)
+    rows = re.findall(r"^\| (\d+) \| (\d+) \| (\w+) \| (\w+) \|", doc_section("Binary frame"), flags=re.M)
     return {name: (int(offset), int(size), kind) for offset, size, kind, name in rows}
 
 
@@ -74,9 +74,6 @@ def same_frame(a: Frame, b: Frame) -> bool:
             np.signbit(a.values) & ~np.isnan(a.values), np.signbit(b.values) & ~np.isnan(b.values)
         )
     )
-
-
-int64 = st.integers(-(2**63), INT64_MAX)
 
 
 @st.composite

@@ -24,7 +24,7 @@ from tests.frame_factory import (
     FUZZ,
     GOOD,
     INT64_MAX,
-    _doc_section,
+    doc_section,
     field,
     frames,
     make_frame,
@@ -44,7 +44,7 @@ def test_doc_table_is_the_40_byte_header():
 
 
 def test_worked_example_matches_the_code_byte_for_byte():
-    section = _doc_section("Worked example")
+    section = doc_section("Worked example")
     json_text = re.search(r"```json\n(.*?)\n```", section, flags=re.S).group(1)
     dump = re.search(r"```text\n(.*?)\n```", section, flags=re.S).group(1).splitlines()
     assert [int(line[:8], 16) for line in dump] == [16 * i for i in range(len(dump))]
@@ -76,7 +76,7 @@ def test_worked_example_matches_the_code_byte_for_byte():
 
 
 def test_reasons_in_doc_are_the_reasons_in_code():
-    documented = re.findall(r"^\| `(\w+)` \|", _doc_section("Errors"), flags=re.M)
+    documented = re.findall(r"^\| `(\w+)` \|", doc_section("Errors"), flags=re.M)
     assert tuple(documented) == REASONS
 
 

@@ -25,7 +25,7 @@ from tests.frame_factory import (
     GOOD,
     GOOD_JSON,
     INT64_MAX,
-    _doc_section,
+    doc_section,
     field,
     frames,
     patched,
@@ -144,7 +144,7 @@ def test_too_many_json_rows_is_refused_even_under_a_raised_limit():
 
 
 def test_messages_name_the_problem_and_the_fix():
-    documented = re.search(r"```text\n(.*?)\n```", _doc_section("Errors")).group(1)
+    documented = re.search(r"```text\n(.*?)\n```", doc_section("Errors")).group(1)
     cases = {
         GOOD[:84]: documented,
         patched(GOOD, version=7): "frame version is 7",
