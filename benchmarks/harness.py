@@ -12,6 +12,7 @@ import subprocess
 import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import onnxruntime
@@ -84,6 +85,12 @@ def _batch_sizes(text: str) -> list[int]:
     if not sizes or min(sizes) < 1:
         raise argparse.ArgumentTypeError("batch sizes must be positive integers")
     return sizes
+
+
+def add_output_options(p: argparse.ArgumentParser) -> None:
+    """Where a benchmark keeps its trained models (`--cache`) and writes its tables (`--out`)."""
+    p.add_argument("--cache", type=Path, default=Path("runs/bench"), help="trained models and bundles")
+    p.add_argument("--out", type=Path, default=Path("benchmarks/results"))
 
 
 def progress(message: str) -> None:

@@ -6,7 +6,6 @@ import argparse
 import json
 import sys
 import time
-from pathlib import Path
 
 import torch
 
@@ -23,7 +22,7 @@ from benchmarks.adaptation.cells import (
 from benchmarks.adaptation.models import prepare_models
 from benchmarks.adaptation.report import markdown, pct
 from benchmarks.adaptation.targets import evaluate_targets
-from benchmarks.harness import _batch_sizes, machine_info, name_list, progress
+from benchmarks.harness import _batch_sizes, add_output_options, machine_info, name_list, progress
 from edge_ttt.adapt import engine as engine_module
 from edge_ttt.artifacts import Bundle, load_bundle
 from export.models import MODELS
@@ -63,9 +62,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--severity", type=int, choices=SEVERITIES, default=4)
     p.add_argument("--seed", type=int, default=0, help="corruption draws and the shuffled order")
     p.add_argument("--jobs", type=int, default=2, help="worker processes, each single-threaded")
-    p.add_argument("--cache", type=Path, default=Path("runs/bench"), help="trained models and bundles")
     p.add_argument("--retrain", action="store_true", help="train and export again even if cached")
-    p.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    add_output_options(p)
     args = p.parse_args(argv)
     if args.jobs < 1:
         p.error("--jobs must be at least 1")

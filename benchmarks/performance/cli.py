@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from benchmarks.adaptation import prepare_models
-from benchmarks.harness import _batch_sizes, machine_info, name_list
+from benchmarks.harness import _batch_sizes, add_output_options, machine_info, name_list
 from benchmarks.performance.measure import (
     PERF_MODELS,
     measure_gate,
@@ -42,8 +42,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device-windows", type=int, default=10, help="windows per device there")
     p.add_argument("--device-python", type=Path, help="a torch-free interpreter (default: make one)")
     p.add_argument("--log", type=Path, help="target log to replay (default: the seglearn target subjects)")
-    p.add_argument("--cache", type=Path, default=Path("runs/bench"), help="trained models and bundles")
-    p.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    add_output_options(p)
     args = p.parse_args(argv)
     if min(args.repeats, args.devices, args.device_windows) < 1 or args.warmup < 0:
         p.error("--repeats, --devices and --device-windows must be positive, --warmup not negative")

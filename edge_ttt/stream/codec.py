@@ -51,6 +51,7 @@ HEADER_SIZE = 40
 # 64 KiB holds over 16,000 float32 values (50 samples x 6 channels is 1,240 bytes) and bounds the
 # memory and time one hostile or buggy payload can cost the agent.
 DEFAULT_MAX_BYTES = 65536
+_QUOTE = 40  # characters of a payload's value quoted in an error message, at most
 
 # Machine-readable drop reasons, in the order decode checks them; the agent counts drops per reason.
 REASONS = ("too_large", "short", "magic", "version", "dtype", "header", "size", "crc", "json")
@@ -89,9 +90,9 @@ def _field_problem(fields: tuple[object, ...]) -> str | None:
     numbers = []
     for (name, low, high), value in zip(_LIMITS, fields, strict=True):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-            return f"{name} must be an integer, got {type(value).__name__} {show(value, 40)}"
+            return f"{name} must be an integer, got {type(value).__name__} {show(value, _QUOTE)}"
         if not low <= int(value) <= high:
-            return f"{name} is {show(int(value), 40)}, outside {low}..{high}"
+            return f"{name} is {show(int(value), _QUOTE)}, outside {low}..{high}"
         numbers.append(int(value))
     _, _, t0_ns, period_ns, n_samples, _ = numbers
     last = t0_ns + (n_samples - 1) * period_ns
@@ -212,7 +213,7 @@ def decode(payload: bytes, max_bytes: int = DEFAULT_MAX_BYTES) -> Frame:
     if magic != MAGIC:
         raise FrameError(
             "magic",
-            f"payload starts with {show(magic, 40)}, not {MAGIC!r}",
+            f"payload starts with {show(magic, _QUOTE)}, not {MAGIC!r}",
             "publish edge-ttt frames only on the data topic",
         )
     if version != FORMAT_VERSION:
@@ -263,7 +264,7 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     doc: dict[str, Any] = {}
     for key, value in pairs:
         if key in doc:
-            raise ValueError(f"key {show(key, 40)} appears twice")
+            raise ValueError(f"key {show(key, _QUOTE)} appears twice")
         doc[key] = value
     return doc
 
@@ -288,11 +289,11 @@ def _decode_json(payload: bytes) -> Frame:
         raise _json_fail(f"missing key(s) {missing}", f"give all of {', '.join(_JSON_REQUIRED)}")
     v = doc["v"]
     if type(v) is not int:
-        raise _json_fail(f"v is {show(v, 40)}, not an integer", f'write "v": {FORMAT_VERSION}')
+        raise _json_fail(f"v is {show(v, _QUOTE)}, not an integer", f'write "v": {FORMAT_VERSION}')
     if v != FORMAT_VERSION:
         raise FrameError(
             "version",
-            f"JSON frame version is {show(v, 40)}; this decoder reads version {FORMAT_VERSION}",
+            f"JSON frame version is {show(v, _QUOTE)}; this decoder reads version {FORMAT_VERSION}",
             "encode frames as v1 or upgrade the agent",
         )
     samples = doc["samples"]
@@ -309,7 +310,7 @@ def _decode_json(payload: bytes) -> Frame:
         for x in row:
             if type(x) not in _JSON_VALUE_TYPES:
                 raise _json_fail(
-                    f"row {i} holds {type(x).__name__} {show(x, 40)}",
+                    f"row {i} holds {type(x).__name__} {show(x, _QUOTE)}",
                     "write numbers, or null for a missing value",
                 )
     try:
