@@ -70,17 +70,10 @@ class Engine:
             self.policy: Policy = create(policy, model, self.counters, options)
         except TypeError as exc:
             raise ValueError(f"policy {policy!r}: bad option ({exc})") from None
-        self._serve()
-
-    def _serve(self) -> None:
-        """The model holds this policy's parameters from now on (engines of several devices
-        share one model). Also called after the policy wrote them itself (construction, a
-        restored state), so that the engine that served last does not take them for its own."""
-        self.model.serve(self.policy, self.policy.param_vector)
 
     def process(self, x: np.ndarray) -> Predictions:
         """Predict a batch [n, channels, length] of raw windows and adapt on the valid ones."""
-        self._serve()
+        self.model.serve(self.policy, self.policy.param_vector)  # engines of several devices share it
         x = np.asarray(x, np.float32)
         if x.ndim != 3 or x.shape[1:] != self.shape:
             c, length = self.shape
@@ -128,7 +121,6 @@ class Engine:
         for name, value in meta.get("counters", {}).items():
             if hasattr(self.counters, name):
                 setattr(self.counters, name, int(value))
-        self._serve()
 
     def report(self) -> Report:
         """The counters and the adaptation level now, as a frozen value (for drift summaries)."""

@@ -298,16 +298,19 @@ class OrtModel:
         views = self.layout.split(self.gradient_vector())
         return {n: views[n] for n in self.trainable}
 
-    def write_parameters(self, vector: np.ndarray) -> None:
+    def write_parameters(self, vector: np.ndarray, owner: object | None = None) -> None:
         """Set every trainable parameter from one flat vector in `layout`: on CPU into the copy
         the graphs are bound to (the checkpoint state follows when it is read), else into the
-        state in one ORT call."""
+        state in one ORT call. `owner`: whose parameters these are from now on (see `serve`);
+        None for a write that does not change hands (a step's temporary perturbation)."""
         if self._graphs is None:
             vector = np.array(vector, np.float32)  # a copy: the caller may change its array later
             self.module.copy_buffer_to_parameters(self._ortvalue(vector)._ortvalue, trainable_only=True)
         else:
             np.copyto(self._param_vector, vector)
             self._state_behind = True
+        if owner is not None:
+            self._owner = owner
 
     def _sync_state(self) -> None:
         """Bring the checkpoint state up to the bound copy (CPU) before anything reads it."""
@@ -320,11 +323,11 @@ class OrtModel:
     def serve(self, owner: object, vector: np.ndarray) -> None:
         """Hold `owner`'s trainable parameters (a flat vector in `layout`): written only when the
         owner changes, so that one model serves several adapting devices in turn at the cost of
-        one write per switch. Owners keep the parameters current with `write_parameters` while
-        they are served."""
+        one write per switch. An owner's own writes (`write_parameters(..., owner)`) claim the
+        model too, so a policy built or restored on a shared model never leaves the one served
+        before it holding parameters that are not its own."""
         if owner is not self._owner:
-            self.write_parameters(vector)
-            self._owner = owner
+            self.write_parameters(vector, owner)
 
     def set_parameters(self, values: dict[str, np.ndarray]) -> None:
         """Set every trainable parameter by name."""

@@ -161,7 +161,7 @@ class Policy:
 
     def _set_params(self, vector: np.ndarray) -> None:
         self.param_vector = np.asarray(vector, np.float32)
-        self.model.write_parameters(self.param_vector)
+        self.model.write_parameters(self.param_vector, owner=self)
 
     def _load_params(self, flat: Arrays) -> None:
         """Restore the predicting parameters from a state's `params/<name>` arrays."""
