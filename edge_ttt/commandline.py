@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 from difflib import get_close_matches
+from functools import cache
 from types import ModuleType
 from typing import ClassVar, NoReturn
 
@@ -36,6 +37,7 @@ def host_import(module: str) -> ModuleType:
         raise
 
 
+@cache  # `--help` and command resolution ask for the same command more than once
 def mounted(name: str, target: str) -> TyperCommand | TyperGroup | None:
     """Command `name` of the Typer app at "module:attribute": the app itself when it is named `name`
     (a group such as `datasets`), else its command of that name (one app may hold several)."""
