@@ -23,53 +23,31 @@ are untouched. Pure numpy, no I/O, so the firmware simulator's drift scenarios c
 
 from __future__ import annotations
 
+import dataclasses
 import zlib
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
 from edge_ttt.adapt.transforms import triads
 from edge_ttt.recordlog import RecordedLog
+from firmware_sim.deployment_shifts import DEPLOYMENT_SHIFTS
+from firmware_sim.signal import Corruption, Signal, finite_moments, random_signs
 
-__all__ = ["CORRUPTIONS", "SEVERITIES", "Corruption", "Signal", "corrupt", "corrupt_log", "triads"]
+__all__ = [
+    "CORRUPTIONS",
+    "DEPLOYMENT_SHIFTS",
+    "SEVERITIES",
+    "SHIFTS",
+    "Corruption",
+    "Signal",
+    "corrupt",
+    "corrupt_log",
+    "triads",
+]
 
 SEVERITIES = (1, 2, 3, 4, 5)
 # Missed reads come in bursts (a busy bus misses several in a row): mean burst length, samples.
 DROPOUT_MEAN_BURST = 5.0
-
-
-@dataclass(frozen=True, eq=False)
-class Signal:
-    """One device's samples in time order, plus what a corruption may need to know about them."""
-
-    values: np.ndarray  # float64 [n, C], a private copy
-    channels: tuple[str, ...]
-    scale: np.ndarray  # float64 [C], the clean data's per-channel std
-    rng: np.random.Generator
-
-
-@dataclass(frozen=True)
-class Corruption:
-    """One corruption: what its level means, the level per severity 1..5, and how to apply a level."""
-
-    parameter: str
-    levels: tuple[Any, ...]
-    apply: Callable[[Signal, Any], np.ndarray]
-
-
-def finite_moments(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-channel mean and std of the finite values (0 for a channel without any)."""
-    ok = np.isfinite(values)
-    count = np.maximum(ok.sum(axis=0), 1)
-    mean = np.where(ok, values, 0.0).sum(axis=0) / count
-    var = (np.where(ok, values - mean, 0.0) ** 2).sum(axis=0) / count
-    return mean, np.sqrt(var)
-
-
-def _signs(s: Signal) -> np.ndarray:
-    return s.rng.choice(np.array([-1.0, 1.0]), size=len(s.channels))
 
 
 def _clean(s: Signal, level: None) -> np.ndarray:
@@ -81,7 +59,7 @@ def _gain(s: Signal, factor: float) -> np.ndarray:
 
 
 def _bias(s: Signal, k: float) -> np.ndarray:
-    return s.values + _signs(s) * k * s.scale
+    return s.values + random_signs(s) * k * s.scale
 
 
 def _noise(s: Signal, k: float) -> np.ndarray:
@@ -141,7 +119,7 @@ def _dropout(s: Signal, rate: float) -> np.ndarray:
 def _drift(s: Signal, level: tuple[float, float]) -> np.ndarray:
     gain, k = level
     ramp = np.linspace(0.0, 1.0, len(s.values))[:, None]  # 0 at the first sample, 1 at the last
-    return s.values * (1.0 + (gain - 1.0) * ramp) + ramp * (_signs(s) * k * s.scale)
+    return s.values * (1.0 + (gain - 1.0) * ramp) + ramp * (random_signs(s) * k * s.scale)
 
 
 _GAINS = (1.2, 1.4, 1.6, 1.8, 2.0)
@@ -161,20 +139,20 @@ CORRUPTIONS: dict[str, Corruption] = {
 }
 
 
-def corrupt(
+SHIFTS: dict[str, Corruption] = {**CORRUPTIONS, **DEPLOYMENT_SHIFTS}
+
+
+def _apply(
     name: str,
     values: np.ndarray,
     channels: tuple[str, ...],
     scale: np.ndarray,
     severity: int,
     rng: np.random.Generator,
-) -> np.ndarray:
-    """Apply corruption `name` at `severity` to one device's samples [n, C] in time order.
-
-    Returns a new float32 array; `values` is left untouched.
-    """
-    if name not in CORRUPTIONS:
-        raise ValueError(f"unknown corruption {name!r}; choose one of {', '.join(CORRUPTIONS)}")
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """The shifted samples (float32) and, for a shift that resamples, each one's input position."""
+    if name not in SHIFTS:
+        raise ValueError(f"unknown corruption {name!r}; choose one of {', '.join(SHIFTS)}")
     if isinstance(severity, bool) or severity not in SEVERITIES:
         raise ValueError(f"severity must be an integer from 1 to 5, got {severity!r}")
     channels = tuple(channels)
@@ -184,9 +162,31 @@ def corrupt(
     scale = np.asarray(scale, np.float64)
     if scale.shape != (len(channels),):
         raise ValueError(f"scale must have shape ({len(channels)},), got {scale.shape}")
-    entry = CORRUPTIONS[name]
-    out = entry.apply(Signal(values, channels, scale, rng), entry.levels[severity - 1])
-    return out.astype(np.float32)
+    entry = SHIFTS[name]
+    level = entry.levels[severity - 1]
+    if entry.resample is None:
+        return entry.apply(Signal(values, channels, scale, rng), level).astype(np.float32), None
+    positions = entry.resample(len(values), level, rng)
+    index = np.arange(len(values))
+    out = np.stack([np.interp(positions, index, values[:, c]) for c in range(len(channels))], axis=1)
+    return out.reshape(len(positions), len(channels)).astype(np.float32), positions
+
+
+def corrupt(
+    name: str,
+    values: np.ndarray,
+    channels: tuple[str, ...],
+    scale: np.ndarray,
+    severity: int,
+    rng: np.random.Generator,
+) -> np.ndarray:
+    """Apply shift `name` (a corruption or a deployment shift) at `severity` to one device's
+    samples [n, C] in time order.
+
+    Returns a new float32 array (of another length for a shift that resamples, `rate`);
+    `values` is left untouched.
+    """
+    return _apply(name, values, channels, scale, severity, rng)[0]
 
 
 def device_rng(seed: int, device: str) -> np.random.Generator:
@@ -197,7 +197,9 @@ def device_rng(seed: int, device: str) -> np.random.Generator:
 def corrupt_log(
     log: RecordedLog, name: str, severity: int, seed: int, same_for_all_devices: bool = False
 ) -> RecordedLog:
-    """Corrupt each device's samples independently, in time order; ids, times and labels are kept.
+    """Corrupt each device's samples independently, in time order; ids, times and labels are kept
+    (a shift that resamples keeps each device's first time and the log's nominal rate, and takes
+    each sample's label from the nearest input sample).
 
     `scale` is the per-channel std of the log's finite values, computed once for the whole log.
     By default every device draws its own random parameters (bias signs, rotation axis), as
@@ -207,22 +209,31 @@ def corrupt_log(
     """
     _, scale = finite_moments(log.values.astype(np.float64))
     values = np.empty_like(log.values)
+    parts: dict[str, list[np.ndarray]] = {"device_id": [], "t_ns": [], "values": [], "label": []}
+    period_ns = 1e9 / log.sample_rate_hz
     for device in log.devices():
         rows = np.flatnonzero(log.device_id == device)
         rows = rows[np.argsort(log.t_ns[rows], kind="stable")]
-        values[rows] = corrupt(
-            name,
-            log.values[rows],
-            log.channels,
-            scale,
-            severity,
-            device_rng(seed, "" if same_for_all_devices else device),
+        rng = device_rng(seed, "" if same_for_all_devices else device)
+        shifted, positions = _apply(name, log.values[rows], log.channels, scale, severity, rng)
+        if positions is None:  # in place: the log's rows keep their order
+            values[rows] = shifted
+            continue
+        taken = rows[np.minimum(np.round(positions).astype(np.int64), len(rows) - 1)]
+        parts["device_id"].append(log.device_id[taken])
+        parts["t_ns"].append(
+            log.t_ns[rows[0]] + np.round(np.arange(len(shifted)) * period_ns).astype(np.int64)
         )
+        parts["values"].append(shifted)
+        if log.label is not None:
+            parts["label"].append(log.label[taken])
+    if not parts["values"]:
+        return dataclasses.replace(log, values=values)
     return RecordedLog(
-        device_id=log.device_id,
-        t_ns=log.t_ns,
-        values=values,
-        label=log.label,
+        device_id=np.concatenate(parts["device_id"]),
+        t_ns=np.concatenate(parts["t_ns"]),
+        values=np.concatenate(parts["values"]),
+        label=None if log.label is None else np.concatenate(parts["label"]),
         channels=log.channels,
         sample_rate_hz=log.sample_rate_hz,
         class_names=log.class_names,

@@ -14,6 +14,8 @@ class Counters:
     rejected_invalid: int = 0  # windows the input guard kept away from any state
     resets: int = 0  # returns to the source state
     rollbacks: int = 0  # returns to an earlier healthy snapshot
+    fallbacks: int = 0  # switches to serving the source model (`edge_ttt.adapt.fallback`)
+    windows_on_source: int = 0  # windows the source model served instead of the policy
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)

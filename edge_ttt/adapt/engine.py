@@ -8,6 +8,7 @@ from a sanitized copy by `predict` and never touch the adapted state.
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,9 @@ from typing import Any
 import numpy as np
 
 from edge_ttt.adapt.counters import Counters
+from edge_ttt.adapt.estimates import entropy_threshold, likely_right
+from edge_ttt.adapt.fallback import DEFAULT_FALLBACK, Fallback, FallbackOptions
+from edge_ttt.adapt.flat import prefixed, unprefixed
 from edge_ttt.adapt.guard import InputLimits, check_windows, sanitize
 from edge_ttt.adapt.ort_model import OrtModel
 from edge_ttt.adapt.policies import DEFAULT_POLICY, POLICY_TYPES, Policy, create
@@ -23,8 +27,20 @@ from edge_ttt.adapt.snapshot import StateError, load_state, save_state
 from edge_ttt.adapt.softmax import softmax_entropy
 
 POLICIES = tuple(POLICY_TYPES)
+FALLBACK_STATE = "fallback"  # the prefix of the fallback's arrays in a state file
 
-__all__ = ["DEFAULT_POLICY", "POLICIES", "Counters", "Engine", "Predictions", "Report", "StateError"]
+__all__ = [
+    "DEFAULT_POLICY",
+    "POLICIES",
+    "Counters",
+    "Engine",
+    "FallbackOptions",
+    "Predictions",
+    "Report",
+    "StateError",
+]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, eq=False)
@@ -33,6 +49,9 @@ class Predictions:
     probs: np.ndarray  # float32 [n, K]
     entropy: np.ndarray  # float32 [n], nats
     valid: np.ndarray  # bool [n]; False: the window failed the input guard and adapted nothing
+    estimated_correct: np.ndarray  # float32 [n], 1.0: the served prediction is likely right
+    source_estimated_correct: np.ndarray  # float32 [n], the same for the source model; NaN: not run
+    on_source: np.ndarray  # bool [n]; True: the source model served this window (fallback)
 
     def __len__(self) -> int:
         return len(self.classes)
@@ -43,6 +62,10 @@ class Engine:
 
     The option `episodic=True` (gradient policies only) runs the policy episodically: each batch
     is adapted on and predicted, then the policy returns to its state before it (`Policy.episode`).
+
+    Every window also goes through the source model, and both models' label-free accuracy
+    estimates (`edge_ttt.adapt.estimates`) decide which one serves (`Fallback`); `fallback=None`
+    turns that off (the policy always serves, no source pass; the `source` policy has none).
     """
 
     def __init__(
@@ -51,6 +74,7 @@ class Engine:
         policy: str = DEFAULT_POLICY,
         options: dict[str, Any] | None = None,
         limits: InputLimits | None = None,
+        fallback: FallbackOptions | None = DEFAULT_FALLBACK,
     ) -> None:
         if policy not in POLICY_TYPES:
             raise ValueError(f"unknown policy {policy!r}; choose one of {', '.join(POLICIES)}")
@@ -70,6 +94,8 @@ class Engine:
             self.policy: Policy = create(policy, model, self.counters, options)
         except TypeError as exc:
             raise ValueError(f"policy {policy!r}: bad option ({exc})") from None
+        self.threshold = entropy_threshold(model.manifest)
+        self.fallback = None if fallback is None or policy == "source" else Fallback(fallback)
 
     def process(self, x: np.ndarray) -> Predictions:
         """Predict a batch [n, channels, length] of raw windows and adapt on the valid ones."""
@@ -81,17 +107,66 @@ class Engine:
         valid = check_windows(x, self.limits).valid
         n_invalid = int((~valid).sum())
         update = self.policy.episode if self.episodic else self.policy.update
+        clean = x if n_invalid == 0 else sanitize(x, self.limits)
         if n_invalid == 0:
             probs, entropy = update(x).softmax
         else:
             logits = np.empty((len(x), len(self.model.manifest.model.classes)), np.float32)
             if n_invalid < len(x):
                 logits[valid] = update(x[valid]).logits
-            logits[~valid] = self.policy.predict(sanitize(x[~valid], self.limits)).logits
+            logits[~valid] = self.policy.predict(clean[~valid]).logits
             probs, entropy = softmax_entropy(logits.astype(np.float64))
         self.counters.windows += len(x)
         self.counters.rejected_invalid += n_invalid
-        return Predictions(probs.argmax(axis=1), probs.astype(np.float32), entropy.astype(np.float32), valid)
+        score = likely_right(entropy, self.threshold)
+        if self.fallback is None:
+            source_score = score if self.policy_name == "source" else np.full(len(x), np.nan)
+            return Predictions(
+                probs.argmax(axis=1),
+                probs.astype(np.float32),
+                entropy.astype(np.float32),
+                valid,
+                score.astype(np.float32),
+                source_score.astype(np.float32),
+                np.zeros(len(x), bool),
+            )
+        return self._serve(clean, valid, probs, entropy, score)
+
+    def _serve(
+        self, x: np.ndarray, valid: np.ndarray, probs: np.ndarray, entropy: np.ndarray, score: np.ndarray
+    ) -> Predictions:
+        """Run the source model on the batch and serve it where the fallback says so (decided on
+        the windows before this batch); then both models' estimates on the valid windows move
+        the fallback. The adapted model's estimate is its own whichever model served."""
+        self.model.serve(self.fallback, self.policy.source_vector)
+        source_probs, source_entropy = self.model.forward(x, self.policy.source_stats).softmax
+        self.model.serve(self.policy, self.policy.param_vector)  # the model leaves as the policy's
+        source_score = likely_right(source_entropy, self.threshold)
+        on_source = self.fallback.on_source
+        served = (source_probs, source_entropy, source_score) if on_source else (probs, entropy, score)
+        if on_source:
+            self.counters.windows_on_source += len(x)
+        if self.fallback.update(score[valid], source_score[valid]):
+            adapted, source = self.fallback.adapted.get(), self.fallback.source.get()
+            if self.fallback.on_source:
+                self.counters.fallbacks += 1
+            log.info(
+                "%s serves now: estimated accuracy %s %.3f, source %.3f over the last %d windows",
+                "source" if self.fallback.on_source else self.policy_name,
+                self.policy_name,
+                adapted,
+                source,
+                len(self.fallback.adapted),
+            )
+        return Predictions(
+            served[0].argmax(axis=1),
+            served[0].astype(np.float32),
+            served[1].astype(np.float32),
+            valid,
+            served[2].astype(np.float32),
+            source_score.astype(np.float32),
+            np.full(len(x), on_source),
+        )
 
     def save_state(self, path: str | Path) -> None:
         meta = {
@@ -100,7 +175,10 @@ class Engine:
             "counters": self.counters.as_dict(),
             "saved_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         }
-        save_state(path, self.policy.state(), meta)
+        arrays = self.policy.state()
+        if self.fallback is not None:
+            arrays.update(prefixed(FALLBACK_STATE, self.fallback.state()))
+        save_state(path, arrays, meta)
 
     def load_state(self, path: str | Path) -> None:
         """Restore a saved state; refused when it was saved for another bundle or policy."""
@@ -114,7 +192,11 @@ class Engine:
             raise StateError(
                 f"state file {path} belongs to policy {meta.get('policy')!r}, not {self.policy_name!r}"
             )
+        fallback = unprefixed(FALLBACK_STATE, arrays)
+        arrays = {k: v for k, v in arrays.items() if not k.startswith(f"{FALLBACK_STATE}/")}
         try:
+            if self.fallback is not None and fallback:
+                self.fallback.load_state(fallback)
             self.policy.load_state(arrays)
         except (KeyError, ValueError) as exc:
             raise StateError(f"state file {path} does not fit this policy and bundle: {exc}") from exc

@@ -1,0 +1,95 @@
+"""Label-free accuracy estimates: how often a model is right on a stream, without labels.
+
+Average Thresholded Confidence with the negative-entropy score (ATC-NE; Garg et al., "Leveraging
+unlabeled data to predict out-of-distribution performance", ICLR 2022): on held-out source
+windows, find the entropy threshold below which the share of windows equals the source
+accuracy; on a stream, the estimated accuracy is the share of windows below it. Raw confidence
+does not work here (an adapted model is less confident where it is more accurate); a share above
+one threshold fitted where the accuracy is known is far less sensitive to that. The threshold
+comes from the manifest's held-out entropy quantiles and validation accuracy, so every bundle
+has one. Pure numpy; docs/adaptation.md says why this estimator and what it misses.
+
+A model that predicts one class on a stream that holds every class cannot be right more often
+than that class's share, however confident it is (a sensor in the wrong unit); `class_mix_cap`
+bounds an estimate over a span long enough to hold the classes in their source proportions.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+import numpy as np
+
+from edge_ttt.manifest import Manifest
+
+
+def entropy_threshold(manifest: Manifest) -> float:
+    """The ATC-NE threshold: the held-out source entropy quantile at the source accuracy."""
+    ref = manifest.reference
+    return float(np.interp(ref.val_accuracy, ref.entropy.q, ref.entropy.value))
+
+
+def likely_right(entropy: np.ndarray, threshold: float) -> np.ndarray:
+    """Per window, 1.0 where the prediction counts as right (entropy below the threshold), else 0.0.
+
+    >>> likely_right(np.array([0.2, 1.5, 0.9]), 1.0).tolist()
+    [1.0, 0.0, 1.0]
+    """
+    return (np.asarray(entropy, np.float64) < threshold).astype(np.float64)
+
+
+def class_mix_cap(classes: np.ndarray, prior: np.ndarray) -> float:
+    """The highest accuracy that predictions with this class mix can have on a stream whose
+    classes come in the `prior` proportions: sum over classes of min(predicted share, prior).
+
+    >>> class_mix_cap(np.array([2, 2, 2, 2]), np.array([0.25, 0.25, 0.5]))
+    0.5
+    >>> class_mix_cap(np.array([0, 1, 2, 2]), np.array([0.25, 0.25, 0.5]))
+    1.0
+    """
+    prior = np.asarray(prior, np.float64)
+    if len(classes) == 0:
+        return 1.0
+    share = np.bincount(np.asarray(classes, np.int64), minlength=len(prior)) / len(classes)
+    return float(np.minimum(share, prior).sum())
+
+
+class RollingMean:
+    """The mean of the last `horizon` values, in O(1) per value (river's `update`/`get` shape).
+
+    >>> m = RollingMean(3)
+    >>> m.update([1.0, 0.0]).get()
+    0.5
+    >>> m.update([1.0, 1.0]).get()  # the first value has left the window
+    0.6666666666666666
+    >>> RollingMean(3).get() is None
+    True
+    """
+
+    def __init__(self, horizon: int) -> None:
+        if horizon < 1:
+            raise ValueError(f"horizon must be at least 1, got {horizon}")
+        self.horizon = horizon
+        self._values: deque[float] = deque(maxlen=horizon)
+        self._sum = 0.0
+
+    def update(self, values) -> RollingMean:
+        for v in np.asarray(values, np.float64).ravel():
+            if len(self._values) == self.horizon:
+                self._sum -= self._values[0]
+            self._values.append(float(v))
+            self._sum += float(v)
+        return self
+
+    def get(self) -> float | None:
+        return self._sum / len(self._values) if self._values else None
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def state(self) -> np.ndarray:
+        return np.array(self._values, np.float64)
+
+    def load_state(self, values: np.ndarray) -> None:
+        self._values = deque((float(v) for v in np.asarray(values, np.float64)), maxlen=self.horizon)
+        self._sum = float(sum(self._values))
