@@ -10,6 +10,7 @@ from typing import Annotated, ClassVar
 import typer
 
 from edge_ttt import logs
+from edge_ttt.adapt.fallback import DEFAULT_FALLBACK
 from edge_ttt.adapt.policies import DEFAULT_POLICY, POLICY_TYPES
 from edge_ttt.commandline import LazyGroup, fail
 from edge_ttt.monitor.cli import collect_command, monitor_app
@@ -58,6 +59,16 @@ def replay(
     episodic: Annotated[
         bool, typer.Option(help="adapt on each batch, predict, then forget (gradient policies)")
     ] = False,
+    per_device: Annotated[
+        bool,
+        typer.Option(
+            "--per-device/--one-engine",
+            help="an engine per device, as the agent runs (default), or one for all",
+        ),
+    ] = True,
+    fallback: Annotated[
+        bool, typer.Option(help="serve the source model while the adapted one is estimated worse")
+    ] = True,
 ) -> None:
     """Replay a recorded log through the engine, in time order, and report accuracy and counters."""
     from edge_ttt.artifacts import BundleError
@@ -69,7 +80,15 @@ def replay(
         fail(f"unknown policy {policy!r}; choose one of {', '.join(POLICIES)} or all")
     try:
         results = run_replay(
-            artifacts, log, policies, batch_size, device, show_progress=sys.stderr.isatty(), episodic=episodic
+            artifacts,
+            log,
+            policies,
+            batch_size,
+            device,
+            show_progress=sys.stderr.isatty(),
+            episodic=episodic,
+            per_device=per_device,
+            fallback=DEFAULT_FALLBACK if fallback else None,
         )
     except (BundleError, LogFormatError, ValueError, RuntimeError) as exc:
         fail(str(exc))
@@ -78,9 +97,12 @@ def replay(
             typer.echo(json.dumps(result))
             continue
         acc = "n/a" if result["accuracy"] is None else f"{result['accuracy']:.3f}"
+        est = "n/a" if result["estimated_accuracy"] is None else f"{result['estimated_accuracy']:.3f}"
         mode = " (episodic)" if result["episodic"] else ""
         typer.echo(
-            f"{result['policy']}{mode}: {result['windows']} windows, accuracy {acc}, "
+            f"{result['policy']}{mode}: {result['windows']} windows, accuracy {acc} "
+            f"(estimated without labels {est}), {result['fallbacks']} fallbacks to source "
+            f"({result['windows_on_source']} windows), "
             f"{result['adapt_steps']} adaptation steps, {result['rejected_invalid']} invalid, "
             f"{result['resets']} resets, {result['rollbacks']} rollbacks, "
             f"{result['ms_per_window']:.3f} ms/window"

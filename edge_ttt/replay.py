@@ -10,7 +10,10 @@ from typing import Any
 import numpy as np
 from rich.progress import Progress
 
+from edge_ttt.adapt.counters import Counters
 from edge_ttt.adapt.engine import DEFAULT_POLICY, Engine
+from edge_ttt.adapt.estimates import class_mix_cap
+from edge_ttt.adapt.fallback import DEFAULT_FALLBACK, FallbackOptions
 from edge_ttt.adapt.ort_model import OrtModel
 from edge_ttt.adapt.policies import POLICY_TYPES, fits
 from edge_ttt.artifacts import load_bundle
@@ -48,12 +51,16 @@ def replay(
     device: str = "cpu",
     show_progress: bool = False,
     episodic: bool = False,
+    per_device: bool = True,
+    fallback: FallbackOptions | None = DEFAULT_FALLBACK,
 ) -> list[dict[str, Any]]:
-    """Run the log in time order once per policy; one summary (what `--json` prints) per policy.
+    """Run the log once per policy; one summary (what `--json` prints) per policy.
 
-    All devices' windows go through one engine in live-stream order (by window end time), as
-    an agent serving every device of the log would see them. Each policy starts from source.
-    `policies=None` means every policy the bundle can run (with `episodic`, every gradient one).
+    As the live agent does, each device has an engine of its own (`per_device`), and the
+    devices' batches go through in live-stream order (by the end time of a batch's last
+    window). `per_device=False` runs every device's windows through one engine. Each policy
+    starts from source. `policies=None` means every policy the bundle can run (with `episodic`,
+    every gradient one). `fallback=None` always serves the policy (see `Engine`).
     """
     if batch_size < 1:
         raise ValueError("batch size must be at least 1")
@@ -61,7 +68,9 @@ def replay(
     info = bundle.manifest.model
     log = read_log(log_path)
     check_compatible(log, info.channels, info.sample_rate_hz, str(log_path))
-    windows, _devices = windows_from_log(log, info.window, info.hop)
+    windows, devices = windows_from_log(log, info.window, info.hop)
+    if not per_device:
+        devices = np.zeros(len(windows), np.int64)
     if policies is None:
         policies = [
             name
@@ -69,30 +78,82 @@ def replay(
             if fits(policy, bundle.manifest) and (policy.loss is not None or not episodic)
         ]
     options = {"episodic": True} if episodic else None
-    return [
-        _run(Engine(OrtModel(bundle, device=device), p, options), windows, batch_size, show_progress)
-        for p in policies
-    ]
+    batches = _batches(windows, devices, batch_size)
+    results = []
+    for p in policies:
+        model = OrtModel(bundle, device=device)  # shared by the policy's engines, as in the agent
+        engines = {d: Engine(model, p, options, fallback=fallback) for d in np.unique(devices)}
+        results.append(_run(engines, windows, devices, batches, show_progress))
+    return results
 
 
-def _run(engine: Engine, windows: WindowBatch, batch_size: int, show_progress: bool) -> dict[str, Any]:
-    predicted = np.full(len(windows), -1, dtype=np.int64)
+def _batches(windows: WindowBatch, devices: np.ndarray, batch_size: int) -> list[np.ndarray]:
+    """Window indices per batch: each device's windows in time order, cut into batches, and the
+    batches of every device in the order their last window ends."""
+    batches = []
+    for d in np.unique(devices):
+        own = np.flatnonzero(devices == d)
+        own = own[np.argsort(windows.t_end_ns[own], kind="stable")]
+        batches += [own[i : i + batch_size] for i in range(0, len(own), batch_size)]
+    return sorted(batches, key=lambda b: (windows.t_end_ns[b[-1]], b[0]))
+
+
+def _run(
+    engines: dict[Any, Engine],
+    windows: WindowBatch,
+    devices: np.ndarray,
+    batches: list[np.ndarray],
+    show_progress: bool,
+) -> dict[str, Any]:
+    n = len(windows)
+    predicted = np.full(n, -1, dtype=np.int64)
+    source = np.full(n, -1, dtype=np.int64)
+    score = np.full(n, np.nan)
+    source_score = np.full(n, np.nan)
+    first = next(iter(engines.values()))
     start = time.perf_counter()
     with Progress(disable=not show_progress, transient=True) as progress:
-        task = progress.add_task(f"replay {engine.policy_name}", total=len(windows))
-        for i in range(0, len(windows), batch_size):
-            predicted[i : i + batch_size] = engine.process(windows.x[i : i + batch_size]).classes
-            progress.advance(task, min(batch_size, len(windows) - i))
+        task = progress.add_task(f"replay {first.policy_name}", total=n)
+        for idx in batches:
+            out = engines[devices[idx[0]]].process(windows.x[idx])
+            predicted[idx], source[idx] = out.classes, out.source_classes
+            score[idx], source_score[idx] = out.estimated_correct, out.source_estimated_correct
+            progress.advance(task, len(idx))
     elapsed = time.perf_counter() - start
-    c = engine.counters
+    counters = Counters()
+    for engine in engines.values():
+        for name, value in engine.counters.as_dict().items():
+            setattr(counters, name, getattr(counters, name) + value)
+    classes = len(first.model.manifest.model.classes)
     return {
-        "policy": engine.policy_name,
-        "episodic": engine.episodic,
-        "windows": len(windows),
+        "policy": first.policy_name,
+        "episodic": first.episodic,
+        "windows": n,
+        "devices": len(engines),
         "accuracy": accuracy(windows.label, predicted),
-        "macro_f1": macro_f1(windows.label, predicted, len(engine.model.manifest.model.classes)),
-        **{k: v for k, v in c.as_dict().items() if k != "windows"},  # adapt_steps, skips, resets, ...
-        "ms_per_window": 1000 * elapsed / max(len(windows), 1),
-        "batch_size": batch_size,
-        "bundle_sha256": engine.model.bundle_sha256,
+        "macro_f1": macro_f1(windows.label, predicted, classes),
+        "estimated_accuracy": estimated_accuracy(score, predicted, devices, classes),
+        "source_estimated_accuracy": estimated_accuracy(source_score, source, devices, classes),
+        **{k: v for k, v in counters.as_dict().items() if k != "windows"},  # adapt_steps, fallbacks, ...
+        "ms_per_window": 1000 * elapsed / max(n, 1),
+        "batch_size": int(max((len(b) for b in batches), default=1)),
+        "bundle_sha256": first.model.bundle_sha256,
     }
+
+
+def estimated_accuracy(
+    score: np.ndarray, classes: np.ndarray, devices: np.ndarray, n_classes: int
+) -> float | None:
+    """The label-free estimate over the whole log: per device, the share of windows estimated
+    right, capped by what the device's predicted class mix allows if every class came equally
+    often (`class_mix_cap`: a model stuck on one class cannot be right on more than its share),
+    then weighted by the devices' windows. None when no window has an estimate."""
+    total, weight = 0.0, 0
+    prior = np.full(n_classes, 1.0 / n_classes)
+    for d in np.unique(devices):
+        own = (devices == d) & np.isfinite(score)
+        if own.any():
+            share = float(score[own].mean())
+            total += own.sum() * min(share, class_mix_cap(classes[own], prior))
+            weight += int(own.sum())
+    return total / weight if weight else None

@@ -15,6 +15,11 @@ runner = CliRunner()
 
 REPLAY_KEYS = {
     "policy",
+    "devices",
+    "estimated_accuracy",
+    "source_estimated_accuracy",
+    "fallbacks",
+    "windows_on_source",
     "windows",
     "accuracy",
     "macro_f1",
@@ -128,7 +133,9 @@ def test_replay_all_policies_prints_one_object_each(bundle_dir: Path, synthetic_
 
 
 def test_replay_accuracy_is_the_share_of_correct_windows(bundle_dir: Path, synthetic_log_path: Path):
-    """Recomputed here from the engine's own predictions on the same windows, in the same order."""
+    """Recomputed here from the engines' own predictions on the same windows: by default one
+    engine per device, each fed its device's windows in time order; `--one-engine` feeds every
+    window, in live-stream order, to a single engine."""
     import numpy as np
 
     from edge_ttt.adapt.engine import Engine
@@ -137,17 +144,22 @@ def test_replay_accuracy_is_the_share_of_correct_windows(bundle_dir: Path, synth
     from edge_ttt.recordlog import read_log
     from edge_ttt.stream.window import windows_from_log
 
-    result = invoke(
-        "replay", "--artifacts", bundle_dir, "--log", synthetic_log_path, "--policy", "norm", "--json"
-    )
-    summary = json.loads(result.output)
-    bundle = load_bundle(bundle_dir)
-    windows, _ = windows_from_log(read_log(synthetic_log_path), 64, 32)
-    engine = Engine(OrtModel(bundle), policy="norm")
-    predicted = np.concatenate([engine.process(windows.x[i : i + 1]).classes for i in range(len(windows))])
-    assert summary["windows"] == len(windows)
-    assert summary["accuracy"] == pytest.approx(float(np.mean(predicted == windows.label)))
-    assert summary["adapt_steps"] == len(windows)
+    args = ("replay", "--artifacts", bundle_dir, "--log", synthetic_log_path, "--policy", "norm", "--json")
+    per_device, one = (json.loads(invoke(*args, *extra).output) for extra in ((), ("--one-engine",)))
+    windows, devices = windows_from_log(read_log(synthetic_log_path), 64, 32)
+    model = OrtModel(load_bundle(bundle_dir))
+    predicted = np.full(len(windows), -1)
+    for d in np.unique(devices):
+        engine = Engine(model, policy="norm")
+        for i in np.flatnonzero(devices == d)[np.argsort(windows.t_end_ns[devices == d], kind="stable")]:
+            predicted[i] = engine.process(windows.x[i : i + 1]).classes[0]
+    assert per_device["devices"] == len(np.unique(devices)) > 1 and one["devices"] == 1
+    assert per_device["windows"] == one["windows"] == len(windows)
+    assert per_device["accuracy"] == pytest.approx(float(np.mean(predicted == windows.label)))
+    engine = Engine(model, policy="norm")
+    shared = np.concatenate([engine.process(windows.x[i : i + 1]).classes for i in range(len(windows))])
+    assert one["accuracy"] == pytest.approx(float(np.mean(shared == windows.label)))
+    assert per_device["adapt_steps"] == one["adapt_steps"] == len(windows)
 
 
 def test_replay_refuses_an_unknown_policy(bundle_dir: Path, synthetic_log_path: Path):

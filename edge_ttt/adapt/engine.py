@@ -52,6 +52,7 @@ class Predictions:
     estimated_correct: np.ndarray  # float32 [n], 1.0: the served prediction is likely right
     source_estimated_correct: np.ndarray  # float32 [n], the same for the source model; NaN: not run
     on_source: np.ndarray  # bool [n]; True: the source model served this window (fallback)
+    source_classes: np.ndarray  # int64 [n], the source model's predictions; -1: not run
 
     def __len__(self) -> int:
         return len(self.classes)
@@ -129,6 +130,7 @@ class Engine:
                 score.astype(np.float32),
                 source_score.astype(np.float32),
                 np.zeros(len(x), bool),
+                probs.argmax(axis=1) if self.policy_name == "source" else np.full(len(x), -1),
             )
         return self._serve(clean, valid, probs, entropy, score)
 
@@ -166,6 +168,7 @@ class Engine:
             served[2].astype(np.float32),
             source_score.astype(np.float32),
             np.full(len(x), on_source),
+            source_probs.argmax(axis=1),
         )
 
     def save_state(self, path: str | Path) -> None:

@@ -17,6 +17,7 @@ from typing import Any, Literal, get_type_hints
 
 from pydantic import BaseModel, Field, ValidationInfo, create_model, field_validator, model_validator
 
+from edge_ttt.adapt.fallback import FallbackOptions
 from edge_ttt.adapt.policies import DEFAULT_POLICY, POLICY_TYPES
 from edge_ttt.agent.checkpoints import StateSection
 from edge_ttt.agent.publisher import PredictionsSection
@@ -30,6 +31,7 @@ __all__ = [
     "AgentConfig",
     "AgentSection",
     "DriftSection",
+    "FallbackSection",
     "LoggingSection",
     "ModelSection",
     "load_config",
@@ -65,6 +67,27 @@ def policy_options(policy: str) -> type[BaseModel]:
     return create_model(f"{policy}_options", __config__=Section.model_config, **fields)
 
 
+class FallbackSection(Section):
+    """`[model.fallback]`: serve the source model while the adapted one is estimated worse
+    (`edge_ttt.adapt.fallback`); the other keys are `FallbackOptions`' fields."""
+
+    enabled: bool = True
+    horizon: int = Field(FallbackOptions.horizon, ge=1, description="windows compared")
+    margin: float = Field(FallbackOptions.margin, ge=0.0, lt=1.0, description="estimated accuracy, 0-1")
+    min_windows: int = Field(FallbackOptions.min_windows, ge=1, description="before the first switch")
+
+    @model_validator(mode="after")
+    def _fits(self) -> FallbackSection:
+        self.options()  # FallbackOptions checks what relates its fields
+        return self
+
+    def options(self) -> FallbackOptions | None:
+        """What the engine takes: None when disabled."""
+        if not self.enabled:
+            return None
+        return FallbackOptions(self.horizon, self.margin, self.min_windows)
+
+
 class ModelSection(Section):
     artifacts: ConfigPath = Field(
         description="artifact bundle directory, verified later by the bundle loader"
@@ -73,6 +96,7 @@ class ModelSection(Section):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int = Field(1, ge=1)
     options: dict[str, Any] = Field(default_factory=dict, description="keyword options of the policy")
+    fallback: FallbackSection = Field(default_factory=FallbackSection)
 
     @field_validator("policy")
     @classmethod

@@ -48,7 +48,13 @@ def health(cfg: AgentConfig, max_age_s: float | None = None) -> str | None:
 def _settings(cfg: AgentConfig) -> PipelineSettings:
     m, d = cfg.model, cfg.drift
     return PipelineSettings(
-        m.policy, m.options, cfg.state.dir, cfg.windowing.reorder_frames, d.interval_s, d.interval_windows
+        m.policy,
+        m.options,
+        m.fallback.options(),
+        cfg.state.dir,
+        cfg.windowing.reorder_frames,
+        d.interval_s,
+        d.interval_windows,
     )
 
 

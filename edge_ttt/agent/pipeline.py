@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_ttt.adapt.engine import Engine, Predictions
+from edge_ttt.adapt.engine import Engine, FallbackOptions, Predictions
 from edge_ttt.adapt.ort_model import OrtModel
 from edge_ttt.agent.checkpoints import restore
 from edge_ttt.drift.summary import DriftSummary, Reference, SummaryCollector
@@ -103,6 +103,7 @@ class PipelineSettings:
 
     policy: str
     options: dict
+    fallback: FallbackOptions | None
     state_dir: Path
     reorder_frames: int
     drift_interval_s: float
@@ -143,7 +144,7 @@ class Pipelines(dict[tuple[str, str], Pipeline]):
 
     def _make(self, device: str, stream: str) -> Pipeline:
         s = self.settings
-        engine = Engine(self.model, policy=s.policy, options=s.options or None)
+        engine = Engine(self.model, policy=s.policy, options=s.options or None, fallback=s.fallback)
         if restore(engine, s.state_dir, device, stream):
             self.states_restored += 1
         info = self.manifest.model

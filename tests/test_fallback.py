@@ -1,0 +1,138 @@
+"""Label-free estimates and the fallback to source: the estimator on streams of known accuracy,
+the switch within the configured windows and back, and what the engine reports about it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from edge_ttt.adapt.engine import Engine
+from edge_ttt.adapt.estimates import class_mix_cap, entropy_threshold, likely_right
+from edge_ttt.adapt.fallback import Fallback, FallbackOptions
+from edge_ttt.adapt.ort_model import OrtModel, Outputs
+from edge_ttt.artifacts import load_bundle
+from tests.model_factory import CLASSES, windows
+
+K = 5
+
+
+def calibrated_stream(n: int, low: float, rng: np.random.Generator):
+    """A calibrated classifier: top probability c ~ U(low, 1), right with probability c; the
+    rest spread evenly. Returns (entropy, right)."""
+    c = rng.uniform(low, 1.0, n)
+    probs = np.repeat(((1 - c) / (K - 1))[:, None], K, axis=1)
+    probs[:, 0] = c
+    entropy = -(probs * np.log(probs)).sum(axis=1)
+    return entropy, rng.random(n) < c
+
+
+@pytest.mark.parametrize("low", [0.3, 0.5, 0.7])
+def test_the_estimate_matches_the_accuracy_of_a_stream_like_the_held_out_data(low: float):
+    rng = np.random.default_rng(int(low * 10))
+    held_out, right = calibrated_stream(20_000, low, rng)
+    q = np.linspace(0.01, 0.99, 99)
+    manifest = SimpleNamespace(
+        reference=SimpleNamespace(
+            val_accuracy=float(right.mean()),
+            entropy=SimpleNamespace(q=q.tolist(), value=np.quantile(held_out, q).tolist()),
+        )
+    )
+    stream, truth = calibrated_stream(20_000, low, rng)
+    estimate = likely_right(stream, entropy_threshold(manifest)).mean()
+    assert estimate == pytest.approx(truth.mean(), abs=0.03)
+
+
+def test_a_model_stuck_on_one_class_is_capped_at_that_class_share():
+    prior = np.full(4, 0.25)
+    assert class_mix_cap(np.zeros(100, np.int64), prior) == pytest.approx(0.25)
+    assert class_mix_cap(np.arange(100) % 4, prior) == pytest.approx(1.0)
+    assert class_mix_cap(np.array([], np.int64), prior) == 1.0
+
+
+def test_the_fallback_waits_for_min_windows_and_keeps_a_margin_both_ways():
+    f = Fallback(FallbackOptions(horizon=10, margin=0.2, min_windows=4))
+    assert not any(f.update([0.0], [1.0]) for _ in range(3)) and not f.on_source  # too few windows
+    assert f.update([0.0], [1.0]) and f.on_source
+    f.reset()
+    for _ in range(10):  # within the margin: no switch
+        assert not f.update([0.0, 1.0, 1.0, 1.0, 1.0], [1.0] * 5)
+    with pytest.raises(ValueError, match="min_windows"):
+        FallbackOptions(horizon=4, min_windows=8)
+
+
+class Harmful:
+    """Wraps a policy so its predictions are what the test says: `bad` gives uniform logits
+    (estimated wrong), `good` very confident ones (estimated right); the state is the policy's."""
+
+    def __init__(self, policy) -> None:
+        self.policy, self.mode = policy, "good"
+
+    def __getattr__(self, name: str):
+        return getattr(self.policy, name)
+
+    def _shape(self, out: Outputs) -> Outputs:
+        logits = (
+            np.zeros_like(out.logits) if self.mode == "bad" else 50.0 * np.eye(CLASSES)[out.logits.argmax(1)]
+        )
+        return Outputs(logits.astype(np.float32), out.moments, out.loss)
+
+    def update(self, x: np.ndarray) -> Outputs:
+        return self._shape(self.policy.update(x))
+
+    def predict(self, x: np.ndarray) -> Outputs:
+        return self._shape(self.policy.predict(x))
+
+
+def test_the_engine_serves_source_within_min_windows_of_harm_and_returns_when_it_ends(bundle_dir: Path):
+    options = FallbackOptions(horizon=16, margin=0.05, min_windows=8)
+    model = OrtModel(load_bundle(bundle_dir))
+    e = Engine(model, "norm", fallback=options)
+    source = Engine(model, "source")
+    e.policy = Harmful(e.policy)
+    x = windows(64, seed=3)
+    entropy = np.concatenate([source.process(x[i : i + 1]).entropy for i in range(64)])
+    # A threshold at which the source model counts as right on half the windows: room to be better.
+    e.threshold = source.threshold = float(np.median(entropy))
+    e.policy.mode = "bad"
+    served = [e.process(x[i : i + 1]) for i in range(8)]
+    assert not any(p.on_source[0] for p in served)  # decided from earlier windows only
+    assert e.counters.fallbacks == 1 and e.fallback.on_source  # switched at the 8th window
+    later = [e.process(x[i : i + 1]) for i in range(8, 24)]
+    assert all(p.on_source[0] for p in later) and e.counters.windows_on_source == 16
+    for i, p in zip(range(8, 24), later, strict=True):  # the source model's predictions, exactly
+        expected = source.process(x[i : i + 1])
+        np.testing.assert_array_equal(p.probs, expected.probs)
+        assert p.estimated_correct[0] == p.source_estimated_correct[0] == expected.estimated_correct[0]
+    e.policy.mode = "good"
+    back = next(i for i in range(24, 64) if not e.process(x[i : i + 1]).on_source[0] or i == 63)
+    assert not e.fallback.on_source and back < 24 + 16  # within one horizon
+    assert e.counters.fallbacks == 1  # a switch back is not a fallback
+
+
+def test_without_a_fallback_the_policy_always_serves_and_no_source_pass_runs(bundle_dir: Path):
+    e = Engine(OrtModel(load_bundle(bundle_dir)), "norm", fallback=None)
+    p = e.process(windows(4, seed=1))
+    assert not p.on_source.any() and np.isnan(p.source_estimated_correct).all()
+    assert (p.source_classes == -1).all() and e.fallback is None
+    np.testing.assert_array_equal(
+        p.estimated_correct, likely_right(p.entropy, e.threshold).astype(np.float32)
+    )
+
+
+def test_the_fallback_state_survives_a_restart(bundle_dir: Path, tmp_path: Path):
+    model = OrtModel(load_bundle(bundle_dir))
+    options = FallbackOptions(horizon=16, margin=0.05, min_windows=4)
+    e = Engine(model, "norm", fallback=options)
+    e.policy = Harmful(e.policy)
+    e.policy.mode = "bad"
+    for i in range(6):
+        e.process(windows(1, seed=i))
+    assert e.fallback.on_source
+    e.save_state(tmp_path / "s.npz")
+    again = Engine(model, "norm", fallback=options)
+    again.load_state(tmp_path / "s.npz")
+    assert again.fallback.on_source and again.counters.fallbacks == 1
+    assert np.array_equal(again.fallback.adapted.state(), e.fallback.adapted.state())
