@@ -117,6 +117,9 @@ class Reference(_Strict):
     samples: int
     val_windows: int
     val_accuracy: float
+    class_prior: list[float] | None = Field(
+        None, description="share of each class among the training windows; absent: not recorded"
+    )
 
 
 class Manifest(_Strict):
@@ -140,6 +143,9 @@ class Manifest(_Strict):
         n = len(self.model.channels)
         if len(self.standardization.mean) != n or len(self.standardization.std) != n:
             raise ValueError("standardization needs one mean and one std per channel")
+        prior = self.reference.class_prior
+        if prior is not None and len(prior) != len(self.model.classes):
+            raise ValueError("reference.class_prior needs one share per class")
         if [c.name for c in self.reference.channels] != self.model.channels:
             raise ValueError("reference.channels must list model.channels in order")
         params = {p for layer in self.norm_layers for p in (layer.weight, layer.bias)}

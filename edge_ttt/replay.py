@@ -12,7 +12,7 @@ from rich.progress import Progress
 
 from edge_ttt.adapt.counters import Counters
 from edge_ttt.adapt.engine import DEFAULT_POLICY, Engine
-from edge_ttt.adapt.estimates import class_mix_cap
+from edge_ttt.adapt.estimates import class_mix_cap, class_prior
 from edge_ttt.adapt.fallback import DEFAULT_FALLBACK, FallbackOptions
 from edge_ttt.adapt.ort_model import OrtModel
 from edge_ttt.adapt.policies import POLICY_TYPES, fits
@@ -125,6 +125,7 @@ def _run(
         for name, value in engine.counters.as_dict().items():
             setattr(counters, name, getattr(counters, name) + value)
     classes = len(first.model.manifest.model.classes)
+    prior = class_prior(first.model.manifest)
     return {
         "policy": first.policy_name,
         "episodic": first.episodic,
@@ -132,8 +133,8 @@ def _run(
         "devices": len(engines),
         "accuracy": accuracy(windows.label, predicted),
         "macro_f1": macro_f1(windows.label, predicted, classes),
-        "estimated_accuracy": estimated_accuracy(score, predicted, devices, classes),
-        "source_estimated_accuracy": estimated_accuracy(source_score, source, devices, classes),
+        "estimated_accuracy": estimated_accuracy(score, predicted, devices, prior),
+        "source_estimated_accuracy": estimated_accuracy(source_score, source, devices, prior),
         **{k: v for k, v in counters.as_dict().items() if k != "windows"},  # adapt_steps, fallbacks, ...
         "ms_per_window": 1000 * elapsed / max(n, 1),
         "batch_size": int(max((len(b) for b in batches), default=1)),
@@ -142,14 +143,13 @@ def _run(
 
 
 def estimated_accuracy(
-    score: np.ndarray, classes: np.ndarray, devices: np.ndarray, n_classes: int
+    score: np.ndarray, classes: np.ndarray, devices: np.ndarray, prior: np.ndarray
 ) -> float | None:
     """The label-free estimate over the whole log: per device, the share of windows estimated
-    right, capped by what the device's predicted class mix allows if every class came equally
-    often (`class_mix_cap`: a model stuck on one class cannot be right on more than its share),
-    then weighted by the devices' windows. None when no window has an estimate."""
+    right, capped by what the device's predicted class mix allows if the classes came in the
+    source proportions (`class_mix_cap`: a model stuck on one class cannot be right on more than
+    its share), then weighted by the devices' windows. None when no window has an estimate."""
     total, weight = 0.0, 0
-    prior = np.full(n_classes, 1.0 / n_classes)
     for d in np.unique(devices):
         own = (devices == d) & np.isfinite(score)
         if own.any():

@@ -214,6 +214,9 @@ def train(log_path: Path, out: Path, cfg: TrainConfig, show_progress: bool = Tru
             "samples": len(train_values),
             "val_windows": len(x_val),
             "val_accuracy": best_acc,
+            "class_prior": (
+                np.bincount(split.train.label, minlength=len(src.class_names)) / len(split.train)
+            ).tolist(),
         },
         norm_source=norm_source_moments(model, x_val),
         report={

@@ -29,6 +29,13 @@ def entropy_threshold(manifest: Manifest) -> float:
     return float(np.interp(ref.val_accuracy, ref.entropy.q, ref.entropy.value))
 
 
+def class_prior(manifest: Manifest) -> np.ndarray:
+    """The source class shares from the manifest; equal shares for a bundle that lacks them."""
+    prior = manifest.reference.class_prior
+    k = len(manifest.model.classes)
+    return np.full(k, 1.0 / k) if prior is None else np.asarray(prior, np.float64)
+
+
 def likely_right(entropy: np.ndarray, threshold: float) -> np.ndarray:
     """Per window, 1.0 where the prediction counts as right (entropy below the threshold), else 0.0.
 
