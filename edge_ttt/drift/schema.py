@@ -14,10 +14,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from edge_ttt.drift.stats import Histogram, Moments
+from edge_ttt.drift.stats import Histogram, Mean, Moments
 from edge_ttt.drift.summary import COUNTERS, Adaptation, DriftSummary, Reference
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: accuracy estimates, fallbacks and windows_on_source
 FORMAT = b"edge-ttt-drift"  # file metadata key `format`; a breaking change would need a new name
 
 _f64, _i64, _str = pa.float64(), pa.int64(), pa.string()
@@ -68,8 +68,15 @@ OPTIONAL = (
     pa.field("latency_counts", pa.list_(_i64)),
     pa.field("latency_p50_ms", _f64),
     pa.field("latency_p99_ms", _f64),
+    pa.field("estimated_accuracy", _f64),
+    pa.field("estimated_windows", _i64),
+    pa.field("source_estimated_accuracy", _f64),
+    pa.field("source_estimated_windows", _i64),
 )
-SCHEMA = pa.schema([*REQUIRED, *OPTIONAL], metadata={b"format": FORMAT, b"schema_version": b"1"})
+SCHEMA = pa.schema(
+    [*REQUIRED, *OPTIONAL],
+    metadata={b"format": FORMAT, b"schema_version": str(SCHEMA_VERSION).encode()},
+)
 
 
 class SchemaError(ValueError):
@@ -124,6 +131,10 @@ def _row(s: DriftSummary) -> dict:
         "latency_counts": s.latency.counts.tolist(),
         "latency_p50_ms": s.latency_ms(0.5),
         "latency_p99_ms": s.latency_ms(0.99),
+        "estimated_accuracy": s.estimated_accuracy,
+        "estimated_windows": s.estimated.count,
+        "source_estimated_accuracy": s.source_estimated_accuracy,
+        "source_estimated_windows": s.source_estimated.count,
     }
 
 
@@ -213,6 +224,8 @@ def from_table(table: pa.Table) -> list[DriftSummary]:
                 confidence=_hist(r["confidence_edges"], r["confidence_counts"]),
                 entropy=_hist(r["entropy_edges"], r["entropy_counts"]),
                 latency=_hist(r["latency_edges_ms"], r["latency_counts"]),
+                estimated=_mean(r["estimated_accuracy"], r["estimated_windows"]),
+                source_estimated=_mean(r["source_estimated_accuracy"], r["source_estimated_windows"]),
                 windows=r["windows"] or 0,
                 invalid_windows=r["invalid_windows"] or 0,
                 counters={c: r[c] or 0 for c in COUNTERS},
@@ -225,3 +238,8 @@ def from_table(table: pa.Table) -> list[DriftSummary]:
 def _hist(edges, counts) -> Histogram:
     edges = np.asarray(edges or [], np.float64)
     return Histogram(edges, _array(counts, np.int64, [0] * (len(edges) + 1)))
+
+
+def _mean(value: float | None, count: int | None) -> Mean:
+    """An estimate back; absent (an older file) or null reads as no estimate."""
+    return Mean() if value is None or not count else Mean(value, count)

@@ -3,7 +3,7 @@
 Every statistic folds data in with `update(...) -> self` and combines with another one of the same
 shape by `merge` (or `+=`), so that summaries of consecutive intervals, or of several devices,
 add up exactly to the summary of all their data: counts and histograms add, moments combine by
-the parallel formula (Chan et al.), minima and maxima by min and max.
+the parallel formula (Chan et al.), minima and maxima by min and max, means weighted by their counts.
 """
 
 from __future__ import annotations
@@ -143,6 +143,41 @@ class Histogram:
             return None
         k = int(np.searchsorted(np.cumsum(self.counts), q * total, side="left"))
         return float(self.edges[min(k, len(self.edges) - 1)])
+
+
+@dataclass
+class Mean:
+    """The mean of the finite values folded in, and how many there were (NaN values are not
+    counted). Merges weigh each side by its count, so merged intervals give the mean of all values.
+
+    >>> (Mean().update(np.array([1.0, 0.0, np.nan])) + Mean().update(np.array([1.0]))).get()
+    0.6666666666666666
+    >>> Mean().update(np.array([np.nan])).get() is None
+    True
+    """
+
+    mean: float = 0.0
+    count: int = 0
+
+    def update(self, values: np.ndarray) -> Mean:
+        v = np.asarray(values, np.float64).ravel()
+        v = v[np.isfinite(v)]
+        merged = self.merge(Mean(float(v.mean()), len(v)) if len(v) else Mean())
+        self.mean, self.count = merged.mean, merged.count
+        return self
+
+    def merge(self, other: Mean) -> Mean:
+        if not other.count or not self.count:  # exact when one side is empty
+            return Mean(self.mean, self.count) if self.count else Mean(other.mean, other.count)
+        n = self.count + other.count
+        return Mean((self.mean * self.count + other.mean * other.count) / n, n)
+
+    def __add__(self, other: Mean) -> Mean:
+        return self.merge(other)
+
+    def get(self) -> float | None:
+        """The mean; None when no finite value was folded in."""
+        return self.mean if self.count else None
 
 
 def psi(counts: np.ndarray, share: np.ndarray, eps: float = PSI_EPS) -> float:

@@ -20,7 +20,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from edge_ttt import __version__
-from edge_ttt.drift.stats import Histogram, Moments, mean_shift, psi
+from edge_ttt.drift.stats import Histogram, Mean, Moments, mean_shift, psi
 
 COUNTERS = (
     "adapt_steps",
@@ -29,6 +29,8 @@ COUNTERS = (
     "rejected_invalid",
     "resets",
     "rollbacks",
+    "fallbacks",
+    "windows_on_source",
 )
 BINS = 20  # confidence and entropy histograms: equal-width bins over [0, 1] and [0, ln K]
 LATENCY_EDGES_MS = tuple(float(e) for e in np.geomspace(0.1, 10_000.0, 41))  # 0.1 ms to 10 s, x1.33
@@ -108,6 +110,8 @@ class DriftSummary:
     confidence: Histogram  # max softmax probability
     entropy: Histogram  # prediction entropy, nats
     latency: Histogram  # ms, frame arrival to prediction
+    estimated: Mean = field(default_factory=Mean)  # per-window label-free estimates, served model
+    source_estimated: Mean = field(default_factory=Mean)  # the same, source model (where it ran)
     windows: int = 0
     invalid_windows: int = 0  # failed the input guard
     counters: dict[str, int] = field(default_factory=lambda: dict.fromkeys(COUNTERS, 0))
@@ -158,6 +162,16 @@ class DriftSummary:
     def latency_ms(self, q: float) -> float | None:
         return self.latency.quantile(q)
 
+    @property
+    def estimated_accuracy(self) -> float | None:
+        """Label-free estimate of the served predictions' accuracy (None without estimates)."""
+        return self.estimated.get()
+
+    @property
+    def source_estimated_accuracy(self) -> float | None:
+        """The same for the source model (None where the engine ran no source pass)."""
+        return self.source_estimated.get()
+
 
 def _same(values: Iterable[str]) -> str:
     distinct = set(values)
@@ -165,8 +179,9 @@ def _same(values: Iterable[str]) -> str:
 
 
 def merge_summaries(summaries: Iterable[DriftSummary]) -> DriftSummary:
-    """Exact for counts, moments and histograms. Identity fields that differ become "*"; the
-    adaptation level is the latest interval's when all are of one (device, stream), else None.
+    """Exact for counts, moments and histograms; the accuracy estimates are window-weighted means.
+    Identity fields that differ become "*"; the adaptation level is the latest interval's when all
+    are of one (device, stream), else None.
     The merged id is derived from the inputs' ids, so merging the same summaries twice gives one id.
     """
     parts = sorted(summaries, key=lambda s: (s.end, s.summary_id))
@@ -186,6 +201,8 @@ def merge_summaries(summaries: Iterable[DriftSummary]) -> DriftSummary:
             out.entropy + p.entropy,
             out.latency + p.latency,
         )
+        out.estimated = out.estimated + p.estimated
+        out.source_estimated = out.source_estimated + p.source_estimated
         out.windows += p.windows
         out.invalid_windows += p.invalid_windows
         out.counters = {k: out.counters.get(k, 0) + p.counters.get(k, 0) for k in COUNTERS}
@@ -241,9 +258,13 @@ class SummaryCollector:
         counters: Mapping[str, int] | None = None,
         adaptation: Adaptation | None = None,
         latency_ms: Iterable[float] = (),
+        estimated_correct: np.ndarray | None = None,
+        source_estimated_correct: np.ndarray | None = None,
     ) -> SummaryCollector:
         """One batch: raw windows `[n, C, L]`, and per window the predicted class, confidence,
-        entropy and guard verdict; the engine's counters and adaptation level after the batch."""
+        entropy and guard verdict; the engine's counters and adaptation level after the batch;
+        per window, the label-free accuracy estimates of the served and the source model
+        (NaN: not estimated)."""
         x = np.asarray(x)
         s = self.current
         samples = np.moveaxis(x, 1, 2).reshape(-1, x.shape[1])
@@ -254,6 +275,10 @@ class SummaryCollector:
         s.confidence.update(confidence)
         s.entropy.update(entropy)
         s.latency.update(np.fromiter(latency_ms, np.float64))
+        if estimated_correct is not None:
+            s.estimated.update(estimated_correct)
+        if source_estimated_correct is not None:
+            s.source_estimated.update(source_estimated_correct)
         s.windows += len(x)
         s.invalid_windows += 0 if valid is None else int((~np.asarray(valid, bool)).sum())
         if counters is not None:
@@ -265,8 +290,9 @@ class SummaryCollector:
     def observe_predictions(
         self, x: np.ndarray, predictions: Any, latency_ms: Iterable[float] = ()
     ) -> SummaryCollector:
-        """`observe` from the engine's `Predictions` (classes, probs, entropy, valid); the
-        counters and adaptation level come with the report at `close`."""
+        """`observe` from the engine's `Predictions` (classes, probs, entropy, valid and the
+        accuracy estimates); the counters (windows on source among them) and the adaptation level
+        come with the report at `close`."""
         return self.observe(
             x,
             predictions.classes,
@@ -274,6 +300,8 @@ class SummaryCollector:
             predictions.entropy,
             predictions.valid,
             latency_ms=latency_ms,
+            estimated_correct=predictions.estimated_correct,
+            source_estimated_correct=predictions.source_estimated_correct,
         )
 
     def due(self, now: float | None = None) -> bool:

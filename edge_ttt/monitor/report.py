@@ -23,7 +23,7 @@ from edge_ttt.atomic import atomic_write
 from edge_ttt.monitor.alerts import COLUMNS, Alert, by_device, evaluate, max_psi, mean_entropy
 from edge_ttt.monitor.config import AlertsSection
 
-REPORT_COLUMNS = [*COLUMNS, "channels"]
+REPORT_COLUMNS = [*COLUMNS, "channels", "estimated_accuracy", "source_estimated_accuracy"]
 
 
 @dataclass(frozen=True)
@@ -37,6 +37,8 @@ class DeviceHealth:
     rollbacks: int
     skipped_share: float
     entropy_trend: float  # nats per interval, least-squares slope of the mean entropy
+    estimated_accuracy: float | None  # label-free, served predictions, latest interval
+    source_estimated_accuracy: float | None  # the same for the source model
 
 
 def health(rows_by_device: dict[str, list[dict]]) -> list[DeviceHealth]:
@@ -59,6 +61,8 @@ def health(rows_by_device: dict[str, list[dict]]) -> list[DeviceHealth]:
                 sum(r["rollbacks"] or 0 for r in rows),
                 skipped / windows if windows else math.nan,
                 trend,
+                rows[-1]["estimated_accuracy"],
+                rows[-1]["source_estimated_accuracy"],
             )
         )
     return sorted(
@@ -126,10 +130,12 @@ td,th{border:1px solid #ccc;padding:.25em .6em;text-align:right}td:first-child{t
 <h2>Drift over time</h2>
 <img alt="drift over time per device" src="data:image/png;base64,{{ timeline }}">
 <h2>Adaptation health</h2>
-<table><tr><th>device</th><th>windows</th><th>resets</th><th>rollbacks</th><th>skipped share</th>
-<th>entropy trend (nats/interval)</th></tr>
+<table id="health"><tr><th>device</th><th>windows</th><th>resets</th><th>rollbacks</th><th>skipped share</th>
+<th>entropy trend (nats/interval)</th><th>estimated accuracy (latest)</th>
+<th>source estimated accuracy (latest)</th></tr>
 {% for h in devices %}<tr><td>{{ h.device }}</td><td>{{ h.windows }}</td><td>{{ h.resets }}</td>
-<td>{{ h.rollbacks }}</td><td>{{ fmt(h.skipped_share) }}</td><td>{{ fmt(h.entropy_trend) }}</td></tr>
+<td>{{ h.rollbacks }}</td><td>{{ fmt(h.skipped_share) }}</td><td>{{ fmt(h.entropy_trend) }}</td>
+<td>{{ fmt(h.estimated_accuracy) }}</td><td>{{ fmt(h.source_estimated_accuracy) }}</td></tr>
 {% endfor %}</table>
 </body></html>
 """,
@@ -137,7 +143,7 @@ td,th{border:1px solid #ccc;padding:.25em .6em;text-align:right}td:first-child{t
 )
 
 
-def _fmt(value: float) -> str:
+def _fmt(value: float | None) -> str:
     if value is None or math.isnan(value):
         return "n/a"
     text = f"{value:.3f}"
