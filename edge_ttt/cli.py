@@ -68,7 +68,7 @@ def replay(
     ] = True,
     fallback: Annotated[
         bool, typer.Option(help="serve the source model while the adapted one is estimated worse")
-    ] = True,
+    ] = False,
 ) -> None:
     """Replay a recorded log through the engine, in time order, and report accuracy and counters."""
     from edge_ttt.artifacts import BundleError

@@ -13,7 +13,7 @@ from rich.progress import Progress
 from edge_ttt.adapt.counters import Counters
 from edge_ttt.adapt.engine import DEFAULT_POLICY, Engine
 from edge_ttt.adapt.estimates import class_mix_cap, class_prior
-from edge_ttt.adapt.fallback import DEFAULT_FALLBACK, FallbackOptions
+from edge_ttt.adapt.fallback import FallbackOptions
 from edge_ttt.adapt.ort_model import OrtModel
 from edge_ttt.adapt.policies import POLICY_TYPES, fits
 from edge_ttt.artifacts import load_bundle
@@ -52,7 +52,7 @@ def replay(
     show_progress: bool = False,
     episodic: bool = False,
     per_device: bool = True,
-    fallback: FallbackOptions | None = DEFAULT_FALLBACK,
+    fallback: FallbackOptions | None = None,
 ) -> list[dict[str, Any]]:
     """Run the log once per policy; one summary (what `--json` prints) per policy.
 
@@ -60,7 +60,8 @@ def replay(
     devices' batches go through in live-stream order (by the end time of a batch's last
     window). `per_device=False` runs every device's windows through one engine. Each policy
     starts from source. `policies=None` means every policy the bundle can run (with `episodic`,
-    every gradient one). `fallback=None` always serves the policy (see `Engine`).
+    every gradient one). `fallback`: serve the source model while the adapted one is estimated
+    worse (see `Engine`); off by default.
     """
     if batch_size < 1:
         raise ValueError("batch size must be at least 1")

@@ -17,7 +17,7 @@ import numpy as np
 
 from edge_ttt.adapt.counters import Counters
 from edge_ttt.adapt.estimates import entropy_threshold, likely_right
-from edge_ttt.adapt.fallback import DEFAULT_FALLBACK, Fallback, FallbackOptions
+from edge_ttt.adapt.fallback import Fallback, FallbackOptions
 from edge_ttt.adapt.flat import prefixed, unprefixed
 from edge_ttt.adapt.guard import InputLimits, check_windows, sanitize
 from edge_ttt.adapt.ort_model import OrtModel
@@ -65,8 +65,9 @@ class Engine:
     is adapted on and predicted, then the policy returns to its state before it (`Policy.episode`).
 
     Every window also goes through the source model, and both models' label-free accuracy
-    estimates (`edge_ttt.adapt.estimates`) decide which one serves (`Fallback`); `fallback=None`
-    turns that off (the policy always serves, no source pass; the `source` policy has none).
+    estimates (`edge_ttt.adapt.estimates`) decide which one serves (`Fallback`); with
+    `fallback=None` (the default until the estimates are good enough: docs/adaptation.md) the
+    policy always serves and no source pass runs; the `source` policy has none.
     """
 
     def __init__(
@@ -75,7 +76,7 @@ class Engine:
         policy: str = DEFAULT_POLICY,
         options: dict[str, Any] | None = None,
         limits: InputLimits | None = None,
-        fallback: FallbackOptions | None = DEFAULT_FALLBACK,
+        fallback: FallbackOptions | None = None,
     ) -> None:
         if policy not in POLICY_TYPES:
             raise ValueError(f"unknown policy {policy!r}; choose one of {', '.join(POLICIES)}")

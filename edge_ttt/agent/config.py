@@ -71,7 +71,7 @@ class FallbackSection(Section):
     """`[model.fallback]`: serve the source model while the adapted one is estimated worse
     (`edge_ttt.adapt.fallback`); the other keys are `FallbackOptions`' fields."""
 
-    enabled: bool = True
+    enabled: bool = False  # off until the estimates are good enough: docs/adaptation.md
     horizon: int = Field(FallbackOptions.horizon, ge=1, description="windows compared")
     margin: float = Field(FallbackOptions.margin, ge=0.0, lt=1.0, description="estimated accuracy, 0-1")
     min_windows: int = Field(FallbackOptions.min_windows, ge=1, description="before the first switch")
