@@ -75,8 +75,10 @@ def _rate_positions(n: int, factor: float, rng: np.random.Generator) -> np.ndarr
 
 
 def _creep(s: Signal, k: float) -> np.ndarray:
+    """A walk from zero at the first sample (as `drift` ramps from none) to std k·scale at the last."""
     n = len(s.values)
-    steps = s.rng.standard_normal(s.values.shape) * (k * s.scale / np.sqrt(max(n, 1)))
+    steps = s.rng.standard_normal(s.values.shape) * (k * s.scale / np.sqrt(max(n - 1, 1)))
+    steps[0] = 0.0
     return s.values + np.cumsum(steps, axis=0)
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from edge_ttt.recordlog import RecordedLog
-from firmware_sim.corruptions import CORRUPTIONS, SEVERITIES, corrupt, corrupt_log, triads
+from firmware_sim.corruptions import CORRUPTIONS, DEPLOYMENT_SHIFTS, SEVERITIES, corrupt, corrupt_log, triads
 from tests.conftest import CHANNELS, synthetic_log
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -194,22 +194,38 @@ def test_corrupt_log_works_per_device_in_time_order():
     np.testing.assert_array_equal(in_full_log, corrupt_log(alone, "dropout", 3, seed=1).values)
 
 
-def test_documented_table_matches_the_levels():
-    rows = {}
-    for line in (ROOT / "docs" / "corruptions.md").read_text().splitlines():
-        match = re.match(r"\| `(\w+)`\s*\|[^|]*\|(.*)\|\s*$", line)
-        if match:
-            rows[match[1]] = [cell.strip() for cell in match[2].split("|")]
-    assert set(rows) == set(CORRUPTIONS)
-    for name, corruption in CORRUPTIONS.items():
-        expected = [
-            "-" if level is None else ", ".join(f"{v:g}" for v in np.atleast_1d(level))
-            for level in corruption.levels
-        ]
-        documented = [
-            ", ".join(f"{float(v):g}" for v in cell.split(",")) if cell != "-" else "-" for cell in rows[name]
-        ]
-        assert documented == expected, name
+def documented_table(section: str) -> dict[str, list[str]]:
+    """name -> [parameter, level 1, ..., level 5] from the table of one section of docs/corruptions.md."""
+    text = (ROOT / "docs" / "corruptions.md").read_text()
+    body = text.split(f"\n## {section}\n", 1)[1].split("\n## ", 1)[0]
+    rows = re.findall(r"^\| `(\w+)`\s*\|(.*)\|\s*$", body, flags=re.M)
+    return {name: [cell.strip() for cell in cells.split("|")] for name, cells in rows}
+
+
+def level_text(cell: object) -> str:
+    """A level as the table writes it, numbers normalized (2.0 and 2 are the same level)."""
+    if cell is None or cell == "-":
+        return "-"
+    parts = [str(v) for v in np.atleast_1d(cell)] if not isinstance(cell, str) else cell.split(",")
+    try:
+        return ", ".join(f"{float(v):g}" for v in parts)
+    except ValueError:  # a named level (a mounting)
+        return str(cell)
+
+
+@pytest.mark.parametrize(
+    "section, registry",
+    [("Corruptions and their levels", CORRUPTIONS), ("Deployment shifts", DEPLOYMENT_SHIFTS)],
+)
+def test_documented_table_matches_the_levels(section, registry):
+    rows = documented_table(section)
+    assert list(rows) == list(registry)
+    for name, corruption in registry.items():
+        parameter, *levels = rows[name]
+        assert parameter == corruption.parameter, name
+        assert [level_text(cell) for cell in levels] == [level_text(level) for level in corruption.levels], (
+            name
+        )
 
 
 def test_corrupt_log_can_give_every_device_the_same_fault():
