@@ -1,4 +1,5 @@
-"""The adaptation benchmark's parts: the torch Tent reference, stream orders, targets, one cell."""
+"""The adaptation benchmark's parts: the torch Tent reference, stream orders, one cell, the command.
+The targets and the report, pure functions of results, are tested in test_adaptation_targets.py."""
 
 from __future__ import annotations
 
@@ -12,13 +13,10 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from benchmarks.adaptation import (  # noqa: E402
-    FAIL,
-    NOT_MEASURED,
+    NO_FALLBACK,
     ORDERS,
-    PASS,
     TORCH_TENT,
     Cell,
-    evaluate_targets,
     main,
     make_stream,
     run_cell,
@@ -104,113 +102,15 @@ def test_stream_orders():
 
 def test_stream_keeps_windows_and_labels_together():
     log = synthetic_log(devices=3, seconds=20)
-    batch, _ = windows_from_log(log, 64, 32)
+    batch, devices = windows_from_log(log, 64, 32)
     cell = Cell("cnn-bn", "clean", 4, "shuffled", 1, "source", seed=0)
-    stream = make_stream(log, cell, 64, 32)
+    stream, stream_devices = make_stream(log, cell, 64, 32)
     position = {t.tobytes(): i for i, t in enumerate(batch.x)}
     idx = [position[w.tobytes()] for w in stream.x]
     assert sorted(idx) == list(range(len(batch)))
     np.testing.assert_array_equal(stream.label, batch.label[idx])
     np.testing.assert_array_equal(stream.t_end_ns, batch.t_end_ns[idx])
-
-
-def results(cells: dict[tuple[str, str, str, int, str], float]) -> list[dict]:
-    """Hand-made results: (model, corruption, order, batch, policy) -> accuracy in %."""
-    return [
-        {"model": m, "corruption": c, "order": o, "batch_size": b, "policy": p, "accuracy": acc / 100}
-        for (m, c, o, b, p), acc in cells.items()
-    ]
-
-
-def grid(policies: dict[str, float]) -> dict:
-    """Every cnn-bn cell for clean, gain and noise with the given accuracy per policy."""
-    return {
-        ("cnn-bn", c, o, b, p): acc
-        for c in ("clean", "gain", "noise")
-        for o in ("recorded", "shuffled")
-        for b in (1, 16)
-        for p, acc in policies.items()
-    }
-
-
-def test_targets_pass():
-    cells = grid({"source": 70.0, "tent": 60.0, TORCH_TENT: 60.5, "steady": 70.0})
-    cells[("cnn-bn", "gain", "recorded", 1, "steady")] = 69.2  # 0.8 below source: allowed off clean
-    # The class-sorted stress test is reported, not judged: the targets name two orders only.
-    cells.update(
-        {("cnn-bn", "clean", "class-sorted", 1, p): a for p, a in (("source", 70.0), ("steady", 40.0))}
-    )
-    targets = evaluate_targets(results(cells), default="steady")
-    assert [t.status for t in targets] == [PASS, PASS, PASS, NOT_MEASURED, NOT_MEASURED], targets
-    assert targets[1].details[0] == "12 of 12 cells within the target"
-    assert "steady 69.6 vs tent 60.0" in targets[0].details[0]
-
-
-def test_targets_fail_and_name_the_cells():
-    cells = grid({"source": 70.0, "tent": 60.0, TORCH_TENT: 60.0, "steady": 70.0})
-    cells[("cnn-bn", "clean", "shuffled", 16, "steady")] = 69.9  # below source on clean data
-    cells[("cnn-bn", "noise", "recorded", 1, "steady")] = 50.0  # far below: target 1 fails too
-    cells[("cnn-bn", "gain", "recorded", 1, "steady")] = 50.0
-    cells[("cnn-bn", "noise", "shuffled", 16, "tent")] = 90.0  # ORT tent parity broken
-    targets = evaluate_targets(results(cells), default="steady")
-    assert [t.status for t in targets][:3] == [FAIL, FAIL, FAIL]
-    assert targets[0].details == ["steady 50.0 vs tent 75.0"]
-    assert targets[1].details[1:] == [
-        "cnn-bn clean shuffled b=16: steady 69.9 vs source 70.0 (-0.10)",
-        "cnn-bn gain recorded b=1: steady 50.0 vs source 70.0 (-20.00)",
-        "cnn-bn noise recorded b=1: steady 50.0 vs source 70.0 (-20.00)",
-    ]
-    assert targets[2].details[1:] == ["cnn-bn noise shuffled b=16: tent 90.0 vs torch-tent 60.0 (+30.00)"]
-
-
-def test_targets_not_measured_without_the_policies():
-    targets = evaluate_targets(results(grid({"source": 70.0, TORCH_TENT: 60.0})), default=None)
-    assert [t.status for t in targets] == [NOT_MEASURED] * 5
-    assert "DEFAULT_POLICY" in targets[0].details[0]
-
-
-def aux_grid(ttt: float, episodic: float, tent: float) -> dict:
-    """cnn-bn-ttt cells for source (70), ttt and ttt-episodic, and cnn-bn cells for tent."""
-    cells = {}
-    for c in ("clean", "gain", "noise"):
-        for o in ("recorded", "shuffled"):
-            for b in (1, 16):
-                cells.update({("cnn-bn-ttt", c, o, b, p): a for p, a in (("source", 70.0), ("ttt", ttt))})
-                cells[("cnn-bn-ttt", c, o, b, "ttt-episodic")] = episodic
-                cells[("cnn-bn", c, o, b, "tent")] = tent
-    return cells
-
-
-def test_auxiliary_targets_compare_with_source_of_their_model_and_tent_of_the_plain_one():
-    cells = aux_grid(ttt=70.5, episodic=69.5, tent=60.0)
-    cells[("cnn-bn-ttt", "gain", "recorded", 1, "ttt-episodic")] = 68.0  # 2 below source at b=1
-    cells[("cnn-bn-ttt", "noise", "shuffled", 16, "ttt-episodic")] = 40.0  # off b=1 recorded: not judged
-    targets = evaluate_targets(results(cells), default=None)
-    online, episodic = targets[3], targets[4]
-    assert online.status == PASS and online.details[0] == "3 of 3 cells within 1 point of source"
-    assert "mean over corruptions, recorded b=1: ttt 70.5 vs tent 60.0" in online.details
-    assert episodic.status == FAIL
-    assert episodic.details[:2] == [
-        "2 of 3 cells within 1 point of source",
-        "cnn-bn-ttt gain recorded b=1: ttt-episodic 68.0 vs source 70.0 (-2.00)",
-    ]
-    behind = evaluate_targets(results(aux_grid(ttt=70.5, episodic=70.0, tent=71.0)), default=None)[3]
-    assert behind.status == FAIL
-    assert "not above tent: mean over corruptions, recorded b=1: ttt 70.5 vs tent 71.0" in behind.details
-
-
-def test_auxiliary_targets_judge_the_label_correlated_stream_and_list_the_others():
-    cells = aux_grid(ttt=70.5, episodic=69.5, tent=60.0)
-    for c in ("gain", "noise"):  # tent ahead on shuffled batches of 16 only
-        cells[("cnn-bn", c, "shuffled", 16, "tent")] = 72.0
-    online = evaluate_targets(results(cells), default=None)[3]
-    assert online.status == PASS
-    assert online.details[1] == "mean over corruptions, recorded b=1: ttt 70.5 vs tent 60.0"
-    assert (
-        "not judged: mean over corruptions, shuffled b=16: ttt 70.5 vs tent 72.0 (not above tent)"
-        in online.details
-    )
-    assert "not judged: mean over corruptions, recorded b=16: ttt 70.5 vs tent 60.0" in online.details
+    np.testing.assert_array_equal(stream_devices, devices[idx])
 
 
 @pytest.mark.parametrize("corruption", ["clean", "noise"])
@@ -234,24 +134,80 @@ def test_torch_tent_cell(model_paths):
     assert r["windows"] == len(windows_from_log(log, 64, 32)[0]) and 0.0 <= r["accuracy"] <= 1.0
 
 
+def weighted(devices: list[dict], field: str) -> float:
+    return sum(d["windows"] * d[field] for d in devices) / sum(d["windows"] for d in devices)
+
+
+def test_cells_carry_per_device_accuracy_and_estimates(model_paths):
+    log = synthetic_log(devices=3, seconds=20)
+    cells = {
+        column: run_cell(Cell("cnn-bn", "noise", 4, "recorded", 4, column, seed=0), model_paths, log)
+        for column in ("source", "steady", NO_FALLBACK, "tent", TORCH_TENT)
+    }
+    for column, r in cells.items():
+        assert [d["device"] for d in r["devices"]] == ["dev0", "dev1", "dev2"], column
+        assert sum(d["windows"] for d in r["devices"]) == r["windows"]
+        assert weighted(r["devices"], "accuracy") == pytest.approx(r["accuracy"])
+        if column != TORCH_TENT:
+            assert weighted(r["devices"], "estimated_accuracy") == pytest.approx(r["estimated_accuracy"])
+            assert 0.0 <= r["estimated_accuracy"] <= 1.0
+    # The source model estimates itself; the default policy (with its fallback) runs the source
+    # model beside it, so it has the same estimate of it; without the fallback there is none.
+    source, default = cells["source"], cells["steady"]
+    assert source["source_estimated_accuracy"] == source["estimated_accuracy"]
+    assert default["source_estimated_accuracy"] == pytest.approx(source["estimated_accuracy"])
+    assert weighted(default["devices"], "source_estimated_accuracy") == pytest.approx(
+        default["source_estimated_accuracy"]
+    )
+    assert {"fallbacks", "windows_on_source"} <= set(default["counters"])
+    for column in (NO_FALLBACK, "tent", TORCH_TENT):
+        r = cells[column]
+        assert r["source_estimated_accuracy"] is None
+        assert all(d["source_estimated_accuracy"] is None for d in r["devices"])
+        assert r["counters"] is None or r["counters"]["windows_on_source"] == 0
+    assert cells[TORCH_TENT]["estimated_accuracy"] is None
+
+
+def test_a_resampling_shift_changes_the_number_of_windows(model_paths):
+    log = synthetic_log(devices=2, seconds=20)
+    clean, rate = (
+        run_cell(Cell("cnn-bn", name, 5, "recorded", 8, "source", seed=0), model_paths, log)
+        for name in ("clean", "rate")
+    )
+    assert rate["windows"] != clean["windows"] and rate["windows"] > 0
+    assert sum(d["windows"] for d in rate["devices"]) == rate["windows"]
+
+
 @pytest.mark.skipif(importlib.util.find_spec("seglearn") is None, reason="seglearn ships the watch data")
 def test_main_writes_results_that_do_not_depend_on_jobs(model_paths, tmp_path):
     args = [
         "--models",
         "cnn-bn",
         "--corruptions",
-        "clean,bias",
+        "clean,bias,wrist",
         "--orders",
         "shuffled",
         "--batch-sizes",
         "16",
     ]
-    args += ["--policies", "source", "--no-torch-tent", "--cache", str(model_paths.bundle.parent)]
+    args += ["--policies", "source,steady", "--no-torch-tent", "--cache", str(model_paths.bundle.parent)]
     main([*args, "--jobs", "1", "--out", str(tmp_path / "one")])
     main([*args, "--jobs", "2", "--out", str(tmp_path / "two")])
     one, two = (json.loads((tmp_path / d / "adaptation.json").read_text()) for d in ("one", "two"))
     assert [c["accuracy"] for c in one["cells"]] == [c["accuracy"] for c in two["cells"]]
-    assert [(c["corruption"], c["policy"]) for c in one["cells"]] == [("clean", "source"), ("bias", "source")]
-    assert one["meta"]["git_commit"] and one["meta"]["models"]["cnn-bn"]["bundle_sha256"]
+    assert [c["devices"] for c in one["cells"]] == [c["devices"] for c in two["cells"]]
+    assert [(c["corruption"], c["policy"]) for c in one["cells"]] == [
+        (name, policy) for name in ("clean", "bias", "wrist") for policy in ("source", "steady")
+    ]
+    meta = one["meta"]
+    assert meta["git_commit"] and meta["models"]["cnn-bn"]["bundle_sha256"]
+    assert (
+        meta["columns"]["steady"]["fallback"] == meta["fallback"]
+        and meta["columns"]["source"]["fallback"] is None
+    )
+    assert len(one["cells"][0]["devices"]) == 10  # the target subjects' devices
     report = (tmp_path / "one" / "adaptation.md").read_text()
-    assert "| shuffled | 16 | **mean over corruptions** |" in report and "## Targets" in report
+    for row in ("original | **mean over corruptions**", "deployment | **mean over deployment shifts**"):
+        assert f"| shuffled | 16 | {row} |" in report
+    assert "| shuffled | 16 | deployment | wrist |" in report and "## Targets" in report
+    assert "| order | batch | shift | served | estimated |" in report

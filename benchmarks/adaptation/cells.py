@@ -8,14 +8,16 @@ import functools
 import multiprocessing
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 from benchmarks.torch_tent import tent_predictions
-from edge_ttt.adapt.engine import POLICIES, Engine
+from edge_ttt.adapt.engine import DEFAULT_POLICY, POLICIES, Engine
+from edge_ttt.adapt.fallback import DEFAULT_FALLBACK, FallbackOptions
 from edge_ttt.adapt.ort_model import OrtModel
 from edge_ttt.adapt.policies import POLICY_TYPES, fits
 from edge_ttt.artifacts import Bundle, load_bundle
@@ -30,9 +32,32 @@ from firmware_sim.datasets.watch import watch_logs
 ORDERS = ("recorded", "shuffled", "class-sorted")
 TORCH_TENT = "torch-tent"
 TORCH_TENT_LR = 1e-3
-# Columns that are a policy with options: name -> (policy, engine options).
-VARIANTS = {"ttt-episodic": ("ttt", {"episodic": True})}
+
+
+@dataclass(frozen=True)
+class Variant:
+    """How a column runs: the engine's policy, its options and its fallback (None: no fallback)."""
+
+    policy: str
+    options: dict[str, Any] = field(default_factory=dict)
+    fallback: FallbackOptions | None = None
+
+
+NO_FALLBACK = f"{DEFAULT_POLICY}-nofallback"
+# Columns that are not a policy as published: name -> Variant.
+VARIANTS = {
+    "ttt-episodic": Variant("ttt", {"episodic": True}),
+    NO_FALLBACK: Variant(DEFAULT_POLICY),  # shows what the fallback adds to the default policy
+}
 COLUMNS = (*POLICIES, *VARIANTS)
+
+
+def variant(column: str) -> Variant:
+    """A column's engine settings: a variant's own, else the policy as published (no fallback),
+    except the default policy, which runs with the engine's default fallback, as the product does."""
+    if column in VARIANTS:
+        return VARIANTS[column]
+    return Variant(column, fallback=DEFAULT_FALLBACK if column == DEFAULT_POLICY else None)
 
 
 @dataclass(frozen=True)
@@ -75,23 +100,50 @@ def stream_order(
     raise ValueError(f"unknown order {order!r}; choose one of {', '.join(ORDERS)}")
 
 
-def make_stream(log: RecordedLog, cell: Cell, window: int, hop: int) -> WindowBatch:
-    """The cell's corrupted windows, in the cell's order."""
+def make_stream(log: RecordedLog, cell: Cell, window: int, hop: int) -> tuple[WindowBatch, np.ndarray]:
+    """The cell's shifted windows in the cell's order, and each window's device id."""
     # One fault for the whole fleet: a shuffled stream mixes devices, and a per-device fault (each
     # its own bias signs, rotation axis) would then be no single shift that any policy could undo.
     corrupted = corrupt_log(log, cell.corruption, cell.severity, cell.seed, same_for_all_devices=True)
     batch, devices = windows_from_log(corrupted, window, hop)
     idx = stream_order(devices, batch.t_end_ns, batch.label, cell.order, cell.seed)
-    return WindowBatch(x=batch.x[idx], t_end_ns=batch.t_end_ns[idx], label=batch.label[idx])
+    return WindowBatch(x=batch.x[idx], t_end_ns=batch.t_end_ns[idx], label=batch.label[idx]), devices[idx]
+
+
+def _mean(values: np.ndarray) -> float | None:
+    """The mean of per-window estimates; None where there is none (NaN: the source pass did not run)."""
+    return None if len(values) == 0 or np.isnan(values).any() else float(values.mean())
+
+
+def per_device(
+    devices: np.ndarray, labels: np.ndarray, predicted: np.ndarray, estimated: np.ndarray, source: np.ndarray
+) -> list[dict]:
+    """Per device: windows, true accuracy of the served predictions and both label-free estimates."""
+    rows = []
+    for device in sorted(set(devices.tolist())):
+        mine = devices == device
+        rows.append(
+            {
+                "device": str(device),
+                "windows": int(mine.sum()),
+                "accuracy": accuracy(labels[mine], predicted[mine]),
+                "estimated_accuracy": _mean(estimated[mine]),
+                "source_estimated_accuracy": _mean(source[mine]),
+            }
+        )
+    return rows
 
 
 def run_cell(cell: Cell, paths: ModelPaths, log: RecordedLog) -> dict:
-    """Replay the cell's stream through a fresh engine (or the torch Tent); accuracy, counters, timing."""
+    """Replay the cell's stream through a fresh engine (or the torch Tent): accuracy, the label-free
+    estimates (none for the torch Tent), per device and in total, counters, timing."""
     bundle = load_bundle(paths.bundle)
     info = bundle.manifest.model
     check_compatible(log, info.channels, info.sample_rate_hz, "target log")
-    stream = make_stream(log, cell, info.window, info.hop)
+    stream, devices = make_stream(log, cell, info.window, info.hop)
     predicted = np.full(len(stream), -1, dtype=np.int64)
+    estimated = np.full(len(stream), np.nan)
+    source_estimated = np.full(len(stream), np.nan)
     counters = None
     if cell.policy == TORCH_TENT:
         torch.set_num_threads(1)  # a cell is single-threaded whoever runs it (ORT: threads=1 below)
@@ -99,17 +151,23 @@ def run_cell(cell: Cell, paths: ModelPaths, log: RecordedLog) -> dict:
         start = time.perf_counter()
         predicted[:] = tent_predictions(model, stream.x, cell.batch_size, TORCH_TENT_LR)
     else:
-        policy, options = VARIANTS.get(cell.policy, (cell.policy, {}))
-        engine = Engine(OrtModel(bundle, threads=1), policy=policy, options=options)
+        how = variant(cell.policy)
+        engine = Engine(OrtModel(bundle, threads=1), how.policy, how.options, fallback=how.fallback)
         start = time.perf_counter()
         for i in range(0, len(stream), cell.batch_size):
-            predicted[i : i + cell.batch_size] = engine.process(stream.x[i : i + cell.batch_size]).classes
+            out = engine.process(stream.x[i : i + cell.batch_size])
+            predicted[i : i + cell.batch_size] = out.classes
+            estimated[i : i + cell.batch_size] = out.estimated_correct
+            source_estimated[i : i + cell.batch_size] = out.source_estimated_correct
         counters = engine.counters.as_dict()
     elapsed = time.perf_counter() - start
     return {
         **dataclasses.asdict(cell),
         "windows": len(stream),
         "accuracy": accuracy(stream.label, predicted),
+        "estimated_accuracy": _mean(estimated),
+        "source_estimated_accuracy": _mean(source_estimated),
+        "devices": per_device(devices, stream.label, predicted, estimated, source_estimated),
         "counters": counters,
         "ms_per_window": 1000 * elapsed / max(len(stream), 1),
     }
@@ -120,7 +178,7 @@ def runs_on(column: str, bundle: Bundle) -> bool:
     an entropy training graph; the auxiliary-task policy needs an auxiliary head)."""
     if column == TORCH_TENT:
         return bundle.manifest.auxiliary is None  # its ORT counterpart `tent` cannot run otherwise
-    return fits(POLICY_TYPES[VARIANTS.get(column, (column,))[0]], bundle.manifest)
+    return fits(POLICY_TYPES[variant(column).policy], bundle.manifest)
 
 
 @functools.lru_cache(maxsize=1)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -18,18 +19,21 @@ from benchmarks.adaptation.cells import (
     ModelPaths,
     run_cells,
     runs_on,
+    variant,
 )
 from benchmarks.adaptation.models import prepare_models
 from benchmarks.adaptation.report import markdown, pct
 from benchmarks.adaptation.targets import evaluate_targets
 from benchmarks.harness import _batch_sizes, add_output_options, machine_info, name_list, progress
-from edge_ttt.adapt import engine as engine_module
+from edge_ttt.adapt.engine import DEFAULT_POLICY
+from edge_ttt.adapt.fallback import DEFAULT_FALLBACK
 from edge_ttt.artifacts import Bundle, load_bundle
 from export.models import MODELS
-from firmware_sim.corruptions import CORRUPTIONS, SEVERITIES
+from firmware_sim.corruptions import SEVERITIES, SHIFTS
 
 DESCRIPTION = (
-    "The adaptation benchmark: every policy on corrupted smartwatch streams, as a device would see them."
+    "The adaptation benchmark: every policy on shifted smartwatch streams (the corruption suite and "
+    "the deployment shifts), as a device would see them."
 )
 
 
@@ -37,15 +41,21 @@ def _model_info(bundle: Bundle) -> dict:
     return {"bundle_sha256": bundle.sha256, "source_val_accuracy": bundle.manifest.reference.val_accuracy}
 
 
-def run_metadata(
-    argv: list[str], args: argparse.Namespace, paths: dict[str, ModelPaths], default: str | None
-) -> dict:
+def _column_info(column: str) -> dict:
+    how = variant(column)
+    fallback = None if how.fallback is None else dataclasses.asdict(how.fallback)
+    return {"policy": how.policy, "options": how.options, "fallback": fallback}
+
+
+def run_metadata(argv: list[str], args: argparse.Namespace, paths: dict[str, ModelPaths]) -> dict:
     return {
         **machine_info("benchmarks.adaptation", argv),
         "jobs": args.jobs,
         "severity": args.severity,
         "seed": args.seed,
-        "default_policy": default,
+        "default_policy": DEFAULT_POLICY,
+        "fallback": dataclasses.asdict(DEFAULT_FALLBACK),
+        "columns": {column: _column_info(column) for column in args.policies},
         "torch_tent_lr": TORCH_TENT_LR,
         "models": {name: _model_info(load_bundle(p.bundle)) for name, p in paths.items()},
     }
@@ -54,7 +64,12 @@ def run_metadata(
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m benchmarks.adaptation", description=DESCRIPTION)
     p.add_argument("--models", type=name_list(MODELS, "model"), default=list(MODELS))
-    p.add_argument("--corruptions", type=name_list(CORRUPTIONS, "corruption"), default=list(CORRUPTIONS))
+    p.add_argument(
+        "--corruptions",
+        type=name_list(SHIFTS, "shift"),
+        default=list(SHIFTS),
+        help="corruptions and deployment shifts (clean included)",
+    )
     p.add_argument("--policies", type=name_list(COLUMNS, "policy"), default=list(COLUMNS))
     p.add_argument("--no-torch-tent", action="store_true", help=f"skip the {TORCH_TENT} reference column")
     p.add_argument("--orders", type=name_list(ORDERS, "order"), default=list(ORDERS))
@@ -75,7 +90,6 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     start = time.perf_counter()
     torch.set_num_threads(1)  # training too: reproducible, and faster than two threads on small batches
-    default = getattr(engine_module, "DEFAULT_POLICY", None)
     paths = prepare_models(args.models, args.cache, args.retrain)
     columns = args.policies + ([] if args.no_torch_tent else [TORCH_TENT])
     bundles = {model: load_bundle(paths[model].bundle) for model in args.models}
@@ -102,9 +116,9 @@ def main(argv: list[str] | None = None) -> None:
     results.sort(
         key=lambda r: canonical[(r["model"], r["corruption"], r["order"], r["batch_size"], r["policy"])]
     )
-    meta = run_metadata(argv, args, paths, default)
+    meta = run_metadata(argv, args, paths)
     meta["wall_s"] = time.perf_counter() - start
-    targets = evaluate_targets(results, default)
+    targets = evaluate_targets(results, DEFAULT_POLICY)
     report = markdown(results, targets, meta)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "adaptation.json").write_text(json.dumps({"meta": meta, "cells": results}, indent=1) + "\n")

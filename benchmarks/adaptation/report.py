@@ -1,13 +1,19 @@
-"""The adaptation benchmark's Markdown report: a table per model, then the targets."""
+"""The adaptation benchmark's Markdown report: per model an accuracy table and the default
+policy's label-free estimates, then the targets."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from benchmarks.adaptation.cells import ORDERS, TORCH_TENT, TORCH_TENT_LR
-from benchmarks.adaptation.targets import accuracies, mean_over_corruptions
+from benchmarks.adaptation.cells import NO_FALLBACK, ORDERS, TORCH_TENT, TORCH_TENT_LR
+from benchmarks.adaptation.targets import accuracies, mean_over_corruptions, mean_over_deployment_shifts
 from benchmarks.harness import Target, target_lines
-from firmware_sim.corruptions import CORRUPTIONS
+from firmware_sim.corruptions import CORRUPTIONS, SHIFTS
+
+MEANS = (
+    ("original", "**mean over corruptions**", mean_over_corruptions),
+    ("deployment", "**mean over deployment shifts**", mean_over_deployment_shifts),
+)
 
 
 def pct(value: float | None) -> str:
@@ -23,15 +29,90 @@ def _mean_ms(results: list[dict], model: str, batch: int, policy: str) -> str:
     return f"{np.mean(times):.2f}" if times else "-"
 
 
-def markdown(results: list[dict], targets: list[Target], meta: dict) -> str:
-    """Per model a table (rows: order, batch size, corruption; a column per policy), then the targets."""
+def _level(name: str, severity: int) -> str:
+    shift = SHIFTS[name]
+    level = shift.levels[severity - 1]
+    return f"{name} ({shift.parameter})" if level is None else f"{name} {level} ({shift.parameter})"
+
+
+def _suite(name: str) -> str:
+    return "original" if name in CORRUPTIONS else "deployment"
+
+
+def _accuracy_rows(results: list[dict], model: str, columns: list[str]) -> list[str]:
+    """One row per (order, batch size, shift), each (order, batch size) block closed by its means."""
     acc = accuracies(results)
+    lines = [
+        "| order | batch | suite | shift | " + " | ".join(columns) + " |",
+        "|---|---:|---|---|" + "---:|" * len(columns),
+    ]
+    rows = sorted(
+        {(r["order"], r["batch_size"], r["corruption"]) for r in results if r["model"] == model},
+        key=lambda k: (ORDERS.index(k[0]), k[1], list(SHIFTS).index(k[2])),
+    )
+    for i, (order, batch, name) in enumerate(rows):
+        cells = [pct(acc.get((model, name, order, batch, p))) for p in columns]
+        lines.append(f"| {order} | {batch} | {_suite(name)} | {name} | " + " | ".join(cells) + " |")
+        if i + 1 < len(rows) and rows[i + 1][:2] == (order, batch):
+            continue
+        block = {name for o, b, name in rows if (o, b) == (order, batch)}
+        for suite, title, mean in MEANS:
+            if any(_suite(n) == suite and n != "clean" for n in block):
+                means = [pct(mean(acc, model, order, batch, p)) for p in columns]
+                lines.append(f"| {order} | {batch} | {suite} | {title} | " + " | ".join(means) + " |")
+    return lines
+
+
+def _options(options: dict) -> str:
+    return ", ".join(f"{name} {value}" for name, value in options.items())
+
+
+def _share(value: float | None) -> str:
+    return pct(None if value is None else 100 * value)
+
+
+def _estimate_rows(results: list[dict], model: str, default: str) -> list[str]:
+    """The default policy's cells: true and estimated accuracy of what it served and of the source
+    model (true: the `source` cell of the same stream), the fallbacks and the share on source."""
+    cells = {
+        (r["order"], r["batch_size"], r["corruption"], r["policy"]): r for r in results if r["model"] == model
+    }
+    keys = sorted(
+        (k[:3] for k in cells if k[3] == default),
+        key=lambda k: (ORDERS.index(k[0]), k[1], list(SHIFTS).index(k[2])),
+    )
+    if not keys:
+        return []
+    lines = [
+        "",
+        f"Label-free estimates (ATC-NE) of `{default}` with the fallback, % over the stream: served "
+        "accuracy true and estimated, the source model's true (its own cell) and estimated, switches "
+        "to source and the share of windows it served.",
+        "",
+        "| order | batch | shift | served | estimated | source | source estimated | fallbacks | on source |",
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for order, batch, name in keys:
+        r = cells[(order, batch, name, default)]
+        source = cells.get((order, batch, name, "source"), {}).get("accuracy")
+        counters = r["counters"]
+        on_source = counters["windows_on_source"] / max(counters["windows"], 1)
+        lines.append(
+            f"| {order} | {batch} | {name} | {_share(r['accuracy'])} | {_share(r['estimated_accuracy'])} | "
+            f"{_share(source)} | {_share(r['source_estimated_accuracy'])} | {counters['fallbacks']} | "
+            f"{_share(on_source)} |"
+        )
+    return lines
+
+
+def markdown(results: list[dict], targets: list[Target], meta: dict) -> str:
+    """Per model the accuracy table (rows: order, batch size, shift; a column per policy), the
+    milliseconds per window and the default policy's estimates, then the targets."""
     columns = list(dict.fromkeys(r["policy"] for r in results))
     severity = meta["severity"]
+    default = meta["default_policy"]
     levels = ", ".join(
-        f"{name} {CORRUPTIONS[name].levels[severity - 1]} ({CORRUPTIONS[name].parameter})"
-        for name in dict.fromkeys(r["corruption"] for r in results)
-        if name != "clean"
+        _level(name, severity) for name in dict.fromkeys(r["corruption"] for r in results) if name != "clean"
     )
     lines = [
         "# Adaptation benchmark results",
@@ -40,9 +121,12 @@ def markdown(results: list[dict], targets: list[Target], meta: dict) -> str:
         f"{' (uncommitted changes)' if meta['git_dirty'] else ''}; {meta['wall_s'] / 60:.1f} min wall time "
         f"with {meta['jobs']} worker(s) on {meta['cpus']} CPUs. See docs/adaptation-benchmark.md.",
         "",
-        f"Accuracy (%) on the smartwatch target subjects, severity {severity}: {levels}. "
-        f"`{TORCH_TENT}` is the PyTorch eager Tent (lr {TORCH_TENT_LR:g}). Default policy: "
-        f"{meta['default_policy'] or 'none defined'}.",
+        f"Accuracy (%) on the smartwatch target subjects, severity {severity}: {levels}. Rows of suite "
+        "`original` are the corruption suite, `deployment` the deployment shifts. "
+        f"`{TORCH_TENT}` is the PyTorch eager Tent (lr {TORCH_TENT_LR:g}). Every policy runs as "
+        f"published, without the fallback to source, except the default policy, {default or 'none defined'}, "
+        f"which runs as the product does, with the engine's fallback ({_options(meta['fallback'])}); "
+        f"`{NO_FALLBACK}` is the same policy without it.",
     ]
     for model in dict.fromkeys(r["model"] for r in results):
         info = meta["models"][model]
@@ -53,23 +137,13 @@ def markdown(results: list[dict], targets: list[Target], meta: dict) -> str:
             f"Source model: validation accuracy {100 * info['source_val_accuracy']:.1f}% on held-out "
             f"source subjects; bundle {info['bundle_sha256'][:12]}.",
             "",
-            "| order | batch | corruption | " + " | ".join(columns) + " |",
-            "|---|---:|---|" + "---:|" * len(columns),
+            *_accuracy_rows(results, model, columns),
         ]
-        rows = sorted(
-            {(r["order"], r["batch_size"], r["corruption"]) for r in results if r["model"] == model},
-            key=lambda k: (ORDERS.index(k[0]), k[1], list(CORRUPTIONS).index(k[2])),
-        )
-        for i, (order, batch, corruption) in enumerate(rows):
-            cells = [pct(acc.get((model, corruption, order, batch, p))) for p in columns]
-            lines.append(f"| {order} | {batch} | {corruption} | " + " | ".join(cells) + " |")
-            if i + 1 == len(rows) or rows[i + 1][:2] != (order, batch):
-                means = [pct(mean_over_corruptions(acc, model, order, batch, p)) for p in columns]
-                lines.append(f"| {order} | {batch} | **mean over corruptions** | " + " | ".join(means) + " |")
         lines += ["", "Mean ms per window:", "", "| batch | " + " | ".join(columns) + " |"]
         lines.append("|---:|" + "---:|" * len(columns))
         for batch in sorted({r["batch_size"] for r in results if r["model"] == model}):
             times = [_mean_ms(results, model, batch, p) for p in columns]
             lines.append(f"| {batch} | " + " | ".join(times) + " |")
+        lines += _estimate_rows(results, model, default) if default else []
     lines += target_lines(targets)
     return "\n".join(lines) + "\n"

@@ -100,7 +100,7 @@ def measure_windows(model: str, paths: ModelPaths, log: RecordedLog, args: argpa
     """Per batch size: every column's time per window on the corrupted stream in recorded order."""
     info = load_bundle(paths.bundle).manifest.model
     cell = Cell(model, args.corruption, args.severity, "recorded", 1, DEFAULT_POLICY, args.seed)
-    stream = make_stream(log, cell, info.window, info.hop).x
+    stream = make_stream(log, cell, info.window, info.hop)[0].x
     rows = []
     for batch in args.batch_sizes:
         progress(f"{model} b={batch}: time per window, {len(COLUMNS)} columns x {args.repeats} batches")
@@ -122,10 +122,10 @@ def measure_windows(model: str, paths: ModelPaths, log: RecordedLog, args: argpa
 def drifting_stream(model: str, paths: ModelPaths, log: RecordedLog, args: argparse.Namespace):
     """Recorded order; the first half of the windows clean, the second half corrupted."""
     info = load_bundle(paths.bundle).manifest.model
-    clean = make_stream(
+    clean, _ = make_stream(
         log, Cell(model, "clean", args.severity, "recorded", 1, "", args.seed), info.window, info.hop
     )
-    bad = make_stream(
+    bad, _ = make_stream(
         log, Cell(model, args.corruption, args.severity, "recorded", 1, "", args.seed), info.window, info.hop
     )
     half = len(clean) // 2
@@ -198,7 +198,7 @@ def measure_rss(model: str, paths: ModelPaths, log: RecordedLog, args: argparse.
     """Peak RSS of the engine fleet (torch-free and, for comparison, beside torch) and the torch fleet."""
     info = load_bundle(paths.bundle).manifest.model
     cell = Cell(model, args.corruption, args.severity, "recorded", 1, DEFAULT_POLICY, args.seed)
-    stream = make_stream(log, cell, info.window, info.hop).x
+    stream = make_stream(log, cell, info.window, info.hop)[0].x
     python = device_python(args)
     with tempfile.TemporaryDirectory() as tmp:
         windows = Path(tmp) / "windows.npy"
