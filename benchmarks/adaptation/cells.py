@@ -54,7 +54,8 @@ COLUMNS = (*POLICIES, *VARIANTS)
 
 def variant(column: str) -> Variant:
     """A column's engine settings: a variant's own, else the policy as published (no fallback),
-    except the default policy, which runs with the engine's default fallback, as the product does."""
+    except the default policy, which runs with the fallback's default options (opt-in in the agent
+    and replay until the estimates are good enough: docs/adaptation.md)."""
     if column in VARIANTS:
         return VARIANTS[column]
     return Variant(column, fallback=DEFAULT_FALLBACK if column == DEFAULT_POLICY else None)
