@@ -12,7 +12,7 @@ from rich.progress import Progress
 
 from edge_ttt.adapt.counters import Counters
 from edge_ttt.adapt.engine import DEFAULT_POLICY, Engine
-from edge_ttt.adapt.estimates import class_mix_cap, class_prior
+from edge_ttt.adapt.estimates import class_prior, device_estimates, stream_estimate
 from edge_ttt.adapt.fallback import FallbackOptions
 from edge_ttt.adapt.ort_model import OrtModel
 from edge_ttt.adapt.policies import POLICY_TYPES, fits
@@ -121,10 +121,8 @@ def _run(
             score[idx], source_score[idx] = out.estimated_correct, out.source_estimated_correct
             progress.advance(task, len(idx))
     elapsed = time.perf_counter() - start
-    counters = Counters()
-    for engine in engines.values():
-        for name, value in engine.counters.as_dict().items():
-            setattr(counters, name, getattr(counters, name) + value)
+    counts = [e.counters.as_dict() for e in engines.values()]
+    counters = Counters(**{name: sum(c[name] for c in counts) for name in counts[0]})
     classes = len(first.model.manifest.model.classes)
     prior = class_prior(first.model.manifest)
     return {
@@ -134,27 +132,10 @@ def _run(
         "devices": len(engines),
         "accuracy": accuracy(windows.label, predicted),
         "macro_f1": macro_f1(windows.label, predicted, classes),
-        "estimated_accuracy": estimated_accuracy(score, predicted, devices, prior),
-        "source_estimated_accuracy": estimated_accuracy(source_score, source, devices, prior),
+        "estimated_accuracy": stream_estimate(device_estimates(score, predicted, devices, prior)),
+        "source_estimated_accuracy": stream_estimate(device_estimates(source_score, source, devices, prior)),
         **{k: v for k, v in counters.as_dict().items() if k != "windows"},  # adapt_steps, fallbacks, ...
         "ms_per_window": 1000 * elapsed / max(n, 1),
         "batch_size": int(max((len(b) for b in batches), default=1)),
         "bundle_sha256": first.model.bundle_sha256,
     }
-
-
-def estimated_accuracy(
-    score: np.ndarray, classes: np.ndarray, devices: np.ndarray, prior: np.ndarray
-) -> float | None:
-    """The label-free estimate over the whole log: per device, the share of windows estimated
-    right, capped by what the device's predicted class mix allows if the classes came in the
-    source proportions (`class_mix_cap`: a model stuck on one class cannot be right on more than
-    its share), then weighted by the devices' windows. None when no window has an estimate."""
-    total, weight = 0.0, 0
-    for d in np.unique(devices):
-        own = (devices == d) & np.isfinite(score)
-        if own.any():
-            share = float(score[own].mean())
-            total += own.sum() * min(share, class_mix_cap(classes[own], prior))
-            weight += int(own.sum())
-    return total / weight if weight else None

@@ -16,7 +16,8 @@ import numpy as np
 import torch
 
 from benchmarks.torch_tent import tent_predictions
-from edge_ttt.adapt.engine import DEFAULT_POLICY, POLICIES, Engine
+from edge_ttt.adapt.engine import DEFAULT_POLICY, POLICIES, Engine, Predictions
+from edge_ttt.adapt.estimates import class_prior, device_estimates, stream_estimate
 from edge_ttt.adapt.fallback import DEFAULT_FALLBACK, FallbackOptions
 from edge_ttt.adapt.ort_model import OrtModel
 from edge_ttt.adapt.policies import POLICY_TYPES, fits
@@ -111,28 +112,39 @@ def make_stream(log: RecordedLog, cell: Cell, window: int, hop: int) -> tuple[Wi
     return WindowBatch(x=batch.x[idx], t_end_ns=batch.t_end_ns[idx], label=batch.label[idx]), devices[idx]
 
 
-def _mean(values: np.ndarray) -> float | None:
-    """The mean of per-window estimates; None where there is none (NaN: the source pass did not run)."""
-    return None if len(values) == 0 or np.isnan(values).any() else float(values.mean())
-
-
 def per_device(
-    devices: np.ndarray, labels: np.ndarray, predicted: np.ndarray, estimated: np.ndarray, source: np.ndarray
+    devices: np.ndarray, labels: np.ndarray, classes: np.ndarray, estimated: dict, source: dict
 ) -> list[dict]:
     """Per device: windows, true accuracy of the served predictions and both label-free estimates."""
-    rows = []
-    for device in sorted(set(devices.tolist())):
-        mine = devices == device
-        rows.append(
-            {
-                "device": str(device),
-                "windows": int(mine.sum()),
-                "accuracy": accuracy(labels[mine], predicted[mine]),
-                "estimated_accuracy": _mean(estimated[mine]),
-                "source_estimated_accuracy": _mean(source[mine]),
-            }
-        )
-    return rows
+    return [
+        {
+            "device": str(device),
+            "windows": int((devices == device).sum()),
+            "accuracy": accuracy(labels[devices == device], classes[devices == device]),
+            "estimated_accuracy": estimated[device][1],
+            "source_estimated_accuracy": source[device][1],
+        }
+        for device in sorted(estimated)
+    ]
+
+
+@dataclass
+class Served:
+    """Per window of a cell: the served class and estimate, the source model's class and estimate
+    (-1 and NaN where the source pass did not run)."""
+
+    classes: np.ndarray
+    score: np.ndarray
+    source_classes: np.ndarray
+    source_score: np.ndarray
+
+    @classmethod
+    def empty(cls, n: int) -> Served:
+        return cls(np.full(n, -1, np.int64), np.full(n, np.nan), np.full(n, -1, np.int64), np.full(n, np.nan))
+
+    def put(self, at: slice, out: Predictions) -> None:
+        self.classes[at], self.score[at] = out.classes, out.estimated_correct
+        self.source_classes[at], self.source_score[at] = out.source_classes, out.source_estimated_correct
 
 
 def run_cell(cell: Cell, paths: ModelPaths, log: RecordedLog) -> dict:
@@ -142,33 +154,32 @@ def run_cell(cell: Cell, paths: ModelPaths, log: RecordedLog) -> dict:
     info = bundle.manifest.model
     check_compatible(log, info.channels, info.sample_rate_hz, "target log")
     stream, devices = make_stream(log, cell, info.window, info.hop)
-    predicted = np.full(len(stream), -1, dtype=np.int64)
-    estimated = np.full(len(stream), np.nan)
-    source_estimated = np.full(len(stream), np.nan)
+    served = Served.empty(len(stream))
     counters = None
     if cell.policy == TORCH_TENT:
         torch.set_num_threads(1)  # a cell is single-threaded whoever runs it (ORT: threads=1 below)
         model = load_checkpoint(paths.checkpoint).model
         start = time.perf_counter()
-        predicted[:] = tent_predictions(model, stream.x, cell.batch_size, TORCH_TENT_LR)
+        served.classes[:] = tent_predictions(model, stream.x, cell.batch_size, TORCH_TENT_LR)
     else:
         how = variant(cell.policy)
         engine = Engine(OrtModel(bundle, threads=1), how.policy, how.options, fallback=how.fallback)
         start = time.perf_counter()
         for i in range(0, len(stream), cell.batch_size):
-            out = engine.process(stream.x[i : i + cell.batch_size])
-            predicted[i : i + cell.batch_size] = out.classes
-            estimated[i : i + cell.batch_size] = out.estimated_correct
-            source_estimated[i : i + cell.batch_size] = out.source_estimated_correct
+            served.put(slice(i, i + cell.batch_size), engine.process(stream.x[i : i + cell.batch_size]))
         counters = engine.counters.as_dict()
     elapsed = time.perf_counter() - start
+    # As `edge-ttt replay` estimates: per device, capped by the predicted class mix.
+    prior = class_prior(bundle.manifest)
+    estimated = device_estimates(served.score, served.classes, devices, prior)
+    source = device_estimates(served.source_score, served.source_classes, devices, prior)
     return {
         **dataclasses.asdict(cell),
         "windows": len(stream),
-        "accuracy": accuracy(stream.label, predicted),
-        "estimated_accuracy": _mean(estimated),
-        "source_estimated_accuracy": _mean(source_estimated),
-        "devices": per_device(devices, stream.label, predicted, estimated, source_estimated),
+        "accuracy": accuracy(stream.label, served.classes),
+        "estimated_accuracy": stream_estimate(estimated),
+        "source_estimated_accuracy": stream_estimate(source),
+        "devices": per_device(devices, stream.label, served.classes, estimated, source),
         "counters": counters,
         "ms_per_window": 1000 * elapsed / max(len(stream), 1),
     }

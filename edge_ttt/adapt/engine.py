@@ -11,7 +11,7 @@ import datetime as dt
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -56,6 +56,30 @@ class Predictions:
 
     def __len__(self) -> int:
         return len(self.classes)
+
+
+class Scored(NamedTuple):
+    """One model's view of a batch; `probs` None where the model did not run (estimate NaN)."""
+
+    probs: np.ndarray | None  # float64 [n, K]
+    estimate: np.ndarray  # [n], `likely_right`
+    entropy: np.ndarray | None  # float64 [n]
+
+
+def _predictions(valid: np.ndarray, served: Scored, source: Scored, on_source: bool) -> Predictions:
+    """What a batch hands out: the served model's predictions and estimate, the source model's
+    classes and estimate (-1 and NaN where it did not run)."""
+    n = len(served.estimate)
+    return Predictions(
+        served.probs.argmax(axis=1),
+        served.probs.astype(np.float32),
+        served.entropy.astype(np.float32),
+        valid,
+        served.estimate.astype(np.float32),
+        source.estimate.astype(np.float32),
+        np.full(n, on_source),
+        np.full(n, -1) if source.probs is None else source.probs.argmax(axis=1),
+    )
 
 
 class Engine:
@@ -120,57 +144,36 @@ class Engine:
             probs, entropy = softmax_entropy(logits.astype(np.float64))
         self.counters.windows += len(x)
         self.counters.rejected_invalid += n_invalid
-        score = likely_right(entropy, self.threshold)
-        if self.fallback is None:
-            source_score = score if self.policy_name == "source" else np.full(len(x), np.nan)
-            return Predictions(
-                probs.argmax(axis=1),
-                probs.astype(np.float32),
-                entropy.astype(np.float32),
-                valid,
-                score.astype(np.float32),
-                source_score.astype(np.float32),
-                np.zeros(len(x), bool),
-                probs.argmax(axis=1) if self.policy_name == "source" else np.full(len(x), -1),
-            )
-        return self._serve(clean, valid, probs, entropy, score)
+        adapted = Scored(probs, likely_right(entropy, self.threshold), entropy)
+        if self.fallback is not None:
+            return self._serve(clean, valid, adapted)
+        if self.policy_name == "source":
+            return _predictions(valid, adapted, adapted, on_source=False)
+        return _predictions(valid, adapted, Scored(None, np.full(len(x), np.nan), None), on_source=False)
 
-    def _serve(
-        self, x: np.ndarray, valid: np.ndarray, probs: np.ndarray, entropy: np.ndarray, score: np.ndarray
-    ) -> Predictions:
+    def _serve(self, x: np.ndarray, valid: np.ndarray, adapted: Scored) -> Predictions:
         """Run the source model on the batch and serve it where the fallback says so (decided on
         the windows before this batch); then both models' estimates on the valid windows move
         the fallback. The adapted model's estimate is its own whichever model served."""
         self.model.serve(self.fallback, self.policy.source_vector)
         source_probs, source_entropy = self.model.forward(x, self.policy.source_stats).softmax
         self.model.serve(self.policy, self.policy.param_vector)  # the model leaves as the policy's
-        source_score = likely_right(source_entropy, self.threshold)
+        source = Scored(source_probs, likely_right(source_entropy, self.threshold), source_entropy)
         on_source = self.fallback.on_source
-        served = (source_probs, source_entropy, source_score) if on_source else (probs, entropy, score)
         if on_source:
             self.counters.windows_on_source += len(x)
-        if self.fallback.update(score[valid], source_score[valid]):
-            adapted, source = self.fallback.adapted.get(), self.fallback.source.get()
+        if self.fallback.update(adapted.estimate[valid], source.estimate[valid]):
             if self.fallback.on_source:
                 self.counters.fallbacks += 1
             log.info(
                 "%s serves now: estimated accuracy %s %.3f, source %.3f over the last %d windows",
                 "source" if self.fallback.on_source else self.policy_name,
                 self.policy_name,
-                adapted,
-                source,
+                self.fallback.adapted.get(),
+                self.fallback.source.get(),
                 len(self.fallback.adapted),
             )
-        return Predictions(
-            served[0].argmax(axis=1),
-            served[0].astype(np.float32),
-            served[1].astype(np.float32),
-            valid,
-            served[2].astype(np.float32),
-            source_score.astype(np.float32),
-            np.full(len(x), on_source),
-            source_probs.argmax(axis=1),
-        )
+        return _predictions(valid, source if on_source else adapted, source, on_source)
 
     def save_state(self, path: str | Path) -> None:
         meta = {

@@ -17,6 +17,7 @@ bounds an estimate over a span long enough to hold the classes in their source p
 from __future__ import annotations
 
 from collections import deque
+from typing import Any
 
 import numpy as np
 
@@ -59,6 +60,33 @@ def class_mix_cap(classes: np.ndarray, prior: np.ndarray) -> float:
         return 1.0
     share = np.bincount(np.asarray(classes, np.int64), minlength=len(prior)) / len(classes)
     return float(np.minimum(share, prior).sum())
+
+
+def device_estimates(
+    score: np.ndarray, classes: np.ndarray, devices: np.ndarray, prior: np.ndarray
+) -> dict[Any, tuple[int, float | None]]:
+    """Per device over a whole stream: (windows with an estimate, the share of them estimated
+    right capped by `class_mix_cap` of their predicted classes); None without any. Windows whose
+    score is NaN (the model did not run) do not count.
+
+    >>> stuck = device_estimates(np.ones(4), np.zeros(4, np.int64), np.array(["a"] * 4), np.full(2, 0.5))
+    >>> stuck["a"]
+    (4, 0.5)
+    """
+    out = {}
+    for d in np.unique(devices):
+        own = (devices == d) & np.isfinite(score)
+        share = float(score[own].mean()) if own.any() else None
+        capped = None if share is None else min(share, class_mix_cap(classes[own], prior))
+        out[d] = (int(own.sum()), capped)
+    return out
+
+
+def stream_estimate(estimates: dict[Any, tuple[int, float | None]]) -> float | None:
+    """The devices' estimates weighted by their windows; None when no device has one."""
+    known = [(n, e) for n, e in estimates.values() if e is not None and n > 0]
+    total = sum(n for n, _ in known)
+    return sum(n * e for n, e in known) / total if total else None
 
 
 class RollingMean:

@@ -78,14 +78,12 @@ class FallbackSection(Section):
 
     @model_validator(mode="after")
     def _fits(self) -> FallbackSection:
-        self.options()  # FallbackOptions checks what relates its fields
+        FallbackOptions(self.horizon, self.margin, self.min_windows)  # checks how the fields relate
         return self
 
     def options(self) -> FallbackOptions | None:
         """What the engine takes: None when disabled."""
-        if not self.enabled:
-            return None
-        return FallbackOptions(self.horizon, self.margin, self.min_windows)
+        return FallbackOptions(self.horizon, self.margin, self.min_windows) if self.enabled else None
 
 
 class ModelSection(Section):
