@@ -109,8 +109,6 @@ def _run(
     n = len(windows)
     predicted = np.full(n, -1, dtype=np.int64)
     source = np.full(n, -1, dtype=np.int64)
-    score = np.full(n, np.nan)
-    source_score = np.full(n, np.nan)
     first = next(iter(engines.values()))
     start = time.perf_counter()
     with Progress(disable=not show_progress, transient=True) as progress:
@@ -118,7 +116,6 @@ def _run(
         for idx in batches:
             out = engines[devices[idx[0]]].process(windows.x[idx])
             predicted[idx], source[idx] = out.classes, out.source_classes
-            score[idx], source_score[idx] = out.estimated_correct, out.source_estimated_correct
             progress.advance(task, len(idx))
     elapsed = time.perf_counter() - start
     counts = [e.counters.as_dict() for e in engines.values()]
@@ -132,8 +129,8 @@ def _run(
         "devices": len(engines),
         "accuracy": accuracy(windows.label, predicted),
         "macro_f1": macro_f1(windows.label, predicted, classes),
-        "estimated_accuracy": stream_estimate(device_estimates(score, predicted, devices, prior)),
-        "source_estimated_accuracy": stream_estimate(device_estimates(source_score, source, devices, prior)),
+        "estimated_accuracy": stream_estimate(device_estimates(predicted, devices, prior)),
+        "source_estimated_accuracy": stream_estimate(device_estimates(source, devices, prior)),
         **{k: v for k, v in counters.as_dict().items() if k != "windows"},  # adapt_steps, fallbacks, ...
         "ms_per_window": 1000 * elapsed / max(n, 1),
         "batch_size": int(max((len(b) for b in batches), default=1)),

@@ -10,7 +10,13 @@ import numpy as np
 import pytest
 
 from edge_ttt.adapt.engine import Engine
-from edge_ttt.adapt.estimates import class_mix_cap, entropy_threshold, likely_right
+from edge_ttt.adapt.estimates import (
+    class_mix_cap,
+    device_estimates,
+    entropy_threshold,
+    likely_right,
+    stream_estimate,
+)
 from edge_ttt.adapt.fallback import Fallback, FallbackOptions
 from edge_ttt.adapt.ort_model import OrtModel, Outputs
 from edge_ttt.artifacts import load_bundle
@@ -50,6 +56,16 @@ def test_a_model_stuck_on_one_class_is_capped_at_that_class_share():
     assert class_mix_cap(np.zeros(100, np.int64), prior) == pytest.approx(0.25)
     assert class_mix_cap(np.arange(100) % 4, prior) == pytest.approx(1.0)
     assert class_mix_cap(np.array([], np.int64), prior) == 1.0
+
+
+def test_whole_stream_estimates_are_per_device_class_mix_bounds_weighted_by_windows():
+    prior = np.full(4, 0.25)
+    devices = np.array(["a"] * 8 + ["b"] * 4 + ["c"] * 2, dtype=object)
+    classes = np.concatenate([np.arange(8) % 4, np.zeros(4, np.int64), np.full(2, -1)])  # c never ran
+    per_device = device_estimates(classes, devices, prior)
+    assert per_device == {"a": (8, 1.0), "b": (4, 0.25), "c": (0, None)}
+    assert stream_estimate(per_device) == pytest.approx((8 * 1.0 + 4 * 0.25) / 12)
+    assert stream_estimate({"c": (0, None)}) is None
 
 
 def test_the_fallback_waits_for_min_windows_and_keeps_a_margin_both_ways():

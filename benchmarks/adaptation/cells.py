@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from benchmarks.torch_tent import tent_predictions
-from edge_ttt.adapt.engine import DEFAULT_POLICY, POLICIES, Engine, Predictions
+from edge_ttt.adapt.engine import DEFAULT_POLICY, POLICIES, Engine
 from edge_ttt.adapt.estimates import class_prior, device_estimates, stream_estimate
 from edge_ttt.adapt.fallback import DEFAULT_FALLBACK, FallbackOptions
 from edge_ttt.adapt.ort_model import OrtModel
@@ -128,58 +128,41 @@ def per_device(
     ]
 
 
-@dataclass
-class Served:
-    """Per window of a cell: the served class and estimate, the source model's class and estimate
-    (-1 and NaN where the source pass did not run)."""
-
-    classes: np.ndarray
-    score: np.ndarray
-    source_classes: np.ndarray
-    source_score: np.ndarray
-
-    @classmethod
-    def empty(cls, n: int) -> Served:
-        return cls(np.full(n, -1, np.int64), np.full(n, np.nan), np.full(n, -1, np.int64), np.full(n, np.nan))
-
-    def put(self, at: slice, out: Predictions) -> None:
-        self.classes[at], self.score[at] = out.classes, out.estimated_correct
-        self.source_classes[at], self.source_score[at] = out.source_classes, out.source_estimated_correct
-
-
 def run_cell(cell: Cell, paths: ModelPaths, log: RecordedLog) -> dict:
     """Replay the cell's stream through a fresh engine (or the torch Tent): accuracy, the label-free
-    estimates (none for the torch Tent), per device and in total, counters, timing."""
+    estimates (the torch Tent has no source one), per device and in total, counters, timing."""
     bundle = load_bundle(paths.bundle)
     info = bundle.manifest.model
     check_compatible(log, info.channels, info.sample_rate_hz, "target log")
     stream, devices = make_stream(log, cell, info.window, info.hop)
-    served = Served.empty(len(stream))
+    served = np.full(len(stream), -1, np.int64)
+    source = np.full(len(stream), -1, np.int64)  # the source model's classes, where it ran
     counters = None
     if cell.policy == TORCH_TENT:
         torch.set_num_threads(1)  # a cell is single-threaded whoever runs it (ORT: threads=1 below)
         model = load_checkpoint(paths.checkpoint).model
         start = time.perf_counter()
-        served.classes[:] = tent_predictions(model, stream.x, cell.batch_size, TORCH_TENT_LR)
+        served[:] = tent_predictions(model, stream.x, cell.batch_size, TORCH_TENT_LR)
     else:
         how = variant(cell.policy)
         engine = Engine(OrtModel(bundle, threads=1), how.policy, how.options, fallback=how.fallback)
         start = time.perf_counter()
         for i in range(0, len(stream), cell.batch_size):
-            served.put(slice(i, i + cell.batch_size), engine.process(stream.x[i : i + cell.batch_size]))
+            out = engine.process(stream.x[i : i + cell.batch_size])
+            served[i : i + cell.batch_size], source[i : i + cell.batch_size] = out.classes, out.source_classes
         counters = engine.counters.as_dict()
     elapsed = time.perf_counter() - start
-    # As `edge-ttt replay` estimates: per device, capped by the predicted class mix.
+    # As `edge-ttt replay` estimates: per device, from the predicted class mix.
     prior = class_prior(bundle.manifest)
-    estimated = device_estimates(served.score, served.classes, devices, prior)
-    source = device_estimates(served.source_score, served.source_classes, devices, prior)
+    estimated = device_estimates(served, devices, prior)
+    source_estimated = device_estimates(source, devices, prior)
     return {
         **dataclasses.asdict(cell),
         "windows": len(stream),
-        "accuracy": accuracy(stream.label, served.classes),
+        "accuracy": accuracy(stream.label, served),
         "estimated_accuracy": stream_estimate(estimated),
-        "source_estimated_accuracy": stream_estimate(source),
-        "devices": per_device(devices, stream.label, served.classes, estimated, source),
+        "source_estimated_accuracy": stream_estimate(source_estimated),
+        "devices": per_device(devices, stream.label, served, estimated, source_estimated),
         "counters": counters,
         "ms_per_window": 1000 * elapsed / max(len(stream), 1),
     }

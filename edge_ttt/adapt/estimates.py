@@ -63,22 +63,23 @@ def class_mix_cap(classes: np.ndarray, prior: np.ndarray) -> float:
 
 
 def device_estimates(
-    score: np.ndarray, classes: np.ndarray, devices: np.ndarray, prior: np.ndarray
+    classes: np.ndarray, devices: np.ndarray, prior: np.ndarray
 ) -> dict[Any, tuple[int, float | None]]:
-    """Per device over a whole stream: (windows with an estimate, the share of them estimated
-    right capped by `class_mix_cap` of their predicted classes); None without any. Windows whose
-    score is NaN (the model did not run) do not count.
+    """Per device over a whole stream: (windows the model predicted, `class_mix_cap` of their
+    classes); None where the model predicted none (class -1: it did not run).
 
-    >>> stuck = device_estimates(np.ones(4), np.zeros(4, np.int64), np.array(["a"] * 4), np.full(2, 0.5))
+    Over a device's whole stream the classes come close to the source proportions, and there the
+    bound is a better estimate than the windows' `likely_right` share, which reads a less
+    confident adapted model as a worse one (docs/adaptation.md has the comparison).
+
+    >>> stuck = device_estimates(np.zeros(4, np.int64), np.array(["a"] * 4), np.full(2, 0.5))
     >>> stuck["a"]
     (4, 0.5)
     """
     out = {}
     for d in np.unique(devices):
-        own = (devices == d) & np.isfinite(score)
-        share = float(score[own].mean()) if own.any() else None
-        capped = None if share is None else min(share, class_mix_cap(classes[own], prior))
-        out[d] = (int(own.sum()), capped)
+        own = (devices == d) & (classes >= 0)
+        out[d] = (int(own.sum()), class_mix_cap(classes[own], prior) if own.any() else None)
     return out
 
 
