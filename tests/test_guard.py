@@ -28,6 +28,17 @@ def test_each_check_flags_what_it_names_and_nothing_else():
     assert v.valid.tolist() == [True, False, False, False]
 
 
+def test_near_constant_channels_count_as_flat_by_default():
+    """A channel that wobbles by 1 % of its source spread (the issue's stuck sensor) is flat; one
+    that moves as little as the stillest real window (0.15 source stds) is not."""
+    limits = InputLimits(mean=np.zeros(2), std=np.array([1.0, 3.0]))
+    rng = np.random.default_rng(1)
+    x = np.concatenate([window(rng), window(rng), window(rng)])
+    x[0, 1] = 2.0 + 0.01 * 3.0 * np.linspace(-0.5, 0.5, 32)  # spans 1 % of the std
+    x[1, 1] = 2.0 + 0.15 * 3.0 * np.linspace(-0.5, 0.5, 32)  # spans 15 %
+    assert check_windows(x, limits).flat.tolist() == [True, False, False]
+
+
 def test_inf_is_nonfinite_and_a_nan_window_is_not_also_called_flat():
     x = window(np.random.default_rng(1))
     x[0, 0, 0] = -np.inf
