@@ -13,7 +13,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from benchmarks.adaptation import (  # noqa: E402
-    NO_FALLBACK,
+    FALLBACK_COLUMN,
     ORDERS,
     TORCH_TENT,
     Cell,
@@ -142,7 +142,7 @@ def test_cells_carry_per_device_accuracy_and_estimates(model_paths):
     log = synthetic_log(devices=3, seconds=20)
     cells = {
         column: run_cell(Cell("cnn-bn", "noise", 4, "recorded", 4, column, seed=0), model_paths, log)
-        for column in ("source", "steady", NO_FALLBACK, "tent", TORCH_TENT)
+        for column in ("source", "steady", FALLBACK_COLUMN, "tent", TORCH_TENT)
     }
     for column, r in cells.items():
         assert [d["device"] for d in r["devices"]] == ["dev0", "dev1", "dev2"], column
@@ -151,16 +151,16 @@ def test_cells_carry_per_device_accuracy_and_estimates(model_paths):
         # The estimate comes from the predicted classes, so the torch Tent has one too.
         assert weighted(r["devices"], "estimated_accuracy") == pytest.approx(r["estimated_accuracy"])
         assert 0.0 <= r["estimated_accuracy"] <= 1.0
-    # The source model estimates itself; the default policy (with its fallback) runs the source
+    # The source model estimates itself; the default policy with the fallback runs the source
     # model beside it, so it has the same estimate of it; without the fallback there is none.
-    source, default = cells["source"], cells["steady"]
+    source, default = cells["source"], cells[FALLBACK_COLUMN]
     assert source["source_estimated_accuracy"] == source["estimated_accuracy"]
     assert default["source_estimated_accuracy"] == pytest.approx(source["estimated_accuracy"])
     assert weighted(default["devices"], "source_estimated_accuracy") == pytest.approx(
         default["source_estimated_accuracy"]
     )
     assert {"fallbacks", "windows_on_source"} <= set(default["counters"])
-    for column in (NO_FALLBACK, "tent", TORCH_TENT):
+    for column in ("steady", "tent", TORCH_TENT):
         r = cells[column]
         assert r["source_estimated_accuracy"] is None
         assert all(d["source_estimated_accuracy"] is None for d in r["devices"])
@@ -189,19 +189,28 @@ def test_main_writes_results_that_do_not_depend_on_jobs(model_paths, tmp_path):
         "--batch-sizes",
         "16",
     ]
-    args += ["--policies", "source,steady", "--no-torch-tent", "--cache", str(model_paths.bundle.parent)]
+    args += [
+        "--policies",
+        f"source,steady,{FALLBACK_COLUMN}",
+        "--no-torch-tent",
+        "--cache",
+        str(model_paths.bundle.parent),
+    ]
     main([*args, "--jobs", "1", "--out", str(tmp_path / "one")])
     main([*args, "--jobs", "2", "--out", str(tmp_path / "two")])
     one, two = (json.loads((tmp_path / d / "adaptation.json").read_text()) for d in ("one", "two"))
     assert [c["accuracy"] for c in one["cells"]] == [c["accuracy"] for c in two["cells"]]
     assert [c["devices"] for c in one["cells"]] == [c["devices"] for c in two["cells"]]
     assert [(c["corruption"], c["policy"]) for c in one["cells"]] == [
-        (name, policy) for name in ("clean", "bias", "wrist") for policy in ("source", "steady")
+        (name, policy)
+        for name in ("clean", "bias", "wrist")
+        for policy in ("source", "steady", FALLBACK_COLUMN)
     ]
     meta = one["meta"]
     assert meta["git_commit"] and meta["models"]["cnn-bn"]["bundle_sha256"]
     assert (
-        meta["columns"]["steady"]["fallback"] == meta["fallback"]
+        meta["columns"][FALLBACK_COLUMN]["fallback"] == meta["fallback"]
+        and meta["columns"]["steady"]["fallback"] is None
         and meta["columns"]["source"]["fallback"] is None
     )
     assert len(one["cells"][0]["devices"]) == 10  # the target subjects' devices
@@ -209,4 +218,6 @@ def test_main_writes_results_that_do_not_depend_on_jobs(model_paths, tmp_path):
     for row in ("original | **mean over corruptions**", "deployment | **mean over deployment shifts**"):
         assert f"| shuffled | 16 | {row} |" in report
     assert "| shuffled | 16 | deployment | wrist |" in report and "## Targets" in report
-    assert "| order | batch | shift | served | estimated |" in report
+    assert (
+        f"| order | batch | shift | steady | estimated | source | estimated | {FALLBACK_COLUMN} |" in report
+    )

@@ -13,7 +13,7 @@ Parts: `cells` (streams, one cell, the workers), `models` (the trained models' c
 
 from benchmarks.adaptation.cells import (
     COLUMNS,
-    NO_FALLBACK,
+    FALLBACK_COLUMN,
     ORDERS,
     TORCH_TENT,
     TORCH_TENT_LR,
@@ -41,8 +41,8 @@ __all__ = [
     "AUX_POLICY",
     "COLUMNS",
     "FAIL",
+    "FALLBACK_COLUMN",
     "NOT_MEASURED",
-    "NO_FALLBACK",
     "ORDERS",
     "PASS",
     "TARGET_MODEL",

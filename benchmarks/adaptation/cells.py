@@ -44,22 +44,20 @@ class Variant:
     fallback: FallbackOptions | None = None
 
 
-NO_FALLBACK = f"{DEFAULT_POLICY}-nofallback"
-# Columns that are not a policy as published: name -> Variant.
+FALLBACK_COLUMN = f"{DEFAULT_POLICY}-fallback"
+# Columns that are not a policy as the engine runs it by default: name -> Variant.
 VARIANTS = {
     "ttt-episodic": Variant("ttt", {"episodic": True}),
-    NO_FALLBACK: Variant(DEFAULT_POLICY),  # shows what the fallback adds to the default policy
+    # The default policy with the opt-in fallback to source (docs/adaptation.md).
+    FALLBACK_COLUMN: Variant(DEFAULT_POLICY, fallback=DEFAULT_FALLBACK),
 }
 COLUMNS = (*POLICIES, *VARIANTS)
 
 
 def variant(column: str) -> Variant:
-    """A column's engine settings: a variant's own, else the policy as published (no fallback),
-    except the default policy, which runs with the fallback's default options (opt-in in the agent
-    and replay until the estimates are good enough: docs/adaptation.md)."""
-    if column in VARIANTS:
-        return VARIANTS[column]
-    return Variant(column, fallback=DEFAULT_FALLBACK if column == DEFAULT_POLICY else None)
+    """A column's engine settings: a variant's own, else the policy as the engine runs it by
+    default (no fallback), as the agent and replay do."""
+    return VARIANTS.get(column, Variant(column))
 
 
 @dataclass(frozen=True)

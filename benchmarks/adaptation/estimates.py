@@ -1,7 +1,5 @@
 """The label-free accuracy estimates next to the truth, per (stream, device): what the estimate
-target judges. A cell knows its served predictions' true accuracy, but the source model's true
-accuracy on the same windows is in the `source` cell of the same stream, so the pairs are built
-across cells here."""
+target judges (the default policy's cells, and the `source` cells for the source model)."""
 
 from __future__ import annotations
 
@@ -23,38 +21,13 @@ class Pair:
         return self.estimated - self.true
 
 
-def _cells(results: list[dict], model: str, batch: int, severity: int, policy: str) -> dict[tuple, dict]:
-    return {
-        (r["corruption"], r["order"]): r
-        for r in results
+def estimate_pairs(results: list[dict], model: str, batch: int, severity: int, policy: str) -> list[Pair]:
+    """For `policy`'s cells: its estimate of the accuracy it served against that accuracy, per
+    (stream, device) with both known."""
+    return [
+        Pair(r["corruption"], r["order"], d["device"], 100 * d["estimated_accuracy"], 100 * d["accuracy"])
+        for r in sorted(results, key=lambda r: (r["corruption"], r["order"]))
         if (r["model"], r["batch_size"], r["severity"], r["policy"]) == (model, batch, severity, policy)
-    }
-
-
-def estimate_pairs(
-    results: list[dict], model: str, batch: int, severity: int, policy: str
-) -> tuple[list[Pair], list[Pair]]:
-    """For `policy`'s cells: (its estimate of the served accuracy vs that accuracy) and (its
-    estimate of the source model's accuracy vs the `source` cell's accuracy on the same stream),
-    per device with both numbers known."""
-    served, source = [], []
-    sources = _cells(results, model, batch, severity, "source")
-    for (corruption, order), cell in sorted(_cells(results, model, batch, severity, policy).items()):
-        truth = {d["device"]: d["accuracy"] for d in sources.get((corruption, order), {}).get("devices", [])}
-        for d in cell.get("devices", []):
-            if d["accuracy"] is not None and d["estimated_accuracy"] is not None:
-                served.append(
-                    Pair(corruption, order, d["device"], 100 * d["estimated_accuracy"], 100 * d["accuracy"])
-                )
-            true_source = truth.get(d["device"])
-            if true_source is not None and d["source_estimated_accuracy"] is not None:
-                source.append(
-                    Pair(
-                        corruption,
-                        order,
-                        d["device"],
-                        100 * d["source_estimated_accuracy"],
-                        100 * true_source,
-                    )
-                )
-    return served, source
+        for d in r.get("devices", [])
+        if d["accuracy"] is not None and d["estimated_accuracy"] is not None
+    ]
