@@ -207,3 +207,28 @@ def test_a_clean_stop_ships_the_open_interval_and_a_restart_stores_nothing_twice
     finally:
         collector.stop()
         listener.close()
+
+
+def test_the_collector_acknowledges_a_resent_summary_again_without_a_second_row(tmp_path, broker):
+    from edge_ttt.drift.acks import parse_ack
+    from tests.test_monitor_collector import T0, make_summary, messages, publish, publisher
+
+    location = tmp_path / "fleet"
+    collector = Running(config(broker.port, str(location)))
+    acks: list[tuple[str, list[str]]] = []
+    agents = publisher(broker.port)
+    agents.on_message = lambda _c, _u, msg: acks.append((msg.topic, parse_ack(msg.payload)))
+    agents.subscribe("edge-ttt/+/drift/ack", qos=1)
+    s = make_summary("dev-r", T0)
+    try:
+        time.sleep(0.3)  # the subscription is in place
+        publish(agents, "dev-r", messages(s))
+        assert wait_for(lambda: acks == [("edge-ttt/dev-r/drift/ack", [s.summary_id])])
+        assert stored_ids(str(location)) == [s.summary_id]  # acknowledged only once written
+        publish(agents, "dev-r", messages(s))  # its acknowledgement was lost: the agent sends it again
+        assert wait_for(lambda: len(acks) == 2 and acks[1] == acks[0])
+    finally:
+        collector.stop()
+        agents.disconnect()
+        agents.loop_stop()
+    assert stored_ids(str(location)) == [s.summary_id]
