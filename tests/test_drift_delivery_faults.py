@@ -225,8 +225,11 @@ def test_the_collector_acknowledges_a_resent_summary_again_without_a_second_row(
         publish(agents, "dev-r", messages(s))
         assert wait_for(lambda: acks == [("edge-ttt/dev-r/drift/ack", [s.summary_id])])
         assert stored_ids(str(location)) == [s.summary_id]  # acknowledged only once written
+        assert len(messages(s)) > 1  # chunked: one acknowledgement per copy, not per chunk
         publish(agents, "dev-r", messages(s))  # its acknowledgement was lost: the agent sends it again
         assert wait_for(lambda: len(acks) == 2 and acks[1] == acks[0])
+        time.sleep(0.3)
+        assert len(acks) == 2
     finally:
         collector.stop()
         agents.disconnect()

@@ -93,9 +93,11 @@ class Collector:
             duplicates = self.receiver.counters.duplicates
             table = self.receiver.accept(payload)
             try:
-                summary_id: str | None = parse_message(payload).summary_id
+                chunk = parse_message(payload)
+                summary_id: str | None = chunk.summary_id
+                last_chunk = chunk.index == chunk.count - 1
             except MessageError:
-                summary_id = None
+                summary_id, last_chunk = None, False
             ack_now: list[int] = []
             if table is not None:
                 self._pending.append(table)
@@ -107,7 +109,7 @@ class Collector:
             else:
                 ack_now = [mid, *self._unacked.pop(str(summary_id), [])]  # duplicate, corrupt or junk
                 stored = self.receiver.counters.duplicates > duplicates and summary_id not in self._batch_ids
-                if stored and topic is not None:  # written before: tell the agent (again)
+                if stored and last_chunk and topic is not None:  # written before: tell the agent again, once
                     self._tell_agents({str(summary_id): topic})
             self._warn_rejected()
             waiting = len(self._to_ack) + sum(map(len, self._unacked.values()))
