@@ -129,6 +129,7 @@ def start_agents(agents: Agents, dirs: RunDirs, bundle: Path, mqtt: dict[str, An
             bundle=bundle,
             mqtt=mqtt,
             drift_topic=drift,
+            collected=policy == DEFAULT_POLICY,
         )
         agents.start(name, config, dirs.rundir / f"{name}.log")
 

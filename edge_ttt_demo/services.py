@@ -49,9 +49,17 @@ def _toml(value: Any) -> str:
 
 
 def agent_config(
-    path: Path, *, agent: str, policy: str, bundle: Path, mqtt: dict[str, Any], drift_topic: str
+    path: Path,
+    *,
+    agent: str,
+    policy: str,
+    bundle: Path,
+    mqtt: dict[str, Any],
+    drift_topic: str,
+    collected: bool = True,
 ) -> Path:
-    """An agent's TOML for this run: its own state and spool, summaries every 40 windows."""
+    """An agent's TOML for this run: its own state and spool, summaries every 40 windows.
+    `collected`: a collector acknowledges its summaries (else a stop does not wait for them)."""
     run = path.parent / agent
     sections = {
         "agent": {"id": agent},
@@ -64,6 +72,7 @@ def agent_config(
             "interval_s": 60.0,
             "interval_windows": 40,
             "spool_dir": run / "spool",
+            "stop_timeout_s": 10.0 if collected else 0.0,
         },
         "logging": {"level": "info", "json": False},
     }

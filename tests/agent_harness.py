@@ -19,9 +19,18 @@ T0 = 1_704_067_200_000_000_000
 
 
 def write_config(
-    tmp_path: Path, bundle_dir: Path, port: int, mqtt: str = "", checkpoint_s: float = 300.0, extra: str = ""
+    tmp_path: Path,
+    bundle_dir: Path,
+    port: int,
+    mqtt: str = "",
+    checkpoint_s: float = 300.0,
+    extra: str = "",
+    drift: str = "",
 ) -> Path:
-    """An agent config for the test broker; `mqtt` adds keys to [mqtt], `extra` whole sections."""
+    """An agent config for the test broker; `mqtt` and `drift` add keys to [mqtt] and [drift] (a
+    stop waits at most 0.5 s for acknowledgements unless `drift` says otherwise), `extra` whole sections."""
+    if "stop_timeout_s" not in drift:
+        drift = f"stop_timeout_s = 0.5\n{drift}"
     text = f"""
 [agent]
 id = "test-agent"
@@ -37,6 +46,8 @@ interval_s = 0.3
 [state]
 dir = "{tmp_path / "state"}"
 checkpoint_interval_s = {checkpoint_s}
+[drift]
+{drift}
 {extra}
 """
     path = tmp_path / "agent.toml"

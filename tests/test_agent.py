@@ -196,20 +196,26 @@ def test_predictions_can_be_batched(tmp_path, bundle_dir, broker):
 def test_drift_summaries_are_spooled_and_shipped_per_device(tmp_path, bundle_dir, broker):
     from edge_ttt.drift.receiver import Receiver
     from edge_ttt.drift.schema import from_table
+    from tests.test_monitor_collector import Running
+    from tests.test_monitor_collector import config as monitor_config
 
-    extra = '[drift]\ninterval_windows = 4\nspool_dir = "spool"\n'
-    agent = Agent(load_config(write_config(tmp_path, bundle_dir, broker.port, extra=extra)))
+    drift = 'interval_windows = 4\nspool_dir = "spool"\n'
+    agent = Agent(load_config(write_config(tmp_path, bundle_dir, broker.port, drift=drift)))
     listener = Listener(broker.port, ["edge-ttt/+/drift"])
+    collector = Running(monitor_config(broker.port, str(tmp_path / "fleet")))
     thread = start(agent)
     try:
         for device in ("dev-d", "dev-e"):
             for frame in frames(12):  # 8 windows: two summaries of 4 each
                 listener.publish(f"edge-ttt/{device}/dt/0", encode(frame))
         assert wait_for(lambda: len(listener.raw) >= 4)
+        # the collector stored them and said so: they leave the spool
+        assert wait_for(lambda: agent.spool.counters.shipped == 4 and not agent.spool.pending())
     finally:
         agent.stop_event.set()
         thread.join(10)
         listener.close()
+        collector.stop()
     receiver = Receiver()
     tables = [t for _, payload in listener.raw if (t := receiver.accept(payload)) is not None]
     summaries = [s for t in tables for s in from_table(t)]
@@ -218,6 +224,7 @@ def test_drift_summaries_are_spooled_and_shipped_per_device(tmp_path, bundle_dir
     assert {t.split("/")[1] for t, _ in listener.raw} == {"dev-d", "dev-e"}  # each on its device's topic
     assert len({s.summary_id for s in summaries}) == 4
     assert not list((tmp_path / "spool").glob("*.parquet"))  # acknowledged, so gone from the spool
+    assert agent.status()["counters"]["drift_shipped"] == 4
 
 
 def test_health_reads_the_local_status_file(tmp_path, bundle_dir, broker):

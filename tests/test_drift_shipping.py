@@ -1,15 +1,16 @@
-"""Shipping drift summaries over a real mosquitto: outages, restarts, the bound, chunks, corruption."""
+"""Shipping drift summaries over a real mosquitto: outages, restarts, the bound, chunks, corruption.
+The receiving side (`Home`) acknowledges what it accepted, as the fleet collector does."""
 
 from __future__ import annotations
 
-import signal
 import threading
 import time
 
 import paho.mqtt.client as paho
 import pytest
-from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.enums import CallbackAPIVersion
 
+from edge_ttt.drift.acks import ack_topic, encode_ack
 from edge_ttt.drift.receiver import MessageError, Receiver, parse_message
 from edge_ttt.drift.schema import to_parquet
 from edge_ttt.drift.shipper import Shipper, drift_topic, encode_chunks
@@ -36,17 +37,21 @@ def home_broker(broker, tmp_path):
 
 
 def client(port: int, client_id: str, clean: bool = True) -> paho.Client:
+    """An agent's client: it subscribes to its acknowledgements on every connect."""
     c = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=clean)
     c.reconnect_delay_set(min_delay=1, max_delay=1)
+    c.on_connect = lambda c, *_: c.subscribe(ack_topic(TOPIC), qos=1)
     c.connect_async("127.0.0.1", port)
     c.loop_start()
     return c
 
 
 class Home:
-    """The receiving side: a persistent-session subscriber feeding a `Receiver`."""
+    """The receiving side: a persistent-session subscriber feeding a `Receiver`; it acknowledges
+    every summary it has (`acks=False`: none, a collector that never writes)."""
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, acks: bool = True) -> None:
+        self.acks = acks
         self.receiver = Receiver()
         self.ids: list[str] = []
         self.lock = threading.Lock()
@@ -65,6 +70,9 @@ class Home:
             table = self.receiver.accept(msg.payload)
             if table is not None:
                 self.ids.extend(table["summary_id"].to_pylist())
+            sid = parse_message(msg.payload).summary_id
+            if self.acks and sid in self.receiver.seen:  # new or a duplicate: stored, say so
+                self.client.publish(ack_topic(msg.topic), encode_ack([sid]), qos=1)
 
     def accepted(self) -> list[str]:
         with self.lock:
@@ -82,8 +90,10 @@ def home(home_broker):
     h.close()
 
 
-def shipper_for(port: int, spool: Spool, chunk_bytes: int = 64_000) -> Shipper:
-    shipper = Shipper(client(port, "dev-1"), spool, TOPIC, chunk_bytes=chunk_bytes)
+def shipper_for(port: int, spool: Spool, chunk_bytes: int = 64_000, ack_timeout_s: float = 60.0) -> Shipper:
+    shipper = Shipper(
+        client(port, "dev-1"), spool, TOPIC, chunk_bytes=chunk_bytes, ack_timeout_s=ack_timeout_s
+    )
     shipper.start(interval_s=0.05)
     return shipper
 
@@ -141,6 +151,7 @@ def test_a_long_outage_keeps_the_spool_within_its_bound_and_ships_the_newest(hom
     try:
         assert wait_for(shipper.client.is_connected)
         home_broker.stop()
+        assert wait_for(lambda: not shipper.client.is_connected())  # nothing in flight: drops are losses
         made = [summary(i) for i in range(20)]
         for s in made:
             shipper.submit(s)
@@ -210,65 +221,26 @@ def test_incomplete_files_are_evicted_beyond_the_bound():
     assert receiver.counters.evicted == 1
 
 
-def test_a_file_leaves_the_spool_only_after_the_broker_acknowledged_it(home_broker, home, tmp_path):
-    shipper = shipper_for(home_broker.port, Spool(tmp_path, 10**7))
+def test_a_file_leaves_the_spool_only_after_the_collector_acknowledged_it(home_broker, tmp_path):
+    """The broker's PUBACK is not enough (it may crash before it saves the message): without the
+    collector's acknowledgement the file stays, and goes again after the timeout."""
+    silent = Home(home_broker.port, acks=False)  # receives, never acknowledges
+    shipper = shipper_for(home_broker.port, Spool(tmp_path, 10**7), ack_timeout_s=1.0)
     try:
-        assert wait_for(shipper.client.is_connected)
-        home_broker.process.send_signal(signal.SIGSTOP)  # connected, but no PUBACK comes
-        try:
-            s = summary()
-            shipper.submit(s)
-            assert wait_for(lambda: shipper.messages_sent > 0)  # handed to paho, sent on the socket
-            time.sleep(1.0)
-            assert shipper.pending() == 1
-        finally:
-            home_broker.process.send_signal(signal.SIGCONT)
-        assert wait_for(lambda: shipper.pending() == 0 and home.accepted() == [s.summary_id])
+        s = summary()
+        shipper.submit(s)
+        assert wait_for(lambda: silent.accepted() == [s.summary_id])  # PUBACKed, delivered
+        assert wait_for(lambda: shipper.spool.counters.resent >= 2, 10)
+        assert shipper.pending() == 1 and silent.receiver.counters.duplicates >= 2
     finally:
+        silent.close()
+    home = Home(home_broker.port)  # a collector that acknowledges: the next re-send is stored
+    try:
+        assert wait_for(lambda: shipper.pending() == 0 and home.accepted() == [s.summary_id], 10)
+        assert shipper.spool.counters.shipped == 1
+    finally:
+        home.close()
         close(shipper)
-
-
-class FakeInfo:
-    """paho's `MQTTMessageInfo` contract: `is_published()` raises for a refused publish."""
-
-    def __init__(self, rc: MQTTErrorCode) -> None:
-        self.rc = rc
-        self.published = False
-
-    def is_published(self) -> bool:
-        if self.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
-            raise RuntimeError(f"Message publish failed: {self.rc}")
-        return self.published
-
-
-class FlakyClient:
-    """Connected, but the first publish is refused (the connection dropped during the call)."""
-
-    def __init__(self) -> None:
-        self.infos: list[FakeInfo] = []
-
-    def is_connected(self) -> bool:
-        return True
-
-    def publish(self, topic: str, payload: bytes, qos: int) -> FakeInfo:
-        refused = not self.infos
-        self.infos.append(
-            FakeInfo(MQTTErrorCode.MQTT_ERR_NO_CONN if refused else MQTTErrorCode.MQTT_ERR_SUCCESS)
-        )
-        return self.infos[-1]
-
-
-def test_a_refused_publish_keeps_the_file_and_sends_it_again(tmp_path):
-    shipper = Shipper(FlakyClient(), Spool(tmp_path, 10**7), TOPIC)
-    shipper.submit(summary())
-    shipper.pump()
-    shipper.pump()  # the refused one is not tracked: it goes again
-    assert len(shipper.client.infos) == 2 and shipper.pending() == 1
-    shipper.pump()  # in flight, not acknowledged: not sent a third time, still spooled
-    assert len(shipper.client.infos) == 2 and shipper.pending() == 1
-    shipper.client.infos[1].published = True
-    shipper.pump()
-    assert shipper.pending() == 0 and shipper.spool.counters.shipped == 1
 
 
 def test_chunks_of_a_resend_chunked_differently_do_not_mix():

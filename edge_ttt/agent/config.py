@@ -23,9 +23,10 @@ from edge_ttt.agent.checkpoints import StateSection
 from edge_ttt.agent.publisher import PredictionsSection
 from edge_ttt.agent.status import StatusSection
 from edge_ttt.config_file import ConfigPath, Section, read_toml, section_at, validate_file
+from edge_ttt.drift.acks import ACK_LEVEL
 from edge_ttt.stream.mqtt_settings import MqttSection
 from edge_ttt.stream.settings import QueueSection, WindowingSection
-from edge_ttt.stream.topics import DeviceTopic, levels, may_overlap
+from edge_ttt.stream.topics import DeviceTopic, levels, may_overlap, subscription
 
 __all__ = [
     "AgentConfig",
@@ -119,6 +120,9 @@ class DriftSection(Section):
     spool_dir: ConfigPath = Field(Path("drift-spool"), validate_default=True)
     spool_max_bytes: int = Field(64 * 2**20, ge=1, description="oldest summaries go first beyond this")
     chunk_bytes: int = Field(64_000, ge=1024, description="larger summaries travel in several messages")
+    ack_timeout_s: float = Field(60.0, gt=0, description="send again what the collector has not acknowledged")
+    max_inflight: int = Field(32, ge=1, description="summaries sent and awaiting their acknowledgement")
+    stop_timeout_s: float = Field(10.0, ge=0, description="at a clean stop, shipping may take this long")
 
 
 class LoggingSection(Section):
@@ -170,6 +174,11 @@ class AgentConfig(Section):
                 f"topic {section.topic!r} can match mqtt.sensor_topic {mqtt.sensor_topic!r}, so the agent "
                 f"would read its own messages as sensor frames; change {info.field_name}.topic"
             )
+        if isinstance(section, DriftSection) and may_overlap([*published, ACK_LEVEL], mqtt.sensor_levels()):
+            raise ValueError(
+                f"the acknowledgement topic {section.topic + '/' + ACK_LEVEL!r} can match mqtt.sensor_topic "
+                f"{mqtt.sensor_topic!r}, so acknowledgements would be read as frames; change drift.topic"
+            )
         return section
 
     def prediction_topic(self, device: str) -> str:
@@ -180,6 +189,10 @@ class AgentConfig(Section):
 
     def drift_topic(self, device: str) -> str:
         return self.drift.topic.format(prefix=self.mqtt.prefix, device=device)
+
+    def drift_ack_subscription(self) -> str:
+        """Every device's acknowledgement topic: the drift topic, `+` for the device, then `ack`."""
+        return subscription([*levels(self.drift.topic, prefix=self.mqtt.prefix), ACK_LEVEL])
 
 
 def load_config(path: str | os.PathLike[str], *, check_files: bool = True) -> AgentConfig:

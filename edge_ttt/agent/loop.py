@@ -74,9 +74,19 @@ class Agent:
         self.counters = AgentCounters()
         self.stop_event = threading.Event()
         self._warn = RateLimitedLog(log)
-        self.transport = MqttTransport(cfg.mqtt, cfg.agent.id, cfg.status_topic(), self._received)
+        acks = cfg.drift_ack_subscription()
+        self.transport = MqttTransport(cfg.mqtt, cfg.agent.id, cfg.status_topic(), self._received, (acks,))
         self.spool = Spool(cfg.drift.spool_dir, cfg.drift.spool_max_bytes)
-        self.shipper = Shipper(self.transport.client, self.spool, cfg.drift_topic, cfg.drift.chunk_bytes)
+        d = cfg.drift
+        self.shipper = Shipper(
+            self.transport.client,
+            self.spool,
+            cfg.drift_topic,
+            d.chunk_bytes,
+            d.max_inflight,
+            d.ack_timeout_s,
+            acks,
+        )
         sha = self.model.bundle_sha256
         self.publisher = PredictionPublisher(
             cfg.predictions, cfg.prediction_topic, self.transport.publish, self.manifest.model.classes, sha
@@ -121,10 +131,17 @@ class Agent:
         finally:
             self.checkpoint()
             self.pipelines.close_summaries(final=True)
-            self.shipper.pump()  # hand the last ones to paho; the spool keeps whatever is not acked
+            self.ship_before_stop()
             self.reporter.publish("offline")
             self.transport.stop(counters=self.status()["counters"])
-            self.shipper.stop()
+
+    def ship_before_stop(self) -> None:
+        """Ship what the fleet acknowledges within `drift.stop_timeout_s`; the rest stays spooled
+        for the next start (which sends it again: the collector stores each summary once)."""
+        self.shipper.stop()
+        left = self.shipper.drain(self.cfg.drift.stop_timeout_s)
+        fields = {"spooled": left, "shipped": self.spool.counters.shipped}
+        (log.warning if left else log.info)("drift summaries left in the spool", extra={"fields": fields})
 
     def handle(self, message: Message) -> None:
         """Route a message to its stream's pipeline; a frame that cannot go there is counted."""

@@ -1,10 +1,12 @@
-"""Store and forward: spool files go to `<prefix>/<device>/drift` at QoS 1, and leave the spool
-only once the broker has acknowledged every chunk (paho's `MQTTMessageInfo.is_published()`,
-set by its PUBACK handling for that message id).
-
-paho keeps unacknowledged QoS 1 messages in memory and sends them again after a reconnect; the
-spool covers what memory cannot: a restart of the agent ships whatever is still on disk. Either
-way a summary can arrive twice, so the receiver de-duplicates by summary id.
+"""Store and forward with end-to-end acknowledgement: spool files go to `<prefix>/<device>/drift`
+at QoS 1 and leave the spool only when the fleet collector says it has stored them, on the
+acknowledgement topic `<prefix>/<device>/drift/ack` (acks.py). A broker's PUBACK only means
+the broker took a message; a broker that crashes before its next autosave loses it, so it is not
+enough to delete on. What stays unacknowledged for `ack_timeout_s`, or is in flight across a
+reconnect, is sent again; a PUBACK with a failure reason code (e.g. 0x87 not authorized) is a
+refusal: the file stays, the refusal is counted and logged (rate-limited), and it goes again after
+`ack_timeout_s` or the next reconnect. Re-sending means a summary can arrive twice: the collector
+de-duplicates by summary id and acknowledges the copy again.
 
 Message = one header line of JSON (`MESSAGE_FORMAT`, `v`, summary `id`, file `sha256`, chunk
 `index` and `count`, total `size` in bytes), a newline, then the chunk's bytes.
@@ -15,17 +17,23 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import threading
+import time
+from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 from paho.mqtt.enums import MQTTErrorCode
 
+from edge_ttt.drift.acks import ack_topic, parse_ack
 from edge_ttt.drift.schema import SchemaError, read_bytes, to_parquet
 from edge_ttt.drift.spool import Spool, summary_id_of
 from edge_ttt.drift.summary import DriftSummary
+from edge_ttt.logs import RateLimitedLog
 
 log = logging.getLogger(__name__)
 
@@ -68,10 +76,22 @@ def encode_chunks(summary_id: str, data: bytes, chunk_bytes: int) -> list[bytes]
     return messages
 
 
+@dataclass
+class _Flight:
+    """A file sent and not yet acknowledged by the collector."""
+
+    summary_id: str
+    sent: float  # time.monotonic() of the last send
+    mids: set[int] = field(default_factory=set)
+    resend: bool = False  # a reconnect came since the send
+
+
 class Shipper:
     """Ships a spool through a paho client (connected and looping elsewhere, e.g. the agent's
-    transport). At most `max_inflight` files are unacknowledged at a time, oldest first; nothing
-    new is handed to paho while it is disconnected, so an outage grows the spool, not memory."""
+    transport, which subscribes to `ack_filter`). At most `max_inflight` files await their
+    acknowledgement at a time, oldest first; nothing new is handed to paho while it is
+    disconnected, so an outage grows the spool, not memory. All bookkeeping happens in `pump`;
+    paho's callbacks only queue what they saw."""
 
     def __init__(
         self,
@@ -79,67 +99,153 @@ class Shipper:
         spool: Spool,
         topic: str | Callable[[str], str],
         chunk_bytes: int = 64_000,
-        max_inflight: int = 4,
+        max_inflight: int = 32,
+        ack_timeout_s: float = 60.0,
+        ack_filter: str | None = None,
     ) -> None:
         """`topic`: one topic, or a function of the summary's device id (an agent serving several
-        devices ships each device's summaries to `<prefix>/<device>/drift` from one spool)."""
+        devices ships each device's summaries to `<prefix>/<device>/drift` from one spool).
+        `ack_filter`: the subscription acknowledgements arrive on (default: `ack_topic(topic)`)."""
         self.client = client
         self.spool = spool
         self.topic = topic
         self.chunk_bytes = chunk_bytes
         self.max_inflight = max_inflight
+        self.ack_timeout_s = ack_timeout_s
         self.messages_sent = 0
         self.unreadable = 0
-        self._inflight: dict[Path, list[Any]] = {}
+        self._inflight: dict[Path, _Flight] = {}
+        self._refused_until: dict[Path, float] = {}
+        self._acks: deque[str] = deque()  # ids acknowledged, from paho's thread
+        self._refusals: deque[tuple[int, str]] = deque()  # (mid, reason) of failed PUBACKs
+        self._connected = False
+        self._drops_reported = 0
+        self._warn = RateLimitedLog(log, 60.0)
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        previous = client.on_publish
+
+        def on_publish(*args: Any) -> None:  # paho's thread: only note what came back
+            self._published(*args)
+            if previous is not None:
+                previous(*args)
+
+        client.on_publish = on_publish
+        ack_filter = ack_filter or (ack_topic(topic) if isinstance(topic, str) else None)
+        if ack_filter is not None:
+            client.message_callback_add(
+                ack_filter, lambda _c, _u, msg: self._acks.extend(parse_ack(msg.payload))
+            )
+
+    def _published(self, _client, _userdata, mid: int, reason_code, _properties=None) -> None:
+        if getattr(reason_code, "is_failure", False):
+            self._refusals.append((mid, str(reason_code)))
 
     def submit(self, summary: DriftSummary) -> Path:
-        """Into the spool (atomically); shipped by a later `pump`."""
+        """Into the spool (atomically), carrying the spool drops since the previous summary."""
+        dropped = self.spool.counters.dropped
+        summary.spool_dropped = dropped - self._drops_reported
+        self._drops_reported = dropped
         return self.spool.put(summary.summary_id, to_parquet([summary]))
 
     def pump(self) -> None:
-        """Retire acknowledged files, then hand new ones to paho while connected."""
+        """Retire acknowledged files and note refusals; then, while connected, send again what
+        timed out or crossed a reconnect, and hand new files to paho."""
         with self._lock:
-            for path, infos in list(self._inflight.items()):
-                if all(info.is_published() for info in infos):
-                    self.spool.remove(path)
-                    del self._inflight[path]
-            if not self.client.is_connected():
+            now = time.monotonic()
+            connected = self.client.is_connected()
+            if connected and not self._connected:  # (re)connected: what was in flight goes again
+                for flight in self._inflight.values():
+                    flight.resend = True
+                self._refused_until.clear()
+            self._connected = connected
+            while self._acks:
+                self._acknowledged(self._acks.popleft())
+            while self._refusals:
+                self._refused(*self._refusals.popleft(), now)
+            if not connected:
                 return
+            for path, flight in list(self._inflight.items()):
+                if flight.resend or now - flight.sent >= self.ack_timeout_s:
+                    self._resend(path, flight, now)
             for path in self.spool.pending():
                 if len(self._inflight) >= self.max_inflight:
                     break
-                if path in self._inflight:
-                    continue
-                try:
-                    data = path.read_bytes()
-                except FileNotFoundError:  # dropped by the bound meanwhile
-                    continue
-                try:
-                    topic = self.topic if isinstance(self.topic, str) else self.topic(device_of(data))
-                except (pa.ArrowException, SchemaError, KeyError, IndexError) as exc:
-                    # Not a summary we can read (written by something else): shipping it would only
-                    # fail at the receiver, keeping it would block the spool.
-                    log.warning(
-                        "unreadable spool file removed",
-                        extra={"fields": {"file": path.name, "error": str(exc)}},
-                    )
-                    path.unlink(missing_ok=True)
-                    self.unreadable += 1
-                    continue
-                messages = encode_chunks(summary_id_of(path), data, self.chunk_bytes)
-                infos = [self.client.publish(topic, m, qos=1) for m in messages]
-                self.messages_sent += len(messages)
-                # A refused publish (the connection dropped meanwhile) cannot be tracked: the file
-                # stays out of flight and goes again later; the receiver drops the duplicate.
-                if all(info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS for info in infos):
-                    self._inflight[path] = infos
+                if path not in self._inflight and self._refused_until.get(path, -math.inf) <= now:
+                    self._send(path, now)
+
+    def _acknowledged(self, summary_id: str) -> None:
+        for path, flight in list(self._inflight.items()):
+            if flight.summary_id == summary_id:
+                del self._inflight[path]
+                self._refused_until.pop(path, None)
+        self.spool.acknowledged(summary_id)
+
+    def _refused(self, mid: int, reason: str, now: float) -> None:
+        for path, flight in list(self._inflight.items()):
+            if mid in flight.mids:
+                del self._inflight[path]
+                self.spool.sending(path, False)
+                self._refused_until[path] = now + self.ack_timeout_s
+                self.spool.counters.refused += 1
+                fields = {"file": path.name, "reason": reason, "refused": self.spool.counters.refused}
+                self._warn.warning("refused", "broker refused a drift summary; kept", fields=fields)
+
+    def _resend(self, path: Path, flight: _Flight, now: float) -> None:
+        if not path.exists():  # deleted by the spool's bound while in flight
+            if now - flight.sent >= self.ack_timeout_s:  # and never acknowledged: a loss
+                del self._inflight[path]
+                self.spool.lost(flight.summary_id)
+            flight.resend = False
+            return
+        del self._inflight[path]
+        self.spool.counters.resent += 1
+        self._send(path, now)
+
+    def _send(self, path: Path, now: float) -> None:
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:  # dropped by the bound meanwhile
+            return
+        try:
+            topic = self.topic if isinstance(self.topic, str) else self.topic(device_of(data))
+        except (pa.ArrowException, SchemaError, KeyError, IndexError) as exc:
+            # Not a summary we can read (written by something else): shipping it would only
+            # fail at the receiver, keeping it would block the spool.
+            log.warning(
+                "unreadable spool file removed", extra={"fields": {"file": path.name, "error": str(exc)}}
+            )
+            path.unlink(missing_ok=True)
+            self.unreadable += 1
+            return
+        flight = _Flight(summary_id_of(path), now)
+        self.spool.sending(path, True)
+        self._inflight[path] = flight  # before publishing: a refusal may come back at once
+        for message in encode_chunks(flight.summary_id, data, self.chunk_bytes):
+            info = self.client.publish(topic, message, qos=1)
+            self.messages_sent += 1
+            flight.mids.add(info.mid)
+            if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                # The connection dropped during the call: not in flight, the file goes again on a
+                # later pump (paho may also deliver its queued copy: a duplicate, dropped by the collector).
+                del self._inflight[path]
+                self.spool.sending(path, False)
+                return
 
     def pending(self) -> int:
         """Files not yet acknowledged (in the spool)."""
         return len(self.spool.pending())
+
+    def drain(self, timeout_s: float, interval_s: float = 0.05) -> int:
+        """Pump until the spool is empty or `timeout_s` passed (a clean stop); files left."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            self.pump()
+            left = self.pending()
+            if left == 0 or time.monotonic() >= deadline:
+                return left
+            time.sleep(interval_s)
 
     def start(self, interval_s: float = 0.2) -> None:
         """Pump on a thread of its own (the agent may call `pump` from its loop instead)."""

@@ -1,13 +1,16 @@
-"""The on-disk spool: summaries wait here until the broker has acknowledged them.
+"""The on-disk spool: summaries wait here until the fleet has stored them.
 
 Files are written atomically (hidden temporary file, fsync, rename, fsync of the directory), so
 a crash leaves either no file or a complete one; a leftover temporary file is removed on open.
 Names start with a zero-padded nanosecond time, so name order is age order. The spool is bounded
-in bytes: when a new file would exceed the bound, the oldest files are deleted and counted.
+in bytes: when a new file would exceed the bound, the oldest files are deleted, counted and logged
+(rate-limited). A file deleted by the bound while it is in flight (sent, not yet acknowledged) is
+not yet a loss: it counts as shipped if its acknowledgement still comes, as dropped if not (`lost`).
 """
 
 from __future__ import annotations
 
+import logging
 import re
 import threading
 import time
@@ -15,17 +18,23 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edge_ttt.atomic import atomic_write, fsync_dir
+from edge_ttt.logs import RateLimitedLog
+
+log = logging.getLogger(__name__)
 
 SUFFIX = ".parquet"
 _NAME = re.compile(r"^(\d{20})-([0-9A-Za-z_-]+)\.parquet$")
+ID = re.compile(r"^[0-9A-Za-z_-]{1,64}$")  # a summary id: usable in a file name
 
 
 @dataclass
 class SpoolCounters:
     written: int = 0
-    shipped: int = 0
+    shipped: int = 0  # acknowledged by the fleet (stored there), then deleted here
     dropped: int = 0  # deleted unshipped because the spool was full
     dropped_bytes: int = 0
+    refused: int = 0  # sends the broker refused (PUBACK with a failure reason code); the file stays
+    resent: int = 0  # sends again after an acknowledgement timeout or a reconnect
 
 
 def summary_id_of(path: Path) -> str:
@@ -37,7 +46,7 @@ def summary_id_of(path: Path) -> str:
 
 
 class Spool:
-    def __init__(self, directory: str | Path, max_bytes: int) -> None:
+    def __init__(self, directory: str | Path, max_bytes: int, log_every_s: float = 60.0) -> None:
         if max_bytes <= 0:
             raise ValueError("max_bytes must be positive")
         self.dir = Path(directory)
@@ -45,6 +54,9 @@ class Spool:
         self.max_bytes = max_bytes
         self.counters = SpoolCounters()
         self._lock = threading.Lock()
+        self._sending: set[str] = set()  # names of files in flight
+        self._orphans: dict[str, int] = {}  # summary id -> size: deleted by the bound while in flight
+        self._warn = RateLimitedLog(log, log_every_s)
         self._last_ns = max((int(p.name[:20]) for p in self.pending()), default=0)
         for stale in self.dir.glob(".*.tmp"):  # a write that a crash interrupted
             stale.unlink(missing_ok=True)
@@ -76,13 +88,50 @@ class Spool:
                 break
             path.unlink(missing_ok=True)
             total -= size
-            self.counters.dropped += 1
-            self.counters.dropped_bytes += size
+            if path.name in self._sending:
+                self._sending.discard(path.name)
+                self._orphans[summary_id_of(path)] = size
+            else:
+                self._count_drop(size)
 
-    def remove(self, path: Path) -> None:
-        """The broker has the file: it leaves the spool."""
+    def _count_drop(self, size: int) -> None:
+        self.counters.dropped += 1
+        self.counters.dropped_bytes += size
+        self._warn.warning(
+            "spool_full",
+            "drift spool over its bound: oldest summaries deleted unshipped",
+            fields={"dropped": self.counters.dropped, "max_bytes": self.max_bytes},
+        )
+
+    def sending(self, path: Path, in_flight: bool) -> None:
+        """Mark a file as sent and awaiting its acknowledgement (or no longer so)."""
         with self._lock:
-            if path.exists():
-                path.unlink()
+            (self._sending.add if in_flight else self._sending.discard)(path.name)
+
+    def acknowledged(self, summary_id: str) -> bool:
+        """The fleet has stored this summary: its file leaves the spool. False when it is not ours."""
+        if not ID.match(summary_id):
+            return False
+        with self._lock:
+            if self._orphans.pop(summary_id, None) is not None:
+                self.counters.shipped += 1  # delivered after all, though the bound deleted it
+                return True
+            files = list(self.dir.glob(f"*-{summary_id}{SUFFIX}"))
+            for path in files:
+                path.unlink(missing_ok=True)
+                self._sending.discard(path.name)
+            if files:
                 self.counters.shipped += 1
                 fsync_dir(self.dir)
+            return bool(files)
+
+    def lost(self, summary_id: str) -> None:
+        """A file the bound deleted in flight was never acknowledged: now it counts as dropped."""
+        with self._lock:
+            size = self._orphans.pop(summary_id, None)
+            if size is not None:
+                self._count_drop(size)
+
+    def orphaned(self, summary_id: str) -> bool:
+        """Deleted by the bound while in flight, its fate still open."""
+        return summary_id in self._orphans

@@ -11,6 +11,11 @@ Nothing is lost in a crash: messages are acknowledged by hand (paho `manual_ack`
 messages only once the file holding it is written. A collector killed before writing leaves
 them unacknowledged, and the broker delivers them again to its persistent session. Messages that
 carry nothing to keep (duplicates, malformed, corrupt) are acknowledged at once.
+
+The agents are told too: once a batch is written, its summary ids go (QoS 1) to each device's
+acknowledgement topic (`<drift topic>/ack`), and only then does an agent delete its spooled copy.
+A duplicate of a summary already written is acknowledged again at once (its first
+acknowledgement may have been lost); one still waiting in the batch is acknowledged with it.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from dataclasses import asdict
 import paho.mqtt.client as paho
 import pyarrow as pa
 
+from edge_ttt.drift.acks import ack_topic, encode_ack
 from edge_ttt.drift.receiver import MessageError, Receiver, parse_message
 from edge_ttt.logs import RateLimitedLog
 from edge_ttt.monitor import dataset
@@ -34,6 +40,7 @@ log = logging.getLogger(__name__)
 # Brokers stop sending to a client with this many QoS 1 messages unacknowledged (mosquitto's
 # max_inflight_messages defaults to 20): write the batch before reaching it.
 MAX_UNACKED = 16
+ACK_IDS_PER_MESSAGE = 500  # about 18 kB of ids per acknowledgement
 
 
 class Collector:
@@ -46,6 +53,7 @@ class Collector:
         self._pending: list[pa.Table] = []
         self._unacked: dict[str, list[int]] = {}  # summary id -> message ids, until written
         self._to_ack: list[int] = []  # message ids of the summaries in `_pending`
+        self._batch_ids: dict[str, str] = {}  # summary id -> drift topic, pending or being written
         self._pending_since = time.monotonic()
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -56,6 +64,7 @@ class Collector:
         self.client.on_connect = self._connected
         self.client.on_subscribe = lambda *_: self.subscribed.set()
         self.client.on_message = lambda _c, _u, msg: self._on_message(msg)
+        self.acks_sent = 0  # acknowledgement messages to agents
 
     def start(self) -> None:
         connect_in_background(self.client, self.cfg.mqtt)
@@ -73,27 +82,35 @@ class Collector:
         )
 
     def _on_message(self, msg: paho.MQTTMessage) -> None:
-        for mid in self.accept(msg.payload, msg.mid):
+        for mid in self.accept(msg.payload, msg.mid, msg.topic):
             self.client.ack(mid, msg.qos)
 
-    def accept(self, payload: bytes, mid: int = 0) -> list[int]:
-        """One message, on paho's thread: a completed new summary joins the batch; a full batch
-        wakes the writer thread (files are never written on the network thread). Returns the
-        message ids to acknowledge now (those that carry nothing to keep)."""
+    def accept(self, payload: bytes, mid: int = 0, topic: str | None = None) -> list[int]:
+        """One message (from drift topic `topic`), on paho's thread: a completed new summary joins
+        the batch; a full batch wakes the writer thread (files are never written on the network
+        thread). Returns the message ids to acknowledge now (those that carry nothing to keep)."""
         with self._lock:
+            duplicates = self.receiver.counters.duplicates
             table = self.receiver.accept(payload)
             try:
-                summary_id: str | None = parse_message(payload).summary_id
+                chunk = parse_message(payload)
+                summary_id: str | None = chunk.summary_id
+                last_chunk = chunk.index == chunk.count - 1
             except MessageError:
-                summary_id = None
+                summary_id, last_chunk = None, False
             ack_now: list[int] = []
             if table is not None:
                 self._pending.append(table)
                 self._to_ack += [*self._unacked.pop(str(summary_id), []), mid]
+                if topic is not None:
+                    self._batch_ids[str(summary_id)] = topic
             elif summary_id is not None and self.receiver.waiting(summary_id):
                 self._unacked.setdefault(summary_id, []).append(mid)  # a chunk of a summary to come
             else:
                 ack_now = [mid, *self._unacked.pop(str(summary_id), [])]  # duplicate, corrupt or junk
+                stored = self.receiver.counters.duplicates > duplicates and summary_id not in self._batch_ids
+                if stored and last_chunk and topic is not None:  # written before: tell the agent again, once
+                    self._tell_agents({str(summary_id): topic})
             self._warn_rejected()
             waiting = len(self._to_ack) + sum(map(len, self._unacked.values()))
             if len(self._pending) >= self.cfg.collector.flush_summaries or waiting >= MAX_UNACKED:
@@ -118,6 +135,7 @@ class Collector:
             self._full.clear()
         if not batch:
             return
+        ids = [sid for table in batch for sid in table.column("summary_id").to_pylist()]
         try:
             self.files_written += len(dataset.append(self.location, pa.concat_tables(batch)))
         except OSError:
@@ -126,8 +144,23 @@ class Collector:
                 self._pending = batch + self._pending
                 self._to_ack = acks + self._to_ack
             return
+        with self._lock:
+            written = {sid: self._batch_ids.pop(sid) for sid in ids if sid in self._batch_ids}
+        self._tell_agents(written)  # stored: now the agents may delete their copies
         for mid in acks:  # written: now the broker may forget them
             self.client.ack(mid, 1)
+
+    def _tell_agents(self, stored: dict[str, str]) -> None:
+        """Acknowledge stored summary ids, one message per drift topic (`<topic>/ack`, QoS 1)."""
+        by_topic: dict[str, list[str]] = {}
+        for summary_id, topic in stored.items():
+            by_topic.setdefault(topic, []).append(summary_id)
+        for topic, ids in by_topic.items():
+            for start in range(0, len(ids), ACK_IDS_PER_MESSAGE):
+                self.client.publish(
+                    ack_topic(topic), encode_ack(ids[start : start + ACK_IDS_PER_MESSAGE]), qos=1
+                )
+                self.acks_sent += 1
 
     def run(self, stop: threading.Event | None = None) -> None:
         """Write batches when full or `flush_s` old until `stop` (or `self.stop()`), then write

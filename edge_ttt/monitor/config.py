@@ -24,7 +24,9 @@ class CollectorSection(Section):
     )
     share_group: str | None = Field(None, description="MQTT v5 shared subscription group; None: no sharing")
     flush_summaries: int = Field(100, ge=1, description="write a file after this many new summaries")
-    flush_s: float = Field(60.0, gt=0, description="or after this many seconds, whichever comes first")
+    flush_s: float = Field(
+        5.0, gt=0, description="or after this many seconds; agents wait this long for their acknowledgement"
+    )
     log_every_s: float = Field(60.0, gt=0, description="at most one rejected-payload warning per period")
 
     @field_validator("share_group")

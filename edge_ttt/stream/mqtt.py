@@ -79,8 +79,12 @@ class MqttTransport:
         agent_id: str,
         status_topic: str,
         on_message: Callable[[str, bytes], None],
+        also_subscribe: tuple[str, ...] = (),
     ) -> None:
+        """`also_subscribe`: filters subscribed at QoS 1 with the sensor topics (their messages go
+        to callbacks registered with `client.message_callback_add`, e.g. drift acknowledgements)."""
         self.cfg = cfg
+        self.also_subscribe = also_subscribe
         self.agent_id = agent_id
         self.status_topic = status_topic
         self._on_message = on_message
@@ -105,7 +109,7 @@ class MqttTransport:
             log.warning("broker refused the connection", extra={"fields": {"reason": str(reason_code)}})
             return
         self.connects += 1
-        client.subscribe(self.cfg.subscription(), qos=self.cfg.qos)
+        client.subscribe([(self.cfg.subscription(), self.cfg.qos), *((t, 1) for t in self.also_subscribe)])
         client.publish(self.status_topic, status_payload(self.agent_id, "online"), qos=1, retain=True)
         self.connected.set()
         log.info("connected", extra={"fields": {"broker": f"{self.cfg.host}:{self.cfg.port}"}})
