@@ -136,14 +136,18 @@ def run(
 def health(
     config: Annotated[Path, typer.Option(help="the agent's configuration")],
     max_age: Annotated[float | None, typer.Option(help="seconds; default 3 status intervals")] = None,
+    max_disconnected: Annotated[
+        float | None, typer.Option(help="seconds; default status.max_disconnected_s")
+    ] = None,
 ) -> None:
-    """Exit 0 when the agent's local status is online and fresh (for container health checks)."""
+    """Exit 0 when the agent's local status is fresh and its broker connection up, or down for at
+    most --max-disconnected s; else 1 and one line saying why (for container health checks)."""
     from edge_ttt.agent import health as agent_health
     from edge_ttt.agent.config import load_config
     from edge_ttt.config_file import ConfigError
 
     try:
-        problem = agent_health(load_config(config, check_files=False), max_age)
+        problem = agent_health(load_config(config, check_files=False), max_age, max_disconnected)
     except ConfigError as exc:  # 1, not 2: container runtimes reserve exit code 2 of a health check
         problem = str(exc)
     if problem is not None:

@@ -22,12 +22,10 @@ def sh(*args: str, cwd: Path) -> None:
     subprocess.run(args, cwd=cwd, check=True, capture_output=True, timeout=60)
 
 
-@pytest.fixture
-def secure_broker(tmp_path: Path):
-    """A CA, a server certificate for 127.0.0.1, a password file, and a broker requiring them."""
+def make_pki(d: Path) -> Path:
+    """In `d`: ca.crt, server.crt and server.key for 127.0.0.1, and passwd (user edge)."""
     if shutil.which("openssl") is None or shutil.which("mosquitto_passwd") is None:
         pytest.fail("openssl and mosquitto_passwd are needed (apt-get install -y openssl mosquitto)")
-    d = tmp_path / "pki"
     d.mkdir()
     sh("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=test-ca",
        "-keyout", "ca.key", "-out", "ca.crt", cwd=d)  # fmt: skip
@@ -37,6 +35,13 @@ def secure_broker(tmp_path: Path):
     sh("openssl", "x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
        "-days", "2", "-extfile", "san.ext", "-out", "server.crt", cwd=d)  # fmt: skip
     sh("mosquitto_passwd", "-b", "-c", "passwd", "edge", PASSWORD, cwd=d)
+    return d
+
+
+@pytest.fixture
+def secure_broker(tmp_path: Path):
+    """A CA, a server certificate for 127.0.0.1, a password file, and a broker requiring them."""
+    d = make_pki(tmp_path / "pki")
     options = "\n".join(
         [
             f"cafile {d / 'ca.crt'}",

@@ -39,10 +39,13 @@ class Message:
     arrived: float  # time.monotonic() when paho handed it over
 
 
-def health(cfg: AgentConfig, max_age_s: float | None = None) -> str | None:
-    """None when the agent's local status is online and fresh, else what is wrong (for probes)."""
+def health(
+    cfg: AgentConfig, max_age_s: float | None = None, max_disconnected_s: float | None = None
+) -> str | None:
+    """None when the agent's local status is fresh and connected (or briefly not), else what is wrong."""
     max_age_s = 3 * cfg.status.interval_s if max_age_s is None else max_age_s
-    return read_health(status_file(cfg.state.dir), max_age_s)
+    down_s = cfg.status.max_disconnected_s if max_disconnected_s is None else max_disconnected_s
+    return read_health(status_file(cfg.state.dir), max_age_s, down_s)
 
 
 def _settings(cfg: AgentConfig) -> PipelineSettings:
@@ -95,7 +98,13 @@ class Agent:
             self.model, self.manifest, _settings(cfg), self.publisher.publish, self.shipper.submit
         )
         sources = StatusSources(
-            identity, self.counters, self.pipelines, self.publisher, self.inbox, self.spool
+            identity,
+            self.counters,
+            self.pipelines,
+            self.publisher,
+            self.inbox,
+            self.spool,
+            self.transport.link,
         )
         self.reporter = StatusReporter(
             cfg.agent.id, cfg.status_topic(), status_file(cfg.state.dir), self.transport.publish, sources
@@ -119,7 +128,8 @@ class Agent:
                 if message is not None:
                     self.handle(message)
                 now = time.monotonic()
-                if now >= next_status:
+                if now >= next_status or self.transport.link.changed.is_set():  # a change is said at once
+                    self.transport.link.changed.clear()
                     self.reporter.publish()
                     next_status = now + self.cfg.status.interval_s
                 if now >= next_checkpoint:

@@ -1,6 +1,7 @@
 """The agent's status: counters of every stage in one document, published retained on the status
 topic (for the fleet) and written to `<state.dir>/status.json` (for a local health probe, which
-must work without a broker)."""
+must work without a broker). Its `state` is the MQTT connection's (`online` only while connected,
+`connecting` or `disconnected` with the reason and since when), or `offline` after a clean stop."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from edge_ttt.agent.publisher import PredictionPublisher
 from edge_ttt.atomic import atomic_write
 from edge_ttt.config_file import Section
 from edge_ttt.drift.spool import Spool
+from edge_ttt.stream.connection import CONNECTING, DISCONNECTED, ONLINE, ConnectionState
 from edge_ttt.stream.inbox import Inbox
 from edge_ttt.stream.topics import AgentTopic
 
@@ -26,23 +28,32 @@ from edge_ttt.stream.topics import AgentTopic
 class StatusSection(Section):
     topic: AgentTopic = Field("{prefix}/agents/{agent}/status", validate_default=True)
     interval_s: float = Field(10.0, gt=0)
+    max_disconnected_s: float = Field(
+        10.0, gt=0, description="health fails once the agent is not connected for longer than this"
+    )
 
 
 def status_file(state_dir: Path) -> Path:
     return Path(state_dir) / "status.json"
 
 
-def read_health(path: Path, max_age_s: float) -> str | None:
-    """None when the status file says online and is fresh, else what is wrong (for probes)."""
+def read_health(path: Path, max_age_s: float, max_disconnected_s: float = 10.0) -> str | None:
+    """None when the status file is fresh and says online, or not connected for at most
+    `max_disconnected_s` (a broker restart is not an outage); else what is wrong, in one line."""
     try:
         doc = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
+        age = time.time() - float(doc.get("time_unix", 0))
+        state, link = doc.get("state"), doc.get("connection") or {}
+        down_s = time.time() - float(link.get("since_unix", 0))
+    except (OSError, ValueError, TypeError, AttributeError) as exc:
         return f"no readable status at {path}: {exc}"
-    age = time.time() - float(doc.get("time_unix", 0))
-    if doc.get("state") != "online":
-        return f"agent is {doc.get('state')}"
+    if state not in (ONLINE, CONNECTING, DISCONNECTED):
+        return f"agent is {state}"
     if age > max_age_s:
         return f"status is {age:.0f} s old (more than {max_age_s:.0f} s): the agent is stuck or gone"
+    if state != ONLINE and down_s > max_disconnected_s:
+        reason = link.get("reason") or "no attempt has failed yet"
+        return f"agent is {state} for {down_s:.0f} s (more than {max_disconnected_s:g} s): {reason}"
     return None
 
 
@@ -56,6 +67,7 @@ class StatusSources:
     publisher: PredictionPublisher
     inbox: Inbox
     spool: Spool
+    link: ConnectionState
 
 
 @dataclass(frozen=True)
@@ -104,11 +116,19 @@ class StatusReporter:
             "model": src.identity["model"],
         }
 
-    def publish(self, state: str = "online") -> None:
-        """To the retained status topic (online only: the transport says offline itself), and to
-        the status file."""
-        doc = {"agent": self.agent_id, "state": state, "time_unix": time.time(), **self.status()}
+    def publish(self, state: str | None = None) -> None:
+        """To the status file, and to the retained status topic while online (paho would queue the
+        others and send them stale after a reconnect; the Last Will and the transport's clean stop
+        say offline there). `state`: the connection's unless given (`offline` at a clean stop)."""
+        link = self.sources.link.snapshot()
+        doc = {
+            "agent": self.agent_id,
+            "state": state or link.state,
+            "time_unix": time.time(),
+            "connection": {"broker": self.sources.link.broker, "state": link.state, **link.as_dict()},
+            **self.status(),
+        }
         payload = json.dumps(doc).encode()
-        if state == "online":
+        if doc["state"] == ONLINE:
             self.publish_to(self.topic, payload, qos=1, retain=True)
         atomic_write(self.path, lambda f: f.write(payload))

@@ -1,9 +1,10 @@
 """The MQTT edge of the agent: paho-mqtt 2.x, its network loop, reconnects and the status topic.
 
 paho's own thread (`loop_start`) runs the network loop: keepalives, QoS 1 acknowledgements and
-reconnects with exponential backoff between `reconnect_min_s` and `reconnect_max_s`. Callbacks
-run on that thread and only hand messages on (`on_message`), never model work. Subscriptions are
-made in `on_connect`, so every reconnect subscribes again. The session is persistent (stable
+reconnects with exponential backoff between `reconnect_min_s` and `reconnect_max_s`; every failed
+attempt and its reason goes to `ConnectionState` (`stream/connection.py`). Callbacks run on that
+thread and only hand messages on (`on_message`), never model work. Subscriptions are made in
+`on_connect`, so every reconnect subscribes again. The session is persistent (stable
 client id; MQTT v5 clean_start off with a session expiry, or v3.1.1 clean_session off), so QoS 1
 frames published while the agent was away are delivered when it is back. The retained status
 topic carries a Last Will of `offline`, replaced by `online` on every connect and by an explicit
@@ -14,8 +15,8 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import ssl
+import sys
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -25,6 +26,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from edge_ttt.stream.connection import ConnectionState
 from edge_ttt.stream.mqtt_settings import MqttSection
 
 log = logging.getLogger(__name__)
@@ -44,9 +46,9 @@ def make_client(cfg: MqttSection, client_id: str, manual_ack: bool = False) -> p
         clean_session=None if v5 else False,
         manual_ack=manual_ack,
     )
-    client.reconnect_delay_set(
-        min_delay=max(1, math.ceil(cfg.reconnect_min_s)), max_delay=max(1, math.ceil(cfg.reconnect_max_s))
-    )
+    # paho annotates these as int but waits float seconds as given (`Client._reconnect_wait`): rounding
+    # up made reconnect_min_s = 0.5 a 1 s delay.
+    client.reconnect_delay_set(min_delay=cfg.reconnect_min_s, max_delay=cfg.reconnect_max_s)  # type: ignore[arg-type]
     if cfg.username is not None:
         client.username_pw_set(cfg.username, cfg.password())
     if cfg.tls.enabled:
@@ -93,10 +95,13 @@ class MqttTransport:
         self.connects = 0
         self.disconnects = 0
         self._stopping = False
+        self.link = ConnectionState(f"{cfg.host}:{cfg.port}")  # what the status and health report
         self.client = make_client(cfg, cfg.client_id or f"edge-ttt-{agent_id}")
         self.client.will_set(status_topic, status_payload(agent_id, "offline"), qos=1, retain=True)
         self.client.on_connect = self._connected
         self.client.on_disconnect = self._disconnected
+        # paho calls this inside its `except OSError:` around the connect: the exception is there.
+        self.client.on_connect_fail = lambda *_: self.link.connect_failed(sys.exc_info()[1])
         self.client.on_subscribe = lambda *_: self.subscribed.set()
         self.client.on_message = lambda _c, _u, msg: self._on_message(msg.topic, msg.payload)
 
@@ -106,21 +111,22 @@ class MqttTransport:
 
     def _connected(self, client: paho.Client, _userdata, _flags, reason_code, _properties) -> None:
         if reason_code.is_failure:
-            log.warning("broker refused the connection", extra={"fields": {"reason": str(reason_code)}})
+            self.link.refused(reason_code)
             return
         self.connects += 1
         client.subscribe([(self.cfg.subscription(), self.cfg.qos), *((t, 1) for t in self.also_subscribe)])
         client.publish(self.status_topic, status_payload(self.agent_id, "online"), qos=1, retain=True)
         self.connected.set()
-        log.info("connected", extra={"fields": {"broker": f"{self.cfg.host}:{self.cfg.port}"}})
+        self.link.connected()
 
-    def _disconnected(self, _client, _userdata, _flags, reason_code, _properties) -> None:
+    def _disconnected(self, _client, _userdata, flags, reason_code, _properties) -> None:
         self.connected.clear()
         self.subscribed.clear()
         if self._stopping:
             return
-        self.disconnects += 1
-        log.warning("disconnected; reconnecting", extra={"fields": {"reason": str(reason_code)}})
+        if self.link.online:
+            self.disconnects += 1
+        self.link.closed(reason_code, flags.is_disconnect_packet_from_server)
 
     def publish(self, topic: str, payload: bytes, qos: int, retain: bool = False) -> None:
         """Queued by paho while disconnected (QoS 1) and sent on reconnect."""

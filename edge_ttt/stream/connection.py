@@ -1,0 +1,139 @@
+"""The MQTT connection as the agent reports it: `online` only while connected, else `connecting`
+(not connected since the start) or `disconnected` (lost), with the last reason and since when.
+
+paho retries on its own thread and says little: a refused TCP connect or a failed TLS handshake
+reaches only `on_connect_fail`, without the exception, and a broker's CONNACK refusal comes as a
+failed `on_connect` followed by an `on_disconnect` that paho words "Protocol error" (MQTT v5) or
+"Unspecified error". `ConnectionState` turns each failed attempt into one reason, logs it
+(rate-limited per kind, so a broker that stays away gives a line every 10 s, not one per retry)
+and keeps what the status and the health check read.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import ssl
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from edge_ttt.logs import RateLimitedLog
+
+log = logging.getLogger(__name__)
+
+ONLINE, CONNECTING, DISCONNECTED = "online", "connecting", "disconnected"
+AUTH_REASONS = frozenset({0x86, 0x87, 0x8C})  # bad user name or password, not authorized, bad auth method
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    state: str
+    since_unix: float  # when this state began (wall clock: a health probe in another process reads it)
+    reason: str | None  # why not online: the last failure; None while online
+    failures: int  # failed attempts since the last connection (or the start)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"since_unix": self.since_unix, "reason": self.reason, "failures": self.failures}
+
+
+def describe(exc: BaseException | None, broker: str) -> tuple[str, str]:
+    """(kind, reason) of the exception of a failed connect attempt; the kind keys the rate limit."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return "tls", f"TLS verification of {broker} failed: {exc.verify_message or exc.reason}"
+    if isinstance(exc, ssl.SSLError):
+        return "tls", f"TLS handshake with {broker} failed: {exc.reason or exc}"
+    if isinstance(exc, ConnectionRefusedError):
+        return "refused", f"connection refused by {broker}: no broker listening there"
+    if isinstance(exc, socket.gaierror):
+        return "dns", f"cannot resolve the broker's host in {broker}: {exc.strerror}"
+    if isinstance(exc, TimeoutError):
+        return "timeout", f"no answer from {broker} (timed out)"
+    if isinstance(exc, OSError):
+        return "network", f"cannot reach {broker}: {exc.strerror or exc}"
+    return "unknown", f"cannot connect to {broker} (paho gave no reason)"
+
+
+def lost_reason(reason_code: Any, from_broker: bool) -> str:
+    """paho's disconnect reason in words: its "Unspecified error" for a socket that closed hides
+    what happened, so say it."""
+    if from_broker:
+        return f"the broker closed the connection: {reason_code}"
+    text = str(reason_code)
+    if text == "Keep alive timeout":
+        return "no answer from the broker within the keepalive"
+    if text in ("Unspecified error", "Success"):
+        return "connection lost (the broker closed the socket or went away)"
+    return f"connection lost: {text}"
+
+
+class ConnectionState:
+    """Updated on paho's thread, read by the worker and the status; `changed` is set on every
+    change of state, so that the status file says it at once, not an interval later."""
+
+    def __init__(self, broker: str) -> None:
+        self.broker = broker
+        self.changed = threading.Event()
+        self._lock = threading.Lock()
+        self._warn = RateLimitedLog(log)
+        self._now = Snapshot(CONNECTING, time.time(), None, 0)
+        self._refused = False  # a CONNACK refusal was reported; paho's disconnect after it is not news
+
+    def snapshot(self) -> Snapshot:
+        with self._lock:
+            return self._now
+
+    @property
+    def online(self) -> bool:
+        return self.snapshot().state == ONLINE
+
+    def connect_failed(self, exc: BaseException | None) -> None:
+        """A TCP connect or TLS handshake that failed (`on_connect_fail`)."""
+        self._failed(*describe(exc, self.broker))
+
+    def refused(self, reason_code: Any) -> None:
+        """The broker answered CONNACK with a failure."""
+        kind = "auth" if getattr(reason_code, "value", None) in AUTH_REASONS else "broker"
+        self._refused = True
+        self._failed(kind, f"the broker at {self.broker} refused the connection: {reason_code}")
+
+    def closed(self, reason_code: Any, from_broker: bool) -> None:
+        """`on_disconnect`: a connection lost, the end of a refused attempt, or an attempt that the
+        broker closed before accepting it."""
+        if self._refused:
+            self._refused = False
+            return
+        if not self.online:
+            self._failed("closed", f"{self.broker} closed the connection before accepting it: {reason_code}")
+            return
+        reason = lost_reason(reason_code, from_broker)
+        self._set(Snapshot(DISCONNECTED, time.time(), reason, 0))
+        self._warn.warning("lost", "%s; reconnecting", reason, fields=self._fields())
+
+    def connected(self) -> None:
+        was = self.snapshot()
+        self._set(Snapshot(ONLINE, time.time(), None, 0))
+        self._warn = RateLimitedLog(log)  # the next outage's first failure is said at once
+        fields = {"broker": self.broker, "was": was.state, "after_s": round(time.time() - was.since_unix, 1)}
+        log.info("connected", extra={"fields": {**fields, "failed_attempts": was.failures}})
+
+    def _failed(self, kind: str, reason: str) -> None:
+        with self._lock:
+            was = self._now
+            state = DISCONNECTED if was.state == ONLINE else was.state
+            since = time.time() if was.state == ONLINE else was.since_unix
+            self._now = Snapshot(state, since, reason, was.failures + 1)
+        self.changed.set()
+        self._warn.warning(kind, "cannot connect: %s; retrying with backoff", reason, fields=self._fields())
+
+    def _set(self, snapshot: Snapshot) -> None:
+        with self._lock:
+            self._now = snapshot
+        self.changed.set()
+
+    def _fields(self) -> dict[str, Any]:
+        now = self.snapshot()
+        down_s = round(time.time() - now.since_unix, 1)
+        return {"broker": self.broker, "state": now.state, "reason": now.reason, "failures": now.failures,
+                "down_s": down_s}  # fmt: skip
