@@ -70,10 +70,11 @@ class Agent:
         identity = {"device": self.model.device, "policy": m.policy, "model": self.model.bundle_sha256}
         loaded = {"bundle": bundle.sha256[:12], "device": self.model.device, "policy": m.policy}
         log.info("model loaded", extra={"fields": loaded})
-        self.inbox: Inbox[Message] = Inbox(cfg.queue.max_frames, cfg.queue.when_full)
+        self.inbox: Inbox[Message] = Inbox(cfg.queue.max_frames, cfg.queue.when_full, cfg.queue.max_bytes)
         self.counters = AgentCounters()
         self.stop_event = threading.Event()
         self._warn = RateLimitedLog(log)
+        self._warn_received = RateLimitedLog(log)  # paho's thread has its own
         self.transport = MqttTransport(cfg.mqtt, cfg.agent.id, cfg.status_topic(), self._received)
         self.spool = Spool(cfg.drift.spool_dir, cfg.drift.spool_max_bytes)
         self.shipper = Shipper(self.transport.client, self.spool, cfg.drift_topic, cfg.drift.chunk_bytes)
@@ -95,7 +96,13 @@ class Agent:
         return self.reporter.status()
 
     def _received(self, topic: str, payload: bytes) -> None:  # on paho's thread
-        self.inbox.put(Message(topic, payload, time.monotonic()))
+        """Queue the message; one over `max_frame_bytes` is refused here, before it takes memory."""
+        if len(payload) > self.cfg.queue.max_frame_bytes:
+            self.counters.rejected["too_large"] += 1  # only this thread counts this reason
+            fields = {"topic": topic[:200], "bytes": len(payload), "limit": self.cfg.queue.max_frame_bytes}
+            self._warn_received.warning("too_large", "frame dropped before queueing", fields=fields)
+            return
+        self.inbox.put(Message(topic, payload, time.monotonic()), len(payload) + len(topic))
 
     def run(self) -> None:
         """Until `stop_event` is set: handle messages, publish status, summaries and checkpoints."""

@@ -88,6 +88,7 @@ class StatusReporter:
                 "states_restored": src.pipelines.states_restored,
                 "queue_dropped": src.inbox.counters.dropped,
                 "queue_depth": len(src.inbox),
+                "queue_bytes": src.inbox.bytes,
                 "drift_spooled": len(src.spool.pending()),
                 "drift_dropped": src.spool.counters.dropped,
                 "gaps": gaps,

