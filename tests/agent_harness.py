@@ -19,9 +19,16 @@ T0 = 1_704_067_200_000_000_000
 
 
 def write_config(
-    tmp_path: Path, bundle_dir: Path, port: int, mqtt: str = "", checkpoint_s: float = 300.0, extra: str = ""
+    tmp_path: Path,
+    bundle_dir: Path,
+    port: int,
+    mqtt: str = "",
+    checkpoint_s: float = 300.0,
+    extra: str = "",
+    state: str = "",
 ) -> Path:
-    """An agent config for the test broker; `mqtt` adds keys to [mqtt], `extra` whole sections."""
+    """An agent config for the test broker; `mqtt` and `state` add keys to [mqtt] and [state],
+    `extra` whole sections."""
     text = f"""
 [agent]
 id = "test-agent"
@@ -37,6 +44,7 @@ interval_s = 0.3
 [state]
 dir = "{tmp_path / "state"}"
 checkpoint_interval_s = {checkpoint_s}
+{state}
 {extra}
 """
     path = tmp_path / "agent.toml"

@@ -8,7 +8,8 @@ import threading
 
 from edge_ttt.agent import Agent
 from edge_ttt.agent.config import load_config
-from tests.agent_harness import Listener, start, write_config
+from edge_ttt.stream.codec import encode
+from tests.agent_harness import Listener, frames, start, write_config
 from tests.conftest import wait_for
 
 
@@ -51,6 +52,44 @@ def test_the_inbox_is_bounded_in_bytes(tmp_path, bundle_dir, broker, monkeypatch
         assert agent.status()["counters"]["queue_dropped"] == agent.inbox.counters.dropped
     finally:
         busy.set()
+        agent.stop_event.set()
+        thread.join(10)
+        listener.close()
+
+
+def test_streams_beyond_max_streams_are_evicted_checkpointed_shipped_and_restored(
+    tmp_path, bundle_dir, broker, caplog
+):
+    from edge_ttt.drift.shipper import device_of
+
+    config = write_config(tmp_path, bundle_dir, broker.port, state="max_streams = 5")
+    agent = Agent(load_config(config))
+    listener = Listener(broker.port, ["edge-ttt/+/pred", "edge-ttt/+/drift"])
+    thread = start(agent)
+    sent = frames(3)  # 75 samples: one window each
+    try:
+        for d in range(8):
+            for frame in sent:
+                listener.publish(f"edge-ttt/dev{d}/dt/0", encode(frame))
+        assert wait_for(lambda: len(listener.of("/pred")) == 8)
+        assert len(agent.pipelines) == 5 and agent.pipelines.evicted == 3
+        assert [k[0] for k in agent.pipelines] == [f"dev{d}" for d in range(3, 8)]  # least recent first
+        state = tmp_path / "state"
+        assert wait_for(lambda: all((state / f"dev{d}__0.npz").is_file() for d in range(3)))
+        assert not (state / "dev3__0.npz").exists()  # live streams wait for their checkpoint
+        # the evicted streams' open intervals were closed and shipped
+        shipped = lambda: {device_of(p.split(b"\n", 1)[1]) for _, p in listener.raw}  # noqa: E731
+        assert wait_for(lambda: shipped() == {"dev0", "dev1", "dev2"})
+        # dev0 returns: dev3 is evicted and dev0 goes on from its checkpoint
+        more = frames(6)[3:]
+        for frame in more:
+            listener.publish("edge-ttt/dev0/dt/0", encode(frame))
+        assert wait_for(lambda: agent.pipelines.states_restored == 1)
+        assert agent.pipelines.evicted == 4 and ("dev0", "0") in agent.pipelines
+        assert agent.status()["counters"]["streams_evicted"] == 4
+        evicted_lines = [r for r in caplog.records if r.getMessage().startswith("stream evicted")]
+        assert len(evicted_lines) == 1  # four evictions, one line: rate-limited
+    finally:
         agent.stop_event.set()
         thread.join(10)
         listener.close()

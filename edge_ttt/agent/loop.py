@@ -2,7 +2,7 @@
 
 Data flows one way: transport (paho thread) -> inbox (bounded) -> worker: route by topic, decode,
 check -> the stream's pipeline (sequencer, windower, engine) -> predictions, drift summaries;
-status and state checkpoints on their intervals.
+status and state checkpoints on their intervals (the worker copies states, a thread writes them).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from edge_ttt.adapt.ort_model import OrtModel
-from edge_ttt.agent.checkpoints import save
+from edge_ttt.agent.checkpoints import CheckpointWriter
 from edge_ttt.agent.config import AgentConfig
 from edge_ttt.agent.pipeline import AgentCounters, Pipelines, PipelineSettings, check_frame
 from edge_ttt.agent.publisher import PredictionPublisher
@@ -55,6 +55,7 @@ def _settings(cfg: AgentConfig) -> PipelineSettings:
         cfg.windowing.reorder_frames,
         d.interval_s,
         d.interval_windows,
+        cfg.state.max_streams,
     )
 
 
@@ -82,8 +83,14 @@ class Agent:
         self.publisher = PredictionPublisher(
             cfg.predictions, cfg.prediction_topic, self.transport.publish, self.manifest.model.classes, sha
         )
+        self.writer = CheckpointWriter()
         self.pipelines = Pipelines(
-            self.model, self.manifest, _settings(cfg), self.publisher.publish, self.shipper.submit
+            self.model,
+            self.manifest,
+            _settings(cfg),
+            self.publisher.publish,
+            self.shipper.submit,
+            self.writer,
         )
         sources = StatusSources(
             identity, self.counters, self.pipelines, self.publisher, self.inbox, self.spool
@@ -120,13 +127,14 @@ class Agent:
                     self.reporter.publish()
                     next_status = now + self.cfg.status.interval_s
                 if now >= next_checkpoint:
-                    self.checkpoint()
+                    self.pipelines.start_checkpoints()
                     next_checkpoint = now + self.cfg.state.checkpoint_interval_s
+                self.pipelines.checkpoint_step()
                 if now >= next_summaries:  # intervals are minutes: a look per second is plenty
                     self.pipelines.close_summaries(final=False)
                     next_summaries = now + SUMMARY_CHECK_S
         finally:
-            self.checkpoint()
+            self.final_checkpoint()
             self.pipelines.close_summaries(final=True)
             self.shipper.pump()  # hand the last ones to paho; the spool keeps whatever is not acked
             self.reporter.publish("offline")
@@ -151,6 +159,14 @@ class Agent:
         self.counters.frames += 1
         self.pipelines.get_or_make(device, stream).feed(frame, message.arrived)
 
-    def checkpoint(self) -> None:
-        """Save every stream's adapted state."""
-        save(self.cfg.state.dir, ((p.device, p.stream, p.engine) for p in self.pipelines.values()))
+    def final_checkpoint(self) -> None:
+        """Every adapted stream's state, for at most `state.stop_checkpoint_s`, so that a stop is
+        prompt whatever the number of streams; those left keep their previous checkpoint."""
+        budget, start = self.cfg.state.stop_checkpoint_s, time.monotonic()
+        left = self.pipelines.checkpoint_all(budget)
+        left += self.writer.close(max(0.0, budget - (time.monotonic() - start)))
+        fields = {"written": self.writer.written, "left": left, "seconds": round(time.monotonic() - start, 3)}
+        if left:
+            log.warning("stop: some states kept their previous checkpoint", extra={"fields": fields})
+        else:
+            log.info("stop: states checkpointed", extra={"fields": fields})
