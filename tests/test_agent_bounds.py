@@ -93,3 +93,40 @@ def test_streams_beyond_max_streams_are_evicted_checkpointed_shipped_and_restore
         agent.stop_event.set()
         thread.join(10)
         listener.close()
+
+
+def test_sigterm_with_many_streams_exits_within_the_stop_timeout(tmp_path, bundle_dir, broker):
+    import json
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    state = "stop_timeout_s = 1.0"
+    config = write_config(tmp_path, bundle_dir, broker.port, state=state)
+    cmd = [sys.executable, "-m", "edge_ttt.cli", "run", "--config", str(config)]
+    listener = Listener(broker.port, ["edge-ttt/agents/+/status"])
+    proc = subprocess.Popen(cmd, cwd=Path(__file__).parents[1], stderr=subprocess.PIPE, text=True)
+    n = 600  # unbounded, their last summaries and states took 5.3 s here
+    try:
+        assert wait_for(lambda: any(s["state"] == "online" for s in listener.of("/status")))
+        sent = [encode(f) for f in frames(3)]
+        windows = lambda: max(s.get("counters", {}).get("windows", 0) for s in listener.of("/status"))  # noqa: E731
+        for batch in range(0, n, 100):  # paced: the broker's queue for the agent holds 1,000
+            for d in range(batch, batch + 100):
+                for payload in sent:
+                    listener.client.publish(f"edge-ttt/dev{d}/dt/0", payload, qos=1)
+            assert wait_for(lambda end=batch + 100: windows() == end, timeout=30), listener.of("/status")[-1]
+        start = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(20) == 0
+        took = time.monotonic() - start
+        _, err = proc.communicate()
+    finally:
+        proc.kill()
+        listener.close()
+    stop = [json.loads(line) for line in err.splitlines() if '"stop:' in line]
+    assert len(stop) == 1, err[-2000:]
+    assert stop[0]["seconds"] <= 1.0 + 0.2
+    assert took < 4.0, (took, stop[0])

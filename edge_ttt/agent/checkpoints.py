@@ -35,7 +35,7 @@ class StateSection(Section):
     dir: ConfigPath = Field(Path("state"), validate_default=True)
     checkpoint_interval_s: float = Field(300.0, gt=0)
     max_streams: int = Field(1000, ge=1, description="live streams; the least recently used is evicted")
-    stop_checkpoint_s: float = Field(5.0, ge=0, description="time a stop may spend on the last checkpoints")
+    stop_timeout_s: float = Field(5.0, ge=0, description="time a stop may spend writing states, summaries")
 
 
 def state_path(state_dir: Path, device: str, stream: str) -> Path:

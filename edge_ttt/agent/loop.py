@@ -18,6 +18,7 @@ from edge_ttt.agent.checkpoints import CheckpointWriter
 from edge_ttt.agent.config import AgentConfig
 from edge_ttt.agent.pipeline import AgentCounters, Pipelines, PipelineSettings, check_frame
 from edge_ttt.agent.publisher import PredictionPublisher
+from edge_ttt.agent.spooler import SummarySpooler
 from edge_ttt.agent.status import StatusReporter, StatusSources, read_health, status_file
 from edge_ttt.artifacts import load_bundle
 from edge_ttt.drift.shipper import Shipper
@@ -84,12 +85,13 @@ class Agent:
             cfg.predictions, cfg.prediction_topic, self.transport.publish, self.manifest.model.classes, sha
         )
         self.writer = CheckpointWriter()
+        self.spooler = SummarySpooler(self.shipper.submit, max(10_000, 2 * cfg.state.max_streams))
         self.pipelines = Pipelines(
             self.model,
             self.manifest,
             _settings(cfg),
             self.publisher.publish,
-            self.shipper.submit,
+            self.spooler.put,
             self.writer,
         )
         sources = StatusSources(
@@ -134,8 +136,7 @@ class Agent:
                     self.pipelines.close_summaries(final=False)
                     next_summaries = now + SUMMARY_CHECK_S
         finally:
-            self.final_checkpoint()
-            self.pipelines.close_summaries(final=True)
+            self.write_last()
             self.shipper.pump()  # hand the last ones to paho; the spool keeps whatever is not acked
             self.reporter.publish("offline")
             self.transport.stop(counters=self.status()["counters"])
@@ -159,14 +160,23 @@ class Agent:
         self.counters.frames += 1
         self.pipelines.get_or_make(device, stream).feed(frame, message.arrived)
 
-    def final_checkpoint(self) -> None:
-        """Every adapted stream's state, for at most `state.stop_checkpoint_s`, so that a stop is
-        prompt whatever the number of streams; those left keep their previous checkpoint."""
-        budget, start = self.cfg.state.stop_checkpoint_s, time.monotonic()
-        left = self.pipelines.checkpoint_all(budget)
-        left += self.writer.close(max(0.0, budget - (time.monotonic() - start)))
-        fields = {"written": self.writer.written, "left": left, "seconds": round(time.monotonic() - start, 3)}
-        if left:
-            log.warning("stop: some states kept their previous checkpoint", extra={"fields": fields})
+    def write_last(self) -> None:
+        """Every stream's last drift summary and adapted state, for at most `state.stop_timeout_s`
+        (the two writer threads work side by side), so that a stop is prompt whatever the number
+        of streams; a state left keeps its previous checkpoint, a summary left is lost."""
+        budget, start = self.cfg.state.stop_timeout_s, time.monotonic()
+        remaining = lambda: max(0.0, start + budget - time.monotonic())  # noqa: E731
+        self.pipelines.close_summaries(final=True)  # in memory; the spooler writes them
+        states_left = self.pipelines.checkpoint_all(remaining())
+        states_left += self.writer.close(remaining())
+        summaries_left = self.spooler.close(remaining())
+        fields = {
+            "states_written": self.writer.written,
+            "states_left": states_left,
+            "summaries_left": summaries_left,
+            "seconds": round(time.monotonic() - start, 3),
+        }
+        if states_left or summaries_left:
+            log.warning("stop: time is up, states or summaries left", extra={"fields": fields})
         else:
-            log.info("stop: states checkpointed", extra={"fields": fields})
+            log.info("stop: states and summaries written", extra={"fields": fields})
