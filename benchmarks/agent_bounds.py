@@ -189,7 +189,6 @@ def streams(args: argparse.Namespace, n: int) -> dict:
         "live_latency_ms_p50": round(float(np.percentile(a, 50)), 1) if len(a) else None,
         "live_latency_ms_p99": round(float(np.percentile(a, 99)), 1) if len(a) else None,
         "live_latency_ms_max": round(float(a.max()), 1) if len(a) else None,
-        "agent_latency_ms_all_streams": listener.status.get("latency_ms"),
         "windows": counters.get("windows"),
         "queue_dropped": counters.get("queue_dropped"),
         "checkpoints_failed": counters.get("checkpoints_failed"),
