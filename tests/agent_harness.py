@@ -26,9 +26,11 @@ def write_config(
     checkpoint_s: float = 300.0,
     extra: str = "",
     drift: str = "",
+    state: str = "",
 ) -> Path:
-    """An agent config for the test broker; `mqtt` and `drift` add keys to [mqtt] and [drift] (a
-    stop waits at most 0.5 s for acknowledgements unless `drift` says otherwise), `extra` whole sections."""
+    """An agent config for the test broker; `mqtt`, `drift` and `state` add keys to [mqtt], [drift]
+    and [state] (a stop waits at most 0.5 s for acknowledgements unless `drift` says otherwise),
+    `extra` whole sections."""
     if "stop_timeout_s" not in drift:
         drift = f"stop_timeout_s = 0.5\n{drift}"
     text = f"""
@@ -46,6 +48,7 @@ interval_s = 0.3
 [state]
 dir = "{tmp_path / "state"}"
 checkpoint_interval_s = {checkpoint_s}
+{state}
 [drift]
 {drift}
 {extra}

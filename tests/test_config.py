@@ -88,6 +88,7 @@ def test_defaults(tmp_path):
         "max_frames": 10000,
         "when_full": "drop_oldest",
         "max_frame_bytes": 65536,
+        "max_bytes": 16 * 2**20,
     }
     assert cfg.windowing.reorder_frames == 4
     assert (cfg.predictions.topic, cfg.predictions.qos, cfg.predictions.batch) == (
@@ -242,3 +243,10 @@ def test_publish_topics(tmp_path):
     assert cfg.status_topic() == "plant/3/agents/a/status"
     assert cfg.mqtt.parse_topic(cfg.prediction_topic("w1")) is None
     assert cfg.mqtt.parse_topic(cfg.status_topic()) is None
+
+
+def test_a_queue_byte_bound_below_one_frame_is_refused(tmp_path):
+    from tests.agent_config_factory import BASE, problems, write
+
+    path = write(tmp_path, BASE + "[queue]\nmax_frame_bytes = 1000\nmax_bytes = 999\n")
+    assert "raise max_bytes or lower max_frame_bytes" in problems(path)

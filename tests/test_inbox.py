@@ -54,3 +54,23 @@ def test_bad_arguments_are_refused():
         Inbox(0)
     with pytest.raises(ValueError, match="when_full"):
         Inbox(5, when_full="block")
+    with pytest.raises(ValueError, match="max_bytes"):
+        Inbox(5, max_bytes=0)
+
+
+@pytest.mark.parametrize(("policy", "kept"), [("drop_oldest", [3, 4]), ("drop_newest", [0, 1])])
+def test_bounded_in_bytes_as_well_as_in_messages(policy: str, kept: list[int]):
+    box: Inbox[int] = Inbox(100, when_full=policy, max_bytes=250)
+    for i in range(5):
+        box.put(i, size=100)
+    assert len(box) == 2 and box.bytes == 200 and box.counters.dropped == 3
+    assert box.counters.high_water_bytes == 200
+    assert [box.get(0) for _ in range(2)] == kept
+    assert box.bytes == 0
+
+
+def test_an_item_larger_than_the_byte_bound_is_refused_and_the_others_kept():
+    box: Inbox[str] = Inbox(10, max_bytes=100)
+    assert box.put("small", size=60)
+    assert not box.put("huge", size=101)
+    assert box.counters.dropped == 1 and box.get(0) == "small"

@@ -175,7 +175,9 @@ class Engine:
             )
         return _predictions(valid, source if on_source else adapted, source, on_source)
 
-    def save_state(self, path: str | Path) -> None:
+    def snapshot(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """The adapted state as copies (arrays, metadata): written later, e.g. on another thread,
+        it is the state of now whatever this engine does meanwhile."""
         meta = {
             "bundle_sha256": self.model.bundle_sha256,
             "policy": self.policy_name,
@@ -185,20 +187,26 @@ class Engine:
         arrays = self.policy.state()
         if self.fallback is not None:
             arrays.update(prefixed(FALLBACK_STATE, self.fallback.state()))
-        save_state(path, arrays, meta)
+        return {k: np.array(v, copy=True) for k, v in arrays.items()}, meta
+
+    def save_state(self, path: str | Path) -> None:
+        save_state(path, *self.snapshot())
 
     def load_state(self, path: str | Path) -> None:
         """Restore a saved state; refused when it was saved for another bundle or policy."""
-        arrays, meta = load_state(path)
+        self.restore_snapshot(*load_state(path), source=f"state file {path}")
+
+    def restore_snapshot(
+        self, arrays: dict[str, np.ndarray], meta: dict[str, Any], source: str = "the state"
+    ) -> None:
+        """Restore what `snapshot` returned; refused when it was taken on another bundle or policy."""
         if meta.get("bundle_sha256") != self.model.bundle_sha256:
             raise StateError(
-                f"state file {path} was adapted on bundle {meta.get('bundle_sha256')}, this engine runs "
+                f"{source} was adapted on bundle {meta.get('bundle_sha256')}, this engine runs "
                 f"bundle {self.model.bundle_sha256}; refusing it (delete it to start from source)"
             )
         if meta.get("policy") != self.policy_name:
-            raise StateError(
-                f"state file {path} belongs to policy {meta.get('policy')!r}, not {self.policy_name!r}"
-            )
+            raise StateError(f"{source} belongs to policy {meta.get('policy')!r}, not {self.policy_name!r}")
         fallback = unprefixed(FALLBACK_STATE, arrays)
         arrays = {k: v for k, v in arrays.items() if not k.startswith(f"{FALLBACK_STATE}/")}
         try:
@@ -206,7 +214,7 @@ class Engine:
                 self.fallback.load_state(fallback)
             self.policy.load_state(arrays)
         except (KeyError, ValueError) as exc:
-            raise StateError(f"state file {path} does not fit this policy and bundle: {exc}") from exc
+            raise StateError(f"{source} does not fit this policy and bundle: {exc}") from exc
         for name, value in meta.get("counters", {}).items():
             if hasattr(self.counters, name):
                 setattr(self.counters, name, int(value))

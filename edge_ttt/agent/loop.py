@@ -2,7 +2,7 @@
 
 Data flows one way: transport (paho thread) -> inbox (bounded) -> worker: route by topic, decode,
 check -> the stream's pipeline (sequencer, windower, engine) -> predictions, drift summaries;
-status and state checkpoints on their intervals.
+status and state checkpoints on their intervals (the worker copies states, a thread writes them).
 """
 
 from __future__ import annotations
@@ -14,10 +14,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from edge_ttt.adapt.ort_model import OrtModel
-from edge_ttt.agent.checkpoints import save
+from edge_ttt.agent.checkpoints import CheckpointWriter
 from edge_ttt.agent.config import AgentConfig
 from edge_ttt.agent.pipeline import AgentCounters, Pipelines, PipelineSettings, check_frame
 from edge_ttt.agent.publisher import PredictionPublisher
+from edge_ttt.agent.spooler import SummarySpooler
 from edge_ttt.agent.status import StatusReporter, StatusSources, read_health, status_file
 from edge_ttt.artifacts import load_bundle
 from edge_ttt.drift.shipper import Shipper
@@ -58,6 +59,7 @@ def _settings(cfg: AgentConfig) -> PipelineSettings:
         cfg.windowing.reorder_frames,
         d.interval_s,
         d.interval_windows,
+        cfg.state.max_streams,
     )
 
 
@@ -73,10 +75,11 @@ class Agent:
         identity = {"device": self.model.device, "policy": m.policy, "model": self.model.bundle_sha256}
         loaded = {"bundle": bundle.sha256[:12], "device": self.model.device, "policy": m.policy}
         log.info("model loaded", extra={"fields": loaded})
-        self.inbox: Inbox[Message] = Inbox(cfg.queue.max_frames, cfg.queue.when_full)
+        self.inbox: Inbox[Message] = Inbox(cfg.queue.max_frames, cfg.queue.when_full, cfg.queue.max_bytes)
         self.counters = AgentCounters()
         self.stop_event = threading.Event()
         self._warn = RateLimitedLog(log)
+        self._warn_received = RateLimitedLog(log)  # paho's thread has its own
         acks = cfg.drift_ack_subscription()
         self.transport = MqttTransport(cfg.mqtt, cfg.agent.id, cfg.status_topic(), self._received, (acks,))
         self.spool = Spool(cfg.drift.spool_dir, cfg.drift.spool_max_bytes)
@@ -94,8 +97,15 @@ class Agent:
         self.publisher = PredictionPublisher(
             cfg.predictions, cfg.prediction_topic, self.transport.publish, self.manifest.model.classes, sha
         )
+        self.writer = CheckpointWriter()
+        self.spooler = SummarySpooler(self.shipper.submit, max(10_000, 2 * cfg.state.max_streams))
         self.pipelines = Pipelines(
-            self.model, self.manifest, _settings(cfg), self.publisher.publish, self.shipper.submit
+            self.model,
+            self.manifest,
+            _settings(cfg),
+            self.publisher.publish,
+            self.spooler.put,
+            self.writer,
         )
         sources = StatusSources(
             identity,
@@ -114,7 +124,13 @@ class Agent:
         return self.reporter.status()
 
     def _received(self, topic: str, payload: bytes) -> None:  # on paho's thread
-        self.inbox.put(Message(topic, payload, time.monotonic()))
+        """Queue the message; one over `max_frame_bytes` is refused here, before it takes memory."""
+        if len(payload) > self.cfg.queue.max_frame_bytes:
+            self.counters.rejected["too_large"] += 1  # only this thread counts this reason
+            fields = {"topic": topic[:200], "bytes": len(payload), "limit": self.cfg.queue.max_frame_bytes}
+            self._warn_received.warning("too_large", "frame dropped before queueing", fields=fields)
+            return
+        self.inbox.put(Message(topic, payload, time.monotonic()), len(payload) + len(topic))
 
     def run(self) -> None:
         """Until `stop_event` is set: handle messages, publish status, summaries and checkpoints."""
@@ -133,23 +149,25 @@ class Agent:
                     self.reporter.publish()
                     next_status = now + self.cfg.status.interval_s
                 if now >= next_checkpoint:
-                    self.checkpoint()
+                    self.pipelines.start_checkpoints()
                     next_checkpoint = now + self.cfg.state.checkpoint_interval_s
+                self.pipelines.checkpoint_step()
                 if now >= next_summaries:  # intervals are minutes: a look per second is plenty
                     self.pipelines.close_summaries(final=False)
                     next_summaries = now + SUMMARY_CHECK_S
         finally:
-            self.checkpoint()
-            self.pipelines.close_summaries(final=True)
-            self.ship_before_stop()
+            stopping = time.monotonic()
+            self.write_last()
+            self.ship_before_stop(self.cfg.drift.stop_timeout_s - (time.monotonic() - stopping))
             self.reporter.publish("offline")
             self.transport.stop(counters=self.status()["counters"])
 
-    def ship_before_stop(self) -> None:
-        """Ship what the fleet acknowledges within `drift.stop_timeout_s`; the rest stays spooled
-        for the next start (which sends it again: the collector stores each summary once)."""
+    def ship_before_stop(self, budget_s: float) -> None:
+        """Ship what the fleet acknowledges within what is left of `drift.stop_timeout_s` (the
+        whole stop's budget, writing the last states and summaries included); the rest stays
+        spooled for the next start (which sends it again: the collector stores each summary once)."""
         self.shipper.stop()
-        left = self.shipper.drain(self.cfg.drift.stop_timeout_s)
+        left = self.shipper.drain(max(0.0, budget_s))
         fields = {"spooled": left, "shipped": self.spool.counters.shipped}
         (log.warning if left else log.info)("drift summaries left in the spool", extra={"fields": fields})
 
@@ -171,6 +189,23 @@ class Agent:
         self.counters.frames += 1
         self.pipelines.get_or_make(device, stream).feed(frame, message.arrived)
 
-    def checkpoint(self) -> None:
-        """Save every stream's adapted state."""
-        save(self.cfg.state.dir, ((p.device, p.stream, p.engine) for p in self.pipelines.values()))
+    def write_last(self) -> None:
+        """Every stream's last drift summary and adapted state, for at most `state.stop_timeout_s`
+        (the two writer threads work side by side), so that a stop is prompt whatever the number
+        of streams; a state left keeps its previous checkpoint, a summary left is lost."""
+        budget, start = self.cfg.state.stop_timeout_s, time.monotonic()
+        remaining = lambda: max(0.0, start + budget - time.monotonic())  # noqa: E731
+        self.pipelines.close_summaries(final=True)  # in memory; the spooler writes them
+        states_left = self.pipelines.checkpoint_all(remaining())
+        states_left += self.writer.close(remaining())
+        summaries_left = self.spooler.close(remaining())
+        fields = {
+            "states_written": self.writer.written,
+            "states_left": states_left,
+            "summaries_left": summaries_left,
+            "seconds": round(time.monotonic() - start, 3),
+        }
+        if states_left or summaries_left:
+            log.warning("stop: time is up, states or summaries left", extra={"fields": fields})
+        else:
+            log.info("stop: states and summaries written", extra={"fields": fields})

@@ -6,8 +6,9 @@ set of ORT sessions. Predictions go to the publisher, finished drift summaries t
 
 from __future__ import annotations
 
+import logging
 import time
-from collections import Counter
+from collections import Counter, OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,12 +17,17 @@ import numpy as np
 
 from edge_ttt.adapt.engine import Engine, FallbackOptions, Predictions
 from edge_ttt.adapt.ort_model import OrtModel
-from edge_ttt.agent.checkpoints import restore
+from edge_ttt.agent.checkpoints import CheckpointWriter, restore, state_path
 from edge_ttt.drift.summary import DriftSummary, Reference, SummaryCollector
+from edge_ttt.logs import RateLimitedLog
 from edge_ttt.manifest import Manifest, check_fits, sample_period_ns
 from edge_ttt.stream.codec import Frame, FrameError
 from edge_ttt.stream.sequencer import Sequencer
 from edge_ttt.stream.window import Windower
+
+log = logging.getLogger(__package__)
+
+CHECKPOINT_STEP_S = 0.002  # worker time per loop turn for copying states during a checkpoint round
 
 # (device, stream, policy, window end times, predictions, arrival) -> latencies of what was published
 PublishPredictions = Callable[[str, str, str, np.ndarray, Predictions, float], list[float]]
@@ -74,6 +80,7 @@ class Pipeline:
     drift: SummaryCollector
     publish: PublishPredictions
     ship: Callable[[DriftSummary], None]
+    dirty: bool = False  # adapted since its last checkpoint (or restore)
 
     def feed(self, frame: Frame, arrived: float) -> None:
         """A checked frame: whatever windows it completes are predicted, published and summarised."""
@@ -81,6 +88,7 @@ class Pipeline:
             windows = self.windower.push(ready.times(), ready.values)
             if len(windows):
                 predictions = self.engine.process(windows.x)
+                self.dirty = True
                 latency = self.publish(
                     self.device, self.stream, self.engine.policy_name, windows.t_end_ns, predictions, arrived
                 )
@@ -108,11 +116,14 @@ class PipelineSettings:
     reorder_frames: int
     drift_interval_s: float
     drift_interval_windows: int | None
+    max_streams: int
 
 
-class Pipelines(dict[tuple[str, str], Pipeline]):
-    """The pipelines by (device, stream), each made on its stream's first valid frame, from the
-    stream's checkpoint when there is one."""
+class Pipelines(OrderedDict[tuple[str, str], Pipeline]):
+    """The live pipelines by (device, stream), least recently used first. Each is made on its
+    stream's first valid frame, from the stream's checkpoint when there is one; beyond
+    `max_streams` the least recently used is evicted: its state checkpointed, its open drift
+    interval closed and shipped. Checkpoints go through `writer`, off the worker's hot path."""
 
     def __init__(
         self,
@@ -121,6 +132,7 @@ class Pipelines(dict[tuple[str, str], Pipeline]):
         settings: PipelineSettings,
         publish: PublishPredictions,
         ship: Callable[[DriftSummary], None],
+        writer: CheckpointWriter,
     ) -> None:
         super().__init__()
         self.model = model
@@ -129,23 +141,75 @@ class Pipelines(dict[tuple[str, str], Pipeline]):
         self.reference = Reference.from_manifest(manifest)
         self._publish = publish
         self._ship = ship
+        self.writer = writer
         self.states_restored = 0  # pipelines that started from a checkpoint
+        self.evicted = 0  # pipelines closed for newer ones beyond max_streams
+        self._due: deque[tuple[str, str]] = deque()  # the checkpoint round under way
+        self._warn = RateLimitedLog(log)
 
     def get_or_make(self, device: str, stream: str) -> Pipeline:
         key = (device, stream)
-        if key not in self:
-            self[key] = self._make(device, stream)
-        return self[key]
+        if key in self:
+            self.move_to_end(key)
+            return self[key]
+        while len(self) >= self.settings.max_streams:
+            self.evict()
+        self[key] = pipeline = self._make(device, stream)
+        return pipeline
+
+    def evict(self) -> None:
+        """Close the least recently used pipeline: checkpoint it, ship its open interval."""
+        (device, stream), p = self.popitem(last=False)
+        p.close_summary(final=True)
+        self._checkpoint(p)
+        self.evicted += 1
+        fields = {"device": device, "stream": stream, "evicted": self.evicted}
+        self._warn.warning("evicted", "stream evicted: max_streams are live", fields=fields)
 
     def close_summaries(self, final: bool) -> None:
         """Ship the drift summaries whose interval ended (`final`: every stream's, ended or not)."""
         for p in self.values():
             p.close_summary(final)
 
+    def start_checkpoints(self) -> None:
+        """Begin a round: every stream adapted since its last checkpoint is copied by later
+        `checkpoint_step`s, a few per worker turn."""
+        self._due = deque(k for k, p in self.items() if p.dirty)
+
+    def checkpoint_step(self, budget_s: float = CHECKPOINT_STEP_S) -> None:
+        """Copy the states of the round for about `budget_s`, as far as the writer has room."""
+        deadline = time.monotonic() + budget_s
+        while self._due and self.writer.has_room():
+            p = self.get(self._due.popleft())
+            if p is not None and p.dirty:  # gone meanwhile: checkpointed when evicted
+                self._checkpoint(p)
+            if time.monotonic() >= deadline:
+                break
+
+    def checkpoint_all(self, timeout: float) -> int:
+        """The last checkpoints of a stop, most recently used first, for at most `timeout` s
+        (with the writer's close); how many adapted streams were left at their previous one."""
+        deadline = time.monotonic() + timeout
+        dirty = [p for p in reversed(self.values()) if p.dirty]
+        for i, p in enumerate(dirty):
+            if not self._checkpoint(p, timeout=max(0.0, deadline - time.monotonic())):
+                return len(dirty) - i
+        return 0
+
+    def _checkpoint(self, p: Pipeline, timeout: float | None = None) -> bool:
+        if not p.dirty:
+            return True
+        path = state_path(self.settings.state_dir, p.device, p.stream)
+        if not self.writer.submit(path, p.engine.snapshot(), timeout):
+            return False
+        p.dirty = False
+        return True
+
     def _make(self, device: str, stream: str) -> Pipeline:
         s = self.settings
         engine = Engine(self.model, policy=s.policy, options=s.options or None, fallback=s.fallback)
-        if restore(engine, s.state_dir, device, stream):
+        pending = self.writer.take(state_path(s.state_dir, device, stream))
+        if restore(engine, s.state_dir, device, stream, pending):
             self.states_restored += 1
         info = self.manifest.model
         windower = Windower(info.window, info.hop, sample_period_ns(info.sample_rate_hz), len(info.channels))
@@ -160,4 +224,6 @@ class Pipelines(dict[tuple[str, str], Pipeline]):
             counters=engine.counters.as_dict(),
         )
         sequencer = Sequencer(s.reorder_frames)
-        return Pipeline(device, stream, sequencer, windower, engine, drift, self._publish, self._ship)
+        pipeline = Pipeline(device, stream, sequencer, windower, engine, drift, self._publish, self._ship)
+        pipeline.dirty = pending is not None  # its newest state is in memory only
+        return pipeline

@@ -1,0 +1,70 @@
+"""The checkpoint writer: states written off the worker, one pending snapshot per file, bounded,
+a returning stream goes on from a snapshot not written yet, a stop bounded in time."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from edge_ttt.adapt.snapshot import load_state
+from edge_ttt.agent import checkpoints
+from edge_ttt.agent.checkpoints import CheckpointWriter
+from tests.conftest import wait_for
+
+
+def snap(value: float) -> checkpoints.Snapshot:
+    return {"w": np.full(3, value)}, {"policy": "p"}
+
+
+@pytest.fixture
+def gate(monkeypatch) -> threading.Event:
+    """Writes wait until the gate opens (a slow disk)."""
+    opened = threading.Event()
+    original = checkpoints.save_state
+
+    def slow(path, arrays, meta):
+        opened.wait(20)
+        original(path, arrays, meta)
+
+    monkeypatch.setattr(checkpoints, "save_state", slow)
+    return opened
+
+
+def test_snapshots_are_written_on_the_writers_thread(tmp_path):
+    writer = CheckpointWriter()
+    assert writer.submit(tmp_path / "a.npz", snap(1.0))
+    assert wait_for(lambda: writer.written == 1)
+    arrays, meta = load_state(tmp_path / "a.npz")
+    assert arrays["w"].tolist() == [1.0, 1.0, 1.0] and meta["policy"] == "p"
+    assert writer.close(1.0) == 0
+
+
+def test_a_newer_snapshot_replaces_a_pending_one_and_take_returns_it(tmp_path, gate):
+    writer = CheckpointWriter(max_pending=2)
+    writer.submit(tmp_path / "busy.npz", snap(0.0))  # held by the gate
+    assert wait_for(lambda: writer.pending() == 1 and writer.has_room())
+    writer.submit(tmp_path / "a.npz", snap(1.0))
+    writer.submit(tmp_path / "a.npz", snap(2.0))
+    assert writer.pending() == 2  # the one being written, one pending for a.npz
+    taken = writer.take(tmp_path / "a.npz")
+    assert taken is not None and taken[0]["w"][0] == 2.0
+    assert writer.take(tmp_path / "a.npz") is None
+    gate.set()
+    assert writer.close(5.0) == 0
+    assert not (tmp_path / "a.npz").exists()  # taken: the returning stream has it in memory
+
+
+def test_pending_snapshots_are_bounded_and_a_stop_is_bounded_in_time(tmp_path, gate):
+    writer = CheckpointWriter(max_pending=2)
+    for name in "abc":
+        assert writer.submit(tmp_path / f"{name}.npz", snap(1.0))
+    assert wait_for(lambda: writer.pending() == 3)  # one being written, two pending: full
+    assert not writer.has_room()
+    start = time.monotonic()
+    assert not writer.submit(tmp_path / "d.npz", snap(1.0), timeout=0.2)
+    assert writer.close(0.3) == 2  # the two pending are left; the one being written ends later
+    assert time.monotonic() - start < 2
+    gate.set()
