@@ -2,8 +2,10 @@
 
 Files are written atomically (hidden temporary file, fsync, rename, fsync of the directory), so
 a crash leaves either no file or a complete one; a leftover temporary file is removed on open.
-Names start with a zero-padded nanosecond time, so name order is age order. The spool is bounded
-in bytes: when a new file would exceed the bound, the oldest files are deleted, counted and logged
+Names start with a zero-padded nanosecond time, so name order is age order. The spool keeps an
+index of its files (name and size, oldest first), read from the directory once at open, so that
+a write or an acknowledgement costs the same however many files wait. It is bounded in bytes:
+when a new file would exceed the bound, the oldest files are deleted, counted and logged
 (rate-limited). A file deleted by the bound while it is in flight (sent, not yet acknowledged) is
 not yet a loss: it counts as shipped if its acknowledgement still comes, as dropped if not (`lost`).
 """
@@ -57,16 +59,21 @@ class Spool:
         self._sending: set[str] = set()  # names of files in flight
         self._orphans: dict[str, int] = {}  # summary id -> size: deleted by the bound while in flight
         self._warn = RateLimitedLog(log, log_every_s)
-        self._last_ns = max((int(p.name[:20]) for p in self.pending()), default=0)
         for stale in self.dir.glob(".*.tmp"):  # a write that a crash interrupted
             stale.unlink(missing_ok=True)
+        found = sorted(p for p in self.dir.iterdir() if _NAME.match(p.name))
+        self._files: dict[str, int] = {p.name: p.stat().st_size for p in found}  # oldest first
+        self._by_id: dict[str, str] = {summary_id_of(p): p.name for p in found}
+        self._bytes = sum(self._files.values())
+        self._last_ns = max((int(name[:20]) for name in self._files), default=0)
 
     def pending(self) -> list[Path]:
         """Complete files, oldest first."""
-        return sorted(p for p in self.dir.iterdir() if _NAME.match(p.name))
+        with self._lock:
+            return [self.dir / name for name in self._files]
 
     def size(self) -> int:
-        return sum(p.stat().st_size for p in self.pending())
+        return self._bytes
 
     def put(self, summary_id: str, data: bytes) -> Path:
         """Write one file atomically, then delete the oldest files while over the bound."""
@@ -77,20 +84,29 @@ class Spool:
                 raise ValueError(f"summary id {summary_id!r} is not usable in a file name")
             atomic_write(path, lambda f: f.write(data))
             self.counters.written += 1
+            self._files[path.name] = len(data)
+            self._bytes += len(data)
+            self._by_id[summary_id] = path.name
             self._enforce_bound()
             return path
 
+    def _forget(self, name: str) -> int:
+        """Take a file out of the index; its size."""
+        size = self._files.pop(name)
+        self._bytes -= size
+        summary_id = summary_id_of(Path(name))
+        if self._by_id.get(summary_id) == name:
+            del self._by_id[summary_id]
+        return size
+
     def _enforce_bound(self) -> None:
-        files = [(p, p.stat().st_size) for p in self.pending()]
-        total = sum(size for _, size in files)
-        for path, size in files:
-            if total <= self.max_bytes:
-                break
-            path.unlink(missing_ok=True)
-            total -= size
-            if path.name in self._sending:
-                self._sending.discard(path.name)
-                self._orphans[summary_id_of(path)] = size
+        while self._bytes > self.max_bytes and self._files:
+            name = next(iter(self._files))
+            (self.dir / name).unlink(missing_ok=True)
+            size = self._forget(name)
+            if name in self._sending:
+                self._sending.discard(name)
+                self._orphans[summary_id_of(Path(name))] = size
             else:
                 self._count_drop(size)
 
@@ -116,14 +132,15 @@ class Spool:
             if self._orphans.pop(summary_id, None) is not None:
                 self.counters.shipped += 1  # delivered after all, though the bound deleted it
                 return True
-            files = list(self.dir.glob(f"*-{summary_id}{SUFFIX}"))
-            for path in files:
-                path.unlink(missing_ok=True)
-                self._sending.discard(path.name)
-            if files:
-                self.counters.shipped += 1
-                fsync_dir(self.dir)
-            return bool(files)
+            name = self._by_id.get(summary_id)
+            if name is None:
+                return False
+            (self.dir / name).unlink(missing_ok=True)
+            self._forget(name)
+            self._sending.discard(name)
+            self.counters.shipped += 1
+            fsync_dir(self.dir)
+            return True
 
     def lost(self, summary_id: str) -> None:
         """A file the bound deleted in flight was never acknowledged: now it counts as dropped."""
