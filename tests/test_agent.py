@@ -248,3 +248,27 @@ def test_health_reads_the_local_status_file(tmp_path, bundle_dir, broker):
     assert health(cfg) == "agent is offline"
     result = CliRunner().invoke(app, ["health", "--config", str(config)])
     assert result.exit_code == 1 and "offline" in result.output
+
+
+def test_frames_given_up_on_are_logged_and_travel_in_the_drift_summary(tmp_path, bundle_dir, broker, caplog):
+    from edge_ttt.drift.receiver import Receiver
+    from edge_ttt.drift.schema import from_table
+
+    drift = 'interval_windows = 100\nspool_dir = "spool"\n'
+    agent = Agent(load_config(write_config(tmp_path, bundle_dir, broker.port, drift=drift)))
+    listener = Listener(broker.port, ["edge-ttt/+/drift"])
+    thread = start(agent)
+    try:
+        sent = [f for f in frames(16) if f.seq not in (3, 9)]  # two never arrive
+        for frame in sent:
+            listener.publish("edge-ttt/dev-g/dt/0", encode(frame))
+        assert wait_for(lambda: agent.status()["counters"].get("frames_missing") == 2)
+    finally:
+        agent.stop_event.set()
+        thread.join(10)
+    assert wait_for(lambda: len(listener.raw) >= 1)
+    listener.close()
+    receiver = Receiver()
+    summaries = [s for _, p in listener.raw if (t := receiver.accept(p)) is not None for s in from_table(t)]
+    assert sum(s.frames_missing for s in summaries) == 2
+    assert any("frames missing" in r.getMessage() for r in caplog.records)

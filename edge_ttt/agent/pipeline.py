@@ -80,10 +80,13 @@ class Pipeline:
     drift: SummaryCollector
     publish: PublishPredictions
     ship: Callable[[DriftSummary], None]
+    warn: RateLimitedLog  # the agent's pipelines share one: a flood of gaps logs once a while
     dirty: bool = False  # adapted since its last checkpoint (or restore)
+    missing_reported: int = 0  # the sequencer's `missing` when the last summary closed
 
     def feed(self, frame: Frame, arrived: float) -> None:
         """A checked frame: whatever windows it completes are predicted, published and summarised."""
+        missing = self.sequencer.counters.missing
         for ready in self.sequencer.push(frame):
             windows = self.windower.push(ready.times(), ready.values)
             if len(windows):
@@ -94,6 +97,12 @@ class Pipeline:
                 )
                 self.drift.observe_predictions(windows.x, predictions, latency)
                 self.close_summary(final=False)  # a window count may be reached
+        if (now_missing := self.sequencer.counters.missing) > missing:
+            self.warn.warning(
+                "frames_missing",
+                "frames missing: sequence numbers given up on",
+                fields={"device": self.device, "stream": self.stream, "missing": now_missing},
+            )
 
     def close_summary(self, final: bool) -> None:
         """Ship the drift summary when its interval ended (`final`: now, ended or not); the
@@ -102,6 +111,8 @@ class Pipeline:
         if final or self.drift.due(now):
             summary = self.drift.close(now, self.engine.report())
             if summary is not None:
+                missing = self.sequencer.counters.missing
+                summary.frames_missing, self.missing_reported = missing - self.missing_reported, missing
                 self.ship(summary)
 
 
@@ -224,6 +235,8 @@ class Pipelines(OrderedDict[tuple[str, str], Pipeline]):
             counters=engine.counters.as_dict(),
         )
         sequencer = Sequencer(s.reorder_frames)
-        pipeline = Pipeline(device, stream, sequencer, windower, engine, drift, self._publish, self._ship)
+        pipeline = Pipeline(
+            device, stream, sequencer, windower, engine, drift, self._publish, self._ship, self._warn
+        )
         pipeline.dirty = pending is not None  # its newest state is in memory only
         return pipeline

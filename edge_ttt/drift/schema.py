@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 from edge_ttt.drift.stats import Histogram, Mean, Moments
 from edge_ttt.drift.summary import COUNTERS, Adaptation, DriftSummary, Reference
 
-SCHEMA_VERSION = 3  # 2: accuracy estimates, fallbacks and windows_on_source; 3: spool_dropped
+SCHEMA_VERSION = 3  # 2: accuracy estimates, fallbacks, windows_on_source; 3: spool_dropped, frames_missing
 FORMAT = b"edge-ttt-drift"  # file metadata key `format`; a breaking change would need a new name
 
 _f64, _i64, _str = pa.float64(), pa.int64(), pa.string()
@@ -73,6 +73,7 @@ OPTIONAL = (
     pa.field("source_estimated_accuracy", _f64),
     pa.field("source_estimated_windows", _i64),
     pa.field("spool_dropped", _i64),
+    pa.field("frames_missing", _i64),
 )
 SCHEMA = pa.schema(
     [*REQUIRED, *OPTIONAL],
@@ -137,6 +138,7 @@ def _row(s: DriftSummary) -> dict:
         "source_estimated_accuracy": s.source_estimated_accuracy,
         "source_estimated_windows": s.source_estimated.count,
         "spool_dropped": s.spool_dropped,
+        "frames_missing": s.frames_missing,
     }
 
 
@@ -233,6 +235,7 @@ def from_table(table: pa.Table) -> list[DriftSummary]:
                 counters={c: r[c] or 0 for c in COUNTERS},
                 adaptation=a,
                 spool_dropped=r["spool_dropped"] or 0,
+                frames_missing=r["frames_missing"] or 0,
             )
         )
     return out

@@ -117,6 +117,7 @@ class DriftSummary:
     counters: dict[str, int] = field(default_factory=lambda: dict.fromkeys(COUNTERS, 0))
     adaptation: Adaptation | None = None
     spool_dropped: int = 0  # the agent's spool drops since its previous summary (any stream)
+    frames_missing: int = 0  # this stream's frames given up on (sequence gaps) in the interval
 
     @classmethod
     def empty(
@@ -208,6 +209,7 @@ def merge_summaries(summaries: Iterable[DriftSummary]) -> DriftSummary:
         out.invalid_windows += p.invalid_windows
         out.counters = {k: out.counters.get(k, 0) + p.counters.get(k, 0) for k in COUNTERS}
         out.spool_dropped += p.spool_dropped
+        out.frames_missing += p.frames_missing
     for name in ("device", "stream", "model_sha256", "policy", "agent_version"):
         setattr(out, name, _same(getattr(p, name) for p in parts))
     out.start, out.end = min(p.start for p in parts), max(p.end for p in parts)
