@@ -5,6 +5,7 @@ prompt exit on SIGTERM with many streams."""
 from __future__ import annotations
 
 import threading
+import time
 
 from edge_ttt.agent import Agent
 from edge_ttt.agent.config import load_config
@@ -67,6 +68,7 @@ def test_streams_beyond_max_streams_are_evicted_checkpointed_shipped_and_restore
     listener = Listener(broker.port, ["edge-ttt/+/pred", "edge-ttt/+/drift"])
     thread = start(agent)
     sent = frames(3)  # 75 samples: one window each
+    began = time.monotonic()
     try:
         for d in range(8):
             for frame in sent:
@@ -88,7 +90,8 @@ def test_streams_beyond_max_streams_are_evicted_checkpointed_shipped_and_restore
         assert agent.pipelines.evicted == 4 and ("dev0", "0") in agent.pipelines
         assert agent.status()["counters"]["streams_evicted"] == 4
         evicted_lines = [r for r in caplog.records if r.getMessage().startswith("stream evicted")]
-        assert len(evicted_lines) == 1  # four evictions, one line: rate-limited
+        # four evictions, one line per 10 s (rate-limited): one, unless a loaded machine took longer
+        assert 1 <= len(evicted_lines) <= 1 + int((time.monotonic() - began) // 10)
     finally:
         agent.stop_event.set()
         thread.join(10)

@@ -15,7 +15,7 @@ def test_summaries_are_spooled_in_order_on_the_spoolers_thread():
     for name in "abc":
         spooler.put(name)
     assert wait_for(lambda: len(done) == 3)
-    assert done == [(n, "drift-spooler") for n in "abc"] and spooler.spooled == 3
+    assert done == [(n, "drift-spooler") for n in "abc"] and spooler.written == 3
     assert spooler.close(1.0) == 0
 
 
@@ -42,5 +42,5 @@ def test_a_failing_disk_is_counted_and_spooling_goes_on():
     spooler = SummarySpooler(submit)
     spooler.put(SimpleNamespace(device="bad", stream="0"))
     spooler.put(SimpleNamespace(device="good", stream="0"))
-    assert wait_for(lambda: spooler.spooled == 1 and spooler.failed == 1)
+    assert wait_for(lambda: spooler.written == 1 and spooler.failed == 1)
     spooler.close(1.0)

@@ -12,9 +12,6 @@ from __future__ import annotations
 
 import logging
 import re
-import threading
-import time
-from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +20,8 @@ from pydantic import Field
 
 from edge_ttt.adapt.engine import Engine, StateError
 from edge_ttt.adapt.snapshot import save_state
+from edge_ttt.agent.background import BackgroundWriter
 from edge_ttt.config_file import ConfigPath, Section
-from edge_ttt.logs import RateLimitedLog
 
 log = logging.getLogger(__package__)
 
@@ -67,76 +64,32 @@ def restore(
     return True
 
 
-class CheckpointWriter:
+class CheckpointWriter(BackgroundWriter):
     """Writes snapshots to their files on a thread of its own, oldest submission first."""
 
+    thread_name = "checkpoint-writer"
+
     def __init__(self, max_pending: int = 256) -> None:
-        self.max_pending = max_pending
-        self.written = 0
-        self.failed = 0
-        self._pending: OrderedDict[Path, Snapshot] = OrderedDict()
-        self._writing: Path | None = None
-        self._closing = False
-        self._changed = threading.Condition()
-        self._warn = RateLimitedLog(log)
-        self._thread = threading.Thread(target=self._run, name="checkpoint-writer", daemon=True)
-        self._thread.start()
+        super().__init__(max_pending)
 
     def has_room(self) -> bool:
         with self._changed:
             return len(self._pending) < self.max_pending
 
-    def pending(self) -> int:
-        with self._changed:
-            return len(self._pending) + (self._writing is not None)
-
     def submit(self, path: Path, snapshot: Snapshot, timeout: float | None = None) -> bool:
         """Queue `snapshot` for `path` (replacing a pending one); waits while `max_pending` others
         are pending (at most `timeout` s): memory stays bounded. Whether it was queued."""
-        with self._changed:
-            has_room = lambda: path in self._pending or len(self._pending) < self.max_pending  # noqa: E731
-            if not self._changed.wait_for(has_room, timeout):
-                return False
-            self._pending[path] = snapshot
-            self._changed.notify_all()
-            return True
+        return self._queue(path, snapshot, timeout)
 
     def take(self, path: Path) -> Snapshot | None:
         """The pending snapshot of `path`, no longer to be written (a returning stream goes on from
         it); None when there is none, once a write of `path` in progress is done."""
         with self._changed:
-            self._changed.wait_for(lambda: self._writing != path)
+            self._changed.wait_for(lambda: self._current != path)
             return self._pending.pop(path, None)
 
-    def close(self, timeout: float) -> int:
-        """Write what is pending for at most `timeout` s, then stop; how many snapshots were left."""
-        deadline = time.monotonic() + timeout
-        with self._changed:
-            self._changed.wait_for(lambda: not self._pending and self._writing is None, timeout)
-            self._closing = True
-            left = len(self._pending)
-            self._pending.clear()
-            self._changed.notify_all()
-        self._thread.join(max(0.0, deadline - time.monotonic()))
-        return left
+    def _write(self, path: Path, snapshot: Snapshot) -> None:
+        save_state(path, *snapshot)
 
-    def _run(self) -> None:
-        while True:
-            with self._changed:
-                self._changed.wait_for(lambda: self._pending or self._closing)
-                if self._closing:
-                    return
-                path, snapshot = self._pending.popitem(last=False)
-                self._writing = path
-                self._changed.notify_all()
-            try:
-                save_state(path, *snapshot)
-                self.written += 1
-            except OSError as exc:  # a full or failing disk must not end checkpointing
-                self.failed += 1
-                fields = {"file": path.name, "error": str(exc)}
-                self._warn.warning("checkpoint", "state checkpoint failed", fields=fields)
-            finally:
-                with self._changed:
-                    self._writing = None
-                    self._changed.notify_all()
+    def _failure(self, path: Path, snapshot: Snapshot, exc: OSError) -> tuple[str, str, dict[str, Any]]:
+        return "checkpoint", "state checkpoint failed", {"file": path.name, "error": str(exc)}

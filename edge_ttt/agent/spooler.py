@@ -9,76 +9,30 @@ intervals (an in-memory summary) and puts them here, oldest first; memory stays 
 
 from __future__ import annotations
 
-import logging
-import threading
-import time
-from collections import deque
+import itertools
 from collections.abc import Callable
 from typing import Any
 
+from edge_ttt.agent.background import BackgroundWriter
 from edge_ttt.drift.summary import DriftSummary
-from edge_ttt.logs import RateLimitedLog
-
-log = logging.getLogger(__package__)
 
 
-class SummarySpooler:
+class SummarySpooler(BackgroundWriter):
+    thread_name = "drift-spooler"
+
     def __init__(self, submit: Callable[[DriftSummary], Any], max_pending: int = 10_000) -> None:
         """`submit`: what spools one summary (the shipper's `submit`)."""
         self.submit = submit
-        self.max_pending = max_pending
-        self.spooled = 0
-        self.failed = 0  # summaries the spool refused (a full or failing disk)
-        self._queue: deque[DriftSummary] = deque()
-        self._busy = False
-        self._closing = False
-        self._changed = threading.Condition()
-        self._warn = RateLimitedLog(log)
-        self._thread = threading.Thread(target=self._run, name="drift-spooler", daemon=True)
-        self._thread.start()
+        self._ids = itertools.count()
+        super().__init__(max_pending)
 
     def put(self, summary: DriftSummary, timeout: float | None = None) -> bool:
         """Queue `summary` for the spool, waiting (at most `timeout` s) while the queue is full."""
-        with self._changed:
-            if not self._changed.wait_for(lambda: len(self._queue) < self.max_pending, timeout):
-                return False
-            self._queue.append(summary)
-            self._changed.notify_all()
-            return True
+        return self._queue(next(self._ids), summary, timeout)
 
-    def pending(self) -> int:
-        with self._changed:
-            return len(self._queue) + self._busy
+    def _write(self, key: int, summary: DriftSummary) -> None:
+        self.submit(summary)
 
-    def close(self, timeout: float) -> int:
-        """Spool what is queued for at most `timeout` s, then stop; how many summaries were left."""
-        deadline = time.monotonic() + timeout
-        with self._changed:
-            self._changed.wait_for(lambda: not self._queue and not self._busy, timeout)
-            self._closing = True
-            left = len(self._queue)
-            self._queue.clear()
-            self._changed.notify_all()
-        self._thread.join(max(0.0, deadline - time.monotonic()))
-        return left
-
-    def _run(self) -> None:
-        while True:
-            with self._changed:
-                self._changed.wait_for(lambda: self._queue or self._closing)
-                if self._closing:
-                    return
-                summary = self._queue.popleft()
-                self._busy = True
-                self._changed.notify_all()
-            try:
-                self.submit(summary)
-                self.spooled += 1
-            except OSError as exc:
-                self.failed += 1
-                fields = {"device": summary.device, "stream": summary.stream, "error": str(exc)}
-                self._warn.warning("spool", "drift summary not spooled", fields=fields)
-            finally:
-                with self._changed:
-                    self._busy = False
-                    self._changed.notify_all()
+    def _failure(self, key: int, summary: DriftSummary, exc: OSError) -> tuple[str, str, dict[str, Any]]:
+        fields = {"device": summary.device, "stream": summary.stream, "error": str(exc)}
+        return "spool", "drift summary not spooled", fields
