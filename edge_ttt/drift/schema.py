@@ -147,9 +147,16 @@ def to_table(summaries: list[DriftSummary]) -> pa.Table:
 
 
 def to_parquet(summaries: list[DriftSummary]) -> bytes:
-    """The Parquet file's bytes (the spool writes them atomically)."""
+    """The Parquet file's bytes (the spool writes them atomically).
+
+    Plain encoding, no compression, no column statistics: a spool file holds one row, whose
+    encoding is nearly all fixed cost, and zstd and dictionaries saved 15 % of the bytes for
+    2.6x the time (4.4 ms against 1.7 ms a summary). That time is what a stop with a thousand
+    streams has to spend; the collector's dataset compresses when it compacts."""
     sink = io.BytesIO()
-    pq.write_table(to_table(summaries), sink, compression="zstd")
+    pq.write_table(
+        to_table(summaries), sink, compression="none", use_dictionary=False, write_statistics=False
+    )
     return sink.getvalue()
 
 
