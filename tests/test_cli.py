@@ -91,6 +91,26 @@ def test_export_of_a_missing_checkpoint(tmp_path: Path):
     assert not (tmp_path / "art").exists()
 
 
+def _pickled_object(path: Path) -> None:
+    import torch
+
+    torch.save({"a": object()}, path)
+
+
+@pytest.mark.parametrize(
+    "write", [lambda p: p.write_text("hello"), _pickled_object], ids=["text file", "pickled object"]
+)
+def test_export_of_a_file_that_is_not_a_checkpoint_is_one_line(tmp_path: Path, write):
+    junk = tmp_path / "junk.pt"
+    write(junk)
+    result = invoke("export", "--checkpoint", junk, "--out", tmp_path / "art")
+    assert result.exit_code == 2
+    line, end = result.output.split("\n", 1)  # one line, torch's advice on untrusted files left out
+    assert end == "" and "weights_only" not in line
+    assert line.startswith(f"error: {junk} is not an edge-ttt checkpoint (torch cannot load it")
+    assert line.endswith("Fix: pass the model.pt that `edge-ttt train` wrote")
+
+
 def test_replay_refuses_a_tampered_bundle(bundle_dir: Path, synthetic_log_path: Path, tmp_path: Path):
     import shutil
 
