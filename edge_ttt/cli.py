@@ -12,7 +12,7 @@ import typer
 from edge_ttt import logs
 from edge_ttt.adapt.fallback import DEFAULT_FALLBACK
 from edge_ttt.adapt.policies import DEFAULT_POLICY, POLICY_TYPES
-from edge_ttt.commandline import LazyGroup, fail
+from edge_ttt.commandline import LazyGroup, command_app, fail
 from edge_ttt.monitor.cli import collect_command, monitor_app
 
 POLICIES = tuple(POLICY_TYPES)
@@ -31,7 +31,7 @@ class _Commands(LazyGroup):
     order = ("collect", "train", "export", "replay", "run", "demo", "health", "datasets", "monitor")
 
 
-app = typer.Typer(cls=_Commands, no_args_is_help=True, add_completion=False, help=__doc__)
+app = command_app(cls=_Commands, help=__doc__)
 app.command("collect")(collect_command)
 app.add_typer(monitor_app, name="monitor")
 
@@ -51,9 +51,13 @@ def replay(
     artifacts: Annotated[Path, typer.Option(help="artifact directory")],
     log: Annotated[Path, typer.Option(help="recorded log to replay")],
     policy: Annotated[
-        str, typer.Option(help=f"{', '.join(POLICIES)}, or all (default: {DEFAULT_POLICY})")
+        str,
+        typer.Option(
+            help=f"{', '.join(POLICIES)}, or all: every policy the bundle can run (ttt needs a model "
+            "trained with its auxiliary head, such as cnn-bn-ttt)"
+        ),
     ] = DEFAULT_POLICY,
-    batch_size: Annotated[int, typer.Option(min=1)] = 1,
+    batch_size: Annotated[int, typer.Option(min=1, help="windows per adaptation step")] = 1,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda")] = "cpu",
     as_json: Annotated[bool, typer.Option("--json", help="print one JSON object per policy")] = False,
     episodic: Annotated[
@@ -63,7 +67,7 @@ def replay(
         bool,
         typer.Option(
             "--per-device/--one-engine",
-            help="an engine per device, as the agent runs (default), or one for all",
+            help="an engine per device, as the agent runs, or one engine for every device",
         ),
     ] = True,
     fallback: Annotated[

@@ -16,13 +16,13 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from edge_ttt.commandline import fail
+from edge_ttt.commandline import command_app, fail
 from edge_ttt.config_file import ConfigError
 from edge_ttt.monitor import dataset
 from edge_ttt.monitor.alerts import COLUMNS, evaluate
 from edge_ttt.monitor.config import AlertsSection, load_monitor_config
 
-monitor_app = typer.Typer(no_args_is_help=True, help="Compact, query and report on the fleet drift dataset.")
+monitor_app = command_app(help="Compact, query and report on the fleet drift dataset.")
 
 DatasetOption = Annotated[
     str, typer.Option("--dataset", help="dataset directory or URI (e.g. s3://bucket/fleet)")

@@ -8,13 +8,10 @@ from typing import Annotated
 
 import typer
 
-from edge_ttt.commandline import fail, host_import
+from edge_ttt.commandline import command_app, fail, host_import
 
-datasets_app = typer.Typer(
-    name="datasets",
-    no_args_is_help=True,
-    add_completion=False,
-    help="Convert public sensor datasets into recorded logs.",
+datasets_app = command_app(
+    name="datasets", help="Recorded logs from public sensor datasets or from your own CSV and Parquet files."
 )
 
 
