@@ -75,14 +75,19 @@ def replay(
     ] = False,
 ) -> None:
     """Replay a recorded log through the engine, in time order, and report accuracy and counters."""
-    from edge_ttt.artifacts import BundleError
+    from edge_ttt.artifacts import BundleError, load_bundle
     from edge_ttt.recordlog import LogFormatError
+    from edge_ttt.replay import every_policy
     from edge_ttt.replay import replay as run_replay
 
-    policies = None if policy == "all" else [policy]  # all: every policy the bundle can run
-    if policies is not None and policy not in POLICIES:
+    if policy not in (*POLICIES, "all"):
         fail(f"unknown policy {policy!r}; choose one of {', '.join(POLICIES)} or all")
     try:
+        policies, left_out = [policy], {}
+        if policy == "all":  # every policy the bundle can run, and a line for each one left out
+            policies, left_out = every_policy(load_bundle(artifacts).manifest, episodic)
+        for name, why in left_out.items():
+            typer.echo(f"left out {name}: {why}", err=as_json)
         results = run_replay(
             artifacts,
             log,
@@ -107,10 +112,13 @@ def replay(
             f"{result['policy']}{mode}: {result['windows']} windows, accuracy {acc} "
             f"(estimated without labels {est}), {result['fallbacks']} fallbacks to source "
             f"({result['windows_on_source']} windows), "
-            f"{result['adapt_steps']} adaptation steps, {result['rejected_invalid']} invalid, "
+            f"{result['adapt_steps']} adaptation steps, {result['skipped_unreliable']} skipped as "
+            f"unreliable, {result['skipped_no_drift']} without drift, {result['rejected_invalid']} invalid, "
             f"{result['resets']} resets, {result['rollbacks']} rollbacks, "
             f"{result['ms_per_window']:.3f} ms/window"
         )
+        if result["collapse"] is not None:
+            typer.echo(f"  {result['collapse']}")
 
 
 @app.command()
