@@ -90,7 +90,7 @@ def _batch_sizes(text: str) -> list[int]:
 def add_output_options(p: argparse.ArgumentParser) -> None:
     """Where a benchmark keeps its trained models (`--cache`) and writes its tables (`--out`)."""
     p.add_argument("--cache", type=Path, default=Path("runs/bench"), help="trained models and bundles")
-    p.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    p.add_argument("--out", type=Path, default=Path("benchmarks/results"), help="where the result files go")
 
 
 def progress(message: str) -> None:

@@ -42,35 +42,52 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+def _refused(root: Path, what: str) -> BundleError:
+    """One line: what is wrong, then the fix, which for every fault is the same (a bundle is
+    written whole by export, never repaired by hand)."""
+    return BundleError(
+        f"{what}. Fix: re-create the bundle with `edge-ttt export --checkpoint MODEL.pt --out {root} --force`"
+    )
+
+
+def _first_problem(exc: ValidationError) -> str:
+    """pydantic's report spans many lines; the first problem and the count fit on one."""
+    first = exc.errors()[0]
+    where = ".".join(str(part) for part in first["loc"]) or "(top level)"
+    more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+    return f"{where}: {first['msg']}{more}"
+
+
 def load_bundle(path: str | Path) -> Bundle:
     """Read manifest.json, check its schema, then every file's presence and hash."""
     root = Path(path)
     manifest_path = root / MANIFEST
     if not root.is_dir():
-        raise BundleError(f"artifact directory {root} does not exist; create it with `edge-ttt export`")
+        raise _refused(root, f"artifact directory {root} does not exist")
     if not manifest_path.is_file():
-        raise BundleError(f"{manifest_path} is missing: not an artifact bundle")
+        raise _refused(root, f"{manifest_path} is missing: not an artifact bundle")
     raw = manifest_path.read_bytes()
     try:
         doc = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise BundleError(f"{manifest_path} is not valid JSON: {exc}") from exc
+        raise _refused(root, f"{manifest_path} is not valid JSON ({exc})") from exc
     version = doc.get("schema_version") if isinstance(doc, dict) else None
     if version not in SUPPORTED_SCHEMA_VERSIONS:
         raise BundleError(
             f"{manifest_path}: unknown schema_version {version!r}; this edge-ttt reads "
-            f"{', '.join(map(str, SUPPORTED_SCHEMA_VERSIONS))} (re-export the bundle or upgrade edge-ttt)"
+            f"{', '.join(map(str, SUPPORTED_SCHEMA_VERSIONS))}. Fix: re-export the bundle with this "
+            f"version (`edge-ttt export --checkpoint MODEL.pt --out {root} --force`) or upgrade edge-ttt"
         )
     try:
         manifest = Manifest.model_validate(doc)
     except ValidationError as exc:
-        raise BundleError(f"{manifest_path} is invalid:\n{exc}") from exc
+        raise _refused(root, f"{manifest_path} is invalid: {_first_problem(exc)}") from exc
     for name, digest in manifest.files.items():
         file = root / name
         if Path(name).name != name:
-            raise BundleError(f"{manifest_path}: file entry {name!r} is not a plain file name")
+            raise _refused(root, f"{manifest_path}: file entry {name!r} is not a plain file name")
         if not file.is_file():
-            raise BundleError(f"{file} is missing from the bundle")
+            raise _refused(root, f"{file} is missing from the bundle")
         if sha256_file(file) != digest:
-            raise BundleError(f"{file} does not match its SHA-256 in the manifest (modified or corrupted)")
+            raise _refused(root, f"{file} does not match its SHA-256 in the manifest (modified or corrupted)")
     return Bundle(path=root, manifest=manifest, sha256=hashlib.sha256(raw).hexdigest())

@@ -12,7 +12,7 @@ import typer
 from edge_ttt import logs
 from edge_ttt.adapt.fallback import DEFAULT_FALLBACK
 from edge_ttt.adapt.policies import DEFAULT_POLICY, POLICY_TYPES
-from edge_ttt.commandline import LazyGroup, fail
+from edge_ttt.commandline import LazyGroup, command_app, fail
 from edge_ttt.monitor.cli import collect_command, monitor_app
 
 POLICIES = tuple(POLICY_TYPES)
@@ -31,7 +31,7 @@ class _Commands(LazyGroup):
     order = ("collect", "train", "export", "replay", "run", "demo", "health", "datasets", "monitor")
 
 
-app = typer.Typer(cls=_Commands, no_args_is_help=True, add_completion=False, help=__doc__)
+app = command_app(cls=_Commands, help=__doc__)
 app.command("collect")(collect_command)
 app.add_typer(monitor_app, name="monitor")
 
@@ -51,9 +51,13 @@ def replay(
     artifacts: Annotated[Path, typer.Option(help="artifact directory")],
     log: Annotated[Path, typer.Option(help="recorded log to replay")],
     policy: Annotated[
-        str, typer.Option(help=f"{', '.join(POLICIES)}, or all (default: {DEFAULT_POLICY})")
+        str,
+        typer.Option(
+            help=f"{', '.join(POLICIES)}, or all: every policy the bundle can run (ttt needs a model "
+            "trained with its auxiliary head, such as cnn-bn-ttt)"
+        ),
     ] = DEFAULT_POLICY,
-    batch_size: Annotated[int, typer.Option(min=1)] = 1,
+    batch_size: Annotated[int, typer.Option(min=1, help="windows per adaptation step")] = 1,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda")] = "cpu",
     as_json: Annotated[bool, typer.Option("--json", help="print one JSON object per policy")] = False,
     episodic: Annotated[
@@ -63,7 +67,7 @@ def replay(
         bool,
         typer.Option(
             "--per-device/--one-engine",
-            help="an engine per device, as the agent runs (default), or one for all",
+            help="an engine per device, as the agent runs, or one engine for every device",
         ),
     ] = True,
     fallback: Annotated[
@@ -71,14 +75,19 @@ def replay(
     ] = False,
 ) -> None:
     """Replay a recorded log through the engine, in time order, and report accuracy and counters."""
-    from edge_ttt.artifacts import BundleError
+    from edge_ttt.artifacts import BundleError, load_bundle
     from edge_ttt.recordlog import LogFormatError
+    from edge_ttt.replay import every_policy
     from edge_ttt.replay import replay as run_replay
 
-    policies = None if policy == "all" else [policy]  # all: every policy the bundle can run
-    if policies is not None and policy not in POLICIES:
+    if policy not in (*POLICIES, "all"):
         fail(f"unknown policy {policy!r}; choose one of {', '.join(POLICIES)} or all")
     try:
+        policies, left_out = [policy], {}
+        if policy == "all":  # every policy the bundle can run, and a line for each one left out
+            policies, left_out = every_policy(load_bundle(artifacts).manifest, episodic)
+        for name, why in left_out.items():
+            typer.echo(f"left out {name}: {why}", err=as_json)
         results = run_replay(
             artifacts,
             log,
@@ -103,10 +112,13 @@ def replay(
             f"{result['policy']}{mode}: {result['windows']} windows, accuracy {acc} "
             f"(estimated without labels {est}), {result['fallbacks']} fallbacks to source "
             f"({result['windows_on_source']} windows), "
-            f"{result['adapt_steps']} adaptation steps, {result['rejected_invalid']} invalid, "
+            f"{result['adapt_steps']} adaptation steps, {result['skipped_unreliable']} skipped as "
+            f"unreliable, {result['skipped_no_drift']} without drift, {result['rejected_invalid']} invalid, "
             f"{result['resets']} resets, {result['rollbacks']} rollbacks, "
             f"{result['ms_per_window']:.3f} ms/window"
         )
+        if result["collapse"] is not None:
+            typer.echo(f"  {result['collapse']}")
 
 
 @app.command()

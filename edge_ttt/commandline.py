@@ -1,5 +1,5 @@
-"""What every command line of the project shares: the error exit, the missing-extra message, and a
-group that mounts commands from other packages by name.
+"""What every command line of the project shares: how its apps print help, the error exit, the
+missing-extra message, and a group that mounts commands from other packages by name.
 
 The device package cannot import the host packages (torch) or the simulator, yet `edge-ttt` offers
 their commands; naming them as "module:attribute" and importing on use keeps both true.
@@ -8,15 +8,41 @@ their commands; naming them as "module:attribute" and importing on use keeps bot
 from __future__ import annotations
 
 import importlib
+import inspect
 from difflib import get_close_matches
 from functools import cache
 from types import ModuleType
-from typing import ClassVar, NoReturn
+from typing import Any, ClassVar, NoReturn
 
 import typer
 from typer.core import TyperCommand, TyperGroup
 
 HOST_ONLY = frozenset({"torch", "seglearn"})  # what the [export] extra brings
+
+
+class HelpGroup(TyperGroup):
+    """Lists each command with the whole first paragraph of its help, wrapped, where click would
+    cut it at the first sentence or at 80 columns with "..."."""
+
+    def format_commands(self, ctx: typer.Context, formatter: Any) -> None:  # click's HelpFormatter
+        rows = []
+        for name in self.list_commands(ctx):
+            command = self.get_command(ctx, name)
+            if command is not None and not command.hidden:
+                text = command.short_help or inspect.cleandoc(command.help or "").split("\n\n")[0]
+                rows.append((name, " ".join(text.split())))
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
+
+def command_app(**options: Any) -> typer.Typer:
+    """A Typer app whose help is click's plain text: rich's boxes cut long option names to fit 80
+    columns (`--as-fast-as-p…`) and read `[alerts]` in a help text as markup, dropping it; plain
+    text keeps both, and pipes and greps well. No shell-completion options; a bare group prints
+    its help."""
+    defaults = {"cls": HelpGroup, "rich_markup_mode": None, "add_completion": False, "no_args_is_help": True}
+    return typer.Typer(**{**defaults, **options})
 
 
 def fail(message: str) -> NoReturn:
@@ -48,7 +74,7 @@ def mounted(name: str, target: str) -> TyperCommand | TyperGroup | None:
     return group.commands.get(name)  # type: ignore[return-value]
 
 
-class LazyGroup(TyperGroup):
+class LazyGroup(HelpGroup):
     """A Typer group whose commands in `lazy` ({name: "module:attribute"}) are imported only when
     listed or invoked; `order` is the order `--help` lists every command in."""
 

@@ -15,12 +15,14 @@ from edge_ttt.adapt.engine import DEFAULT_POLICY, Engine
 from edge_ttt.adapt.estimates import class_prior, device_estimates, stream_estimate
 from edge_ttt.adapt.fallback import FallbackOptions
 from edge_ttt.adapt.ort_model import OrtModel
-from edge_ttt.adapt.policies import POLICY_TYPES, fits
+from edge_ttt.adapt.policies import POLICY_TYPES, bundle_loss, fits
 from edge_ttt.artifacts import load_bundle
-from edge_ttt.manifest import check_fits
+from edge_ttt.manifest import Manifest, check_fits
 from edge_ttt.metrics import accuracy, macro_f1
 from edge_ttt.recordlog import RecordedLog, read_log
 from edge_ttt.stream.window import WindowBatch, windows_from_log
+
+COLLAPSE_SHARE = 0.9  # predictions of one class above this share are called a collapse
 
 
 class ReplayError(ValueError):
@@ -73,11 +75,7 @@ def replay(
     if not per_device:
         devices = np.zeros(len(windows), np.int64)
     if policies is None:
-        policies = [
-            name
-            for name, policy in POLICY_TYPES.items()
-            if fits(policy, bundle.manifest) and (policy.loss is not None or not episodic)
-        ]
+        policies = every_policy(bundle.manifest, episodic)[0]
     options = {"episodic": True} if episodic else None
     batches = _batches(windows, devices, batch_size)
     results = []
@@ -86,6 +84,28 @@ def replay(
         engines = {d: Engine(model, p, options, fallback=fallback) for d in np.unique(devices)}
         results.append(_run(engines, windows, devices, batches, show_progress))
     return results
+
+
+def every_policy(manifest: Manifest, episodic: bool) -> tuple[list[str], dict[str, str]]:
+    """`--policy all`: the policies the bundle can run (with `episodic`, the gradient ones), and
+    why each other one is left out, so that a missing row is explained rather than silent."""
+    chosen, left_out = [], {}
+    for name, policy in POLICY_TYPES.items():
+        if not fits(policy, manifest):
+            left_out[name] = (
+                f"it steps on the {policy.loss} loss, and this bundle's model ({manifest.model.name}) "
+                f"was exported with the {bundle_loss(manifest)} loss"
+                + (
+                    "; train and export a model with an auxiliary head, e.g. cnn-bn-ttt, to run it"
+                    if policy.loss == "auxiliary"
+                    else ""
+                )
+            )
+        elif episodic and policy.loss is None:
+            left_out[name] = "it takes no gradient steps, so an episode would have nothing to forget"
+        else:
+            chosen.append(name)
+    return chosen, left_out
 
 
 def _batches(windows: WindowBatch, devices: np.ndarray, batch_size: int) -> list[np.ndarray]:
@@ -120,7 +140,11 @@ def _run(
     elapsed = time.perf_counter() - start
     counts = [e.counters.as_dict() for e in engines.values()]
     counters = Counters(**{name: sum(c[name] for c in counts) for name in counts[0]})
-    classes = len(first.model.manifest.model.classes)
+    manifest = first.model.manifest
+    classes = len(manifest.model.classes)
+    top = int(np.bincount(predicted[predicted >= 0], minlength=classes).argmax()) if n else 0
+    top_share = float(np.mean(predicted == top)) if n else 0.0
+    batch = int(max((len(b) for b in batches), default=1))
     prior = class_prior(first.model.manifest)
     return {
         "policy": first.policy_name,
@@ -133,6 +157,40 @@ def _run(
         "source_estimated_accuracy": stream_estimate(device_estimates(source, devices, prior)),
         **{k: v for k, v in counters.as_dict().items() if k != "windows"},  # adapt_steps, fallbacks, ...
         "ms_per_window": 1000 * elapsed / max(n, 1),
-        "batch_size": int(max((len(b) for b in batches), default=1)),
+        "batch_size": batch,
         "bundle_sha256": first.model.bundle_sha256,
+        "top_class": manifest.model.classes[top],
+        "top_class_share": top_share,
+        "collapse": collapse_note(
+            first.policy_name, manifest, batch, counters, manifest.model.classes[top], top_share
+        ),
     }
+
+
+def collapse_note(
+    policy: str, manifest: Manifest, batch: int, counters: Counters, top_class: str, share: float
+) -> str | None:
+    """Why a policy's predictions sit at one class, from what the counters and the policy say;
+    None below COLLAPSE_SHARE. An accuracy at the share of one class otherwise reads as a bug."""
+    if share < COLLAPSE_SHARE or counters.windows == 0:
+        return None
+    said = [f"{100 * share:.0f}% of windows predicted as {top_class!r}: a collapse to one class"]
+    if POLICY_TYPES[policy].batch_stats and manifest.batch_norms:
+        which = (
+            "a batch of one window is normalized by its own moments"
+            if batch == 1
+            else f"batches of {batch} windows in time order follow the current activity"
+        )
+        said.append(
+            f"{policy} normalizes with the statistics of each batch, and {which} (why tent and sar "
+            "collapse: docs/adaptation.md); use larger batches of mixed windows, or norm or steady, "
+            "which keep population statistics"
+        )
+    if counters.skipped_unreliable:
+        said.append(
+            f"{counters.skipped_unreliable} of {counters.windows} windows were skipped as unreliable"
+            + (", so no adaptation step caused it" if counters.adapt_steps == 0 else "")
+        )
+    if counters.resets or counters.rollbacks:
+        said.append(f"{counters.resets} resets and {counters.rollbacks} rollbacks did not undo it")
+    return "; ".join(said)

@@ -13,9 +13,9 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from edge_ttt.commandline import fail, host_import
+from edge_ttt.commandline import command_app, fail, host_import
 
-app = typer.Typer(add_completion=False)
+app = command_app()
 
 
 @app.command()

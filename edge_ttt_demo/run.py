@@ -223,7 +223,7 @@ def run_live(
             f"started the collector and {len(agents.procs)} agents ({', '.join(POLICIES)}); "
             f"logs in {dirs.rundir}"
         )
-        with console.status("waiting for the agents to come online"):
+        with _waiting(console, say, "waiting for the agents to come online"):
             ready = _wait(
                 lambda: (
                     set(agents.procs) <= listener.online
@@ -243,7 +243,7 @@ def run_live(
                 f"recordings each at {opts.speed:g}x, about {duration_s / opts.speed:.0f} s)"
             )
             stream(fleet, host, port, dirs, opts, stop)
-            with console.status("waiting for the last predictions"):
+            with _waiting(console, say, "waiting for the last predictions"):
                 board, expected = fleet.board, len(fleet.board.labels)
                 _settle(
                     lambda: sum(board.received(p) for p in POLICIES),
@@ -252,6 +252,16 @@ def run_live(
                     stop=stop,
                 )
     return broker_text
+
+
+def _waiting(
+    console: Console, say: Callable[[str], None], text: str
+) -> contextlib.AbstractContextManager[object]:
+    """A spinner on a terminal; elsewhere (a pipe, a log) one line, as a spinner draws nothing there."""
+    if console.is_terminal:
+        return console.status(text)
+    say(text)
+    return contextlib.nullcontext()
 
 
 def stream(

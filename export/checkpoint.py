@@ -56,16 +56,24 @@ def save_checkpoint(path: Path, src: SourceModel) -> None:
 
 
 def load_checkpoint(path: Path) -> SourceModel:
-    """Load and rebuild the model; a file that is not our checkpoint fails with the reason."""
+    """Load and rebuild the model; a file that is not our checkpoint fails with one line.
+
+    torch's own reasons (an unpickling error and its advice to load untrusted code, or a bare
+    KeyError) say nothing useful to someone who passed the wrong file, so they are not repeated.
+    """
     path = Path(path)
+    fix = "Fix: pass the model.pt that `edge-ttt train` wrote"
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist; create one with `edge-ttt train`")
+        raise FileNotFoundError(f"checkpoint {path} does not exist. {fix}")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise ValueError(f"checkpoint {path} cannot be read: {exc}") from exc
+        raise ValueError(
+            f"{path} is not an edge-ttt checkpoint (torch cannot load it as plain weights: "
+            f"{type(exc).__name__}). {fix}"
+        ) from exc
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path} is not an edge-ttt checkpoint (expected format {CHECKPOINT_FORMAT})")
+        raise ValueError(f"{path} is not an edge-ttt checkpoint (expected format {CHECKPOINT_FORMAT}). {fix}")
     model = build_model(payload["name"], len(payload["channels"]), len(payload["classes"]))
     model.load_state_dict(payload["state_dict"])
     model.eval()

@@ -12,9 +12,9 @@ from typing import Annotated
 
 import typer
 
-from edge_ttt.commandline import fail, host_import
+from edge_ttt.commandline import command_app, fail, host_import
 
-app = typer.Typer(no_args_is_help=True, add_completion=False)
+app = command_app()
 
 
 @app.command()
@@ -24,8 +24,8 @@ def train(
     model: Annotated[str, typer.Option(help="cnn-bn, cnn-gn, tcn-ln or cnn-bn-ttt")] = "cnn-bn",
     window: Annotated[int, typer.Option(min=8, help="samples per window")] = 128,
     hop: Annotated[int, typer.Option(min=1, help="samples between window starts")] = 64,
-    epochs: Annotated[int, typer.Option(min=1)] = 20,
-    seed: Annotated[int, typer.Option()] = 0,
+    epochs: Annotated[int, typer.Option(min=1, help="passes over the training windows")] = 20,
+    seed: Annotated[int, typer.Option(help="seeds weights, the validation split and shuffling")] = 0,
 ) -> None:
     """Train a source model; prints the held-out validation accuracy."""
     train_mod = host_import("export.train")

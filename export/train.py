@@ -149,7 +149,10 @@ def train(log_path: Path, out: Path, cfg: TrainConfig, show_progress: bool = Tru
     rng = np.random.default_rng(cfg.seed)
     src = read_log(log_path)
     if src.class_names is None:
-        raise ValueError(f"{log_path}: training needs class names in the log metadata (edge_ttt.class_names)")
+        raise ValueError(
+            f"{log_path}: training needs class names in the log metadata (edge_ttt.class_names). Fix: "
+            "import the recording with `edge-ttt datasets import ... --label COLUMN --classes NAME,...`"
+        )
     split = split_by_device(src, cfg)
     if len(split.train) == 0 or len(split.val) == 0:
         raise ValueError(f"{log_path}: too few labeled windows to hold out a validation set")

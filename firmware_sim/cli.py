@@ -9,23 +9,28 @@ from typing import Annotated
 import numpy as np
 import typer
 
-from edge_ttt.commandline import fail
+from edge_ttt.commandline import command_app, fail
 from edge_ttt.recordlog import LogFormatError, read_log, write_log
 from firmware_sim.broker import parse_address
 from firmware_sim.corruptions import device_rng
 from firmware_sim.datasets.cli import datasets_app
 from firmware_sim.devices import Link, SimDevice, fleet_schedule, pump
-from firmware_sim.scenarios import ScenarioError, load_scenario
+from firmware_sim.scenarios import BUILTINS, ScenarioError, load_scenario
 from firmware_sim.signals import IMU_CHANNELS, ImuSource, LogSource, Source
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
+app = command_app(help=__doc__)
 app.add_typer(datasets_app, name="datasets")
 
 Broker = Annotated[str, typer.Option(help="MQTT broker as HOST:PORT")]
 Prefix = Annotated[str, typer.Option(help="topic prefix: frames go to <prefix>/<device>/dt/0")]
 Qos = Annotated[int, typer.Option(min=0, max=1, help="MQTT QoS of the frames")]
 SamplesPerFrame = Annotated[int, typer.Option(min=1, max=1000, help="samples per frame")]
-ScenarioName = Annotated[str, typer.Option("--scenario", help="built-in scenario name or TOML file")]
+ScenarioName = Annotated[
+    str,
+    typer.Option(
+        "--scenario", help=f"a built-in scenario ({', '.join(BUILTINS)}) or a TOML file (docs/simulator.md)"
+    ),
+]
 Buffer = Annotated[int, typer.Option(min=1, help="frames a device keeps while disconnected")]
 
 

@@ -28,6 +28,8 @@ from firmware_sim.signals import Source
 
 __all__ = ["Link", "SimDevice", "Summary", "fleet_schedule", "pump"]
 
+PLAIN_PROGRESS_S = 5.0  # between progress lines where no bar can be drawn
+
 
 class Link:
     """One device's MQTT connection with a local buffer of at most `buffer_frames` frames."""
@@ -163,11 +165,18 @@ def pump(
     paced: bool = True,
     total: int | None = None,
     progress: bool = False,
+    every_s: float = PLAIN_PROGRESS_S,
 ) -> Summary:
-    """Send each (due_s, link, topic, payload) at start + due_s (paced) or at once; close the links."""
+    """Send each (due_s, link, topic, payload) at start + due_s (paced) or at once; close the links.
+
+    `progress`: a bar on a terminal; elsewhere (a pipe, a log file), where a bar draws nothing, a
+    line every `every_s` seconds, so that a long paced run does not look hung."""
     frames = 0
     start = time.monotonic()
-    with Progress(console=Console(stderr=True), disable=not progress, transient=True) as bar:
+    console = Console(stderr=True)
+    lines = progress and not console.is_terminal
+    next_line = start + every_s
+    with Progress(console=console, disable=not progress or lines, transient=True) as bar:
         task = bar.add_task("publishing", total=total)
         try:
             for due, link, topic, payload in items:
@@ -179,6 +188,12 @@ def pump(
                 frames += 1
                 if frames % 100 == 0:
                     bar.update(task, completed=frames)
+                if lines and time.monotonic() >= next_line:
+                    of = "" if total is None else f" of {total} ({100 * frames / max(total, 1):.0f}%)"
+                    console.print(
+                        f"publishing: {frames} frames{of}, {time.monotonic() - start:.0f} s", highlight=False
+                    )
+                    next_line = time.monotonic() + every_s
         except KeyboardInterrupt:
             pass  # Ctrl-C ends an open-ended run; the summary still counts it
         finally:

@@ -86,3 +86,25 @@ def test_file_entry_outside_the_bundle_is_refused(bundle: Path):
     _edit_manifest(bundle, lambda d: d["files"].update({"../escape": "0" * 64}))
     with pytest.raises(BundleError, match="not a plain file name"):
         load_bundle(bundle)
+
+
+@pytest.mark.parametrize(
+    "spoil",
+    [
+        lambda b: (b / "checkpoint").unlink(),
+        lambda b: (b / "eval_model.onnx").write_bytes(b"tampered"),
+        lambda b: (b / "manifest.json").write_text("{not json"),
+        lambda b: _edit_manifest(b, lambda d: d["model"].update(colour="blue", size="xl")),
+        lambda b: (b / "manifest.json").unlink(),
+    ],
+    ids=["missing file", "tampered file", "not json", "invalid manifest", "no manifest"],
+)
+def test_every_refusal_is_one_line_that_names_the_export_command(bundle: Path, spoil):
+    spoil(bundle)
+    with pytest.raises(BundleError) as info:
+        load_bundle(bundle)
+    message = str(info.value)
+    assert "\n" not in message
+    assert message.endswith(
+        f"Fix: re-create the bundle with `edge-ttt export --checkpoint MODEL.pt --out {bundle} --force`"
+    )

@@ -221,3 +221,22 @@ def test_main_writes_results_that_do_not_depend_on_jobs(model_paths, tmp_path):
     assert (
         f"| order | batch | shift | steady | estimated | source | estimated | {FALLBACK_COLUMN} |" in report
     )
+
+
+@pytest.mark.parametrize(
+    ("argv", "out"),
+    [
+        ([], "benchmarks/results"),
+        (["--jobs", "1", "--cache", "elsewhere"], "benchmarks/results"),
+        (["--models", "cnn-bn", "--policies", "source"], "runs/bench/partial"),
+        (["--no-torch-tent"], "runs/bench/partial"),
+        (["--seed", "1"], "runs/bench/partial"),
+        (["--models", "cnn-bn", "--out", "benchmarks/results"], "benchmarks/results"),
+    ],
+)
+def test_only_a_full_run_replaces_the_committed_results(argv, out):
+    from pathlib import Path
+
+    from benchmarks.adaptation.cli import parse_args
+
+    assert parse_args(argv).out == Path(out)

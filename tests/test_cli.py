@@ -29,6 +29,9 @@ REPLAY_KEYS = {
     "resets",
     "rollbacks",
     "ms_per_window",
+    "top_class",
+    "top_class_share",
+    "collapse",
 }
 
 
@@ -91,6 +94,26 @@ def test_export_of_a_missing_checkpoint(tmp_path: Path):
     assert not (tmp_path / "art").exists()
 
 
+def _pickled_object(path: Path) -> None:
+    import torch
+
+    torch.save({"a": object()}, path)
+
+
+@pytest.mark.parametrize(
+    "write", [lambda p: p.write_text("hello"), _pickled_object], ids=["text file", "pickled object"]
+)
+def test_export_of_a_file_that_is_not_a_checkpoint_is_one_line(tmp_path: Path, write):
+    junk = tmp_path / "junk.pt"
+    write(junk)
+    result = invoke("export", "--checkpoint", junk, "--out", tmp_path / "art")
+    assert result.exit_code == 2
+    line, end = result.output.split("\n", 1)  # one line, torch's advice on untrusted files left out
+    assert end == "" and "weights_only" not in line
+    assert line.startswith(f"error: {junk} is not an edge-ttt checkpoint (torch cannot load it")
+    assert line.endswith("Fix: pass the model.pt that `edge-ttt train` wrote")
+
+
 def test_replay_refuses_a_tampered_bundle(bundle_dir: Path, synthetic_log_path: Path, tmp_path: Path):
     import shutil
 
@@ -124,8 +147,12 @@ def test_replay_all_policies_prints_one_object_each(bundle_dir: Path, synthetic_
         "replay", "--artifacts", bundle_dir, "--log", synthetic_log_path, "--policy", "all", "--json"
     )
     assert result.exit_code == 0, result.output
-    summaries = [json.loads(line) for line in result.output.splitlines()]
+    summaries = [json.loads(line) for line in result.stdout.splitlines()]
     assert [s["policy"] for s in summaries] == [p for p in POLICIES if p != "ttt"]
+    assert result.stderr.splitlines() == [  # said, not left out silently; stdout stays JSON
+        "left out ttt: it steps on the auxiliary loss, and this bundle's model (cnn-bn) was exported "
+        "with the entropy loss; train and export a model with an auxiliary head, e.g. cnn-bn-ttt, to run it"
+    ]
     assert all(set(s) >= REPLAY_KEYS for s in summaries)
     by_policy = {s["policy"]: s for s in summaries}
     assert by_policy["source"]["adapt_steps"] == 0
@@ -173,7 +200,9 @@ def test_replay_episodic_runs_the_gradient_policies_the_bundle_can_run(
     args = ("replay", "--artifacts", aux_bundle_dir, "--log", synthetic_log_path, "--json")
     result = invoke(*args, "--policy", "all", "--episodic")
     assert result.exit_code == 0, result.output
-    summaries = [json.loads(line) for line in result.output.splitlines()]
+    summaries = [json.loads(line) for line in result.stdout.splitlines()]
+    left_out = [line.split(":")[0] for line in result.stderr.splitlines()]
+    assert left_out == [f"left out {p}" for p in ("source", "norm", "tent", "sar", "steady")]
     assert [(s["policy"], s["episodic"]) for s in summaries] == [("ttt", True)]
     assert summaries[0]["adapt_steps"] == summaries[0]["windows"]  # one step per window, each forgotten
 
@@ -182,3 +211,34 @@ def test_replay_names_the_policy_that_does_not_fit_the_bundle(aux_bundle_dir: Pa
     result = invoke("replay", "--artifacts", aux_bundle_dir, "--log", synthetic_log_path, "--policy", "tent")
     assert result.exit_code == 2
     assert "policy 'tent' steps on the entropy loss" in result.output and "ttt" in result.output
+
+
+def test_replay_text_says_what_it_leaves_out_and_every_counter(bundle_dir: Path, synthetic_log_path: Path):
+    result = invoke("replay", "--artifacts", bundle_dir, "--log", synthetic_log_path, "--policy", "all")
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("left out ttt: it steps on the auxiliary loss")
+    sar = next(line for line in lines if line.startswith("sar: "))
+    assert " skipped as unreliable, " in sar and " without drift, " in sar
+
+
+def test_a_collapse_is_explained_by_the_counters_and_the_policy(bundle_dir: Path):
+    """Why tent and sar sit at one class on the smartwatch data at batch size 1 (docs/adaptation.md)."""
+    from edge_ttt.adapt.counters import Counters
+    from edge_ttt.artifacts import load_bundle
+    from edge_ttt.replay import collapse_note
+
+    manifest = load_bundle(bundle_dir).manifest
+    skipped = Counters(windows=1917, skipped_unreliable=1917)
+    assert collapse_note("sar", manifest, 1, skipped, "ABD", 0.89) is None
+    assert collapse_note("sar", manifest, 1, skipped, "ABD", 1.0) == (
+        "100% of windows predicted as 'ABD': a collapse to one class; sar normalizes with the "
+        "statistics of each batch, and a batch of one window is normalized by its own moments (why "
+        "tent and sar collapse: docs/adaptation.md); use larger batches of mixed windows, or norm or "
+        "steady, which keep population statistics; 1917 of 1917 windows were skipped as unreliable, "
+        "so no adaptation step caused it"
+    )
+    stepped = Counters(windows=100, adapt_steps=100, resets=2, rollbacks=1)
+    assert collapse_note("steady", manifest, 1, stepped, "ABD", 0.95) == (
+        "95% of windows predicted as 'ABD': a collapse to one class; 2 resets and 1 rollbacks did not undo it"
+    )

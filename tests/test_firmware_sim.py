@@ -157,3 +157,37 @@ def test_recorder_drops_redelivered_frames_and_counts_bad_ones():
         rec._on_message(rec.client, None, msg)
     assert rec.seqs() == {"d": [0, 1]} and rec.duplicates == 1 and rec.rejected == 1
     assert len(rec.log(IMU_CHANNELS)) == 20
+
+
+class _CountingLink:
+    """A Link's counting side, without a broker."""
+
+    def __init__(self) -> None:
+        self.published, self.dropped, self.buffer, self.closed = 0, 0, [], False
+
+    def send(self, topic: str, payload: bytes) -> None:
+        self.published += 1
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_pump_prints_progress_lines_where_no_bar_can_be_drawn(capsys):
+    """Piped (stderr not a terminal), a paced run of minutes would otherwise print nothing until
+    its summary; here every_s=0 asks for a line after every frame."""
+    from firmware_sim.devices import pump
+
+    link = _CountingLink()
+    summary = pump(((0.0, link, "t", b"x") for _ in range(3)), [link], paced=False, total=3, progress=True,
+                   every_s=0.0)  # fmt: skip
+    assert summary.published == 3 and link.closed
+    lines = capsys.readouterr().err.splitlines()
+    assert [line.split(",")[0] for line in lines] == [
+        "publishing: 1 frames of 3 (33%)",
+        "publishing: 2 frames of 3 (67%)",
+        "publishing: 3 frames of 3 (100%)",
+    ]
+    pump(
+        ((0.0, link, "t", b"x") for _ in range(3)), [link], paced=False, total=3, progress=False, every_s=0.0
+    )
+    assert capsys.readouterr().err == ""

@@ -214,7 +214,7 @@ def test_the_example_config_loads_and_a_bad_one_names_its_keys(tmp_path):
     example = Path(__file__).resolve().parents[1] / "configs" / "monitor.toml"
     cfg = load_monitor_config(example)
     assert (
-        cfg.collector.dataset == str(example.parent.parent / "fleet")
+        cfg.collector.dataset == str(example.parent.parent / "runs" / "fleet")
         and cfg.topic_filter() == "edge-ttt/+/drift"
     )
     shared = cfg.model_copy(update={"collector": cfg.collector.model_copy(update={"share_group": "g"})})

@@ -120,6 +120,47 @@ def test_query_runs_sql_over_the_dataset(location):
     assert table.exit_code == 0 and "2023-11-14" in table.output
 
 
+def _one_line_error(result) -> str:
+    assert result.exit_code == 2, result.output
+    line, rest = result.output.split("\n", 1)
+    assert rest == "" and line.startswith("error: ")
+    return line
+
+
+@pytest.mark.parametrize("command", [["alerts"], ["alerts", "--json"], ["report", "--out"]])
+def test_an_empty_or_missing_dataset_is_one_line_and_exit_2(tmp_path, command):
+    """Not an empty report that looks like a healthy fleet, nor `[]` with exit 0."""
+    if command[-1] == "--out":
+        command = [*command, str(tmp_path / "r.html")]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = CliRunner().invoke(monitor_app, [*command, "--dataset", str(empty)])
+    assert f"{empty} holds no drift summaries yet. Fix: " in _one_line_error(result)
+    missing = tmp_path / "missing"
+    result = CliRunner().invoke(monitor_app, [*command, "--dataset", str(missing)])
+    assert f"{missing} is not a dataset directory. Fix: " in _one_line_error(result)
+    assert not (tmp_path / "r.html").exists()
+
+
+def test_a_folder_of_other_files_is_not_a_dataset(tmp_path):
+    (tmp_path / "notes.txt").write_text("hello")
+    result = CliRunner().invoke(monitor_app, ["alerts", "--dataset", str(tmp_path)])
+    assert f"{tmp_path} is not a fleet dataset (" in _one_line_error(result)
+
+
+@pytest.mark.parametrize(
+    ("sql", "message"),
+    [
+        ("SELEC 1", 'Parser Error: syntax error at or near "SELEC"'),
+        ("SELECT nope FROM summaries", 'Binder Error: Referenced column "nope" not found'),
+    ],
+)
+def test_bad_sql_is_one_line_with_duckdbs_message(location, sql, message):
+    result = CliRunner().invoke(monitor_app, ["query", sql, "--dataset", location])
+    line = _one_line_error(result)
+    assert line.startswith(f"error: {message}") and "LINE 1" not in line
+
+
 def test_compact_command(location):
     result = CliRunner().invoke(monitor_app, ["compact", "--dataset", location])
     assert result.exit_code == 0 and json.loads(result.output)["files_merged"] == 7

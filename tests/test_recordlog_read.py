@@ -43,6 +43,23 @@ def test_not_parquet(tmp_path: Path) -> None:
     assert_read_error(path, "Parquet")
 
 
+IMPORT_COMMAND = (
+    "Fix: pass a recorded log; convert a CSV or Parquet recording of your own with `edge-ttt datasets import"
+)
+
+
+def test_a_csv_or_a_foreign_parquet_file_is_told_to_import_it(tmp_path: Path) -> None:
+    """A command-line user gets the command that converts the file, not a Python function's name."""
+    csv = tmp_path / "phone.csv"
+    csv.write_text("time,ax\n0,1.0\n")
+    foreign = tmp_path / "phone.parquet"
+    pq.write_table(pa.table({"time": [0], "ax": [1.0]}), foreign)
+    for path in (csv, foreign):
+        with pytest.raises(LogFormatError) as info:
+            read_log(path)
+        assert IMPORT_COMMAND in str(info.value) and "\n" not in str(info.value)
+
+
 @pytest.mark.parametrize("key", [KEY_LOG_FORMAT, KEY_CHANNELS, KEY_SAMPLE_RATE_HZ])
 def test_missing_metadata_key(tmp_path: Path, key: str) -> None:
     meta = good_meta()

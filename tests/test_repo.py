@@ -31,3 +31,25 @@ def test_readme_main_job_uses_existing_subcommands():
         assert call in cli.list_commands(ctx), f"README calls `edge-ttt {call}`, which does not exist"
         command = cli.get_command(ctx, call)
         assert command is not None and command.name == call, f"`edge-ttt {call}` does not resolve"
+
+
+def test_following_the_monitoring_page_leaves_nothing_untracked():
+    """What docs/monitoring.md's commands write, run from the repository root, is ignored by git."""
+    import shutil
+    import subprocess
+
+    import pytest
+
+    from edge_ttt.monitor.config import load_monitor_config
+
+    if shutil.which("git") is None or not (ROOT / ".git").exists():
+        pytest.skip("not a git checkout")
+    page = (ROOT / "docs" / "monitoring.md").read_text()
+    commands = re.search(r"```bash\n(.*?)\n```", page, flags=re.S).group(1)
+    written = re.findall(r"--(?:dataset|out) (\S+)", commands)
+    collected = load_monitor_config(ROOT / "configs" / "monitor.toml").collector.dataset
+    written.append(str(Path(collected).relative_to(ROOT)))
+    assert len(written) >= 5
+    for path in written:
+        check = subprocess.run(["git", "check-ignore", "-q", "--no-index", path], cwd=ROOT)
+        assert check.returncode == 0, f"{path}, written by docs/monitoring.md's commands, is not git-ignored"

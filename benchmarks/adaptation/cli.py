@@ -7,6 +7,7 @@ import dataclasses
 import json
 import sys
 import time
+from pathlib import Path
 
 import torch
 
@@ -30,6 +31,12 @@ from edge_ttt.adapt.fallback import DEFAULT_FALLBACK
 from edge_ttt.artifacts import Bundle, load_bundle
 from export.models import MODELS
 from firmware_sim.corruptions import SEVERITIES, SHIFTS
+
+# The options that choose the cells. A run that narrows one of them must not replace the committed
+# tables of the full run (docs/adaptation-benchmark.md), unless --out names them.
+SCOPE = ("models", "corruptions", "policies", "no_torch_tent", "orders", "batch_sizes", "severity", "seed")
+RESULTS_OUT = Path("benchmarks/results")
+PARTIAL_OUT = Path("runs/bench/partial")
 
 DESCRIPTION = (
     "The adaptation benchmark: every policy on shifted smartwatch streams (the corruption suite and "
@@ -63,25 +70,35 @@ def run_metadata(argv: list[str], args: argparse.Namespace, paths: dict[str, Mod
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m benchmarks.adaptation", description=DESCRIPTION)
-    p.add_argument("--models", type=name_list(MODELS, "model"), default=list(MODELS))
+    p.add_argument("--models", type=name_list(MODELS, "model"), default=list(MODELS), help="reference models")
     p.add_argument(
         "--corruptions",
         type=name_list(SHIFTS, "shift"),
         default=list(SHIFTS),
         help="corruptions and deployment shifts (clean included)",
     )
-    p.add_argument("--policies", type=name_list(COLUMNS, "policy"), default=list(COLUMNS))
+    p.add_argument(
+        "--policies", type=name_list(COLUMNS, "policy"), default=list(COLUMNS), help="policies and variants"
+    )
     p.add_argument("--no-torch-tent", action="store_true", help=f"skip the {TORCH_TENT} reference column")
-    p.add_argument("--orders", type=name_list(ORDERS, "order"), default=list(ORDERS))
-    p.add_argument("--batch-sizes", type=_batch_sizes, default=[1, 16])
-    p.add_argument("--severity", type=int, choices=SEVERITIES, default=4)
+    p.add_argument("--orders", type=name_list(ORDERS, "order"), default=list(ORDERS), help="stream orders")
+    p.add_argument("--batch-sizes", type=_batch_sizes, default=[1, 16], help="windows per engine call")
+    p.add_argument("--severity", type=int, choices=SEVERITIES, default=4, help="of every corruption")
     p.add_argument("--seed", type=int, default=0, help="corruption draws and the shuffled order")
     p.add_argument("--jobs", type=int, default=2, help="worker processes, each single-threaded")
     p.add_argument("--retrain", action="store_true", help="train and export again even if cached")
     add_output_options(p)
+    p.set_defaults(out=None)  # resolved below: where a run's tables go depends on what it covers
+    p.epilog = (
+        f"A run that narrows any of {', '.join('--' + o.replace('_', '-') for o in SCOPE)} writes to "
+        f"{PARTIAL_OUT} unless --out says otherwise; only a full run replaces {RESULTS_OUT}."
+    )
     args = p.parse_args(argv)
     if args.jobs < 1:
         p.error("--jobs must be at least 1")
+    if args.out is None:
+        full = all(getattr(args, o) == p.get_default(o) for o in SCOPE)
+        args.out = RESULTS_OUT if full else PARTIAL_OUT
     return args
 
 
@@ -124,3 +141,4 @@ def main(argv: list[str] | None = None) -> None:
     (args.out / "adaptation.json").write_text(json.dumps({"meta": meta, "cells": results}, indent=1) + "\n")
     (args.out / "adaptation.md").write_text(report)
     print(report)
+    progress(f"wrote {args.out / 'adaptation.json'} and {args.out / 'adaptation.md'}")

@@ -11,16 +11,18 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Annotated
 
+import pyarrow as pa
 import typer
 from rich.console import Console
 from rich.table import Table
 
+from edge_ttt.commandline import command_app, fail
 from edge_ttt.config_file import ConfigError
 from edge_ttt.monitor import dataset
 from edge_ttt.monitor.alerts import COLUMNS, evaluate
 from edge_ttt.monitor.config import AlertsSection, load_monitor_config
 
-monitor_app = typer.Typer(no_args_is_help=True, help="Compact, query and report on the fleet drift dataset.")
+monitor_app = command_app(help="Compact, query and report on the fleet drift dataset.")
 
 DatasetOption = Annotated[
     str, typer.Option("--dataset", help="dataset directory or URI (e.g. s3://bucket/fleet)")
@@ -36,12 +38,34 @@ def _rules(config: Path | None) -> AlertsSection:
     try:
         return load_monitor_config(config).alerts
     except ConfigError as exc:
-        raise typer.BadParameter(str(exc), param_hint="--config") from None
+        fail(f"--config: {exc}")
 
 
 def _require(location: str) -> None:
     if not dataset.exists(location):
-        raise typer.BadParameter(f"{location} is not a dataset directory; run `edge-ttt collect` first")
+        fail(
+            f"{location} is not a dataset directory. Fix: pass the directory that `edge-ttt collect` "
+            "writes (its config's collector.dataset), or run the collector first"
+        )
+
+
+def _summaries(location: str, columns: list[str]) -> pa.Table:
+    """The dataset's rows; an empty or unreadable dataset is an error, not a healthy fleet: a
+    report of nothing must not look like a report of devices without drift."""
+    _require(location)
+    try:
+        table = dataset.read(location, columns)
+    except (pa.ArrowException, OSError) as exc:
+        fail(
+            f"{location} is not a fleet dataset ({str(exc).splitlines()[0]}). Fix: pass the directory "
+            "that `edge-ttt collect` writes"
+        )
+    if not table.num_rows:
+        fail(
+            f"{location} holds no drift summaries yet. Fix: check that agents publish summaries and "
+            "that `edge-ttt collect` runs (its log line says what it collects into)"
+        )
+    return table
 
 
 def collect_command(
@@ -53,7 +77,7 @@ def collect_command(
     try:
         cfg = load_monitor_config(config)
     except ConfigError as exc:
-        raise typer.BadParameter(str(exc), param_hint="--config") from None
+        fail(f"--config: {exc}")
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
@@ -85,6 +109,19 @@ def _plain(value: object) -> object:
     return str(value)
 
 
+def _headline(message: str) -> str:
+    """DuckDB's message on one line: its leading lines ("Binder Error: ...", "Did you mean ..."),
+    without the query echo, caret picture or list of candidate functions that follow."""
+    lines = []
+    for line in message.splitlines():
+        if not line.strip() or line[0].isspace() or line.startswith("LINE "):
+            break
+        lines.append(line)
+    while len(lines) > 1 and lines[-1].endswith(":"):
+        lines.pop()
+    return " ".join(lines) or message.strip()
+
+
 @monitor_app.command()
 def query(
     sql: Annotated[str, typer.Argument(help="DuckDB SQL over the view `summaries`")],
@@ -93,9 +130,14 @@ def query(
 ) -> None:
     """Run SQL over the dataset and print the result."""
     _require(location)
-    from edge_ttt.monitor.queries import query as run_query  # duckdb: the [monitor] extra
+    import duckdb  # the [monitor] extra
 
-    result = run_query(location, sql)
+    from edge_ttt.monitor.queries import query as run_query
+
+    try:
+        result = run_query(location, sql)
+    except duckdb.Error as exc:
+        fail(f"{_headline(str(exc))} (the view is `summaries`; its columns: docs/drift-summaries.md)")
     if as_json:
         for row in result.to_pylist():
             typer.echo(json.dumps(row, default=_plain))
@@ -112,9 +154,9 @@ def alerts(
     config: ConfigOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="a JSON array")] = False,
 ) -> None:
-    """Evaluate the alert rules; exit status 1 when any alert holds (for cron and CI)."""
-    _require(location)
-    found = evaluate(dataset.read(location, COLUMNS), _rules(config))
+    """Evaluate the alert rules. Exit status: 0 no alert, 1 an alert holds, 2 no dataset, an empty
+    one or a bad --config (for cron and CI)."""
+    found = evaluate(_summaries(location, COLUMNS), _rules(config))
     if as_json:
         typer.echo(json.dumps([asdict(a) for a in found]))
     else:
@@ -130,8 +172,7 @@ def report(
     config: ConfigOption = None,
 ) -> None:
     """Write a self-contained HTML report: ranking, heat map, drift over time, health, alerts."""
-    _require(location)
     from edge_ttt.monitor.report import REPORT_COLUMNS, write_report  # matplotlib: the [monitor] extra
 
-    found = write_report(dataset.read(location, REPORT_COLUMNS), _rules(config), out)
+    found = write_report(_summaries(location, REPORT_COLUMNS), _rules(config), out)
     typer.echo(json.dumps({"out": str(out), "alerts": len(found)}))

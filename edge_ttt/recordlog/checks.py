@@ -21,6 +21,12 @@ COL_T_NS = "t_ns"
 COL_LABEL = "label"
 RESERVED_COLUMNS = (COL_DEVICE_ID, COL_T_NS, COL_LABEL)
 
+# The fix for a file that is not a log at all: what a command-line user runs, not a Python call.
+CONVERT_FIX = (
+    "pass a recorded log; convert a CSV or Parquet recording of your own with "
+    "`edge-ttt datasets import FILE --out LOG --time COLUMN` (docs/log-format.md)"
+)
+
 
 class LogFormatError(ValueError):
     """A log file (or a log about to be written) breaks the v1 contract.

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from edge_ttt.recordlog.checks import (
+    CONVERT_FIX,
     KEY_CHANNELS,
     KEY_CLASS_NAMES,
     KEY_LOG_FORMAT,
@@ -42,9 +43,7 @@ def parse_metadata(
             raise contract_error(path, f"metadata key '{key}' is missing", fix)
         return meta[key]
 
-    version = required(
-        KEY_LOG_FORMAT, f"add '{KEY_LOG_FORMAT}' = \"{LOG_FORMAT_VERSION}\" (write files with write_log)"
-    )
+    version = required(KEY_LOG_FORMAT, f"{CONVERT_FIX}; every log edge-ttt writes has this key")
     if version.strip() not in {str(v) for v in SUPPORTED_VERSIONS}:
         raise contract_error(
             path,

@@ -13,6 +13,7 @@ from edge_ttt.recordlog.checks import (
     COL_DEVICE_ID,
     COL_LABEL,
     COL_T_NS,
+    CONVERT_FIX,
     KEY_CHANNELS,
     contract_error,
     sort_and_check_rows,
@@ -89,7 +90,7 @@ def read_log(path: str | os.PathLike[str]) -> RecordedLog:
             table = pf.read(columns=columns)
     except (pa.ArrowException, OSError) as exc:
         raise contract_error(
-            path, f"not a readable Parquet file ({exc})", "pass a Parquet file written by write_log"
+            path, f"not a readable Parquet file ({str(exc).splitlines()[0]})", CONVERT_FIX
         ) from exc
 
     for name in (COL_DEVICE_ID, COL_T_NS):

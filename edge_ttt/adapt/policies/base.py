@@ -54,6 +54,7 @@ class Policy:
     name: ClassVar[str]
     loss: ClassVar[str | None] = None  # the training loss its steps need: 'entropy', 'auxiliary', None
     keeps_stats: ClassVar[bool] = False  # normalizes with statistics of its own (`stats()`)
+    batch_stats: ClassVar[bool] = False  # batch norms normalize each batch by its own moments
 
     @dataclass(frozen=True)
     class Options:

@@ -24,6 +24,7 @@ class Sar(Policy):
     """
 
     name = "sar"
+    batch_stats = True
     loss = "entropy"
     rho = 0.05
     reset_below = 0.2

@@ -20,6 +20,7 @@ class Tent(Policy):
     """
 
     name = "tent"
+    batch_stats = True
     loss = "entropy"
 
     @dataclass(frozen=True)

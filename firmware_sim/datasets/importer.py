@@ -1,0 +1,54 @@
+"""`datasets import`'s file side: read a CSV or Parquet file, write the recorded log.
+
+The mapping of columns lives in `tabular` (no files there); this module only opens and writes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+from edge_ttt.recordlog import RecordedLog, write_log
+from edge_ttt.recordlog.checks import contract_error
+from firmware_sim.datasets.tabular import ImportSpec, table_to_log
+from firmware_sim.datasets.timing import Timing
+
+CSV_SUFFIXES = {".csv": ",", ".tsv": "\t", ".txt": ","}
+PARQUET_SUFFIXES = (".parquet", ".pq")
+
+
+def read_table(path: Path, text_columns: tuple[str, ...] = ()) -> pa.Table:
+    """The file as an Arrow table, by its suffix. A CSV's `text_columns` are read as text, so that
+    a device id such as 007 keeps its zeros; other types are inferred (ISO times become timestamps)."""
+    suffix = path.suffix.lower()
+    if not path.is_file():
+        raise contract_error(path, "file does not exist (or is not a regular file)", "check the path")
+    try:
+        if suffix in PARQUET_SUFFIXES:
+            return pq.read_table(path)
+        if suffix in CSV_SUFFIXES:
+            parse = pacsv.ParseOptions(delimiter=CSV_SUFFIXES[suffix])
+            convert = pacsv.ConvertOptions(column_types=dict.fromkeys(text_columns, pa.string()))
+            return pacsv.read_csv(path, parse_options=parse, convert_options=convert)
+    except (pa.ArrowException, OSError) as exc:
+        kind = "Parquet" if suffix in PARQUET_SUFFIXES else "CSV"
+        raise contract_error(
+            path, f"not a readable {kind} file ({str(exc).splitlines()[0]})", "check the file and its suffix"
+        ) from exc
+    raise contract_error(
+        path,
+        f"unknown suffix '{path.suffix}'",
+        f"name CSV files {', '.join(CSV_SUFFIXES)} and Parquet files {', '.join(PARQUET_SUFFIXES)}",
+    )
+
+
+def import_file(source: Path, out: Path, spec: ImportSpec) -> tuple[RecordedLog, Timing]:
+    """Write `source` as the recorded log `out`; the log written and its timing."""
+    source, out = Path(source), Path(out)
+    text = (spec.device_column,) if spec.device_column is not None else ()
+    log, timing = table_to_log(read_table(source, text), spec, str(source))
+    write_log(out, log)
+    return log, timing
