@@ -61,6 +61,11 @@ class _Lowering:
     def __init__(self, shapes: dict[str, Shape], producers: dict[str, onnx.NodeProto]) -> None:
         self.shapes = shapes
         self.producers = producers
+        self._computed = {
+            (node.op_type, tuple(node.input)): node.output[0]
+            for node in producers.values()
+            if node.domain in ("", "ai.onnx")
+        }
         self.nodes: list[onnx.NodeProto] = []
         self.initializers: list[onnx.TensorProto] = []
         self._count = 0
@@ -85,26 +90,38 @@ class _Lowering:
         except KeyError:
             raise ExportError(f"no static shape known for {tensor!r}; cannot lower its gradient") from None
 
-    def unbroadcast(self, grad: str, grad_shape: Shape, target: Shape, output: str) -> str:
-        """Sum `grad` over the axes that broadcasting expanded, to the shape `target`."""
-        lead = len(grad_shape) - len(target)
-        keep = [
-            i for i, (g, t) in enumerate(zip(grad_shape[lead:], target, strict=True)) if t == 1 and g != 1
-        ]
-        if any(g != t and t != 1 for g, t in zip(grad_shape[lead:], target, strict=True)):
-            raise ExportError(f"cannot tell how {target} broadcasts to {grad_shape}")
-        steps = []
-        if keep:
-            steps.append(([lead + i for i in keep], 1))
-        if lead:
-            steps.append((list(range(lead)), 0))
-        if not steps:
-            return self.add("Identity", [grad], output)
+    def existing(self, op: str, inputs: Sequence[str]) -> str | None:
+        """The output of a standard node of the graph computing `op(inputs)`, if there is one."""
+        return self._computed.get((op, tuple(inputs)))
+
+    def emit(self, op: str, inputs: Sequence[str], steps: list, output: str) -> str:
+        """`op(inputs)` into `output`, summed over the `reduction` steps on the way."""
+        value = self.add(op, inputs, None if steps else output)
+        return self.sum_to(value, steps, output) if steps else value
+
+    def sum_to(self, value: str, steps: list, output: str) -> str:
         for i, (axes, keepdims) in enumerate(steps):
             axes_name = self.const("axes", np.asarray(axes, np.int64))
-            out = output if i == len(steps) - 1 else None
-            grad = self.add("ReduceSum", [grad, axes_name], out, keepdims=keepdims)
-        return grad
+            value = self.add(
+                "ReduceSum", [value, axes_name], output if i == len(steps) - 1 else None, keepdims=keepdims
+            )
+        return value
+
+
+def reduction(grad_shape: Shape, target: Shape) -> list[tuple[list[int], int]]:
+    """The ReduceSum steps (axes, keepdims) that sum a gradient of `grad_shape` back to the shape
+    `target` it was broadcast from: the expanded axes kept, then the leading ones dropped."""
+    lead = len(grad_shape) - len(target)
+    pairs = list(zip(grad_shape[lead:], target, strict=True))
+    if any(g != t and t != 1 for g, t in pairs):
+        raise ExportError(f"cannot tell how {target} broadcasts to {grad_shape}")
+    steps = []
+    expanded = [lead + i for i, (g, t) in enumerate(pairs) if t == 1 and g != 1]
+    if expanded:
+        steps.append((expanded, 1))
+    if lead:
+        steps.append((list(range(lead)), 0))
+    return steps
 
 
 def _broadcast(a: Shape, b: Shape) -> Shape:
@@ -134,17 +151,21 @@ def _scale(lo: _Lowering, node: onnx.NodeProto) -> None:
 
 
 def _div_grad(lo: _Lowering, node: onnx.NodeProto) -> None:
-    """y = a / b: da = dy / b, db = -dy * a / b^2, each summed back to its input's shape."""
+    """y = a / b: da = dy / b and db = -dy * a / b^2 = -da * y (y from the forward pass where the
+    graph has it), each summed back to its input's shape."""
     dy, a, b = node.input
-    outputs = list(node.output) + [""] * (2 - len(node.output))
-    sa, sb = lo.shape(a), lo.shape(b)
-    sy = _broadcast(sa, sb)
-    dy_over_b = lo.add("Div", [dy, b])
-    if outputs[0]:
-        lo.unbroadcast(dy_over_b, sy, sa, outputs[0])
-    if outputs[1]:
-        neg = lo.add("Neg", [lo.add("Div", [lo.add("Mul", [dy_over_b, a]), b])])
-        lo.unbroadcast(neg, sy, sb, outputs[1])
+    da, db = [*node.output, ""][:2]
+    sy = _broadcast(lo.shape(a), lo.shape(b))
+    to_a, to_b = reduction(sy, lo.shape(a)), reduction(sy, lo.shape(b))
+    if not db:
+        lo.emit("Div", [dy, b], to_a, da)
+        return
+    dy_over_b = lo.add("Div", [dy, b], None if to_a or not da else da)
+    if da and to_a:
+        lo.sum_to(dy_over_b, to_a, da)
+    y = lo.existing("Div", [a, b])
+    product = lo.add("Mul", [dy_over_b, y]) if y else lo.add("Div", [lo.add("Mul", [dy_over_b, a]), b])
+    lo.emit("Neg", [product], to_b, db)
 
 
 def _conv_grad(lo: _Lowering, node: onnx.NodeProto) -> None:
@@ -186,24 +207,29 @@ def _log_softmax_grad(lo: _Lowering, node: onnx.NodeProto) -> None:
     dy, y = node.input
     axis = lo.const("axis", np.asarray([_attrs(node).get("axis", -1)], np.int64))
     total = lo.add("ReduceSum", [dy, axis], keepdims=1)
-    lo.add("Sub", [dy, lo.add("Mul", [lo.add("Exp", [y]), total])], node.output[0])
+    probs = lo.existing("Exp", [y]) or lo.add("Exp", [y])
+    lo.add("Sub", [dy, lo.add("Mul", [probs, total])], node.output[0])
 
 
 def _max_pool_grad(lo: _Lowering, node: onnx.NodeProto) -> None:
-    """Each pooled gradient goes back to the input element its max came from: MaxPool's indices
-    are flat positions in the whole input tensor, so a scatter-add into a flat zero vector."""
+    """Each pooled gradient goes back to the input element its max came from, at MaxPool's
+    indices (flat positions in the whole input). Where windows do not overlap each element gets
+    at most one, and MaxUnpool places them; where they overlap the gradients must add up, which a
+    scatter-add along time does (the indices modulo the length are positions in time)."""
     dy, indices = node.input
-    pool = lo.producers[indices]
-    x_shape = lo.add("Shape", [pool.input[0]])
+    x = lo.producers[indices].input[0]
+    attrs = _attrs(node)
+    x_shape = lo.add("Shape", [x])
+    if all(s >= k for s, k in zip(attrs.get("strides", []), attrs["kernel_shape"], strict=True)):
+        pool = {k: v for k, v in attrs.items() if k in ("kernel_shape", "strides", "pads")}
+        lo.add("MaxUnpool", [dy, indices, x_shape], node.output[0], **pool)
+        return
+    shape = lo.shape(x)
+    if len(shape) != 3 or not isinstance(shape[2], int):
+        raise ExportError(f"{node.name}: only 1-D overlapping max pooling over a static length is lowered")
     zeros = lo.add("ConstantOfShape", [x_shape], value=numpy_helper.from_array(np.zeros(1, np.float32)))
-    flat = lo.const("flat", np.asarray([-1], np.int64))
-    scattered = lo.add(
-        "ScatterElements",
-        [lo.add("Reshape", [zeros, flat]), lo.add("Reshape", [indices, flat]), lo.add("Reshape", [dy, flat])],
-        axis=0,
-        reduction="add",
-    )
-    lo.add("Reshape", [scattered, x_shape], node.output[0])
+    time = lo.add("Mod", [indices, lo.const("length", np.asarray(shape[2], np.int64))])
+    lo.add("ScatterElements", [zeros, time, dy], node.output[0], axis=2, reduction="add")
 
 
 _LOWER: dict[tuple[str, str], Callable[[_Lowering, onnx.NodeProto], None]] = {

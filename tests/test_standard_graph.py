@@ -150,6 +150,13 @@ def kernel_case(
             make("MaxPoolGrad", ["dy", "indices"], ["dx"], **attrs),
         ]
         return nodes, {"x": (2, 3, 10), "dy": (2, 3, 5)}, {"dx": (2, 3, 10)}
+    if name == "max-pool-disjoint":  # stride = kernel, and a last sample no window covers
+        attrs = {"kernel_shape": [2], "strides": [2]}
+        nodes = [
+            make("MaxPool", ["x"], ["y", "indices"], **attrs),
+            make("MaxPoolGrad", ["dy", "indices"], ["dx"], **attrs),
+        ]
+        return nodes, {"x": (2, 3, 11), "dy": (2, 3, 5)}, {"dx": (2, 3, 11)}
     if name == "relu":
         return [make("ReluGrad", ["dy", "y"], ["dx"], domain=ms)], {"dy": (2, 7), "y": (2, 7)}, {"dx": (2, 7)}
     if name == "log-softmax":
@@ -165,7 +172,18 @@ def kernel_case(
 
 
 @pytest.mark.parametrize(
-    "case", ["conv-stride", "conv-depthwise", "div", "div-a", "max-pool", "relu", "log-softmax", "scale"]
+    "case",
+    [
+        "conv-stride",
+        "conv-depthwise",
+        "div",
+        "div-a",
+        "max-pool",
+        "max-pool-disjoint",
+        "relu",
+        "log-softmax",
+        "scale",
+    ],
 )
 def test_each_training_kernel_lowers_to_what_it_computes(case: str, tmp_path):
     from export.standard_graph import lower_operators

