@@ -1,7 +1,8 @@
-"""The artifact manifest, schema v1: what a bundle contains and how its graphs are wired.
+"""The artifact manifest, schema v2: what a bundle contains and how its graphs are wired.
 
 Written by `edge-ttt export` on the host, read and verified by the device. The contract is
-documented in docs/manifest.md; a manifest with an unknown `schema_version` is refused.
+documented in docs/manifest.md; a manifest with an unknown `schema_version` is refused. Version 1
+(no standard-operator training graph) is still read.
 """
 
 from __future__ import annotations
@@ -11,12 +12,14 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-SCHEMA_VERSION = 1
-SUPPORTED_SCHEMA_VERSIONS = (1,)
+SCHEMA_VERSION = 2
+SUPPORTED_SCHEMA_VERSIONS = (1, 2)
 TRAINING_MODEL = "training_model.onnx"
 EVAL_MODEL = "eval_model.onnx"
 OPTIMIZER_MODEL = "optimizer_model.onnx"
 CHECKPOINT = "checkpoint"
+STANDARD_TRAINING_MODEL = "standard_training_model.onnx"
+PARAMETERS = "parameters.npz"
 REQUIRED_FILES = (TRAINING_MODEL, EVAL_MODEL, OPTIMIZER_MODEL, CHECKPOINT)
 # How far a stream's sample period may be from the model's, relative to the model's: a sensor's
 # clock is off by a fraction of a percent, and a frame states its period in whole nanoseconds.
@@ -79,6 +82,20 @@ class AuxiliaryInfo(_Strict):
     target: str = "aux_target"
 
 
+class StandardGraph(_Strict):
+    """The training step in standard ONNX operators (schema 2), which stock onnxruntime runs.
+
+    `model` has the training graph's inputs without its gradient accumulation buffers and reset
+    flag, and its outputs followed by the gradient of every trainable parameter for this pass
+    alone (`gradients`: parameter -> output name). `parameters` is a NumPy `.npz` holding every
+    parameter that the eval graph and `model` take as inputs, by name.
+    """
+
+    model: str = STANDARD_TRAINING_MODEL
+    parameters: str = PARAMETERS
+    gradients: dict[str, str]
+
+
 class OptimizerInfo(_Strict):
     kind: Literal["adamw"]
     betas: tuple[float, float]
@@ -123,7 +140,7 @@ class Reference(_Strict):
 
 
 class Manifest(_Strict):
-    schema_version: Literal[1]
+    schema_version: Literal[1, 2]
     model: ModelInfo
     standardization: Standardization
     graph: GraphInfo
@@ -131,6 +148,9 @@ class Manifest(_Strict):
     trainable: list[str] = Field(min_length=1)
     auxiliary: AuxiliaryInfo | None = Field(
         None, description="absent: the training loss is the weighted entropy of the logits"
+    )
+    standard_graph: StandardGraph | None = Field(
+        None, description="schema 2 only (required there): the standard-operator training step"
     )
     optimizer: OptimizerInfo
     reference: Reference
@@ -151,7 +171,14 @@ class Manifest(_Strict):
         params = {p for layer in self.norm_layers for p in (layer.weight, layer.bias)}
         if set(self.trainable) != params:
             raise ValueError("trainable must be exactly the norm layers' weights and biases")
-        missing = [f for f in REQUIRED_FILES if f not in self.files]
+        if (self.schema_version >= 2) != (self.standard_graph is not None):
+            raise ValueError("standard_graph is required from schema_version 2 on, and absent before")
+        required = list(REQUIRED_FILES)
+        if self.standard_graph is not None:
+            required += [self.standard_graph.model, self.standard_graph.parameters]
+            if set(self.standard_graph.gradients) != set(self.trainable):
+                raise ValueError("standard_graph.gradients must name one output per trainable parameter")
+        missing = [f for f in required if f not in self.files]
         if missing:
             raise ValueError(f"files is missing required entries: {', '.join(missing)}")
         return self

@@ -1,4 +1,5 @@
-"""Build the artifact bundle: ORT training/eval/optimizer models, checkpoint and manifest.json."""
+"""Build the artifact bundle: ORT training/eval/optimizer models, checkpoint, the standard-operator
+training graph with its parameters, and manifest.json."""
 
 from __future__ import annotations
 
@@ -13,19 +14,29 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import onnx
 import onnxruntime
 import torch
-from onnxruntime.training import artifacts, onnxblock
+from onnxruntime.training import api, artifacts, onnxblock
 
 import edge_ttt
 from edge_ttt.adapt.transforms import TRANSFORMS, check_channels
 from edge_ttt.artifacts import sha256_file
-from edge_ttt.manifest import OPTIMIZER_MODEL, SCHEMA_VERSION, Manifest
+from edge_ttt.manifest import (
+    CHECKPOINT,
+    OPTIMIZER_MODEL,
+    PARAMETERS,
+    SCHEMA_VERSION,
+    STANDARD_TRAINING_MODEL,
+    TRAINING_MODEL,
+    Manifest,
+)
 from export.checkpoint import SourceModel, load_checkpoint
 from export.loss import AUX_TARGET_INPUT, WEIGHT_INPUT, WeightedCrossEntropy, WeightedEntropy
 from export.norms import norm_layers
 from export.onnx_graph import MAX_IR_VERSION, GraphNames, to_onnx
+from export.standard_graph import lower
 
 EXPORT_LOG = "export.log"
 ADAMW = {"betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.0}
@@ -83,6 +94,17 @@ def _generate(proto: onnx.ModelProto, names: GraphNames, out: Path) -> None:
         onnx.save(optimizer, out / OPTIMIZER_MODEL)
 
 
+def _write_standard(names: GraphNames, out: Path) -> dict[str, str]:
+    """Lower the training graph to standard operators and write it beside its parameters (every
+    value the checkpoint holds, as a NumPy archive a device reads without the training API);
+    returns each trainable parameter's gradient output."""
+    proto, gradients = lower(onnx.load(out / TRAINING_MODEL), names.trainable)
+    onnx.save(proto, out / STANDARD_TRAINING_MODEL)
+    state = api.CheckpointState.load_checkpoint(str(out / CHECKPOINT))
+    np.savez(out / PARAMETERS, **{name: np.asarray(p.data) for name, p in state.parameters})
+    return gradients
+
+
 def _auxiliary(names: GraphNames) -> dict | None:
     """The manifest's auxiliary section: the task's transformations in label order and its ports."""
     if names.aux_logits is None:
@@ -90,7 +112,9 @@ def _auxiliary(names: GraphNames) -> dict | None:
     return {"transformations": list(TRANSFORMS), "logits": names.aux_logits, "target": AUX_TARGET_INPUT}
 
 
-def build_manifest(src: SourceModel, names: GraphNames, files: dict[str, str]) -> Manifest:
+def build_manifest(
+    src: SourceModel, names: GraphNames, files: dict[str, str], gradients: dict[str, str]
+) -> Manifest:
     layers = norm_layers(src.model)
     norm_entries = []
     for layer, (mean_out, var_out) in names.moment_outputs.items():
@@ -127,6 +151,11 @@ def build_manifest(src: SourceModel, names: GraphNames, files: dict[str, str]) -
             "norm_layers": norm_entries,
             "trainable": list(names.trainable),
             "auxiliary": _auxiliary(names),
+            "standard_graph": {
+                "model": STANDARD_TRAINING_MODEL,
+                "parameters": PARAMETERS,
+                "gradients": gradients,
+            },
             "optimizer": {"kind": "adamw", **ADAMW},
             "reference": src.reference,
             "files": files,
@@ -153,8 +182,9 @@ def export_bundle(src: SourceModel, out: Path, force: bool = False) -> Manifest:
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         _generate(proto, names, tmp)
+        gradients = _write_standard(names, tmp)
         files = {p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.is_file()}
-        manifest = build_manifest(src, names, files)
+        manifest = build_manifest(src, names, files, gradients)
         # A bundle without an auxiliary task has no `auxiliary` key at all, so that readers from
         # before the key (which forbid unknown keys) still load it.
         doc = manifest.model_dump(mode="json", exclude={"auxiliary"} if manifest.auxiliary is None else None)

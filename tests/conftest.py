@@ -63,6 +63,22 @@ def exported_bundle(tmp_path_factory, model: str, folder: str, prepare=None) -> 
     return out
 
 
+def legacy_bundle(bundle: Path, out: Path) -> Path:
+    """A copy of `bundle` as schema 1 wrote it: no standard-operator graph, no parameters file."""
+    import json
+    import shutil
+
+    shutil.copytree(bundle, out)
+    doc = json.loads((out / "manifest.json").read_text())
+    spec = doc.pop("standard_graph")
+    for name in (spec["model"], spec["parameters"]):
+        (out / name).unlink()
+        del doc["files"][name]
+    doc["schema_version"] = 1
+    (out / "manifest.json").write_text(json.dumps(doc, indent=2) + "\n")
+    return out
+
+
 @pytest.fixture(scope="session")
 def bundle_dir(tmp_path_factory) -> Path:
     """An exported cnn-bn bundle."""

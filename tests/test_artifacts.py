@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from edge_ttt.artifacts import BundleError, load_bundle
+from tests.conftest import legacy_bundle
 
 
 @pytest.fixture
@@ -32,7 +33,15 @@ def test_intact_bundle_loads_and_has_a_stable_identity(bundle: Path):
 
 
 @pytest.mark.parametrize(
-    "name", ["eval_model.onnx", "training_model.onnx", "optimizer_model.onnx", "checkpoint"]
+    "name",
+    [
+        "eval_model.onnx",
+        "training_model.onnx",
+        "optimizer_model.onnx",
+        "checkpoint",
+        "standard_training_model.onnx",
+        "parameters.npz",
+    ],
 )
 def test_tampered_file_is_refused_by_name(bundle: Path, name: str):
     path = bundle / name
@@ -43,7 +52,7 @@ def test_tampered_file_is_refused_by_name(bundle: Path, name: str):
         load_bundle(bundle)
 
 
-@pytest.mark.parametrize("name", ["checkpoint", "eval_model.onnx"])
+@pytest.mark.parametrize("name", ["checkpoint", "eval_model.onnx", "parameters.npz"])
 def test_missing_file_is_refused_by_name(bundle: Path, name: str):
     (bundle / name).unlink()
     with pytest.raises(BundleError, match=rf"{name} is missing"):
@@ -53,6 +62,31 @@ def test_missing_file_is_refused_by_name(bundle: Path, name: str):
 def test_unknown_schema_version_is_refused(bundle: Path):
     _edit_manifest(bundle, lambda d: d.update(schema_version=99))
     with pytest.raises(BundleError, match=r"manifest\.json: unknown schema_version 99"):
+        load_bundle(bundle)
+
+
+def test_a_schema_1_bundle_without_the_standard_graph_still_loads(bundle: Path, tmp_path: Path):
+    old = load_bundle(legacy_bundle(bundle, tmp_path / "old")).manifest
+    assert old.schema_version == 1 and old.standard_graph is None
+    new = load_bundle(bundle).manifest
+    assert new.schema_version == 2 and set(new.standard_graph.gradients) == set(new.trainable)
+
+
+def test_schema_2_requires_the_standard_graph_and_its_files(bundle: Path):
+    _edit_manifest(bundle, lambda d: d.pop("standard_graph"))
+    with pytest.raises(BundleError, match="standard_graph is required"):
+        load_bundle(bundle)
+
+
+def test_standard_graph_must_name_a_gradient_per_trainable_parameter(bundle: Path):
+    _edit_manifest(bundle, lambda d: d["standard_graph"]["gradients"].popitem())
+    with pytest.raises(BundleError, match="one output per trainable parameter"):
+        load_bundle(bundle)
+
+
+def test_standard_graph_files_must_be_listed(bundle: Path):
+    _edit_manifest(bundle, lambda d: d["files"].pop("parameters.npz"))
+    with pytest.raises(BundleError, match=r"missing required entries: parameters\.npz"):
         load_bundle(bundle)
 
 

@@ -14,7 +14,7 @@ torch = pytest.importorskip("torch")
 from edge_ttt.adapt.ort_model import OrtModel  # noqa: E402
 from edge_ttt.adapt.softmax import softmax_entropy  # noqa: E402
 from edge_ttt.artifacts import Bundle, load_bundle  # noqa: E402
-from edge_ttt.manifest import EVAL_MODEL, OPTIMIZER_MODEL, TRAINING_MODEL  # noqa: E402
+from edge_ttt.manifest import CHECKPOINT, EVAL_MODEL, OPTIMIZER_MODEL, TRAINING_MODEL  # noqa: E402
 from edge_ttt.ortapi import training_api  # noqa: E402
 from export.bundle import ADAMW, export_bundle  # noqa: E402
 from export.checkpoint import SourceModel  # noqa: E402
@@ -56,7 +56,7 @@ def test_eval_logits_equal_torch_with_supplied_statistics(exported):
         # Group and layer norms normalize each window by its own moments: no population
         # statistics exist to supply, so the graph must not pretend to take any.
         assert bundle.manifest.graph.stat_mix is None
-        assert "stat_mix" not in model.module.eval().input_names()
+        assert "stat_mix" not in {i.name for i in onnx.load(bundle.file(EVAL_MODEL)).graph.input}
         return
     rng = np.random.default_rng(3)
     supplied = {}
@@ -128,19 +128,26 @@ def first_adamw_update(grad: torch.Tensor, lr: float) -> torch.Tensor:
 
 class OrtAdamW:
     """The bundle's training module stepped by its AdamW optimizer model: what an application of
-    ORT's own on-device training would run (the engine's policies step with their own optimizers)."""
+    ORT's own on-device training would run (the engine's policies step with their own optimizers).
+    `model` only assembles the inputs."""
 
     def __init__(self, model: OrtModel, bundle: Bundle) -> None:
+        api = training_api()
         self.model = model
-        self.optimizer = training_api().Optimizer(str(bundle.file(OPTIMIZER_MODEL)), model.module)
+        self.state = api.CheckpointState.load_checkpoint(str(bundle.file(CHECKPOINT)))
+        self.module = api.Module(str(bundle.file(TRAINING_MODEL)), self.state, str(bundle.file(EVAL_MODEL)))
+        self.optimizer = api.Optimizer(str(bundle.file(OPTIMIZER_MODEL)), self.module)
+        self.inputs = self.module.train().input_names()
 
     def step(self, x: np.ndarray, weights: np.ndarray, mix: float, lr: float) -> None:
         model = self.model
-        model.module.train()
-        model.module(*model._feeds(model._train_inputs, x, weights, model.source_stats(), mix))
+        self.module(*model._feeds(self.inputs, x, weights, model.source_stats(), mix))
         self.optimizer.set_learning_rate(lr)
         self.optimizer.step()
-        model.module.lazy_reset_grad()
+        self.module.lazy_reset_grad()
+
+    def parameters(self, trainable_only: bool = True) -> dict[str, np.ndarray]:
+        return {n: p.data.copy() for n, p in self.state.parameters if p.requires_grad or not trainable_only}
 
 
 @pytest.mark.parametrize("mix", [0.0, 1.0])
@@ -176,8 +183,9 @@ def test_one_adaptation_step_equals_torch(exported, mix):
     ort_grads = model.gradients()
     for name in names:
         np.testing.assert_allclose(ort_grads[name], torch_grads[name], rtol=1e-3, atol=1e-6)
-    OrtAdamW(model, bundle).step(x, weights, mix, lr)
-    updated = model.parameters()
+    optimizer = OrtAdamW(model, bundle)
+    optimizer.step(x, weights, mix, lr)
+    updated = optimizer.parameters()
     for name, p in zip(names, params, strict=True):
         assert np.abs(updated[name] - p.detach().numpy()).max() <= 1e-4, name
     assert any(np.abs(updated[n] - src.model.state_dict()[n].numpy()).max() > 1e-3 for n in names)
@@ -186,16 +194,16 @@ def test_one_adaptation_step_equals_torch(exported, mix):
 def test_fifty_steps_change_only_norm_parameters(exported):
     src, bundle = exported
     model = OrtModel(bundle)
-    before = model.parameters(trainable_only=False)
+    optimizer = OrtAdamW(model, bundle)
+    before = optimizer.parameters(trainable_only=False)
     trainable = set(bundle.manifest.trainable)
     assert trainable == {f"{n}.{p}" for n in norm_layers(src.model) for p in ("weight", "bias")}
     rng = np.random.default_rng(4)
-    optimizer = OrtAdamW(model, bundle)
     for step in range(50):
         batch = 1 if step % 2 else 4  # batch size 1 included
         x = windows(batch, seed=100 + step)
         optimizer.step(x, np.full(batch, 1.0 / batch, np.float32), 0.0, float(rng.uniform(1e-3, 1e-2)))
-    after = model.parameters(trainable_only=False)
+    after = optimizer.parameters(trainable_only=False)
     frozen = [n for n in before if n not in trainable]
     assert frozen, "a model without frozen parameters would make this test vacuous"
     for name in frozen:

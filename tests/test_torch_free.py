@@ -1,4 +1,5 @@
-"""The device side imports and adapts in a process where importing torch fails."""
+"""The device side imports and adapts in a process where importing torch fails, and a current
+bundle also where onnxruntime's training API is missing (as in stock onnxruntime)."""
 
 from __future__ import annotations
 
@@ -6,9 +7,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests.conftest import legacy_bundle
+
 DEVICE_SCRIPT = r"""
 import importlib, pkgutil, sys
 sys.modules["torch"] = None  # from here on, `import torch` raises ImportError
+stock = sys.argv[2] == "stock"
+if stock:
+    sys.modules["onnxruntime.training"] = None  # as in stock onnxruntime: no training API
 
 import numpy as np
 import edge_ttt
@@ -27,21 +33,41 @@ after = model.parameters()
 assert out.loss > 0
 assert any(not np.array_equal(before[k], after[k]) for k in before), "no parameter moved"
 assert sys.modules["torch"] is None, "something replaced the torch blocker"
-assert not hasattr(sys.modules["onnxruntime.training"], "artifacts"), "the torch-importing __init__ ran"
+if stock:
+    assert sys.modules["onnxruntime.training"] is None, "something replaced the training API blocker"
+else:
+    assert not hasattr(sys.modules["onnxruntime.training"], "artifacts"), "the torch-importing __init__ ran"
 print("adapted without torch")
 """
 
 
-def test_device_side_adapts_without_torch(bundle_dir: Path):
-    result = subprocess.run(
-        [sys.executable, "-c", DEVICE_SCRIPT, str(bundle_dir)],
+def run_device_script(bundle: Path, runtime: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-c", DEVICE_SCRIPT, str(bundle), runtime],
         capture_output=True,
         text=True,
         timeout=120,
         cwd=Path(__file__).resolve().parents[1],
     )
+
+
+def test_device_side_adapts_without_torch_or_the_training_api(bundle_dir: Path):
+    result = run_device_script(bundle_dir, "stock")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "adapted without torch" in result.stdout
+
+
+def test_a_schema_1_bundle_adapts_without_torch_through_the_training_api(bundle_dir: Path, tmp_path: Path):
+    result = run_device_script(legacy_bundle(bundle_dir, tmp_path / "old"), "training")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "adapted without torch" in result.stdout
+
+
+def test_a_schema_1_bundle_without_the_training_api_says_to_re_export(bundle_dir: Path, tmp_path: Path):
+    result = run_device_script(legacy_bundle(bundle_dir, tmp_path / "old"), "stock")
+    assert result.returncode != 0
+    last = result.stderr.strip().splitlines()[-1]
+    assert "no standard-operator training graph" in last and "`edge-ttt export`" in last
 
 
 def test_blocker_really_blocks_torch():

@@ -5,6 +5,10 @@ the `stat_mix` (0 = those statistics, 1 = the batch's own, as in Tent), and gets
 layer's batch moments. No policy lives here; `edge_ttt.adapt` policies decide what to feed, and
 step with their own optimizers (`edge_ttt.adapt.optim`), so the bundle's ORT optimizer model is
 not loaded.
+
+A bundle of schema 2 runs on stock onnxruntime: its standard-operator training graph returns each
+pass's gradients, which are added up here. A schema-1 bundle has only ORT's training graph, whose
+gradient kernels and checkpoint need onnxruntime-training's API.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from edge_ttt.adapt.bound_graph import BoundGraph
 from edge_ttt.adapt.flat import Layout
 from edge_ttt.adapt.softmax import softmax_entropy
 from edge_ttt.adapt.statistics import Stats
-from edge_ttt.artifacts import Bundle
+from edge_ttt.artifacts import Bundle, BundleError
 from edge_ttt.manifest import CHECKPOINT, EVAL_MODEL, TRAINING_MODEL
 from edge_ttt.ortapi import training_api
 
@@ -63,22 +67,38 @@ def resolve_device(device: str) -> str:
     return device
 
 
-class OrtModel:
-    """One bundle loaded into ORT training and eval sessions sharing one checkpoint state.
+def _training_api_for(bundle: Bundle):
+    """The training API a schema-1 bundle needs, or one line saying how to do without it."""
+    try:
+        return training_api()
+    except ImportError:
+        raise BundleError(
+            f"{bundle.path} has no standard-operator training graph (manifest schema 1) and this "
+            "onnxruntime has no training API: re-export it with this version (`edge-ttt export`)"
+        ) from None
 
-    On CPU, `forward` and `forward_backward` run the eval and training graphs in plain
-    `InferenceSession`s (`BoundGraph`) bound to arrays kept here: a copy of the parameters, the
-    statistics to normalize with, and the gradient buffer that the training graph's accumulators
-    write in place. That skips the training module's per-call copies of inputs and parameters,
-    with the same outputs and gradients bit for bit (docs/performance.md measures it). The copy
+
+class OrtModel:
+    """One bundle's eval and training graphs in plain `InferenceSession`s (`BoundGraph`), bound to
+    arrays kept here: a copy of the parameters, the statistics to normalize with, and the
+    gradients. A call passes only what changed (docs/performance.md measures the saving). The copy
     follows `write_parameters` (and `set_parameters`); change parameters only through them.
-    Elsewhere (CUDA) the training module's own calls run.
+
+    Schema 2 (`manifest.standard_graph`), on CPU and CUDA alike: the parameters come from the
+    bundle's `.npz`, the standard graph writes this pass's gradients into `_step_gradient`, and
+    `forward_backward` adds them to `_gradient` (or overwrites it after `discard_gradients`): ORT's
+    accumulation, in numpy. On CUDA the bound arrays stay in host memory, so ORT copies them to
+    the device on every run: simple, and untested here for want of a GPU.
+
+    Schema 1: the training API loads the checkpoint into a training module. On CPU the training
+    graph runs bound as above, its accumulators writing `_gradient` in place, with the same
+    outputs and gradients bit for bit as the module's own calls; elsewhere (CUDA) the module's
+    calls run.
     """
 
     def __init__(self, bundle: Bundle, device: str = "cpu", threads: int = 1) -> None:
         import onnxruntime
 
-        api = training_api()
         self.manifest = bundle.manifest
         self.bundle_path = bundle.path
         self.bundle_sha256 = bundle.sha256
@@ -87,8 +107,25 @@ class OrtModel:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         options.log_severity_level = 2  # warnings and up, whatever another library set globally
+        self._ortvalue = onnxruntime.OrtValue.ortvalue_from_numpy
+        graph = self.manifest.graph
+        self._layers = self.manifest.norm_layers
+        self._stat_inputs = [(layer.name, *layer.stat_inputs) for layer in self.manifest.batch_norms]
+        self._outputs = [graph.logits] + [n for layer in self._layers for n in layer.moment_outputs]
+        self.trainable = list(self.manifest.trainable)
+        self._state_behind = False  # the bound parameter copy holds writes the checkpoint state has not seen
+        self.state = self.module = None  # schema 1 only: the training API's checkpoint and module
+        self._step_gradient: np.ndarray | None = None  # schema 2: the last pass's own gradients
+        self._owner: object | None = None  # whose parameters the model holds (`serve`)
+        spec = self.manifest.standard_graph
+        if spec is not None:
+            with np.load(bundle.file(spec.parameters), allow_pickle=False) as saved:
+                params = {name: saved[name] for name in saved.files}
+            self.layout = Layout.of({n: params[n] for n in self.trainable})
+            self._graphs = self._bind_graphs(bundle, options, params)
+            return
+        api = _training_api_for(bundle)
         self.state = api.CheckpointState.load_checkpoint(str(bundle.file(CHECKPOINT)))
-        self._state_behind = False  # the bound parameter copy (CPU) holds writes the state has not seen
         self.module = api.Module(
             str(bundle.file(TRAINING_MODEL)),
             self.state,
@@ -96,27 +133,24 @@ class OrtModel:
             device=self.device,
             session_options=options,
         )
-        self._ortvalue = onnxruntime.OrtValue.ortvalue_from_numpy
-        graph = self.manifest.graph
-        self._layers = self.manifest.norm_layers
-        self._stat_inputs = [(layer.name, *layer.stat_inputs) for layer in self.manifest.batch_norms]
         self._train_inputs = self.module.train().input_names()
         self._eval_inputs = self.module.eval().input_names()
-        self._outputs = [graph.logits] + [n for layer in self._layers for n in layer.moment_outputs]
-        self.trainable = list(self.manifest.trainable)
         self.layout = self._buffer_layout()
-        params = self.state.parameters
-        self._trainable_params = [params[n] for n in self.layout.names]
-        self._graphs = self._bind_graphs(bundle, options) if self.device == "cpu" else None
-        self._owner: object | None = None  # whose parameters the model holds (`serve`)
+        self._trainable_params = [self.state.parameters[n] for n in self.layout.names]
+        params = {n: p.data.copy() for n, p in self.state.parameters}
+        self._graphs = self._bind_graphs(bundle, options, params) if self.device == "cpu" else None
 
-    def _bind_graphs(self, bundle: Bundle, options) -> tuple[BoundGraph, BoundGraph]:
-        """The CPU path: eval and training graphs bound to the parameters (trainable ones as views
-        of one vector in `layout`), the statistics and stat mix, and, for training, each trainable
-        parameter's gradient accumulation buffer (a view of `_gradient`) and the reset flag."""
+    def _bind_graphs(
+        self, bundle: Bundle, options, params: dict[str, np.ndarray]
+    ) -> tuple[BoundGraph, BoundGraph]:
+        """Eval and training graphs bound to the parameters (trainable ones as views of one vector
+        in `layout`), the statistics and stat mix, and the gradients: for the standard graph its
+        gradient outputs (views of `_step_gradient`), for ORT's training graph each trainable
+        parameter's accumulation buffer (a view of `_gradient`) and the reset flag."""
         graph = self.manifest.graph
-        self._param_vector = self.layout.flatten(self.parameters(), np.float32)
-        kept = {n: p.data.copy() for n, p in self.state.parameters if n not in self.layout.names}
+        self._param_names = list(params)
+        self._param_vector = self.layout.flatten(params, np.float32)
+        kept = {n: v for n, v in params.items() if n not in self.layout.names}
         kept.update(self.layout.split(self._param_vector))
         kept.update({name: np.zeros(size, np.float32) for name, size in self._stat_sizes().items()})
         if graph.stat_mix is not None:
@@ -124,17 +158,25 @@ class OrtModel:
         self._kept = kept
         self._gradient = np.zeros(self.layout.size, np.float32)
         self._reset = np.ones(1, bool)  # true: the next training pass overwrites the gradients
-        training = {f"{n}{ACCUMULATION_BUFFER}": v for n, v in self.layout.split(self._gradient).items()}
-        training[LAZY_RESET_GRAD] = self._reset
         per_call = {graph.input, graph.sample_weight} | (
             {self.manifest.auxiliary.target} if self.manifest.auxiliary else set()
         )
-        predictor = BoundGraph(bundle.file(EVAL_MODEL), options)
-        trainer = BoundGraph(bundle.file(TRAINING_MODEL), options)
+        spec = self.manifest.standard_graph
+        predictor = BoundGraph(bundle.file(EVAL_MODEL), options, self.device)
         predictor.fetch(self._outputs)
-        trainer.fetch(
-            [graph.loss, *self._outputs, *(o for o in trainer.outputs if o.endswith(ACCUMULATION_OUT))]
-        )
+        if spec is None:
+            trainer = BoundGraph(bundle.file(TRAINING_MODEL), options, self.device)
+            training = {f"{n}{ACCUMULATION_BUFFER}": v for n, v in self.layout.split(self._gradient).items()}
+            training[LAZY_RESET_GRAD] = self._reset
+            trainer.fetch(
+                [graph.loss, *self._outputs, *(o for o in trainer.outputs if o.endswith(ACCUMULATION_OUT))]
+            )
+        else:
+            trainer = BoundGraph(bundle.file(spec.model), options, self.device)
+            self._step_gradient = np.zeros(self.layout.size, np.float32)
+            steps = self.layout.split(self._step_gradient)
+            training = {}
+            trainer.fetch([graph.loss, *self._outputs], into={spec.gradients[n]: steps[n] for n in steps})
         for g, values in ((predictor, kept), (trainer, {**kept, **training})):
             for name in g.inputs:
                 if name in values:
@@ -272,6 +314,11 @@ class OrtModel:
             trainer = self._graphs[1]
             self._bind_call(trainer, x, weights, stats, mix, target)
             out = trainer.run()
+            if self._step_gradient is not None:  # the standard graph: add this pass's gradients
+                if self._reset[0]:
+                    np.copyto(self._gradient, self._step_gradient)
+                else:
+                    self._gradient += self._step_gradient
             self._reset[0] = False  # the next pass adds to these gradients
         return self._unpack(out[1:], float(out[0]))
 
@@ -283,6 +330,9 @@ class OrtModel:
             self._reset[0] = True
 
     def parameters(self, trainable_only: bool = True) -> dict[str, np.ndarray]:
+        if self.state is None:
+            names = self.trainable if trainable_only else self._param_names
+            return {n: self._kept[n].copy() for n in names}
         self._sync_state()
         params = self.state.parameters
         names = self.trainable if trainable_only else [name for name, _ in params]
@@ -308,7 +358,7 @@ class OrtModel:
             self.module.copy_buffer_to_parameters(self._ortvalue(vector)._ortvalue, trainable_only=True)
         else:
             np.copyto(self._param_vector, vector)
-            self._state_behind = True
+            self._state_behind = self.state is not None
         if owner is not None:
             self._owner = owner
 

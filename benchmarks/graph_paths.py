@@ -1,0 +1,93 @@
+"""`python -m benchmarks.graph_paths [--repeats N]`: the standard-operator graph (schema 2) against
+ORT's training graph (a schema-1 copy of the same bundle, run through the training API as before)
+at batch size 1, side by side in one run: the default policy with its drift gate open
+(steady-ungated), one bare training pass, and PyTorch's Tent for the ratio.
+
+The columns run in a random order for every batch: the performance benchmark's rotation keeps
+one column always right after PyTorch's Tent, whose work leaves the caches cold for it. Prints a
+table; writes nothing under benchmarks/results/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from benchmarks.adaptation import Cell, make_stream, prepare_models
+from benchmarks.performance.measure import PERF_MODELS, TORCH_TENT_LR, UNGATED_OPTIONS, summary_ms
+from benchmarks.torch_tent import TorchTent
+from edge_ttt.adapt.engine import DEFAULT_POLICY, Engine
+from edge_ttt.adapt.ort_model import OrtModel
+from edge_ttt.artifacts import load_bundle
+from export.checkpoint import load_checkpoint
+from firmware_sim.datasets.watch import watch_logs
+from tests.conftest import legacy_bundle
+
+WARMUP = 30
+
+
+def runners(bundle: Path, checkpoint: Path, legacy: Path) -> dict:
+    """Per path, steady-ungated and a bare training pass; and PyTorch's Tent."""
+    out = {}
+    for path, bundle_dir in (("standard", bundle), ("training", legacy)):
+        engine = Engine(OrtModel(load_bundle(bundle_dir), threads=1), options=UNGATED_OPTIONS)
+        bare = OrtModel(load_bundle(bundle_dir), threads=1)
+        stats = bare.source_stats()
+
+        def train_pass(x: np.ndarray, bare: OrtModel = bare, stats=stats) -> None:
+            bare.forward_backward(x, np.full(len(x), 1.0 / len(x), np.float32), stats)
+            bare.discard_gradients()
+
+        out[f"steady-ungated/{path}"] = engine.process
+        out[f"train-pass/{path}"] = train_pass
+    out["torch-tent"] = TorchTent(load_checkpoint(checkpoint).model.eval(), TORCH_TENT_LR).forward_and_adapt
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.graph_paths", description=__doc__)
+    p.add_argument("--repeats", type=int, default=600)
+    p.add_argument("--cache", type=Path, default=Path("runs/bench"))
+    args = p.parse_args()
+    torch.set_num_threads(1)
+    paths = prepare_models(PERF_MODELS, args.cache, retrain=False)
+    log = watch_logs()["target"]
+    order = random.Random(0)
+    print("| model | steady-ungated (ms) | training pass (ms) | steady-ungated / Tent |")
+    print("| | standard / training graph | standard / training | standard / training |")
+    print("|---|---|---|---|")
+    with tempfile.TemporaryDirectory() as tmp:
+        for model in PERF_MODELS:
+            legacy = legacy_bundle(paths[model].bundle, Path(tmp) / model)
+            info = load_bundle(paths[model].bundle).manifest.model
+            cell = Cell(model, "gain", 4, "recorded", 1, DEFAULT_POLICY, 0)
+            stream = make_stream(log, cell, info.window, info.hop)[0].x
+            columns = runners(paths[model].bundle, paths[model].checkpoint, legacy)
+            times: dict[str, list[float]] = {name: [] for name in columns}
+            for i in range(WARMUP + args.repeats):
+                x = stream[i % len(stream)][None]
+                names = list(columns)
+                order.shuffle(names)
+                for name in names:
+                    start = time.perf_counter()
+                    columns[name](x)
+                    if i >= WARMUP:
+                        times[name].append(time.perf_counter() - start)
+            ms = {name: summary_ms(t, 1)["median_ms"] for name, t in times.items()}
+            ungated = ms["steady-ungated/standard"], ms["steady-ungated/training"]
+            passes = ms["train-pass/standard"], ms["train-pass/training"]
+            ratios = [t / ms["torch-tent"] for t in ungated]
+            cells = [f"{a:.3f} / {b:.3f}" for a, b in (ungated, passes, ratios)]
+            print(f"| {model} | {' | '.join(cells)} |", flush=True)
+            shutil.rmtree(legacy)
+
+
+if __name__ == "__main__":
+    main()
