@@ -86,8 +86,9 @@ def test_streams_beyond_max_streams_are_evicted_checkpointed_shipped_and_restore
         more = frames(6)[3:]
         for frame in more:
             listener.publish("edge-ttt/dev0/dt/0", encode(frame))
-        assert wait_for(lambda: agent.pipelines.states_restored == 1)
-        assert agent.pipelines.evicted == 4 and ("dev0", "0") in agent.pipelines
+        # the worker counts the restore before it inserts the pipeline: wait for both
+        assert wait_for(lambda: agent.pipelines.states_restored == 1 and ("dev0", "0") in agent.pipelines)
+        assert agent.pipelines.evicted == 4
         assert agent.status()["counters"]["streams_evicted"] == 4
         evicted_lines = [r for r in caplog.records if r.getMessage().startswith("stream evicted")]
         # four evictions, one line per 10 s (rate-limited): one, unless a loaded machine took longer
