@@ -134,3 +134,26 @@ def test_sigterm_with_many_streams_exits_within_the_stop_timeout(tmp_path, bundl
     assert len(stop) == 1, err[-2000:]
     assert stop[0]["seconds"] <= 1.0 + 0.2
     assert took < 4.0, (took, stop[0])
+
+
+def test_frame_counters_are_there_from_the_start_and_survive_eviction(tmp_path, bundle_dir, broker):
+    config = write_config(tmp_path, bundle_dir, broker.port, state="max_streams = 1")
+    agent = Agent(load_config(config))
+    before = agent.status()["counters"]
+    assert before["frames_duplicates"] == before["frames_missing"] == before["gaps"] == 0
+    assert before["adapt_steps"] == before["fallbacks"] == 0 and before["windows"] == 0
+    listener = Listener(broker.port, ["edge-ttt/+/pred"])
+    thread = start(agent)
+    sent = frames(3)
+    try:
+        for frame in [*sent, sent[0]]:  # the first frame twice: one duplicate
+            listener.publish("edge-ttt/dev0/dt/0", encode(frame))
+        assert wait_for(lambda: agent.status()["counters"]["frames_duplicates"] == 1)
+        for frame in sent:  # a second device: dev0 is evicted
+            listener.publish("edge-ttt/dev1/dt/0", encode(frame))
+        assert wait_for(lambda: agent.pipelines.evicted == 1)
+        assert agent.status()["counters"]["frames_duplicates"] == 1
+    finally:
+        agent.stop_event.set()
+        thread.join(10)
+        listener.close()

@@ -155,6 +155,9 @@ class Pipelines(OrderedDict[tuple[str, str], Pipeline]):
         self.writer = writer
         self.states_restored = 0  # pipelines that started from a checkpoint
         self.evicted = 0  # pipelines closed for newer ones beyond max_streams
+        # frame-order counters and gaps of evicted pipelines, so that the agent's totals never drop
+        self.retired_order: Counter = Counter()
+        self.retired_gaps = 0
         self._due: deque[tuple[str, str]] = deque()  # the checkpoint round under way
         self._warn = RateLimitedLog(log)
 
@@ -173,6 +176,8 @@ class Pipelines(OrderedDict[tuple[str, str], Pipeline]):
         (device, stream), p = self.popitem(last=False)
         p.close_summary(final=True)
         self._checkpoint(p)
+        self.retired_order.update(vars(p.sequencer.counters))
+        self.retired_gaps += p.windower.gaps
         self.evicted += 1
         fields = {"device": device, "stream": stream, "evicted": self.evicted}
         self._warn.warning("evicted", "stream evicted: max_streams are live", fields=fields)

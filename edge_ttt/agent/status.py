@@ -15,6 +15,7 @@ from typing import Any
 
 from pydantic import Field
 
+from edge_ttt.adapt.counters import Counters
 from edge_ttt.agent.pipeline import AgentCounters, Pipelines
 from edge_ttt.agent.publisher import PredictionPublisher
 from edge_ttt.atomic import atomic_write
@@ -22,6 +23,7 @@ from edge_ttt.config_file import Section
 from edge_ttt.drift.spool import Spool
 from edge_ttt.stream.connection import CONNECTING, DISCONNECTED, ONLINE, ConnectionState
 from edge_ttt.stream.inbox import Inbox
+from edge_ttt.stream.sequencer import SequencerCounters
 from edge_ttt.stream.topics import AgentTopic
 
 
@@ -82,9 +84,12 @@ class StatusReporter:
 
     def status(self) -> dict[str, Any]:
         src = self.sources
-        engines: Counter = Counter()
-        order: Counter = Counter()
-        gaps = 0
+        # every key from the start (zeros before the first stream); frame order and gaps also
+        # count evicted streams, engine counters those live (a restored stream brings its own back)
+        engines: Counter = Counter({k: 0 for k in Counters().as_dict() if k != "windows"})
+        order: Counter = Counter(dict.fromkeys(vars(SequencerCounters()), 0))
+        order.update(src.pipelines.retired_order)
+        gaps = src.pipelines.retired_gaps
         for p in src.pipelines.values():
             engines.update({k: v for k, v in p.engine.counters.as_dict().items() if k != "windows"})
             order.update(vars(p.sequencer.counters))
