@@ -148,7 +148,7 @@ def streams(args: argparse.Namespace, n: int) -> dict:
 
     for batch in range(0, n, 100):  # every stream gets a window, paced for the broker's queue
         for d in range(batch, min(n, batch + 100)):
-            for _ in range(3):
+            for _ in range(-(-info.window // 25)):  # frames of 25 samples up to one window
                 send(f"s{d}", nxt[d], 25)
         while listener.status.get("counters", {}).get("windows", 0) < min(n, batch + 100):
             time.sleep(0.1)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import threading
 import time
+from pathlib import Path
 
 from edge_ttt.agent import Agent
 from edge_ttt.agent.config import load_config
@@ -108,7 +109,8 @@ def test_sigterm_with_many_streams_exits_within_the_stop_timeout(tmp_path, bundl
     from pathlib import Path
 
     state = "stop_timeout_s = 1.0"
-    config = write_config(tmp_path, bundle_dir, broker.port, state=state)
+    spool = tmp_path / "spool"
+    config = write_config(tmp_path, bundle_dir, broker.port, state=state, drift=f'spool_dir = "{spool}"')
     cmd = [sys.executable, "-m", "edge_ttt.cli", "run", "--config", str(config)]
     listener = Listener(broker.port, ["edge-ttt/agents/+/status"])
     proc = subprocess.Popen(cmd, cwd=Path(__file__).parents[1], stderr=subprocess.PIPE, text=True)
@@ -134,6 +136,48 @@ def test_sigterm_with_many_streams_exits_within_the_stop_timeout(tmp_path, bundl
     assert len(stop) == 1, err[-2000:]
     assert stop[0]["seconds"] <= 1.0 + 0.2
     assert took < 4.0, (took, stop[0])
+    # every stream's last summary is on disk: one-summary files, and the rest in a batch file that
+    # the next start unpacks (no collector here: nothing was acknowledged and deleted)
+    assert stop[0]["summaries_lost"] == 0
+    assert len(spooled_ids(spool)) == n
+
+
+def spooled_ids(spool: Path) -> list[str]:
+    """The summary ids in a spool, one-summary files and batch files alike."""
+    from edge_ttt.drift.schema import read_table
+
+    files = [*spool.glob("*.parquet"), *spool.glob("*.batch")]
+    return [i for f in files for i in read_table(f).column("summary_id").to_pylist()]
+
+
+def test_a_stops_batch_is_unpacked_at_the_next_start(tmp_path, bundle_dir, broker):
+    spool = tmp_path / "spool"
+    config = write_config(tmp_path, bundle_dir, broker.port, drift=f'spool_dir = "{spool}"')
+    agent = Agent(load_config(config))
+    listener = Listener(broker.port, ["edge-ttt/+/pred"])
+    thread = start(agent)
+    try:
+        for d in range(20):
+            for frame in frames(3):
+                listener.publish(f"edge-ttt/dev{d}/dt/0", encode(frame))
+        assert wait_for(lambda: len(listener.of("/pred")) == 20)
+        agent.shipper.unpack = lambda deadline=None: len(agent.spool.batches())  # this stop leaves it
+        agent.stop_event.set()
+        thread.join(10)
+    finally:
+        listener.close()
+    assert len([p for p in spool.iterdir() if p.suffix == ".batch"]) == 1  # the spooler's queue, in one file
+    ids = spooled_ids(spool)
+    assert len(ids) == 20
+    again = Agent(load_config(config))  # the next start: its shipper unpacks the batch
+    thread = start(again)
+    try:
+        assert wait_for(lambda: not again.spool.batches())
+        assert sorted(spooled_ids(spool)) == sorted(ids) and len(set(ids)) == 20
+        assert len(again.spool.pending()) == 20
+    finally:
+        again.stop_event.set()
+        thread.join(10)
 
 
 def test_frame_counters_are_there_from_the_start_and_survive_eviction(tmp_path, bundle_dir, broker):

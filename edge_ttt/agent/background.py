@@ -58,8 +58,14 @@ class BackgroundWriter:
         deadline = time.monotonic() + timeout
         with self._changed:
             self._changed.wait_for(lambda: not self._pending and self._current is None, timeout)
+        return len(self._stop(deadline))
+
+    def _stop(self, deadline: float) -> list[Any]:
+        """Stop the thread (a write in progress may finish until `deadline`, monotonic); the
+        items it did not write, oldest first."""
+        with self._changed:
             self._closing = True
-            left = len(self._pending)
+            left = list(self._pending.values())
             self._pending.clear()
             self._changed.notify_all()
         self._thread.join(max(0.0, deadline - time.monotonic()))

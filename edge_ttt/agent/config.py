@@ -122,7 +122,7 @@ class DriftSection(Section):
     chunk_bytes: int = Field(64_000, ge=1024, description="larger summaries travel in several messages")
     ack_timeout_s: float = Field(60.0, gt=0, description="send again what the collector has not acknowledged")
     max_inflight: int = Field(32, ge=1, description="summaries sent and awaiting their acknowledgement")
-    stop_timeout_s: float = Field(8.0, ge=0, description="a whole clean stop takes at most this long")
+    stop_timeout_s: float = Field(7.0, ge=0, description="a whole clean stop takes at most this long")
 
 
 class LoggingSection(Section):

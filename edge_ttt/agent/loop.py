@@ -98,7 +98,7 @@ class Agent:
             cfg.predictions, cfg.prediction_topic, self.transport.publish, self.manifest.model.classes, sha
         )
         self.writer = CheckpointWriter()
-        self.spooler = SummarySpooler(self.shipper.submit, max(10_000, 2 * cfg.state.max_streams))
+        self.spooler = SummarySpooler(self.shipper, max(10_000, 2 * cfg.state.max_streams))
         self.pipelines = Pipelines(
             self.model,
             self.manifest,
@@ -165,11 +165,16 @@ class Agent:
     def ship_before_stop(self, budget_s: float) -> None:
         """Ship what the fleet acknowledges within what is left of `drift.stop_timeout_s` (the
         whole stop's budget, writing the last states and summaries included); the rest stays
-        spooled for the next start (which sends it again: the collector stores each summary once)."""
+        spooled for the next start (which sends it again: the collector stores each summary once),
+        and so do the summaries still `batched` (the next start unpacks them)."""
+        deadline = time.monotonic() + budget_s
         self.shipper.stop()
-        left = self.shipper.drain(max(0.0, budget_s))
-        fields = {"spooled": left, "shipped": self.spool.counters.shipped}
-        (log.warning if left else log.info)("drift summaries left in the spool", extra={"fields": fields})
+        batched = self.shipper.unpack(deadline)  # the stop's batch, as files that can be shipped
+        left = self.shipper.drain(max(0.0, deadline - time.monotonic()))
+        fields = {"spooled": left, "batched": batched, "shipped": self.spool.counters.shipped}
+        (log.warning if left or batched else log.info)(
+            "drift summaries left in the spool", extra={"fields": fields}
+        )
 
     def handle(self, message: Message) -> None:
         """Route a message to its stream's pipeline; a frame that cannot go there is counted."""
@@ -190,22 +195,25 @@ class Agent:
         self.pipelines.get_or_make(device, stream).feed(frame, message.arrived)
 
     def write_last(self) -> None:
-        """Every stream's last drift summary and adapted state, for at most `state.stop_timeout_s`
-        (the two writer threads work side by side), so that a stop is prompt whatever the number
-        of streams; a state left keeps its previous checkpoint, a summary left is lost."""
+        """Every stream's last drift summary and adapted state, for at most `state.stop_timeout_s`,
+        so that a stop is prompt whatever the number of streams. Summaries first, the queued ones
+        in one batch file (`summaries_lost` only when the disk refuses it); a state left keeps
+        its previous checkpoint."""
         budget, start = self.cfg.state.stop_timeout_s, time.monotonic()
         remaining = lambda: max(0.0, start + budget - time.monotonic())  # noqa: E731
         self.pipelines.close_summaries(final=True)  # in memory; the spooler writes them
+        summaries_lost = self.spooler.close(remaining())
         states_left = self.pipelines.checkpoint_all(remaining())
         states_left += self.writer.close(remaining())
-        summaries_left = self.spooler.close(remaining())
         fields = {
             "states_written": self.writer.written,
             "states_left": states_left,
-            "summaries_left": summaries_left,
+            "summaries_lost": summaries_lost,
             "seconds": round(time.monotonic() - start, 3),
         }
-        if states_left or summaries_left:
-            log.warning("stop: time is up, states or summaries left", extra={"fields": fields})
+        if states_left or summaries_lost:
+            log.warning(
+                "stop: states left at their previous checkpoint or summaries lost", extra={"fields": fields}
+            )
         else:
             log.info("stop: states and summaries written", extra={"fields": fields})

@@ -151,12 +151,14 @@ def to_parquet(summaries: list[DriftSummary]) -> bytes:
 
     Plain encoding, no compression, no column statistics: a spool file holds one row, whose
     encoding is nearly all fixed cost, and zstd and dictionaries saved 15 % of the bytes for
-    2.6x the time (4.4 ms against 1.7 ms a summary). That time is what a stop with a thousand
-    streams has to spend; the collector's dataset compresses when it compacts."""
+    2.6x the time (4.4 ms against 1.7 ms a summary), which a thousand streams closing their
+    intervals together spend a thousand times; the collector's dataset is compressed."""
+    return encode_table(to_table(summaries))
+
+
+def encode_table(table: pa.Table) -> bytes:
     sink = io.BytesIO()
-    pq.write_table(
-        to_table(summaries), sink, compression="none", use_dictionary=False, write_statistics=False
-    )
+    pq.write_table(table, sink, compression="none", use_dictionary=False, write_statistics=False)
     return sink.getvalue()
 
 

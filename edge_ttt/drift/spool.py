@@ -8,6 +8,10 @@ a write or an acknowledgement costs the same however many files wait. It is boun
 when a new file would exceed the bound, the oldest files are deleted, counted and logged
 (rate-limited). A file deleted by the bound while it is in flight (sent, not yet acknowledged) is
 not yet a loss: it counts as shipped if its acknowledgement still comes, as dropped if not (`lost`).
+
+A batch file (`<time>.batch`) holds many summaries in one file: what a stop writes when there is
+no time for a file each. It is not shipped; the shipper unpacks it into one-summary files (at the
+stop while time remains, else at the next start), skipping summaries already in the spool.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ log = logging.getLogger(__name__)
 SUFFIX = ".parquet"
 _NAME = re.compile(r"^(\d{20})-([0-9A-Za-z_-]+)\.parquet$")
 ID = re.compile(r"^[0-9A-Za-z_-]{1,64}$")  # a summary id: usable in a file name
+BATCH_SUFFIX = ".batch"
 
 
 @dataclass
@@ -89,6 +94,29 @@ class Spool:
             self._by_id[summary_id] = path.name
             self._enforce_bound()
             return path
+
+    def has(self, summary_id: str) -> bool:
+        with self._lock:
+            return summary_id in self._by_id
+
+    def put_batch(self, data: bytes) -> Path:
+        """Write a file of many summaries atomically (see the module's docstring)."""
+        with self._lock:
+            self._last_ns = max(time.time_ns(), self._last_ns + 1)
+            return atomic_write(self.dir / f"{self._last_ns:020d}{BATCH_SUFFIX}", lambda f: f.write(data))
+
+    def batches(self) -> list[Path]:
+        """Batch files, oldest first."""
+        return sorted(self.dir.glob(f"*{BATCH_SUFFIX}"))
+
+    def rewrite_batch(self, path: Path, data: bytes | None) -> None:
+        """Replace a batch file by what is left of it (atomically), or delete it (None)."""
+        with self._lock:
+            if data is None:
+                path.unlink(missing_ok=True)
+                fsync_dir(self.dir)
+            else:
+                atomic_write(path, lambda f: f.write(data))
 
     def _forget(self, name: str) -> int:
         """Take a file out of the index; its size."""
