@@ -19,6 +19,7 @@ from benchmarks.adaptation import AUX_MODEL, Cell, ModelPaths, make_stream
 from benchmarks.harness import progress
 from benchmarks.torch_tent import TorchTent
 from edge_ttt.adapt.engine import DEFAULT_POLICY, Engine
+from edge_ttt.adapt.fallback import DEFAULT_FALLBACK
 from edge_ttt.adapt.ort_model import OrtModel
 from edge_ttt.artifacts import load_bundle
 from edge_ttt.metrics import accuracy
@@ -32,10 +33,12 @@ ENGINE_POLICIES = ("source", "norm", "tent", DEFAULT_POLICY)
 TORCH_INFERENCE, TORCH_TENT = "torch-inference", "torch-tent"
 UNGATED = f"{DEFAULT_POLICY}-ungated"  # the default policy with its drift gate always open
 UNGATED_OPTIONS = {"gate_shift": 0.0, "gate_spread": 0.0}
+# The same with the fallback on: the source model's forward and both estimates on every window.
+WITH_FALLBACK = f"{UNGATED}+fallback"
 TRAIN_PASS = "ort-train-pass"  # one OrtModel.forward_backward: the floor of any gradient step
 # Every column but `source` steps on the entropy (or is PyTorch's Tent): not on an auxiliary-head model.
 PERF_MODELS = [m for m in MODELS if m != AUX_MODEL]
-COLUMNS = (*ENGINE_POLICIES, UNGATED, TRAIN_PASS, TORCH_INFERENCE, TORCH_TENT)
+COLUMNS = (*ENGINE_POLICIES, UNGATED, WITH_FALLBACK, TRAIN_PASS, TORCH_INFERENCE, TORCH_TENT)
 TORCH_TENT_LR = 1e-3
 
 Runner = Callable[[np.ndarray], object]
@@ -75,6 +78,9 @@ def window_runners(paths: ModelPaths) -> tuple[dict[str, Runner], dict[str, Engi
     bundle = load_bundle(paths.bundle)
     engines = {p: Engine(OrtModel(bundle, threads=1), policy=p) for p in ENGINE_POLICIES}
     engines[UNGATED] = Engine(OrtModel(bundle, threads=1), options=UNGATED_OPTIONS)
+    engines[WITH_FALLBACK] = Engine(
+        OrtModel(bundle, threads=1), options=UNGATED_OPTIONS, fallback=DEFAULT_FALLBACK
+    )
     bare = OrtModel(bundle, threads=1)
     stats = bare.source_stats()
 

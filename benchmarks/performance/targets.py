@@ -1,9 +1,9 @@
-"""Issue #9's targets, judged from one run's numbers."""
+"""Issue #9's targets, and issue #18's cost target, judged from one run's numbers."""
 
 from __future__ import annotations
 
 from benchmarks.harness import FAIL, NOT_MEASURED, PASS, Target
-from benchmarks.performance.measure import DEFAULT_POLICY, TORCH_TENT, TRAIN_PASS, UNGATED
+from benchmarks.performance.measure import DEFAULT_POLICY, TORCH_TENT, TRAIN_PASS, UNGATED, WITH_FALLBACK
 
 MAX_VS_TORCH_TENT = 0.5  # default policy / PyTorch Tent step, batch size 1
 MAX_VS_INFERENCE = 3.0  # default policy / engine inference only, batch size 1
@@ -88,6 +88,14 @@ def evaluate_targets(results: dict) -> list[Target]:
                 (f"{r['model']} x real time", r["x_real_time"], r["x_real_time"] >= MIN_REPLAY_SPEED)
                 for r in results["replay"]
             ],
+        )
+    )
+    # Issue #18's cost target: the fallback's source forward and estimates included.
+    with_fallback = [(m, ratio(rows, m, 1, WITH_FALLBACK, TORCH_TENT)) for m in models]
+    targets.append(
+        _all_within(
+            f"5. {WITH_FALLBACK} at b=1: time per window <= {MAX_VS_TORCH_TENT:g} x PyTorch eager Tent step",
+            [(m, r, r is not None and r <= MAX_VS_TORCH_TENT) for m, r in with_fallback],
         )
     )
     return targets
