@@ -54,16 +54,6 @@ def _instructions() -> list[Instruction]:
     return result
 
 
-def _stage(name: str) -> list[Instruction]:
-    instructions = _instructions()
-    index = next(
-        (i.stage for i in instructions if i.keyword == "FROM" and i.args.lower().endswith(f" as {name}")),
-        None,
-    )
-    assert index is not None, f"Dockerfile.jetson has no stage named {name!r}"
-    return [i for i in instructions if i.stage == index]
-
-
 def _runtime() -> list[Instruction]:
     """The final stage: what `docker build` produces without --target."""
     instructions = _instructions()
