@@ -17,7 +17,10 @@ from typing import Any, ClassVar, NoReturn
 import typer
 from typer.core import TyperCommand, TyperGroup
 
-HOST_ONLY = frozenset({"torch", "seglearn"})  # what the [export] extra brings
+HOST_ONLY = frozenset({"torch", "onnx", "seglearn"})  # what the [export] extra brings
+# The export's training build; the stock onnxruntime a device install brings shares its package
+# directory, and replaces it when pip installs it later (README).
+TRAINING_FIX = "pip install --force-reinstall --no-deps onnxruntime-training-cpu==1.19.2"
 
 
 class HelpGroup(TyperGroup):
@@ -58,6 +61,8 @@ def host_import(module: str) -> ModuleType:
     except ModuleNotFoundError as exc:
         if exc.name in HOST_ONLY:
             fail(f"this command runs on the host and needs {exc.name}: pip install 'edge-ttt[export]'")
+        if exc.name == "onnxruntime.training":
+            fail(f"this command needs the training build of onnxruntime, not the stock one: {TRAINING_FIX}")
         if exc.name == module.partition(".")[0]:  # an install made before the package existed
             fail(f"package {exc.name} is not installed; reinstall edge-ttt (in a checkout: pip install -e .)")
         raise

@@ -55,6 +55,7 @@ def replay(
     episodic: bool = False,
     per_device: bool = True,
     fallback: FallbackOptions | None = None,
+    with_classes: bool = False,
 ) -> list[dict[str, Any]]:
     """Run the log once per policy; one summary (what `--json` prints) per policy.
 
@@ -63,7 +64,8 @@ def replay(
     window). `per_device=False` runs every device's windows through one engine. Each policy
     starts from source. `policies=None` means every policy the bundle can run (with `episodic`,
     every gradient one). `fallback`: serve the source model while the adapted one is estimated
-    worse (see `Engine`); off by default.
+    worse (see `Engine`); off by default. `with_classes` adds every window's predicted class
+    (`classes`, in log order), to compare runs window by window (scripts/aarch64_check.sh).
     """
     if batch_size < 1:
         raise ValueError("batch size must be at least 1")
@@ -82,7 +84,8 @@ def replay(
     for p in policies:
         model = OrtModel(bundle, device=device)  # shared by the policy's engines, as in the agent
         engines = {d: Engine(model, p, options, fallback=fallback) for d in np.unique(devices)}
-        results.append(_run(engines, windows, devices, batches, show_progress))
+        summary, predicted = _run(engines, windows, devices, batches, show_progress)
+        results.append({**summary, "classes": predicted.tolist()} if with_classes else summary)
     return results
 
 
@@ -125,7 +128,7 @@ def _run(
     devices: np.ndarray,
     batches: list[np.ndarray],
     show_progress: bool,
-) -> dict[str, Any]:
+) -> tuple[dict[str, Any], np.ndarray]:
     n = len(windows)
     predicted = np.full(n, -1, dtype=np.int64)
     source = np.full(n, -1, dtype=np.int64)
@@ -146,7 +149,7 @@ def _run(
     top_share = float(np.mean(predicted == top)) if n else 0.0
     batch = int(max((len(b) for b in batches), default=1))
     prior = class_prior(first.model.manifest)
-    return {
+    summary = {
         "policy": first.policy_name,
         "episodic": first.episodic,
         "windows": n,
@@ -165,6 +168,7 @@ def _run(
             first.policy_name, manifest, batch, counters, manifest.model.classes[top], top_share
         ),
     }
+    return summary, predicted
 
 
 def collapse_note(

@@ -115,6 +115,22 @@ def test_a_package_missing_from_an_old_install_is_named(capsys):
     assert "package edge_ttt_no_such_package is not installed; reinstall edge-ttt" in err
 
 
+def test_stock_onnxruntime_in_place_of_the_training_build_is_named(capsys, monkeypatch):
+    """The host has both onnxruntime wheels and the stock one won: one line with the fix."""
+    import sys
+
+    import typer
+
+    from edge_ttt.commandline import TRAINING_FIX, host_import
+
+    monkeypatch.setitem(sys.modules, "onnxruntime.training", None)
+    monkeypatch.delitem(sys.modules, "export.loss", raising=False)
+    with pytest.raises(typer.Exit) as raised:
+        host_import("export.loss")
+    assert raised.value.exit_code == 2
+    assert TRAINING_FIX in capsys.readouterr().err
+
+
 def _commands(command, path: tuple[str, ...] = ()):
     """Every command under `command` with its path, the lazily mounted ones included (typer may
     bring its own copy of click, so groups are known by what they do)."""

@@ -54,16 +54,6 @@ def _instructions() -> list[Instruction]:
     return result
 
 
-def _stage(name: str) -> list[Instruction]:
-    instructions = _instructions()
-    index = next(
-        (i.stage for i in instructions if i.keyword == "FROM" and i.args.lower().endswith(f" as {name}")),
-        None,
-    )
-    assert index is not None, f"Dockerfile.jetson has no stage named {name!r}"
-    return [i for i in instructions if i.stage == index]
-
-
 def _runtime() -> list[Instruction]:
     """The final stage: what `docker build` produces without --target."""
     instructions = _instructions()
@@ -236,10 +226,29 @@ def test_runtime_stage_installs_no_torch_and_no_export_extra():
         install_args = " ".join(re.findall(r"pip install ([^&;|]*)", run))
         assert "torch" not in install_args, f"the runtime stage must not install torch: {run}"
         assert "[" not in install_args, f"the runtime stage must install edge-ttt without extras: {run}"
-    wheel_installs = [r for r in pip_installs if "onnxruntime" in r and ".whl" in r]
-    assert wheel_installs and all("--no-deps" in r for r in wheel_installs), (
-        "install the built onnxruntime wheel with --no-deps"
-    )
+    assert not any("onnxruntime-training" in r for r in runs), "the device needs no training build"
+
+
+def test_the_gpu_wheel_replaces_stock_onnxruntime_after_it_is_uninstalled():
+    """Both wheels ship `onnxruntime/`: uninstalling the CPU one after the GPU one went in would
+    delete the GPU wheel's files."""
+    install = next(i.args for i in _runtime() if i.keyword == "RUN" and '"${ORT_PACKAGE}"' in i.args)
+    steps = [s.strip() for s in install.split("&&")]
+    uninstall = steps.index("pip uninstall -y onnxruntime")
+    gpu = next(n for n, s in enumerate(steps) if s.startswith("pip install") and '"${ORT_PACKAGE}"' in s)
+    edge_ttt = next(n for n, s in enumerate(steps) if s.startswith("pip install") and "/tmp/edge-ttt" in s)
+    assert edge_ttt < uninstall < gpu
+    assert any("CUDAExecutionProvider" in s for s in steps[gpu:]), "check that CUDA is compiled in"
+
+
+def test_no_source_build_and_the_base_image_and_wheel_are_build_arguments():
+    instructions = _instructions()
+    runs = " ".join(i.args for i in instructions if i.keyword == "RUN")
+    assert "git clone" not in runs and "build.sh" not in runs, "install a prebuilt onnxruntime-gpu"
+    args = dict(i.args.partition("=")[::2] for i in instructions if i.keyword == "ARG")
+    assert {"BASE_IMAGE", "ORT_PACKAGE", "ORT_INDEX_URL"} <= args.keys()
+    assert re.fullmatch(r"onnxruntime-gpu==[\d.]+", args["ORT_PACKAGE"]), "pin the GPU wheel"
+    assert _runtime()[0].args.startswith("${BASE_IMAGE} ")
 
 
 def test_runtime_stage_runs_as_a_non_root_user_with_state_in_a_volume():
@@ -248,19 +257,6 @@ def test_runtime_stage_runs_as_a_non_root_user_with_state_in_a_volume():
     assert user not in {"0", "root"}, "the agent must not run as root"
     volumes = _exec_form(_only(runtime, "VOLUME"))
     assert "/var/lib/edge-ttt" in volumes
-
-
-def test_versions_are_pinned_and_match_pyproject():
-    build = " ".join(i.args for i in _stage("ort-build"))
-    deps = " ".join(PYPROJECT["project"]["dependencies"])
-    ort = re.search(r"onnxruntime-training-cpu==([\d.]+)", deps)
-    onnx = re.search(r"onnx==([\d.]+)", deps)
-    assert ort and onnx
-    assert f"ORT_VERSION={ort.group(1)}" in build, "build the onnxruntime version that pyproject pins"
-    assert '--branch "v${ORT_VERSION}"' in build, "clone the release tag"
-    assert f"onnx=={onnx.group(1)}" in build, "pin onnx as pyproject does"
-    assert "--enable_training" in build and "--use_cuda" in build
-    assert "CMAKE_CUDA_ARCHITECTURES=${CUDA_ARCH}" in build
 
 
 def test_container_config_in_the_docs_loads_with_the_images_paths(tmp_path: Path):

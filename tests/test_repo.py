@@ -17,6 +17,29 @@ def test_ci_runs_the_readme_test_command():
     assert test_command in (ROOT / ".ci" / "run").read_text()
 
 
+def test_a_device_install_pulls_stock_onnxruntime_and_nothing_host_side():
+    from edge_ttt.config_file import parse_toml
+
+    project = parse_toml((ROOT / "pyproject.toml").read_text())["project"]
+    names = {re.match(r"[A-Za-z0-9_.-]+", d).group(0).lower() for d in project["dependencies"]}
+    assert "onnxruntime" in names
+    assert not names & {"onnxruntime-training", "onnxruntime-training-cpu", "onnx", "torch"}
+    assert "onnxruntime-training-cpu==1.19.2" in project["optional-dependencies"]["export"]
+
+
+def test_host_installs_reinstall_the_training_build_last():
+    """Stock onnxruntime and onnxruntime-training-cpu share `onnxruntime/`; the last one installed
+    wins, and the export and the parity tests need the training build."""
+    from edge_ttt.commandline import TRAINING_FIX
+
+    for block in _bash_blocks():
+        steps = block.split(" && ")
+        extras = [n for n, s in enumerate(steps) if "pip install" in s and ("[export" in s or "[demo" in s)]
+        if extras:
+            fix = [n for n, s in enumerate(steps) if TRAINING_FIX.removeprefix("pip install ") in s]
+            assert fix and fix[0] > extras[-1], f"reinstall the training build after: {block}"
+
+
 def test_readme_main_job_uses_existing_subcommands():
     """Host commands are mounted lazily, so each is looked up (and imported) as `edge-ttt` would."""
     import typer
