@@ -57,3 +57,14 @@ def test_an_unreadable_batch_is_set_aside_not_retried(tmp_path, caplog):
     assert shipper(spool).unpack() == 0
     assert spool.batches() == [] and [p.suffix for p in tmp_path.iterdir()] == [".unreadable"]
     assert any("unreadable" in r.getMessage() for r in caplog.records)
+
+
+def test_a_stop_interrupts_an_unpack_and_the_rest_stays_batched(tmp_path):
+    import threading
+
+    spool = Spool(tmp_path, 10**8)
+    s = shipper(spool)
+    s.submit_batch([summary(seed) for seed in range(4)])
+    stop = threading.Event()
+    stop.set()
+    assert s.unpack(stop=stop) == 4 and spool.pending() == []

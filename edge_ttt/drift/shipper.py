@@ -158,10 +158,11 @@ class Shipper:
         summary.spool_dropped = dropped - self._drops_reported
         self._drops_reported = dropped
 
-    def unpack(self, deadline: float = math.inf) -> int:
+    def unpack(self, deadline: float = math.inf, stop: threading.Event | None = None) -> int:
         """The spool's batch files as one-summary files, oldest first, until `deadline`
-        (monotonic); what is left is written back as a smaller batch for the next call. Summaries
-        already in the spool are skipped (an unpack a crash interrupted). How many stay batched."""
+        (monotonic) or `stop` is set; what is left is written back as a smaller batch for the next
+        call. Summaries already in the spool are skipped (an unpack a crash interrupted). How many
+        stay batched."""
         left = 0
         for path in self.spool.batches():
             try:
@@ -176,7 +177,7 @@ class Shipper:
             ids = table.column("summary_id").to_pylist()
             todo = [i for i, summary_id in enumerate(ids) if not self.spool.has(summary_id)]
             done = 0
-            while done < len(todo) and time.monotonic() < deadline:
+            while done < len(todo) and time.monotonic() < deadline and not (stop and stop.is_set()):
                 i = todo[done]
                 self.spool.put(ids[i], encode_table(table.slice(i, 1)))
                 done += 1
@@ -290,7 +291,7 @@ class Shipper:
 
         def loop() -> None:
             try:
-                self.unpack()  # what a stop left batched
+                self.unpack(stop=self._stop)  # what a stop left batched
             except OSError as exc:
                 log.warning("drift batch not unpacked", extra={"fields": {"error": str(exc)}})
             while not self._stop.wait(interval_s):
