@@ -18,6 +18,18 @@ from edge_ttt.adapt.flat import Layout
 Stats = dict[str, tuple[np.ndarray, np.ndarray]]  # per layer: (mean, var)
 
 
+class FlatStats(dict):
+    """`Stats` whose arrays are float32 views of one vector: every layer's mean, then every
+    layer's variance, in `names` order. A model whose statistics inputs are laid out alike
+    (`OrtModel`) takes them in one copy instead of two per layer."""
+
+    def __init__(self, vector: np.ndarray, layout: Layout) -> None:
+        means, variances = layout.split(vector[: layout.size]), layout.split(vector[layout.size :])
+        super().__init__({k: (means[k], variances[k]) for k in layout.names})
+        self.vector = vector
+        self.names = layout.names
+
+
 @dataclass
 class MomentEMA:
     """EMA of one layer's first and second raw moments, started from the source statistics.
@@ -98,8 +110,22 @@ class ClassBalance:
         self.momentum = momentum
         self.share = np.full(classes, 1.0 / classes)
 
+    @property
+    def share(self) -> np.ndarray:
+        return self._share
+
+    @share.setter
+    def share(self, share: np.ndarray) -> None:
+        self._share = share
+        self._class_weights: np.ndarray | None = None  # per class, worked out when first asked
+
     def weights(self, classes: np.ndarray) -> np.ndarray:
-        return np.minimum(1.0, 1.0 / (len(self.share) * np.maximum(self.share[classes], 1e-12)))
+        # Per class once per change of the shares (a policy asks two or three times in between):
+        # the same element-wise arithmetic, picked per window.
+        if self._class_weights is None:
+            share = self._share
+            self._class_weights = np.minimum(1.0, 1.0 / (len(share) * np.maximum(share, 1e-12)))
+        return self._class_weights[classes]
 
     def observe(self, classes: np.ndarray) -> None:
         counts = np.bincount(classes, minlength=len(self.share))
@@ -130,10 +156,9 @@ class LayerMoments:
         return self.layout.split(self.ema.mean)
 
     def stats(self) -> Stats:
-        if self._stats is None:
-            means = self.layout.split(self.ema.mean.astype(np.float32))
-            variances = self.layout.split(self.ema.var.astype(np.float32))
-            self._stats = {k: (means[k], variances[k]) for k in self.layout.names}
+        if self._stats is None:  # the same float32 rounding as `astype`, in one array
+            vector = np.concatenate((self.ema.mean, self.ema.var), dtype=np.float32)
+            self._stats = FlatStats(vector, self.layout)
         return self._stats
 
     def fold(self, batch_moments: Stats, windows: float) -> None:
