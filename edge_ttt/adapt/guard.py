@@ -67,18 +67,19 @@ def check_windows(x: np.ndarray, limits: InputLimits) -> Validity:
     # and float64 rounding keeps that order, so this equals the element-wise test, without
     # the element-wise work. A NaN or an infinity shows in the extremes too (max and min
     # propagate NaN), as a spread that is not finite; only then is the window looked at whole.
-    # The ufuncs' reductions stand for `.max`, `.min`, `.all` and `.any` (the same calls without
-    # their Python wrappers), and since high >= low, max(high - mean, mean - low) is the larger
-    # of |high - mean| and |low - mean| (float subtraction is monotone and negates exactly).
-    high = np.maximum.reduce(x, axis=2).astype(np.float64)
-    low = np.minimum.reduce(x, axis=2).astype(np.float64)
-    spread = high - low
+    # The arithmetic is in float64 (the extremes are cast on the way into each subtraction). The
+    # ufuncs' reductions stand for `.max`, `.min`, `.all` and `.any` (the same calls without their
+    # Python wrappers), and since high >= low, max(high - mean, mean - low) is the larger of
+    # |high - mean| and |low - mean| (float subtraction is monotone and negates exactly).
+    high = np.maximum.reduce(x, axis=2)
+    low = np.minimum.reduce(x, axis=2)
+    spread = np.subtract(high, low, dtype=np.float64)
     nonfinite = ~np.logical_and.reduce(np.isfinite(spread), axis=1)
     if np.logical_or.reduce(nonfinite):
         clean = np.where(np.isfinite(x), x, limits.mean[None, :, None])
-        high = np.maximum.reduce(clean, axis=2).astype(np.float64)
-        low = np.minimum.reduce(clean, axis=2).astype(np.float64)
-        spread = high - low
+        high = np.maximum.reduce(clean, axis=2)
+        low = np.minimum.reduce(clean, axis=2)
+        spread = np.subtract(high, low, dtype=np.float64)
     flat = np.logical_or.reduce(spread < limits.flat_ratio * limits.std, axis=1)
     distance = np.maximum(high - limits.mean, limits.mean - low) / limits.std
     out_of_range = np.logical_or.reduce(distance > limits.range_sigmas, axis=1)
