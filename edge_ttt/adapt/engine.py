@@ -131,7 +131,7 @@ class Engine:
             c, length = self.shape
             raise ValueError(f"windows must have shape [n, {c}, {length}], got {list(x.shape)}")
         valid = check_windows(x, self.limits).valid
-        n_invalid = int((~valid).sum())
+        n_invalid = len(x) - int(np.count_nonzero(valid))
         update = self.policy.episode if self.episodic else self.policy.update
         clean = x if n_invalid == 0 else sanitize(x, self.limits)
         if n_invalid == 0:

@@ -67,17 +67,22 @@ def check_windows(x: np.ndarray, limits: InputLimits) -> Validity:
     # and float64 rounding keeps that order, so this equals the element-wise test, without
     # the element-wise work. A NaN or an infinity shows in the extremes too (max and min
     # propagate NaN), as a spread that is not finite; only then is the window looked at whole.
-    high = x.max(axis=2).astype(np.float64)
-    low = x.min(axis=2).astype(np.float64)
-    nonfinite = ~np.isfinite(high - low).all(axis=1)
-    if nonfinite.any():
+    # The arithmetic is in float64 (the extremes are cast on the way into each subtraction). The
+    # ufuncs' reductions stand for `.max`, `.min`, `.all` and `.any` (the same calls without their
+    # Python wrappers), and since high >= low, max(high - mean, mean - low) is the larger of
+    # |high - mean| and |low - mean| (float subtraction is monotone and negates exactly).
+    high = np.maximum.reduce(x, axis=2)
+    low = np.minimum.reduce(x, axis=2)
+    spread = np.subtract(high, low, dtype=np.float64)
+    nonfinite = ~np.logical_and.reduce(np.isfinite(spread), axis=1)
+    if np.logical_or.reduce(nonfinite):
         clean = np.where(np.isfinite(x), x, limits.mean[None, :, None])
-        high = clean.max(axis=2).astype(np.float64)
-        low = clean.min(axis=2).astype(np.float64)
-    flat = (high - low < limits.flat_ratio * limits.std[None, :]).any(axis=1)
-    mean = limits.mean[None, :]
-    distance = np.maximum(np.abs(high - mean), np.abs(low - mean)) / limits.std[None, :]
-    out_of_range = (distance > limits.range_sigmas).any(axis=1)
+        high = np.maximum.reduce(clean, axis=2)
+        low = np.minimum.reduce(clean, axis=2)
+        spread = np.subtract(high, low, dtype=np.float64)
+    flat = np.logical_or.reduce(spread < limits.flat_ratio * limits.std, axis=1)
+    distance = np.maximum(high - limits.mean, limits.mean - low) / limits.std
+    out_of_range = np.logical_or.reduce(distance > limits.range_sigmas, axis=1)
     return Validity(nonfinite=nonfinite, flat=flat, out_of_range=out_of_range)
 
 
@@ -115,8 +120,8 @@ class CollapseDetector:
         self._classes = deque(maxlen=self.horizon)
 
     def observe(self, classes: np.ndarray, entropy: np.ndarray) -> None:
-        self._classes.extend(int(c) for c in classes)
-        self._entropy.extend(float(h) for h in entropy)
+        self._classes.extend(np.asarray(classes, np.int64).tolist())
+        self._entropy.extend(np.asarray(entropy, np.float64).tolist())
 
     def state(self) -> dict[str, np.ndarray]:
         """The windows in view, oldest first."""

@@ -14,14 +14,13 @@ gradient kernels and checkpoint need onnxruntime-training's API.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import cached_property
 
 import numpy as np
 
 from edge_ttt.adapt.bound_graph import BoundGraph
 from edge_ttt.adapt.flat import Layout
 from edge_ttt.adapt.softmax import softmax_entropy
-from edge_ttt.adapt.statistics import Stats
+from edge_ttt.adapt.statistics import FlatStats, Stats
 from edge_ttt.artifacts import Bundle, BundleError
 from edge_ttt.manifest import CHECKPOINT, EVAL_MODEL, TRAINING_MODEL
 from edge_ttt.ortapi import training_api
@@ -39,11 +38,15 @@ class Outputs:
     moments: Stats
     loss: float | None = None
 
-    @cached_property
+    @property
     def softmax(self) -> tuple[np.ndarray, np.ndarray]:
         """Per window, the predicted distribution and its entropy in nats, float64 (computed once:
-        a policy weighs and watches windows by them, the engine reports them)."""
-        return softmax_entropy(self.logits.astype(np.float64))
+        a policy weighs and watches windows by them, the engine reports them). Kept by hand, as
+        `functools.cached_property` does, without the lock it takes on Python 3.11."""
+        kept = self.__dict__.get("_softmax")
+        if kept is None:
+            kept = self.__dict__["_softmax"] = softmax_entropy(self.logits.astype(np.float64))
+        return kept
 
     @property
     def entropy(self) -> np.ndarray:
@@ -152,7 +155,7 @@ class OrtModel:
         self._param_vector = self.layout.flatten(params, np.float32)
         kept = {n: v for n, v in params.items() if n not in self.layout.names}
         kept.update(self.layout.split(self._param_vector))
-        kept.update({name: np.zeros(size, np.float32) for name, size in self._stat_sizes().items()})
+        kept.update(self._stat_buffers())
         if graph.stat_mix is not None:
             kept[graph.stat_mix] = np.zeros(1, np.float32)
         self._kept = kept
@@ -186,10 +189,20 @@ class OrtModel:
                 raise ValueError(f"{g.path} has inputs this runtime does not feed: {missing}")
         return predictor, trainer
 
-    def _stat_sizes(self) -> dict[str, int]:
-        return {
-            name: len(layer.source_mean) for layer in self.manifest.batch_norms for name in layer.stat_inputs
-        }
+    def _stat_buffers(self) -> dict[str, np.ndarray]:
+        """Per statistics input, the array bound to it: views of one vector laid out as
+        `FlatStats` (every batch norm's mean, then every variance), which takes such statistics
+        in one copy."""
+        norms = self.manifest.batch_norms
+        layout = Layout([layer.name for layer in norms], [(len(layer.source_mean),) for layer in norms])
+        self._stat_names = layout.names
+        self._stat_vector = np.zeros(2 * layout.size, np.float32)
+        means = layout.split(self._stat_vector[: layout.size])
+        variances = layout.split(self._stat_vector[layout.size :])
+        buffers = {}
+        for layer, mean_input, var_input in self._stat_inputs:
+            buffers[mean_input], buffers[var_input] = means[layer], variances[layer]
+        return buffers
 
     def _buffer_layout(self) -> Layout:
         """The trainable parameters in the order of ORT's contiguous parameter buffer (that of
@@ -272,12 +285,23 @@ class OrtModel:
         """This call's inputs, copied into the bound buffers: the statistics and the mix into
         those bound once, the batch-shaped ones into buffers bound for the batch size."""
         g.batch(len(x))
-        for name, value in self._values(x, weights, stats, mix, target).items():
-            kept = self._kept.get(name)
-            if kept is None:
-                g.feed(name, value)
-            else:
-                np.copyto(kept, value)
+        graph = self.manifest.graph
+        g.feed(graph.input, np.ascontiguousarray(x, np.float32))
+        g.feed(graph.sample_weight, weights)
+        aux = self.manifest.auxiliary
+        if aux is not None:  # the eval graph keeps the training graph's inputs, so feed it always
+            shape = (len(x), len(aux.transformations))
+            g.feed(aux.target, np.zeros(shape, np.float32) if target is None else target)
+        kept = self._kept
+        if graph.stat_mix is not None:
+            kept[graph.stat_mix][0] = mix  # rounded to float32 as the input is
+        if isinstance(stats, FlatStats) and stats.names == self._stat_names:
+            np.copyto(self._stat_vector, stats.vector)
+            return
+        for layer, mean_input, var_input in self._stat_inputs:
+            mean, var = stats[layer]
+            np.copyto(kept[mean_input], mean)  # cast to float32 on the way where needed
+            np.copyto(kept[var_input], var)
 
     def forward(self, x: np.ndarray, stats: Stats, mix: float = 0.0) -> Outputs:
         """Eval graph: logits and batch moments; no gradients, no state change."""

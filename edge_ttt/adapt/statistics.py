@@ -9,13 +9,41 @@ the population variance (law of total variance). Pure numpy, float64 inside.
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
 import numpy as np
 
 from edge_ttt.adapt.flat import Layout
 
-Stats = dict[str, tuple[np.ndarray, np.ndarray]]  # per layer: (mean, var)
+Stats = Mapping[str, tuple[np.ndarray, np.ndarray]]  # per layer: (mean, var)
+
+
+class FlatStats(Mapping):
+    """Per layer (mean, var) as float32 views of one vector: every layer's mean, then every
+    layer's variance, in `names` order. A model whose statistics inputs are laid out alike
+    (`OrtModel`) takes them in one copy instead of two per layer, and never asks for the views,
+    so they are cut only when someone reads a layer."""
+
+    def __init__(self, vector: np.ndarray, layout: Layout) -> None:
+        self.vector = vector
+        self.names = layout.names
+        self._layout = layout
+        self._layers: Stats | None = None
+
+    def __getitem__(self, name: str) -> tuple[np.ndarray, np.ndarray]:
+        if self._layers is None:
+            size = self._layout.size
+            means = self._layout.split(self.vector[:size])
+            variances = self._layout.split(self.vector[size:])
+            self._layers = {k: (means[k], variances[k]) for k in self.names}
+        return self._layers[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names)
+
+    def __len__(self) -> int:
+        return len(self.names)
 
 
 @dataclass
@@ -98,8 +126,22 @@ class ClassBalance:
         self.momentum = momentum
         self.share = np.full(classes, 1.0 / classes)
 
+    @property
+    def share(self) -> np.ndarray:
+        return self._share
+
+    @share.setter
+    def share(self, share: np.ndarray) -> None:
+        self._share = share
+        self._class_weights: np.ndarray | None = None  # per class, worked out when first asked
+
     def weights(self, classes: np.ndarray) -> np.ndarray:
-        return np.minimum(1.0, 1.0 / (len(self.share) * np.maximum(self.share[classes], 1e-12)))
+        # Per class once per change of the shares (a policy asks two or three times in between):
+        # the same element-wise arithmetic, picked per window.
+        if self._class_weights is None:
+            share = self._share
+            self._class_weights = np.minimum(1.0, 1.0 / (len(share) * np.maximum(share, 1e-12)))
+        return self._class_weights[classes]
 
     def observe(self, classes: np.ndarray) -> None:
         counts = np.bincount(classes, minlength=len(self.share))
@@ -121,7 +163,7 @@ class LayerMoments:
             momentum,
             prior_windows,
         )
-        self._stats: Stats | None = None
+        self._stats: FlatStats | None = None
 
     def __bool__(self) -> bool:
         return bool(self.layout.names)
@@ -129,11 +171,10 @@ class LayerMoments:
     def means(self) -> dict[str, np.ndarray]:
         return self.layout.split(self.ema.mean)
 
-    def stats(self) -> Stats:
-        if self._stats is None:
-            means = self.layout.split(self.ema.mean.astype(np.float32))
-            variances = self.layout.split(self.ema.var.astype(np.float32))
-            self._stats = {k: (means[k], variances[k]) for k in self.layout.names}
+    def stats(self) -> FlatStats:
+        if self._stats is None:  # the same float32 rounding as `astype`, in one array
+            vector = np.concatenate((self.ema.mean, self.ema.var), dtype=np.float32)
+            self._stats = FlatStats(vector, self.layout)
         return self._stats
 
     def fold(self, batch_moments: Stats, windows: float) -> None:
@@ -174,7 +215,7 @@ def fold_moments(
     """Fold one batch's per-layer moments into the averages. The batch weighs its number of
     windows, or with `balance` the sum of its windows' class-balance weights, after which the
     class shares take the batch's predicted `classes` in."""
-    windows = len(classes) if balance is None else float(balance.weights(classes).sum())
+    windows = len(classes) if balance is None else float(np.add.reduce(balance.weights(classes)))
     moments.fold(batch_moments, windows)
     if balance is not None:
         balance.observe(classes)

@@ -147,10 +147,10 @@ class Policy:
         else:
             out = self.model.forward(x, stats, mix)
         weights = np.full(n, 1.0 / n) if weigh is None else np.asarray(weigh(out), np.float64)
-        if not weights.any():
+        if not np.count_nonzero(weights):
             self.model.discard_gradients()
             return out, weights, None
-        if (weights == weights[0]).all():
+        if np.logical_and.reduce(weights == weights[0]):
             if not trained:
                 self.model.forward_backward(x, uniform, stats, mix)
             grads = self.model.gradient_vector() * (weights[0] * n)

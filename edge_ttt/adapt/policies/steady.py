@@ -125,7 +125,7 @@ class Steady(Policy):
         classes = out.logits.argmax(axis=1)
         fold_moments(self.moments, out.moments, classes, self.balance)
         if drifting:
-            self.counters.skipped_unreliable += int((weights == 0).sum())
+            self.counters.skipped_unreliable += len(weights) - int(np.count_nonzero(weights))
         if grads is not None:
             fast = self.opt.step(self.fast, grads)
             self.fast = fast - cfg.anchor * (fast - self.source_vector)
