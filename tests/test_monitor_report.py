@@ -10,6 +10,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -213,3 +214,57 @@ def test_the_report_renders_in_headless_chromium(location, tmp_path):
         timeout=120,
     )
     assert shot.stat().st_size > 10_000 and shot.read_bytes().startswith(b"\x89PNG")
+
+
+def _estimated(device: str, i: int, shift: float, served: float, source: float):
+    """A summary of 40 windows whose served and source estimates are `served` and `source`."""
+    s = make_summary(device, T0 + (i + 1) * STEP, shift=shift, seed=500 + 10 * i + len(device))
+    s.estimated.update((np.arange(40) < round(40 * served)).astype(float))
+    s.source_estimated.update((np.arange(40) < round(40 * source)).astype(float))
+    return s
+
+
+# device: (shift of c0 from interval 0 on, served estimate, source estimate)
+ESTIMATED = {"clean": (0.0, 0.8, 0.8), "rotated": (3.0, 0.65, 0.4), "noisy": (1.5, 0.55, 0.5)}
+
+
+@pytest.fixture
+def estimated_fleet(tmp_path) -> str:
+    path = str(tmp_path / "estimated")
+    for i in range(4):
+        dataset.append(path, to_table([_estimated(d, i, *spec) for d, spec in ESTIMATED.items()]))
+    return path
+
+
+def _ranking(html: str) -> list[list[str]]:
+    table = html.split('<table id="ranking">')[1].split("</table>")[0]
+    return [re.findall(r"<td>([^<]*)</td>", row) for row in table.split("<tr>")[2:]]
+
+
+def test_the_report_ranks_by_estimated_accuracy_lost_and_sums_up_the_fleet(estimated_fleet, tmp_path):
+    out = tmp_path / "report.html"
+    write_report(dataset.read(estimated_fleet, REPORT_COLUMNS), RULES, out, now=NOW, reference_accuracy=0.8)
+    html = out.read_text()
+    rows = _ranking(html)
+    assert [r[0] for r in rows] == ["noisy", "rotated", "clean"]
+    # accuracy lost, served and source estimate, gain, in points
+    assert [r[1:5] for r in rows] == [
+        ["25.0", "55.0", "50.0", "5.0"],
+        ["15.0", "65.0", "40.0", "25.0"],
+        ["0.0", "80.0", "80.0", "0.0"],
+    ]
+    assert rows[1][6].startswith("c0 ")  # the drifted channel explains the loss
+    summary = re.sub(r"\s+", " ", html.split('<ul id="summary">')[1].split("</ul>")[0])
+    assert "<b>3</b> devices" in summary and "<b>2</b> drifting" in summary
+    assert "<b>2</b> estimated to lose more than 10.0 points" in summary
+    assert "<b>2</b> of 3 with both estimates where adaptation helped" in summary
+    assert "reference: the bundle&#39;s validation accuracy" in html
+
+
+def test_without_a_reference_each_device_is_compared_with_its_first_interval(estimated_fleet, tmp_path):
+    """Estimates that never change lose nothing; the drift score then orders: clean last."""
+    out = tmp_path / "report.html"
+    write_report(dataset.read(estimated_fleet, REPORT_COLUMNS), RULES, out, now=NOW)
+    rows = _ranking(out.read_text())
+    assert [(r[0], r[1]) for r in rows] == [("rotated", "0.0"), ("noisy", "0.0"), ("clean", "0.0")]
+    assert "each device&#39;s first interval" in out.read_text()

@@ -170,9 +170,28 @@ def report(
     location: DatasetOption,
     out: Annotated[Path, typer.Option("--out", help="HTML file to write")],
     config: ConfigOption = None,
+    bundle: Annotated[
+        Path | None,
+        typer.Option(
+            "--bundle",
+            help="the devices' exported bundle: its validation accuracy is the reference for accuracy lost "
+            "(default: each device's first interval)",
+        ),
+    ] = None,
 ) -> None:
-    """Write a self-contained HTML report: ranking, heat map, drift over time, health, alerts."""
+    """Write a self-contained HTML report: fleet summary, ranking by estimated accuracy lost, heat map,
+    drift over time, health, alerts."""
     from edge_ttt.monitor.report import REPORT_COLUMNS, write_report  # matplotlib: the [monitor] extra
 
-    found = write_report(_summaries(location, REPORT_COLUMNS), _rules(config), out)
+    reference = None
+    if bundle is not None:
+        from edge_ttt.artifacts import BundleError, load_bundle
+
+        try:
+            reference = load_bundle(bundle).manifest.reference.val_accuracy
+        except BundleError as exc:
+            fail(f"--bundle: {exc}")
+    found = write_report(
+        _summaries(location, REPORT_COLUMNS), _rules(config), out, reference_accuracy=reference
+    )
     typer.echo(json.dumps({"out": str(out), "alerts": len(found)}))

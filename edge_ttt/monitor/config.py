@@ -45,6 +45,9 @@ class AlertsSection(Section):
     entropy_rise: float = Field(0.2, gt=0, description="nats the mean entropy rose over the window")
     entropy_intervals: int = Field(4, ge=2, description="latest intervals, each mean entropy above the last")
     silent_s: float = Field(900.0, gt=0, description="no summary for this long: device silent")
+    accuracy_loss: float = Field(
+        0.10, gt=0, le=1, description="estimated accuracy below the reference by more: device losing accuracy"
+    )
 
 
 class MonitorConfig(Section):

@@ -23,7 +23,17 @@ from edge_ttt.atomic import atomic_write
 from edge_ttt.monitor.alerts import COLUMNS, Alert, by_device, evaluate, max_psi, mean_entropy
 from edge_ttt.monitor.config import AlertsSection
 
-REPORT_COLUMNS = [*COLUMNS, "channels", "estimated_accuracy", "source_estimated_accuracy"]
+REPORT_COLUMNS = [
+    *COLUMNS,
+    "channels",
+    "estimated_accuracy",
+    "estimated_windows",
+    "source_estimated_accuracy",
+    "source_estimated_windows",
+    "fallbacks",
+    "windows_on_source",
+]
+EXPLAINING_CHANNELS = 3  # the worst channels named next to a device in the ranking
 
 
 @dataclass(frozen=True)
@@ -37,12 +47,55 @@ class DeviceHealth:
     rollbacks: int
     skipped_share: float
     entropy_trend: float  # nats per interval, least-squares slope of the mean entropy
-    estimated_accuracy: float | None  # label-free, served predictions, latest interval
+    estimated_accuracy: float | None  # label-free, served predictions, latest intervals
     source_estimated_accuracy: float | None  # the same for the source model
+    reference_accuracy: float | None  # what the device is compared with (see `health`)
+    fallbacks: int
+    windows_on_source: int
+    worst_channels: tuple[tuple[str, str], ...]  # (channel, latest PSI), worst first: the explanation
+
+    @property
+    def accuracy_lost(self) -> float | None:
+        """Reference minus the recent estimate of the served predictions: the ranking score."""
+        if self.reference_accuracy is None or self.estimated_accuracy is None:
+            return None
+        return self.reference_accuracy - self.estimated_accuracy
+
+    @property
+    def gain(self) -> float | None:
+        """Served minus source estimate on the same windows: what adaptation bought."""
+        if self.estimated_accuracy is None or self.source_estimated_accuracy is None:
+            return None
+        return self.estimated_accuracy - self.source_estimated_accuracy
 
 
-def health(rows_by_device: dict[str, list[dict]]) -> list[DeviceHealth]:
-    """Devices ranked by current drift score, worst first; devices without a score last."""
+def weighted_estimate(rows: list[dict], value: str, weight: str) -> float | None:
+    """Window-weighted mean of an estimate over intervals (as merge_summaries does); None without one."""
+    pairs = [(r[value], r[weight] or 0) for r in rows if r[value] is not None and (r[weight] or 0) > 0]
+    total = sum(w for _, w in pairs)
+    return sum(v * w for v, w in pairs) / total if total else None
+
+
+def _worst_channels(row: dict) -> tuple[tuple[str, str], ...]:
+    """(channel, PSI as text) of the latest interval, worst first."""
+    named = [
+        (name, value)
+        for name, value in zip(row["channels"] or [], row["psi"] or [], strict=False)
+        if value is not None and not math.isnan(value)
+    ]
+    worst = sorted(named, key=lambda nv: -nv[1])[:EXPLAINING_CHANNELS]
+    return tuple((name, f"{value:.2f}") for name, value in worst)
+
+
+def health(
+    rows_by_device: dict[str, list[dict]],
+    recent: int = 3,
+    reference_accuracy: float | None = None,
+) -> list[DeviceHealth]:
+    """Devices ranked by estimated accuracy lost, worst first, then by drift score; devices without an
+    estimate last. Estimates are over the latest `recent` intervals (one interval of a few dozen
+    windows is noisy). The reference is the bundle's validation accuracy when given, else the
+    device's own first interval with an estimate (a device drifted from its start then shows no loss)."""
     out = []
     for device, rows in rows_by_device.items():
         windows = sum(r["windows"] or 0 for r in rows)
@@ -50,6 +103,10 @@ def health(rows_by_device: dict[str, list[dict]]) -> list[DeviceHealth]:
         entropy = np.array([mean_entropy(r["entropy_edges"], r["entropy_counts"]) for r in rows])
         ok = ~np.isnan(entropy)
         trend = float(np.polyfit(np.flatnonzero(ok), entropy[ok], 1)[0]) if ok.sum() >= 2 else math.nan
+        reference = reference_accuracy
+        if reference is None:
+            first = [r for r in rows if r["estimated_accuracy"] is not None]
+            reference = first[0]["estimated_accuracy"] if first else None
         out.append(
             DeviceHealth(
                 device,
@@ -61,12 +118,53 @@ def health(rows_by_device: dict[str, list[dict]]) -> list[DeviceHealth]:
                 sum(r["rollbacks"] or 0 for r in rows),
                 skipped / windows if windows else math.nan,
                 trend,
-                rows[-1]["estimated_accuracy"],
-                rows[-1]["source_estimated_accuracy"],
+                weighted_estimate(rows[-recent:], "estimated_accuracy", "estimated_windows"),
+                weighted_estimate(rows[-recent:], "source_estimated_accuracy", "source_estimated_windows"),
+                reference,
+                sum(r["fallbacks"] or 0 for r in rows),
+                sum(r["windows_on_source"] or 0 for r in rows),
+                _worst_channels(rows[-1]),
             )
         )
-    return sorted(
-        out, key=lambda h: (math.isnan(h.score), -h.score if not math.isnan(h.score) else 0, h.device)
+
+    def rank(h: DeviceHealth) -> tuple:
+        lost, score = h.accuracy_lost, h.score
+        return (
+            lost is None,
+            -(lost or 0.0),
+            math.isnan(score),
+            -(0.0 if math.isnan(score) else score),
+            h.device,
+        )
+
+    return sorted(out, key=rank)
+
+
+@dataclass(frozen=True)
+class FleetSummary:
+    devices: int
+    drifting: int  # a psi alert holds
+    losing: int  # estimated accuracy lost above the rule's accuracy_loss
+    helped: int  # served estimate above the source estimate
+    compared: int  # devices with both estimates
+    reference: str  # where the reference accuracy comes from, in words
+
+
+def fleet_summary(
+    ranked: list[DeviceHealth], alerts: list[Alert], rules: AlertsSection, reference_given: bool
+) -> FleetSummary:
+    gains = [h.gain for h in ranked if h.gain is not None]
+    return FleetSummary(
+        devices=len(ranked),
+        drifting=len({a.device for a in alerts if a.rule == "psi"}),
+        losing=sum(1 for h in ranked if (h.accuracy_lost or 0.0) > rules.accuracy_loss),
+        helped=sum(1 for g in gains if g > 0),
+        compared=len(gains),
+        reference=(
+            "the bundle's validation accuracy"
+            if reference_given
+            else "each device's first interval with an estimate (pass --bundle for the validation accuracy)"
+        ),
     )
 
 
@@ -115,15 +213,30 @@ td,th{border:1px solid #ccc;padding:.25em .6em;text-align:right}td:first-child{t
 .alert{color:#a00}</style></head><body>
 <h1>Fleet drift report</h1>
 <p>{{ devices|length }} devices, {{ intervals }} summaries, generated {{ generated }}.</p>
+<h2>Fleet summary</h2>
+<ul id="summary">
+<li><b>{{ summary.devices }}</b> devices</li>
+<li><b>{{ summary.drifting }}</b> drifting (a drift alert holds)</li>
+<li><b>{{ summary.losing }}</b> estimated to lose more than {{ pts(rules.accuracy_loss) }} points
+of accuracy</li>
+<li><b>{{ summary.helped }}</b> of {{ summary.compared }} with both estimates where adaptation helped
+(served estimate above the source model's)</li>
+</ul>
+<p>Accuracy lost: the reference minus the label-free estimate of the served predictions over the
+latest {{ rules.psi_intervals }} intervals; reference: {{ summary.reference }}.</p>
 <h2>Alerts</h2>
 {% if alerts %}<ul>{% for a in alerts %}
 <li class="alert"><b>{{ a.device }}</b> [{{ a.rule }}]: {{ a.message }}</li>
 {% endfor %}</ul>{% else %}<p>None.</p>{% endif %}
-<h2>Devices ranked by current drift</h2>
-<table id="ranking"><tr><th>device</th><th>drift score (max PSI)</th><th>last summary</th>
-<th>intervals</th></tr>
-{% for h in devices %}<tr><td>{{ h.device }}</td><td>{{ fmt(h.score) }}</td><td>{{ h.last_seen }}</td>
-<td>{{ h.intervals }}</td></tr>
+<h2>Devices ranked by estimated accuracy lost</h2>
+<table id="ranking"><tr><th>device</th><th>accuracy lost, pts</th><th>estimated accuracy %</th>
+<th>source estimated %</th><th>gain from adaptation, pts</th><th>drift (max PSI)</th>
+<th>worst channels (PSI)</th><th>last summary</th><th>intervals</th></tr>
+{% for h in devices %}<tr><td>{{ h.device }}</td><td>{{ pts(h.accuracy_lost) }}</td>
+<td>{{ pts(h.estimated_accuracy) }}</td><td>{{ pts(h.source_estimated_accuracy) }}</td>
+<td>{{ pts(h.gain) }}</td><td>{{ fmt(h.score) }}</td>
+<td>{{ h.worst_channels|map("join", " ")|join(", ") }}</td>
+<td>{{ h.last_seen }}</td><td>{{ h.intervals }}</td></tr>
 {% endfor %}</table>
 <h2>Per-channel drift (latest interval)</h2>
 <img alt="per-channel PSI heat map" src="data:image/png;base64,{{ heatmap }}">
@@ -131,11 +244,12 @@ td,th{border:1px solid #ccc;padding:.25em .6em;text-align:right}td:first-child{t
 <img alt="drift over time per device" src="data:image/png;base64,{{ timeline }}">
 <h2>Adaptation health</h2>
 <table id="health"><tr><th>device</th><th>windows</th><th>resets</th><th>rollbacks</th><th>skipped share</th>
-<th>entropy trend (nats/interval)</th><th>estimated accuracy (latest)</th>
-<th>source estimated accuracy (latest)</th></tr>
+<th>entropy trend (nats/interval)</th><th>fallbacks</th><th>windows on source</th>
+<th>estimated accuracy (recent)</th><th>source estimated accuracy (recent)</th></tr>
 {% for h in devices %}<tr><td>{{ h.device }}</td><td>{{ h.windows }}</td><td>{{ h.resets }}</td>
 <td>{{ h.rollbacks }}</td><td>{{ fmt(h.skipped_share) }}</td><td>{{ fmt(h.entropy_trend) }}</td>
-<td>{{ fmt(h.estimated_accuracy) }}</td><td>{{ fmt(h.source_estimated_accuracy) }}</td></tr>
+<td>{{ h.fallbacks }}</td><td>{{ h.windows_on_source }}</td><td>{{ fmt(h.estimated_accuracy) }}</td>
+<td>{{ fmt(h.source_estimated_accuracy) }}</td></tr>
 {% endfor %}</table>
 </body></html>
 """,
@@ -150,10 +264,23 @@ def _fmt(value: float | None) -> str:
     return "0.000" if text == "-0.000" else text
 
 
-def render(table: pa.Table, rules: AlertsSection, now: float | None = None) -> tuple[str, list[Alert]]:
-    """The HTML and the alerts it shows."""
+def _pts(value: float | None) -> str:
+    """A share as percentage points, one decimal."""
+    if value is None or math.isnan(value):
+        return "n/a"
+    text = f"{100 * value:.1f}"
+    return "0.0" if text == "-0.0" else text
+
+
+def render(
+    table: pa.Table,
+    rules: AlertsSection,
+    now: float | None = None,
+    reference_accuracy: float | None = None,
+) -> tuple[str, list[Alert]]:
+    """The HTML and the alerts it shows; `reference_accuracy`: the bundle's validation accuracy."""
     rows_by_device = by_device(table)
-    ranked = health(rows_by_device)
+    ranked = health(rows_by_device, rules.psi_intervals, reference_accuracy)
     alerts = evaluate(table, rules, now)
     stamp = (
         dt.datetime.now(dt.timezone.utc) if now is None else dt.datetime.fromtimestamp(now, dt.timezone.utc)
@@ -163,16 +290,23 @@ def render(table: pa.Table, rules: AlertsSection, now: float | None = None) -> t
         intervals=len(table),
         generated=stamp.strftime("%Y-%m-%d %H:%M:%S UTC"),
         alerts=alerts,
+        rules=rules,
+        summary=fleet_summary(ranked, alerts, rules, reference_accuracy is not None),
         heatmap=heatmap(ranked, rows_by_device),
         timeline=timeline(ranked, rows_by_device, rules.psi_threshold),
         fmt=_fmt,
+        pts=_pts,
     )
     return html, alerts
 
 
 def write_report(
-    table: pa.Table, rules: AlertsSection, out: str | os.PathLike[str], now: float | None = None
+    table: pa.Table,
+    rules: AlertsSection,
+    out: str | os.PathLike[str],
+    now: float | None = None,
+    reference_accuracy: float | None = None,
 ) -> list[Alert]:
-    html, alerts = render(table, rules, now)
+    html, alerts = render(table, rules, now, reference_accuracy)
     atomic_write(Path(out), lambda f: f.write(html.encode("utf-8")))
     return alerts
