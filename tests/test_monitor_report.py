@@ -15,11 +15,13 @@ import pytest
 from typer.testing import CliRunner
 
 from edge_ttt.drift.schema import to_table
+from edge_ttt.drift.summary import DriftSummary, SummaryCollector
 from edge_ttt.monitor import dataset
-from edge_ttt.monitor.alerts import evaluate
+from edge_ttt.monitor.alerts import evaluate, max_psi, psi_limit
 from edge_ttt.monitor.cli import monitor_app
 from edge_ttt.monitor.config import AlertsSection
 from edge_ttt.monitor.report import REPORT_COLUMNS, write_report
+from tests.test_drift_stats import reference
 from tests.test_monitor_collector import T0, make_summary
 
 STEP = 300.0
@@ -268,3 +270,31 @@ def test_without_a_reference_each_device_is_compared_with_its_first_interval(est
     rows = _ranking(out.read_text())
     assert [(r[0], r[1]) for r in rows] == [("rotated", "0.0"), ("noisy", "0.0"), ("clean", "0.0")]
     assert "each device&#39;s first interval" in out.read_text()
+
+
+def _blocky(device: str, i: int, shift: float) -> DriftSummary:
+    """40 in-distribution windows whose 16 samples move together (one standard normal draw per
+    window and channel, as slow sensor signals do): 640 samples, but 40 draws."""
+    rng = np.random.default_rng(700 + i + 50 * int(shift))
+    c = SummaryCollector(reference(), device, "0", "ab" * 32, "steady", interval_s=1e9, now=T0 + i * STEP)
+    x = np.repeat(rng.standard_normal((40, 2, 1)), 16, axis=2)
+    x[:, 0] += shift
+    h = np.full(40, 0.5)
+    c.observe(x, rng.integers(0, 3, 40), np.exp(-h), h, None, {}, None, [5.0] * 40)
+    return c.close(T0 + (i + 1) * STEP)
+
+
+def test_the_drift_alert_counts_windows_not_samples(tmp_path):
+    """In-distribution intervals of 40 windows have a PSI above the fixed 0.25 from sampling noise
+    alone; the limit at 40 windows (chi-square, 15 degrees of freedom, 0.999) keeps them quiet, while
+    a 1.5 sd shift of the same size still alerts."""
+    location = str(tmp_path / "blocky")
+    for i in range(4):
+        dataset.append(location, to_table([_blocky("steady", i, 0.0), _blocky("shifted", i, 1.5)]))
+    table = dataset.read(location, REPORT_COLUMNS)
+    steady = [r for r in table.to_pylist() if r["device_id"] == "steady"]
+    assert all(max_psi(r["psi"]) > RULES.psi_threshold for r in steady)  # the fixed threshold fires
+    assert psi_limit(16, 40, RULES) == pytest.approx(37.697 / 40, rel=0.01)  # scipy chi2.ppf(0.999, 15)
+    found = evaluate(table, RULES, now=T0 + 5 * STEP)
+    assert [(a.device, a.rule) for a in found] == [("shifted", "psi")]
+    assert "limit 0.94" in found[0].message and "at 40 windows" in found[0].message

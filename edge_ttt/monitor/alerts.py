@@ -7,6 +7,7 @@ import math
 import time
 from dataclasses import dataclass
 from itertools import groupby, pairwise
+from statistics import NormalDist
 
 import numpy as np
 import pyarrow as pa
@@ -24,6 +25,8 @@ COLUMNS = [
     "skipped_no_drift",
     "entropy_edges",
     "entropy_counts",
+    "channels",
+    "ref_share",
 ]
 
 
@@ -39,6 +42,38 @@ def max_psi(psi: list[float] | None) -> float:
     """An interval's drift score: its worst channel (NaN without data)."""
     values = [p for p in psi or [] if p is not None and not math.isnan(p)]
     return max(values) if values else math.nan
+
+
+def chi2_quantile(p: float, dof: int) -> float:
+    """The p quantile of chi-square with `dof` degrees of freedom (Wilson-Hilferty: within 1 % of the
+    exact value for dof >= 3 at the tails used here; no scipy on the fleet side)."""
+    z = NormalDist().inv_cdf(p)
+    h = 2 / (9 * dof)
+    return dof * max(1 - h + z * math.sqrt(h), 0.0) ** 3
+
+
+def psi_limit(bins: int, windows: int, rules: AlertsSection) -> float:
+    """The PSI above which a channel of an interval counts as drifted: the larger of `psi_threshold`
+    and PSI's (1 - psi_false_alarm) quantile without drift at this sample size.
+
+    Without drift, n x PSI is close to chi-square with bins - 1 degrees of freedom (PSI is the
+    symmetrised KL divergence, Pearson's chi-square / n for small differences; the reference's own
+    sample is large enough to ignore). n counts windows, not samples: the samples of one window
+    (and of overlapping windows) move together, so counting them would call sampling noise drift."""
+    if bins < 2 or windows < 1:
+        return math.inf
+    return max(rules.psi_threshold, chi2_quantile(1 - rules.psi_false_alarm, bins - 1) / windows)
+
+
+def drift_ratio(row: dict, rules: AlertsSection) -> float:
+    """An interval's drift: the largest channel PSI over its own limit (above 1: drifted; NaN without
+    data)."""
+    ratios = [
+        psi / psi_limit(len(share or []), row["windows"] or 0, rules)
+        for psi, share in zip(row["psi"] or [], row["ref_share"] or [], strict=False)
+        if psi is not None and not math.isnan(psi)
+    ]
+    return max(ratios) if ratios else math.nan
 
 
 def mean_entropy(edges: list[float] | None, counts: list[int] | None) -> float:
@@ -69,15 +104,19 @@ def evaluate(table: pa.Table, rules: AlertsSection, now: float | None = None) ->
 
 def _device_alerts(device: str, rows: list[dict], rules: AlertsSection, now: float) -> list[Alert]:
     out = []
-    recent = [max_psi(r["psi"]) for r in rows[-rules.psi_intervals :]]
-    if len(recent) == rules.psi_intervals and all(p > rules.psi_threshold for p in recent):
+    recent = rows[-rules.psi_intervals :]
+    if len(recent) == rules.psi_intervals and all(drift_ratio(r, rules) > 1 for r in recent):
+        last = recent[-1]
+        bins = max(len(share or []) for share in last["ref_share"] or [[]])
+        latest = max_psi(last["psi"])
         out.append(
             Alert(
                 "psi",
                 device,
-                recent[-1],
-                f"max channel PSI above {rules.psi_threshold} for the last "
-                f"{rules.psi_intervals} intervals (latest {recent[-1]:.3f})",
+                latest,
+                f"channel PSI above its no-drift limit for the last {rules.psi_intervals} intervals "
+                f"(latest {latest:.3f}, limit {psi_limit(bins, last['windows'] or 0, rules):.3f} "
+                f"at {last['windows']} windows)",
             )
         )
     window = rows[-rules.reset_intervals :]

@@ -38,7 +38,15 @@ class CollectorSection(Section):
 
 
 class AlertsSection(Section):
-    psi_threshold: float = Field(0.25, gt=0, description="max channel PSI of an interval counted as drift")
+    psi_threshold: float = Field(
+        0.25, gt=0, description="channel PSI of an interval counted as drift, at least (see psi_false_alarm)"
+    )
+    psi_false_alarm: float = Field(
+        0.001,
+        gt=0,
+        lt=1,
+        description="share of in-distribution intervals allowed above the sample-size-aware PSI limit",
+    )
     psi_intervals: int = Field(3, ge=1, description="consecutive latest intervals above it to alert")
     reset_rate: float = Field(0.05, gt=0, description="(resets + rollbacks) per window over the window")
     reset_intervals: int = Field(6, ge=1, description="latest intervals the reset rate is taken over")

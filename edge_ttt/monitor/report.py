@@ -20,12 +20,11 @@ import numpy as np
 import pyarrow as pa
 
 from edge_ttt.atomic import atomic_write
-from edge_ttt.monitor.alerts import COLUMNS, Alert, by_device, evaluate, max_psi, mean_entropy
+from edge_ttt.monitor.alerts import COLUMNS, Alert, by_device, drift_ratio, evaluate, max_psi, mean_entropy
 from edge_ttt.monitor.config import AlertsSection
 
 REPORT_COLUMNS = [
     *COLUMNS,
-    "channels",
     "estimated_accuracy",
     "estimated_windows",
     "source_estimated_accuracy",
@@ -191,16 +190,26 @@ def heatmap(ranked: list[DeviceHealth], rows_by_device: dict[str, list[dict]]) -
     return _png(fig)
 
 
-def timeline(ranked: list[DeviceHealth], rows_by_device: dict[str, list[dict]], threshold: float) -> str:
-    fig, ax = plt.subplots(figsize=(9, 4))
-    for h in ranked:
+TIMELINE_DEVICES = 12  # lines in the drift-over-time plot: the top of the ranking, readable
+
+
+def timeline(ranked: list[DeviceHealth], rows_by_device: dict[str, list[dict]], rules: AlertsSection) -> str:
+    """Drift per interval of the top-ranked devices, as the worst channel's PSI over its
+    sample-size-aware limit: above 1 the interval counts as drifted."""
+    fig, ax = plt.subplots(figsize=(10, 4))
+    for h in ranked[:TIMELINE_DEVICES]:
         rows = rows_by_device[h.device]
         ax.plot(
-            [r["interval_end"] for r in rows], [max_psi(r["psi"]) for r in rows], marker=".", label=h.device
+            [r["interval_end"] for r in rows],
+            [drift_ratio(r, rules) for r in rows],
+            marker=".",
+            label=h.device,
         )
-    ax.axhline(threshold, color="grey", linestyle="--", linewidth=1, label="alert threshold")
-    ax.set_ylabel("max channel PSI")
-    ax.legend(fontsize="small", ncol=2)
+    ax.axhline(1.0, color="grey", linestyle="--", linewidth=1, label="drift limit")
+    ax.set_yscale("symlog", linthresh=1.0)
+    ax.set_ylim(bottom=0)
+    ax.set_ylabel("max channel PSI / its limit")
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     fig.autofmt_xdate()
     return _png(fig)
 
@@ -240,7 +249,8 @@ latest {{ rules.psi_intervals }} intervals; reference: {{ summary.reference }}.<
 {% endfor %}</table>
 <h2>Per-channel drift (latest interval)</h2>
 <img alt="per-channel PSI heat map" src="data:image/png;base64,{{ heatmap }}">
-<h2>Drift over time</h2>
+<h2>Drift over time{% if devices|length > timeline_devices %} (the top {{ timeline_devices }} of the
+ranking){% endif %}</h2>
 <img alt="drift over time per device" src="data:image/png;base64,{{ timeline }}">
 <h2>Adaptation health</h2>
 <table id="health"><tr><th>device</th><th>windows</th><th>resets</th><th>rollbacks</th><th>skipped share</th>
@@ -293,9 +303,10 @@ def render(
         rules=rules,
         summary=fleet_summary(ranked, alerts, rules, reference_accuracy is not None),
         heatmap=heatmap(ranked, rows_by_device),
-        timeline=timeline(ranked, rows_by_device, rules.psi_threshold),
+        timeline=timeline(ranked, rows_by_device, rules),
         fmt=_fmt,
         pts=_pts,
+        timeline_devices=TIMELINE_DEVICES,
     )
     return html, alerts
 
