@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import json
 import os
 import re
@@ -298,3 +299,20 @@ def test_the_drift_alert_counts_windows_not_samples(tmp_path):
     found = evaluate(table, RULES, now=T0 + 5 * STEP)
     assert [(a.device, a.rule) for a in found] == [("shifted", "psi")]
     assert "limit 0.94" in found[0].message and "at 40 windows" in found[0].message
+
+
+def test_each_device_says_since_when_it_drifts(location, tmp_path):
+    """`drifting` is shifted in its last three intervals: since the start of the fourth."""
+    out = tmp_path / "report.html"
+    write_report(dataset.read(location, REPORT_COLUMNS), RULES, out, now=NOW)
+    since = {r[0]: r[7] for r in _ranking(out.read_text())}
+    start = dt.datetime.fromtimestamp(T0 + 3 * STEP, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    assert since == {"drifting": start, "steady": "-", "resetting": "-", "confused": "-", "gone": "-"}
+
+
+def test_the_estimates_are_drawn_over_time_when_there_are_any(estimated_fleet, tmp_path):
+    out = tmp_path / "report.html"
+    write_report(dataset.read(estimated_fleet, REPORT_COLUMNS), RULES, out, now=NOW, reference_accuracy=0.8)
+    html = out.read_text()
+    assert 'alt="estimated accuracy over time per device"' in html
+    assert len(re.findall(r'src="data:image/png;base64,', html)) == 3

@@ -25,6 +25,7 @@ from edge_ttt.monitor.config import AlertsSection
 
 REPORT_COLUMNS = [
     *COLUMNS,
+    "interval_start",
     "estimated_accuracy",
     "estimated_windows",
     "source_estimated_accuracy",
@@ -32,6 +33,7 @@ REPORT_COLUMNS = [
     "fallbacks",
     "windows_on_source",
 ]
+STAMP = "%Y-%m-%d %H:%M:%S UTC"
 EXPLAINING_CHANNELS = 3  # the worst channels named next to a device in the ranking
 
 
@@ -52,6 +54,7 @@ class DeviceHealth:
     fallbacks: int
     windows_on_source: int
     worst_channels: tuple[tuple[str, str], ...]  # (channel, latest PSI), worst first: the explanation
+    drifting_since: str | None  # start of the current run of drifted intervals; None: latest not drifted
 
     @property
     def accuracy_lost(self) -> float | None:
@@ -86,15 +89,27 @@ def _worst_channels(row: dict) -> tuple[tuple[str, str], ...]:
     return tuple((name, f"{value:.2f}") for name, value in worst)
 
 
+def drifting_since(rows: list[dict], rules: AlertsSection) -> str | None:
+    """The start of the first interval of the run of drifted intervals that reaches the latest one."""
+    start = None
+    for row in reversed(rows):
+        if not drift_ratio(row, rules) > 1:
+            break
+        start = row["interval_start"]
+    return None if start is None else start.strftime(STAMP)
+
+
 def health(
     rows_by_device: dict[str, list[dict]],
-    recent: int = 3,
+    rules: AlertsSection | None = None,
     reference_accuracy: float | None = None,
 ) -> list[DeviceHealth]:
     """Devices ranked by estimated accuracy lost, worst first, then by drift score; devices without an
-    estimate last. Estimates are over the latest `recent` intervals (one interval of a few dozen
+    estimate last. Estimates are over the latest `psi_intervals` intervals (one interval of a few dozen
     windows is noisy). The reference is the bundle's validation accuracy when given, else the
     device's own first interval with an estimate (a device drifted from its start then shows no loss)."""
+    rules = rules or AlertsSection()
+    recent = rules.psi_intervals
     out = []
     for device, rows in rows_by_device.items():
         windows = sum(r["windows"] or 0 for r in rows)
@@ -110,7 +125,7 @@ def health(
             DeviceHealth(
                 device,
                 max_psi(rows[-1]["psi"]),
-                rows[-1]["interval_end"].strftime("%Y-%m-%d %H:%M:%S UTC"),
+                rows[-1]["interval_end"].strftime(STAMP),
                 len(rows),
                 windows,
                 sum(r["resets"] or 0 for r in rows),
@@ -123,6 +138,7 @@ def health(
                 sum(r["fallbacks"] or 0 for r in rows),
                 sum(r["windows_on_source"] or 0 for r in rows),
                 _worst_channels(rows[-1]),
+                drifting_since(rows, rules),
             )
         )
 
@@ -174,19 +190,67 @@ def _png(fig: plt.Figure) -> str:
     return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
+HEATMAP_DEVICES = 40  # rows of the heat map: the top of the ranking, numbers still legible
+
+
 def heatmap(ranked: list[DeviceHealth], rows_by_device: dict[str, list[dict]]) -> str:
-    """Latest PSI per device (rows, ranked) and channel (columns, the union over devices)."""
-    channels = sorted({c for rows in rows_by_device.values() for c in rows[-1]["channels"] or []})
-    grid = np.full((len(ranked), len(channels)), np.nan)
-    for i, h in enumerate(ranked):
+    """Latest PSI per device (rows, ranked) and channel (columns, the union over devices), the value
+    written in each cell."""
+    shown = ranked[:HEATMAP_DEVICES]
+    channels = sorted({c for h in shown for c in rows_by_device[h.device][-1]["channels"] or []})
+    grid = np.full((len(shown), len(channels)), np.nan)
+    for i, h in enumerate(shown):
         last = rows_by_device[h.device][-1]
         for name, value in zip(last["channels"] or [], last["psi"] or [], strict=False):
             grid[i, channels.index(name)] = np.nan if value is None else value
-    fig, ax = plt.subplots(figsize=(1.2 + 0.7 * max(len(channels), 1), 1 + 0.4 * max(len(ranked), 1)))
+    fig, ax = plt.subplots(figsize=(1.6 + 0.8 * max(len(channels), 1), 1 + 0.35 * max(len(shown), 1)))
     image = ax.imshow(grid, aspect="auto", cmap="Reds", vmin=0)
+    top = np.nanmax(grid) if np.isfinite(grid).any() else 1.0
+    for (i, j), value in np.ndenumerate(grid):
+        if not np.isnan(value):
+            color = "white" if value > 0.6 * top else "black"
+            ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize="small", color=color)
     ax.set_xticks(range(len(channels)), channels)
-    ax.set_yticks(range(len(ranked)), [h.device for h in ranked])
+    ax.set_yticks(range(len(shown)), [h.device for h in shown])
     fig.colorbar(image, ax=ax, label="PSI (latest interval)")
+    return _png(fig)
+
+
+ACCURACY_DEVICES = 12  # small multiples of estimated accuracy over time: the top of the ranking
+
+
+def accuracy_over_time(ranked: list[DeviceHealth], rows_by_device: dict[str, list[dict]]) -> str | None:
+    """Per top-ranked device, the served and source estimates per interval and the reference; None
+    when no device has an estimate (schema 1 summaries)."""
+    shown = [h for h in ranked if h.estimated_accuracy is not None][:ACCURACY_DEVICES]
+    if not shown:
+        return None
+    cols = min(3, len(shown))
+    nrows = math.ceil(len(shown) / cols)
+    fig, axes = plt.subplots(nrows, cols, figsize=(4 * cols, 2.4 * nrows), squeeze=False, sharey=True)
+    for ax, h in zip(axes.flat, shown, strict=False):
+        rows = rows_by_device[h.device]
+        ends = [r["interval_end"] for r in rows]
+        served = [np.nan if r["estimated_accuracy"] is None else 100 * r["estimated_accuracy"] for r in rows]
+        source = [
+            np.nan if r["source_estimated_accuracy"] is None else 100 * r["source_estimated_accuracy"]
+            for r in rows
+        ]
+        ax.plot(ends, served, marker=".", label="served (estimate)")
+        ax.plot(ends, source, marker=".", label="source model (estimate)")
+        if h.reference_accuracy is not None:
+            ax.axhline(
+                100 * h.reference_accuracy, color="grey", linestyle="--", linewidth=1, label="reference"
+            )
+        ax.set_title(h.device, fontsize="medium")
+        ax.set_ylim(0, 100)
+        ax.tick_params(axis="x", labelrotation=30, labelsize="small")
+    for ax in axes.flat[len(shown) :]:
+        ax.set_visible(False)
+    axes[0][0].set_ylabel("accuracy, %")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="upper center", ncol=3, bbox_to_anchor=(0.5, 1.0), frameon=False)
+    fig.tight_layout(rect=(0, 0, 1, 0.94))
     return _png(fig)
 
 
@@ -240,14 +304,18 @@ latest {{ rules.psi_intervals }} intervals; reference: {{ summary.reference }}.<
 <h2>Devices ranked by estimated accuracy lost</h2>
 <table id="ranking"><tr><th>device</th><th>accuracy lost, pts</th><th>estimated accuracy %</th>
 <th>source estimated %</th><th>gain from adaptation, pts</th><th>drift (max PSI)</th>
-<th>worst channels (PSI)</th><th>last summary</th><th>intervals</th></tr>
+<th>worst channels (PSI)</th><th>drifting since</th><th>last summary</th><th>intervals</th></tr>
 {% for h in devices %}<tr><td>{{ h.device }}</td><td>{{ pts(h.accuracy_lost) }}</td>
 <td>{{ pts(h.estimated_accuracy) }}</td><td>{{ pts(h.source_estimated_accuracy) }}</td>
 <td>{{ pts(h.gain) }}</td><td>{{ fmt(h.score) }}</td>
-<td>{{ h.worst_channels|map("join", " ")|join(", ") }}</td>
+<td>{{ h.worst_channels|map("join", " ")|join(", ") }}</td><td>{{ h.drifting_since or "-" }}</td>
 <td>{{ h.last_seen }}</td><td>{{ h.intervals }}</td></tr>
 {% endfor %}</table>
-<h2>Per-channel drift (latest interval)</h2>
+{% if accuracy %}<h2>Estimated accuracy over time{% if devices|length > accuracy_devices %} (the top
+{{ accuracy_devices }} of the ranking){% endif %}</h2>
+<img alt="estimated accuracy over time per device" src="data:image/png;base64,{{ accuracy }}">{% endif %}
+<h2>Per-channel drift (latest interval){% if devices|length > heatmap_devices %}, the top
+{{ heatmap_devices }} of the ranking{% endif %}</h2>
 <img alt="per-channel PSI heat map" src="data:image/png;base64,{{ heatmap }}">
 <h2>Drift over time{% if devices|length > timeline_devices %} (the top {{ timeline_devices }} of the
 ranking){% endif %}</h2>
@@ -290,7 +358,7 @@ def render(
 ) -> tuple[str, list[Alert]]:
     """The HTML and the alerts it shows; `reference_accuracy`: the bundle's validation accuracy."""
     rows_by_device = by_device(table)
-    ranked = health(rows_by_device, rules.psi_intervals, reference_accuracy)
+    ranked = health(rows_by_device, rules, reference_accuracy)
     alerts = evaluate(table, rules, now)
     stamp = (
         dt.datetime.now(dt.timezone.utc) if now is None else dt.datetime.fromtimestamp(now, dt.timezone.utc)
@@ -298,7 +366,7 @@ def render(
     html = TEMPLATE.render(
         devices=ranked,
         intervals=len(table),
-        generated=stamp.strftime("%Y-%m-%d %H:%M:%S UTC"),
+        generated=stamp.strftime(STAMP),
         alerts=alerts,
         rules=rules,
         summary=fleet_summary(ranked, alerts, rules, reference_accuracy is not None),
@@ -307,6 +375,9 @@ def render(
         fmt=_fmt,
         pts=_pts,
         timeline_devices=TIMELINE_DEVICES,
+        heatmap_devices=HEATMAP_DEVICES,
+        accuracy_devices=ACCURACY_DEVICES,
+        accuracy=accuracy_over_time(ranked, rows_by_device),
     )
     return html, alerts
 
