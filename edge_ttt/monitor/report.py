@@ -16,6 +16,7 @@ import matplotlib
 matplotlib.use("Agg")  # headless: no display on servers and in CI
 import jinja2
 import matplotlib.pyplot as plt
+import matplotlib.ticker
 import numpy as np
 import pyarrow as pa
 
@@ -271,6 +272,7 @@ def timeline(ranked: list[DeviceHealth], rows_by_device: dict[str, list[dict]], 
         )
     ax.axhline(1.0, color="grey", linestyle="--", linewidth=1, label="drift limit")
     ax.set_yscale("symlog", linthresh=1.0)
+    ax.yaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
     ax.set_ylim(bottom=0)
     ax.set_ylabel("max channel PSI / its limit")
     ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
