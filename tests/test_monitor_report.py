@@ -18,9 +18,10 @@ from typer.testing import CliRunner
 from edge_ttt.drift.schema import to_table
 from edge_ttt.drift.summary import DriftSummary, SummaryCollector
 from edge_ttt.monitor import dataset
-from edge_ttt.monitor.alerts import evaluate, max_psi, psi_limit
+from edge_ttt.monitor.alerts import evaluate
 from edge_ttt.monitor.cli import monitor_app
 from edge_ttt.monitor.config import AlertsSection
+from edge_ttt.monitor.intervals import Intervals, psi_limit
 from edge_ttt.monitor.report import REPORT_COLUMNS, write_report
 from tests.test_drift_stats import reference
 from tests.test_monitor_collector import T0, make_summary
@@ -293,8 +294,9 @@ def test_the_drift_alert_counts_windows_not_samples(tmp_path):
     for i in range(4):
         dataset.append(location, to_table([_blocky("steady", i, 0.0), _blocky("shifted", i, 1.5)]))
     table = dataset.read(location, REPORT_COLUMNS)
-    steady = [r for r in table.to_pylist() if r["device_id"] == "steady"]
-    assert all(max_psi(r["psi"]) > RULES.psi_threshold for r in steady)  # the fixed threshold fires
+    intervals = Intervals.of(table, RULES)
+    steady = intervals.max_psi[intervals.scores(intervals.devices.index("steady"))]
+    assert len(steady) == 4 and all(steady > RULES.psi_threshold)  # the fixed threshold fires
     assert psi_limit(16, 40, RULES) == pytest.approx(37.697 / 40, rel=0.01)  # scipy chi2.ppf(0.999, 15)
     found = evaluate(table, RULES, now=T0 + 5 * STEP)
     assert [(a.device, a.rule) for a in found] == [("shifted", "psi")]

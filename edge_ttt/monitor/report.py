@@ -21,8 +21,9 @@ import numpy as np
 import pyarrow as pa
 
 from edge_ttt.atomic import atomic_write
-from edge_ttt.monitor.alerts import COLUMNS, Alert, by_device, drift_ratio, evaluate, max_psi, mean_entropy
+from edge_ttt.monitor.alerts import COLUMNS, Alert, evaluate_intervals
 from edge_ttt.monitor.config import AlertsSection
+from edge_ttt.monitor.intervals import Intervals
 
 REPORT_COLUMNS = [
     *COLUMNS,
@@ -35,6 +36,18 @@ REPORT_COLUMNS = [
     "windows_on_source",
 ]
 STAMP = "%Y-%m-%d %H:%M:%S UTC"
+COUNTS = (
+    "windows",
+    "resets",
+    "rollbacks",
+    "skipped_unreliable",
+    "skipped_no_drift",
+    "fallbacks",
+    "windows_on_source",
+    "estimated_windows",
+    "source_estimated_windows",
+)
+ESTIMATES = ("estimated_accuracy", "source_estimated_accuracy")
 EXPLAINING_CHANNELS = 3  # the worst channels named next to a device in the ranking
 
 
@@ -72,11 +85,11 @@ class DeviceHealth:
         return self.estimated_accuracy - self.source_estimated_accuracy
 
 
-def weighted_estimate(rows: list[dict], value: str, weight: str) -> float | None:
+def weighted_estimate(values: np.ndarray, weights: np.ndarray) -> float | None:
     """Window-weighted mean of an estimate over intervals (as merge_summaries does); None without one."""
-    pairs = [(r[value], r[weight] or 0) for r in rows if r[value] is not None and (r[weight] or 0) > 0]
-    total = sum(w for _, w in pairs)
-    return sum(v * w for v, w in pairs) / total if total else None
+    ok = ~np.isnan(values) & (np.nan_to_num(weights) > 0)
+    total = weights[ok].sum()
+    return float((values[ok] * weights[ok]).sum() / total) if total else None
 
 
 def _worst_channels(row: dict) -> tuple[tuple[str, str], ...]:
@@ -90,18 +103,18 @@ def _worst_channels(row: dict) -> tuple[tuple[str, str], ...]:
     return tuple((name, f"{value:.2f}") for name, value in worst)
 
 
-def drifting_since(rows: list[dict], rules: AlertsSection) -> str | None:
+def drifting_since(intervals: Intervals, i: int) -> str | None:
     """The start of the first interval of the run of drifted intervals that reaches the latest one."""
-    start = None
-    for row in reversed(rows):
-        if not drift_ratio(row, rules) > 1:
-            break
-        start = row["interval_start"]
-    return None if start is None else start.strftime(STAMP)
+    scores = intervals.scores(i)
+    calm = np.flatnonzero(~(intervals.drift_ratio[scores] > 1))
+    first = (calm[-1] + 1 if calm.size else 0) + scores.start
+    if first >= scores.stop:
+        return None
+    return intervals.table.column("interval_start")[first].as_py().strftime(STAMP)
 
 
 def health(
-    rows_by_device: dict[str, list[dict]],
+    intervals: Intervals,
     rules: AlertsSection | None = None,
     reference_accuracy: float | None = None,
 ) -> list[DeviceHealth]:
@@ -111,35 +124,44 @@ def health(
     device's own first interval with an estimate (a device drifted from its start then shows no loss)."""
     rules = rules or AlertsSection()
     recent = rules.psi_intervals
+    col = {
+        name: np.nan_to_num(intervals.array(name)) if name in COUNTS else intervals.array(name)
+        for name in (*COUNTS, *ESTIMATES)
+    }
     out = []
-    for device, rows in rows_by_device.items():
-        windows = sum(r["windows"] or 0 for r in rows)
-        skipped = sum((r["skipped_unreliable"] or 0) + (r["skipped_no_drift"] or 0) for r in rows)
-        entropy = np.array([mean_entropy(r["entropy_edges"], r["entropy_counts"]) for r in rows])
+    for i, device in enumerate(intervals.devices):
+        at = intervals.scores(i)
+        tail = slice(max(at.start, at.stop - recent), at.stop)
+        windows = int(col["windows"][at].sum())
+        skipped = col["skipped_unreliable"][at].sum() + col["skipped_no_drift"][at].sum()
+        entropy = intervals.mean_entropy[at]
         ok = ~np.isnan(entropy)
         trend = float(np.polyfit(np.flatnonzero(ok), entropy[ok], 1)[0]) if ok.sum() >= 2 else math.nan
         reference = reference_accuracy
         if reference is None:
-            first = [r for r in rows if r["estimated_accuracy"] is not None]
-            reference = first[0]["estimated_accuracy"] if first else None
+            known = col["estimated_accuracy"][at][~np.isnan(col["estimated_accuracy"][at])]
+            reference = float(known[0]) if known.size else None
+        (last,) = intervals.rows(i, last=1)
         out.append(
             DeviceHealth(
                 device,
-                max_psi(rows[-1]["psi"]),
-                rows[-1]["interval_end"].strftime(STAMP),
-                len(rows),
+                float(intervals.max_psi[at][-1]),
+                last["interval_end"].strftime(STAMP),
+                at.stop - at.start,
                 windows,
-                sum(r["resets"] or 0 for r in rows),
-                sum(r["rollbacks"] or 0 for r in rows),
+                int(col["resets"][at].sum()),
+                int(col["rollbacks"][at].sum()),
                 skipped / windows if windows else math.nan,
                 trend,
-                weighted_estimate(rows[-recent:], "estimated_accuracy", "estimated_windows"),
-                weighted_estimate(rows[-recent:], "source_estimated_accuracy", "source_estimated_windows"),
+                weighted_estimate(col["estimated_accuracy"][tail], col["estimated_windows"][tail]),
+                weighted_estimate(
+                    col["source_estimated_accuracy"][tail], col["source_estimated_windows"][tail]
+                ),
                 reference,
-                sum(r["fallbacks"] or 0 for r in rows),
-                sum(r["windows_on_source"] or 0 for r in rows),
-                _worst_channels(rows[-1]),
-                drifting_since(rows, rules),
+                int(col["fallbacks"][at].sum()),
+                int(col["windows_on_source"][at].sum()),
+                _worst_channels(last),
+                drifting_since(intervals, i),
             )
         )
 
@@ -194,14 +216,14 @@ def _png(fig: plt.Figure) -> str:
 HEATMAP_DEVICES = 40  # rows of the heat map: the top of the ranking, numbers still legible
 
 
-def heatmap(ranked: list[DeviceHealth], rows_by_device: dict[str, list[dict]]) -> str:
+def heatmap(ranked: list[DeviceHealth], intervals: Intervals) -> str:
     """Latest PSI per device (rows, ranked) and channel (columns, the union over devices), the value
     written in each cell."""
     shown = ranked[:HEATMAP_DEVICES]
-    channels = sorted({c for h in shown for c in rows_by_device[h.device][-1]["channels"] or []})
+    latest = [intervals.rows(intervals.devices.index(h.device), last=1)[0] for h in shown]
+    channels = sorted({c for last in latest for c in last["channels"] or []})
     grid = np.full((len(shown), len(channels)), np.nan)
-    for i, h in enumerate(shown):
-        last = rows_by_device[h.device][-1]
+    for i, last in enumerate(latest):
         for name, value in zip(last["channels"] or [], last["psi"] or [], strict=False):
             grid[i, channels.index(name)] = np.nan if value is None else value
     fig, ax = plt.subplots(figsize=(1.6 + 0.8 * max(len(channels), 1), 1 + 0.35 * max(len(shown), 1)))
@@ -217,28 +239,28 @@ def heatmap(ranked: list[DeviceHealth], rows_by_device: dict[str, list[dict]]) -
     return _png(fig)
 
 
+def _ends(intervals: Intervals, at: slice) -> np.ndarray:
+    return intervals.table.column("interval_end").slice(at.start, at.stop - at.start).to_numpy()
+
+
 ACCURACY_DEVICES = 12  # small multiples of estimated accuracy over time: the top of the ranking
 
 
-def accuracy_over_time(ranked: list[DeviceHealth], rows_by_device: dict[str, list[dict]]) -> str | None:
+def accuracy_over_time(ranked: list[DeviceHealth], intervals: Intervals) -> str | None:
     """Per top-ranked device, the served and source estimates per interval and the reference; None
     when no device has an estimate (schema 1 summaries)."""
     shown = [h for h in ranked if h.estimated_accuracy is not None][:ACCURACY_DEVICES]
     if not shown:
         return None
+    served, source = intervals.array("estimated_accuracy"), intervals.array("source_estimated_accuracy")
     cols = min(3, len(shown))
     nrows = math.ceil(len(shown) / cols)
     fig, axes = plt.subplots(nrows, cols, figsize=(4 * cols, 2.4 * nrows), squeeze=False, sharey=True)
     for ax, h in zip(axes.flat, shown, strict=False):
-        rows = rows_by_device[h.device]
-        ends = [r["interval_end"] for r in rows]
-        served = [np.nan if r["estimated_accuracy"] is None else 100 * r["estimated_accuracy"] for r in rows]
-        source = [
-            np.nan if r["source_estimated_accuracy"] is None else 100 * r["source_estimated_accuracy"]
-            for r in rows
-        ]
-        ax.plot(ends, served, marker=".", label="served (estimate)")
-        ax.plot(ends, source, marker=".", label="source model (estimate)")
+        at = intervals.scores(intervals.devices.index(h.device))
+        ends = _ends(intervals, at)
+        ax.plot(ends, 100 * served[at], marker=".", label="served (estimate)")
+        ax.plot(ends, 100 * source[at], marker=".", label="source model (estimate)")
         if h.reference_accuracy is not None:
             ax.axhline(
                 100 * h.reference_accuracy, color="grey", linestyle="--", linewidth=1, label="reference"
@@ -258,15 +280,15 @@ def accuracy_over_time(ranked: list[DeviceHealth], rows_by_device: dict[str, lis
 TIMELINE_DEVICES = 12  # lines in the drift-over-time plot: the top of the ranking, readable
 
 
-def timeline(ranked: list[DeviceHealth], rows_by_device: dict[str, list[dict]], rules: AlertsSection) -> str:
+def timeline(ranked: list[DeviceHealth], intervals: Intervals) -> str:
     """Drift per interval of the top-ranked devices, as the worst channel's PSI over its
     sample-size-aware limit: above 1 the interval counts as drifted."""
     fig, ax = plt.subplots(figsize=(10, 4))
     for h in ranked[:TIMELINE_DEVICES]:
-        rows = rows_by_device[h.device]
+        at = intervals.scores(intervals.devices.index(h.device))
         ax.plot(
-            [r["interval_end"] for r in rows],
-            [drift_ratio(r, rules) for r in rows],
+            _ends(intervals, at),
+            intervals.drift_ratio[at],
             marker=".",
             label=h.device,
         )
@@ -359,9 +381,9 @@ def render(
     reference_accuracy: float | None = None,
 ) -> tuple[str, list[Alert]]:
     """The HTML and the alerts it shows; `reference_accuracy`: the bundle's validation accuracy."""
-    rows_by_device = by_device(table)
-    ranked = health(rows_by_device, rules, reference_accuracy)
-    alerts = evaluate(table, rules, now)
+    intervals = Intervals.of(table, rules)
+    ranked = health(intervals, rules, reference_accuracy)
+    alerts = evaluate_intervals(intervals, rules, now)
     stamp = (
         dt.datetime.now(dt.timezone.utc) if now is None else dt.datetime.fromtimestamp(now, dt.timezone.utc)
     )
@@ -372,14 +394,14 @@ def render(
         alerts=alerts,
         rules=rules,
         summary=fleet_summary(ranked, alerts, rules, reference_accuracy is not None),
-        heatmap=heatmap(ranked, rows_by_device),
-        timeline=timeline(ranked, rows_by_device, rules),
+        heatmap=heatmap(ranked, intervals),
+        timeline=timeline(ranked, intervals),
         fmt=_fmt,
         pts=_pts,
         timeline_devices=TIMELINE_DEVICES,
         heatmap_devices=HEATMAP_DEVICES,
         accuracy_devices=ACCURACY_DEVICES,
-        accuracy=accuracy_over_time(ranked, rows_by_device),
+        accuracy=accuracy_over_time(ranked, intervals),
     )
     return html, alerts
 
