@@ -15,8 +15,9 @@ from edge_ttt.monitor.config import AlertsSection
 
 
 def chi2_quantile(p: float, dof: int) -> float:
-    """The p quantile of chi-square with `dof` degrees of freedom (Wilson-Hilferty: within 1 % of the
-    exact value for dof >= 3 at the tails used here; no scipy on the fleet side)."""
+    """The p quantile of chi-square with `dof` degrees of freedom (Wilson-Hilferty; against scipy at
+    p = 0.999: 0.4 % off at 15 degrees of freedom, at most 1.8 % from 3 to 63; no scipy on the fleet
+    side)."""
     z = NormalDist().inv_cdf(p)
     h = 2 / (9 * dof)
     return dof * max(1 - h + z * math.sqrt(h), 0.0) ** 3
