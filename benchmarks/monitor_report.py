@@ -4,7 +4,8 @@ summary per device per minute for a day (default 500 x 1440 = 720,000 summaries)
 The dataset is built from a few dozen real summaries (`SummaryCollector` over standard normal data
 on six channels, a share of the devices shifted on one channel), repeated with each device's id,
 interval times and ids, and written as one zstd Parquet file per date like a compacted dataset.
-Timed: reading the report's columns, and rendering plus writing the HTML, as the command does.
+Timed: reading the report's columns (and the reference's bins), and rendering plus writing the
+HTML, as `edge-ttt monitor report` does; the whole command is timed in docs/monitoring.md.
 
     .venv/bin/python -m benchmarks.monitor_report [--devices 500] [--intervals 1440] [--keep DIR]
 """
@@ -110,10 +111,11 @@ def main() -> None:
         built_s = time.perf_counter() - started
         started = time.perf_counter()
         table = dataset.read(location, REPORT_COLUMNS)
+        bins = dataset.reference_bins(location)
         read_s = time.perf_counter() - started
         started = time.perf_counter()
         report = Path(tmp) / "report.html"
-        alerts = write_report(table, AlertsSection(), report, now=T0 + 60 * args.intervals)
+        alerts = write_report(table, AlertsSection(), report, now=T0 + 60 * args.intervals, bins=bins)
         render_s = time.perf_counter() - started
         result = {
             "devices": args.devices,

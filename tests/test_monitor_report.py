@@ -18,11 +18,11 @@ from typer.testing import CliRunner
 from edge_ttt.drift.schema import to_table
 from edge_ttt.drift.summary import DriftSummary, SummaryCollector
 from edge_ttt.monitor import dataset
-from edge_ttt.monitor.alerts import evaluate
+from edge_ttt.monitor.alerts import COLUMNS, evaluate
 from edge_ttt.monitor.cli import monitor_app
 from edge_ttt.monitor.config import AlertsSection
 from edge_ttt.monitor.intervals import Intervals, psi_limit
-from edge_ttt.monitor.report import REPORT_COLUMNS, write_report
+from edge_ttt.monitor.report import write_report
 from tests.test_drift_stats import reference
 from tests.test_monitor_collector import T0, make_summary
 
@@ -62,7 +62,7 @@ def location(tmp_path) -> str:
 
 
 def test_alert_rules_give_exactly_the_expected_alerts(location):
-    found = evaluate(dataset.read(location, REPORT_COLUMNS), RULES, now=NOW)
+    found = evaluate(dataset.read(location), RULES, now=NOW)
     assert sorted((a.device, a.rule) for a in found) == [
         ("confused", "entropy"),
         ("drifting", "psi"),
@@ -76,7 +76,7 @@ def test_alert_rules_give_exactly_the_expected_alerts(location):
 
 
 def test_psi_must_stay_above_the_threshold_for_k_consecutive_intervals(location):
-    table = dataset.read(location, REPORT_COLUMNS)
+    table = dataset.read(location)
 
     def psi_alerts(**rules) -> list[str]:
         return [a.device for a in evaluate(table, RULES.model_copy(update=rules), now=NOW) if a.rule == "psi"]
@@ -174,7 +174,7 @@ def test_compact_command(location):
 
 def test_the_report_ranks_the_drifting_device_first_and_shows_its_alert(location, tmp_path):
     out = tmp_path / "report.html"
-    alerts = write_report(dataset.read(location, REPORT_COLUMNS), RULES, out, now=NOW)
+    alerts = write_report(dataset.read(location), RULES, out, now=NOW)
     html = out.read_text()
     ranking = html.split('<table id="ranking">')[1].split("</table>")[0]
     assert re.findall(r"<tr><td>([\w-]+)</td>", ranking)[0] == "drifting"
@@ -198,7 +198,7 @@ def test_the_report_renders_in_headless_chromium(location, tmp_path):
             pytest.fail(reason)
         pytest.skip(reason)
     out = tmp_path / "report.html"
-    write_report(dataset.read(location, REPORT_COLUMNS), RULES, out, now=NOW)
+    write_report(dataset.read(location), RULES, out, now=NOW)
     artifacts = Path(__file__).resolve().parents[1] / "test-artifacts"
     artifacts.mkdir(exist_ok=True)
     shot = artifacts / "monitor-report.png"
@@ -247,7 +247,7 @@ def _ranking(html: str) -> list[list[str]]:
 
 def test_the_report_ranks_by_estimated_accuracy_lost_and_sums_up_the_fleet(estimated_fleet, tmp_path):
     out = tmp_path / "report.html"
-    write_report(dataset.read(estimated_fleet, REPORT_COLUMNS), RULES, out, now=NOW, reference_accuracy=0.8)
+    write_report(dataset.read(estimated_fleet), RULES, out, now=NOW, reference_accuracy=0.8)
     html = out.read_text()
     rows = _ranking(html)
     assert [r[0] for r in rows] == ["noisy", "rotated", "clean"]
@@ -268,7 +268,7 @@ def test_the_report_ranks_by_estimated_accuracy_lost_and_sums_up_the_fleet(estim
 def test_without_a_reference_each_device_is_compared_with_its_first_interval(estimated_fleet, tmp_path):
     """Estimates that never change lose nothing; the drift score then orders: clean last."""
     out = tmp_path / "report.html"
-    write_report(dataset.read(estimated_fleet, REPORT_COLUMNS), RULES, out, now=NOW)
+    write_report(dataset.read(estimated_fleet), RULES, out, now=NOW)
     rows = _ranking(out.read_text())
     assert [(r[0], r[1]) for r in rows] == [("rotated", "0.0"), ("noisy", "0.0"), ("clean", "0.0")]
     assert "each device&#39;s first interval" in out.read_text()
@@ -293,7 +293,7 @@ def test_the_drift_alert_counts_windows_not_samples(tmp_path):
     location = str(tmp_path / "blocky")
     for i in range(4):
         dataset.append(location, to_table([_blocky("steady", i, 0.0), _blocky("shifted", i, 1.5)]))
-    table = dataset.read(location, REPORT_COLUMNS)
+    table = dataset.read(location)
     intervals = Intervals.of(table, RULES)
     steady = intervals.max_psi[intervals.scores(intervals.devices.index("steady"))]
     assert len(steady) == 4 and all(steady > RULES.psi_threshold)  # the fixed threshold fires
@@ -301,12 +301,16 @@ def test_the_drift_alert_counts_windows_not_samples(tmp_path):
     found = evaluate(table, RULES, now=T0 + 5 * STEP)
     assert [(a.device, a.rule) for a in found] == [("shifted", "psi")]
     assert "limit 0.94" in found[0].message and "at 40 windows" in found[0].message
+    # the commands read the bins once per model instead of every row's ref_share: the same alerts
+    bins = dataset.reference_bins(location)
+    assert bins == {"ab" * 32: [16, 16]}
+    assert evaluate(dataset.read(location, COLUMNS), RULES, now=T0 + 5 * STEP, bins=bins) == found
 
 
 def test_each_device_says_since_when_it_drifts(location, tmp_path):
     """`drifting` is shifted in its last three intervals: since the start of the fourth."""
     out = tmp_path / "report.html"
-    write_report(dataset.read(location, REPORT_COLUMNS), RULES, out, now=NOW)
+    write_report(dataset.read(location), RULES, out, now=NOW)
     since = {r[0]: r[7] for r in _ranking(out.read_text())}
     start = dt.datetime.fromtimestamp(T0 + 3 * STEP, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
     assert since == {"drifting": start, "steady": "-", "resetting": "-", "confused": "-", "gone": "-"}
@@ -314,7 +318,7 @@ def test_each_device_says_since_when_it_drifts(location, tmp_path):
 
 def test_the_estimates_are_drawn_over_time_when_there_are_any(estimated_fleet, tmp_path):
     out = tmp_path / "report.html"
-    write_report(dataset.read(estimated_fleet, REPORT_COLUMNS), RULES, out, now=NOW, reference_accuracy=0.8)
+    write_report(dataset.read(estimated_fleet), RULES, out, now=NOW, reference_accuracy=0.8)
     html = out.read_text()
     assert 'alt="estimated accuracy over time per device"' in html
     assert len(re.findall(r'src="data:image/png;base64,', html)) == 3

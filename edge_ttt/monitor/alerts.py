@@ -11,7 +11,7 @@ import numpy as np
 import pyarrow as pa
 
 from edge_ttt.monitor.config import AlertsSection
-from edge_ttt.monitor.intervals import Intervals, psi_limit
+from edge_ttt.monitor.intervals import Intervals, ReferenceBins, psi_limit
 
 COLUMNS = [
     "device_id",
@@ -25,7 +25,7 @@ COLUMNS = [
     "entropy_edges",
     "entropy_counts",
     "channels",
-    "ref_share",
+    "model_sha256",
 ]
 
 
@@ -37,9 +37,12 @@ class Alert:
     message: str
 
 
-def evaluate(table: pa.Table, rules: AlertsSection, now: float | None = None) -> list[Alert]:
-    """Every alert that holds now, ordered by device then rule (read only COLUMNS, or more)."""
-    return evaluate_intervals(Intervals.of(table, rules), rules, now)
+def evaluate(
+    table: pa.Table, rules: AlertsSection, now: float | None = None, bins: ReferenceBins | None = None
+) -> list[Alert]:
+    """Every alert that holds now, ordered by device then rule. The table holds COLUMNS (or more),
+    and `ref_share` unless `bins` are given (see Intervals.of)."""
+    return evaluate_intervals(Intervals.of(table, rules, bins), rules, now)
 
 
 def evaluate_intervals(intervals: Intervals, rules: AlertsSection, now: float | None = None) -> list[Alert]:
@@ -59,7 +62,7 @@ def _device_alerts(
     ratio = intervals.drift_ratio[scores][-rules.psi_intervals :]
     if len(ratio) == rules.psi_intervals and bool(np.all(ratio > 1)):
         last = rows[-1]
-        bins = max(len(share or []) for share in last["ref_share"] or [[]])
+        bins = int(intervals.bins[scores][-1])
         latest = float(intervals.max_psi[scores][-1])
         out.append(
             Alert(

@@ -156,7 +156,7 @@ def alerts(
 ) -> None:
     """Evaluate the alert rules. Exit status: 0 no alert, 1 an alert holds, 2 no dataset, an empty
     one or a bad --config (for cron and CI)."""
-    found = evaluate(_summaries(location, COLUMNS), _rules(config))
+    found = evaluate(_summaries(location, COLUMNS), _rules(config), bins=dataset.reference_bins(location))
     if as_json:
         typer.echo(json.dumps([asdict(a) for a in found]))
     else:
@@ -192,6 +192,10 @@ def report(
         except BundleError as exc:
             fail(f"--bundle: {exc}")
     found = write_report(
-        _summaries(location, REPORT_COLUMNS), _rules(config), out, reference_accuracy=reference
+        _summaries(location, REPORT_COLUMNS),
+        _rules(config),
+        out,
+        reference_accuracy=reference,
+        bins=dataset.reference_bins(location),
     )
     typer.echo(json.dumps({"out": str(out), "alerts": len(found)}))

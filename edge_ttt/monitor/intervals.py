@@ -10,6 +10,7 @@ from statistics import NormalDist
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from edge_ttt.monitor.config import AlertsSection
 
@@ -102,9 +103,33 @@ def _mean_entropy(table: pa.Table) -> np.ndarray:
     return out
 
 
+ReferenceBins = dict[str, list[int]]  # model_sha256 -> bins per channel of its reference
+HEAVY = ("ref_share", "entropy_edges", "entropy_counts")  # scored, then left out of the rows
+
+
+def _element_bins(table: pa.Table, offsets: np.ndarray, bins: ReferenceBins | None) -> np.ndarray:
+    """The reference's bin count for each PSI value (0 where the reference has no such channel):
+    from `bins` by the row's model, else from the rows' own `ref_share`."""
+    row = np.repeat(np.arange(table.num_rows), np.diff(offsets))
+    pos = np.arange(len(row)) - offsets[row]
+    if bins is None:
+        shares, so = _list(table, "ref_share")
+        per_channel = np.diff(shares.offsets.to_numpy()) if len(shares) else np.zeros(1, np.int64)
+        has = pos < np.diff(so)[row]
+        return np.where(has, per_channel[np.minimum(so[row] + pos, len(per_channel) - 1)], 0)
+    models = table.column("model_sha256").combine_chunks().dictionary_encode()
+    width = max([len(b) for b in bins.values()] + [1])
+    grid = np.zeros((len(models.dictionary) + 1, width + 1), np.int64)  # last row, column: none
+    for m, model in enumerate(models.dictionary.to_pylist()):
+        grid[m, : len(bins.get(model, []))] = bins.get(model, [])
+    model = models.indices.to_numpy(zero_copy_only=False)
+    return grid[model[row], np.minimum(pos, width)]
+
+
 @dataclass(frozen=True)
 class Intervals:
-    """The dataset sorted by device, then interval end, and per interval its scores."""
+    """The dataset sorted by device, then interval end (without the HEAVY columns), and per
+    interval its scores."""
 
     table: pa.Table
     devices: list[str]
@@ -112,29 +137,31 @@ class Intervals:
     max_psi: np.ndarray  # the worst channel's PSI
     drift_ratio: np.ndarray  # the worst channel's PSI over its limit: above 1, drifted
     mean_entropy: np.ndarray  # nats
+    bins: np.ndarray  # the most bins of a channel's reference
 
     @classmethod
-    def of(cls, table: pa.Table, rules: AlertsSection) -> Intervals:
-        table = table.sort_by([("device_id", "ascending"), ("interval_end", "ascending")])
-        ids = table.column("device_id").to_numpy(zero_copy_only=False)
+    def of(cls, table: pa.Table, rules: AlertsSection, bins: ReferenceBins | None = None) -> Intervals:
+        """`bins`: the references' bin counts per model (`dataset.reference_bins`), so that the
+        table need not carry `ref_share`, the largest column by far; None: from `ref_share`."""
+        order = pc.sort_indices(
+            table, sort_keys=[("device_id", "ascending"), ("interval_end", "ascending")]
+        ).to_numpy()
+        psi, po = _list(table, "psi")
+        element_bins = _element_bins(table, po, bins)
+        windows = np.nan_to_num(_numbers(table, "windows"))[np.repeat(np.arange(table.num_rows), np.diff(po))]
+        limit = psi_limit(element_bins, windows, rules)
+        light = table.drop_columns([c for c in HEAVY if c in table.column_names]).take(order)
+        ids = light.column("device_id").to_numpy(zero_copy_only=False)
         change = np.flatnonzero(ids[1:] != ids[:-1]) + 1 if len(ids) else np.array([], np.int64)
         bounds = np.concatenate([[0], change, [len(ids)]]).astype(np.int64)
-        psi, po = _list(table, "psi")
-        shares, so = _list(table, "ref_share")
-        bins_all = np.diff(shares.offsets.to_numpy()) if len(shares) else np.array([], np.int64)
-        row = np.repeat(np.arange(table.num_rows), np.diff(po))
-        pos = np.arange(len(psi)) - po[row]
-        has_ref = pos < np.diff(so)[row]
-        bins = np.where(has_ref, bins_all[np.minimum(so[row] + pos, max(len(bins_all) - 1, 0))], 0)
-        windows = np.nan_to_num(_numbers(table, "windows"))[row]
-        limit = psi_limit(bins, windows, rules)
         return cls(
-            table,
+            light,
             [str(d) for d in ids[bounds[:-1]]],
             bounds,
-            _row_max(psi, po),
-            _row_max(psi / limit, po),
-            _mean_entropy(table),
+            _row_max(psi, po)[order],
+            _row_max(psi / limit, po)[order],
+            _mean_entropy(table)[order],
+            np.nan_to_num(_row_max(element_bins.astype(np.float64), po))[order].astype(np.int64),
         )
 
     def rows(self, i: int, last: int | None = None) -> list[dict]:

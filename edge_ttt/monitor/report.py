@@ -23,7 +23,7 @@ import pyarrow as pa
 from edge_ttt.atomic import atomic_write
 from edge_ttt.monitor.alerts import COLUMNS, Alert, evaluate_intervals
 from edge_ttt.monitor.config import AlertsSection
-from edge_ttt.monitor.intervals import Intervals
+from edge_ttt.monitor.intervals import Intervals, ReferenceBins
 
 REPORT_COLUMNS = [
     *COLUMNS,
@@ -379,9 +379,10 @@ def render(
     rules: AlertsSection,
     now: float | None = None,
     reference_accuracy: float | None = None,
+    bins: ReferenceBins | None = None,
 ) -> tuple[str, list[Alert]]:
     """The HTML and the alerts it shows; `reference_accuracy`: the bundle's validation accuracy."""
-    intervals = Intervals.of(table, rules)
+    intervals = Intervals.of(table, rules, bins)
     ranked = health(intervals, rules, reference_accuracy)
     alerts = evaluate_intervals(intervals, rules, now)
     stamp = (
@@ -412,7 +413,9 @@ def write_report(
     out: str | os.PathLike[str],
     now: float | None = None,
     reference_accuracy: float | None = None,
+    bins: ReferenceBins | None = None,
 ) -> list[Alert]:
-    html, alerts = render(table, rules, now, reference_accuracy)
+    """`bins`: see Intervals.of (without them the table must hold `ref_share`)."""
+    html, alerts = render(table, rules, now, reference_accuracy, bins)
     atomic_write(Path(out), lambda f: f.write(html.encode("utf-8")))
     return alerts
