@@ -218,6 +218,19 @@ def test_the_report_renders_in_headless_chromium(location, tmp_path):
         timeout=120,
     )
     assert shot.stat().st_size > 10_000 and shot.read_bytes().startswith(b"\x89PNG")
+    # the DOM after the browser parsed it: the summary, the ranking and every plot decoded
+    dom = subprocess.run(
+        [chromium, *flags, "--dump-dom", out.as_uri()],
+        check=True,
+        capture_output=True,
+        timeout=120,
+        text=True,
+    ).stdout
+    (artifacts / "monitor-report-dom.html").write_text(dom)
+    summary = re.sub(r"\s+", " ", dom.split('<ul id="summary">')[1].split("</ul>")[0])
+    assert "<b>5</b> devices" in summary and "<b>1</b> drifting" in summary
+    assert _ranking(dom)[0][0] == "drifting" and len(_ranking(dom)) == 5
+    assert len(re.findall(r'<img alt="[^"]+" src="data:image/png;base64,', dom)) == 2
 
 
 def _estimated(device: str, i: int, shift: float, served: float, source: float):
