@@ -170,7 +170,10 @@ def run_demo(opts: DemoOptions, console: Console | None = None) -> DemoResult:
     report: Path | None = None
     if dataset.exists(str(dirs.fleet)):
         report = workdir / "report.html"
-        write_report(dataset.read(str(dirs.fleet)), AlertsSection(), report)
+        from edge_ttt.artifacts import load_bundle
+
+        reference = load_bundle(bundle).manifest.reference.val_accuracy
+        write_report(dataset.read(str(dirs.fleet)), AlertsSection(), report, reference_accuracy=reference)
     results = device_results(fleet, dirs.fleet)
     codes = {name: proc.returncode for name, proc in agents.procs.items()}
     return DemoResult(results, report, stop.is_set(), broker_text, codes)

@@ -15,7 +15,8 @@ import pytest
 from edge_ttt.drift.schema import SCHEMA, SCHEMA_VERSION, from_table, read_table, to_table
 from edge_ttt.drift.summary import COUNTERS, Reference, SummaryCollector, merge_summaries
 from edge_ttt.monitor import dataset
-from edge_ttt.monitor.report import REPORT_COLUMNS, health, write_report
+from edge_ttt.monitor.intervals import Intervals
+from edge_ttt.monitor.report import health, write_report
 from tests.test_drift_stats import collector
 from tests.test_monitor_collector import T0, make_summary
 from tests.test_monitor_report import RULES
@@ -126,8 +127,8 @@ def test_the_monitor_reads_a_dataset_holding_version_1_and_2_files(tmp_path):
     new.source_estimated.update(np.array([0.0, 1.0, 0.0, 0.0]))
     dataset.append(location, to_table([new]))
 
-    table = dataset.read(location, REPORT_COLUMNS)
-    by_device = {h.device: h for h in health({r["device_id"]: [r] for r in table.to_pylist()})}
+    table = dataset.read(location)
+    by_device = {h.device: h for h in health(Intervals.of(table, RULES), RULES)}
     assert (by_device["new"].estimated_accuracy, by_device["new"].source_estimated_accuracy) == (0.75, 0.25)
     assert by_device["old"].estimated_accuracy is None
     out = tmp_path / "report.html"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import json
 import os
 import re
@@ -10,15 +11,19 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
 from edge_ttt.drift.schema import to_table
+from edge_ttt.drift.summary import DriftSummary, SummaryCollector
 from edge_ttt.monitor import dataset
-from edge_ttt.monitor.alerts import evaluate
+from edge_ttt.monitor.alerts import COLUMNS, evaluate
 from edge_ttt.monitor.cli import monitor_app
 from edge_ttt.monitor.config import AlertsSection
-from edge_ttt.monitor.report import REPORT_COLUMNS, write_report
+from edge_ttt.monitor.intervals import Intervals, psi_limit
+from edge_ttt.monitor.report import write_report
+from tests.test_drift_stats import reference
 from tests.test_monitor_collector import T0, make_summary
 
 STEP = 300.0
@@ -57,7 +62,7 @@ def location(tmp_path) -> str:
 
 
 def test_alert_rules_give_exactly_the_expected_alerts(location):
-    found = evaluate(dataset.read(location, REPORT_COLUMNS), RULES, now=NOW)
+    found = evaluate(dataset.read(location), RULES, now=NOW)
     assert sorted((a.device, a.rule) for a in found) == [
         ("confused", "entropy"),
         ("drifting", "psi"),
@@ -71,7 +76,7 @@ def test_alert_rules_give_exactly_the_expected_alerts(location):
 
 
 def test_psi_must_stay_above_the_threshold_for_k_consecutive_intervals(location):
-    table = dataset.read(location, REPORT_COLUMNS)
+    table = dataset.read(location)
 
     def psi_alerts(**rules) -> list[str]:
         return [a.device for a in evaluate(table, RULES.model_copy(update=rules), now=NOW) if a.rule == "psi"]
@@ -169,7 +174,7 @@ def test_compact_command(location):
 
 def test_the_report_ranks_the_drifting_device_first_and_shows_its_alert(location, tmp_path):
     out = tmp_path / "report.html"
-    alerts = write_report(dataset.read(location, REPORT_COLUMNS), RULES, out, now=NOW)
+    alerts = write_report(dataset.read(location), RULES, out, now=NOW)
     html = out.read_text()
     ranking = html.split('<table id="ranking">')[1].split("</table>")[0]
     assert re.findall(r"<tr><td>([\w-]+)</td>", ranking)[0] == "drifting"
@@ -193,7 +198,7 @@ def test_the_report_renders_in_headless_chromium(location, tmp_path):
             pytest.fail(reason)
         pytest.skip(reason)
     out = tmp_path / "report.html"
-    write_report(dataset.read(location, REPORT_COLUMNS), RULES, out, now=NOW)
+    write_report(dataset.read(location), RULES, out, now=NOW)
     artifacts = Path(__file__).resolve().parents[1] / "test-artifacts"
     artifacts.mkdir(exist_ok=True)
     shot = artifacts / "monitor-report.png"
@@ -213,3 +218,120 @@ def test_the_report_renders_in_headless_chromium(location, tmp_path):
         timeout=120,
     )
     assert shot.stat().st_size > 10_000 and shot.read_bytes().startswith(b"\x89PNG")
+    # the DOM after the browser parsed it: the summary, the ranking and every plot decoded
+    dom = subprocess.run(
+        [chromium, *flags, "--dump-dom", out.as_uri()],
+        check=True,
+        capture_output=True,
+        timeout=120,
+        text=True,
+    ).stdout
+    (artifacts / "monitor-report-dom.html").write_text(dom)
+    summary = re.sub(r"\s+", " ", dom.split('<ul id="summary">')[1].split("</ul>")[0])
+    assert "<b>5</b> devices" in summary and "<b>1</b> drifting" in summary
+    assert _ranking(dom)[0][0] == "drifting" and len(_ranking(dom)) == 5
+    assert len(re.findall(r'<img alt="[^"]+" src="data:image/png;base64,', dom)) == 2
+
+
+def _estimated(device: str, i: int, shift: float, served: float, source: float):
+    """A summary of 40 windows whose served and source estimates are `served` and `source`."""
+    s = make_summary(device, T0 + (i + 1) * STEP, shift=shift, seed=500 + 10 * i + len(device))
+    s.estimated.update((np.arange(40) < round(40 * served)).astype(float))
+    s.source_estimated.update((np.arange(40) < round(40 * source)).astype(float))
+    return s
+
+
+# device: (shift of c0 from interval 0 on, served estimate, source estimate)
+ESTIMATED = {"clean": (0.0, 0.8, 0.8), "rotated": (3.0, 0.65, 0.4), "noisy": (1.5, 0.55, 0.5)}
+
+
+@pytest.fixture
+def estimated_fleet(tmp_path) -> str:
+    path = str(tmp_path / "estimated")
+    for i in range(4):
+        dataset.append(path, to_table([_estimated(d, i, *spec) for d, spec in ESTIMATED.items()]))
+    return path
+
+
+def _ranking(html: str) -> list[list[str]]:
+    table = html.split('<table id="ranking">')[1].split("</table>")[0]
+    return [re.findall(r"<td>([^<]*)</td>", row) for row in table.split("<tr>")[2:]]
+
+
+def test_the_report_ranks_by_estimated_accuracy_lost_and_sums_up_the_fleet(estimated_fleet, tmp_path):
+    out = tmp_path / "report.html"
+    write_report(dataset.read(estimated_fleet), RULES, out, now=NOW, reference_accuracy=0.8)
+    html = out.read_text()
+    rows = _ranking(html)
+    assert [r[0] for r in rows] == ["noisy", "rotated", "clean"]
+    # accuracy lost, served and source estimate, gain, in points
+    assert [r[1:5] for r in rows] == [
+        ["25.0", "55.0", "50.0", "5.0"],
+        ["15.0", "65.0", "40.0", "25.0"],
+        ["0.0", "80.0", "80.0", "0.0"],
+    ]
+    assert rows[1][6].startswith("c0 ")  # the drifted channel explains the loss
+    summary = re.sub(r"\s+", " ", html.split('<ul id="summary">')[1].split("</ul>")[0])
+    assert "<b>3</b> devices" in summary and "<b>2</b> drifting" in summary
+    assert "<b>2</b> estimated to lose more than 10.0 points" in summary
+    assert "<b>2</b> of 3 with both estimates where adaptation helped" in summary
+    assert "reference: the bundle&#39;s validation accuracy" in html
+
+
+def test_without_a_reference_each_device_is_compared_with_its_first_interval(estimated_fleet, tmp_path):
+    """Estimates that never change lose nothing; the drift score then orders: clean last."""
+    out = tmp_path / "report.html"
+    write_report(dataset.read(estimated_fleet), RULES, out, now=NOW)
+    rows = _ranking(out.read_text())
+    assert [(r[0], r[1]) for r in rows] == [("rotated", "0.0"), ("noisy", "0.0"), ("clean", "0.0")]
+    assert "each device&#39;s first interval" in out.read_text()
+
+
+def _blocky(device: str, i: int, shift: float) -> DriftSummary:
+    """40 in-distribution windows whose 16 samples move together (one standard normal draw per
+    window and channel, as slow sensor signals do): 640 samples, but 40 draws."""
+    rng = np.random.default_rng(700 + i + 50 * int(shift))
+    c = SummaryCollector(reference(), device, "0", "ab" * 32, "steady", interval_s=1e9, now=T0 + i * STEP)
+    x = np.repeat(rng.standard_normal((40, 2, 1)), 16, axis=2)
+    x[:, 0] += shift
+    h = np.full(40, 0.5)
+    c.observe(x, rng.integers(0, 3, 40), np.exp(-h), h, None, {}, None, [5.0] * 40)
+    return c.close(T0 + (i + 1) * STEP)
+
+
+def test_the_drift_alert_counts_windows_not_samples(tmp_path):
+    """In-distribution intervals of 40 windows have a PSI above the fixed 0.25 from sampling noise
+    alone; the limit at 40 windows (chi-square, 15 degrees of freedom, 0.999) keeps them quiet, while
+    a 1.5 sd shift of the same size still alerts."""
+    location = str(tmp_path / "blocky")
+    for i in range(4):
+        dataset.append(location, to_table([_blocky("steady", i, 0.0), _blocky("shifted", i, 1.5)]))
+    table = dataset.read(location)
+    intervals = Intervals.of(table, RULES)
+    steady = intervals.max_psi[intervals.scores(intervals.devices.index("steady"))]
+    assert len(steady) == 4 and all(steady > RULES.psi_threshold)  # the fixed threshold fires
+    assert psi_limit(16, 40, RULES) == pytest.approx(37.697 / 40, rel=0.01)  # scipy chi2.ppf(0.999, 15)
+    found = evaluate(table, RULES, now=T0 + 5 * STEP)
+    assert [(a.device, a.rule) for a in found] == [("shifted", "psi")]
+    assert "limit 0.94" in found[0].message and "at 40 windows" in found[0].message
+    # the commands read the bins once per model instead of every row's ref_share: the same alerts
+    bins = dataset.reference_bins(location)
+    assert bins == {"ab" * 32: [16, 16]}
+    assert evaluate(dataset.read(location, COLUMNS), RULES, now=T0 + 5 * STEP, bins=bins) == found
+
+
+def test_each_device_says_since_when_it_drifts(location, tmp_path):
+    """`drifting` is shifted in its last three intervals: since the start of the fourth."""
+    out = tmp_path / "report.html"
+    write_report(dataset.read(location), RULES, out, now=NOW)
+    since = {r[0]: r[7] for r in _ranking(out.read_text())}
+    start = dt.datetime.fromtimestamp(T0 + 3 * STEP, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    assert since == {"drifting": start, "steady": "-", "resetting": "-", "confused": "-", "gone": "-"}
+
+
+def test_the_estimates_are_drawn_over_time_when_there_are_any(estimated_fleet, tmp_path):
+    out = tmp_path / "report.html"
+    write_report(dataset.read(estimated_fleet), RULES, out, now=NOW, reference_accuracy=0.8)
+    html = out.read_text()
+    assert 'alt="estimated accuracy over time per device"' in html
+    assert len(re.findall(r'src="data:image/png;base64,', html)) == 3

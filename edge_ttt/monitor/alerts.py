@@ -3,15 +3,15 @@ and their keys are in configs/monitor.toml's [alerts] and docs/monitoring.md).""
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass
-from itertools import groupby, pairwise
+from itertools import pairwise
 
 import numpy as np
 import pyarrow as pa
 
 from edge_ttt.monitor.config import AlertsSection
+from edge_ttt.monitor.intervals import Intervals, ReferenceBins, psi_limit
 
 COLUMNS = [
     "device_id",
@@ -24,6 +24,8 @@ COLUMNS = [
     "skipped_no_drift",
     "entropy_edges",
     "entropy_counts",
+    "channels",
+    "model_sha256",
 ]
 
 
@@ -35,49 +37,41 @@ class Alert:
     message: str
 
 
-def max_psi(psi: list[float] | None) -> float:
-    """An interval's drift score: its worst channel (NaN without data)."""
-    values = [p for p in psi or [] if p is not None and not math.isnan(p)]
-    return max(values) if values else math.nan
+def evaluate(
+    table: pa.Table, rules: AlertsSection, now: float | None = None, bins: ReferenceBins | None = None
+) -> list[Alert]:
+    """Every alert that holds now, ordered by device then rule. The table holds COLUMNS (or more),
+    and `ref_share` unless `bins` are given (see Intervals.of)."""
+    return evaluate_intervals(Intervals.of(table, rules, bins), rules, now)
 
 
-def mean_entropy(edges: list[float] | None, counts: list[int] | None) -> float:
-    """Mean prediction entropy from the histogram, each bin at its middle (NaN without data)."""
-    if not edges or not counts or sum(counts) == 0:
-        return math.nan
-    e = np.asarray(edges, np.float64)
-    width = e[1] - e[0] if len(e) > 1 else e[0]
-    bounds = np.concatenate([[max(e[0] - width, 0.0)], e, [e[-1] + width]])
-    mids = (bounds[:-1] + bounds[1:]) / 2
-    return float(np.average(mids, weights=np.asarray(counts, np.float64)))
-
-
-def by_device(table: pa.Table) -> dict[str, list[dict]]:
-    """Rows per device, oldest interval first (read only the columns needed, e.g. COLUMNS)."""
-    rows = sorted(table.to_pylist(), key=lambda r: (r["device_id"], r["interval_end"]))
-    return {device: list(group) for device, group in groupby(rows, key=lambda r: r["device_id"])}
-
-
-def evaluate(table: pa.Table, rules: AlertsSection, now: float | None = None) -> list[Alert]:
-    """Every alert that holds now, ordered by device then rule."""
+def evaluate_intervals(intervals: Intervals, rules: AlertsSection, now: float | None = None) -> list[Alert]:
     now = time.time() if now is None else now
     alerts = []
-    for device, rows in by_device(table).items():
-        alerts += _device_alerts(device, rows, rules, now)
+    for i, device in enumerate(intervals.devices):
+        alerts += _device_alerts(intervals, i, device, rules, now)
     return alerts
 
 
-def _device_alerts(device: str, rows: list[dict], rules: AlertsSection, now: float) -> list[Alert]:
+def _device_alerts(
+    intervals: Intervals, i: int, device: str, rules: AlertsSection, now: float
+) -> list[Alert]:
     out = []
-    recent = [max_psi(r["psi"]) for r in rows[-rules.psi_intervals :]]
-    if len(recent) == rules.psi_intervals and all(p > rules.psi_threshold for p in recent):
+    scores = intervals.scores(i)
+    rows = intervals.rows(i, last=max(rules.psi_intervals, rules.reset_intervals, 1))
+    ratio = intervals.drift_ratio[scores][-rules.psi_intervals :]
+    if len(ratio) == rules.psi_intervals and bool(np.all(ratio > 1)):
+        last = rows[-1]
+        bins = int(intervals.bins[scores][-1])
+        latest = float(intervals.max_psi[scores][-1])
         out.append(
             Alert(
                 "psi",
                 device,
-                recent[-1],
-                f"max channel PSI above {rules.psi_threshold} for the last "
-                f"{rules.psi_intervals} intervals (latest {recent[-1]:.3f})",
+                latest,
+                f"channel PSI above its no-drift limit for the last {rules.psi_intervals} intervals "
+                f"(latest {latest:.3f}, limit {psi_limit(bins, last['windows'] or 0, rules):.3f} "
+                f"at {last['windows']} windows)",
             )
         )
     window = rows[-rules.reset_intervals :]
@@ -93,10 +87,8 @@ def _device_alerts(device: str, rows: list[dict], rules: AlertsSection, now: flo
                 f"(rate {resets / windows:.3f} > {rules.reset_rate})",
             )
         )
-    entropy = [
-        mean_entropy(r["entropy_edges"], r["entropy_counts"]) for r in rows[-rules.entropy_intervals :]
-    ]
-    if len(entropy) == rules.entropy_intervals and not any(math.isnan(h) for h in entropy):
+    entropy = intervals.mean_entropy[scores][-rules.entropy_intervals :].tolist()
+    if len(entropy) == rules.entropy_intervals and not np.isnan(entropy).any():
         rise = entropy[-1] - entropy[0]
         if all(b > a for a, b in pairwise(entropy)) and rise > rules.entropy_rise:
             out.append(

@@ -156,7 +156,7 @@ def alerts(
 ) -> None:
     """Evaluate the alert rules. Exit status: 0 no alert, 1 an alert holds, 2 no dataset, an empty
     one or a bad --config (for cron and CI)."""
-    found = evaluate(_summaries(location, COLUMNS), _rules(config))
+    found = evaluate(_summaries(location, COLUMNS), _rules(config), bins=dataset.reference_bins(location))
     if as_json:
         typer.echo(json.dumps([asdict(a) for a in found]))
     else:
@@ -170,9 +170,32 @@ def report(
     location: DatasetOption,
     out: Annotated[Path, typer.Option("--out", help="HTML file to write")],
     config: ConfigOption = None,
+    bundle: Annotated[
+        Path | None,
+        typer.Option(
+            "--bundle",
+            help="the devices' exported bundle: its validation accuracy is the reference for accuracy lost "
+            "(default: each device's first interval)",
+        ),
+    ] = None,
 ) -> None:
-    """Write a self-contained HTML report: ranking, heat map, drift over time, health, alerts."""
+    """Write a self-contained HTML report: fleet summary, ranking by estimated accuracy lost, heat map,
+    drift over time, health, alerts."""
     from edge_ttt.monitor.report import REPORT_COLUMNS, write_report  # matplotlib: the [monitor] extra
 
-    found = write_report(_summaries(location, REPORT_COLUMNS), _rules(config), out)
+    reference = None
+    if bundle is not None:
+        from edge_ttt.artifacts import BundleError, load_bundle
+
+        try:
+            reference = load_bundle(bundle).manifest.reference.val_accuracy
+        except BundleError as exc:
+            fail(f"--bundle: {exc}")
+    found = write_report(
+        _summaries(location, REPORT_COLUMNS),
+        _rules(config),
+        out,
+        reference_accuracy=reference,
+        bins=dataset.reference_bins(location),
+    )
     typer.echo(json.dumps({"out": str(out), "alerts": len(found)}))

@@ -38,13 +38,24 @@ class CollectorSection(Section):
 
 
 class AlertsSection(Section):
-    psi_threshold: float = Field(0.25, gt=0, description="max channel PSI of an interval counted as drift")
+    psi_threshold: float = Field(
+        0.25, gt=0, description="channel PSI of an interval counted as drift, at least (see psi_false_alarm)"
+    )
+    psi_false_alarm: float = Field(
+        0.001,
+        gt=0,
+        lt=1,
+        description="share of in-distribution intervals allowed above the sample-size-aware PSI limit",
+    )
     psi_intervals: int = Field(3, ge=1, description="consecutive latest intervals above it to alert")
     reset_rate: float = Field(0.05, gt=0, description="(resets + rollbacks) per window over the window")
     reset_intervals: int = Field(6, ge=1, description="latest intervals the reset rate is taken over")
     entropy_rise: float = Field(0.2, gt=0, description="nats the mean entropy rose over the window")
     entropy_intervals: int = Field(4, ge=2, description="latest intervals, each mean entropy above the last")
     silent_s: float = Field(900.0, gt=0, description="no summary for this long: device silent")
+    accuracy_loss: float = Field(
+        0.10, gt=0, le=1, description="estimated accuracy below the reference by more: device losing accuracy"
+    )
 
 
 class MonitorConfig(Section):

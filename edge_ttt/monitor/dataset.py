@@ -84,6 +84,19 @@ def summary_ids(location: str) -> set[str]:
     return set(open_dataset(location).to_table(columns=["summary_id"]).column("summary_id").to_pylist())
 
 
+def reference_bins(location: str) -> dict[str, list[int]]:
+    """Per model (`model_sha256`), the bins per channel of the reference its summaries were scored
+    against, from one summary each: the reference is fixed at export, and reading `ref_share` for
+    every row is most of the time a fleet report takes."""
+    data = open_dataset(location)
+    models = pc.unique(data.to_table(columns=["model_sha256"]).column("model_sha256")).to_pylist()
+    out = {}
+    for model in models:
+        first = data.head(1, columns=["ref_share"], filter=pc.field("model_sha256") == model)
+        out[model] = [len(share) for share in first.column("ref_share")[0].as_py() or []]
+    return out
+
+
 def read(location: str, columns: list[str] | None = None) -> pa.Table:
     return open_dataset(location).to_table(columns=columns)
 

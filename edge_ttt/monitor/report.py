@@ -16,14 +16,39 @@ import matplotlib
 matplotlib.use("Agg")  # headless: no display on servers and in CI
 import jinja2
 import matplotlib.pyplot as plt
+import matplotlib.ticker
 import numpy as np
 import pyarrow as pa
 
 from edge_ttt.atomic import atomic_write
-from edge_ttt.monitor.alerts import COLUMNS, Alert, by_device, evaluate, max_psi, mean_entropy
+from edge_ttt.monitor.alerts import COLUMNS, Alert, evaluate_intervals
 from edge_ttt.monitor.config import AlertsSection
+from edge_ttt.monitor.intervals import Intervals, ReferenceBins
 
-REPORT_COLUMNS = [*COLUMNS, "channels", "estimated_accuracy", "source_estimated_accuracy"]
+REPORT_COLUMNS = [
+    *COLUMNS,
+    "interval_start",
+    "estimated_accuracy",
+    "estimated_windows",
+    "source_estimated_accuracy",
+    "source_estimated_windows",
+    "fallbacks",
+    "windows_on_source",
+]
+STAMP = "%Y-%m-%d %H:%M:%S UTC"
+COUNTS = (
+    "windows",
+    "resets",
+    "rollbacks",
+    "skipped_unreliable",
+    "skipped_no_drift",
+    "fallbacks",
+    "windows_on_source",
+    "estimated_windows",
+    "source_estimated_windows",
+)
+ESTIMATES = ("estimated_accuracy", "source_estimated_accuracy")
+EXPLAINING_CHANNELS = 3  # the worst channels named next to a device in the ranking
 
 
 @dataclass(frozen=True)
@@ -37,36 +62,147 @@ class DeviceHealth:
     rollbacks: int
     skipped_share: float
     entropy_trend: float  # nats per interval, least-squares slope of the mean entropy
-    estimated_accuracy: float | None  # label-free, served predictions, latest interval
+    estimated_accuracy: float | None  # label-free, served predictions, latest intervals
     source_estimated_accuracy: float | None  # the same for the source model
+    reference_accuracy: float | None  # what the device is compared with (see `health`)
+    fallbacks: int
+    windows_on_source: int
+    worst_channels: tuple[tuple[str, str], ...]  # (channel, latest PSI), worst first: the explanation
+    drifting_since: str | None  # start of the current run of drifted intervals; None: latest not drifted
+
+    @property
+    def accuracy_lost(self) -> float | None:
+        """Reference minus the recent estimate of the served predictions: the ranking score."""
+        if self.reference_accuracy is None or self.estimated_accuracy is None:
+            return None
+        return self.reference_accuracy - self.estimated_accuracy
+
+    @property
+    def gain(self) -> float | None:
+        """Served minus source estimate on the same windows: what adaptation bought."""
+        if self.estimated_accuracy is None or self.source_estimated_accuracy is None:
+            return None
+        return self.estimated_accuracy - self.source_estimated_accuracy
 
 
-def health(rows_by_device: dict[str, list[dict]]) -> list[DeviceHealth]:
-    """Devices ranked by current drift score, worst first; devices without a score last."""
+def weighted_estimate(values: np.ndarray, weights: np.ndarray) -> float | None:
+    """Window-weighted mean of an estimate over intervals (as merge_summaries does); None without one."""
+    ok = ~np.isnan(values) & (np.nan_to_num(weights) > 0)
+    total = weights[ok].sum()
+    return float((values[ok] * weights[ok]).sum() / total) if total else None
+
+
+def _worst_channels(row: dict) -> tuple[tuple[str, str], ...]:
+    """(channel, PSI as text) of the latest interval, worst first."""
+    named = [
+        (name, value)
+        for name, value in zip(row["channels"] or [], row["psi"] or [], strict=False)
+        if value is not None and not math.isnan(value)
+    ]
+    worst = sorted(named, key=lambda nv: -nv[1])[:EXPLAINING_CHANNELS]
+    return tuple((name, f"{value:.2f}") for name, value in worst)
+
+
+def drifting_since(intervals: Intervals, i: int) -> str | None:
+    """The start of the first interval of the run of drifted intervals that reaches the latest one."""
+    scores = intervals.scores(i)
+    calm = np.flatnonzero(~(intervals.drift_ratio[scores] > 1))
+    first = (calm[-1] + 1 if calm.size else 0) + scores.start
+    if first >= scores.stop:
+        return None
+    return intervals.table.column("interval_start")[first].as_py().strftime(STAMP)
+
+
+def health(
+    intervals: Intervals,
+    rules: AlertsSection | None = None,
+    reference_accuracy: float | None = None,
+) -> list[DeviceHealth]:
+    """Devices ranked by estimated accuracy lost, worst first, then by drift score; devices without an
+    estimate last. Estimates are over the latest `psi_intervals` intervals (one interval of a few dozen
+    windows is noisy). The reference is the bundle's validation accuracy when given, else the
+    device's own first interval with an estimate (a device drifted from its start then shows no loss)."""
+    rules = rules or AlertsSection()
+    recent = rules.psi_intervals
+    col = {
+        name: np.nan_to_num(intervals.array(name)) if name in COUNTS else intervals.array(name)
+        for name in (*COUNTS, *ESTIMATES)
+    }
     out = []
-    for device, rows in rows_by_device.items():
-        windows = sum(r["windows"] or 0 for r in rows)
-        skipped = sum((r["skipped_unreliable"] or 0) + (r["skipped_no_drift"] or 0) for r in rows)
-        entropy = np.array([mean_entropy(r["entropy_edges"], r["entropy_counts"]) for r in rows])
+    for i, device in enumerate(intervals.devices):
+        at = intervals.scores(i)
+        tail = slice(max(at.start, at.stop - recent), at.stop)
+        windows = int(col["windows"][at].sum())
+        skipped = col["skipped_unreliable"][at].sum() + col["skipped_no_drift"][at].sum()
+        entropy = intervals.mean_entropy[at]
         ok = ~np.isnan(entropy)
         trend = float(np.polyfit(np.flatnonzero(ok), entropy[ok], 1)[0]) if ok.sum() >= 2 else math.nan
+        reference = reference_accuracy
+        if reference is None:
+            known = col["estimated_accuracy"][at][~np.isnan(col["estimated_accuracy"][at])]
+            reference = float(known[0]) if known.size else None
+        (last,) = intervals.rows(i, last=1)
         out.append(
             DeviceHealth(
                 device,
-                max_psi(rows[-1]["psi"]),
-                rows[-1]["interval_end"].strftime("%Y-%m-%d %H:%M:%S UTC"),
-                len(rows),
+                float(intervals.max_psi[at][-1]),
+                last["interval_end"].strftime(STAMP),
+                at.stop - at.start,
                 windows,
-                sum(r["resets"] or 0 for r in rows),
-                sum(r["rollbacks"] or 0 for r in rows),
+                int(col["resets"][at].sum()),
+                int(col["rollbacks"][at].sum()),
                 skipped / windows if windows else math.nan,
                 trend,
-                rows[-1]["estimated_accuracy"],
-                rows[-1]["source_estimated_accuracy"],
+                weighted_estimate(col["estimated_accuracy"][tail], col["estimated_windows"][tail]),
+                weighted_estimate(
+                    col["source_estimated_accuracy"][tail], col["source_estimated_windows"][tail]
+                ),
+                reference,
+                int(col["fallbacks"][at].sum()),
+                int(col["windows_on_source"][at].sum()),
+                _worst_channels(last),
+                drifting_since(intervals, i),
             )
         )
-    return sorted(
-        out, key=lambda h: (math.isnan(h.score), -h.score if not math.isnan(h.score) else 0, h.device)
+
+    def rank(h: DeviceHealth) -> tuple:
+        lost, score = h.accuracy_lost, h.score
+        return (
+            lost is None,
+            -(lost or 0.0),
+            math.isnan(score),
+            -(0.0 if math.isnan(score) else score),
+            h.device,
+        )
+
+    return sorted(out, key=rank)
+
+
+@dataclass(frozen=True)
+class FleetSummary:
+    devices: int
+    drifting: int  # a psi alert holds
+    losing: int  # estimated accuracy lost above the rule's accuracy_loss
+    helped: int  # served estimate above the source estimate
+    compared: int  # devices with both estimates
+    reference: str  # where the reference accuracy comes from, in words
+
+
+def fleet_summary(
+    ranked: list[DeviceHealth], alerts: list[Alert], rules: AlertsSection, reference_given: bool
+) -> FleetSummary:
+    gains = [h.gain for h in ranked if h.gain is not None]
+    return FleetSummary(
+        devices=len(ranked),
+        drifting=len({a.device for a in alerts if a.rule == "psi"}),
+        losing=sum(1 for h in ranked if (h.accuracy_lost or 0.0) > rules.accuracy_loss),
+        helped=sum(1 for g in gains if g > 0),
+        compared=len(gains),
+        reference=(
+            "the bundle's validation accuracy"
+            if reference_given
+            else "each device's first interval with an estimate (pass --bundle for the validation accuracy)"
+        ),
     )
 
 
@@ -77,32 +213,91 @@ def _png(fig: plt.Figure) -> str:
     return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-def heatmap(ranked: list[DeviceHealth], rows_by_device: dict[str, list[dict]]) -> str:
-    """Latest PSI per device (rows, ranked) and channel (columns, the union over devices)."""
-    channels = sorted({c for rows in rows_by_device.values() for c in rows[-1]["channels"] or []})
-    grid = np.full((len(ranked), len(channels)), np.nan)
-    for i, h in enumerate(ranked):
-        last = rows_by_device[h.device][-1]
+HEATMAP_DEVICES = 40  # rows of the heat map: the top of the ranking, numbers still legible
+
+
+def heatmap(ranked: list[DeviceHealth], intervals: Intervals) -> str:
+    """Latest PSI per device (rows, ranked) and channel (columns, the union over devices), the value
+    written in each cell."""
+    shown = ranked[:HEATMAP_DEVICES]
+    latest = [intervals.rows(intervals.devices.index(h.device), last=1)[0] for h in shown]
+    channels = sorted({c for last in latest for c in last["channels"] or []})
+    grid = np.full((len(shown), len(channels)), np.nan)
+    for i, last in enumerate(latest):
         for name, value in zip(last["channels"] or [], last["psi"] or [], strict=False):
             grid[i, channels.index(name)] = np.nan if value is None else value
-    fig, ax = plt.subplots(figsize=(1.2 + 0.7 * max(len(channels), 1), 1 + 0.4 * max(len(ranked), 1)))
+    fig, ax = plt.subplots(figsize=(1.6 + 0.8 * max(len(channels), 1), 1 + 0.35 * max(len(shown), 1)))
     image = ax.imshow(grid, aspect="auto", cmap="Reds", vmin=0)
+    top = np.nanmax(grid) if np.isfinite(grid).any() else 1.0
+    for (i, j), value in np.ndenumerate(grid):
+        if not np.isnan(value):
+            color = "white" if value > 0.6 * top else "black"
+            ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize="small", color=color)
     ax.set_xticks(range(len(channels)), channels)
-    ax.set_yticks(range(len(ranked)), [h.device for h in ranked])
+    ax.set_yticks(range(len(shown)), [h.device for h in shown])
     fig.colorbar(image, ax=ax, label="PSI (latest interval)")
     return _png(fig)
 
 
-def timeline(ranked: list[DeviceHealth], rows_by_device: dict[str, list[dict]], threshold: float) -> str:
-    fig, ax = plt.subplots(figsize=(9, 4))
-    for h in ranked:
-        rows = rows_by_device[h.device]
+def _ends(intervals: Intervals, at: slice) -> np.ndarray:
+    return intervals.table.column("interval_end").slice(at.start, at.stop - at.start).to_numpy()
+
+
+ACCURACY_DEVICES = 12  # small multiples of estimated accuracy over time: the top of the ranking
+
+
+def accuracy_over_time(ranked: list[DeviceHealth], intervals: Intervals) -> str | None:
+    """Per top-ranked device, the served and source estimates per interval and the reference; None
+    when no device has an estimate (schema 1 summaries)."""
+    shown = [h for h in ranked if h.estimated_accuracy is not None][:ACCURACY_DEVICES]
+    if not shown:
+        return None
+    served, source = intervals.array("estimated_accuracy"), intervals.array("source_estimated_accuracy")
+    cols = min(3, len(shown))
+    nrows = math.ceil(len(shown) / cols)
+    fig, axes = plt.subplots(nrows, cols, figsize=(4 * cols, 2.4 * nrows), squeeze=False, sharey=True)
+    for ax, h in zip(axes.flat, shown, strict=False):
+        at = intervals.scores(intervals.devices.index(h.device))
+        ends = _ends(intervals, at)
+        ax.plot(ends, 100 * served[at], marker=".", label="served (estimate)")
+        ax.plot(ends, 100 * source[at], marker=".", label="source model (estimate)")
+        if h.reference_accuracy is not None:
+            ax.axhline(
+                100 * h.reference_accuracy, color="grey", linestyle="--", linewidth=1, label="reference"
+            )
+        ax.set_title(h.device, fontsize="medium")
+        ax.set_ylim(0, 100)
+        ax.tick_params(axis="x", labelrotation=30, labelsize="small")
+    for ax in axes.flat[len(shown) :]:
+        ax.set_visible(False)
+    axes[0][0].set_ylabel("accuracy, %")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="upper center", ncol=3, bbox_to_anchor=(0.5, 1.0), frameon=False)
+    fig.tight_layout(rect=(0, 0, 1, 0.94))
+    return _png(fig)
+
+
+TIMELINE_DEVICES = 12  # lines in the drift-over-time plot: the top of the ranking, readable
+
+
+def timeline(ranked: list[DeviceHealth], intervals: Intervals) -> str:
+    """Drift per interval of the top-ranked devices, as the worst channel's PSI over its
+    sample-size-aware limit: above 1 the interval counts as drifted."""
+    fig, ax = plt.subplots(figsize=(10, 4))
+    for h in ranked[:TIMELINE_DEVICES]:
+        at = intervals.scores(intervals.devices.index(h.device))
         ax.plot(
-            [r["interval_end"] for r in rows], [max_psi(r["psi"]) for r in rows], marker=".", label=h.device
+            _ends(intervals, at),
+            intervals.drift_ratio[at],
+            marker=".",
+            label=h.device,
         )
-    ax.axhline(threshold, color="grey", linestyle="--", linewidth=1, label="alert threshold")
-    ax.set_ylabel("max channel PSI")
-    ax.legend(fontsize="small", ncol=2)
+    ax.axhline(1.0, color="grey", linestyle="--", linewidth=1, label="drift limit")
+    ax.set_yscale("symlog", linthresh=1.0)
+    ax.yaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+    ax.set_ylim(bottom=0)
+    ax.set_ylabel("max channel PSI / its limit")
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     fig.autofmt_xdate()
     return _png(fig)
 
@@ -115,27 +310,48 @@ td,th{border:1px solid #ccc;padding:.25em .6em;text-align:right}td:first-child{t
 .alert{color:#a00}</style></head><body>
 <h1>Fleet drift report</h1>
 <p>{{ devices|length }} devices, {{ intervals }} summaries, generated {{ generated }}.</p>
+<h2>Fleet summary</h2>
+<ul id="summary">
+<li><b>{{ summary.devices }}</b> devices</li>
+<li><b>{{ summary.drifting }}</b> drifting (a drift alert holds)</li>
+<li><b>{{ summary.losing }}</b> estimated to lose more than {{ pts(rules.accuracy_loss) }} points
+of accuracy</li>
+<li><b>{{ summary.helped }}</b> of {{ summary.compared }} with both estimates where adaptation helped
+(served estimate above the source model's)</li>
+</ul>
+<p>Accuracy lost: the reference minus the label-free estimate of the served predictions over the
+latest {{ rules.psi_intervals }} intervals; reference: {{ summary.reference }}.</p>
 <h2>Alerts</h2>
 {% if alerts %}<ul>{% for a in alerts %}
 <li class="alert"><b>{{ a.device }}</b> [{{ a.rule }}]: {{ a.message }}</li>
 {% endfor %}</ul>{% else %}<p>None.</p>{% endif %}
-<h2>Devices ranked by current drift</h2>
-<table id="ranking"><tr><th>device</th><th>drift score (max PSI)</th><th>last summary</th>
-<th>intervals</th></tr>
-{% for h in devices %}<tr><td>{{ h.device }}</td><td>{{ fmt(h.score) }}</td><td>{{ h.last_seen }}</td>
-<td>{{ h.intervals }}</td></tr>
+<h2>Devices ranked by estimated accuracy lost</h2>
+<table id="ranking"><tr><th>device</th><th>accuracy lost, pts</th><th>estimated accuracy %</th>
+<th>source estimated %</th><th>gain from adaptation, pts</th><th>drift (max PSI)</th>
+<th>worst channels (PSI)</th><th>drifting since</th><th>last summary</th><th>intervals</th></tr>
+{% for h in devices %}<tr><td>{{ h.device }}</td><td>{{ pts(h.accuracy_lost) }}</td>
+<td>{{ pts(h.estimated_accuracy) }}</td><td>{{ pts(h.source_estimated_accuracy) }}</td>
+<td>{{ pts(h.gain) }}</td><td>{{ fmt(h.score) }}</td>
+<td>{{ h.worst_channels|map("join", " ")|join(", ") }}</td><td>{{ h.drifting_since or "-" }}</td>
+<td>{{ h.last_seen }}</td><td>{{ h.intervals }}</td></tr>
 {% endfor %}</table>
-<h2>Per-channel drift (latest interval)</h2>
+{% if accuracy %}<h2>Estimated accuracy over time{% if devices|length > accuracy_devices %} (the top
+{{ accuracy_devices }} of the ranking){% endif %}</h2>
+<img alt="estimated accuracy over time per device" src="data:image/png;base64,{{ accuracy }}">{% endif %}
+<h2>Per-channel drift (latest interval){% if devices|length > heatmap_devices %}, the top
+{{ heatmap_devices }} of the ranking{% endif %}</h2>
 <img alt="per-channel PSI heat map" src="data:image/png;base64,{{ heatmap }}">
-<h2>Drift over time</h2>
+<h2>Drift over time{% if devices|length > timeline_devices %} (the top {{ timeline_devices }} of the
+ranking){% endif %}</h2>
 <img alt="drift over time per device" src="data:image/png;base64,{{ timeline }}">
 <h2>Adaptation health</h2>
 <table id="health"><tr><th>device</th><th>windows</th><th>resets</th><th>rollbacks</th><th>skipped share</th>
-<th>entropy trend (nats/interval)</th><th>estimated accuracy (latest)</th>
-<th>source estimated accuracy (latest)</th></tr>
+<th>entropy trend (nats/interval)</th><th>fallbacks</th><th>windows on source</th>
+<th>estimated accuracy (recent)</th><th>source estimated accuracy (recent)</th></tr>
 {% for h in devices %}<tr><td>{{ h.device }}</td><td>{{ h.windows }}</td><td>{{ h.resets }}</td>
 <td>{{ h.rollbacks }}</td><td>{{ fmt(h.skipped_share) }}</td><td>{{ fmt(h.entropy_trend) }}</td>
-<td>{{ fmt(h.estimated_accuracy) }}</td><td>{{ fmt(h.source_estimated_accuracy) }}</td></tr>
+<td>{{ h.fallbacks }}</td><td>{{ h.windows_on_source }}</td><td>{{ fmt(h.estimated_accuracy) }}</td>
+<td>{{ fmt(h.source_estimated_accuracy) }}</td></tr>
 {% endfor %}</table>
 </body></html>
 """,
@@ -150,29 +366,56 @@ def _fmt(value: float | None) -> str:
     return "0.000" if text == "-0.000" else text
 
 
-def render(table: pa.Table, rules: AlertsSection, now: float | None = None) -> tuple[str, list[Alert]]:
-    """The HTML and the alerts it shows."""
-    rows_by_device = by_device(table)
-    ranked = health(rows_by_device)
-    alerts = evaluate(table, rules, now)
+def _pts(value: float | None) -> str:
+    """A share as percentage points, one decimal."""
+    if value is None or math.isnan(value):
+        return "n/a"
+    text = f"{100 * value:.1f}"
+    return "0.0" if text == "-0.0" else text
+
+
+def render(
+    table: pa.Table,
+    rules: AlertsSection,
+    now: float | None = None,
+    reference_accuracy: float | None = None,
+    bins: ReferenceBins | None = None,
+) -> tuple[str, list[Alert]]:
+    """The HTML and the alerts it shows; `reference_accuracy`: the bundle's validation accuracy."""
+    intervals = Intervals.of(table, rules, bins)
+    ranked = health(intervals, rules, reference_accuracy)
+    alerts = evaluate_intervals(intervals, rules, now)
     stamp = (
         dt.datetime.now(dt.timezone.utc) if now is None else dt.datetime.fromtimestamp(now, dt.timezone.utc)
     )
     html = TEMPLATE.render(
         devices=ranked,
         intervals=len(table),
-        generated=stamp.strftime("%Y-%m-%d %H:%M:%S UTC"),
+        generated=stamp.strftime(STAMP),
         alerts=alerts,
-        heatmap=heatmap(ranked, rows_by_device),
-        timeline=timeline(ranked, rows_by_device, rules.psi_threshold),
+        rules=rules,
+        summary=fleet_summary(ranked, alerts, rules, reference_accuracy is not None),
+        heatmap=heatmap(ranked, intervals),
+        timeline=timeline(ranked, intervals),
         fmt=_fmt,
+        pts=_pts,
+        timeline_devices=TIMELINE_DEVICES,
+        heatmap_devices=HEATMAP_DEVICES,
+        accuracy_devices=ACCURACY_DEVICES,
+        accuracy=accuracy_over_time(ranked, intervals),
     )
     return html, alerts
 
 
 def write_report(
-    table: pa.Table, rules: AlertsSection, out: str | os.PathLike[str], now: float | None = None
+    table: pa.Table,
+    rules: AlertsSection,
+    out: str | os.PathLike[str],
+    now: float | None = None,
+    reference_accuracy: float | None = None,
+    bins: ReferenceBins | None = None,
 ) -> list[Alert]:
-    html, alerts = render(table, rules, now)
+    """`bins`: see Intervals.of (without them the table must hold `ref_share`)."""
+    html, alerts = render(table, rules, now, reference_accuracy, bins)
     atomic_write(Path(out), lambda f: f.write(html.encode("utf-8")))
     return alerts
