@@ -11,6 +11,7 @@ import typer
 
 from edge_ttt import logs
 from edge_ttt.adapt.fallback import DEFAULT_FALLBACK
+from edge_ttt.adapt.input_alignment import InputOptions
 from edge_ttt.adapt.policies import DEFAULT_POLICY, POLICY_TYPES
 from edge_ttt.commandline import LazyGroup, command_app, fail
 from edge_ttt.monitor.cli import collect_command, monitor_app
@@ -73,6 +74,10 @@ def replay(
     fallback: Annotated[
         bool, typer.Option(help="serve the source model while the adapted one is estimated worse")
     ] = False,
+    input_alignment: Annotated[
+        bool,
+        typer.Option(help="undo per-channel gain and offset ahead of the policy (docs/adaptation.md)"),
+    ] = False,
 ) -> None:
     """Replay a recorded log through the engine, in time order, and report accuracy and counters."""
     from edge_ttt.artifacts import BundleError, load_bundle
@@ -98,6 +103,7 @@ def replay(
             episodic=episodic,
             per_device=per_device,
             fallback=DEFAULT_FALLBACK if fallback else None,
+            inputs=InputOptions() if input_alignment else None,
         )
     except (BundleError, LogFormatError, ValueError, RuntimeError) as exc:
         fail(str(exc))

@@ -128,6 +128,17 @@ class EntropyQuantiles(_Strict):
     value: list[float]
 
 
+class ClassChannels(_Strict):
+    """Input alignment's references (`edge_ttt.adapt.input_alignment`): per class and channel,
+    the source training windows' mean and lag-1 autocovariance, [classes][channels] each; per
+    channel, the largest offset and |log gain| of one source device against them all."""
+
+    mean: list[list[float]]
+    autocov: list[list[float]]
+    offset_spread: list[float]
+    log_gain_spread: list[float]
+
+
 class Reference(_Strict):
     channels: list[ChannelReference]
     entropy: EntropyQuantiles
@@ -136,6 +147,9 @@ class Reference(_Strict):
     val_accuracy: float
     class_prior: list[float] | None = Field(
         None, description="share of each class among the training windows; absent: not recorded"
+    )
+    class_channels: ClassChannels | None = Field(
+        None, description="input alignment's references; absent: exported before it, no alignment"
     )
 
 
@@ -166,6 +180,16 @@ class Manifest(_Strict):
         prior = self.reference.class_prior
         if prior is not None and len(prior) != len(self.model.classes):
             raise ValueError("reference.class_prior needs one share per class")
+        per_class = self.reference.class_channels
+        if per_class is not None and any(
+            len(rows) != len(self.model.classes) or any(len(row) != n for row in rows)
+            for rows in (per_class.mean, per_class.autocov)
+        ):
+            raise ValueError("reference.class_channels needs [classes][channels] values for mean and autocov")
+        if per_class is not None and not len(per_class.offset_spread) == len(per_class.log_gain_spread) == n:
+            raise ValueError(
+                "reference.class_channels needs one offset_spread and log_gain_spread per channel"
+            )
         if [c.name for c in self.reference.channels] != self.model.channels:
             raise ValueError("reference.channels must list model.channels in order")
         params = {p for layer in self.norm_layers for p in (layer.weight, layer.bias)}

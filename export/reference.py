@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from edge_ttt.adapt.input_alignment import class_references, device_spread
 from edge_ttt.adapt.softmax import softmax_entropy
 
 HIST_BINS = 16
@@ -42,3 +43,16 @@ def channel_reference(values: np.ndarray, channels: list[str], bins: int = HIST_
 
 def entropy_quantiles(logits: np.ndarray, q: tuple[float, ...] = ENTROPY_QUANTILES) -> dict:
     return {"q": list(q), "value": np.quantile(softmax_entropy(logits)[1], q).tolist()}
+
+
+def class_channels(x: np.ndarray, labels: np.ndarray, classes: int, devices: np.ndarray) -> dict:
+    """The input alignment's source references (`reference.class_channels` in the manifest): the
+    class references, and how far apart the source devices already are (its dead bands)."""
+    mean, autocov = class_references(x, labels, classes)
+    offset, log_gain = device_spread(x, labels, devices, (mean, autocov))
+    return {
+        "mean": mean.tolist(),
+        "autocov": autocov.tolist(),
+        "offset_spread": offset.tolist(),
+        "log_gain_spread": log_gain.tolist(),
+    }

@@ -24,7 +24,7 @@ from export.checkpoint import SourceModel, save_checkpoint
 from export.models import build_model
 from export.norms import norm_layers
 from export.onnx_graph import example_inputs, explicit_forward, graph_names
-from export.reference import channel_reference, entropy_quantiles
+from export.reference import channel_reference, class_channels, entropy_quantiles
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +48,7 @@ class Split:
     val: WindowBatch
     train_devices: list[str]
     val_devices: list[str]
+    train_ids: np.ndarray  # the device of each training window
 
 
 def split_by_device(log_: RecordedLog, cfg: TrainConfig) -> Split:
@@ -69,7 +70,7 @@ def split_by_device(log_: RecordedLog, cfg: TrainConfig) -> Split:
         is_val = np.zeros(len(batch), dtype=bool)
         is_val[order[int(len(order) * (1 - cfg.val_fraction)) :]] = True
     train_devices = sorted(set(devices[~is_val].tolist()))
-    return Split(_take(batch, ~is_val), _take(batch, is_val), train_devices, val_devices)
+    return Split(_take(batch, ~is_val), _take(batch, is_val), train_devices, val_devices, devices[~is_val])
 
 
 def _take(batch: WindowBatch, mask: np.ndarray) -> WindowBatch:
@@ -220,6 +221,9 @@ def train(log_path: Path, out: Path, cfg: TrainConfig, show_progress: bool = Tru
             "class_prior": (
                 np.bincount(split.train.label, minlength=len(src.class_names)) / len(split.train)
             ).tolist(),
+            "class_channels": class_channels(
+                x_train, split.train.label, len(src.class_names), split.train_ids
+            ),
         },
         norm_source=norm_source_moments(model, x_val),
         report={

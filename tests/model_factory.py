@@ -8,7 +8,7 @@ import torch
 from export.checkpoint import SourceModel
 from export.models import build_model
 from export.norms import norm_layers
-from export.reference import channel_reference, entropy_quantiles
+from export.reference import channel_reference, class_channels, entropy_quantiles
 from export.train import norm_source_moments
 from tests.conftest import CHANNELS
 
@@ -53,6 +53,7 @@ def source_model(name: str) -> SourceModel:
             "samples": len(values),
             "val_windows": len(x),
             "val_accuracy": 0.5,
+            "class_channels": class_channels(x, logits.argmax(axis=1), CLASSES, np.arange(len(x)) % 2),
         },
         norm_source=norm_source_moments(model, x),
         report={},

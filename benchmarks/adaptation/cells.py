@@ -19,6 +19,7 @@ from benchmarks.torch_tent import tent_predictions
 from edge_ttt.adapt.engine import DEFAULT_POLICY, POLICIES, Engine
 from edge_ttt.adapt.estimates import class_prior, device_estimates, stream_estimate
 from edge_ttt.adapt.fallback import DEFAULT_FALLBACK, FallbackOptions
+from edge_ttt.adapt.input_alignment import InputOptions
 from edge_ttt.adapt.ort_model import OrtModel
 from edge_ttt.adapt.policies import POLICY_TYPES, fits
 from edge_ttt.artifacts import Bundle, load_bundle
@@ -42,14 +43,20 @@ class Variant:
     policy: str
     options: dict[str, Any] = field(default_factory=dict)
     fallback: FallbackOptions | None = None
+    inputs: InputOptions | None = None
 
 
 FALLBACK_COLUMN = f"{DEFAULT_POLICY}-fallback"
+INPUT_COLUMN = "input"  # input alignment alone, ahead of the source model
+DEFAULT_INPUT_COLUMN = f"{DEFAULT_POLICY}+input"
 # Columns that are not a policy as the engine runs it by default: name -> Variant.
 VARIANTS = {
     "ttt-episodic": Variant("ttt", {"episodic": True}),
     # The default policy with the opt-in fallback to source (docs/adaptation.md).
     FALLBACK_COLUMN: Variant(DEFAULT_POLICY, fallback=DEFAULT_FALLBACK),
+    # Input alignment (docs/adaptation.md), alone and ahead of the default policy.
+    INPUT_COLUMN: Variant("source", inputs=InputOptions()),
+    DEFAULT_INPUT_COLUMN: Variant(DEFAULT_POLICY, inputs=InputOptions()),
 }
 COLUMNS = (*POLICIES, *VARIANTS)
 
@@ -143,7 +150,9 @@ def run_cell(cell: Cell, paths: ModelPaths, log: RecordedLog) -> dict:
         served[:] = tent_predictions(model, stream.x, cell.batch_size, TORCH_TENT_LR)
     else:
         how = variant(cell.policy)
-        engine = Engine(OrtModel(bundle, threads=1), how.policy, how.options, fallback=how.fallback)
+        engine = Engine(
+            OrtModel(bundle, threads=1), how.policy, how.options, fallback=how.fallback, inputs=how.inputs
+        )
         start = time.perf_counter()
         for i in range(0, len(stream), cell.batch_size):
             out = engine.process(stream.x[i : i + cell.batch_size])

@@ -51,7 +51,8 @@ def _model_info(bundle: Bundle) -> dict:
 def _column_info(column: str) -> dict:
     how = variant(column)
     fallback = None if how.fallback is None else dataclasses.asdict(how.fallback)
-    return {"policy": how.policy, "options": how.options, "fallback": fallback}
+    inputs = None if how.inputs is None else dataclasses.asdict(how.inputs)
+    return {"policy": how.policy, "options": how.options, "fallback": fallback, "inputs": inputs}
 
 
 def run_metadata(argv: list[str], args: argparse.Namespace, paths: dict[str, ModelPaths]) -> dict:

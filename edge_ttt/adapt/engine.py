@@ -20,6 +20,7 @@ from edge_ttt.adapt.estimates import entropy_threshold, likely_right
 from edge_ttt.adapt.fallback import Fallback, FallbackOptions
 from edge_ttt.adapt.flat import prefixed, unprefixed
 from edge_ttt.adapt.guard import InputLimits, check_windows, sanitize
+from edge_ttt.adapt.input_alignment import InputAlignment, InputOptions
 from edge_ttt.adapt.ort_model import OrtModel
 from edge_ttt.adapt.policies import DEFAULT_POLICY, POLICY_TYPES, Policy, create
 from edge_ttt.adapt.report import Report
@@ -28,6 +29,7 @@ from edge_ttt.adapt.softmax import softmax_entropy
 
 POLICIES = tuple(POLICY_TYPES)
 FALLBACK_STATE = "fallback"  # the prefix of the fallback's arrays in a state file
+INPUT_STATE = "input"  # the prefix of the input alignment's arrays
 
 __all__ = [
     "DEFAULT_POLICY",
@@ -35,6 +37,7 @@ __all__ = [
     "Counters",
     "Engine",
     "FallbackOptions",
+    "InputOptions",
     "Predictions",
     "Report",
     "StateError",
@@ -82,6 +85,26 @@ def _predictions(valid: np.ndarray, served: Scored, source: Scored, on_source: b
     )
 
 
+def input_alignment(model: OrtModel, options: InputOptions) -> InputAlignment:
+    """The input alignment stage for the model's bundle; refused for a bundle exported before it."""
+    manifest = model.manifest
+    refs = manifest.reference.class_channels
+    if refs is None:
+        raise ValueError(
+            f"bundle {model.bundle_path} has no reference.class_channels (it was exported before "
+            "input alignment existed); re-export it with `edge-ttt export`, or turn input alignment off"
+        )
+    entropy = manifest.reference.entropy
+    reliable = (
+        np.inf
+        if options.reliable_quantile >= 1.0
+        else float(np.interp(options.reliable_quantile, entropy.q, entropy.value))
+    )
+    std = np.sqrt([c.var for c in manifest.reference.channels])
+    spread = (np.array(refs.offset_spread), np.array(refs.log_gain_spread))
+    return InputAlignment(options, (np.array(refs.mean), np.array(refs.autocov)), std, spread, reliable)
+
+
 class Engine:
     """A model, a policy by name (with its options), the input guard and the counters.
 
@@ -92,6 +115,10 @@ class Engine:
     estimates (`edge_ttt.adapt.estimates`) decide which one serves (`Fallback`); with
     `fallback=None` (the default until the estimates are good enough: docs/adaptation.md) the
     policy always serves and no source pass runs; the `source` policy has none.
+
+    `inputs` puts input alignment (`edge_ttt.adapt.input_alignment`) ahead of the policy: every
+    window is corrected per channel before the model sees it, and the valid ones teach the
+    correction. The guard and the source model see the raw windows.
     """
 
     def __init__(
@@ -101,6 +128,7 @@ class Engine:
         options: dict[str, Any] | None = None,
         limits: InputLimits | None = None,
         fallback: FallbackOptions | None = None,
+        inputs: InputOptions | None = None,
     ) -> None:
         if policy not in POLICY_TYPES:
             raise ValueError(f"unknown policy {policy!r}; choose one of {', '.join(POLICIES)}")
@@ -122,6 +150,7 @@ class Engine:
             raise ValueError(f"policy {policy!r}: bad option ({exc})") from None
         self.threshold = entropy_threshold(model.manifest)
         self.fallback = None if fallback is None or policy == "source" else Fallback(fallback)
+        self.inputs = None if inputs is None else input_alignment(model, inputs)
 
     def process(self, x: np.ndarray) -> Predictions:
         """Predict a batch [n, channels, length] of raw windows and adapt on the valid ones."""
@@ -130,23 +159,31 @@ class Engine:
         if x.ndim != 3 or x.shape[1:] != self.shape:
             c, length = self.shape
             raise ValueError(f"windows must have shape [n, {c}, {length}], got {list(x.shape)}")
-        valid = check_windows(x, self.limits).valid
+        # With input alignment the guard judges what the model will see: a gyroscope in degrees
+        # is out of the source range raw, and in range once its gain is learnt.
+        seen = x if self.inputs is None else self.inputs.apply(x)
+        checks = check_windows(seen, self.limits)
+        valid = checks.valid
         n_invalid = len(x) - int(np.count_nonzero(valid))
         update = self.policy.episode if self.episodic else self.policy.update
-        clean = x if n_invalid == 0 else sanitize(x, self.limits)
+        clean = seen if n_invalid == 0 else sanitize(seen, self.limits)
         if n_invalid == 0:
-            probs, entropy = update(x).softmax
+            probs, entropy = update(clean).softmax
         else:
             logits = np.empty((len(x), len(self.model.manifest.model.classes)), np.float32)
             if n_invalid < len(x):
-                logits[valid] = update(x[valid]).logits
+                logits[valid] = update(clean[valid]).logits
             logits[~valid] = self.policy.predict(clean[~valid]).logits
             probs, entropy = softmax_entropy(logits.astype(np.float64))
+        if self.inputs is not None:  # it learns from every sound window, in range or not yet
+            sound = ~(checks.nonfinite | checks.flat)
+            self.inputs.update(x[sound], probs[sound], entropy[sound])
         self.counters.windows += len(x)
         self.counters.rejected_invalid += n_invalid
         adapted = Scored(probs, likely_right(entropy, self.threshold), entropy)
-        if self.fallback is not None:
-            return self._serve(clean, valid, adapted)
+        if self.fallback is not None:  # the source model sees the raw windows
+            raw = x if n_invalid == 0 else sanitize(x, self.limits)
+            return self._serve(raw, valid, adapted)
         if self.policy_name == "source":
             return _predictions(valid, adapted, adapted, on_source=False)
         return _predictions(valid, adapted, Scored(None, np.full(len(x), np.nan), None), on_source=False)
@@ -187,6 +224,8 @@ class Engine:
         arrays = self.policy.state()
         if self.fallback is not None:
             arrays.update(prefixed(FALLBACK_STATE, self.fallback.state()))
+        if self.inputs is not None:
+            arrays.update(prefixed(INPUT_STATE, self.inputs.state()))
         return {k: np.array(v, copy=True) for k, v in arrays.items()}, meta
 
     def save_state(self, path: str | Path) -> None:
@@ -207,11 +246,13 @@ class Engine:
             )
         if meta.get("policy") != self.policy_name:
             raise StateError(f"{source} belongs to policy {meta.get('policy')!r}, not {self.policy_name!r}")
-        fallback = unprefixed(FALLBACK_STATE, arrays)
-        arrays = {k: v for k, v in arrays.items() if not k.startswith(f"{FALLBACK_STATE}/")}
+        fallback, inputs = unprefixed(FALLBACK_STATE, arrays), unprefixed(INPUT_STATE, arrays)
+        arrays = {k: v for k, v in arrays.items() if k.split("/")[0] not in (FALLBACK_STATE, INPUT_STATE)}
         try:
             if self.fallback is not None and fallback:
                 self.fallback.load_state(fallback)
+            if self.inputs is not None and inputs:  # a state from before alignment: it starts afresh
+                self.inputs.load_state(inputs)
             self.policy.load_state(arrays)
         except (KeyError, ValueError) as exc:
             raise StateError(f"{source} does not fit this policy and bundle: {exc}") from exc

@@ -18,6 +18,7 @@ from typing import Any, Literal, get_type_hints
 from pydantic import BaseModel, Field, ValidationInfo, create_model, field_validator, model_validator
 
 from edge_ttt.adapt.fallback import FallbackOptions
+from edge_ttt.adapt.input_alignment import InputOptions
 from edge_ttt.adapt.policies import DEFAULT_POLICY, POLICY_TYPES
 from edge_ttt.agent.checkpoints import StateSection
 from edge_ttt.agent.publisher import PredictionsSection
@@ -87,6 +88,26 @@ class FallbackSection(Section):
         return FallbackOptions(self.horizon, self.margin, self.min_windows) if self.enabled else None
 
 
+class InputSection(Section):
+    """`[model.input]`: input alignment ahead of the policy (`edge_ttt.adapt.input_alignment`);
+    the other keys are `InputOptions`' fields."""
+
+    enabled: bool = False  # off by default: docs/adaptation.md has where it helps and where it hurts
+    momentum: float = Field(InputOptions.momentum, gt=0.0, le=1.0, description="weight of one window")
+    warmup_windows: float = Field(InputOptions.warmup_windows, ge=0.0)
+    reliable_quantile: float = Field(InputOptions.reliable_quantile, gt=0.0, le=1.0)
+    prior_momentum: float = Field(InputOptions.prior_momentum, ge=0.0, lt=1.0)
+    dead_band: float = Field(
+        InputOptions.dead_band, ge=0.0, description="x the spread between source devices"
+    )
+
+    def options(self) -> InputOptions | None:
+        """What the engine takes: None when disabled."""
+        if not self.enabled:
+            return None
+        return InputOptions(**self.model_dump(exclude={"enabled"}))
+
+
 class ModelSection(Section):
     artifacts: ConfigPath = Field(
         description="artifact bundle directory, verified later by the bundle loader"
@@ -96,6 +117,7 @@ class ModelSection(Section):
     threads: int = Field(1, ge=1)
     options: dict[str, Any] = Field(default_factory=dict, description="keyword options of the policy")
     fallback: FallbackSection = Field(default_factory=FallbackSection)
+    input: InputSection = Field(default_factory=InputSection)
 
     @field_validator("policy")
     @classmethod

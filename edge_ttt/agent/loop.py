@@ -55,6 +55,7 @@ def _settings(cfg: AgentConfig) -> PipelineSettings:
         m.policy,
         m.options,
         m.fallback.options(),
+        m.input.options(),
         cfg.state.dir,
         cfg.windowing.reorder_frames,
         d.interval_s,

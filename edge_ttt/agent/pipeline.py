@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_ttt.adapt.engine import Engine, FallbackOptions, Predictions
+from edge_ttt.adapt.engine import Engine, FallbackOptions, InputOptions, Predictions
 from edge_ttt.adapt.ort_model import OrtModel
 from edge_ttt.agent.checkpoints import CheckpointWriter, restore, state_path
 from edge_ttt.drift.summary import DriftSummary, Reference, SummaryCollector
@@ -123,6 +123,7 @@ class PipelineSettings:
     policy: str
     options: dict
     fallback: FallbackOptions | None
+    inputs: InputOptions | None
     state_dir: Path
     reorder_frames: int
     drift_interval_s: float
@@ -223,7 +224,7 @@ class Pipelines(OrderedDict[tuple[str, str], Pipeline]):
 
     def _make(self, device: str, stream: str) -> Pipeline:
         s = self.settings
-        engine = Engine(self.model, policy=s.policy, options=s.options or None, fallback=s.fallback)
+        engine = Engine(self.model, s.policy, s.options or None, fallback=s.fallback, inputs=s.inputs)
         pending = self.writer.take(state_path(s.state_dir, device, stream))
         if restore(engine, s.state_dir, device, stream, pending):
             self.states_restored += 1

@@ -1,0 +1,213 @@
+"""Input alignment: undo a per-channel gain and offset before the model sees a window.
+
+Works for every architecture (batch, group or layer norm alike), because it changes the input,
+not the model. Each sensor channel is assumed to read `gain * true + offset`; the stage keeps
+momentum estimates of both and feeds the model `(x - offset) / gain`.
+
+Why these features, measured on the smartwatch data (docs/adaptation.md):
+- the gain comes from the lag-1 autocovariance within a window, not the variance: white noise
+  adds variance but no lag-1 covariance, so noise is not mistaken for a gain (with the variance,
+  the noise shift fell from 58.7 % to 23.8 % on cnn-gn);
+- both are compared with the source *class-conditional* references (stored in the manifest at
+  export), weighted by the predicted class probabilities: a long run of one activity then moves
+  the reference with it instead of the estimate (a class-free reference follows the activity).
+
+A window's pull is bounded (its autocovariance counts at most `MAX_STEP` times the estimate, its
+offset residual at most `RANGE_SIGMAS` source stds), so one broken reading cannot throw the
+estimates far, while a real unit error (x57.3) is still learnt within tens of windows.
+
+Protections: only confident windows (entropy below a source quantile) update, as in the default
+policy; and a dead band leaves a channel alone while its estimated shift is within the spread
+already seen between the source devices (stored at export): the model was trained across that
+spread, so undoing it gains nothing and, on the smartwatch data, cost up to 4.5 points on clean
+streams. Only the excess beyond the band is undone. Pure numpy.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from edge_ttt.adapt.statistics import ClassBalance
+
+Arrays = dict[str, np.ndarray]
+MAX_STEP = 100.0  # a window's autocovariance counts at most this many times the current estimate
+RANGE_SIGMAS = 50.0  # a window's offset residual counts at most this many source stds (x gain)
+
+
+@dataclass(frozen=True)
+class InputOptions:
+    """`momentum`: weight of one window once warm (a horizon of 1/momentum windows); the first
+    windows count as a running mean over `warmup_windows` more; `reliable_quantile`: update only on
+    windows below this source entropy quantile; `prior_momentum`: of class-balance weights that
+    count windows of a dominant pseudo-class less (0: off; on, it halved the gain on a sensor bias);
+    `dead_band`: a multiple of the spread between source devices left alone."""
+
+    momentum: float = 0.003
+    warmup_windows: float = 20.0
+    reliable_quantile: float = 0.5
+    prior_momentum: float = 0.0
+    dead_band: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.momentum <= 1.0:
+            raise ValueError(f"input alignment momentum must be in (0, 1], got {self.momentum}")
+        if self.warmup_windows < 0 or self.dead_band < 0:
+            raise ValueError("input alignment warmup_windows and dead_band must be >= 0")
+        if not 0.0 < self.reliable_quantile <= 1.0:
+            raise ValueError(
+                f"input alignment reliable_quantile must be in (0, 1], not {self.reliable_quantile:g}"
+            )
+        if not 0.0 <= self.prior_momentum < 1.0:
+            raise ValueError(f"input alignment prior_momentum must be in [0, 1), got {self.prior_momentum}")
+
+
+def window_features(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per window and channel: the mean, and the lag-1 autocovariance about that mean.
+
+    >>> m, ac = window_features(np.array([[[1.0, 3.0, 1.0, 3.0]]]))
+    >>> float(m[0, 0]), float(ac[0, 0])
+    (2.0, -1.0)
+    """
+    x = np.asarray(x, np.float64)
+    mean = x.mean(axis=2)
+    centred = x - mean[:, :, None]
+    return mean, (centred[:, :, 1:] * centred[:, :, :-1]).mean(axis=2)
+
+
+def class_references(x: np.ndarray, labels: np.ndarray, classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """The source references, [classes, channels] each: the mean of `window_features` over each
+    class's windows (a class without windows gets the overall mean). Export stores them."""
+    mean, autocov = window_features(np.nan_to_num(x))
+    labels = np.asarray(labels)
+    pick = [labels == c if np.any(labels == c) else np.ones(len(labels), bool) for c in range(classes)]
+    return np.stack([mean[p].mean(axis=0) for p in pick]), np.stack([autocov[p].mean(axis=0) for p in pick])
+
+
+def device_spread(
+    x: np.ndarray, labels: np.ndarray, devices: np.ndarray, references: tuple[np.ndarray, np.ndarray]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per channel, the largest |offset| and |log gain| of one device's windows against the class
+    references (each device's class means and autocovariances over the classes it has): how far
+    apart the devices the model was trained on already are.
+
+    >>> x = np.zeros((4, 1, 8)); x[2:] += 0.5
+    >>> refs = class_references(x, np.zeros(4, int), 1)
+    >>> [v.tolist() for v in device_spread(x, np.zeros(4, int), np.array([0, 0, 1, 1]), refs)]
+    [[0.25], [0.0]]
+    """
+    mean, autocov = window_features(np.nan_to_num(x))
+    ref_mean, ref_autocov = references
+    offsets, log_gains = [np.zeros(mean.shape[1])], [np.zeros(mean.shape[1])]
+    for device in np.unique(devices):
+        mine = devices == device
+        present = [c for c in range(len(ref_mean)) if np.any(mine & (labels == c))]
+        own = [
+            (mean[mine & (labels == c)].mean(axis=0), autocov[mine & (labels == c)].mean(axis=0))
+            for c in present
+        ]
+        offsets.append(np.mean([m - ref_mean[c] for (m, _), c in zip(own, present, strict=True)], axis=0))
+        seen, expected = np.mean([a for _, a in own], axis=0), np.mean(ref_autocov[present], axis=0)
+        ok = (seen > 0) & (expected > 0)  # no positive autocovariance: no gain to measure
+        log_gains.append(0.5 * np.log(np.where(ok, seen, 1.0) / np.where(ok, expected, 1.0)))
+    return np.abs(offsets).max(axis=0), np.abs(log_gains).max(axis=0)
+
+
+def _shrink(value: np.ndarray, band: np.ndarray | float) -> np.ndarray:
+    """Soft threshold: 0 inside the band, the excess beyond it outside (continuous in value)."""
+    return np.sign(value) * np.maximum(np.abs(value) - band, 0.0)
+
+
+class InputAlignment:
+    """The per-channel gain and offset estimates of one device stream; `apply`, then `update`.
+
+    A source window `s` (one class, one channel) seen through gain 2 and offset 5 is undone:
+
+    >>> s = np.array([[[1.0, 2.0, 3.0, 4.0]]])
+    >>> bare = InputOptions(momentum=1.0, warmup_windows=0.0, reliable_quantile=1.0)
+    >>> stage = InputAlignment(bare, window_features(s), channel_std=np.ones(1))
+    >>> stage.update(2 * s + 5, probs=np.ones((1, 1)), entropy=np.zeros(1))
+    >>> stage.apply(2 * s + 5).round(6).tolist()
+    [[[1.0, 2.0, 3.0, 4.0]]]
+    """
+
+    def __init__(
+        self,
+        options: InputOptions,
+        references: tuple[np.ndarray, np.ndarray],
+        channel_std: np.ndarray,
+        spread: tuple[np.ndarray, np.ndarray] | None = None,
+        reliable_entropy: float = np.inf,
+    ) -> None:
+        self.options = options
+        self.ref_mean, self.ref_autocov = (np.asarray(r, np.float64) for r in references)
+        self.std = np.asarray(channel_std, np.float64)
+        offset_spread, log_gain_spread = spread or (np.zeros(len(self.std)), np.zeros(len(self.std)))
+        self.offset_band = options.dead_band * np.asarray(offset_spread, np.float64)
+        self.gain_band = options.dead_band * np.asarray(log_gain_spread, np.float64)
+        self.reliable_entropy = reliable_entropy
+        self.reset()
+
+    def reset(self) -> None:
+        """Back to no correction, with the source's class-averaged autocovariance as the start."""
+        start = self.ref_autocov.mean(axis=0)
+        self.offset = np.zeros(self.ref_mean.shape[1])
+        self.autocov = start.copy()  # momentum mean of what the stream shows
+        self.expected = start.copy()  # the same of what the source shows for the predicted classes
+        self.windows = 0
+        self.balance = ClassBalance(len(self.ref_mean), self.options.prior_momentum)
+
+    @property
+    def log_gain(self) -> np.ndarray:
+        """The estimated log gain per channel (0: none); a non-positive autocovariance gives 0."""
+        ok = (self.autocov > 0) & (self.expected > 0)
+        ratio = np.where(ok, self.autocov, 1.0) / np.where(ok, self.expected, 1.0)
+        return 0.5 * np.log(ratio)
+
+    def correction(self) -> tuple[np.ndarray, np.ndarray]:
+        """(offset, gain) applied now: the estimates beyond their dead bands."""
+        return _shrink(self.offset, self.offset_band), np.exp(_shrink(self.log_gain, self.gain_band))
+
+    def apply(self, x: np.ndarray) -> np.ndarray:
+        """The windows [n, channels, length] with the correction undone, float32."""
+        offset, gain = self.correction()
+        return ((np.asarray(x, np.float64) - offset[None, :, None]) / gain[None, :, None]).astype(np.float32)
+
+    def update(self, x: np.ndarray, probs: np.ndarray, entropy: np.ndarray) -> None:
+        """Learn from raw windows and the model's predictions on their corrected copies."""
+        o = self.options
+        keep = np.asarray(entropy) < self.reliable_entropy
+        if not keep.any():
+            return
+        mean, autocov = window_features(np.asarray(x)[keep])
+        probs = np.asarray(probs, np.float64)[keep]
+        ref_mean, ref_autocov = probs @ self.ref_mean, probs @ self.ref_autocov
+        weights = self.balance.weights(probs.argmax(axis=1)) if o.prior_momentum > 0 else np.ones(len(probs))
+        for i, w in enumerate(weights):
+            self.windows += 1
+            a = w * max(o.momentum, 1.0 / (self.windows + o.warmup_windows))
+            cap = MAX_STEP * np.maximum(self.autocov, self.expected)
+            self.autocov += a * (np.minimum(autocov[i], cap) - self.autocov)
+            self.expected += a * (ref_autocov[i] - self.expected)
+            gain = np.exp(self.log_gain)
+            reach = RANGE_SIGMAS * self.std * gain
+            self.offset += a * np.clip(mean[i] - gain * ref_mean[i] - self.offset, -reach, reach)
+        if o.prior_momentum > 0:
+            self.balance.observe(probs.argmax(axis=1))
+
+    def state(self) -> Arrays:
+        return {
+            "offset": self.offset.copy(),
+            "autocov": self.autocov.copy(),
+            "expected": self.expected.copy(),
+            "windows": np.asarray(self.windows),
+            "prior": self.balance.share.copy(),
+        }
+
+    def load_state(self, flat: Arrays) -> None:
+        self.offset = np.asarray(flat["offset"], np.float64).copy()
+        self.autocov = np.asarray(flat["autocov"], np.float64).copy()
+        self.expected = np.asarray(flat["expected"], np.float64).copy()
+        self.windows = int(flat["windows"])
+        self.balance.share = np.asarray(flat["prior"], np.float64).copy()

@@ -1,0 +1,238 @@
+"""Input alignment: the per-channel gain and offset estimates on streams of known shift, its
+protections, its state, and the engine, config, replay and manifest around it."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edge_ttt.adapt.engine import Engine, InputOptions
+from edge_ttt.adapt.input_alignment import InputAlignment, class_references, window_features
+from edge_ttt.adapt.ort_model import OrtModel
+from edge_ttt.agent.config import load_config
+from edge_ttt.artifacts import load_bundle
+from edge_ttt.manifest import Manifest
+from tests.agent_config_factory import BASE, problems, write
+from tests.model_factory import CLASSES, LENGTH, windows
+
+BARE = InputOptions(momentum=0.02, warmup_windows=0.0)  # no spread given: no dead band
+
+
+def smooth_windows(
+    n: int, channels: int = 3, length: int = 64, seed: int = 0, at_zero: bool = False
+) -> np.ndarray:
+    """Windows of a slow random walk around per-channel levels: lag-1 autocovariance near the
+    variance, as sensor motion at 50 Hz has."""
+    rng = np.random.default_rng(seed)
+    steps = rng.standard_normal((n, channels, length)) * 0.3
+    walk = np.cumsum(steps, axis=2)
+    levels = np.zeros(channels) if at_zero else np.linspace(-2.0, 1.0, channels)
+    return walk - walk.mean(axis=2, keepdims=True) + levels[None, :, None]
+
+
+def stage_for(source: np.ndarray, options: InputOptions = BARE, spread=None) -> InputAlignment:
+    refs = class_references(source, np.zeros(len(source), int), 1)
+    return InputAlignment(options, refs, channel_std=source.std(axis=(0, 2)), spread=spread)
+
+
+def feed(stage: InputAlignment, x: np.ndarray) -> None:
+    for i in range(len(x)):  # one window at a time, as a device sees them
+        stage.update(x[i : i + 1], np.ones((1, 1)), np.zeros(1))
+
+
+def test_features_are_the_window_mean_and_lag_one_autocovariance():
+    x = np.random.default_rng(0).standard_normal((5, 2, 32))
+    mean, autocov = window_features(x)
+    c = x - x.mean(axis=2, keepdims=True)
+    assert np.allclose(mean, x.mean(axis=2))
+    assert np.allclose(autocov, np.einsum("ncl,ncl->nc", c[:, :, 1:], c[:, :, :-1]) / 31)
+
+
+def test_class_references_average_per_class_and_fill_an_absent_class_with_the_overall_mean():
+    x = np.zeros((4, 1, 8))
+    x[2:] += 3.0
+    mean, _ = class_references(x, np.array([0, 0, 1, 1]), classes=3)
+    assert mean[:, 0].tolist() == [0.0, 3.0, 1.5]
+
+
+def test_a_known_gain_and_offset_per_channel_are_learnt_and_undone():
+    source = smooth_windows(400, seed=1)
+    gain, offset = np.array([2.0, 0.5, 57.3]), np.array([3.0, -1.0, 0.0])
+    stream = smooth_windows(400, seed=2) * gain[None, :, None] + offset[None, :, None]
+    stage = stage_for(source)
+    feed(stage, stream)
+    assert np.allclose(np.exp(stage.log_gain), gain, rtol=0.15)
+    # the offset is what the stream's mean shows beyond the learnt gain, so an error in the gain
+    # shows in it in proportion to the channel's level
+    levels = np.abs(source.mean(axis=(0, 2)))
+    assert np.allclose(stage.offset, offset, atol=0.2 * gain * (1 + levels))
+    aligned = stage.apply(stream)
+    assert np.allclose(aligned.mean(axis=(0, 2)), source.mean(axis=(0, 2)), atol=0.2)
+    assert np.allclose(aligned.std(axis=(0, 2)), source.std(axis=(0, 2)), rtol=0.15)
+
+
+def test_white_noise_is_not_mistaken_for_a_gain():
+    source = smooth_windows(300, seed=1)
+    noisy = smooth_windows(300, seed=3) + np.random.default_rng(4).standard_normal((300, 3, 64))
+    stage = stage_for(source)
+    feed(stage, noisy)
+    assert np.all(np.abs(stage.log_gain) < 0.15), stage.log_gain  # the variance rose ~2x: log 0.35+
+
+
+def test_shifts_inside_the_dead_band_are_left_alone_and_only_the_excess_is_undone():
+    source = smooth_windows(300, seed=1, at_zero=True)
+    options = InputOptions(momentum=0.02, warmup_windows=0.0, dead_band=2.0)
+    spread = (
+        0.05 * source.std(axis=(0, 2)),
+        np.full(3, 0.05),
+    )  # as if the source devices were this far apart
+    stage = stage_for(source, options, spread)
+    shifted = smooth_windows(300, seed=2, at_zero=True) * 1.03 + 0.05 * source.std(axis=(0, 2))[None, :, None]
+    feed(stage, shifted)
+    offset, gain = stage.correction()
+    assert np.all(offset == 0.0) and np.all(gain == 1.0)
+    stage.reset()
+    feed(stage, smooth_windows(300, seed=2, at_zero=True) * 2.0)
+    _, gain = stage.correction()
+    assert np.allclose(np.log(gain), stage.log_gain - 2.0 * 0.05)
+
+
+def test_one_broken_reading_moves_the_estimates_only_a_bounded_step():
+    source = smooth_windows(200, seed=1)
+    stage = stage_for(source, InputOptions(momentum=0.01, warmup_windows=0.0))
+    feed(stage, smooth_windows(200, seed=2))
+    before_gain, before_offset = stage.log_gain.copy(), stage.offset.copy()
+    spike = smooth_windows(1, seed=5)
+    spike[0, :, ::2] = 1e6
+    feed(stage, spike)
+    assert np.all(stage.log_gain - before_gain < 0.5 * math.log(1 + 0.01 * 100))
+    assert np.all(np.abs(stage.offset - before_offset) <= 0.01 * 50 * source.std(axis=(0, 2)) * 1.2)
+
+
+def test_unreliable_windows_teach_nothing():
+    source = smooth_windows(50, seed=1)
+    refs = class_references(source, np.zeros(50, int), 1)
+    stage = InputAlignment(BARE, refs, np.ones(3), reliable_entropy=0.5)
+    before = stage.state()
+    stage.update(source[:10] * 3.0, np.ones((10, 1)), np.full(10, 0.9))
+    assert all(np.array_equal(before[k], v) for k, v in stage.state().items())
+
+
+def test_state_round_trip_restores_the_correction_bit_for_bit():
+    source = smooth_windows(100, seed=1)
+    stage = stage_for(source, InputOptions())
+    feed(stage, smooth_windows(100, seed=2) * 3.0 + 1.0)
+    saved = stage.state()
+    other = stage_for(source, InputOptions())
+    other.load_state(saved)
+    x = smooth_windows(3, seed=9)
+    assert np.array_equal(other.apply(x), stage.apply(x))
+    feed(stage, x)
+    feed(other, x)
+    assert all(np.array_equal(other.state()[k], v) for k, v in stage.state().items())
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"momentum": 0.0},
+        {"reliable_quantile": 1.5},
+        {"prior_momentum": 1.0},
+        {"dead_band": -0.1},
+    ],
+)
+def test_options_refuse_values_out_of_range(bad: dict):
+    with pytest.raises(ValueError, match="input alignment"):
+        InputOptions(**bad)
+
+
+def smooth_bundle(bundle_dir: Path, out: Path) -> Path:
+    """The test bundle with class references of smooth windows (its own come from white noise,
+    whose lag-1 autocovariance is about 0 and shows no gain)."""
+    copy = shutil.copytree(bundle_dir, out)
+    doc = json.loads((copy / "manifest.json").read_text())
+    mean, autocov = class_references(smooth_windows(200, 6, LENGTH), np.zeros(200, int), 1)
+    doc["reference"]["class_channels"] = {
+        "mean": [mean[0].tolist()] * CLASSES,
+        "autocov": [autocov[0].tolist()] * CLASSES,
+        "offset_spread": [0.0] * 6,
+        "log_gain_spread": [0.0] * 6,
+    }
+    (copy / "manifest.json").write_text(json.dumps(doc))
+    return copy
+
+
+def test_engine_learns_a_unit_error_that_the_guard_refuses_raw(bundle_dir: Path, tmp_path: Path):
+    """Channel 5 scaled 400x is beyond the 50-std range raw: without alignment every window is
+    refused; with it the refusals stop once the gain is learnt, and the state keeps it."""
+    bundle = load_bundle(smooth_bundle(bundle_dir, tmp_path / "smooth"))
+    x = smooth_windows(300, 6, LENGTH, seed=3).astype(np.float32)
+    x[:, 5] *= 400.0
+    plain = Engine(OrtModel(bundle), "source")
+    plain.process(x)
+    assert plain.counters.rejected_invalid == 300
+    options = InputOptions(reliable_quantile=1.0)  # random weights: no entropy filter
+    aligned = Engine(OrtModel(bundle), "source", inputs=options)
+    for i in range(0, 300, 10):
+        aligned.process(x[i : i + 10])
+    late = aligned.process(x[-50:])
+    assert late.valid.all()
+    assert aligned.inputs is not None and math.exp(aligned.inputs.log_gain[5]) > 200
+    arrays, meta = aligned.snapshot()
+    assert {"input/offset", "input/autocov", "input/expected"} <= set(arrays)
+    restored = Engine(OrtModel(bundle), "source", inputs=options)
+    restored.restore_snapshot(arrays, meta)
+    assert np.array_equal(restored.process(x[:4]).classes, aligned.process(x[:4]).classes)
+
+
+def test_the_guard_still_refuses_nan_and_flat_windows_with_alignment(bundle_dir: Path):
+    engine = Engine(OrtModel(load_bundle(bundle_dir)), "steady", inputs=InputOptions())
+    x = windows(3, seed=4)
+    x[0, 1, 5] = np.nan
+    x[1, 2] = 0.25
+    before = engine.inputs.state()
+    out = engine.process(x)
+    assert out.valid.tolist() == [False, False, True]
+    assert engine.inputs.state()["windows"] == before["windows"] + (
+        out.entropy[2] < engine.inputs.reliable_entropy
+    )
+
+
+def test_a_bundle_without_class_references_is_refused_with_the_fix(bundle_dir: Path, tmp_path: Path):
+    old = shutil.copytree(bundle_dir, tmp_path / "old")
+    doc = json.loads((old / "manifest.json").read_text())
+    del doc["reference"]["class_channels"]
+    (old / "manifest.json").write_text(json.dumps(doc))
+    model = OrtModel(load_bundle(old))
+    Engine(model, "steady")  # without alignment it still runs
+    with pytest.raises(ValueError, match=r"no reference.class_channels .* re-export it"):
+        Engine(model, "steady", inputs=InputOptions())
+
+
+def test_manifest_refuses_class_references_of_the_wrong_shape(bundle_dir: Path):
+    doc = json.loads((bundle_dir / "manifest.json").read_text())
+    spread = Manifest.model_validate(doc).reference.class_channels
+    assert len(spread.offset_spread) == len(spread.log_gain_spread) == 6  # export wrote them
+    doc["reference"]["class_channels"]["mean"] = doc["reference"]["class_channels"]["mean"][:-1]
+    with pytest.raises(ValueError, match=r"class_channels needs \[classes\]\[channels\]"):
+        Manifest.model_validate(doc)
+
+
+def test_config_turns_alignment_on_with_its_options_and_names_a_bad_key(tmp_path: Path):
+    off = load_config(write(tmp_path, BASE), check_files=False)
+    assert off.model.input.options() is None
+    on = load_config(
+        write(tmp_path, BASE + "[model.input]\nenabled = true\nmomentum = 0.01\n"), check_files=False
+    )
+    assert on.model.input.options() == InputOptions(momentum=0.01)
+    message = problems(
+        write(tmp_path, BASE + "[model.input]\nenabled = true\nmomentun = 0.01\n"), check_files=False
+    )
+    assert "momentun" in message and "momentum" in message
+    message = problems(write(tmp_path, BASE + "[model.input]\nmomentum = 0\n"), check_files=False)
+    assert "model.input.momentum" in message and "greater than 0" in message
