@@ -139,6 +139,15 @@ class ClassChannels(_Strict):
     log_gain_spread: list[float]
 
 
+class MountingReference(_Strict):
+    """The source postures for the mounting search (`edge_ttt.adapt.mounting`)."""
+
+    triad: list[int] = Field(min_length=3, max_length=3, description="channel indices of the gravity triad")
+    postures: list[list[float]] = Field(min_length=1, description="per (device, class): the triad's mean")
+    classes: list[int] = Field(description="the class of each posture")
+    posture_level: float = Field(ge=0.0)
+
+
 class Reference(_Strict):
     channels: list[ChannelReference]
     entropy: EntropyQuantiles
@@ -150,6 +159,9 @@ class Reference(_Strict):
     )
     class_channels: ClassChannels | None = Field(
         None, description="input alignment's references; absent: exported before it, no alignment"
+    )
+    mounting: MountingReference | None = Field(
+        None, description="absent: no x/y/z triads, one source device, or exported before it"
     )
 
 
@@ -186,6 +198,16 @@ class Manifest(_Strict):
             for rows in (per_class.mean, per_class.autocov)
         ):
             raise ValueError("reference.class_channels needs [classes][channels] values for mean and autocov")
+        mount = self.reference.mounting
+        if mount is not None and (
+            not all(0 <= i < n for i in mount.triad)
+            or any(len(p) != 3 for p in mount.postures)
+            or len(mount.classes) != len(mount.postures)
+            or not all(0 <= c < len(self.model.classes) for c in mount.classes)
+        ):
+            raise ValueError(
+                "reference.mounting needs three channel indices, and postures of three values, a class each"
+            )
         if per_class is not None and not len(per_class.offset_spread) == len(per_class.log_gain_spread) == n:
             raise ValueError(
                 "reference.class_channels needs one offset_spread and log_gain_spread per channel"

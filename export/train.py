@@ -17,7 +17,8 @@ import torch
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from torch import nn
 
-from edge_ttt.adapt.transforms import TRANSFORMS, transform_each, transformed_copies
+from edge_ttt.adapt.mounting import posture_reference
+from edge_ttt.adapt.transforms import TRANSFORMS, transform_each, transformed_copies, triads
 from edge_ttt.recordlog import RecordedLog, read_log
 from edge_ttt.stream.window import WindowBatch, windows_from_log
 from export.checkpoint import SourceModel, save_checkpoint
@@ -224,6 +225,7 @@ def train(log_path: Path, out: Path, cfg: TrainConfig, show_progress: bool = Tru
             "class_channels": class_channels(
                 x_train, split.train.label, len(src.class_names), split.train_ids
             ),
+            "mounting": posture_reference(x_train, split.train.label, split.train_ids, triads(src.channels)),
         },
         norm_source=norm_source_moments(model, x_val),
         report={

@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from edge_ttt.adapt.mounting import posture_reference
+from edge_ttt.adapt.transforms import triads
 from export.checkpoint import SourceModel
 from export.models import build_model
 from export.norms import norm_layers
@@ -54,6 +56,7 @@ def source_model(name: str) -> SourceModel:
             "val_windows": len(x),
             "val_accuracy": 0.5,
             "class_channels": class_channels(x, logits.argmax(axis=1), CLASSES, np.arange(len(x)) % 2),
+            "mounting": posture_reference(x, logits.argmax(axis=1), np.arange(len(x)) % 2, triads(CHANNELS)),
         },
         norm_source=norm_source_moments(model, x),
         report={},

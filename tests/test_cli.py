@@ -62,6 +62,29 @@ def test_train_export_replay(trained: Path, synthetic_log_path: Path, tmp_path: 
     assert 0.0 <= summary["accuracy"] <= 1.0
 
 
+def test_replay_with_input_alignment_learns_a_unit_error(trained: Path, tmp_path: Path):
+    """A gyroscope channel in the wrong unit (x100) is out of the source range: every window is
+    refused raw, while input alignment learns the gain and lets most of them through."""
+    import dataclasses
+
+    from edge_ttt.recordlog import write_log
+    from tests.conftest import synthetic_log
+
+    log = synthetic_log()
+    values = log.values.copy()
+    values[:, 4] *= 100.0
+    write_log(tmp_path / "unit.parquet", dataclasses.replace(log, values=values))
+    assert invoke("export", "--checkpoint", trained, "--out", tmp_path / "art").exit_code == 0
+    args = ("replay", "--artifacts", tmp_path / "art", "--log", tmp_path / "unit.parquet", "--json")
+    raw = json.loads(invoke(*args).output)
+    result = invoke(*args, "--input-alignment")
+    assert result.exit_code == 0, result.output
+    aligned = json.loads(result.output)
+    assert set(aligned) >= REPLAY_KEYS
+    assert raw["rejected_invalid"] == raw["windows"]
+    assert aligned["rejected_invalid"] < 0.5 * aligned["windows"]
+
+
 def test_training_is_reproducible_with_a_seed(trained: Path, synthetic_log_path: Path, tmp_path: Path):
     import torch
 

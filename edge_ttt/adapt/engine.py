@@ -21,11 +21,13 @@ from edge_ttt.adapt.fallback import Fallback, FallbackOptions
 from edge_ttt.adapt.flat import prefixed, unprefixed
 from edge_ttt.adapt.guard import InputLimits, check_windows, sanitize
 from edge_ttt.adapt.input_alignment import InputAlignment, InputOptions
+from edge_ttt.adapt.mounting import Mounting, MountOptions
 from edge_ttt.adapt.ort_model import OrtModel
 from edge_ttt.adapt.policies import DEFAULT_POLICY, POLICY_TYPES, Policy, create
 from edge_ttt.adapt.report import Report
 from edge_ttt.adapt.snapshot import StateError, load_state, save_state
 from edge_ttt.adapt.softmax import softmax_entropy
+from edge_ttt.adapt.transforms import triads
 
 POLICIES = tuple(POLICY_TYPES)
 FALLBACK_STATE = "fallback"  # the prefix of the fallback's arrays in a state file
@@ -102,7 +104,21 @@ def input_alignment(model: OrtModel, options: InputOptions) -> InputAlignment:
     )
     std = np.sqrt([c.var for c in manifest.reference.channels])
     spread = (np.array(refs.offset_spread), np.array(refs.log_gain_spread))
-    return InputAlignment(options, (np.array(refs.mean), np.array(refs.autocov)), std, spread, reliable)
+    mount = manifest.reference.mounting
+    mounting = None
+    if options.mounting and mount is not None:  # without the postures: no mounting search
+        groups = triads(manifest.model.channels)
+        mounting = Mounting(
+            MountOptions(),
+            np.array(mount.postures),
+            mount.classes,
+            mount.posture_level,
+            tuple(mount.triad),
+            groups,
+        )
+    return InputAlignment(
+        options, (np.array(refs.mean), np.array(refs.autocov)), std, spread, reliable, mounting
+    )
 
 
 class Engine:

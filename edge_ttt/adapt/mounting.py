@@ -1,0 +1,209 @@
+"""Mounting: which quarter-turn orientation a device sits in, told from gravity, and undone.
+
+A device mounted turned by 90° or 180° about an axis (or upside down) reports every x/y/z triad
+with its axes swapped and negated; no per-channel correction can undo that, and on the smartwatch
+data the source model falls to 17-28 %. The 24 proper rotations that map axes onto axes are
+few enough to try all of them on every window.
+
+The evidence is gravity. At export, the accelerometer's mean over each (source device, class)
+is kept: the postures the model was trained on. On the device, every window's accelerometer
+mean is turned by each candidate rotation and scored by its squared distance to the nearest
+source posture (a momentum mean per candidate). The device's orientation moves only when both
+hold: the current one is implausible (its score is above `posture_level`, the median distance of
+one source device to the other devices' postures) and another one is plausible (below it) and
+fits several times better, and it does so across the postures of at least `min_classes` classes
+(an effective number, from a momentum mean of which class's posture each window lands nearest
+under it). So a shift that no rotation explains (a bias, a gain, a drifting offset, an arbitrary
+small rotation) changes nothing, and one activity in a posture the source never had is not
+enough, even where a quarter turn of it happens to look like a source posture.
+
+Pure numpy. Every triad of the window is turned by the same rotation: a device is one rigid body.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+
+import numpy as np
+
+Arrays = dict[str, np.ndarray]
+
+
+def quarter_turns() -> np.ndarray:
+    """The 24 rotations that map axes onto axes (signed permutations, determinant +1),
+    [24, 3, 3], the identity first.
+
+    >>> turns = quarter_turns()
+    >>> turns.shape, bool((turns[0] == np.eye(3)).all())
+    ((24, 3, 3), True)
+    """
+    found = []
+    for perm in itertools.permutations(range(3)):
+        for signs in itertools.product((1.0, -1.0), repeat=3):
+            m = np.zeros((3, 3))
+            m[np.arange(3), perm] = signs
+            if np.linalg.det(m) > 0:
+                found.append(m)
+    found.sort(key=lambda m: -np.trace(m))  # the identity (trace 3) first
+    return np.stack(found)
+
+
+TURNS = quarter_turns()
+
+
+def nearest(vectors: np.ndarray, postures: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For each vector [n, 3]: the squared distance to its nearest posture [p, 3], and its index."""
+    d = ((vectors[:, None, :] - postures[None, :, :]) ** 2).sum(axis=2)
+    index = d.argmin(axis=1)
+    return d[np.arange(len(vectors)), index], index
+
+
+def gravity_triad(postures: np.ndarray, groups: list[tuple[int, int, int]]) -> tuple[int, int, int]:
+    """The triad whose postures are furthest from zero on average: the one that feels gravity."""
+    return max(groups, key=lambda g: float(np.linalg.norm(postures[:, list(g)], axis=1).mean()))
+
+
+def posture_reference(
+    x: np.ndarray, labels: np.ndarray, devices: np.ndarray, groups: list[tuple[int, int, int]]
+) -> dict | None:
+    """What export stores (`reference.mounting`): the gravity triad, its mean per (device,
+    class) of the training windows with the class of each, and `posture_level`, the median over
+    devices of the mean squared distance of a device's windows to the other devices' postures.
+    None without triads or with fewer than two devices (no level to measure)."""
+    if not groups or len(np.unique(devices)) < 2:
+        return None
+    means = np.nan_to_num(x).mean(axis=2)
+    keys = [
+        (d, c)
+        for d in np.unique(devices)
+        for c in np.unique(labels)
+        if np.any((devices == d) & (labels == c))
+    ]
+    full = np.array([means[(devices == d) & (labels == c)].mean(axis=0) for d, c in keys])
+    triad = gravity_triad(full, groups)
+    postures = full[:, list(triad)]
+    owners = np.array([d for d, _ in keys])
+    levels = [
+        float(nearest(means[devices == d][:, list(triad)], postures[owners != d])[0].mean())
+        for d in np.unique(devices)
+    ]
+    return {
+        "triad": list(triad),
+        "postures": postures.tolist(),
+        "classes": [int(c) for _, c in keys],
+        "posture_level": float(np.median(levels)),
+    }
+
+
+@dataclass(frozen=True)
+class MountOptions:
+    """`momentum`: weight of one window in each candidate's score; `min_windows` before any
+    change; `ratio`: how much better (score times) a candidate must fit than the current one;
+    `min_classes`: over how many classes' postures (effective number) it must fit."""
+
+    momentum: float = 0.005
+    min_windows: int = 100
+    ratio: float = 0.25
+    min_classes: float = 1.5
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.momentum <= 1.0 or self.min_windows < 1 or not 0.0 < self.ratio < 1.0:
+            raise ValueError(
+                "mounting needs 0 < momentum <= 1, min_windows >= 1 and 0 < ratio < 1, got "
+                f"{self.momentum}, {self.min_windows}, {self.ratio}"
+            )
+        if self.min_classes < 1.0:
+            raise ValueError(f"mounting needs min_classes >= 1, got {self.min_classes}")
+
+
+class Mounting:
+    """One device's orientation among `TURNS`; `apply`, then `update`.
+
+    Two classes' postures; a device upside down shows both, turned:
+
+    >>> postures, classes = np.array([[0.0, 1.0, 0.0], [0.0, 0.7, 0.7]]), [0, 1]
+    >>> options = MountOptions(momentum=0.2, min_windows=2)
+    >>> m = Mounting(options, postures, classes, 0.01, (0, 1, 2), [(0, 1, 2)])
+    >>> seen = [np.tile(np.array(g)[None, :, None], (1, 1, 4)) for g in ([0.0, -1.0, 0.0], [0.0, -0.7, -0.7])]
+    >>> for _ in range(10):
+    ...     for x in seen:
+    ...         m.update(x)
+    >>> m.apply(seen[1])[0, :, 0].tolist()
+    [0.0, 0.7, 0.7]
+    """
+
+    def __init__(
+        self,
+        options: MountOptions,
+        postures: np.ndarray,
+        classes: list[int],
+        posture_level: float,
+        triad: tuple[int, int, int],
+        groups: list[tuple[int, int, int]],
+    ) -> None:
+        self.options = options
+        self.postures = np.asarray(postures, np.float64)
+        self.classes = np.asarray(classes, np.int64)
+        self.level = float(posture_level)
+        self.triad = list(triad)
+        self.groups = [list(g) for g in groups]
+        self.reset()
+
+    def reset(self) -> None:
+        self.score = np.zeros(len(TURNS))
+        self.mix = np.zeros((len(TURNS), int(self.classes.max()) + 1))  # nearest posture's class
+        self.windows = 0
+        self.turn = 0  # index into TURNS; 0: as mounted at the factory
+        self.switches = 0
+
+    def apply(self, x: np.ndarray) -> np.ndarray:
+        """The windows [n, channels, length] turned back; the same array when no turn is set."""
+        if self.turn == 0:
+            return x
+        out = np.array(x, copy=True)
+        rotation = TURNS[self.turn]
+        for g in self.groups:
+            out[:, g] = np.einsum("ij,njl->nil", rotation, x[:, g])
+        return out
+
+    def update(self, x: np.ndarray) -> None:
+        """Score every candidate on the raw windows' gravity, and maybe change the orientation."""
+        o = self.options
+        gravity = np.asarray(x, np.float64)[:, self.triad].mean(axis=2)  # [n, 3]
+        for g in gravity:
+            if not np.all(np.isfinite(g)):
+                continue
+            distance, index = nearest(TURNS @ g, self.postures)  # the window under every candidate
+            self.score += o.momentum * (distance - self.score)
+            self.mix *= 1.0 - o.momentum
+            self.mix[np.arange(len(TURNS)), self.classes[index]] += o.momentum
+            self.windows += 1
+        if self.windows < o.min_windows:
+            return
+        best = int(np.argmin(self.score))
+        current = self.score[self.turn]
+        share = self.mix[best] / self.mix[best].sum()
+        if (
+            current > self.level
+            and self.score[best] < min(self.level, o.ratio * current)
+            and 1.0 / float((share**2).sum()) >= o.min_classes
+        ):
+            self.turn = best
+            self.switches += 1
+
+    def state(self) -> Arrays:
+        return {
+            "score": self.score.copy(),
+            "mix": self.mix.copy(),
+            "windows": np.asarray(self.windows),
+            "turn": np.asarray(self.turn),
+            "switches": np.asarray(self.switches),
+        }
+
+    def load_state(self, flat: Arrays) -> None:
+        self.score = np.asarray(flat["score"], np.float64).copy()
+        self.mix = np.asarray(flat["mix"], np.float64).copy()
+        self.windows = int(flat["windows"])
+        self.turn = int(flat["turn"])
+        self.switches = int(flat["switches"])

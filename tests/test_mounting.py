@@ -1,0 +1,140 @@
+"""The mounting search: every quarter turn is found and undone from gravity alone, and shifts that
+no quarter turn explains, or one unusual activity, change nothing."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from edge_ttt.adapt.input_alignment import InputAlignment, InputOptions, class_references
+from edge_ttt.adapt.mounting import TURNS, Mounting, MountOptions, posture_reference
+from firmware_sim.deployment_shifts import MOUNTINGS
+
+GROUPS = [(0, 1, 2), (3, 4, 5)]
+LENGTH = 32
+
+
+def stream(n: int, seed: int = 0, devices: int = 4) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Windows of a wrist-worn device: per (device, class) a posture of the accelerometer
+    (gravity, 1 g, in one of 4 directions by class, tilted per device), motion on top of it, and a
+    zero-mean gyroscope. Returns (windows, labels, devices)."""
+    rng = np.random.default_rng(seed)
+    directions = np.array([[0.0, 1.0, 0.0], [0.0, 0.0, -1.0], [0.6, 0.0, -0.8], [-0.6, 0.8, 0.0]])
+    labels = rng.integers(0, len(directions), n)
+    owners = rng.integers(0, devices, n)
+    tilt = rng.normal(0.0, 0.08, (devices, 3))
+    gravity = directions[labels] + tilt[owners]
+    x = rng.normal(0.0, 0.3, (n, 6, LENGTH))
+    x[:, :3] += gravity[:, :, None]
+    return x, labels, owners
+
+
+QUICK = MountOptions(min_windows=50)
+
+
+def mounting_for(x, labels, owners, options=QUICK) -> Mounting:
+    ref = posture_reference(x, labels, owners, GROUPS)
+    assert ref is not None
+    return Mounting(
+        options, np.array(ref["postures"]), ref["classes"], ref["posture_level"], tuple(ref["triad"]), GROUPS
+    )
+
+
+def turn(x: np.ndarray, rotation: np.ndarray) -> np.ndarray:
+    out = x.copy()
+    for g in GROUPS:
+        out[:, list(g)] = np.einsum("ij,njl->nil", rotation, x[:, list(g)])
+    return out
+
+
+def test_the_24_turns_are_distinct_proper_rotations():
+    assert len({t.tobytes() for t in TURNS}) == 24
+    for t in TURNS:
+        assert np.allclose(t @ t.T, np.eye(3)) and np.isclose(np.linalg.det(t), 1.0)
+
+
+def test_posture_reference_finds_the_gravity_triad_and_a_level():
+    x, labels, owners = stream(800)
+    ref = posture_reference(x, labels, owners, [(3, 4, 5), (0, 1, 2)])
+    assert ref["triad"] == [0, 1, 2]
+    assert len(ref["postures"]) == 16 and 0 < ref["posture_level"] < 0.2
+    assert posture_reference(x, labels, np.zeros(len(x)), GROUPS) is None  # one device: no level
+    assert posture_reference(x, labels, owners, []) is None  # no triads
+
+
+@pytest.mark.parametrize("name", list(MOUNTINGS))
+def test_every_mounting_of_the_shift_suite_is_found_and_undone(name: str):
+    source = stream(800, seed=1)
+    mounting = mounting_for(*source)
+    target, _, _ = stream(400, seed=2)
+    mounted = turn(target, MOUNTINGS[name])
+    for i in range(0, len(mounted), 4):
+        mounting.update(mounted[i : i + 4])
+    assert mounting.switches == 1
+    assert np.allclose(mounting.apply(mounted), target)
+
+
+@pytest.mark.parametrize(
+    "shift",
+    [
+        lambda x: x,  # another subject, as mounted
+        lambda x: x + np.array([0.5, -0.5, 0.5, 0, 0, 0])[None, :, None],  # a bias on the accelerometer
+        lambda x: x * 1.8,  # a gain
+        lambda x: turn(x, np.array([[1, 0, 0], [0, 0.77, -0.64], [0, 0.64, 0.77]])),  # 40° about x
+    ],
+    ids=["clean", "bias", "gain", "rotation-40"],
+)
+def test_shifts_no_quarter_turn_explains_change_nothing(shift):
+    mounting = mounting_for(*stream(800, seed=1))
+    target = shift(stream(600, seed=3)[0])
+    for i in range(len(target)):
+        mounting.update(target[i : i + 1])
+    assert mounting.switches == 0 and mounting.apply(target) is target
+
+
+def test_a_long_run_of_one_unusual_activity_is_not_enough():
+    """Half the stream in a posture that no source class has, but that a quarter turn of class
+    3's posture nearly is: one class's postures are not enough to turn on."""
+    mounting = mounting_for(*stream(800, seed=1), options=MountOptions())
+    x, _, _ = stream(300, seed=4)
+    x[:150, :3] = (
+        x[:150, :3] - x[:150, :3].mean(axis=2, keepdims=True) + np.array([0.0, -0.7, 0.7])[None, :, None]
+    )
+    for i in range(len(x)):
+        mounting.update(x[i : i + 1])
+    assert mounting.switches == 0
+
+
+def test_input_alignment_turns_first_restarts_its_gain_estimates_and_keeps_the_turn_in_state():
+    source = stream(800, seed=1)
+    mounting = mounting_for(*source)
+    refs = class_references(source[0], source[1], 4)
+    stage = InputAlignment(InputOptions(reliable_quantile=1.0), refs, np.ones(6), mounting=mounting)
+    target = turn(stream(300, seed=2)[0], MOUNTINGS["180° x (upside down)"])
+    probs = np.full((1, 4), 0.25)
+    for i in range(len(target)):
+        stage.update(target[i : i + 1], probs, np.zeros(1))
+    assert mounting.switches == 1
+    assert stage.windows < len(target)  # the estimates restarted at the turn
+    saved = stage.state()
+    assert int(saved["mount/turn"]) == mounting.turn != 0
+    fresh = InputAlignment(
+        InputOptions(reliable_quantile=1.0), refs, np.ones(6), mounting=mounting_for(*source)
+    )
+    fresh.load_state(saved)
+    assert np.array_equal(fresh.apply(target), stage.apply(target))
+
+
+def test_non_finite_windows_do_not_move_the_scores():
+    mounting = mounting_for(*stream(800, seed=1))
+    x = stream(1, seed=5)[0]
+    x[0, 1, 3] = np.nan
+    mounting.update(x)
+    assert mounting.windows == 0 and not mounting.score.any()
+
+
+def test_options_refuse_values_out_of_range():
+    with pytest.raises(ValueError, match="mounting needs"):
+        MountOptions(ratio=1.0)
+    with pytest.raises(ValueError, match="min_classes"):
+        MountOptions(min_classes=0.5)
