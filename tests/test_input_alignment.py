@@ -20,7 +20,7 @@ from edge_ttt.manifest import Manifest
 from tests.agent_config_factory import BASE, problems, write
 from tests.model_factory import CLASSES, LENGTH, windows
 
-BARE = InputOptions(momentum=0.02, warmup_windows=0.0)  # no spread given: no dead band
+BARE = InputOptions(momentum=0.02, warmup_windows=0.0, offset_floor=0.0)  # no spread given: no dead band
 
 
 def smooth_windows(
@@ -101,6 +101,17 @@ def test_shifts_inside_the_dead_band_are_left_alone_and_only_the_excess_is_undon
     _, gain = stage.correction()
     band = 2.0 * 0.05  # beyond the band: the garrote keeps v * (1 - (band / v)**2)
     assert np.allclose(np.log(gain), stage.log_gain * (1 - (band / stage.log_gain) ** 2))
+
+
+def test_offsets_within_the_floor_are_left_alone_whatever_the_source_spread():
+    source = smooth_windows(300, seed=1, at_zero=True)
+    std = source.std(axis=(0, 2))
+    options = InputOptions(momentum=0.02, warmup_windows=0.0)  # offset_floor 0.4 stds
+    small, large = stage_for(source, options), stage_for(source, options)
+    feed(small, smooth_windows(300, seed=2, at_zero=True) + 0.3 * std[None, :, None])
+    feed(large, smooth_windows(300, seed=2, at_zero=True) + 2.0 * std[None, :, None])
+    assert np.all(small.correction()[0] == 0.0)
+    assert np.allclose(large.correction()[0], 2.0 * std * (1 - (0.4 / 2.0) ** 2), rtol=0.1)
 
 
 def test_one_broken_reading_moves_the_estimates_only_a_bounded_step():

@@ -44,7 +44,10 @@ class InputOptions:
     windows count as a running mean over `warmup_windows` more; `reliable_quantile`: update only on
     windows below this source entropy quantile; `prior_momentum`: of class-balance weights that
     count windows of a dominant pseudo-class less (0: off; on, it halved the gain on a sensor bias);
-    `dead_band`: a multiple of the spread between source devices left alone; `mounting`: also
+    `dead_band`: a multiple of the spread between source devices left alone, and for offsets at
+    least `offset_floor` source stds (the spread of a few devices understates a population's, and
+    the offset estimate has its own error: a 0.28-std offset read into a noisy stream cost 1.7
+    points); `mounting`: also
     find and undo a quarter-turn mounting first (`edge_ttt.adapt.mounting`), where the bundle
     has the postures for it."""
 
@@ -53,13 +56,14 @@ class InputOptions:
     reliable_quantile: float = 0.5
     prior_momentum: float = 0.0
     dead_band: float = 1.0
+    offset_floor: float = 0.4
     mounting: bool = True
 
     def __post_init__(self) -> None:
         if not 0.0 < self.momentum <= 1.0:
             raise ValueError(f"input alignment momentum must be in (0, 1], got {self.momentum}")
-        if self.warmup_windows < 0 or self.dead_band < 0:
-            raise ValueError("input alignment warmup_windows and dead_band must be >= 0")
+        if self.warmup_windows < 0 or self.dead_band < 0 or self.offset_floor < 0:
+            raise ValueError("input alignment warmup_windows, dead_band and offset_floor must be >= 0")
         if not 0.0 < self.reliable_quantile <= 1.0:
             raise ValueError(
                 f"input alignment reliable_quantile must be in (0, 1], not {self.reliable_quantile:g}"
@@ -138,7 +142,7 @@ class InputAlignment:
     A source window `s` (one class, one channel) seen through gain 2 and offset 5 is undone:
 
     >>> s = np.array([[[1.0, 2.0, 3.0, 4.0]]])
-    >>> bare = InputOptions(momentum=1.0, warmup_windows=0.0, reliable_quantile=1.0)
+    >>> bare = InputOptions(momentum=1.0, warmup_windows=0.0, reliable_quantile=1.0, offset_floor=0.0)
     >>> stage = InputAlignment(bare, window_features(s), channel_std=np.ones(1))
     >>> stage.update(2 * s + 5, probs=np.ones((1, 1)), entropy=np.zeros(1))
     >>> stage.apply(2 * s + 5).round(6).tolist()
@@ -158,7 +162,9 @@ class InputAlignment:
         self.ref_mean, self.ref_autocov = (np.asarray(r, np.float64) for r in references)
         self.std = np.asarray(channel_std, np.float64)
         offset_spread, log_gain_spread = spread or (np.zeros(len(self.std)), np.zeros(len(self.std)))
-        self.offset_band = options.dead_band * np.asarray(offset_spread, np.float64)
+        self.offset_band = np.maximum(
+            options.dead_band * np.asarray(offset_spread, np.float64), options.offset_floor * self.std
+        )
         self.gain_band = options.dead_band * np.asarray(log_gain_spread, np.float64)
         self.reliable_entropy = reliable_entropy
         self.mounting = mounting
