@@ -10,6 +10,7 @@ from typing import Annotated, ClassVar
 import typer
 
 from edge_ttt import logs
+from edge_ttt.adapt.engine import AUTO_INPUTS
 from edge_ttt.adapt.fallback import DEFAULT_FALLBACK
 from edge_ttt.adapt.input_alignment import InputOptions
 from edge_ttt.adapt.policies import DEFAULT_POLICY, POLICY_TYPES
@@ -17,6 +18,7 @@ from edge_ttt.commandline import LazyGroup, command_app, fail
 from edge_ttt.monitor.cli import collect_command, monitor_app
 
 POLICIES = tuple(POLICY_TYPES)
+INPUT_CHOICES = {"auto": AUTO_INPUTS, "on": InputOptions(), "off": None}  # replay --input-alignment
 
 
 class _Commands(LazyGroup):
@@ -75,9 +77,12 @@ def replay(
         bool, typer.Option(help="serve the source model while the adapted one is estimated worse")
     ] = False,
     input_alignment: Annotated[
-        bool,
-        typer.Option(help="undo per-channel gain and offset ahead of the policy (docs/adaptation.md)"),
-    ] = False,
+        str,
+        typer.Option(
+            help="undo mounting, per-channel gain and offset ahead of the policy: on, off, or auto "
+            "for where it wins: steady on a model without batch norms (docs/adaptation.md)"
+        ),
+    ] = "auto",
 ) -> None:
     """Replay a recorded log through the engine, in time order, and report accuracy and counters."""
     from edge_ttt.artifacts import BundleError, load_bundle
@@ -85,6 +90,8 @@ def replay(
     from edge_ttt.replay import every_policy
     from edge_ttt.replay import replay as run_replay
 
+    if input_alignment not in INPUT_CHOICES:
+        fail(f"unknown --input-alignment {input_alignment!r}; choose one of {', '.join(INPUT_CHOICES)}")
     if policy not in (*POLICIES, "all"):
         fail(f"unknown policy {policy!r}; choose one of {', '.join(POLICIES)} or all")
     try:
@@ -103,7 +110,7 @@ def replay(
             episodic=episodic,
             per_device=per_device,
             fallback=DEFAULT_FALLBACK if fallback else None,
-            inputs=InputOptions() if input_alignment else None,
+            inputs=INPUT_CHOICES[input_alignment],
         )
     except (BundleError, LogFormatError, ValueError, RuntimeError) as exc:
         fail(str(exc))

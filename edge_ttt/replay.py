@@ -11,7 +11,7 @@ import numpy as np
 from rich.progress import Progress
 
 from edge_ttt.adapt.counters import Counters
-from edge_ttt.adapt.engine import DEFAULT_POLICY, Engine
+from edge_ttt.adapt.engine import AUTO_INPUTS, DEFAULT_POLICY, AutoInputs, Engine
 from edge_ttt.adapt.estimates import class_prior, device_estimates, stream_estimate
 from edge_ttt.adapt.fallback import FallbackOptions
 from edge_ttt.adapt.input_alignment import InputOptions
@@ -57,7 +57,7 @@ def replay(
     per_device: bool = True,
     fallback: FallbackOptions | None = None,
     with_classes: bool = False,
-    inputs: InputOptions | None = None,
+    inputs: InputOptions | AutoInputs | None = AUTO_INPUTS,
 ) -> list[dict[str, Any]]:
     """Run the log once per policy; one summary (what `--json` prints) per policy.
 
@@ -66,8 +66,8 @@ def replay(
     window). `per_device=False` runs every device's windows through one engine. Each policy
     starts from source. `policies=None` means every policy the bundle can run (with `episodic`,
     every gradient one). `fallback`: serve the source model while the adapted one is estimated
-    worse (see `Engine`); off by default. `inputs`: input alignment ahead of every policy (off by
-    default). `with_classes` adds every window's predicted class
+    worse (see `Engine`); off by default. `inputs`: input alignment ahead of every policy (by default
+    where it wins: `AutoInputs`). `with_classes` adds every window's predicted class
     (`classes`, in log order), to compare runs window by window (scripts/aarch64_check.sh).
     """
     if batch_size < 1:

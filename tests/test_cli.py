@@ -76,13 +76,15 @@ def test_replay_with_input_alignment_learns_a_unit_error(trained: Path, tmp_path
     write_log(tmp_path / "unit.parquet", dataclasses.replace(log, values=values))
     assert invoke("export", "--checkpoint", trained, "--out", tmp_path / "art").exit_code == 0
     args = ("replay", "--artifacts", tmp_path / "art", "--log", tmp_path / "unit.parquet", "--json")
-    raw = json.loads(invoke(*args).output)
-    result = invoke(*args, "--input-alignment")
+    raw = json.loads(invoke(*args).output)  # auto: off for the default policy on a batch-norm model
+    result = invoke(*args, "--input-alignment", "on")
     assert result.exit_code == 0, result.output
     aligned = json.loads(result.output)
     assert set(aligned) >= REPLAY_KEYS
     assert raw["rejected_invalid"] == raw["windows"]
     assert aligned["rejected_invalid"] < 0.5 * aligned["windows"]
+    result = invoke(*args, "--input-alignment", "sometimes")
+    assert result.exit_code == 2 and "choose one of auto, on, off" in result.output
 
 
 def test_training_is_reproducible_with_a_seed(trained: Path, synthetic_log_path: Path, tmp_path: Path):

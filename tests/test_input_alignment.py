@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge_ttt.adapt.engine import Engine, InputOptions
+from edge_ttt.adapt.engine import AutoInputs, Engine, InputOptions
 from edge_ttt.adapt.input_alignment import InputAlignment, class_references, window_features
 from edge_ttt.adapt.ort_model import OrtModel
 from edge_ttt.agent.config import load_config
@@ -236,7 +236,9 @@ def test_manifest_refuses_class_references_of_the_wrong_shape(bundle_dir: Path):
 
 
 def test_config_turns_alignment_on_with_its_options_and_names_a_bad_key(tmp_path: Path):
-    off = load_config(write(tmp_path, BASE), check_files=False)
+    auto = load_config(write(tmp_path, BASE), check_files=False)
+    assert auto.model.input.options() == AutoInputs(InputOptions())
+    off = load_config(write(tmp_path, BASE + "[model.input]\nenabled = false\n"), check_files=False)
     assert off.model.input.options() is None
     on = load_config(
         write(tmp_path, BASE + "[model.input]\nenabled = true\nmomentum = 0.01\n"), check_files=False
@@ -248,3 +250,18 @@ def test_config_turns_alignment_on_with_its_options_and_names_a_bad_key(tmp_path
     assert "momentun" in message and "momentum" in message
     message = problems(write(tmp_path, BASE + "[model.input]\nmomentum = 0\n"), check_files=False)
     assert "model.input.momentum" in message and "greater than 0" in message
+
+
+def test_auto_turns_alignment_on_for_the_default_policy_without_batch_norms_only(
+    bundle_dir: Path, tmp_path_factory
+):
+    from tests.conftest import exported_bundle
+
+    group_norm = OrtModel(load_bundle(exported_bundle(tmp_path_factory, "cnn-gn", "auto")))
+    batch_norm = OrtModel(load_bundle(bundle_dir))
+    assert Engine(group_norm, "steady").inputs is not None  # the default: AUTO_INPUTS
+    assert Engine(group_norm, "source").inputs is None
+    assert Engine(group_norm, "norm").inputs is None
+    assert Engine(batch_norm, "steady").inputs is None
+    assert Engine(group_norm, "steady", inputs=None).inputs is None
+    assert Engine(batch_norm, "source", inputs=InputOptions()).inputs is not None

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from benchmarks.torch_tent import tent_predictions
-from edge_ttt.adapt.engine import DEFAULT_POLICY, POLICIES, Engine
+from edge_ttt.adapt.engine import AUTO_INPUTS, DEFAULT_POLICY, POLICIES, AutoInputs, Engine
 from edge_ttt.adapt.estimates import class_prior, device_estimates, stream_estimate
 from edge_ttt.adapt.fallback import DEFAULT_FALLBACK, FallbackOptions
 from edge_ttt.adapt.input_alignment import InputOptions
@@ -43,7 +43,7 @@ class Variant:
     policy: str
     options: dict[str, Any] = field(default_factory=dict)
     fallback: FallbackOptions | None = None
-    inputs: InputOptions | None = None
+    inputs: InputOptions | AutoInputs | None = AUTO_INPUTS  # as the engine runs by default
 
 
 FALLBACK_COLUMN = f"{DEFAULT_POLICY}-fallback"

@@ -26,7 +26,7 @@ from benchmarks.adaptation.models import prepare_models
 from benchmarks.adaptation.report import markdown, pct
 from benchmarks.adaptation.targets import evaluate_targets
 from benchmarks.harness import _batch_sizes, add_output_options, machine_info, name_list, progress
-from edge_ttt.adapt.engine import DEFAULT_POLICY
+from edge_ttt.adapt.engine import DEFAULT_POLICY, AutoInputs
 from edge_ttt.adapt.fallback import DEFAULT_FALLBACK
 from edge_ttt.artifacts import Bundle, load_bundle
 from export.models import MODELS
@@ -51,7 +51,11 @@ def _model_info(bundle: Bundle) -> dict:
 def _column_info(column: str) -> dict:
     how = variant(column)
     fallback = None if how.fallback is None else dataclasses.asdict(how.fallback)
-    inputs = None if how.inputs is None else dataclasses.asdict(how.inputs)
+    inputs = (
+        None
+        if how.inputs is None
+        else {"auto": isinstance(how.inputs, AutoInputs), **dataclasses.asdict(how.inputs)}
+    )
     return {"policy": how.policy, "options": how.options, "fallback": fallback, "inputs": inputs}
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -34,8 +34,10 @@ FALLBACK_STATE = "fallback"  # the prefix of the fallback's arrays in a state fi
 INPUT_STATE = "input"  # the prefix of the input alignment's arrays
 
 __all__ = [
+    "AUTO_INPUTS",
     "DEFAULT_POLICY",
     "POLICIES",
+    "AutoInputs",
     "Counters",
     "Engine",
     "FallbackOptions",
@@ -121,6 +123,25 @@ def input_alignment(model: OrtModel, options: InputOptions) -> InputAlignment:
     )
 
 
+@dataclass(frozen=True)
+class AutoInputs:
+    """Input alignment where it is on by default: ahead of the default policy on a bundle without
+    batch norms (and with the references for it). There the policy has no statistics to adapt and
+    alignment is what moves the model; on batch-norm bundles `steady`'s own statistics do the
+    work, and alignment ahead of them lost up to 24 points (docs/adaptation.md)."""
+
+    options: InputOptions = field(default_factory=InputOptions)
+
+    def resolve(self, policy: str, model: OrtModel) -> InputOptions | None:
+        manifest = model.manifest
+        if policy != DEFAULT_POLICY or manifest.batch_norms or manifest.reference.class_channels is None:
+            return None
+        return self.options
+
+
+AUTO_INPUTS = AutoInputs()
+
+
 class Engine:
     """A model, a policy by name (with its options), the input guard and the counters.
 
@@ -134,7 +155,8 @@ class Engine:
 
     `inputs` puts input alignment (`edge_ttt.adapt.input_alignment`) ahead of the policy: every
     window is corrected per channel before the model sees it, and the valid ones teach the
-    correction. The guard and the source model see the raw windows.
+    correction. The guard and the source model see the raw windows. By default (`AUTO_INPUTS`) it
+    is on where it wins: the default policy on a bundle without batch norms.
     """
 
     def __init__(
@@ -144,7 +166,7 @@ class Engine:
         options: dict[str, Any] | None = None,
         limits: InputLimits | None = None,
         fallback: FallbackOptions | None = None,
-        inputs: InputOptions | None = None,
+        inputs: InputOptions | AutoInputs | None = AUTO_INPUTS,
     ) -> None:
         if policy not in POLICY_TYPES:
             raise ValueError(f"unknown policy {policy!r}; choose one of {', '.join(POLICIES)}")
@@ -166,6 +188,8 @@ class Engine:
             raise ValueError(f"policy {policy!r}: bad option ({exc})") from None
         self.threshold = entropy_threshold(model.manifest)
         self.fallback = None if fallback is None or policy == "source" else Fallback(fallback)
+        if isinstance(inputs, AutoInputs):
+            inputs = inputs.resolve(policy, model)
         self.inputs = None if inputs is None else input_alignment(model, inputs)
 
     def process(self, x: np.ndarray) -> Predictions:

@@ -17,6 +17,7 @@ from typing import Any, Literal, get_type_hints
 
 from pydantic import BaseModel, Field, ValidationInfo, create_model, field_validator, model_validator
 
+from edge_ttt.adapt.engine import AutoInputs
 from edge_ttt.adapt.fallback import FallbackOptions
 from edge_ttt.adapt.input_alignment import InputOptions
 from edge_ttt.adapt.policies import DEFAULT_POLICY, POLICY_TYPES
@@ -92,7 +93,7 @@ class InputSection(Section):
     """`[model.input]`: input alignment ahead of the policy (`edge_ttt.adapt.input_alignment`);
     the other keys are `InputOptions`' fields."""
 
-    enabled: bool = False  # off by default: docs/adaptation.md has where it helps and where it hurts
+    enabled: bool | Literal["auto"] = "auto"  # auto: where it wins (`AutoInputs`, docs/adaptation.md)
     momentum: float = Field(InputOptions.momentum, gt=0.0, le=1.0, description="weight of one window")
     warmup_windows: float = Field(InputOptions.warmup_windows, ge=0.0)
     reliable_quantile: float = Field(InputOptions.reliable_quantile, gt=0.0, le=1.0)
@@ -101,11 +102,12 @@ class InputSection(Section):
         InputOptions.dead_band, ge=0.0, description="x the spread between source devices"
     )
 
-    def options(self) -> InputOptions | None:
-        """What the engine takes: None when disabled."""
-        if not self.enabled:
+    def options(self) -> InputOptions | AutoInputs | None:
+        """What the engine takes: None when disabled, `AutoInputs` for auto."""
+        if self.enabled is False:
             return None
-        return InputOptions(**self.model_dump(exclude={"enabled"}))
+        options = InputOptions(**self.model_dump(exclude={"enabled"}))
+        return AutoInputs(options) if self.enabled == "auto" else options
 
 
 class ModelSection(Section):

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_ttt.adapt.engine import Engine, FallbackOptions, InputOptions, Predictions
+from edge_ttt.adapt.engine import AutoInputs, Engine, FallbackOptions, InputOptions, Predictions
 from edge_ttt.adapt.ort_model import OrtModel
 from edge_ttt.agent.checkpoints import CheckpointWriter, restore, state_path
 from edge_ttt.drift.summary import DriftSummary, Reference, SummaryCollector
@@ -123,7 +123,7 @@ class PipelineSettings:
     policy: str
     options: dict
     fallback: FallbackOptions | None
-    inputs: InputOptions | None
+    inputs: InputOptions | AutoInputs | None
     state_dir: Path
     reorder_frames: int
     drift_interval_s: float
