@@ -50,7 +50,7 @@ def test_targets_pass():
         {("cnn-bn", "clean", "class-sorted", 1, p): a for p, a in (("tent", 40.0), (TORCH_TENT, 70.0))}
     )
     targets = evaluate_targets(results(cells), default="steady")
-    assert [t.status for t in targets] == [PASS, NOT_MEASURED, PASS] + [NOT_MEASURED] * 4, targets
+    assert [t.status for t in targets] == [PASS, NOT_MEASURED, PASS] + [NOT_MEASURED] * 6, targets
     assert "steady 69.6 vs tent 60.0" in targets[0].details[0]
     # Issue #18's targets need every shift in both device orders: this grid has three shifts.
     assert targets[1].details[0] == "6 of 6 cells within the target"
@@ -77,7 +77,7 @@ def test_targets_fail_and_name_the_cells():
 
 def test_targets_not_measured_without_the_policies():
     targets = evaluate_targets(results(grid({"source": 70.0, TORCH_TENT: 60.0})), default=None)
-    assert [t.status for t in targets] == [NOT_MEASURED] * 7
+    assert [t.status for t in targets] == [NOT_MEASURED] * 9
     assert "DEFAULT_POLICY" in targets[0].details[0]
 
 
@@ -175,6 +175,50 @@ def test_gain_over_source_is_the_mean_over_the_seven_original_corruptions():
     assert evaluate_targets(results(cells), default="steady")[5].status == FAIL
     del cells[("cnn-bn", "drift", "recorded", 1, "steady")]
     assert evaluate_targets(results(cells), default="steady")[5].status == NOT_MEASURED
+
+
+def norm_free_grid(steady: float) -> dict:
+    """cnn-gn and tcn-ln cells of every shift in both device orders: source 60, steady `steady`."""
+    cells = {}
+    for model in ("cnn-gn", "tcn-ln"):
+        for (_, c, o, b, p), a in shift_grid({"source": 60.0, "steady": steady}).items():
+            cells[(model, c, o, b, p)] = a
+    return cells
+
+
+def test_models_without_batch_norm_need_the_gain_and_no_cell_below_source():
+    cells = norm_free_grid(68.0)
+    target = evaluate_targets(results(cells), default="steady")[7]
+    assert target.status == PASS
+    assert target.details == [
+        "cnn-gn: steady 68.0 vs source 60.0: +8.0",
+        "tcn-ln: steady 68.0 vs source 60.0: +8.0",
+    ]
+    cells[("tcn-ln", "mount", "class-sorted", 1, "steady")] = 58.9
+    failed = evaluate_targets(results(cells), default="steady")[7]
+    assert failed.status == FAIL
+    assert failed.details[-1] == "tcn-ln mount class-sorted b=1: steady 58.9 vs source 60.0 (-1.10)"
+    low = evaluate_targets(results(norm_free_grid(67.9)), default="steady")[7]
+    assert low.status == FAIL and "cnn-gn: gain +7.9 below +8.0" in low.details
+    del cells[("cnn-gn", "rate", "recorded", 1, "steady")]
+    assert evaluate_targets(results(cells), default="steady")[7].details[-1] == "not run in full: cnn-gn"
+
+
+def test_unit_error_is_judged_on_every_model_the_default_ran_on():
+    cells = {
+        (m, "unit", o, 1, p): a
+        for m in ("cnn-bn", "cnn-gn")
+        for o in ("recorded", "class-sorted")
+        for p, a in (("source", 20.0), ("steady", 75.0))
+    }
+    assert evaluate_targets(results(cells), default="steady")[8].status == PASS
+    cells[("cnn-bn", "unit", "class-sorted", 1, "steady")] = 69.9
+    target = evaluate_targets(results(cells), default="steady")[8]
+    assert target.status == FAIL and target.details[0] == "3 of 4 cells at or above"
+    assert (
+        evaluate_targets(results({("cnn-bn", "gain", "recorded", 1, "steady"): 80.0}), "steady")[8].status
+        == NOT_MEASURED
+    )
 
 
 def device_results(served_errors: tuple[float, float], orders=("recorded", "class-sorted")) -> list[dict]:

@@ -20,6 +20,11 @@ SHIFT_SEVERITY = 4
 SHIFT_ORDERS = ("recorded", "class-sorted")
 MIN_GAIN = 10.9  # points over source, mean over the seven original corruptions, recorded order
 MAX_ESTIMATE_MAE = 6.0  # points, the served accuracy's estimate per (stream, device)
+# Issue #22's targets (8, 9): the models without batch norms, and the unit error on every model.
+NORM_FREE_MODELS = ("cnn-gn", "tcn-ln")
+NORM_FREE_GAIN = 8.0  # points over source, mean over the seven original corruptions, recorded order
+UNIT_SHIFT = "unit"
+MIN_UNIT_ACCURACY = 70.0
 AUX_MODEL = "cnn-bn-ttt"  # the same encoder with the auxiliary head: the auxiliary-task targets' model
 AUX_POLICY = "ttt"
 
@@ -182,6 +187,73 @@ def _target_gain(results: list[dict], default: str | None) -> Target:
     )
 
 
+def _model_cells(results: list[dict], model: str) -> Accuracies:
+    """A model's cells at batch size 1 and the target severity, in the device orders."""
+    acc = accuracies([r for r in results if r["severity"] == SHIFT_SEVERITY])
+    return {k: v for k, v in acc.items() if k[0] == model and k[3] == SHIFT_BATCH and k[2] in SHIFT_ORDERS}
+
+
+def _target_norm_free(results: list[dict], default: str | None) -> Target:
+    title = (
+        f"8. {default or 'default policy'} on {' and '.join(NORM_FREE_MODELS)}: mean over the 7 original "
+        f"corruptions in recorded order at least {NORM_FREE_GAIN:+.1f} points above source, and no cell of "
+        f"any shift, recorded or class-sorted, more than 1 point below it (batch size {SHIFT_BATCH}, "
+        f"severity {SHIFT_SEVERITY})"
+    )
+    if default is None:
+        return Target(title, NOT_MEASURED, ["edge_ttt.adapt.engine defines no DEFAULT_POLICY"])
+    originals = [name for name in CORRUPTIONS if name != "clean"]
+    details, failed, missing = [], [], []
+    for model in NORM_FREE_MODELS:
+        acc = _model_cells(results, model)
+        mine = mean_over_corruptions(acc, model, "recorded", SHIFT_BATCH, default)
+        source = mean_over_corruptions(acc, model, "recorded", SHIFT_BATCH, "source")
+        complete = all(
+            (model, n, o, SHIFT_BATCH, p) in acc
+            for n in SHIFTS
+            for o in SHIFT_ORDERS
+            for p in (default, "source")
+        )
+        if corrupted_names(acc, model) != originals or mine is None or source is None or not complete:
+            missing.append(model)
+            continue
+        details.append(f"{model}: {default} {mine:.1f} vs source {source:.1f}: {mine - source:+.1f}")
+        if mine - source < NORM_FREE_GAIN:
+            failed.append(f"{model}: gain {mine - source:+.1f} below {NORM_FREE_GAIN:+.1f}")
+        failed += _violations(acc, default, "source", lambda key, mine, ref: mine >= ref - 1.0, SHIFT_ORDERS)[
+            1
+        ]
+    if missing:
+        return Target(
+            title,
+            FAIL if failed else NOT_MEASURED,
+            [*details, *failed, f"not run in full: {', '.join(missing)}"],
+        )
+    return Target(title, FAIL if failed else PASS, [*details, *failed])
+
+
+def _target_unit(results: list[dict], default: str | None) -> Target:
+    title = (
+        f"9. {default or 'default policy'} at least {MIN_UNIT_ACCURACY:.0f} % on the {UNIT_SHIFT} shift "
+        f"(gyroscope in degrees), recorded and class-sorted, on every model it runs on "
+        f"(batch size {SHIFT_BATCH}, severity {SHIFT_SEVERITY})"
+    )
+    if default is None:
+        return Target(title, NOT_MEASURED, ["edge_ttt.adapt.engine defines no DEFAULT_POLICY"])
+    acc = accuracies([r for r in results if r["severity"] == SHIFT_SEVERITY])
+    cells = {k: v for k, v in acc.items() if k[1] == UNIT_SHIFT and k[3] == SHIFT_BATCH and k[4] == default}
+    cells = {k: v for k, v in cells.items() if k[2] in SHIFT_ORDERS}
+    if not cells:
+        return Target(title, NOT_MEASURED, [f"no {UNIT_SHIFT} cell of {default} at batch size {SHIFT_BATCH}"])
+    lines = [f"{_cell_name(k)}: {default} {v:.1f}" for k, v in sorted(cells.items())]
+    below = [line for (k, v), line in zip(sorted(cells.items()), lines, strict=True) if v < MIN_UNIT_ACCURACY]
+    return Target(
+        title,
+        FAIL if below else PASS,
+        [f"{len(cells) - len(below)} of {len(cells)} cells at or above", *lines],
+    )
+
+
 def _mae(pairs: list[Pair]) -> float:
     return float(np.mean([abs(p.error) for p in pairs]))
 
@@ -280,4 +352,6 @@ def evaluate_targets(results: list[dict], default: str | None) -> list[Target]:
         _target_auxiliary(acc, 5, "ttt-episodic"),
         _target_gain(results, default),
         _target_estimate(results, default),
+        _target_norm_free(results, default),
+        _target_unit(results, default),
     ]
