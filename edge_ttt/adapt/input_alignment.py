@@ -131,9 +131,10 @@ def _shrink(value: np.ndarray, band: np.ndarray | float) -> np.ndarray:
     >>> _shrink(np.array([0.5, 2.0, -10.0]), 1.0).tolist()
     [0.0, 1.5, -9.9]
     """
-    with np.errstate(divide="ignore", invalid="ignore"):
-        kept = value * (1.0 - (np.asarray(band) / value) ** 2)
-    return np.where(np.abs(value) > band, kept, 0.0)
+    outside = np.abs(value) > band
+    ratio = np.divide(band, value, out=np.zeros_like(value), where=outside)
+    kept = value * (1.0 - ratio**2)
+    return np.where(outside, kept, 0.0)
 
 
 class InputAlignment:
@@ -184,6 +185,7 @@ class InputAlignment:
         self.expected = start.copy()  # the same of what the source shows for the predicted classes
         self.windows = 0
         self.balance = ClassBalance(len(self.ref_mean), self.options.prior_momentum)
+        self._correction: tuple[np.ndarray, np.ndarray] | None = None  # worked out when first asked
 
     @property
     def log_gain(self) -> np.ndarray:
@@ -193,8 +195,13 @@ class InputAlignment:
         return 0.5 * np.log(ratio)
 
     def correction(self) -> tuple[np.ndarray, np.ndarray]:
-        """(offset, gain) applied now: the estimates beyond their dead bands."""
-        return _shrink(self.offset, self.offset_band), np.exp(_shrink(self.log_gain, self.gain_band))
+        """(offset, gain) applied now: the estimates beyond their dead bands (kept until they move)."""
+        if self._correction is None:
+            self._correction = (
+                _shrink(self.offset, self.offset_band),
+                np.exp(_shrink(self.log_gain, self.gain_band)),
+            )
+        return self._correction
 
     def apply(self, x: np.ndarray) -> np.ndarray:
         """The windows [n, channels, length] turned back (mounting) and with the per-channel
@@ -222,6 +229,7 @@ class InputAlignment:
         if not keep.any():
             return
         mean, autocov = window_features(x[keep])
+        self._correction = None
         probs = np.asarray(probs, np.float64)[keep]
         ref_mean, ref_autocov = probs @ self.ref_mean, probs @ self.ref_autocov
         weights = self.balance.weights(probs.argmax(axis=1)) if o.prior_momentum > 0 else np.ones(len(probs))
@@ -259,3 +267,4 @@ class InputAlignment:
         self.expected = np.asarray(flat["expected"], np.float64).copy()
         self.windows = int(flat["windows"])
         self.balance.share = np.asarray(flat["prior"], np.float64).copy()
+        self._correction = None

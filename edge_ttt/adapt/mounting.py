@@ -145,6 +145,9 @@ class Mounting:
         self.options = options
         self.postures = np.asarray(postures, np.float64)
         self.classes = np.asarray(classes, np.int64)
+        # |R g - p|^2 = |g|^2 + |p|^2 - 2 g . (R^T p): every candidate's distances in one product
+        self._turned = np.einsum("tji,pj->tpi", TURNS, self.postures).reshape(-1, 3)  # [24 * P, 3]
+        self._norms = (self.postures**2).sum(axis=1)
         self.level = float(posture_level)
         self.triad = list(triad)
         self.groups = [list(g) for g in groups]
@@ -174,7 +177,10 @@ class Mounting:
         for g in gravity:
             if not np.all(np.isfinite(g)):
                 continue
-            distance, index = nearest(TURNS @ g, self.postures)  # the window under every candidate
+            d = (self._turned @ g).reshape(len(TURNS), -1)  # [24, P]: the window under every turn
+            d = self._norms - 2.0 * d
+            index = d.argmin(axis=1)
+            distance = d[np.arange(len(TURNS)), index] + g @ g
             self.score += o.momentum * (distance - self.score)
             self.mix *= 1.0 - o.momentum
             self.mix[np.arange(len(TURNS)), self.classes[index]] += o.momentum
