@@ -202,6 +202,26 @@ def test_engine_learns_a_unit_error_that_the_guard_refuses_raw(bundle_dir: Path,
     assert np.array_equal(restored.process(x[:4]).classes, aligned.process(x[:4]).classes)
 
 
+def test_windows_out_of_range_raw_are_predicted_aligned_but_never_adapt_the_policy(
+    bundle_dir: Path, tmp_path: Path
+):
+    """While the alignment learns a unit error, what it lets through is still off: the policy's
+    statistics must not keep it. Windows in range raw adapt as before."""
+    bundle = load_bundle(smooth_bundle(bundle_dir, tmp_path / "smooth"))
+    x = smooth_windows(200, 6, LENGTH, seed=3).astype(np.float32)
+    unit = x.copy()
+    unit[:, 5] *= 400.0
+    engine = Engine(OrtModel(bundle), "norm", inputs=InputOptions(reliable_quantile=1.0))
+    before = engine.policy.state()
+    for i in range(0, 200, 10):
+        out = engine.process(unit[i : i + 10])
+    assert out.valid.all()  # aligned, they pass the guard and are served
+    assert all(np.array_equal(before[k], v) for k, v in engine.policy.state().items())
+    fresh = Engine(OrtModel(bundle), "norm", inputs=InputOptions(reliable_quantile=1.0))
+    fresh.process(x[:10])  # in range raw: the policy adapts
+    assert not all(np.array_equal(before[k], v) for k, v in fresh.policy.state().items())
+
+
 def test_the_guard_still_refuses_nan_and_flat_windows_with_alignment(bundle_dir: Path):
     engine = Engine(OrtModel(load_bundle(bundle_dir)), "steady", inputs=InputOptions())
     x = windows(3, seed=4)
@@ -252,7 +272,7 @@ def test_config_turns_alignment_on_with_its_options_and_names_a_bad_key(tmp_path
     assert "model.input.momentum" in message and "greater than 0" in message
 
 
-def test_auto_turns_alignment_on_for_the_default_policy_without_batch_norms_only(
+def test_auto_turns_alignment_on_for_the_default_policy_and_leaves_offsets_to_batch_norms(
     bundle_dir: Path, tmp_path_factory
 ):
     from tests.conftest import exported_bundle
@@ -262,6 +282,7 @@ def test_auto_turns_alignment_on_for_the_default_policy_without_batch_norms_only
     assert Engine(group_norm, "steady").inputs is not None  # the default: AUTO_INPUTS
     assert Engine(group_norm, "source").inputs is None
     assert Engine(group_norm, "norm").inputs is None
-    assert Engine(batch_norm, "steady").inputs is None
+    on_batch_norm = Engine(batch_norm, "steady").inputs  # offsets left to steady's statistics
+    assert on_batch_norm is not None and on_batch_norm.options.offset_floor == 3.0
     assert Engine(group_norm, "steady", inputs=None).inputs is None
     assert Engine(batch_norm, "source", inputs=InputOptions()).inputs is not None
