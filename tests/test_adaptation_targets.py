@@ -50,7 +50,7 @@ def test_targets_pass():
         {("cnn-bn", "clean", "class-sorted", 1, p): a for p, a in (("tent", 40.0), (TORCH_TENT, 70.0))}
     )
     targets = evaluate_targets(results(cells), default="steady")
-    assert [t.status for t in targets] == [PASS, NOT_MEASURED, PASS] + [NOT_MEASURED] * 6, targets
+    assert [t.status for t in targets] == [PASS, NOT_MEASURED, PASS] + [NOT_MEASURED] * 7, targets
     assert "steady 69.6 vs tent 60.0" in targets[0].details[0]
     # Issue #18's targets need every shift in both device orders: this grid has three shifts.
     assert targets[1].details[0] == "6 of 6 cells within the target"
@@ -77,7 +77,7 @@ def test_targets_fail_and_name_the_cells():
 
 def test_targets_not_measured_without_the_policies():
     targets = evaluate_targets(results(grid({"source": 70.0, TORCH_TENT: 60.0})), default=None)
-    assert [t.status for t in targets] == [NOT_MEASURED] * 9
+    assert [t.status for t in targets] == [NOT_MEASURED] * 10
     assert "DEFAULT_POLICY" in targets[0].details[0]
 
 
@@ -219,6 +219,22 @@ def test_unit_error_is_judged_on_every_model_the_default_ran_on():
         evaluate_targets(results({("cnn-bn", "gain", "recorded", 1, "steady"): 80.0}), "steady")[8].status
         == NOT_MEASURED
     )
+
+
+def test_the_default_is_judged_against_itself_without_alignment_on_the_batch_norm_model():
+    cells = {
+        ("cnn-bn", c, o, 1, p): 70.0
+        for c in ("bias", "mount")
+        for o in ("recorded", "class-sorted")
+        for p in ("steady", "steady-unaligned")
+    }
+    cells[("cnn-bn", "mount", "recorded", 1, "steady")] = 90.0  # gains are fine
+    cells[("cnn-bn", "bias", "class-sorted", 1, "steady")] = 69.5  # 0.5 below: allowed
+    assert evaluate_targets(results(cells), default="steady")[9].status == PASS
+    cells[("cnn-bn", "bias", "class-sorted", 1, "steady")] = 69.4
+    target = evaluate_targets(results(cells), default="steady")[9]
+    assert target.status == FAIL
+    assert target.details[1] == "cnn-bn bias class-sorted b=1: steady 69.4 vs steady-unaligned 70.0 (-0.60)"
 
 
 def device_results(served_errors: tuple[float, float], orders=("recorded", "class-sorted")) -> list[dict]:

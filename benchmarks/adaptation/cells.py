@@ -49,6 +49,7 @@ class Variant:
 FALLBACK_COLUMN = f"{DEFAULT_POLICY}-fallback"
 INPUT_COLUMN = "input"  # input alignment alone, ahead of the source model
 DEFAULT_INPUT_COLUMN = f"{DEFAULT_POLICY}+input"
+UNALIGNED_COLUMN = f"{DEFAULT_POLICY}-unaligned"
 # Columns that are not a policy as the engine runs it by default: name -> Variant.
 VARIANTS = {
     "ttt-episodic": Variant("ttt", {"episodic": True}),
@@ -57,6 +58,8 @@ VARIANTS = {
     # Input alignment (docs/adaptation.md), alone and ahead of the default policy.
     INPUT_COLUMN: Variant("source", inputs=InputOptions()),
     DEFAULT_INPUT_COLUMN: Variant(DEFAULT_POLICY, inputs=InputOptions()),
+    # The default policy as it ran before input alignment: what the default is judged against.
+    UNALIGNED_COLUMN: Variant(DEFAULT_POLICY, inputs=None),
 }
 COLUMNS = (*POLICIES, *VARIANTS)
 

@@ -35,10 +35,12 @@ UNGATED = f"{DEFAULT_POLICY}-ungated"  # the default policy with its drift gate 
 UNGATED_OPTIONS = {"gate_shift": 0.0, "gate_spread": 0.0}
 # The same with the fallback on: the source model's forward and both estimates on every window.
 WITH_FALLBACK = f"{UNGATED}+fallback"
+# The same without input alignment (which the engine puts ahead of the default policy by default).
+UNALIGNED = f"{UNGATED}-unaligned"
 TRAIN_PASS = "ort-train-pass"  # one OrtModel.forward_backward: the floor of any gradient step
 # Every column but `source` steps on the entropy (or is PyTorch's Tent): not on an auxiliary-head model.
 PERF_MODELS = [m for m in MODELS if m != AUX_MODEL]
-COLUMNS = (*ENGINE_POLICIES, UNGATED, WITH_FALLBACK, TRAIN_PASS, TORCH_INFERENCE, TORCH_TENT)
+COLUMNS = (*ENGINE_POLICIES, UNGATED, UNALIGNED, WITH_FALLBACK, TRAIN_PASS, TORCH_INFERENCE, TORCH_TENT)
 TORCH_TENT_LR = 1e-3
 
 Runner = Callable[[np.ndarray], object]
@@ -78,6 +80,7 @@ def window_runners(paths: ModelPaths) -> tuple[dict[str, Runner], dict[str, Engi
     bundle = load_bundle(paths.bundle)
     engines = {p: Engine(OrtModel(bundle, threads=1), policy=p) for p in ENGINE_POLICIES}
     engines[UNGATED] = Engine(OrtModel(bundle, threads=1), options=UNGATED_OPTIONS)
+    engines[UNALIGNED] = Engine(OrtModel(bundle, threads=1), options=UNGATED_OPTIONS, inputs=None)
     engines[WITH_FALLBACK] = Engine(
         OrtModel(bundle, threads=1), options=UNGATED_OPTIONS, fallback=DEFAULT_FALLBACK
     )
