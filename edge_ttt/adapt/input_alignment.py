@@ -209,6 +209,8 @@ class InputAlignment:
         if self.mounting is not None:
             x = self.mounting.apply(x)
         offset, gain = self.correction()
+        if not offset.any() and (gain == 1.0).all():  # nothing beyond the dead bands: as it came
+            return np.asarray(x, np.float32)
         return ((np.asarray(x, np.float64) - offset[None, :, None]) / gain[None, :, None]).astype(np.float32)
 
     def update(self, x: np.ndarray, probs: np.ndarray, entropy: np.ndarray) -> None:
