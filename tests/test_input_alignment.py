@@ -222,6 +222,28 @@ def test_windows_out_of_range_raw_are_predicted_aligned_but_never_adapt_the_poli
     assert not all(np.array_equal(before[k], v) for k, v in fresh.policy.state().items())
 
 
+def test_a_rollback_of_the_policy_restarts_the_alignment_too(bundle_dir: Path):
+    """The collapse the policy's guard undoes may have come through the alignment: both start afresh."""
+    from tests.test_engine import AGGRESSIVE_STEADY
+
+    engine = Engine(
+        OrtModel(load_bundle(bundle_dir)),
+        "steady",
+        AGGRESSIVE_STEADY,
+        inputs=InputOptions(reliable_quantile=1.0),
+    )
+    x = windows(1, seed=11)
+    undone, restarts = 0, 0
+    for i in range(300):
+        engine.process(x + np.random.default_rng(i).normal(0, 0.01, x.shape).astype(np.float32))
+        now = engine.counters.rollbacks + engine.counters.resets
+        if now > undone:
+            assert engine.inputs.windows == 0 and engine.inputs.mounting.turn == 0
+            restarts += 1
+        undone = now
+    assert restarts > 0 and engine.inputs.windows > 0  # and it learns again after
+
+
 def test_the_guard_still_refuses_nan_and_flat_windows_with_alignment(bundle_dir: Path):
     engine = Engine(OrtModel(load_bundle(bundle_dir)), "steady", inputs=InputOptions())
     x = windows(3, seed=4)

@@ -110,7 +110,7 @@ def test_input_alignment_turns_first_restarts_its_gain_estimates_and_keeps_the_t
     mounting = mounting_for(*source)
     refs = class_references(source[0], source[1], 4)
     stage = InputAlignment(InputOptions(reliable_quantile=1.0), refs, np.ones(6), mounting=mounting)
-    target = turn(stream(300, seed=2)[0], MOUNTINGS["180° x (upside down)"])
+    target = turn(stream(400, seed=2)[0], MOUNTINGS["180° x (upside down)"])
     probs = np.full((1, 4), 0.25)
     for i in range(len(target)):
         stage.update(target[i : i + 1], probs, np.zeros(1))

@@ -215,6 +215,7 @@ class Engine:
         n_invalid = len(x) - int(np.count_nonzero(valid))
         n_adapts = int(np.count_nonzero(adapts))
         update = self.policy.episode if self.episodic else self.policy.update
+        undone = self.counters.resets + self.counters.rollbacks  # the policy's guard, before
         clean = seen if n_invalid == 0 else sanitize(seen, self.limits)
         if n_adapts == len(x):
             probs, entropy = update(clean).softmax
@@ -224,7 +225,9 @@ class Engine:
                 logits[adapts] = update(clean[adapts]).logits
             logits[~adapts] = self.policy.predict(clean[~adapts]).logits
             probs, entropy = softmax_entropy(logits.astype(np.float64))
-        if self.inputs is not None:  # it learns from every sound window, in range or not yet
+        if self.inputs is not None and self.counters.resets + self.counters.rollbacks > undone:
+            self.inputs.reset()  # the policy undid a collapse: what it adapted to starts afresh too
+        elif self.inputs is not None:  # it learns from every sound window, in range or not yet
             sound = ~(checks.nonfinite | checks.flat)
             self.inputs.update(x[sound], probs[sound], entropy[sound])
         self.counters.windows += len(x)
