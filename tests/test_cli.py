@@ -76,7 +76,7 @@ def test_replay_with_input_alignment_learns_a_unit_error(trained: Path, tmp_path
     write_log(tmp_path / "unit.parquet", dataclasses.replace(log, values=values))
     assert invoke("export", "--checkpoint", trained, "--out", tmp_path / "art").exit_code == 0
     args = ("replay", "--artifacts", tmp_path / "art", "--log", tmp_path / "unit.parquet", "--json")
-    raw = json.loads(invoke(*args).output)  # auto: off for the default policy on a batch-norm model
+    raw = json.loads(invoke(*args, "--input-alignment", "off").output)
     result = invoke(*args, "--input-alignment", "on")
     assert result.exit_code == 0, result.output
     aligned = json.loads(result.output)

@@ -160,8 +160,9 @@ class Engine:
 
     `inputs` puts input alignment (`edge_ttt.adapt.input_alignment`) ahead of the policy: every
     window is corrected per channel before the model sees it, and the valid ones teach the
-    correction. The guard and the source model see the raw windows. By default (`AUTO_INPUTS`) it
-    is on where it wins: the default policy on a bundle without batch norms.
+    correction. The guard and the source model see the raw windows; in episodic mode it learns
+    nothing (the engine forgets after every batch). By default (`AUTO_INPUTS`) it is on ahead of
+    the default policy, offsets left to the statistics on batch-norm bundles.
     """
 
     def __init__(
@@ -227,7 +228,7 @@ class Engine:
             probs, entropy = softmax_entropy(logits.astype(np.float64))
         if self.inputs is not None and self.counters.resets + self.counters.rollbacks > undone:
             self.inputs.reset()  # the policy undid a collapse: what it adapted to starts afresh too
-        elif self.inputs is not None:  # it learns from every sound window, in range or not yet
+        elif self.inputs is not None and not self.episodic:  # every sound window, in range or not yet
             sound = ~(checks.nonfinite | checks.flat)
             self.inputs.update(x[sound], probs[sound], entropy[sound])
         self.counters.windows += len(x)
