@@ -1,0 +1,36 @@
+"""Per-window normalization statistics chosen layer by layer from the window's own moments.
+
+Methods such as NOTE's instance-aware batch norm and UnMix-TNS decide, inside each batch norm,
+what to normalize with from the statistics of that layer's input for this one window. Our graphs
+take the statistics as inputs and return every norm layer's input moments, so one pass cannot do
+that: a layer's input depends on how the layers before it normalized. With the layers in graph
+order (the manifest's), pass j fixes layer j, whose input no longer changes once layers < j are
+fixed; one more pass gives the logits. A window costs (layers + 1) forwards.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from edge_ttt.adapt.ort_model import OrtModel, Outputs
+from edge_ttt.adapt.statistics import Stats
+
+# (layer name, (mean, var) of that layer's input for this window) -> (mean, var) to normalize with
+Choose = Callable[[str, tuple[np.ndarray, np.ndarray]], tuple[np.ndarray, np.ndarray]]
+
+
+def forward_layerwise(model: OrtModel, x: np.ndarray, start: Stats, choose: Choose) -> tuple[Outputs, Stats]:
+    """Forward one window ([1, channels, length]) normalizing each batch norm with
+    `choose(layer, own moments)`; returns the outputs (whose moments are the window's own, layer
+    by layer, under those choices) and the statistics chosen. `start` fills the layers not yet
+    chosen; it never changes the result, only what the intermediate passes compute."""
+    if len(x) != 1:
+        raise ValueError(f"forward_layerwise takes one window at a time, got {len(x)}")
+    stats = {name: start[name] for name in start}
+    names = [layer.name for layer in model.manifest.batch_norms]
+    for name in names:
+        moments = model.forward(x, stats).moments[name]
+        stats[name] = tuple(np.asarray(v, np.float32) for v in choose(name, moments))
+    return model.forward(x, stats), stats
