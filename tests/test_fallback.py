@@ -18,6 +18,7 @@ from edge_ttt.adapt.estimates import (
     stream_estimate,
 )
 from edge_ttt.adapt.fallback import Fallback, FallbackOptions
+from edge_ttt.adapt.input_alignment import InputOptions
 from edge_ttt.adapt.ort_model import OrtModel, Outputs
 from edge_ttt.artifacts import load_bundle
 from tests.model_factory import CLASSES, windows
@@ -126,6 +127,43 @@ def test_the_engine_serves_source_within_min_windows_of_harm_and_returns_when_it
     back = next(i for i in range(24, 64) if not e.process(x[i : i + 1]).on_source[0] or i == 63)
     assert not e.fallback.on_source and back < 24 + 16  # within one horizon
     assert e.counters.fallbacks == 1  # a switch back is not a fallback
+
+
+class HarmfulAlignment:
+    """Wraps the engine's input alignment: `bad` squeezes every channel tenfold (windows the test
+    model is less sure of than of any raw one, and not flat), `good` is the alignment's own output;
+    learning and state are the alignment's."""
+
+    def __init__(self, inputs) -> None:
+        self.inputs, self.mode = inputs, "good"
+
+    def __getattr__(self, name: str):
+        return getattr(self.inputs, name)
+
+    def apply(self, x: np.ndarray) -> np.ndarray:
+        return 0.1 * x if self.mode == "bad" else self.inputs.apply(x)
+
+
+def test_the_fallback_judges_what_the_input_alignment_feeds_the_model(bundle_dir: Path):
+    options = FallbackOptions(horizon=16, margin=0.05, min_windows=8)
+    model = OrtModel(load_bundle(bundle_dir))
+    e = Engine(model, "norm", fallback=options, inputs=InputOptions())
+    source = Engine(model, "source", inputs=None)
+    e.inputs = HarmfulAlignment(e.inputs)
+    x = windows(64, seed=3)
+    entropy = np.concatenate([source.process(x[i : i + 1]).entropy for i in range(64)])
+    e.threshold = source.threshold = float(np.median(entropy))  # source right on half the windows
+    e.inputs.mode = "bad"
+    for i in range(8):
+        assert not e.process(x[i : i + 1]).on_source[0]
+    assert e.fallback.on_source and e.counters.fallbacks == 1
+    for i in range(8, 24):  # the source model on the raw windows, not on what the alignment made
+        p, expected = e.process(x[i : i + 1]), source.process(x[i : i + 1])
+        assert p.on_source[0]
+        np.testing.assert_array_equal(p.probs, expected.probs)
+    e.inputs.mode = "good"  # back once the statistics `norm` took from the squeezed windows fade
+    back = next(i for i in range(24, 64) if not e.process(x[i : i + 1]).on_source[0] or i == 63)
+    assert not e.fallback.on_source and back < 63 and e.counters.fallbacks == 1
 
 
 def test_without_a_fallback_the_policy_always_serves_and_no_source_pass_runs(bundle_dir: Path):
