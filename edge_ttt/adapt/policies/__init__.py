@@ -6,6 +6,8 @@
 - `sar`: SAR (Niu et al., 2023): entropy filter, sharpness-aware two-pass update, reset on collapse.
 - `steady` (default): class-balanced momentum statistics + filtered, class-balanced entropy steps
   on the norm affines, averaged (EMA) and anchored to source, with collapse rollback.
+- `unmix-tns`: UnMix-TNS (Tomar et al., 2024): per batch norm K statistics components; each window
+  normalizes with their mixture re-weighted by its own statistics (layer by layer); no gradients.
 - `ttt`: test-time training on a self-supervised auxiliary task; needs a bundle with an auxiliary
   head, on which the entropy policies refuse to run.
 
@@ -28,9 +30,10 @@ from edge_ttt.adapt.policies.source import Source
 from edge_ttt.adapt.policies.steady import Steady
 from edge_ttt.adapt.policies.tent import Tent
 from edge_ttt.adapt.policies.ttt import TestTimeTraining
+from edge_ttt.adapt.policies.unmix_tns import UnmixTns
 
 POLICY_TYPES: dict[str, type[Policy]] = {
-    p.name: p for p in (Source, Norm, Tent, Sar, Steady, TestTimeTraining)
+    p.name: p for p in (Source, Norm, Tent, Sar, Steady, UnmixTns, TestTimeTraining)
 }
 DEFAULT_POLICY = Steady.name
 
@@ -45,6 +48,7 @@ __all__ = [
     "Steady",
     "Tent",
     "TestTimeTraining",
+    "UnmixTns",
     "bundle_loss",
     "create",
     "fits",
