@@ -207,6 +207,7 @@ def test_main_writes_results_that_do_not_depend_on_jobs(model_paths, tmp_path):
         for policy in ("source", "steady", FALLBACK_COLUMN)
     ]
     meta = one["meta"]
+    assert "paced" not in one and "paced_hz" not in meta  # without --paced: as before it existed
     assert meta["git_commit"] and meta["models"]["cnn-bn"]["bundle_sha256"]
     assert (
         meta["columns"][FALLBACK_COLUMN]["fallback"] == meta["fallback"]
@@ -218,6 +219,7 @@ def test_main_writes_results_that_do_not_depend_on_jobs(model_paths, tmp_path):
     for row in ("original | **mean over corruptions**", "deployment | **mean over deployment shifts**"):
         assert f"| shuffled | 16 | {row} |" in report
     assert "| shuffled | 16 | deployment | wrist |" in report and "## Targets" in report
+    assert "Paced" not in report
     assert (
         f"| order | batch | shift | steady | estimated | source | estimated | {FALLBACK_COLUMN} |" in report
     )

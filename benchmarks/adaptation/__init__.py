@@ -6,8 +6,9 @@ stream is replayed through a fresh engine per policy, next to a PyTorch eager Te
 of the ONNX Runtime one, and the project's targets are evaluated from the numbers of the same run.
 How to run it and read it: docs/adaptation-benchmark.md.
 
-Parts: `cells` (streams, one cell, the workers), `models` (the trained models' cache), `estimates`
-(label-free estimates next to the truth), `targets`, `report` (the Markdown), `cli`
+Parts: `cells` (streams, one cell, the workers), `paced` (the clock of a stream that does not
+wait, `--paced`), `models` (the trained models' cache), `estimates` (label-free estimates next to
+the truth), `targets`, `report` (the Markdown; `paced_report` its paced table and target), `cli`
 (`python -m benchmarks.adaptation`).
 """
 

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from benchmarks.adaptation.paced import replay_paced
 from benchmarks.torch_tent import tent_predictions
 from edge_ttt.adapt.engine import AUTO_INPUTS, DEFAULT_POLICY, POLICIES, AutoInputs, Engine
 from edge_ttt.adapt.estimates import class_prior, device_estimates, stream_estimate
@@ -136,17 +137,22 @@ def per_device(
     ]
 
 
-def run_cell(cell: Cell, paths: ModelPaths, log: RecordedLog) -> dict:
+def run_cell(cell: Cell, paths: ModelPaths, log: RecordedLog, rate_hz: float | None = None) -> dict:
     """Replay the cell's stream through a fresh engine (or the torch Tent): accuracy, the label-free
-    estimates (the torch Tent has no source one), per device and in total, counters, timing."""
+    estimates (the torch Tent has no source one), per device and in total, counters, timing.
+
+    With `rate_hz` (the sensor's sample rate) the stream is paced (`paced`): windows arrive one
+    hop apart at that rate and do not wait for the policy; the result then has a `paced` entry."""
     bundle = load_bundle(paths.bundle)
     info = bundle.manifest.model
     check_compatible(log, info.channels, info.sample_rate_hz, "target log")
     stream, devices = make_stream(log, cell, info.window, info.hop)
     served = np.full(len(stream), -1, np.int64)
     source = np.full(len(stream), -1, np.int64)  # the source model's classes, where it ran
-    counters = None
+    counters = paced = None
     if cell.policy == TORCH_TENT:
+        if rate_hz is not None:
+            raise ValueError(f"{TORCH_TENT} has no predict-only path: it cannot be paced")
         torch.set_num_threads(1)  # a cell is single-threaded whoever runs it (ORT: threads=1 below)
         model = load_checkpoint(paths.checkpoint).model
         start = time.perf_counter()
@@ -157,16 +163,22 @@ def run_cell(cell: Cell, paths: ModelPaths, log: RecordedLog) -> dict:
             OrtModel(bundle, threads=1), how.policy, how.options, fallback=how.fallback, inputs=how.inputs
         )
         start = time.perf_counter()
-        for i in range(0, len(stream), cell.batch_size):
-            out = engine.process(stream.x[i : i + cell.batch_size])
-            served[i : i + cell.batch_size], source[i : i + cell.batch_size] = out.classes, out.source_classes
+        if rate_hz is None:
+            for i in range(0, len(stream), cell.batch_size):
+                out = engine.process(stream.x[i : i + cell.batch_size])
+                served[i : i + cell.batch_size] = out.classes
+                source[i : i + cell.batch_size] = out.source_classes
+        else:
+            hop_s = info.hop / rate_hz
+            paced = replay_paced(engine, stream.x, cell.batch_size, hop_s, served, source)
+            paced = paced.summary(rate_hz, hop_s)
         counters = engine.counters.as_dict()
     elapsed = time.perf_counter() - start
     # As `edge-ttt replay` estimates: per device, from the predicted class mix.
     prior = class_prior(bundle.manifest)
     estimated = device_estimates(served, devices, prior)
     source_estimated = device_estimates(source, devices, prior)
-    return {
+    result = {
         **dataclasses.asdict(cell),
         "windows": len(stream),
         "accuracy": accuracy(stream.label, served),
@@ -176,6 +188,7 @@ def run_cell(cell: Cell, paths: ModelPaths, log: RecordedLog) -> dict:
         "counters": counters,
         "ms_per_window": 1000 * elapsed / max(len(stream), 1),
     }
+    return result if paced is None else {**result, "paced": paced}
 
 
 def runs_on(column: str, bundle: Bundle) -> bool:
@@ -191,13 +204,17 @@ def _target_log() -> RecordedLog:
     return watch_logs()["target"]
 
 
-def _work(task: tuple[Cell, ModelPaths]) -> dict:
-    cell, paths = task
-    return run_cell(cell, paths, _target_log())
+Task = tuple[Cell, ModelPaths, float | None]  # the cell, its model, the paced rate (None: unpaced)
 
 
-def run_cells(tasks: list[tuple[Cell, ModelPaths]], jobs: int) -> Iterable[dict]:
-    """Results as they finish; every cell is independent and single-threaded, so `jobs` changes no number."""
+def _work(task: Task) -> dict:
+    cell, paths, rate_hz = task
+    return run_cell(cell, paths, _target_log(), rate_hz)
+
+
+def run_cells(tasks: list[Task], jobs: int) -> Iterable[dict]:
+    """Results as they finish; every cell is independent and single-threaded, so `jobs` changes
+    no accuracy (paced cells: their timings, hence what they miss, depend on the machine's load)."""
     # Slowest first (batch size 1, then the torch reference) so that no worker idles at the end.
     tasks = sorted(tasks, key=lambda t: (t[0].batch_size != 1, t[0].policy != TORCH_TENT))
     if jobs == 1:

@@ -23,6 +23,7 @@ from benchmarks.adaptation.cells import (
     variant,
 )
 from benchmarks.adaptation.models import prepare_models
+from benchmarks.adaptation.paced_report import paced_target
 from benchmarks.adaptation.report import markdown, pct
 from benchmarks.adaptation.targets import evaluate_targets
 from benchmarks.harness import _batch_sizes, add_output_options, machine_info, name_list, progress
@@ -73,6 +74,17 @@ def run_metadata(argv: list[str], args: argparse.Namespace, paths: dict[str, Mod
     }
 
 
+def _rates(text: str) -> list[float]:
+    """An argparse type: comma-separated sample rates in Hz."""
+    try:
+        rates = [float(n) for n in text.split(",") if n]
+    except ValueError:
+        rates = []
+    if not rates or min(rates) <= 0:
+        raise argparse.ArgumentTypeError(f"rates must be positive numbers of Hz, got {text!r}")
+    return rates
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m benchmarks.adaptation", description=DESCRIPTION)
     p.add_argument("--models", type=name_list(MODELS, "model"), default=list(MODELS), help="reference models")
@@ -91,6 +103,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--severity", type=int, choices=SEVERITIES, default=4, help="of every corruption")
     p.add_argument("--seed", type=int, default=0, help="corruption draws and the shuffled order")
     p.add_argument("--jobs", type=int, default=2, help="worker processes, each single-threaded")
+    p.add_argument(
+        "--paced",
+        type=_rates,
+        action="extend",
+        metavar="RATE",
+        help="also replay every engine cell paced at these sensor rates in Hz (comma list, repeatable)",
+    )
     p.add_argument("--retrain", action="store_true", help="train and export again even if cached")
     add_output_options(p)
     p.set_defaults(out=None)  # resolved below: where a run's tables go depends on what it covers
@@ -115,7 +134,7 @@ def main(argv: list[str] | None = None) -> None:
     paths = prepare_models(args.models, args.cache, args.retrain)
     columns = args.policies + ([] if args.no_torch_tent else [TORCH_TENT])
     bundles = {model: load_bundle(paths[model].bundle) for model in args.models}
-    tasks = [
+    cells = [
         (Cell(model, corruption, args.severity, order, batch, policy, args.seed), paths[model])
         for model in args.models
         for corruption in args.corruptions
@@ -124,26 +143,41 @@ def main(argv: list[str] | None = None) -> None:
         for policy in columns
         if runs_on(policy, bundles[model])
     ]
-    results = []
+    rates = list(dict.fromkeys(args.paced or []))
+    tasks = [(cell, path, None) for cell, path in cells]
+    tasks += [(cell, path, rate) for rate in rates for cell, path in cells if cell.policy != TORCH_TENT]
+    results, paced = [], []
     for k, r in enumerate(run_cells(tasks, args.jobs), 1):
-        results.append(r)
+        (paced if "paced" in r else results).append(r)
+        how = f" paced at {r['paced']['rate_hz']:g} Hz, {r['paced']['missed']} missed" if "paced" in r else ""
         progress(
             f"[{k}/{len(tasks)}] {r['model']} {r['corruption']} {r['order']} b={r['batch_size']} "
             f"{r['policy']}: {pct(None if r['accuracy'] is None else 100 * r['accuracy'])}% "
-            f"({r['ms_per_window']:.2f} ms/window)"
+            f"({r['ms_per_window']:.2f} ms/window){how}"
         )
     canonical = {
-        (c.model, c.corruption, c.order, c.batch_size, c.policy): i for i, (c, _) in enumerate(tasks)
+        (c.model, c.corruption, c.order, c.batch_size, c.policy): i for i, (c, _) in enumerate(cells)
     }
     results.sort(
         key=lambda r: canonical[(r["model"], r["corruption"], r["order"], r["batch_size"], r["policy"])]
     )
+    paced.sort(
+        key=lambda r: (
+            rates.index(r["paced"]["rate_hz"]),
+            canonical[(r["model"], r["corruption"], r["order"], r["batch_size"], r["policy"])],
+        )
+    )
     meta = run_metadata(argv, args, paths)
     meta["wall_s"] = time.perf_counter() - start
     targets = evaluate_targets(results, DEFAULT_POLICY)
-    report = markdown(results, targets, meta)
+    document = {"meta": meta, "cells": results}
+    if rates:  # without --paced the output is as before it existed
+        meta["paced_hz"] = rates
+        targets.append(paced_target(paced, DEFAULT_POLICY))
+        document["paced"] = paced
+    report = markdown(results, targets, meta, paced)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "adaptation.json").write_text(json.dumps({"meta": meta, "cells": results}, indent=1) + "\n")
+    (args.out / "adaptation.json").write_text(json.dumps(document, indent=1) + "\n")
     (args.out / "adaptation.md").write_text(report)
     print(report)
     progress(f"wrote {args.out / 'adaptation.json'} and {args.out / 'adaptation.md'}")

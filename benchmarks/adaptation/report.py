@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from benchmarks.adaptation.cells import FALLBACK_COLUMN, ORDERS, TORCH_TENT, TORCH_TENT_LR
+from benchmarks.adaptation.paced_report import paced_rows
 from benchmarks.adaptation.targets import accuracies, mean_over_corruptions, mean_over_deployment_shifts
 from benchmarks.harness import Target, target_lines
 from firmware_sim.corruptions import CORRUPTIONS, SHIFTS
@@ -111,9 +112,10 @@ def _estimate_rows(results: list[dict], model: str, default: str) -> list[str]:
     return lines
 
 
-def markdown(results: list[dict], targets: list[Target], meta: dict) -> str:
+def markdown(results: list[dict], targets: list[Target], meta: dict, paced: list[dict] | None = None) -> str:
     """Per model the accuracy table (rows: order, batch size, shift; a column per policy), the
-    milliseconds per window and the default policy's estimates, then the targets."""
+    milliseconds per window, the default policy's estimates and the paced cells if any, then the
+    targets."""
     columns = list(dict.fromkeys(r["policy"] for r in results))
     severity = meta["severity"]
     default = meta["default_policy"]
@@ -151,5 +153,6 @@ def markdown(results: list[dict], targets: list[Target], meta: dict) -> str:
             times = [_mean_ms(results, model, batch, p) for p in columns]
             lines.append(f"| {batch} | " + " | ".join(times) + " |")
         lines += _estimate_rows(results, model, default) if default else []
+        lines += paced_rows(results, paced or [], model)
     lines += target_lines(targets)
     return "\n".join(lines) + "\n"

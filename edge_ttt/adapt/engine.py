@@ -19,7 +19,7 @@ from edge_ttt.adapt.counters import Counters
 from edge_ttt.adapt.estimates import entropy_threshold, likely_right
 from edge_ttt.adapt.fallback import Fallback, FallbackOptions
 from edge_ttt.adapt.flat import prefixed, unprefixed
-from edge_ttt.adapt.guard import InputLimits, check_windows, sanitize
+from edge_ttt.adapt.guard import InputLimits, Validity, check_windows, sanitize
 from edge_ttt.adapt.input_alignment import InputAlignment, InputOptions
 from edge_ttt.adapt.mounting import Mounting, MountOptions
 from edge_ttt.adapt.ort_model import OrtModel
@@ -200,24 +200,17 @@ class Engine:
 
     def process(self, x: np.ndarray) -> Predictions:
         """Predict a batch [n, channels, length] of raw windows and adapt on the valid ones."""
-        self.model.serve(self.policy, self.policy.param_vector)  # engines of several devices share it
-        x = np.asarray(x, np.float32)
-        if x.ndim != 3 or x.shape[1:] != self.shape:
-            c, length = self.shape
-            raise ValueError(f"windows must have shape [n, {c}, {length}], got {list(x.shape)}")
+        x, checks, clean = self._screen(x)
         # With input alignment the guard judges what the model will see: a gyroscope in degrees
         # is out of the source range raw, and in range once its gain is learnt. The policy adapts
         # only on windows in range raw as well: while the alignment is still learning such a
         # gain, the windows it lets through are still off, and long-horizon statistics keep that.
-        seen = x if self.inputs is None else self.inputs.apply(x)
-        checks = check_windows(seen, self.limits)
         valid = checks.valid
         adapts = valid if self.inputs is None else valid & ~check_windows(x, self.limits).out_of_range
         n_invalid = len(x) - int(np.count_nonzero(valid))
         n_adapts = int(np.count_nonzero(adapts))
         update = self.policy.episode if self.episodic else self.policy.update
         undone = self.counters.resets + self.counters.rollbacks  # the policy's guard, before
-        clean = seen if n_invalid == 0 else sanitize(seen, self.limits)
         if n_adapts == len(x):
             probs, entropy = update(clean).softmax
         else:
@@ -235,20 +228,58 @@ class Engine:
         self.counters.rejected_invalid += n_invalid
         adapted = Scored(probs, likely_right(entropy, self.threshold), entropy)
         if self.fallback is not None:  # the source model sees the raw windows
-            raw = x if n_invalid == 0 else sanitize(x, self.limits)
-            return self._serve(raw, valid, adapted)
+            return self._serve(self._raw(x, valid), valid, adapted)
+        return self._alone(valid, adapted)
+
+    def predict(self, x: np.ndarray) -> Predictions:
+        """Predict a batch as `process` would from the state as it is, learning nothing: for
+        windows a device has no time to adapt on (a stream faster than the policy's step). The
+        same input alignment (applied, not learnt), guard and fallback decision (not moved); the
+        counters are left alone too: they count what the engine adapted on, so a caller that
+        predicts counts those windows itself."""
+        x, checks, clean = self._screen(x)
+        probs, entropy = self.policy.predict(clean).softmax
+        adapted = Scored(probs, likely_right(entropy, self.threshold), entropy)
+        if self.fallback is None:
+            return self._alone(checks.valid, adapted)
+        source = self._source(self._raw(x, checks.valid))
+        on_source = self.fallback.on_source
+        return _predictions(checks.valid, source if on_source else adapted, source, on_source)
+
+    def _screen(self, x: np.ndarray) -> tuple[np.ndarray, Validity, np.ndarray]:
+        """The raw windows as float32, the guard's checks of what the model will see (input
+        alignment applied) and its sanitized copy; the model serves the policy from here on."""
+        self.model.serve(self.policy, self.policy.param_vector)  # engines of several devices share it
+        x = np.asarray(x, np.float32)
+        if x.ndim != 3 or x.shape[1:] != self.shape:
+            c, length = self.shape
+            raise ValueError(f"windows must have shape [n, {c}, {length}], got {list(x.shape)}")
+        seen = x if self.inputs is None else self.inputs.apply(x)
+        checks = check_windows(seen, self.limits)
+        return x, checks, seen if checks.valid.all() else sanitize(seen, self.limits)
+
+    def _raw(self, x: np.ndarray, valid: np.ndarray) -> np.ndarray:
+        """What the source model sees: the raw windows, sanitized where the guard refused one."""
+        return x if valid.all() else sanitize(x, self.limits)
+
+    def _alone(self, valid: np.ndarray, adapted: Scored) -> Predictions:
+        """Without a fallback: the policy serves; only the `source` policy is its own source model."""
         if self.policy_name == "source":
             return _predictions(valid, adapted, adapted, on_source=False)
-        return _predictions(valid, adapted, Scored(None, np.full(len(x), np.nan), None), on_source=False)
+        return _predictions(valid, adapted, Scored(None, np.full(len(valid), np.nan), None), on_source=False)
+
+    def _source(self, x: np.ndarray) -> Scored:
+        """The source model's view of the (raw) batch; the model leaves as the policy's."""
+        self.model.serve(self.fallback, self.policy.source_vector)
+        probs, entropy = self.model.forward(x, self.policy.source_stats).softmax
+        self.model.serve(self.policy, self.policy.param_vector)
+        return Scored(probs, likely_right(entropy, self.threshold), entropy)
 
     def _serve(self, x: np.ndarray, valid: np.ndarray, adapted: Scored) -> Predictions:
         """Run the source model on the batch and serve it where the fallback says so (decided on
         the windows before this batch); then both models' estimates on the valid windows move
         the fallback. The adapted model's estimate is its own whichever model served."""
-        self.model.serve(self.fallback, self.policy.source_vector)
-        source_probs, source_entropy = self.model.forward(x, self.policy.source_stats).softmax
-        self.model.serve(self.policy, self.policy.param_vector)  # the model leaves as the policy's
-        source = Scored(source_probs, likely_right(source_entropy, self.threshold), source_entropy)
+        source = self._source(x)
         on_source = self.fallback.on_source
         if on_source:
             self.counters.windows_on_source += len(x)
