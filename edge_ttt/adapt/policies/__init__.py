@@ -4,6 +4,8 @@
 - `norm`: batch norms normalize with momentum averages of the stream's first and second moments.
 - `tent`: Tent (Wang et al., 2021): batch statistics, entropy minimization of the norm affines, Adam.
 - `sar`: SAR (Niu et al., 2023): entropy filter, sharpness-aware two-pass update, reset on collapse.
+- `note`: NOTE (Gong et al., 2022): instance-aware batch norm, a prediction-balanced memory, and
+  entropy steps on the memory every 64 windows.
 - `steady` (default): class-balanced momentum statistics + filtered, class-balanced entropy steps
   on the norm affines, averaged (EMA) and anchored to source, with collapse rollback.
 - `ttt`: test-time training on a self-supervised auxiliary task; needs a bundle with an auxiliary
@@ -23,6 +25,7 @@ from edge_ttt.adapt.counters import Counters
 from edge_ttt.adapt.ort_model import OrtModel
 from edge_ttt.adapt.policies.base import Policy, PolicyMismatchError, bundle_loss, fits
 from edge_ttt.adapt.policies.norm import Norm
+from edge_ttt.adapt.policies.note import Note
 from edge_ttt.adapt.policies.sar import Sar
 from edge_ttt.adapt.policies.source import Source
 from edge_ttt.adapt.policies.steady import Steady
@@ -30,7 +33,7 @@ from edge_ttt.adapt.policies.tent import Tent
 from edge_ttt.adapt.policies.ttt import TestTimeTraining
 
 POLICY_TYPES: dict[str, type[Policy]] = {
-    p.name: p for p in (Source, Norm, Tent, Sar, Steady, TestTimeTraining)
+    p.name: p for p in (Source, Norm, Tent, Sar, Note, Steady, TestTimeTraining)
 }
 DEFAULT_POLICY = Steady.name
 
@@ -38,6 +41,7 @@ __all__ = [
     "DEFAULT_POLICY",
     "POLICY_TYPES",
     "Norm",
+    "Note",
     "Policy",
     "PolicyMismatchError",
     "Sar",
