@@ -4,10 +4,12 @@
 - `norm`: batch norms normalize with momentum averages of the stream's first and second moments.
 - `tent`: Tent (Wang et al., 2021): batch statistics, entropy minimization of the norm affines, Adam.
 - `sar`: SAR (Niu et al., 2023): entropy filter, sharpness-aware two-pass update, reset on collapse.
-- `steady` (default): class-balanced momentum statistics + filtered, class-balanced entropy steps
-  on the norm affines, averaged (EMA) and anchored to source, with collapse rollback.
+- `note`: NOTE (Gong et al., 2022): instance-aware batch norm, a prediction-balanced memory, and
+  entropy steps on the memory every 64 windows.
 - `unmix-tns`: UnMix-TNS (Tomar et al., 2024): per batch norm K statistics components; each window
   normalizes with their mixture re-weighted by its own statistics (layer by layer); no gradients.
+- `steady` (default): class-balanced momentum statistics + filtered, class-balanced entropy steps
+  on the norm affines, averaged (EMA) and anchored to source, with collapse rollback.
 - `ttt`: test-time training on a self-supervised auxiliary task; needs a bundle with an auxiliary
   head, on which the entropy policies refuse to run.
 
@@ -25,6 +27,7 @@ from edge_ttt.adapt.counters import Counters
 from edge_ttt.adapt.ort_model import OrtModel
 from edge_ttt.adapt.policies.base import Policy, PolicyMismatchError, bundle_loss, fits
 from edge_ttt.adapt.policies.norm import Norm
+from edge_ttt.adapt.policies.note import Note
 from edge_ttt.adapt.policies.sar import Sar
 from edge_ttt.adapt.policies.source import Source
 from edge_ttt.adapt.policies.steady import Steady
@@ -33,7 +36,7 @@ from edge_ttt.adapt.policies.ttt import TestTimeTraining
 from edge_ttt.adapt.policies.unmix_tns import UnmixTns
 
 POLICY_TYPES: dict[str, type[Policy]] = {
-    p.name: p for p in (Source, Norm, Tent, Sar, Steady, UnmixTns, TestTimeTraining)
+    p.name: p for p in (Source, Norm, Tent, Sar, Note, UnmixTns, Steady, TestTimeTraining)
 }
 DEFAULT_POLICY = Steady.name
 
@@ -41,6 +44,7 @@ __all__ = [
     "DEFAULT_POLICY",
     "POLICY_TYPES",
     "Norm",
+    "Note",
     "Policy",
     "PolicyMismatchError",
     "Sar",

@@ -1,0 +1,64 @@
+"""Instance-aware batch norm statistics (NOTE, Gong et al., NeurIPS 2022), in numpy.
+
+A batch norm normalizes with base statistics (the running ones when predicting, the memory
+batch's when learning), corrected towards one window's own only where that window's moments lie
+beyond `alpha` standard errors of the base: within that band the difference is what sampling
+alone would give, beyond it the window is genuinely different and normalizes partly by itself.
+With L samples per channel, the standard errors of the window's mean and (unbiased) variance
+under the base distribution are sqrt(var_b / L) and var_b * sqrt(2 / (L - 1)), and the
+correction is the soft shrinkage of the difference by alpha times those.
+
+Our graphs report biased moments (over the batch and time axis); the paper's are unbiased, so
+`unbiased` converts them first.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+
+def unbiased(var: np.ndarray, samples: int) -> np.ndarray:
+    """A biased variance over `samples` values as the unbiased one (unchanged for one sample)."""
+    var = np.asarray(var, np.float64)
+    return var if samples <= 1 else var * (samples / (samples - 1))
+
+
+def soft_shrink(d: np.ndarray, threshold: np.ndarray) -> np.ndarray:
+    """sign(d) * max(|d| - threshold, 0).
+
+    >>> soft_shrink(np.array([-3.0, 0.5, 2.0]), np.array(1.0)).tolist()
+    [-2.0, 0.0, 1.0]
+    """
+    return np.sign(d) * np.maximum(np.abs(d) - threshold, 0.0)
+
+
+def instance_aware(
+    base: tuple[np.ndarray, np.ndarray],
+    own: tuple[np.ndarray, np.ndarray],
+    length: int,
+    alpha: float,
+    eps: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The (mean, var) to normalize one window with: `base` (mean, unbiased var) corrected
+    towards the window's `own` (mean, unbiased var over its `length` samples) beyond alpha
+    standard errors. A length of 1 carries no instance statistics: the base as it is."""
+    mean_b, var_b = (np.asarray(a, np.float64) for a in base)
+    if length <= 1:
+        return mean_b, var_b
+    mean, var = (np.asarray(a, np.float64) for a in own)
+    se_mean = np.sqrt((var_b + eps) / length)
+    se_var = (var_b + eps) * np.sqrt(2.0 / (length - 1))
+    adjusted_mean = mean_b + soft_shrink(mean - mean_b, alpha * se_mean)
+    adjusted_var = np.maximum(var_b + soft_shrink(var - var_b, alpha * se_var), 0.0)
+    return adjusted_mean, adjusted_var
+
+
+def pooled(moments: Sequence[tuple[np.ndarray, np.ndarray]], length: int) -> tuple[np.ndarray, np.ndarray]:
+    """The (mean, unbiased var) over several windows' samples together, from each window's
+    (mean, biased var) over its `length` samples (law of total variance)."""
+    means = np.array([m for m, _ in moments], np.float64)
+    second = np.array([v for _, v in moments], np.float64) + means**2
+    mean = means.mean(axis=0)
+    return mean, unbiased(second.mean(axis=0) - mean**2, length * len(moments))
