@@ -24,6 +24,7 @@ from benchmarks.adaptation.cells import (
 )
 from benchmarks.adaptation.models import prepare_models
 from benchmarks.adaptation.paced_report import paced_target
+from benchmarks.adaptation.peer_targets import target_default_vs_peers, target_peer_claims
 from benchmarks.adaptation.report import markdown, pct
 from benchmarks.adaptation.targets import evaluate_targets
 from benchmarks.harness import _batch_sizes, add_output_options, machine_info, name_list, progress
@@ -170,6 +171,7 @@ def main(argv: list[str] | None = None) -> None:
     meta = run_metadata(argv, args, paths)
     meta["wall_s"] = time.perf_counter() - start
     targets = evaluate_targets(results, DEFAULT_POLICY)
+    targets += [target_default_vs_peers(results, DEFAULT_POLICY), target_peer_claims(results)]
     document = {"meta": meta, "cells": results}
     if rates:  # without --paced the output is as before it existed
         meta["paced_hz"] = rates

@@ -65,7 +65,7 @@ def paced_rows(results: list[dict], paced: list[dict], model: str) -> list[str]:
 
 def paced_target(paced: list[dict], default: str | None) -> Target:
     """Paced at the watch's rate on one core, the default policy misses no window."""
-    title = f"Paced at {TARGET_RATE_HZ:g} Hz on one core, the default policy misses no window"
+    title = f"13. paced at {TARGET_RATE_HZ:g} Hz on one core, the default policy misses no window"
     if default is None:
         return Target(title, NOT_MEASURED, ["edge_ttt.adapt.engine defines no DEFAULT_POLICY"])
     cells = [r for r in paced if r["policy"] == default and r["paced"]["rate_hz"] == TARGET_RATE_HZ]
