@@ -5,7 +5,8 @@ what to normalize with from the statistics of that layer's input for this one wi
 take the statistics as inputs and return every norm layer's input moments, so one pass cannot do
 that: a layer's input depends on how the layers before it normalized. With the layers in graph
 order (the manifest's), pass j fixes layer j, whose input no longer changes once layers < j are
-fixed; one more pass gives the logits. A window costs (layers + 1) forwards.
+fixed; one more pass gives the logits. A window costs (layers + 1) forwards, and a batch is its
+windows one by one, `joined` back into one batch's outputs.
 """
 
 from __future__ import annotations
@@ -34,3 +35,20 @@ def forward_layerwise(model: OrtModel, x: np.ndarray, start: Stats, choose: Choo
         moments = model.forward(x, stats).moments[name]
         stats[name] = tuple(np.asarray(v, np.float32) for v in choose(name, moments))
     return model.forward(x, stats), stats
+
+
+def joined(outs: list[Outputs]) -> Outputs:
+    """Outputs of consecutive parts (windows run one by one) as one batch's: logits stacked,
+    each layer's moments pooled over all the windows (law of total variance)."""
+    if len(outs) == 1:
+        return outs[0]
+    sizes = np.array([len(o.logits) for o in outs], np.float64)
+    share = sizes / sizes.sum()
+    moments = {}
+    for name in outs[0].moments:
+        means = [np.asarray(o.moments[name][0], np.float64) for o in outs]
+        variances = [np.asarray(o.moments[name][1], np.float64) for o in outs]
+        mean = sum(w * mu for w, mu in zip(share, means, strict=True))
+        second = sum(w * (v + mu**2) for w, mu, v in zip(share, means, variances, strict=True))
+        moments[name] = (mean.astype(np.float32), (second - mean**2).astype(np.float32))
+    return Outputs(np.concatenate([o.logits for o in outs]), moments)

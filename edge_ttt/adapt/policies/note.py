@@ -11,7 +11,7 @@ from edge_ttt.adapt.counters import Counters
 from edge_ttt.adapt.flat import prefixed, unprefixed
 from edge_ttt.adapt.iabn import instance_aware, pooled, unbiased
 from edge_ttt.adapt.layer_lengths import batch_norm_lengths
-from edge_ttt.adapt.layerwise import Choose, forward_layerwise
+from edge_ttt.adapt.layerwise import Choose, forward_layerwise, joined
 from edge_ttt.adapt.optim import Adam, Arrays
 from edge_ttt.adapt.ort_model import OrtModel, Outputs, Stats
 from edge_ttt.adapt.pbrs import PredictionBalancedReservoir
@@ -181,20 +181,3 @@ class Note(Policy):
         for k, m in means.items():
             self.running[k] = (np.array(m, np.float64), np.array(variances[k], np.float64))
         self.arrived, self.steps = int(flat["arrived"]), int(flat["steps"])
-
-
-def joined(outs: list[Outputs]) -> Outputs:
-    """Outputs of consecutive parts as one batch's: logits stacked, each layer's moments pooled
-    over all the windows (law of total variance)."""
-    if len(outs) == 1:
-        return outs[0]
-    sizes = np.array([len(o.logits) for o in outs], np.float64)
-    share = sizes / sizes.sum()
-    moments = {}
-    for name in outs[0].moments:
-        means = [np.asarray(o.moments[name][0], np.float64) for o in outs]
-        variances = [np.asarray(o.moments[name][1], np.float64) for o in outs]
-        mean = sum(w * mu for w, mu in zip(share, means, strict=True))
-        second = sum(w * (v + mu**2) for w, mu, v in zip(share, means, variances, strict=True))
-        moments[name] = (mean.astype(np.float32), (second - mean**2).astype(np.float32))
-    return Outputs(np.concatenate([o.logits for o in outs]), moments)

@@ -9,7 +9,7 @@ import numpy as np
 
 from edge_ttt.adapt.counters import Counters
 from edge_ttt.adapt.flat import prefixed, unprefixed
-from edge_ttt.adapt.layerwise import forward_layerwise
+from edge_ttt.adapt.layerwise import forward_layerwise, joined
 from edge_ttt.adapt.optim import Arrays
 from edge_ttt.adapt.ort_model import OrtModel, Outputs, Stats
 from edge_ttt.adapt.policies.base import Policy
@@ -102,7 +102,7 @@ class UnmixTns(Policy):
         """Each window through the model with its own mixtures (no state change): the outputs,
         and per window per layer what the update needs."""
         done = [self._window(window[None]) for window in x]
-        return _joined([out for out, _ in done]), [seen for _, seen in done]
+        return joined([out for out, _ in done]), [seen for _, seen in done]
 
     def _window(self, x: np.ndarray) -> tuple[Outputs, dict[str, Seen]]:
         """One window ([1, channels, length]), layer by layer with its own mixture."""
@@ -127,16 +127,3 @@ class UnmixTns(Policy):
             own = unprefixed(name, flat)
             means, variances = (np.array(own[k], np.float64) for k in ("means", "vars"))
             self.components[name] = Components(means, variances)
-
-
-def _joined(outs: list[Outputs]) -> Outputs:
-    """Single-window outputs as one batch's: logits stacked, each layer's moments over the batch
-    (windows of equal length: the mean of the means, the mean variance plus that of the means)."""
-    if len(outs) == 1:
-        return outs[0]
-    moments = {}
-    for name in outs[0].moments:
-        means = np.stack([o.moments[name][0] for o in outs])
-        variances = np.stack([o.moments[name][1] for o in outs])
-        moments[name] = (means.mean(axis=0), variances.mean(axis=0) + means.var(axis=0))
-    return Outputs(np.concatenate([o.logits for o in outs]), moments)
