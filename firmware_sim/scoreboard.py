@@ -55,6 +55,14 @@ class Scoreboard:
         with self._lock:
             return sum(len(v) for (p, _), v in self._seen.items() if p == policy)
 
+    def predictions(self, policy: str) -> tuple[np.ndarray, np.ndarray]:
+        """(class index, device) of every window `policy` predicted, labeled or not: what a
+        label-free estimate may look at."""
+        with self._lock:
+            rows = [(c, d) for (p, d), seen in self._seen.items() if p == policy for c in seen.values()]
+        classes = np.array([c for c, _ in rows], np.int64)
+        return classes, np.array([d for _, d in rows], dtype=object)
+
     def accuracy(self, policy: str, device: str) -> tuple[float | None, int]:
         """Share of labeled windows predicted right, and how many labeled windows were predicted."""
         with self._lock:

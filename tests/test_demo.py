@@ -18,6 +18,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 from rich.console import Console
 
+from edge_ttt.adapt.estimates import class_mix_cap
 from edge_ttt.monitor import dataset
 from edge_ttt.recordlog import RecordedLog
 from edge_ttt_demo import fleet, results, run, services
@@ -67,6 +68,59 @@ def test_scoreboard_counts_each_window_once_and_scores_it():
     assert board.accuracy("source", "d1") == (0.0, 1)
     assert board.accuracy("source", "d2") == (None, 0)
     assert board.malformed == 2
+
+
+# --- the table ------------------------------------------------------------------------------------
+
+PRIOR = np.array([0.2, 0.8])  # uneven, so that a uniform prior would give other estimates
+
+
+def _scored_fleet() -> fleet.Fleet:
+    """d1: both agents predicted, steady also an unlabeled window (t=5); d2: only steady predicted."""
+    scenario, names = fleet.fleet_scenario(2)
+    board = Scoreboard({("d1", 1): 0, ("d1", 2): 1, ("d1", 3): 0, ("d1", 4): 1, ("d2", 1): 1, ("d2", 2): 1})
+    predictions = {
+        ("steady", "d1"): [0, 0, 0, 1, 1],
+        ("source", "d1"): [1, 1, 1, 1],
+        ("steady", "d2"): [1, 0],
+    }
+    for (policy, device), classes in predictions.items():
+        rows = [{"t_end_ns": t, "class_index": c} for t, c in enumerate(classes, start=1)]
+        board.add(json.dumps({"device": device, "policy": policy, "predictions": rows}).encode())
+    return fleet.Fleet(_log({"d1": 10, "d2": 10}), scenario, names, board, PRIOR)
+
+
+def test_estimate_is_the_class_mix_bound_of_every_predicted_window(tmp_path):
+    rows = {r.device: r for r in results.device_results(_scored_fleet(), tmp_path / "no-dataset")}
+    d1, d2 = rows["d1"], rows["d2"]
+    assert d1.accuracy == {"steady": 0.75, "source": 0.5}  # over the labeled windows only
+    assert d1.estimated["steady"] == pytest.approx(class_mix_cap(np.array([0, 0, 0, 1, 1]), PRIOR))
+    assert d1.estimated["steady"] == pytest.approx(0.6)  # min(0.6, 0.2) + min(0.4, 0.8)
+    assert d1.estimated["source"] == pytest.approx(0.8)  # all class 1: capped at its share
+    assert d2.estimated == {"steady": pytest.approx(0.7), "source": None}  # source predicted nothing
+
+
+def test_table_sets_each_estimate_beside_its_accuracy_within_100_columns(tmp_path):
+    result = results.DemoResult(
+        results.device_results(_scored_fleet(), tmp_path / "no-dataset"), None, False, "test"
+    )
+    console = Console(width=100, record=True)
+    results.print_results(result, console)
+    lines = console.export_text().splitlines()
+    header = next(line for line in lines if "windows" in line).split()
+    assert header[2:] == ["windows", "source", "%", "est.", "steady", "%", "est.", "change", "resets"]
+    cells = {line.split()[0]: line.split()[-6:] for line in lines if line.split()[:1] in (["d1"], ["d2"])}
+    # source %, est., steady %, est., change, resets (no fleet dataset: a dash)
+    assert cells["d1"] == ["50.0", "80.0", "75.0", "60.0", "+25.0", "-"]
+    assert cells["d2"] == ["-", "-", "50.0", "70.0", "-", "-"]
+
+
+def test_fleet_carries_the_bundles_class_prior(bundle_dir):
+    from edge_ttt.adapt.estimates import class_prior
+    from edge_ttt.artifacts import load_bundle
+
+    plan = fleet.plan_fleet(bundle_dir, _log({"d1": 400}, labels=[0, 1]), devices=1, minutes=None)
+    np.testing.assert_array_equal(plan.prior, class_prior(load_bundle(bundle_dir).manifest))
 
 
 # --- the fleet plan --------------------------------------------------------------------------------
