@@ -163,9 +163,8 @@ class InputAlignment:
         self.ref_mean, self.ref_autocov = (np.asarray(r, np.float64) for r in references)
         self.std = np.asarray(channel_std, np.float64)
         offset_spread, log_gain_spread = spread or (np.zeros(len(self.std)), np.zeros(len(self.std)))
-        self.offset_band = np.maximum(
-            options.dead_band * np.asarray(offset_spread, np.float64), options.offset_floor * self.std
-        )
+        self.offset_spread = np.asarray(offset_spread, np.float64)
+        self.offset_band = np.maximum(options.dead_band * self.offset_spread, options.offset_floor * self.std)
         self.gain_band = options.dead_band * np.asarray(log_gain_spread, np.float64)
         self.reliable_entropy = reliable_entropy
         self.mounting = mounting
@@ -203,12 +202,16 @@ class InputAlignment:
             )
         return self._correction
 
-    def apply(self, x: np.ndarray) -> np.ndarray:
+    def apply(self, x: np.ndarray, offset_floor: float | None = None) -> np.ndarray:
         """The windows [n, channels, length] turned back (mounting) and with the per-channel
-        correction undone, float32."""
+        correction undone, float32. `offset_floor` (source stds) replaces the options' floor of
+        the offset dead band for this call (the label runs' narrower one); the estimates are the same."""
         if self.mounting is not None:
             x = self.mounting.apply(x)
         offset, gain = self.correction()
+        if offset_floor is not None:
+            band = np.maximum(self.options.dead_band * self.offset_spread, offset_floor * self.std)
+            offset = _shrink(self.offset, band)
         if not offset.any() and (gain == 1.0).all():  # nothing beyond the dead bands: as it came
             return np.asarray(x, np.float32)
         return ((np.asarray(x, np.float64) - offset[None, :, None]) / gain[None, :, None]).astype(np.float32)
