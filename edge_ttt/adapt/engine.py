@@ -20,15 +20,13 @@ from edge_ttt.adapt.estimates import entropy_threshold, likely_right
 from edge_ttt.adapt.fallback import Fallback, FallbackOptions
 from edge_ttt.adapt.flat import prefixed, unprefixed
 from edge_ttt.adapt.guard import InputLimits, Validity, check_windows, sanitize
-from edge_ttt.adapt.input_alignment import InputAlignment, InputOptions
+from edge_ttt.adapt.input_alignment import InputOptions, for_bundle
 from edge_ttt.adapt.label_runs import LabelRuns, RunOptions
-from edge_ttt.adapt.mounting import Mounting, MountOptions
 from edge_ttt.adapt.ort_model import OrtModel
 from edge_ttt.adapt.policies import DEFAULT_POLICY, POLICY_TYPES, Policy, create
 from edge_ttt.adapt.report import Report
 from edge_ttt.adapt.snapshot import StateError, load_state, save_state
 from edge_ttt.adapt.softmax import softmax_entropy
-from edge_ttt.adapt.transforms import triads
 
 POLICIES = tuple(POLICY_TYPES)
 FALLBACK_STATE = "fallback"  # the prefix of the fallback's arrays in a state file
@@ -94,40 +92,6 @@ def _predictions(valid: np.ndarray, served: Scored, source: Scored, on_source: b
     )
 
 
-def input_alignment(model: OrtModel, options: InputOptions) -> InputAlignment:
-    """The input alignment stage for the model's bundle; refused for a bundle exported before it."""
-    manifest = model.manifest
-    refs = manifest.reference.class_channels
-    if refs is None:
-        raise ValueError(
-            f"bundle {model.bundle_path} has no reference.class_channels (it was exported before "
-            "input alignment existed); re-export it with `edge-ttt export`, or turn input alignment off"
-        )
-    entropy = manifest.reference.entropy
-    reliable = (
-        np.inf
-        if options.reliable_quantile >= 1.0
-        else float(np.interp(options.reliable_quantile, entropy.q, entropy.value))
-    )
-    std = np.sqrt([c.var for c in manifest.reference.channels])
-    spread = (np.array(refs.offset_spread), np.array(refs.log_gain_spread))
-    mount = manifest.reference.mounting
-    mounting = None
-    if options.mounting and mount is not None:  # without the postures: no mounting search
-        groups = triads(manifest.model.channels)
-        mounting = Mounting(
-            MountOptions(),
-            np.array(mount.postures),
-            mount.classes,
-            mount.posture_level,
-            tuple(mount.triad),
-            groups,
-        )
-    return InputAlignment(
-        options, (np.array(refs.mean), np.array(refs.autocov)), std, spread, reliable, mounting
-    )
-
-
 @dataclass(frozen=True)
 class AutoInputs:
     """Input alignment as it is on by default: ahead of the default policy, on a bundle with the
@@ -166,10 +130,8 @@ class Engine:
     window is corrected per channel before the model sees it, and the valid ones teach the
     correction. The guard and the source model see the raw windows; in episodic mode it learns
     nothing (the engine forgets after every batch). By default (`AUTO_INPUTS`) it is on ahead of
-    the default policy, offsets left to the statistics on batch-norm bundles.
-
-    `runs` (opt-in, not episodic) watches the served classes for a label run, one activity for
-    minutes (`edge_ttt.adapt.label_runs`); in one the source model serves (`_in_run`).
+    the default policy, offsets left to the statistics on batch-norm bundles. With `runs` (opt-in,
+    not episodic) the source model serves in a label run (`_in_run`, `edge_ttt.adapt.label_runs`).
     """
 
     def __init__(
@@ -204,7 +166,7 @@ class Engine:
         self.fallback = None if fallback is None or policy == "source" else Fallback(fallback)
         if isinstance(inputs, AutoInputs):
             inputs = inputs.resolve(policy, model)
-        self.inputs = None if inputs is None else input_alignment(model, inputs)
+        self.inputs = None if inputs is None else for_bundle(model.manifest, model.bundle_path, inputs)
         if runs is not None and self.episodic:  # it forgets every batch: no run to keep apart
             raise ValueError("label runs need a policy that keeps its state, not an episodic one")
         self.runs = None if runs is None else LabelRuns(runs, len(info.classes))
@@ -268,9 +230,8 @@ class Engine:
         return _predictions(checks.valid, source if on_source else adapted, source, on_source)
 
     def _in_run(self, x: np.ndarray, learn: bool) -> Predictions:
-        """In a label run the policy's statistics would follow the activity: the source model serves
-        the windows aligned with the run's offset floor; the policy and the fallback stand still,
-        with `learn` the alignment learns from the sound windows and the counters count."""
+        """A label run: the policy's statistics would follow the activity, so the source model serves
+        the run-floor aligned windows, policy and fallback stand still; `learn`: alignment, counters."""
         x, checks, clean = self._screen(x, self.runs.options.offset_floor)
         served = self._source(clean, self.runs)
         if learn:
@@ -283,9 +244,8 @@ class Engine:
         return _predictions(checks.valid, served, served, on_source=True)
 
     def _screen(self, x: np.ndarray, floor: float | None = None) -> tuple[np.ndarray, Validity, np.ndarray]:
-        """The raw windows as float32, the guard's checks of what the model will see (input
-        alignment applied, with the offset `floor` if given) and its sanitized copy; the model
-        serves the policy from here on."""
+        """The raw windows as float32, the guard's checks of what the model will see (aligned, with
+        the offset `floor` if given) and its sanitized copy; the model serves the policy from here on."""
         self.model.serve(self.policy, self.policy.param_vector)  # engines of several devices share it
         x = np.asarray(x, np.float32)
         if x.ndim != 3 or x.shape[1:] != self.shape:

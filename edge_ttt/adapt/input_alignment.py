@@ -26,12 +26,18 @@ streams. Beyond the band the shift is undone, nearly whole when far beyond it (`
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from edge_ttt.adapt.flat import prefixed, unprefixed
-from edge_ttt.adapt.mounting import Mounting
+from edge_ttt.adapt.mounting import Mounting, MountOptions
 from edge_ttt.adapt.statistics import ClassBalance
+from edge_ttt.adapt.transforms import triads
+
+if TYPE_CHECKING:
+    from edge_ttt.manifest import Manifest
 
 Arrays = dict[str, np.ndarray]
 MAX_STEP = 100.0  # a window's autocovariance counts at most this many times the current estimate
@@ -273,3 +279,36 @@ class InputAlignment:
         self.windows = int(flat["windows"])
         self.balance.share = np.asarray(flat["prior"], np.float64).copy()
         self._correction = None
+
+
+def for_bundle(manifest: Manifest, bundle_path: str | Path, options: InputOptions) -> InputAlignment:
+    """The input alignment stage for a bundle's references; refused for a bundle exported before it."""
+    refs = manifest.reference.class_channels
+    if refs is None:
+        raise ValueError(
+            f"bundle {bundle_path} has no reference.class_channels (it was exported before "
+            "input alignment existed); re-export it with `edge-ttt export`, or turn input alignment off"
+        )
+    entropy = manifest.reference.entropy
+    reliable = (
+        np.inf
+        if options.reliable_quantile >= 1.0
+        else float(np.interp(options.reliable_quantile, entropy.q, entropy.value))
+    )
+    std = np.sqrt([c.var for c in manifest.reference.channels])
+    spread = (np.array(refs.offset_spread), np.array(refs.log_gain_spread))
+    mount = manifest.reference.mounting
+    mounting = None
+    if options.mounting and mount is not None:  # without the postures: no mounting search
+        groups = triads(manifest.model.channels)
+        mounting = Mounting(
+            MountOptions(),
+            np.array(mount.postures),
+            mount.classes,
+            mount.posture_level,
+            tuple(mount.triad),
+            groups,
+        )
+    return InputAlignment(
+        options, (np.array(refs.mean), np.array(refs.autocov)), std, spread, reliable, mounting
+    )
