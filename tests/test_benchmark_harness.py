@@ -167,6 +167,17 @@ def test_cells_carry_per_device_accuracy_and_estimates(model_paths):
         assert r["counters"] is None or r["counters"]["windows_on_source"] == 0
 
 
+def test_the_label_runs_column_runs_the_switch_and_records_its_options(model_paths):
+    from benchmarks.adaptation.cells import RUNS_COLUMN, variant
+    from benchmarks.adaptation.cli import _column_info
+
+    assert variant(RUNS_COLUMN).runs is not None and variant("steady").runs is None
+    assert _column_info(RUNS_COLUMN)["runs"]["horizon"] == 64.0 and _column_info("steady")["runs"] is None
+    log = synthetic_log(devices=2, seconds=20)
+    r = run_cell(Cell("cnn-bn", "noise", 4, "class-sorted", 1, RUNS_COLUMN, seed=0), model_paths, log)
+    assert 0 < r["counters"]["windows_in_runs"] < r["windows"]  # it starts out of a run
+
+
 def test_a_resampling_shift_changes_the_number_of_windows(model_paths):
     log = synthetic_log(devices=2, seconds=20)
     clean, rate = (

@@ -140,8 +140,8 @@ class HarmfulAlignment:
     def __getattr__(self, name: str):
         return getattr(self.inputs, name)
 
-    def apply(self, x: np.ndarray) -> np.ndarray:
-        return 0.1 * x if self.mode == "bad" else self.inputs.apply(x)
+    def apply(self, x: np.ndarray, offset_floor: float | None = None) -> np.ndarray:
+        return 0.1 * x if self.mode == "bad" else self.inputs.apply(x, offset_floor)
 
 
 def test_the_fallback_judges_what_the_input_alignment_feeds_the_model(bundle_dir: Path):

@@ -114,6 +114,25 @@ def test_offsets_within_the_floor_are_left_alone_whatever_the_source_spread():
     assert np.allclose(large.correction()[0], 2.0 * std * (1 - (0.4 / 2.0) ** 2), rtol=0.1)
 
 
+def test_a_floor_per_call_narrows_the_offset_band_for_that_call_only():
+    source = smooth_windows(300, seed=1, at_zero=True)
+    std = source.std(axis=(0, 2))
+    spread = (0.6 * std, np.ones(3))  # offsets: above the narrow floor; gains: left alone
+    stage = stage_for(source, InputOptions(momentum=0.02, warmup_windows=0.0, offset_floor=3.0), spread)
+    stream = smooth_windows(300, seed=2, at_zero=True) + 2.0 * std[None, :, None]
+    feed(stage, stream)
+    assert np.all(stage.correction()[0] == 0.0)  # 2 stds: within the 3-std floor
+    wide = stage.apply(stream)
+    assert np.array_equal(wide, stream.astype(np.float32))  # nothing beyond the bands: as it came
+    assert np.array_equal(stage.apply(stream, None), wide)
+    narrow = stage.apply(stream, offset_floor=0.4)  # the band is the spread, 0.6 stds, here
+    kept = stage.offset * (1 - (0.6 * std / stage.offset) ** 2)
+    assert np.allclose(stream.mean(axis=(0, 2)) - narrow.mean(axis=(0, 2)), kept, rtol=1e-5)
+    assert np.all(stage.correction()[0] == 0.0)  # the stage's own band is unchanged
+    zero = stage.apply(stream, offset_floor=0.0)  # the spread still bounds it from below
+    assert np.allclose(zero, narrow)
+
+
 def test_one_broken_reading_moves_the_estimates_only_a_bounded_step():
     source = smooth_windows(200, seed=1)
     stage = stage_for(source, InputOptions(momentum=0.01, warmup_windows=0.0))

@@ -21,6 +21,7 @@ from edge_ttt.adapt.engine import AUTO_INPUTS, DEFAULT_POLICY, POLICIES, AutoInp
 from edge_ttt.adapt.estimates import class_prior, device_estimates, stream_estimate
 from edge_ttt.adapt.fallback import DEFAULT_FALLBACK, FallbackOptions
 from edge_ttt.adapt.input_alignment import InputOptions
+from edge_ttt.adapt.label_runs import RunOptions
 from edge_ttt.adapt.ort_model import OrtModel
 from edge_ttt.adapt.policies import POLICY_TYPES, fits
 from edge_ttt.artifacts import Bundle, load_bundle
@@ -39,18 +40,21 @@ TORCH_TENT_LR = 1e-3
 
 @dataclass(frozen=True)
 class Variant:
-    """How a column runs: the engine's policy, its options and its fallback (None: no fallback)."""
+    """How a column runs: the engine's policy, its options, its fallback (None: no fallback), its
+    input alignment and its label-run switch (None: off, as by default)."""
 
     policy: str
     options: dict[str, Any] = field(default_factory=dict)
     fallback: FallbackOptions | None = None
     inputs: InputOptions | AutoInputs | None = AUTO_INPUTS  # as the engine runs by default
+    runs: RunOptions | None = None
 
 
 FALLBACK_COLUMN = f"{DEFAULT_POLICY}-fallback"
 INPUT_COLUMN = "input"  # input alignment alone, ahead of the source model
 DEFAULT_INPUT_COLUMN = f"{DEFAULT_POLICY}+input"
 UNALIGNED_COLUMN = f"{DEFAULT_POLICY}-unaligned"
+RUNS_COLUMN = f"{DEFAULT_POLICY}-runs"
 # Columns that are not a policy as the engine runs it by default: name -> Variant.
 VARIANTS = {
     "ttt-episodic": Variant("ttt", {"episodic": True}),
@@ -61,6 +65,8 @@ VARIANTS = {
     DEFAULT_INPUT_COLUMN: Variant(DEFAULT_POLICY, inputs=InputOptions()),
     # The default policy as it ran before input alignment: what the default is judged against.
     UNALIGNED_COLUMN: Variant(DEFAULT_POLICY, inputs=None),
+    # The default policy with the opt-in label-run switch (docs/adaptation.md).
+    RUNS_COLUMN: Variant(DEFAULT_POLICY, runs=RunOptions()),
 }
 COLUMNS = (*POLICIES, *VARIANTS)
 
@@ -160,7 +166,12 @@ def run_cell(cell: Cell, paths: ModelPaths, log: RecordedLog, rate_hz: float | N
     else:
         how = variant(cell.policy)
         engine = Engine(
-            OrtModel(bundle, threads=1), how.policy, how.options, fallback=how.fallback, inputs=how.inputs
+            OrtModel(bundle, threads=1),
+            how.policy,
+            how.options,
+            fallback=how.fallback,
+            inputs=how.inputs,
+            runs=how.runs,
         )
         start = time.perf_counter()
         if rate_hz is None:

@@ -58,7 +58,14 @@ def _column_info(column: str) -> dict:
         if how.inputs is None
         else {"auto": isinstance(how.inputs, AutoInputs), **dataclasses.asdict(how.inputs)}
     )
-    return {"policy": how.policy, "options": how.options, "fallback": fallback, "inputs": inputs}
+    runs = None if how.runs is None else dataclasses.asdict(how.runs)
+    return {
+        "policy": how.policy,
+        "options": how.options,
+        "fallback": fallback,
+        "inputs": inputs,
+        "runs": runs,
+    }
 
 
 def run_metadata(argv: list[str], args: argparse.Namespace, paths: dict[str, ModelPaths]) -> dict:

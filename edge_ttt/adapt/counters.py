@@ -16,6 +16,7 @@ class Counters:
     rollbacks: int = 0  # returns to an earlier healthy snapshot
     fallbacks: int = 0  # switches to serving the source model (`edge_ttt.adapt.fallback`)
     windows_on_source: int = 0  # windows the source model served instead of the policy
+    windows_in_runs: int = 0  # windows served in a label run (`edge_ttt.adapt.label_runs`)
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)

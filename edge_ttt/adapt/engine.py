@@ -20,18 +20,19 @@ from edge_ttt.adapt.estimates import entropy_threshold, likely_right
 from edge_ttt.adapt.fallback import Fallback, FallbackOptions
 from edge_ttt.adapt.flat import prefixed, unprefixed
 from edge_ttt.adapt.guard import InputLimits, Validity, check_windows, sanitize
-from edge_ttt.adapt.input_alignment import InputAlignment, InputOptions
-from edge_ttt.adapt.mounting import Mounting, MountOptions
+from edge_ttt.adapt.input_alignment import InputOptions, for_bundle
+from edge_ttt.adapt.label_runs import LabelRuns, RunOptions
 from edge_ttt.adapt.ort_model import OrtModel
 from edge_ttt.adapt.policies import DEFAULT_POLICY, POLICY_TYPES, Policy, create
 from edge_ttt.adapt.report import Report
 from edge_ttt.adapt.snapshot import StateError, load_state, save_state
 from edge_ttt.adapt.softmax import softmax_entropy
-from edge_ttt.adapt.transforms import triads
 
 POLICIES = tuple(POLICY_TYPES)
 FALLBACK_STATE = "fallback"  # the prefix of the fallback's arrays in a state file
 INPUT_STATE = "input"  # the prefix of the input alignment's arrays
+RUNS_STATE = "runs"  # the prefix of the label-run detector's arrays
+PARTS = (FALLBACK_STATE, INPUT_STATE, RUNS_STATE)  # the state's parts beside the policy's
 BATCH_NORM_OFFSET_FLOOR = 3.0  # source stds; `AutoInputs` on batch-norm bundles
 
 __all__ = [
@@ -45,6 +46,7 @@ __all__ = [
     "InputOptions",
     "Predictions",
     "Report",
+    "RunOptions",
     "StateError",
 ]
 
@@ -90,40 +92,6 @@ def _predictions(valid: np.ndarray, served: Scored, source: Scored, on_source: b
     )
 
 
-def input_alignment(model: OrtModel, options: InputOptions) -> InputAlignment:
-    """The input alignment stage for the model's bundle; refused for a bundle exported before it."""
-    manifest = model.manifest
-    refs = manifest.reference.class_channels
-    if refs is None:
-        raise ValueError(
-            f"bundle {model.bundle_path} has no reference.class_channels (it was exported before "
-            "input alignment existed); re-export it with `edge-ttt export`, or turn input alignment off"
-        )
-    entropy = manifest.reference.entropy
-    reliable = (
-        np.inf
-        if options.reliable_quantile >= 1.0
-        else float(np.interp(options.reliable_quantile, entropy.q, entropy.value))
-    )
-    std = np.sqrt([c.var for c in manifest.reference.channels])
-    spread = (np.array(refs.offset_spread), np.array(refs.log_gain_spread))
-    mount = manifest.reference.mounting
-    mounting = None
-    if options.mounting and mount is not None:  # without the postures: no mounting search
-        groups = triads(manifest.model.channels)
-        mounting = Mounting(
-            MountOptions(),
-            np.array(mount.postures),
-            mount.classes,
-            mount.posture_level,
-            tuple(mount.triad),
-            groups,
-        )
-    return InputAlignment(
-        options, (np.array(refs.mean), np.array(refs.autocov)), std, spread, reliable, mounting
-    )
-
-
 @dataclass(frozen=True)
 class AutoInputs:
     """Input alignment as it is on by default: ahead of the default policy, on a bundle with the
@@ -162,7 +130,8 @@ class Engine:
     window is corrected per channel before the model sees it, and the valid ones teach the
     correction. The guard and the source model see the raw windows; in episodic mode it learns
     nothing (the engine forgets after every batch). By default (`AUTO_INPUTS`) it is on ahead of
-    the default policy, offsets left to the statistics on batch-norm bundles.
+    the default policy, offsets left to the statistics on batch-norm bundles. With `runs` (opt-in,
+    not episodic) the source model serves in a label run (`_in_run`, `edge_ttt.adapt.label_runs`).
     """
 
     def __init__(
@@ -173,6 +142,7 @@ class Engine:
         limits: InputLimits | None = None,
         fallback: FallbackOptions | None = None,
         inputs: InputOptions | AutoInputs | None = AUTO_INPUTS,
+        runs: RunOptions | None = None,
     ) -> None:
         if policy not in POLICY_TYPES:
             raise ValueError(f"unknown policy {policy!r}; choose one of {', '.join(POLICIES)}")
@@ -196,10 +166,21 @@ class Engine:
         self.fallback = None if fallback is None or policy == "source" else Fallback(fallback)
         if isinstance(inputs, AutoInputs):
             inputs = inputs.resolve(policy, model)
-        self.inputs = None if inputs is None else input_alignment(model, inputs)
+        self.inputs = None if inputs is None else for_bundle(model.manifest, model.bundle_path, inputs)
+        if runs is not None and self.episodic:  # it forgets every batch: no run to keep apart
+            raise ValueError("label runs need a policy that keeps its state, not an episodic one")
+        self.runs = None if runs is None else LabelRuns(runs, len(info.classes))
 
     def process(self, x: np.ndarray) -> Predictions:
-        """Predict a batch [n, channels, length] of raw windows and adapt on the valid ones."""
+        """Predict a batch [n, channels, length] of raw windows and adapt on the valid ones (in a
+        label run: `_in_run`); the served classes of the valid ones then feed the run detector."""
+        out = self._in_run(x, learn=True) if self.runs is not None and self.runs.in_run else self._adapt(x)
+        if self.runs is not None and self.runs.update(out.classes[out.valid]):
+            log.info("label run %s", "on" if self.runs.in_run else "off")
+        return out
+
+    def _adapt(self, x: np.ndarray) -> Predictions:
+        """`process` outside a label run: the policy adapts and serves (or the fallback)."""
         x, checks, clean = self._screen(x)
         # With input alignment the guard judges what the model will see: a gyroscope in degrees
         # is out of the source range raw, and in range once its gain is learnt. The policy adapts
@@ -237,24 +218,40 @@ class Engine:
         same input alignment (applied, not learnt), guard and fallback decision (not moved); the
         counters are left alone too: they count what the engine adapted on, so a caller that
         predicts counts those windows itself."""
+        if self.runs is not None and self.runs.in_run:
+            return self._in_run(x, learn=False)
         x, checks, clean = self._screen(x)
         probs, entropy = self.policy.predict(clean).softmax
         adapted = Scored(probs, likely_right(entropy, self.threshold), entropy)
         if self.fallback is None:
             return self._alone(checks.valid, adapted)
-        source = self._source(self._raw(x, checks.valid))
+        source = self._source(self._raw(x, checks.valid), self.fallback)
         on_source = self.fallback.on_source
         return _predictions(checks.valid, source if on_source else adapted, source, on_source)
 
-    def _screen(self, x: np.ndarray) -> tuple[np.ndarray, Validity, np.ndarray]:
-        """The raw windows as float32, the guard's checks of what the model will see (input
-        alignment applied) and its sanitized copy; the model serves the policy from here on."""
+    def _in_run(self, x: np.ndarray, learn: bool) -> Predictions:
+        """A label run: the policy's statistics would follow the activity, so the source model serves
+        the run-floor aligned windows, policy and fallback stand still; `learn`: alignment, counters."""
+        x, checks, clean = self._screen(x, self.runs.options.offset_floor)
+        served = self._source(clean, self.runs)
+        if learn:
+            if self.inputs is not None:
+                sound = ~(checks.nonfinite | checks.flat)
+                self.inputs.update(x[sound], served.probs[sound], served.entropy[sound])
+            self.counters.windows += len(x)
+            self.counters.windows_in_runs += len(x)
+            self.counters.rejected_invalid += len(x) - int(np.count_nonzero(checks.valid))
+        return _predictions(checks.valid, served, served, on_source=True)
+
+    def _screen(self, x: np.ndarray, floor: float | None = None) -> tuple[np.ndarray, Validity, np.ndarray]:
+        """The raw windows as float32, the guard's checks of what the model will see (aligned, with
+        the offset `floor` if given) and its sanitized copy; the model serves the policy from here on."""
         self.model.serve(self.policy, self.policy.param_vector)  # engines of several devices share it
         x = np.asarray(x, np.float32)
         if x.ndim != 3 or x.shape[1:] != self.shape:
             c, length = self.shape
             raise ValueError(f"windows must have shape [n, {c}, {length}], got {list(x.shape)}")
-        seen = x if self.inputs is None else self.inputs.apply(x)
+        seen = x if self.inputs is None else self.inputs.apply(x, floor)
         checks = check_windows(seen, self.limits)
         return x, checks, seen if checks.valid.all() else sanitize(seen, self.limits)
 
@@ -268,9 +265,9 @@ class Engine:
             return _predictions(valid, adapted, adapted, on_source=False)
         return _predictions(valid, adapted, Scored(None, np.full(len(valid), np.nan), None), on_source=False)
 
-    def _source(self, x: np.ndarray) -> Scored:
-        """The source model's view of the (raw) batch; the model leaves as the policy's."""
-        self.model.serve(self.fallback, self.policy.source_vector)
+    def _source(self, x: np.ndarray, owner: object) -> Scored:
+        """The source model's view of the batch, served as `owner`; the model leaves as the policy's."""
+        self.model.serve(owner, self.policy.source_vector)
         probs, entropy = self.model.forward(x, self.policy.source_stats).softmax
         self.model.serve(self.policy, self.policy.param_vector)
         return Scored(probs, likely_right(entropy, self.threshold), entropy)
@@ -279,7 +276,7 @@ class Engine:
         """Run the source model on the batch and serve it where the fallback says so (decided on
         the windows before this batch); then both models' estimates on the valid windows move
         the fallback. The adapted model's estimate is its own whichever model served."""
-        source = self._source(x)
+        source = self._source(x, self.fallback)
         on_source = self.fallback.on_source
         if on_source:
             self.counters.windows_on_source += len(x)
@@ -310,6 +307,8 @@ class Engine:
             arrays.update(prefixed(FALLBACK_STATE, self.fallback.state()))
         if self.inputs is not None:
             arrays.update(prefixed(INPUT_STATE, self.inputs.state()))
+        if self.runs is not None:
+            arrays.update(prefixed(RUNS_STATE, self.runs.state()))
         return {k: np.array(v, copy=True) for k, v in arrays.items()}, meta
 
     def save_state(self, path: str | Path) -> None:
@@ -330,13 +329,15 @@ class Engine:
             )
         if meta.get("policy") != self.policy_name:
             raise StateError(f"{source} belongs to policy {meta.get('policy')!r}, not {self.policy_name!r}")
-        fallback, inputs = unprefixed(FALLBACK_STATE, arrays), unprefixed(INPUT_STATE, arrays)
-        arrays = {k: v for k, v in arrays.items() if k.split("/")[0] not in (FALLBACK_STATE, INPUT_STATE)}
+        fallback, inputs, runs = (unprefixed(p, arrays) for p in PARTS)
+        arrays = {k: v for k, v in arrays.items() if k.split("/")[0] not in PARTS}
         try:
             if self.fallback is not None and fallback:
                 self.fallback.load_state(fallback)
             if self.inputs is not None and inputs:  # a state from before alignment: it starts afresh
                 self.inputs.load_state(inputs)
+            if self.runs is not None:  # a state from before the detector: it starts afresh
+                self.runs.load_state(runs) if runs else self.runs.reset()
             self.policy.load_state(arrays)
         except (KeyError, ValueError) as exc:
             raise StateError(f"{source} does not fit this policy and bundle: {exc}") from exc

@@ -26,12 +26,18 @@ streams. Beyond the band the shift is undone, nearly whole when far beyond it (`
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from edge_ttt.adapt.flat import prefixed, unprefixed
-from edge_ttt.adapt.mounting import Mounting
+from edge_ttt.adapt.mounting import Mounting, MountOptions
 from edge_ttt.adapt.statistics import ClassBalance
+from edge_ttt.adapt.transforms import triads
+
+if TYPE_CHECKING:
+    from edge_ttt.manifest import Manifest
 
 Arrays = dict[str, np.ndarray]
 MAX_STEP = 100.0  # a window's autocovariance counts at most this many times the current estimate
@@ -163,9 +169,8 @@ class InputAlignment:
         self.ref_mean, self.ref_autocov = (np.asarray(r, np.float64) for r in references)
         self.std = np.asarray(channel_std, np.float64)
         offset_spread, log_gain_spread = spread or (np.zeros(len(self.std)), np.zeros(len(self.std)))
-        self.offset_band = np.maximum(
-            options.dead_band * np.asarray(offset_spread, np.float64), options.offset_floor * self.std
-        )
+        self.offset_spread = np.asarray(offset_spread, np.float64)
+        self.offset_band = np.maximum(options.dead_band * self.offset_spread, options.offset_floor * self.std)
         self.gain_band = options.dead_band * np.asarray(log_gain_spread, np.float64)
         self.reliable_entropy = reliable_entropy
         self.mounting = mounting
@@ -203,12 +208,16 @@ class InputAlignment:
             )
         return self._correction
 
-    def apply(self, x: np.ndarray) -> np.ndarray:
+    def apply(self, x: np.ndarray, offset_floor: float | None = None) -> np.ndarray:
         """The windows [n, channels, length] turned back (mounting) and with the per-channel
-        correction undone, float32."""
+        correction undone, float32. `offset_floor` (source stds) replaces the options' floor of
+        the offset dead band for this call (the label runs' narrower one); the estimates are the same."""
         if self.mounting is not None:
             x = self.mounting.apply(x)
         offset, gain = self.correction()
+        if offset_floor is not None:
+            band = np.maximum(self.options.dead_band * self.offset_spread, offset_floor * self.std)
+            offset = _shrink(self.offset, band)
         if not offset.any() and (gain == 1.0).all():  # nothing beyond the dead bands: as it came
             return np.asarray(x, np.float32)
         return ((np.asarray(x, np.float64) - offset[None, :, None]) / gain[None, :, None]).astype(np.float32)
@@ -270,3 +279,36 @@ class InputAlignment:
         self.windows = int(flat["windows"])
         self.balance.share = np.asarray(flat["prior"], np.float64).copy()
         self._correction = None
+
+
+def for_bundle(manifest: Manifest, bundle_path: str | Path, options: InputOptions) -> InputAlignment:
+    """The input alignment stage for a bundle's references; refused for a bundle exported before it."""
+    refs = manifest.reference.class_channels
+    if refs is None:
+        raise ValueError(
+            f"bundle {bundle_path} has no reference.class_channels (it was exported before "
+            "input alignment existed); re-export it with `edge-ttt export`, or turn input alignment off"
+        )
+    entropy = manifest.reference.entropy
+    reliable = (
+        np.inf
+        if options.reliable_quantile >= 1.0
+        else float(np.interp(options.reliable_quantile, entropy.q, entropy.value))
+    )
+    std = np.sqrt([c.var for c in manifest.reference.channels])
+    spread = (np.array(refs.offset_spread), np.array(refs.log_gain_spread))
+    mount = manifest.reference.mounting
+    mounting = None
+    if options.mounting and mount is not None:  # without the postures: no mounting search
+        groups = triads(manifest.model.channels)
+        mounting = Mounting(
+            MountOptions(),
+            np.array(mount.postures),
+            mount.classes,
+            mount.posture_level,
+            tuple(mount.triad),
+            groups,
+        )
+    return InputAlignment(
+        options, (np.array(refs.mean), np.array(refs.autocov)), std, spread, reliable, mounting
+    )

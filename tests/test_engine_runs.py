@@ -1,0 +1,130 @@
+"""The engine's opt-in label-run switch: off by default and then nothing changes; in a run the
+source model serves the windows aligned with the run's offset floor and the policy stands still."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edge_ttt.adapt.engine import AutoInputs, Engine, InputOptions, RunOptions
+from edge_ttt.adapt.fallback import FallbackOptions
+from edge_ttt.adapt.flat import unprefixed
+from edge_ttt.adapt.ort_model import OrtModel
+from edge_ttt.artifacts import load_bundle
+from tests.model_factory import windows
+from tests.test_engine import bad_windows, states_equal
+from tests.test_label_runs import windows_to_enter
+
+# Alignment learns from every window at once; the batch-norm bundle still widens its offset floor.
+INPUTS = AutoInputs(InputOptions(reliable_quantile=1.0, warmup_windows=0.0))
+NEVER = RunOptions(enter=1.0, leave=1.0)  # no histogram has fewer than one effective class
+FALLBACK = FallbackOptions(horizon=8, margin=0.0, min_windows=2)
+
+
+def one_activity(n: int, seed: int = 3) -> np.ndarray:
+    """Windows offset on one channel (an offset to learn), which the untrained test model all
+    puts in one class: one activity."""
+    x = windows(n, seed=seed)
+    x[:, 0] += 3.0
+    return x
+
+
+def engine(bundle_dir: Path, runs: RunOptions | None, **kwargs) -> Engine:
+    return Engine(OrtModel(load_bundle(bundle_dir)), inputs=INPUTS, runs=runs, **kwargs)
+
+
+def policy_state(e: Engine) -> dict:
+    return {k: v for k, v in e.snapshot()[0].items() if "/" not in k}
+
+
+def in_run(e: Engine) -> Engine:
+    """Feed `e` one activity until it is in a run (the adapting policy serves two classes or so)."""
+    for w in one_activity(400):
+        e.process(w[None])
+        if e.runs.in_run:
+            return e
+    raise AssertionError(
+        f"no run after 400 windows of one activity ({e.runs.effective_classes():.2f} classes)"
+    )
+
+
+def test_one_served_class_enters_a_run_when_the_detector_says(bundle_dir: Path):
+    e = engine(bundle_dir, RunOptions(), policy="source")  # the untrained model: class 0 throughout
+    classes = len(e.model.manifest.model.classes)
+    expected = windows_to_enter(classes, e.runs.options.horizon, e.runs.options.enter)
+    entered = [e.process(w[None]).on_source[0] or e.runs.in_run for w in one_activity(expected)]
+    assert entered == [False] * (expected - 1) + [True]
+
+
+def test_off_by_default_and_a_detector_that_never_fires_changes_nothing(bundle_dir: Path):
+    assert Engine(OrtModel(load_bundle(bundle_dir))).runs is None
+    plain, watched = engine(bundle_dir, None), engine(bundle_dir, NEVER)
+    for seed in range(6):
+        x = np.concatenate([windows(3, seed=seed), bad_windows()["nan"]])
+        a, b = plain.process(x), watched.process(x)
+        assert all(np.array_equal(getattr(a, f), getattr(b, f), equal_nan=True) for f in vars(a))
+    arrays = watched.snapshot()[0]
+    assert states_equal(plain.snapshot()[0], {k: v for k, v in arrays.items() if not k.startswith("runs/")})
+    assert plain.counters == watched.counters and watched.counters.windows_in_runs == 0
+
+
+def test_in_a_run_the_source_model_serves_the_run_aligned_windows_and_the_policy_stands_still(
+    bundle_dir: Path,
+):
+    e = in_run(engine(bundle_dir, RunOptions(), fallback=FALLBACK))
+    counters, policy, fallback = e.counters.as_dict(), policy_state(e), e.fallback.state()
+    x = one_activity(4, seed=4)
+    narrow = e.inputs.apply(x, e.runs.options.offset_floor)
+    assert not np.allclose(narrow, e.inputs.apply(x))  # the run's floor undoes more of the offset
+    e.model.serve(None, e.policy.source_vector)
+    expected = e.model.forward(narrow, e.policy.source_stats).softmax[0]
+    offset = e.inputs.offset.copy()
+    out = e.process(x)
+    np.testing.assert_allclose(out.probs, expected, rtol=1e-5, atol=1e-6)
+    assert out.on_source.all() and np.array_equal(out.source_classes, out.classes)
+    assert states_equal(policy_state(e), policy) and states_equal(e.fallback.state(), fallback)
+    assert not np.array_equal(e.inputs.offset, offset)  # the alignment keeps learning
+    assert e.counters.windows_in_runs == 4 and e.counters.windows == counters["windows"] + 4
+    assert e.counters.adapt_steps == counters["adapt_steps"]
+
+
+def test_predict_in_a_run_serves_the_same_and_learns_nothing(bundle_dir: Path):
+    e = in_run(engine(bundle_dir, RunOptions()))
+    x = np.concatenate([one_activity(2), bad_windows()["nan"]])
+    before, counters = e.snapshot()[0], e.counters.as_dict()
+    predicted = e.predict(x)
+    assert states_equal(e.snapshot()[0], before) and e.counters.as_dict() == counters
+    served = e.process(x)
+    np.testing.assert_allclose(predicted.probs, served.probs, rtol=1e-6)
+    assert predicted.valid.tolist() == [True, True, False] and e.counters.rejected_invalid == 1
+
+
+def test_out_of_the_run_the_policy_adapts_again(bundle_dir: Path):
+    e = in_run(engine(bundle_dir, RunOptions()))
+    policy = policy_state(e)
+    e.runs.reset()  # the untrained test model never mixes classes: the detector's leaving is its own test
+    out = e.process(windows(4, seed=99))
+    assert not out.on_source.any() and not states_equal(policy_state(e), policy)
+
+
+def test_the_detector_state_round_trips_and_an_older_state_starts_it_afresh(bundle_dir: Path):
+    e = in_run(engine(bundle_dir, RunOptions()))
+    arrays, meta = e.snapshot()
+    assert set(unprefixed("runs", arrays)) == {"share", "in_run"}
+    restored = engine(bundle_dir, RunOptions())
+    restored.restore_snapshot(arrays, meta)
+    assert restored.runs.in_run and np.array_equal(restored.runs.share, e.runs.share)
+    assert restored.counters.windows_in_runs == e.counters.windows_in_runs
+    older = {k: v for k, v in arrays.items() if not k.startswith("runs/")}
+    restored.restore_snapshot(older, meta)
+    assert not restored.runs.in_run
+    plain = engine(bundle_dir, None)  # an engine without the switch ignores the detector's arrays
+    plain.restore_snapshot(arrays, meta)
+    assert states_equal(policy_state(plain), policy_state(e))
+
+
+def test_episodic_engines_refuse_label_runs(bundle_dir: Path):
+    with pytest.raises(ValueError, match="label runs"):
+        Engine(OrtModel(load_bundle(bundle_dir)), "tent", {"episodic": True}, runs=RunOptions())
