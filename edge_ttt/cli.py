@@ -13,6 +13,7 @@ from edge_ttt import logs
 from edge_ttt.adapt.engine import AUTO_INPUTS
 from edge_ttt.adapt.fallback import DEFAULT_FALLBACK
 from edge_ttt.adapt.input_alignment import InputOptions
+from edge_ttt.adapt.label_runs import RunOptions
 from edge_ttt.adapt.policies import DEFAULT_POLICY, POLICY_TYPES
 from edge_ttt.commandline import LazyGroup, command_app, fail
 from edge_ttt.monitor.cli import collect_command, monitor_app
@@ -76,6 +77,13 @@ def replay(
     fallback: Annotated[
         bool, typer.Option(help="serve the source model while the adapted one is estimated worse")
     ] = False,
+    label_runs: Annotated[
+        bool,
+        typer.Option(
+            help="in a long run of one activity, serve the source model on aligned windows and "
+            "hold the policy still (opt-in; docs/adaptation.md)"
+        ),
+    ] = False,
     input_alignment: Annotated[
         str,
         typer.Option(
@@ -111,6 +119,7 @@ def replay(
             per_device=per_device,
             fallback=DEFAULT_FALLBACK if fallback else None,
             inputs=INPUT_CHOICES[input_alignment],
+            runs=RunOptions() if label_runs else None,
         )
     except (BundleError, LogFormatError, ValueError, RuntimeError) as exc:
         fail(str(exc))
@@ -130,6 +139,8 @@ def replay(
             f"{result['resets']} resets, {result['rollbacks']} rollbacks, "
             f"{result['ms_per_window']:.3f} ms/window"
         )
+        if result["windows_in_runs"]:
+            typer.echo(f"  {result['windows_in_runs']} windows served by the source model in label runs")
         if result["collapse"] is not None:
             typer.echo(f"  {result['collapse']}")
 

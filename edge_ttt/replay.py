@@ -15,6 +15,7 @@ from edge_ttt.adapt.engine import AUTO_INPUTS, DEFAULT_POLICY, AutoInputs, Engin
 from edge_ttt.adapt.estimates import class_prior, device_estimates, stream_estimate
 from edge_ttt.adapt.fallback import FallbackOptions
 from edge_ttt.adapt.input_alignment import InputOptions
+from edge_ttt.adapt.label_runs import RunOptions
 from edge_ttt.adapt.ort_model import OrtModel
 from edge_ttt.adapt.policies import POLICY_TYPES, bundle_loss, fits
 from edge_ttt.artifacts import load_bundle
@@ -58,6 +59,7 @@ def replay(
     fallback: FallbackOptions | None = None,
     with_classes: bool = False,
     inputs: InputOptions | AutoInputs | None = AUTO_INPUTS,
+    runs: RunOptions | None = None,
 ) -> list[dict[str, Any]]:
     """Run the log once per policy; one summary (what `--json` prints) per policy.
 
@@ -67,8 +69,9 @@ def replay(
     starts from source. `policies=None` means every policy the bundle can run (with `episodic`,
     every gradient one). `fallback`: serve the source model while the adapted one is estimated
     worse (see `Engine`); off by default. `inputs`: input alignment ahead of every policy (by default
-    where it wins: `AutoInputs`). `with_classes` adds every window's predicted class
-    (`classes`, in log order), to compare runs window by window (scripts/aarch64_check.sh).
+    where it wins: `AutoInputs`). `runs`: the opt-in label-run switch (see `Engine`).
+    `with_classes` adds every window's predicted class (`classes`, in log order), to compare runs
+    window by window (scripts/aarch64_check.sh).
     """
     if batch_size < 1:
         raise ValueError("batch size must be at least 1")
@@ -86,7 +89,10 @@ def replay(
     results = []
     for p in policies:
         model = OrtModel(bundle, device=device)  # shared by the policy's engines, as in the agent
-        engines = {d: Engine(model, p, options, fallback=fallback, inputs=inputs) for d in np.unique(devices)}
+        engines = {
+            d: Engine(model, p, options, fallback=fallback, inputs=inputs, runs=runs)
+            for d in np.unique(devices)
+        }
         summary, predicted = _run(engines, windows, devices, batches, show_progress)
         results.append({**summary, "classes": predicted.tolist()} if with_classes else summary)
     return results

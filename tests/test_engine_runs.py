@@ -3,16 +3,21 @@ source model serves the windows aligned with the run's offset floor and the poli
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import pytest
+from typer.testing import CliRunner
 
 from edge_ttt.adapt.engine import AutoInputs, Engine, InputOptions, RunOptions
 from edge_ttt.adapt.fallback import FallbackOptions
 from edge_ttt.adapt.flat import unprefixed
 from edge_ttt.adapt.ort_model import OrtModel
+from edge_ttt.agent.config import load_config
 from edge_ttt.artifacts import load_bundle
+from edge_ttt.cli import app
+from tests.agent_config_factory import BASE, problems, write
 from tests.model_factory import windows
 from tests.test_engine import bad_windows, states_equal
 from tests.test_label_runs import windows_to_enter
@@ -128,3 +133,27 @@ def test_the_detector_state_round_trips_and_an_older_state_starts_it_afresh(bund
 def test_episodic_engines_refuse_label_runs(bundle_dir: Path):
     with pytest.raises(ValueError, match="label runs"):
         Engine(OrtModel(load_bundle(bundle_dir)), "tent", {"episodic": True}, runs=RunOptions())
+
+
+def test_config_turns_the_switch_on_with_its_options_and_names_a_bad_pair(tmp_path: Path):
+    off = load_config(write(tmp_path, BASE), check_files=False)
+    assert off.model.runs.options() is None  # opt-in
+    on = load_config(
+        write(tmp_path, BASE + "[model.runs]\nenabled = true\nhorizon = 32\n"), check_files=False
+    )
+    assert on.model.runs.options() == RunOptions(horizon=32)
+    message = problems(write(tmp_path, BASE + "[model.runs]\nenter = 5.0\nleave = 4.0\n"), check_files=False)
+    assert "model.runs" in message and "leave" in message
+
+
+def test_replay_with_label_runs_counts_the_windows_served_in_runs(bundle_dir: Path, synthetic_log_path: Path):
+    def replay(*flags: str) -> dict:
+        args = ("replay", "--artifacts", str(bundle_dir), "--log", str(synthetic_log_path), "--json", *flags)
+        result = CliRunner().invoke(app, args)
+        assert result.exit_code == 0, result.output
+        return json.loads(result.stdout.splitlines()[-1])
+
+    plain, switched = replay(), replay("--label-runs")
+    assert plain["windows_in_runs"] == 0
+    # The untrained test model puts nearly every window in one class: a run from early on.
+    assert 0 < switched["windows_in_runs"] <= switched["windows"]

@@ -20,6 +20,7 @@ from pydantic import BaseModel, Field, ValidationInfo, create_model, field_valid
 from edge_ttt.adapt.engine import AutoInputs
 from edge_ttt.adapt.fallback import FallbackOptions
 from edge_ttt.adapt.input_alignment import InputOptions
+from edge_ttt.adapt.label_runs import RunOptions
 from edge_ttt.adapt.policies import DEFAULT_POLICY, POLICY_TYPES
 from edge_ttt.agent.checkpoints import StateSection
 from edge_ttt.agent.publisher import PredictionsSection
@@ -110,6 +111,29 @@ class InputSection(Section):
         return AutoInputs(options) if self.enabled == "auto" else options
 
 
+class RunsSection(Section):
+    """`[model.runs]`: the label-run switch (`edge_ttt.adapt.label_runs`), opt-in: in a long run
+    of one activity the source model serves the aligned windows and the policy stands still."""
+
+    enabled: bool = False  # off: measured on one model only (docs/adaptation.md)
+    horizon: int = Field(RunOptions.horizon, ge=1, description="windows of the predicted-class mix")
+    enter: float = Field(RunOptions.enter, ge=1.0, description="effective classes below which a run starts")
+    leave: float = Field(RunOptions.leave, ge=1.0, description="effective classes above which it ends")
+    offset_floor: float = Field(RunOptions.offset_floor, ge=0.0, description="source stds, in a run")
+
+    @model_validator(mode="after")
+    def _fits(self) -> RunsSection:
+        self._build()  # checks how the fields relate
+        return self
+
+    def _build(self) -> RunOptions:
+        return RunOptions(self.horizon, self.enter, self.leave, self.offset_floor)
+
+    def options(self) -> RunOptions | None:
+        """What the engine takes: None when disabled."""
+        return self._build() if self.enabled else None
+
+
 class ModelSection(Section):
     artifacts: ConfigPath = Field(
         description="artifact bundle directory, verified later by the bundle loader"
@@ -120,6 +144,7 @@ class ModelSection(Section):
     options: dict[str, Any] = Field(default_factory=dict, description="keyword options of the policy")
     fallback: FallbackSection = Field(default_factory=FallbackSection)
     input: InputSection = Field(default_factory=InputSection)
+    runs: RunsSection = Field(default_factory=RunsSection)
 
     @field_validator("policy")
     @classmethod

@@ -56,6 +56,7 @@ def _settings(cfg: AgentConfig) -> PipelineSettings:
         m.options,
         m.fallback.options(),
         m.input.options(),
+        m.runs.options(),
         cfg.state.dir,
         cfg.windowing.reorder_frames,
         d.interval_s,

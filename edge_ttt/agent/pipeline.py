@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_ttt.adapt.engine import AutoInputs, Engine, FallbackOptions, InputOptions, Predictions
+from edge_ttt.adapt.engine import AutoInputs, Engine, FallbackOptions, InputOptions, Predictions, RunOptions
 from edge_ttt.adapt.ort_model import OrtModel
 from edge_ttt.agent.checkpoints import CheckpointWriter, restore, state_path
 from edge_ttt.drift.summary import DriftSummary, Reference, SummaryCollector
@@ -124,6 +124,7 @@ class PipelineSettings:
     options: dict
     fallback: FallbackOptions | None
     inputs: InputOptions | AutoInputs | None
+    runs: RunOptions | None
     state_dir: Path
     reorder_frames: int
     drift_interval_s: float
@@ -224,7 +225,9 @@ class Pipelines(OrderedDict[tuple[str, str], Pipeline]):
 
     def _make(self, device: str, stream: str) -> Pipeline:
         s = self.settings
-        engine = Engine(self.model, s.policy, s.options or None, fallback=s.fallback, inputs=s.inputs)
+        engine = Engine(
+            self.model, s.policy, s.options or None, fallback=s.fallback, inputs=s.inputs, runs=s.runs
+        )
         pending = self.writer.take(state_path(s.state_dir, device, stream))
         if restore(engine, s.state_dir, device, stream, pending):
             self.states_restored += 1
