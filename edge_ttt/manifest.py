@@ -67,6 +67,9 @@ class NormLayer(_Strict):
     moment_outputs: tuple[str, str]
     source_mean: list[float]
     source_var: list[float]
+    length: int | None = Field(
+        None, ge=1, description="time samples of the layer's input per window; absent: exported before it"
+    )
 
 
 class AuxiliaryInfo(_Strict):

@@ -112,10 +112,33 @@ def _auxiliary(names: GraphNames) -> dict | None:
     return {"transformations": list(TRANSFORMS), "logits": names.aux_logits, "target": AUX_TARGET_INPUT}
 
 
+def norm_lengths(src: SourceModel) -> dict[str, int]:
+    """Each norm layer's input length in time for one window: instance statistics (NOTE's
+    thresholds) need it, and the device side reads it here rather than from the graph."""
+    lengths: dict[str, int] = {}
+    hooks = [
+        module.register_forward_pre_hook(
+            lambda _, args, name=name: lengths.__setitem__(name, args[0].shape[-1])
+        )
+        for name, module in norm_layers(src.model).items()
+    ]
+    training = src.model.training
+    try:
+        src.model.eval()
+        with torch.no_grad():
+            src.model(torch.zeros(1, len(src.channels), src.window))
+    finally:
+        src.model.train(training)
+        for hook in hooks:
+            hook.remove()
+    return {name: int(n) for name, n in lengths.items()}
+
+
 def build_manifest(
     src: SourceModel, names: GraphNames, files: dict[str, str], gradients: dict[str, str]
 ) -> Manifest:
     layers = norm_layers(src.model)
+    lengths = norm_lengths(src)
     norm_entries = []
     for layer, (mean_out, var_out) in names.moment_outputs.items():
         module = layers[layer]
@@ -132,6 +155,7 @@ def build_manifest(
                 "moment_outputs": (mean_out, var_out),
                 "source_mean": source_mean,
                 "source_var": source_var,
+                "length": lengths[layer],
             }
         )
     std = src.model.standardize

@@ -3,6 +3,8 @@ memory, the memory steps, its state, and batch sizes."""
 
 from __future__ import annotations
 
+import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +12,7 @@ import pytest
 
 from edge_ttt.adapt.counters import Counters
 from edge_ttt.adapt.iabn import instance_aware, pooled
+from edge_ttt.adapt.layer_lengths import batch_norm_lengths
 from edge_ttt.adapt.ort_model import OrtModel
 from edge_ttt.adapt.pbrs import PredictionBalancedReservoir
 from edge_ttt.adapt.policies.note import Note
@@ -66,8 +69,22 @@ def test_within_the_band_everywhere_the_prediction_is_the_running_statistics(bun
     assert not np.allclose(moved, policy.model.forward(x, policy.source_stats).logits, atol=1e-3)
 
 
-def test_the_layer_lengths_come_from_the_graph(bundle_dir: Path):
-    assert list(note(bundle_dir).lengths.values()) == [LENGTH, LENGTH // 2, LENGTH // 4]
+def test_the_layer_lengths_come_from_the_manifest_or_else_from_the_graph(bundle_dir: Path, tmp_path: Path):
+    expected = [LENGTH, LENGTH // 2, LENGTH // 4]
+    manifest = load_bundle(bundle_dir).manifest
+    assert [layer.length for layer in manifest.batch_norms] == expected  # export wrote them
+    assert list(note(bundle_dir).lengths.values()) == expected
+    older = tmp_path / "older"  # a bundle exported before the lengths: read from the eval graph
+    shutil.copytree(bundle_dir, older)
+    doc = json.loads((older / "manifest.json").read_text())
+    for layer in doc["norm_layers"]:
+        layer.pop("length", None)
+    (older / "manifest.json").write_text(json.dumps(doc))
+    assert all(layer.length is None for layer in load_bundle(older).manifest.batch_norms)
+    assert list(note(older).lengths.values()) == expected
+    assert batch_norm_lengths(older, [(n.name, n.channels) for n in manifest.batch_norms]) == dict(
+        zip(note(bundle_dir).lengths, expected, strict=True)
+    )
     with pytest.raises(ValueError, match="2 lengths for 3 batch norms"):
         note(bundle_dir, lengths=(64, 32))
 

@@ -1,9 +1,9 @@
 """Each batch norm's time length (the samples per channel its moments average over), read from
-the bundle's eval graph.
+the bundle's eval graph: for bundles exported before the manifest recorded it (`NormLayer.length`).
 
 Instance-aware batch norm (NOTE) sets its thresholds from the standard errors of a window's own
-moments, which need that length; the manifest does not record it and the device side never
-imports onnx. ONNX Runtime's profiler does record every node's input shapes, and the exporter
+moments, which need that length; an older manifest does not record it and the device side
+never imports onnx. ONNX Runtime's profiler does record every node's input shapes, and the exporter
 names a layer's nodes by its module path (`block1.norm` -> `/.../block1/norm/...`), so one
 profiled pass of one window gives, per layer, the [1, channels, length] input of its nodes
 (the longest: they also take its time means, [1, channels, 1]).

@@ -49,7 +49,7 @@ class Note(Policy):
         update_every: int = 64  # windows between two steps
         lr: float = 1e-4  # Adam
         bn_momentum: float = 0.01  # per step, running statistics -> memory batch statistics
-        lengths: tuple[int, ...] | None = None  # per batch norm; None: read from the eval graph
+        lengths: tuple[int, ...] | None = None  # per batch norm; None: the manifest's (or the graph's)
 
         def __post_init__(self) -> None:
             if self.memory < 1 or self.update_every < 1:
@@ -66,7 +66,9 @@ class Note(Policy):
             raise ValueError(f"lengths gives {len(given)} lengths for {len(norms)} batch norms")
         if given is not None:
             self.lengths = {layer.name: int(n) for layer, n in zip(norms, given, strict=True)}
-        elif norms:
+        elif norms and all(layer.length is not None for layer in norms):  # exported with them
+            self.lengths = {layer.name: int(layer.length) for layer in norms}
+        elif norms:  # an older bundle: read them from the eval graph
             self.lengths = batch_norm_lengths(model.bundle_path, [(n.name, n.channels) for n in norms])
         else:
             self.lengths = {}
