@@ -157,3 +157,9 @@ def test_replay_with_label_runs_counts_the_windows_served_in_runs(bundle_dir: Pa
     assert plain["windows_in_runs"] == 0
     # The untrained test model puts nearly every window in one class: a run from early on.
     assert 0 < switched["windows_in_runs"] <= switched["windows"]
+
+
+def test_config_refuses_label_runs_with_an_episodic_policy(tmp_path: Path):
+    text = BASE + "[model.options]\nepisodic = true\n[model.runs]\nenabled = true\n"
+    message = problems(write(tmp_path, text), check_files=False)
+    assert "model.runs" in message and "episodic" in message

@@ -161,6 +161,16 @@ class ModelSection(Section):
             policy_options(info.data["policy"]).model_validate(options)
         return options
 
+    @field_validator("runs")
+    @classmethod
+    def _runs_keep_state(cls, runs: RunsSection, info: ValidationInfo) -> RunsSection:
+        if runs.enabled and (info.data.get("options") or {}).get("episodic"):
+            raise ValueError(
+                "label runs need a policy that keeps its state, and model.options.episodic = true "
+                "forgets every batch; set one of them to false"
+            )
+        return runs
+
 
 class DriftSection(Section):
     topic: DeviceTopic = Field("{prefix}/{device}/drift", validate_default=True)
