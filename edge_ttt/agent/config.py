@@ -116,7 +116,7 @@ class RunsSection(Section):
     of one activity the source model serves the aligned windows and the policy stands still."""
 
     enabled: bool = False  # off: measured on one model only (docs/adaptation.md)
-    horizon: int = Field(RunOptions.horizon, ge=1, description="windows of the predicted-class mix")
+    horizon: float = Field(RunOptions.horizon, ge=1.0, description="windows of the predicted-class mix")
     enter: float = Field(RunOptions.enter, ge=1.0, description="effective classes below which a run starts")
     leave: float = Field(RunOptions.leave, ge=1.0, description="effective classes above which it ends")
     offset_floor: float = Field(RunOptions.offset_floor, ge=0.0, description="source stds, in a run")
