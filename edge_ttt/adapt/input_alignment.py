@@ -170,7 +170,6 @@ class InputAlignment:
         self.std = np.asarray(channel_std, np.float64)
         offset_spread, log_gain_spread = spread or (np.zeros(len(self.std)), np.zeros(len(self.std)))
         self.offset_spread = np.asarray(offset_spread, np.float64)
-        self.offset_band = np.maximum(options.dead_band * self.offset_spread, options.offset_floor * self.std)
         self.gain_band = options.dead_band * np.asarray(log_gain_spread, np.float64)
         self.reliable_entropy = reliable_entropy
         self.mounting = mounting
@@ -190,7 +189,7 @@ class InputAlignment:
         self.expected = start.copy()  # the same of what the source shows for the predicted classes
         self.windows = 0
         self.balance = ClassBalance(len(self.ref_mean), self.options.prior_momentum)
-        self._correction: tuple[np.ndarray, np.ndarray] | None = None  # worked out when first asked
+        self._corrections: dict[float, tuple[np.ndarray, np.ndarray]] = {}  # per offset floor, when asked
 
     @property
     def log_gain(self) -> np.ndarray:
@@ -199,14 +198,18 @@ class InputAlignment:
         ratio = np.where(ok, self.autocov, 1.0) / np.where(ok, self.expected, 1.0)
         return 0.5 * np.log(ratio)
 
-    def correction(self) -> tuple[np.ndarray, np.ndarray]:
-        """(offset, gain) applied now: the estimates beyond their dead bands (kept until they move)."""
-        if self._correction is None:
-            self._correction = (
-                _shrink(self.offset, self.offset_band),
+    def correction(self, offset_floor: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(offset, gain) applied now: the estimates beyond their dead bands (kept until they move).
+        The offset's dead band is the spread between source devices times `dead_band`, and at least
+        `offset_floor` source stds (None: the options' floor)."""
+        floor = self.options.offset_floor if offset_floor is None else offset_floor
+        if floor not in self._corrections:
+            band = np.maximum(self.options.dead_band * self.offset_spread, floor * self.std)
+            self._corrections[floor] = (
+                _shrink(self.offset, band),
                 np.exp(_shrink(self.log_gain, self.gain_band)),
             )
-        return self._correction
+        return self._corrections[floor]
 
     def apply(self, x: np.ndarray, offset_floor: float | None = None) -> np.ndarray:
         """The windows [n, channels, length] turned back (mounting) and with the per-channel
@@ -214,10 +217,7 @@ class InputAlignment:
         the offset dead band for this call (the label runs' narrower one); the estimates are the same."""
         if self.mounting is not None:
             x = self.mounting.apply(x)
-        offset, gain = self.correction()
-        if offset_floor is not None:
-            band = np.maximum(self.options.dead_band * self.offset_spread, offset_floor * self.std)
-            offset = _shrink(self.offset, band)
+        offset, gain = self.correction(offset_floor)
         if not offset.any() and (gain == 1.0).all():  # nothing beyond the dead bands: as it came
             return np.asarray(x, np.float32)
         return ((np.asarray(x, np.float64) - offset[None, :, None]) / gain[None, :, None]).astype(np.float32)
@@ -240,7 +240,7 @@ class InputAlignment:
         if not keep.any():
             return
         mean, autocov = window_features(x[keep])
-        self._correction = None
+        self._corrections = {}
         probs = np.asarray(probs, np.float64)[keep]
         ref_mean, ref_autocov = probs @ self.ref_mean, probs @ self.ref_autocov
         weights = self.balance.weights(probs.argmax(axis=1)) if o.prior_momentum > 0 else np.ones(len(probs))
@@ -278,7 +278,7 @@ class InputAlignment:
         self.expected = np.asarray(flat["expected"], np.float64).copy()
         self.windows = int(flat["windows"])
         self.balance.share = np.asarray(flat["prior"], np.float64).copy()
-        self._correction = None
+        self._corrections = {}
 
 
 def for_bundle(manifest: Manifest, bundle_path: str | Path, options: InputOptions) -> InputAlignment:
