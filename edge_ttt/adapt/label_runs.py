@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from edge_ttt.adapt.statistics import ClassBalance, effective_classes
+
 Arrays = dict[str, np.ndarray]
 
 
@@ -57,32 +59,35 @@ class LabelRuns:
 
     def reset(self) -> None:
         """Back to a uniform histogram, out of a run."""
-        self.share = np.full(self.classes, 1.0 / self.classes)
+        self.mix = ClassBalance(self.classes, 1.0 / self.options.horizon)
         self.in_run = False
+
+    @property
+    def share(self) -> np.ndarray:
+        """The momentum histogram of the served classes (shares summing to 1)."""
+        return self.mix.share
 
     def effective_classes(self) -> float:
         """The effective number of classes of the histogram, 1 (one class) to `classes` (uniform)."""
-        return 1.0 / float(np.sum(self.share**2))
+        return effective_classes(self.mix.share)
 
     def update(self, classes: np.ndarray) -> bool:
         """Fold in a batch of served classes; True when `in_run` changed (no classes: no change)."""
         classes = np.asarray(classes, np.int64)
         if len(classes) == 0:
             return False
-        weight = 1.0 - (1.0 - 1.0 / self.options.horizon) ** len(classes)
-        seen = np.bincount(classes, minlength=self.classes) / len(classes)
-        self.share = (1.0 - weight) * self.share + weight * seen
+        self.mix.observe(classes)
         n_eff, before = self.effective_classes(), self.in_run
         self.in_run = n_eff < (self.options.leave if before else self.options.enter)
         return self.in_run != before
 
     def state(self) -> Arrays:
-        return {"share": self.share.copy(), "in_run": np.asarray(self.in_run)}
+        return {"share": self.mix.share.copy(), "in_run": np.asarray(self.in_run)}
 
     def load_state(self, flat: Arrays) -> None:
         """Restore what `state` returned; refused for another number of classes."""
         share = np.asarray(flat["share"], np.float64)
         if share.shape != (self.classes,):
             raise ValueError(f"label runs share has shape {list(share.shape)}, expected [{self.classes}]")
-        self.share = share.copy()
+        self.mix.share = share.copy()
         self.in_run = bool(flat["in_run"])

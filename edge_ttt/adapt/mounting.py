@@ -27,6 +27,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from edge_ttt.adapt.statistics import effective_classes
+
 Arrays = dict[str, np.ndarray]
 
 
@@ -203,7 +205,7 @@ class Mounting:
         if (
             current > self.level
             and score[best] < min(o.plausible * self.level, o.ratio * current)
-            and 1.0 / float((share**2).sum()) >= o.min_classes
+            and effective_classes(share) >= o.min_classes
         ):
             self.turn = best
             self.switches += 1
