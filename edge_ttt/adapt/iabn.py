@@ -18,6 +18,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from edge_ttt.adapt.statistics import mixture_moments
+
 
 def unbiased(var: np.ndarray, samples: int) -> np.ndarray:
     """A biased variance over `samples` values as the unbiased one (unchanged for one sample)."""
@@ -58,7 +60,5 @@ def instance_aware(
 def pooled(moments: Sequence[tuple[np.ndarray, np.ndarray]], length: int) -> tuple[np.ndarray, np.ndarray]:
     """The (mean, unbiased var) over several windows' samples together, from each window's
     (mean, biased var) over its `length` samples (law of total variance)."""
-    means = np.array([m for m, _ in moments], np.float64)
-    second = np.array([v for _, v in moments], np.float64) + means**2
-    mean = means.mean(axis=0)
-    return mean, unbiased(second.mean(axis=0) - mean**2, length * len(moments))
+    mean, var = mixture_moments(np.array([m for m, _ in moments]), np.array([v for _, v in moments]))
+    return mean, unbiased(var, length * len(moments))

@@ -16,7 +16,7 @@ from collections.abc import Callable
 import numpy as np
 
 from edge_ttt.adapt.ort_model import OrtModel, Outputs
-from edge_ttt.adapt.statistics import Stats
+from edge_ttt.adapt.statistics import Stats, mixture_moments
 
 # (layer name, (mean, var) of that layer's input for this window) -> (mean, var) to normalize with
 Choose = Callable[[str, tuple[np.ndarray, np.ndarray]], tuple[np.ndarray, np.ndarray]]
@@ -43,12 +43,9 @@ def joined(outs: list[Outputs]) -> Outputs:
     if len(outs) == 1:
         return outs[0]
     sizes = np.array([len(o.logits) for o in outs], np.float64)
-    share = sizes / sizes.sum()
     moments = {}
     for name in outs[0].moments:
-        means = [np.asarray(o.moments[name][0], np.float64) for o in outs]
-        variances = [np.asarray(o.moments[name][1], np.float64) for o in outs]
-        mean = sum(w * mu for w, mu in zip(share, means, strict=True))
-        second = sum(w * (v + mu**2) for w, mu, v in zip(share, means, variances, strict=True))
-        moments[name] = (mean.astype(np.float32), (second - mean**2).astype(np.float32))
+        parts = [np.stack([o.moments[name][i] for o in outs]) for i in (0, 1)]
+        mean, var = mixture_moments(*parts, weights=sizes / sizes.sum())
+        moments[name] = (mean.astype(np.float32), var.astype(np.float32))
     return Outputs(np.concatenate([o.logits for o in outs]), moments)

@@ -110,6 +110,24 @@ class MomentEMA:
         self.seen = float(flat["seen"])
 
 
+def mixture_moments(
+    means: np.ndarray, variances: np.ndarray, weights: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """The (mean, var) of a mixture of parts [k, ...] with these means and (biased) variances,
+    in `weights` shares (None: equal): the law of total variance, float64.
+
+    >>> [float(v) for v in mixture_moments(np.array([0.0, 2.0]), np.array([1.0, 1.0]))]
+    [1.0, 2.0]
+    """
+    means, variances = np.asarray(means, np.float64), np.asarray(variances, np.float64)
+    if weights is None:
+        mean = means.mean(axis=0)
+        return mean, variances.mean(axis=0) + ((means - mean) ** 2).mean(axis=0)
+    w = np.asarray(weights, np.float64).reshape(-1, *([1] * (means.ndim - 1)))
+    mean = (w * means).sum(axis=0)
+    return mean, (w * variances).sum(axis=0) + (w * (means - mean) ** 2).sum(axis=0)
+
+
 def effective_classes(share: np.ndarray) -> float:
     """The effective number of classes of a class mix, 1 / sum(share^2): 1 for one class, C for
     C classes in equal shares.

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from edge_ttt.adapt.statistics import mixture_moments
+
 COSINE_EPS = 1e-12  # a zero vector has no direction: its norm is taken as this
 
 
@@ -57,14 +59,12 @@ class Components:
         w = np.asarray(p, np.float64)[:, None]
         means = (1.0 - w) * self.means + w * np.asarray(inst_mean, np.float64)
         variances = (1.0 - w) * self.vars + w * np.asarray(inst_var, np.float64)
-        mean = means.mean(axis=0)
-        return mean, variances.mean(axis=0) + ((means - mean) ** 2).mean(axis=0)
+        return mixture_moments(means, variances)
 
     def pooled(self) -> tuple[np.ndarray, np.ndarray]:
         """The equal-weight mixture of the components themselves (the source at the start, in
         expectation): what the layer's statistics are, absent any window."""
-        mean = self.means.mean(axis=0)
-        return mean, self.vars.mean(axis=0) + ((self.means - mean) ** 2).mean(axis=0)
+        return mixture_moments(self.means, self.vars)
 
     def update(self, p: np.ndarray, inst_means: np.ndarray, inst_vars: np.ndarray, momentum: float) -> None:
         """Move each component towards the batch's instance moments by `momentum` times the batch
