@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -20,7 +20,7 @@ from edge_ttt.adapt.estimates import entropy_threshold, likely_right
 from edge_ttt.adapt.fallback import Fallback, FallbackOptions
 from edge_ttt.adapt.flat import prefixed, unprefixed
 from edge_ttt.adapt.guard import InputLimits, Validity, check_windows, sanitize
-from edge_ttt.adapt.input_alignment import InputOptions, for_bundle
+from edge_ttt.adapt.input_alignment import AUTO_INPUTS, AutoInputs, InputOptions, for_bundle
 from edge_ttt.adapt.label_runs import LabelRuns, RunOptions
 from edge_ttt.adapt.ort_model import OrtModel
 from edge_ttt.adapt.policies import DEFAULT_POLICY, POLICY_TYPES, Policy, create
@@ -33,7 +33,6 @@ FALLBACK_STATE = "fallback"  # the prefix of the fallback's arrays in a state fi
 INPUT_STATE = "input"  # the prefix of the input alignment's arrays
 RUNS_STATE = "runs"  # the prefix of the label-run detector's arrays
 PARTS = (FALLBACK_STATE, INPUT_STATE, RUNS_STATE)  # the state's parts beside the policy's
-BATCH_NORM_OFFSET_FLOOR = 3.0  # source stds; `AutoInputs` on batch-norm bundles
 
 __all__ = [
     "AUTO_INPUTS",
@@ -92,29 +91,6 @@ def _predictions(valid: np.ndarray, served: Scored, source: Scored, on_source: b
     )
 
 
-@dataclass(frozen=True)
-class AutoInputs:
-    """Input alignment as it is on by default: ahead of the default policy, on a bundle with the
-    references for it. On a bundle without batch norms the policy has no statistics to adapt and
-    alignment is what moves the model. On a batch-norm bundle `steady`'s own statistics absorb a
-    moderate offset, and alignment of offsets too lost up to 34 points against them on
-    class-sorted streams, so offsets under `BATCH_NORM_OFFSET_FLOOR` source stds are left to them:
-    there alignment undoes mounting and gains far out of the source range (docs/adaptation.md)."""
-
-    options: InputOptions = field(default_factory=InputOptions)
-
-    def resolve(self, policy: str, model: OrtModel) -> InputOptions | None:
-        manifest = model.manifest
-        if policy != DEFAULT_POLICY or manifest.reference.class_channels is None:
-            return None
-        if manifest.batch_norms:  # offsets within the floor are left to the policy's statistics
-            return replace(self.options, offset_floor=max(self.options.offset_floor, BATCH_NORM_OFFSET_FLOOR))
-        return self.options
-
-
-AUTO_INPUTS = AutoInputs()
-
-
 class Engine:
     """A model, a policy by name (with its options), the input guard and the counters.
 
@@ -165,7 +141,7 @@ class Engine:
         self.threshold = entropy_threshold(model.manifest)
         self.fallback = None if fallback is None or policy == "source" else Fallback(fallback)
         if isinstance(inputs, AutoInputs):
-            inputs = inputs.resolve(policy, model)
+            inputs = inputs.resolve(policy, model.manifest)
         self.inputs = None if inputs is None else for_bundle(model.manifest, model.bundle_path, inputs)
         if runs is not None and self.episodic:  # it forgets every batch: no run to keep apart
             raise ValueError("label runs need a policy that keeps its state, not an episodic one")
@@ -202,9 +178,8 @@ class Engine:
             probs, entropy = softmax_entropy(logits.astype(np.float64))
         if self.inputs is not None and self.counters.resets + self.counters.rollbacks > undone:
             self.inputs.reset()  # the policy undid a collapse: what it adapted to starts afresh too
-        elif self.inputs is not None and not self.episodic:  # every sound window, in range or not yet
-            sound = ~(checks.nonfinite | checks.flat)
-            self.inputs.update(x[sound], probs[sound], entropy[sound])
+        elif not self.episodic:
+            self._teach(x, checks, probs, entropy)
         self.counters.windows += len(x)
         self.counters.rejected_invalid += n_invalid
         adapted = Scored(probs, likely_right(entropy, self.threshold), entropy)
@@ -235,13 +210,17 @@ class Engine:
         x, checks, clean = self._screen(x, self.runs.options.offset_floor)
         served = self._source(clean, self.runs)
         if learn:
-            if self.inputs is not None:
-                sound = ~(checks.nonfinite | checks.flat)
-                self.inputs.update(x[sound], served.probs[sound], served.entropy[sound])
+            self._teach(x, checks, served.probs, served.entropy)
             self.counters.windows += len(x)
             self.counters.windows_in_runs += len(x)
             self.counters.rejected_invalid += len(x) - int(np.count_nonzero(checks.valid))
         return _predictions(checks.valid, served, served, on_source=True)
+
+    def _teach(self, x: np.ndarray, checks: Validity, probs: np.ndarray, entropy: np.ndarray) -> None:
+        """Input alignment learns from every sound window (finite, not flat), in range or not yet."""
+        if self.inputs is not None:
+            sound = ~(checks.nonfinite | checks.flat)
+            self.inputs.update(x[sound], probs[sound], entropy[sound])
 
     def _screen(self, x: np.ndarray, floor: float | None = None) -> tuple[np.ndarray, Validity, np.ndarray]:
         """The raw windows as float32, the guard's checks of what the model will see (aligned, with

@@ -25,7 +25,7 @@ streams. Beyond the band the shift is undone, nearly whole when far beyond it (`
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -33,6 +33,7 @@ import numpy as np
 
 from edge_ttt.adapt.flat import prefixed, unprefixed
 from edge_ttt.adapt.mounting import Mounting, MountOptions
+from edge_ttt.adapt.policies import DEFAULT_POLICY
 from edge_ttt.adapt.statistics import ClassBalance
 from edge_ttt.adapt.transforms import triads
 
@@ -42,6 +43,7 @@ if TYPE_CHECKING:
 Arrays = dict[str, np.ndarray]
 MAX_STEP = 100.0  # a window's autocovariance counts at most this many times the current estimate
 RANGE_SIGMAS = 50.0  # a window's offset residual counts at most this many source stds (x gain)
+BATCH_NORM_OFFSET_FLOOR = 3.0  # source stds; `AutoInputs` on batch-norm bundles
 
 
 @dataclass(frozen=True)
@@ -312,3 +314,26 @@ def for_bundle(manifest: Manifest, bundle_path: str | Path, options: InputOption
     return InputAlignment(
         options, (np.array(refs.mean), np.array(refs.autocov)), std, spread, reliable, mounting
     )
+
+
+@dataclass(frozen=True)
+class AutoInputs:
+    """Input alignment as it is on by default: ahead of the default policy, on a bundle with the
+    references for it. On a bundle without batch norms the policy has no statistics to adapt and
+    alignment is what moves the model. On a batch-norm bundle `steady`'s own statistics absorb a
+    moderate offset, and alignment of offsets too lost up to 34 points against them on
+    class-sorted streams, so offsets under `BATCH_NORM_OFFSET_FLOOR` source stds are left to them:
+    there alignment undoes mounting and gains far out of the source range (docs/adaptation.md)."""
+
+    options: InputOptions = field(default_factory=InputOptions)
+
+    def resolve(self, policy: str, manifest: Manifest) -> InputOptions | None:
+        """The options for `policy` on the bundle of `manifest`; None: no alignment."""
+        if policy != DEFAULT_POLICY or manifest.reference.class_channels is None:
+            return None
+        if manifest.batch_norms:  # offsets within the floor are left to the policy's statistics
+            return replace(self.options, offset_floor=max(self.options.offset_floor, BATCH_NORM_OFFSET_FLOOR))
+        return self.options
+
+
+AUTO_INPUTS = AutoInputs()
