@@ -8,8 +8,8 @@ from benchmarks.adaptation.targets import (
     SHIFT_SEVERITY,
     TARGET_MODEL,
     Accuracies,
-    accuracies,
     mean_over_corruptions,
+    severity_cells,
 )
 from benchmarks.harness import FAIL, NOT_MEASURED, PASS, Target
 
@@ -20,11 +20,7 @@ CLAIM_ORDER, CLAIM_BATCH, CLAIM_BASELINE = "class-sorted", 16, "tent"
 
 
 def _cells(results: list[dict]) -> Accuracies:
-    return {
-        k: v
-        for k, v in accuracies([r for r in results if r["severity"] == SHIFT_SEVERITY]).items()
-        if k[0] == TARGET_MODEL
-    }
+    return {k: v for k, v in severity_cells(results).items() if k[0] == TARGET_MODEL}
 
 
 def best_peer(acc: Accuracies, order: str, batch: int) -> tuple[str, float] | None:

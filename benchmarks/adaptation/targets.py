@@ -122,11 +122,16 @@ def _verdict(title: str, compared: int, failed: list[str], what: str) -> Target:
     return Target(title, FAIL if failed else PASS, [summary, *failed])
 
 
+def severity_cells(results: list[dict]) -> Accuracies:
+    """The accuracies of the cells at the targets' severity (cells of another are ignored)."""
+    return accuracies([r for r in results if r["severity"] == SHIFT_SEVERITY])
+
+
 def _shift_cells(results: list[dict]) -> Accuracies:
     """The accuracies of issue #18's cells: the target model, batch size 1, the target severity."""
     return {
         key: value
-        for key, value in accuracies([r for r in results if r["severity"] == SHIFT_SEVERITY]).items()
+        for key, value in severity_cells(results).items()
         if key[0] == TARGET_MODEL and key[3] == SHIFT_BATCH
     }
 
@@ -190,7 +195,7 @@ def _target_gain(results: list[dict], default: str | None) -> Target:
 
 def _model_cells(results: list[dict], model: str) -> Accuracies:
     """A model's cells at batch size 1 and the target severity, in the device orders."""
-    acc = accuracies([r for r in results if r["severity"] == SHIFT_SEVERITY])
+    acc = severity_cells(results)
     return {k: v for k, v in acc.items() if k[0] == model and k[3] == SHIFT_BATCH and k[2] in SHIFT_ORDERS}
 
 
@@ -241,7 +246,7 @@ def _target_unit(results: list[dict], default: str | None) -> Target:
     )
     if default is None:
         return Target(title, NOT_MEASURED, ["edge_ttt.adapt.engine defines no DEFAULT_POLICY"])
-    acc = accuracies([r for r in results if r["severity"] == SHIFT_SEVERITY])
+    acc = severity_cells(results)
     cells = {k: v for k, v in acc.items() if k[1] == UNIT_SHIFT and k[3] == SHIFT_BATCH and k[4] == default}
     cells = {k: v for k, v in cells.items() if k[2] in SHIFT_ORDERS}
     if not cells:
