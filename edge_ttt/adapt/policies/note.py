@@ -104,7 +104,7 @@ class Note(Policy):
         norms: then every window normalizes by itself anyway)."""
         if not self.lengths:
             return self.model.forward(x, {})
-        start, choose = self.stats(), self._iabn(self.running)
+        start, choose = self.running, self._iabn(self.running)
         return joined([forward_layerwise(self.model, x[i : i + 1], start, choose)[0] for i in range(len(x))])
 
     def update(self, x: np.ndarray) -> Outputs:
@@ -140,7 +140,7 @@ class Note(Policy):
         moments at that layer (its earlier layers already chosen), their pooled (mean, unbiased
         var) as the base, and each window's statistics around it. Returns the per-window
         statistics and the base per layer (memory x layers forwards)."""
-        start = self.stats()
+        start = self.running  # every layer is chosen before the gradient pass
         chosen: list[dict] = [dict(start) for _ in xs]
         batch: Moments = {}
         for name, n in self.lengths.items():
