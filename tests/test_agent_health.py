@@ -154,7 +154,7 @@ def test_a_fractional_reconnect_delay_is_kept(tmp_path):
 
 def test_health_tolerates_a_short_outage_and_names_a_long_one(tmp_path):
     path = tmp_path / "status.json"
-    link = ConnectionState("broker:1883")
+    link = ConnectionState("127.0.0.1:47001")
 
     def write(state: str, down_s: float, reason: str | None) -> None:
         since = time.time() - down_s
@@ -168,11 +168,11 @@ def test_health_tolerates_a_short_outage_and_names_a_long_one(tmp_path):
     assert link.snapshot().state == "connecting"
     write("online", 100.0, None)
     assert read_health(path, 30.0, 10.0) is None
-    write("disconnected", 5.0, "connection refused by broker:1883")
+    write("disconnected", 5.0, "connection refused by 127.0.0.1:47001")
     assert read_health(path, 30.0, 10.0) is None
-    write("disconnected", 12.0, "connection refused by broker:1883")
+    write("disconnected", 12.0, "connection refused by 127.0.0.1:47001")
     assert read_health(path, 30.0, 10.0) == (
-        "agent is disconnected for 12 s (more than 10 s): connection refused by broker:1883"
+        "agent is disconnected for 12 s (more than 10 s): connection refused by 127.0.0.1:47001"
     )
     write("connecting", 12.0, None)
     assert "connecting for 12 s" in read_health(path, 30.0, 10.0)
