@@ -30,6 +30,16 @@ class Target:
     details: list[str]
 
 
+def pct(value: float | None) -> str:
+    """A percentage for a table, one decimal; "-" where nothing was measured."""
+    return "-" if value is None else f"{value:.1f}"
+
+
+def share(value: float | None) -> str:
+    """A share (0-1) as `pct` writes a percentage."""
+    return pct(None if value is None else 100 * value)
+
+
 def target_lines(targets: list[Target]) -> list[str]:
     """The report's closing section: every target's verdict with its details."""
     lines = ["", "## Targets", ""]

@@ -98,6 +98,12 @@ class Cell:
     seed: int
 
 
+def result_key(r: dict) -> tuple[str, str, str, int, str]:
+    """A result's cell as the tables and targets look it up: (model, corruption, order, batch
+    size, policy); the severity and seed are the run's."""
+    return (r["model"], r["corruption"], r["order"], r["batch_size"], r["policy"])
+
+
 def stream_order(
     devices: np.ndarray, t_end_ns: np.ndarray, labels: np.ndarray, order: str, seed: int
 ) -> np.ndarray:

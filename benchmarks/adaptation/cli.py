@@ -18,6 +18,7 @@ from benchmarks.adaptation.cells import (
     TORCH_TENT_LR,
     Cell,
     ModelPaths,
+    result_key,
     run_cells,
     runs_on,
     variant,
@@ -25,9 +26,9 @@ from benchmarks.adaptation.cells import (
 from benchmarks.adaptation.models import prepare_models
 from benchmarks.adaptation.paced_report import paced_target
 from benchmarks.adaptation.peer_targets import target_default_vs_peers, target_peer_claims
-from benchmarks.adaptation.report import markdown, pct
+from benchmarks.adaptation.report import markdown
 from benchmarks.adaptation.targets import evaluate_targets
-from benchmarks.harness import _batch_sizes, add_output_options, machine_info, name_list, progress
+from benchmarks.harness import _batch_sizes, add_output_options, machine_info, name_list, progress, share
 from edge_ttt.adapt.engine import DEFAULT_POLICY, AutoInputs
 from edge_ttt.adapt.fallback import DEFAULT_FALLBACK
 from edge_ttt.artifacts import Bundle, load_bundle
@@ -160,19 +161,15 @@ def main(argv: list[str] | None = None) -> None:
         how = f" paced at {r['paced']['rate_hz']:g} Hz, {r['paced']['missed']} missed" if "paced" in r else ""
         progress(
             f"[{k}/{len(tasks)}] {r['model']} {r['corruption']} {r['order']} b={r['batch_size']} "
-            f"{r['policy']}: {pct(None if r['accuracy'] is None else 100 * r['accuracy'])}% "
+            f"{r['policy']}: {share(r['accuracy'])}% "
             f"({r['ms_per_window']:.2f} ms/window){how}"
         )
-    canonical = {
-        (c.model, c.corruption, c.order, c.batch_size, c.policy): i for i, (c, _) in enumerate(cells)
-    }
-    results.sort(
-        key=lambda r: canonical[(r["model"], r["corruption"], r["order"], r["batch_size"], r["policy"])]
-    )
+    canonical = {result_key(dataclasses.asdict(c)): i for i, (c, _) in enumerate(cells)}
+    results.sort(key=lambda r: canonical[result_key(r)])
     paced.sort(
         key=lambda r: (
             rates.index(r["paced"]["rate_hz"]),
-            canonical[(r["model"], r["corruption"], r["order"], r["batch_size"], r["policy"])],
+            canonical[result_key(r)],
         )
     )
     meta = run_metadata(argv, args, paths)

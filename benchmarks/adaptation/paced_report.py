@@ -3,23 +3,15 @@ unpaced, and the paced target (docs/adaptation-benchmark.md, "Paced scoring").""
 
 from __future__ import annotations
 
-from benchmarks.adaptation.cells import ORDERS
-from benchmarks.harness import FAIL, NOT_MEASURED, PASS, Target
+from benchmarks.adaptation.cells import ORDERS, result_key
+from benchmarks.harness import FAIL, NOT_MEASURED, PASS, Target, share
 from firmware_sim.corruptions import SHIFTS
 
 TARGET_RATE_HZ = 50.0  # the watch's own sample rate
 
 
-def _key(r: dict) -> tuple:
-    return (r["model"], r["corruption"], r["order"], r["batch_size"], r["policy"])
-
-
 def _ms(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}"
-
-
-def _pct(value: float | None) -> str:
-    return "-" if value is None else f"{100 * value:.1f}"
 
 
 def paced_rows(results: list[dict], paced: list[dict], model: str) -> list[str]:
@@ -28,7 +20,7 @@ def paced_rows(results: list[dict], paced: list[dict], model: str) -> list[str]:
     cells = [r for r in paced if r["model"] == model]
     if not cells:
         return []
-    unpaced = {_key(r): r for r in results}
+    unpaced = {result_key(r): r for r in results}
     columns = list(dict.fromkeys(r["policy"] for r in cells))
     cells.sort(
         key=lambda r: (
@@ -53,10 +45,10 @@ def paced_rows(results: list[dict], paced: list[dict], model: str) -> list[str]:
     ]
     for r in cells:
         p = r["paced"]
-        same = unpaced.get(_key(r), {})
+        same = unpaced.get(result_key(r), {})
         lines.append(
             f"| {p['rate_hz']:g} | {p['hop_ms']:.2f} | {r['order']} | {r['batch_size']} | "
-            f"{r['corruption']} | {r['policy']} | {_pct(same.get('accuracy'))} | {_pct(r['accuracy'])} | "
+            f"{r['corruption']} | {r['policy']} | {share(same.get('accuracy'))} | {share(r['accuracy'])} | "
             f"{p['missed']} | {r['windows']} | {_ms(p['ms_per_process'])} | {_ms(p['ms_per_predict'])} | "
             f"{p['lag_ms']:.2f} |"
         )

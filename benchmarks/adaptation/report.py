@@ -8,17 +8,13 @@ import numpy as np
 from benchmarks.adaptation.cells import FALLBACK_COLUMN, ORDERS, TORCH_TENT, TORCH_TENT_LR
 from benchmarks.adaptation.paced_report import paced_rows
 from benchmarks.adaptation.targets import accuracies, mean_over_corruptions, mean_over_deployment_shifts
-from benchmarks.harness import Target, target_lines
+from benchmarks.harness import Target, pct, share, target_lines
 from firmware_sim.corruptions import CORRUPTIONS, SHIFTS
 
 MEANS = (
     ("original", "**mean over corruptions**", mean_over_corruptions),
     ("deployment", "**mean over deployment shifts**", mean_over_deployment_shifts),
 )
-
-
-def pct(value: float | None) -> str:
-    return "-" if value is None else f"{value:.1f}"
 
 
 def _mean_ms(results: list[dict], model: str, batch: int, policy: str) -> str:
@@ -68,10 +64,6 @@ def _options(options: dict) -> str:
     return ", ".join(f"{name} {value}" for name, value in options.items())
 
 
-def _share(value: float | None) -> str:
-    return pct(None if value is None else 100 * value)
-
-
 def _estimate_rows(results: list[dict], model: str, default: str) -> list[str]:
     """Per stream: the default policy's true and estimated accuracy, the source model's (its own
     cell), and the default policy with its opt-in fallback: accuracy, switches, share on source."""
@@ -102,10 +94,10 @@ def _estimate_rows(results: list[dict], model: str, default: str) -> list[str]:
         switched = ["-", "-", "-"]
         if fallback:
             on_source = counters["windows_on_source"] / max(counters["windows"], 1)
-            switched = [_share(fallback["accuracy"]), str(counters["fallbacks"]), _share(on_source)]
+            switched = [share(fallback["accuracy"]), str(counters["fallbacks"]), share(on_source)]
         lines.append(
-            f"| {order} | {batch} | {name} | {_share(r['accuracy'])} | {_share(r['estimated_accuracy'])} | "
-            f"{_share(source.get('accuracy'))} | {_share(source.get('estimated_accuracy'))} | "
+            f"| {order} | {batch} | {name} | {share(r['accuracy'])} | {share(r['estimated_accuracy'])} | "
+            f"{share(source.get('accuracy'))} | {share(source.get('estimated_accuracy'))} | "
             + " | ".join(switched)
             + " |"
         )

@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from benchmarks.adaptation.cells import TORCH_TENT, UNALIGNED_COLUMN
+from benchmarks.adaptation.cells import TORCH_TENT, UNALIGNED_COLUMN, result_key
 from benchmarks.adaptation.estimates import Pair, estimate_pairs
 from benchmarks.harness import FAIL, NOT_MEASURED, PASS, Target
 from firmware_sim.corruptions import CORRUPTIONS, DEPLOYMENT_SHIFTS, SHIFTS
@@ -34,11 +34,7 @@ Accuracies = dict[tuple[str, str, str, int, str], float]  # (model, corruption, 
 
 
 def accuracies(results: list[dict]) -> Accuracies:
-    return {
-        (r["model"], r["corruption"], r["order"], r["batch_size"], r["policy"]): 100.0 * r["accuracy"]
-        for r in results
-        if r["accuracy"] is not None
-    }
+    return {result_key(r): 100.0 * r["accuracy"] for r in results if r["accuracy"] is not None}
 
 
 def corrupted_names(acc: Accuracies, model: str) -> list[str]:
