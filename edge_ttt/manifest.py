@@ -151,6 +151,27 @@ class MountingReference(_Strict):
     posture_level: float = Field(ge=0.0)
 
 
+class DriftLimits(_Strict):
+    """In-distribution PSI per interval size (`edge_ttt.drift.calibration`): each source device held
+    out against the others, the `quantile` of its intervals' PSI per channel."""
+
+    windows: list[int] = Field(min_length=1, description="interval sizes in windows, increasing")
+    quantile: float = Field(gt=0.0, le=1.0)
+    psi: list[list[float]] = Field(description="[size][channel], non-increasing in the size")
+    intervals: list[int] = Field(description="held-out intervals behind each size")
+    devices: int = Field(ge=2, description="source devices held out in turn")
+
+    @model_validator(mode="after")
+    def _shape(self) -> DriftLimits:
+        if any(b <= a for a, b in zip(self.windows, self.windows[1:], strict=False)) or self.windows[0] < 1:
+            raise ValueError("drift_limits.windows must be positive and increase strictly")
+        if len(self.psi) != len(self.windows) or len(self.intervals) != len(self.windows):
+            raise ValueError("drift_limits needs one psi row and one interval count per size")
+        if len({len(row) for row in self.psi}) != 1:
+            raise ValueError("drift_limits.psi rows must have one value per channel")
+        return self
+
+
 class Reference(_Strict):
     channels: list[ChannelReference]
     entropy: EntropyQuantiles
@@ -166,6 +187,15 @@ class Reference(_Strict):
     mounting: MountingReference | None = Field(
         None, description="absent: no x/y/z triads, one source device, or exported before it"
     )
+    drift_limits: DriftLimits | None = Field(
+        None, description="absent: one source device, or exported before it (sampling limits only)"
+    )
+
+    @model_validator(mode="after")
+    def _limits_per_channel(self) -> Reference:
+        if self.drift_limits is not None and len(self.drift_limits.psi[0]) != len(self.channels):
+            raise ValueError("reference.drift_limits.psi needs one value per reference channel")
+        return self
 
 
 class Manifest(_Strict):

@@ -9,6 +9,8 @@ import numpy as np
 
 from edge_ttt.adapt.input_alignment import class_references, device_spread
 from edge_ttt.adapt.softmax import softmax_entropy
+from edge_ttt.drift.calibration import drift_limits
+from edge_ttt.stream.window import WindowBatch
 
 HIST_BINS = 16
 ENTROPY_QUANTILES = (0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99)
@@ -56,3 +58,11 @@ def class_channels(x: np.ndarray, labels: np.ndarray, classes: int, devices: np.
         "offset_spread": offset.tolist(),
         "log_gain_spread": log_gain.tolist(),
     }
+
+
+def held_out_limits(windows: WindowBatch, devices: np.ndarray, channels: list[dict]) -> dict | None:
+    """`reference.drift_limits` from every window of the source log (labeled or not), each device's
+    in time order, over the reference's bins (`channels`, from `channel_reference`)."""
+    order = np.lexsort((windows.t_end_ns, devices))
+    edges = [np.asarray(c["hist_edges"], np.float64) for c in channels]
+    return drift_limits(windows.x[order], devices[order], edges)

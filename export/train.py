@@ -25,7 +25,7 @@ from export.checkpoint import SourceModel, save_checkpoint
 from export.models import build_model
 from export.norms import norm_layers
 from export.onnx_graph import example_inputs, explicit_forward, graph_names
-from export.reference import channel_reference, class_channels, entropy_quantiles
+from export.reference import channel_reference, class_channels, entropy_quantiles, held_out_limits
 
 log = logging.getLogger(__name__)
 
@@ -214,7 +214,7 @@ def train(log_path: Path, out: Path, cfg: TrainConfig, show_progress: bool = Tru
         hop=cfg.hop,
         sample_rate_hz=src.sample_rate_hz,
         reference={
-            "channels": channel_reference(train_values, list(src.channels)),
+            "channels": (channels := channel_reference(train_values, list(src.channels))),
             "entropy": entropy_quantiles(val_logits),
             "samples": len(train_values),
             "val_windows": len(x_val),
@@ -226,6 +226,7 @@ def train(log_path: Path, out: Path, cfg: TrainConfig, show_progress: bool = Tru
                 x_train, split.train.label, len(src.class_names), split.train_ids
             ),
             "mounting": posture_reference(x_train, split.train.label, split.train_ids, triads(src.channels)),
+            "drift_limits": held_out_limits(*windows_from_log(src, cfg.window, cfg.hop), channels),
         },
         norm_source=norm_source_moments(model, x_val),
         report={

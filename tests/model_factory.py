@@ -7,6 +7,7 @@ import torch
 
 from edge_ttt.adapt.mounting import posture_reference
 from edge_ttt.adapt.transforms import triads
+from edge_ttt.drift.calibration import drift_limits
 from export.checkpoint import SourceModel
 from export.models import build_model
 from export.norms import norm_layers
@@ -50,13 +51,16 @@ def source_model(name: str) -> SourceModel:
         hop=LENGTH // 2,
         sample_rate_hz=50.0,
         reference={
-            "channels": channel_reference(values, list(CHANNELS)),
+            "channels": (reference_channels := channel_reference(values, list(CHANNELS))),
             "entropy": entropy_quantiles(logits),
             "samples": len(values),
             "val_windows": len(x),
             "val_accuracy": 0.5,
             "class_channels": class_channels(x, logits.argmax(axis=1), CLASSES, np.arange(len(x)) % 2),
             "mounting": posture_reference(x, logits.argmax(axis=1), np.arange(len(x)) % 2, triads(CHANNELS)),
+            "drift_limits": drift_limits(
+                x, np.arange(len(x)) // 8, [np.asarray(c["hist_edges"]) for c in reference_channels]
+            ),
         },
         norm_source=norm_source_moments(model, x),
         report={},

@@ -80,6 +80,9 @@ def test_joint_training_learns_the_auxiliary_task_far_above_chance(tmp_path: Pat
     # On held-out windows of a device it did not train on, every transformed copy of each window.
     assert src.report["aux_val_accuracy"] > 3.0 / K, src.report
     assert src.report["val_accuracy"] > 0.5, src.report  # the classifier trained too
+    limits = src.reference["drift_limits"]  # each of the 4 devices held out against the others
+    assert limits["devices"] == 4 and limits["windows"][0] == 1
+    assert all(len(row) == len(src.channels) and min(row) > 0 for row in limits["psi"])
 
 
 def test_aux_bundle_declares_its_task_and_plain_bundles_do_not(aux_bundle_dir: Path, bundle_dir: Path):

@@ -17,7 +17,8 @@ import pyarrow.parquet as pq
 from edge_ttt.drift.stats import Histogram, Mean, Moments
 from edge_ttt.drift.summary import COUNTERS, Adaptation, DriftSummary, Reference
 
-SCHEMA_VERSION = 3  # 2: accuracy estimates, fallbacks, windows_on_source; 3: spool_dropped, frames_missing
+SCHEMA_VERSION = 4  # 2: accuracy estimates, fallbacks, windows_on_source; 3: spool_dropped,
+# frames_missing; 4: in-distribution PSI limits (psi_limit, ref_limit_windows, ref_limit_psi)
 FORMAT = b"edge-ttt-drift"  # file metadata key `format`; a breaking change would need a new name
 
 _f64, _i64, _str = pa.float64(), pa.int64(), pa.string()
@@ -51,6 +52,9 @@ OPTIONAL = (
     pa.field("ref_var", pa.list_(_f64)),
     pa.field("ref_share", pa.list_(pa.list_(_f64))),
     pa.field("psi", pa.list_(_f64)),
+    pa.field("psi_limit", pa.list_(_f64)),
+    pa.field("ref_limit_windows", pa.list_(_i64)),
+    pa.field("ref_limit_psi", pa.list_(pa.list_(_f64))),
     pa.field("mean_shift", pa.list_(_f64)),
     pa.field("classes", pa.list_(_str)),
     pa.field("class_counts", pa.list_(_i64)),
@@ -114,6 +118,9 @@ def _row(s: DriftSummary) -> dict:
         "ref_var": list(s.reference.var),
         "ref_share": [list(x) for x in s.reference.share],
         "psi": s.psi().tolist(),
+        "psi_limit": None if not s.reference.limit_windows else s.psi_limit().tolist(),
+        "ref_limit_windows": list(s.reference.limit_windows) or None,
+        "ref_limit_psi": [list(row) for row in s.reference.limit_psi] or None,
         "mean_shift": s.mean_shift().tolist(),
         "classes": list(s.reference.classes),
         "class_counts": s.class_counts.tolist(),
@@ -220,6 +227,8 @@ def from_table(table: pa.Table) -> list[DriftSummary]:
                     tuple(tuple(e) for e in edges),
                     tuple(tuple(x) for x in (r["ref_share"] or [[] for _ in range(n)])),
                     tuple(r["classes"] or ()),
+                    tuple(r["ref_limit_windows"] or ()),
+                    tuple(tuple(row) for row in r["ref_limit_psi"] or ()),
                 ),
                 moments=Moments(
                     _array(r["channel_count"], np.int64, zeros_i),

@@ -20,6 +20,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from edge_ttt import __version__
+from edge_ttt.drift.calibration import limit_at
 from edge_ttt.drift.stats import Histogram, Mean, Moments, mean_shift, psi
 
 COUNTERS = (
@@ -48,10 +49,13 @@ class Reference:
     edges: tuple[tuple[float, ...], ...]  # inner histogram edges per channel
     share: tuple[tuple[float, ...], ...]  # source share per bin, per channel
     classes: tuple[str, ...]
+    limit_windows: tuple[int, ...] = ()  # interval sizes of the in-distribution PSI limits
+    limit_psi: tuple[tuple[float, ...], ...] = ()  # [size][channel]; empty: not calibrated
 
     @classmethod
     def from_manifest(cls, manifest: Any) -> Reference:
         ref = manifest.reference.channels
+        limits = manifest.reference.drift_limits
         return cls(
             tuple(c.name for c in ref),
             tuple(c.mean for c in ref),
@@ -59,6 +63,8 @@ class Reference:
             tuple(tuple(c.hist_edges) for c in ref),
             tuple(tuple(c.hist_share) for c in ref),
             tuple(manifest.model.classes),
+            () if limits is None else tuple(limits.windows),
+            () if limits is None else tuple(tuple(row) for row in limits.psi),
         )
 
 
@@ -155,6 +161,14 @@ class DriftSummary:
                 for h, s in zip(self.channel_hist, self.reference.share, strict=True)
             ]
         )
+
+    def psi_limit(self) -> np.ndarray:
+        """Per channel, the PSI that in-distribution devices stay under at this interval's window
+        count (`edge_ttt.drift.calibration`); NaN without windows or without a calibration."""
+        ref = self.reference
+        if not ref.limit_windows:
+            return np.full(len(ref.channels), np.nan)
+        return limit_at(self.windows, ref.limit_windows, ref.limit_psi)
 
     def mean_shift(self) -> np.ndarray:
         """Standardized mean shift per channel (NaN without finite data)."""

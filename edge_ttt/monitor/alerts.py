@@ -11,12 +11,13 @@ import numpy as np
 import pyarrow as pa
 
 from edge_ttt.monitor.config import AlertsSection
-from edge_ttt.monitor.intervals import Intervals, ReferenceBins, psi_limit
+from edge_ttt.monitor.intervals import Intervals, ReferenceBins
 
 COLUMNS = [
     "device_id",
     "interval_end",
     "psi",
+    "psi_limit",
     "windows",
     "resets",
     "rollbacks",
@@ -53,25 +54,31 @@ def evaluate_intervals(intervals: Intervals, rules: AlertsSection, now: float | 
     return alerts
 
 
+def rows_windows(intervals: Intervals, at: int) -> int:
+    """The window count of interval `at` (a position in the score arrays)."""
+    return int(np.nan_to_num(intervals.array_of("windows", slice(at, at + 1)))[0])
+
+
 def _device_alerts(
     intervals: Intervals, i: int, device: str, rules: AlertsSection, now: float
 ) -> list[Alert]:
     out = []
     scores = intervals.scores(i)
-    rows = intervals.rows(i, last=max(rules.psi_intervals, rules.reset_intervals, 1))
-    ratio = intervals.drift_ratio[scores][-rules.psi_intervals :]
+    rows = intervals.rows(i, last=max(rules.reset_intervals, 1))
+    sized = np.flatnonzero(np.nan_to_num(intervals.array_of("windows", scores)) >= rules.psi_min_windows)
+    judged = sized[-rules.psi_intervals :]
+    ratio = intervals.drift_ratio[scores][judged]
     if len(ratio) == rules.psi_intervals and bool(np.all(ratio > 1)):
-        last = rows[-1]
-        bins = int(intervals.bins[scores][-1])
-        latest = float(intervals.max_psi[scores][-1])
+        at = scores.start + int(judged[-1])
+        latest = f"max PSI {float(intervals.max_psi[at]):.3f} at {rows_windows(intervals, at)} windows"
         out.append(
             Alert(
                 "psi",
                 device,
-                latest,
-                f"channel PSI above its no-drift limit for the last {rules.psi_intervals} intervals "
-                f"(latest {latest:.3f}, limit {psi_limit(bins, last['windows'] or 0, rules):.3f} "
-                f"at {last['windows']} windows)",
+                float(intervals.max_psi[at]),
+                f"input drift in the last {rules.psi_intervals} intervals of {rules.psi_min_windows}+ "
+                f"windows: the most drifted channel's PSI is {float(ratio[-1]):.1f}x its no-drift limit "
+                f"(latest: {latest})",
             )
         )
     window = rows[-rules.reset_intervals :]

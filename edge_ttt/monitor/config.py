@@ -48,6 +48,9 @@ class AlertsSection(Section):
         description="share of in-distribution intervals allowed above the sample-size-aware PSI limit",
     )
     psi_intervals: int = Field(3, ge=1, description="consecutive latest intervals above it to alert")
+    psi_min_windows: int = Field(
+        8, ge=1, description="intervals with fewer windows are left out of the psi rule (too few to judge)"
+    )
     reset_rate: float = Field(0.05, gt=0, description="(resets + rollbacks) per window over the window")
     reset_intervals: int = Field(6, ge=1, description="latest intervals the reset rate is taken over")
     entropy_rise: float = Field(0.2, gt=0, description="nats the mean entropy rose over the window")

@@ -25,9 +25,10 @@ def chi2_quantile(p: float, dof: int) -> float:
 
 
 def psi_limit(bins: np.ndarray | int, windows: np.ndarray | int, rules: AlertsSection) -> np.ndarray | float:
-    """The PSI above which a channel of an interval counts as drifted: the larger of `psi_threshold`
-    and PSI's (1 - psi_false_alarm) quantile without drift at this sample size (inf without bins or
-    windows).
+    """The sampling part of the PSI above which a channel of an interval counts as drifted: the larger
+    of `psi_threshold` and PSI's (1 - psi_false_alarm) quantile without drift at this sample size (inf
+    without bins or windows). `Intervals.of` raises it to the summary's own `psi_limit`, what
+    in-distribution devices reach at this size (`edge_ttt.drift.calibration`), where it has one.
 
     Without drift, n x PSI is close to chi-square with bins - 1 degrees of freedom (PSI is the
     symmetrised KL divergence, Pearson's chi-square / n for small differences; the reference's own
@@ -51,6 +52,27 @@ def _list(table: pa.Table, name: str) -> tuple[np.ndarray, np.ndarray]:
         values = values.to_numpy(zero_copy_only=False).astype(np.float64)
     values = values[offsets[0] : offsets[-1]]
     return values, offsets - offsets[0]
+
+
+def _aligned(table: pa.Table, name: str, offsets: np.ndarray) -> np.ndarray:
+    """A list column's values laid out as another one's (`offsets`): NaN where a row's list is null
+    (an older summary) or of another length."""
+    out = np.full(int(offsets[-1]), np.nan)
+    if name not in table.column_names:
+        return out
+    values, own = _list(table, name)
+    same = np.flatnonzero(np.diff(own) == np.diff(offsets))
+    lengths = np.diff(offsets)[same]
+    src = np.repeat(own[same], lengths) + _ramp(lengths)
+    dst = np.repeat(offsets[same], lengths) + _ramp(lengths)
+    out[dst] = values[src]
+    return out
+
+
+def _ramp(lengths: np.ndarray) -> np.ndarray:
+    """0..k-1 for each k in `lengths`, concatenated."""
+    starts = np.repeat(np.cumsum(lengths) - lengths, lengths)
+    return np.arange(int(lengths.sum())) - starts
 
 
 def _row_max(values: np.ndarray, offsets: np.ndarray) -> np.ndarray:
@@ -104,7 +126,7 @@ def _mean_entropy(table: pa.Table) -> np.ndarray:
 
 
 ReferenceBins = dict[str, list[int]]  # model_sha256 -> bins per channel of its reference
-HEAVY = ("ref_share", "entropy_edges", "entropy_counts")  # scored, then left out of the rows
+HEAVY = ("ref_share", "ref_limit_psi", "entropy_edges", "entropy_counts")  # scored, then left out of the rows
 
 
 def _element_bins(table: pa.Table, offsets: np.ndarray, bins: ReferenceBins | None) -> np.ndarray:
@@ -149,7 +171,7 @@ class Intervals:
         psi, po = _list(table, "psi")
         element_bins = _element_bins(table, po, bins)
         windows = np.nan_to_num(_numbers(table, "windows"))[np.repeat(np.arange(table.num_rows), np.diff(po))]
-        limit = psi_limit(element_bins, windows, rules)
+        limit = np.fmax(psi_limit(element_bins, windows, rules), _aligned(table, "psi_limit", po))
         light = table.drop_columns([c for c in HEAVY if c in table.column_names]).take(order)
         ids = light.column("device_id").to_numpy(zero_copy_only=False)
         change = np.flatnonzero(ids[1:] != ids[:-1]) + 1 if len(ids) else np.array([], np.int64)
@@ -174,6 +196,10 @@ class Intervals:
     def array(self, name: str) -> np.ndarray:
         """A numeric column of all intervals, in this order (null -> NaN)."""
         return _numbers(self.table, name)
+
+    def array_of(self, name: str, at: slice) -> np.ndarray:
+        """A numeric column of the intervals `at` (a device's `scores`), null -> NaN."""
+        return _numbers(self.table.slice(at.start, at.stop - at.start), name)
 
     def scores(self, i: int) -> slice:
         """Device i's part of the score arrays."""
