@@ -12,6 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from edge_ttt.class_mix import class_mix_cap
 from edge_ttt.drift.schema import SCHEMA, SCHEMA_VERSION, from_table, read_table, to_table
 from edge_ttt.drift.summary import COUNTERS, Reference, SummaryCollector, merge_summaries
 from edge_ttt.monitor import dataset
@@ -43,6 +44,7 @@ def predictions(estimated: list[float], source: list[float], on_source: bool = F
         estimated_correct=np.asarray(estimated, np.float32),
         source_estimated_correct=np.asarray(source, np.float32),
         on_source=np.full(n, on_source),
+        source_classes=np.where(np.isnan(source), -1, 1),  # class 1 where the source model ran
     )
 
 
@@ -66,6 +68,21 @@ def test_observe_predictions_takes_the_estimates_and_ignores_a_missing_source_pa
     assert s.counters["fallbacks"] == 1 and s.counters["windows_on_source"] == 3
     no_source = estimated([1, 1], [np.nan, np.nan])
     assert no_source.estimated_accuracy == 1.0 and no_source.source_estimated_accuracy is None
+
+
+def test_the_source_models_classes_are_counted_where_it_ran_and_survive_merge_and_schema():
+    a = estimated([1, 1, 1], [0, np.nan, 1], end=1.0)
+    b = estimated([1, 1], [1, 1], end=2.0)
+    assert a.source_class_counts.tolist() == [0, 2, 0] and a.class_counts.tolist() == [3, 0, 0]
+    merged = merge_summaries([a, b])
+    assert merged.source_class_counts.tolist() == [0, 4, 0]
+    back = from_table(to_table([a, merged]))
+    assert [x.source_class_counts.tolist() for x in back] == [[0, 2, 0], [0, 4, 0]]
+    assert back[0].reference == a.reference
+    older = dataset.rows(to_table([a])).drop_columns(["source_class_counts"])
+    (old,) = from_table(older)
+    assert old.source_class_counts is None  # a version 3 file: not counted, not zero
+    assert merge_summaries([old, b]).source_class_counts.tolist() == [0, 2, 0]
 
 
 def test_merged_estimates_are_window_weighted_means():
@@ -129,13 +146,20 @@ def test_the_monitor_reads_a_dataset_holding_version_1_and_2_files(tmp_path):
 
     table = dataset.read(location)
     by_device = {h.device: h for h in health(Intervals.of(table, RULES), RULES)}
-    assert (by_device["new"].estimated_accuracy, by_device["new"].source_estimated_accuracy) == (0.75, 0.25)
-    assert by_device["old"].estimated_accuracy is None
+    # an adapting policy's served predictions: the class-mix bound (no source classes: ATC alone)
+    bound = float(class_mix_cap(new.class_counts, np.full(3, 1 / 3)))
+    assert (by_device["new"].estimated_accuracy, by_device["new"].source_estimated_accuracy) == (bound, 0.25)
+    # version 1 had class counts: the bound, no source estimate
+    old_bound = float(class_mix_cap(make_summary("old", T0).class_counts, np.full(3, 1 / 3)))
+    assert (by_device["old"].estimated_accuracy, by_device["old"].source_estimated_accuracy) == (
+        old_bound,
+        None,
+    )
     out = tmp_path / "report.html"
     write_report(table, RULES, out, now=T0)
     rows = out.read_text().split('<table id="health">')[1].split("</table>")[0].split("<tr>")
     cells = {r[0]: r[-2:] for r in (re.findall(r"<td>([^<]*)</td>", row) for row in rows) if r}
-    assert cells == {"new": ["0.750", "0.250"], "old": ["n/a", "n/a"]}
+    assert cells == {"new": [f"{bound:.3f}", "0.250"], "old": [f"{old_bound:.3f}", "n/a"]}
     assert dataset.compact(location) == {"date=2023-11-14": 2}
     compacted = dataset.read(location).sort_by("device_id")
     assert compacted["estimated_accuracy"].to_pylist() == [0.75, None]

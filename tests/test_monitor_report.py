@@ -180,7 +180,8 @@ def test_the_report_ranks_the_drifting_device_first_and_shows_its_alert(location
     assert re.findall(r"<tr><td>([\w-]+)</td>", ranking)[0] == "drifting"
     assert "drifting</b> [psi]" in html and len(alerts) == 4
     images = re.findall(r'src="data:image/png;base64,([^"]+)"', html)
-    assert len(images) == 2 and all(base64.b64decode(i).startswith(b"\x89PNG") for i in images)
+    # accuracy over time (the class counts give an estimate), the heat map, drift over time
+    assert len(images) == 3 and all(base64.b64decode(i).startswith(b"\x89PNG") for i in images)
     assert not re.search(r"(src|href)=\"(https?:)?//", html)  # self-contained
     result = CliRunner().invoke(
         monitor_app, ["report", "--dataset", location, "--out", str(tmp_path / "r.html")]
@@ -230,14 +231,16 @@ def test_the_report_renders_in_headless_chromium(location, tmp_path):
     summary = re.sub(r"\s+", " ", dom.split('<ul id="summary">')[1].split("</ul>")[0])
     assert "<b>5</b> devices" in summary and "<b>1</b> drifting" in summary
     assert _ranking(dom)[0][0] == "drifting" and len(_ranking(dom)) == 5
-    assert len(re.findall(r'<img alt="[^"]+" src="data:image/png;base64,', dom)) == 2
+    assert len(re.findall(r'<img alt="[^"]+" src="data:image/png;base64,', dom)) == 3
 
 
 def _estimated(device: str, i: int, shift: float, served: float, source: float):
-    """A summary of 40 windows whose served and source estimates are `served` and `source`."""
-    s = make_summary(device, T0 + (i + 1) * STEP, shift=shift, seed=500 + 10 * i + len(device))
-    s.estimated.update((np.arange(40) < round(40 * served)).astype(float))
-    s.source_estimated.update((np.arange(40) < round(40 * source)).astype(float))
+    """A summary of 60 windows whose served estimate (an adapting policy's: the class-mix bound) is
+    `served` and whose source estimate (ATC; no source classes) is `source`."""
+    s = make_summary(device, T0 + (i + 1) * STEP, shift=shift, seed=500 + 10 * i + len(device), windows=60)
+    top = round(60 * (4 / 3 - served))  # uniform prior over 3 classes: bound = 1/3 + (1 - top share)
+    s.class_counts = np.array([top, (60 - top) // 2, 60 - top - (60 - top) // 2])
+    s.source_estimated.update((np.arange(60) < round(60 * source)).astype(float))
     return s
 
 
@@ -259,32 +262,37 @@ def _ranking(html: str) -> list[list[str]]:
 
 
 def test_the_report_ranks_by_estimated_accuracy_lost_and_sums_up_the_fleet(estimated_fleet, tmp_path):
+    """The loss is the reference minus the lower estimate: `rotated` serves 65 % but its source
+    model is at 40 %, so it ranks above `noisy` (55 % and 50 %)."""
     out = tmp_path / "report.html"
     write_report(dataset.read(estimated_fleet), RULES, out, now=NOW, reference_accuracy=0.8)
     html = out.read_text()
     rows = _ranking(html)
-    assert [r[0] for r in rows] == ["noisy", "rotated", "clean"]
+    assert [r[0] for r in rows] == ["rotated", "noisy", "clean"]
     # accuracy lost, served and source estimate, gain, in points
     assert [r[1:5] for r in rows] == [
-        ["25.0", "55.0", "50.0", "5.0"],
-        ["15.0", "65.0", "40.0", "25.0"],
+        ["40.0", "65.0", "40.0", "25.0"],
+        ["30.0", "55.0", "50.0", "5.0"],
         ["0.0", "80.0", "80.0", "0.0"],
     ]
-    assert rows[1][6].startswith("c0 ")  # the drifted channel explains the loss
+    assert rows[0][6].startswith("c0 ")  # the drifted channel explains the loss
     summary = re.sub(r"\s+", " ", html.split('<ul id="summary">')[1].split("</ul>")[0])
     assert "<b>3</b> devices" in summary and "<b>2</b> drifting" in summary
-    assert "<b>2</b> estimated to lose more than 10.0 points" in summary
+    assert "<b>2</b> estimated to serve predictions more than 10.0 points" in summary
+    assert "<b>0</b> rescued by adaptation" in summary
     assert "<b>2</b> of 3 with both estimates where adaptation helped" in summary
     assert "reference: the bundle&#39;s validation accuracy" in html
+    rescued = write_report(dataset.read(estimated_fleet), RULES, out, now=NOW, reference_accuracy=0.7)
+    assert rescued is not None and "<b>1</b> rescued by adaptation" in re.sub(r"\s+", " ", out.read_text())
 
 
-def test_without_a_reference_each_device_is_compared_with_its_first_interval(estimated_fleet, tmp_path):
-    """Estimates that never change lose nothing; the drift score then orders: clean last."""
+def test_without_a_reference_no_loss_is_known_and_drift_orders(estimated_fleet, tmp_path):
+    """Summaries before version 4 carry no reference accuracy: no loss, ranked by drift, clean last."""
     out = tmp_path / "report.html"
     write_report(dataset.read(estimated_fleet), RULES, out, now=NOW)
     rows = _ranking(out.read_text())
-    assert [(r[0], r[1]) for r in rows] == [("rotated", "0.0"), ("noisy", "0.0"), ("clean", "0.0")]
-    assert "each device&#39;s first interval" in out.read_text()
+    assert [(r[0], r[1]) for r in rows] == [("rotated", "n/a"), ("noisy", "n/a"), ("clean", "n/a")]
+    assert "summaries before version 4 do not: pass --bundle" in out.read_text()
 
 
 def _blocky(device: str, i: int, shift: float) -> DriftSummary:

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from edge_ttt.class_mix import class_mix_cap as mix_cap
 from edge_ttt.manifest import Manifest
 
 
@@ -47,19 +48,16 @@ def likely_right(entropy: np.ndarray, threshold: float) -> np.ndarray:
 
 
 def class_mix_cap(classes: np.ndarray, prior: np.ndarray) -> float:
-    """The highest accuracy that predictions with this class mix can have on a stream whose
-    classes come in the `prior` proportions: sum over classes of min(predicted share, prior).
+    """The class-mix bound (`edge_ttt.drift.stats.class_mix_cap`) of predicted classes; 1.0 for none.
 
     >>> class_mix_cap(np.array([2, 2, 2, 2]), np.array([0.25, 0.25, 0.5]))
     0.5
     >>> class_mix_cap(np.array([0, 1, 2, 2]), np.array([0.25, 0.25, 0.5]))
     1.0
     """
-    prior = np.asarray(prior, np.float64)
     if len(classes) == 0:
         return 1.0
-    share = np.bincount(np.asarray(classes, np.int64), minlength=len(prior)) / len(classes)
-    return float(np.minimum(share, prior).sum())
+    return float(mix_cap(np.bincount(np.asarray(classes, np.int64), minlength=len(prior)), prior))
 
 
 def device_estimates(

@@ -18,7 +18,8 @@ from edge_ttt.drift.stats import Histogram, Mean, Moments
 from edge_ttt.drift.summary import COUNTERS, Adaptation, DriftSummary, Reference
 
 SCHEMA_VERSION = 4  # 2: accuracy estimates, fallbacks, windows_on_source; 3: spool_dropped,
-# frames_missing; 4: in-distribution PSI limits (psi_limit, ref_limit_windows, ref_limit_psi)
+# frames_missing; 4: in-distribution PSI limits (psi_limit, ref_limit_windows, ref_limit_psi), the
+# source model's classes (source_class_counts), the reference's class prior and accuracy
 FORMAT = b"edge-ttt-drift"  # file metadata key `format`; a breaking change would need a new name
 
 _f64, _i64, _str = pa.float64(), pa.int64(), pa.string()
@@ -58,6 +59,9 @@ OPTIONAL = (
     pa.field("mean_shift", pa.list_(_f64)),
     pa.field("classes", pa.list_(_str)),
     pa.field("class_counts", pa.list_(_i64)),
+    pa.field("source_class_counts", pa.list_(_i64)),
+    pa.field("ref_class_prior", pa.list_(_f64)),
+    pa.field("ref_accuracy", _f64),
     pa.field("confidence_edges", pa.list_(_f64)),
     pa.field("confidence_counts", pa.list_(_i64)),
     pa.field("entropy_edges", pa.list_(_f64)),
@@ -124,6 +128,9 @@ def _row(s: DriftSummary) -> dict:
         "mean_shift": s.mean_shift().tolist(),
         "classes": list(s.reference.classes),
         "class_counts": s.class_counts.tolist(),
+        "source_class_counts": None if s.source_class_counts is None else s.source_class_counts.tolist(),
+        "ref_class_prior": list(s.reference.class_prior) or None,
+        "ref_accuracy": s.reference.accuracy,
         "confidence_edges": s.confidence.edges.tolist(),
         "confidence_counts": s.confidence.counts.tolist(),
         "entropy_edges": s.entropy.edges.tolist(),
@@ -229,6 +236,8 @@ def from_table(table: pa.Table) -> list[DriftSummary]:
                     tuple(r["classes"] or ()),
                     tuple(r["ref_limit_windows"] or ()),
                     tuple(tuple(row) for row in r["ref_limit_psi"] or ()),
+                    tuple(r["ref_class_prior"] or ()),
+                    r["ref_accuracy"],
                 ),
                 moments=Moments(
                     _array(r["channel_count"], np.int64, zeros_i),
@@ -254,6 +263,9 @@ def from_table(table: pa.Table) -> list[DriftSummary]:
                 adaptation=a,
                 spool_dropped=r["spool_dropped"] or 0,
                 frames_missing=r["frames_missing"] or 0,
+                source_class_counts=None
+                if r["source_class_counts"] is None
+                else np.asarray(r["source_class_counts"], np.int64),
             )
         )
     return out

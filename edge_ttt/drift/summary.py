@@ -51,6 +51,8 @@ class Reference:
     classes: tuple[str, ...]
     limit_windows: tuple[int, ...] = ()  # interval sizes of the in-distribution PSI limits
     limit_psi: tuple[tuple[float, ...], ...] = ()  # [size][channel]; empty: not calibrated
+    class_prior: tuple[float, ...] = ()  # source class shares; empty: not recorded
+    accuracy: float | None = None  # the source model's held-out validation accuracy
 
     @classmethod
     def from_manifest(cls, manifest: Any) -> Reference:
@@ -65,6 +67,8 @@ class Reference:
             tuple(manifest.model.classes),
             () if limits is None else tuple(limits.windows),
             () if limits is None else tuple(tuple(row) for row in limits.psi),
+            tuple(manifest.reference.class_prior or ()),
+            manifest.reference.val_accuracy,
         )
 
 
@@ -124,6 +128,7 @@ class DriftSummary:
     adaptation: Adaptation | None = None
     spool_dropped: int = 0  # the agent's spool drops since its previous summary (any stream)
     frames_missing: int = 0  # this stream's frames given up on (sequence gaps) in the interval
+    source_class_counts: np.ndarray | None = None  # int64 [K], the source model's classes where it ran
 
     @classmethod
     def empty(
@@ -146,6 +151,7 @@ class DriftSummary:
             confidence=Histogram.over(np.linspace(0.0, 1.0, BINS + 1)[1:-1]),
             entropy=Histogram.over(np.linspace(0.0, math.log(k), BINS + 1)[1:-1]),
             latency=Histogram.over(LATENCY_EDGES_MS),
+            source_class_counts=np.zeros(k, np.int64),
         )
 
     @property
@@ -189,6 +195,13 @@ class DriftSummary:
         return self.source_estimated.get()
 
 
+def _add(a: np.ndarray | None, b: np.ndarray | None) -> np.ndarray | None:
+    """Counts that older summaries lack (None) add as zeros; None only when both lack them."""
+    if a is None or b is None:
+        return b if a is None else a
+    return a + b
+
+
 def _same(values: Iterable[str]) -> str:
     distinct = set(values)
     return distinct.pop() if len(distinct) == 1 else ANY
@@ -212,6 +225,7 @@ def merge_summaries(summaries: Iterable[DriftSummary]) -> DriftSummary:
         out.moments = out.moments + p.moments
         out.channel_hist = [a + b for a, b in zip(out.channel_hist, p.channel_hist, strict=True)]
         out.class_counts = out.class_counts + p.class_counts
+        out.source_class_counts = _add(out.source_class_counts, p.source_class_counts)
         out.confidence, out.entropy, out.latency = (
             out.confidence + p.confidence,
             out.entropy + p.entropy,
@@ -278,11 +292,12 @@ class SummaryCollector:
         latency_ms: Iterable[float] = (),
         estimated_correct: np.ndarray | None = None,
         source_estimated_correct: np.ndarray | None = None,
+        source_classes: np.ndarray | None = None,
     ) -> SummaryCollector:
         """One batch: raw windows `[n, C, L]`, and per window the predicted class, confidence,
         entropy and guard verdict; the engine's counters and adaptation level after the batch;
         per window, the label-free accuracy estimates of the served and the source model
-        (NaN: not estimated)."""
+        (NaN: not estimated) and the source model's class (-1: it did not run)."""
         x = np.asarray(x)
         s = self.current
         samples = np.moveaxis(x, 1, 2).reshape(-1, x.shape[1])
@@ -297,6 +312,11 @@ class SummaryCollector:
             s.estimated.update(estimated_correct)
         if source_estimated_correct is not None:
             s.source_estimated.update(source_estimated_correct)
+        if source_classes is not None:
+            ran = np.asarray(source_classes, np.int64)
+            ran = ran[ran >= 0]
+            k = len(s.class_counts)
+            s.source_class_counts = _add(s.source_class_counts, np.bincount(ran, minlength=k))
         s.windows += len(x)
         s.invalid_windows += 0 if valid is None else int((~np.asarray(valid, bool)).sum())
         if counters is not None:
@@ -320,6 +340,7 @@ class SummaryCollector:
             latency_ms=latency_ms,
             estimated_correct=predictions.estimated_correct,
             source_estimated_correct=predictions.source_estimated_correct,
+            source_classes=predictions.source_classes,
         )
 
     def due(self, now: float | None = None) -> bool:

@@ -11,6 +11,8 @@ import numpy as np
 import pyarrow as pa
 
 from edge_ttt.monitor.config import AlertsSection
+from edge_ttt.monitor.estimates import COLUMNS as ESTIMATE_COLUMNS
+from edge_ttt.monitor.estimates import Estimates, device_estimates
 from edge_ttt.monitor.intervals import Intervals, ReferenceBins
 
 COLUMNS = [
@@ -27,12 +29,13 @@ COLUMNS = [
     "entropy_counts",
     "channels",
     "model_sha256",
+    *(c for c in ESTIMATE_COLUMNS if c != "windows"),
 ]
 
 
 @dataclass(frozen=True)
 class Alert:
-    rule: str  # psi, resets, entropy, silent
+    rule: str  # psi, accuracy, resets, entropy, silent
     device: str
     value: float
     message: str
@@ -52,6 +55,28 @@ def evaluate_intervals(intervals: Intervals, rules: AlertsSection, now: float | 
     for i, device in enumerate(intervals.devices):
         alerts += _device_alerts(intervals, i, device, rules, now)
     return alerts
+
+
+def accuracy_alert(device: str, e: Estimates, rules: AlertsSection) -> Alert | None:
+    """The source model or the served predictions estimated more than `accuracy_loss` below the
+    reference: the first is what the drift costs (even where adaptation makes up for it), the second
+    what the device delivers."""
+    if e.windows < rules.accuracy_min_windows:
+        return None
+    source, served = e.lost("source"), e.lost("served")
+    worst = max((v for v in (source, served) if v is not None), default=None)
+    if worst is None or worst <= rules.accuracy_loss:
+        return None
+    named = {"source model": e.source, "served predictions": e.served}
+    said = ", ".join(f"{name} {100 * v:.1f} %" for name, v in named.items() if v is not None)
+    which = "source model" if worst == source else "served predictions"
+    return Alert(
+        "accuracy",
+        device,
+        worst,
+        f"estimated accuracy over the latest {e.windows} windows: {said}, against the reference "
+        f"{100 * e.reference:.1f} % ({100 * worst:.1f} points lost by the {which})",
+    )
 
 
 def rows_windows(intervals: Intervals, at: int) -> int:
@@ -81,6 +106,10 @@ def _device_alerts(
                 f"(latest: {latest})",
             )
         )
+    estimates = device_estimates(intervals, i, rules.estimate_windows)
+    lost = accuracy_alert(device, estimates, rules)
+    if lost is not None:
+        out.append(lost)
     window = rows[-rules.reset_intervals :]
     windows = sum(r["windows"] or 0 for r in window)
     resets = sum((r["resets"] or 0) + (r["rollbacks"] or 0) for r in window)

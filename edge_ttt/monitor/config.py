@@ -59,6 +59,12 @@ class AlertsSection(Section):
     accuracy_loss: float = Field(
         0.10, gt=0, le=1, description="estimated accuracy below the reference by more: device losing accuracy"
     )
+    estimate_windows: int = Field(
+        600, ge=1, description="the latest intervals holding this many windows give a device's estimates"
+    )
+    accuracy_min_windows: int = Field(
+        100, ge=1, description="windows the estimates need before the accuracy rule judges a device"
+    )
 
 
 class MonitorConfig(Section):

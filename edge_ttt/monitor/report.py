@@ -23,18 +23,10 @@ import pyarrow as pa
 from edge_ttt.atomic import atomic_write
 from edge_ttt.monitor.alerts import COLUMNS, Alert, evaluate_intervals
 from edge_ttt.monitor.config import AlertsSection
+from edge_ttt.monitor.estimates import device_estimates, rolling
 from edge_ttt.monitor.intervals import Intervals, ReferenceBins
 
-REPORT_COLUMNS = [
-    *COLUMNS,
-    "interval_start",
-    "estimated_accuracy",
-    "estimated_windows",
-    "source_estimated_accuracy",
-    "source_estimated_windows",
-    "fallbacks",
-    "windows_on_source",
-]
+REPORT_COLUMNS = [*COLUMNS, "interval_start", "fallbacks", "windows_on_source"]  # COLUMNS: estimates too
 STAMP = "%Y-%m-%d %H:%M:%S UTC"
 COUNTS = (
     "windows",
@@ -72,10 +64,13 @@ class DeviceHealth:
 
     @property
     def accuracy_lost(self) -> float | None:
-        """Reference minus the recent estimate of the served predictions: the ranking score."""
-        if self.reference_accuracy is None or self.estimated_accuracy is None:
+        """The ranking score: reference minus the lower of the two estimates, so a device whose
+        drift costs the source model ranks by that cost even where adaptation makes up for it
+        (a reset or a fallback hands it back to that model)."""
+        known = [e for e in (self.estimated_accuracy, self.source_estimated_accuracy) if e is not None]
+        if self.reference_accuracy is None or not known:
             return None
-        return self.reference_accuracy - self.estimated_accuracy
+        return self.reference_accuracy - min(known)
 
     @property
     def gain(self) -> float | None:
@@ -83,13 +78,6 @@ class DeviceHealth:
         if self.estimated_accuracy is None or self.source_estimated_accuracy is None:
             return None
         return self.estimated_accuracy - self.source_estimated_accuracy
-
-
-def weighted_estimate(values: np.ndarray, weights: np.ndarray) -> float | None:
-    """Window-weighted mean of an estimate over intervals (as merge_summaries does); None without one."""
-    ok = ~np.isnan(values) & (np.nan_to_num(weights) > 0)
-    total = weights[ok].sum()
-    return float((values[ok] * weights[ok]).sum() / total) if total else None
 
 
 def _worst_channels(row: dict) -> tuple[tuple[str, str], ...]:
@@ -119,11 +107,10 @@ def health(
     reference_accuracy: float | None = None,
 ) -> list[DeviceHealth]:
     """Devices ranked by estimated accuracy lost, worst first, then by drift score; devices without an
-    estimate last. Estimates are over the latest `psi_intervals` intervals (one interval of a few dozen
-    windows is noisy). The reference is the bundle's validation accuracy when given, else the
-    device's own first interval with an estimate (a device drifted from its start then shows no loss)."""
+    estimate last. Estimates are over the latest intervals holding `estimate_windows` windows
+    (`edge_ttt.monitor.estimates`). The reference is the bundle's validation accuracy when given,
+    else the one the summaries carry (since version 4; before, no loss is known)."""
     rules = rules or AlertsSection()
-    recent = rules.psi_intervals
     col = {
         name: np.nan_to_num(intervals.array(name)) if name in COUNTS else intervals.array(name)
         for name in (*COUNTS, *ESTIMATES)
@@ -131,16 +118,13 @@ def health(
     out = []
     for i, device in enumerate(intervals.devices):
         at = intervals.scores(i)
-        tail = slice(max(at.start, at.stop - recent), at.stop)
         windows = int(col["windows"][at].sum())
         skipped = col["skipped_unreliable"][at].sum() + col["skipped_no_drift"][at].sum()
         entropy = intervals.mean_entropy[at]
         ok = ~np.isnan(entropy)
         trend = float(np.polyfit(np.flatnonzero(ok), entropy[ok], 1)[0]) if ok.sum() >= 2 else math.nan
-        reference = reference_accuracy
-        if reference is None:
-            known = col["estimated_accuracy"][at][~np.isnan(col["estimated_accuracy"][at])]
-            reference = float(known[0]) if known.size else None
+        estimates = device_estimates(intervals, i, rules.estimate_windows)
+        reference = reference_accuracy if reference_accuracy is not None else estimates.reference
         (last,) = intervals.rows(i, last=1)
         out.append(
             DeviceHealth(
@@ -153,10 +137,8 @@ def health(
                 int(col["rollbacks"][at].sum()),
                 skipped / windows if windows else math.nan,
                 trend,
-                weighted_estimate(col["estimated_accuracy"][tail], col["estimated_windows"][tail]),
-                weighted_estimate(
-                    col["source_estimated_accuracy"][tail], col["source_estimated_windows"][tail]
-                ),
+                estimates.served,
+                estimates.source,
                 reference,
                 int(col["fallbacks"][at].sum()),
                 int(col["windows_on_source"][at].sum()),
@@ -182,7 +164,8 @@ def health(
 class FleetSummary:
     devices: int
     drifting: int  # a psi alert holds
-    losing: int  # estimated accuracy lost above the rule's accuracy_loss
+    losing: int  # served predictions estimated to lose more than the rule's accuracy_loss
+    rescued: int  # the source model estimated to lose more than that, the served predictions not
     helped: int  # served estimate above the source estimate
     compared: int  # devices with both estimates
     reference: str  # where the reference accuracy comes from, in words
@@ -192,16 +175,29 @@ def fleet_summary(
     ranked: list[DeviceHealth], alerts: list[Alert], rules: AlertsSection, reference_given: bool
 ) -> FleetSummary:
     gains = [h.gain for h in ranked if h.gain is not None]
+    limit = rules.accuracy_loss
+
+    def lost(h: DeviceHealth, estimate: float | None) -> bool:
+        return None not in (h.reference_accuracy, estimate) and h.reference_accuracy - estimate > limit
+
     return FleetSummary(
         devices=len(ranked),
         drifting=len({a.device for a in alerts if a.rule == "psi"}),
-        losing=sum(1 for h in ranked if (h.accuracy_lost or 0.0) > rules.accuracy_loss),
+        losing=sum(1 for h in ranked if lost(h, h.estimated_accuracy)),
+        rescued=sum(
+            1
+            for h in ranked
+            if lost(h, h.source_estimated_accuracy)
+            and h.estimated_accuracy is not None
+            and not lost(h, h.estimated_accuracy)
+        ),
         helped=sum(1 for g in gains if g > 0),
         compared=len(gains),
         reference=(
             "the bundle's validation accuracy"
             if reference_given
-            else "each device's first interval with an estimate (pass --bundle for the validation accuracy)"
+            else "the source model's validation accuracy, as the summaries carry it (summaries before "
+            "version 4 do not: pass --bundle)"
         ),
     )
 
@@ -246,21 +242,20 @@ def _ends(intervals: Intervals, at: slice) -> np.ndarray:
 ACCURACY_DEVICES = 12  # small multiples of estimated accuracy over time: the top of the ranking
 
 
-def accuracy_over_time(ranked: list[DeviceHealth], intervals: Intervals) -> str | None:
-    """Per top-ranked device, the served and source estimates per interval and the reference; None
-    when no device has an estimate (schema 1 summaries)."""
+def accuracy_over_time(ranked: list[DeviceHealth], intervals: Intervals, span: int) -> str | None:
+    """Per top-ranked device, the served and source estimates at each interval (each over the latest
+    `span` windows up to it) and the reference; None when no device has an estimate."""
     shown = [h for h in ranked if h.estimated_accuracy is not None][:ACCURACY_DEVICES]
     if not shown:
         return None
-    served, source = intervals.array("estimated_accuracy"), intervals.array("source_estimated_accuracy")
     cols = min(3, len(shown))
     nrows = math.ceil(len(shown) / cols)
     fig, axes = plt.subplots(nrows, cols, figsize=(4 * cols, 2.4 * nrows), squeeze=False, sharey=True)
     for ax, h in zip(axes.flat, shown, strict=False):
-        at = intervals.scores(intervals.devices.index(h.device))
-        ends = _ends(intervals, at)
-        ax.plot(ends, 100 * served[at], marker=".", label="served (estimate)")
-        ax.plot(ends, 100 * source[at], marker=".", label="source model (estimate)")
+        i = intervals.devices.index(h.device)
+        ends, estimates = _ends(intervals, intervals.scores(i)), rolling(intervals, i, span)
+        ax.plot(ends, 100 * estimates.served, marker=".", label="served (estimate)")
+        ax.plot(ends, 100 * estimates.source, marker=".", label="source model (estimate)")
         if h.reference_accuracy is not None:
             ax.axhline(
                 100 * h.reference_accuracy, color="grey", linestyle="--", linewidth=1, label="reference"
@@ -314,13 +309,16 @@ td,th{border:1px solid #ccc;padding:.25em .6em;text-align:right}td:first-child{t
 <ul id="summary">
 <li><b>{{ summary.devices }}</b> devices</li>
 <li><b>{{ summary.drifting }}</b> drifting (a drift alert holds)</li>
-<li><b>{{ summary.losing }}</b> estimated to lose more than {{ pts(rules.accuracy_loss) }} points
-of accuracy</li>
+<li><b>{{ summary.losing }}</b> estimated to serve predictions more than {{ pts(rules.accuracy_loss) }}
+points less accurate than the reference</li>
+<li><b>{{ summary.rescued }}</b> rescued by adaptation (the source model estimated to lose more than
+that, the served predictions not)</li>
 <li><b>{{ summary.helped }}</b> of {{ summary.compared }} with both estimates where adaptation helped
 (served estimate above the source model's)</li>
 </ul>
-<p>Accuracy lost: the reference minus the label-free estimate of the served predictions over the
-latest {{ rules.psi_intervals }} intervals; reference: {{ summary.reference }}.</p>
+<p>Accuracy lost: the reference minus the lower of the label-free estimates of the served predictions
+and of the source model, over each device's latest {{ rules.estimate_windows }} windows;
+reference: {{ summary.reference }}.</p>
 <h2>Alerts</h2>
 {% if alerts %}<ul>{% for a in alerts %}
 <li class="alert"><b>{{ a.device }}</b> [{{ a.rule }}]: {{ a.message }}</li>
@@ -402,7 +400,7 @@ def render(
         timeline_devices=TIMELINE_DEVICES,
         heatmap_devices=HEATMAP_DEVICES,
         accuracy_devices=ACCURACY_DEVICES,
-        accuracy=accuracy_over_time(ranked, intervals),
+        accuracy=accuracy_over_time(ranked, intervals, rules.estimate_windows),
     )
     return html, alerts
 

@@ -1,0 +1,131 @@
+"""Per device, label-free estimates of accuracy over its latest windows: of the predictions it
+served and of the source model, set against the reference (the source model's held-out accuracy).
+
+Two estimates exist per interval (docs/adaptation.md): the share of windows whose entropy is under
+the source model's calibrated threshold (ATC), and the class-mix bound of the predicted classes
+(a model cannot be right more often than the predicted mix allows if the stream's classes come in
+the source proportions). ATC is calibrated on the source model, so it reads a less confident adapted
+model as a worse one: the served predictions of an adapting policy are estimated by the bound alone,
+the source model by the smaller of the two (ATC misses a confident model stuck on a few classes,
+the bound misses errors spread over every class). The bound needs a span long enough to hold the
+stream's classes, hence the horizon in windows (`[alerts] estimate_windows`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from edge_ttt.class_mix import class_mix_cap
+from edge_ttt.monitor.intervals import Intervals
+
+COLUMNS = (
+    "policy",
+    "windows",
+    "class_counts",
+    "source_class_counts",
+    "ref_class_prior",
+    "ref_accuracy",
+    "estimated_accuracy",
+    "estimated_windows",
+    "source_estimated_accuracy",
+    "source_estimated_windows",
+)
+
+
+@dataclass(frozen=True)
+class Estimates:
+    served: float | None  # estimated accuracy of the served predictions
+    source: float | None  # of the source model on the same stretch (None: no source pass)
+    reference: float | None  # the source model's held-out accuracy, as the summaries carry it
+    windows: int  # windows of the horizon
+
+    def lost(self, which: str) -> float | None:
+        """Reference minus the `served` or `source` estimate (None where either is unknown)."""
+        value = getattr(self, which)
+        return None if value is None or self.reference is None else self.reference - value
+
+
+@dataclass(frozen=True)
+class Rolling:
+    """A device's estimates at the end of each of its intervals, each over the intervals up to it
+    that hold `span` windows (NaN: none)."""
+
+    served: np.ndarray
+    source: np.ndarray
+    windows: np.ndarray  # windows behind each
+    reference: float | None
+
+    def latest(self) -> Estimates:
+        def last(values: np.ndarray) -> float | None:
+            return None if np.isnan(values[-1]) else float(values[-1])
+
+        return Estimates(last(self.served), last(self.source), self.reference, int(self.windows[-1]))
+
+
+def _numbers(table: pa.Table, name: str) -> np.ndarray:
+    return table.column(name).to_numpy().astype(np.float64)  # null -> NaN
+
+
+def _counts(table: pa.Table, name: str, k: int) -> np.ndarray:
+    """A list column of k counts per row as [rows, k]; rows without them (null, other length) NaN."""
+    column = table.column(name).combine_chunks()
+    lengths = pc.fill_null(pc.list_value_length(column), 0).to_numpy()
+    out = np.full((len(column), k), np.nan)
+    fits = lengths == k
+    if fits.any():
+        out[fits] = (
+            pc.list_flatten(column.filter(pa.array(fits))).to_numpy().astype(np.float64).reshape(-1, k)
+        )
+    return out
+
+
+def _span_sums(values: np.ndarray, starts: np.ndarray) -> np.ndarray:
+    """Sums of `values` rows [starts[j], j] for each j, NaN rows counting as 0."""
+    total = np.concatenate([np.zeros((1, *values.shape[1:])), np.cumsum(np.nan_to_num(values), axis=0)])
+    return total[1:] - total[starts]
+
+
+def _weighted(table: pa.Table, value: str, weight: str, starts: np.ndarray) -> np.ndarray:
+    v, w = _numbers(table, value), np.nan_to_num(_numbers(table, weight))
+    w = np.where(np.isnan(v), 0.0, w)
+    weights = _span_sums(w, starts)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(weights > 0, _span_sums(np.nan_to_num(v) * w, starts) / weights, np.nan)
+
+
+def _bound(table: pa.Table, name: str, prior: np.ndarray, starts: np.ndarray) -> np.ndarray:
+    return class_mix_cap(_span_sums(_counts(table, name, len(prior)), starts), prior)
+
+
+def rolling(intervals: Intervals, i: int, span: int) -> Rolling:
+    """Device i's estimates at each of its intervals (see the module docstring for which estimate)."""
+    at = intervals.scores(i)
+    table = intervals.table.slice(at.start, at.stop - at.start)
+    windows = np.nan_to_num(_numbers(table, "windows"))
+    held = np.concatenate([[0.0], np.cumsum(windows)])
+    # the latest start whose intervals up to j hold `span` windows (0 when none does)
+    starts = np.maximum(np.searchsorted(held, held[1:] - span, side="right") - 1, 0)
+    latest = table.slice(len(table) - 1).to_pylist()[0]
+    k = len(latest["class_counts"] or [])
+    prior = np.asarray(latest["ref_class_prior"] or np.full(k, 1.0 / max(k, 1)), np.float64)
+    served_bound = _bound(table, "class_counts", prior, starts)
+    source = np.fmin(
+        _weighted(table, "source_estimated_accuracy", "source_estimated_windows", starts),
+        _bound(table, "source_class_counts", prior, starts),
+    )
+    if latest["policy"] == "source":  # the served model is the source model: ATC holds for it
+        served = source = np.fmin(
+            _weighted(table, "estimated_accuracy", "estimated_windows", starts), served_bound
+        )
+    else:
+        served = served_bound
+    return Rolling(served, source, held[1:] - held[starts], latest["ref_accuracy"])
+
+
+def device_estimates(intervals: Intervals, i: int, span: int) -> Estimates:
+    """Device i's estimates over its latest intervals holding `span` windows."""
+    return rolling(intervals, i, span).latest()

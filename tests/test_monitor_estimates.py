@@ -1,0 +1,111 @@
+"""The fleet side's accuracy estimates per device (over the latest windows, from the summaries'
+class counts and ATC shares) and the accuracy alert built on them."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from edge_ttt.drift.schema import to_table
+from edge_ttt.drift.summary import DriftSummary, SummaryCollector
+from edge_ttt.monitor import dataset
+from edge_ttt.monitor.alerts import evaluate
+from edge_ttt.monitor.config import AlertsSection
+from edge_ttt.monitor.estimates import device_estimates, rolling
+from edge_ttt.monitor.intervals import Intervals
+from tests.test_drift_stats import reference
+from tests.test_monitor_collector import T0
+
+STEP = 60.0
+PRIOR = (0.5, 0.25, 0.25)
+RULES = AlertsSection(estimate_windows=80, accuracy_min_windows=60, accuracy_loss=0.1)
+REF = dataclasses.replace(reference(classes=3), class_prior=PRIOR, accuracy=0.8)
+
+
+def interval(
+    device: str,
+    k: int,
+    classes: list[int],
+    source_classes: list[int] | None = None,
+    source_atc: float = 1.0,
+    served_atc: float = 1.0,
+    policy: str = "steady",
+    ref=REF,
+) -> DriftSummary:
+    """One interval of 40 windows: served classes cycle through `classes`, the source model's through
+    `source_classes` on every other window (-1: not run), with these ATC shares."""
+    n = 40
+    c = SummaryCollector(ref, device, "0", "ab" * 32, policy, interval_s=1e9, now=T0 + k * STEP)
+    served = np.resize(np.asarray(classes), n)
+    source = np.full(n, -1) if source_classes is None else np.resize(np.asarray(source_classes), n)
+    source[1::2] = -1
+    ran = source >= 0
+    h = np.full(n, 0.5)
+    c.observe(
+        np.zeros((n, 2, 4)),
+        served,
+        np.exp(-h),
+        h,
+        estimated_correct=(np.arange(n) < served_atc * n).astype(float),
+        source_estimated_correct=np.where(ran, (np.arange(n) < source_atc * n).astype(float), np.nan),
+        source_classes=source,
+    )
+    return c.close(T0 + (k + 1) * STEP)
+
+
+def intervals_of(tmp_path, summaries: list[DriftSummary]) -> Intervals:
+    location = str(tmp_path / "fleet")
+    dataset.append(location, to_table(summaries))
+    return Intervals.of(dataset.read(location), RULES)
+
+
+def test_the_bound_follows_the_latest_windows_and_the_source_takes_the_lower_estimate(tmp_path):
+    """Interval 0 predicts only class 0 (bound 0.5 under the prior), intervals 1 and 2 the prior's
+    mix (bound 1.0): over the latest 80 windows (two intervals) the served estimate is 1.0, at
+    interval 1 it is (0.5 + 1) / 2 = 0.75. The source model is stuck on class 1 (bound 0.25) while
+    its ATC says 0.9: the lower one counts."""
+    mix = [0, 0, 1, 2]
+    made = [
+        interval("d", 0, [0], [1], source_atc=0.9),
+        interval("d", 1, mix, [1], source_atc=0.9),
+        interval("d", 2, mix, [1], source_atc=0.9),
+    ]
+    roll = rolling(intervals_of(tmp_path, made), 0, RULES.estimate_windows)
+    assert roll.served.tolist() == pytest.approx([0.5, 0.75, 1.0])
+    assert roll.source.tolist() == pytest.approx([0.25, 0.25, 0.25])
+    assert roll.windows.tolist() == [40, 80, 80]
+    latest = roll.latest()
+    assert (latest.served, latest.reference, latest.windows) == (1.0, 0.8, 80)
+    assert latest.lost("source") == pytest.approx(0.55) and latest.lost("served") == pytest.approx(-0.2)
+
+
+def test_the_source_policy_serves_the_source_model_and_atc_holds_for_it(tmp_path):
+    made = [interval("s", k, [0, 0, 1, 2], served_atc=0.6, policy="source") for k in range(2)]
+    latest = device_estimates(intervals_of(tmp_path, made), 0, RULES.estimate_windows)
+    assert latest.served == latest.source == pytest.approx(0.6)  # ATC under the bound of 1.0
+
+
+def test_the_accuracy_alert_names_what_the_drift_costs_even_where_adaptation_makes_up_for_it(tmp_path):
+    mix, stuck = [0, 0, 1, 2], [1]
+    made = []
+    for k in range(3):
+        made += [
+            interval("rescued", k, mix, stuck),  # source model stuck, served predictions fine
+            interval("clean", k, mix, mix),
+            interval("losing", k, [2], mix),  # served predictions stuck on class 2: bound 0.25
+        ]
+    made.append(interval("young", 0, [1], [1]))  # 40 windows: too few to judge
+    made.append(interval("unreferenced", 0, [1], [1], ref=reference(classes=3)))  # before version 4
+    made.append(interval("unreferenced", 1, [1], [1], ref=reference(classes=3)))
+    location = str(tmp_path / "fleet")
+    dataset.append(location, to_table(made))
+    found = [a for a in evaluate(dataset.read(location), RULES, now=T0 + 4 * STEP) if a.rule == "accuracy"]
+    assert [(a.device, round(a.value, 3)) for a in found] == [("losing", 0.55), ("rescued", 0.55)]
+    by_device = {a.device: a.message for a in found}
+    assert by_device["rescued"] == (
+        "estimated accuracy over the latest 80 windows: source model 25.0 %, served predictions 100.0 %, "
+        "against the reference 80.0 % (55.0 points lost by the source model)"
+    )
+    assert by_device["losing"].endswith("(55.0 points lost by the served predictions)")
