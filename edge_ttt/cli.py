@@ -10,7 +10,7 @@ from typing import Annotated, ClassVar
 import typer
 
 from edge_ttt import logs
-from edge_ttt.adapt.engine import AUTO_INPUTS
+from edge_ttt.adapt.engine import AUTO_INPUTS, SOURCE_EVERY
 from edge_ttt.adapt.fallback import DEFAULT_FALLBACK
 from edge_ttt.adapt.input_alignment import InputOptions
 from edge_ttt.adapt.label_runs import RunOptions
@@ -77,6 +77,14 @@ def replay(
     fallback: Annotated[
         bool, typer.Option(help="serve the source model while the adapted one is estimated worse")
     ] = False,
+    source_every: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            help="without --fallback, run the source model on every Nth window for its label-free "
+            "estimate (0: never)",
+        ),
+    ] = SOURCE_EVERY,
     label_runs: Annotated[
         bool,
         typer.Option(
@@ -120,6 +128,7 @@ def replay(
             fallback=DEFAULT_FALLBACK if fallback else None,
             inputs=INPUT_CHOICES[input_alignment],
             runs=RunOptions() if label_runs else None,
+            source_every=source_every,
         )
     except (BundleError, LogFormatError, ValueError, RuntimeError) as exc:
         fail(str(exc))

@@ -11,7 +11,7 @@ import numpy as np
 from rich.progress import Progress
 
 from edge_ttt.adapt.counters import Counters
-from edge_ttt.adapt.engine import AUTO_INPUTS, DEFAULT_POLICY, AutoInputs, Engine
+from edge_ttt.adapt.engine import AUTO_INPUTS, DEFAULT_POLICY, SOURCE_EVERY, AutoInputs, Engine
 from edge_ttt.adapt.estimates import class_prior, device_estimates, stream_estimate
 from edge_ttt.adapt.fallback import FallbackOptions
 from edge_ttt.adapt.input_alignment import InputOptions
@@ -60,6 +60,7 @@ def replay(
     with_classes: bool = False,
     inputs: InputOptions | AutoInputs | None = AUTO_INPUTS,
     runs: RunOptions | None = None,
+    source_every: int = SOURCE_EVERY,
 ) -> list[dict[str, Any]]:
     """Run the log once per policy; one summary (what `--json` prints) per policy.
 
@@ -68,8 +69,10 @@ def replay(
     window). `per_device=False` runs every device's windows through one engine. Each policy
     starts from source. `policies=None` means every policy the bundle can run (with `episodic`,
     every gradient one). `fallback`: serve the source model while the adapted one is estimated
-    worse (see `Engine`); off by default. `inputs`: input alignment ahead of every policy (by default
-    where it wins: `AutoInputs`). `runs`: the opt-in label-run switch (see `Engine`).
+    worse (see `Engine`); off by default. Without it the source model runs on every
+    `source_every`-th window of each engine (0: never), for `source_estimated_accuracy`.
+    `inputs`: input alignment ahead of every policy (by default where it wins: `AutoInputs`).
+    `runs`: the opt-in label-run switch (see `Engine`).
     `with_classes` adds every window's predicted class (`classes`, in log order), to compare runs
     window by window (scripts/aarch64_check.sh).
     """
@@ -90,7 +93,9 @@ def replay(
     for p in policies:
         model = OrtModel(bundle, device=device)  # shared by the policy's engines, as in the agent
         engines = {
-            d: Engine(model, p, options, fallback=fallback, inputs=inputs, runs=runs)
+            d: Engine(
+                model, p, options, fallback=fallback, inputs=inputs, runs=runs, source_every=source_every
+            )
             for d in np.unique(devices)
         }
         summary, predicted = _run(engines, windows, devices, batches, show_progress)

@@ -166,11 +166,11 @@ def test_the_fallback_judges_what_the_input_alignment_feeds_the_model(bundle_dir
     assert not e.fallback.on_source and back < 63 and e.counters.fallbacks == 1
 
 
-def test_without_a_fallback_the_policy_always_serves_and_no_source_pass_runs(bundle_dir: Path):
+def test_without_a_fallback_the_policy_always_serves(bundle_dir: Path):
+    """(The source model runs on a sample of the windows then: tests/test_source_sample.py.)"""
     e = Engine(OrtModel(load_bundle(bundle_dir)), "norm", fallback=None)
     p = e.process(windows(4, seed=1))
-    assert not p.on_source.any() and np.isnan(p.source_estimated_correct).all()
-    assert (p.source_classes == -1).all() and e.fallback is None
+    assert not p.on_source.any() and e.fallback is None
     np.testing.assert_array_equal(
         p.estimated_correct, likely_right(p.entropy, e.threshold).astype(np.float32)
     )

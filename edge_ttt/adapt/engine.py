@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 
@@ -24,6 +23,7 @@ from edge_ttt.adapt.input_alignment import AUTO_INPUTS, AutoInputs, InputOptions
 from edge_ttt.adapt.label_runs import LabelRuns, RunOptions
 from edge_ttt.adapt.ort_model import OrtModel
 from edge_ttt.adapt.policies import DEFAULT_POLICY, POLICY_TYPES, Policy, create
+from edge_ttt.adapt.predictions import Predictions, Scored, handed_out, not_run
 from edge_ttt.adapt.report import Report
 from edge_ttt.adapt.snapshot import StateError, load_state, save_state
 from edge_ttt.adapt.softmax import softmax_entropy
@@ -33,11 +33,13 @@ FALLBACK_STATE = "fallback"  # the prefix of the fallback's arrays in a state fi
 INPUT_STATE = "input"  # the prefix of the input alignment's arrays
 RUNS_STATE = "runs"  # the prefix of the label-run detector's arrays
 PARTS = (FALLBACK_STATE, INPUT_STATE, RUNS_STATE)  # the state's parts beside the policy's
+SOURCE_EVERY = 4  # without a fallback, the source model's estimate from every 4th window (docs/adaptation.md)
 
 __all__ = [
     "AUTO_INPUTS",
     "DEFAULT_POLICY",
     "POLICIES",
+    "SOURCE_EVERY",
     "AutoInputs",
     "Counters",
     "Engine",
@@ -52,45 +54,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True, eq=False)
-class Predictions:
-    classes: np.ndarray  # int64 [n]
-    probs: np.ndarray  # float32 [n, K]
-    entropy: np.ndarray  # float32 [n], nats
-    valid: np.ndarray  # bool [n]; False: the window failed the input guard and adapted nothing
-    estimated_correct: np.ndarray  # float32 [n], 1.0: the served prediction is likely right
-    source_estimated_correct: np.ndarray  # float32 [n], the same for the source model; NaN: not run
-    on_source: np.ndarray  # bool [n]; True: the source model served this window (fallback)
-    source_classes: np.ndarray  # int64 [n], the source model's predictions; -1: not run
-
-    def __len__(self) -> int:
-        return len(self.classes)
-
-
-class Scored(NamedTuple):
-    """One model's view of a batch; `probs` None where the model did not run (estimate NaN)."""
-
-    probs: np.ndarray | None  # float64 [n, K]
-    estimate: np.ndarray  # [n], `likely_right`
-    entropy: np.ndarray | None  # float64 [n]
-
-
-def _predictions(valid: np.ndarray, served: Scored, source: Scored, on_source: bool) -> Predictions:
-    """What a batch hands out: the served model's predictions and estimate, the source model's
-    classes and estimate (-1 and NaN where it did not run)."""
-    n = len(served.estimate)
-    return Predictions(
-        served.probs.argmax(axis=1),
-        served.probs.astype(np.float32),
-        served.entropy.astype(np.float32),
-        valid,
-        served.estimate.astype(np.float32),
-        source.estimate.astype(np.float32),
-        np.full(n, on_source),
-        np.full(n, -1) if source.probs is None else source.probs.argmax(axis=1),
-    )
-
-
 class Engine:
     """A model, a policy by name (with its options), the input guard and the counters.
 
@@ -100,7 +63,11 @@ class Engine:
     Every window also goes through the source model, and both models' label-free accuracy
     estimates (`edge_ttt.adapt.estimates`) decide which one serves (`Fallback`); with
     `fallback=None` (the default until the estimates are good enough: docs/adaptation.md) the
-    policy always serves and no source pass runs; the `source` policy has none.
+    policy always serves, and the source model runs for its estimate alone on every
+    `source_every`-th window `process` takes outside a label run (0: never), counted across
+    batches from this engine's start (not saved with the state: a restored engine counts
+    afresh), so that the drift summaries show what the drift costs the unadapted model at a
+    fraction of the fallback's cost; the `source` policy is its own source model.
 
     `inputs` puts input alignment (`edge_ttt.adapt.input_alignment`) ahead of the policy: every
     window is corrected per channel before the model sees it, and the valid ones teach the
@@ -119,9 +86,12 @@ class Engine:
         fallback: FallbackOptions | None = None,
         inputs: InputOptions | AutoInputs | None = AUTO_INPUTS,
         runs: RunOptions | None = None,
+        source_every: int = SOURCE_EVERY,
     ) -> None:
         if policy not in POLICY_TYPES:
             raise ValueError(f"unknown policy {policy!r}; choose one of {', '.join(POLICIES)}")
+        if source_every < 0:
+            raise ValueError(f"source_every must be 0 (never) or more, got {source_every}")
         self.model = model
         self.policy_name = policy
         self.counters = Counters()
@@ -140,6 +110,9 @@ class Engine:
             raise ValueError(f"policy {policy!r}: bad option ({exc})") from None
         self.threshold = entropy_threshold(model.manifest)
         self.fallback = None if fallback is None or policy == "source" else Fallback(fallback)
+        # A fallback runs the source model on every window; the `source` policy is that model.
+        self.source_every = source_every if self.fallback is None and policy != "source" else 0
+        self._sampled = 0  # windows counted for `source_every` so far
         if isinstance(inputs, AutoInputs):
             inputs = inputs.resolve(policy, model.manifest)
         self.inputs = None if inputs is None else for_bundle(model.manifest, model.bundle_path, inputs)
@@ -185,24 +158,24 @@ class Engine:
         adapted = Scored(probs, likely_right(entropy, self.threshold), entropy)
         if self.fallback is not None:  # the source model sees the raw windows
             return self._serve(self._raw(x, valid), valid, adapted)
-        return self._alone(valid, adapted)
+        return self._alone(valid, adapted, self._sample(x, valid))
 
     def predict(self, x: np.ndarray) -> Predictions:
         """Predict a batch as `process` would from the state as it is, learning nothing: for
         windows a device has no time to adapt on (a stream faster than the policy's step). The
-        same input alignment (applied, not learnt), guard and fallback decision (not moved); the
-        counters are left alone too: they count what the engine adapted on, so a caller that
-        predicts counts those windows itself."""
+        same input alignment (applied, not learnt), guard and fallback decision (not moved), and
+        no sampled source pass (the cheapest path); the counters are left alone too: they count
+        what the engine adapted on, so a caller that predicts counts those windows itself."""
         if self.runs is not None and self.runs.in_run:
             return self._in_run(x, learn=False)
         x, checks, clean = self._screen(x)
         probs, entropy = self.policy.predict(clean).softmax
         adapted = Scored(probs, likely_right(entropy, self.threshold), entropy)
         if self.fallback is None:
-            return self._alone(checks.valid, adapted)
+            return self._alone(checks.valid, adapted, not_run(len(x)))
         source = self._source(self._raw(x, checks.valid), self.fallback)
         on_source = self.fallback.on_source
-        return _predictions(checks.valid, source if on_source else adapted, source, on_source)
+        return handed_out(checks.valid, source if on_source else adapted, source, on_source)
 
     def _in_run(self, x: np.ndarray, learn: bool) -> Predictions:
         """A label run: the policy's statistics would follow the activity, so the source model serves
@@ -214,7 +187,7 @@ class Engine:
             self.counters.windows += len(x)
             self.counters.windows_in_runs += len(x)
             self.counters.rejected_invalid += len(x) - int(np.count_nonzero(checks.valid))
-        return _predictions(checks.valid, served, served, on_source=True)
+        return handed_out(checks.valid, served, served, on_source=True)
 
     def _teach(self, x: np.ndarray, checks: Validity, probs: np.ndarray, entropy: np.ndarray) -> None:
         """Input alignment learns from every sound window (finite, not flat), in range or not yet."""
@@ -238,11 +211,26 @@ class Engine:
         """What the source model sees: the raw windows, sanitized where the guard refused one."""
         return x if valid.all() else sanitize(x, self.limits)
 
-    def _alone(self, valid: np.ndarray, adapted: Scored) -> Predictions:
-        """Without a fallback: the policy serves; only the `source` policy is its own source model."""
+    def _alone(self, valid: np.ndarray, adapted: Scored, source: Scored) -> Predictions:
+        """Without a fallback: the policy serves, beside the source model's view where it ran;
+        the `source` policy is its own source model."""
         if self.policy_name == "source":
-            return _predictions(valid, adapted, adapted, on_source=False)
-        return _predictions(valid, adapted, Scored(None, np.full(len(valid), np.nan), None), on_source=False)
+            return handed_out(valid, adapted, adapted, on_source=False)
+        return handed_out(valid, adapted, source, on_source=False)
+
+    def _sample(self, x: np.ndarray, valid: np.ndarray) -> Scored:
+        """The source model's view of the batch's windows due for its estimate (every
+        `source_every`-th, counted across batches): only those rows go through it, as `_serve`
+        runs it, served as this engine (an owner other than the policy)."""
+        n, first = len(x), self._sampled
+        self._sampled += n
+        due = (first + np.arange(n)) % self.source_every == 0 if self.source_every else np.zeros(n, bool)
+        if not due.any():
+            return not_run(n)
+        ran = self._source(self._raw(x[due], valid[due]), self)
+        probs, estimate = np.zeros((n, ran.probs.shape[1])), np.full(n, np.nan)
+        probs[due], estimate[due] = ran.probs, ran.estimate
+        return Scored(probs, estimate, None)
 
     def _source(self, x: np.ndarray, owner: object) -> Scored:
         """The source model's view of the batch, served as `owner`; the model leaves as the policy's."""
@@ -270,7 +258,7 @@ class Engine:
                 self.fallback.source.get(),
                 len(self.fallback.adapted),
             )
-        return _predictions(valid, source if on_source else adapted, source, on_source)
+        return handed_out(valid, source if on_source else adapted, source, on_source)
 
     def snapshot(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         """The adapted state as copies (arrays, metadata): written later, e.g. on another thread,

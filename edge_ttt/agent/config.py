@@ -17,7 +17,7 @@ from typing import Any, Literal, get_type_hints
 
 from pydantic import BaseModel, Field, ValidationInfo, create_model, field_validator, model_validator
 
-from edge_ttt.adapt.engine import AutoInputs
+from edge_ttt.adapt.engine import SOURCE_EVERY, AutoInputs
 from edge_ttt.adapt.fallback import FallbackOptions
 from edge_ttt.adapt.input_alignment import InputOptions
 from edge_ttt.adapt.label_runs import RunOptions
@@ -35,6 +35,7 @@ __all__ = [
     "AgentConfig",
     "AgentSection",
     "DriftSection",
+    "EstimatesSection",
     "FallbackSection",
     "LoggingSection",
     "ModelSection",
@@ -90,6 +91,15 @@ class FallbackSection(Section):
         return FallbackOptions(self.horizon, self.margin, self.min_windows) if self.enabled else None
 
 
+class EstimatesSection(Section):
+    """`[model.estimates]`: the label-free accuracy estimates (`edge_ttt.adapt.estimates`); with
+    the fallback off, how often the source model runs for its own (docs/adaptation.md)."""
+
+    source_every: int = Field(
+        SOURCE_EVERY, ge=0, description="the source model on every n-th window without a fallback; 0: never"
+    )
+
+
 class InputSection(Section):
     """`[model.input]`: input alignment ahead of the policy (`edge_ttt.adapt.input_alignment`);
     the other keys are `InputOptions`' fields."""
@@ -143,6 +153,7 @@ class ModelSection(Section):
     threads: int = Field(1, ge=1)
     options: dict[str, Any] = Field(default_factory=dict, description="keyword options of the policy")
     fallback: FallbackSection = Field(default_factory=FallbackSection)
+    estimates: EstimatesSection = Field(default_factory=EstimatesSection)
     input: InputSection = Field(default_factory=InputSection)
     runs: RunsSection = Field(default_factory=RunsSection)
 

@@ -57,6 +57,7 @@ def _settings(cfg: AgentConfig) -> PipelineSettings:
         m.fallback.options(),
         m.input.options(),
         m.runs.options(),
+        m.estimates.source_every,
         cfg.state.dir,
         cfg.windowing.reorder_frames,
         d.interval_s,

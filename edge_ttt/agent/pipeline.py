@@ -125,6 +125,7 @@ class PipelineSettings:
     fallback: FallbackOptions | None
     inputs: InputOptions | AutoInputs | None
     runs: RunOptions | None
+    source_every: int
     state_dir: Path
     reorder_frames: int
     drift_interval_s: float
@@ -226,7 +227,13 @@ class Pipelines(OrderedDict[tuple[str, str], Pipeline]):
     def _make(self, device: str, stream: str) -> Pipeline:
         s = self.settings
         engine = Engine(
-            self.model, s.policy, s.options or None, fallback=s.fallback, inputs=s.inputs, runs=s.runs
+            self.model,
+            s.policy,
+            s.options or None,
+            fallback=s.fallback,
+            inputs=s.inputs,
+            runs=s.runs,
+            source_every=s.source_every,
         )
         pending = self.writer.take(state_path(s.state_dir, device, stream))
         if restore(engine, s.state_dir, device, stream, pending):

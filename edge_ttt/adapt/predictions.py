@@ -1,0 +1,55 @@
+"""What the engine hands out per batch (`Predictions`), put together from each model's view of
+the batch (`Scored`): the served model's, and the source model's where it ran."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import numpy as np
+
+
+@dataclass(frozen=True, eq=False)
+class Predictions:
+    classes: np.ndarray  # int64 [n]
+    probs: np.ndarray  # float32 [n, K]
+    entropy: np.ndarray  # float32 [n], nats
+    valid: np.ndarray  # bool [n]; False: the window failed the input guard and adapted nothing
+    estimated_correct: np.ndarray  # float32 [n], 1.0: the served prediction is likely right
+    source_estimated_correct: np.ndarray  # float32 [n], the same for the source model; NaN: not run
+    on_source: np.ndarray  # bool [n]; True: the source model served this window (fallback)
+    source_classes: np.ndarray  # int64 [n], the source model's predictions; -1: not run
+
+    def __len__(self) -> int:
+        return len(self.classes)
+
+
+class Scored(NamedTuple):
+    """One model's view of a batch; the estimate NaN on the windows the model did not run on
+    (`probs` None: on none of them)."""
+
+    probs: np.ndarray | None  # float64 [n, K]
+    estimate: np.ndarray  # [n], `likely_right`
+    entropy: np.ndarray | None  # float64 [n]
+
+
+def not_run(n: int) -> Scored:
+    """The view of a model that ran on none of the batch's `n` windows."""
+    return Scored(None, np.full(n, np.nan), None)
+
+
+def handed_out(valid: np.ndarray, served: Scored, source: Scored, on_source: bool) -> Predictions:
+    """What a batch hands out: the served model's predictions and estimate, the source model's
+    classes and estimate (-1 and NaN where it did not run)."""
+    n = len(served.estimate)
+    ran = ~np.isnan(source.estimate)
+    return Predictions(
+        served.probs.argmax(axis=1),
+        served.probs.astype(np.float32),
+        served.entropy.astype(np.float32),
+        valid,
+        served.estimate.astype(np.float32),
+        source.estimate.astype(np.float32),
+        np.full(n, on_source),
+        np.full(n, -1) if source.probs is None else np.where(ran, source.probs.argmax(axis=1), -1),
+    )
