@@ -5,7 +5,8 @@ The dataset is built from a few dozen real summaries (`SummaryCollector` over st
 on six channels, a share of the devices shifted on one channel), repeated with each device's id,
 interval times and ids, and written as one zstd Parquet file per date like a compacted dataset.
 Timed: reading the report's columns (and the reference's bins), and rendering plus writing the
-HTML, as `edge-ttt monitor report` does; the whole command is timed in docs/monitoring.md.
+HTML (reading the plotted devices' histograms on the way), as `edge-ttt monitor report` does;
+the whole command is timed in docs/monitoring.md.
 
     .venv/bin/python -m benchmarks.monitor_report [--devices 500] [--intervals 1440] [--keep DIR]
 """
@@ -18,6 +19,7 @@ import platform
 import tempfile
 import time
 import uuid
+from functools import partial
 from pathlib import Path
 from statistics import NormalDist
 
@@ -27,7 +29,7 @@ import pyarrow.compute as pc
 
 from edge_ttt.drift.schema import to_table
 from edge_ttt.drift.summary import Reference, SummaryCollector
-from edge_ttt.monitor import dataset
+from edge_ttt.monitor import dataset, distributions
 from edge_ttt.monitor.config import AlertsSection
 from edge_ttt.monitor.report import REPORT_COLUMNS, write_report
 
@@ -115,7 +117,10 @@ def main() -> None:
         read_s = time.perf_counter() - started
         started = time.perf_counter()
         report = Path(tmp) / "report.html"
-        alerts = write_report(table, AlertsSection(), report, now=T0 + 60 * args.intervals, bins=bins)
+        histograms = partial(dataset.read_devices, location, columns=distributions.COLUMNS)  # as the command
+        alerts = write_report(
+            table, AlertsSection(), report, now=T0 + 60 * args.intervals, bins=bins, histograms=histograms
+        )
         render_s = time.perf_counter() - started
         result = {
             "devices": args.devices,

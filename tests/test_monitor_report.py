@@ -12,6 +12,7 @@ import subprocess
 from pathlib import Path
 
 import numpy as np
+import pyarrow.compute as pc
 import pytest
 from typer.testing import CliRunner
 
@@ -22,7 +23,7 @@ from edge_ttt.monitor.alerts import COLUMNS, evaluate
 from edge_ttt.monitor.cli import monitor_app
 from edge_ttt.monitor.config import AlertsSection
 from edge_ttt.monitor.intervals import Intervals, psi_limit
-from edge_ttt.monitor.report import write_report
+from edge_ttt.monitor.report import REPORT_COLUMNS, write_report
 from tests.test_drift_stats import reference
 from tests.test_monitor_collector import T0, make_summary
 
@@ -180,13 +181,43 @@ def test_the_report_ranks_the_drifting_device_first_and_shows_its_alert(location
     assert re.findall(r"<tr><td>([\w-]+)</td>", ranking)[0] == "drifting"
     assert "drifting</b> [psi]" in html and len(alerts) == 4
     images = re.findall(r'src="data:image/png;base64,([^"]+)"', html)
-    # accuracy over time (the class counts give an estimate), the heat map, drift over time
-    assert len(images) == 3 and all(base64.b64decode(i).startswith(b"\x89PNG") for i in images)
+    # accuracy over time (the class counts give an estimate), the heat map, reference against
+    # current for the worst channels, drift over time
+    assert len(images) == 4 and all(base64.b64decode(i).startswith(b"\x89PNG") for i in images)
+    assert "drifting: c0 (PSI" not in html  # the plot's titles are inside the PNG, not the page
     assert not re.search(r"(src|href)=\"(https?:)?//", html)  # self-contained
     result = CliRunner().invoke(
         monitor_app, ["report", "--dataset", location, "--out", str(tmp_path / "r.html")]
     )
     assert result.exit_code == 0 and (tmp_path / "r.html").stat().st_size > 10_000
+    # the command reads the histograms of the plotted devices only, and still draws them
+    assert 'alt="worst channel, reference against latest interval"' in (tmp_path / "r.html").read_text()
+
+
+def test_the_worst_channel_is_the_one_furthest_above_its_limit_and_its_shares_are_plotted(location):
+    from edge_ttt.monitor import distributions
+
+    row = {"psi": [2.0, 1.0, None], "psi_limit": [4.0, 0.5, 1.0]}
+    assert distributions.worst_channel(row) == 1  # 2x its limit, where channel 0 is at half of it
+    assert distributions.worst_channel({"psi": [2.0, 1.0], "psi_limit": None}) == 0
+    assert distributions.worst_channel({"psi": [None], "psi_limit": None}) is None
+    table = dataset.read(location)
+    rows = distributions.latest_rows(table, ["drifting", "steady"])
+    assert set(rows) == {"drifting", "steady"}
+    latest = max(
+        r["interval_end"] for r in table.filter(pc.equal(table["device_id"], "drifting")).to_pylist()
+    )
+    assert rows["drifting"]["interval_end"] == latest and distributions.worst_channel(rows["drifting"]) == 0
+    assert distributions.plot(["drifting"], rows).startswith("iVBOR")  # a PNG
+    assert distributions.plot(["nowhere"], rows) is None
+
+
+def test_a_table_without_histograms_says_why_the_plot_is_missing(location, tmp_path):
+    out = tmp_path / "report.html"
+    write_report(
+        dataset.read(location, REPORT_COLUMNS), RULES, out, now=NOW, bins=dataset.reference_bins(location)
+    )
+    assert "Not shown: the summaries' histograms" in out.read_text()
 
 
 def test_the_report_renders_in_headless_chromium(location, tmp_path):
@@ -231,7 +262,7 @@ def test_the_report_renders_in_headless_chromium(location, tmp_path):
     summary = re.sub(r"\s+", " ", dom.split('<ul id="summary">')[1].split("</ul>")[0])
     assert "<b>5</b> devices" in summary and "<b>1</b> drifting" in summary
     assert _ranking(dom)[0][0] == "drifting" and len(_ranking(dom)) == 5
-    assert len(re.findall(r'<img alt="[^"]+" src="data:image/png;base64,', dom)) == 3
+    assert len(re.findall(r'<img alt="[^"]+"\s+src="data:image/png;base64,', dom)) == 4
 
 
 def _estimated(device: str, i: int, shift: float, served: float, source: float):
@@ -343,4 +374,6 @@ def test_the_estimates_are_drawn_over_time_when_there_are_any(estimated_fleet, t
     write_report(dataset.read(estimated_fleet), RULES, out, now=NOW, reference_accuracy=0.8)
     html = out.read_text()
     assert 'alt="estimated accuracy over time per device"' in html
-    assert len(re.findall(r'src="data:image/png;base64,', html)) == 3
+    assert (
+        len(re.findall(r'src="data:image/png;base64,', html)) == 4
+    )  # with the heat map, the worst channels and drift over time

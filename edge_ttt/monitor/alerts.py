@@ -12,7 +12,7 @@ import pyarrow as pa
 
 from edge_ttt.monitor.config import AlertsSection
 from edge_ttt.monitor.estimates import COLUMNS as ESTIMATE_COLUMNS
-from edge_ttt.monitor.estimates import Estimates, device_estimates
+from edge_ttt.monitor.estimates import Estimates, fleet_estimates
 from edge_ttt.monitor.intervals import Intervals, ReferenceBins
 
 COLUMNS = [
@@ -49,11 +49,18 @@ def evaluate(
     return evaluate_intervals(Intervals.of(table, rules, bins), rules, now)
 
 
-def evaluate_intervals(intervals: Intervals, rules: AlertsSection, now: float | None = None) -> list[Alert]:
+def evaluate_intervals(
+    intervals: Intervals,
+    rules: AlertsSection,
+    now: float | None = None,
+    estimates: list[Estimates] | None = None,
+) -> list[Alert]:
+    """`estimates`: `fleet_estimates(intervals, rules.estimate_windows)` when already at hand."""
     now = time.time() if now is None else now
+    estimates = fleet_estimates(intervals, rules.estimate_windows) if estimates is None else estimates
     alerts = []
     for i, device in enumerate(intervals.devices):
-        alerts += _device_alerts(intervals, i, device, rules, now)
+        alerts += _device_alerts(intervals, i, device, rules, now, estimates[i])
     return alerts
 
 
@@ -85,7 +92,7 @@ def rows_windows(intervals: Intervals, at: int) -> int:
 
 
 def _device_alerts(
-    intervals: Intervals, i: int, device: str, rules: AlertsSection, now: float
+    intervals: Intervals, i: int, device: str, rules: AlertsSection, now: float, estimates: Estimates
 ) -> list[Alert]:
     out = []
     scores = intervals.scores(i)
@@ -106,7 +113,6 @@ def _device_alerts(
                 f"(latest: {latest})",
             )
         )
-    estimates = device_estimates(intervals, i, rules.estimate_windows)
     lost = accuracy_alert(device, estimates, rules)
     if lost is not None:
         out.append(lost)

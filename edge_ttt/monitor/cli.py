@@ -8,6 +8,7 @@ import signal
 import threading
 from dataclasses import asdict
 from decimal import Decimal
+from functools import partial
 from pathlib import Path
 from typing import Annotated
 
@@ -175,13 +176,14 @@ def report(
         typer.Option(
             "--bundle",
             help="the devices' exported bundle: its validation accuracy is the reference for accuracy lost "
-            "(default: each device's first interval)",
+            "(default: the one the summaries carry)",
         ),
     ] = None,
 ) -> None:
     """Write a self-contained HTML report: fleet summary, ranking by estimated accuracy lost, heat map,
     drift over time, health, alerts."""
-    from edge_ttt.monitor.report import REPORT_COLUMNS, write_report  # matplotlib: the [monitor] extra
+    from edge_ttt.monitor import distributions  # matplotlib: the [monitor] extra
+    from edge_ttt.monitor.report import REPORT_COLUMNS, write_report
 
     reference = None
     if bundle is not None:
@@ -197,5 +199,6 @@ def report(
         out,
         reference_accuracy=reference,
         bins=dataset.reference_bins(location),
+        histograms=partial(dataset.read_devices, location, columns=distributions.COLUMNS),
     )
     typer.echo(json.dumps({"out": str(out), "alerts": len(found)}))

@@ -129,3 +129,9 @@ def rolling(intervals: Intervals, i: int, span: int) -> Rolling:
 def device_estimates(intervals: Intervals, i: int, span: int) -> Estimates:
     """Device i's estimates over its latest intervals holding `span` windows."""
     return rolling(intervals, i, span).latest()
+
+
+def fleet_estimates(intervals: Intervals, span: int) -> list[Estimates]:
+    """Every device's latest estimates, in `intervals.devices` order (the alerts and the report
+    share one pass)."""
+    return [device_estimates(intervals, i, span) for i in range(len(intervals.devices))]

@@ -3,27 +3,24 @@ external resources), so it can be mailed, archived or opened on a machine withou
 
 from __future__ import annotations
 
-import base64
 import datetime as dt
-import io
 import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")  # headless: no display on servers and in CI
 import jinja2
-import matplotlib.pyplot as plt
 import matplotlib.ticker
 import numpy as np
 import pyarrow as pa
 
 from edge_ttt.atomic import atomic_write
+from edge_ttt.monitor import distributions
 from edge_ttt.monitor.alerts import COLUMNS, Alert, evaluate_intervals
 from edge_ttt.monitor.config import AlertsSection
-from edge_ttt.monitor.estimates import device_estimates, rolling
+from edge_ttt.monitor.estimates import Estimates, fleet_estimates, rolling
+from edge_ttt.monitor.figures import plt, png
 from edge_ttt.monitor.intervals import Intervals, ReferenceBins
 
 REPORT_COLUMNS = [*COLUMNS, "interval_start", "fallbacks", "windows_on_source"]  # COLUMNS: estimates too
@@ -105,12 +102,14 @@ def health(
     intervals: Intervals,
     rules: AlertsSection | None = None,
     reference_accuracy: float | None = None,
+    estimates: list[Estimates] | None = None,
 ) -> list[DeviceHealth]:
     """Devices ranked by estimated accuracy lost, worst first, then by drift score; devices without an
     estimate last. Estimates are over the latest intervals holding `estimate_windows` windows
     (`edge_ttt.monitor.estimates`). The reference is the bundle's validation accuracy when given,
     else the one the summaries carry (since version 4; before, no loss is known)."""
     rules = rules or AlertsSection()
+    fleet = fleet_estimates(intervals, rules.estimate_windows) if estimates is None else estimates
     col = {
         name: np.nan_to_num(intervals.array(name)) if name in COUNTS else intervals.array(name)
         for name in (*COUNTS, *ESTIMATES)
@@ -123,7 +122,7 @@ def health(
         entropy = intervals.mean_entropy[at]
         ok = ~np.isnan(entropy)
         trend = float(np.polyfit(np.flatnonzero(ok), entropy[ok], 1)[0]) if ok.sum() >= 2 else math.nan
-        estimates = device_estimates(intervals, i, rules.estimate_windows)
+        estimates = fleet[i]
         reference = reference_accuracy if reference_accuracy is not None else estimates.reference
         (last,) = intervals.rows(i, last=1)
         out.append(
@@ -202,13 +201,6 @@ def fleet_summary(
     )
 
 
-def _png(fig: plt.Figure) -> str:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
-    plt.close(fig)
-    return base64.b64encode(buf.getvalue()).decode("ascii")
-
-
 HEATMAP_DEVICES = 40  # rows of the heat map: the top of the ranking, numbers still legible
 
 
@@ -232,7 +224,7 @@ def heatmap(ranked: list[DeviceHealth], intervals: Intervals) -> str:
     ax.set_xticks(range(len(channels)), channels)
     ax.set_yticks(range(len(shown)), [h.device for h in shown])
     fig.colorbar(image, ax=ax, label="PSI (latest interval)")
-    return _png(fig)
+    return png(fig)
 
 
 def _ends(intervals: Intervals, at: slice) -> np.ndarray:
@@ -240,6 +232,14 @@ def _ends(intervals: Intervals, at: slice) -> np.ndarray:
 
 
 ACCURACY_DEVICES = 12  # small multiples of estimated accuracy over time: the top of the ranking
+
+
+def band(share: np.ndarray, windows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Percent, a share's sampling band: +- 3 standard errors over its windows, as NannyML draws its
+    chunks' (too narrow where windows move together: a floor on the uncertainty, not its size)."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        spread = 3 * np.sqrt(share * (1 - share) / np.maximum(windows, 1))
+    return 100 * np.clip(share - spread, 0, 1), 100 * np.clip(share + spread, 0, 1)
 
 
 def accuracy_over_time(ranked: list[DeviceHealth], intervals: Intervals, span: int) -> str | None:
@@ -254,8 +254,14 @@ def accuracy_over_time(ranked: list[DeviceHealth], intervals: Intervals, span: i
     for ax, h in zip(axes.flat, shown, strict=False):
         i = intervals.devices.index(h.device)
         ends, estimates = _ends(intervals, intervals.scores(i)), rolling(intervals, i, span)
-        ax.plot(ends, 100 * estimates.served, marker=".", label="served (estimate)")
-        ax.plot(ends, 100 * estimates.source, marker=".", label="source model (estimate)")
+        for values, label in (
+            (estimates.served, "served (estimate)"),
+            (estimates.source, "source model (estimate)"),
+        ):
+            (line,) = ax.plot(ends, 100 * values, marker=".", label=label)
+            ax.fill_between(
+                ends, *band(values, estimates.windows), color=line.get_color(), alpha=0.15, linewidth=0
+            )
         if h.reference_accuracy is not None:
             ax.axhline(
                 100 * h.reference_accuracy, color="grey", linestyle="--", linewidth=1, label="reference"
@@ -269,7 +275,7 @@ def accuracy_over_time(ranked: list[DeviceHealth], intervals: Intervals, span: i
     handles, labels = axes[0][0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="upper center", ncol=3, bbox_to_anchor=(0.5, 1.0), frameon=False)
     fig.tight_layout(rect=(0, 0, 1, 0.94))
-    return _png(fig)
+    return png(fig)
 
 
 TIMELINE_DEVICES = 12  # lines in the drift-over-time plot: the top of the ranking, readable
@@ -294,7 +300,7 @@ def timeline(ranked: list[DeviceHealth], intervals: Intervals) -> str:
     ax.set_ylabel("max channel PSI / its limit")
     ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     fig.autofmt_xdate()
-    return _png(fig)
+    return png(fig)
 
 
 TEMPLATE = jinja2.Template(
@@ -339,6 +345,10 @@ reference: {{ summary.reference }}.</p>
 <h2>Per-channel drift (latest interval){% if devices|length > heatmap_devices %}, the top
 {{ heatmap_devices }} of the ranking{% endif %}</h2>
 <img alt="per-channel PSI heat map" src="data:image/png;base64,{{ heatmap }}">
+<h2>Reference against current: the worst channel of the top {{ distribution_devices }}</h2>
+{% if distribution %}<img alt="worst channel, reference against latest interval"
+src="data:image/png;base64,{{ distribution }}">{% else %}<p>Not shown: the summaries' histograms
+were not read (run <code>edge-ttt monitor report</code> on the dataset).</p>{% endif %}
 <h2>Drift over time{% if devices|length > timeline_devices %} (the top {{ timeline_devices }} of the
 ranking){% endif %}</h2>
 <img alt="drift over time per device" src="data:image/png;base64,{{ timeline }}">
@@ -372,17 +382,27 @@ def _pts(value: float | None) -> str:
     return "0.0" if text == "-0.0" else text
 
 
+Histograms = Callable[[list[str]], pa.Table]  # devices -> their rows with distributions.COLUMNS
+
+
 def render(
     table: pa.Table,
     rules: AlertsSection,
     now: float | None = None,
     reference_accuracy: float | None = None,
     bins: ReferenceBins | None = None,
+    histograms: Histograms | None = None,
 ) -> tuple[str, list[Alert]]:
-    """The HTML and the alerts it shows; `reference_accuracy`: the bundle's validation accuracy."""
+    """The HTML and the alerts it shows; `reference_accuracy`: the bundle's validation accuracy;
+    `histograms`: reads the rows of a few devices with their histograms, where `table` lacks them
+    (a fleet's histograms are most of its bytes: the command reads them for the plotted devices only)."""
     intervals = Intervals.of(table, rules, bins)
-    ranked = health(intervals, rules, reference_accuracy)
-    alerts = evaluate_intervals(intervals, rules, now)
+    estimates = fleet_estimates(intervals, rules.estimate_windows)
+    ranked = health(intervals, rules, reference_accuracy, estimates)
+    top = [h.device for h in ranked[: distributions.DEVICES]]
+    held = set(distributions.COLUMNS) <= set(table.column_names)
+    rows = table if held else (histograms(top) if histograms is not None else None)
+    alerts = evaluate_intervals(intervals, rules, now, estimates)
     stamp = (
         dt.datetime.now(dt.timezone.utc) if now is None else dt.datetime.fromtimestamp(now, dt.timezone.utc)
     )
@@ -401,6 +421,8 @@ def render(
         heatmap_devices=HEATMAP_DEVICES,
         accuracy_devices=ACCURACY_DEVICES,
         accuracy=accuracy_over_time(ranked, intervals, rules.estimate_windows),
+        distribution=None if rows is None else distributions.plot(top, distributions.latest_rows(rows, top)),
+        distribution_devices=len(top),
     )
     return html, alerts
 
@@ -412,8 +434,9 @@ def write_report(
     now: float | None = None,
     reference_accuracy: float | None = None,
     bins: ReferenceBins | None = None,
+    histograms: Histograms | None = None,
 ) -> list[Alert]:
-    """`bins`: see Intervals.of (without them the table must hold `ref_share`)."""
-    html, alerts = render(table, rules, now, reference_accuracy, bins)
+    """`bins`: see Intervals.of (without them the table must hold `ref_share`); `histograms`: see render."""
+    html, alerts = render(table, rules, now, reference_accuracy, bins, histograms)
     atomic_write(Path(out), lambda f: f.write(html.encode("utf-8")))
     return alerts

@@ -1,0 +1,78 @@
+"""The report's "reference against current" plot: for the top of the ranking, the worst channel's
+share per reference bin in the device's latest interval beside the source's share, so an operator
+sees how the input moved (shifted, spread, stuck) and not only that it did."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from edge_ttt.monitor.figures import plt, png
+
+COLUMNS = [
+    "device_id",
+    "interval_end",
+    "channels",
+    "psi",
+    "psi_limit",
+    "channel_hist_edges",
+    "channel_hist_counts",
+    "ref_share",
+]
+DEVICES = 6  # small multiples: the top of the ranking
+
+
+def latest_rows(table: pa.Table, devices: list[str]) -> dict[str, dict]:
+    """Each device's latest row among `table`'s (which holds COLUMNS)."""
+    mine = table.filter(pc.is_in(table.column("device_id"), pa.array(devices, pa.string())))
+    out: dict[str, dict] = {}
+    for row in mine.select(COLUMNS).to_pylist():
+        if row["device_id"] not in out or row["interval_end"] > out[row["device_id"]]["interval_end"]:
+            out[row["device_id"]] = row
+    return out
+
+
+def worst_channel(row: dict) -> int | None:
+    """The channel whose PSI is furthest above its limit (the largest PSI without limits)."""
+    psi = np.array([np.nan if v is None else v for v in row["psi"] or []], np.float64)
+    if not np.isfinite(psi).any():
+        return None
+    limit = np.array([np.nan if v is None else v for v in row["psi_limit"] or [None] * len(psi)], np.float64)
+    score = np.where(np.isfinite(limit) & (limit > 0), psi / np.where(limit > 0, limit, 1.0), psi)
+    return int(np.nanargmax(score))
+
+
+def plot(devices: list[str], rows: dict[str, dict]) -> str | None:
+    """Small multiples of reference against current share per bin; None without any histogram."""
+    shown = [(d, rows[d], c) for d in devices if d in rows and (c := worst_channel(rows[d])) is not None]
+    shown = [(d, r, c) for d, r, c in shown if (r["ref_share"] or [None] * (c + 1))[c]]
+    if not shown:
+        return None
+    cols = min(3, len(shown))
+    fig, axes = plt.subplots(
+        math.ceil(len(shown) / cols),
+        cols,
+        figsize=(4 * cols, 2.6 * math.ceil(len(shown) / cols)),
+        squeeze=False,
+    )
+    for ax, (device, row, c) in zip(axes.flat, shown, strict=False):
+        reference = np.asarray(row["ref_share"][c], np.float64)
+        counts = np.asarray(row["channel_hist_counts"][c] or np.zeros(len(reference)), np.float64)
+        current = counts / counts.sum() if counts.sum() else np.zeros(len(reference))
+        at = np.arange(len(reference))
+        ax.bar(at - 0.2, 100 * reference, width=0.4, label="reference (source)", color="#999")
+        ax.bar(at + 0.2, 100 * current, width=0.4, label="latest interval", color="#c33")
+        edges = row["channel_hist_edges"][c] or []
+        ax.set_xticks(at[1:] - 0.5, [f"{e:.2g}" for e in edges], fontsize="x-small", rotation=90)
+        name, psi = row["channels"][c], row["psi"][c]
+        ax.set_title(f"{device}: {name} (PSI {psi:.2f})", fontsize="medium")
+    for ax in axes.flat[len(shown) :]:
+        ax.set_visible(False)
+    axes[0][0].set_ylabel("share of samples, %")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="upper center", ncol=2, bbox_to_anchor=(0.5, 1.0), frameon=False)
+    fig.tight_layout(rect=(0, 0, 1, 0.92))
+    return png(fig)
