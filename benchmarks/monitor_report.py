@@ -40,7 +40,8 @@ T0 = 1_700_006_400.0  # 2023-11-15 00:00 UTC: one day is one date partition
 
 
 def templates(shifted: bool) -> pa.Table:
-    """Real summaries of 40 windows; `shifted`: channel ax moved by 1.5 sd, estimates lower."""
+    """Real summaries of 40 windows; `shifted`: channel ax moved by 1.5 sd, and the source model's
+    estimates lower (ATC 0.45, and its classes three of the seven: a class-mix bound of 3/7)."""
     edges = tuple(NormalDist().inv_cdf(k / 16) for k in range(1, 16))
     ref = Reference(
         CHANNELS,
@@ -49,6 +50,8 @@ def templates(shifted: bool) -> pa.Table:
         (edges,) * 6,
         ((1 / 16,) * 16,) * 6,
         tuple(f"k{i}" for i in range(7)),
+        class_prior=(1 / 7,) * 7,
+        accuracy=0.8,
     )
     made = []
     for i in range(TEMPLATES):
@@ -69,6 +72,7 @@ def templates(shifted: bool) -> pa.Table:
             [5.0] * 40,
             estimated_correct=(rng.random(40) < (0.6 if shifted else 0.8)).astype(float),
             source_estimated_correct=(rng.random(40) < (0.45 if shifted else 0.8)).astype(float),
+            source_classes=rng.integers(0, 3 if shifted else 7, 40),
         )
         made.append(c.close(T0 + 60))
     return to_table(made)

@@ -220,7 +220,10 @@ def test_a_table_without_histograms_says_why_the_plot_is_missing(location, tmp_p
     assert "Not shown: the summaries' histograms" in out.read_text()
 
 
-def test_the_report_renders_in_headless_chromium(location, tmp_path):
+def _chromium(out: Path, name: str, tmp_path: Path, height: int = 1600) -> str:
+    """Open the report in headless chromium: a screenshot and the DOM after parsing, both kept in
+    test-artifacts/ under `name`; the DOM returned. Skipped (failed with EDGE_TTT_REQUIRE_CHROMIUM=1)
+    without chromium."""
     chromium = shutil.which("chromium")
     if chromium is None:
         reason = (
@@ -229,11 +232,9 @@ def test_the_report_renders_in_headless_chromium(location, tmp_path):
         if os.environ.get("EDGE_TTT_REQUIRE_CHROMIUM") == "1":
             pytest.fail(reason)
         pytest.skip(reason)
-    out = tmp_path / "report.html"
-    write_report(dataset.read(location), RULES, out, now=NOW)
     artifacts = Path(__file__).resolve().parents[1] / "test-artifacts"
     artifacts.mkdir(exist_ok=True)
-    shot = artifacts / "monitor-report.png"
+    shot = artifacts / f"{name}.png"
     shot.unlink(missing_ok=True)
     flags = [
         "--headless",
@@ -244,13 +245,12 @@ def test_the_report_renders_in_headless_chromium(location, tmp_path):
     ]
     flags += ["--disable-component-update", "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}"]
     subprocess.run(
-        [chromium, *flags, f"--screenshot={shot}", "--window-size=1200,1600", out.as_uri()],
+        [chromium, *flags, f"--screenshot={shot}", f"--window-size=1200,{height}", out.as_uri()],
         check=True,
         capture_output=True,
         timeout=120,
     )
     assert shot.stat().st_size > 10_000 and shot.read_bytes().startswith(b"\x89PNG")
-    # the DOM after the browser parsed it: the summary, the ranking and every plot decoded
     dom = subprocess.run(
         [chromium, *flags, "--dump-dom", out.as_uri()],
         check=True,
@@ -258,11 +258,44 @@ def test_the_report_renders_in_headless_chromium(location, tmp_path):
         timeout=120,
         text=True,
     ).stdout
-    (artifacts / "monitor-report-dom.html").write_text(dom)
+    (artifacts / f"{name}-dom.html").write_text(dom)
+    return dom
+
+
+def test_the_report_renders_in_headless_chromium(location, tmp_path):
+    out = tmp_path / "report.html"
+    write_report(dataset.read(location), RULES, out, now=NOW)
+    dom = _chromium(out, "monitor-report", tmp_path)
+    # the DOM after the browser parsed it: the summary, the ranking and every plot decoded
     summary = re.sub(r"\s+", " ", dom.split('<ul id="summary">')[1].split("</ul>")[0])
     assert "<b>5</b> devices" in summary and "<b>1</b> drifting" in summary
+    assert "<details open=" in dom  # four alerts: listed open
     assert _ranking(dom)[0][0] == "drifting" and len(_ranking(dom)) == 5
     assert len(re.findall(r'<img alt="[^"]+"\s+src="data:image/png;base64,', dom)) == 4
+
+
+def test_a_fleet_of_500_devices_reads_in_a_browser(tmp_path):
+    """The benchmark's synthetic fleet, 500 devices of six intervals (every fifth drifted, its source
+    model estimated at 3/7): the summary at the top counts them, the drifted rank first, every device
+    has its row, the plots stay to the top of the ranking."""
+    from benchmarks.monitor_report import T0 as FLEET_T0
+    from benchmarks.monitor_report import synthetic
+
+    location = str(tmp_path / "fleet")
+    synthetic(location, 500, 6)
+    out = tmp_path / "report.html"
+    write_report(dataset.read(location), AlertsSection(), out, now=FLEET_T0 + 7 * 60)
+    dom = _chromium(out, "monitor-report-500", tmp_path, height=2400)
+    summary = re.sub(r"\s+", " ", dom.split('<ul id="summary">')[1].split("</ul>")[0])
+    assert "<b>500</b> devices" in summary and "<b>100</b> drifting" in summary
+    ranking = _ranking(dom)
+    assert len(ranking) == 500
+    assert {r[0] for r in ranking[:100]} == {f"dev-{d:04d}" for d in range(0, 500, 5)}
+    assert all(float(r[1]) > 30 for r in ranking[:100])  # 80 % reference, source estimated near 43 %
+    assert len(re.findall(r'<img alt="[^"]+"\s+src="data:image/png;base64,', dom)) == 4
+    counts = re.sub(r"\s+", " ", dom.split('<p id="alert-counts">')[1].split("</p>")[0])
+    assert counts.startswith("<b>100</b> accuracy, <b>100</b> psi (200 in all")
+    assert "<details><summary>every alert" in dom  # 200 alerts: folded, the ranking comes next
 
 
 def _estimated(device: str, i: int, shift: float, served: float, source: float):

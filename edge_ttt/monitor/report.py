@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import math
 import os
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -231,6 +232,7 @@ def _ends(intervals: Intervals, at: slice) -> np.ndarray:
     return intervals.table.column("interval_end").slice(at.start, at.stop - at.start).to_numpy()
 
 
+OPEN_ALERTS = 20  # more alerts than this: listed folded, so that the ranking stays near the top
 ACCURACY_DEVICES = 12  # small multiples of estimated accuracy over time: the top of the ranking
 
 
@@ -307,7 +309,8 @@ TEMPLATE = jinja2.Template(
     """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>edge-ttt fleet drift report</title>
 <style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}
-td,th{border:1px solid #ccc;padding:.25em .6em;text-align:right}td:first-child{text-align:left}
+td,th{border:1px solid #ccc;padding:.25em .6em;text-align:right}td{white-space:nowrap}
+td:first-child{text-align:left}
 .alert{color:#a00}</style></head><body>
 <h1>Fleet drift report</h1>
 <p>{{ devices|length }} devices, {{ intervals }} summaries, generated {{ generated }}.</p>
@@ -326,9 +329,12 @@ that, the served predictions not)</li>
 and of the source model, over each device's latest {{ rules.estimate_windows }} windows;
 reference: {{ summary.reference }}.</p>
 <h2>Alerts</h2>
-{% if alerts %}<ul>{% for a in alerts %}
-<li class="alert"><b>{{ a.device }}</b> [{{ a.rule }}]: {{ a.message }}</li>
-{% endfor %}</ul>{% else %}<p>None.</p>{% endif %}
+{% if alerts %}<p id="alert-counts">{% for rule, n in alert_counts %}<b>{{ n }}</b> {{ rule }}
+{%- if not loop.last %}, {% endif %}{% endfor %} ({{ alerts|length }} in all; the rules:
+docs/monitoring.md)</p>
+<details{% if alerts|length <= open_alerts %} open{% endif %}><summary>every alert, by device</summary><ul>
+{% for a in alerts %}<li class="alert"><b>{{ a.device }}</b> [{{ a.rule }}]: {{ a.message }}</li>
+{% endfor %}</ul></details>{% else %}<p>None.</p>{% endif %}
 <h2>Devices ranked by estimated accuracy lost</h2>
 <table id="ranking"><tr><th>device</th><th>accuracy lost, pts</th><th>estimated accuracy %</th>
 <th>source estimated %</th><th>gain from adaptation, pts</th><th>drift (max PSI)</th>
@@ -423,6 +429,8 @@ def render(
         accuracy=accuracy_over_time(ranked, intervals, rules.estimate_windows),
         distribution=None if rows is None else distributions.plot(top, distributions.latest_rows(rows, top)),
         distribution_devices=len(top),
+        alert_counts=sorted(Counter(a.rule for a in alerts).items()),
+        open_alerts=OPEN_ALERTS,
     )
     return html, alerts
 
