@@ -4,13 +4,11 @@ sees how the input moved (shifted, spread, stuck) and not only that it did."""
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from edge_ttt.monitor.figures import plt, png
+from edge_ttt.monitor.figures import finished, small_multiples
 
 COLUMNS = [
     "device_id",
@@ -51,13 +49,7 @@ def plot(devices: list[str], rows: dict[str, dict]) -> str | None:
     shown = [(d, r, c) for d, r, c in shown if (r["ref_share"] or [None] * (c + 1))[c]]
     if not shown:
         return None
-    cols = min(3, len(shown))
-    fig, axes = plt.subplots(
-        math.ceil(len(shown) / cols),
-        cols,
-        figsize=(4 * cols, 2.6 * math.ceil(len(shown) / cols)),
-        squeeze=False,
-    )
+    fig, axes = small_multiples(len(shown), 4, 2.6)
     for ax, (device, row, c) in zip(axes.flat, shown, strict=False):
         reference = np.asarray(row["ref_share"][c], np.float64)
         counts = np.asarray(row["channel_hist_counts"][c] or np.zeros(len(reference)), np.float64)
@@ -69,10 +61,4 @@ def plot(devices: list[str], rows: dict[str, dict]) -> str | None:
         ax.set_xticks(at[1:] - 0.5, [f"{e:.2g}" for e in edges], fontsize="x-small", rotation=90)
         name, psi = row["channels"][c], row["psi"][c]
         ax.set_title(f"{device}: {name} (PSI {psi:.2f})", fontsize="medium")
-    for ax in axes.flat[len(shown) :]:
-        ax.set_visible(False)
-    axes[0][0].set_ylabel("share of samples, %")
-    handles, labels = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="upper center", ncol=2, bbox_to_anchor=(0.5, 1.0), frameon=False)
-    fig.tight_layout(rect=(0, 0, 1, 0.92))
-    return png(fig)
+    return finished(fig, axes, "share of samples, %", 0.92)

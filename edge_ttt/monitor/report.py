@@ -21,7 +21,7 @@ from edge_ttt.monitor import distributions
 from edge_ttt.monitor.alerts import COLUMNS, Alert, evaluate_intervals
 from edge_ttt.monitor.config import AlertsSection
 from edge_ttt.monitor.estimates import Estimates, fleet_estimates, rolling
-from edge_ttt.monitor.figures import plt, png
+from edge_ttt.monitor.figures import finished, plt, png, small_multiples
 from edge_ttt.monitor.intervals import Intervals, ReferenceBins
 
 REPORT_COLUMNS = [*COLUMNS, "interval_start", "fallbacks", "windows_on_source"]  # COLUMNS: estimates too
@@ -250,9 +250,7 @@ def accuracy_over_time(ranked: list[DeviceHealth], intervals: Intervals, span: i
     shown = [h for h in ranked if h.estimated_accuracy is not None][:ACCURACY_DEVICES]
     if not shown:
         return None
-    cols = min(3, len(shown))
-    nrows = math.ceil(len(shown) / cols)
-    fig, axes = plt.subplots(nrows, cols, figsize=(4 * cols, 2.4 * nrows), squeeze=False, sharey=True)
+    fig, axes = small_multiples(len(shown), 4, 2.4, sharey=True)
     for ax, h in zip(axes.flat, shown, strict=False):
         i = intervals.devices.index(h.device)
         ends, estimates = _ends(intervals, intervals.scores(i)), rolling(intervals, i, span)
@@ -271,13 +269,7 @@ def accuracy_over_time(ranked: list[DeviceHealth], intervals: Intervals, span: i
         ax.set_title(h.device, fontsize="medium")
         ax.set_ylim(0, 100)
         ax.tick_params(axis="x", labelrotation=30, labelsize="small")
-    for ax in axes.flat[len(shown) :]:
-        ax.set_visible(False)
-    axes[0][0].set_ylabel("accuracy, %")
-    handles, labels = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="upper center", ncol=3, bbox_to_anchor=(0.5, 1.0), frameon=False)
-    fig.tight_layout(rect=(0, 0, 1, 0.94))
-    return png(fig)
+    return finished(fig, axes, "accuracy, %", 0.94)
 
 
 TIMELINE_DEVICES = 12  # lines in the drift-over-time plot: the top of the ranking, readable
