@@ -402,6 +402,18 @@ def test_each_device_says_since_when_it_drifts(location, tmp_path):
     assert since == {"drifting": start, "steady": "-", "resetting": "-", "confused": "-", "gone": "-"}
 
 
+def test_an_interval_too_small_to_judge_neither_ends_the_drift_nor_its_alert(location, tmp_path):
+    """A last interval of 3 windows (a stream that stopped): `drifting` still drifts since the fourth
+    interval, and its psi alert still holds."""
+    dataset.append(location, to_table([make_summary("drifting", T0 + 6.5 * STEP, seed=9, windows=3)]))
+    out = tmp_path / "report.html"
+    alerts = write_report(dataset.read(location), RULES, out, now=NOW + STEP)
+    since = {r[0]: r[7] for r in _ranking(out.read_text())}
+    start = dt.datetime.fromtimestamp(T0 + 3 * STEP, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    assert since["drifting"] == start
+    assert ("drifting", "psi") in [(a.device, a.rule) for a in alerts]
+
+
 def test_the_estimates_are_drawn_over_time_when_there_are_any(estimated_fleet, tmp_path):
     out = tmp_path / "report.html"
     write_report(dataset.read(estimated_fleet), RULES, out, now=NOW, reference_accuracy=0.8)

@@ -89,14 +89,18 @@ def _worst_channels(row: dict) -> tuple[tuple[str, str], ...]:
     return tuple((name, f"{value:.2f}") for name, value in worst)
 
 
-def drifting_since(intervals: Intervals, i: int) -> str | None:
-    """The start of the first interval of the run of drifted intervals that reaches the latest one."""
+def drifting_since(intervals: Intervals, i: int, min_windows: int = 1) -> str | None:
+    """The start of the first interval of the run of drifted intervals that reaches the latest one,
+    judged as the psi rule judges: intervals of fewer than `min_windows` windows neither start nor
+    break a run."""
     scores = intervals.scores(i)
-    calm = np.flatnonzero(~(intervals.drift_ratio[scores] > 1))
-    first = (calm[-1] + 1 if calm.size else 0) + scores.start
-    if first >= scores.stop:
+    sized = np.flatnonzero(np.nan_to_num(intervals.array_of("windows", scores)) >= min_windows)
+    drifted = intervals.drift_ratio[scores][sized] > 1
+    if not sized.size or not drifted[-1]:
         return None
-    return intervals.table.column("interval_start")[first].as_py().strftime(STAMP)
+    calm = np.flatnonzero(~drifted)
+    first = sized[calm[-1] + 1] if calm.size else sized[0]
+    return intervals.table.column("interval_start")[scores.start + int(first)].as_py().strftime(STAMP)
 
 
 def health(
@@ -143,7 +147,7 @@ def health(
                 int(col["fallbacks"][at].sum()),
                 int(col["windows_on_source"][at].sum()),
                 _worst_channels(last),
-                drifting_since(intervals, i),
+                drifting_since(intervals, i, rules.psi_min_windows),
             )
         )
 
