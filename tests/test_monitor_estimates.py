@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
+import pyarrow as pa
 import pytest
 
 from edge_ttt.drift.schema import to_table
@@ -109,3 +110,19 @@ def test_the_accuracy_alert_names_what_the_drift_costs_even_where_adaptation_mak
         "against the reference 80.0 % (55.0 points lost by the source model)"
     )
     assert by_device["losing"].endswith("(55.0 points lost by the served predictions)")
+
+
+def test_rows_without_class_counts_give_no_estimate_rather_than_an_error(tmp_path):
+    made = [interval("d", k, [0, 0, 1, 2], [1]) for k in range(2)]
+    location = str(tmp_path / "fleet")
+    dataset.append(location, to_table(made))
+    table = dataset.read(location)
+    nulls = pa.nulls(len(table), table.schema.field("class_counts").type)
+    broken = table.set_column(table.schema.get_field_index("class_counts"), "class_counts", nulls)
+    broken = broken.set_column(
+        broken.schema.get_field_index("ref_class_prior"),
+        "ref_class_prior",
+        pa.nulls(len(table), table.schema.field("ref_class_prior").type),
+    )
+    latest = device_estimates(Intervals.of(broken, RULES), 0, RULES.estimate_windows)
+    assert latest.served is None and latest.source == pytest.approx(1.0)  # ATC alone for the source

@@ -76,7 +76,7 @@ def _counts(table: pa.Table, name: str, k: int) -> np.ndarray:
     lengths = pc.fill_null(pc.list_value_length(column), 0).to_numpy()
     out = np.full((len(column), k), np.nan)
     fits = lengths == k
-    if fits.any():
+    if k and fits.any():  # k = 0: a row without classes (null), nothing to count
         out[fits] = (
             pc.list_flatten(column.filter(pa.array(fits))).to_numpy().astype(np.float64).reshape(-1, k)
         )
