@@ -16,8 +16,9 @@ from edge_ttt.class_mix import class_mix_cap
 from edge_ttt.drift.schema import SCHEMA, SCHEMA_VERSION, from_table, read_table, to_table
 from edge_ttt.drift.summary import COUNTERS, Reference, SummaryCollector, merge_summaries
 from edge_ttt.monitor import dataset
+from edge_ttt.monitor.health import health
 from edge_ttt.monitor.intervals import Intervals
-from edge_ttt.monitor.report import health, write_report
+from edge_ttt.monitor.report import write_report
 from tests.test_drift_stats import collector
 from tests.test_monitor_collector import T0, make_summary
 from tests.test_monitor_report import RULES

@@ -1,0 +1,194 @@
+"""Per device, what the operator ranks and reads: estimated accuracy lost, drift and its
+explanation, adaptation health; and the fleet's summary counts. Values only: the report renders them."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from edge_ttt.monitor.alerts import Alert
+from edge_ttt.monitor.config import AlertsSection
+from edge_ttt.monitor.estimates import Estimates, fleet_estimates
+from edge_ttt.monitor.intervals import Intervals
+
+STAMP = "%Y-%m-%d %H:%M:%S UTC"
+COUNTS = (
+    "windows",
+    "resets",
+    "rollbacks",
+    "skipped_unreliable",
+    "skipped_no_drift",
+    "fallbacks",
+    "windows_on_source",
+    "estimated_windows",
+    "source_estimated_windows",
+)
+ESTIMATES = ("estimated_accuracy", "source_estimated_accuracy")
+EXPLAINING_CHANNELS = 3  # the worst channels named next to a device in the ranking
+
+
+@dataclass(frozen=True)
+class DeviceHealth:
+    device: str
+    score: float  # max channel PSI of the latest interval
+    last_seen: str
+    intervals: int
+    windows: int
+    resets: int
+    rollbacks: int
+    skipped_share: float
+    entropy_trend: float  # nats per interval, least-squares slope of the mean entropy
+    estimated_accuracy: float | None  # label-free, served predictions, latest intervals
+    source_estimated_accuracy: float | None  # the same for the source model
+    reference_accuracy: float | None  # what the device is compared with (see `health`)
+    fallbacks: int
+    windows_on_source: int
+    worst_channels: tuple[tuple[str, str], ...]  # (channel, latest PSI), worst first: the explanation
+    drifting_since: str | None  # start of the current run of drifted intervals; None: latest not drifted
+
+    @property
+    def accuracy_lost(self) -> float | None:
+        """The ranking score: reference minus the lower of the two estimates, so a device whose
+        drift costs the source model ranks by that cost even where adaptation makes up for it
+        (a reset or a fallback hands it back to that model)."""
+        known = [e for e in (self.estimated_accuracy, self.source_estimated_accuracy) if e is not None]
+        if self.reference_accuracy is None or not known:
+            return None
+        return self.reference_accuracy - min(known)
+
+    @property
+    def gain(self) -> float | None:
+        """Served minus source estimate on the same windows: what adaptation bought."""
+        if self.estimated_accuracy is None or self.source_estimated_accuracy is None:
+            return None
+        return self.estimated_accuracy - self.source_estimated_accuracy
+
+
+def _worst_channels(row: dict) -> tuple[tuple[str, str], ...]:
+    """(channel, PSI as text) of the latest interval, worst first."""
+    named = [
+        (name, value)
+        for name, value in zip(row["channels"] or [], row["psi"] or [], strict=False)
+        if value is not None and not math.isnan(value)
+    ]
+    worst = sorted(named, key=lambda nv: -nv[1])[:EXPLAINING_CHANNELS]
+    return tuple((name, f"{value:.2f}") for name, value in worst)
+
+
+def drifting_since(intervals: Intervals, i: int, min_windows: int = 1) -> str | None:
+    """The start of the first interval of the run of drifted intervals that reaches the latest one,
+    judged as the psi rule judges: intervals of fewer than `min_windows` windows neither start nor
+    break a run."""
+    scores = intervals.scores(i)
+    sized = np.flatnonzero(np.nan_to_num(intervals.array_of("windows", scores)) >= min_windows)
+    drifted = intervals.drift_ratio[scores][sized] > 1
+    if not sized.size or not drifted[-1]:
+        return None
+    calm = np.flatnonzero(~drifted)
+    first = sized[calm[-1] + 1] if calm.size else sized[0]
+    return intervals.table.column("interval_start")[scores.start + int(first)].as_py().strftime(STAMP)
+
+
+def health(
+    intervals: Intervals,
+    rules: AlertsSection | None = None,
+    reference_accuracy: float | None = None,
+    estimates: list[Estimates] | None = None,
+) -> list[DeviceHealth]:
+    """Devices ranked by estimated accuracy lost, worst first, then by drift score; devices without an
+    estimate last. Estimates are over the latest intervals holding `estimate_windows` windows
+    (`edge_ttt.monitor.estimates`). The reference is the bundle's validation accuracy when given,
+    else the one the summaries carry (since version 4; before, no loss is known)."""
+    rules = rules or AlertsSection()
+    fleet = fleet_estimates(intervals, rules.estimate_windows) if estimates is None else estimates
+    col = {
+        name: np.nan_to_num(intervals.array(name)) if name in COUNTS else intervals.array(name)
+        for name in (*COUNTS, *ESTIMATES)
+    }
+    out = []
+    for i, device in enumerate(intervals.devices):
+        at = intervals.scores(i)
+        windows = int(col["windows"][at].sum())
+        skipped = col["skipped_unreliable"][at].sum() + col["skipped_no_drift"][at].sum()
+        entropy = intervals.mean_entropy[at]
+        ok = ~np.isnan(entropy)
+        trend = float(np.polyfit(np.flatnonzero(ok), entropy[ok], 1)[0]) if ok.sum() >= 2 else math.nan
+        estimates = fleet[i]
+        reference = reference_accuracy if reference_accuracy is not None else estimates.reference
+        (last,) = intervals.rows(i, last=1)
+        out.append(
+            DeviceHealth(
+                device,
+                float(intervals.max_psi[at][-1]),
+                last["interval_end"].strftime(STAMP),
+                at.stop - at.start,
+                windows,
+                int(col["resets"][at].sum()),
+                int(col["rollbacks"][at].sum()),
+                skipped / windows if windows else math.nan,
+                trend,
+                estimates.served,
+                estimates.source,
+                reference,
+                int(col["fallbacks"][at].sum()),
+                int(col["windows_on_source"][at].sum()),
+                _worst_channels(last),
+                drifting_since(intervals, i, rules.psi_min_windows),
+            )
+        )
+
+    def rank(h: DeviceHealth) -> tuple:
+        lost, score = h.accuracy_lost, h.score
+        return (
+            lost is None,
+            -(lost or 0.0),
+            math.isnan(score),
+            -(0.0 if math.isnan(score) else score),
+            h.device,
+        )
+
+    return sorted(out, key=rank)
+
+
+@dataclass(frozen=True)
+class FleetSummary:
+    devices: int
+    drifting: int  # a psi alert holds
+    losing: int  # served predictions estimated to lose more than the rule's accuracy_loss
+    rescued: int  # the source model estimated to lose more than that, the served predictions not
+    helped: int  # served estimate above the source estimate
+    compared: int  # devices with both estimates
+    reference: str  # where the reference accuracy comes from, in words
+
+
+def fleet_summary(
+    ranked: list[DeviceHealth], alerts: list[Alert], rules: AlertsSection, reference_given: bool
+) -> FleetSummary:
+    gains = [h.gain for h in ranked if h.gain is not None]
+    limit = rules.accuracy_loss
+
+    def lost(h: DeviceHealth, estimate: float | None) -> bool:
+        return None not in (h.reference_accuracy, estimate) and h.reference_accuracy - estimate > limit
+
+    return FleetSummary(
+        devices=len(ranked),
+        drifting=len({a.device for a in alerts if a.rule == "psi"}),
+        losing=sum(1 for h in ranked if lost(h, h.estimated_accuracy)),
+        rescued=sum(
+            1
+            for h in ranked
+            if lost(h, h.source_estimated_accuracy)
+            and h.estimated_accuracy is not None
+            and not lost(h, h.estimated_accuracy)
+        ),
+        helped=sum(1 for g in gains if g > 0),
+        compared=len(gains),
+        reference=(
+            "the bundle's validation accuracy"
+            if reference_given
+            else "the source model's validation accuracy, as the summaries carry it (summaries before "
+            "version 4 do not: pass --bundle)"
+        ),
+    )

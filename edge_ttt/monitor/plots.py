@@ -1,0 +1,105 @@
+"""The report's plots over time and channels, for the top of the ranking (the worst channel's
+distribution is `distributions.py`); each returns the PNG as base64 text."""
+
+from __future__ import annotations
+
+import matplotlib.ticker
+import numpy as np
+
+from edge_ttt.monitor.estimates import rolling
+from edge_ttt.monitor.figures import finished, plt, png, small_multiples
+from edge_ttt.monitor.health import DeviceHealth
+from edge_ttt.monitor.intervals import Intervals
+
+HEATMAP_DEVICES = 40  # rows of the heat map: the top of the ranking, numbers still legible
+
+
+def heatmap(ranked: list[DeviceHealth], intervals: Intervals) -> str:
+    """Latest PSI per device (rows, ranked) and channel (columns, the union over devices), the value
+    written in each cell."""
+    shown = ranked[:HEATMAP_DEVICES]
+    latest = [intervals.rows(intervals.devices.index(h.device), last=1)[0] for h in shown]
+    channels = sorted({c for last in latest for c in last["channels"] or []})
+    grid = np.full((len(shown), len(channels)), np.nan)
+    for i, last in enumerate(latest):
+        for name, value in zip(last["channels"] or [], last["psi"] or [], strict=False):
+            grid[i, channels.index(name)] = np.nan if value is None else value
+    fig, ax = plt.subplots(figsize=(1.6 + 0.8 * max(len(channels), 1), 1 + 0.35 * max(len(shown), 1)))
+    image = ax.imshow(grid, aspect="auto", cmap="Reds", vmin=0)
+    top = np.nanmax(grid) if np.isfinite(grid).any() else 1.0
+    for (i, j), value in np.ndenumerate(grid):
+        if not np.isnan(value):
+            color = "white" if value > 0.6 * top else "black"
+            ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize="small", color=color)
+    ax.set_xticks(range(len(channels)), channels)
+    ax.set_yticks(range(len(shown)), [h.device for h in shown])
+    fig.colorbar(image, ax=ax, label="PSI (latest interval)")
+    return png(fig)
+
+
+def _ends(intervals: Intervals, at: slice) -> np.ndarray:
+    return intervals.table.column("interval_end").slice(at.start, at.stop - at.start).to_numpy()
+
+
+ACCURACY_DEVICES = 12  # small multiples of estimated accuracy over time: the top of the ranking
+
+
+def band(share: np.ndarray, windows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Percent, a share's sampling band: +- 3 standard errors over its windows, as NannyML draws its
+    chunks' (too narrow where windows move together: a floor on the uncertainty, not its size)."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        spread = 3 * np.sqrt(share * (1 - share) / np.maximum(windows, 1))
+    return 100 * np.clip(share - spread, 0, 1), 100 * np.clip(share + spread, 0, 1)
+
+
+def accuracy_over_time(ranked: list[DeviceHealth], intervals: Intervals, span: int) -> str | None:
+    """Per top-ranked device, the served and source estimates at each interval (each over the latest
+    `span` windows up to it) and the reference; None when no device has an estimate."""
+    shown = [h for h in ranked if h.estimated_accuracy is not None][:ACCURACY_DEVICES]
+    if not shown:
+        return None
+    fig, axes = small_multiples(len(shown), 4, 2.4, sharey=True)
+    for ax, h in zip(axes.flat, shown, strict=False):
+        i = intervals.devices.index(h.device)
+        ends, estimates = _ends(intervals, intervals.scores(i)), rolling(intervals, i, span)
+        for values, label in (
+            (estimates.served, "served (estimate)"),
+            (estimates.source, "source model (estimate)"),
+        ):
+            (line,) = ax.plot(ends, 100 * values, marker=".", label=label)
+            ax.fill_between(
+                ends, *band(values, estimates.windows), color=line.get_color(), alpha=0.15, linewidth=0
+            )
+        if h.reference_accuracy is not None:
+            ax.axhline(
+                100 * h.reference_accuracy, color="grey", linestyle="--", linewidth=1, label="reference"
+            )
+        ax.set_title(h.device, fontsize="medium")
+        ax.set_ylim(0, 100)
+        ax.tick_params(axis="x", labelrotation=30, labelsize="small")
+    return finished(fig, axes, "accuracy, %", 0.94)
+
+
+TIMELINE_DEVICES = 12  # lines in the drift-over-time plot: the top of the ranking, readable
+
+
+def timeline(ranked: list[DeviceHealth], intervals: Intervals) -> str:
+    """Drift per interval of the top-ranked devices, as the worst channel's PSI over its
+    sample-size-aware limit: above 1 the interval counts as drifted."""
+    fig, ax = plt.subplots(figsize=(10, 4))
+    for h in ranked[:TIMELINE_DEVICES]:
+        at = intervals.scores(intervals.devices.index(h.device))
+        ax.plot(
+            _ends(intervals, at),
+            intervals.drift_ratio[at],
+            marker=".",
+            label=h.device,
+        )
+    ax.axhline(1.0, color="grey", linestyle="--", linewidth=1, label="drift limit")
+    ax.set_yscale("symlog", linthresh=1.0)
+    ax.yaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+    ax.set_ylim(bottom=0)
+    ax.set_ylabel("max channel PSI / its limit")
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+    fig.autofmt_xdate()
+    return png(fig)
