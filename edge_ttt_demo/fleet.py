@@ -49,16 +49,14 @@ class Fleet:
     scenario: Scenario
     scenario_names: list[str]
     board: Scoreboard
-    prior: np.ndarray  # the source class shares, for the label-free estimates (class_prior)
 
 
 def plan_fleet(bundle: Path, target: RecordedLog, devices: int, minutes: float | None) -> Fleet:
     """The fleet of `devices` target recordings (cut to `minutes`), scored with the bundle's windows."""
-    from edge_ttt.adapt.estimates import class_prior
     from edge_ttt.artifacts import load_bundle
 
     manifest = load_bundle(bundle).manifest
     log = fleet_log(target, devices, minutes)
     scenario, names = fleet_scenario(len(log.devices()))
     board = Scoreboard(window_labels(log, manifest.model.window, manifest.model.hop))
-    return Fleet(log, scenario, names, board, class_prior(manifest))
+    return Fleet(log, scenario, names, board)

@@ -5,11 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pyarrow.compute as pc
 from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from edge_ttt.adapt.estimates import device_estimates
 from edge_ttt.adapt.policies import DEFAULT_POLICY
 from edge_ttt_demo.fleet import Fleet
 
@@ -24,7 +24,7 @@ class DeviceResult:
     windows: int
     accuracy: dict[str, float | None]
     predicted: dict[str, int]  # labeled windows each policy's agent predicted
-    estimated: dict[str, float | None]  # label-free: class-mix bound of each agent's predicted classes
+    estimated: dict[str, float | None]  # label-free, as the fleet report shows them (see `_estimates`)
     resets: int | None  # resets + rollbacks of the default policy, from the fleet dataset
 
 
@@ -49,19 +49,37 @@ def _resets(location: Path) -> dict[str, int]:
     return out
 
 
-def _estimates(fleet: Fleet, policy: str) -> dict[str, float | None]:
-    """Per device, the class-mix bound over every window `policy`'s agent predicted: the estimate
-    `edge-ttt replay` gives over whole device streams, here set beside the true accuracy."""
-    classes, devices = fleet.board.predictions(policy)
-    return {str(d): estimate for d, (_, estimate) in device_estimates(classes, devices, fleet.prior).items()}
+def _estimates(location: Path) -> dict[str, dict[str, float | None]]:
+    """Per device, the estimates the fleet report shows (`edge_ttt.monitor.estimates`), from the
+    default policy's drift summaries: its served predictions', and the source model's from the
+    windows it ran on beside the policy. None without a dataset."""
+    from edge_ttt.monitor import dataset
+    from edge_ttt.monitor.config import AlertsSection
+    from edge_ttt.monitor.estimates import fleet_estimates
+    from edge_ttt.monitor.intervals import Intervals
+
+    if not dataset.exists(str(location)):
+        return {}
+    table = dataset.read(str(location))
+    table = table.filter(pc.equal(table.column("policy"), DEFAULT_POLICY))
+    if table.num_rows == 0:
+        return {}
+    rules = AlertsSection()
+    intervals = Intervals.of(table, rules)
+    return {
+        device: {DEFAULT_POLICY: e.served, BASELINE: e.source}
+        for device, e in zip(
+            intervals.devices, fleet_estimates(intervals, rules.estimate_windows), strict=True
+        )
+    }
 
 
 def device_results(fleet: Fleet, dataset: Path) -> list[DeviceResult]:
-    """Accuracy and its label-free estimate per policy from the scoreboard; resets and rollbacks
-    from the fleet dataset."""
+    """Accuracy per policy from the scoreboard; the label-free estimates, resets and rollbacks from
+    the fleet dataset."""
     resets = _resets(dataset)
     board = fleet.board
-    estimates = {p: _estimates(fleet, p) for p in POLICIES}
+    estimates = _estimates(dataset)
     return [
         DeviceResult(
             device=device,
@@ -69,7 +87,7 @@ def device_results(fleet: Fleet, dataset: Path) -> list[DeviceResult]:
             windows=sum(1 for d, _ in board.labels if d == device),
             accuracy={p: board.accuracy(p, device)[0] for p in POLICIES},
             predicted={p: board.accuracy(p, device)[1] for p in POLICIES},
-            estimated={p: estimates[p].get(device) for p in POLICIES},
+            estimated=estimates.get(device, dict.fromkeys(POLICIES)),
             resets=resets.get(device),
         )
         for i, device in enumerate(fleet.log.devices())
@@ -81,7 +99,7 @@ def print_results(result: DemoResult, console: Console) -> None:
     estimate beside it, resets, the report's path."""
     table = Table(
         title=f"{BASELINE} vs {DEFAULT_POLICY}, live over MQTT",
-        caption="est.: estimated without labels, the class-mix bound of the agent's predictions",
+        caption="est.: estimated without labels, as the fleet report shows them (docs/monitoring.md)",
         box=box.SIMPLE_HEAD,
         pad_edge=False,
     )

@@ -14,11 +14,11 @@ from pathlib import Path
 
 import numpy as np
 import paho.mqtt.client as paho
+import pyarrow.compute as pc
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 from rich.console import Console
 
-from edge_ttt.adapt.estimates import class_mix_cap
 from edge_ttt.monitor import dataset
 from edge_ttt.recordlog import RecordedLog
 from edge_ttt_demo import fleet, results, run, services
@@ -72,8 +72,6 @@ def test_scoreboard_counts_each_window_once_and_scores_it():
 
 # --- the table ------------------------------------------------------------------------------------
 
-PRIOR = np.array([0.2, 0.8])  # uneven, so that a uniform prior would give other estimates
-
 
 def _scored_fleet() -> fleet.Fleet:
     """d1: both agents predicted, steady also an unlabeled window (t=5); d2: only steady predicted."""
@@ -87,22 +85,43 @@ def _scored_fleet() -> fleet.Fleet:
     for (policy, device), classes in predictions.items():
         rows = [{"t_end_ns": t, "class_index": c} for t, c in enumerate(classes, start=1)]
         board.add(json.dumps({"device": device, "policy": policy, "predictions": rows}).encode())
-    return fleet.Fleet(_log({"d1": 10, "d2": 10}), scenario, names, board, PRIOR)
+    return fleet.Fleet(_log({"d1": 10, "d2": 10}), scenario, names, board)
 
 
-def test_estimate_is_the_class_mix_bound_of_every_predicted_window(tmp_path):
-    rows = {r.device: r for r in results.device_results(_scored_fleet(), tmp_path / "no-dataset")}
+def _fleet_dataset(location: Path) -> None:
+    """The steady agent's summaries of d1 (served predictions in the source mix, the source model
+    stuck on one class: estimates 1.0 and 0.25) and a source agent's of d2, which the table ignores."""
+    from edge_ttt.drift.schema import to_table
+    from tests.test_monitor_estimates import interval
+
+    made = [interval("d1", k, [0, 0, 1, 2], [1]) for k in range(3)]
+    made += [interval("d2", k, [1], [1], policy="source") for k in range(3)]
+    dataset.append(str(location), to_table(made))
+
+
+def test_the_table_estimates_are_the_fleet_reports(tmp_path):
+    from edge_ttt.monitor.config import AlertsSection
+    from edge_ttt.monitor.estimates import fleet_estimates
+    from edge_ttt.monitor.intervals import Intervals
+
+    _fleet_dataset(tmp_path / "fleet")
+    rows = {r.device: r for r in results.device_results(_scored_fleet(), tmp_path / "fleet")}
     d1, d2 = rows["d1"], rows["d2"]
     assert d1.accuracy == {"steady": 0.75, "source": 0.5}  # over the labeled windows only
-    assert d1.estimated["steady"] == pytest.approx(class_mix_cap(np.array([0, 0, 0, 1, 1]), PRIOR))
-    assert d1.estimated["steady"] == pytest.approx(0.6)  # min(0.6, 0.2) + min(0.4, 0.8)
-    assert d1.estimated["source"] == pytest.approx(0.8)  # all class 1: capped at its share
-    assert d2.estimated == {"steady": pytest.approx(0.7), "source": None}  # source predicted nothing
+    assert d1.estimated == {"steady": pytest.approx(1.0), "source": pytest.approx(0.25)}
+    steady = dataset.read(str(tmp_path / "fleet"))
+    steady = steady.filter(pc.equal(steady.column("policy"), "steady"))
+    (e,) = fleet_estimates(Intervals.of(steady, AlertsSection()), AlertsSection().estimate_windows)
+    assert (d1.estimated["steady"], d1.estimated["source"]) == (e.served, e.source)  # one estimator
+    assert d2.estimated == {"steady": None, "source": None}  # no summary of the default policy
+    none = results.device_results(_scored_fleet(), tmp_path / "no-dataset")
+    assert all(r.estimated == {"steady": None, "source": None} for r in none)
 
 
 def test_table_sets_each_estimate_beside_its_accuracy_within_100_columns(tmp_path):
+    _fleet_dataset(tmp_path / "fleet")
     result = results.DemoResult(
-        results.device_results(_scored_fleet(), tmp_path / "no-dataset"), None, False, "test"
+        results.device_results(_scored_fleet(), tmp_path / "fleet"), None, False, "test"
     )
     console = Console(width=100, record=True)
     results.print_results(result, console)
@@ -110,17 +129,9 @@ def test_table_sets_each_estimate_beside_its_accuracy_within_100_columns(tmp_pat
     header = next(line for line in lines if "windows" in line).split()
     assert header[2:] == ["windows", "source", "%", "est.", "steady", "%", "est.", "change", "resets"]
     cells = {line.split()[0]: line.split()[-6:] for line in lines if line.split()[:1] in (["d1"], ["d2"])}
-    # source %, est., steady %, est., change, resets (no fleet dataset: a dash)
-    assert cells["d1"] == ["50.0", "80.0", "75.0", "60.0", "+25.0", "-"]
-    assert cells["d2"] == ["-", "-", "50.0", "70.0", "-", "-"]
-
-
-def test_fleet_carries_the_bundles_class_prior(bundle_dir):
-    from edge_ttt.adapt.estimates import class_prior
-    from edge_ttt.artifacts import load_bundle
-
-    plan = fleet.plan_fleet(bundle_dir, _log({"d1": 400}, labels=[0, 1]), devices=1, minutes=None)
-    np.testing.assert_array_equal(plan.prior, class_prior(load_bundle(bundle_dir).manifest))
+    # source %, est., steady %, est., change, resets (d2: no summary of the default policy)
+    assert cells["d1"] == ["50.0", "25.0", "75.0", "100.0", "+25.0", "0"]
+    assert cells["d2"] == ["-", "-", "50.0", "-", "-", "0"]
 
 
 # --- the fleet plan --------------------------------------------------------------------------------
