@@ -1,6 +1,6 @@
-"""The class-mix bound on accuracy, from predicted-class counts alone: shared by the engine's
-label-free estimates (`edge_ttt.adapt.estimates`) and the fleet side's (`edge_ttt.monitor.estimates`).
-Pure numpy."""
+"""Class mixes: the bound they put on accuracy, from predicted-class counts alone, and their
+effective number of classes; shared by the engine (`edge_ttt.adapt`) and the fleet side's estimates
+(`edge_ttt.monitor.estimates`). Pure numpy."""
 
 from __future__ import annotations
 
@@ -21,3 +21,17 @@ def class_mix_cap(counts: np.ndarray, prior: np.ndarray) -> np.ndarray:
     with np.errstate(invalid="ignore", divide="ignore"):
         share = counts / total
     return np.where(total[..., 0] > 0, np.minimum(share, np.asarray(prior, np.float64)).sum(axis=-1), np.nan)
+
+
+def effective_classes(share: np.ndarray) -> np.ndarray | float:
+    """The effective number of classes of a class mix (over the last axis), 1 / sum(share^2): 1 for
+    one class, C for C classes in equal shares.
+
+    >>> effective_classes(np.array([0.5, 0.5, 0.0]))
+    2.0
+    >>> effective_classes(np.array([[1.0, 0.0], [0.5, 0.5]])).tolist()
+    [1.0, 2.0]
+    """
+    with np.errstate(divide="ignore"):  # no classes at all: inf, more than any mix holds
+        out = 1.0 / np.sum(np.square(np.asarray(share, np.float64)), axis=-1)
+    return float(out) if np.ndim(out) == 0 else out

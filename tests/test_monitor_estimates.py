@@ -126,3 +126,25 @@ def test_rows_without_class_counts_give_no_estimate_rather_than_an_error(tmp_pat
     )
     latest = device_estimates(Intervals.of(broken, RULES), 0, RULES.estimate_windows)
     assert latest.served is None and latest.source == pytest.approx(1.0)  # ATC alone for the source
+
+
+def test_one_long_activity_is_no_loss_a_stuck_model_among_several_is(tmp_path):
+    """Both models predict class 2 only, confidently: a wearer at one activity (or a label run).
+    The class-mix bound would read 0.25 for both and call it a loss; with one class seen it does
+    not apply, and the source model's ATC share (0.9) stands. Where the served predictions hold the
+    prior's mix and the source model alone is stuck, the bound applies to the source model."""
+    sitting = [interval("sitting", k, [2], [2], source_atc=0.9) for k in range(3)]
+    stuck = [interval("stuck", k, [0, 0, 1, 2], [2], source_atc=0.9) for k in range(3)]
+    location = str(tmp_path / "fleet")
+    dataset.append(location, to_table(sitting + stuck))
+    table = dataset.read(location)
+    intervals = Intervals.of(table, RULES)
+    by_device = {
+        d: device_estimates(intervals, i, RULES.estimate_windows) for i, d in enumerate(intervals.devices)
+    }
+    assert by_device["sitting"].served is None and by_device["sitting"].source == pytest.approx(0.9)
+    assert by_device["stuck"].source == pytest.approx(0.25) and by_device["stuck"].served == pytest.approx(
+        1.0
+    )
+    found = [(a.device, a.rule) for a in evaluate(table, RULES, now=T0 + 4 * STEP)]
+    assert ("sitting", "accuracy") not in found and ("stuck", "accuracy") in found

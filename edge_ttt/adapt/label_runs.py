@@ -14,7 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edge_ttt.adapt.statistics import ClassBalance, effective_classes
+from edge_ttt.adapt.statistics import ClassBalance
+from edge_ttt.class_mix import effective_classes
 
 Arrays = dict[str, np.ndarray]
 

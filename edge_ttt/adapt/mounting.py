@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edge_ttt.adapt.statistics import effective_classes
+from edge_ttt.class_mix import effective_classes
 
 Arrays = dict[str, np.ndarray]
 

@@ -128,16 +128,6 @@ def mixture_moments(
     return mean, (w * variances).sum(axis=0) + (w * (means - mean) ** 2).sum(axis=0)
 
 
-def effective_classes(share: np.ndarray) -> float:
-    """The effective number of classes of a class mix, 1 / sum(share^2): 1 for one class, C for
-    C classes in equal shares.
-
-    >>> effective_classes(np.array([0.5, 0.5, 0.0]))
-    2.0
-    """
-    return 1.0 / float(np.sum(np.square(share)))
-
-
 class ClassBalance:
     """Recent share of each predicted class (an EMA of their histogram, `momentum` per window) and
     per window the weight 1 / (C * share of its class), at most 1: a class that dominates the recent

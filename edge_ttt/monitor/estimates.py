@@ -19,9 +19,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from edge_ttt.class_mix import class_mix_cap
+from edge_ttt.class_mix import class_mix_cap, effective_classes
 from edge_ttt.monitor.intervals import Intervals
 
+MIX_FRACTION = 0.5  # the bound applies where the classes seen hold half the prior's effective classes
+COUNTED = ("class_counts", "source_class_counts")
 COLUMNS = (
     "policy",
     "windows",
@@ -97,8 +99,17 @@ def _weighted(table: pa.Table, value: str, weight: str, starts: np.ndarray) -> n
         return np.where(weights > 0, _span_sums(np.nan_to_num(v) * w, starts) / weights, np.nan)
 
 
-def _bound(table: pa.Table, name: str, prior: np.ndarray, starts: np.ndarray) -> np.ndarray:
-    return class_mix_cap(_span_sums(_counts(table, name, len(prior)), starts), prior)
+def _bounds(table: pa.Table, prior: np.ndarray, starts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The class-mix bounds of the served and the source model's classes at each interval; NaN
+    where the two models' classes together hold fewer than MIX_FRACTION of the prior's effective
+    classes: a stream in one long activity (a sedentary wearer, a label run), where a low bound says
+    nothing of the models."""
+    served, source = (_span_sums(_counts(table, c, len(prior)), starts) for c in COUNTED)
+    together = served + source
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mix = effective_classes(together / together.sum(axis=-1, keepdims=True))
+    diverse = np.nan_to_num(mix) >= MIX_FRACTION * effective_classes(prior)
+    return tuple(np.where(diverse, class_mix_cap(c, prior), np.nan) for c in (served, source))
 
 
 def rolling(intervals: Intervals, i: int, span: int) -> Rolling:
@@ -112,10 +123,9 @@ def rolling(intervals: Intervals, i: int, span: int) -> Rolling:
     latest = table.slice(len(table) - 1).to_pylist()[0]
     k = len(latest["class_counts"] or [])
     prior = np.asarray(latest["ref_class_prior"] or np.full(k, 1.0 / max(k, 1)), np.float64)
-    served_bound = _bound(table, "class_counts", prior, starts)
+    served_bound, source_bound = _bounds(table, prior, starts)
     source = np.fmin(
-        _weighted(table, "source_estimated_accuracy", "source_estimated_windows", starts),
-        _bound(table, "source_class_counts", prior, starts),
+        _weighted(table, "source_estimated_accuracy", "source_estimated_windows", starts), source_bound
     )
     if latest["policy"] == "source":  # the served model is the source model: ATC holds for it
         served = source = np.fmin(
