@@ -180,8 +180,8 @@ def report(
         ),
     ] = None,
 ) -> None:
-    """Write a self-contained HTML report: fleet summary, ranking by estimated accuracy lost, heat map,
-    drift over time, health, alerts."""
+    """Write a self-contained HTML report: fleet summary, alerts, ranking by estimated accuracy lost,
+    estimates over time, heat map, the worst channels against the reference, drift over time, health."""
     from edge_ttt.monitor import distributions  # matplotlib: the [monitor] extra
     from edge_ttt.monitor.report import REPORT_COLUMNS, write_report
 
