@@ -54,6 +54,20 @@ def prepare_data(workdir: Path) -> dict[str, Path]:
     return paths
 
 
+def _missing(checkpoint: Path) -> list[str]:
+    """What this version's training writes into the reference and a cached checkpoint lacks (a
+    model from an older version: its bundle would run without, e.g., the calibrated drift limits);
+    a file that is no checkpoint lacks all of it."""
+    from export.checkpoint import load_checkpoint
+    from export.train import REFERENCE_KEYS
+
+    try:
+        reference = load_checkpoint(checkpoint).reference
+    except ValueError:
+        return list(REFERENCE_KEYS)
+    return [key for key in REFERENCE_KEYS if key not in reference]
+
+
 def prepare_model(
     workdir: Path, source_log: Path, epochs: int, retrain: bool, say: Callable[[str], None]
 ) -> Path:
@@ -63,7 +77,10 @@ def prepare_model(
     from export.train import TrainConfig, train
 
     checkpoint, bundle = workdir / "model" / f"{MODEL}.pt", workdir / "model" / MODEL
-    if retrain or not checkpoint.exists():
+    missing = _missing(checkpoint) if checkpoint.exists() and not retrain else []
+    if missing:
+        say(f"the cached {checkpoint} predates {', '.join(missing)} in its reference: training again")
+    if retrain or not checkpoint.exists() or missing:
         say(f"training {MODEL} on {source_log.name} ({epochs} epochs)")
         result = train(
             source_log, checkpoint, TrainConfig(model=MODEL, epochs=epochs), show_progress=sys.stderr.isatty()
@@ -75,7 +92,7 @@ def prepare_model(
         fresh = load_bundle(bundle).file(MANIFEST).stat().st_mtime >= checkpoint.stat().st_mtime
     except BundleError:
         fresh = False
-    if retrain or not fresh:
+    if retrain or not fresh or missing:
         say(f"exporting to {bundle}")
         export_checkpoint(checkpoint, bundle, force=True)
     return bundle

@@ -30,6 +30,21 @@ from export.reference import channel_reference, class_channels, entropy_quantile
 log = logging.getLogger(__name__)
 
 
+# What `train` writes into a checkpoint's `reference` (the manifest's); a cached checkpoint without
+# one of them predates it (the demo trains such a one again).
+REFERENCE_KEYS = (
+    "channels",
+    "entropy",
+    "samples",
+    "val_windows",
+    "val_accuracy",
+    "class_prior",
+    "class_channels",
+    "mounting",
+    "drift_limits",
+)
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     model: str = "cnn-bn"

@@ -20,7 +20,7 @@ from edge_ttt.adapt.transforms import TRANSFORMS, check_channels, transform_each
 from edge_ttt.artifacts import load_bundle  # noqa: E402
 from edge_ttt.recordlog import write_log  # noqa: E402
 from export.norms import norm_layers  # noqa: E402
-from export.train import TrainConfig, train  # noqa: E402
+from export.train import REFERENCE_KEYS, TrainConfig, train  # noqa: E402
 from tests.conftest import CHANNELS, synthetic_log  # noqa: E402
 from tests.model_factory import source_model, windows  # noqa: E402
 from tests.test_engine import states_equal  # noqa: E402
@@ -80,6 +80,7 @@ def test_joint_training_learns_the_auxiliary_task_far_above_chance(tmp_path: Pat
     # On held-out windows of a device it did not train on, every transformed copy of each window.
     assert src.report["aux_val_accuracy"] > 3.0 / K, src.report
     assert src.report["val_accuracy"] > 0.5, src.report  # the classifier trained too
+    assert set(src.reference) == set(REFERENCE_KEYS)  # what the demo checks a cached model for
     limits = src.reference["drift_limits"]  # each of the 4 devices held out against the others
     assert limits["devices"] == 4 and limits["windows"][0] == 1
     assert all(len(row) == len(src.channels) and min(row) > 0 for row in limits["psi"])

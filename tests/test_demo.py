@@ -134,6 +134,36 @@ def test_table_sets_each_estimate_beside_its_accuracy_within_100_columns(tmp_pat
     assert cells["d2"] == ["-", "-", "50.0", "-", "-", "0"]
 
 
+def test_a_cached_model_from_an_older_version_is_trained_again(tmp_path, synthetic_log_path):
+    """A checkpoint whose reference lacks the drift limits (an older version's) would export a
+    bundle without them: the demo says so and trains again, then reuses the new one."""
+    pytest.importorskip("torch")
+    from export.checkpoint import load_checkpoint, save_checkpoint
+    from export.train import REFERENCE_KEYS
+
+    said: list[str] = []
+    run.prepare_model(tmp_path, synthetic_log_path, 1, False, said.append)
+    checkpoint = tmp_path / "model" / f"{run.MODEL}.pt"
+    old = load_checkpoint(checkpoint)
+    del old.reference["drift_limits"]
+    save_checkpoint(checkpoint, old)
+    said.clear()
+    bundle = run.prepare_model(tmp_path, synthetic_log_path, 1, False, said.append)
+    assert said[0] == f"the cached {checkpoint} predates drift_limits in its reference: training again"
+    assert any(line.startswith("exporting to") for line in said)
+    assert set(load_checkpoint(checkpoint).reference) == set(REFERENCE_KEYS)
+    assert load_bundle_limits(bundle) is not None
+    said.clear()
+    run.prepare_model(tmp_path, synthetic_log_path, 1, False, said.append)
+    assert said == [f"reusing {checkpoint} (--retrain trains again)"]
+
+
+def load_bundle_limits(bundle: Path):
+    from edge_ttt.artifacts import load_bundle
+
+    return load_bundle(bundle).manifest.reference.drift_limits
+
+
 # --- the fleet plan --------------------------------------------------------------------------------
 
 
