@@ -152,3 +152,27 @@ def test_the_alert_takes_the_shipped_limit_and_leaves_out_intervals_too_small_to
     assert np.all(ratio[:3] < 1) and np.all(ratio[:3] > 0)
     strict = AlertsSection(psi_intervals=3, psi_min_windows=1)  # the 3-window interval counts: no run
     assert evaluate(table, strict, now=T0 + 5 * STEP) == []
+
+
+def test_an_agent_on_a_bundle_without_limits_says_how_to_get_them(tmp_path, tmp_path_factory, caplog):
+    """An older bundle still runs (the monitor falls back to the sampling limit) and the agent
+    says at start what re-exporting would bring; a bundle with limits says nothing of them."""
+    from edge_ttt.agent import Agent
+    from edge_ttt.agent.config import load_config
+    from tests.agent_harness import write_config
+    from tests.conftest import exported_bundle
+
+    old = exported_bundle(
+        tmp_path_factory, "cnn-bn", "no-limits", prepare=lambda src: src.reference.pop("drift_limits")
+    )
+    new = exported_bundle(tmp_path_factory, "cnn-bn", "limits")
+    for bundle, warned in ((old, True), (new, False)):
+        caplog.clear()
+        folder = tmp_path / bundle.parent.name
+        folder.mkdir()
+        with caplog.at_level("WARNING", logger="edge_ttt.agent"):
+            Agent(load_config(write_config(folder, bundle, 1)))
+        said = [r.getMessage() for r in caplog.records if "drift limits" in r.getMessage()]
+        assert bool(said) == warned
+        if warned:
+            assert "re-export it with `edge-ttt export`" in said[0]

@@ -78,6 +78,13 @@ class Agent:
         identity = {"device": self.model.device, "policy": m.policy, "model": self.model.bundle_sha256}
         loaded = {"bundle": bundle.sha256[:12], "device": self.model.device, "policy": m.policy}
         log.info("model loaded", extra={"fields": loaded})
+        if self.manifest.reference.drift_limits is None:
+            log.warning(
+                "the bundle has no calibrated drift limits (exported before them, or from one source "
+                "device): the monitor judges its drift by sampling limits alone; re-export it with "
+                "`edge-ttt export` for them",
+                extra={"fields": {"bundle": bundle.sha256[:12]}},
+            )
         self.inbox: Inbox[Message] = Inbox(cfg.queue.max_frames, cfg.queue.when_full, cfg.queue.max_bytes)
         self.counters = AgentCounters()
         self.stop_event = threading.Event()
