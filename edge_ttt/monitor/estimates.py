@@ -8,7 +8,8 @@ the source proportions). ATC is calibrated on the source model, so it reads a le
 model as a worse one: the served predictions of an adapting policy are estimated by the bound alone,
 the source model by the smaller of the two (ATC misses a confident model stuck on a few classes,
 the bound misses errors spread over every class). The bound needs a span long enough to hold the
-stream's classes, hence the horizon in windows (`[alerts] estimate_windows`).
+stream's classes, hence the horizon in windows (`[alerts] estimate_windows`), and it is not applied
+where the classes seen are too few to say anything of the models (`MIX_FRACTION`).
 """
 
 from __future__ import annotations
