@@ -37,8 +37,8 @@ TEMPLATE = jinja2.Template(
     """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>edge-ttt fleet drift report</title>
 <style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}
-td,th{border:1px solid #ccc;padding:.25em .6em;text-align:right}td{white-space:nowrap}
-td:first-child{text-align:left}
+td,th{border:1px solid #ccc;padding:.25em .6em;text-align:right}
+td:first-child{text-align:left;white-space:nowrap}
 .alert{color:#a00}</style></head><body>
 <h1>Fleet drift report</h1>
 <p>{{ devices|length }} devices, {{ intervals }} summaries, generated {{ generated }}.</p>
