@@ -54,30 +54,16 @@ def prepare_data(workdir: Path) -> dict[str, Path]:
     return paths
 
 
-def _missing(checkpoint: Path) -> list[str]:
-    """What this version's training writes into the reference and a cached checkpoint lacks (a
-    model from an older version: its bundle would run without, e.g., the calibrated drift limits);
-    a file that is no checkpoint lacks all of it."""
-    from export.checkpoint import load_checkpoint
-    from export.train import REFERENCE_KEYS
-
-    try:
-        reference = load_checkpoint(checkpoint).reference
-    except ValueError:
-        return list(REFERENCE_KEYS)
-    return [key for key in REFERENCE_KEYS if key not in reference]
-
-
 def prepare_model(
     workdir: Path, source_log: Path, epochs: int, retrain: bool, say: Callable[[str], None]
 ) -> Path:
     """The exported bundle; trained and exported only when no verified one is cached."""
     from edge_ttt.artifacts import MANIFEST, BundleError, load_bundle
     from export.bundle import export_checkpoint
-    from export.train import TrainConfig, train
+    from export.train import TrainConfig, missing_reference, train
 
     checkpoint, bundle = workdir / "model" / f"{MODEL}.pt", workdir / "model" / MODEL
-    missing = _missing(checkpoint) if checkpoint.exists() and not retrain else []
+    missing = missing_reference(checkpoint) if checkpoint.exists() and not retrain else []
     if missing:
         say(f"the cached {checkpoint} predates {', '.join(missing)} in its reference: training again")
     if retrain or not checkpoint.exists() or missing:

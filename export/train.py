@@ -21,7 +21,7 @@ from edge_ttt.adapt.mounting import posture_reference
 from edge_ttt.adapt.transforms import TRANSFORMS, transform_each, transformed_copies, triads
 from edge_ttt.recordlog import RecordedLog, read_log
 from edge_ttt.stream.window import WindowBatch, windows_from_log
-from export.checkpoint import SourceModel, save_checkpoint
+from export.checkpoint import SourceModel, load_checkpoint, save_checkpoint
 from export.models import build_model
 from export.norms import norm_layers
 from export.onnx_graph import example_inputs, explicit_forward, graph_names
@@ -43,6 +43,17 @@ REFERENCE_KEYS = (
     "mounting",
     "drift_limits",
 )
+
+
+def missing_reference(checkpoint: Path) -> list[str]:
+    """What this version's training writes into the reference and a cached checkpoint lacks (one
+    from an older version: its bundle would run without, e.g., the calibrated drift limits); a file
+    that is no checkpoint lacks all of it."""
+    try:
+        reference = load_checkpoint(checkpoint).reference
+    except (ValueError, FileNotFoundError):
+        return list(REFERENCE_KEYS)
+    return [key for key in REFERENCE_KEYS if key not in reference]
 
 
 @dataclass(frozen=True)

@@ -11,17 +11,23 @@ from benchmarks.harness import progress
 from edge_ttt.artifacts import BundleError, load_bundle
 from edge_ttt.recordlog import write_log
 from export.bundle import export_bundle
-from export.train import TrainConfig, train
+from export.train import TrainConfig, missing_reference, train
 from firmware_sim.datasets.watch import watch_logs
 
 
 def cached(paths: ModelPaths, name: str) -> bool:
-    """A checkpoint next to a bundle that verifies and holds the named model."""
+    """A checkpoint next to a bundle that verifies and holds the named model, from this version's
+    training (its reference lacks nothing that training writes now)."""
     try:
         bundle = load_bundle(paths.bundle)
     except BundleError:
         return False
-    return bundle.manifest.model.name == name and paths.checkpoint.is_file()
+    if bundle.manifest.model.name != name or not paths.checkpoint.is_file():
+        return False
+    missing = missing_reference(paths.checkpoint)
+    if missing:
+        progress(f"{paths.checkpoint} predates {', '.join(missing)} in its reference: training again")
+    return not missing
 
 
 def prepare_models(names: list[str], cache: Path, retrain: bool) -> dict[str, ModelPaths]:

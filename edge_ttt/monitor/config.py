@@ -53,11 +53,11 @@ class AlertsSection(Section):
     )
     reset_rate: float = Field(0.05, gt=0, description="(resets + rollbacks) per window over the window")
     reset_intervals: int = Field(6, ge=1, description="latest intervals the reset rate is taken over")
-    entropy_rise: float = Field(0.2, gt=0, description="nats the mean entropy rose over the window")
+    entropy_rise: float = Field(0.6, gt=0, description="nats the mean entropy rose over the window")
     entropy_intervals: int = Field(4, ge=2, description="latest intervals, each mean entropy above the last")
     silent_s: float = Field(900.0, gt=0, description="no summary for this long: device silent")
     accuracy_loss: float = Field(
-        0.10, gt=0, le=1, description="estimated accuracy below the reference by more: device losing accuracy"
+        0.15, gt=0, le=1, description="estimated accuracy below the reference by more: device losing accuracy"
     )
     estimate_windows: int = Field(
         600, ge=1, description="the latest intervals holding this many windows give a device's estimates"

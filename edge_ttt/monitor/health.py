@@ -22,10 +22,7 @@ COUNTS = (
     "skipped_no_drift",
     "fallbacks",
     "windows_on_source",
-    "estimated_windows",
-    "source_estimated_windows",
 )
-ESTIMATES = ("estimated_accuracy", "source_estimated_accuracy")
 EXPLAINING_CHANNELS = 3  # the worst channels named next to a device in the ranking
 
 
@@ -103,10 +100,7 @@ def health(
     else the one the summaries carry (since version 4; before, no loss is known)."""
     rules = rules or AlertsSection()
     fleet = fleet_estimates(intervals, rules.estimate_windows) if estimates is None else estimates
-    col = {
-        name: np.nan_to_num(intervals.array(name)) if name in COUNTS else intervals.array(name)
-        for name in (*COUNTS, *ESTIMATES)
-    }
+    col = {name: np.nan_to_num(intervals.array(name)) for name in COUNTS}
     out = []
     for i, device in enumerate(intervals.devices):
         at = intervals.scores(i)
