@@ -11,16 +11,13 @@ the alerts. The clean control of `edge-ttt demo` is one such wearer; this is the
 
 from __future__ import annotations
 
-import argparse
-import json
-import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from benchmarks.adaptation.models import prepare_models
-from benchmarks.harness import machine_info, progress
+from benchmarks.harness import one_model_args, progress, share, write_json
 from edge_ttt.adapt.engine import Engine
 from edge_ttt.adapt.ort_model import OrtModel
 from edge_ttt.artifacts import load_bundle
@@ -90,29 +87,16 @@ def run_order(bundle_dir: Path, order: str, location: str) -> list[dict]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="python -m benchmarks.clean_wearers", description=__doc__.splitlines()[0]
-    )
-    parser.add_argument("--model", default="cnn-bn", help="reference model")
-    parser.add_argument("--cache", type=Path, default=Path("runs/bench"), help="trained models and bundles")
-    parser.add_argument(
-        "--out", type=Path, default=Path("benchmarks/results/clean_wearers"), help="result files"
-    )
-    args = parser.parse_args(argv)
+    args = one_model_args("benchmarks.clean_wearers", __doc__, "benchmarks/results/clean_wearers", argv)
     bundle_dir = prepare_models([args.model], args.cache, False)[args.model].bundle
     rows = []
     for order in ORDERS:
         with tempfile.TemporaryDirectory() as location:
             rows += run_order(bundle_dir, order, location)
         progress(f"{order}: {sum(bool(r['alerts']) for r in rows if r['order'] == order)} devices alerted")
-    args.out.mkdir(parents=True, exist_ok=True)
-    meta = machine_info("benchmarks.clean_wearers", sys.argv[1:] if argv is None else argv)
-    (args.out / "clean_wearers.json").write_text(
-        json.dumps({"meta": meta, "model": args.model, "rows": rows}, indent=1)
+    meta = write_json(
+        args.out, "clean_wearers", "benchmarks.clean_wearers", argv, model=args.model, rows=rows
     )
-
-    def pct(value: float | None) -> str:
-        return "n/a" if value is None else f"{100 * value:.1f}"
 
     lines = [
         "# Clean wearers through the fleet side: alerts on devices that did not drift",
@@ -124,8 +108,8 @@ def main(argv: list[str] | None = None) -> None:
         "|---|---|---:|---:|---:|---|",
     ]
     lines += [
-        f"| {r['order']} | {r['device']} | {pct(r['served_true'])} ({pct(r['served_estimate'])}) | "
-        f"{pct(r['source_true'])} ({pct(r['source_estimate'])}) | {pct(r['reference'])} | "
+        f"| {r['order']} | {r['device']} | {share(r['served_true'])} ({share(r['served_estimate'])}) | "
+        f"{share(r['source_true'])} ({share(r['source_estimate'])}) | {share(r['reference'])} | "
         f"{', '.join(r['alerts']) or '-'} |"
         for r in rows
     ]

@@ -9,16 +9,13 @@ Writes device_rotations.json and .md to --out.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import json
-import sys
 from pathlib import Path
 
 import numpy as np
 
 from benchmarks.adaptation.models import prepare_models
-from benchmarks.harness import machine_info, progress
+from benchmarks.harness import one_model_args, progress, write_json
 from edge_ttt.adapt.engine import Engine
 from edge_ttt.adapt.ort_model import OrtModel
 from edge_ttt.artifacts import load_bundle
@@ -66,15 +63,7 @@ def accuracy(bundle_dir: Path, log: RecordedLog, aligned: bool) -> tuple[float, 
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="python -m benchmarks.device_rotations", description=__doc__.splitlines()[0]
-    )
-    parser.add_argument("--model", default="cnn-bn", help="reference model")
-    parser.add_argument("--cache", type=Path, default=Path("runs/bench"), help="trained models and bundles")
-    parser.add_argument(
-        "--out", type=Path, default=Path("benchmarks/results/input_alignment"), help="result files"
-    )
-    args = parser.parse_args(argv)
+    args = one_model_args("benchmarks.device_rotations", __doc__, "benchmarks/results/input_alignment", argv)
     bundle_dir = prepare_models([args.model], args.cache, False)[args.model].bundle
     log = watch_logs()["target"]
     shifts = {**{name: (m, "quarter turn") for name, m in MOUNTINGS.items()}}
@@ -98,10 +87,8 @@ def main(argv: list[str] | None = None) -> None:
                 }
             )
             progress(f"{device} {name}: {aligned:.1f} vs {unaligned:.1f} ({switches} switches)")
-    args.out.mkdir(parents=True, exist_ok=True)
-    meta = machine_info("benchmarks.device_rotations", sys.argv[1:] if argv is None else argv)
-    (args.out / "device_rotations.json").write_text(
-        json.dumps({"meta": meta, "model": args.model, "rows": rows}, indent=1)
+    meta = write_json(
+        args.out, "device_rotations", "benchmarks.device_rotations", argv, model=args.model, rows=rows
     )
     lines = [
         "# One device turned: the default policy with and without input alignment",

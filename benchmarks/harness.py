@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import json
 import os
 import platform
 import shlex
@@ -101,6 +102,23 @@ def add_output_options(p: argparse.ArgumentParser) -> None:
     """Where a benchmark keeps its trained models (`--cache`) and writes its tables (`--out`)."""
     p.add_argument("--cache", type=Path, default=Path("runs/bench"), help="trained models and bundles")
     p.add_argument("--out", type=Path, default=Path("benchmarks/results"), help="where the result files go")
+
+
+def one_model_args(module: str, doc: str | None, out: str, argv: list[str] | None) -> argparse.Namespace:
+    """The options of a benchmark of one reference model: `--model`, `--cache`, `--out` (default `out`)."""
+    parser = argparse.ArgumentParser(prog=f"python -m {module}", description=(doc or "").splitlines()[0])
+    parser.add_argument("--model", default="cnn-bn", help="reference model")
+    parser.add_argument("--cache", type=Path, default=Path("runs/bench"), help="trained models and bundles")
+    parser.add_argument("--out", type=Path, default=Path(out), help="result files")
+    return parser.parse_args(argv)
+
+
+def write_json(out: Path, stem: str, module: str, argv: list[str] | None, **content) -> dict:
+    """`<out>/<stem>.json`: `content` and the run's machine info as `meta`, which is returned."""
+    out.mkdir(parents=True, exist_ok=True)
+    meta = machine_info(module, sys.argv[1:] if argv is None else argv)
+    (out / f"{stem}.json").write_text(json.dumps({"meta": meta, **content}, indent=1))
+    return meta
 
 
 def progress(message: str) -> None:
