@@ -9,6 +9,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from edge_ttt.monitor.figures import finished, small_multiples
+from edge_ttt.monitor.health import drift_scores
 
 COLUMNS = [
     "device_id",
@@ -35,12 +36,8 @@ def latest_rows(table: pa.Table, devices: list[str]) -> dict[str, dict]:
 
 def worst_channel(row: dict) -> int | None:
     """The channel whose PSI is furthest above its limit (the largest PSI without limits)."""
-    psi = np.array([np.nan if v is None else v for v in row["psi"] or []], np.float64)
-    if not np.isfinite(psi).any():
-        return None
-    limit = np.array([np.nan if v is None else v for v in row["psi_limit"] or [None] * len(psi)], np.float64)
-    score = np.where(np.isfinite(limit) & (limit > 0), psi / np.where(limit > 0, limit, 1.0), psi)
-    return int(np.nanargmax(score))
+    scores = drift_scores(row)
+    return int(np.nanargmax(scores)) if np.isfinite(scores).any() else None
 
 
 def plot(devices: list[str], rows: dict[str, dict]) -> str | None:

@@ -63,15 +63,29 @@ class DeviceHealth:
         return self.estimated_accuracy - self.source_estimated_accuracy
 
 
+def drift_scores(row: dict) -> np.ndarray:
+    """Per channel of a summary row, how drifted it is: its PSI over the calibrated limit the summary
+    carries (above 1: beyond what in-distribution devices reach), the PSI itself where there is no
+    limit; NaN without data. A new wearer's 3.0 on one axis can be less drift than 1.5 on another."""
+    psi = np.array([np.nan if v is None else v for v in row["psi"] or []], np.float64)
+    limits = row.get("psi_limit") or []
+    limit = np.array([np.nan if v is None else v for v in limits], np.float64)
+    if len(limit) != len(psi):
+        return psi
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(np.isfinite(limit) & (limit > 0), psi / limit, psi)
+
+
 def _worst_channels(row: dict) -> tuple[tuple[str, str], ...]:
-    """(channel, PSI as text) of the latest interval, worst first."""
+    """(channel, PSI as text) of the latest interval, the most drifted first (`drift_scores`)."""
+    scores = drift_scores(row)
     named = [
-        (name, value)
-        for name, value in zip(row["channels"] or [], row["psi"] or [], strict=False)
+        (score, name, value)
+        for name, value, score in zip(row["channels"] or [], row["psi"] or [], scores, strict=False)
         if value is not None and not math.isnan(value)
     ]
-    worst = sorted(named, key=lambda nv: -nv[1])[:EXPLAINING_CHANNELS]
-    return tuple((name, f"{value:.2f}") for name, value in worst)
+    worst = sorted(named, key=lambda snv: -snv[0])[:EXPLAINING_CHANNELS]
+    return tuple((name, f"{value:.2f}") for _, name, value in worst)
 
 
 def drifting_since(intervals: Intervals, i: int, min_windows: int = 1) -> str | None:

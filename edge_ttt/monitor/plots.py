@@ -8,32 +8,34 @@ import numpy as np
 
 from edge_ttt.monitor.estimates import rolling
 from edge_ttt.monitor.figures import finished, plt, png, small_multiples
-from edge_ttt.monitor.health import DeviceHealth
+from edge_ttt.monitor.health import DeviceHealth, drift_scores
 from edge_ttt.monitor.intervals import Intervals
 
 HEATMAP_DEVICES = 40  # rows of the heat map: the top of the ranking, numbers still legible
 
 
 def heatmap(ranked: list[DeviceHealth], intervals: Intervals) -> str:
-    """Latest PSI per device (rows, ranked) and channel (columns, the union over devices), the value
-    written in each cell."""
+    """Latest interval per device (rows, ranked) and channel (columns, the union over devices): the
+    colour is how drifted (`drift_scores`: PSI over its calibrated limit), the number the PSI."""
     shown = ranked[:HEATMAP_DEVICES]
     latest = [intervals.rows(intervals.devices.index(h.device), last=1)[0] for h in shown]
     channels = sorted({c for last in latest for c in last["channels"] or []})
-    grid = np.full((len(shown), len(channels)), np.nan)
+    psi, score = np.full((len(shown), len(channels)), np.nan), np.full((len(shown), len(channels)), np.nan)
     for i, last in enumerate(latest):
-        for name, value in zip(last["channels"] or [], last["psi"] or [], strict=False):
-            grid[i, channels.index(name)] = np.nan if value is None else value
+        columns = [channels.index(name) for name in last["channels"] or []]
+        values = [np.nan if v is None else v for v in last["psi"] or []]
+        psi[i, columns[: len(values)]] = values[: len(columns)]
+        score[i, columns[: len(values)]] = drift_scores(last)[: len(columns)]
     fig, ax = plt.subplots(figsize=(1.6 + 0.8 * max(len(channels), 1), 1 + 0.35 * max(len(shown), 1)))
-    image = ax.imshow(grid, aspect="auto", cmap="Reds", vmin=0)
-    top = np.nanmax(grid) if np.isfinite(grid).any() else 1.0
-    for (i, j), value in np.ndenumerate(grid):
+    top = max(2.0, float(np.nanmax(score))) if np.isfinite(score).any() else 2.0
+    image = ax.imshow(score, aspect="auto", cmap="Reds", vmin=0, vmax=top)
+    for (i, j), value in np.ndenumerate(psi):
         if not np.isnan(value):
-            color = "white" if value > 0.6 * top else "black"
+            color = "white" if score[i, j] > 0.6 * top else "black"
             ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize="small", color=color)
     ax.set_xticks(range(len(channels)), channels)
     ax.set_yticks(range(len(shown)), [h.device for h in shown])
-    fig.colorbar(image, ax=ax, label="PSI (latest interval)")
+    fig.colorbar(image, ax=ax, label="PSI over its no-drift limit (above 1: drifted)")
     return png(fig)
 
 
