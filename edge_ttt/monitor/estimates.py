@@ -102,7 +102,9 @@ def rolling(intervals: Intervals, i: int, span: int) -> Rolling:
     held = np.concatenate([[0.0], np.cumsum(windows)])
     # the latest start whose intervals up to j hold `span` windows (0 when none does)
     starts = np.maximum(np.searchsorted(held, held[1:] - span, side="right") - 1, 0)
-    latest = table.slice(len(table) - 1).to_pylist()[0]
+    latest = (
+        table.slice(len(table) - 1).select(["class_counts", "ref_class_prior", "ref_accuracy"]).to_pylist()[0]
+    )
     k = len(latest["class_counts"] or [])
     prior = np.asarray(latest["ref_class_prior"] or np.full(k, 1.0 / max(k, 1)), np.float64)
     served, source = _bounds(table, prior, starts)
