@@ -21,8 +21,9 @@ from benchmarks.harness import one_model_args, progress, share, write_json
 from edge_ttt.adapt.engine import Engine
 from edge_ttt.adapt.ort_model import OrtModel
 from edge_ttt.artifacts import load_bundle
+from edge_ttt.drift.reference import Reference
 from edge_ttt.drift.schema import to_table
-from edge_ttt.drift.summary import Reference, SummaryCollector
+from edge_ttt.drift.summary import SummaryCollector
 from edge_ttt.monitor import dataset
 from edge_ttt.monitor.alerts import evaluate
 from edge_ttt.monitor.config import AlertsSection

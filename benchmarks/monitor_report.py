@@ -27,8 +27,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from edge_ttt.drift.reference import Reference
 from edge_ttt.drift.schema import to_table
-from edge_ttt.drift.summary import Reference, SummaryCollector
+from edge_ttt.drift.summary import SummaryCollector
 from edge_ttt.monitor import dataset, distributions
 from edge_ttt.monitor.config import AlertsSection
 from edge_ttt.monitor.report import REPORT_COLUMNS, write_report

@@ -13,8 +13,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from edge_ttt.class_mix import class_mix_cap
+from edge_ttt.drift.reference import Reference
 from edge_ttt.drift.schema import SCHEMA, SCHEMA_VERSION, from_table, read_table, to_table
-from edge_ttt.drift.summary import COUNTERS, Reference, SummaryCollector, merge_summaries
+from edge_ttt.drift.summary import COUNTERS, SummaryCollector, merge_summaries
 from edge_ttt.monitor import dataset
 from edge_ttt.monitor.health import health
 from edge_ttt.monitor.intervals import Intervals

@@ -10,8 +10,9 @@ import pytest
 from pydantic import ValidationError
 
 from edge_ttt.drift.calibration import drift_limits, held_out_psi, limit_at, window_counts
+from edge_ttt.drift.reference import Reference
 from edge_ttt.drift.schema import from_table, to_table
-from edge_ttt.drift.summary import DriftSummary, Reference, SummaryCollector, merge_summaries
+from edge_ttt.drift.summary import DriftSummary, SummaryCollector, merge_summaries
 from edge_ttt.manifest import DriftLimits
 from edge_ttt.manifest import Reference as ManifestReference
 from edge_ttt.monitor import dataset

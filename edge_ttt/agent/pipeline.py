@@ -18,7 +18,8 @@ import numpy as np
 from edge_ttt.adapt.engine import AutoInputs, Engine, FallbackOptions, InputOptions, Predictions, RunOptions
 from edge_ttt.adapt.ort_model import OrtModel
 from edge_ttt.agent.checkpoints import CheckpointWriter, restore, state_path
-from edge_ttt.drift.summary import DriftSummary, Reference, SummaryCollector
+from edge_ttt.drift.reference import Reference
+from edge_ttt.drift.summary import DriftSummary, SummaryCollector
 from edge_ttt.logs import RateLimitedLog
 from edge_ttt.manifest import Manifest, check_fits, sample_period_ns
 from edge_ttt.stream.codec import Frame, FrameError

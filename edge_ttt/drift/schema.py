@@ -14,8 +14,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from edge_ttt.drift.reference import Reference
 from edge_ttt.drift.stats import Histogram, Mean, Moments
-from edge_ttt.drift.summary import COUNTERS, Adaptation, DriftSummary, Reference
+from edge_ttt.drift.summary import COUNTERS, Adaptation, DriftSummary
 
 SCHEMA_VERSION = 4  # 2: accuracy estimates, fallbacks, windows_on_source; 3: spool_dropped,
 # frames_missing; 4: in-distribution PSI limits (psi_limit, ref_limit_windows, ref_limit_psi), the

@@ -21,6 +21,7 @@ import numpy as np
 
 from edge_ttt import __version__
 from edge_ttt.drift.calibration import limit_at
+from edge_ttt.drift.reference import Reference
 from edge_ttt.drift.stats import Histogram, Mean, Moments, mean_shift, psi
 
 COUNTERS = (
@@ -37,39 +38,6 @@ BINS = 20  # confidence and entropy histograms: equal-width bins over [0, 1] and
 LATENCY_EDGES_MS = tuple(float(e) for e in np.geomspace(0.1, 10_000.0, 41))  # 0.1 ms to 10 s, x1.33
 _MERGED = uuid.UUID("6c1d5e2a-3f0b-4b8e-9a51-0d7e4c2f9b10")  # namespace of merged summaries' ids
 ANY = "*"  # an identity field that differs between merged summaries
-
-
-@dataclass(frozen=True)
-class Reference:
-    """The source distribution a summary is scored against (from the manifest's `reference`)."""
-
-    channels: tuple[str, ...]
-    mean: tuple[float, ...]
-    var: tuple[float, ...]
-    edges: tuple[tuple[float, ...], ...]  # inner histogram edges per channel
-    share: tuple[tuple[float, ...], ...]  # source share per bin, per channel
-    classes: tuple[str, ...]
-    limit_windows: tuple[int, ...] = ()  # interval sizes of the in-distribution PSI limits
-    limit_psi: tuple[tuple[float, ...], ...] = ()  # [size][channel]; empty: not calibrated
-    class_prior: tuple[float, ...] = ()  # source class shares; empty: not recorded
-    accuracy: float | None = None  # the source model's held-out validation accuracy
-
-    @classmethod
-    def from_manifest(cls, manifest: Any) -> Reference:
-        ref = manifest.reference.channels
-        limits = manifest.reference.drift_limits
-        return cls(
-            tuple(c.name for c in ref),
-            tuple(c.mean for c in ref),
-            tuple(c.var for c in ref),
-            tuple(tuple(c.hist_edges) for c in ref),
-            tuple(tuple(c.hist_share) for c in ref),
-            tuple(manifest.model.classes),
-            () if limits is None else tuple(limits.windows),
-            () if limits is None else tuple(tuple(row) for row in limits.psi),
-            tuple(manifest.reference.class_prior or ()),
-            manifest.reference.val_accuracy,
-        )
 
 
 @dataclass(frozen=True)
