@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -145,6 +146,40 @@ def test_one_broken_reading_moves_the_estimates_only_a_bounded_step():
     assert np.all(np.abs(stage.offset - before_offset) <= 0.01 * 50 * source.std(axis=(0, 2)) * 1.2)
 
 
+def test_a_block_of_windows_moves_the_estimates_as_one_by_one_folding_does():
+    """Within the bounds, a block differs from folding its windows in turn only by the gain the
+    offsets are read with (the block's last, not each window's), which matters where the gain
+    moves fast (the first blocks) and in proportion to the channel's level."""
+    source = smooth_windows(300, seed=1)
+    gain = np.array([2.0, 0.5, 1.3])
+    stream = smooth_windows(160, seed=2) * gain[None, :, None] + 1.0
+    one = stage_for(source, replace(BARE, learn_every=1))
+    block = stage_for(source, replace(BARE, learn_every=16))
+    feed(one, stream)
+    feed(block, stream)
+    assert block.windows == one.windows == 160
+    assert np.allclose(block.autocov, one.autocov, rtol=1e-9)
+    assert np.allclose(block.expected, one.expected, rtol=1e-9)
+    levels = np.abs(source.mean(axis=(0, 2)))
+    assert np.all(np.abs(block.offset - one.offset) <= 0.05 * gain * (1 + levels))
+
+
+def test_the_estimates_move_once_a_block_has_gathered_and_a_state_includes_the_rest():
+    source = smooth_windows(100, seed=1)
+    stage = stage_for(source, replace(BARE, learn_every=4))
+    shifted = smooth_windows(7, seed=2) * 3.0 + 2.0
+    feed(stage, shifted[:3])
+    assert stage.windows == 0 and not stage.offset.any()  # three gathered, none learnt
+    feed(stage, shifted[3:4])
+    assert stage.windows == 4 and stage.offset.any()
+    feed(stage, shifted[4:])
+    saved = stage.state()  # the three gathered since are learnt first
+    assert int(saved["windows"]) == stage.windows == 7
+    other = stage_for(source, replace(BARE, learn_every=1))
+    feed(other, shifted)
+    assert np.allclose(other.autocov, stage.autocov, rtol=1e-9)
+
+
 def test_unreliable_windows_teach_nothing():
     source = smooth_windows(50, seed=1)
     refs = class_references(source, np.zeros(50, int), 1)
@@ -175,6 +210,7 @@ def test_state_round_trip_restores_the_correction_bit_for_bit():
         {"reliable_quantile": 1.5},
         {"prior_momentum": 1.0},
         {"dead_band": -0.1},
+        {"learn_every": 0},
     ],
 )
 def test_options_refuse_values_out_of_range(bad: dict):
@@ -260,7 +296,7 @@ def test_a_rollback_of_the_policy_restarts_the_alignment_too(bundle_dir: Path):
             assert engine.inputs.windows == 0 and engine.inputs.mounting.turn == 0
             restarts += 1
         undone = now
-    assert restarts > 0 and engine.inputs.windows > 0  # and it learns again after
+    assert restarts > 0 and engine.inputs.state()["windows"] > 0  # and it learns again after
 
 
 def test_the_guard_still_refuses_nan_and_flat_windows_with_alignment(bundle_dir: Path):
@@ -305,6 +341,12 @@ def test_config_turns_alignment_on_with_its_options_and_names_a_bad_key(tmp_path
         write(tmp_path, BASE + "[model.input]\nenabled = true\nmomentum = 0.01\n"), check_files=False
     )
     assert on.model.input.options() == InputOptions(momentum=0.01)
+    every_key = "[model.input]\nenabled = true\noffset_floor = 0.2\nmounting = false\nlearn_every = 4\n"
+    assert load_config(write(tmp_path, BASE + every_key), check_files=False).model.input.options() == (
+        InputOptions(offset_floor=0.2, mounting=False, learn_every=4)
+    )
+    message = problems(write(tmp_path, BASE + "[model.input]\nlearn_every = 0\n"), check_files=False)
+    assert "model.input.learn_every: must be at least 1, got 0" in message
     message = problems(
         write(tmp_path, BASE + "[model.input]\nenabled = true\nmomentun = 0.01\n"), check_files=False
     )

@@ -138,3 +138,19 @@ def test_options_refuse_values_out_of_range():
         MountOptions(ratio=1.0)
     with pytest.raises(ValueError, match="min_classes"):
         MountOptions(min_classes=0.5)
+
+
+def test_a_block_of_windows_scores_as_the_same_windows_one_by_one():
+    """`update` folds a call's windows in one step, with the weights folding them in turn gives;
+    a NaN window counts in neither."""
+    x, labels, owners = stream(400, seed=3)
+    upside_down = turn(stream(40, seed=4)[0], TURNS[5])
+    upside_down[7, 1, 3] = np.nan
+    one_by_one, in_blocks = mounting_for(x, labels, owners), mounting_for(x, labels, owners)
+    for i in range(len(upside_down)):
+        one_by_one.update(upside_down[i : i + 1])
+    for start in range(0, len(upside_down), 16):
+        in_blocks.update(upside_down[start : start + 16])
+    assert in_blocks.windows == one_by_one.windows == 39
+    assert np.allclose(in_blocks.score, one_by_one.score, rtol=1e-12)
+    assert np.allclose(in_blocks.mix, one_by_one.mix, rtol=1e-12)

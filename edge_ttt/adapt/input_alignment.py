@@ -16,6 +16,11 @@ A window's pull is bounded (its autocovariance counts at most `MAX_STEP` times t
 offset residual at most `RANGE_SIGMAS` source stds), so one broken reading cannot throw the
 estimates far, while a real unit error (x57.3) is still learnt within tens of windows.
 
+Past the warm-up, windows are learnt in blocks of `learn_every` (one vectorised fold of the
+momentum means, and of the mounting's scores): folded one by one, at batch size 1, they cost more
+than the model's forward pass. The bounds of a block are taken from the estimates at its start;
+in the warm-up, where those move fastest (a unit error), each call is folded on its own.
+
 Protections: only confident windows (entropy below a source quantile) update, as in the default
 policy; and a dead band leaves a channel alone while its estimated shift is within the spread
 already seen between the source devices (stored at export): the model was trained across that
@@ -25,6 +30,7 @@ streams. Beyond the band the shift is undone, nearly whole when far beyond it (`
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -66,8 +72,11 @@ class InputOptions:
     dead_band: float = 1.0
     offset_floor: float = 0.4
     mounting: bool = True
+    learn_every: int = 16
 
     def __post_init__(self) -> None:
+        if self.learn_every < 1:
+            raise ValueError(f"input alignment learn_every must be 1 or more, got {self.learn_every}")
         if not 0.0 < self.momentum <= 1.0:
             raise ValueError(f"input alignment momentum must be in (0, 1], got {self.momentum}")
         if self.warmup_windows < 0 or self.dead_band < 0 or self.offset_floor < 0:
@@ -151,7 +160,9 @@ class InputAlignment:
     A source window `s` (one class, one channel) seen through gain 2 and offset 5 is undone:
 
     >>> s = np.array([[[1.0, 2.0, 3.0, 4.0]]])
-    >>> bare = InputOptions(momentum=1.0, warmup_windows=0.0, reliable_quantile=1.0, offset_floor=0.0)
+    >>> bare = InputOptions(
+    ...     momentum=1.0, warmup_windows=0.0, reliable_quantile=1.0, offset_floor=0.0, learn_every=1
+    ... )
     >>> stage = InputAlignment(bare, window_features(s), channel_std=np.ones(1))
     >>> stage.update(2 * s + 5, probs=np.ones((1, 1)), entropy=np.zeros(1))
     >>> stage.apply(2 * s + 5).round(6).tolist()
@@ -192,6 +203,8 @@ class InputAlignment:
         self.windows = 0
         self.balance = ClassBalance(len(self.ref_mean), self.options.prior_momentum)
         self._corrections: dict[float, tuple[np.ndarray, np.ndarray]] = {}  # per offset floor, when asked
+        self._pending: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # windows not learnt yet
+        self._pending_windows = 0
 
     @property
     def log_gain(self) -> np.ndarray:
@@ -225,11 +238,24 @@ class InputAlignment:
         return ((np.asarray(x, np.float64) - offset[None, :, None]) / gain[None, :, None]).astype(np.float32)
 
     def update(self, x: np.ndarray, probs: np.ndarray, entropy: np.ndarray) -> None:
-        """Learn from raw windows and the model's predictions on their corrected copies. The
-        mounting learns from every window (a wrongly mounted device is rarely confident); the
-        gain and offset, learnt in the old orientation, start afresh when it changes."""
-        o = self.options
-        x = np.asarray(x)
+        """Learn from raw windows and the model's predictions on their corrected copies, once
+        `learn_every` windows have gathered (`flush`); in the warm-up after every call, window
+        by window, so that a unit error is learnt as fast as a window's bounded pull allows."""
+        if not len(x):
+            return
+        self._pending.append((np.array(x, copy=True), np.asarray(probs, np.float64), np.asarray(entropy)))
+        self._pending_windows += len(x)
+        if self._pending_windows >= self.options.learn_every or self.windows < self.options.warmup_windows:
+            self.flush()
+
+    def flush(self) -> None:
+        """Learn from the gathered windows now. The mounting learns from every window (a wrongly
+        mounted device is rarely confident); the gain and offset, learnt in the old orientation,
+        start afresh when it changes, and the block is dropped."""
+        if not self._pending:
+            return
+        x, probs, entropy = (np.concatenate(part) for part in zip(*self._pending, strict=True))
+        self._pending, self._pending_windows = [], 0
         if self.mounting is not None:
             turned = self.mounting.apply(x)
             before = self.mounting.turn
@@ -238,27 +264,41 @@ class InputAlignment:
                 self._reset_channels()
                 return
             x = turned
-        keep = np.asarray(entropy) < self.reliable_entropy
-        if not keep.any():
-            return
-        mean, autocov = window_features(x[keep])
-        self._corrections = {}
-        probs = np.asarray(probs, np.float64)[keep]
+        keep = entropy < self.reliable_entropy
+        x, probs = x[keep], probs[keep]
+        one_by_one = min(len(x), max(0, math.ceil(self.options.warmup_windows - self.windows)))
+        for i in range(one_by_one):  # the warm-up: each window's bounds from the one before
+            self._fold(x[i : i + 1], probs[i : i + 1])
+        if one_by_one < len(x):
+            self._fold(x[one_by_one:], probs[one_by_one:])
+
+    def _fold(self, x: np.ndarray, probs: np.ndarray) -> None:
+        """The momentum means moved by a block of reliable windows in one step: each window's
+        weight is what folding them one by one gives it; the cap on the autocovariance and the
+        offset's reach come from the estimates before the block."""
+        o = self.options
+        mean, autocov = window_features(x)
         ref_mean, ref_autocov = probs @ self.ref_mean, probs @ self.ref_autocov
         weights = self.balance.weights(probs.argmax(axis=1)) if o.prior_momentum > 0 else np.ones(len(probs))
-        for i, w in enumerate(weights):
-            self.windows += 1
-            a = w * max(o.momentum, 1.0 / (self.windows + o.warmup_windows))
-            cap = MAX_STEP * np.maximum(self.autocov, self.expected)
-            self.autocov += a * (np.minimum(autocov[i], cap) - self.autocov)
-            self.expected += a * (ref_autocov[i] - self.expected)
-            gain = np.exp(self.log_gain)
-            reach = RANGE_SIGMAS * self.std * gain
-            self.offset += a * np.clip(mean[i] - gain * ref_mean[i] - self.offset, -reach, reach)
+        counts = self.windows + 1 + np.arange(len(x))
+        rates = weights * np.maximum(o.momentum, 1.0 / (counts + o.warmup_windows))
+        kept = np.cumprod((1.0 - rates)[::-1])[::-1]  # of window i's value, the share windows i.. keep
+        share = rates * np.append(kept[1:], 1.0)  # each window's weight in the means after the block
+        cap = MAX_STEP * np.maximum(self.autocov, self.expected)
+        self.autocov = kept[0] * self.autocov + share @ np.minimum(autocov, cap)
+        self.expected = kept[0] * self.expected + share @ ref_autocov
+        gain = np.exp(self.log_gain)
+        reach = RANGE_SIGMAS * self.std * gain
+        residual = np.clip(mean - gain * ref_mean - self.offset, -reach, reach)
+        self.offset = self.offset + share @ residual
+        self.windows += len(x)
+        self._corrections = {}
         if o.prior_momentum > 0:
             self.balance.observe(probs.argmax(axis=1))
 
     def state(self) -> Arrays:
+        """The estimates with every window seen so far learnt (`flush` first)."""
+        self.flush()
         flat = {
             "offset": self.offset.copy(),
             "autocov": self.autocov.copy(),
@@ -281,6 +321,7 @@ class InputAlignment:
         self.windows = int(flat["windows"])
         self.balance.share = np.asarray(flat["prior"], np.float64).copy()
         self._corrections = {}
+        self._pending, self._pending_windows = [], 0
 
 
 def for_bundle(manifest: Manifest, bundle_path: str | Path, options: InputOptions) -> InputAlignment:

@@ -180,20 +180,26 @@ class Mounting:
         return out
 
     def update(self, x: np.ndarray) -> None:
-        """Score every candidate on the raw windows' gravity, and maybe change the orientation."""
+        """Score every candidate on the raw windows' gravity, and maybe change the orientation.
+        The windows of one call fold into the momentum means in one step, each weighted as folding
+        them one by one would; the orientation is judged after the last."""
         o = self.options
         gravity = np.asarray(x, np.float64)[:, self.triad].mean(axis=2)  # [n, 3]
-        for g in gravity:
-            if not np.all(np.isfinite(g)):
-                continue
-            d = (self._turned @ g).reshape(len(TURNS), -1)  # [24, P]: the window under every turn
-            d = self._norms - 2.0 * d
-            index = d.argmin(axis=1)
-            distance = d[np.arange(len(TURNS)), index] + g @ g
-            self.score += o.momentum * (distance - self.score)
-            self.mix *= 1.0 - o.momentum
-            self.mix[np.arange(len(TURNS)), self.classes[index]] += o.momentum
-            self.windows += 1
+        gravity = gravity[np.isfinite(gravity).all(axis=1)]
+        n = len(gravity)
+        if n:
+            turns = np.arange(len(TURNS))
+            d = self._norms - 2.0 * (gravity @ self._turned.T).reshape(n, len(TURNS), -1)  # [n, 24, P]
+            index = d.argmin(axis=2)  # [n, 24]: each window's nearest posture under every turn
+            distance = (
+                np.take_along_axis(d, index[:, :, None], axis=2)[:, :, 0] + (gravity**2).sum(axis=1)[:, None]
+            )
+            share = o.momentum * (1.0 - o.momentum) ** np.arange(n - 1, -1, -1)  # the last window: momentum
+            kept = (1.0 - o.momentum) ** n
+            self.score = kept * self.score + share @ distance
+            self.mix *= kept
+            np.add.at(self.mix, (np.broadcast_to(turns, index.shape), self.classes[index]), share[:, None])
+            self.windows += n
         if self.windows < o.min_windows:
             return
         # The scores start at 0: divided by the weight their windows have had so far, they are

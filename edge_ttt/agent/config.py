@@ -112,6 +112,9 @@ class InputSection(Section):
     dead_band: float = Field(
         InputOptions.dead_band, ge=0.0, description="x the spread between source devices"
     )
+    offset_floor: float = Field(InputOptions.offset_floor, ge=0.0, description="source stds")
+    mounting: bool = InputOptions.mounting
+    learn_every: int = Field(InputOptions.learn_every, ge=1, description="windows learnt in one block")
 
     def options(self) -> InputOptions | AutoInputs | None:
         """What the engine takes: None when disabled, `AutoInputs` for auto."""
