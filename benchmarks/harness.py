@@ -63,7 +63,8 @@ def machine_info(module: str, argv: list[str]) -> dict:
     return {
         "date_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "git_commit": _git("rev-parse", "HEAD"),
-        "git_dirty": bool(_git("status", "--porcelain")),
+        # results written earlier in the same run (or by another benchmark) are not the code's changes
+        "git_dirty": bool(_git("status", "--porcelain", "--", ".", ":!benchmarks/results")),
         "command": shlex.join(["python", "-m", module, *argv]),
         "versions": {
             "python": platform.python_version(),
