@@ -1,6 +1,6 @@
 """`python -m benchmarks.alignment_cost [--model M]`: what input alignment costs the default policy
 at batch size 1 for each block size it learns in (`InputOptions.learn_every`), side by side in one
-run: `steady` with its drift gate open (a gradient pass on every window, as the performance
+run: `steady` with its drift gate open (its cost while it adapts, as the performance
 benchmark's `steady-ungated`) at `learn_every` 1 (every window folded on its own), 4, 16 (the
 default) and 64, and the same without alignment. (Ratios to PyTorch's Tent step are the performance
 benchmark's: on 64 consecutive windows a column runs with warm caches, which favours the Tent step.)

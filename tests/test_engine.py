@@ -28,6 +28,7 @@ AGGRESSIVE_STEADY = dict(
     snapshot_every=4,
     rollback_cooldown=8,
     gate_shift=0.0,
+    step_every=1,
 )
 
 
@@ -320,6 +321,24 @@ def test_drift_gate_skips_gradient_steps_on_source_like_input(bundle_dir: Path):
     shift = e.policy.gate.shift()
     assert e.policy.gate.open and shift > 0.5
     assert e.counters.skipped_no_drift < 150  # steps were taken once it opened
+
+
+def test_steady_steps_on_every_step_every_th_window_and_judges_every_window(bundle_dir: Path):
+    """With the gate open, one window in `step_every` takes a training pass; the windows between
+    take a forward pass only, and the reliability filter still judges and counts each of them."""
+    e = engine(bundle_dir, "steady", gate_shift=0.0, gate_spread=0.0, reliable_quantile=0.7)
+    assert e.policy.options.step_every == 4  # the default
+    passes, outputs = [], []
+    train, update = e.model.forward_backward, e.policy.update
+    e.model.forward_backward = lambda *a, **k: passes.append(1) or train(*a, **k)
+    e.policy.update = lambda x: outputs.append(update(x)) or outputs[-1]
+    x = windows(40, seed=5) * 1.5
+    for i in range(len(x)):
+        e.process(x[i : i + 1])
+    assert len(passes) == 10  # windows 4, 8, ..., 40
+    unreliable = sum(int(o.entropy[0] >= e.policy.reliable_entropy) for o in outputs)
+    assert 0 < unreliable < 40 and e.counters.skipped_unreliable == unreliable
+    assert int(e.policy.state()["since_step"]) == 0 and e.counters.skipped_no_drift == 0
 
 
 def test_engines_of_several_devices_can_share_one_model(bundle_dir: Path):

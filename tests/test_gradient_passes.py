@@ -67,7 +67,8 @@ def confident_bundle(tmp_path_factory) -> Path:
 @pytest.mark.parametrize("batch", [1, 2, 16])
 def test_predictions_and_states_equal_the_two_pass_scheme(confident_bundle, policy, batch, monkeypatch):
     bundle = load_bundle(confident_bundle)
-    options = {"gate_shift": 0.0, "gate_spread": 0.0} if policy == "steady" else None
+    ungated = {"gate_shift": 0.0, "gate_spread": 0.0, "step_every": 1}  # a step on every batch
+    options = ungated if policy == "steady" else None
     new = Engine(OrtModel(bundle), policy, options)
     old = Engine(OrtModel(bundle), policy, options)
     monkeypatch.setattr(old.policy, "_gradient", two_pass_gradient.__get__(old.policy))

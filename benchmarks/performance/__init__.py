@@ -5,7 +5,7 @@ Four measurements from one run, each against its reference in the same run:
   code path) with `source`, `norm`, `tent` and the default policy, and PyTorch eager inference and
   a Tent step on the same model, all single-threaded, taking turns batch by batch;
 - the default policy on a drifting stream (clean, then corrupted): with its drift gate, and with
-  a gradient pass on every window;
+  its gate always open (a gradient pass on every `step_every`-th window);
 - peak resident memory of a process adapting 100 devices: the agent's engines in a torch-free
   environment, against PyTorch Tent;
 - replay of the target smartwatch log with the default policy, as a multiple of real time.

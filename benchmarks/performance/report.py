@@ -71,8 +71,9 @@ def markdown(results: dict, targets: list[Target]) -> str:
     ]
     lines += [
         "",
-        f"`{UNGATED}`: {DEFAULT_POLICY} with its drift gate always open (a gradient pass on every window, "
-        f"its cost while it adapts); `{UNALIGNED}`: the same without input alignment. "
+        f"`{UNGATED}`: {DEFAULT_POLICY} with its drift gate always open (a gradient pass on every "
+        f"`step_every`-th window, its cost while it adapts); "
+        f"`{UNALIGNED}`: the same without input alignment. "
         f"Windows on which {DEFAULT_POLICY}'s gate was closed (forward only), "
         f"warm-up included: {'; '.join(closed)}.",
         "",

@@ -37,7 +37,7 @@ def _all_within(title: str, checks: list[tuple[str, float | None, bool]]) -> Tar
 def evaluate_targets(results: dict) -> list[Target]:
     """Issue #9's targets from this run's numbers only."""
     rows, models = results["windows"], list(dict.fromkeys(r["model"] for r in results["windows"]))
-    # The default policy's cost when it adapts: a gradient pass on every window (gate open).
+    # The default policy's cost when it adapts: its gate open, a gradient pass every step_every windows.
     vs_torch = [(m, ratio(rows, m, 1, UNGATED, TORCH_TENT)) for m in models]
     vs_source = [(m, ratio(rows, m, 1, UNGATED, "source")) for m in models]
     first = _all_within(

@@ -32,7 +32,9 @@ class Steady(Policy):
        from reliable windows (entropy below a source quantile), weighted
        down when their pseudo-class dominates recent predictions (so a run cannot pull the
        model toward always predicting it), with Adam on fast parameters that are pulled back
-       toward source every step; predictions use an EMA of the fast parameters.
+       toward source every step; predictions use an EMA of the fast parameters. A step is taken
+       once `step_every` windows have passed since the last (the windows in between: a forward
+       pass, no backward); reliability is judged, and counted, on every window.
     3. A collapse detector (`CollapseDetector`) rolls back to the older of the last two healthy
        snapshots, and resets to source when collapse returns within a cooldown.
     """
@@ -59,8 +61,11 @@ class Steady(Policy):
         watch_every: int = 8  # updates between two looks of the collapse detector
         snapshot_every: int = 32  # updates between snapshots (a multiple of watch_every)
         rollback_cooldown: int = 64
+        step_every: int = 4  # windows per gradient step while the gate is open; the others: forward only
 
         def __post_init__(self) -> None:
+            if self.step_every < 1:
+                raise ValueError(f"step_every must be 1 or more, got {self.step_every}")
             if self.watch_every < 1 or self.snapshot_every % self.watch_every:
                 raise ValueError(
                     f"snapshot_every ({self.snapshot_every}) must be a multiple of "
@@ -96,6 +101,7 @@ class Steady(Policy):
         self.opt = Adam(lr=cfg.lr)
         self.balance = ClassBalance(self.classes, cfg.prior_momentum)
         self.updates = 0
+        self.since_step = 0  # windows since the last gradient step
         self.last_rollback = NEVER_ROLLED_BACK
         self.detector.clear()
         self.snapshots: deque[Arrays] = deque(maxlen=SNAPSHOTS)
@@ -117,8 +123,13 @@ class Steady(Policy):
         cfg = self.options
         self.gate.observe(x)
         drifting = self.gate.open
-        if drifting:
+        self.since_step += len(x)
+        if drifting and self.since_step >= cfg.step_every:
+            self.since_step = 0
             out, weights, grads = self._gradient(x, self.stats(), 0.0, self._weights)
+        elif drifting:  # between two steps: the weights for the counters, no backward pass
+            out, grads = self.model.forward(x, self.stats()), None
+            weights = self._weights(out)
         else:  # nothing to correct: no backward pass, no step
             out, weights, grads = self.model.forward(x, self.stats()), np.zeros(len(x)), None
             self.counters.skipped_no_drift += len(x)
@@ -187,9 +198,10 @@ class Steady(Policy):
 
     def state(self) -> Arrays:
         """A snapshot's arrays, plus the guard's: the detector's view, the last rollback and the
-        snapshots themselves (`snapshot<i>/...`, oldest first)."""
+        snapshots themselves (`snapshot<i>/...`, oldest first); and the windows since the last step."""
         flat = {**self._adapted(), **prefixed("detector", self.detector.state())}
         flat["last_rollback"] = np.asarray(self.last_rollback)
+        flat["since_step"] = np.asarray(self.since_step)
         for i, snapshot in enumerate(self.snapshots):
             flat.update(prefixed(f"snapshot{i}", snapshot))
         return flat
@@ -204,5 +216,6 @@ class Steady(Policy):
         else:
             self.detector.clear()
         self.last_rollback = int(flat.get("last_rollback", NEVER_ROLLED_BACK))
+        self.since_step = int(flat.get("since_step", 0))
         snapshots = (unprefixed(f"snapshot{i}", flat) for i in range(SNAPSHOTS))
         self.snapshots = deque((s for s in snapshots if s), maxlen=SNAPSHOTS)
