@@ -14,12 +14,14 @@ from benchmarks import rss_workload  # noqa: E402
 from benchmarks.adaptation import FAIL, NOT_MEASURED, PASS  # noqa: E402
 from benchmarks.performance import (  # noqa: E402
     COLUMNS,
+    CYCLE,
     DEFAULT_POLICY,
     TORCH_TENT,
     TRAIN_PASS,
     UNGATED,
     WITH_FALLBACK,
     evaluate_targets,
+    in_batches,
     markdown,
     measure_gate,
     measure_replay,
@@ -39,6 +41,12 @@ def test_runners_take_turns_on_the_same_batches_and_warmup_is_not_recorded():
     assert {k: len(v) for k, v in times.items()} == {"a": 4, "b": 4, "c": 4}
     assert [name for name, _ in calls[:6]] == ["a", "b", "c", "b", "c", "a"]  # a new first each round
     assert all(batch == i % 2 for i in range(6) for _, batch in calls[3 * i : 3 * i + 3])
+
+
+def test_a_block_goes_through_one_batch_at_a_time():
+    seen: list[list[int]] = []
+    in_batches(lambda x: seen.append(x.tolist()), 2)(np.arange(5))
+    assert seen == [[0, 1], [2, 3], [4]]
 
 
 def test_summary_is_per_window():
@@ -133,6 +141,9 @@ def test_tiny_run_of_every_measurement_and_the_report(model_paths, synthetic_log
     windows = measure_windows("cnn-bn", model_paths, log, args)
     assert {(r["batch_size"], r["column"]) for r in windows} == {(b, c) for b in (1, 4) for c in COLUMNS}
     assert all(r["calls"] == 3 and r["median_ms"] > 0 for r in windows)
+    # at batch size 1 a timed call is a block of whole cycles (source pass, gradient step), window by window
+    assert CYCLE == 4
+    assert all(r["counters"]["windows"] == 4 * CYCLE for r in windows if "counters" in r)
     g = measure_gate("cnn-bn", model_paths, log, args)
     assert (
         g[UNGATED]["counters"]["skipped_no_drift"] == 0 and g["windows"] == g["source"]["counters"]["windows"]

@@ -18,6 +18,7 @@ Parts: `measure` (the four measurements), `targets`, `report` (the Markdown), `c
 from benchmarks.performance.cli import main, parse_args
 from benchmarks.performance.measure import (
     COLUMNS,
+    CYCLE,
     DEFAULT_POLICY,
     ENGINE_POLICIES,
     PERF_MODELS,
@@ -27,6 +28,7 @@ from benchmarks.performance.measure import (
     UNALIGNED,
     UNGATED,
     WITH_FALLBACK,
+    in_batches,
     measure_gate,
     measure_replay,
     measure_rss,
@@ -39,6 +41,7 @@ from benchmarks.performance.targets import evaluate_targets, ratio
 
 __all__ = [
     "COLUMNS",
+    "CYCLE",
     "DEFAULT_POLICY",
     "ENGINE_POLICIES",
     "PERF_MODELS",
@@ -49,6 +52,7 @@ __all__ = [
     "UNGATED",
     "WITH_FALLBACK",
     "evaluate_targets",
+    "in_batches",
     "main",
     "markdown",
     "measure_gate",

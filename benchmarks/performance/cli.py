@@ -33,7 +33,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m benchmarks.performance", description=DESCRIPTION)
     p.add_argument("--models", type=name_list(PERF_MODELS, "model"), default=PERF_MODELS)
     p.add_argument("--batch-sizes", type=_batch_sizes, default=[1, 16])
-    p.add_argument("--repeats", type=int, default=400, help="timed batches per column")
+    p.add_argument("--repeats", type=int, default=400, help="timed blocks per column")
     p.add_argument("--warmup", type=int, default=30, help="untimed batches per column first")
     p.add_argument("--corruption", choices=[c for c in CORRUPTIONS if c != "clean"], default="gain")
     p.add_argument("--severity", type=int, choices=SEVERITIES, default=4)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import subprocess
 import sys
 import tempfile
@@ -18,9 +19,10 @@ import torch
 from benchmarks.adaptation import AUX_MODEL, Cell, ModelPaths, make_stream
 from benchmarks.harness import progress
 from benchmarks.torch_tent import TorchTent
-from edge_ttt.adapt.engine import DEFAULT_POLICY, Engine
+from edge_ttt.adapt.engine import DEFAULT_POLICY, SOURCE_EVERY, Engine
 from edge_ttt.adapt.fallback import DEFAULT_FALLBACK
 from edge_ttt.adapt.ort_model import OrtModel
+from edge_ttt.adapt.policies.steady import Steady
 from edge_ttt.artifacts import load_bundle
 from edge_ttt.metrics import accuracy
 from edge_ttt.recordlog import RecordedLog, read_log
@@ -44,6 +46,20 @@ COLUMNS = (*ENGINE_POLICIES, UNGATED, UNALIGNED, WITH_FALLBACK, TRAIN_PASS, TORC
 TORCH_TENT_LR = 1e-3
 
 Runner = Callable[[np.ndarray], object]
+# Windows over which the default engine's work repeats at batch size 1: the source model's pass
+# (every SOURCE_EVERY-th window) and the gradient step (every step_every-th). A median over single
+# windows would be that of the windows with neither, so the columns are timed on blocks of these.
+CYCLE = math.lcm(SOURCE_EVERY, Steady.Options.step_every)
+
+
+def in_batches(run: Runner, batch: int) -> Runner:
+    """A runner that puts a block of windows through `run` one batch of `batch` at a time."""
+
+    def each(block: np.ndarray) -> None:
+        for i in range(0, len(block), batch):
+            run(block[i : i + batch])
+
+    return each
 
 
 def time_turns(runners: dict[str, Runner], batches: list[np.ndarray], rounds: int, warmup: int) -> dict:
@@ -112,12 +128,16 @@ def measure_windows(model: str, paths: ModelPaths, log: RecordedLog, args: argpa
     stream = make_stream(log, cell, info.window, info.hop)[0].x
     rows = []
     for batch in args.batch_sizes:
-        progress(f"{model} b={batch}: time per window, {len(COLUMNS)} columns x {args.repeats} batches")
-        batches = [stream[i : i + batch] for i in range(0, len(stream) - batch + 1, batch)]
+        size = batch * max(1, CYCLE // batch)  # windows per timed call: whole batches, whole cycles
+        progress(
+            f"{model} b={batch}: time per window, {len(COLUMNS)} columns x {args.repeats} blocks of {size}"
+        )
+        blocks = [stream[i : i + size] for i in range(0, len(stream) - size + 1, size)]
         runners, engines = window_runners(paths)
-        times = time_turns(runners, batches, args.repeats, args.warmup)
+        runners = {name: in_batches(run, batch) for name, run in runners.items()}
+        times = time_turns(runners, blocks, args.repeats, args.warmup)
         for name in COLUMNS:
-            row = {"model": model, "batch_size": batch, "column": name, **summary_ms(times[name], batch)}
+            row = {"model": model, "batch_size": batch, "column": name, **summary_ms(times[name], size)}
             if name in engines:
                 row["counters"] = engines[name].counters.as_dict()
             rows.append(row)

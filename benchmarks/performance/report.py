@@ -5,6 +5,7 @@ from __future__ import annotations
 from benchmarks.harness import Target, target_lines
 from benchmarks.performance.measure import (
     COLUMNS,
+    CYCLE,
     DEFAULT_POLICY,
     TORCH_INFERENCE,
     TORCH_TENT,
@@ -52,8 +53,10 @@ def markdown(results: dict, targets: list[Target]) -> str:
         "",
         f"## Time per window (ms, median (p90)), {meta['corruption']} {meta['severity']}, recorded order",
         "",
-        f"Columns take turns batch by batch, {meta['repeats']} batches each after {meta['warmup']} warm-up "
-        f"batches. `{TRAIN_PASS}`: one bare ORT training pass (`OrtModel.forward_backward`, no policy). "
+        f"Columns take turns block by block (at batch size 1, {CYCLE} consecutive windows put through one at "
+        f"a time: the default engine's gradient step and source pass come once in {CYCLE}), "
+        f"{meta['repeats']} blocks each after {meta['warmup']} warm-up "
+        f"blocks. `{TRAIN_PASS}`: one bare ORT training pass (`OrtModel.forward_backward`, no policy). "
         f"`{TORCH_INFERENCE}` and `{TORCH_TENT}`: the same model in PyTorch eager mode "
         f"(inference; Tent step, lr {TORCH_TENT_LR:g}).",
         "",
