@@ -39,10 +39,21 @@ UNGATED_OPTIONS = {"gate_shift": 0.0, "gate_spread": 0.0}
 WITH_FALLBACK = f"{UNGATED}+fallback"
 # The same without input alignment (which the engine puts ahead of the default policy by default).
 UNALIGNED = f"{UNGATED}-unaligned"
+# The same with a gradient step on every window (`step_every=1`), as before the steps were sampled.
+EVERY_STEP = f"{UNGATED}-step1"
 TRAIN_PASS = "ort-train-pass"  # one OrtModel.forward_backward: the floor of any gradient step
 # Every column but `source` steps on the entropy (or is PyTorch's Tent): not on an auxiliary-head model.
 PERF_MODELS = [m for m in MODELS if m != AUX_MODEL]
-COLUMNS = (*ENGINE_POLICIES, UNGATED, UNALIGNED, WITH_FALLBACK, TRAIN_PASS, TORCH_INFERENCE, TORCH_TENT)
+COLUMNS = (
+    *ENGINE_POLICIES,
+    UNGATED,
+    UNALIGNED,
+    EVERY_STEP,
+    WITH_FALLBACK,
+    TRAIN_PASS,
+    TORCH_INFERENCE,
+    TORCH_TENT,
+)
 TORCH_TENT_LR = 1e-3
 
 Runner = Callable[[np.ndarray], object]
@@ -97,6 +108,7 @@ def window_runners(paths: ModelPaths) -> tuple[dict[str, Runner], dict[str, Engi
     engines = {p: Engine(OrtModel(bundle, threads=1), policy=p) for p in ENGINE_POLICIES}
     engines[UNGATED] = Engine(OrtModel(bundle, threads=1), options=UNGATED_OPTIONS)
     engines[UNALIGNED] = Engine(OrtModel(bundle, threads=1), options=UNGATED_OPTIONS, inputs=None)
+    engines[EVERY_STEP] = Engine(OrtModel(bundle, threads=1), options={**UNGATED_OPTIONS, "step_every": 1})
     engines[WITH_FALLBACK] = Engine(
         OrtModel(bundle, threads=1), options=UNGATED_OPTIONS, fallback=DEFAULT_FALLBACK
     )

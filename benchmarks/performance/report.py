@@ -7,6 +7,7 @@ from benchmarks.performance.measure import (
     COLUMNS,
     CYCLE,
     DEFAULT_POLICY,
+    EVERY_STEP,
     TORCH_INFERENCE,
     TORCH_TENT,
     TORCH_TENT_LR,
@@ -31,6 +32,7 @@ def _x(value: float | None) -> str:
 RATIOS = (
     (UNGATED, TORCH_TENT),
     (UNALIGNED, TORCH_TENT),
+    (EVERY_STEP, TORCH_TENT),
     (TRAIN_PASS, TORCH_TENT),
     (UNGATED, "source"),
     (DEFAULT_POLICY, "source"),
@@ -76,7 +78,8 @@ def markdown(results: dict, targets: list[Target]) -> str:
         "",
         f"`{UNGATED}`: {DEFAULT_POLICY} with its drift gate always open (a gradient pass on every "
         f"`step_every`-th window, its cost while it adapts); "
-        f"`{UNALIGNED}`: the same without input alignment. "
+        f"`{UNALIGNED}`: the same without input alignment; `{EVERY_STEP}`: the same with a gradient "
+        f"pass on every window. "
         f"Windows on which {DEFAULT_POLICY}'s gate was closed (forward only), "
         f"warm-up included: {'; '.join(closed)}.",
         "",
