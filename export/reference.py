@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from edge_ttt.adapt.input_alignment import class_references, device_spread
+from edge_ttt.adapt.channel_references import class_references, device_spread
 from edge_ttt.adapt.softmax import softmax_entropy
 from edge_ttt.drift.calibration import drift_limits
 from edge_ttt.stream.window import WindowBatch

@@ -12,8 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from edge_ttt.adapt.channel_references import class_references, window_features
 from edge_ttt.adapt.engine import AutoInputs, Engine, InputOptions
-from edge_ttt.adapt.input_alignment import InputAlignment, class_references, window_features
+from edge_ttt.adapt.input_alignment import InputAlignment
 from edge_ttt.adapt.ort_model import OrtModel
 from edge_ttt.agent.config import load_config
 from edge_ttt.artifacts import load_bundle

@@ -6,7 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edge_ttt.adapt.input_alignment import InputAlignment, InputOptions, class_references
+from edge_ttt.adapt.channel_references import class_references
+from edge_ttt.adapt.input_alignment import InputAlignment, InputOptions
 from edge_ttt.adapt.mounting import TURNS, Mounting, MountOptions, posture_reference
 from firmware_sim.deployment_shifts import MOUNTINGS
 

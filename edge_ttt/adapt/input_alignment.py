@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from edge_ttt.adapt.channel_references import window_features
 from edge_ttt.adapt.flat import prefixed, unprefixed
 from edge_ttt.adapt.mounting import Mounting, MountOptions
 from edge_ttt.adapt.policies import DEFAULT_POLICY
@@ -87,57 +88,6 @@ class InputOptions:
             )
         if not 0.0 <= self.prior_momentum < 1.0:
             raise ValueError(f"input alignment prior_momentum must be in [0, 1), got {self.prior_momentum}")
-
-
-def window_features(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per window and channel: the mean, and the lag-1 autocovariance about that mean.
-
-    >>> m, ac = window_features(np.array([[[1.0, 3.0, 1.0, 3.0]]]))
-    >>> float(m[0, 0]), float(ac[0, 0])
-    (2.0, -1.0)
-    """
-    x = np.asarray(x, np.float64)
-    mean = x.mean(axis=2)
-    centred = x - mean[:, :, None]
-    return mean, (centred[:, :, 1:] * centred[:, :, :-1]).mean(axis=2)
-
-
-def class_references(x: np.ndarray, labels: np.ndarray, classes: int) -> tuple[np.ndarray, np.ndarray]:
-    """The source references, [classes, channels] each: the mean of `window_features` over each
-    class's windows (a class without windows gets the overall mean). Export stores them."""
-    mean, autocov = window_features(np.nan_to_num(x))
-    labels = np.asarray(labels)
-    pick = [labels == c if np.any(labels == c) else np.ones(len(labels), bool) for c in range(classes)]
-    return np.stack([mean[p].mean(axis=0) for p in pick]), np.stack([autocov[p].mean(axis=0) for p in pick])
-
-
-def device_spread(
-    x: np.ndarray, labels: np.ndarray, devices: np.ndarray, references: tuple[np.ndarray, np.ndarray]
-) -> tuple[np.ndarray, np.ndarray]:
-    """Per channel, the largest |offset| and |log gain| of one device's windows against the class
-    references (each device's class means and autocovariances over the classes it has): how far
-    apart the devices the model was trained on already are.
-
-    >>> x = np.zeros((4, 1, 8)); x[2:] += 0.5
-    >>> refs = class_references(x, np.zeros(4, int), 1)
-    >>> [v.tolist() for v in device_spread(x, np.zeros(4, int), np.array([0, 0, 1, 1]), refs)]
-    [[0.25], [0.0]]
-    """
-    mean, autocov = window_features(np.nan_to_num(x))
-    ref_mean, ref_autocov = references
-    offsets, log_gains = [np.zeros(mean.shape[1])], [np.zeros(mean.shape[1])]
-    for device in np.unique(devices):
-        mine = devices == device
-        present = [c for c in range(len(ref_mean)) if np.any(mine & (labels == c))]
-        own = [
-            (mean[mine & (labels == c)].mean(axis=0), autocov[mine & (labels == c)].mean(axis=0))
-            for c in present
-        ]
-        offsets.append(np.mean([m - ref_mean[c] for (m, _), c in zip(own, present, strict=True)], axis=0))
-        seen, expected = np.mean([a for _, a in own], axis=0), np.mean(ref_autocov[present], axis=0)
-        ok = (seen > 0) & (expected > 0)  # no positive autocovariance: no gain to measure
-        log_gains.append(0.5 * np.log(np.where(ok, seen, 1.0) / np.where(ok, expected, 1.0)))
-    return np.abs(offsets).max(axis=0), np.abs(log_gains).max(axis=0)
 
 
 def _shrink(value: np.ndarray, band: np.ndarray | float) -> np.ndarray:
