@@ -195,6 +195,20 @@ def test_episodic_and_auxiliary_step_options_are_checked_on_load(tmp_path):
         load_config(write(tmp_path, AGENT + MODEL + 'policy = "ttt"\n[model.options]\nstats = "batch"\n'))
 
 
+def test_policy_option_values_are_checked_on_load_not_at_start(tmp_path):
+    """A value of the right type that the policy refuses (a range, options that must go together)
+    is a config error naming model.options, before any bundle is loaded."""
+    for options, message in [
+        ("step_every = 0", "model.options: step_every must be 1 or more, got 0"),
+        ("watch_every = 3", "model.options: snapshot_every (32) must be a multiple of watch_every (3)"),
+    ]:
+        with pytest.raises(ConfigError) as info:
+            load_config(write(tmp_path, AGENT + MODEL + f"[model.options]\n{options}\n"), check_files=False)
+        assert message in str(info.value)
+    cfg = load_config(write(tmp_path, AGENT + MODEL + "[model.options]\nstep_every = 2\nepisodic = false\n"))
+    assert cfg.model.options == {"step_every": 2, "episodic": False}
+
+
 def mqtt_filter_matches(subscription: str, topic: str) -> bool:
     """MQTT's rule for '+' (the only wildcard a subscription here uses)."""
     sub, top = subscription.split("/"), topic.split("/")

@@ -173,6 +173,8 @@ class ModelSection(Section):
         if "policy" in info.data:
             # A ValidationError raised here keeps its locations: model.options.<key>.
             policy_options(info.data["policy"]).model_validate(options)
+            # The values' own checks (ranges, how options go together), on load rather than at start.
+            POLICY_TYPES[info.data["policy"]].Options(**{k: v for k, v in options.items() if k != "episodic"})
         return options
 
     @field_validator("runs")
