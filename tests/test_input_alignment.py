@@ -300,6 +300,38 @@ def test_a_rollback_of_the_policy_restarts_the_alignment_too(bundle_dir: Path):
     assert restarts > 0 and engine.inputs.state()["windows"] > 0  # and it learns again after
 
 
+def test_a_turn_of_the_mounting_restarts_the_policy_from_source(bundle_dir: Path, monkeypatch):
+    """The policy adapted to the old orientation: when the mounting turns, it starts afresh, and
+    only then; the alignment keeps the turn."""
+    engine = Engine(
+        OrtModel(load_bundle(bundle_dir)),
+        "steady",
+        {"gate_shift": 0.0, "gate_spread": 0.0, "step_every": 1},
+        inputs=InputOptions(reliable_quantile=1.0, learn_every=1),
+    )
+    x = windows(20, seed=12) * 1.5 + 0.5
+    for i in range(10):
+        engine.process(x[i : i + 1])
+    assert engine.policy.updates == 10 and engine.inputs.mounting.turn == 0
+    mounting = engine.inputs.mounting
+    learn = mounting.update
+
+    def turn_once(windows: np.ndarray) -> None:
+        learn(windows)
+        if mounting.switches == 0:
+            mounting.turn, mounting.switches = 5, 1
+
+    monkeypatch.setattr(mounting, "update", turn_once)
+    engine.process(x[10:11])
+    fresh = Engine(OrtModel(load_bundle(bundle_dir)), "steady", inputs=None).policy.state()
+    state = engine.policy.state()
+    assert engine.policy.updates == 0 and mounting.turn == 5
+    assert state.keys() == fresh.keys() and all(np.array_equal(state[k], fresh[k]) for k in fresh)
+    for i in range(11, 20):  # no further turn: the policy adapts again, no restart
+        engine.process(x[i : i + 1])
+    assert engine.policy.updates == 9
+
+
 def test_the_guard_still_refuses_nan_and_flat_windows_with_alignment(bundle_dir: Path):
     engine = Engine(OrtModel(load_bundle(bundle_dir)), "steady", inputs=InputOptions())
     x = windows(3, seed=4)

@@ -190,10 +190,18 @@ class Engine:
         return handed_out(checks.valid, served, served, on_source=True)
 
     def _teach(self, x: np.ndarray, checks: Validity, probs: np.ndarray, entropy: np.ndarray) -> None:
-        """Input alignment learns from every sound window (finite, not flat), in range or not yet."""
-        if self.inputs is not None:
-            sound = ~(checks.nonfinite | checks.flat)
-            self.inputs.update(x[sound], probs[sound], entropy[sound])
+        """Input alignment learns from every sound window (finite, not flat), in range or not yet.
+        When it turns the device's orientation, the policy starts afresh from source: what it
+        adapted to was the old orientation (as the alignment's gain and offset start afresh)."""
+        if self.inputs is None:
+            return
+        mounting = self.inputs.mounting
+        turns = None if mounting is None else mounting.switches
+        sound = ~(checks.nonfinite | checks.flat)
+        self.inputs.update(x[sound], probs[sound], entropy[sound])
+        if mounting is not None and mounting.switches != turns:
+            self.policy.reset()
+            log.info("mounting turned (%d): %s starts afresh from source", mounting.turn, self.policy_name)
 
     def _screen(self, x: np.ndarray, floor: float | None = None) -> tuple[np.ndarray, Validity, np.ndarray]:
         """The raw windows as float32, the guard's checks of what the model will see (aligned, with
