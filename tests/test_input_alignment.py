@@ -332,6 +332,35 @@ def test_a_turn_of_the_mounting_restarts_the_policy_from_source(bundle_dir: Path
     assert engine.policy.updates == 9
 
 
+def test_a_turn_found_in_the_windows_a_snapshot_learns_restarts_the_policy_before_it_is_saved(
+    bundle_dir: Path, monkeypatch
+):
+    """A snapshot learns the windows the alignment gathered; a turn found there restarts the policy
+    first, so the state saved is never a turned mounting beside a policy of the old orientation."""
+    engine = Engine(
+        OrtModel(load_bundle(bundle_dir)),
+        "steady",
+        {"gate_shift": 0.0, "gate_spread": 0.0, "step_every": 1},
+        inputs=InputOptions(reliable_quantile=1.0, warmup_windows=0.0, learn_every=16),
+    )
+    x = windows(10, seed=13) * 1.5 + 0.5
+    for i in range(len(x)):  # fewer than a block: gathered, not learnt
+        engine.process(x[i : i + 1])
+    mounting = engine.inputs.mounting
+    assert mounting.windows == 0 and engine.policy.updates == 10
+    learn = mounting.update
+
+    def turn(windows: np.ndarray) -> None:
+        learn(windows)
+        mounting.turn, mounting.switches = 5, mounting.switches + 1
+
+    monkeypatch.setattr(mounting, "update", turn)
+    arrays, _ = engine.snapshot()
+    fresh = Engine(OrtModel(load_bundle(bundle_dir)), "steady", inputs=None).policy.state()
+    assert engine.policy.updates == 0 and int(arrays["input/mount/turn"]) == 5
+    assert all(np.array_equal(arrays[k], v) for k, v in fresh.items())
+
+
 def test_the_guard_still_refuses_nan_and_flat_windows_with_alignment(bundle_dir: Path):
     engine = Engine(OrtModel(load_bundle(bundle_dir)), "steady", inputs=InputOptions())
     x = windows(3, seed=4)

@@ -195,13 +195,16 @@ class Engine:
         adapted to was the old orientation (as the alignment's gain and offset start afresh)."""
         if self.inputs is None:
             return
-        mounting = self.inputs.mounting
-        turns = None if mounting is None else mounting.switches
         sound = ~(checks.nonfinite | checks.flat)
-        self.inputs.update(x[sound], probs[sound], entropy[sound])
-        if mounting is not None and mounting.switches != turns:
-            self.policy.reset()
-            log.info("mounting turned (%d): %s starts afresh from source", mounting.turn, self.policy_name)
+        if self.inputs.update(x[sound], probs[sound], entropy[sound]):
+            self._turned()
+
+    def _turned(self) -> None:
+        """The alignment turned the device's orientation: the policy starts afresh from source."""
+        self.policy.reset()
+        log.info(
+            "mounting turned (%d): %s starts afresh from source", self.inputs.mounting.turn, self.policy_name
+        )
 
     def _screen(self, x: np.ndarray, floor: float | None = None) -> tuple[np.ndarray, Validity, np.ndarray]:
         """The raw windows as float32, the guard's checks of what the model will see (aligned, with
@@ -277,6 +280,8 @@ class Engine:
             "counters": self.counters.as_dict(),
             "saved_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         }
+        if self.inputs is not None and self.inputs.flush():  # windows it gathered: learnt first
+            self._turned()
         arrays = self.policy.state()
         if self.fallback is not None:
             arrays.update(prefixed(FALLBACK_STATE, self.fallback.state()))

@@ -41,7 +41,7 @@ from edge_ttt.adapt.channel_references import window_features
 from edge_ttt.adapt.flat import prefixed, unprefixed
 from edge_ttt.adapt.mounting import Mounting, MountOptions
 from edge_ttt.adapt.policies import DEFAULT_POLICY
-from edge_ttt.adapt.statistics import ClassBalance
+from edge_ttt.adapt.statistics import ClassBalance, fold_weights
 from edge_ttt.adapt.transforms import triads
 
 if TYPE_CHECKING:
@@ -114,7 +114,8 @@ class InputAlignment:
     ...     momentum=1.0, warmup_windows=0.0, reliable_quantile=1.0, offset_floor=0.0, learn_every=1
     ... )
     >>> stage = InputAlignment(bare, window_features(s), channel_std=np.ones(1))
-    >>> stage.update(2 * s + 5, probs=np.ones((1, 1)), entropy=np.zeros(1))
+    >>> stage.update(2 * s + 5, probs=np.ones((1, 1)), entropy=np.zeros(1))  # learnt, no turn
+    False
     >>> stage.apply(2 * s + 5).round(6).tolist()
     [[[1.0, 2.0, 3.0, 4.0]]]
     """
@@ -154,7 +155,6 @@ class InputAlignment:
         self.balance = ClassBalance(len(self.ref_mean), self.options.prior_momentum)
         self._corrections: dict[float, tuple[np.ndarray, np.ndarray]] = {}  # per offset floor, when asked
         self._pending: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # windows not learnt yet
-        self._pending_windows = 0
 
     @property
     def log_gain(self) -> np.ndarray:
@@ -187,32 +187,35 @@ class InputAlignment:
             return np.asarray(x, np.float32)
         return ((np.asarray(x, np.float64) - offset[None, :, None]) / gain[None, :, None]).astype(np.float32)
 
-    def update(self, x: np.ndarray, probs: np.ndarray, entropy: np.ndarray) -> None:
+    def update(self, x: np.ndarray, probs: np.ndarray, entropy: np.ndarray) -> bool:
         """Learn from raw windows and the model's predictions on their corrected copies, once
         `learn_every` windows have gathered (`flush`); in the warm-up after every call, window
-        by window, so that a unit error is learnt as fast as a window's bounded pull allows."""
+        by window, so that a unit error is learnt as fast as a window's bounded pull allows.
+        True when the orientation changed (see `flush`)."""
         if not len(x):
-            return
+            return False
         self._pending.append((np.array(x, copy=True), np.asarray(probs, np.float64), np.asarray(entropy)))
-        self._pending_windows += len(x)
-        if self._pending_windows >= self.options.learn_every or self.windows < self.options.warmup_windows:
-            self.flush()
+        gathered = sum(len(part[0]) for part in self._pending)
+        if gathered >= self.options.learn_every or self.windows < self.options.warmup_windows:
+            return self.flush()
+        return False
 
-    def flush(self) -> None:
+    def flush(self) -> bool:
         """Learn from the gathered windows now. The mounting learns from every window (a wrongly
         mounted device is rarely confident); the gain and offset, learnt in the old orientation,
-        start afresh when it changes, and the block is dropped."""
+        start afresh when it changes, and the block is dropped. True when the orientation
+        changed: whatever adapted to the old one downstream should start afresh too."""
         if not self._pending:
-            return
+            return False
         x, probs, entropy = (np.concatenate(part) for part in zip(*self._pending, strict=True))
-        self._pending, self._pending_windows = [], 0
+        self._pending = []
         if self.mounting is not None:
             turned = self.mounting.apply(x)
             before = self.mounting.turn
             self.mounting.update(x)
             if self.mounting.turn != before:
                 self._reset_channels()
-                return
+                return True
             x = turned
         keep = entropy < self.reliable_entropy
         x, probs = x[keep], probs[keep]
@@ -221,6 +224,7 @@ class InputAlignment:
             self._fold(x[i : i + 1], probs[i : i + 1])
         if one_by_one < len(x):
             self._fold(x[one_by_one:], probs[one_by_one:])
+        return False
 
     def _fold(self, x: np.ndarray, probs: np.ndarray) -> None:
         """The momentum means moved by a block of reliable windows in one step: each window's
@@ -232,11 +236,10 @@ class InputAlignment:
         weights = self.balance.weights(probs.argmax(axis=1)) if o.prior_momentum > 0 else np.ones(len(probs))
         counts = self.windows + 1 + np.arange(len(x))
         rates = weights * np.maximum(o.momentum, 1.0 / (counts + o.warmup_windows))
-        kept = np.cumprod((1.0 - rates)[::-1])[::-1]  # of window i's value, the share windows i.. keep
-        share = rates * np.append(kept[1:], 1.0)  # each window's weight in the means after the block
+        kept, share = fold_weights(rates)
         cap = MAX_STEP * np.maximum(self.autocov, self.expected)
-        self.autocov = kept[0] * self.autocov + share @ np.minimum(autocov, cap)
-        self.expected = kept[0] * self.expected + share @ ref_autocov
+        self.autocov = kept * self.autocov + share @ np.minimum(autocov, cap)
+        self.expected = kept * self.expected + share @ ref_autocov
         gain = np.exp(self.log_gain)
         reach = RANGE_SIGMAS * self.std * gain
         residual = np.clip(mean - gain * ref_mean - self.offset, -reach, reach)
@@ -271,7 +274,7 @@ class InputAlignment:
         self.windows = int(flat["windows"])
         self.balance.share = np.asarray(flat["prior"], np.float64).copy()
         self._corrections = {}
-        self._pending, self._pending_windows = [], 0
+        self._pending = []
 
 
 def for_bundle(manifest: Manifest, bundle_path: str | Path, options: InputOptions) -> InputAlignment:

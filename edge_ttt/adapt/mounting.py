@@ -27,6 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from edge_ttt.adapt.statistics import fold_weights
 from edge_ttt.class_mix import effective_classes
 
 Arrays = dict[str, np.ndarray]
@@ -194,8 +195,7 @@ class Mounting:
             distance = (
                 np.take_along_axis(d, index[:, :, None], axis=2)[:, :, 0] + (gravity**2).sum(axis=1)[:, None]
             )
-            share = o.momentum * (1.0 - o.momentum) ** np.arange(n - 1, -1, -1)  # the last window: momentum
-            kept = (1.0 - o.momentum) ** n
+            kept, share = fold_weights(np.full(n, o.momentum))
             self.score = kept * self.score + share @ distance
             self.mix *= kept
             np.add.at(self.mix, (np.broadcast_to(turns, index.shape), self.classes[index]), share[:, None])

@@ -46,6 +46,18 @@ class FlatStats(Mapping):
         return len(self.names)
 
 
+def fold_weights(rates: np.ndarray) -> tuple[float, np.ndarray]:
+    """Folding values v_1..v_n one by one into a mean (s <- s + r_i (v_i - s)) in one step: the
+    share the old mean keeps, and each value's weight, so that s_n = kept * s_0 + weights @ v.
+
+    >>> kept, weights = fold_weights(np.array([0.5, 0.5]))
+    >>> kept, weights.tolist()
+    (0.25, [0.25, 0.5])
+    """
+    after = np.cumprod((1.0 - np.asarray(rates, np.float64))[::-1])[::-1]  # share kept from i on
+    return float(after[0]), rates * np.append(after[1:], 1.0)
+
+
 @dataclass
 class MomentEMA:
     """EMA of one layer's first and second raw moments, started from the source statistics.
