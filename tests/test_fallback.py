@@ -19,7 +19,8 @@ from edge_ttt.adapt.estimates import (
 )
 from edge_ttt.adapt.fallback import Fallback, FallbackOptions
 from edge_ttt.adapt.input_alignment import InputOptions
-from edge_ttt.adapt.ort_model import OrtModel, Outputs
+from edge_ttt.adapt.ort_model import OrtModel
+from edge_ttt.adapt.outputs import Outputs
 from edge_ttt.artifacts import load_bundle
 from tests.model_factory import CLASSES, windows
 

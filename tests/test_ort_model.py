@@ -11,7 +11,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-import edge_ttt.adapt.ort_model as ort_model  # noqa: E402
+import edge_ttt.adapt.schema1 as schema1  # noqa: E402
 from edge_ttt.adapt.engine import Engine  # noqa: E402
 from edge_ttt.adapt.ort_model import OrtModel  # noqa: E402
 from edge_ttt.artifacts import BundleError, load_bundle  # noqa: E402
@@ -55,7 +55,7 @@ def assert_close(got: np.ndarray, expected: np.ndarray) -> None:
 
 def test_a_current_bundle_runs_without_the_training_api(model: OrtModel, monkeypatch):
     assert model.module is None and model.state is None
-    monkeypatch.setattr(ort_model, "training_api", lambda: pytest.fail("the training API was used"))
+    monkeypatch.setattr(schema1, "training_api", lambda: pytest.fail("the training API was used"))
     again = OrtModel(load_bundle(model.bundle_path))
     again.forward_backward(windows(2), np.ones(2, np.float32), again.source_stats())
     assert np.abs(again.gradient_vector()).max() > 0
@@ -65,7 +65,7 @@ def test_a_schema_1_bundle_without_the_training_api_says_to_re_export(bundles, m
     def missing():
         raise ImportError("no training API")
 
-    monkeypatch.setattr(ort_model, "training_api", missing)
+    monkeypatch.setattr(schema1, "training_api", missing)
     with pytest.raises(BundleError, match=r"no standard-operator training graph.*`edge-ttt export`"):
         OrtModel(load_bundle(bundles[1]))
 

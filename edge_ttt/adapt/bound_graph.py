@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-PROVIDERS = {"cpu": ["CPUExecutionProvider"], "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"]}
+from edge_ttt.adapt.devices import PROVIDERS
 
 
 class BoundGraph:

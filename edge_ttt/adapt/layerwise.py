@@ -15,7 +15,8 @@ from collections.abc import Callable
 
 import numpy as np
 
-from edge_ttt.adapt.ort_model import OrtModel, Outputs
+from edge_ttt.adapt.ort_model import OrtModel
+from edge_ttt.adapt.outputs import Outputs
 from edge_ttt.adapt.statistics import Stats, mixture_moments
 
 # (layer name, (mean, var) of that layer's input for this window) -> (mean, var) to normalize with

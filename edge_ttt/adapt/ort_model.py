@@ -13,72 +13,22 @@ gradient kernels and checkpoint need onnxruntime-training's API.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
 from edge_ttt.adapt.bound_graph import BoundGraph
+from edge_ttt.adapt.devices import resolve_device
 from edge_ttt.adapt.flat import Layout
-from edge_ttt.adapt.softmax import softmax_entropy
+from edge_ttt.adapt.outputs import Outputs
+from edge_ttt.adapt.schema1 import parameter_buffer_layout, training_api_for
 from edge_ttt.adapt.statistics import FlatStats, Stats
-from edge_ttt.artifacts import Bundle, BundleError
+from edge_ttt.artifacts import Bundle
 from edge_ttt.manifest import CHECKPOINT, EVAL_MODEL, TRAINING_MODEL
-from edge_ttt.ortapi import training_api
 
 # How ORT's training graphs name a parameter's gradient accumulation input and output, and the
 # input that makes the next pass overwrite the accumulated gradients instead of adding to them.
 ACCUMULATION_BUFFER = "_grad.accumulation.buffer"
 ACCUMULATION_OUT = "_grad.accumulation.out"
 LAZY_RESET_GRAD = "lazy_reset_grad"
-
-
-@dataclass(frozen=True)
-class Outputs:
-    logits: np.ndarray
-    moments: Stats
-    loss: float | None = None
-
-    @property
-    def softmax(self) -> tuple[np.ndarray, np.ndarray]:
-        """Per window, the predicted distribution and its entropy in nats, float64 (computed once:
-        a policy weighs and watches windows by them, the engine reports them). Kept by hand, as
-        `functools.cached_property` does, without the lock it takes on Python 3.11."""
-        kept = self.__dict__.get("_softmax")
-        if kept is None:
-            kept = self.__dict__["_softmax"] = softmax_entropy(self.logits.astype(np.float64))
-        return kept
-
-    @property
-    def entropy(self) -> np.ndarray:
-        return self.softmax[1]
-
-
-def available_devices() -> list[str]:
-    """'cuda' when the installed onnxruntime has the CUDA execution provider, and always 'cpu'."""
-    import onnxruntime
-
-    return (["cuda"] if "CUDAExecutionProvider" in onnxruntime.get_available_providers() else []) + ["cpu"]
-
-
-def resolve_device(device: str) -> str:
-    """Map 'auto' to the best available device; refuse 'cuda' where there is none."""
-    devices = available_devices()
-    if device == "auto":
-        return devices[0]
-    if device not in devices:
-        raise RuntimeError(f"device {device!r} is not available here; available: {', '.join(devices)}")
-    return device
-
-
-def _training_api_for(bundle: Bundle):
-    """The training API a schema-1 bundle needs, or one line saying how to do without it."""
-    try:
-        return training_api()
-    except ImportError:
-        raise BundleError(
-            f"{bundle.path} has no standard-operator training graph (manifest schema 1) and this "
-            "onnxruntime has no training API: re-export it with this version (`edge-ttt export`)"
-        ) from None
 
 
 class OrtModel:
@@ -127,7 +77,7 @@ class OrtModel:
             self.layout = Layout.of({n: params[n] for n in self.trainable})
             self._graphs = self._bind_graphs(bundle, options, params)
             return
-        api = _training_api_for(bundle)
+        api = training_api_for(bundle)
         self.state = api.CheckpointState.load_checkpoint(str(bundle.file(CHECKPOINT)))
         self.module = api.Module(
             str(bundle.file(TRAINING_MODEL)),
@@ -138,7 +88,7 @@ class OrtModel:
         )
         self._train_inputs = self.module.train().input_names()
         self._eval_inputs = self.module.eval().input_names()
-        self.layout = self._buffer_layout()
+        self.layout = parameter_buffer_layout(self.module, self.state, self.trainable)
         self._trainable_params = [self.state.parameters[n] for n in self.layout.names]
         params = {n: p.data.copy() for n, p in self.state.parameters}
         self._graphs = self._bind_graphs(bundle, options, params) if self.device == "cpu" else None
@@ -204,27 +154,6 @@ class OrtModel:
             buffers[mean_input], buffers[var_input] = means[layer], variances[layer]
         return buffers
 
-    def _buffer_layout(self) -> Layout:
-        """The trainable parameters in the order of ORT's contiguous parameter buffer (that of
-        the training graph), which `write_parameters` fills in one call. The buffer carries no
-        names: distinct values written per name and read back in one buffer give the order."""
-        source = self.parameters()
-        layout = Layout.of(source)
-        if self.module.get_parameters_size(trainable_only=True) != layout.size:
-            raise ValueError(f"the training graph does not train exactly the manifest's {self.trainable}")
-        params = self.state.parameters
-        probe = layout.split(np.arange(layout.size, dtype=np.float32))
-        for name, value in probe.items():
-            params[name] = np.ascontiguousarray(value)
-        buffer = self.module.get_contiguous_parameters(trainable_only=True).numpy()
-        for name, value in source.items():
-            params[name] = value
-        order = sorted(layout.names, key=lambda n: int(np.flatnonzero(buffer == probe[n].flat[0])[0]))
-        layout = Layout(order, [source[n].shape for n in order])
-        if not np.array_equal(buffer, layout.flatten(probe, np.float32)):
-            raise ValueError("ORT's contiguous parameter buffer does not hold each parameter in one piece")
-        return layout
-
     def source_stats(self) -> Stats:
         """The batch norms' source statistics from the manifest, as float32 arrays."""
         return {
@@ -232,15 +161,17 @@ class OrtModel:
             for layer in self.manifest.batch_norms
         }
 
-    def _values(
+    def _feeds(
         self,
+        names: list[str],
         x: np.ndarray,
         weights: np.ndarray,
         stats: Stats,
         mix: float,
         target: np.ndarray | None = None,
-    ) -> dict[str, np.ndarray]:
-        """This call's inputs by name (everything but the parameters and gradient buffers)."""
+    ) -> list:
+        """This call's inputs (everything but the parameters and gradient buffers) in the order of
+        `names`, for the training module's own calls."""
         graph = self.manifest.graph
         values = {}
         values[graph.input] = np.ascontiguousarray(x, np.float32)
@@ -255,18 +186,6 @@ class OrtModel:
             mean, var = stats[layer]
             values[mean_input] = np.asarray(mean, np.float32)
             values[var_input] = np.asarray(var, np.float32)
-        return values
-
-    def _feeds(
-        self,
-        names: list[str],
-        x: np.ndarray,
-        weights: np.ndarray,
-        stats: Stats,
-        mix: float,
-        target: np.ndarray | None = None,
-    ) -> list:
-        values = self._values(x, weights, stats, mix, target)
         return [values[n] for n in names]
 
     def _unpack(self, out: tuple, loss: float | None) -> Outputs:

@@ -22,7 +22,8 @@ import numpy as np
 from edge_ttt.adapt.counters import Counters
 from edge_ttt.adapt.flat import unprefixed
 from edge_ttt.adapt.optim import Arrays
-from edge_ttt.adapt.ort_model import OrtModel, Outputs, Stats
+from edge_ttt.adapt.ort_model import OrtModel, Stats
+from edge_ttt.adapt.outputs import Outputs
 from edge_ttt.manifest import Manifest
 
 STAT_MOMENTUM = 0.002  # weight of one window in the moment EMAs: a horizon of about 500 windows

@@ -8,7 +8,8 @@ import numpy as np
 
 from edge_ttt.adapt.counters import Counters
 from edge_ttt.adapt.optim import Arrays
-from edge_ttt.adapt.ort_model import OrtModel, Outputs, Stats
+from edge_ttt.adapt.ort_model import OrtModel, Stats
+from edge_ttt.adapt.outputs import Outputs
 from edge_ttt.adapt.policies.base import STAT_MOMENTUM, STAT_PRIOR_WINDOWS, Policy
 from edge_ttt.adapt.statistics import LayerMoments, fold_moments
 

@@ -13,7 +13,8 @@ from edge_ttt.adapt.iabn import instance_aware, pooled, unbiased
 from edge_ttt.adapt.layer_lengths import batch_norm_lengths
 from edge_ttt.adapt.layerwise import Choose, forward_layerwise, joined
 from edge_ttt.adapt.optim import Adam, Arrays
-from edge_ttt.adapt.ort_model import OrtModel, Outputs, Stats
+from edge_ttt.adapt.ort_model import OrtModel, Stats
+from edge_ttt.adapt.outputs import Outputs
 from edge_ttt.adapt.pbrs import PredictionBalancedReservoir
 from edge_ttt.adapt.policies.base import Policy
 

@@ -10,7 +10,8 @@ import numpy as np
 from edge_ttt.adapt.counters import Counters
 from edge_ttt.adapt.flat import prefixed, unprefixed
 from edge_ttt.adapt.optim import SGD, Arrays
-from edge_ttt.adapt.ort_model import OrtModel, Outputs
+from edge_ttt.adapt.ort_model import OrtModel
+from edge_ttt.adapt.outputs import Outputs
 from edge_ttt.adapt.policies.base import Policy
 
 

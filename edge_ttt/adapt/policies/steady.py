@@ -13,7 +13,8 @@ from edge_ttt.adapt.drift_gate import DriftGate
 from edge_ttt.adapt.flat import prefixed, unprefixed
 from edge_ttt.adapt.guard import CollapseDetector
 from edge_ttt.adapt.optim import Adam, Arrays
-from edge_ttt.adapt.ort_model import OrtModel, Outputs, Stats
+from edge_ttt.adapt.ort_model import OrtModel, Stats
+from edge_ttt.adapt.outputs import Outputs
 from edge_ttt.adapt.policies.base import CLASS_PRIOR_MOMENTUM, STAT_MOMENTUM, STAT_PRIOR_WINDOWS, Policy
 from edge_ttt.adapt.statistics import ClassBalance, LayerMoments, fold_moments
 

@@ -30,7 +30,8 @@ import numpy as np
 from edge_ttt.adapt.counters import Counters
 from edge_ttt.adapt.flat import prefixed, unprefixed
 from edge_ttt.adapt.optim import SGD, Adam, Arrays
-from edge_ttt.adapt.ort_model import OrtModel, Outputs, Stats
+from edge_ttt.adapt.ort_model import OrtModel, Stats
+from edge_ttt.adapt.outputs import Outputs
 from edge_ttt.adapt.policies.base import CLASS_PRIOR_MOMENTUM, STAT_MOMENTUM, STAT_PRIOR_WINDOWS
 from edge_ttt.adapt.policies.norm import Norm
 from edge_ttt.adapt.statistics import ClassBalance, fold_moments

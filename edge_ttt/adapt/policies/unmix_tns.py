@@ -11,7 +11,8 @@ from edge_ttt.adapt.counters import Counters
 from edge_ttt.adapt.flat import prefixed, unprefixed
 from edge_ttt.adapt.layerwise import forward_layerwise, joined
 from edge_ttt.adapt.optim import Arrays
-from edge_ttt.adapt.ort_model import OrtModel, Outputs, Stats
+from edge_ttt.adapt.ort_model import OrtModel, Stats
+from edge_ttt.adapt.outputs import Outputs
 from edge_ttt.adapt.policies.base import Policy
 from edge_ttt.adapt.unmix import Components, batch_momentum
 
