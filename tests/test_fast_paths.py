@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from edge_ttt.adapt import engine as engine_module
-from edge_ttt.adapt import ort_model
+from edge_ttt.adapt import outputs as pass_outputs
 from edge_ttt.adapt.engine import Engine
 from edge_ttt.adapt.guard import CollapseDetector, InputLimits, Validity
 from edge_ttt.adapt.ort_model import OrtModel
@@ -89,7 +89,7 @@ def test_predictions_and_states_equal_the_replaced_code(
     confident_bundle_dir, policy, options, batch, monkeypatch
 ):
     with monkeypatch.context() as patch:
-        patch.setattr(ort_model, "softmax_entropy", reference_softmax_entropy)
+        patch.setattr(pass_outputs, "softmax_entropy", reference_softmax_entropy)
         patch.setattr(engine_module, "softmax_entropy", reference_softmax_entropy)
         patch.setattr(engine_module, "check_windows", reference_check_windows)
         patch.setattr(ClassBalance, "weights", reference_weights)
