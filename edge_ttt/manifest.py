@@ -172,6 +172,13 @@ class DriftLimits(_Strict):
         return self
 
 
+class ClassMoments(_Strict):
+    """One batch norm's input on the source data, per class: mean and population variance."""
+
+    mean: list[list[float]] = Field(description="[classes][channels]")
+    var: list[list[float]] = Field(description="[classes][channels]")
+
+
 class Reference(_Strict):
     channels: list[ChannelReference]
     entropy: EntropyQuantiles
@@ -189,6 +196,9 @@ class Reference(_Strict):
     )
     drift_limits: DriftLimits | None = Field(
         None, description="absent: one source device, or exported before it (sampling limits only)"
+    )
+    class_norms: dict[str, ClassMoments] | None = Field(
+        None, description="per batch norm; absent: exported before it (`steady` without class correction)"
     )
 
     @model_validator(mode="after")
@@ -245,6 +255,7 @@ class Manifest(_Strict):
             raise ValueError(
                 "reference.class_channels needs one offset_spread and log_gain_spread per channel"
             )
+        self._check_class_norms()
         if [c.name for c in self.reference.channels] != self.model.channels:
             raise ValueError("reference.channels must list model.channels in order")
         params = {p for layer in self.norm_layers for p in (layer.weight, layer.bias)}
@@ -261,6 +272,20 @@ class Manifest(_Strict):
         if missing:
             raise ValueError(f"files is missing required entries: {', '.join(missing)}")
         return self
+
+    def _check_class_norms(self) -> None:
+        norms = self.reference.class_norms
+        if norms is None:
+            return
+        channels = {layer.name: layer.channels for layer in self.norm_layers if layer.kind == "batch"}
+        if set(norms) != set(channels):
+            raise ValueError("reference.class_norms needs one entry per batch norm layer, and no other")
+        for name, moments in norms.items():
+            for rows in (moments.mean, moments.var):
+                if len(rows) != len(self.model.classes) or any(len(row) != channels[name] for row in rows):
+                    raise ValueError(
+                        f"reference.class_norms.{name} needs [classes][channels] values for mean and var"
+                    )
 
     @property
     def batch_norms(self) -> list[NormLayer]:

@@ -23,8 +23,7 @@ from edge_ttt.recordlog import RecordedLog, read_log
 from edge_ttt.stream.window import WindowBatch, windows_from_log
 from export.checkpoint import SourceModel, load_checkpoint, save_checkpoint
 from export.models import build_model
-from export.norms import norm_layers
-from export.onnx_graph import example_inputs, explicit_forward, graph_names
+from export.norm_moments import class_norm_moments, norm_source_moments
 from export.reference import channel_reference, class_channels, entropy_quantiles, held_out_limits
 
 log = logging.getLogger(__name__)
@@ -42,6 +41,7 @@ REFERENCE_KEYS = (
     "class_channels",
     "mounting",
     "drift_limits",
+    "class_norms",
 )
 
 
@@ -115,31 +115,6 @@ def _logits(model: nn.Module, x: np.ndarray, batch_size: int = 512) -> np.ndarra
     model.eval()
     out = [model(torch.from_numpy(x[i : i + batch_size])) for i in range(0, len(x), batch_size)]
     return torch.cat(out).numpy() if out else np.zeros((0, 0), np.float32)
-
-
-@torch.no_grad()
-def norm_source_moments(model: nn.Module, x: np.ndarray, batch_size: int = 64) -> dict:
-    """Source statistics per norm layer: BN running statistics; GN/LN mean instance moments."""
-    names = graph_names(model)
-    sums: dict[str, list[np.ndarray]] = {}
-    count = 0
-    for i in range(0, len(x), batch_size):
-        xb = torch.from_numpy(x[i : i + batch_size])
-        out = explicit_forward(model, xb, example_inputs(model, names, xb))
-        moments = iter(out[1:])
-        for layer in names.moment_outputs:
-            m, v = next(moments).numpy(), next(moments).numpy()
-            acc = sums.setdefault(layer, [np.zeros_like(m, np.float64), np.zeros_like(v, np.float64)])
-            acc[0] += m * len(xb)
-            acc[1] += v * len(xb)
-        count += len(xb)
-    result = {}
-    for layer, norm in norm_layers(model).items():
-        if norm.kind == "batch":
-            result[layer] = (norm.running_mean.tolist(), norm.running_var.tolist())
-        else:
-            result[layer] = ((sums[layer][0] / count).tolist(), (sums[layer][1] / count).tolist())
-    return result
 
 
 def aux_loss(model: nn.Module, x: np.ndarray, channels: list[str], rng: np.random.Generator) -> torch.Tensor:
@@ -252,6 +227,13 @@ def train(log_path: Path, out: Path, cfg: TrainConfig, show_progress: bool = Tru
                 x_train, split.train.label, len(src.class_names), split.train_ids
             ),
             "mounting": posture_reference(x_train, split.train.label, split.train_ids, triads(src.channels)),
+            # Every source device, held-out ones included: the offsets must hold for new wearers.
+            "class_norms": class_norm_moments(
+                model,
+                np.concatenate((x_train, x_val)),
+                np.concatenate((split.train.label, split.val.label)),
+                len(src.class_names),
+            ),
             "drift_limits": held_out_limits(*windows_from_log(src, cfg.window, cfg.hop), channels),
         },
         norm_source=norm_source_moments(model, x_val),

@@ -10,9 +10,9 @@ from edge_ttt.adapt.transforms import triads
 from edge_ttt.drift.calibration import drift_limits
 from export.checkpoint import SourceModel
 from export.models import build_model
+from export.norm_moments import class_norm_moments, norm_source_moments
 from export.norms import norm_layers
 from export.reference import channel_reference, class_channels, entropy_quantiles
-from export.train import norm_source_moments
 from tests.conftest import CHANNELS
 
 CLASSES = 5
@@ -35,11 +35,17 @@ def randomized_model(name: str, seed: int = 0) -> torch.nn.Module:
     return model.eval()
 
 
-def source_model(name: str) -> SourceModel:
-    model = randomized_model(name)
+def reference_data() -> tuple[np.ndarray, np.ndarray]:
+    """The source samples [n, channels] and windows [n, channels, length] a test model's
+    reference is computed from."""
     rng = np.random.default_rng(1)
     values = rng.standard_normal((2000, len(CHANNELS))).astype(np.float32)
-    x = rng.standard_normal((32, len(CHANNELS), LENGTH)).astype(np.float32)
+    return values, rng.standard_normal((32, len(CHANNELS), LENGTH)).astype(np.float32)
+
+
+def source_model(name: str) -> SourceModel:
+    model = randomized_model(name)
+    values, x = reference_data()
     with torch.no_grad():
         logits = model(torch.from_numpy(x)).numpy()
     return SourceModel(
@@ -59,6 +65,7 @@ def source_model(name: str) -> SourceModel:
             "class_prior": [1 / CLASSES] * CLASSES,  # what the estimates assume without one
             "class_channels": class_channels(x, logits.argmax(axis=1), CLASSES, np.arange(len(x)) % 2),
             "mounting": posture_reference(x, logits.argmax(axis=1), np.arange(len(x)) % 2, triads(CHANNELS)),
+            "class_norms": class_norm_moments(model, x, logits.argmax(axis=1), CLASSES),
             "drift_limits": drift_limits(
                 x, np.arange(len(x)) // 8, [np.asarray(c["hist_edges"]) for c in reference_channels]
             ),

@@ -207,14 +207,22 @@ class LayerMoments:
             self._stats = FlatStats(vector, self.layout)
         return self._stats
 
-    def fold(self, batch_moments: Stats, windows: float) -> None:
-        """Fold in one batch's moments (per layer: mean, var) weighing `windows` windows."""
+    def fold(
+        self, batch_moments: Stats, windows: float, shift: tuple[np.ndarray, np.ndarray] | None = None
+    ) -> None:
+        """Fold in one batch's moments (per layer: mean, var) weighing `windows` windows; `shift`
+        (flat, as the layout) is taken off its raw moments E[x] and E[x^2] first."""
         if self:
             names, size = self.layout.names, self.layout.size
             both = np.concatenate(
                 [batch_moments[k][0] for k in names] + [batch_moments[k][1] for k in names], dtype=np.float64
             )
-            self.ema.update(both[:size], both[size:], windows)
+            mean, var = both[:size], both[size:]
+            if shift is not None:
+                square = var + mean**2 - shift[1]
+                mean = mean - shift[0]
+                var = square - mean**2
+            self.ema.update(mean, var, windows)
             self._stats = None
 
     def state(self) -> dict[str, np.ndarray]:
@@ -241,11 +249,12 @@ def fold_moments(
     batch_moments: Stats,
     classes: np.ndarray,
     balance: ClassBalance | None = None,
+    shift: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> None:
-    """Fold one batch's per-layer moments into the averages. The batch weighs its number of
-    windows, or with `balance` the sum of its windows' class-balance weights, after which the
-    class shares take the batch's predicted `classes` in."""
+    """Fold one batch's per-layer moments, less `shift` (`LayerMoments.fold`), into the averages.
+    The batch weighs its number of windows, or with `balance` the sum of its windows' class-balance
+    weights, after which the class shares take the batch's predicted `classes` in."""
     windows = len(classes) if balance is None else float(np.add.reduce(balance.weights(classes)))
-    moments.fold(batch_moments, windows)
+    moments.fold(batch_moments, windows, shift)
     if balance is not None:
         balance.observe(classes)

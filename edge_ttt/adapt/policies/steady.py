@@ -3,20 +3,24 @@ entropy steps on the norm affines, averaged (EMA) and anchored to source, with c
 
 from __future__ import annotations
 
+import logging
 from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
 
+from edge_ttt.adapt.class_correction import ClassCorrection
 from edge_ttt.adapt.counters import Counters
 from edge_ttt.adapt.drift_gate import DriftGate
-from edge_ttt.adapt.flat import prefixed, unprefixed
+from edge_ttt.adapt.flat import Layout, prefixed, unprefixed
 from edge_ttt.adapt.guard import CollapseDetector
 from edge_ttt.adapt.optim import Adam, Arrays
 from edge_ttt.adapt.ort_model import OrtModel, Stats
 from edge_ttt.adapt.outputs import Outputs
 from edge_ttt.adapt.policies.base import CLASS_PRIOR_MOMENTUM, STAT_MOMENTUM, STAT_PRIOR_WINDOWS, Policy
 from edge_ttt.adapt.statistics import ClassBalance, LayerMoments, fold_moments
+
+log = logging.getLogger(__name__)
 
 NEVER_ROLLED_BACK = -(10**9)  # `last_rollback` before the first: any cooldown has passed
 SNAPSHOTS = 2  # healthy snapshots kept; a rollback goes to the older one
@@ -26,9 +30,10 @@ class Steady(Policy):
     """The default: safe at batch size 1 on label-correlated, noisy streams.
 
     1. Batch norms normalize with long-horizon moment EMAs started from source (as `norm`), but
-       each window counts less when its pseudo-class dominates the recent predictions: a long
-       run of one activity cannot drag the statistics toward that activity. (Separate estimates
-       per pseudo-class lose: misclassified windows contaminate them.)
+       each window counts less when its pseudo-class dominates the recent predictions, and its
+       moments are first moved to the source class mix (`ClassCorrection`, by its predicted
+       class distribution): a long run of one activity cannot drag the statistics toward that
+       activity. (Separate estimates per pseudo-class lose: misclassified windows contaminate them.)
     2. While the drift gate (`DriftGate`) sees the input away from source, entropy steps only
        from reliable windows (entropy below a source quantile), weighted
        down when their pseudo-class dominates recent predictions (so a run cannot pull the
@@ -63,8 +68,11 @@ class Steady(Policy):
         snapshot_every: int = 32  # updates between snapshots (a multiple of watch_every)
         rollback_cooldown: int = 64
         step_every: int = 4  # windows per gradient step while the gate is open; the others: forward only
+        class_correction: float = 0.85  # share of a window's predicted-class offset taken off its moments
 
         def __post_init__(self) -> None:
+            if not 0.0 <= self.class_correction <= 1.0:
+                raise ValueError(f"class_correction must be from 0 to 1, got {self.class_correction}")
             if self.step_every < 1:
                 raise ValueError(f"step_every must be 1 or more, got {self.step_every}")
             if self.watch_every < 1 or self.snapshot_every % self.watch_every:
@@ -83,6 +91,14 @@ class Steady(Policy):
             classes=self.classes,
             horizon=cfg.collapse_horizon,
         )
+        layout = Layout.of({k: m for k, (m, _) in self.source_stats.items()})
+        self.correction = ClassCorrection.for_manifest(model.manifest, layout, cfg.class_correction)
+        if self.correction is None and layout.names and cfg.class_correction > 0:
+            log.warning(
+                "bundle %s has no class moments (reference.class_norms): steady's statistics run "
+                "without class correction; re-run `edge-ttt export` to add them",
+                model.bundle_path,
+            )
         self.reset()
 
     def reset(self) -> None:
@@ -135,7 +151,8 @@ class Steady(Policy):
             out, weights, grads = self.model.forward(x, self.stats()), np.zeros(len(x)), None
             self.counters.skipped_no_drift += len(x)
         classes = out.logits.argmax(axis=1)
-        fold_moments(self.moments, out.moments, classes, self.balance)
+        shift = None if self.correction is None else self.correction.shift(out.softmax[0])
+        fold_moments(self.moments, out.moments, classes, self.balance, shift)
         if drifting:
             self.counters.skipped_unreliable += len(weights) - int(np.count_nonzero(weights))
         if grads is not None:
