@@ -173,6 +173,22 @@ def test_building_or_restoring_an_engine_does_not_disturb_the_one_served(bundle_
         np.testing.assert_array_equal(a.process(stream(seed)).probs, alone.process(stream(seed)).probs)
 
 
+def test_an_engine_built_after_another_adapted_on_the_shared_model_starts_from_source(bundle_dir: Path):
+    """The agent makes a device's engine when its first frame comes, on the model the other
+    devices' engines already adapt: the new policy's source is the bundle's, not what the model
+    holds for the engine served last; and it predicts as on a model of its own."""
+    shared = OrtModel(load_bundle(bundle_dir))
+    first = Engine(shared, "steady", AGGRESSIVE_STEADY)
+    for seed in range(4):
+        first.process(windows(4, seed) * 3)
+    assert not np.array_equal(first.policy.param_vector, first.policy.source_vector)  # it adapted
+    for policy in ("steady", "source"):
+        late, alone = Engine(shared, policy), Engine(OrtModel(load_bundle(bundle_dir)), policy)
+        np.testing.assert_array_equal(late.policy.source_vector, alone.policy.source_vector)
+        for seed in range(4, 7):
+            np.testing.assert_array_equal(late.process(stream(seed)).probs, alone.process(stream(seed)).probs)
+
+
 def test_the_report_is_a_frozen_value_with_the_fields_of_a_summary(bundle_dir: Path):
     e = make(bundle_dir, "norm")
     e.process(windows(2) * 2 + 1)

@@ -75,6 +75,7 @@ class OrtModel:
             with np.load(bundle.file(spec.parameters), allow_pickle=False) as saved:
                 params = {name: saved[name] for name in saved.files}
             self.layout = Layout.of({n: params[n] for n in self.trainable})
+            self._source = {n: params[n].copy() for n in self.trainable}
             self._graphs = self._bind_graphs(bundle, options, params)
             return
         api = training_api_for(bundle)
@@ -91,6 +92,7 @@ class OrtModel:
         self.layout = parameter_buffer_layout(self.module, self.state, self.trainable)
         self._trainable_params = [self.state.parameters[n] for n in self.layout.names]
         params = {n: p.data.copy() for n, p in self.state.parameters}
+        self._source = {n: params[n].copy() for n in self.trainable}
         self._graphs = self._bind_graphs(bundle, options, params) if self.device == "cpu" else None
 
     def _bind_graphs(
@@ -272,7 +274,13 @@ class OrtModel:
         else:
             self._reset[0] = True
 
+    def source_parameters(self) -> dict[str, np.ndarray]:
+        """The trainable parameters as the bundle holds them (copies), whatever the model holds
+        now: engines that share the model write their own adapted ones into it."""
+        return {n: v.copy() for n, v in self._source.items()}
+
     def parameters(self, trainable_only: bool = True) -> dict[str, np.ndarray]:
+        """The parameters the model holds now (copies): the engine served last has written them."""
         if self.state is None:
             names = self.trainable if trainable_only else self._param_names
             return {n: self._kept[n].copy() for n in names}

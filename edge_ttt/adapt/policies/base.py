@@ -67,7 +67,7 @@ class Policy:
         self.counters = counters
         self.classes = len(model.manifest.model.classes)
         self.source_stats = model.source_stats()
-        self.source_params = model.parameters()
+        self.source_params = model.source_parameters()  # the bundle's, not what a shared model holds
         self.layout = model.layout  # of the flat parameter vectors (`edge_ttt.adapt.flat`)
         self.source_vector = self.layout.flatten(self.source_params, np.float32)
         self.param_vector = self.source_vector  # what the model must hold while this policy runs
