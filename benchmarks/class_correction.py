@@ -8,6 +8,7 @@ Batch size 1, severity 4, every shift of the benchmark. Writes class_correction.
 from __future__ import annotations
 
 import argparse
+import functools
 import multiprocessing
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from benchmarks.harness import progress, write_json
 from edge_ttt.adapt.engine import Engine
 from edge_ttt.adapt.ort_model import OrtModel
 from edge_ttt.artifacts import load_bundle
+from edge_ttt.recordlog import RecordedLog
 from edge_ttt.stream.window import windows_from_log
 from firmware_sim.corruptions import SHIFTS, corrupt_log
 from firmware_sim.datasets.watch import watch_logs
@@ -28,9 +30,20 @@ MODES = ("recorded", "class-sorted", "per device")
 SEVERITY = 4
 
 
+@functools.cache
+def _model(bundle_dir: Path) -> OrtModel:
+    """One model per worker, shared by its engines as the agent's device engines share one."""
+    return OrtModel(load_bundle(bundle_dir), threads=1)
+
+
+@functools.cache
+def _target() -> RecordedLog:
+    return watch_logs()["target"]
+
+
 def _predict(bundle_dir: Path, strength: float | None, x: np.ndarray) -> np.ndarray:
     """One fresh engine over the windows, one at a time: `source` for None, else the default policy."""
-    model = OrtModel(load_bundle(bundle_dir), threads=1)
+    model = _model(bundle_dir)
     engine = (
         Engine(model, "source") if strength is None else Engine(model, options={"class_correction": strength})
     )
@@ -40,8 +53,8 @@ def _predict(bundle_dir: Path, strength: float | None, x: np.ndarray) -> np.ndar
 def cell(job: tuple[Path, str, str]) -> dict:
     """Accuracy (%) of `source` and of every strength on one shift in one mode."""
     bundle_dir, shift, mode = job
-    info = load_bundle(bundle_dir).manifest.model
-    log = corrupt_log(watch_logs()["target"], shift, SEVERITY, 0, same_for_all_devices=mode != "per device")
+    info = _model(bundle_dir).manifest.model
+    log = corrupt_log(_target(), shift, SEVERITY, 0, same_for_all_devices=mode != "per device")
     batch, devices = windows_from_log(log, info.window, info.hop)
     if mode == "per device":
         streams = []

@@ -56,15 +56,25 @@ def trained_bundle(tmp_path_factory) -> Path:
     return tmp / "bundle"
 
 
+def _one_class_run() -> np.ndarray:
+    """The windows of one class of the synthetic log: its own data, no drift."""
+    batch, _ = windows_from_log(synthetic_log(seed=5), 64, 32)
+    return batch.x[batch.label == 2]
+
+
+def _adapted(model: OrtModel, correction: float, windows: int, offset: float = 0.0) -> Steady:
+    """`steady` after `windows` windows of the one-class run (cycled), each moved by `offset`."""
+    run = _one_class_run()
+    steady = Steady(model, Counters(), Steady.Options(class_correction=correction))
+    for i in range(windows):
+        steady.update(run[i % len(run)][None] + offset)
+    return steady
+
+
 def _drift_after_one_class(bundle: Path, correction: float) -> float:
     """Mean over the batch norms' channels of |mean - source mean| / source std after 1000 windows
-    of one class, the log's own windows (no drift)."""
-    model = OrtModel(load_bundle(bundle))
-    batch, _ = windows_from_log(synthetic_log(seed=5), 64, 32)
-    run = batch.x[batch.label == 2]
-    steady = Steady(model, Counters(), Steady.Options(class_correction=correction))
-    for i in range(1000):
-        steady.update(run[i % len(run)][None])
+    of one class."""
+    steady = _adapted(OrtModel(load_bundle(bundle)), correction, 1000)
     means = steady.moments.means()
     return float(
         np.mean(
@@ -84,17 +94,13 @@ def test_a_shift_of_the_input_still_moves_the_corrected_statistics(trained_bundl
     """The correction takes the class's offset off, not the drift: an offset on every window of a
     run still shows in the statistics, as it does without the correction."""
     model = OrtModel(load_bundle(trained_bundle))
-    batch, _ = windows_from_log(synthetic_log(seed=5), 64, 32)
-    run = batch.x[batch.label == 2]
     first = model.manifest.batch_norms[0].name
-    moved = {}
-    for correction in (0.0, 1.0):
-        for offset in (0.0, 1.0):
-            steady = Steady(model, Counters(), Steady.Options(class_correction=correction))
-            for i in range(300):
-                steady.update(run[i % len(run)][None] + offset)
-            moved[correction, offset] = steady.moments.means()[first]
-    std = np.sqrt(steady.source_stats[first][1])
+    moved = {
+        (correction, offset): _adapted(model, correction, 300, offset).moments.means()[first]
+        for correction in (0.0, 1.0)
+        for offset in (0.0, 1.0)
+    }
+    std = np.sqrt(model.source_stats()[first][1].astype(np.float64))
     plain = np.abs(moved[0.0, 1.0] - moved[0.0, 0.0]) / std
     corrected = np.abs(moved[1.0, 1.0] - moved[1.0, 0.0]) / std
     assert plain.mean() > 0.2, plain.mean()

@@ -14,7 +14,8 @@ from __future__ import annotations
 import numpy as np
 
 from edge_ttt.adapt.flat import Layout
-from edge_ttt.manifest import Manifest
+from edge_ttt.adapt.statistics import Stats
+from edge_ttt.manifest import ClassMoments
 
 
 class ClassCorrection:
@@ -31,22 +32,20 @@ class ClassCorrection:
         self.second = strength * np.asarray(second, np.float64)
 
     @classmethod
-    def for_manifest(cls, manifest: Manifest, layout: Layout, strength: float) -> ClassCorrection | None:
-        """From the bundle's class moments, in the order of `layout` (the batch norms'); None when
-        the bundle has none (exported before them) or `strength` is 0."""
-        norms = manifest.reference.class_norms
-        if norms is None or strength == 0.0 or not layout.names:
+    def from_reference(
+        cls, class_norms: dict[str, ClassMoments] | None, source: Stats, strength: float
+    ) -> ClassCorrection | None:
+        """From the bundle's class moments (`reference.class_norms`) and the batch norms' source
+        statistics, laid out as `LayerMoments` lays out those; None when the bundle has no class
+        moments (exported before them) or no batch norms, or `strength` is 0."""
+        if class_norms is None or strength == 0.0 or not source:
             return None
-        source = {layer.name: layer for layer in manifest.batch_norms}
-        first, second = [], []
-        for name in layout.names:
-            mean = np.asarray(norms[name].mean, np.float64)
-            square = np.asarray(norms[name].var, np.float64) + mean**2
-            s_mean = np.asarray(source[name].source_mean, np.float64)
-            s_square = np.asarray(source[name].source_var, np.float64) + s_mean**2
-            first.append(mean - s_mean)
-            second.append(square - s_square)
-        return cls(np.concatenate(first, axis=1), np.concatenate(second, axis=1), strength)
+        layout = Layout.of({name: mean for name, (mean, _) in source.items()})
+        mean = np.concatenate([np.asarray(class_norms[n].mean, np.float64) for n in layout.names], axis=1)
+        var = np.concatenate([np.asarray(class_norms[n].var, np.float64) for n in layout.names], axis=1)
+        s_mean = layout.flatten({n: m for n, (m, _) in source.items()}, np.float64)
+        s_var = layout.flatten({n: v for n, (_, v) in source.items()}, np.float64)
+        return cls(mean - s_mean, var + mean**2 - (s_var + s_mean**2), strength)
 
     def shift(self, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """What to take off a batch's raw moments: the offsets of the batch's mean predicted class

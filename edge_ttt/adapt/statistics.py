@@ -100,11 +100,15 @@ class MomentEMA:
 
     def update(self, batch_mean: np.ndarray, batch_var: np.ndarray, windows: float) -> None:
         """Fold in one batch's moments; `windows` may be fractional (windows weighted down)."""
+        batch_mean = np.asarray(batch_mean, np.float64)
+        self.update_raw(batch_mean, np.asarray(batch_var, np.float64) + batch_mean**2, windows)
+
+    def update_raw(self, first: np.ndarray, second: np.ndarray, windows: float) -> None:
+        """Fold in one batch's raw moments E[x] and E[x^2], float64, as `update`."""
         a = self.weight(windows)
         self.seen += windows
-        batch_mean = np.asarray(batch_mean, np.float64)
-        self.m1 = (1.0 - a) * self.m1 + a * batch_mean
-        self.m2 = (1.0 - a) * self.m2 + a * (np.asarray(batch_var, np.float64) + batch_mean**2)
+        self.m1 = (1.0 - a) * self.m1 + a * first
+        self.m2 = (1.0 - a) * self.m2 + a * second
 
     @property
     def mean(self) -> np.ndarray:
@@ -217,12 +221,11 @@ class LayerMoments:
             both = np.concatenate(
                 [batch_moments[k][0] for k in names] + [batch_moments[k][1] for k in names], dtype=np.float64
             )
-            mean, var = both[:size], both[size:]
+            first = both[:size]
+            second = both[size:] + first**2
             if shift is not None:
-                square = var + mean**2 - shift[1]
-                mean = mean - shift[0]
-                var = square - mean**2
-            self.ema.update(mean, var, windows)
+                first, second = first - shift[0], second - shift[1]
+            self.ema.update_raw(first, second, windows)
             self._stats = None
 
     def state(self) -> dict[str, np.ndarray]:

@@ -12,7 +12,7 @@ import numpy as np
 from edge_ttt.adapt.class_correction import ClassCorrection
 from edge_ttt.adapt.counters import Counters
 from edge_ttt.adapt.drift_gate import DriftGate
-from edge_ttt.adapt.flat import Layout, prefixed, unprefixed
+from edge_ttt.adapt.flat import prefixed, unprefixed
 from edge_ttt.adapt.guard import CollapseDetector
 from edge_ttt.adapt.optim import Adam, Arrays
 from edge_ttt.adapt.ort_model import OrtModel, Stats
@@ -91,9 +91,10 @@ class Steady(Policy):
             classes=self.classes,
             horizon=cfg.collapse_horizon,
         )
-        layout = Layout.of({k: m for k, (m, _) in self.source_stats.items()})
-        self.correction = ClassCorrection.for_manifest(model.manifest, layout, cfg.class_correction)
-        if self.correction is None and layout.names and cfg.class_correction > 0:
+        self.correction = ClassCorrection.from_reference(
+            model.manifest.reference.class_norms, self.source_stats, cfg.class_correction
+        )
+        if self.correction is None and self.source_stats and cfg.class_correction > 0:
             log.warning(
                 "bundle %s has no class moments (reference.class_norms): steady's statistics run "
                 "without class correction; re-run `edge-ttt export` to add them",
