@@ -1,5 +1,5 @@
 """`python -m benchmarks.graph_paths [--repeats N]`: the standard-operator graph (schema 2) against
-ORT's training graph (a schema-1 copy of the same bundle, run through the training API as before)
+ORT's training graph (a schema-1 copy of the same bundle, which needs onnxruntime-training)
 at batch size 1, side by side in one run: the default policy with its drift gate open
 (steady-ungated), one bare training pass, and PyTorch's Tent for the ratio.
 

@@ -14,7 +14,7 @@ torch = pytest.importorskip("torch")
 from edge_ttt.adapt.ort_model import OrtModel  # noqa: E402
 from edge_ttt.adapt.softmax import softmax_entropy  # noqa: E402
 from edge_ttt.artifacts import Bundle, load_bundle  # noqa: E402
-from edge_ttt.manifest import CHECKPOINT, EVAL_MODEL, OPTIMIZER_MODEL, TRAINING_MODEL  # noqa: E402
+from edge_ttt.manifest import EVAL_MODEL, OPTIMIZER_MODEL, TRAINING_MODEL  # noqa: E402
 from edge_ttt.ortapi import training_api  # noqa: E402
 from export.bundle import ADAMW, export_bundle  # noqa: E402
 from export.checkpoint import SourceModel  # noqa: E402
@@ -23,6 +23,7 @@ from export.norms import norm_layers  # noqa: E402
 from export.onnx_graph import ExportError, check_norm_parameters, to_onnx  # noqa: E402
 from tests.conftest import CHANNELS, MODELS  # noqa: E402
 from tests.model_factory import CLASSES, LENGTH, randomized_model, source_model, windows  # noqa: E402
+from tests.training_module import TrainingModule  # noqa: E402
 
 
 @pytest.fixture(scope="module", params=MODELS)
@@ -126,25 +127,20 @@ def first_adamw_update(grad: torch.Tensor, lr: float) -> torch.Tensor:
     return lr * (1 - b2) ** 0.5 / (1 - b1) * m / (v.sqrt() + eps)
 
 
-class OrtAdamW:
+class OrtAdamW(TrainingModule):
     """The bundle's training module stepped by its AdamW optimizer model: what an application of
     ORT's own on-device training would run (the engine's policies step with their own optimizers).
     `model` only assembles the inputs."""
 
     def __init__(self, model: OrtModel, bundle: Bundle) -> None:
-        api = training_api()
-        self.model = model
-        self.state = api.CheckpointState.load_checkpoint(str(bundle.file(CHECKPOINT)))
-        self.module = api.Module(str(bundle.file(TRAINING_MODEL)), self.state, str(bundle.file(EVAL_MODEL)))
-        self.optimizer = api.Optimizer(str(bundle.file(OPTIMIZER_MODEL)), self.module)
-        self.inputs = self.module.train().input_names()
+        super().__init__(bundle, model)
+        self.optimizer = training_api().Optimizer(str(bundle.file(OPTIMIZER_MODEL)), self.module)
 
     def step(self, x: np.ndarray, weights: np.ndarray, mix: float, lr: float) -> None:
-        model = self.model
-        self.module(*model._feeds(self.inputs, x, weights, model.source_stats(), mix))
+        self.train(x, weights, self.model.source_stats(), mix)
         self.optimizer.set_learning_rate(lr)
         self.optimizer.step()
-        self.module.lazy_reset_grad()
+        self.lazy_reset_grad()
 
     def parameters(self, trainable_only: bool = True) -> dict[str, np.ndarray]:
         return {n: p.data.copy() for n, p in self.state.parameters if p.requires_grad or not trainable_only}

@@ -1,15 +1,13 @@
-"""One ONNX graph in a plain `InferenceSession` whose inputs stay bound to arrays kept by the
-caller, so that a call passes only what changed.
+"""One ONNX graph in a plain `InferenceSession` whose inputs stay bound to buffers kept by the
+caller (`DeviceBuffers`), so that a call passes only what changed.
 
 At batch size 1 the graphs are a few hundred tiny kernels, and handing ORT some thirty inputs per
 call (each wrapped and checked by `InferenceSession.run`) costs a tenth of the call. Bound once
 (`bind`), parameters, statistics and gradient buffers are read (and the gradient accumulators
-written) in place; the caller changes them with `np.copyto`, and copies the batch-shaped inputs
-into buffers bound anew only when the batch size changes (`feed`). Outputs of a fixed shape (the
-gradients) can be written straight into the caller's arrays (`fetch(..., into=...)`).
-
-On CUDA the same bindings hold host arrays: ORT copies them to the device and the outputs back on
-every run. Keeping them in device memory is left for when a GPU can test it.
+written) in place: on the CPU the host arrays themselves, on a GPU their copies in device memory.
+The batch-shaped inputs are copied into buffers bound anew only when the batch size changes
+(`feed`). Outputs of a fixed shape (the gradients) can be written straight into the caller's
+host arrays (`fetch(..., into=...)`); the others come back as new host arrays.
 """
 
 from __future__ import annotations
@@ -19,29 +17,31 @@ from pathlib import Path
 
 import numpy as np
 
+from edge_ttt.adapt.device_buffers import DeviceBuffers
 from edge_ttt.adapt.devices import PROVIDERS
 
 
 class BoundGraph:
     """A graph, its input bindings and the outputs it fetches."""
 
-    def __init__(self, path: Path, options, device: str = "cpu") -> None:
+    def __init__(self, path: Path, options, buffers: DeviceBuffers) -> None:
         import onnxruntime
 
         self.path = path
-        self.session = onnxruntime.InferenceSession(str(path), options, providers=PROVIDERS[device])
+        self.buffers = buffers
+        self.session = onnxruntime.InferenceSession(str(path), options, providers=PROVIDERS[buffers.device])
         self.inputs = [i.name for i in self.session.get_inputs()]
         self.outputs = [o.name for o in self.session.get_outputs()]
         self._ortvalue = onnxruntime.OrtValue.ortvalue_from_numpy
         self._binding = self.session.io_binding()
-        self._held: dict[str, tuple] = {}  # the bound values, alive as long as their binding
+        self._held: dict[str, object] = {}  # the bound values, alive as long as their binding
         self._fetch: list[str] = []
         self._into: dict[str, tuple] = {}  # outputs written into the caller's arrays
         self._rows: int | None = None  # the batch size the outputs were allocated for
 
     def fetch(self, names: list[str], into: Mapping[str, np.ndarray] | None = None) -> None:
         """The outputs `run` returns, in this order; and outputs of a fixed shape that each run
-        writes into the given arrays instead (C-contiguous, float32)."""
+        writes into the given host arrays instead (C-contiguous, float32)."""
         into = dict(into or {})
         missing = [name for name in [*names, *into] if name not in self.outputs]
         if missing:
@@ -62,23 +62,24 @@ class BoundGraph:
             self._rows = rows
 
     def feed(self, name: str, array: np.ndarray) -> None:
-        """Copy a batch-shaped input into the buffer bound to it, bound anew when the shape (or
-        type) changes: a copy of one window costs less than wrapping and binding it."""
-        held = self._held.get(name)
-        if held is not None and held[1].shape == array.shape and held[1].dtype == array.dtype:
-            np.copyto(held[1], array)
+        """Copy a batch-shaped input into this graph's buffer for it (placed anew when the shape
+        or type changes): a copy of one window costs less than wrapping and binding it."""
+        key = (id(self), name)
+        held = self.buffers.host(key)
+        if held is not None and held.shape == array.shape and held.dtype == array.dtype:
+            np.copyto(held, array)
+            self.buffers.push([key])
         else:
-            self.bind(name, np.array(array, order="C"))
+            self.bind(name, self.buffers.place(key, np.array(array, order="C")))
 
-    def bind(self, name: str, array: np.ndarray) -> None:
-        """Bind an input to the array's memory (C-contiguous, of the input's type): the next runs
-        read whatever the array holds then."""
-        value = self._ortvalue(array)
+    def bind(self, name: str, value) -> None:
+        """Bind an input to an OrtValue (placed by `DeviceBuffers`): the next runs read whatever
+        it holds then."""
         self._binding.bind_ortvalue_input(name, value)
-        self._held[name] = (value, array)
+        self._held[name] = value
 
     def unbound(self) -> list[str]:
-        """The inputs no array is bound to yet."""
+        """The inputs nothing is bound to yet."""
         return [name for name in self.inputs if name not in self._held]
 
     def run(self) -> list[np.ndarray]:

@@ -6,9 +6,11 @@ layer's batch moments. No policy lives here; `edge_ttt.adapt` policies decide wh
 step with their own optimizers (`edge_ttt.adapt.optim`), so the bundle's ORT optimizer model is
 not loaded.
 
-A bundle of schema 2 runs on stock onnxruntime: its standard-operator training graph returns each
-pass's gradients, which are added up here. A schema-1 bundle has only ORT's training graph, whose
-gradient kernels and checkpoint need onnxruntime-training's API.
+Every bundle runs the same way on every device: its graphs in plain `InferenceSession`s with IO
+binding (`BoundGraph`), their inputs in `DeviceBuffers`. A bundle of schema 2 runs on stock
+onnxruntime: its standard-operator training graph returns each pass's gradients, which are added
+up here. A schema-1 bundle has only ORT's training graph, whose gradient kernels and checkpoint
+need onnxruntime-training, on the CPU.
 """
 
 from __future__ import annotations
@@ -16,13 +18,14 @@ from __future__ import annotations
 import numpy as np
 
 from edge_ttt.adapt.bound_graph import BoundGraph
+from edge_ttt.adapt.device_buffers import DeviceBuffers
 from edge_ttt.adapt.devices import resolve_device
 from edge_ttt.adapt.flat import Layout
 from edge_ttt.adapt.outputs import Outputs
-from edge_ttt.adapt.schema1 import parameter_buffer_layout, training_api_for
+from edge_ttt.adapt.schema1 import checkpoint_parameters
 from edge_ttt.adapt.statistics import FlatStats, Stats
 from edge_ttt.artifacts import Bundle
-from edge_ttt.manifest import CHECKPOINT, EVAL_MODEL, TRAINING_MODEL
+from edge_ttt.manifest import EVAL_MODEL, TRAINING_MODEL
 
 # How ORT's training graphs name a parameter's gradient accumulation input and output, and the
 # input that makes the next pass overwrite the accumulated gradients instead of adding to them.
@@ -32,24 +35,26 @@ LAZY_RESET_GRAD = "lazy_reset_grad"
 
 
 class OrtModel:
-    """One bundle's eval and training graphs in plain `InferenceSession`s (`BoundGraph`), bound to
-    arrays kept here: a copy of the parameters, the statistics to normalize with, and the
-    gradients. A call passes only what changed (docs/performance.md measures the saving). The copy
-    follows `write_parameters` (and `set_parameters`); change parameters only through them.
+    """One bundle's eval and training graphs (`BoundGraph`), bound to buffers kept here: a copy of
+    the parameters, the statistics to normalize with, and the gradients. A call passes only what
+    changed (docs/performance.md measures the saving). The copy follows `write_parameters` (and
+    `set_parameters`); change parameters only through them.
 
-    Schema 2 (`manifest.standard_graph`), on CPU and CUDA alike: the parameters come from the
-    bundle's `.npz`, the standard graph writes this pass's gradients into `_step_gradient`, and
-    `forward_backward` adds them to `_gradient` (or overwrites it after `discard_gradients`): ORT's
-    accumulation, in numpy. On CUDA the bound arrays stay in host memory, so ORT copies them to
-    the device on every run: simple, and untested here for want of a GPU.
+    On the CPU the graphs read these host arrays in place; on CUDA they read copies in device
+    memory, pushed after each write (`DeviceBuffers`): the frozen weights cross once, the
+    parameters after a step, the statistics and the window with each call; logits, moments and
+    gradients come back. `copies` forces that rule on the CPU too (tests).
 
-    Schema 1: the training API loads the checkpoint into a training module. On CPU the training
-    graph runs bound as above, its accumulators writing `_gradient` in place, with the same
-    outputs and gradients bit for bit as the module's own calls; elsewhere (CUDA) the module's
-    calls run.
+    Schema 2 (`manifest.standard_graph`): the parameters come from the bundle's `.npz`, the
+    standard graph writes this pass's gradients into `_step_gradient`, and `forward_backward`
+    adds them to `_gradient` (or overwrites it after `discard_gradients`): ORT's accumulation, in
+    numpy. Schema 1: the parameters come from ORT's checkpoint, and the training graph's
+    accumulators write `_gradient` in place, the reset flag telling them to overwrite it.
     """
 
-    def __init__(self, bundle: Bundle, device: str = "cpu", threads: int = 1) -> None:
+    def __init__(
+        self, bundle: Bundle, device: str = "cpu", threads: int = 1, copies: bool | None = None
+    ) -> None:
         import onnxruntime
 
         self.manifest = bundle.manifest
@@ -60,40 +65,23 @@ class OrtModel:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         options.log_severity_level = 2  # warnings and up, whatever another library set globally
-        self._ortvalue = onnxruntime.OrtValue.ortvalue_from_numpy
         graph = self.manifest.graph
         self._layers = self.manifest.norm_layers
         self._stat_inputs = [(layer.name, *layer.stat_inputs) for layer in self.manifest.batch_norms]
         self._outputs = [graph.logits] + [n for layer in self._layers for n in layer.moment_outputs]
         self.trainable = list(self.manifest.trainable)
-        self._state_behind = False  # the bound parameter copy holds writes the checkpoint state has not seen
-        self.state = self.module = None  # schema 1 only: the training API's checkpoint and module
         self._step_gradient: np.ndarray | None = None  # schema 2: the last pass's own gradients
         self._owner: object | None = None  # whose parameters the model holds (`serve`)
         spec = self.manifest.standard_graph
-        if spec is not None:
+        if spec is None:
+            params = checkpoint_parameters(bundle, self.device)
+        else:
             with np.load(bundle.file(spec.parameters), allow_pickle=False) as saved:
                 params = {name: saved[name] for name in saved.files}
-            self.layout = Layout.of({n: params[n] for n in self.trainable})
-            self._source = {n: params[n].copy() for n in self.trainable}
-            self._graphs = self._bind_graphs(bundle, options, params)
-            return
-        api = training_api_for(bundle)
-        self.state = api.CheckpointState.load_checkpoint(str(bundle.file(CHECKPOINT)))
-        self.module = api.Module(
-            str(bundle.file(TRAINING_MODEL)),
-            self.state,
-            str(bundle.file(EVAL_MODEL)),
-            device=self.device,
-            session_options=options,
-        )
-        self._train_inputs = self.module.train().input_names()
-        self._eval_inputs = self.module.eval().input_names()
-        self.layout = parameter_buffer_layout(self.module, self.state, self.trainable)
-        self._trainable_params = [self.state.parameters[n] for n in self.layout.names]
-        params = {n: p.data.copy() for n, p in self.state.parameters}
+        self.layout = Layout.of({n: params[n] for n in self.trainable})
         self._source = {n: params[n].copy() for n in self.trainable}
-        self._graphs = self._bind_graphs(bundle, options, params) if self.device == "cpu" else None
+        self._buffers = DeviceBuffers(self.device, copies)
+        self._graphs = self._bind_graphs(bundle, options, params)
 
     def _bind_graphs(
         self, bundle: Bundle, options, params: dict[str, np.ndarray]
@@ -101,42 +89,50 @@ class OrtModel:
         """Eval and training graphs bound to the parameters (trainable ones as views of one vector
         in `layout`), the statistics and stat mix, and the gradients: for the standard graph its
         gradient outputs (views of `_step_gradient`), for ORT's training graph each trainable
-        parameter's accumulation buffer (a view of `_gradient`) and the reset flag."""
+        parameter's accumulation buffer (a view of `_gradient`, in host memory) and the reset flag."""
         graph = self.manifest.graph
+        buffers = self._buffers
         self._param_names = list(params)
         self._param_vector = self.layout.flatten(params, np.float32)
         kept = {n: v for n, v in params.items() if n not in self.layout.names}
         kept.update(self.layout.split(self._param_vector))
         kept.update(self._stat_buffers())
+        self._per_call = [name for _, mean, var in self._stat_inputs for name in (mean, var)]
         if graph.stat_mix is not None:
             kept[graph.stat_mix] = np.zeros(1, np.float32)
+            self._per_call.append(graph.stat_mix)
         self._kept = kept
         self._gradient = np.zeros(self.layout.size, np.float32)
         self._reset = np.ones(1, bool)  # true: the next training pass overwrites the gradients
-        per_call = {graph.input, graph.sample_weight} | (
+        values = {name: buffers.place(name, array) for name, array in kept.items()}
+        fed = {graph.input, graph.sample_weight} | (
             {self.manifest.auxiliary.target} if self.manifest.auxiliary else set()
         )
         spec = self.manifest.standard_graph
-        predictor = BoundGraph(bundle.file(EVAL_MODEL), options, self.device)
+        predictor = BoundGraph(bundle.file(EVAL_MODEL), options, buffers)
         predictor.fetch(self._outputs)
         if spec is None:
-            trainer = BoundGraph(bundle.file(TRAINING_MODEL), options, self.device)
-            training = {f"{n}{ACCUMULATION_BUFFER}": v for n, v in self.layout.split(self._gradient).items()}
-            training[LAZY_RESET_GRAD] = self._reset
+            trainer = BoundGraph(bundle.file(TRAINING_MODEL), options, buffers)
+            in_place = DeviceBuffers("cpu")  # the accumulators add into `_gradient` itself
+            training = {
+                f"{n}{ACCUMULATION_BUFFER}": in_place.place(n, v)
+                for n, v in self.layout.split(self._gradient).items()
+            }
+            training[LAZY_RESET_GRAD] = buffers.place(LAZY_RESET_GRAD, self._reset)
             trainer.fetch(
                 [graph.loss, *self._outputs, *(o for o in trainer.outputs if o.endswith(ACCUMULATION_OUT))]
             )
         else:
-            trainer = BoundGraph(bundle.file(spec.model), options, self.device)
+            trainer = BoundGraph(bundle.file(spec.model), options, buffers)
             self._step_gradient = np.zeros(self.layout.size, np.float32)
             steps = self.layout.split(self._step_gradient)
             training = {}
             trainer.fetch([graph.loss, *self._outputs], into={spec.gradients[n]: steps[n] for n in steps})
-        for g, values in ((predictor, kept), (trainer, {**kept, **training})):
+        for g, bound in ((predictor, values), (trainer, {**values, **training})):
             for name in g.inputs:
-                if name in values:
-                    g.bind(name, values[name])
-            missing = [name for name in g.unbound() if name not in per_call]
+                if name in bound:
+                    g.bind(name, bound[name])
+            missing = [name for name in g.unbound() if name not in fed]
             if missing:
                 raise ValueError(f"{g.path} has inputs this runtime does not feed: {missing}")
         return predictor, trainer
@@ -162,33 +158,6 @@ class OrtModel:
             layer.name: (np.asarray(layer.source_mean, np.float32), np.asarray(layer.source_var, np.float32))
             for layer in self.manifest.batch_norms
         }
-
-    def _feeds(
-        self,
-        names: list[str],
-        x: np.ndarray,
-        weights: np.ndarray,
-        stats: Stats,
-        mix: float,
-        target: np.ndarray | None = None,
-    ) -> list:
-        """This call's inputs (everything but the parameters and gradient buffers) in the order of
-        `names`, for the training module's own calls."""
-        graph = self.manifest.graph
-        values = {}
-        values[graph.input] = np.ascontiguousarray(x, np.float32)
-        values[graph.sample_weight] = weights
-        aux = self.manifest.auxiliary
-        if aux is not None:  # the eval graph keeps the training graph's inputs, so feed it always
-            shape = (len(x), len(aux.transformations))
-            values[aux.target] = np.zeros(shape, np.float32) if target is None else target
-        if graph.stat_mix is not None:
-            values[graph.stat_mix] = np.asarray([mix], np.float32)
-        for layer, mean_input, var_input in self._stat_inputs:
-            mean, var = stats[layer]
-            values[mean_input] = np.asarray(mean, np.float32)
-            values[var_input] = np.asarray(var, np.float32)
-        return [values[n] for n in names]
 
     def _unpack(self, out: tuple, loss: float | None) -> Outputs:
         moments = {layer.name: (out[1 + 2 * i], out[2 + 2 * i]) for i, layer in enumerate(self._layers)}
@@ -218,21 +187,17 @@ class OrtModel:
             kept[graph.stat_mix][0] = mix  # rounded to float32 as the input is
         if isinstance(stats, FlatStats) and stats.names == self._stat_names:
             np.copyto(self._stat_vector, stats.vector)
-            return
-        for layer, mean_input, var_input in self._stat_inputs:
-            mean, var = stats[layer]
-            np.copyto(kept[mean_input], mean)  # cast to float32 on the way where needed
-            np.copyto(kept[var_input], var)
+        else:
+            for layer, mean_input, var_input in self._stat_inputs:
+                mean, var = stats[layer]
+                np.copyto(kept[mean_input], mean)  # cast to float32 on the way where needed
+                np.copyto(kept[var_input], var)
+        self._buffers.push(self._per_call)
 
     def forward(self, x: np.ndarray, stats: Stats, mix: float = 0.0) -> Outputs:
         """Eval graph: logits and batch moments; no gradients, no state change."""
-        weights = np.zeros(len(x), np.float32)
-        if self._graphs is None:
-            self.module.eval()
-            out = self.module(*self._feeds(self._eval_inputs, x, weights, stats, mix))
-            return self._unpack(out[1:], None)
         predictor = self._graphs[0]
-        self._bind_call(predictor, x, weights, stats, mix)
+        self._bind_call(predictor, x, np.zeros(len(x), np.float32), stats, mix)
         return self._unpack(predictor.run(), None)
 
     def forward_backward(
@@ -252,27 +217,28 @@ class OrtModel:
         weights = np.asarray(weights, np.float32)
         if target is not None:
             target = np.ascontiguousarray(target, np.float32)
-        if self._graphs is None:
-            self.module.train()
-            out = self.module(*self._feeds(self._train_inputs, x, weights, stats, mix, target))
-        else:
-            trainer = self._graphs[1]
-            self._bind_call(trainer, x, weights, stats, mix, target)
-            out = trainer.run()
-            if self._step_gradient is not None:  # the standard graph: add this pass's gradients
-                if self._reset[0]:
-                    np.copyto(self._gradient, self._step_gradient)
-                else:
-                    self._gradient += self._step_gradient
-            self._reset[0] = False  # the next pass adds to these gradients
+        trainer = self._graphs[1]
+        self._bind_call(trainer, x, weights, stats, mix, target)
+        out = trainer.run()
+        if self._step_gradient is not None:  # the standard graph: add this pass's gradients
+            if self._reset[0]:
+                np.copyto(self._gradient, self._step_gradient)
+            else:
+                self._gradient += self._step_gradient
+        self._set_reset(False)  # the next pass adds to these gradients
         return self._unpack(out[1:], float(out[0]))
 
     def discard_gradients(self) -> None:
         """Forget the accumulated gradients: the next training pass starts from zero."""
-        if self._graphs is None:
-            self.module.lazy_reset_grad()
-        else:
-            self._reset[0] = True
+        self._set_reset(True)
+
+    def _set_reset(self, reset: bool) -> None:
+        """Whether the next training pass overwrites the gradients (ORT's training graph reads
+        the flag as an input, so it is pushed; the standard graph's sum reads it here)."""
+        if self._reset[0] != reset:
+            self._reset[0] = reset
+            if self._step_gradient is None:
+                self._buffers.push([LAZY_RESET_GRAD])
 
     def source_parameters(self) -> dict[str, np.ndarray]:
         """The trainable parameters as the bundle holds them (copies), whatever the model holds
@@ -281,45 +247,26 @@ class OrtModel:
 
     def parameters(self, trainable_only: bool = True) -> dict[str, np.ndarray]:
         """The parameters the model holds now (copies): the engine served last has written them."""
-        if self.state is None:
-            names = self.trainable if trainable_only else self._param_names
-            return {n: self._kept[n].copy() for n in names}
-        self._sync_state()
-        params = self.state.parameters
-        names = self.trainable if trainable_only else [name for name, _ in params]
-        return {n: params[n].data.copy() for n in names}
+        names = self.trainable if trainable_only else self._param_names
+        return {n: self._kept[n].copy() for n in names}
 
     def gradient_vector(self) -> np.ndarray:
         """The accumulated gradients of the trainable parameters, float32, flat in `layout`."""
-        if self._graphs is not None:
-            return self._gradient.copy()
-        return np.concatenate([p.grad for p in self._trainable_params])
+        return self._gradient.copy()
 
     def gradients(self) -> dict[str, np.ndarray]:
         views = self.layout.split(self.gradient_vector())
         return {n: views[n] for n in self.trainable}
 
     def write_parameters(self, vector: np.ndarray, owner: object | None = None) -> None:
-        """Set every trainable parameter from one flat vector in `layout`: on CPU into the copy
-        the graphs are bound to (the checkpoint state follows when it is read), else into the
-        state in one ORT call. `owner`: whose parameters these are from now on (see `serve`);
-        None for a write that does not change hands (a step's temporary perturbation)."""
-        if self._graphs is None:
-            vector = np.array(vector, np.float32)  # a copy: the caller may change its array later
-            self.module.copy_buffer_to_parameters(self._ortvalue(vector)._ortvalue, trainable_only=True)
-        else:
-            np.copyto(self._param_vector, vector)
-            self._state_behind = self.state is not None
+        """Set every trainable parameter from one flat vector in `layout`, into the copy the graphs
+        are bound to (pushed to the device where they run on one). `owner`: whose parameters these
+        are from now on (see `serve`); None for a write that does not change hands (a step's
+        temporary perturbation)."""
+        np.copyto(self._param_vector, vector)
+        self._buffers.push(self.layout.names)
         if owner is not None:
             self._owner = owner
-
-    def _sync_state(self) -> None:
-        """Bring the checkpoint state up to the bound copy (CPU) before anything reads it."""
-        if self._state_behind:
-            self.module.copy_buffer_to_parameters(
-                self._ortvalue(self._param_vector)._ortvalue, trainable_only=True
-            )
-            self._state_behind = False
 
     def serve(self, owner: object, vector: np.ndarray) -> None:
         """Hold `owner`'s trainable parameters (a flat vector in `layout`): written only when the
