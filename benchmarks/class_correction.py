@@ -1,6 +1,7 @@
 """`python -m benchmarks.class_correction`: the default policy at several strengths of its class
 correction, on the fleet-wide recorded and class-sorted streams and per device (one engine per
-target device, each with its own fault, recorded order: the agent's case).
+target device, each with its own fault: the agent's case), in recorded and in class-sorted order
+(each device's windows one activity after another).
 
 Batch size 1, severity 4, every shift of the benchmark. Writes class_correction.json and .md to --out.
 """
@@ -26,7 +27,7 @@ from firmware_sim.corruptions import SHIFTS, corrupt_log
 from firmware_sim.datasets.watch import watch_logs
 
 STRENGTHS = (0.0, 0.5, 0.7, 0.8, 0.85, 1.0)
-MODES = ("recorded", "class-sorted", "per device")
+MODES = ("recorded", "class-sorted", "per device", "per device, class-sorted")
 SEVERITY = 4
 
 
@@ -54,13 +55,15 @@ def cell(job: tuple[Path, str, str]) -> dict:
     """Accuracy (%) of `source` and of every strength on one shift in one mode."""
     bundle_dir, shift, mode = job
     info = _model(bundle_dir).manifest.model
-    log = corrupt_log(_target(), shift, SEVERITY, 0, same_for_all_devices=mode != "per device")
+    per_device = mode.startswith("per device")
+    log = corrupt_log(_target(), shift, SEVERITY, 0, same_for_all_devices=not per_device)
     batch, devices = windows_from_log(log, info.window, info.hop)
-    if mode == "per device":
+    if per_device:
+        order = "class-sorted" if mode.endswith("class-sorted") else "recorded"
         streams = []
         for device in np.unique(devices):
             idx = np.flatnonzero(devices == device)
-            streams.append(idx[np.argsort(batch.t_end_ns[idx], kind="stable")])
+            streams.append(idx[stream_order(devices[idx], batch.t_end_ns[idx], batch.label[idx], order, 0)])
     else:
         streams = [stream_order(devices, batch.t_end_ns, batch.label, mode, 0)]
     row = {"shift": shift, "mode": mode}
