@@ -34,7 +34,7 @@ class BoundGraph:
         self.outputs = [o.name for o in self.session.get_outputs()]
         self._ortvalue = onnxruntime.OrtValue.ortvalue_from_numpy
         self._binding = self.session.io_binding()
-        self._held: dict[str, object] = {}  # the bound values, alive as long as their binding
+        self._bound: set[str] = set()  # inputs bound (their values are kept by `buffers`)
         self._fetch: list[str] = []
         self._into: dict[str, tuple] = {}  # outputs written into the caller's arrays
         self._rows: int | None = None  # the batch size the outputs were allocated for
@@ -76,11 +76,11 @@ class BoundGraph:
         """Bind an input to an OrtValue (placed by `DeviceBuffers`): the next runs read whatever
         it holds then."""
         self._binding.bind_ortvalue_input(name, value)
-        self._held[name] = value
+        self._bound.add(name)
 
     def unbound(self) -> list[str]:
         """The inputs nothing is bound to yet."""
-        return [name for name in self.inputs if name not in self._held]
+        return [name for name in self.inputs if name not in self._bound]
 
     def run(self) -> list[np.ndarray]:
         """Run on the bound inputs; the fetched outputs as new arrays (the `into` ones are written

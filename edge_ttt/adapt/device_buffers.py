@@ -16,8 +16,7 @@ from collections.abc import Hashable, Iterable
 
 import numpy as np
 
-# ONNX Runtime's device names for OrtValues, per device of `edge_ttt.adapt.devices`.
-ORT_DEVICE = {"cpu": "cpu", "cuda": "cuda"}
+from edge_ttt.adapt.devices import PROVIDERS
 
 
 class DeviceBuffers:
@@ -26,8 +25,8 @@ class DeviceBuffers:
     def __init__(self, device: str = "cpu", copies: bool | None = None) -> None:
         import onnxruntime
 
-        if device not in ORT_DEVICE:
-            raise ValueError(f"unknown device {device!r}; choose one of {', '.join(ORT_DEVICE)}")
+        if device not in PROVIDERS:  # its name is also ORT's for an OrtValue's memory
+            raise ValueError(f"unknown device {device!r}; choose one of {', '.join(PROVIDERS)}")
         self.device = device
         self.copies = device != "cpu" if copies is None else copies
         self._from_numpy = onnxruntime.OrtValue.ortvalue_from_numpy
@@ -41,7 +40,7 @@ class DeviceBuffers:
         elif self.device == "cpu":
             value = self._from_numpy(array.copy())
         else:
-            value = self._from_numpy(array, ORT_DEVICE[self.device], 0)
+            value = self._from_numpy(array, self.device, 0)
         self._placed[key] = (value, array)
         return value
 

@@ -113,9 +113,9 @@ class OrtModel:
         predictor.fetch(self._outputs)
         if spec is None:
             trainer = BoundGraph(bundle.file(TRAINING_MODEL), options, buffers)
-            in_place = DeviceBuffers("cpu")  # the accumulators add into `_gradient` itself
+            self._in_place = DeviceBuffers("cpu")  # the accumulators add into `_gradient` itself
             training = {
-                f"{n}{ACCUMULATION_BUFFER}": in_place.place(n, v)
+                f"{n}{ACCUMULATION_BUFFER}": self._in_place.place(n, v)
                 for n, v in self.layout.split(self._gradient).items()
             }
             training[LAZY_RESET_GRAD] = buffers.place(LAZY_RESET_GRAD, self._reset)
