@@ -1,0 +1,227 @@
+"""`python -m benchmarks.unseen_shifts`: sensor shifts that no benchmark table was tuned on, through
+`edge-ttt replay` as a user runs it (an engine per device, batch size 1, recorded order).
+
+The adaptation benchmark's shifts chose the default policy's settings, so they cannot say whether
+its promise (never worse than the source model) holds for the next kind of fault. These are other
+kinds a deployment meets: attenuated sensors, one sensor in other units or with its own gain or
+offset, axes permuted or mirrored, wiring swapped, filtering, sample-and-hold, quantization,
+vibration, spikes, a dead axis. Each is applied to every target device's whole recording (the
+seglearn smartwatch subjects 6 to 10), written as a log and replayed with `source`, `norm`, the
+default policy and the default policy with `--fallback`. Writes unseen_shifts.json and .md to --out.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks.adaptation.models import prepare_models
+from benchmarks.harness import one_model_args, progress, write_json
+from edge_ttt.adapt.engine import DEFAULT_POLICY
+from edge_ttt.adapt.fallback import DEFAULT_FALLBACK
+from edge_ttt.recordlog import RecordedLog, write_log
+from edge_ttt.replay import replay
+from firmware_sim.datasets.watch import watch_logs
+
+POLICIES = ("source", "norm", DEFAULT_POLICY)
+WITH_FALLBACK = f"{DEFAULT_POLICY}+fallback"
+SEED = 7
+
+# A shift maps one device's samples [n, C] (float64, time order) to shifted ones, given the channel
+# indices of each sensor triad ({"a": [0, 1, 2], "w": [3, 4, 5]}), the log's per-channel std and
+# the sample rate; random ones draw from `rng`.
+Shift = Callable[[np.ndarray, dict[str, list[int]], np.ndarray, float, np.random.Generator], np.ndarray]
+
+
+def triads(channels: tuple[str, ...]) -> dict[str, list[int]]:
+    """Channel indices per sensor, from names that end in the axis (`ax`, `ay`, `az`, `wx`, ...).
+
+    >>> triads(("ax", "ay", "az", "wx", "wy", "wz"))
+    {'a': [0, 1, 2], 'w': [3, 4, 5]}
+    """
+    out: dict[str, list[int]] = {}
+    for i, name in enumerate(channels):
+        if len(name) < 2 or name[-1] not in "xyz":
+            raise ValueError(f"channel {name!r} does not name a sensor axis (x, y or z last)")
+        out.setdefault(name[:-1], []).append(i)
+    if any(len(axes) != 3 for axes in out.values()):
+        raise ValueError(f"channels {list(channels)} are not whole x, y, z triads")
+    return out
+
+
+def _scaled(factors: dict[str, float]) -> Shift:
+    """Every channel of each named sensor times its factor (the others unchanged)."""
+
+    def apply(v, t, scale, rate, rng):
+        out = v.copy()
+        for sensor, factor in factors.items():
+            out[:, t[sensor]] *= factor
+        return out
+
+    return apply
+
+
+def _permuted(order: list[int], signs: list[float]) -> Shift:
+    """Within every triad, axis i reads axis order[i] times signs[i] (a mounting or wiring change)."""
+
+    def apply(v, t, scale, rate, rng):
+        out = v.copy()
+        for axes in t.values():
+            out[:, axes] = v[:, [axes[k] for k in order]] * np.asarray(signs)
+        return out
+
+    return apply
+
+
+def _sensors_swapped(v, t, scale, rate, rng):
+    """The two sensors' streams exchanged (a wiring or firmware mix-up)."""
+    first, second = t.values()
+    out = v.copy()
+    out[:, first], out[:, second] = v[:, second], v[:, first]
+    return out
+
+
+def _gyro_offset(v, t, scale, rate, rng):
+    """A constant offset of one source std on every gyroscope axis (an uncalibrated gyroscope)."""
+    out = v.copy()
+    out[:, t["w"]] += scale[t["w"]]
+    return out
+
+
+def _low_pass(v, t, scale, rate, rng):
+    """A moving average over 7 samples (a firmware filter that was not there in training)."""
+    kernel = np.ones(7) / 7
+    return np.stack([np.convolve(v[:, c], kernel, mode="same") for c in range(v.shape[1])], axis=1)
+
+
+def _held(v, t, scale, rate, rng):
+    """Each sample repeated three times (a sensor read at a third of the rate, sample-and-hold)."""
+    return v[(np.arange(len(v)) // 3) * 3]
+
+
+def _quantized(v, t, scale, rate, rng):
+    """Readings rounded to steps of half a source std (a coarse ADC)."""
+    step = 0.5 * scale
+    return np.round(v / step) * step
+
+
+def _vibration(v, t, scale, rate, rng):
+    """A 17 Hz vibration of 0.6 source std on the accelerometer (a motor nearby)."""
+    out = v.copy()
+    wave = np.sin(2 * np.pi * 17.0 * np.arange(len(v)) / rate)
+    out[:, t["a"]] += np.outer(wave, 0.6 * scale[t["a"]])
+    return out
+
+
+def _spikes(v, t, scale, rate, rng):
+    """1 % of samples hit by a spike of 8 source stds (electrical glitches)."""
+    hit = rng.random(v.shape) < 0.01
+    return v + hit * rng.normal(0.0, 8.0, v.shape) * scale
+
+
+def _gyro_noise(v, t, scale, rate, rng):
+    """White noise of 1.5 source std on the gyroscope only."""
+    out = v.copy()
+    out[:, t["w"]] += rng.normal(0.0, 1.5, (len(v), 3)) * scale[t["w"]]
+    return out
+
+
+def _dead_axis(v, t, scale, rate, rng):
+    """The gyroscope's z axis reads zero (a dead axis)."""
+    out = v.copy()
+    out[:, t["w"][2]] = 0.0
+    return out
+
+
+SHIFTS: dict[str, Shift] = {
+    "attenuated x0.5": _scaled({"a": 0.5, "w": 0.5}),
+    "attenuated x0.3": _scaled({"a": 0.3, "w": 0.3}),
+    "accelerometer in m/s2": _scaled({"a": 9.81}),
+    "accelerometer gain x2.5": _scaled({"a": 2.5}),
+    "gyroscope offset 1 std": _gyro_offset,
+    "x and y swapped": _permuted([1, 0, 2], [1.0, 1.0, 1.0]),
+    "turned 90 deg about z": _permuted([1, 0, 2], [-1.0, 1.0, 1.0]),
+    "x mirrored": _permuted([0, 1, 2], [-1.0, 1.0, 1.0]),
+    "gyroscope sign": _scaled({"w": -1.0}),
+    "sensors swapped": _sensors_swapped,
+    "low-pass 7": _low_pass,
+    "sample-and-hold 3": _held,
+    "quantized 0.5 std": _quantized,
+    "vibration 17 Hz": _vibration,
+    "spikes 1 %": _spikes,
+    "gyroscope noise 1.5 std": _gyro_noise,
+    "dead gyroscope z": _dead_axis,
+}
+
+
+def shifted(log: RecordedLog, name: str, seed: int = SEED) -> RecordedLog:
+    """The log with shift `name` applied to each device's samples in time order (times, labels kept)."""
+    shift, t = SHIFTS[name], triads(log.channels)
+    values = log.values.astype(np.float64)
+    scale = np.nanstd(values, axis=0)
+    rng = np.random.default_rng(seed)
+    out = np.empty_like(values)
+    for device in log.devices():
+        rows = np.flatnonzero(log.device_id == device)
+        rows = rows[np.argsort(log.t_ns[rows], kind="stable")]
+        out[rows] = shift(values[rows], t, scale, log.sample_rate_hz, rng)
+    return replace(log, values=out.astype(np.float32))
+
+
+def run(bundle_dir: Path, log: RecordedLog, names: list[str]) -> list[dict]:
+    """Per shift: the accuracy of every policy, and of the default policy with the fallback."""
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in names:
+            path = Path(tmp) / "shifted.parquet"
+            write_log(path, shifted(log, name))
+            row = {"shift": name}
+            for result in replay(bundle_dir, path, policies=POLICIES):
+                row[result["policy"]] = result["accuracy"]
+            row[WITH_FALLBACK] = replay(bundle_dir, path, fallback=DEFAULT_FALLBACK)[0]["accuracy"]
+            progress(f"{name}: " + ", ".join(f"{k} {100 * v:.1f}" for k, v in row.items() if k != "shift"))
+            rows.append(row)
+    return rows
+
+
+def markdown(rows: list[dict], meta: dict, model: str) -> str:
+    """The table (accuracy %, and the default policy against `source` in points) and its worst cell."""
+    columns = [*POLICIES, WITH_FALLBACK]
+    lines = [
+        "# Sensor shifts beyond the benchmark",
+        "",
+        f"Generated by `{meta['command']}` at commit {meta['git_commit']}; model {model}, `edge-ttt replay` "
+        "(an engine per device, batch size 1, recorded order) on the seglearn target subjects. "
+        "Accuracy (%). See benchmarks/unseen_shifts.py and docs/adaptation.md.",
+        "",
+        "| shift | " + " | ".join(columns) + f" | {DEFAULT_POLICY} - source |",
+        "|---|" + "---:|" * (len(columns) + 1),
+    ]
+    for r in rows:
+        cells = " | ".join(f"{100 * r[c]:.1f}" for c in columns)
+        lines.append(f"| {r['shift']} | {cells} | {100 * (r[DEFAULT_POLICY] - r['source']):+.1f} |")
+    for c in columns[1:]:
+        worst = min(rows, key=lambda r: r[c] - r["source"])
+        lines.append(
+            f"\nWorst `{c}` against `source`: {100 * (worst[c] - worst['source']):+.1f} ({worst['shift']})."
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = one_model_args("benchmarks.unseen_shifts", __doc__, "benchmarks/results/unseen_shifts", argv)
+    bundle_dir = prepare_models([args.model], args.cache, False)[args.model].bundle
+    rows = run(bundle_dir, watch_logs()["target"], list(SHIFTS))
+    meta = write_json(
+        args.out, "unseen_shifts", "benchmarks.unseen_shifts", argv, model=args.model, rows=rows
+    )
+    (args.out / "unseen_shifts.md").write_text(markdown(rows, meta, args.model))
+    print(f"wrote {args.out / 'unseen_shifts.md'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,68 @@
+"""The held-out sensor shifts of `benchmarks.unseen_shifts`: each does what its name says, per device,
+and the benchmark's run reports every policy on them through `edge-ttt replay`."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from benchmarks.unseen_shifts import POLICIES, SHIFTS, WITH_FALLBACK, markdown, run, shifted, triads
+from tests.conftest import synthetic_log
+
+LOG = synthetic_log(devices=2, seconds=12.0)
+
+
+def test_triads_refuse_channels_that_are_not_axes() -> None:
+    with pytest.raises(ValueError, match="does not name a sensor axis"):
+        triads(("ax", "ay", "temp"))
+    with pytest.raises(ValueError, match="not whole x, y, z triads"):
+        triads(("ax", "ay"))
+
+
+@pytest.mark.parametrize("name", list(SHIFTS))
+def test_every_shift_changes_the_samples_and_keeps_the_rest(name: str) -> None:
+    out = shifted(LOG, name)
+    assert out.values.shape == LOG.values.shape and out.values.dtype == np.float32
+    assert np.isfinite(out.values).all()
+    assert not np.array_equal(out.values, LOG.values)
+    np.testing.assert_array_equal(out.t_ns, LOG.t_ns)
+    np.testing.assert_array_equal(out.label, LOG.label)
+    np.testing.assert_array_equal(out.device_id, LOG.device_id)
+
+
+def test_shifts_do_what_their_names_say() -> None:
+    v = LOG.values
+    np.testing.assert_allclose(shifted(LOG, "attenuated x0.5").values, 0.5 * v, rtol=1e-6)
+    swapped = shifted(LOG, "sensors swapped").values
+    np.testing.assert_array_equal(swapped[:, :3], v[:, 3:])
+    np.testing.assert_array_equal(swapped[:, 3:], v[:, :3])
+    turned = shifted(LOG, "turned 90 deg about z").values  # (x, y, z) -> (-y, x, z), both sensors
+    for a in (0, 3):
+        np.testing.assert_array_equal(turned[:, a], -v[:, a + 1])
+        np.testing.assert_array_equal(turned[:, a + 1], v[:, a])
+        np.testing.assert_array_equal(turned[:, a + 2], v[:, a + 2])
+    dead = shifted(LOG, "dead gyroscope z").values
+    assert (dead[:, 5] == 0).all()
+    np.testing.assert_array_equal(dead[:, :5], v[:, :5])
+    unit = shifted(LOG, "accelerometer in m/s2").values
+    np.testing.assert_allclose(unit[:, :3], 9.81 * v[:, :3], rtol=1e-6)
+    np.testing.assert_array_equal(unit[:, 3:], v[:, 3:])
+
+
+def test_sample_and_hold_repeats_within_each_device_only() -> None:
+    out = shifted(LOG, "sample-and-hold 3")
+    for device in LOG.devices():
+        rows = np.flatnonzero(LOG.device_id == device)
+        held, raw = out.values[rows], LOG.values[rows]
+        np.testing.assert_array_equal(held[0::3], raw[0::3])  # each device's hold starts on its own sample
+        np.testing.assert_array_equal(held[1::3], raw[0::3][: len(held[1::3])])
+
+
+def test_run_reports_every_policy_and_the_fallback(bundle_dir) -> None:
+    rows = run(bundle_dir, LOG, ["attenuated x0.5", "dead gyroscope z"])
+    assert [r["shift"] for r in rows] == ["attenuated x0.5", "dead gyroscope z"]
+    for row in rows:
+        assert set(row) == {"shift", *POLICIES, WITH_FALLBACK}
+        assert all(0.0 <= row[c] <= 1.0 for c in (*POLICIES, WITH_FALLBACK))
+    text = markdown(rows, {"command": "python -m benchmarks.unseen_shifts", "git_commit": "x"}, "cnn-bn")
+    assert "| attenuated x0.5 |" in text and "Worst `steady` against `source`" in text
