@@ -130,13 +130,14 @@ class Engine:
 
     def _adapt(self, x: np.ndarray) -> Predictions:
         """`process` outside a label run: the policy adapts and serves (or the fallback)."""
-        x, checks, clean = self._screen(x)
+        x, seen, checks, clean = self._screen(x)
         # With input alignment the guard judges what the model will see: a gyroscope in degrees
         # is out of the source range raw, and in range once its gain is learnt. The policy adapts
         # only on windows in range raw as well: while the alignment is still learning such a
         # gain, the windows it lets through are still off, and long-horizon statistics keep that.
+        # Where the alignment left the windows as they came, the raw check is the one just made.
         valid = checks.valid
-        adapts = valid if self.inputs is None else valid & ~check_windows(x, self.limits).out_of_range
+        adapts = valid if seen is x else valid & ~check_windows(x, self.limits).out_of_range
         n_invalid = len(x) - int(np.count_nonzero(valid))
         n_adapts = int(np.count_nonzero(adapts))
         update = self.policy.episode if self.episodic else self.policy.update
@@ -168,7 +169,7 @@ class Engine:
         what the engine adapted on, so a caller that predicts counts those windows itself."""
         if self.runs is not None and self.runs.in_run:
             return self._in_run(x, learn=False)
-        x, checks, clean = self._screen(x)
+        x, _, checks, clean = self._screen(x)
         probs, entropy = self.policy.predict(clean).softmax
         adapted = Scored(probs, likely_right(entropy, self.threshold), entropy)
         if self.fallback is None:
@@ -180,7 +181,7 @@ class Engine:
     def _in_run(self, x: np.ndarray, learn: bool) -> Predictions:
         """A label run: the policy's statistics would follow the activity, so the source model serves
         the run-floor aligned windows, policy and fallback stand still; `learn`: alignment, counters."""
-        x, checks, clean = self._screen(x, self.runs.options.offset_floor)
+        x, _, checks, clean = self._screen(x, self.runs.options.offset_floor)
         served = self._source(clean, self.runs)
         if learn:
             self._teach(x, checks, served.probs, served.entropy)
@@ -206,9 +207,12 @@ class Engine:
             "mounting turned (%d): %s starts afresh from source", self.inputs.mounting.turn, self.policy_name
         )
 
-    def _screen(self, x: np.ndarray, floor: float | None = None) -> tuple[np.ndarray, Validity, np.ndarray]:
-        """The raw windows as float32, the guard's checks of what the model will see (aligned, with
-        the offset `floor` if given) and its sanitized copy; the model serves the policy from here on."""
+    def _screen(
+        self, x: np.ndarray, floor: float | None = None
+    ) -> tuple[np.ndarray, np.ndarray, Validity, np.ndarray]:
+        """The raw windows as float32, what the model will see (aligned, with the offset `floor` if
+        given; the raw array itself where alignment changes nothing), the guard's checks of that and
+        its sanitized copy; the model serves the policy from here on."""
         self.model.serve(self.policy, self.policy.param_vector)  # engines of several devices share it
         x = np.asarray(x, np.float32)
         if x.ndim != 3 or x.shape[1:] != self.shape:
@@ -216,7 +220,7 @@ class Engine:
             raise ValueError(f"windows must have shape [n, {c}, {length}], got {list(x.shape)}")
         seen = x if self.inputs is None else self.inputs.apply(x, floor)
         checks = check_windows(seen, self.limits)
-        return x, checks, seen if checks.valid.all() else sanitize(seen, self.limits)
+        return x, seen, checks, seen if checks.valid.all() else sanitize(seen, self.limits)
 
     def _raw(self, x: np.ndarray, valid: np.ndarray) -> np.ndarray:
         """What the source model sees: the raw windows, sanitized where the guard refused one."""

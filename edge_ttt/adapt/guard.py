@@ -53,7 +53,12 @@ class Validity:
 
     @property
     def valid(self) -> np.ndarray:
-        return ~(self.nonfinite | self.flat | self.out_of_range)
+        """Computed once: the engine reads it several times a batch. Kept by hand, as
+        `functools.cached_property` does, without the lock it takes on Python 3.11."""
+        kept = self.__dict__.get("_valid")
+        if kept is None:
+            kept = self.__dict__["_valid"] = ~(self.nonfinite | self.flat | self.out_of_range)
+        return kept
 
 
 def check_windows(x: np.ndarray, limits: InputLimits) -> Validity:
