@@ -49,6 +49,7 @@ class ClassCorrection:
 
     def shift(self, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """What to take off a batch's raw moments: the offsets of the batch's mean predicted class
-        distribution (the batch moments average its windows)."""
-        p = np.asarray(probs, np.float64).mean(axis=0)
+        distribution (the batch moments average its windows; one window's is its own, exactly)."""
+        probs = np.asarray(probs, np.float64)
+        p = probs[0] if len(probs) == 1 else probs.mean(axis=0)
         return p @ self.first, p @ self.second

@@ -18,7 +18,7 @@ from edge_ttt.adapt.counters import Counters
 from edge_ttt.adapt.estimates import entropy_threshold, likely_right
 from edge_ttt.adapt.fallback import Fallback, FallbackOptions
 from edge_ttt.adapt.flat import prefixed, unprefixed
-from edge_ttt.adapt.guard import InputLimits, Validity, check_windows, sanitize
+from edge_ttt.adapt.guard import InputLimits, Validity, check_windows, out_of_range, sanitize
 from edge_ttt.adapt.input_alignment import AUTO_INPUTS, AutoInputs, InputOptions, for_bundle
 from edge_ttt.adapt.label_runs import LabelRuns, RunOptions
 from edge_ttt.adapt.ort_model import OrtModel
@@ -137,7 +137,7 @@ class Engine:
         # gain, the windows it lets through are still off, and long-horizon statistics keep that.
         # Where the alignment left the windows as they came, the raw check is the one just made.
         valid = checks.valid
-        adapts = valid if seen is x else valid & ~check_windows(x, self.limits).out_of_range
+        adapts = valid if seen is x else valid & ~out_of_range(x, self.limits)
         n_invalid = len(x) - int(np.count_nonzero(valid))
         n_adapts = int(np.count_nonzero(adapts))
         update = self.policy.episode if self.episodic else self.policy.update
@@ -197,7 +197,9 @@ class Engine:
         if self.inputs is None:
             return
         sound = ~(checks.nonfinite | checks.flat)
-        if self.inputs.update(x[sound], probs[sound], entropy[sound]):
+        if not np.logical_and.reduce(sound):  # the common case needs no copies picked
+            x, probs, entropy = x[sound], probs[sound], entropy[sound]
+        if self.inputs.update(x, probs, entropy):
             self._turned()
 
     def _turned(self) -> None:
@@ -239,9 +241,11 @@ class Engine:
         runs it, served as this engine (an owner other than the policy)."""
         n, first = len(x), self._sampled
         self._sampled += n
-        due = (first + np.arange(n)) % self.source_every == 0 if self.source_every else np.zeros(n, bool)
-        if not due.any():
+        offset = -first % self.source_every if self.source_every else n  # the batch's first due window
+        if offset >= n:
             return not_run(n)
+        due = np.zeros(n, bool)
+        due[offset :: self.source_every] = True
         ran = self._source(self._raw(x[due], valid[due]), self)
         probs, estimate = np.zeros((n, ran.probs.shape[1])), np.full(n, np.nan)
         probs[due], estimate[due] = ran.probs, ran.estimate

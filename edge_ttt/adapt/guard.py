@@ -8,6 +8,7 @@ detector watches label-free signals of the adapted model and says when to roll b
 
 from __future__ import annotations
 
+import functools
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -42,6 +43,11 @@ class InputLimits:
             flat_ratio=flat_ratio,
         )
 
+    @functools.cached_property
+    def flat_below(self) -> np.ndarray:
+        """Per channel, the spread under which a window's channel is flat-lined (worked out once)."""
+        return self.flat_ratio * self.std
+
 
 @dataclass(frozen=True)
 class Validity:
@@ -68,14 +74,27 @@ def check_windows(x: np.ndarray, limits: InputLimits) -> Validity:
     std (a dead or stuck sensor). Out of range: any finite value further than `range_sigmas`
     source stds from the source mean (a wrong unit or a broken reading, not drift).
     """
+    high, low, spread, nonfinite = _extremes(x, limits)
+    flat = np.logical_or.reduce(spread < limits.flat_below, axis=1)
+    return Validity(nonfinite=nonfinite, flat=flat, out_of_range=_beyond(high, low, limits))
+
+
+def out_of_range(x: np.ndarray, limits: InputLimits) -> np.ndarray:
+    """`check_windows(x, limits).out_of_range` alone, without the other checks' work."""
+    high, low, _, _ = _extremes(x, limits)
+    return _beyond(high, low, limits)
+
+
+def _extremes(x: np.ndarray, limits: InputLimits) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per window and channel the finite maximum, minimum and their spread (float64); per window
+    whether a value was not finite (the non-finite values then count as the source mean)."""
     # Only each channel's extremes matter: |v - mean| is largest at the minimum or the maximum,
     # and float64 rounding keeps that order, so this equals the element-wise test, without
     # the element-wise work. A NaN or an infinity shows in the extremes too (max and min
     # propagate NaN), as a spread that is not finite; only then is the window looked at whole.
     # The arithmetic is in float64 (the extremes are cast on the way into each subtraction). The
     # ufuncs' reductions stand for `.max`, `.min`, `.all` and `.any` (the same calls without their
-    # Python wrappers), and since high >= low, max(high - mean, mean - low) is the larger of
-    # |high - mean| and |low - mean| (float subtraction is monotone and negates exactly).
+    # Python wrappers).
     high = np.maximum.reduce(x, axis=2)
     low = np.minimum.reduce(x, axis=2)
     spread = np.subtract(high, low, dtype=np.float64)
@@ -85,10 +104,15 @@ def check_windows(x: np.ndarray, limits: InputLimits) -> Validity:
         high = np.maximum.reduce(clean, axis=2)
         low = np.minimum.reduce(clean, axis=2)
         spread = np.subtract(high, low, dtype=np.float64)
-    flat = np.logical_or.reduce(spread < limits.flat_ratio * limits.std, axis=1)
+    return high, low, spread, nonfinite
+
+
+def _beyond(high: np.ndarray, low: np.ndarray, limits: InputLimits) -> np.ndarray:
+    """Per window: an extreme further than `range_sigmas` source stds from the source mean. Since
+    high >= low, max(high - mean, mean - low) is the larger of |high - mean| and |low - mean|
+    (float subtraction is monotone and negates exactly)."""
     distance = np.maximum(high - limits.mean, limits.mean - low) / limits.std
-    out_of_range = np.logical_or.reduce(distance > limits.range_sigmas, axis=1)
-    return Validity(nonfinite=nonfinite, flat=flat, out_of_range=out_of_range)
+    return np.logical_or.reduce(distance > limits.range_sigmas, axis=1)
 
 
 def sanitize(x: np.ndarray, limits: InputLimits) -> np.ndarray:

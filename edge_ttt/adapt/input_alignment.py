@@ -153,7 +153,8 @@ class InputAlignment:
         self.expected = start.copy()  # the same of what the source shows for the predicted classes
         self.windows = 0
         self.balance = ClassBalance(len(self.ref_mean), self.options.prior_momentum)
-        self._corrections: dict[float, tuple[np.ndarray, np.ndarray]] = {}  # per offset floor, when asked
+        # per offset floor, when asked: (offset, gain, whether they change nothing)
+        self._corrections: dict[float, tuple[np.ndarray, np.ndarray, bool]] = {}
         self._pending: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # windows not learnt yet
 
     @property
@@ -167,13 +168,15 @@ class InputAlignment:
         """(offset, gain) applied now: the estimates beyond their dead bands (kept until they move).
         The offset's dead band is the spread between source devices times `dead_band`, and at least
         `offset_floor` source stds (None: the options' floor)."""
+        return self._corrected(offset_floor)[:2]
+
+    def _corrected(self, offset_floor: float | None) -> tuple[np.ndarray, np.ndarray, bool]:
+        """`correction`, and whether it changes nothing (nothing beyond the dead bands)."""
         floor = self.options.offset_floor if offset_floor is None else offset_floor
         if floor not in self._corrections:
             band = np.maximum(self.options.dead_band * self.offset_spread, floor * self.std)
-            self._corrections[floor] = (
-                _shrink(self.offset, band),
-                np.exp(_shrink(self.log_gain, self.gain_band)),
-            )
+            offset, gain = _shrink(self.offset, band), np.exp(_shrink(self.log_gain, self.gain_band))
+            self._corrections[floor] = (offset, gain, not offset.any() and bool((gain == 1.0).all()))
         return self._corrections[floor]
 
     def apply(self, x: np.ndarray, offset_floor: float | None = None) -> np.ndarray:
@@ -182,8 +185,8 @@ class InputAlignment:
         the offset dead band for this call (the label runs' narrower one); the estimates are the same."""
         if self.mounting is not None:
             x = self.mounting.apply(x)
-        offset, gain = self.correction(offset_floor)
-        if not offset.any() and (gain == 1.0).all():  # nothing beyond the dead bands: as it came
+        offset, gain, unchanged = self._corrected(offset_floor)
+        if unchanged:  # nothing beyond the dead bands: as it came
             return np.asarray(x, np.float32)
         return ((np.asarray(x, np.float64) - offset[None, :, None]) / gain[None, :, None]).astype(np.float32)
 

@@ -42,7 +42,6 @@ def handed_out(valid: np.ndarray, served: Scored, source: Scored, on_source: boo
     """What a batch hands out: the served model's predictions and estimate, the source model's
     classes and estimate (-1 and NaN where it did not run)."""
     n = len(served.estimate)
-    ran = ~np.isnan(source.estimate)
     return Predictions(
         served.probs.argmax(axis=1),
         served.probs.astype(np.float32),
@@ -51,5 +50,7 @@ def handed_out(valid: np.ndarray, served: Scored, source: Scored, on_source: boo
         served.estimate.astype(np.float32),
         source.estimate.astype(np.float32),
         np.full(n, on_source),
-        np.full(n, -1) if source.probs is None else np.where(ran, source.probs.argmax(axis=1), -1),
+        np.full(n, -1)
+        if source.probs is None
+        else np.where(np.isnan(source.estimate), -1, source.probs.argmax(axis=1)),
     )

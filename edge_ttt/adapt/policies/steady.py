@@ -3,6 +3,7 @@ entropy steps on the norm affines, averaged (EMA) and anchored to source, with c
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections import deque
 from dataclasses import dataclass
@@ -189,9 +190,19 @@ class Steady(Policy):
 
     def stat_shift(self) -> float:
         """Largest shift of a batch-norm mean from source, in source standard deviations."""
-        means = self.moments.means()
-        shifts = [np.abs(means[k] - m) / np.sqrt(v + 1e-5) for k, (m, v) in self.source_stats.items()]
-        return float(max((s.max() for s in shifts), default=0.0))
+        if not self.moments:
+            return 0.0
+        mean, std = self._source_scale
+        return float(np.maximum.reduce(np.abs(self.moments.ema.mean - mean) / std))
+
+    @functools.cached_property
+    def _source_scale(self) -> tuple[np.ndarray, np.ndarray]:
+        """The source means and standard deviations (float32, as the layers' own, each layer's
+        variance eased by 1e-5) laid out as the averaged moments, for `stat_shift`."""
+        layout = self.moments.layout
+        mean = layout.flatten({k: m for k, (m, _) in self.source_stats.items()}, np.float64)
+        std = layout.flatten({k: np.sqrt(v + 1e-5) for k, (_, v) in self.source_stats.items()}, np.float64)
+        return mean, std
 
     def predict(self, x: np.ndarray) -> Outputs:
         return self.model.forward(x, self.stats())
