@@ -306,6 +306,20 @@ def test_a_long_run_of_one_class_moves_steady_statistics_less_than_norm(bundle_d
     assert moved["steady"] < 0.75 * moved["norm"], moved
 
 
+def test_steady_stat_shift_is_the_largest_mean_shift_in_source_stds(bundle_dir: Path):
+    """The collapse detector's statistics test: per batch norm and channel, |mean - source mean|
+    over the source std (its variance eased by 1e-5), the largest of all; 0 at source."""
+    e = engine(bundle_dir, "steady")
+    assert e.policy.stat_shift() == 0.0
+    for i in range(20):
+        e.process(windows(1, seed=i) * 3 + 2)
+    means = e.policy.moments.means()
+    source = e.model.source_stats()
+    want = max(float((np.abs(means[k] - m) / np.sqrt(v + 1e-5)).max()) for k, (m, v) in source.items())
+    assert want > 0.1
+    assert e.policy.stat_shift() == want
+
+
 def test_drift_gate_skips_gradient_steps_on_source_like_input(bundle_dir: Path):
     """The fixture's source reference is N(0, 1) per channel: such windows leave the gate closed
     (no backward pass, parameters untouched); windows shifted by 2 source stds open it."""
