@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import tempfile
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -31,10 +31,21 @@ POLICIES = ("source", "norm", DEFAULT_POLICY)
 WITH_FALLBACK = f"{DEFAULT_POLICY}+fallback"
 SEED = 7
 
-# A shift maps one device's samples [n, C] (float64, time order) to shifted ones, given the channel
-# indices of each sensor triad ({"a": [0, 1, 2], "w": [3, 4, 5]}), the log's per-channel std and
-# the sample rate; random ones draw from `rng`.
-Shift = Callable[[np.ndarray, dict[str, list[int]], np.ndarray, float, np.random.Generator], np.ndarray]
+
+@dataclass(frozen=True)
+class Sensors:
+    """What a shift may need besides one device's samples: the channel indices of each sensor
+    triad ({"a": [0, 1, 2], "w": [3, 4, 5]}), the log's per-channel std, the sample rate, and
+    the generator random shifts draw from."""
+
+    triads: dict[str, list[int]]
+    scale: np.ndarray
+    rate: float
+    rng: np.random.Generator
+
+
+# A shift maps one device's samples [n, C] (float64, time order) to shifted ones.
+Shift = Callable[[np.ndarray, Sensors], np.ndarray]
 
 
 def triads(channels: tuple[str, ...]) -> dict[str, list[int]]:
@@ -56,10 +67,10 @@ def triads(channels: tuple[str, ...]) -> dict[str, list[int]]:
 def _scaled(factors: dict[str, float]) -> Shift:
     """Every channel of each named sensor times its factor (the others unchanged)."""
 
-    def apply(v, t, scale, rate, rng):
+    def apply(v: np.ndarray, s: Sensors) -> np.ndarray:
         out = v.copy()
         for sensor, factor in factors.items():
-            out[:, t[sensor]] *= factor
+            out[:, s.triads[sensor]] *= factor
         return out
 
     return apply
@@ -68,72 +79,72 @@ def _scaled(factors: dict[str, float]) -> Shift:
 def _permuted(order: list[int], signs: list[float]) -> Shift:
     """Within every triad, axis i reads axis order[i] times signs[i] (a mounting or wiring change)."""
 
-    def apply(v, t, scale, rate, rng):
+    def apply(v: np.ndarray, s: Sensors) -> np.ndarray:
         out = v.copy()
-        for axes in t.values():
+        for axes in s.triads.values():
             out[:, axes] = v[:, [axes[k] for k in order]] * np.asarray(signs)
         return out
 
     return apply
 
 
-def _sensors_swapped(v, t, scale, rate, rng):
+def _sensors_swapped(v: np.ndarray, s: Sensors) -> np.ndarray:
     """The two sensors' streams exchanged (a wiring or firmware mix-up)."""
-    first, second = t.values()
+    first, second = s.triads.values()
     out = v.copy()
     out[:, first], out[:, second] = v[:, second], v[:, first]
     return out
 
 
-def _gyro_offset(v, t, scale, rate, rng):
+def _gyro_offset(v: np.ndarray, s: Sensors) -> np.ndarray:
     """A constant offset of one source std on every gyroscope axis (an uncalibrated gyroscope)."""
     out = v.copy()
-    out[:, t["w"]] += scale[t["w"]]
+    out[:, s.triads["w"]] += s.scale[s.triads["w"]]
     return out
 
 
-def _low_pass(v, t, scale, rate, rng):
+def _low_pass(v: np.ndarray, s: Sensors) -> np.ndarray:
     """A moving average over 7 samples (a firmware filter that was not there in training)."""
     kernel = np.ones(7) / 7
     return np.stack([np.convolve(v[:, c], kernel, mode="same") for c in range(v.shape[1])], axis=1)
 
 
-def _held(v, t, scale, rate, rng):
+def _held(v: np.ndarray, s: Sensors) -> np.ndarray:
     """Each sample repeated three times (a sensor read at a third of the rate, sample-and-hold)."""
     return v[(np.arange(len(v)) // 3) * 3]
 
 
-def _quantized(v, t, scale, rate, rng):
+def _quantized(v: np.ndarray, s: Sensors) -> np.ndarray:
     """Readings rounded to steps of half a source std (a coarse ADC)."""
-    step = 0.5 * scale
+    step = 0.5 * s.scale
     return np.round(v / step) * step
 
 
-def _vibration(v, t, scale, rate, rng):
+def _vibration(v: np.ndarray, s: Sensors) -> np.ndarray:
     """A 17 Hz vibration of 0.6 source std on the accelerometer (a motor nearby)."""
     out = v.copy()
-    wave = np.sin(2 * np.pi * 17.0 * np.arange(len(v)) / rate)
-    out[:, t["a"]] += np.outer(wave, 0.6 * scale[t["a"]])
+    wave = np.sin(2 * np.pi * 17.0 * np.arange(len(v)) / s.rate)
+    out[:, s.triads["a"]] += np.outer(wave, 0.6 * s.scale[s.triads["a"]])
     return out
 
 
-def _spikes(v, t, scale, rate, rng):
+def _spikes(v: np.ndarray, s: Sensors) -> np.ndarray:
     """1 % of samples hit by a spike of 8 source stds (electrical glitches)."""
-    hit = rng.random(v.shape) < 0.01
-    return v + hit * rng.normal(0.0, 8.0, v.shape) * scale
+    hit = s.rng.random(v.shape) < 0.01
+    return v + hit * s.rng.normal(0.0, 8.0, v.shape) * s.scale
 
 
-def _gyro_noise(v, t, scale, rate, rng):
+def _gyro_noise(v: np.ndarray, s: Sensors) -> np.ndarray:
     """White noise of 1.5 source std on the gyroscope only."""
     out = v.copy()
-    out[:, t["w"]] += rng.normal(0.0, 1.5, (len(v), 3)) * scale[t["w"]]
+    out[:, s.triads["w"]] += s.rng.normal(0.0, 1.5, (len(v), 3)) * s.scale[s.triads["w"]]
     return out
 
 
-def _dead_axis(v, t, scale, rate, rng):
+def _dead_axis(v: np.ndarray, s: Sensors) -> np.ndarray:
     """The gyroscope's z axis reads zero (a dead axis)."""
     out = v.copy()
-    out[:, t["w"][2]] = 0.0
+    out[:, s.triads["w"][2]] = 0.0
     return out
 
 
@@ -160,15 +171,16 @@ SHIFTS: dict[str, Shift] = {
 
 def shifted(log: RecordedLog, name: str, seed: int = SEED) -> RecordedLog:
     """The log with shift `name` applied to each device's samples in time order (times, labels kept)."""
-    shift, t = SHIFTS[name], triads(log.channels)
     values = log.values.astype(np.float64)
-    scale = np.nanstd(values, axis=0)
-    rng = np.random.default_rng(seed)
+    sensors = Sensors(
+        triads(log.channels), np.nanstd(values, axis=0), log.sample_rate_hz, np.random.default_rng(seed)
+    )
+    shift = SHIFTS[name]
     out = np.empty_like(values)
     for device in log.devices():
         rows = np.flatnonzero(log.device_id == device)
         rows = rows[np.argsort(log.t_ns[rows], kind="stable")]
-        out[rows] = shift(values[rows], t, scale, log.sample_rate_hz, rng)
+        out[rows] = shift(values[rows], sensors)
     return replace(log, values=out.astype(np.float32))
 
 
