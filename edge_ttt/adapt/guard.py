@@ -57,14 +57,10 @@ class Validity:
     flat: np.ndarray  # bool [n]
     out_of_range: np.ndarray  # bool [n]
 
-    @property
-    def valid(self) -> np.ndarray:
-        """Computed once: the engine reads it several times a batch. Kept by hand, as
-        `functools.cached_property` does, without the lock it takes on Python 3.11."""
-        kept = self.__dict__.get("_valid")
-        if kept is None:
-            kept = self.__dict__["_valid"] = ~(self.nonfinite | self.flat | self.out_of_range)
-        return kept
+    valid: np.ndarray = field(init=False)  # none of the above: derived once, read several times a batch
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "valid", ~(self.nonfinite | self.flat | self.out_of_range))
 
 
 def check_windows(x: np.ndarray, limits: InputLimits) -> Validity:

@@ -181,8 +181,10 @@ class InputAlignment:
 
     def apply(self, x: np.ndarray, offset_floor: float | None = None) -> np.ndarray:
         """The windows [n, channels, length] turned back (mounting) and with the per-channel
-        correction undone, float32. `offset_floor` (source stds) replaces the options' floor of
-        the offset dead band for this call (the label runs' narrower one); the estimates are the same."""
+        correction undone, float32; the array itself where that changes nothing (float32 in, no turn,
+        nothing beyond the dead bands), which the engine relies on to skip a second guard pass.
+        `offset_floor` (source stds) replaces the options' floor of the offset dead band for this
+        call (the label runs' narrower one); the estimates are the same."""
         if self.mounting is not None:
             x = self.mounting.apply(x)
         offset, gain, unchanged = self._corrected(offset_floor)
