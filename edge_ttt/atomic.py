@@ -29,6 +29,11 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[BinaryIO], None]
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp_name, path)
+    except OSError as exc:
+        Path(tmp_name).unlink(missing_ok=True)
+        if exc.filename is None:  # a write or fsync: say which file the disk refused
+            raise OSError(exc.errno, exc.strerror, str(path)) from exc
+        raise
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)
         raise

@@ -15,7 +15,7 @@ from edge_ttt.adapt.fallback import DEFAULT_FALLBACK
 from edge_ttt.adapt.input_alignment import InputOptions
 from edge_ttt.adapt.label_runs import RunOptions
 from edge_ttt.adapt.policies import DEFAULT_POLICY, POLICY_TYPES
-from edge_ttt.commandline import LazyGroup, command_app, fail
+from edge_ttt.commandline import LazyGroup, command_app, fail, run_app
 from edge_ttt.monitor.cli import collect_command, monitor_app
 
 POLICIES = tuple(POLICY_TYPES)
@@ -202,7 +202,7 @@ def health(
 
 
 def main() -> None:
-    app()
+    run_app(app)
 
 
 if __name__ == "__main__":

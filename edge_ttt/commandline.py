@@ -7,6 +7,7 @@ their commands; naming them as "module:attribute" and importing on use keeps bot
 
 from __future__ import annotations
 
+import errno
 import importlib
 import inspect
 from difflib import get_close_matches
@@ -52,6 +53,24 @@ def fail(message: str) -> NoReturn:
     """Exit 2 with `error: message` on stderr: the exit code of a usage error, for a bad input."""
     typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
     raise typer.Exit(code=2)
+
+
+# What the system says when it refuses a file: the machine's state, not a bug in the command.
+REFUSALS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO})
+
+
+def run_app(app: typer.Typer, args: list[str] | None = None) -> None:
+    """Run a command line (`args`: sys.argv's); a file the system refuses (a full or read-only
+    disk, no permission) ends it with one line naming the file and the reason, exit 1, instead of
+    a traceback."""
+    try:
+        app(args=args)
+    except OSError as exc:
+        if exc.errno not in REFUSALS:
+            raise
+        where = f"{exc.filename}: " if exc.filename else ""
+        typer.secho(f"error: {where}{exc.strerror}", fg=typer.colors.RED, err=True)
+        raise SystemExit(1) from None
 
 
 def host_import(module: str) -> ModuleType:

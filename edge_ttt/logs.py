@@ -27,13 +27,38 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(doc, default=str)
 
 
+class TextFormatter(logging.Formatter):
+    """`LEVEL logger: message key=value ...`: the same fields as the JSON lines, for a terminal,
+    since they say why (the error, the file, the device)."""
+
+    def __init__(self) -> None:
+        super().__init__("%(levelname)s %(name)s: %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        fields = getattr(record, "fields", None)
+        if not fields:
+            return line
+        pairs = " ".join(f"{k}={_text(v)}" for k, v in fields.items())
+        head, sep, trace = line.partition("\n")  # a traceback stays below the line
+        return f"{head} {pairs}{sep}{trace}"
+
+
+def _text(value: object) -> str:
+    """A field's value as one token: quoted when it holds spaces, like logfmt.
+
+    >>> _text("No space left"), _text(3), _text("a.npz")
+    ('"No space left"', '3', 'a.npz')
+    """
+    text = str(value)
+    return json.dumps(text) if not text or any(c.isspace() or c == '"' for c in text) else text
+
+
 def configure(level: str = "info", json_lines: bool | None = None) -> None:
     """Log to stderr; JSON unless stderr is a terminal (override with `json_lines`)."""
     use_json = not sys.stderr.isatty() if json_lines is None else json_lines
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(
-        JsonFormatter() if use_json else logging.Formatter("%(levelname)s %(name)s: %(message)s")
-    )
+    handler.setFormatter(JsonFormatter() if use_json else TextFormatter())
     root = logging.getLogger()
     root.handlers = [handler]
     root.setLevel(level.upper())

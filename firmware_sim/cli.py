@@ -9,7 +9,7 @@ from typing import Annotated
 import numpy as np
 import typer
 
-from edge_ttt.commandline import command_app, fail
+from edge_ttt.commandline import command_app, fail, run_app
 from edge_ttt.recordlog import LogFormatError, read_log, write_log
 from firmware_sim.broker import parse_address
 from firmware_sim.corruptions import device_rng
@@ -176,7 +176,7 @@ def record(
 
 
 def main() -> None:
-    app()
+    run_app(app)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from edge_ttt.adapt.snapshot import load_state
-from edge_ttt.agent import checkpoints
+from edge_ttt.agent import background, checkpoints
 from edge_ttt.agent.checkpoints import CheckpointWriter
 from tests.conftest import wait_for
 
@@ -68,3 +68,27 @@ def test_pending_snapshots_are_bounded_and_a_stop_is_bounded_in_time(tmp_path, g
     assert writer.close(0.3) == 2  # the two pending are left; the one being written ends later
     assert time.monotonic() - start < 2
     gate.set()
+
+
+def test_a_snapshot_the_disk_refuses_is_written_later_unless_a_newer_one_replaced_it(tmp_path, monkeypatch):
+    monkeypatch.setattr(background, "RETRY_MIN_S", 0.05)
+    refusing = threading.Event()
+    refusing.set()
+    original = checkpoints.save_state
+
+    def full(path, arrays, meta):
+        if refusing.is_set():
+            raise OSError(28, "No space left on device")
+        original(path, arrays, meta)
+
+    monkeypatch.setattr(checkpoints, "save_state", full)
+    writer = CheckpointWriter()
+    writer.submit(tmp_path / "a.npz", snap(1.0))
+    writer.submit(tmp_path / "b.npz", snap(2.0))
+    assert wait_for(lambda: writer.failed >= 2 and writer.failing)
+    writer.submit(tmp_path / "a.npz", snap(3.0))  # newer than the refused one
+    refusing.clear()
+    assert wait_for(lambda: writer.written == 2)
+    assert load_state(tmp_path / "a.npz")[0]["w"][0] == 3.0
+    assert load_state(tmp_path / "b.npz")[0]["w"][0] == 2.0
+    assert writer.close(1.0) == 0 and writer.written == 2  # the refused a=1.0 was never written

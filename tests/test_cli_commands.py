@@ -3,6 +3,7 @@ imports neither torch nor the simulator, and a missing extra is named, not a tra
 
 from __future__ import annotations
 
+import errno
 import os
 import subprocess
 import sys
@@ -11,7 +12,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from edge_ttt.commandline import mounted
+from edge_ttt.atomic import atomic_write
+from edge_ttt.commandline import command_app, mounted, run_app
 
 ROOT = Path(__file__).resolve().parents[1]
 COMMANDS = ("collect", "train", "export", "replay", "run", "demo", "health", "datasets", "monitor")
@@ -187,3 +189,39 @@ def test_help_keeps_long_option_names_and_square_brackets_whole():
     assert "clean, gain" in replay.output  # the built-in scenarios, not only in an error
     alerts = CliRunner().invoke(edge_ttt, ["monitor", "alerts", "--help"], terminal_width=80)
     assert "monitor TOML; its [alerts] rules" in alerts.output
+
+
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EROFS, errno.EACCES])
+def test_a_file_the_system_refuses_ends_a_command_with_one_line(code, capsys):
+    app = command_app()
+
+    @app.command()
+    def write() -> None:
+        raise OSError(code, os.strerror(code), "/var/lib/edge-ttt/report.html")
+
+    with pytest.raises(SystemExit) as ended:
+        run_app(app, [])
+    assert ended.value.code == 1
+    err = capsys.readouterr().err
+    assert err == f"error: /var/lib/edge-ttt/report.html: {os.strerror(code)}\n"
+
+
+def test_other_os_errors_stay_tracebacks_for_a_bug_report():
+    app = command_app()
+
+    @app.command()
+    def connect() -> None:
+        raise ConnectionRefusedError(errno.ECONNREFUSED, "Connection refused")
+
+    with pytest.raises(ConnectionRefusedError):
+        run_app(app, [])
+
+
+def test_atomic_write_names_the_file_the_disk_refused(tmp_path):
+    def full(f):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    with pytest.raises(OSError) as refused:
+        atomic_write(tmp_path / "report.html", full)
+    assert refused.value.errno == errno.ENOSPC and refused.value.filename == str(tmp_path / "report.html")
+    assert list(tmp_path.iterdir()) == []  # no temporary file left behind

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from edge_ttt.config_file import ConfigError, TOMLDecodeError, parse_toml, read_toml
-from edge_ttt.logs import RateLimitedLog, show
+from edge_ttt.logs import RateLimitedLog, TextFormatter, show
 from edge_ttt.monitor.config import load_monitor_config
 
 
@@ -64,6 +64,19 @@ def test_rate_limited_log_logs_a_kind_once_per_interval(caplog):
     assert second.getMessage() == "rejected 3 payloads" and not hasattr(second, "fields")
     again = RateLimitedLog(logger, interval=0)
     assert again.warning("size", "x") and again.warning("size", "x")
+
+
+def test_readable_log_lines_carry_the_fields_that_say_why():
+    message = "status file not written"
+    record = logging.LogRecord("edge_ttt.agent", logging.WARNING, __file__, 1, message, None, None)
+    record.fields = {"file": "/var/lib/state/status.json", "error": "[Errno 28] No space left on device"}
+    line = TextFormatter().format(record)
+    assert line == (
+        "WARNING edge_ttt.agent: status file not written file=/var/lib/state/status.json"
+        ' error="[Errno 28] No space left on device"'
+    )
+    bare = logging.LogRecord("x", logging.INFO, __file__, 1, "connected", None, None)
+    assert TextFormatter().format(bare) == "INFO x: connected"
 
 
 @pytest.mark.parametrize(

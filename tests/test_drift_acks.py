@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 
+import pytest
 from paho.mqtt.enums import MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.reasoncodes import ReasonCode
@@ -173,6 +174,23 @@ def test_spool_drops_are_logged_and_travel_in_the_next_summary(tmp_path, caplog)
     carried = [read_table(p)["spool_dropped"][0].as_py() for p in paths if p.exists()]
     # each carries the drops since the previous summary: every drop once, the newest in the next one
     assert carried == [1, 1] and sh.spool.counters.dropped == 5
+
+
+def test_drops_carried_by_a_summary_the_disk_refused_travel_with_the_next_one_written(tmp_path, monkeypatch):
+    sh = shipper(tmp_path)
+    sh.count_dropped(3)  # given up before reaching the spool (a disk refusing writes for long)
+    written = sh.spool.put
+
+    def refuse(*args):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(sh.spool, "put", refuse)
+    with pytest.raises(OSError):
+        sh.submit(summary(0))
+    monkeypatch.setattr(sh.spool, "put", written)
+    paths = [sh.submit(summary(0)), sh.submit(summary(1))]  # the retry, then the next
+    assert [read_table(p)["spool_dropped"][0].as_py() for p in paths] == [3, 0]
+    assert sh.spool.counters.dropped == 3
 
 
 def test_acknowledgements_that_are_junk_are_ignored():

@@ -4,9 +4,16 @@ from __future__ import annotations
 
 import threading
 import time
+from types import SimpleNamespace
 
+from edge_ttt.agent import background
 from edge_ttt.agent.spooler import SummarySpooler
 from tests.conftest import wait_for
+
+
+def summary(device: str) -> SimpleNamespace:
+    """What the spooler reads of a summary when it reports a failure."""
+    return SimpleNamespace(device=device, stream="0")
 
 
 class Sink:
@@ -66,15 +73,57 @@ def test_a_batch_the_disk_refuses_is_counted_as_lost():
     gate.set()
 
 
-def test_a_failing_disk_is_counted_and_spooling_goes_on():
-    from types import SimpleNamespace
+def test_a_summary_the_disk_refuses_is_kept_and_written_first_once_it_takes_writes(monkeypatch):
+    monkeypatch.setattr(background, "RETRY_MIN_S", 0.01)
+    full = threading.Event()
+    full.set()
 
-    def fail_bad(s):
-        if s.device == "bad":
-            raise OSError("disk full")
+    def refuse(s):
+        if full.is_set():
+            raise OSError(28, "No space left on device")
 
-    spooler = SummarySpooler(Sink(fail_bad))
-    spooler.put(SimpleNamespace(device="bad", stream="0"))
-    spooler.put(SimpleNamespace(device="good", stream="0"))
-    assert wait_for(lambda: spooler.written == 1 and spooler.failed == 1)
+    sink = Sink(refuse)
+    spooler = SummarySpooler(sink)
+    for name in "abc":
+        spooler.put(summary(name))
+    assert wait_for(lambda: spooler.failed >= 2)  # tried again, still refused
+    assert spooler.failing and sink.done == [] and spooler.pending() == 3
+    full.clear()
+    assert wait_for(lambda: spooler.written == 3)
+    assert [s.device for s, _ in sink.done] == ["a", "b", "c"] and not spooler.failing  # order kept
+    assert spooler.dropped == 0 and spooler.close(1.0) == 0
+
+
+def test_while_the_disk_refuses_a_full_queue_drops_its_oldest_instead_of_blocking(monkeypatch):
+    monkeypatch.setattr(background, "RETRY_MIN_S", 30.0)  # no second try during the test
+
+    class Refusing(Sink):
+        def __init__(self):
+            super().__init__(lambda s: (_ for _ in ()).throw(OSError(28, "No space left on device")))
+            self.dropped = 0
+
+        def count_dropped(self, summaries):
+            self.dropped += summaries
+
+    sink = Refusing()
+    spooler = SummarySpooler(sink, max_pending=2)
+    spooler.put(summary("a"))
+    assert wait_for(lambda: spooler.failing)  # "a" refused, back first in the queue
+    spooler.put(summary("b"))
+    start = time.monotonic()
+    assert spooler.put(summary("c"), timeout=5.0) and spooler.put(summary("d"), timeout=5.0)
+    assert time.monotonic() - start < 1.0  # did not wait for room
+    assert spooler.dropped == sink.dropped == 2  # "a" and "b", the oldest
+    assert spooler.close(0.1) == 0 and [s.device for s in sink.batches[0]] == ["c", "d"]  # the stop's batch
+
+
+def test_a_slow_disk_that_takes_writes_still_makes_a_full_queue_wait():
+    gate = threading.Event()
+    spooler = SummarySpooler(Sink(lambda s: gate.wait(20)), max_pending=1)
+    spooler.put("a")
+    assert wait_for(lambda: spooler.pending() == 1 and not spooler.failing)
+    spooler.put("b")
+    assert not spooler.put("c", timeout=0.1) and spooler.dropped == 0  # back-pressure, no loss
+    gate.set()
+    assert wait_for(lambda: spooler.written == 2)
     spooler.close(1.0)

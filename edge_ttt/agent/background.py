@@ -1,6 +1,11 @@
 """One writer thread for work that must not stall the worker: items queue here (at most
 `max_pending`, so memory stays bounded), are written one at a time, oldest first, and a stop
-writes what it can within a time bound. `CheckpointWriter` and `SummarySpooler` are the two."""
+writes what it can within a time bound. `CheckpointWriter` and `SummarySpooler` are the two.
+
+A disk that refuses a write (full, read-only, failing) is usually a disk that will take it later:
+the item stays first in the queue and is tried again after a pause that doubles from
+`RETRY_MIN_S` to `RETRY_MAX_S`. While writes fail, a full queue drops its oldest item (counted)
+instead of making the caller wait: a refusing disk must not stop the predictions."""
 
 from __future__ import annotations
 
@@ -15,13 +20,17 @@ from edge_ttt.logs import RateLimitedLog
 
 log = logging.getLogger(__package__)
 
+RETRY_MIN_S = 0.5
+RETRY_MAX_S = 30.0
+
 
 class BackgroundWriter:
     """Subclasses say what writing one item means (`_write`) and how a failure reads (`_failure`).
 
     Items are keyed: queuing under a key that is still pending replaces that item in its place.
-    A failing write (a full or failing disk) is counted and logged, rate-limited, and the thread
-    goes on."""
+    A failing write is counted (`failed`, attempts) and logged, rate-limited, and tried again
+    unless a newer item of its key replaced it meanwhile; `dropped` counts the items a full queue
+    gave up while writes failed."""
 
     thread_name: ClassVar[str]
 
@@ -29,6 +38,8 @@ class BackgroundWriter:
         self.max_pending = max_pending
         self.written = 0
         self.failed = 0
+        self.dropped = 0
+        self.failing = False  # the last write failed
         self._pending: OrderedDict[Hashable, Any] = OrderedDict()
         self._current: Hashable | None = None  # the key being written
         self._closing = False
@@ -47,6 +58,8 @@ class BackgroundWriter:
         whether it was queued."""
         with self._changed:
             room = lambda: key in self._pending or len(self._pending) < self.max_pending  # noqa: E731
+            if not room() and self.failing:
+                self._drop(*self._pending.popitem(last=False))
             if not self._changed.wait_for(room, timeout):
                 return False
             self._pending[key] = item
@@ -78,9 +91,17 @@ class BackgroundWriter:
         """(kind, message, fields) of the warning for a failed write."""
         raise NotImplementedError
 
+    def _drop(self, key: Hashable, item: Any) -> None:
+        """Count and log an item a full queue gave up while writes failed (under the lock)."""
+        self.dropped += 1
+        fields = {"writer": self.thread_name, "dropped": self.dropped, "max_pending": self.max_pending}
+        self._warn.warning("dropped", "disk refusing writes, queue full: oldest dropped", fields=fields)
+
     def _run(self) -> None:
+        pause = 0.0
         while True:
             with self._changed:
+                self._changed.wait_for(lambda: self._closing, pause)  # no wait after a success
                 self._changed.wait_for(lambda: self._pending or self._closing)
                 if self._closing:
                     return
@@ -90,10 +111,16 @@ class BackgroundWriter:
             try:
                 self._write(key, item)
                 self.written += 1
+                self.failing, pause = False, 0.0
             except OSError as exc:
                 self.failed += 1
+                self.failing, pause = True, min(max(2 * pause, RETRY_MIN_S), RETRY_MAX_S)
                 kind, message, fields = self._failure(key, item, exc)
-                self._warn.warning(kind, message, fields=fields)
+                self._warn.warning(kind, message, fields={**fields, "retry_in_s": pause})
+                with self._changed:
+                    if key not in self._pending:  # not replaced meanwhile: first again
+                        self._pending[key] = item
+                        self._pending.move_to_end(key, last=False)
             finally:
                 with self._changed:
                     self._current = None

@@ -124,6 +124,7 @@ class Agent:
             self.publisher,
             self.inbox,
             self.spool,
+            self.spooler,
             self.transport.link,
         )
         self.reporter = StatusReporter(

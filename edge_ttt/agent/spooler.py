@@ -3,7 +3,9 @@
 Encoding a summary (Parquet) and writing it to the spool (two fsyncs) costs milliseconds, and the
 intervals of many streams end together (they started together): on the worker, that stalls every
 prediction behind it. The worker only closes intervals (an in-memory summary) and puts them here,
-oldest first; memory stays bounded, since `put` waits while `max_pending` summaries wait. A stop
+oldest first; memory stays bounded, since `put` waits while `max_pending` summaries wait. A
+summary the disk refuses stays here and is tried again; while the disk refuses, a full queue drops
+its oldest summary (counted with the spool's drops, which the next summary carries to the fleet). A stop
 does not write them one by one: whatever is still queued goes into one batch file (a few
 milliseconds per hundred summaries), which the shipper unpacks into one-summary files while the
 stop's budget lasts, and at the next start for the rest.
@@ -29,6 +31,8 @@ class SummarySink(Protocol):
     def submit(self, summary: DriftSummary) -> Path: ...
 
     def submit_batch(self, summaries: list[DriftSummary]) -> Path: ...
+
+    def count_dropped(self, summaries: int) -> None: ...
 
 
 class SummarySpooler(BackgroundWriter):
@@ -61,6 +65,10 @@ class SummarySpooler(BackgroundWriter):
 
     def _write(self, key: int, summary: DriftSummary) -> None:
         self.sink.submit(summary)
+
+    def _drop(self, key: int, summary: DriftSummary) -> None:
+        super()._drop(key, summary)
+        self.sink.count_dropped(1)  # the fleet learns of it with the next summary spooled
 
     def _failure(self, key: int, summary: DriftSummary, exc: OSError) -> tuple[str, str, dict[str, Any]]:
         fields = {"device": summary.device, "stream": summary.stream, "error": str(exc)}

@@ -6,10 +6,11 @@ must work without a broker). Its `state` is the MQTT connection's (`online` only
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,13 +19,17 @@ from pydantic import Field
 from edge_ttt.adapt.counters import Counters
 from edge_ttt.agent.pipeline import AgentCounters, Pipelines
 from edge_ttt.agent.publisher import PredictionPublisher
+from edge_ttt.agent.spooler import SummarySpooler
 from edge_ttt.atomic import atomic_write
 from edge_ttt.config_file import Section
 from edge_ttt.drift.spool import Spool
+from edge_ttt.logs import RateLimitedLog
 from edge_ttt.stream.connection import CONNECTING, DISCONNECTED, ONLINE, ConnectionState
 from edge_ttt.stream.inbox import Inbox
 from edge_ttt.stream.sequencer import SequencerCounters
 from edge_ttt.stream.topics import AgentTopic
+
+log = logging.getLogger(__package__)
 
 
 class StatusSection(Section):
@@ -52,7 +57,10 @@ def read_health(path: Path, max_age_s: float, max_disconnected_s: float = 10.0) 
     if state not in (ONLINE, CONNECTING, DISCONNECTED):
         return f"agent is {state}"
     if age > max_age_s:
-        return f"status is {age:.0f} s old (more than {max_age_s:.0f} s): the agent is stuck or gone"
+        return (
+            f"status is {age:.0f} s old (more than {max_age_s:.0f} s): the agent is stuck or gone,"
+            f" or cannot write {path} (is its disk full?)"
+        )
     if state != ONLINE and down_s > max_disconnected_s:
         reason = link.get("reason") or "no attempt has failed yet"
         return f"agent is {state} for {down_s:.0f} s (more than {max_disconnected_s:g} s): {reason}"
@@ -69,18 +77,25 @@ class StatusSources:
     publisher: PredictionPublisher
     inbox: Inbox
     spool: Spool
+    spooler: SummarySpooler
     link: ConnectionState
 
 
-@dataclass(frozen=True)
+@dataclass
 class StatusReporter:
-    """Reads the counters of every stage; publishes and writes them, never changes them."""
+    """Reads the counters of every stage; publishes and writes them, never changes them.
+
+    A status file the disk refuses is counted (`status_file_failures`) and logged, rate-limited:
+    the agent goes on predicting, the status topic still says so, and the local health probe
+    sees the file grow old."""
 
     agent_id: str
     topic: str
     path: Path  # the status file
     publish_to: Callable[..., None]  # (topic, payload, qos=, retain=): the transport's publish
     sources: StatusSources
+    file_failures: int = 0
+    _warn: RateLimitedLog = field(default_factory=lambda: RateLimitedLog(log, 60.0), repr=False)
 
     def status(self) -> dict[str, Any]:
         src = self.sources
@@ -106,15 +121,19 @@ class StatusReporter:
                 "streams_evicted": src.pipelines.evicted,
                 "checkpoints_pending": src.pipelines.writer.pending(),
                 "checkpoints_failed": src.pipelines.writer.failed,
+                "checkpoints_dropped": src.pipelines.writer.dropped,
                 "queue_dropped": src.inbox.counters.dropped,
                 "queue_depth": len(src.inbox),
                 "queue_bytes": src.inbox.bytes,
                 "drift_spooled": len(src.spool.pending()),
+                "drift_unspooled": src.spooler.pending(),
+                "drift_spool_failures": src.spooler.failed,
                 "drift_dropped": src.spool.counters.dropped,
                 "drift_shipped": src.spool.counters.shipped,
                 "drift_refused": src.spool.counters.refused,
                 "drift_resent": src.spool.counters.resent,
                 "gaps": gaps,
+                "status_file_failures": self.file_failures,
                 **{f"frames_{k}": v for k, v in order.items() if k != "delivered"},
                 **engines,
             },
@@ -140,4 +159,9 @@ class StatusReporter:
         payload = json.dumps(doc).encode()
         if doc["state"] == ONLINE:
             self.publish_to(self.topic, payload, qos=1, retain=True)
-        atomic_write(self.path, lambda f: f.write(payload))
+        try:
+            atomic_write(self.path, lambda f: f.write(payload))
+        except OSError as exc:
+            self.file_failures += 1
+            fields = {"file": str(self.path), "error": str(exc), "failures": self.file_failures}
+            self._warn.warning("status_file", "status file not written", fields=fields)

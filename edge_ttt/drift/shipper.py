@@ -144,19 +144,28 @@ class Shipper:
 
     def submit(self, summary: DriftSummary) -> Path:
         """Into the spool (atomically), carrying the spool drops since the previous summary."""
-        self._carry_drops(summary)
-        return self.spool.put(summary.summary_id, to_parquet([summary]))
+        dropped = self._carry_drops(summary)
+        path = self.spool.put(summary.summary_id, to_parquet([summary]))
+        self._drops_reported = dropped  # only once a summary carries them: a refused write retries
+        return path
 
     def submit_batch(self, summaries: list[DriftSummary]) -> Path:
         """Many summaries into one batch file, a few milliseconds per hundred instead of each:
         a stop's last intervals. `unpack` turns it into the spool's one-summary files."""
-        self._carry_drops(summaries[0])
-        return self.spool.put_batch(to_parquet(summaries))
+        dropped = self._carry_drops(summaries[0])
+        path = self.spool.put_batch(to_parquet(summaries))
+        self._drops_reported = dropped
+        return path
 
-    def _carry_drops(self, summary: DriftSummary) -> None:
+    def count_dropped(self, summaries: int) -> None:
+        """Summaries given up before they reached the spool (a disk refusing writes for long)."""
+        self.spool.count_dropped(summaries)
+
+    def _carry_drops(self, summary: DriftSummary) -> int:
+        """Set the summary's `spool_dropped` to the drops not reported yet; the count so far."""
         dropped = self.spool.counters.dropped
         summary.spool_dropped = dropped - self._drops_reported
-        self._drops_reported = dropped
+        return dropped
 
     def unpack(self, deadline: float = math.inf, stop: threading.Event | None = None) -> int:
         """The spool's batch files as one-summary files, oldest first, until `deadline`

@@ -38,7 +38,7 @@ BATCH_SUFFIX = ".batch"
 class SpoolCounters:
     written: int = 0
     shipped: int = 0  # acknowledged by the fleet (stored there), then deleted here
-    dropped: int = 0  # deleted unshipped because the spool was full
+    dropped: int = 0  # deleted unshipped because the spool was full, or never written (a full disk)
     dropped_bytes: int = 0
     refused: int = 0  # sends the broker refused (PUBACK with a failure reason code); the file stays
     resent: int = 0  # sends again after an acknowledgement timeout or a reconnect
@@ -137,6 +137,11 @@ class Spool:
                 self._orphans[summary_id_of(Path(name))] = size
             else:
                 self._count_drop(size)
+
+    def count_dropped(self, summaries: int) -> None:
+        """Count summaries lost before they were written here (their bytes are unknown)."""
+        with self._lock:
+            self.counters.dropped += summaries
 
     def _count_drop(self, size: int) -> None:
         self.counters.dropped += 1

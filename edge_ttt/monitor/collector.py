@@ -50,6 +50,7 @@ class Collector:
         self.receiver = Receiver(seen=dataset.summary_ids(self.location))
         self.subscribed = threading.Event()
         self.files_written = 0
+        self.write_failures = 0
         self._pending: list[pa.Table] = []
         self._unacked: dict[str, list[int]] = {}  # summary id -> message ids, until written
         self._to_ack: list[int] = []  # message ids of the summaries in `_pending`
@@ -138,8 +139,12 @@ class Collector:
         ids = [sid for table in batch for sid in table.column("summary_id").to_pylist()]
         try:
             self.files_written += len(dataset.append(self.location, pa.concat_tables(batch)))
-        except OSError:
-            log.exception("could not write %d summaries; will try again", len(batch))
+        except OSError as exc:  # a full or failing disk: one line, not a traceback a second
+            self.write_failures += 1
+            fields = {"summaries": len(batch), "dataset": str(self.location), "error": str(exc)}
+            self._warn.warning(
+                "write", "summaries not written, kept unacknowledged; trying again", fields=fields
+            )
             with self._lock:
                 self._pending = batch + self._pending
                 self._to_ack = acks + self._to_ack
