@@ -173,6 +173,46 @@ def test_compact_command(location):
     assert len(dataset.read(location)) == 25
 
 
+def damage(location: str) -> list[Path]:
+    """A truncated copy of one of the dataset's files and a stray non-Parquet file: what a failing
+    disk or a careless hand leaves. The paths."""
+    first = Path(sorted(dataset.open_dataset(location).files)[0])
+    truncated = first.with_name("part-truncated.parquet")
+    truncated.write_bytes(first.read_bytes()[:300])
+    stray = first.with_name("part-notes.parquet")
+    stray.write_text("not parquet")
+    return [truncated, stray]
+
+
+def test_unreadable_files_are_named_and_left_out_and_the_rest_is_read(location, tmp_path, caplog):
+    bad = damage(location)
+    result = CliRunner().invoke(monitor_app, ["alerts", "--dataset", location, "--json"])
+    assert result.exit_code == 1 and {a["device"] for a in json.loads(result.output)} >= {"drifting"}
+    warned = [r.getMessage() for r in caplog.records if "unreadable file left out" in r.getMessage()]
+    assert all(any(str(p) in m for m in warned) for p in bad) and "Fix: move it out of" in warned[0]
+    ids = dataset.read(location, ["summary_id"])["summary_id"].to_pylist()
+    assert len(ids) == 25 and dataset.summary_ids(location) == set(ids)  # every good row
+    sql = "SELECT count(*) AS n FROM summaries"
+    result = CliRunner().invoke(monitor_app, ["query", sql, "--dataset", location, "--json"])
+    assert result.exit_code == 0 and json.loads(result.output) == {"n": 25}
+    out = tmp_path / "report.html"
+    result = CliRunner().invoke(monitor_app, ["report", "--dataset", location, "--out", str(out)])
+    assert result.exit_code == 0 and out.stat().st_size > 10_000
+    result = CliRunner().invoke(monitor_app, ["compact", "--dataset", location])
+    assert result.exit_code == 0 and json.loads(result.output)["files_merged"] == 7
+    assert all(p.exists() for p in bad) and len(dataset.read(location)) == 25  # left in place, not merged
+
+
+def test_a_collector_starts_on_a_dataset_with_an_unreadable_file_and_knows_the_rest(location):
+    from edge_ttt.monitor.collector import Collector
+    from tests.test_monitor_collector import config
+
+    ids = set(dataset.read(location, ["summary_id"])["summary_id"].to_pylist())
+    damage(location)
+    collector = Collector(config(1, location))  # not started: the dataset is read at construction
+    assert collector.receiver.seen == ids  # duplicates of stored summaries are still recognised
+
+
 def test_the_report_ranks_the_drifting_device_first_and_shows_its_alert(location, tmp_path):
     out = tmp_path / "report.html"
     alerts = write_report(dataset.read(location), RULES, out, now=NOW)

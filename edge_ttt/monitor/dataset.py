@@ -3,12 +3,20 @@ end (`date=YYYY-MM-DD/part-<uuid>.parquet`), on a local disk or any filesystem p
 
 Rows are the drift summary schema (edge_ttt/drift/schema.py) plus `device_id`, a copy of
 `device` under the name fleet tools expect; `date` lives in the directory names only.
+
+A file that cannot be read (truncated or corrupted on its disk, or a stray file someone put there)
+must not hide the rest of the fleet: every read tries the whole dataset first (no extra cost), and
+only when that fails looks for such files, names each in a warning and reads the others. A
+dataset of nothing but such files is still an error.
 """
 
 from __future__ import annotations
 
+import logging
 import uuid
+from collections.abc import Callable, Collection
 from pathlib import Path
+from typing import TypeVar
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -18,6 +26,10 @@ import pyarrow.parquet as pq
 
 from edge_ttt.atomic import atomic_write
 from edge_ttt.drift.schema import SCHEMA, conform
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+_named: set[str] = set()  # unreadable files already warned of by this process: once each
 
 FILE_SCHEMA = SCHEMA.append(pa.field("device_id", pa.string(), nullable=False))
 PARTITIONING = ds.partitioning(pa.schema([("date", pa.string())]), flavor="hive")
@@ -67,16 +79,62 @@ def append(location: str, table: pa.Table) -> list[str]:
     return written
 
 
-def open_dataset(location: str) -> ds.Dataset:
-    """The whole dataset; files being written (hidden `.` temporaries) are not part of it."""
+def open_dataset(location: str, skip: Collection[str] = ()) -> ds.Dataset:
+    """The whole dataset but the files in `skip`; files being written (hidden `.` temporaries) are
+    not part of it."""
     fs, root = open_fs(location)
-    return ds.dataset(
-        root,
-        schema=FILE_SCHEMA.append(pa.field("date", pa.string())),
-        filesystem=fs,
-        format="parquet",
-        partitioning=PARTITIONING,
-    )
+    options = {"filesystem": fs, "format": "parquet", "partitioning": PARTITIONING}
+    schema = FILE_SCHEMA.append(pa.field("date", pa.string()))
+    data = ds.dataset(root, schema=schema, **options)
+    if not skip:
+        return data
+    files = [f for f in data.files if f not in skip]
+    return ds.dataset(files, schema=schema, partition_base_dir=root, **options)
+
+
+def unreadable(location: str) -> dict[str, str]:
+    """The dataset's files that do not read as summary rows, each with why (its error's first line)."""
+    fs, _ = open_fs(location)
+    bad = {}
+    for path in open_dataset(location).files:
+        try:
+            pq.read_table(path, filesystem=fs, schema=FILE_SCHEMA)
+        except (pa.ArrowException, OSError) as exc:
+            bad[path] = _why(exc)
+    return bad
+
+
+def _why(exc: BaseException) -> str:
+    """An error's first line, for a message about one file."""
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+def tolerant(
+    location: str,
+    read: Callable[[ds.Dataset], T],
+    errors: tuple[type[BaseException], ...] = (pa.ArrowException, OSError),
+) -> T:
+    """`read(dataset)`; when it fails with one of `errors` because some files cannot be read,
+    `read` of the others, each left-out file named in a warning (once per process). Anything else
+    is raised."""
+    try:
+        return read(open_dataset(location))
+    except errors:
+        bad = unreadable(location)
+        if not bad or len(bad) == len(open_dataset(location).files):
+            raise
+    for path, why in bad.items():
+        if path in _named:
+            continue
+        _named.add(path)
+        log.warning(
+            "unreadable file left out of the fleet dataset: %s (%s). Fix: move it out of %s",
+            path,
+            why,
+            location,
+            extra={"fields": {"file": path, "error": why}},
+        )
+    return read(open_dataset(location, skip=bad))
 
 
 def exists(location: str) -> bool:
@@ -88,29 +146,34 @@ def summary_ids(location: str) -> set[str]:
     """Ids already stored, reading that one column only: a restarted collector skips them."""
     if not exists(location):
         return set()
-    return set(open_dataset(location).to_table(columns=["summary_id"]).column("summary_id").to_pylist())
+    table = tolerant(location, lambda data: data.to_table(columns=["summary_id"]))
+    return set(table.column("summary_id").to_pylist())
 
 
 def reference_bins(location: str) -> dict[str, list[int]]:
     """Per model (`model_sha256`), the bins per channel of the reference its summaries were scored
     against, from one summary each: the reference is fixed at export, and reading `ref_share` for
     every row is most of the time a fleet report takes."""
-    data = open_dataset(location)
-    models = pc.unique(data.to_table(columns=["model_sha256"]).column("model_sha256")).to_pylist()
-    out = {}
-    for model in models:
-        first = data.head(1, columns=["ref_share"], filter=pc.field("model_sha256") == model)
-        out[model] = [len(share) for share in first.column("ref_share")[0].as_py() or []]
-    return out
+
+    def bins(data: ds.Dataset) -> dict[str, list[int]]:
+        models = pc.unique(data.to_table(columns=["model_sha256"]).column("model_sha256")).to_pylist()
+        out = {}
+        for model in models:
+            first = data.head(1, columns=["ref_share"], filter=pc.field("model_sha256") == model)
+            out[model] = [len(share) for share in first.column("ref_share")[0].as_py() or []]
+        return out
+
+    return tolerant(location, bins)
 
 
 def read(location: str, columns: list[str] | None = None) -> pa.Table:
-    return open_dataset(location).to_table(columns=columns)
+    return tolerant(location, lambda data: data.to_table(columns=columns))
 
 
 def read_devices(location: str, devices: list[str], columns: list[str]) -> pa.Table:
     """The rows of these devices only (the report's few plotted devices: their histograms)."""
-    return open_dataset(location).to_table(columns=columns, filter=pc.field("device_id").isin(devices))
+    where = pc.field("device_id").isin(devices)
+    return tolerant(location, lambda data: data.to_table(columns=columns, filter=where))
 
 
 def compact(location: str) -> dict[str, int]:
@@ -135,10 +198,18 @@ def compact(location: str) -> dict[str, int]:
         )
         if len(files) < 2:
             continue
-        table = pa.concat_tables(pq.read_table(p, filesystem=fs, schema=FILE_SCHEMA) for p in files)
-        table = table.sort_by([("device_id", "ascending"), ("interval_end", "ascending")])
-        write_file(fs, f"{info.path}/part-{uuid.uuid4().hex}.parquet", table)
+        tables, merged = [], []
         for p in files:
+            try:
+                tables.append(pq.read_table(p, filesystem=fs, schema=FILE_SCHEMA))
+                merged.append(p)
+            except (pa.ArrowException, OSError) as exc:  # left where it is: not merged, not deleted
+                log.warning("unreadable file not compacted: %s (%s)", p, _why(exc))
+        if len(merged) < 2:
+            continue
+        table = pa.concat_tables(tables).sort_by([("device_id", "ascending"), ("interval_end", "ascending")])
+        write_file(fs, f"{info.path}/part-{uuid.uuid4().hex}.parquet", table)
+        for p in merged:
             fs.delete_file(p)
-        done[info.base_name] = len(files)
+        done[info.base_name] = len(merged)
     return done

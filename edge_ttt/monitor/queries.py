@@ -6,21 +6,22 @@ from __future__ import annotations
 
 import duckdb
 import pyarrow as pa
+import pyarrow.dataset as ds
 
 from edge_ttt.monitor import dataset
 
 VIEW = "summaries"
 
 
-def connect(location: str) -> duckdb.DuckDBPyConnection:
-    con = duckdb.connect()
-    con.register(VIEW, dataset.open_dataset(location))
-    return con
-
-
 def query(location: str, sql: str) -> pa.Table:
-    con = connect(location)
-    try:
-        return con.sql(sql).to_arrow_table()
-    finally:
-        con.close()
+    """`sql` over the view; files that cannot be read are left out, each named in a warning."""
+
+    def run(data: ds.Dataset) -> pa.Table:
+        con = duckdb.connect()
+        try:
+            con.register(VIEW, data)
+            return con.sql(sql).to_arrow_table()
+        finally:
+            con.close()
+
+    return dataset.tolerant(location, run, (pa.ArrowException, OSError, duckdb.InvalidInputException))
