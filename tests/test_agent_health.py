@@ -178,3 +178,49 @@ def test_health_tolerates_a_short_outage_and_names_a_long_one(tmp_path):
     assert "connecting for 12 s" in read_health(path, 30.0, 10.0)
     write("offline", 0.0, None)
     assert read_health(path, 30.0, 10.0) == "agent is offline"
+
+
+def test_connections_taken_over_again_and_again_name_the_client_id_and_the_fix(caplog, monkeypatch):
+    clock = [100.0]
+    monkeypatch.setattr("edge_ttt.stream.connection.time.monotonic", lambda: clock[0])
+    link = ConnectionState("127.0.0.1:1883", "edge-ttt-line3")
+    with caplog.at_level(logging.INFO):
+        for _ in range(5):  # each connection closed 0.5 s after it began, as a duplicate id makes it
+            link.connected()
+            clock[0] += 0.5
+            link.closed("Unspecified error", False)
+    hint = "another client may be using client id 'edge-ttt-line3'. Fix: give each its own agent.id"
+    assert hint in link.snapshot().reason and "5 connections in a row" in link.snapshot().reason
+    assert caplog.text.count(hint) == 1  # rate-limited: not a line per takeover
+    assert caplog.text.count("INFO") <= 3  # no "connected" line per takeover once it is named
+    link.connected()
+    clock[0] += 60.0  # a connection that lasted ends the run
+    link.closed("Unspecified error", False)
+    assert "another client" not in link.snapshot().reason
+
+
+def test_a_broker_saying_session_taken_over_is_named_at_once():
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.reasoncodes import ReasonCode
+
+    link = ConnectionState("127.0.0.1:1883", "edge-ttt-a")
+    link.connected()
+    link.closed(ReasonCode(PacketTypes.DISCONNECT, identifier=0x8E), True)
+    reason = link.snapshot().reason
+    assert "Session taken over" in reason and "client id 'edge-ttt-a'" in reason
+
+
+def test_two_agents_with_one_id_are_told_so_in_their_logs(tmp_path, broker, bundle_dir):
+    logs, agents = [], []
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        logs.append(tmp_path / name / "agent.log")
+        agents.append(run_agent(write_config(tmp_path / name, bundle_dir, broker.port), logs[-1]))
+    try:  # both are "test-agent": each connection takes the session from the other one
+        told = "another client may be using client id 'edge-ttt-test-agent'"
+        assert wait_for(lambda: all(told in p.read_text() for p in logs), 30)
+    finally:
+        for agent in agents:
+            agent.send_signal(signal.SIGTERM)
+        for agent in agents:
+            assert agent.wait(30) == 0

@@ -308,3 +308,15 @@ def test_a_collector_killed_before_writing_loses_nothing(broker, tmp_path):
         first.kill()
         agents.disconnect()
         agents.loop_stop()
+
+
+def test_two_collectors_with_one_client_id_are_told_so(broker, tmp_path):
+    first = Running(config(broker.port, str(tmp_path / "a"), client_id="fleet"))
+    second = Running(config(broker.port, str(tmp_path / "b"), client_id="fleet"))
+    try:  # each connection takes the persistent session from the other one
+        told = "another client may be using client id 'fleet'. Fix: give each its own collector.client_id"
+        reasons = lambda: [r.collector.link.snapshot().reason or "" for r in (first, second)]  # noqa: E731
+        assert wait_for(lambda: any(told in reason for reason in reasons()), 30), reasons()
+    finally:
+        first.stop()
+        second.stop()

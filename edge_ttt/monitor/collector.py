@@ -21,6 +21,7 @@ acknowledgement may have been lost); one still waiting in the batch is acknowled
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 import time
 from dataclasses import asdict
@@ -33,6 +34,7 @@ from edge_ttt.drift.receiver import MessageError, Receiver, parse_message
 from edge_ttt.logs import RateLimitedLog
 from edge_ttt.monitor import dataset
 from edge_ttt.monitor.config import MonitorConfig
+from edge_ttt.stream.connection import ConnectionState
 from edge_ttt.stream.mqtt import connect_in_background, make_client
 
 log = logging.getLogger(__name__)
@@ -62,7 +64,14 @@ class Collector:
         self._warn = RateLimitedLog(log, cfg.collector.log_every_s)
         self._rejected_reported = 0
         self.client = make_client(cfg.mqtt, cfg.collector.client_id, manual_ack=True)
+        # the agent's connection reasons: refusals, TLS, a duplicate client id taking the session
+        broker = f"{cfg.mqtt.host}:{cfg.mqtt.port}"
+        self.link = ConnectionState(broker, cfg.collector.client_id, "collector.client_id")
         self.client.on_connect = self._connected
+        self.client.on_connect_fail = lambda *_: self.link.connect_failed(sys.exc_info()[1])
+        self.client.on_disconnect = lambda _c, _u, flags, reason_code, _p: self.link.closed(
+            reason_code, flags.is_disconnect_packet_from_server
+        )
         self.client.on_subscribe = lambda *_: self.subscribed.set()
         self.client.on_message = lambda _c, _u, msg: self._on_message(msg)
         self.acks_sent = 0  # acknowledgement messages to agents
@@ -72,15 +81,10 @@ class Collector:
 
     def _connected(self, client: paho.Client, _userdata, _flags, reason_code, _properties) -> None:
         if reason_code.is_failure:
-            log.warning("broker refused the connection: %s", reason_code)
+            self.link.refused(reason_code)
             return
         client.subscribe(self.cfg.topic_filter(), qos=1)
-        log.info(
-            "connected to %s:%s, subscribed to %s",
-            self.cfg.mqtt.host,
-            self.cfg.mqtt.port,
-            self.cfg.topic_filter(),
-        )
+        self.link.connected()
 
     def _on_message(self, msg: paho.MQTTMessage) -> None:
         for mid in self.accept(msg.payload, msg.mid, msg.topic):

@@ -25,6 +25,12 @@ log = logging.getLogger(__name__)
 
 ONLINE, CONNECTING, DISCONNECTED = "online", "connecting", "disconnected"
 AUTH_REASONS = frozenset({0x86, 0x87, 0x8C})  # bad user name or password, not authorized, bad auth method
+TAKEN_OVER = 0x8E  # MQTT v5 "Session taken over": another client connected with this client id
+# Brokers close the older of two connections with one client id, and some (mosquitto 2.0) say
+# nothing: two agents with one id then take the session from each other every reconnect. A run
+# of connections that each end this soon after they began is that pattern.
+SHORT_S = 5.0
+SHORT_RUN = 3
 
 
 @dataclass(frozen=True)
@@ -72,9 +78,16 @@ class ConnectionState:
     """Updated on paho's thread, read by the worker and the status; `changed` is set on every
     change of state, so that the status file says it at once, not an interval later."""
 
-    def __init__(self, broker: str) -> None:
+    def __init__(
+        self, broker: str, client_id: str | None = None, id_key: str = "agent.id (or mqtt.client_id)"
+    ) -> None:
+        """`id_key`: the config key that sets the client id, for the fix of a duplicate one."""
         self.broker = broker
+        self.client_id = client_id
+        self.id_key = id_key
         self.changed = threading.Event()
+        self._online_at = 0.0  # time.monotonic() of the last connection
+        self._short = 0  # connections in a row that ended within SHORT_S
         self._lock = threading.Lock()
         self._warn = RateLimitedLog(log)
         self._now = Snapshot(CONNECTING, time.time(), None, 0)
@@ -107,13 +120,23 @@ class ConnectionState:
         if not self.online:
             self._failed("closed", f"{self.broker} closed the connection before accepting it: {reason_code}")
             return
-        reason = lost_reason(reason_code, from_broker)
+        self._short = self._short + 1 if time.monotonic() - self._online_at < SHORT_S else 0
+        kind, reason = "lost", lost_reason(reason_code, from_broker)
+        if getattr(reason_code, "value", None) == TAKEN_OVER or self._short >= SHORT_RUN:
+            kind = "taken_over"
+            reason += (
+                f"; {self._short} connections in a row ended within {SHORT_S:g} s: another client may be"
+                f" using client id {self.client_id!r}. Fix: give each its own {self.id_key}"
+            )
         self._set(Snapshot(DISCONNECTED, time.time(), reason, 0))
-        self._warn.warning("lost", "%s; reconnecting", reason, fields=self._fields())
+        self._warn.warning(kind, "%s; reconnecting", reason, fields=self._fields())
 
     def connected(self) -> None:
         was = self.snapshot()
+        self._online_at = time.monotonic()
         self._set(Snapshot(ONLINE, time.time(), None, 0))
+        if self._short >= SHORT_RUN:  # taken over again and again: `closed`'s rate-limited warning says it
+            return
         self._warn = RateLimitedLog(log)  # the next outage's first failure is said at once
         fields = {"broker": self.broker, "was": was.state, "after_s": round(time.time() - was.since_unix, 1)}
         log.info("connected", extra={"fields": {**fields, "failed_attempts": was.failures}})

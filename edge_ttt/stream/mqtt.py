@@ -104,8 +104,9 @@ class MqttTransport:
         self.connects = 0
         self.disconnects = 0
         self._stopping = False
-        self.link = ConnectionState(f"{cfg.host}:{cfg.port}")  # what the status and health report
-        self.client = make_client(cfg, cfg.client_id or f"edge-ttt-{agent_id}")
+        client_id = cfg.client_id or f"edge-ttt-{agent_id}"
+        self.link = ConnectionState(f"{cfg.host}:{cfg.port}", client_id)  # what the status and health report
+        self.client = make_client(cfg, client_id)
         self.client.will_set(status_topic, status_payload(agent_id, "offline"), qos=1, retain=True)
         self.client.on_connect = self._connected
         self.client.on_disconnect = self._disconnected
