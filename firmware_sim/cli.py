@@ -14,7 +14,7 @@ from edge_ttt.recordlog import LogFormatError, read_log, write_log
 from firmware_sim.broker import parse_address
 from firmware_sim.corruptions import device_rng
 from firmware_sim.datasets.cli import datasets_app
-from firmware_sim.devices import Link, SimDevice, fleet_schedule, pump
+from firmware_sim.devices import Link, SimDevice, connect, fleet_schedule, pump
 from firmware_sim.scenarios import BUILTINS, ScenarioError, load_scenario
 from firmware_sim.signals import IMU_CHANNELS, ImuSource, LogSource, Source
 
@@ -39,6 +39,19 @@ def _broker(value: str) -> tuple[str, int]:
         return parse_address(value)
     except ValueError as exc:
         fail(f"--broker {exc}")
+
+
+def _start(links: list[Link], buffer: int) -> None:
+    """Connect the devices; say so, with the reason, when some cannot (they go on as firmware does)."""
+    offline = connect(links)
+    if offline:
+        reason = offline[0].reason or "no answer yet"
+        typer.secho(
+            f"warning: {len(offline)} of {len(links)} devices not connected after 10 s ({reason}); "
+            f"each keeps its newest {buffer} frames and retries",
+            fg=typer.colors.YELLOW,
+            err=True,
+        )
 
 
 @app.command()
@@ -86,8 +99,7 @@ def devices(
         sims.append(SimDevice(device, source, drift, rate, samples_per_frame, start_ns + offset_ns))
         links.append(Link(host, port, f"firmware-sim-{device}", qos, buffer))
         topics.append(f"{prefix}/{device}/dt/0")
-    for link in links:
-        link.open()
+    _start(links, buffer)
     total = None if duration is None else int(duration * rate / samples_per_frame) * count
     summary = pump(fleet_schedule(sims, links, topics, duration), links, total=total, progress=True)
     typer.echo(summary.line())
@@ -116,11 +128,7 @@ def replay(
     except (ScenarioError, LogFormatError) as exc:
         fail(str(exc))
     links = {d: Link(host, port, f"firmware-sim-{d}", qos, buffer) for d in recorded.devices()}
-    for link in links.values():
-        link.open()
-    deadline = time.monotonic() + 10
-    for link in links.values():  # a replay starts with every device online (or after 10 s)
-        link.connected.wait(max(0.0, deadline - time.monotonic()))
+    _start(list(links.values()), buffer)  # a replay starts with every device online (or after 10 s)
     try:
         items = replay_schedule(
             recorded,

@@ -10,6 +10,7 @@ frame. `pump` paces any stream of frames in real time (or as fast as possible) a
 from __future__ import annotations
 
 import contextlib
+import sys
 import threading
 import time
 from collections import deque
@@ -23,10 +24,11 @@ from rich.console import Console
 from rich.progress import Progress
 
 from edge_ttt.stream.codec import Frame, encode
+from edge_ttt.stream.connection import describe
 from firmware_sim.scenarios import DeviceDrift
 from firmware_sim.signals import Source
 
-__all__ = ["Link", "SimDevice", "Summary", "fleet_schedule", "pump"]
+__all__ = ["Link", "SimDevice", "Summary", "connect", "fleet_schedule", "pump"]
 
 PLAIN_PROGRESS_S = 5.0  # between progress lines where no bar can be drawn
 
@@ -45,6 +47,7 @@ class Link:
         reconnect_max_s: float = 5.0,
     ) -> None:
         self.host, self.port, self.qos = host, port, qos
+        self.broker = f"{host}:{port}"
         self.buffer: deque[tuple[str, bytes]] = deque()
         self.buffer_frames = buffer_frames
         self.published = 0
@@ -55,8 +58,20 @@ class Link:
         self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=paho.MQTTv311)
         self.client.max_inflight_messages_set(100)  # 20 by default: too few for a burst after reconnect
         self.client.reconnect_delay_set(reconnect_min_s, reconnect_max_s)
-        self.client.on_connect = lambda *_: self.connected.set()
+        self.client.on_connect = self._connected
         self.client.on_disconnect = lambda *_: self.connected.clear()
+        # paho calls this inside its `except OSError:` around the connect: the exception is there.
+        self.client.on_connect_fail = lambda *_: self._failed(describe(sys.exc_info()[1], self.broker)[1])
+        self.reason: str | None = None  # why the last attempt failed, for a warning that says it
+
+    def _connected(self, _client, _userdata, _flags, reason_code, _properties) -> None:
+        if reason_code.is_failure:
+            self._failed(f"the broker at {self.broker} refused the connection: {reason_code}")
+        else:
+            self.connected.set()
+
+    def _failed(self, reason: str) -> None:
+        self.reason = reason
 
     def open(self) -> None:
         self.client.connect_async(self.host, self.port)
@@ -93,6 +108,17 @@ class Link:
                 self._last.wait_for_publish(timeout_s)
         self.client.disconnect()
         self.client.loop_stop()
+
+
+def connect(links: list[Link], wait_s: float = 10.0) -> list[Link]:
+    """Open every link and wait (at most `wait_s` in all) until each is connected; those that are
+    not by then, which go on retrying and buffering."""
+    for link in links:
+        link.open()
+    deadline = time.monotonic() + wait_s
+    for link in links:
+        link.connected.wait(max(0.0, deadline - time.monotonic()))
+    return [link for link in links if not link.connected.is_set()]
 
 
 class SimDevice:

@@ -191,3 +191,38 @@ def test_pump_prints_progress_lines_where_no_bar_can_be_drawn(capsys):
         ((0.0, link, "t", b"x") for _ in range(3)), [link], paced=False, total=3, progress=False, every_s=0.0
     )
     assert capsys.readouterr().err == ""
+
+
+def test_devices_that_cannot_connect_are_named_with_the_reason(broker):
+    from firmware_sim.broker import free_port
+    from firmware_sim.devices import connect
+
+    port = free_port()  # nothing listens there
+    links = [Link("127.0.0.1", port, f"dev-{i}") for i in range(3)]
+    try:
+        offline = connect(links, wait_s=1.0)
+        assert offline == links
+        refused = f"connection refused by 127.0.0.1:{port}: no broker listening there"
+        assert wait_for(lambda: links[0].reason == refused)
+    finally:
+        for link in links:
+            link.close()
+    online = [Link("127.0.0.1", broker.port, f"dev-{i}") for i in range(3)]
+    try:
+        assert connect(online, wait_s=10.0) == [] and all(link.reason is None for link in online)
+    finally:
+        for link in online:
+            link.close()
+
+
+def test_replay_without_a_broker_says_so_and_counts_what_it_could_not_send(tmp_path):
+    from firmware_sim.broker import free_port
+
+    path = tmp_path / "in.parquet"
+    write_log(path, gappy_log())
+    address = f"127.0.0.1:{free_port()}"
+    command = ["replay", "--log", str(path), "--broker", address, "--as-fast-as-possible"]
+    result = CliRunner().invoke(app, command)
+    assert result.exit_code == 0, result.output
+    assert f"3 of 3 devices not connected after 10 s (connection refused by {address}" in result.output
+    assert re.search(r"published 0, dropped \d+, still buffered \d+", result.output)
