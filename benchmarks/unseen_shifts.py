@@ -3,11 +3,13 @@
 
 The adaptation benchmark's shifts chose the default policy's settings, so they cannot say whether
 its promise (never worse than the source model) holds for the next kind of fault. These are other
-kinds a deployment meets: attenuated sensors, one sensor in other units or with its own gain or
-offset, axes permuted or mirrored, wiring swapped, filtering, sample-and-hold, quantization,
-vibration, spikes, a dead axis. Each is applied to every target device's whole recording (the
-seglearn smartwatch subjects 6 to 10), written as a log and replayed with `source`, `norm`, the
-default policy and the default policy with `--fallback`. Writes unseen_shifts.json and .md to --out.
+kinds a deployment meets: attenuated sensors, one sensor (or one axis) in other units or with its
+own gain or offset, a gain that swings with temperature, axes permuted or mirrored, a device worn
+upside down, wiring swapped, sensors out of step, filtering, sample-and-hold, quantization,
+saturation, vibration, noise, spikes, repeated buffers, a dead axis. Each is applied to every
+target device's whole recording (the seglearn smartwatch subjects 6 to 10), written as a log and
+replayed with `source`, `norm`, the default policy and the default policy with `--fallback`.
+Writes unseen_shifts.json and .md to --out.
 """
 
 from __future__ import annotations
@@ -97,10 +99,65 @@ def _sensors_swapped(v: np.ndarray, s: Sensors) -> np.ndarray:
     return out
 
 
-def _gyro_offset(v: np.ndarray, s: Sensors) -> np.ndarray:
-    """A constant offset of one source std on every gyroscope axis (an uncalibrated gyroscope)."""
+def _gyro_offset(stds: float) -> Shift:
+    """A constant offset of `stds` source stds on every gyroscope axis (an uncalibrated gyroscope)."""
+
+    def apply(v: np.ndarray, s: Sensors) -> np.ndarray:
+        out = v.copy()
+        out[:, s.triads["w"]] += stds * s.scale[s.triads["w"]]
+        return out
+
+    return apply
+
+
+def _accel_z_offset(v: np.ndarray, s: Sensors) -> np.ndarray:
+    """An offset of 2 source stds on the accelerometer's z axis alone (one axis miscalibrated)."""
     out = v.copy()
-    out[:, s.triads["w"]] += s.scale[s.triads["w"]]
+    z = s.triads["a"][2]
+    out[:, z] += 2.0 * s.scale[z]
+    return out
+
+
+def _gyro_late(v: np.ndarray, s: Sensors) -> np.ndarray:
+    """The gyroscope 10 samples behind the accelerometer (sensors read by unsynchronised firmware),
+    its first 10 samples held at its first reading."""
+    out = v.copy()
+    w = s.triads["w"]
+    out[10:, w] = v[:-10, w]
+    out[:10, w] = v[0, w]
+    return out
+
+
+def _gain_wave(v: np.ndarray, s: Sensors) -> np.ndarray:
+    """Every channel's gain swinging between x0.6 and x1.6 with a 2-minute period (an amplifier
+    that drifts with temperature)."""
+    t = np.arange(len(v)) / s.rate
+    low, high = np.log(0.6), np.log(1.6)
+    gain = np.exp((low + high) / 2 + (high - low) / 2 * np.sin(2 * np.pi * t / 120.0))
+    return v * gain[:, None]
+
+
+def _noise_everywhere(v: np.ndarray, s: Sensors) -> np.ndarray:
+    """White noise of one source std on every channel."""
+    return v + s.rng.normal(0.0, 1.0, v.shape) * s.scale
+
+
+def _saturated(v: np.ndarray, s: Sensors) -> np.ndarray:
+    """The accelerometer clipped one source std either side of its mean (a range set too small)."""
+    out = v.copy()
+    a = s.triads["a"]
+    mean = v[:, a].mean(axis=0)
+    out[:, a] = np.clip(v[:, a], mean - s.scale[a], mean + s.scale[a])
+    return out
+
+
+def _repeated_blocks(v: np.ndarray, s: Sensors) -> np.ndarray:
+    """A fifth of the blocks of 25 samples replaced by the block before (firmware that sends its
+    last buffer again)."""
+    out = v.copy()
+    for block in np.flatnonzero(s.rng.random(len(v) // 25) < 0.2):
+        if block > 0:
+            out[block * 25 : (block + 1) * 25] = out[(block - 1) * 25 : block * 25]
     return out
 
 
@@ -154,10 +211,15 @@ SHIFTS: dict[str, Shift] = {
     "attenuated x0.3": _scaled({"a": 0.3, "w": 0.3}),
     "accelerometer in m/s2": _scaled({"a": 9.81}),
     "accelerometer gain x2.5": _scaled({"a": 2.5}),
-    "gyroscope offset 1 std": _gyro_offset,
+    "gyroscope offset 1 std": _gyro_offset(1.0),
+    "gyroscope offset 3 std": _gyro_offset(3.0),
+    "accelerometer z offset 2 std": _accel_z_offset,
+    "accelerometer in mg": _scaled({"a": 1000.0}),
+    "gain swinging x0.6 to x1.6": _gain_wave,
     "x and y swapped": _permuted([1, 0, 2], [1.0, 1.0, 1.0]),
     "turned 90 deg about z": _permuted([1, 0, 2], [-1.0, 1.0, 1.0]),
     "x mirrored": _permuted([0, 1, 2], [-1.0, 1.0, 1.0]),
+    "upside down": _permuted([0, 1, 2], [1.0, -1.0, -1.0]),
     "gyroscope sign": _scaled({"w": -1.0}),
     "sensors swapped": _sensors_swapped,
     "low-pass 7": _low_pass,
@@ -166,6 +228,10 @@ SHIFTS: dict[str, Shift] = {
     "vibration 17 Hz": _vibration,
     "spikes 1 %": _spikes,
     "gyroscope noise 1.5 std": _gyro_noise,
+    "noise 1 std everywhere": _noise_everywhere,
+    "accelerometer saturated": _saturated,
+    "gyroscope 10 samples late": _gyro_late,
+    "repeated blocks 20 %": _repeated_blocks,
     "dead gyroscope z": _dead_axis,
 }
 

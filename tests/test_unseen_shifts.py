@@ -47,6 +47,18 @@ def test_shifts_do_what_their_names_say() -> None:
     unit = shifted(LOG, "accelerometer in m/s2").values
     np.testing.assert_allclose(unit[:, :3], 9.81 * v[:, :3], rtol=1e-6)
     np.testing.assert_array_equal(unit[:, 3:], v[:, 3:])
+    upside = shifted(LOG, "upside down").values  # 180 deg about x: y and z negated, both sensors
+    np.testing.assert_array_equal(upside, v * np.array([1, -1, -1, 1, -1, -1], dtype=np.float32))
+    late = shifted(LOG, "gyroscope 10 samples late").values
+    for device in LOG.devices():
+        rows = np.flatnonzero(LOG.device_id == device)
+        np.testing.assert_array_equal(late[rows][10:, 3:], v[rows][:-10, 3:])
+        np.testing.assert_array_equal(late[rows][:, :3], v[rows][:, :3])
+    z = shifted(LOG, "accelerometer z offset 2 std").values - v
+    assert np.allclose(z[:, [0, 1, 3, 4, 5]], 0) and np.ptp(z[:, 2]) < 1e-5 and z[0, 2] > 0
+    clipped = shifted(LOG, "accelerometer saturated").values
+    assert (np.ptp(clipped[:, :3], axis=0) < np.ptp(v[:, :3], axis=0)).all()
+    np.testing.assert_array_equal(clipped[:, 3:], v[:, 3:])
 
 
 def test_sample_and_hold_repeats_within_each_device_only() -> None:
