@@ -2,21 +2,26 @@
 
 from __future__ import annotations
 
+import signal
+import threading
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import numpy as np
 import typer
 
 from edge_ttt.commandline import command_app, fail, run_app
-from edge_ttt.recordlog import LogFormatError, read_log, write_log
+from edge_ttt.recordlog import LogFormatError, RecordedLog, read_log, write_log
 from firmware_sim.broker import parse_address
 from firmware_sim.corruptions import device_rng
 from firmware_sim.datasets.cli import datasets_app
 from firmware_sim.devices import Link, SimDevice, connect, fleet_schedule, pump
 from firmware_sim.scenarios import BUILTINS, ScenarioError, load_scenario
 from firmware_sim.signals import IMU_CHANNELS, ImuSource, LogSource, Source
+
+if TYPE_CHECKING:
+    from firmware_sim.record import Recorder
 
 app = command_app(help=__doc__)
 app.add_typer(datasets_app, name="datasets")
@@ -154,33 +159,54 @@ def record(
     prefix: Prefix = "edge-ttt",
     channels: Annotated[str, typer.Option(help="channel names, comma-separated")] = ",".join(IMU_CHANNELS),
     stream: Annotated[int, typer.Option(min=0, help="stream number in the topic")] = 0,
+    save_every: Annotated[
+        float, typer.Option(min=0.0, help="seconds between saves of the log so far (0: only at the end)")
+    ] = 60.0,
 ) -> None:
-    """Frames from MQTT into a recorded log (device id from the topic, duplicates dropped)."""
+    """Frames from MQTT into a recorded log (device id from the topic, duplicates dropped).
+
+    Ends after --duration, on Ctrl-C or on SIGTERM, writing the log; while it runs, the log so far
+    is saved every --save-every seconds (atomically), so that a killed recorder loses at most that."""
     from firmware_sim.record import Recorder
 
     host, port = _broker(broker)
+    names = tuple(c.strip() for c in channels.split(","))
     recorder = Recorder(host, port, prefix, stream)
     recorder.start()
     if not recorder.subscribed.wait(10):
         recorder.stop()
         fail(f"no MQTT broker answered at {host}:{port} within 10 s")
     typer.echo(f"recording {recorder.topic}", err=True)  # from here on nothing published is missed
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())  # `kill`, `timeout`, systemd: like Ctrl-C
     deadline = np.inf if duration is None else time.monotonic() + duration
+    next_save = time.monotonic() + save_every if save_every > 0 else np.inf
     try:
-        while time.monotonic() < deadline:
-            time.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
+        while time.monotonic() < deadline and not stop.is_set():
+            stop.wait(min(0.2, max(0.0, deadline - time.monotonic())))
+            if time.monotonic() >= next_save:
+                if recorder.count():
+                    _save(recorder, names, out)
+                next_save = time.monotonic() + save_every
     except KeyboardInterrupt:
         pass
     recorder.stop()
-    try:
-        recorded = recorder.log(tuple(c.strip() for c in channels.split(",")))
-        write_log(out, recorded)
-    except (ValueError, LogFormatError) as exc:
-        fail(str(exc))
+    recorded = _save(recorder, names, out)
     typer.echo(
         f"recorded {recorder.count()} frames, {len(recorded)} samples of {len(recorded.devices())} devices, "
         f"{recorder.duplicates} duplicates and {recorder.rejected} bad frames dropped -> {out}"
     )
+
+
+def _save(recorder: Recorder, channels: tuple[str, ...], out: Path) -> RecordedLog:
+    """Write what `recorder` holds to `out` (atomically: a kill mid-write keeps the previous save)."""
+    try:
+        recorded = recorder.log(channels)
+        write_log(out, recorded)
+    except (ValueError, LogFormatError) as exc:
+        recorder.stop()
+        fail(str(exc))
+    return recorded
 
 
 def main() -> None:

@@ -226,3 +226,36 @@ def test_replay_without_a_broker_says_so_and_counts_what_it_could_not_send(tmp_p
     assert result.exit_code == 0, result.output
     assert f"3 of 3 devices not connected after 10 s (connection refused by {address}" in result.output
     assert re.search(r"published 0, dropped \d+, still buffered \d+", result.output)
+
+
+def test_a_recorder_stopped_by_sigterm_writes_everything_and_one_killed_keeps_its_last_save(tmp_path, broker):
+    import signal
+    import subprocess
+    import sys
+
+    path = tmp_path / "in.parquet"
+    write_log(path, gappy_log())
+    address = f"127.0.0.1:{broker.port}"
+    outs, recorders = [tmp_path / "term.parquet", tmp_path / "killed.parquet"], []
+    for out in outs:
+        cmd = [sys.executable, "-m", "firmware_sim.cli", "record", "--broker", address, "--out", str(out)]
+        cmd += ["--save-every", "0.5"]
+        proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        assert "recording" in proc.stderr.readline()  # subscribed
+        recorders.append(proc)
+    try:
+        command = ["replay", "--log", str(path), "--broker", address, "--as-fast-as-possible"]
+        assert CliRunner().invoke(app, command).exit_code == 0
+        assert wait_for(lambda: outs[1].exists() and len(read_log(outs[1])) == len(read_log(path)), 20)
+        recorders[1].send_signal(signal.SIGKILL)  # after a save that holds every frame
+        recorders[0].send_signal(signal.SIGTERM)
+        stdout, _ = recorders[0].communicate(timeout=30)
+        assert recorders[0].returncode == 0 and "recorded" in stdout
+    finally:
+        for proc in recorders:
+            proc.kill()
+    original = read_log(path)
+    for out in outs:
+        back = read_log(out)
+        assert np.array_equal(back.t_ns, original.t_ns) and np.array_equal(back.values, original.values)
+    assert not list(tmp_path.glob(".*.tmp"))  # no half-written save left behind
