@@ -31,7 +31,7 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[BinaryIO], None]
         os.replace(tmp_name, path)
     except OSError as exc:
         Path(tmp_name).unlink(missing_ok=True)
-        if exc.filename is None:  # a write or fsync: say which file the disk refused
+        if exc.filename is None and exc.errno is not None:  # a write or fsync: say which file
             raise OSError(exc.errno, exc.strerror, str(path)) from exc
         raise
     except BaseException:

@@ -47,7 +47,10 @@ def _broker(value: str) -> tuple[str, int]:
 
 
 def _start(links: list[Link], buffer: int) -> None:
-    """Connect the devices; say so, with the reason, when some cannot (they go on as firmware does)."""
+    """Connect the devices; say so, with the reason, when some cannot (they go on as firmware does).
+    From here on SIGTERM (`kill`, `timeout`, a service stop) ends the run as Ctrl-C does: the
+    devices send what they buffered and the summary line is printed."""
+    signal.signal(signal.SIGTERM, _interrupt)
     offline = connect(links)
     if offline:
         reason = offline[0].reason or "no answer yet"
@@ -57,6 +60,10 @@ def _start(links: list[Link], buffer: int) -> None:
             fg=typer.colors.YELLOW,
             err=True,
         )
+
+
+def _interrupt(_signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 @app.command()

@@ -259,3 +259,21 @@ def test_a_recorder_stopped_by_sigterm_writes_everything_and_one_killed_keeps_it
         back = read_log(out)
         assert np.array_equal(back.t_ns, original.t_ns) and np.array_equal(back.values, original.values)
     assert not list(tmp_path.glob(".*.tmp"))  # no half-written save left behind
+
+
+def test_devices_stopped_by_sigterm_end_like_ctrl_c_with_their_summary(broker):
+    import signal
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "firmware_sim.cli", "devices", "--broker", address(broker), "--count", "2"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    rec = recorder(broker.port)
+    try:
+        assert wait_for(lambda: rec.count() >= 10, 20)  # publishing
+        proc.send_signal(signal.SIGTERM)
+        stdout, _ = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+        rec.stop()
+    assert proc.returncode == 0 and re.search(r"frames produced \d+, published \d+, dropped 0", stdout)

@@ -187,19 +187,19 @@ def damage(location: str) -> list[Path]:
 def test_unreadable_files_are_named_and_left_out_and_the_rest_is_read(location, tmp_path, caplog):
     bad = damage(location)
     result = CliRunner().invoke(monitor_app, ["alerts", "--dataset", location, "--json"])
-    assert result.exit_code == 1 and {a["device"] for a in json.loads(result.output)} >= {"drifting"}
+    assert result.exit_code == 1 and {a["device"] for a in json.loads(result.stdout)} >= {"drifting"}
     warned = [r.getMessage() for r in caplog.records if "unreadable file left out" in r.getMessage()]
     assert all(any(str(p) in m for m in warned) for p in bad) and "Fix: move it out of" in warned[0]
     ids = dataset.read(location, ["summary_id"])["summary_id"].to_pylist()
     assert len(ids) == 25 and dataset.summary_ids(location) == set(ids)  # every good row
     sql = "SELECT count(*) AS n FROM summaries"
     result = CliRunner().invoke(monitor_app, ["query", sql, "--dataset", location, "--json"])
-    assert result.exit_code == 0 and json.loads(result.output) == {"n": 25}
+    assert result.exit_code == 0 and json.loads(result.stdout) == {"n": 25}
     out = tmp_path / "report.html"
     result = CliRunner().invoke(monitor_app, ["report", "--dataset", location, "--out", str(out)])
     assert result.exit_code == 0 and out.stat().st_size > 10_000
     result = CliRunner().invoke(monitor_app, ["compact", "--dataset", location])
-    assert result.exit_code == 0 and json.loads(result.output)["files_merged"] == 7
+    assert result.exit_code == 0 and json.loads(result.stdout)["files_merged"] == 7
     assert all(p.exists() for p in bad) and len(dataset.read(location)) == 25  # left in place, not merged
 
 
