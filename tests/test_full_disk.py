@@ -17,17 +17,9 @@ from pathlib import Path
 import pytest
 
 from edge_ttt.artifacts import load_bundle
+from tests import delivery_harness as harness
 from tests.agent_harness import Listener
 from tests.conftest import wait_for
-from tests.delivery_harness import (
-    DRIFT,
-    agent_config,
-    agent_process,
-    collector_process,
-    ledger,
-    send_frames,
-    spooled_ids,
-)
 from tests.test_drift_delivery_faults import TOPICS, online
 from tests.test_monitor_collector import Running, config, stored_ids
 
@@ -87,15 +79,15 @@ def test_an_agent_whose_disk_is_full_keeps_predicting_and_loses_no_summary(
     location = tmp_path / "fleet"
     collector = Running(config(broker.port, str(location)))
     listener = Listener(broker.port, [*TOPICS, "edge-ttt/+/pred"])
-    drift = DRIFT.replace('"spool"', '"state/spool"')
+    drift = harness.DRIFT.replace('"spool"', '"state/spool"')
     log = tmp_path / "agent.log"
-    agent = agent_process(agent_config(tmp_path, bundle_dir, broker.port, drift), log)
+    agent = harness.agent_process(harness.agent_config(tmp_path, bundle_dir, broker.port, drift), log)
     try:
         assert wait_for(lambda: online(listener), 30)
-        send_frames(listener, DEVICES, 0, 12)
+        harness.send_frames(listener, DEVICES, 0, 12)
         assert wait_for(lambda: len(stored_ids(str(location))) >= 8, 30)  # 2 devices x 4 intervals
         filler = fill(disk)
-        send_frames(listener, DEVICES, 12, 24)  # made while nothing can be written
+        harness.send_frames(listener, DEVICES, 12, 24)  # made while nothing can be written
         expected = len(DEVICES) * windows(bundle_dir, 36)
         assert wait_for(lambda: len(listener.of("/pred")) >= expected, 30), "predictions stopped"
         assert wait_for(lambda: counters(listener).get("status_file_failures", 0) > 0, 10)
@@ -105,12 +97,12 @@ def test_an_agent_whose_disk_is_full_keeps_predicting_and_loses_no_summary(
         filler.unlink()  # the operator frees the disk
         closed = len(DEVICES) * (windows(bundle_dir, 36) // 2)  # intervals of 2 windows
         assert wait_for(lambda: len(stored_ids(str(location))) >= closed, 60)
-        assert wait_for(lambda: not spooled_ids(disk / "spool"), 20)
+        assert wait_for(lambda: not harness.spooled_ids(disk / "spool"), 20)
         assert counters(listener)["drift_dropped"] == 0
         agent.send_signal(signal.SIGTERM)
         assert agent.wait(30) == 0
         time.sleep(0.5)  # the collector's last batch
-        counts = ledger(listener, disk / "spool", location)
+        counts = harness.ledger(listener, disk / "spool", location)
         assert counts["lost"] == 0 and counts["stored"] == counts["unique"] == counts["made"], counts
         assert len(listener.of("/pred")) == expected  # every window predicted, none twice
     finally:
@@ -124,19 +116,20 @@ def test_a_collector_whose_disk_is_full_keeps_summaries_unacknowledged_until_it_
 ):
     disk = small_disk(tmp_path / "fleet-disk", "2m")
     location = disk / "fleet"
-    collector = collector_process(tmp_path, broker.port, location)
+    collector = harness.collector_process(tmp_path, broker.port, location)
     listener = Listener(broker.port, TOPICS)
     log = tmp_path / "agent.log"
-    agent = agent_process(agent_config(tmp_path, bundle_dir, broker.port), log)
+    agent = harness.agent_process(harness.agent_config(tmp_path, bundle_dir, broker.port), log)
     try:
         assert wait_for(lambda: online(listener), 30)
-        send_frames(listener, DEVICES, 0, 12)
+        harness.send_frames(listener, DEVICES, 0, 12)
         assert wait_for(lambda: len(stored_ids(str(location))) >= 8, 30)
         filler = fill(disk)
-        send_frames(listener, DEVICES, 12, 12)
+        harness.send_frames(listener, DEVICES, 12, 12)
         assert wait_for(lambda: counters(listener).get("windows", 0) >= 2 * windows(bundle_dir, 24), 30)
         time.sleep(2.0)  # several flushes tried and refused
-        assert len(stored_ids(str(location))) == 8 and spooled_ids(tmp_path / "spool")  # kept by the agent
+        assert len(stored_ids(str(location))) == 8
+        assert harness.spooled_ids(tmp_path / "spool")  # kept by the agent
         assert collector.poll() is None
         out = disk / "report.html"
         command = [sys.executable, "-m", "edge_ttt.cli", "monitor", "report"]
@@ -146,7 +139,7 @@ def test_a_collector_whose_disk_is_full_keeps_summaries_unacknowledged_until_it_
         filler.unlink()
         closed = len(DEVICES) * (windows(bundle_dir, 24) // 2)  # intervals of 2 windows
         assert wait_for(lambda: len(stored_ids(str(location))) >= closed, 60)
-        assert wait_for(lambda: not spooled_ids(tmp_path / "spool"), 20)
+        assert wait_for(lambda: not harness.spooled_ids(tmp_path / "spool"), 20)
         agent.send_signal(signal.SIGTERM)
         assert agent.wait(30) == 0
         collector.send_signal(signal.SIGTERM)
@@ -154,7 +147,7 @@ def test_a_collector_whose_disk_is_full_keeps_summaries_unacknowledged_until_it_
         errors = collector.stderr.read()
         assert ENOSPC in errors and "Traceback" not in errors  # one line that says why
         assert not list(disk.rglob("*.tmp"))  # no half-written file left behind
-        counts = ledger(listener, tmp_path / "spool", location)
+        counts = harness.ledger(listener, tmp_path / "spool", location)
         assert counts["lost"] == 0 and counts["stored"] == counts["unique"] == counts["made"], counts
     finally:
         agent.kill()
