@@ -9,6 +9,7 @@ particular config; the agent's and the monitor's configs are built from it.
 from __future__ import annotations
 
 import difflib
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -71,8 +72,26 @@ def require_file(path: Path, info: ValidationInfo) -> None:
         raise ValueError(f"file {path} {what}; correct the path or install the file there")
 
 
+def _writable(path: Path, info: ValidationInfo) -> Path:
+    """Refuse a directory the agent could not write in (read-only, no permission, a file in the
+    way), unless the loader was told not to check files: said at load, not at the first write."""
+    if not _context(info).get("check_files", True):
+        return path
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{path} is a file, not a directory; point this at a directory")
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(
+            f"{existing} cannot be written by this user (read-only or no permission), so {path} "
+            "cannot hold the agent's files; point this at a writable directory"
+        )
+    return path
+
+
 # The models are strict (TOML has real types); paths are the one place a string is converted.
 ConfigPath = Annotated[Path, Strict(False), AfterValidator(_resolve)]
+# A directory the agent writes in (state, spool), checked at load.
+WritableDir = Annotated[Path, Strict(False), AfterValidator(_resolve), AfterValidator(_writable)]
 
 
 def parse_toml(text: str) -> dict[str, Any]:

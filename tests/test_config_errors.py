@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from edge_ttt.adapt.policies import POLICY_TYPES
+from edge_ttt.agent.config import load_config
 from tests.agent_config_factory import AGENT, BASE, MODEL, problems, write
 
 BROKEN = {
@@ -180,3 +181,33 @@ def test_unreadable_file(tmp_path):
     assert "cannot read the configuration" in problems(missing)
     (tmp_path / "latin1.toml").write_bytes(b'[agent]\nid = "\xe9"\n')
     assert "not UTF-8" in problems(tmp_path / "latin1.toml")
+
+
+def test_state_and_spool_directories_the_agent_cannot_write_are_refused_at_load(tmp_path):
+    import os
+    import subprocess
+
+    (tmp_path / "blocker").write_text("a file where the state directory should be")
+    message = problems(write(tmp_path, BASE + '[state]\ndir = "blocker"\n'))
+    assert "state.dir: " in message and "is a file, not a directory" in message
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    if os.geteuid() == 0:  # root writes through permission bits: a read-only mount refuses it
+        mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k,ro", "tmpfs", str(locked)])
+        if mounted.returncode != 0:
+            pytest.skip("cannot mount a read-only tmpfs here")
+    else:
+        locked.chmod(0o555)
+    try:
+        text = BASE + '[state]\ndir = "locked/state"\n[drift]\nspool_dir = "locked/spool"\n'
+        message = problems(write(tmp_path, text))
+        assert "state.dir: " in message and "drift.spool_dir: " in message
+        assert f"{locked} cannot be written by this user" in message
+        assert "point this at a writable directory" in message
+        unchecked = load_config(write(tmp_path, text), check_files=False)  # `edge-ttt health` elsewhere
+        assert unchecked.state.dir == locked / "state"
+    finally:
+        if os.geteuid() == 0:
+            subprocess.run(["umount", str(locked)], check=False)
+        else:
+            locked.chmod(0o755)

@@ -21,7 +21,7 @@ from pydantic import Field
 from edge_ttt.adapt.engine import Engine, StateError
 from edge_ttt.adapt.snapshot import save_state
 from edge_ttt.agent.background import BackgroundWriter
-from edge_ttt.config_file import ConfigPath, Section
+from edge_ttt.config_file import Section, WritableDir
 
 log = logging.getLogger(__package__)
 
@@ -29,7 +29,7 @@ Snapshot = tuple[dict[str, np.ndarray], dict[str, Any]]  # (arrays, metadata), a
 
 
 class StateSection(Section):
-    dir: ConfigPath = Field(Path("state"), validate_default=True)
+    dir: WritableDir = Field(Path("state"), validate_default=True)
     checkpoint_interval_s: float = Field(300.0, gt=0)
     max_streams: int = Field(1000, ge=1, description="live streams; the least recently used is evicted")
     stop_timeout_s: float = Field(5.0, ge=0, description="time a stop may spend writing states, summaries")

@@ -25,7 +25,7 @@ from edge_ttt.adapt.policies import DEFAULT_POLICY, POLICY_TYPES
 from edge_ttt.agent.checkpoints import StateSection
 from edge_ttt.agent.publisher import PredictionsSection
 from edge_ttt.agent.status import StatusSection
-from edge_ttt.config_file import ConfigPath, Section, read_toml, section_at, validate_file
+from edge_ttt.config_file import ConfigPath, Section, WritableDir, read_toml, section_at, validate_file
 from edge_ttt.drift.acks import ACK_LEVEL
 from edge_ttt.stream.mqtt_settings import MqttSection
 from edge_ttt.stream.settings import QueueSection, WindowingSection
@@ -192,7 +192,7 @@ class DriftSection(Section):
     topic: DeviceTopic = Field("{prefix}/{device}/drift", validate_default=True)
     interval_s: float = Field(300.0, gt=0, description="a summary per stream at least this often")
     interval_windows: int | None = Field(None, ge=1, description="or after this many windows")
-    spool_dir: ConfigPath = Field(Path("drift-spool"), validate_default=True)
+    spool_dir: WritableDir = Field(Path("drift-spool"), validate_default=True)
     spool_max_bytes: int = Field(64 * 2**20, ge=1, description="oldest summaries go first beyond this")
     chunk_bytes: int = Field(64_000, ge=1024, description="larger summaries travel in several messages")
     ack_timeout_s: float = Field(60.0, gt=0, description="send again what the collector has not acknowledged")
