@@ -234,6 +234,23 @@ def test_the_report_ranks_the_drifting_device_first_and_shows_its_alert(location
     assert 'alt="worst channel, reference against latest interval"' in (tmp_path / "r.html").read_text()
 
 
+def test_the_fleet_summary_counts_what_agents_lost_on_the_way(tmp_path):
+    location = str(tmp_path / "fleet")
+    made = [make_summary("a", T0 + STEP, seed=1), make_summary("b", T0 + STEP, seed=2)]
+    made[0].spool_dropped, made[0].frames_missing = 3, 5  # an agent's spool over its bound, a gap
+    made[1].spool_dropped = 2
+    dataset.append(location, to_table(made))
+    out = tmp_path / "report.html"
+    write_report(dataset.read(location), RULES, out, now=NOW)
+    html = out.read_text()
+    assert '<li id="lost"><b>5</b> drift summaries lost' in html
+    assert '<li id="missing"><b>5</b> sensor frames' in html
+    clean = tmp_path / "clean"
+    dataset.append(str(clean), to_table([make_summary("c", T0 + STEP, seed=3)]))
+    write_report(dataset.read(str(clean)), RULES, out, now=NOW)
+    assert '<li id="lost"><b>0</b> drift summaries lost' in out.read_text()
+
+
 def test_the_worst_channel_is_the_one_furthest_above_its_limit_and_its_shares_are_plotted(location):
     from edge_ttt.monitor import distributions
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import jinja2
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from edge_ttt.atomic import atomic_write
 from edge_ttt.monitor import distributions
@@ -29,7 +30,14 @@ from edge_ttt.monitor.plots import (
     timeline,
 )
 
-REPORT_COLUMNS = [*COLUMNS, "interval_start", "fallbacks", "windows_on_source"]  # COLUMNS: estimates too
+REPORT_COLUMNS = [  # COLUMNS: estimates too
+    *COLUMNS,
+    "interval_start",
+    "fallbacks",
+    "windows_on_source",
+    "spool_dropped",
+    "frames_missing",
+]
 OPEN_ALERTS = 20  # more alerts than this: listed folded, so that the ranking stays near the top
 
 
@@ -52,6 +60,10 @@ points less accurate than the reference</li>
 that, the served predictions not)</li>
 <li><b>{{ summary.helped }}</b> of {{ summary.compared }} with both estimates where adaptation helped
 (served estimate above the source model's)</li>
+<li id="lost"><b>{{ lost }}</b> drift summaries lost by the agents before they reached the fleet (an
+agent's spool over its bound in a long outage, or a disk that refused them for long; each agent's
+later summaries report its losses)</li>
+<li id="missing"><b>{{ missing }}</b> sensor frames the agents gave up as missing</li>
 </ul>
 <p>Accuracy lost: the reference minus the lower of the label-free estimates of the served predictions
 and of the source model, over each device's latest {{ rules.estimate_windows }} windows;
@@ -147,6 +159,8 @@ def render(
         alerts=alerts,
         rules=rules,
         summary=fleet_summary(ranked, alerts, rules, reference_accuracy is not None),
+        lost=_total(table, "spool_dropped"),
+        missing=_total(table, "frames_missing"),
         heatmap=heatmap(ranked, intervals),
         timeline=timeline(ranked, intervals),
         fmt=_fmt,
@@ -161,6 +175,13 @@ def render(
         open_alerts=OPEN_ALERTS,
     )
     return html, alerts
+
+
+def _total(table: pa.Table, column: str) -> int:
+    """A count column's sum over the rows; 0 where the summaries predate it (null) or it is absent."""
+    if column not in table.column_names:
+        return 0
+    return int(pc.sum(table.column(column)).as_py() or 0)
 
 
 def write_report(
