@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import signal
-import threading
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -184,13 +183,12 @@ def record(
         recorder.stop()
         fail(f"no MQTT broker answered at {host}:{port} within 10 s")
     typer.echo(f"recording {recorder.topic}", err=True)  # from here on nothing published is missed
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())  # `kill`, `timeout`, systemd: like Ctrl-C
+    signal.signal(signal.SIGTERM, _interrupt)  # `kill`, `timeout`, a service stop: like Ctrl-C
     deadline = np.inf if duration is None else time.monotonic() + duration
     next_save = time.monotonic() + save_every if save_every > 0 else np.inf
     try:
-        while time.monotonic() < deadline and not stop.is_set():
-            stop.wait(min(0.2, max(0.0, deadline - time.monotonic())))
+        while time.monotonic() < deadline:
+            time.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
             if time.monotonic() >= next_save:
                 if recorder.count():
                     _save(recorder, names, out)

@@ -24,7 +24,7 @@ from rich.console import Console
 from rich.progress import Progress
 
 from edge_ttt.stream.codec import Frame, encode
-from edge_ttt.stream.connection import describe
+from edge_ttt.stream.connection import describe, refusal
 from firmware_sim.scenarios import DeviceDrift
 from firmware_sim.signals import Source
 
@@ -60,18 +60,18 @@ class Link:
         self.client.reconnect_delay_set(reconnect_min_s, reconnect_max_s)
         self.client.on_connect = self._connected
         self.client.on_disconnect = lambda *_: self.connected.clear()
-        # paho calls this inside its `except OSError:` around the connect: the exception is there.
-        self.client.on_connect_fail = lambda *_: self._failed(describe(sys.exc_info()[1], self.broker)[1])
+        self.client.on_connect_fail = self._connect_failed
         self.reason: str | None = None  # why the last attempt failed, for a warning that says it
 
     def _connected(self, _client, _userdata, _flags, reason_code, _properties) -> None:
         if reason_code.is_failure:
-            self._failed(f"the broker at {self.broker} refused the connection: {reason_code}")
+            self.reason = refusal(self.broker, reason_code)
         else:
             self.connected.set()
 
-    def _failed(self, reason: str) -> None:
-        self.reason = reason
+    def _connect_failed(self, *_) -> None:
+        # paho calls this inside its `except OSError:` around the connect: the exception is there.
+        self.reason = describe(sys.exc_info()[1], self.broker)[1]
 
     def open(self) -> None:
         self.client.connect_async(self.host, self.port)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 import time
 from pathlib import Path
 
@@ -115,6 +116,28 @@ def broker(tmp_path):
         yield b
     finally:
         b.stop()
+
+
+@pytest.fixture
+def small_disk():
+    """`make(path, size, read_only=False)`: a tmpfs of `size` (e.g. "4m") mounted at `path`,
+    unmounted after; the test skips, saying why, where mounting is not allowed (not root)."""
+    mounted: list[Path] = []
+
+    def make(path: Path, size: str, read_only: bool = False) -> Path:
+        path.mkdir(parents=True, exist_ok=True)
+        options = f"size={size}" + (",ro" if read_only else "")
+        done = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], capture_output=True, text=True
+        )
+        if done.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here (needs root): {done.stderr.strip()}")
+        mounted.append(path)
+        return path
+
+    yield make
+    for path in mounted:
+        subprocess.run(["umount", "-l", str(path)], check=False)
 
 
 def wait_for(condition, timeout: float = 20.0) -> bool:

@@ -183,7 +183,7 @@ def test_health_tolerates_a_short_outage_and_names_a_long_one(tmp_path):
 def test_connections_taken_over_again_and_again_name_the_client_id_and_the_fix(caplog, monkeypatch):
     clock = [100.0]
     monkeypatch.setattr("edge_ttt.stream.connection.time.monotonic", lambda: clock[0])
-    link = ConnectionState("127.0.0.1:1883", "edge-ttt-line3")
+    link = ConnectionState("127.0.0.1:47001", "edge-ttt-line3")
     with caplog.at_level(logging.INFO):
         for _ in range(5):  # each connection closed 0.5 s after it began, as a duplicate id makes it
             link.connected()
@@ -203,7 +203,7 @@ def test_a_broker_saying_session_taken_over_is_named_at_once():
     from paho.mqtt.packettypes import PacketTypes
     from paho.mqtt.reasoncodes import ReasonCode
 
-    link = ConnectionState("127.0.0.1:1883", "edge-ttt-a")
+    link = ConnectionState("127.0.0.1:47001", "edge-ttt-a")
     link.connected()
     link.closed(ReasonCode(PacketTypes.DISCONNECT, identifier=0x8E), True)
     reason = link.snapshot().reason

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import paho.mqtt.client as paho
@@ -28,6 +32,15 @@ def recorder(port: int) -> Recorder:
     rec.start()
     assert rec.subscribed.wait(10), "the recorder did not subscribe"
     return rec
+
+
+def record_process(address: str, out: Path, *options: str) -> subprocess.Popen:
+    """`firmware-sim record` as a user runs it, once subscribed: nothing published from then on is missed."""
+    cmd = [sys.executable, "-m", "firmware_sim.cli", "record", "--broker", address, "--out", str(out)]
+    cmd += options
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert proc.stderr is not None and "recording" in proc.stderr.readline()
+    return proc
 
 
 def gappy_log():
@@ -60,19 +73,12 @@ def test_replay_timing_keeps_sample_times_and_shows_the_gap():
 
 def test_replay_then_record_reproduces_the_log_bit_for_bit(tmp_path, broker):
     """Both commands as a user runs them: `record` in its own process, `replay` into the broker."""
-    import subprocess
-    import sys
-
     path, out = tmp_path / "in.parquet", tmp_path / "out.parquet"
     write_log(path, gappy_log())
     original = read_log(path)
     address = f"127.0.0.1:{broker.port}"
-    cmd = [sys.executable, "-m", "firmware_sim.cli", "record", "--broker", address, "--out", str(out)]
-    record = subprocess.Popen(
-        [*cmd, "--duration", "5"], stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True
-    )
+    record = record_process(address, out, "--duration", "5")
     try:
-        assert "recording" in record.stderr.readline()  # subscribed: nothing published from now on is missed
         result = CliRunner().invoke(
             app, ["replay", "--log", str(path), "--broker", address, "--as-fast-as-possible"]
         )
@@ -229,20 +235,12 @@ def test_replay_without_a_broker_says_so_and_counts_what_it_could_not_send(tmp_p
 
 
 def test_a_recorder_stopped_by_sigterm_writes_everything_and_one_killed_keeps_its_last_save(tmp_path, broker):
-    import signal
-    import subprocess
-    import sys
-
     path = tmp_path / "in.parquet"
     write_log(path, gappy_log())
     address = f"127.0.0.1:{broker.port}"
     outs, recorders = [tmp_path / "term.parquet", tmp_path / "killed.parquet"], []
     for out in outs:
-        cmd = [sys.executable, "-m", "firmware_sim.cli", "record", "--broker", address, "--out", str(out)]
-        cmd += ["--save-every", "0.5"]
-        proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-        assert "recording" in proc.stderr.readline()  # subscribed
-        recorders.append(proc)
+        recorders.append(record_process(address, out, "--save-every", "0.5"))
     try:
         command = ["replay", "--log", str(path), "--broker", address, "--as-fast-as-possible"]
         assert CliRunner().invoke(app, command).exit_code == 0
@@ -262,10 +260,6 @@ def test_a_recorder_stopped_by_sigterm_writes_everything_and_one_killed_keeps_it
 
 
 def test_devices_stopped_by_sigterm_end_like_ctrl_c_with_their_summary(broker):
-    import signal
-    import subprocess
-    import sys
-
     cmd = [sys.executable, "-m", "firmware_sim.cli", "devices", "--broker", address(broker), "--count", "2"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     rec = recorder(broker.port)

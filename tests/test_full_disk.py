@@ -11,10 +11,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from edge_ttt.artifacts import load_bundle
 from tests import delivery_harness as harness
@@ -25,26 +22,6 @@ from tests.test_monitor_collector import Running, config, stored_ids
 
 DEVICES = ["dev-a", "dev-b"]
 ENOSPC = "No space left on device"
-
-
-@pytest.fixture
-def small_disk(tmp_path) -> Iterator[callable]:
-    """`make(path, size)`: a tmpfs of `size` (e.g. "4m") mounted at `path`, unmounted after."""
-    mounted: list[Path] = []
-
-    def make(path: Path, size: str) -> Path:
-        path.mkdir(parents=True, exist_ok=True)
-        done = subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True, text=True
-        )
-        if done.returncode != 0:
-            pytest.skip(f"cannot mount a tmpfs here (needs root): {done.stderr.strip()}")
-        mounted.append(path)
-        return path
-
-    yield make
-    for path in mounted:
-        subprocess.run(["umount", "-l", str(path)], check=False)
 
 
 def fill(disk: Path) -> Path:

@@ -144,28 +144,25 @@ class Shipper:
 
     def submit(self, summary: DriftSummary) -> Path:
         """Into the spool (atomically), carrying the spool drops since the previous summary."""
-        dropped = self._carry_drops(summary)
-        path = self.spool.put(summary.summary_id, to_parquet([summary]))
-        self._drops_reported = dropped  # only once a summary carries them: a refused write retries
-        return path
+        return self._carrying(summary, lambda: self.spool.put(summary.summary_id, to_parquet([summary])))
 
     def submit_batch(self, summaries: list[DriftSummary]) -> Path:
         """Many summaries into one batch file, a few milliseconds per hundred instead of each:
         a stop's last intervals. `unpack` turns it into the spool's one-summary files."""
-        dropped = self._carry_drops(summaries[0])
-        path = self.spool.put_batch(to_parquet(summaries))
-        self._drops_reported = dropped
-        return path
+        return self._carrying(summaries[0], lambda: self.spool.put_batch(to_parquet(summaries)))
 
     def count_dropped(self, summaries: int) -> None:
         """Summaries given up before they reached the spool (a disk refusing writes for long)."""
         self.spool.count_dropped(summaries)
 
-    def _carry_drops(self, summary: DriftSummary) -> int:
-        """Set the summary's `spool_dropped` to the drops not reported yet; the count so far."""
+    def _carrying(self, summary: DriftSummary, write: Callable[[], Path]) -> Path:
+        """`write()` with `summary` carrying the spool drops not reported yet; they count as
+        reported only once it is written (a write the disk refuses is tried again)."""
         dropped = self.spool.counters.dropped
         summary.spool_dropped = dropped - self._drops_reported
-        return dropped
+        path = write()
+        self._drops_reported = dropped
+        return path
 
     def unpack(self, deadline: float = math.inf, stop: threading.Event | None = None) -> int:
         """The spool's batch files as one-summary files, oldest first, until `deadline`

@@ -90,7 +90,8 @@ def collect_command(
 
     threading.Thread(target=announce, daemon=True).start()
     collector.run(stop)
-    typer.echo(json.dumps({"files_written": collector.files_written, **asdict(collector.receiver.counters)}))
+    written = {"files_written": collector.files_written, "write_failures": collector.write_failures}
+    typer.echo(json.dumps({**written, **asdict(collector.receiver.counters)}))
 
 
 @monitor_app.command()

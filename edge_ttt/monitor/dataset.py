@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Callable, Collection
+from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
@@ -79,24 +79,28 @@ def append(location: str, table: pa.Table) -> list[str]:
     return written
 
 
-def open_dataset(location: str, skip: Collection[str] = ()) -> ds.Dataset:
-    """The whole dataset but the files in `skip`; files being written (hidden `.` temporaries) are
-    not part of it."""
+def open_dataset(location: str) -> ds.Dataset:
+    """The whole dataset; files being written (hidden `.` temporaries) are not part of it."""
     fs, root = open_fs(location)
-    options = {"filesystem": fs, "format": "parquet", "partitioning": PARTITIONING}
-    schema = FILE_SCHEMA.append(pa.field("date", pa.string()))
-    data = ds.dataset(root, schema=schema, **options)
-    if not skip:
-        return data
-    files = [f for f in data.files if f not in skip]
-    return ds.dataset(files, schema=schema, partition_base_dir=root, **options)
+    return _dataset(root, fs, root)
 
 
-def unreadable(location: str) -> dict[str, str]:
-    """The dataset's files that do not read as summary rows, each with why (its error's first line)."""
-    fs, _ = open_fs(location)
+def _dataset(source: str | list[str], fs: pafs.FileSystem, root: str) -> ds.Dataset:
+    """The dataset of `source`: the root directory, or a list of its files."""
+    return ds.dataset(
+        source,
+        schema=FILE_SCHEMA.append(pa.field("date", pa.string())),
+        filesystem=fs,
+        format="parquet",
+        partitioning=PARTITIONING,
+        partition_base_dir=root,
+    )
+
+
+def _unreadable(fs: pafs.FileSystem, files: list[str]) -> dict[str, str]:
+    """The files that do not read as summary rows, each with why (its error's first line)."""
     bad = {}
-    for path in open_dataset(location).files:
+    for path in files:
         try:
             pq.read_table(path, filesystem=fs, schema=FILE_SCHEMA)
         except (pa.ArrowException, OSError) as exc:
@@ -117,11 +121,13 @@ def tolerant(
     """`read(dataset)`; when it fails with one of `errors` because some files cannot be read,
     `read` of the others, each left-out file named in a warning (once per process). Anything else
     is raised."""
+    fs, root = open_fs(location)
+    data = _dataset(root, fs, root)
     try:
-        return read(open_dataset(location))
+        return read(data)
     except errors:
-        bad = unreadable(location)
-        if not bad or len(bad) == len(open_dataset(location).files):
+        bad = _unreadable(fs, data.files)
+        if not bad or len(bad) == len(data.files):
             raise
     for path, why in bad.items():
         if path in _named:
@@ -134,7 +140,7 @@ def tolerant(
             location,
             extra={"fields": {"file": path, "error": why}},
         )
-    return read(open_dataset(location, skip=bad))
+    return read(_dataset([f for f in data.files if f not in bad], fs, root))
 
 
 def exists(location: str) -> bool:

@@ -61,6 +61,11 @@ def describe(exc: BaseException | None, broker: str) -> tuple[str, str]:
     return "unknown", f"cannot connect to {broker} (paho gave no reason)"
 
 
+def refusal(broker: str, reason_code: Any) -> str:
+    """A CONNACK refusal in words."""
+    return f"the broker at {broker} refused the connection: {reason_code}"
+
+
 def lost_reason(reason_code: Any, from_broker: bool) -> str:
     """paho's disconnect reason in words: its "Unspecified error" for a socket that closed hides
     what happened, so say it."""
@@ -109,7 +114,7 @@ class ConnectionState:
         """The broker answered CONNACK with a failure."""
         kind = "auth" if getattr(reason_code, "value", None) in AUTH_REASONS else "broker"
         self._refused = True
-        self._failed(kind, f"the broker at {self.broker} refused the connection: {reason_code}")
+        self._failed(kind, refusal(self.broker, reason_code))
 
     def closed(self, reason_code: Any, from_broker: bool) -> None:
         """`on_disconnect`: a connection lost, the end of a refused attempt, or an attempt that the
