@@ -91,11 +91,10 @@ def publish(client: paho.Client, device: str, payloads: list[bytes]) -> None:
 
 
 def stored_ids(location: str) -> list[str]:
-    return (
-        dataset.read(location, ["summary_id"]).column("summary_id").to_pylist()
-        if dataset.exists(location)
-        else []
-    )
+    """Every row's id as stored: a summary stored twice shows twice (reads keep one)."""
+    if not dataset.exists(location):
+        return []
+    return dataset.open_dataset(location).to_table(columns=["summary_id"]).column("summary_id").to_pylist()
 
 
 def test_summaries_of_several_agents_arrive_once_each_and_corrupt_ones_are_counted(broker, tmp_path):
@@ -320,3 +319,24 @@ def test_two_collectors_with_one_client_id_are_told_so(broker, tmp_path):
     finally:
         first.stop()
         second.stop()
+
+
+def test_rows_stored_twice_are_read_once_and_compaction_writes_each_once(tmp_path):
+    """A compaction killed between writing its file and removing the old ones leaves rows twice."""
+    location = str(tmp_path / "fleet")
+    for i in range(4):
+        dataset.append(location, pa_table([make_summary(f"dev-{i % 2}", T0 + i * 60, seed=i)]))
+    unique = sorted(stored_ids(location))
+    (first,) = [Path(p) for p in sorted(dataset.open_dataset(location).files)[:1]]
+    first.with_name("part-copy.parquet").write_bytes(first.read_bytes())
+    assert len(stored_ids(location)) == 5  # one summary stored twice
+
+    assert sorted(dataset.read(location, ["summary_id"]).column("summary_id").to_pylist()) == unique
+    assert dataset.read(location).num_rows == 4 and "summary_id" in dataset.read(location).column_names
+    windows = dataset.read(location, ["device_id", "windows"])
+    assert windows.column_names == ["device_id", "windows"] and windows.num_rows == 4
+    assert dataset.read_devices(location, ["dev-0", "dev-1"], ["device_id"]).num_rows == 4
+
+    assert dataset.compact(location) == {"date=2023-11-14": 5}
+    assert sorted(stored_ids(location)) == unique  # each once, in one file
+    assert len(dataset.open_dataset(location).files) == 1

@@ -21,6 +21,7 @@ from edge_ttt.agent.publisher import PredictionPublisher
 from edge_ttt.agent.spooler import SummarySpooler
 from edge_ttt.agent.status import StatusReporter, StatusSources, read_health, status_file
 from edge_ttt.artifacts import load_bundle
+from edge_ttt.dirlock import DirLock, hold
 from edge_ttt.drift.shipper import Shipper
 from edge_ttt.drift.spool import Spool
 from edge_ttt.logs import RateLimitedLog
@@ -47,6 +48,20 @@ def health(
     max_age_s = 3 * cfg.status.interval_s if max_age_s is None else max_age_s
     down_s = cfg.status.max_disconnected_s if max_disconnected_s is None else max_disconnected_s
     return read_health(status_file(cfg.state.dir), max_age_s, down_s)
+
+
+def hold_dirs(cfg: AgentConfig) -> list[DirLock]:
+    """The agent's directories for this process (`dirlock.DirInUse` if another agent has one), to
+    take before an `Agent` touches them: its spool clears a crash's temporaries as it opens."""
+    owner = f"agent '{cfg.agent.id}'"
+    locks = [hold(cfg.state.dir, owner, "state.dir")]
+    if cfg.drift.spool_dir != cfg.state.dir:
+        try:
+            locks.append(hold(cfg.drift.spool_dir, owner, "drift.spool_dir"))
+        except BaseException:
+            locks[0].release()
+            raise
+    return locks
 
 
 def _settings(cfg: AgentConfig) -> PipelineSettings:

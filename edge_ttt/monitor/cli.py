@@ -19,6 +19,7 @@ from rich.table import Table
 
 from edge_ttt.commandline import command_app, fail
 from edge_ttt.config_file import ConfigError
+from edge_ttt.dirlock import DirInUse
 from edge_ttt.monitor import dataset
 from edge_ttt.monitor.alerts import COLUMNS, evaluate
 from edge_ttt.monitor.config import AlertsSection, load_monitor_config
@@ -77,8 +78,12 @@ def collect_command(
 
     try:
         cfg = load_monitor_config(config)
+        c = cfg.collector
+        dataset.hold(c.dataset, f"collector '{c.client_id}'", c.share_group is not None)  # while it runs
     except ConfigError as exc:
         fail(f"--config: {exc}")
+    except DirInUse as exc:
+        fail(str(exc))
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())

@@ -24,7 +24,9 @@ import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from edge_ttt import dirlock
 from edge_ttt.atomic import atomic_write
+from edge_ttt.dirlock import DirLock
 from edge_ttt.drift.schema import SCHEMA, conform
 
 log = logging.getLogger(__name__)
@@ -40,6 +42,16 @@ def open_fs(location: str) -> tuple[pafs.FileSystem, str]:
     if "://" in location:
         return pafs.FileSystem.from_uri(location)
     return pafs.LocalFileSystem(), str(Path(location).resolve())
+
+
+def hold(location: str, owner: str, shared: bool) -> DirLock | None:
+    """A local dataset for this collector process (`dirlock.DirInUse` if another one writes into
+    it): two collectors that do not split one subscription (`shared`) would each store every
+    summary. None for object storage, which has no lock."""
+    if "://" in location:
+        return None
+    key = "collector.dataset, or collector.share_group on both to share the load"
+    return dirlock.hold(Path(location), owner, key, shared)
 
 
 def rows(table: pa.Table) -> pa.Table:
@@ -172,14 +184,40 @@ def reference_bins(location: str) -> dict[str, list[int]]:
     return tolerant(location, bins)
 
 
+def once(table: pa.Table) -> pa.Table:
+    """The first row of each `summary_id`; the table itself when no id repeats (the usual case: one
+    count of distinct ids).
+
+    >>> once(pa.table({"summary_id": ["a", "b", "a"], "x": [1, 2, 3]})).to_pydict()
+    {'summary_id': ['a', 'b'], 'x': [1, 2]}
+    """
+    ids = table.column("summary_id")
+    if pc.count_distinct(ids).as_py() == table.num_rows:
+        return table
+    first = (
+        pa.table({"summary_id": ids, "row": pa.array(range(table.num_rows), pa.int64())})
+        .group_by("summary_id", use_threads=False)
+        .aggregate([("row", "min")])
+        .column("row_min")
+    )
+    return table.take(pc.sort_indices(first))
+
+
+def _read_once(data: ds.Dataset, columns: list[str] | None, where: pc.Expression | None = None) -> pa.Table:
+    """`columns` (all when None) of the rows `where` selects, each summary once."""
+    extra = columns is not None and "summary_id" not in columns
+    table = once(data.to_table(columns=[*columns, "summary_id"] if extra else columns, filter=where))
+    return table.drop_columns(["summary_id"]) if extra else table
+
+
 def read(location: str, columns: list[str] | None = None) -> pa.Table:
-    return tolerant(location, lambda data: data.to_table(columns=columns))
+    return tolerant(location, lambda data: _read_once(data, columns))
 
 
 def read_devices(location: str, devices: list[str], columns: list[str]) -> pa.Table:
     """The rows of these devices only (the report's few plotted devices: their histograms)."""
     where = pc.field("device_id").isin(devices)
-    return tolerant(location, lambda data: data.to_table(columns=columns, filter=where))
+    return tolerant(location, lambda data: _read_once(data, columns, where))
 
 
 def compact(location: str) -> dict[str, int]:
@@ -188,7 +226,8 @@ def compact(location: str) -> dict[str, int]:
     (the report reads the histograms of its plotted devices: 0.3 s instead of 6 s for 500 devices).
 
     The new file is complete before any old one goes, so a crash in between leaves duplicates
-    (rows in both), never a loss; the next run finishes the job. Returns files merged per partition.
+    (rows in both), never a loss; the next run merges them again and writes each summary once.
+    Returns files merged per partition.
     """
     fs, root = open_fs(location)
     done = {}
@@ -213,7 +252,8 @@ def compact(location: str) -> dict[str, int]:
                 log.warning("unreadable file not compacted: %s (%s)", p, _why(exc))
         if len(merged) < 2:
             continue
-        table = pa.concat_tables(tables).sort_by([("device_id", "ascending"), ("interval_end", "ascending")])
+        table = once(pa.concat_tables(tables))
+        table = table.sort_by([("device_id", "ascending"), ("interval_end", "ascending")])
         write_file(fs, f"{info.path}/part-{uuid.uuid4().hex}.parquet", table)
         for p in merged:
             fs.delete_file(p)
