@@ -1,5 +1,5 @@
-"""The mounting search: every quarter turn is found and undone from gravity alone, and shifts that
-no quarter turn explains, or one unusual activity, change nothing."""
+"""The mounting search: every quarter turn, and two sensors' streams exchanged, are found and undone
+from gravity alone, and shifts that neither explains, or one unusual activity, change nothing."""
 
 from __future__ import annotations
 
@@ -91,6 +91,55 @@ def test_shifts_no_quarter_turn_explains_change_nothing(shift):
     for i in range(len(target)):
         mounting.update(target[i : i + 1])
     assert mounting.switches == 0 and mounting.apply(target) is target
+
+
+def swapped(x: np.ndarray) -> np.ndarray:
+    """The two sensors' streams exchanged: the gyroscope's values where the accelerometer's go."""
+    out = x.copy()
+    out[:, :3], out[:, 3:] = x[:, 3:], x[:, :3]
+    return out
+
+
+@pytest.mark.parametrize("mounted", [None, "180° x (upside down)"])
+def test_exchanged_sensors_are_found_and_exchanged_back_turned_or_not(mounted):
+    mounting = mounting_for(*stream(800, seed=1))
+    target = stream(400, seed=2)[0]
+    seen = swapped(target if mounted is None else turn(target, MOUNTINGS[mounted]))
+    for i in range(0, len(seen), 4):
+        mounting.update(seen[i : i + 4])
+    assert mounting.switches == 1 and mounting.turn // len(TURNS) == 1
+    assert np.allclose(mounting.apply(seen), target)
+
+
+@pytest.mark.parametrize(
+    "shift",
+    [
+        lambda x: np.concatenate([x[:, :3] * 9.81, x[:, 3:]], axis=1),
+        lambda x: np.concatenate([x[:, :3] + 1.0, x[:, 3:]], axis=1),
+        lambda x: np.concatenate([x[:, :3] * 0.3, x[:, 3:] * 0.3], axis=1),
+        lambda x: np.concatenate([x[:, :3], x[:, 3:] + 0.6], axis=1),  # gyroscope at about 1 g
+        lambda x: x * 1.8,
+    ],
+    ids=["m/s2", "offset 1 g", "attenuated x0.3", "gyroscope offset", "gain x1.8"],
+)
+def test_shifts_of_the_sensors_do_not_exchange_the_triads(shift):
+    """Units, an offset, attenuation or a gain take the accelerometer off the postures, and no other
+    triad lands on them; a gyroscope offset of 1 g's length does not either."""
+    mounting = mounting_for(*stream(800, seed=1))
+    x = shift(stream(600, seed=3)[0])
+    for i in range(len(x)):
+        mounting.update(x[i : i + 1])
+    assert mounting.switches == 0
+
+
+def test_a_state_saved_with_24_candidates_keeps_its_turn_and_scores_afresh():
+    mounting = mounting_for(*stream(800, seed=1))
+    old = {"score": np.ones(24), "mix": np.ones((24, 4)), "windows": np.asarray(500), "turn": np.asarray(5)}
+    mounting.load_state({**old, "switches": np.asarray(1)})
+    assert mounting.turn == 5 and mounting.switches == 1 and mounting.windows == 0
+    assert mounting.score.shape == (48,) and not mounting.score.any()
+    target = stream(8, seed=2)[0]
+    assert np.allclose(mounting.apply(target), turn(target, TURNS[5]))
 
 
 def test_a_long_run_of_one_unusual_activity_is_not_enough():

@@ -17,6 +17,12 @@ under it). So a shift that no rotation explains (a bias, a gain, a drifting offs
 small rotation) changes nothing, and one activity in a posture the source never had is not
 enough, even where a quarter turn of it happens to look like a source posture.
 
+Gravity also tells two sensors whose streams were exchanged (a wiring or firmware mix-up: the
+gyroscope's values where the accelerometer's belong): the triad that should feel gravity then
+averages far from every posture, and another triad's means land on them. So the candidates are
+every (triad read as gravity's, quarter turn) pair, a candidate that reads another triad
+exchanges the two before turning, and the same rules decide.
+
 Pure numpy. Every triad of the window is turned by the same rotation: a device is one rigid body.
 """
 
@@ -128,7 +134,9 @@ class MountOptions:
 
 
 class Mounting:
-    """One device's orientation among `TURNS`; `apply`, then `update`.
+    """One device's orientation among `TURNS`, and which of its triads holds gravity; `apply`, then
+    `update`. `turn` indexes the candidates: `turn // 24` the triad read as gravity's (0: the
+    manifest's, as wired at the factory), `turn % 24` the quarter turn in `TURNS`.
 
     Two classes' postures; a device upside down shows both, turned:
 
@@ -161,21 +169,31 @@ class Mounting:
         self.level = float(posture_level)
         self.triad = list(triad)
         self.groups = [list(g) for g in groups]
+        # the triads that may hold gravity's values: the manifest's first, then any other triad
+        self.sources = [self.triad, *(g for g in self.groups if len(g) == 3 and g != self.triad)]
+        self._read = sorted({c for g in self.sources for c in g})
         self.reset()
 
     def reset(self) -> None:
-        self.score = np.zeros(len(TURNS))
-        self.mix = np.zeros((len(TURNS), int(self.classes.max()) + 1))  # nearest posture's class
+        self.score = np.zeros(len(self.sources) * len(TURNS))
+        self.mix = np.zeros((len(self.score), int(self.classes.max()) + 1))  # nearest posture's class
         self.windows = 0
-        self.turn = 0  # index into TURNS; 0: as mounted at the factory
+        self.turn = 0  # the candidate; 0: as wired and mounted at the factory
         self.switches = 0
 
     def apply(self, x: np.ndarray) -> np.ndarray:
         """The windows [n, channels, length] turned back; the same array when no turn is set."""
         if self.turn == 0:
             return x
-        out = np.array(x, copy=True)
-        rotation = TURNS[self.turn]
+        source, turn = divmod(self.turn, len(TURNS))
+        x = np.array(x, copy=True)
+        if source:  # the two triads exchanged back
+            other = self.sources[source]
+            x[:, self.triad], x[:, other] = x[:, other], x[:, self.triad]
+        if turn == 0:
+            return x
+        out = x.copy()
+        rotation = TURNS[turn]
         for g in self.groups:
             out[:, g] = np.einsum("ij,njl->nil", rotation, x[:, g])
         return out
@@ -185,16 +203,16 @@ class Mounting:
         The windows of one call fold into the momentum means in one step, each weighted as folding
         them one by one would; the orientation is judged after the last."""
         o = self.options
-        gravity = np.asarray(x, np.float64)[:, self.triad].mean(axis=2)  # [n, 3]
-        gravity = gravity[np.isfinite(gravity).all(axis=1)]
-        n = len(gravity)
+        means = np.asarray(x, np.float64).mean(axis=2)
+        means = means[np.isfinite(means[:, self._read]).all(axis=1)]
+        n = len(means)
         if n:
-            turns = np.arange(len(TURNS))
-            d = self._norms - 2.0 * (gravity @ self._turned.T).reshape(n, len(TURNS), -1)  # [n, 24, P]
-            index = d.argmin(axis=2)  # [n, 24]: each window's nearest posture under every turn
-            distance = (
-                np.take_along_axis(d, index[:, :, None], axis=2)[:, :, 0] + (gravity**2).sum(axis=1)[:, None]
-            )
+            turns = np.arange(len(self.score))
+            gravity = np.stack([means[:, g] for g in self.sources], axis=1)  # [n, S, 3]
+            d = self._norms - 2.0 * (gravity @ self._turned.T).reshape(n, len(turns), -1)  # [n, S*24, P]
+            index = d.argmin(axis=2)  # [n, S*24]: each window's nearest posture under every candidate
+            own = np.repeat((gravity**2).sum(axis=2), len(TURNS), axis=1)  # [n, S*24]
+            distance = np.take_along_axis(d, index[:, :, None], axis=2)[:, :, 0] + own
             kept, share = fold_weights(np.full(n, o.momentum))
             self.score = kept * self.score + share @ distance
             self.mix *= kept
@@ -226,8 +244,11 @@ class Mounting:
         }
 
     def load_state(self, flat: Arrays) -> None:
-        self.score = np.asarray(flat["score"], np.float64).copy()
-        self.mix = np.asarray(flat["mix"], np.float64).copy()
-        self.windows = int(flat["windows"])
-        self.turn = int(flat["turn"])
-        self.switches = int(flat["switches"])
+        """A state saved before the exchanged triads were candidates (24 scores) keeps its turn;
+        its scores start afresh, and so does the count of windows before a change."""
+        self.reset()
+        self.turn, self.switches = int(flat["turn"]), int(flat["switches"])
+        if np.shape(flat["score"]) == self.score.shape:
+            self.score = np.asarray(flat["score"], np.float64).copy()
+            self.mix = np.asarray(flat["mix"], np.float64).copy()
+            self.windows = int(flat["windows"])
