@@ -18,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
@@ -188,8 +189,8 @@ def once(table: pa.Table) -> pa.Table:
     """The first row of each `summary_id`; the table itself when no id repeats (the usual case: one
     count of distinct ids).
 
-    >>> once(pa.table({"summary_id": ["a", "b", "a"], "x": [1, 2, 3]})).to_pydict()
-    {'summary_id': ['a', 'b'], 'x': [1, 2]}
+    >>> once(pa.table({"summary_id": ["a", "a", "b", "c", "b"], "x": [1, 2, 3, 4, 5]})).to_pydict()
+    {'summary_id': ['a', 'b', 'c'], 'x': [1, 3, 4]}
     """
     ids = table.column("summary_id")
     if pc.count_distinct(ids).as_py() == table.num_rows:
@@ -199,8 +200,9 @@ def once(table: pa.Table) -> pa.Table:
         .group_by("summary_id", use_threads=False)
         .aggregate([("row", "min")])
         .column("row_min")
+        .to_numpy()
     )
-    return table.take(pc.sort_indices(first))
+    return table.take(np.sort(first))  # in the order they were stored
 
 
 def _read_once(data: ds.Dataset, columns: list[str] | None, where: pc.Expression | None = None) -> pa.Table:
