@@ -164,12 +164,13 @@ def run(
     from edge_ttt.agent import Agent
     from edge_ttt.agent.config import load_config
     from edge_ttt.agent.loop import hold_dirs
-    from edge_ttt.artifacts import BundleError
+    from edge_ttt.artifacts import BundleError, load_bundle
     from edge_ttt.config_file import ConfigError
 
     try:
         cfg = load_config(config)
         logs.configure(cfg.logging.level, cfg.logging.json_lines)
+        load_bundle(cfg.model.artifacts)  # a bad bundle is refused before the locks make any directory
         hold_dirs(cfg)  # for the life of the process
         agent = Agent(cfg)
     except (ConfigError, BundleError, RuntimeError) as exc:
