@@ -6,9 +6,11 @@ its promise (never worse than the source model) holds for the next kind of fault
 kinds a deployment meets: attenuated sensors, one sensor (or one axis) in other units or with its
 own gain or offset, a gain that swings with temperature, axes permuted or mirrored, a device worn
 upside down, wiring swapped, sensors out of step, filtering, sample-and-hold, quantization,
-saturation, vibration, noise, spikes, repeated buffers, a dead axis. Each is applied to every
-target device's whole recording (the seglearn smartwatch subjects 6 to 10), written as a log and
-replayed with `source`, `norm`, the default policy and the default policy with `--fallback`.
+saturation, vibration, noise, spikes, repeated buffers, a dead axis, one axis negated or with its
+own gain, one wire crossed, a strap slipping, a dead or hung sensor, three faults at once. Each is
+applied to every target device's whole recording (the seglearn smartwatch subjects 6 to 10),
+written as a log and replayed with `source`, `norm`, the default policy and the default policy
+with `--fallback`.
 Writes unseen_shifts.json and .md to --out.
 """
 
@@ -206,6 +208,81 @@ def _dead_axis(v: np.ndarray, s: Sensors) -> np.ndarray:
     return out
 
 
+def _axis_negated(v: np.ndarray, s: Sensors) -> np.ndarray:
+    """The accelerometer's y axis negated alone (a sign error in one axis: a mirror, no rotation
+    undoes it)."""
+    out = v.copy()
+    out[:, s.triads["a"][1]] *= -1.0
+    return out
+
+
+def _axis_gain(v: np.ndarray, s: Sensors) -> np.ndarray:
+    """The accelerometer's y axis alone amplified three times (one axis's own gain)."""
+    out = v.copy()
+    out[:, s.triads["a"][1]] *= 3.0
+    return out
+
+
+def _crossed_axes(v: np.ndarray, s: Sensors) -> np.ndarray:
+    """The x axes of the two sensors exchanged (one crossed wire)."""
+    out = v.copy()
+    a, w = s.triads["a"][0], s.triads["w"][0]
+    out[:, a], out[:, w] = v[:, w], v[:, a]
+    return out
+
+
+def _random_gains(v: np.ndarray, s: Sensors) -> np.ndarray:
+    """Every channel its own gain, log-uniform from x0.5 to x2 (uncalibrated parts)."""
+    return v * np.exp(s.rng.uniform(np.log(0.5), np.log(2.0), v.shape[1]))
+
+
+def _slipping(v: np.ndarray, s: Sensors) -> np.ndarray:
+    """The orientation turning about z from 0 to 90 degrees over the recording (a strap slipping)."""
+    out = v.copy()
+    angle = np.linspace(0.0, np.pi / 2, len(v))
+    c, si = np.cos(angle), np.sin(angle)
+    for axes in s.triads.values():
+        x, y = v[:, axes[0]], v[:, axes[1]]
+        out[:, axes[0]], out[:, axes[1]] = c * x - si * y, si * x + c * y
+    return out
+
+
+def _clipped_2g(v: np.ndarray, s: Sensors) -> np.ndarray:
+    """The accelerometer clipped at +-2 g (a cheap part's range)."""
+    out = v.copy()
+    out[:, s.triads["a"]] = np.clip(v[:, s.triads["a"]], -2.0, 2.0)
+    return out
+
+
+def _noise_2std(v: np.ndarray, s: Sensors) -> np.ndarray:
+    """White noise of two source stds on every channel."""
+    return v + s.rng.normal(0.0, 2.0, v.shape) * s.scale
+
+
+def _tilt_gain_noise(v: np.ndarray, s: Sensors) -> np.ndarray:
+    """Three faults at once: turned 30 degrees about y, a gain of 1.5, noise of 0.3 source std."""
+    out = v.copy()
+    c, si = np.cos(np.radians(30.0)), np.sin(np.radians(30.0))
+    for axes in s.triads.values():
+        x, z = v[:, axes[0]], v[:, axes[2]]
+        out[:, axes[0]], out[:, axes[2]] = c * x - si * z, si * x + c * z
+    return out * 1.5 + s.rng.normal(0.0, 0.3, v.shape) * s.scale
+
+
+def _gyro_dead(v: np.ndarray, s: Sensors) -> np.ndarray:
+    """The whole gyroscope reads zero (a sensor that never started)."""
+    out = v.copy()
+    out[:, s.triads["w"]] = 0.0
+    return out
+
+
+def _accel_stuck(v: np.ndarray, s: Sensors) -> np.ndarray:
+    """The accelerometer holding its first reading (a hung sensor)."""
+    out = v.copy()
+    out[:, s.triads["a"]] = v[:1, s.triads["a"]]
+    return out
+
+
 SHIFTS: dict[str, Shift] = {
     "attenuated x0.5": _scaled({"a": 0.5, "w": 0.5}),
     "attenuated x0.3": _scaled({"a": 0.3, "w": 0.3}),
@@ -233,6 +310,16 @@ SHIFTS: dict[str, Shift] = {
     "gyroscope 10 samples late": _gyro_late,
     "repeated blocks 20 %": _repeated_blocks,
     "dead gyroscope z": _dead_axis,
+    "accelerometer y negated": _axis_negated,
+    "accelerometer y gain x3": _axis_gain,
+    "x axes of the sensors crossed": _crossed_axes,
+    "random gain per channel": _random_gains,
+    "strap slipping 0 to 90 deg": _slipping,
+    "accelerometer clipped at 2 g": _clipped_2g,
+    "noise 2 std everywhere": _noise_2std,
+    "tilt 30 deg, gain 1.5, noise": _tilt_gain_noise,
+    "gyroscope dead": _gyro_dead,
+    "accelerometer stuck": _accel_stuck,
 }
 
 

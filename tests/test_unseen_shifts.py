@@ -3,6 +3,8 @@ and the benchmark's run reports every policy on them through `edge-ttt replay`."
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -10,6 +12,7 @@ from benchmarks.unseen_shifts import POLICIES, SHIFTS, WITH_FALLBACK, markdown, 
 from tests.conftest import synthetic_log
 
 LOG = synthetic_log(devices=2, seconds=12.0)
+LOUD = replace(LOG, values=LOG.values * 4)  # beyond the +-2 g that one shift clips at
 
 
 def test_triads_refuse_channels_that_are_not_axes() -> None:
@@ -21,10 +24,10 @@ def test_triads_refuse_channels_that_are_not_axes() -> None:
 
 @pytest.mark.parametrize("name", list(SHIFTS))
 def test_every_shift_changes_the_samples_and_keeps_the_rest(name: str) -> None:
-    out = shifted(LOG, name)
+    out = shifted(LOUD, name)
     assert out.values.shape == LOG.values.shape and out.values.dtype == np.float32
     assert np.isfinite(out.values).all()
-    assert not np.array_equal(out.values, LOG.values)
+    assert not np.array_equal(out.values, LOUD.values)
     np.testing.assert_array_equal(out.t_ns, LOG.t_ns)
     np.testing.assert_array_equal(out.label, LOG.label)
     np.testing.assert_array_equal(out.device_id, LOG.device_id)
@@ -56,6 +59,16 @@ def test_shifts_do_what_their_names_say() -> None:
         np.testing.assert_array_equal(late[rows][:, :3], v[rows][:, :3])
     z = shifted(LOG, "accelerometer z offset 2 std").values - v
     assert np.allclose(z[:, [0, 1, 3, 4, 5]], 0) and np.ptp(z[:, 2]) < 1e-5 and z[0, 2] > 0
+    negated = shifted(LOG, "accelerometer y negated").values
+    np.testing.assert_array_equal(negated, v * np.array([1, -1, 1, 1, 1, 1], dtype=np.float32))
+    crossed = shifted(LOG, "x axes of the sensors crossed").values
+    np.testing.assert_array_equal(crossed[:, [3, 1, 2, 0, 4, 5]], v)
+    assert (shifted(LOG, "gyroscope dead").values[:, 3:] == 0).all()
+    stuck = shifted(LOG, "accelerometer stuck").values
+    for device in LOG.devices():
+        rows = np.flatnonzero(LOG.device_id == device)
+        assert (stuck[rows][:, :3] == v[rows][0, :3]).all()  # each device holds its own first reading
+    assert np.abs(shifted(LOUD, "accelerometer clipped at 2 g").values[:, :3]).max() <= 2.0
     clipped = shifted(LOG, "accelerometer saturated").values
     assert (np.ptp(clipped[:, :3], axis=0) < np.ptp(v[:, :3], axis=0)).all()
     np.testing.assert_array_equal(clipped[:, 3:], v[:, 3:])
