@@ -103,7 +103,7 @@ def test_estimates_round_trip_through_the_schema_including_null_ones():
     with_all = estimated([1, 0, 1], [1, 1, 0], fallbacks=2, windows_on_source=3)
     without = estimated([0, 1], [np.nan, np.nan])
     table = to_table([with_all, without])
-    assert table.schema.metadata[b"schema_version"] == str(SCHEMA_VERSION).encode() == b"4"
+    assert table.schema.metadata[b"schema_version"] == str(SCHEMA_VERSION).encode() == b"5"
     rows = table.to_pylist()
     assert [r["estimated_accuracy"] for r in rows] == [pytest.approx(2 / 3), 0.5]
     assert [r["source_estimated_accuracy"] for r in rows] == [pytest.approx(2 / 3), None]
@@ -198,3 +198,16 @@ def test_a_real_engine_summary_carries_its_estimates_and_windows_on_source(bundl
     assert s.counters["windows_on_source"] == on_source == engine.counters.windows_on_source
     assert (on_source >= 2) if fallback else on_source == 0  # the first batch at least, on source
     assert s.counters["fallbacks"] == engine.counters.fallbacks
+
+
+def test_the_mounting_found_round_trips_and_an_older_file_reads_none():
+    c = collector()
+    c.observe_predictions(np.zeros((2, 2, 8)), predictions([1, 1], [1, 1]))
+    level = {**LEVEL, "param_change": 0.0, "param_change_rel": 0.0, "mounting": "sensors exchanged"}
+    s = c.close(1.0, SimpleNamespace(counters={}, adaptation=level))
+    assert s.adaptation.mounting == "sensors exchanged"
+    (back,) = from_table(to_table([s]))
+    assert back.adaptation.mounting == "sensors exchanged"
+    assert merge_summaries([s, back]).adaptation.mounting == "sensors exchanged"  # the latest's
+    (old,) = from_table(dataset.rows(to_table([s])).drop_columns(["mounting"]))  # a version 4 file
+    assert old.adaptation.mounting is None

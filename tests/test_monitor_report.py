@@ -9,6 +9,7 @@ import os
 import re
 import shutil
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,7 @@ import pytest
 from typer.testing import CliRunner
 
 from edge_ttt.drift.schema import to_table
-from edge_ttt.drift.summary import DriftSummary, SummaryCollector
+from edge_ttt.drift.summary import Adaptation, DriftSummary, SummaryCollector
 from edge_ttt.monitor import dataset
 from edge_ttt.monitor.alerts import COLUMNS, evaluate
 from edge_ttt.monitor.cli import monitor_app
@@ -249,6 +250,24 @@ def test_the_fleet_summary_counts_what_agents_lost_on_the_way(tmp_path):
     dataset.append(str(clean), to_table([make_summary("c", T0 + STEP, seed=3)]))
     write_report(dataset.read(str(clean)), RULES, out, now=NOW)
     assert '<li id="lost"><b>0</b> drift summaries lost' in out.read_text()
+
+
+def test_the_health_table_says_how_each_device_was_found_mounted(tmp_path):
+    location = str(tmp_path / "fleet")
+    made = [make_summary(name, T0 + STEP, seed=i) for i, name in enumerate(("swapped", "plain", "old"))]
+    level = Adaptation(None, None, None, 0.0, 0.0)
+    made[0].adaptation = replace(level, mounting="sensors exchanged, turned 180° about x")
+    made[1].adaptation = replace(level, mounting="as mounted")
+    dataset.append(location, to_table(made))  # "old": no adaptation level, as before version 5
+    out = tmp_path / "report.html"
+    write_report(dataset.read(location), RULES, out, now=NOW)
+    rows = {
+        row.split("</td>")[0]: row
+        for row in out.read_text().split('<table id="health">')[1].split("<tr><td>")[1:]
+    }
+    assert "<td>sensors exchanged, turned 180° about x</td></tr>" in rows["swapped"]
+    assert "<td>as mounted</td></tr>" in rows["plain"]
+    assert "<td>-</td></tr>" in rows["old"]
 
 
 def test_the_worst_channel_is_the_one_furthest_above_its_limit_and_its_shares_are_plotted(location):

@@ -204,3 +204,26 @@ def test_a_block_of_windows_scores_as_the_same_windows_one_by_one():
     assert in_blocks.windows == one_by_one.windows == 39
     assert np.allclose(in_blocks.score, one_by_one.score, rtol=1e-12)
     assert np.allclose(in_blocks.mix, one_by_one.mix, rtol=1e-12)
+
+
+def test_the_orientation_found_is_said_in_words():
+    mounting = mounting_for(*stream(800, seed=1))
+    assert mounting.describe() == "as mounted"
+    mounting.turn = int(
+        np.flatnonzero([np.array_equal(t, MOUNTINGS["180° x (upside down)"]) for t in TURNS])[0]
+    )
+    assert mounting.describe() == "turned 180° about x"
+    mounting.turn += len(TURNS)
+    assert mounting.describe() == "sensors exchanged, turned 180° about x"
+    mounting.turn = len(TURNS)
+    assert mounting.describe() == "sensors exchanged"
+
+
+def test_the_engine_reports_the_mounting_to_its_drift_summaries(bundle_dir):
+    from edge_ttt.adapt.engine import Engine
+    from edge_ttt.adapt.ort_model import OrtModel
+    from edge_ttt.artifacts import load_bundle
+
+    model = OrtModel(load_bundle(bundle_dir))
+    assert Engine(model, "steady", inputs=InputOptions()).report().adaptation["mounting"] == "as mounted"
+    assert Engine(model, "steady", inputs=None).report().adaptation["mounting"] is None  # no search

@@ -206,7 +206,9 @@ class Engine:
         """The alignment turned the device's orientation: the policy starts afresh from source."""
         self.policy.reset()
         log.info(
-            "mounting turned (%d): %s starts afresh from source", self.inputs.mounting.turn, self.policy_name
+            "mounting changed (%s): %s starts afresh from source",
+            self.inputs.mounting.describe(),
+            self.policy_name,
         )
 
     def _screen(
@@ -335,4 +337,7 @@ class Engine:
 
     def report(self) -> Report:
         """The counters and the adaptation level now, as a frozen value (for drift summaries)."""
-        return Report.of(self.counters.as_dict(), self.policy)
+        mounting = (
+            None if self.inputs is None or self.inputs.mounting is None else self.inputs.mounting.describe()
+        )
+        return Report.of(self.counters.as_dict(), self.policy, mounting)

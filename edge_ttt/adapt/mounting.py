@@ -61,6 +61,40 @@ def quarter_turns() -> np.ndarray:
 TURNS = quarter_turns()
 
 
+def _axis_name(axis: np.ndarray) -> str:
+    """A rotation axis in words: `z`, `-y`, `x+y`, `x-y+z`."""
+    terms = [("-" if v < 0 else "+") + name for v, name in zip(axis, "xyz", strict=True) if abs(v) > 1e-6]
+    return "".join(terms).lstrip("+")
+
+
+def describe_turn(rotation: np.ndarray) -> str:
+    """A proper rotation in words, as an operator reads it: its angle and axis.
+
+    >>> describe_turn(np.diag([1.0, -1.0, -1.0]))
+    'turned 180° about x'
+    >>> describe_turn(np.array([[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]]))
+    'turned 90° about z'
+    >>> describe_turn(np.array([[0.0, 0.0, 1.0], [1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]))
+    'turned 120° about x+y+z'
+    """
+    angle = float(np.degrees(np.arccos(np.clip((np.trace(rotation) - 1.0) / 2.0, -1.0, 1.0))))
+    if angle < 1.0:
+        return "not turned"
+    if angle > 179.0:  # R = 2 a a^T - I: any non-zero column of R + I is along the axis
+        plus = rotation + np.eye(3)
+        axis = plus[:, int(np.argmax(np.linalg.norm(plus, axis=0)))]
+    else:
+        axis = np.array(
+            [
+                rotation[2, 1] - rotation[1, 2],
+                rotation[0, 2] - rotation[2, 0],
+                rotation[1, 0] - rotation[0, 1],
+            ]
+        )
+    axis = axis / np.abs(axis).max()
+    return f"turned {angle:.0f}° about {_axis_name(np.round(axis))}"
+
+
 def nearest(vectors: np.ndarray, postures: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """For each vector [n, 3]: the squared distance to its nearest posture [p, 3], and its index."""
     d = ((vectors[:, None, :] - postures[None, :, :]) ** 2).sum(axis=2)
@@ -233,6 +267,21 @@ class Mounting:
         ):
             self.turn = best
             self.switches += 1
+
+    def describe(self) -> str:
+        """The orientation found, in words (the drift summaries' `mounting`)."""
+        source, turn = divmod(self.turn, len(TURNS))
+        parts = []
+        if source:
+            other = self.sources[source]
+            parts.append(
+                "sensors exchanged"
+                if len(self.sources) == 2
+                else f"channels {other[0]}-{other[-1]} exchanged with {self.triad[0]}-{self.triad[-1]}"
+            )
+        if turn:
+            parts.append(describe_turn(TURNS[turn]))
+        return ", ".join(parts) or "as mounted"
 
     def state(self) -> Arrays:
         return {

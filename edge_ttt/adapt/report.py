@@ -21,8 +21,10 @@ class Report:
     adaptation: Mapping[str, Any]
 
     @classmethod
-    def of(cls, counters: Mapping[str, int], policy: Policy) -> Report:
-        return cls(MappingProxyType(dict(counters)), MappingProxyType(adaptation_level(policy)))
+    def of(cls, counters: Mapping[str, int], policy: Policy, mounting: str | None = None) -> Report:
+        """`mounting`: the orientation the input alignment found, in words (None: no search)."""
+        level = {**adaptation_level(policy), "mounting": mounting}
+        return cls(MappingProxyType(dict(counters)), MappingProxyType(level))
 
 
 def adaptation_level(policy: Policy, eps: float = 1e-5) -> dict[str, Any]:

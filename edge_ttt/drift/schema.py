@@ -18,9 +18,10 @@ from edge_ttt.drift.reference import Reference
 from edge_ttt.drift.stats import Histogram, Mean, Moments
 from edge_ttt.drift.summary import COUNTERS, Adaptation, DriftSummary
 
-SCHEMA_VERSION = 4  # 2: accuracy estimates, fallbacks, windows_on_source; 3: spool_dropped,
+SCHEMA_VERSION = 5  # 2: accuracy estimates, fallbacks, windows_on_source; 3: spool_dropped,
 # frames_missing; 4: in-distribution PSI limits (psi_limit, ref_limit_windows, ref_limit_psi), the
-# source model's classes (source_class_counts), the reference's class prior and accuracy
+# source model's classes (source_class_counts), the reference's class prior and accuracy;
+# 5: mounting (the orientation or wiring the input alignment found)
 FORMAT = b"edge-ttt-drift"  # file metadata key `format`; a breaking change would need a new name
 
 _f64, _i64, _str = pa.float64(), pa.int64(), pa.string()
@@ -73,6 +74,7 @@ OPTIONAL = (
     pa.field("norm_log_var_ratio", pa.list_(_f64)),
     pa.field("param_change", _f64),
     pa.field("param_change_rel", _f64),
+    pa.field("mounting", _str),
     pa.field("latency_edges_ms", pa.list_(_f64)),
     pa.field("latency_counts", pa.list_(_i64)),
     pa.field("latency_p50_ms", _f64),
@@ -144,6 +146,7 @@ def _row(s: DriftSummary) -> dict:
         else list(a.norm_log_var_ratio),
         "param_change": None if a is None else a.param_change,
         "param_change_rel": None if a is None else a.param_change_rel,
+        "mounting": None if a is None else a.mounting,
         "latency_edges_ms": s.latency.edges.tolist(),
         "latency_counts": s.latency.counts.tolist(),
         "latency_p50_ms": s.latency_ms(0.5),
@@ -216,6 +219,7 @@ def from_table(table: pa.Table) -> list[DriftSummary]:
                 None if r["norm_log_var_ratio"] is None else tuple(r["norm_log_var_ratio"]),
                 r["param_change"],
                 r["param_change_rel"],
+                r["mounting"],
             )
         zeros_i, zeros_f = [0] * n, [0.0] * n
         out.append(

@@ -49,6 +49,8 @@ class Adaptation:
     |ln((var + eps) / (var_s + eps))|; None for policies that keep no statistics of their own
     (source, tent, sar), empty for models without batch norms. `param_change` is the L2 norm of
     the adapted norm affines minus the source ones; `param_change_rel` divides it by the source norm.
+    `mounting`: how the device was found mounted or wired ("as mounted", "turned 180° about x",
+    "sensors exchanged"), for the operator to fix at the device.
     """
 
     norm_layers: tuple[str, ...] | None
@@ -56,6 +58,7 @@ class Adaptation:
     norm_log_var_ratio: tuple[float, ...] | None
     param_change: float
     param_change_rel: float
+    mounting: str | None = None  # the input alignment's orientation in words; None: no search
 
 
 class EngineReport(Protocol):

@@ -44,6 +44,7 @@ class DeviceHealth:
     windows_on_source: int
     worst_channels: tuple[tuple[str, str], ...]  # (channel, latest PSI), worst first: the explanation
     drifting_since: str | None  # start of the current run of drifted intervals; None: latest not drifted
+    mounting: str | None = None  # latest summary's orientation or wiring found ("sensors exchanged", ...)
 
     @property
     def accuracy_lost(self) -> float | None:
@@ -144,6 +145,7 @@ def health(
                 int(col["windows_on_source"][at].sum()),
                 _worst_channels(last),
                 drifting_since(intervals, i, rules.psi_min_windows),
+                last.get("mounting"),
             )
         )
 

@@ -37,6 +37,7 @@ REPORT_COLUMNS = [  # COLUMNS: estimates too
     "windows_on_source",
     "spool_dropped",
     "frames_missing",
+    "mounting",
 ]
 OPEN_ALERTS = 20  # more alerts than this: listed folded, so that the ranking stays near the top
 
@@ -101,11 +102,11 @@ ranking){% endif %}</h2>
 <h2>Adaptation health</h2>
 <table id="health"><tr><th>device</th><th>windows</th><th>resets</th><th>rollbacks</th><th>skipped share</th>
 <th>entropy trend (nats/interval)</th><th>fallbacks</th><th>windows on source</th>
-<th>estimated accuracy (recent)</th><th>source estimated accuracy (recent)</th></tr>
+<th>estimated accuracy (recent)</th><th>source estimated accuracy (recent)</th><th>mounting found</th></tr>
 {% for h in devices %}<tr><td>{{ h.device }}</td><td>{{ h.windows }}</td><td>{{ h.resets }}</td>
 <td>{{ h.rollbacks }}</td><td>{{ fmt(h.skipped_share) }}</td><td>{{ fmt(h.entropy_trend) }}</td>
 <td>{{ h.fallbacks }}</td><td>{{ h.windows_on_source }}</td><td>{{ fmt(h.estimated_accuracy) }}</td>
-<td>{{ fmt(h.source_estimated_accuracy) }}</td></tr>
+<td>{{ fmt(h.source_estimated_accuracy) }}</td><td>{{ h.mounting or "-" }}</td></tr>
 {% endfor %}</table>
 </body></html>
 """,
