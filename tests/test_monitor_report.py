@@ -270,6 +270,21 @@ def test_the_health_table_says_how_each_device_was_found_mounted(tmp_path):
     assert "<td>-</td></tr>" in rows["old"]
 
 
+def test_the_health_table_tells_windows_without_a_step_apart_by_why(tmp_path):
+    """One "skipped share" of 1.000 read as "adaptation did nothing" where the statistics adapted."""
+    location = str(tmp_path / "fleet")
+    s = make_summary("d", T0 + STEP, windows=40)
+    s.counters.update(skipped_no_drift=30, skipped_unreliable=4)
+    dataset.append(location, to_table([s]))
+    out = tmp_path / "report.html"
+    write_report(dataset.read(location), RULES, out, now=NOW)
+    html = out.read_text()
+    assert "<th>no step: no drift</th><th>no step: unreliable</th>" in html
+    assert "statistics adapt on every valid window" in html
+    row = html.split('<table id="health">')[1].split("<tr><td>d</td>")[1]
+    assert re.findall(r"<td>([^<]*)</td>", row)[:5] == ["40", "0", "0", "0.750", "0.100"]
+
+
 def test_the_worst_channel_is_the_one_furthest_above_its_limit_and_its_shares_are_plotted(location):
     from edge_ttt.monitor import distributions
 

@@ -35,7 +35,8 @@ class DeviceHealth:
     windows: int
     resets: int
     rollbacks: int
-    skipped_share: float
+    no_drift_share: float  # windows without a gradient step because the input looked like source
+    unreliable_share: float  # ... because the prediction was too uncertain to learn from
     entropy_trend: float  # nats per interval, least-squares slope of the mean entropy
     estimated_accuracy: float | None  # label-free, served predictions, latest intervals
     source_estimated_accuracy: float | None  # the same for the source model
@@ -120,7 +121,7 @@ def health(
     for i, device in enumerate(intervals.devices):
         at = intervals.scores(i)
         windows = int(col["windows"][at].sum())
-        skipped = col["skipped_unreliable"][at].sum() + col["skipped_no_drift"][at].sum()
+        no_drift, unreliable = col["skipped_no_drift"][at].sum(), col["skipped_unreliable"][at].sum()
         entropy = intervals.mean_entropy[at]
         ok = ~np.isnan(entropy)
         trend = float(np.polyfit(np.flatnonzero(ok), entropy[ok], 1)[0]) if ok.sum() >= 2 else math.nan
@@ -136,7 +137,8 @@ def health(
                 windows,
                 int(col["resets"][at].sum()),
                 int(col["rollbacks"][at].sum()),
-                skipped / windows if windows else math.nan,
+                no_drift / windows if windows else math.nan,
+                unreliable / windows if windows else math.nan,
                 trend,
                 estimates.served,
                 estimates.source,

@@ -100,11 +100,16 @@ were not read (run <code>edge-ttt monitor report</code> on the dataset).</p>{% e
 ranking){% endif %}</h2>
 <img alt="drift over time per device" src="data:image/png;base64,{{ timeline }}">
 <h2>Adaptation health</h2>
-<table id="health"><tr><th>device</th><th>windows</th><th>resets</th><th>rollbacks</th><th>skipped share</th>
+<p>Shares of windows that took no gradient step: the input looked like the source data (the drift
+gate), or the prediction was too uncertain to learn from. The default policy's normalization
+statistics adapt on every valid window either way.</p>
+<table id="health"><tr><th>device</th><th>windows</th><th>resets</th><th>rollbacks</th>
+<th>no step: no drift</th><th>no step: unreliable</th>
 <th>entropy trend (nats/interval)</th><th>fallbacks</th><th>windows on source</th>
 <th>estimated accuracy (recent)</th><th>source estimated accuracy (recent)</th><th>mounting found</th></tr>
 {% for h in devices %}<tr><td>{{ h.device }}</td><td>{{ h.windows }}</td><td>{{ h.resets }}</td>
-<td>{{ h.rollbacks }}</td><td>{{ fmt(h.skipped_share) }}</td><td>{{ fmt(h.entropy_trend) }}</td>
+<td>{{ h.rollbacks }}</td><td>{{ fmt(h.no_drift_share) }}</td><td>{{ fmt(h.unreliable_share) }}</td>
+<td>{{ fmt(h.entropy_trend) }}</td>
 <td>{{ h.fallbacks }}</td><td>{{ h.windows_on_source }}</td><td>{{ fmt(h.estimated_accuracy) }}</td>
 <td>{{ fmt(h.source_estimated_accuracy) }}</td><td>{{ h.mounting or "-" }}</td></tr>
 {% endfor %}</table>
