@@ -236,15 +236,20 @@ def _random_gains(v: np.ndarray, s: Sensors) -> np.ndarray:
     return v * np.exp(s.rng.uniform(np.log(0.5), np.log(2.0), v.shape[1]))
 
 
-def _slipping(v: np.ndarray, s: Sensors) -> np.ndarray:
-    """The orientation turning about z from 0 to 90 degrees over the recording (a strap slipping)."""
+def _turned_in_plane(v: np.ndarray, s: Sensors, a: int, b: int, angle: np.ndarray | float) -> np.ndarray:
+    """Every triad turned by `angle` (radians; one per sample, or one for all) in the plane of its
+    axes `a` and `b`, from a towards b."""
     out = v.copy()
-    angle = np.linspace(0.0, np.pi / 2, len(v))
     c, si = np.cos(angle), np.sin(angle)
     for axes in s.triads.values():
-        x, y = v[:, axes[0]], v[:, axes[1]]
-        out[:, axes[0]], out[:, axes[1]] = c * x - si * y, si * x + c * y
+        x, y = v[:, axes[a]], v[:, axes[b]]
+        out[:, axes[a]], out[:, axes[b]] = c * x - si * y, si * x + c * y
     return out
+
+
+def _slipping(v: np.ndarray, s: Sensors) -> np.ndarray:
+    """The orientation turning about z from 0 to 90 degrees over the recording (a strap slipping)."""
+    return _turned_in_plane(v, s, 0, 1, np.linspace(0.0, np.pi / 2, len(v)))
 
 
 def _clipped_2g(v: np.ndarray, s: Sensors) -> np.ndarray:
@@ -261,12 +266,8 @@ def _noise_2std(v: np.ndarray, s: Sensors) -> np.ndarray:
 
 def _tilt_gain_noise(v: np.ndarray, s: Sensors) -> np.ndarray:
     """Three faults at once: turned 30 degrees about y, a gain of 1.5, noise of 0.3 source std."""
-    out = v.copy()
-    c, si = np.cos(np.radians(30.0)), np.sin(np.radians(30.0))
-    for axes in s.triads.values():
-        x, z = v[:, axes[0]], v[:, axes[2]]
-        out[:, axes[0]], out[:, axes[2]] = c * x - si * z, si * x + c * z
-    return out * 1.5 + s.rng.normal(0.0, 0.3, v.shape) * s.scale
+    turned = _turned_in_plane(v, s, 0, 2, np.radians(30.0))
+    return turned * 1.5 + s.rng.normal(0.0, 0.3, v.shape) * s.scale
 
 
 def _gyro_dead(v: np.ndarray, s: Sensors) -> np.ndarray:

@@ -170,9 +170,9 @@ def run(
     try:
         cfg = load_config(config)
         logs.configure(cfg.logging.level, cfg.logging.json_lines)
-        load_bundle(cfg.model.artifacts)  # a bad bundle is refused before the locks make any directory
+        bundle = load_bundle(cfg.model.artifacts)  # a bad one is refused before the locks make a directory
         hold_dirs(cfg)  # for the life of the process
-        agent = Agent(cfg)
+        agent = Agent(cfg, bundle)
     except (ConfigError, BundleError, RuntimeError) as exc:
         fail(str(exc))
     for sig in (signal.SIGTERM, signal.SIGINT):

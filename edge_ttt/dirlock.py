@@ -25,8 +25,8 @@ class DirLock:
     """Held from `hold` until `release` or the end of the process; dropping the object does not
     release it (the descriptor stays open)."""
 
-    def __init__(self, path: Path, fd: int) -> None:
-        self.path, self._fd = path, fd
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
 
     def release(self) -> None:
         if self._fd >= 0:
@@ -69,4 +69,4 @@ def hold(directory: Path, owner: str, key: str, shared: bool = False) -> DirLock
         raise
     os.ftruncate(fd, 0)  # shared holders each write themselves here: the file names the latest
     os.write(fd, f"{owner} (pid {os.getpid()})\n".encode())
-    return DirLock(path, fd)
+    return DirLock(fd)

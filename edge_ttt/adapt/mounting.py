@@ -220,16 +220,12 @@ class Mounting:
         if self.turn == 0:
             return x
         source, turn = divmod(self.turn, len(TURNS))
-        x = np.array(x, copy=True)
-        if source:  # the two triads exchanged back
-            other = self.sources[source]
-            x[:, self.triad], x[:, other] = x[:, other], x[:, self.triad]
-        if turn == 0:
-            return x
-        out = x.copy()
-        rotation = TURNS[turn]
-        for g in self.groups:
-            out[:, g] = np.einsum("ij,njl->nil", rotation, x[:, g])
+        order = np.arange(x.shape[1])
+        order[self.triad], order[self.sources[source]] = self.sources[source], self.triad
+        out = x[:, order]  # a copy, the two triads exchanged back (source 0: as they are)
+        if turn:
+            for g in self.groups:
+                out[:, g] = np.einsum("ij,njl->nil", TURNS[turn], out[:, g])
         return out
 
     def update(self, x: np.ndarray) -> None:

@@ -20,7 +20,7 @@ from edge_ttt.agent.pipeline import AgentCounters, Pipelines, PipelineSettings, 
 from edge_ttt.agent.publisher import PredictionPublisher
 from edge_ttt.agent.spooler import SummarySpooler
 from edge_ttt.agent.status import StatusReporter, StatusSources, read_health, status_file
-from edge_ttt.artifacts import load_bundle
+from edge_ttt.artifacts import Bundle, load_bundle
 from edge_ttt.dirlock import DirLock, hold
 from edge_ttt.drift.shipper import Shipper
 from edge_ttt.drift.spool import Spool
@@ -85,9 +85,10 @@ class Agent:
     """Routes each message of the inbox to its stream's pipeline, and keeps status, drift summaries
     and checkpoints on their intervals."""
 
-    def __init__(self, cfg: AgentConfig) -> None:
+    def __init__(self, cfg: AgentConfig, bundle: Bundle | None = None) -> None:
+        """`bundle`: `model.artifacts` already loaded and verified (else loaded here)."""
         self.cfg, m = cfg, cfg.model
-        bundle = load_bundle(m.artifacts)
+        bundle = load_bundle(m.artifacts) if bundle is None else bundle
         self.manifest = bundle.manifest
         self.model = OrtModel(bundle, device=m.device, threads=m.threads)
         identity = {"device": self.model.device, "policy": m.policy, "model": self.model.bundle_sha256}

@@ -49,10 +49,11 @@ def hold(location: str, owner: str, shared: bool) -> DirLock | None:
     """A local dataset for this collector process (`dirlock.DirInUse` if another one writes into
     it): two collectors that do not split one subscription (`shared`) would each store every
     summary. None for object storage, which has no lock."""
-    if "://" in location:
+    fs, root = open_fs(location)
+    if not isinstance(fs, pafs.LocalFileSystem):
         return None
     key = "collector.dataset, or collector.share_group on both to share the load"
-    return dirlock.hold(Path(location), owner, key, shared)
+    return dirlock.hold(Path(root), owner, key, shared)
 
 
 def rows(table: pa.Table) -> pa.Table:
