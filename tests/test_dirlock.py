@@ -146,3 +146,13 @@ def test_a_second_collector_on_one_dataset_is_refused_unless_both_share_the_load
             p.send_signal(signal.SIGTERM)
         for p in members:
             assert p.wait(20) == 0
+
+
+def test_a_dataset_named_by_path_or_file_uri_is_one_directory_and_object_storage_has_no_lock(tmp_path):
+    from edge_ttt.monitor import dataset
+
+    first = dataset.hold(f"file://{tmp_path / 'fleet'}", "collector 'a'", shared=False)
+    with pytest.raises(DirInUse, match="collector 'a'"):
+        dataset.hold(str(tmp_path / "fleet"), "collector 'b'", shared=False)
+    first.release()
+    assert dataset.hold("mock://fleet", "collector 'c'", shared=False) is None
