@@ -73,16 +73,24 @@ class RateLimitedLog:
         self.interval = interval
         self._last: dict[str, float] = {}
 
-    def warning(self, kind: str, message: str, *args: Any, fields: dict[str, Any] | None = None) -> bool:
+    def warning(
+        self,
+        kind: str,
+        message: str,
+        *args: Any,
+        fields: dict[str, Any] | None = None,
+        exc_info: BaseException | None = None,
+    ) -> bool:
         """Log unless `kind` was logged less than `interval` s ago; whether it was logged.
 
-        `fields` go to the JSON line (with `kind`); without them the record carries no extra."""
+        `fields` go to the JSON line (with `kind`); without them the record carries no extra.
+        `exc_info`: an exception whose traceback the line carries."""
         now = time.monotonic()
         if now - self._last.get(kind, -float("inf")) < self.interval:
             return False
         self._last[kind] = now
         extra = None if fields is None else {"fields": {"kind": kind, **fields}}
-        self.logger.warning(message, *args, extra=extra)
+        self.logger.warning(message, *args, extra=extra, exc_info=exc_info)
         return True
 
 

@@ -46,6 +46,31 @@ def test_frames_that_do_not_fit_the_model_are_rejected_by_reason(offline_agent: 
     assert offline_agent.counters.unknown_topic == 1 and offline_agent.counters.frames == 0
 
 
+def test_a_stream_that_fails_on_a_frame_loses_that_frame_and_no_other_device_stops(
+    offline_agent: Agent, monkeypatch, caplog
+):
+    """A fault of the agent's own on one stream (any exception in its pipeline) is counted and
+    logged with its traceback; the worker goes on, and so do the other devices' streams."""
+    from edge_ttt.agent.pipeline import Pipeline
+
+    feed = Pipeline.feed
+
+    def failing(self, frame, arrived):
+        if self.device == "dev-bad":
+            raise RuntimeError("boom")
+        return feed(self, frame, arrived)
+
+    monkeypatch.setattr(Pipeline, "feed", failing)
+    for frame in frames(12):
+        offline_agent.handle(Message("edge-ttt/dev-bad/dt/0", encode(frame), time.monotonic()))
+        offline_agent.handle(Message("edge-ttt/dev-ok/dt/0", encode(frame), time.monotonic()))
+    assert offline_agent.counters.stream_errors == 12 and offline_agent.counters.frames == 24
+    assert offline_agent.status()["counters"]["stream_errors"] == 12
+    assert offline_agent.status()["counters"]["windows"] == 8  # dev-ok's 300 samples
+    logged = [r for r in caplog.records if r.getMessage() == "frame lost: its stream failed"]
+    assert len(logged) == 1 and logged[0].exc_info[1].args == ("boom",)  # once per 10 s
+
+
 def test_run_refuses_a_bad_config_or_bundle_before_starting_anything(tmp_path, bundle_dir):
     import shutil
     import subprocess

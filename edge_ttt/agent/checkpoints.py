@@ -10,6 +10,7 @@ writer, so a file is never written twice at once; the pending snapshots are boun
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
 from pathlib import Path
@@ -19,7 +20,7 @@ import numpy as np
 from pydantic import Field
 
 from edge_ttt.adapt.engine import Engine, StateError
-from edge_ttt.adapt.snapshot import save_state
+from edge_ttt.adapt.snapshot import load_state, save_state
 from edge_ttt.agent.background import BackgroundWriter
 from edge_ttt.config_file import Section, WritableDir
 
@@ -35,10 +36,34 @@ class StateSection(Section):
     stop_timeout_s: float = Field(5.0, ge=0, description="time a stop may spend writing states, summaries")
 
 
+PLAIN_ID = re.compile(r"[A-Za-z0-9.-]+(?:_[A-Za-z0-9.-]+)*")  # no '__', no '_' at either end
+PLAIN_NAME_MAX = 120  # characters of a plain file name; the temporary file adds about 15
+
+
 def state_path(state_dir: Path, device: str, stream: str) -> Path:
-    """The stream's file: device and stream ids made safe for a file name."""
-    safe = re.sub(r"[^A-Za-z0-9._-]", "_", f"{device}__{stream}")
-    return Path(state_dir) / f"{safe}.npz"
+    """The stream's file, one per (device, stream) and never shared: `<device>__<stream>.npz` where
+    both ids are plain (letters, digits, '.', '-' and single inner '_': the name reads back into
+    the pair), else a readable, shortened form and a hash of the exact pair after a '~' (which no
+    plain name holds). Ids are whatever a topic level holds: 'node:1' and 'node/1'-like variants,
+    non-Latin scripts or ids longer than a file name may be, each keeps a file of its own.
+
+    >>> state_path(Path("s"), "watch-06", "imu").name
+    'watch-06__imu.npz'
+    >>> state_path(Path("s"), "node 1", "imu").name == state_path(Path("s"), "node:1", "imu").name
+    False
+    """
+    name = f"{device}__{stream}"
+    if PLAIN_ID.fullmatch(device) and PLAIN_ID.fullmatch(stream) and len(name) + 4 <= PLAIN_NAME_MAX:
+        return Path(state_dir) / f"{name}.npz"
+    readable = re.sub(r"[^A-Za-z0-9._-]", "_", name)[:60]
+    digest = hashlib.sha256(f"{device}\0{stream}".encode("utf-8", "surrogatepass")).hexdigest()[:20]
+    return Path(state_dir) / f"{readable}~{digest}.npz"
+
+
+def stamped(snapshot: Snapshot, device: str, stream: str) -> Snapshot:
+    """The snapshot with its (device, stream) in the metadata, which `restore` checks."""
+    arrays, meta = snapshot
+    return arrays, {**meta, "device": device, "stream": stream}
 
 
 def restore(
@@ -47,16 +72,18 @@ def restore(
     """Load the stream's saved state into `engine`; whether there was one that fits. `pending`: a
     snapshot not written yet (`CheckpointWriter.take`), newer than the file.
 
-    A state that does not fit (another model, a corrupt file) is skipped: starting from source
-    beats not starting."""
+    A state that does not fit (another model, a corrupt file, another stream's: a file copied or
+    renamed by hand) is skipped: starting from source beats not starting."""
     path = state_path(state_dir, device, stream)
     if pending is None and not path.is_file():
         return False
     try:
-        if pending is None:
-            engine.load_state(path)
-        else:
-            engine.restore_snapshot(*pending, source=f"the pending state of {path.name}")
+        arrays, meta = load_state(path) if pending is None else pending
+        source = f"state file {path}" if pending is None else f"the pending state of {path.name}"
+        owner = (meta.get("device", device), meta.get("stream", stream))  # older files name none
+        if owner != (device, stream):
+            raise StateError(f"{source} belongs to device {owner[0]!r}, stream {owner[1]!r}")
+        engine.restore_snapshot(arrays, meta, source=source)
     except StateError as exc:
         log.warning("state not restored, starting from source", extra={"fields": {"error": str(exc)}})
         return False

@@ -204,7 +204,8 @@ class Agent:
         )
 
     def handle(self, message: Message) -> None:
-        """Route a message to its stream's pipeline; a frame that cannot go there is counted."""
+        """Route a message to its stream's pipeline; a frame that cannot go there is counted, and
+        so is one that its stream fails on (logged with the traceback at most once per 10 s)."""
         parsed = self.cfg.mqtt.parse_topic(message.topic)
         if parsed is None:
             self.counters.unknown_topic += 1
@@ -219,7 +220,12 @@ class Agent:
             self._warn.warning(exc.reason, "frame dropped", fields=fields)
             return
         self.counters.frames += 1
-        self.pipelines.get_or_make(device, stream).feed(frame, message.arrived)
+        try:
+            self.pipelines.get_or_make(device, stream).feed(frame, message.arrived)
+        except Exception as exc:  # one stream's fault must not stop every other device's
+            self.counters.stream_errors += 1
+            fields = {"device": device[:200], "stream": stream[:200], "error": repr(exc)}
+            self._warn.warning("stream_error", "frame lost: its stream failed", fields=fields, exc_info=exc)
 
     def write_last(self) -> None:
         """Every stream's last drift summary and adapted state, for at most `state.stop_timeout_s`,

@@ -17,7 +17,7 @@ import numpy as np
 
 from edge_ttt.adapt.engine import AutoInputs, Engine, FallbackOptions, InputOptions, Predictions, RunOptions
 from edge_ttt.adapt.ort_model import OrtModel
-from edge_ttt.agent.checkpoints import CheckpointWriter, restore, state_path
+from edge_ttt.agent.checkpoints import CheckpointWriter, restore, stamped, state_path
 from edge_ttt.drift.reference import Reference
 from edge_ttt.drift.summary import DriftSummary, SummaryCollector
 from edge_ttt.logs import RateLimitedLog
@@ -36,10 +36,12 @@ PublishPredictions = Callable[[str, str, str, np.ndarray, Predictions, float], l
 
 @dataclass
 class AgentCounters:
-    """What the router counts: frames passed on, topics it cannot route, frames refused by reason."""
+    """What the router counts: frames passed on, topics it cannot route, frames refused by reason,
+    frames whose stream failed on them (a fault of the agent's, not of the frame)."""
 
     frames: int = 0
     unknown_topic: int = 0
+    stream_errors: int = 0
     rejected: Counter = field(default_factory=Counter)  # by reason: codec reasons, channels, rate, stream
 
 
@@ -220,7 +222,7 @@ class Pipelines(OrderedDict[tuple[str, str], Pipeline]):
         if not p.dirty:
             return True
         path = state_path(self.settings.state_dir, p.device, p.stream)
-        if not self.writer.submit(path, p.engine.snapshot(), timeout):
+        if not self.writer.submit(path, stamped(p.engine.snapshot(), p.device, p.stream), timeout):
             return False
         p.dirty = False
         return True

@@ -117,6 +117,7 @@ class StatusReporter:
                 "predictions_published": src.publisher.published,
                 "decode_errors": dict(c.rejected),
                 "unknown_topic": c.unknown_topic,
+                "stream_errors": c.stream_errors,
                 "states_restored": src.pipelines.states_restored,
                 "streams_evicted": src.pipelines.evicted,
                 "checkpoints_pending": src.pipelines.writer.pending(),
