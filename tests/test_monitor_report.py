@@ -10,6 +10,7 @@ import re
 import shutil
 import subprocess
 from dataclasses import replace
+from html import unescape
 from pathlib import Path
 
 import numpy as np
@@ -362,6 +363,35 @@ def test_the_report_renders_in_headless_chromium(location, tmp_path):
     assert "<b>5</b> devices" in summary and "<b>1</b> drifting" in summary
     assert "<details open=" in dom  # four alerts: listed open
     assert _ranking(dom)[0][0] == "drifting" and len(_ranking(dom)) == 5
+    assert len(re.findall(r'<img alt="[^"]+"\s+src="data:image/png;base64,', dom)) == 4
+
+
+HOSTILE_IDS = [
+    "a$\\frac{$b",  # math markup to a plotting library: it failed to parse and stopped the report
+    "<script>alert(1)</script>",
+    "ノード1",
+    "d" * 300,
+    "q\"'&amp;",
+]
+
+
+def test_device_ids_are_shown_as_written_whatever_they_hold(tmp_path):
+    """Device ids are whatever a topic level holds. Each is shown as text, in the tables and the
+    figures' titles; none is markup, and none stops the report."""
+    location = str(tmp_path / "fleet")
+    for i in range(6):
+        end = T0 + (i + 1) * STEP
+        shift = 3.0 * (i >= 3)
+        made = [make_summary(d, end, shift=shift, seed=10 * k + i) for k, d in enumerate(HOSTILE_IDS)]
+        dataset.append(location, to_table(made))
+    out = tmp_path / "report.html"
+    write_report(dataset.read(location), RULES, out, now=NOW)
+    dom = _chromium(out, "monitor-report-hostile-ids", tmp_path)
+    assert "<script" not in dom.split("<body>")[1]
+    shown = {unescape(r[0]) for r in _ranking(dom)}
+    assert shown == set(HOSTILE_IDS[:-2]) | {"d" * 32 + "…" + "d" * 12, HOSTILE_IDS[-1]}
+    alerted = re.findall(r'<li class="alert"><b>([^<]*)</b>', dom)
+    assert {unescape(a) for a in alerted} == set(HOSTILE_IDS)  # the alerts list keeps ids whole
     assert len(re.findall(r'<img alt="[^"]+"\s+src="data:image/png;base64,', dom)) == 4
 
 

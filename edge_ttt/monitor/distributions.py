@@ -8,7 +8,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from edge_ttt.monitor.figures import finished, small_multiples
+from edge_ttt.monitor.figures import finished, shown_id, small_multiples
 from edge_ttt.monitor.health import drift_scores
 
 COLUMNS = [
@@ -57,5 +57,5 @@ def plot(devices: list[str], rows: dict[str, dict]) -> str | None:
         edges = row["channel_hist_edges"][c] or []
         ax.set_xticks(at[1:] - 0.5, [f"{e:.2g}" for e in edges], fontsize="x-small", rotation=90)
         name, psi = row["channels"][c], row["psi"][c]
-        ax.set_title(f"{device}: {name} (PSI {psi:.2f})", fontsize="medium")
+        ax.set_title(f"{shown_id(device)}: {name} (PSI {psi:.2f})", fontsize="medium")
     return finished(fig, axes, "share of samples, %", 0.92)

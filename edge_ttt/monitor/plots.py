@@ -7,7 +7,7 @@ import matplotlib.ticker
 import numpy as np
 
 from edge_ttt.monitor.estimates import rolling
-from edge_ttt.monitor.figures import finished, plt, png, small_multiples
+from edge_ttt.monitor.figures import finished, plt, png, shown_id, small_multiples
 from edge_ttt.monitor.health import DeviceHealth, drift_scores
 from edge_ttt.monitor.intervals import Intervals
 
@@ -34,7 +34,7 @@ def heatmap(ranked: list[DeviceHealth], intervals: Intervals) -> str:
             color = "white" if score[i, j] > 0.6 * top else "black"
             ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize="small", color=color)
     ax.set_xticks(range(len(channels)), channels)
-    ax.set_yticks(range(len(shown)), [h.device for h in shown])
+    ax.set_yticks(range(len(shown)), [shown_id(h.device) for h in shown])
     fig.colorbar(image, ax=ax, label="PSI over its no-drift limit (above 1: drifted)")
     return png(fig)
 
@@ -76,7 +76,7 @@ def accuracy_over_time(ranked: list[DeviceHealth], intervals: Intervals, span: i
             ax.axhline(
                 100 * h.reference_accuracy, color="grey", linestyle="--", linewidth=1, label="reference"
             )
-        ax.set_title(h.device, fontsize="medium")
+        ax.set_title(shown_id(h.device), fontsize="medium")
         ax.set_ylim(0, 100)
         ax.tick_params(axis="x", labelrotation=30, labelsize="small")
     return finished(fig, axes, "accuracy, %", 0.94)
@@ -95,7 +95,7 @@ def timeline(ranked: list[DeviceHealth], intervals: Intervals) -> str:
             _ends(intervals, at),
             intervals.drift_ratio[at],
             marker=".",
-            label=h.device,
+            label=shown_id(h.device),
         )
     ax.axhline(1.0, color="grey", linestyle="--", linewidth=1, label="drift limit")
     ax.set_yscale("symlog", linthresh=1.0)

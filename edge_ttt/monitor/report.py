@@ -19,6 +19,7 @@ from edge_ttt.monitor import distributions
 from edge_ttt.monitor.alerts import COLUMNS, Alert, evaluate_intervals
 from edge_ttt.monitor.config import AlertsSection
 from edge_ttt.monitor.estimates import fleet_estimates
+from edge_ttt.monitor.figures import shown_id
 from edge_ttt.monitor.health import STAMP, fleet_summary, health
 from edge_ttt.monitor.intervals import Intervals, ReferenceBins
 from edge_ttt.monitor.plots import (
@@ -48,7 +49,7 @@ TEMPLATE = jinja2.Template(
 <style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}
 td,th{border:1px solid #ccc;padding:.25em .6em;text-align:right}
 td:first-child{text-align:left;white-space:nowrap}
-.alert{color:#a00}</style></head><body>
+.alert{color:#a00;overflow-wrap:anywhere}</style></head><body>
 <h1>Fleet drift report</h1>
 <p>{{ devices|length }} devices, {{ intervals }} summaries, generated {{ generated }}.</p>
 <h2>Fleet summary</h2>
@@ -80,7 +81,7 @@ docs/monitoring.md)</p>
 <table id="ranking"><tr><th>device</th><th>accuracy lost, pts</th><th>estimated accuracy %</th>
 <th>source estimated %</th><th>gain from adaptation, pts</th><th>drift (max PSI)</th>
 <th>worst channels (PSI)</th><th>drifting since</th><th>last summary</th><th>intervals</th></tr>
-{% for h in devices %}<tr><td>{{ h.device }}</td><td>{{ pts(h.accuracy_lost) }}</td>
+{% for h in devices %}<tr><td>{{ shown(h.device) }}</td><td>{{ pts(h.accuracy_lost) }}</td>
 <td>{{ pts(h.estimated_accuracy) }}</td><td>{{ pts(h.source_estimated_accuracy) }}</td>
 <td>{{ pts(h.gain) }}</td><td>{{ fmt(h.score) }}</td>
 <td>{{ h.worst_channels|map("join", " ")|join(", ") }}</td><td>{{ h.drifting_since or "-" }}</td>
@@ -107,7 +108,7 @@ statistics adapt on every valid window either way.</p>
 <th>no step: no drift</th><th>no step: unreliable</th>
 <th>entropy trend (nats/interval)</th><th>fallbacks</th><th>windows on source</th>
 <th>estimated accuracy (recent)</th><th>source estimated accuracy (recent)</th><th>mounting found</th></tr>
-{% for h in devices %}<tr><td>{{ h.device }}</td><td>{{ h.windows }}</td><td>{{ h.resets }}</td>
+{% for h in devices %}<tr><td>{{ shown(h.device) }}</td><td>{{ h.windows }}</td><td>{{ h.resets }}</td>
 <td>{{ h.rollbacks }}</td><td>{{ fmt(h.no_drift_share) }}</td><td>{{ fmt(h.unreliable_share) }}</td>
 <td>{{ fmt(h.entropy_trend) }}</td>
 <td>{{ h.fallbacks }}</td><td>{{ h.windows_on_source }}</td><td>{{ fmt(h.estimated_accuracy) }}</td>
@@ -171,6 +172,7 @@ def render(
         timeline=timeline(ranked, intervals),
         fmt=_fmt,
         pts=_pts,
+        shown=shown_id,
         timeline_devices=TIMELINE_DEVICES,
         heatmap_devices=HEATMAP_DEVICES,
         accuracy_devices=ACCURACY_DEVICES,
