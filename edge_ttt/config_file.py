@@ -102,7 +102,8 @@ def parse_toml(text: str) -> dict[str, Any]:
 def read_toml(path: Path) -> dict[str, Any]:
     """The file's tables, or a ConfigError that says what is wrong with the file itself."""
     try:
-        return parse_toml(path.read_text(encoding="utf-8"))
+        # utf-8-sig: a byte-order mark (which Windows editors write) is not a TOML statement
+        return parse_toml(path.read_text(encoding="utf-8-sig"))
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read the configuration ({exc.strerror}); check the path") from None
     except UnicodeDecodeError as exc:
@@ -154,6 +155,7 @@ _EXPECTED = {
     "dict_type": "a table",
     "model_type": "a table",
     "path_type": "a path (a string)",
+    "finite_number": "a finite number",
 }
 _BOUNDS = {"gt": "greater than {}", "ge": "at least {}", "lt": "less than {}", "le": "at most {}"}
 _PASSWORD = (
@@ -183,7 +185,12 @@ def explain(error: ErrorDetails, section_model: SectionModel) -> str:
     if kind in _EXPECTED:
         return f"must be {_EXPECTED[kind]}, {got}"
     if kind in {"greater_than", "greater_than_equal", "less_than", "less_than_equal"}:
-        return f"must be {_bounds(loc, section_model)}, {got}"
+        # The field's bounds together ("between 0 and 1"); the error's own for a type that hides
+        # them (an optional value).
+        bounds = _bounds(loc, section_model) or " and ".join(
+            _BOUNDS[k].format(v) for k, v in ctx.items() if k in _BOUNDS
+        )
+        return f"must be {bounds}, {got}"
     return f"{error['msg']}, {got}"
 
 
@@ -201,7 +208,7 @@ def _unknown_key(loc: tuple[Any, ...], section_model: SectionModel) -> str:
 
 def _bounds(loc: tuple[Any, ...], section_model: SectionModel) -> str:
     field = _keys(section_model(loc[:-1]))[loc[-1]]
-    bounds = {k: getattr(m, k) for m in field.metadata for k in _BOUNDS if hasattr(m, k)}
+    bounds = {k: getattr(m, k) for m in field.metadata for k in _BOUNDS if getattr(m, k, None) is not None}
     if "ge" in bounds and "le" in bounds:
         return f"between {bounds['ge']} and {bounds['le']}"
     return " and ".join(_BOUNDS[k].format(v) for k, v in bounds.items())

@@ -199,9 +199,9 @@ def test_policy_option_values_are_checked_on_load_not_at_start(tmp_path):
     """A value of the right type that the policy refuses (a range, options that must go together)
     is a config error naming model.options, before any bundle is loaded."""
     for options, message in [
-        ("step_every = 0", "model.options: step_every must be 1 or more, got 0"),
+        ("step_every = 0", "model.options.step_every: must be at least 1, got 0"),
         ("watch_every = 3", "model.options: snapshot_every (32) must be a multiple of watch_every (3)"),
-        ("class_correction = 1.5", "model.options: class_correction must be from 0 to 1, got 1.5"),
+        ("class_correction = 1.5", "model.options.class_correction: must be between 0.0 and 1.0, got 1.5"),
     ]:
         with pytest.raises(ConfigError) as info:
             load_config(write(tmp_path, AGENT + MODEL + f"[model.options]\n{options}\n"), check_files=False)

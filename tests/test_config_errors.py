@@ -128,6 +128,30 @@ BROKEN = {
         AGENT + MODEL + "[model.options]\ncollapse_horizon = 1.5\n",
         ["model.options.collapse_horizon: must be an integer, got 1.5"],
     ),
+    "steady momentum out of range": (
+        AGENT + MODEL + "[model.options]\nstat_momentum = 2\n",
+        ["model.options.stat_momentum: must be greater than 0.0 and at most 1.0, got 2"],
+    ),
+    "steady share below 0": (
+        AGENT + MODEL + "[model.options]\nanchor = -0.1\n",
+        ["model.options.anchor: must be between 0.0 and 1.0, got -0.1"],
+    ),
+    "steady learning rate not finite": (
+        AGENT + MODEL + "[model.options]\nlr = inf\n",
+        ["model.options.lr: must be a finite number, got Infinity"],
+    ),
+    "steady horizon of no windows": (
+        AGENT + MODEL + "[model.options]\ncollapse_horizon = 0\n",
+        ["model.options.collapse_horizon: must be at least 1, got 0"],
+    ),
+    "optional option out of range": (
+        AGENT + MODEL + 'policy = "norm"\noptions = { prior_windows = 0 }\n',
+        ["model.options.prior_windows: must be greater than 0.0, got 0"],
+    ),
+    "unmix-tns spread of the whole variance": (
+        AGENT + MODEL + 'policy = "unmix-tns"\noptions = { spread = 1.0 }\n',
+        ["model.options.spread: must be at least 0.0 and less than 1.0, got 1.0"],
+    ),
     "option another policy does not take": (
         AGENT + MODEL + 'policy = "tent"\noptions = { lr = 1e-3, momentum = 0.9 }\n',
         ["model.options.momentum: unknown key; allowed in model.options: lr"],
@@ -181,6 +205,14 @@ def test_unreadable_file(tmp_path):
     assert "cannot read the configuration" in problems(missing)
     (tmp_path / "latin1.toml").write_bytes(b'[agent]\nid = "\xe9"\n')
     assert "not UTF-8" in problems(tmp_path / "latin1.toml")
+
+
+def test_a_byte_order_mark_is_read_past(tmp_path):
+    """Windows editors write one; it is not a TOML statement."""
+    plain = write(tmp_path, BASE)
+    marked = write(tmp_path, "", name="bom.toml")
+    marked.write_bytes(b"\xef\xbb\xbf" + plain.read_bytes())
+    assert load_config(marked) == load_config(plain)
 
 
 def test_state_and_spool_directories_the_agent_cannot_write_are_refused_at_load(tmp_path, small_disk):

@@ -9,6 +9,7 @@ from typing import get_type_hints
 
 import numpy as np
 import pytest
+from pydantic.fields import FieldInfo
 
 from edge_ttt.adapt.engine import POLICIES, Engine
 from edge_ttt.adapt.ort_model import OrtModel
@@ -59,9 +60,11 @@ def test_the_config_schema_is_the_options_dataclass(policy: str):
     options = POLICY_TYPES[policy].Options
     assert dataclasses.is_dataclass(options) and options.__dataclass_params__.frozen
     schema = policy_options(policy).model_fields
-    hints = get_type_hints(options)
+    hints = get_type_hints(options, include_extras=True)
     for field in dataclasses.fields(options):
-        assert schema[field.name].annotation == hints[field.name]
+        typed = FieldInfo.from_annotation(hints[field.name])  # the type, and the range it carries
+        assert schema[field.name].annotation == typed.annotation
+        assert schema[field.name].metadata == typed.metadata
         assert schema[field.name].default == field.default
     episodic = {"episodic"} if POLICY_TYPES[policy].loss is not None else set()
     assert set(schema) == {f.name for f in dataclasses.fields(options)} | episodic

@@ -15,7 +15,15 @@ from functools import cache
 from pathlib import Path
 from typing import Any, Literal, get_type_hints
 
-from pydantic import BaseModel, Field, ValidationInfo, create_model, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    create_model,
+    field_validator,
+    model_validator,
+)
 
 from edge_ttt.adapt.engine import SOURCE_EVERY, AutoInputs
 from edge_ttt.adapt.fallback import FallbackOptions
@@ -65,11 +73,12 @@ def policy_options(policy: str) -> type[BaseModel]:
     """The options a policy takes, as a strict model, so that a misspelt option fails on load:
     the fields of its `Options`, and `episodic` for every gradient policy."""
     options = POLICY_TYPES[policy].Options
-    hints = get_type_hints(options)
+    hints = get_type_hints(options, include_extras=True)  # with the ranges their types carry
     fields = {f.name: (hints[f.name], f.default) for f in dataclasses.fields(options)}
     if POLICY_TYPES[policy].loss is not None:  # gradient policies: see `Engine`
         fields["episodic"] = (bool, False)
-    return create_model(f"{policy}_options", __config__=Section.model_config, **fields)
+    config = ConfigDict(**Section.model_config, allow_inf_nan=False)
+    return create_model(f"{policy}_options", __config__=config, **fields)
 
 
 class FallbackSection(Section):

@@ -15,9 +15,10 @@ import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Annotated, ClassVar
 
 import numpy as np
+from annotated_types import Ge, Gt, Interval
 
 from edge_ttt.adapt.counters import Counters
 from edge_ttt.adapt.flat import unprefixed
@@ -29,6 +30,14 @@ from edge_ttt.manifest import Manifest
 STAT_MOMENTUM = 0.002  # weight of one window in the moment EMAs: a horizon of about 500 windows
 STAT_PRIOR_WINDOWS = 100.0  # the source statistics count as this many windows
 CLASS_PRIOR_MOMENTUM = 0.02  # EMA of the predicted-class histogram, for class-balanced statistics
+
+# The ranges of the options' values, read by the configuration's schema (`policy_options`), so that
+# a value out of range fails on load and names its key; NaN and infinities fail there too.
+Rate = Annotated[float, Interval(gt=0.0, le=1.0)]  # a momentum: the weight of one window or step
+Share = Annotated[float, Interval(ge=0.0, le=1.0)]
+Positive = Annotated[float, Gt(0.0)]
+NonNegative = Annotated[float, Ge(0.0)]
+Count = Annotated[int, Ge(1)]
 
 
 class PolicyMismatchError(ValueError):

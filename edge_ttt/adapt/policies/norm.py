@@ -10,7 +10,7 @@ from edge_ttt.adapt.counters import Counters
 from edge_ttt.adapt.optim import Arrays
 from edge_ttt.adapt.ort_model import OrtModel, Stats
 from edge_ttt.adapt.outputs import Outputs
-from edge_ttt.adapt.policies.base import STAT_MOMENTUM, STAT_PRIOR_WINDOWS, Policy
+from edge_ttt.adapt.policies.base import STAT_MOMENTUM, STAT_PRIOR_WINDOWS, Policy, Positive, Rate
 from edge_ttt.adapt.statistics import LayerMoments, fold_moments
 
 
@@ -29,8 +29,8 @@ class Norm(Policy):
 
     @dataclass(frozen=True)
     class Options:
-        momentum: float = STAT_MOMENTUM
-        prior_windows: float | None = STAT_PRIOR_WINDOWS
+        momentum: Rate = STAT_MOMENTUM
+        prior_windows: Positive | None = STAT_PRIOR_WINDOWS
 
     def __init__(self, model: OrtModel, counters: Counters, options: Options | None = None) -> None:
         super().__init__(model, counters, options)

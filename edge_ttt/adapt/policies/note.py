@@ -16,7 +16,7 @@ from edge_ttt.adapt.optim import Adam, Arrays
 from edge_ttt.adapt.ort_model import OrtModel, Stats
 from edge_ttt.adapt.outputs import Outputs
 from edge_ttt.adapt.pbrs import PredictionBalancedReservoir
-from edge_ttt.adapt.policies.base import Policy
+from edge_ttt.adapt.policies.base import Count, NonNegative, Policy, Rate
 
 Moments = dict[str, tuple[np.ndarray, np.ndarray]]
 
@@ -45,11 +45,11 @@ class Note(Policy):
     class Options:
         """The paper's values (its tta.sh for NOTE)."""
 
-        alpha: float = 4.0  # standard errors within which IABN keeps the base statistics (iabn_k)
-        memory: int = 64  # windows in the PBRS memory
-        update_every: int = 64  # windows between two steps
-        lr: float = 1e-4  # Adam
-        bn_momentum: float = 0.01  # per step, running statistics -> memory batch statistics
+        alpha: NonNegative = 4.0  # standard errors within which IABN keeps the base statistics (iabn_k)
+        memory: Count = 64  # windows in the PBRS memory
+        update_every: Count = 64  # windows between two steps
+        lr: NonNegative = 1e-4  # Adam
+        bn_momentum: Rate = 0.01  # per step, running statistics -> memory batch statistics
         lengths: tuple[int, ...] | None = None  # per batch norm; None: the manifest's (or the graph's)
 
         def __post_init__(self) -> None:

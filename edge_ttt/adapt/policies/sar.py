@@ -12,7 +12,7 @@ from edge_ttt.adapt.flat import prefixed, unprefixed
 from edge_ttt.adapt.optim import SGD, Arrays
 from edge_ttt.adapt.ort_model import OrtModel
 from edge_ttt.adapt.outputs import Outputs
-from edge_ttt.adapt.policies.base import Policy
+from edge_ttt.adapt.policies.base import NonNegative, Policy
 
 
 class Sar(Policy):
@@ -32,7 +32,7 @@ class Sar(Policy):
 
     @dataclass(frozen=True)
     class Options:
-        lr: float | None = None  # None: the paper's rate for the batch size
+        lr: NonNegative | None = None  # None: the paper's rate for the batch size
 
     def __init__(self, model: OrtModel, counters: Counters, options: Options | None = None) -> None:
         super().__init__(model, counters, options)

@@ -7,8 +7,10 @@ import functools
 import logging
 from collections import deque
 from dataclasses import dataclass
+from typing import Annotated
 
 import numpy as np
+from annotated_types import Ge
 
 from edge_ttt.adapt.class_correction import ClassCorrection
 from edge_ttt.adapt.counters import Counters
@@ -18,7 +20,17 @@ from edge_ttt.adapt.guard import CollapseDetector
 from edge_ttt.adapt.optim import Adam, Arrays
 from edge_ttt.adapt.ort_model import OrtModel, Stats
 from edge_ttt.adapt.outputs import Outputs
-from edge_ttt.adapt.policies.base import CLASS_PRIOR_MOMENTUM, STAT_MOMENTUM, STAT_PRIOR_WINDOWS, Policy
+from edge_ttt.adapt.policies.base import (
+    CLASS_PRIOR_MOMENTUM,
+    STAT_MOMENTUM,
+    STAT_PRIOR_WINDOWS,
+    Count,
+    NonNegative,
+    Policy,
+    Positive,
+    Rate,
+    Share,
+)
 from edge_ttt.adapt.statistics import ClassBalance, LayerMoments, fold_moments
 
 log = logging.getLogger(__name__)
@@ -54,22 +66,22 @@ class Steady(Policy):
     class Options:
         """Thresholds on entropy are quantiles of the source's own."""
 
-        stat_momentum: float = STAT_MOMENTUM
-        stat_prior_windows: float = STAT_PRIOR_WINDOWS
-        lr: float = 1e-4  # Adam on the fast norm affines
-        param_ema: float = 0.2  # weight of the fast parameters in the averaged ones used to predict
-        anchor: float = 0.05  # per step, pull the fast parameters this share of the way back to source
-        reliable_quantile: float = 0.5  # learn only from windows below this source entropy quantile
-        prior_momentum: float = CLASS_PRIOR_MOMENTUM
-        gate_shift: float = 0.5  # drift gate: mean input shift, in source stds, that opens it
-        gate_spread: float = 0.5  # drift gate: mean |log variance ratio| that opens it
-        collapse_entropy_ratio: float = 0.5  # collapse floor = ratio * source 5% entropy quantile
-        collapse_horizon: int = 64
-        watch_every: int = 8  # updates between two looks of the collapse detector
-        snapshot_every: int = 32  # updates between snapshots (a multiple of watch_every)
-        rollback_cooldown: int = 64
-        step_every: int = 4  # windows per gradient step while the gate is open; the others: forward only
-        class_correction: float = 0.85  # share of a window's predicted-class offset taken off its moments
+        stat_momentum: Rate = STAT_MOMENTUM
+        stat_prior_windows: Positive = STAT_PRIOR_WINDOWS
+        lr: NonNegative = 1e-4  # Adam on the fast norm affines
+        param_ema: Share = 0.2  # weight of the fast parameters in the averaged ones used to predict
+        anchor: Share = 0.05  # per step, pull the fast parameters this share of the way back to source
+        reliable_quantile: Share = 0.5  # learn only from windows below this source entropy quantile
+        prior_momentum: Rate = CLASS_PRIOR_MOMENTUM
+        gate_shift: NonNegative = 0.5  # drift gate: mean input shift, in source stds, that opens it
+        gate_spread: NonNegative = 0.5  # drift gate: mean |log variance ratio| that opens it
+        collapse_entropy_ratio: NonNegative = 0.5  # collapse floor = ratio * source 5% entropy quantile
+        collapse_horizon: Count = 64
+        watch_every: Count = 8  # updates between two looks of the collapse detector
+        snapshot_every: Count = 32  # updates between snapshots (a multiple of watch_every)
+        rollback_cooldown: Annotated[int, Ge(0)] = 64  # updates after a rollback in which a collapse resets
+        step_every: Count = 4  # windows per gradient step while the gate is open; the others: forward only
+        class_correction: Share = 0.85  # share of a window's predicted-class offset taken off its moments
 
         def __post_init__(self) -> None:
             if not 0.0 <= self.class_correction <= 1.0:

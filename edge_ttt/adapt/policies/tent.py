@@ -11,7 +11,7 @@ from edge_ttt.adapt.flat import prefixed, unprefixed
 from edge_ttt.adapt.optim import Adam, Arrays
 from edge_ttt.adapt.ort_model import OrtModel
 from edge_ttt.adapt.outputs import Outputs
-from edge_ttt.adapt.policies.base import Policy
+from edge_ttt.adapt.policies.base import NonNegative, Policy
 
 
 class Tent(Policy):
@@ -26,7 +26,7 @@ class Tent(Policy):
 
     @dataclass(frozen=True)
     class Options:
-        lr: float = 1e-3
+        lr: NonNegative = 1e-3
 
     def __init__(self, model: OrtModel, counters: Counters, options: Options | None = None) -> None:
         super().__init__(model, counters, options)

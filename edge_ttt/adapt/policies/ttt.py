@@ -23,16 +23,25 @@ consecutive windows is mostly one activity, whose moments are not the stream's.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Annotated, Literal
 
 import numpy as np
+from annotated_types import Interval
 
 from edge_ttt.adapt.counters import Counters
 from edge_ttt.adapt.flat import prefixed, unprefixed
 from edge_ttt.adapt.optim import SGD, Adam, Arrays
 from edge_ttt.adapt.ort_model import OrtModel, Stats
 from edge_ttt.adapt.outputs import Outputs
-from edge_ttt.adapt.policies.base import CLASS_PRIOR_MOMENTUM, STAT_MOMENTUM, STAT_PRIOR_WINDOWS
+from edge_ttt.adapt.policies.base import (
+    CLASS_PRIOR_MOMENTUM,
+    STAT_MOMENTUM,
+    STAT_PRIOR_WINDOWS,
+    Count,
+    NonNegative,
+    Positive,
+    Rate,
+)
 from edge_ttt.adapt.policies.norm import Norm
 from edge_ttt.adapt.statistics import ClassBalance, fold_moments
 from edge_ttt.adapt.transforms import TRANSFORMS, transformed_copies
@@ -52,15 +61,15 @@ class TestTimeTraining(Norm):
 
     @dataclass(frozen=True)
     class Options:
-        lr: float = 1e-3
-        steps: int = 1
+        lr: NonNegative = 1e-3
+        steps: Count = 1
         optimizer: Literal["sgd", "adam"] = "sgd"
-        sgd_momentum: float = 0.0
+        sgd_momentum: Annotated[float, Interval(ge=0.0, lt=1.0)] = 0.0
         stats: Literal["balanced", "ema", "source"] = "balanced"
-        momentum: float = STAT_MOMENTUM
-        prior_windows: float | None = STAT_PRIOR_WINDOWS
-        prior_momentum: float = CLASS_PRIOR_MOMENTUM
-        episode_prior: float = EPISODE_PRIOR_WINDOWS
+        momentum: Rate = STAT_MOMENTUM
+        prior_windows: Positive | None = STAT_PRIOR_WINDOWS
+        prior_momentum: Rate = CLASS_PRIOR_MOMENTUM
+        episode_prior: NonNegative = EPISODE_PRIOR_WINDOWS
 
         def __post_init__(self) -> None:
             if self.steps < 1:

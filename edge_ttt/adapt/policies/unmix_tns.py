@@ -4,8 +4,10 @@ components; every window normalizes with a mixture re-weighted by its own statis
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Annotated
 
 import numpy as np
+from annotated_types import Interval
 
 from edge_ttt.adapt.counters import Counters
 from edge_ttt.adapt.flat import prefixed, unprefixed
@@ -13,7 +15,7 @@ from edge_ttt.adapt.layerwise import forward_layerwise, joined
 from edge_ttt.adapt.optim import Arrays
 from edge_ttt.adapt.ort_model import OrtModel, Stats
 from edge_ttt.adapt.outputs import Outputs
-from edge_ttt.adapt.policies.base import Policy
+from edge_ttt.adapt.policies.base import Count, Policy, Positive, Rate
 from edge_ttt.adapt.unmix import Components, batch_momentum
 
 # (assignment [K], instance mean, instance var) of one layer for one window
@@ -44,11 +46,12 @@ class UnmixTns(Policy):
         """The paper's defaults: K = 16, temperature 0.07, spread (alpha) 0.5, the source
         model's batch-norm momentum 0.1 per reference batch of 64 windows."""
 
-        components: int = 16
-        temperature: float = 0.07
-        spread: float = 0.5  # share of the source variance that separates the component means
-        momentum: float = 0.1  # per `reference_batch` windows: 0.0016 per window
-        reference_batch: int = 64
+        components: Count = 16
+        temperature: Positive = 0.07
+        # share of the source variance that separates the component means
+        spread: Annotated[float, Interval(ge=0.0, lt=1.0)] = 0.5
+        momentum: Rate = 0.1  # per `reference_batch` windows: 0.0016 per window
+        reference_batch: Count = 64
         seed: int = 0  # of the components' starting scatter
 
         def __post_init__(self) -> None:
