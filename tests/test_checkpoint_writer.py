@@ -34,7 +34,7 @@ def gate(monkeypatch) -> threading.Event:
 
 
 def test_snapshots_are_written_on_the_writers_thread(tmp_path):
-    writer = CheckpointWriter()
+    writer = CheckpointWriter(tmp_path, 100)
     assert writer.submit(tmp_path / "a.npz", snap(1.0))
     assert wait_for(lambda: writer.written == 1)
     arrays, meta = load_state(tmp_path / "a.npz")
@@ -43,7 +43,7 @@ def test_snapshots_are_written_on_the_writers_thread(tmp_path):
 
 
 def test_a_newer_snapshot_replaces_a_pending_one_and_take_returns_it(tmp_path, gate):
-    writer = CheckpointWriter(max_pending=2)
+    writer = CheckpointWriter(tmp_path, 100, max_pending=2)
     writer.submit(tmp_path / "busy.npz", snap(0.0))  # held by the gate
     assert wait_for(lambda: writer.pending() == 1 and writer.has_room())
     writer.submit(tmp_path / "a.npz", snap(1.0))
@@ -58,7 +58,7 @@ def test_a_newer_snapshot_replaces_a_pending_one_and_take_returns_it(tmp_path, g
 
 
 def test_pending_snapshots_are_bounded_and_a_stop_is_bounded_in_time(tmp_path, gate):
-    writer = CheckpointWriter(max_pending=2)
+    writer = CheckpointWriter(tmp_path, 100, max_pending=2)
     for name in "abc":
         assert writer.submit(tmp_path / f"{name}.npz", snap(1.0))
     assert wait_for(lambda: writer.pending() == 3)  # one being written, two pending: full
@@ -82,7 +82,7 @@ def test_a_snapshot_the_disk_refuses_is_written_later_unless_a_newer_one_replace
         original(path, arrays, meta)
 
     monkeypatch.setattr(checkpoints, "save_state", full)
-    writer = CheckpointWriter()
+    writer = CheckpointWriter(tmp_path, 100)
     writer.submit(tmp_path / "a.npz", snap(1.0))
     writer.submit(tmp_path / "b.npz", snap(2.0))
     assert wait_for(lambda: writer.failed >= 2 and writer.failing)
@@ -92,3 +92,22 @@ def test_a_snapshot_the_disk_refuses_is_written_later_unless_a_newer_one_replace
     assert load_state(tmp_path / "a.npz")[0]["w"][0] == 3.0
     assert load_state(tmp_path / "b.npz")[0]["w"][0] == 2.0
     assert writer.close(1.0) == 0 and writer.written == 2  # the refused a=1.0 was never written
+
+
+def test_the_state_files_are_bounded_in_number_the_least_recently_written_go(tmp_path):
+    (tmp_path / "old.npz").write_bytes(b"an older agent's")  # found at the start, oldest
+    (tmp_path / ".a.npz.x1y2.tmp").write_bytes(b"a killed agent's half-written file")
+    (tmp_path / "status.json").write_text("{}")  # not a state file
+    writer = CheckpointWriter(tmp_path, max_files=3)
+    assert not (tmp_path / ".a.npz.x1y2.tmp").exists()
+    for name in ("a", "b", "a", "c", "d"):  # a rewritten: newer than b
+        writer.submit(tmp_path / f"{name}.npz", snap(1.0))
+        assert wait_for(lambda: writer.pending() == 0)
+    assert writer.close(1.0) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.npz", "c.npz", "d.npz", "status.json"]
+    assert writer.pruned == 2  # old.npz, then b.npz
+    again = CheckpointWriter(tmp_path, max_files=2)  # a restart reads the order from the files' times
+    again.submit(tmp_path / "e.npz", snap(1.0))
+    assert wait_for(lambda: again.pruned == 2)
+    assert again.close(1.0) == 0
+    assert sorted(p.name for p in tmp_path.glob("*.npz")) == ["d.npz", "e.npz"]

@@ -95,3 +95,24 @@ def test_agent_keeps_one_state_per_stream_and_restores_each_its_own(tmp_path, bu
             thread.join(10)
     finally:
         listener.close()
+
+
+def test_agent_keeps_at_most_max_files_state_files(tmp_path, bundle_dir, broker):
+    """Ids that come and go cannot fill the disk: beyond `state.max_files` the least recently
+    written state files go, counted in the status."""
+    config = load_config(write_config(tmp_path, bundle_dir, broker.port, state="max_files = 2"))
+    listener = Listener(broker.port, ["edge-ttt/+/pred"])
+    agent = Agent(config)
+    thread = start(agent)
+    try:
+        for seed, device in enumerate(["dev-a", "dev-b", "dev-c", "dev-d"]):
+            for frame in frames(12, seed=seed):
+                listener.publish(f"edge-ttt/{device}/dt/0", encode(frame))
+        assert wait_for(lambda: len(listener.of("/pred")) >= 8 * 4)
+    finally:
+        agent.stop_event.set()
+        thread.join(10)
+        listener.close()
+    assert not thread.is_alive()
+    assert len(list((tmp_path / "state").glob("*.npz"))) == 2
+    assert agent.status()["counters"]["checkpoints_pruned"] == 2

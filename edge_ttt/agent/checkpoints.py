@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,7 @@ class StateSection(Section):
     dir: WritableDir = Field(Path("state"), validate_default=True)
     checkpoint_interval_s: float = Field(300.0, gt=0)
     max_streams: int = Field(1000, ge=1, description="live streams; the least recently used is evicted")
+    max_files: int = Field(10_000, ge=1, description="state files kept; the least recently written go")
     stop_timeout_s: float = Field(5.0, ge=0, description="time a stop may spend writing states, summaries")
 
 
@@ -92,11 +94,23 @@ def restore(
 
 
 class CheckpointWriter(BackgroundWriter):
-    """Writes snapshots to their files on a thread of its own, oldest submission first."""
+    """Writes snapshots to their files on a thread of its own, oldest submission first.
+
+    The state directory holds at most `max_files` state files: device ids come and go (a fleet
+    renamed, ids that carry a boot count, a flood of made-up ones), and a file per id ever seen
+    would fill the disk in the end. Beyond the bound, the files written least recently go (those
+    of devices gone longest; such a device starts from source if it comes back), counted in
+    `pruned`. Temporary files that a killed agent left are removed at the start (the directory
+    is this process's: `dirlock`)."""
 
     thread_name = "checkpoint-writer"
 
-    def __init__(self, max_pending: int = 256) -> None:
+    def __init__(self, state_dir: Path, max_files: int, max_pending: int = 256) -> None:
+        self.max_files, self.pruned = max_files, 0
+        for temporary in Path(state_dir).glob(".*.npz.*.tmp"):  # `atomic_write`'s names
+            temporary.unlink(missing_ok=True)
+        found = sorted(Path(state_dir).glob("*.npz"), key=lambda p: p.stat().st_mtime_ns)
+        self._files: OrderedDict[Path, None] = OrderedDict.fromkeys(found)  # oldest written first
         super().__init__(max_pending)
 
     def has_room(self) -> bool:
@@ -117,6 +131,16 @@ class CheckpointWriter(BackgroundWriter):
 
     def _write(self, path: Path, snapshot: Snapshot) -> None:
         save_state(path, *snapshot)
+        self._files.pop(path, None)
+        self._files[path] = None
+        while len(self._files) > self.max_files:
+            oldest, _ = self._files.popitem(last=False)
+            oldest.unlink(missing_ok=True)
+            self.pruned += 1
+            fields = {"file": oldest.name, "pruned": self.pruned, "max_files": self.max_files}
+            self._warn.warning(
+                "pruned", "state file of the least recently written stream removed", fields=fields
+            )
 
     def _failure(self, path: Path, snapshot: Snapshot, exc: OSError) -> tuple[str, str, dict[str, Any]]:
         return "checkpoint", "state checkpoint failed", {"file": path.name, "error": str(exc)}

@@ -123,7 +123,7 @@ class Agent:
         self.publisher = PredictionPublisher(
             cfg.predictions, cfg.prediction_topic, self.transport.publish, self.manifest.model.classes, sha
         )
-        self.writer = CheckpointWriter()
+        self.writer = CheckpointWriter(cfg.state.dir, cfg.state.max_files)
         self.spooler = SummarySpooler(self.shipper, max(10_000, 2 * cfg.state.max_streams))
         self.pipelines = Pipelines(
             self.model,

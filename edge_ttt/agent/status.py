@@ -123,6 +123,7 @@ class StatusReporter:
                 "checkpoints_pending": src.pipelines.writer.pending(),
                 "checkpoints_failed": src.pipelines.writer.failed,
                 "checkpoints_dropped": src.pipelines.writer.dropped,
+                "checkpoints_pruned": src.pipelines.writer.pruned,
                 "queue_dropped": src.inbox.counters.dropped,
                 "queue_depth": len(src.inbox),
                 "queue_bytes": src.inbox.bytes,
