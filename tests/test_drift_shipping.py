@@ -3,6 +3,7 @@ The receiving side (`Home`) acknowledges what it accepted, as the fleet collecto
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 
@@ -219,6 +220,27 @@ def test_incomplete_files_are_evicted_beyond_the_bound():
         s = summary(seed)
         receiver.accept(encode_chunks(s.summary_id, to_parquet([s]), 500)[0])
     assert receiver.counters.evicted == 1
+
+
+def _message(index: int, count: int, size: int, data: bytes, summary_id: str = "flood") -> bytes:
+    header = {"format": "edge-ttt-drift", "v": 1, "id": summary_id, "sha256": "0" * 64}
+    header.update(index=index, count=count, size=size)
+    return json.dumps(header).encode() + b"\n" + data
+
+
+def test_memory_stays_bounded_whatever_the_chunks_claim():
+    """A sender that declares a huge file, or keeps sending chunks of one that never completes,
+    cannot make the receiver hold more than `max_bytes` per incomplete file."""
+    receiver = Receiver(max_bytes=100_000)  # a genuine summary here: about 18 KB
+    assert receiver.accept(_message(0, 2, 10**12, b"x")) is None  # declared over the bound
+    assert receiver.counters.too_large == 1 and not receiver.waiting("flood")
+    for index in range(50):  # 1 KB chunks of a "5 KB" file of a million chunks
+        receiver.accept(_message(index, 10**6, 5_000, b"x" * 1_000))
+    assert receiver.counters.too_large == 1 + 8  # the 6th chunk of each run of 6 goes over: 8 of 50
+    assert sum(len(d) for parts in receiver._partial.values() for d in parts.values()) <= 5_000
+    s = summary()  # a genuine summary still goes through
+    data = to_parquet([s])
+    assert [receiver.accept(m) for m in encode_chunks(s.summary_id, data, 500)][-1] is not None
 
 
 def test_a_file_leaves_the_spool_only_after_the_collector_acknowledged_it(home_broker, tmp_path):

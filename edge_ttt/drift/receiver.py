@@ -67,17 +67,29 @@ class ReceiverCounters:
     corrupt: int = 0  # reassembled file failed the SHA-256 (or size, or Parquet) check
     duplicates: int = 0  # messages of a summary already accepted
     evicted: int = 0  # incomplete files dropped to bound memory
+    too_large: int = 0  # messages of a file over `max_bytes` (declared, or what its chunks add up to)
     accepted: int = 0
 
 
-class Receiver:
-    """Payloads in, each new verified summary table out, once."""
+MAX_SUMMARY_BYTES = 16 * 2**20  # a summary file is kilobytes; this is far beyond any real one
 
-    def __init__(self, seen: set[str] | None = None, max_partial: int = 256) -> None:
+
+class Receiver:
+    """Payloads in, each new verified summary table out, once.
+
+    Memory is bounded whatever arrives: at most `max_partial` incomplete files, each at most
+    `max_bytes` (a header that declares more, or chunks that add up to more than their header
+    declared, drop the file: `too_large`)."""
+
+    def __init__(
+        self, seen: set[str] | None = None, max_partial: int = 256, max_bytes: int = MAX_SUMMARY_BYTES
+    ) -> None:
         self.seen: set[str] = set() if seen is None else seen
         self.max_partial = max_partial
+        self.max_bytes = max_bytes
         self.counters = ReceiverCounters()
         self._partial: OrderedDict[tuple[str, str, int], dict[int, bytes]] = OrderedDict()
+        self._sizes: dict[tuple[str, str, int], int] = {}  # bytes held per incomplete file
 
     def accept(self, payload: bytes) -> pa.Table | None:
         """The summary table when this message completes a new, intact summary; else None."""
@@ -89,6 +101,9 @@ class Receiver:
             return None
         if chunk.summary_id in self.seen:
             self.counters.duplicates += 1
+            return None
+        if chunk.size > self.max_bytes:
+            self.counters.too_large += 1
             return None
         data = self._reassemble(chunk)
         if data is None:
@@ -112,11 +127,21 @@ class Receiver:
         key = (chunk.summary_id, chunk.sha256, chunk.count)  # a re-send may be chunked differently
         parts = self._partial.setdefault(key, {})
         self._partial.move_to_end(key)
+        held = self._sizes.get(key, 0) - len(parts.get(chunk.index, b"")) + len(chunk.data)
+        if held > chunk.size:  # more than the file it claims to be: it will never verify
+            self._forget(key)
+            self.counters.too_large += 1
+            return None
         parts[chunk.index] = chunk.data
+        self._sizes[key] = held
         if len(parts) < chunk.count:
             while len(self._partial) > self.max_partial:
-                self._partial.popitem(last=False)
+                self._forget(next(iter(self._partial)))
                 self.counters.evicted += 1
             return None
-        del self._partial[key]
+        self._forget(key)
         return b"".join(parts[i] for i in range(chunk.count))
+
+    def _forget(self, key: tuple[str, str, int]) -> None:
+        del self._partial[key]
+        self._sizes.pop(key, None)
