@@ -95,8 +95,9 @@ def replay(
     input_alignment: Annotated[
         str,
         typer.Option(
-            help="undo mounting, per-channel gain and offset ahead of the policy: on, off, or auto "
-            "for where it wins: steady on a model without batch norms (docs/adaptation.md)"
+            help="undo mounting, per-channel gain and offset ahead of the policy: on, off, or auto: "
+            "ahead of steady (on a batch-norm model, offsets under 3 source stds are left to its "
+            "statistics), off for the other policies (docs/adaptation.md)"
         ),
     ] = "auto",
 ) -> None:
