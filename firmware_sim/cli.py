@@ -197,10 +197,14 @@ def record(
         pass
     recorder.stop()
     recorded = _save(recorder, names, out)
+    left_out = sum(recorder.misfits.values())
     typer.echo(
-        f"recorded {recorder.count()} frames, {len(recorded)} samples of {len(recorded.devices())} devices, "
-        f"{recorder.duplicates} duplicates and {recorder.rejected} bad frames dropped -> {out}"
+        f"recorded {recorder.count() - left_out} frames, {len(recorded)} samples of "
+        f"{len(recorded.devices())} devices, {recorder.duplicates} duplicates, {recorder.rejected} bad "
+        f"frames and {left_out} frames that do not fit the log dropped -> {out}"
     )
+    for (device, why), frames in sorted(recorder.misfits.items()):
+        typer.echo(f"warning: {frames} frames of device {device!r} left out: {why}", err=True)
 
 
 def _save(recorder: Recorder, channels: tuple[str, ...], out: Path) -> RecordedLog:

@@ -3,7 +3,10 @@
 The device id comes from the topic `<prefix>/<device>/dt/<stream>`; QoS 1 redeliveries are
 dropped by (device, stream, seq). Frames carry no channel names, so they are given; the sample
 rate is that of the most common frame period. Values are kept as the float32 the frames carried,
-so replay followed by record reproduces a log's samples bit for bit.
+so replay followed by record reproduces a log's samples bit for bit. A frame that does not fit the
+log (another number of channels, a period more than `RATE_TOLERANCE` off the log's: another rate,
+not a clock's jitter) is left out and counted per device (`misfits`): one odd device must not cost
+the recording of the others.
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ from edge_ttt.stream.codec import Frame, FrameError, decode
 
 __all__ = ["Recorder"]
 
+RATE_TOLERANCE = 0.25  # a frame period this far off the log's is another sample rate
+
 
 class Recorder:
     """Subscribes to `<prefix>/+/dt/<stream>` and keeps each distinct frame until `log()` is asked for."""
@@ -31,6 +36,9 @@ class Recorder:
         self.frames: dict[tuple[str, int, int], Frame] = {}
         self.duplicates = 0
         self.rejected = 0
+        self.misfits: Counter[tuple[str, str]] = (
+            Counter()
+        )  # (device, why) -> frames left out, at the last log()
         self.subscribed = threading.Event()
         self._lock = threading.Lock()
         self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"firmware-sim-record-{id(self)}")
@@ -83,16 +91,28 @@ class Recorder:
             items = sorted(self.frames.items(), key=lambda item: item[0])
         if not items:
             raise ValueError(f"no frames were received on {self.topic}")
-        widths = {frame.n_channels for _, frame in items}
-        if widths != {len(channels)}:
-            raise ValueError(f"frames have {sorted(widths)} channels, but {len(channels)} names were given")
+        fitting = [item for item in items if item[1].n_channels == len(channels)]
+        if not fitting:
+            widths = sorted({frame.n_channels for _, frame in items})
+            raise ValueError(
+                f"no frame has {len(channels)} channels (frames have {widths}); give --channels their names"
+            )
+        period = Counter(f.period_ns for _, f in fitting).most_common(1)[0][0]
+        rate_fits = lambda frame: abs(frame.period_ns - period) <= RATE_TOLERANCE * period  # noqa: E731
+        misfits: Counter[tuple[str, str]] = Counter()
+        for (device, _, _), frame in items:
+            if frame.n_channels != len(channels):
+                misfits[device, f"{frame.n_channels} channels, not {len(channels)}"] += 1
+            elif not rate_fits(frame):
+                misfits[device, f"{1e9 / frame.period_ns:g} Hz, not the log's {1e9 / period:g} Hz"] += 1
+        self.misfits = misfits
+        items = [item for item in fitting if rate_fits(item[1])]
         ids = np.concatenate([np.full(f.n_samples, device, dtype=object) for (device, _, _), f in items])
         t_ns = np.concatenate([f.times() for _, f in items])
         values = np.concatenate([f.values for _, f in items])
         order = np.lexsort((t_ns, ids.astype(str)))
         ids, t_ns, values = ids[order], t_ns[order], values[order]
         first = np.r_[True, (ids[1:] != ids[:-1]) | (t_ns[1:] != t_ns[:-1])]
-        period = Counter(f.period_ns for _, f in items).most_common(1)[0][0]
         return RecordedLog(
             device_id=ids[first],
             t_ns=t_ns[first],

@@ -10,10 +10,11 @@ from pathlib import Path
 
 import numpy as np
 import paho.mqtt.client as paho
+import pytest
 from typer.testing import CliRunner
 
 from edge_ttt.recordlog import read_log, write_log
-from edge_ttt.stream.codec import decode, encode
+from edge_ttt.stream.codec import Frame, decode, encode
 from firmware_sim.cli import app
 from firmware_sim.devices import Link, SimDevice
 from firmware_sim.record import Recorder
@@ -163,6 +164,31 @@ def test_recorder_drops_redelivered_frames_and_counts_bad_ones():
         rec._on_message(rec.client, None, msg)
     assert rec.seqs() == {"d": [0, 1]} and rec.duplicates == 1 and rec.rejected == 1
     assert len(rec.log(IMU_CHANNELS)) == 20
+
+
+def test_frames_that_do_not_fit_the_log_are_left_out_and_the_others_kept():
+    """One device with another channel count or rate (a misconfigured one) costs only its own
+    frames: before, it made every save fail and the recorder stop, with nothing written."""
+    rec = Recorder("127.0.0.1", 1)
+    t0, period = 1_704_067_200_000_000_000, 20_000_000
+    sent = {
+        "good": Frame(0, 0, t0, period, np.zeros((10, 6), np.float32)),
+        "jittery": Frame(0, 0, t0, int(period * 1.02), np.ones((10, 6), np.float32)),
+        "three": Frame(0, 0, t0, period, np.zeros((10, 3), np.float32)),
+        "fast": Frame(0, 0, t0, period // 2, np.zeros((10, 6), np.float32)),
+    }
+    more = [Frame(0, seq, t0 + seq * 10 * period, period, np.zeros((10, 6), np.float32)) for seq in (1, 2)]
+    for device, frame in [*sent.items(), ("good", more[0]), ("good", more[1])]:  # 50 Hz: the most
+        msg = paho.MQTTMessage(topic=f"edge-ttt/{device}/dt/0".encode())  # common frame period
+        msg.payload = encode(frame)
+        rec._on_message(rec.client, None, msg)
+    log = rec.log(IMU_CHANNELS)
+    assert sorted(log.devices()) == ["good", "jittery"] and log.sample_rate_hz == 50.0
+    assert rec.misfits == {("three", "3 channels, not 6"): 1, ("fast", "100 Hz, not the log's 50 Hz"): 1}
+    only_three = Recorder("127.0.0.1", 1)
+    only_three.frames = {("three", 0, 0): sent["three"]}
+    with pytest.raises(ValueError, match=r"no frame has 6 channels \(frames have \[3\]\)"):
+        only_three.log(IMU_CHANNELS)
 
 
 class _CountingLink:
