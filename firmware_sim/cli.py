@@ -12,6 +12,7 @@ import typer
 
 from edge_ttt.commandline import command_app, fail, run_app
 from edge_ttt.recordlog import LogFormatError, RecordedLog, read_log, write_log
+from edge_ttt.stream.topics import level_problem
 from firmware_sim.broker import parse_address
 from firmware_sim.corruptions import device_rng
 from firmware_sim.datasets.cli import datasets_app
@@ -138,6 +139,13 @@ def replay(
         recorded = read_log(log)
     except (ScenarioError, LogFormatError) as exc:
         fail(str(exc))
+    for device in recorded.devices():  # before anything is published
+        why = level_problem(device)
+        if why:
+            fail(
+                f"device id {device!r} in {log} cannot be a level of the topic {prefix}/<device>/dt/0 "
+                f"({why}); rename that device in the log"
+            )
     links = {d: Link(host, port, f"firmware-sim-{d}", qos, buffer) for d in recorded.devices()}
     _start(list(links.values()), buffer)  # a replay starts with every device online (or after 10 s)
     try:

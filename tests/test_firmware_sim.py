@@ -191,6 +191,23 @@ def test_frames_that_do_not_fit_the_log_are_left_out_and_the_others_kept():
         only_three.log(IMU_CHANNELS)
 
 
+@pytest.mark.parametrize("device", ["a/b", "x+y", "#", ""])
+def test_replay_refuses_a_device_id_that_cannot_be_a_topic_level(tmp_path, device):
+    """Before, paho raised in the middle of the replay ('Publish topic cannot contain wildcards')."""
+    log = synthetic_log(devices=2, seconds=2.0)
+    log.device_id[log.device_id == log.devices()[0]] = device
+    path = tmp_path / "log.parquet"
+    write_log(path, log)
+    result = CliRunner().invoke(
+        app, ["replay", "--log", str(path), "--broker", "127.0.0.1:1", "--as-fast-as-possible"]
+    )
+    assert result.exit_code == 2
+    assert (
+        f"device id {device!r} in {path} cannot be a level of the topic edge-ttt/<device>/dt/0"
+        in result.output
+    )
+
+
 class _CountingLink:
     """A Link's counting side, without a broker."""
 

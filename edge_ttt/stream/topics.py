@@ -47,6 +47,21 @@ def topic_pattern(*required: str) -> Any:
     return Annotated[str, AfterValidator(lambda value: check_pattern(value, required))]
 
 
+def level_problem(value: str) -> str | None:
+    """Why `value` cannot fill one topic level (None: it can): MQTT topic levels are non-empty here
+    (an empty one fits no '+' of ours), hold no '/' (the level separator), no wildcard, no NUL.
+
+    >>> [level_problem(v) for v in ("watch-06", "a/b", "")]
+    [None, "it holds '/'", 'it is empty']
+    """
+    if not value:
+        return "it is empty"
+    for char in ("/", "+", "#", "\0"):
+        if char in value:
+            return f"it holds {char!r}"
+    return None
+
+
 DeviceTopic = topic_pattern("device")
 AgentTopic = topic_pattern("agent")
 SensorTopic = topic_pattern("device", "stream")
