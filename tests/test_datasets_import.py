@@ -197,6 +197,18 @@ def test_a_csv_device_id_keeps_its_leading_zeros(tmp_path: Path):
     assert read_log(out).devices() == ["007", "008"]
 
 
+def test_a_sensor_column_with_a_stray_text_cell_is_reported_not_dropped_unseen(tmp_path: Path):
+    csv = tmp_path / "cap.csv"
+    csv.write_text("t,ax,ay,note\n0,1,2,start\n0.02,1..5,3,\n0.04,1,2,\n")  # a typo in ax
+    out = tmp_path / "out.parquet"
+    result = invoke("datasets", "import", csv, "--out", out, "--time", "t", "--time-unit", "s")
+    assert result.exit_code == 0, result.output
+    assert read_log(out).channels == ("ay",)
+    assert "warning: column(s) ax, note left out of the channels: they hold values that are not numbers" in (
+        result.output
+    )
+
+
 def test_without_a_device_column_the_file_name_is_the_device(tmp_path: Path):
     csv = tmp_path / "lab-capture.csv"
     csv.write_text("t,ax,ay\n0.00,1,2\n0.01,1,2\n0.02,1,2\n")
@@ -227,7 +239,7 @@ def test_zoned_and_unzoned_iso_times_are_the_same_utc_instants():
 
 def test_numeric_labels_are_indices_and_classes_name_them():
     spec = ImportSpec(time="t", time_unit="ms", device="d", label="y", classes=("a", "b"))
-    log, _ = table_to_log(table(t=T, ax=[0.0] * 4, y=[1, None, 0, -1]), spec, "x")
+    log = table_to_log(table(t=T, ax=[0.0] * 4, y=[1, None, 0, -1]), spec, "x").log
     assert log.label.tolist() == [1, -1, 0, -1] and log.class_names == ("a", "b")
 
 

@@ -83,9 +83,15 @@ def datasets_import(
         rate_hz=rate,
     )
     try:
-        log, timing = import_file(source, out, spec)
+        log, timing, left_out = import_file(source, out, spec)
     except LogFormatError as exc:
         fail(str(exc))
+    if left_out:  # a stray text cell makes a sensor column text: say so rather than drop it unseen
+        typer.echo(
+            f"warning: column(s) {', '.join(left_out)} left out of the channels: they hold values that are "
+            "not numbers (clean them to import them; empty cells read as NaN)",
+            err=True,
+        )
     devices = log.devices()
     shown = ", ".join(devices[:5]) + (f" and {len(devices) - 5} more" if len(devices) > 5 else "")
     mapping = (

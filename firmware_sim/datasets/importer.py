@@ -11,10 +11,9 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from edge_ttt.recordlog import RecordedLog, write_log
+from edge_ttt.recordlog import write_log
 from edge_ttt.recordlog.checks import contract_error
-from firmware_sim.datasets.tabular import ImportSpec, table_to_log
-from firmware_sim.datasets.timing import Timing
+from firmware_sim.datasets.tabular import Imported, ImportSpec, table_to_log
 
 CSV_SUFFIXES = {".csv": ",", ".tsv": "\t", ".txt": ","}
 PARQUET_SUFFIXES = (".parquet", ".pq")
@@ -45,10 +44,10 @@ def read_table(path: Path, text_columns: tuple[str, ...] = ()) -> pa.Table:
     )
 
 
-def import_file(source: Path, out: Path, spec: ImportSpec) -> tuple[RecordedLog, Timing]:
-    """Write `source` as the recorded log `out`; the log written and its timing."""
+def import_file(source: Path, out: Path, spec: ImportSpec) -> Imported:
+    """Write `source` as the recorded log `out`; the log written, its timing, the columns left out."""
     source, out = Path(source), Path(out)
     text = (spec.device_column,) if spec.device_column is not None else ()
-    log, timing = table_to_log(read_table(source, text), spec, str(source))
-    write_log(out, log)
-    return log, timing
+    imported = table_to_log(read_table(source, text), spec, str(source))
+    write_log(out, imported.log)
+    return imported

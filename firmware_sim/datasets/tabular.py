@@ -8,6 +8,7 @@ and writes). Every refusal names the column and the option that fixes it, in the
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import pyarrow as pa
@@ -143,18 +144,26 @@ def _parse_iso(src: _Table, name: str, column: pa.ChunkedArray) -> pa.ChunkedArr
     )
 
 
-def _channels(src: _Table, spec: ImportSpec) -> tuple[tuple[str, ...], np.ndarray]:
+class Imported(NamedTuple):
+    """A table as a log: the log, its timing, and, when the channels were not named, the columns
+    left out of them for holding something else than numbers (a stray text cell in a sensor
+    column does that)."""
+
+    log: RecordedLog
+    timing: Timing
+    left_out: tuple[str, ...]
+
+
+def _channels(src: _Table, spec: ImportSpec) -> tuple[tuple[str, ...], np.ndarray, tuple[str, ...]]:
     used = {spec.time, spec.device_column, spec.label}
-    pairs = spec.channels
+    pairs, left_out = spec.channels, ()
     if pairs is None:
-        numeric = [
-            name
-            for name, kind in zip(src.table.column_names, src.table.schema.types, strict=True)
-            if name not in used and (pa.types.is_integer(kind) or pa.types.is_floating(kind))
-        ]
-        if not numeric:
+        kinds = dict(zip(src.table.column_names, src.table.schema.types, strict=True))
+        numeric = [n for n, k in kinds.items() if pa.types.is_integer(k) or pa.types.is_floating(k)]
+        pairs = tuple((name, name) for name in numeric if name not in used)
+        left_out = tuple(n for n in kinds if n not in used and n not in numeric)
+        if not pairs:
             raise src.refuse("no numeric column is left for channels", "name them with --channels")
-        pairs = tuple((name, name) for name in numeric)
     names = tuple(name for _, name in pairs)
     for column, name in pairs:
         if name in RESERVED_COLUMNS:
@@ -184,7 +193,7 @@ def _channels(src: _Table, spec: ImportSpec) -> tuple[tuple[str, ...], np.ndarra
                     "leave it out of --channels, or clean the values (empty cells read as NaN)",
                 ) from None
         values[:, j] = data.cast(pa.float64()).fill_null(np.nan).to_numpy()
-    return names, values
+    return names, values, left_out
 
 
 def _devices(src: _Table, spec: ImportSpec) -> np.ndarray:
@@ -245,15 +254,16 @@ def _labels(src: _Table, spec: ImportSpec) -> tuple[np.ndarray | None, tuple[str
     return labels, spec.classes
 
 
-def table_to_log(table: pa.Table, spec: ImportSpec, where: str) -> tuple[RecordedLog, Timing]:
-    """The log of `table` under `spec` and the timing of its samples; `where` names the source
-    in messages. Rows are sorted by (device, time); two samples of a device at one time are refused."""
+def table_to_log(table: pa.Table, spec: ImportSpec, where: str) -> Imported:
+    """The log of `table` under `spec`, the timing of its samples and the columns left out;
+    `where` names the source in messages. Rows are sorted by (device, time); two samples of a
+    device at one time are refused."""
     src = _Table(table, where)
     if not table.num_rows:
         raise src.refuse("the table has no rows", "import a file with samples")
     t_ns = _times(src, spec)
     device_id = _devices(src, spec)
-    channels, values = _channels(src, spec)
+    channels, values, left_out = _channels(src, spec)
     label, classes = _labels(src, spec)
     uniques, codes = np.unique(device_id, return_inverse=True)
     order = np.lexsort((t_ns, codes))
@@ -286,4 +296,4 @@ def table_to_log(table: pa.Table, spec: ImportSpec, where: str) -> tuple[Recorde
         sample_rate_hz=timing.rate_hz,
         class_names=classes,
     )
-    return log, timing
+    return Imported(log, timing, left_out)
