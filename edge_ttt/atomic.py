@@ -18,8 +18,11 @@ from typing import BinaryIO
 def atomic_write(path: str | os.PathLike[str], write: Callable[[BinaryIO], None]) -> Path:
     """Call `write(f)` on a temporary file and move it into place; the file gets 0666 & ~umask."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:  # name the file asked for, not a temporary one or a parent
+        raise OSError(exc.errno, exc.strerror, str(path)) from exc
     try:
         umask = os.umask(0)
         os.umask(umask)
@@ -31,7 +34,7 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[BinaryIO], None]
         os.replace(tmp_name, path)
     except OSError as exc:
         Path(tmp_name).unlink(missing_ok=True)
-        if exc.filename is None and exc.errno is not None:  # a write or fsync: say which file
+        if exc.errno is not None and exc.filename != str(path):  # a write, fsync or rename: say which file
             raise OSError(exc.errno, exc.strerror, str(path)) from exc
         raise
     except BaseException:

@@ -57,20 +57,23 @@ def fail(message: str) -> NoReturn:
 
 # What the system says when it refuses a file: the machine's state, not a bug in the command.
 REFUSALS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO})
+# What it says of a path given that cannot be one (a bad input: exit 2).
+BAD_PATHS = frozenset({errno.ENOENT, errno.EISDIR, errno.ENOTDIR, errno.ENAMETOOLONG})
 
 
 def run_app(app: typer.Typer, args: list[str] | None = None) -> None:
     """Run a command line (`args`: sys.argv's); a file the system refuses (a full or read-only
-    disk, no permission) ends it with one line naming the file and the reason, exit 1, instead of
-    a traceback."""
+    disk, no permission) ends it with one line naming the file and the reason, exit 1, and so
+    does a path that cannot be one (a missing directory, a directory where a file goes), exit 2,
+    instead of a traceback."""
     try:
         app(args=args)
     except OSError as exc:
-        if exc.errno not in REFUSALS:
+        if exc.errno not in REFUSALS | BAD_PATHS:
             raise
         where = f"{exc.filename}: " if exc.filename else ""
         typer.secho(f"error: {where}{exc.strerror}", fg=typer.colors.RED, err=True)
-        raise SystemExit(1) from None
+        raise SystemExit(1 if exc.errno in REFUSALS else 2) from None
 
 
 def host_import(module: str) -> ModuleType:

@@ -206,6 +206,25 @@ def test_a_file_the_system_refuses_ends_a_command_with_one_line(code, capsys):
     assert err == f"error: /var/lib/edge-ttt/report.html: {os.strerror(code)}\n"
 
 
+def test_a_path_that_cannot_be_written_ends_a_command_with_one_line_naming_it(tmp_path, capsys):
+    """A directory given where a file goes, or a file under a directory that cannot exist: the
+    path asked for is named (not atomic_write's temporary file), exit 2: a bad input."""
+    app = command_app()
+    target = {"path": tmp_path}
+
+    @app.command()
+    def write() -> None:
+        atomic_write(target["path"], lambda f: f.write(b"x"))
+
+    for path, reason in [(tmp_path, errno.EISDIR), (tmp_path / "file" / "below" / "it.html", errno.ENOTDIR)]:
+        (tmp_path / "file").write_text("a file where a directory should be")
+        target["path"] = path
+        with pytest.raises(SystemExit) as ended:
+            run_app(app, [])
+        assert ended.value.code == 2
+        assert capsys.readouterr().err == f"error: {path}: {os.strerror(reason)}\n"
+
+
 def test_other_os_errors_stay_tracebacks_for_a_bug_report():
     app = command_app()
 

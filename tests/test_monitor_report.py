@@ -198,6 +198,8 @@ def test_unreadable_files_are_named_and_left_out_and_the_rest_is_read(location, 
     result = CliRunner().invoke(monitor_app, ["query", sql, "--dataset", location, "--json"])
     assert result.exit_code == 0 and json.loads(result.stdout) == {"n": 25}
     out = tmp_path / "report.html"
+    result = CliRunner().invoke(monitor_app, ["report", "--dataset", location, "--out", str(tmp_path)])
+    assert result.exit_code == 2 and f"--out {tmp_path} is a directory" in result.output  # before drawing
     result = CliRunner().invoke(monitor_app, ["report", "--dataset", location, "--out", str(out)])
     assert result.exit_code == 0 and out.stat().st_size > 10_000
     result = CliRunner().invoke(monitor_app, ["compact", "--dataset", location])

@@ -191,6 +191,8 @@ def report(
     from edge_ttt.monitor import distributions  # matplotlib: the [monitor] extra
     from edge_ttt.monitor.report import REPORT_COLUMNS, write_report
 
+    if out.is_dir():  # before the seconds of reading and drawing
+        fail(f"--out {out} is a directory. Fix: name the HTML file to write, e.g. {out / 'report.html'}")
     reference = None
     if bundle is not None:
         from edge_ttt.artifacts import BundleError, load_bundle
