@@ -178,6 +178,12 @@ def test_health_tolerates_a_short_outage_and_names_a_long_one(tmp_path):
     assert "connecting for 12 s" in read_health(path, 30.0, 10.0)
     write("offline", 0.0, None)
     assert read_health(path, 30.0, 10.0) == "agent is offline"
+    for text, why in [
+        ("[]", "a JSON list, not an object"),
+        ('{"state": 5}', "state 5 is not one an agent writes"),
+    ]:
+        path.write_text(text)  # a file that is not an agent's status: said so, not "agent is 5"
+        assert read_health(path, 30.0, 10.0) == f"no readable status at {path}: {why}"
 
 
 def test_connections_taken_over_again_and_again_name_the_client_id_and_the_fix(caplog, monkeypatch):

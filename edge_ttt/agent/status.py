@@ -49,13 +49,17 @@ def read_health(path: Path, max_age_s: float, max_disconnected_s: float = 10.0) 
     `max_disconnected_s` (a broker restart is not an outage); else what is wrong, in one line."""
     try:
         doc = json.loads(path.read_text())
+        if not isinstance(doc, dict):
+            raise ValueError(f"a JSON {type(doc).__name__}, not an object")
         age = time.time() - float(doc.get("time_unix", 0))
         state, link = doc.get("state"), doc.get("connection") or {}
         down_s = time.time() - float(link.get("since_unix", 0))
     except (OSError, ValueError, TypeError, AttributeError) as exc:
         return f"no readable status at {path}: {exc}"
+    if state == "offline":  # a clean stop wrote it
+        return "agent is offline"
     if state not in (ONLINE, CONNECTING, DISCONNECTED):
-        return f"agent is {state}"
+        return f"no readable status at {path}: state {state!r} is not one an agent writes"
     if age > max_age_s:
         return (
             f"status is {age:.0f} s old (more than {max_age_s:.0f} s): the agent is stuck or gone,"
