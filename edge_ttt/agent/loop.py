@@ -118,6 +118,7 @@ class Agent:
             d.max_inflight,
             d.ack_timeout_s,
             acks,
+            max_packet=lambda: self.transport.max_packet,
         )
         sha = self.model.bundle_sha256
         self.publisher = PredictionPublisher(

@@ -39,6 +39,10 @@ log = logging.getLogger(__name__)
 
 MESSAGE_FORMAT = "edge-ttt-drift"
 MESSAGE_VERSION = 1
+# Bytes of a drift packet besides its topic and chunk: the header line (about 170) and MQTT's fixed
+# header, topic length, packet id and properties, with room to spare.
+PACKET_OVERHEAD = 512
+MIN_CHUNK_BYTES = 64  # a broker that takes less than this plus the overhead takes no summary at all
 
 
 def drift_topic(prefix: str, device: str) -> str:
@@ -102,14 +106,18 @@ class Shipper:
         max_inflight: int = 32,
         ack_timeout_s: float = 60.0,
         ack_filter: str | None = None,
+        max_packet: Callable[[], int | None] | None = None,
     ) -> None:
         """`topic`: one topic, or a function of the summary's device id (an agent serving several
         devices ships each device's summaries to `<prefix>/<device>/drift` from one spool).
-        `ack_filter`: the subscription acknowledgements arrive on (default: `ack_topic(topic)`)."""
+        `ack_filter`: the subscription acknowledgements arrive on (default: `ack_topic(topic)`).
+        `max_packet`: the largest packet the broker takes now (None: no limit known); chunks are
+        cut to fit it, whatever `chunk_bytes` says."""
         self.client = client
         self.spool = spool
         self.topic = topic
         self.chunk_bytes = chunk_bytes
+        self.max_packet = max_packet
         self.max_inflight = max_inflight
         self.ack_timeout_s = ack_timeout_s
         self.messages_sent = 0
@@ -266,7 +274,7 @@ class Shipper:
         flight = _Flight(summary_id_of(path), now)
         self.spool.sending(path, True)
         self._inflight[path] = flight  # before publishing: a refusal may come back at once
-        for message in encode_chunks(flight.summary_id, data, self.chunk_bytes):
+        for message in encode_chunks(flight.summary_id, data, self._chunk_bytes(topic)):
             info = self.client.publish(topic, message, qos=1)
             self.messages_sent += 1
             flight.mids.add(info.mid)
@@ -276,6 +284,14 @@ class Shipper:
                 del self._inflight[path]
                 self.spool.sending(path, False)
                 return
+
+    def _chunk_bytes(self, topic: str) -> int:
+        """`chunk_bytes`, or less where the broker takes only smaller packets: a packet holds the
+        topic, the chunk's header line and MQTT's own fields besides the chunk."""
+        limit = None if self.max_packet is None else self.max_packet()
+        if limit is None:
+            return self.chunk_bytes
+        return max(MIN_CHUNK_BYTES, min(self.chunk_bytes, limit - len(topic.encode()) - PACKET_OVERHEAD))
 
     def pending(self) -> int:
         """Files not yet acknowledged (in the spool)."""

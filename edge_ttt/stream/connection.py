@@ -127,12 +127,19 @@ class ConnectionState:
             return
         self._short = self._short + 1 if time.monotonic() - self._online_at < SHORT_S else 0
         kind, reason = "lost", lost_reason(reason_code, from_broker)
-        if getattr(reason_code, "value", None) == TAKEN_OVER or self._short >= SHORT_RUN:
+        taken = getattr(reason_code, "value", None) == TAKEN_OVER
+        if taken or self._short >= SHORT_RUN:
             kind = "taken_over"
             reason += (
                 f"; {self._short} connections in a row ended within {SHORT_S:g} s: another client may be"
                 f" using client id {self.client_id!r}. Fix: give each its own {self.id_key}"
             )
+            if not taken:  # the broker said nothing: it may also be closing on a message it refuses
+                reason += (
+                    "; or the broker closes the connection on a message it will not take, such as one "
+                    "over its packet size limit (with MQTT v3.1.1 it cannot say its limit: lower "
+                    "drift.chunk_bytes below it)"
+                )
         self._set(Snapshot(DISCONNECTED, time.time(), reason, 0))
         self._warn.warning(kind, "%s; reconnecting", reason, fields=self._fields())
 

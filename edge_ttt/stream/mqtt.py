@@ -28,10 +28,12 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from edge_ttt.logs import RateLimitedLog
 from edge_ttt.stream.connection import ConnectionState
 from edge_ttt.stream.mqtt_settings import MqttSection
 
 log = logging.getLogger(__name__)
+PUBLISH_OVERHEAD = 64  # bytes of a PUBLISH packet besides its topic and payload, with room to spare
 
 
 def status_payload(agent: str, state: str, **fields: Any) -> bytes:
@@ -103,6 +105,11 @@ class MqttTransport:
         self.subscribed = threading.Event()  # the broker acknowledged the sensor subscription
         self.connects = 0
         self.disconnects = 0
+        # The largest packet the broker takes (MQTT v5 CONNACK's Maximum Packet Size; None: it
+        # named none). A broker closes the connection on a larger one, and paho sends a queued
+        # QoS 1 message again after every reconnect, so one oversize message is a reconnect loop.
+        self.max_packet: int | None = None
+        self._warn = RateLimitedLog(log)
         self._stopping = False
         client_id = cfg.client_id or f"edge-ttt-{agent_id}"
         self.link = ConnectionState(f"{cfg.host}:{cfg.port}", client_id)  # what the status and health report
@@ -125,6 +132,12 @@ class MqttTransport:
             self.link.refused(reason_code)
             return
         self.connects += 1
+        limit = getattr(_properties, "MaximumPacketSize", None)
+        if limit != self.max_packet:
+            log.info(
+                "the broker takes packets of at most %s bytes", limit, extra={"fields": {"bytes": limit}}
+            )
+        self.max_packet = limit
         client.subscribe([(self.cfg.subscription(), self.cfg.qos), *((t, 1) for t in self.also_subscribe)])
         client.publish(self.status_topic, status_payload(self.agent_id, "online"), qos=1, retain=True)
         self.connected.set()
@@ -140,7 +153,13 @@ class MqttTransport:
         self.link.closed(reason_code, flags.is_disconnect_packet_from_server)
 
     def publish(self, topic: str, payload: bytes, qos: int, retain: bool = False) -> None:
-        """Queued by paho while disconnected (QoS 1) and sent on reconnect."""
+        """Queued by paho while disconnected (QoS 1) and sent on reconnect; a message larger than
+        the broker takes is dropped here and logged (rate-limited), not sent into a reconnect loop."""
+        limit = self.max_packet
+        if limit is not None and len(payload) + len(topic.encode()) + PUBLISH_OVERHEAD > limit:
+            fields = {"topic": topic[:200], "bytes": len(payload), "max_packet": limit}
+            self._warn.warning("oversize", "message larger than the broker takes, not sent", fields=fields)
+            return
         self.client.publish(topic, payload, qos=qos, retain=retain)
 
     def stop(self, timeout: float = 5.0, **status: Any) -> None:
