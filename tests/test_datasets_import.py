@@ -209,6 +209,16 @@ def test_a_sensor_column_with_a_stray_text_cell_is_reported_not_dropped_unseen(t
     )
 
 
+def test_a_semicolon_separated_csv_is_read_by_its_header(tmp_path: Path):
+    """Spreadsheets in locales with decimal commas write ';' between the columns."""
+    csv = tmp_path / "export.csv"
+    csv.write_text("t;ax;ay\n0.00;1;2\n0.02;1;3\n0.04;1;2\n")
+    out = tmp_path / "out.parquet"
+    result = invoke("datasets", "import", csv, "--out", out, "--time", "t", "--time-unit", "s")
+    assert result.exit_code == 0, result.output
+    assert read_log(out).channels == ("ax", "ay") and read_log(out).values[:, 1].tolist() == [2, 3, 2]
+
+
 def test_without_a_device_column_the_file_name_is_the_device(tmp_path: Path):
     csv = tmp_path / "lab-capture.csv"
     csv.write_text("t,ax,ay\n0.00,1,2\n0.01,1,2\n0.02,1,2\n")

@@ -19,6 +19,16 @@ CSV_SUFFIXES = {".csv": ",", ".tsv": "\t", ".txt": ","}
 PARQUET_SUFFIXES = (".parquet", ".pq")
 
 
+def delimiter(path: Path, default: str) -> str:
+    """The separator of a CSV file's header line: of ',', ';' and tab, the one it holds most
+    (spreadsheets set to a locale with decimal commas write ';'); `default` when it holds none."""
+    with path.open("rb") as f:
+        header = f.readline(65536).decode("utf-8", "replace")
+    counts = {sep: header.count(sep) for sep in (",", ";", "\t")}
+    best = max(counts, key=counts.get)
+    return best if counts[best] else default
+
+
 def read_table(path: Path, text_columns: tuple[str, ...] = ()) -> pa.Table:
     """The file as an Arrow table, by its suffix. A CSV's `text_columns` are read as text, so that
     a device id such as 007 keeps its zeros; other types are inferred (ISO times become timestamps)."""
@@ -29,7 +39,7 @@ def read_table(path: Path, text_columns: tuple[str, ...] = ()) -> pa.Table:
         if suffix in PARQUET_SUFFIXES:
             return pq.read_table(path)
         if suffix in CSV_SUFFIXES:
-            parse = pacsv.ParseOptions(delimiter=CSV_SUFFIXES[suffix])
+            parse = pacsv.ParseOptions(delimiter=delimiter(path, CSV_SUFFIXES[suffix]))
             convert = pacsv.ConvertOptions(column_types=dict.fromkeys(text_columns, pa.string()))
             return pacsv.read_csv(path, parse_options=parse, convert_options=convert)
     except (pa.ArrowException, OSError) as exc:
