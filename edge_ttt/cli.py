@@ -176,7 +176,9 @@ def run(
         agent = Agent(cfg, bundle)
     except (ConfigError, BundleError, RuntimeError) as exc:
         fail(str(exc))
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    # SIGHUP too: the terminal of an agent started by hand went away (an SSH session dropped); the
+    # default would end it like SIGKILL, without its last states and summaries.
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, lambda *_: agent.stop_event.set())
     agent.run()
 

@@ -48,9 +48,10 @@ def _broker(value: str) -> tuple[str, int]:
 
 def _start(links: list[Link], buffer: int) -> None:
     """Connect the devices; say so, with the reason, when some cannot (they go on as firmware does).
-    From here on SIGTERM (`kill`, `timeout`, a service stop) ends the run as Ctrl-C does: the
-    devices send what they buffered and the summary line is printed."""
-    signal.signal(signal.SIGTERM, _interrupt)
+    From here on SIGTERM (`kill`, `timeout`, a service stop) and SIGHUP (its terminal went away)
+    end the run as Ctrl-C does: the devices send what they buffered and the summary line is printed."""
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _interrupt)
     offline = connect(links)
     if offline:
         reason = offline[0].reason or "no answer yet"
@@ -179,7 +180,7 @@ def record(
 ) -> None:
     """Frames from MQTT into a recorded log (device id from the topic, duplicates dropped).
 
-    Ends after --duration, on Ctrl-C or on SIGTERM, writing the log; while it runs, the log so far
+    Ends after --duration, on Ctrl-C, SIGTERM or SIGHUP, writing the log; while it runs, the log so far
     is saved every --save-every seconds (atomically), so that a killed recorder loses at most that."""
     from firmware_sim.record import Recorder
 
@@ -191,7 +192,8 @@ def record(
         recorder.stop()
         fail(f"no MQTT broker answered at {host}:{port} within 10 s")
     typer.echo(f"recording {recorder.topic}", err=True)  # from here on nothing published is missed
-    signal.signal(signal.SIGTERM, _interrupt)  # `kill`, `timeout`, a service stop: like Ctrl-C
+    for sig in (signal.SIGTERM, signal.SIGHUP):  # `kill`, `timeout`, a service stop, a closed terminal
+        signal.signal(sig, _interrupt)
     deadline = np.inf if duration is None else time.monotonic() + duration
     next_save = time.monotonic() + save_every if save_every > 0 else np.inf
     try:

@@ -96,6 +96,32 @@ def test_broker_restart_mid_stream_the_agent_reconnects_and_misses_nothing_sent_
         listener.close()
 
 
+def test_a_hang_up_stops_the_agent_cleanly(tmp_path, bundle_dir, broker):
+    """SIGHUP (the terminal of an agent started by hand went away) ends it as SIGTERM does: its
+    states written, `offline` said with its counters. By default it would end like SIGKILL."""
+    import signal
+    import subprocess
+    import sys
+
+    config = write_config(tmp_path, bundle_dir, broker.port)  # checkpoints every 300 s: only the stop's
+    cmd = [sys.executable, "-m", "edge_ttt.cli", "run", "--config", str(config)]
+    listener = Listener(broker.port, ["edge-ttt/+/pred", "edge-ttt/agents/+/status"])
+    proc = subprocess.Popen(cmd, cwd=Path(__file__).parents[1], stderr=subprocess.PIPE, text=True)
+    try:
+        assert wait_for(lambda: any(s["state"] == "online" for s in listener.of("/status")))
+        for frame in frames(12):
+            listener.publish("edge-ttt/dev-h/dt/0", encode(frame))
+        assert wait_for(lambda: len(listener.of("/pred")) == 8)
+        proc.send_signal(signal.SIGHUP)
+        assert proc.wait(20) == 0
+    finally:
+        proc.kill()
+    assert wait_for(lambda: listener.of("/status")[-1]["state"] == "offline")
+    assert "counters" in listener.of("/status")[-1]  # a clean stop, not the Last Will
+    assert (tmp_path / "state" / "dev-h__0.npz").is_file()
+    listener.close()
+
+
 def test_sigkill_leaves_offline_by_last_will_and_a_restart_restores_the_state(tmp_path, bundle_dir, broker):
     import signal
     import subprocess

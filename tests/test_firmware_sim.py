@@ -278,20 +278,24 @@ def test_replay_without_a_broker_says_so_and_counts_what_it_could_not_send(tmp_p
 
 
 def test_a_recorder_stopped_by_sigterm_writes_everything_and_one_killed_keeps_its_last_save(tmp_path, broker):
+    """SIGTERM, and SIGHUP (its terminal went away), end a recorder as Ctrl-C does; the one hung up
+    saves only at the end, so what it wrote is the signal's doing."""
     path = tmp_path / "in.parquet"
     write_log(path, gappy_log())
     address = f"127.0.0.1:{broker.port}"
-    outs, recorders = [tmp_path / "term.parquet", tmp_path / "killed.parquet"], []
-    for out in outs:
-        recorders.append(record_process(address, out, "--save-every", "0.5"))
+    outs = [tmp_path / "term.parquet", tmp_path / "killed.parquet", tmp_path / "hup.parquet"]
+    recorders = [record_process(address, out, "--save-every", "0.5") for out in outs[:2]]
+    recorders.append(record_process(address, outs[2], "--save-every", "0"))
     try:
         command = ["replay", "--log", str(path), "--broker", address, "--as-fast-as-possible"]
         assert CliRunner().invoke(app, command).exit_code == 0
         assert wait_for(lambda: outs[1].exists() and len(read_log(outs[1])) == len(read_log(path)), 20)
         recorders[1].send_signal(signal.SIGKILL)  # after a save that holds every frame
-        recorders[0].send_signal(signal.SIGTERM)
-        stdout, _ = recorders[0].communicate(timeout=30)
-        assert recorders[0].returncode == 0 and "recorded" in stdout
+        assert not outs[2].exists()
+        for proc, sig in ((recorders[0], signal.SIGTERM), (recorders[2], signal.SIGHUP)):
+            proc.send_signal(sig)
+            stdout, _ = proc.communicate(timeout=30)
+            assert proc.returncode == 0 and "recorded" in stdout
     finally:
         for proc in recorders:
             proc.kill()

@@ -85,7 +85,7 @@ def collect_command(
     except DirInUse as exc:
         fail(str(exc))
     stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # SIGHUP: its terminal went away
         signal.signal(sig, lambda *_: stop.set())
     collector = Collector(cfg)
 
