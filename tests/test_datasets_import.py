@@ -197,13 +197,21 @@ def test_a_csv_device_id_keeps_its_leading_zeros(tmp_path: Path):
     assert read_log(out).devices() == ["007", "008"]
 
 
-def test_a_sensor_column_with_a_stray_text_cell_is_reported_not_dropped_unseen(tmp_path: Path):
-    csv = tmp_path / "cap.csv"
-    csv.write_text("t,ax,ay,note\n0,1,2,start\n0.02,1..5,3,\n0.04,1,2,\n")  # a typo in ax
+def import_seconds(tmp_path: Path, name: str, text: str):
+    """`datasets import` of a CSV with the given text, times in seconds in column t: the result
+    (asserted a success) and the log written."""
+    csv = tmp_path / name
+    csv.write_text(text)
     out = tmp_path / "out.parquet"
     result = invoke("datasets", "import", csv, "--out", out, "--time", "t", "--time-unit", "s")
     assert result.exit_code == 0, result.output
-    assert read_log(out).channels == ("ay",)
+    return result, read_log(out)
+
+
+def test_a_sensor_column_with_a_stray_text_cell_is_reported_not_dropped_unseen(tmp_path: Path):
+    text = "t,ax,ay,note\n0,1,2,start\n0.02,1..5,3,\n0.04,1,2,\n"  # a typo in ax
+    result, log = import_seconds(tmp_path, "cap.csv", text)
+    assert log.channels == ("ay",)
     assert "warning: column(s) ax, note left out of the channels: they hold values that are not numbers" in (
         result.output
     )
@@ -211,21 +219,12 @@ def test_a_sensor_column_with_a_stray_text_cell_is_reported_not_dropped_unseen(t
 
 def test_a_semicolon_separated_csv_is_read_by_its_header(tmp_path: Path):
     """Spreadsheets in locales with decimal commas write ';' between the columns."""
-    csv = tmp_path / "export.csv"
-    csv.write_text("t;ax;ay\n0.00;1;2\n0.02;1;3\n0.04;1;2\n")
-    out = tmp_path / "out.parquet"
-    result = invoke("datasets", "import", csv, "--out", out, "--time", "t", "--time-unit", "s")
-    assert result.exit_code == 0, result.output
-    assert read_log(out).channels == ("ax", "ay") and read_log(out).values[:, 1].tolist() == [2, 3, 2]
+    _, log = import_seconds(tmp_path, "export.csv", "t;ax;ay\n0.00;1;2\n0.02;1;3\n0.04;1;2\n")
+    assert log.channels == ("ax", "ay") and log.values[:, 1].tolist() == [2, 3, 2]
 
 
 def test_without_a_device_column_the_file_name_is_the_device(tmp_path: Path):
-    csv = tmp_path / "lab-capture.csv"
-    csv.write_text("t,ax,ay\n0.00,1,2\n0.01,1,2\n0.02,1,2\n")
-    out = tmp_path / "out.parquet"
-    result = invoke("datasets", "import", csv, "--out", out, "--time", "t", "--time-unit", "s")
-    assert result.exit_code == 0, result.output
-    log = read_log(out)
+    _, log = import_seconds(tmp_path, "lab-capture.csv", "t,ax,ay\n0.00,1,2\n0.01,1,2\n0.02,1,2\n")
     assert log.devices() == ["lab-capture"] and log.channels == ("ax", "ay")
     assert log.sample_rate_hz == pytest.approx(100.0) and log.label is None
 
