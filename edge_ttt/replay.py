@@ -192,6 +192,12 @@ def collapse_note(
     None below COLLAPSE_SHARE. An accuracy at the share of one class otherwise reads as a bug."""
     if share < COLLAPSE_SHARE or counters.windows == 0:
         return None
+    if 2 * counters.rejected_invalid >= counters.windows:  # a dead or broken sensor, not the model
+        return (
+            f"{counters.rejected_invalid} of {counters.windows} windows failed the input guard "
+            "(non-finite, flat-lined or out-of-range values) and were predicted from a sanitized copy: "
+            f"their class, {top_class!r}, says nothing of the model; check the sensor or the log"
+        )
     said = [f"{100 * share:.0f}% of windows predicted as {top_class!r}: a collapse to one class"]
     if POLICY_TYPES[policy].batch_stats and manifest.batch_norms:
         which = (
