@@ -197,8 +197,14 @@ def build_manifest(
 def export_bundle(src: SourceModel, out: Path, force: bool = False) -> Manifest:
     """Write the bundle to a temporary sibling directory, then move it into place."""
     out = Path(out)
-    if out.exists() and any(out.iterdir()) and not force:
-        raise FileExistsError(f"{out} exists and is not empty; pass --force to replace it")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        if not force:
+            raise FileExistsError(f"{out} exists and is not empty; pass --force to replace it")
+        if not (out / "manifest.json").is_file():  # --force replaces a bundle, nothing else
+            raise FileExistsError(
+                f"{out} is not a bundle (it holds no manifest.json); --force replaces only a bundle, "
+                "so choose a new or empty directory"
+            )
     proto, names = to_onnx(src.model, len(src.channels), src.window)
     if names.aux_logits:
         check_channels(src.channels)

@@ -48,7 +48,9 @@ def train(
 def export_cmd(
     checkpoint: Annotated[Path, typer.Option(help="checkpoint written by `edge-ttt train`")],
     out: Annotated[Path, typer.Option(help="artifact directory to create")],
-    force: Annotated[bool, typer.Option(help="replace an existing directory")] = False,
+    force: Annotated[
+        bool, typer.Option(help="replace an existing bundle (a directory with its manifest.json)")
+    ] = False,
 ) -> None:
     """Export ONNX Runtime training artifacts (only normalization parameters trainable) + manifest."""
     bundle = host_import("export.bundle")

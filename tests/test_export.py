@@ -300,6 +300,17 @@ def test_refuses_to_overwrite_a_bundle_without_force(tmp_path: Path):
     assert load_bundle(tmp_path / "b").manifest.model.name == "cnn-gn"
 
 
+def test_force_replaces_a_bundle_and_nothing_else(tmp_path: Path):
+    """`--out . --force` in the wrong directory must not delete it."""
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "notes.txt").write_text("a user's file")
+    for out in (work, work / "notes.txt"):
+        with pytest.raises(FileExistsError, match="is not a bundle"):
+            export_bundle(source_model("cnn-gn"), out, force=True)
+    assert (work / "notes.txt").read_text() == "a user's file"
+
+
 def test_export_keeps_the_runtimes_log_lines_out_of_the_terminal(tmp_path: Path, capfd):
     """ORT's C++ logger writes ~40 INFO lines to fd 2 while generating artifacts; they go to export.log."""
     export_bundle(source_model("cnn-bn"), tmp_path / "b")
