@@ -99,9 +99,23 @@ def _wait(
     return condition()
 
 
+MADE_BY_DEMO = ".edge-ttt-demo"  # marks the directories a run may wipe
+
+
+def _demo_made(path: Path) -> bool:
+    """Whether `path` is a demo's own run or fleet directory: a marked run directory (or one with
+    the demo's agent configs `demo-*.toml`, as runs before the mark left it), a dataset of `date=`
+    partitions only, or an empty one."""
+    if (path / MADE_BY_DEMO).is_file() or any(path.glob("demo-*.toml")):
+        return True
+    return all(p.name.startswith(("date=", ".")) for p in path.iterdir())
+
+
 @dataclass(frozen=True)
 class RunDirs:
-    """Per run (wiped first: adapted state and summaries of an earlier run would skew this one)."""
+    """Per run (wiped first: adapted state and summaries of an earlier run would skew this one),
+    but only where a demo made them: a --workdir that already holds a `run` or `fleet` of the
+    user's own is refused, not wiped."""
 
     rundir: Path  # agent configs, logs, state, spools; broker config
     fleet: Path  # the collector's dataset
@@ -111,8 +125,15 @@ class RunDirs:
     def fresh(workdir: Path) -> RunDirs:
         dirs = RunDirs(workdir / "run", workdir / "fleet", uuid.uuid4().hex[:8])
         for old in (dirs.rundir, dirs.fleet):
+            if old.exists() and not (old.is_dir() and _demo_made(old)):
+                raise DemoError(
+                    f"{old} exists and is not a demo's: the demo wipes its run and fleet directories "
+                    "before each run; choose another --workdir"
+                )
+        for old in (dirs.rundir, dirs.fleet):
             shutil.rmtree(old, ignore_errors=True)
         dirs.rundir.mkdir(parents=True)
+        (dirs.rundir / MADE_BY_DEMO).touch()  # the fleet is the collector's: its partitions tell it
         return dirs
 
     @property

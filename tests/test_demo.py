@@ -340,3 +340,20 @@ def test_ctrl_c_stops_everything_cleanly_on_a_given_broker(workdir, tmp_path):
         assert broker.process is not None and broker.process.poll() is None  # a given broker is left alone
     finally:
         broker.stop()
+
+
+def test_a_workdir_with_run_or_fleet_directories_of_the_users_own_is_refused_not_wiped(tmp_path):
+    from edge_ttt_demo import DemoError
+    from edge_ttt_demo.run import MADE_BY_DEMO, RunDirs
+
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "thesis.tex").write_text("a user's file")
+    with pytest.raises(DemoError, match="is not a demo's"):
+        RunDirs.fresh(tmp_path)
+    assert (tmp_path / "run" / "thesis.tex").is_file()
+    (tmp_path / "run" / "thesis.tex").unlink()
+    (tmp_path / "fleet" / "date=2026-12-05").mkdir(parents=True)  # what a demo's collector leaves
+    dirs = RunDirs.fresh(tmp_path)
+    assert (dirs.rundir / MADE_BY_DEMO).is_file() and not dirs.fleet.exists()
+    (dirs.rundir / "demo-steady-1.toml").write_text("")
+    assert RunDirs.fresh(tmp_path).rundir == dirs.rundir  # its own run directory: wiped again
