@@ -236,6 +236,13 @@ def test_the_example_config_loads_and_a_bad_one_names_its_keys(tmp_path):
     result = CliRunner().invoke(app, ["--config", str(bad)])
     assert result.exit_code == 2
     assert "collector.flush_summaries" in result.output and "collector.share_group" in result.output
+    unknown = tmp_path / "ftp.toml"  # a scheme pyarrow has no filesystem for: one line, not a traceback
+    unknown.write_text('[collector]\ndataset = "ftp://fleet/dataset"\n')
+    result = CliRunner().invoke(app, ["--config", str(unknown)])
+    assert result.exit_code == 2
+    assert (
+        "collector.dataset ftp://fleet/dataset: cannot open it (Unrecognized filesystem type" in result.output
+    )
 
 
 @pytest.fixture

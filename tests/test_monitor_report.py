@@ -148,6 +148,8 @@ def test_an_empty_or_missing_dataset_is_one_line_and_exit_2(tmp_path, command):
     result = CliRunner().invoke(monitor_app, [*command, "--dataset", str(missing)])
     assert f"{missing} is not a dataset directory. Fix: " in _one_line_error(result)
     assert not (tmp_path / "r.html").exists()
+    result = CliRunner().invoke(monitor_app, [*command, "--dataset", "ftp://fleet/dataset"])  # no such fs
+    assert "ftp://fleet/dataset: cannot open it (Unrecognized filesystem type" in _one_line_error(result)
 
 
 def test_a_folder_of_other_files_is_not_a_dataset(tmp_path):

@@ -43,8 +43,21 @@ def _rules(config: Path | None) -> AlertsSection:
         fail(f"--config: {exc}")
 
 
+def _unreachable(what: str, exc: Exception) -> str:
+    """One line for a dataset location that cannot be opened: a scheme pyarrow has no filesystem
+    for, a bucket it cannot reach."""
+    return (
+        f"{what}: cannot open it ({str(exc).splitlines()[0]}). Fix: give a local directory or a URI "
+        "that pyarrow opens (s3://, gs://, hdfs://), reachable from here with its credentials"
+    )
+
+
 def _require(location: str) -> None:
-    if not dataset.exists(location):
+    try:
+        found = dataset.exists(location)
+    except (pa.ArrowException, OSError) as exc:
+        fail(_unreachable(location, exc))
+    if not found:
         fail(
             f"{location} is not a dataset directory. Fix: pass the directory that `edge-ttt collect` "
             "writes (its config's collector.dataset), or run the collector first"
@@ -84,10 +97,15 @@ def collect_command(
         fail(f"--config: {exc}")
     except DirInUse as exc:
         fail(str(exc))
+    except (pa.ArrowException, OSError) as exc:
+        fail(_unreachable(f"collector.dataset {c.dataset}", exc))
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # SIGHUP: its terminal went away
         signal.signal(sig, lambda *_: stop.set())
-    collector = Collector(cfg)
+    try:
+        collector = Collector(cfg)  # reads the ids already stored
+    except (pa.ArrowException, OSError) as exc:
+        fail(_unreachable(f"collector.dataset {c.dataset}", exc))
 
     def announce() -> None:  # one line once subscribed: from then on nothing published is missed
         if collector.subscribed.wait(60):
