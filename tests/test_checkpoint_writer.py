@@ -95,19 +95,21 @@ def test_a_snapshot_the_disk_refuses_is_written_later_unless_a_newer_one_replace
 
 
 def test_the_state_files_are_bounded_in_number_the_least_recently_written_go(tmp_path):
-    (tmp_path / "old.npz").write_bytes(b"an older agent's")  # found at the start, oldest
-    (tmp_path / ".a.npz.x1y2.tmp").write_bytes(b"a killed agent's half-written file")
+    (tmp_path / "old__0.npz").write_bytes(b"an older agent's")  # found at the start, oldest
+    (tmp_path / ".a__0.npz.x1y2.tmp").write_bytes(b"a killed agent's half-written file")
     (tmp_path / "status.json").write_text("{}")  # not a state file
+    (tmp_path / "data.npz").write_bytes(b"a user's arrays")  # not the agent's: never pruned
     writer = CheckpointWriter(tmp_path, max_files=3)
-    assert not (tmp_path / ".a.npz.x1y2.tmp").exists()
+    assert not (tmp_path / ".a__0.npz.x1y2.tmp").exists()
     for name in ("a", "b", "a", "c", "d"):  # a rewritten: newer than b
-        writer.submit(tmp_path / f"{name}.npz", snap(1.0))
+        writer.submit(tmp_path / f"{name}__0.npz", snap(1.0))
         assert wait_for(lambda: writer.pending() == 0)
     assert writer.close(1.0) == 0
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.npz", "c.npz", "d.npz", "status.json"]
-    assert writer.pruned == 2  # old.npz, then b.npz
+    kept = ["a__0.npz", "c__0.npz", "d__0.npz", "data.npz", "status.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == kept
+    assert writer.pruned == 2  # old__0.npz, then b__0.npz
     again = CheckpointWriter(tmp_path, max_files=2)  # a restart reads the order from the files' times
-    again.submit(tmp_path / "e.npz", snap(1.0))
+    again.submit(tmp_path / "e__0.npz", snap(1.0))
     assert wait_for(lambda: again.pruned == 2)
     assert again.close(1.0) == 0
-    assert sorted(p.name for p in tmp_path.glob("*.npz")) == ["d.npz", "e.npz"]
+    assert sorted(p.name for p in tmp_path.glob("*.npz")) == ["d__0.npz", "data.npz", "e__0.npz"]

@@ -62,6 +62,15 @@ def state_path(state_dir: Path, device: str, stream: str) -> Path:
     return Path(state_dir) / f"{readable}~{digest}.npz"
 
 
+def _is_state_file(name: str) -> bool:
+    """A name `state_path` gives (other .npz files in the directory are not the agent's to prune).
+
+    >>> [_is_state_file(n) for n in ("dev-a__0.npz", "node_1__0~1cc44d0caa0099e3444b.npz", "data.npz")]
+    [True, True, False]
+    """
+    return name.endswith(".npz") and ("__" in name or "~" in name)
+
+
 def stamped(snapshot: Snapshot, device: str, stream: str) -> Snapshot:
     """The snapshot with its (device, stream) in the metadata, which `restore` checks."""
     arrays, meta = snapshot
@@ -107,9 +116,12 @@ class CheckpointWriter(BackgroundWriter):
 
     def __init__(self, state_dir: Path, max_files: int, max_pending: int = 256) -> None:
         self.max_files, self.pruned = max_files, 0
-        for temporary in Path(state_dir).glob(".*.npz.*.tmp"):  # `atomic_write`'s names
-            temporary.unlink(missing_ok=True)
-        found = sorted(Path(state_dir).glob("*.npz"), key=lambda p: p.stat().st_mtime_ns)
+        for temporary in Path(state_dir).glob(".*.npz.*.tmp"):  # `atomic_write`'s: .<name>.<random>.tmp
+            target = temporary.name[1:].rsplit(".", 2)[0]
+            if _is_state_file(target):
+                temporary.unlink(missing_ok=True)
+        found = [p for p in Path(state_dir).glob("*.npz") if _is_state_file(p.name)]
+        found.sort(key=lambda p: p.stat().st_mtime_ns)
         self._files: OrderedDict[Path, None] = OrderedDict.fromkeys(found)  # oldest written first
         super().__init__(max_pending)
 
