@@ -19,6 +19,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Strict, ValidationEr
 from pydantic_core import ErrorDetails
 
 from edge_ttt.logs import show
+from edge_ttt.ranges import BOUNDS, bounds_of, describe
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -157,7 +158,6 @@ _EXPECTED = {
     "path_type": "a path (a string)",
     "finite_number": "a finite number",
 }
-_BOUNDS = {"gt": "greater than {}", "ge": "at least {}", "lt": "less than {}", "le": "at most {}"}
 _PASSWORD = (
     "a password is never written in the configuration; name an environment variable that holds it "
     "with mqtt.password_env, or a file with mqtt.password_file"
@@ -187,10 +187,8 @@ def explain(error: ErrorDetails, section_model: SectionModel) -> str:
     if kind in {"greater_than", "greater_than_equal", "less_than", "less_than_equal"}:
         # The field's bounds together ("between 0 and 1"); the error's own for a type that hides
         # them (an optional value).
-        bounds = _bounds(loc, section_model) or " and ".join(
-            _BOUNDS[k].format(v) for k, v in ctx.items() if k in _BOUNDS
-        )
-        return f"must be {bounds}, {got}"
+        bounds = _bounds(loc, section_model) or {k: v for k, v in ctx.items() if k in BOUNDS}
+        return f"must be {describe(bounds)}, {got}"
     return f"{error['msg']}, {got}"
 
 
@@ -206,9 +204,5 @@ def _unknown_key(loc: tuple[Any, ...], section_model: SectionModel) -> str:
     return f"unknown key; {hint}allowed in {where}: {', '.join(allowed) or 'none'}"
 
 
-def _bounds(loc: tuple[Any, ...], section_model: SectionModel) -> str:
-    field = _keys(section_model(loc[:-1]))[loc[-1]]
-    bounds = {k: getattr(m, k) for m in field.metadata for k in _BOUNDS if getattr(m, k, None) is not None}
-    if "ge" in bounds and "le" in bounds:
-        return f"between {bounds['ge']} and {bounds['le']}"
-    return " and ".join(_BOUNDS[k].format(v) for k, v in bounds.items())
+def _bounds(loc: tuple[Any, ...], section_model: SectionModel) -> dict[str, Any]:
+    return bounds_of(_keys(section_model(loc[:-1]))[loc[-1]].metadata)

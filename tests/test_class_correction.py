@@ -144,5 +144,5 @@ def test_class_moments_of_the_wrong_shape_are_refused(bundle_dir: Path):
 
 @pytest.mark.parametrize("value", [-0.1, 1.5])
 def test_a_correction_outside_0_to_1_is_refused(value: float):
-    with pytest.raises(ValueError, match="class_correction must be from 0 to 1"):
+    with pytest.raises(ValueError, match=r"class_correction must be between 0\.0 and 1\.0, got"):
         Steady.Options(class_correction=value)

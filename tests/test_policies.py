@@ -70,6 +70,25 @@ def test_the_config_schema_is_the_options_dataclass(policy: str):
     assert set(schema) == {f.name for f in dataclasses.fields(options)} | episodic
 
 
+@pytest.mark.parametrize("policy", sorted(POLICY_TYPES))
+def test_every_option_range_is_checked_without_a_configuration(policy: str):
+    """The API path (Engine(options=...)) refuses what the configuration refuses, from the same
+    ranges: each ranged field past each of its bounds, and NaN."""
+    from edge_ttt.ranges import hint_bounds
+
+    options = POLICY_TYPES[policy].Options
+    hints = get_type_hints(options, include_extras=True)
+    for field in dataclasses.fields(options):
+        bounds = hint_bounds(hints[field.name])
+        for bad in [
+            *(v - 1 for k, v in bounds.items() if k in ("gt", "ge")),
+            *(v + 1 for k, v in bounds.items() if k in ("lt", "le")),
+            *([float("nan")] if bounds else []),
+        ]:
+            with pytest.raises(ValueError, match=rf"^{field.name} must be "):
+                options(**{field.name: bad})
+
+
 def test_option_values_are_checked_by_the_options_themselves():
     with pytest.raises(ValueError, match=r"snapshot_every \(12\) must be a multiple of watch_every \(8\)"):
         POLICY_TYPES["steady"].Options(snapshot_every=12)

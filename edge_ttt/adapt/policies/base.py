@@ -11,11 +11,12 @@ the config schema is built, so a new option is one field, validated in `__post_i
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Annotated, ClassVar
+from typing import Annotated, ClassVar, get_type_hints
 
 import numpy as np
 from annotated_types import Ge, Gt, Interval
@@ -26,6 +27,7 @@ from edge_ttt.adapt.optim import Arrays
 from edge_ttt.adapt.ort_model import OrtModel, Stats
 from edge_ttt.adapt.outputs import Outputs
 from edge_ttt.manifest import Manifest
+from edge_ttt.ranges import describe, hint_bounds, within
 
 STAT_MOMENTUM = 0.002  # weight of one window in the moment EMAs: a horizon of about 500 windows
 STAT_PRIOR_WINDOWS = 100.0  # the source statistics count as this many windows
@@ -68,7 +70,17 @@ class Policy:
 
     @dataclass(frozen=True)
     class Options:
-        """The policy's knobs (none here); the config's `[model.options]` are these fields."""
+        """The policy's knobs (none here); the config's `[model.options]` are these fields. Each
+        policy's `Options` derives from this one: the ranges its fields' types carry are checked
+        here (the configuration reads the same ranges and names the key); a subclass checks only
+        how its fields go together, after calling this."""
+
+        def __post_init__(self) -> None:
+            hints = get_type_hints(type(self), include_extras=True)
+            for f in dataclasses.fields(self):
+                bounds, value = hint_bounds(hints[f.name]), getattr(self, f.name)
+                if bounds and value is not None and not within(value, bounds):
+                    raise ValueError(f"{f.name} must be {describe(bounds)}, got {value}")
 
     def __init__(self, model: OrtModel, counters: Counters, options: Options | None = None) -> None:
         self.options = self.Options() if options is None else options

@@ -28,7 +28,7 @@ class Norm(Policy):
     keeps_stats = True
 
     @dataclass(frozen=True)
-    class Options:
+    class Options(Policy.Options):
         momentum: Rate = STAT_MOMENTUM
         prior_windows: Positive | None = STAT_PRIOR_WINDOWS
 

@@ -42,7 +42,7 @@ class Note(Policy):
     keeps_stats = True
 
     @dataclass(frozen=True)
-    class Options:
+    class Options(Policy.Options):
         """The paper's values (its tta.sh for NOTE)."""
 
         alpha: NonNegative = 4.0  # standard errors within which IABN keeps the base statistics (iabn_k)
@@ -51,12 +51,6 @@ class Note(Policy):
         lr: NonNegative = 1e-4  # Adam
         bn_momentum: Rate = 0.01  # per step, running statistics -> memory batch statistics
         lengths: tuple[int, ...] | None = None  # per batch norm; None: the manifest's (or the graph's)
-
-        def __post_init__(self) -> None:
-            if self.memory < 1 or self.update_every < 1:
-                raise ValueError(f"need memory, update_every >= 1: {self.memory}, {self.update_every}")
-            if self.alpha < 0 or not 0.0 < self.bn_momentum <= 1.0:
-                raise ValueError(f"need alpha >= 0, bn_momentum in (0, 1]: {self.alpha}, {self.bn_momentum}")
 
     def __init__(self, model: OrtModel, counters: Counters, options: Options | None = None) -> None:
         super().__init__(model, counters, options)

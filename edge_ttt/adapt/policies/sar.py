@@ -31,7 +31,7 @@ class Sar(Policy):
     reset_below = 0.2
 
     @dataclass(frozen=True)
-    class Options:
+    class Options(Policy.Options):
         lr: NonNegative | None = None  # None: the paper's rate for the batch size
 
     def __init__(self, model: OrtModel, counters: Counters, options: Options | None = None) -> None:

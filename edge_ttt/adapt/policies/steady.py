@@ -63,7 +63,7 @@ class Steady(Policy):
     keeps_stats = True
 
     @dataclass(frozen=True)
-    class Options:
+    class Options(Policy.Options):
         """Thresholds on entropy are quantiles of the source's own."""
 
         stat_momentum: Rate = STAT_MOMENTUM
@@ -84,11 +84,8 @@ class Steady(Policy):
         class_correction: Share = 0.85  # share of a window's predicted-class offset taken off its moments
 
         def __post_init__(self) -> None:
-            if not 0.0 <= self.class_correction <= 1.0:
-                raise ValueError(f"class_correction must be from 0 to 1, got {self.class_correction}")
-            if self.step_every < 1:
-                raise ValueError(f"step_every must be 1 or more, got {self.step_every}")
-            if self.watch_every < 1 or self.snapshot_every % self.watch_every:
+            super().__post_init__()
+            if self.snapshot_every % self.watch_every:
                 raise ValueError(
                     f"snapshot_every ({self.snapshot_every}) must be a multiple of "
                     f"watch_every ({self.watch_every})"

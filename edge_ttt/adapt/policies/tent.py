@@ -25,7 +25,7 @@ class Tent(Policy):
     loss = "entropy"
 
     @dataclass(frozen=True)
-    class Options:
+    class Options(Policy.Options):
         lr: NonNegative = 1e-3
 
     def __init__(self, model: OrtModel, counters: Counters, options: Options | None = None) -> None:

@@ -39,6 +39,7 @@ from edge_ttt.adapt.policies.base import (
     STAT_PRIOR_WINDOWS,
     Count,
     NonNegative,
+    Policy,
     Positive,
     Rate,
 )
@@ -60,7 +61,7 @@ class TestTimeTraining(Norm):
     loss = "auxiliary"
 
     @dataclass(frozen=True)
-    class Options:
+    class Options(Policy.Options):
         lr: NonNegative = 1e-3
         steps: Count = 1
         optimizer: Literal["sgd", "adam"] = "sgd"
@@ -72,10 +73,7 @@ class TestTimeTraining(Norm):
         episode_prior: NonNegative = EPISODE_PRIOR_WINDOWS
 
         def __post_init__(self) -> None:
-            if self.steps < 1:
-                raise ValueError(f"steps must be at least 1, got {self.steps}")
-            if not self.episode_prior >= 0:
-                raise ValueError(f"episode_prior must be at least 0 (windows), got {self.episode_prior}")
+            super().__post_init__()
             if self.stats not in ("balanced", "ema", "source"):
                 raise ValueError(f"stats must be 'balanced', 'ema' or 'source', got {self.stats!r}")
 

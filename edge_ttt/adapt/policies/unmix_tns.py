@@ -42,7 +42,7 @@ class UnmixTns(Policy):
     keeps_stats = True
 
     @dataclass(frozen=True)
-    class Options:
+    class Options(Policy.Options):
         """The paper's defaults: K = 16, temperature 0.07, spread (alpha) 0.5, the source
         model's batch-norm momentum 0.1 per reference batch of 64 windows."""
 
@@ -53,19 +53,6 @@ class UnmixTns(Policy):
         momentum: Rate = 0.1  # per `reference_batch` windows: 0.0016 per window
         reference_batch: Count = 64
         seed: int = 0  # of the components' starting scatter
-
-        def __post_init__(self) -> None:
-            if self.components < 1 or self.reference_batch < 1:
-                raise ValueError(
-                    f"components ({self.components}) and reference_batch ({self.reference_batch}) "
-                    "must be at least 1"
-                )
-            if not self.temperature > 0.0:
-                raise ValueError(f"temperature must be positive, got {self.temperature}")
-            if not 0.0 <= self.spread < 1.0:
-                raise ValueError(f"spread must be in [0, 1), got {self.spread}")
-            if not 0.0 < self.momentum <= 1.0:
-                raise ValueError(f"momentum must be in (0, 1], got {self.momentum}")
 
     def __init__(self, model: OrtModel, counters: Counters, options: Options | None = None) -> None:
         super().__init__(model, counters, options)
