@@ -241,6 +241,13 @@ def test_memory_stays_bounded_whatever_the_chunks_claim():
     s = summary()  # a genuine summary still goes through
     data = to_parquet([s])
     assert [receiver.accept(m) for m in encode_chunks(s.summary_id, data, 500)][-1] is not None
+    # Many files that never complete, of empty chunks too: all of them together stay in the bound.
+    crowd = Receiver(max_partial=10**6, max_bytes=100_000)
+    for n in range(3_000):
+        crowd.accept(_message(0, 3, 2_000, b"x" * 900, summary_id=f"f{n}"))
+        crowd.accept(_message(n % 2 + 1, 3, 2_000, b"", summary_id=f"f{n}"))
+    assert crowd.held <= 100_000 and crowd.counters.evicted > 2_900
+    assert crowd.held == sum(len(d) + 64 for parts in crowd._partial.values() for d in parts.values())
 
 
 def test_a_file_leaves_the_spool_only_after_the_collector_acknowledged_it(home_broker, tmp_path):

@@ -71,25 +71,28 @@ class ReceiverCounters:
     accepted: int = 0
 
 
-MAX_SUMMARY_BYTES = 16 * 2**20  # a summary file is kilobytes; this is far beyond any real one
+MAX_PARTIAL_BYTES = 16 * 2**20  # a summary file is kilobytes: room for hundreds waiting at once
+PART_COST = 64  # bytes charged per chunk held besides its data: empty chunks are not free
 
 
 class Receiver:
     """Payloads in, each new verified summary table out, once.
 
-    Memory is bounded whatever arrives: at most `max_partial` incomplete files, each at most
-    `max_bytes` (a header that declares more, or chunks that add up to more than their header
-    declared, drop the file: `too_large`)."""
+    Memory is bounded whatever arrives: the incomplete files together hold at most `max_bytes`
+    (each chunk charged its data and `PART_COST`) and number at most `max_partial`, the oldest
+    going first (`evicted`); a header that declares a file over `max_bytes`, or chunks that add up
+    to more than their header declared, drop the file (`too_large`)."""
 
     def __init__(
-        self, seen: set[str] | None = None, max_partial: int = 256, max_bytes: int = MAX_SUMMARY_BYTES
+        self, seen: set[str] | None = None, max_partial: int = 256, max_bytes: int = MAX_PARTIAL_BYTES
     ) -> None:
         self.seen: set[str] = set() if seen is None else seen
         self.max_partial = max_partial
         self.max_bytes = max_bytes
+        self.held = 0  # bytes charged for every incomplete file's chunks
         self.counters = ReceiverCounters()
         self._partial: OrderedDict[tuple[str, str, int], dict[int, bytes]] = OrderedDict()
-        self._sizes: dict[tuple[str, str, int], int] = {}  # bytes held per incomplete file
+        self._sizes: dict[tuple[str, str, int], int] = {}  # data bytes per incomplete file
 
     def accept(self, payload: bytes) -> pa.Table | None:
         """The summary table when this message completes a new, intact summary; else None."""
@@ -127,15 +130,17 @@ class Receiver:
         key = (chunk.summary_id, chunk.sha256, chunk.count)  # a re-send may be chunked differently
         parts = self._partial.setdefault(key, {})
         self._partial.move_to_end(key)
-        held = self._sizes.get(key, 0) - len(parts.get(chunk.index, b"")) + len(chunk.data)
-        if held > chunk.size:  # more than the file it claims to be: it will never verify
+        old = parts.get(chunk.index)
+        size = self._sizes.get(key, 0) + len(chunk.data) - (0 if old is None else len(old))
+        if size > chunk.size:  # more than the file it claims to be: it will never verify
             self._forget(key)
             self.counters.too_large += 1
             return None
+        self.held += size - self._sizes.get(key, 0) + (PART_COST if old is None else 0)
         parts[chunk.index] = chunk.data
-        self._sizes[key] = held
+        self._sizes[key] = size
         if len(parts) < chunk.count:
-            while len(self._partial) > self.max_partial:
+            while len(self._partial) > self.max_partial or self.held > self.max_bytes:
                 self._forget(next(iter(self._partial)))
                 self.counters.evicted += 1
             return None
@@ -143,5 +148,5 @@ class Receiver:
         return b"".join(parts[i] for i in range(chunk.count))
 
     def _forget(self, key: tuple[str, str, int]) -> None:
-        del self._partial[key]
-        self._sizes.pop(key, None)
+        parts = self._partial.pop(key)
+        self.held -= self._sizes.pop(key, 0) + PART_COST * len(parts)
