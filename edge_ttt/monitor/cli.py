@@ -92,7 +92,8 @@ def collect_command(
     try:
         cfg = load_monitor_config(config)
         c = cfg.collector
-        dataset.hold(c.dataset, f"collector '{c.client_id}'", c.share_group is not None)  # while it runs
+        # while it runs; opening the dataset's filesystem here also finds a location out of reach
+        dataset.hold(c.dataset, f"collector '{c.client_id}'", c.share_group is not None)
     except ConfigError as exc:
         fail(f"--config: {exc}")
     except DirInUse as exc:
@@ -102,10 +103,7 @@ def collect_command(
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # SIGHUP: its terminal went away
         signal.signal(sig, lambda *_: stop.set())
-    try:
-        collector = Collector(cfg)  # reads the ids already stored
-    except (pa.ArrowException, OSError) as exc:
-        fail(_unreachable(f"collector.dataset {c.dataset}", exc))
+    collector = Collector(cfg)
 
     def announce() -> None:  # one line once subscribed: from then on nothing published is missed
         if collector.subscribed.wait(60):
