@@ -98,15 +98,17 @@ class Recorder:
                 f"no frame has {len(channels)} channels (frames have {widths}); give --channels their names"
             )
         period = Counter(f.period_ns for _, f in fitting).most_common(1)[0][0]
-        rate_fits = lambda frame: abs(frame.period_ns - period) <= RATE_TOLERANCE * period  # noqa: E731
-        misfits: Counter[tuple[str, str]] = Counter()
-        for (device, _, _), frame in items:
+        self.misfits = Counter()
+        kept = []
+        for item in items:
+            (device, _, _), frame = item
             if frame.n_channels != len(channels):
-                misfits[device, f"{frame.n_channels} channels, not {len(channels)}"] += 1
-            elif not rate_fits(frame):
-                misfits[device, f"{1e9 / frame.period_ns:g} Hz, not the log's {1e9 / period:g} Hz"] += 1
-        self.misfits = misfits
-        items = [item for item in fitting if rate_fits(item[1])]
+                self.misfits[device, f"{frame.n_channels} channels, not {len(channels)}"] += 1
+            elif abs(frame.period_ns - period) > RATE_TOLERANCE * period:
+                self.misfits[device, f"{1e9 / frame.period_ns:g} Hz, not the log's {1e9 / period:g} Hz"] += 1
+            else:
+                kept.append(item)
+        items = kept
         ids = np.concatenate([np.full(f.n_samples, device, dtype=object) for (device, _, _), f in items])
         t_ns = np.concatenate([f.times() for _, f in items])
         values = np.concatenate([f.values for _, f in items])
