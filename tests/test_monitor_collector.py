@@ -15,6 +15,7 @@ import pytest
 import typer
 from paho.mqtt.enums import CallbackAPIVersion
 
+from edge_ttt.drift.acks import ack_topic
 from edge_ttt.drift.schema import to_parquet
 from edge_ttt.drift.shipper import drift_topic, encode_chunks
 from edge_ttt.drift.summary import DriftSummary, SummaryCollector
@@ -347,3 +348,41 @@ def test_rows_stored_twice_are_read_once_and_compaction_writes_each_once(tmp_pat
     assert dataset.compact(location) == {"date=2023-11-14": 5}
     assert sorted(stored_ids(location)) == unique  # each once, in one file
     assert len(dataset.open_dataset(location).files) == 1
+
+
+def test_a_collector_stopped_with_summaries_buffered_writes_and_acknowledges_them(broker, tmp_path, caplog):
+    """Stopped cleanly (SIGTERM, SIGHUP, Ctrl-C) with a batch not yet due: the batch is written and
+    acknowledged, to the agents and to the broker, before the collector disconnects, so nothing
+    comes again; and its own disconnect is not logged as a lost connection."""
+    location = str(tmp_path / "fleet")
+    cfg = config(broker.port, location, client_id="stopper")
+    not_due = cfg.collector.model_copy(update={"flush_summaries": 1000, "flush_s": 3600.0})
+    cfg = cfg.model_copy(update={"collector": not_due})
+    acks: list[str] = []
+    agents = publisher(broker.port)
+    agents.on_message = lambda _c, _u, msg: acks.append(msg.topic)
+    agents.subscribe(ack_topic(drift_topic("edge-ttt", "+")), qos=1)
+    made = [make_summary("dev-s", T0 + i * 60, seed=i) for i in range(3)]
+    running = Running(cfg)
+    try:
+        for s in made:
+            publish(agents, "dev-s", messages(s, chunk_bytes=10**6))
+        assert wait_for(lambda: running.collector.receiver.counters.accepted == 3)
+        assert stored_ids(location) == []  # buffered, not yet due
+        with caplog.at_level("WARNING", logger="edge_ttt.stream.connection"):
+            running.stop()
+        assert not running.thread.is_alive()
+        assert sorted(stored_ids(location)) == sorted(s.summary_id for s in made)
+        assert wait_for(lambda: acks == [ack_topic(drift_topic("edge-ttt", "dev-s"))])
+        assert not [r for r in caplog.records if "connection lost" in r.getMessage()]
+        # the broker was acknowledged too: the persistent session holds nothing to deliver again
+        restarted = Running(cfg)
+        try:
+            time.sleep(1.5)
+            assert restarted.collector.receiver.counters.duplicates == 0
+            assert restarted.collector.receiver.counters.messages == 0
+        finally:
+            restarted.stop()
+    finally:
+        agents.disconnect()
+        agents.loop_stop()

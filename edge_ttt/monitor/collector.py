@@ -69,12 +69,15 @@ class Collector:
         self.link = ConnectionState(broker, cfg.collector.client_id, "collector.client_id")
         self.client.on_connect = self._connected
         self.client.on_connect_fail = lambda *_: self.link.connect_failed(sys.exc_info()[1])
-        self.client.on_disconnect = lambda _c, _u, flags, reason_code, _p: self.link.closed(
-            reason_code, flags.is_disconnect_packet_from_server
-        )
+        self.client.on_disconnect = self._disconnected
         self.client.on_subscribe = lambda *_: self.subscribed.set()
         self.client.on_message = lambda _c, _u, msg: self._on_message(msg)
         self.acks_sent = 0  # acknowledgement messages to agents
+        self._closing = False
+
+    def _disconnected(self, _client, _userdata, flags, reason_code, _properties) -> None:
+        if not self._closing:  # our own disconnect at the end is not a lost connection
+            self.link.closed(reason_code, flags.is_disconnect_packet_from_server)
 
     def start(self) -> None:
         connect_in_background(self.client, self.cfg.mqtt)
@@ -191,6 +194,11 @@ class Collector:
         self._stop.set()
 
     def close(self) -> None:
+        """Write what is buffered and acknowledge it while still connected (else the broker and
+        the agents would send it all again), then disconnect. What arrives meanwhile is written
+        too, unacknowledged: the broker delivers it again and the next run counts a duplicate."""
+        self._closing = True
+        self.flush()
         self.client.disconnect()
         self.client.loop_stop()
         self.flush()
