@@ -363,6 +363,7 @@ def test_a_collector_stopped_with_summaries_buffered_writes_and_acknowledges_the
     agents.on_message = lambda _c, _u, msg: acks.append(msg.topic)
     agents.subscribe(ack_topic(drift_topic("edge-ttt", "+")), qos=1)
     made = [make_summary("dev-s", T0 + i * 60, seed=i) for i in range(3)]
+    began = time.time()
     running = Running(cfg)
     try:
         for s in made:
@@ -373,6 +374,9 @@ def test_a_collector_stopped_with_summaries_buffered_writes_and_acknowledges_the
             running.stop()
         assert not running.thread.is_alive()
         assert sorted(stored_ids(location)) == sorted(s.summary_id for s in made)
+        # stamped with when the collector took them (the agents' clocks may be off)
+        stamps = dataset.read(location, ["received"]).column("received").to_pylist()
+        assert all(began <= t.timestamp() <= time.time() for t in stamps)
         assert wait_for(lambda: acks == [ack_topic(drift_topic("edge-ttt", "dev-s"))])
         assert not [r for r in caplog.records if "connection lost" in r.getMessage()]
         # the broker was acknowledged too: the persistent session holds nothing to deliver again

@@ -10,6 +10,7 @@ from itertools import pairwise
 import numpy as np
 import pyarrow as pa
 
+from edge_ttt.monitor.clocks import clock_problem, duration, seconds, stamp
 from edge_ttt.monitor.config import AlertsSection
 from edge_ttt.monitor.estimates import COLUMNS as ESTIMATE_COLUMNS
 from edge_ttt.monitor.estimates import Estimates, fleet_estimates
@@ -29,13 +30,14 @@ COLUMNS = [
     "entropy_counts",
     "channels",
     "model_sha256",
+    "received",
     *(c for c in ESTIMATE_COLUMNS if c != "windows"),
 ]
 
 
 @dataclass(frozen=True)
 class Alert:
-    rule: str  # psi, accuracy, resets, entropy, silent
+    rule: str  # psi, accuracy, resets, entropy, silent, clock
     device: str
     value: float
     message: str
@@ -142,9 +144,23 @@ def _device_alerts(
                     f"{rules.entropy_intervals} intervals",
                 )
             )
-    silent = now - rows[-1]["interval_end"].timestamp()
+    own = intervals.table.slice(scores.start, scores.stop - scores.start)
+    ends, received = seconds(own, "interval_end"), seconds(own, "received")
+    clock = clock_problem(float(ends[-1]), float(received[-1]), now, rules.clock_skew_s)
+    if clock is not None:
+        out.append(Alert("clock", device, clock[0], clock[1]))
+    # silence by the collector's clock where it stamped the summaries: the device's own can be off
+    stamped = not np.isnan(received).all()
+    heard = float(np.nanmax(received)) if stamped else float(ends[-1])
+    silent = now - heard
     if silent > rules.silent_s:
         out.append(
-            Alert("silent", device, silent, f"no summary for {silent:.0f} s (> {rules.silent_s:.0f} s)")
+            Alert(
+                "silent",
+                device,
+                silent,
+                f"no summary for {duration(silent)} (> {duration(rules.silent_s)}), "
+                f"the last {'received' if stamped else 'dated'} {stamp(heard)}",
+            )
         )
     return out

@@ -45,6 +45,12 @@ MAX_UNACKED = 16
 ACK_IDS_PER_MESSAGE = 500  # about 18 kB of ids per acknowledgement
 
 
+def received(table: pa.Table, now: float) -> pa.Table:
+    """The summary stamped with when the collector took it (the fleet's clock, not the agent's)."""
+    stamp = pa.array([round(now * 1e6)] * table.num_rows, pa.int64()).cast(dataset.RECEIVED.type)
+    return table.append_column(dataset.RECEIVED, stamp)
+
+
 class Collector:
     def __init__(self, cfg: MonitorConfig) -> None:
         self.cfg = cfg
@@ -108,7 +114,7 @@ class Collector:
                 summary_id, last_chunk = None, False
             ack_now: list[int] = []
             if table is not None:
-                self._pending.append(table)
+                self._pending.append(received(table, time.time()))
                 self._to_ack += [*self._unacked.pop(str(summary_id), []), mid]
                 if topic is not None:
                     self._batch_ids[str(summary_id)] = topic

@@ -56,6 +56,14 @@ class AlertsSection(Section):
     entropy_rise: float = Field(0.6, gt=0, description="nats the mean entropy rose over the window")
     entropy_intervals: int = Field(4, ge=2, description="latest intervals, each mean entropy above the last")
     silent_s: float = Field(900.0, gt=0, description="no summary for this long: device silent")
+    clock_skew_s: float = Field(
+        3600.0, gt=0, description="latest summary dated further than this from its arrival: clock off"
+    )
+    max_late_s: float = Field(
+        2_592_000.0,
+        gt=0,
+        description="summaries dated longer than this before they arrived are not drawn on time plots",
+    )
     accuracy_loss: float = Field(
         0.15, gt=0, le=1, description="estimated accuracy below the reference by more: device losing accuracy"
     )

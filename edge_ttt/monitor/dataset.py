@@ -2,7 +2,9 @@
 end (`date=YYYY-MM-DD/part-<uuid>.parquet`), on a local disk or any filesystem pyarrow opens.
 
 Rows are the drift summary schema (edge_ttt/drift/schema.py) plus `device_id`, a copy of
-`device` under the name fleet tools expect; `date` lives in the directory names only.
+`device` under the name fleet tools expect, and `received`, when the collector took the summary
+(null in rows stored before it was kept: an agent's clock can be years off, the collector's is
+the fleet's); `date` lives in the directory names only.
 
 A file that cannot be read (truncated or corrupted on its disk, or a stray file someone put there)
 must not hide the rest of the fleet: every read tries the whole dataset first (no extra cost), and
@@ -34,7 +36,8 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 _named: set[str] = set()  # unreadable files already warned of by this process: once each
 
-FILE_SCHEMA = SCHEMA.append(pa.field("device_id", pa.string(), nullable=False))
+RECEIVED = pa.field("received", pa.timestamp("us", tz="UTC"))
+FILE_SCHEMA = SCHEMA.append(pa.field("device_id", pa.string(), nullable=False)).append(RECEIVED)
 PARTITIONING = ds.partitioning(pa.schema([("date", pa.string())]), flavor="hive")
 
 
@@ -57,9 +60,16 @@ def hold(location: str, owner: str, shared: bool) -> DirLock | None:
 
 
 def rows(table: pa.Table) -> pa.Table:
-    """Accepted summaries in the dataset's columns."""
+    """Accepted summaries in the dataset's columns; `received` kept where the table has it."""
+    received = (
+        table.column(RECEIVED.name).cast(RECEIVED.type)
+        if RECEIVED.name in table.column_names
+        else pa.nulls(table.num_rows, RECEIVED.type)
+    )
     table = conform(table)
-    return table.append_column(FILE_SCHEMA.field("device_id"), table.column("device"))
+    return table.append_column(FILE_SCHEMA.field("device_id"), table.column("device")).append_column(
+        RECEIVED, received
+    )
 
 
 ROW_GROUP_ROWS = 16_384  # compacted files: row groups of devices in order, which a device filter skips

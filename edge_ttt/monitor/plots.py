@@ -54,23 +54,31 @@ def band(share: np.ndarray, windows: np.ndarray) -> tuple[np.ndarray, np.ndarray
     return 100 * np.clip(share - spread, 0, 1), 100 * np.clip(share + spread, 0, 1)
 
 
-def accuracy_over_time(ranked: list[DeviceHealth], intervals: Intervals, span: int) -> str | None:
+def accuracy_over_time(
+    ranked: list[DeviceHealth], intervals: Intervals, span: int, drawn: np.ndarray
+) -> str | None:
     """Per top-ranked device, the served and source estimates at each interval (each over the latest
-    `span` windows up to it) and the reference; None when no device has an estimate."""
+    `span` windows up to it) and the reference; None when no device has an estimate. `drawn`: per
+    interval, whether its time can be believed (`clocks.plottable`); the others are left out."""
     shown = [h for h in ranked if h.estimated_accuracy is not None][:ACCURACY_DEVICES]
     if not shown:
         return None
     fig, axes = small_multiples(len(shown), 4, 2.4, sharey=True)
     for ax, h in zip(axes.flat, shown, strict=False):
         i = intervals.devices.index(h.device)
-        ends, estimates = _ends(intervals, intervals.scores(i)), rolling(intervals, i, span)
+        at, estimates = intervals.scores(i), rolling(intervals, i, span)
+        keep = drawn[at]
+        if not keep.any():
+            ax.text(0.5, 0.5, "not drawn: its clock is off\n(see its clock alert)", ha="center",
+                    va="center", transform=ax.transAxes, color="grey")  # fmt: skip
+        ends = _ends(intervals, at)[keep]
         for values, label in (
-            (estimates.served, "served (estimate)"),
-            (estimates.source, "source model (estimate)"),
+            (estimates.served[keep], "served (estimate)"),
+            (estimates.source[keep], "source model (estimate)"),
         ):
             (line,) = ax.plot(ends, 100 * values, marker=".", label=label)
             ax.fill_between(
-                ends, *band(values, estimates.windows), color=line.get_color(), alpha=0.15, linewidth=0
+                ends, *band(values, estimates.windows[keep]), color=line.get_color(), alpha=0.15, linewidth=0
             )
         if h.reference_accuracy is not None:
             ax.axhline(
@@ -85,15 +93,19 @@ def accuracy_over_time(ranked: list[DeviceHealth], intervals: Intervals, span: i
 TIMELINE_DEVICES = 12  # lines in the drift-over-time plot: the top of the ranking, readable
 
 
-def timeline(ranked: list[DeviceHealth], intervals: Intervals) -> str:
+def timeline(ranked: list[DeviceHealth], intervals: Intervals, drawn: np.ndarray) -> str:
     """Drift per interval of the top-ranked devices, as the worst channel's PSI over its
-    sample-size-aware limit: above 1 the interval counts as drifted."""
+    sample-size-aware limit: above 1 the interval counts as drifted. `drawn`: as in
+    `accuracy_over_time`; one device dated 1970 would squeeze every other one into a line."""
     fig, ax = plt.subplots(figsize=(10, 4))
     for h in ranked[:TIMELINE_DEVICES]:
         at = intervals.scores(intervals.devices.index(h.device))
+        keep = drawn[at]
+        if not keep.any():  # no line and no legend entry: the report says why above the plots
+            continue
         ax.plot(
-            _ends(intervals, at),
-            intervals.drift_ratio[at],
+            _ends(intervals, at)[keep],
+            intervals.drift_ratio[at][keep],
             marker=".",
             label=shown_id(h.device),
         )

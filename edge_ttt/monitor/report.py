@@ -6,16 +6,18 @@ from __future__ import annotations
 import datetime as dt
 import math
 import os
+import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
 import jinja2
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from edge_ttt.atomic import atomic_write
-from edge_ttt.monitor import distributions
+from edge_ttt.monitor import clocks, distributions
 from edge_ttt.monitor.alerts import COLUMNS, Alert, evaluate_intervals
 from edge_ttt.monitor.config import AlertsSection
 from edge_ttt.monitor.estimates import fleet_estimates
@@ -70,6 +72,10 @@ later summaries report its losses)</li>
 <p>Accuracy lost: the reference minus the lower of the label-free estimates of the served predictions
 and of the source model, over each device's latest {{ rules.estimate_windows }} windows;
 reference: {{ summary.reference }}.</p>
+{% if undrawn %}<p id="undrawn">{{ undrawn }} summaries of {{ undrawn_devices }} devices are not drawn on
+the plots over time: dated more than {{ duration(rules.clock_skew_s) }} ahead of when they arrived,
+or more than {{ duration(rules.max_late_s) }} before; their device's clock is off (the clock alerts
+name them).</p>{% endif %}
 <h2>Alerts</h2>
 {% if alerts %}<p id="alert-counts">{% for rule, n in alert_counts %}<b>{{ n }}</b> {{ rule }}
 {%- if not loop.last %}, {% endif %}{% endfor %} ({{ alerts|length }} in all; the rules:
@@ -155,10 +161,11 @@ def render(
     top = [h.device for h in ranked[: distributions.DEVICES]]
     held = set(distributions.COLUMNS) <= set(table.column_names)
     rows = table if held else (histograms(top) if histograms is not None else None)
+    now = time.time() if now is None else now
     alerts = evaluate_intervals(intervals, rules, now, estimates)
-    stamp = (
-        dt.datetime.now(dt.timezone.utc) if now is None else dt.datetime.fromtimestamp(now, dt.timezone.utc)
-    )
+    stamp = dt.datetime.fromtimestamp(now, dt.timezone.utc)
+    ends, received = (clocks.seconds(intervals.table, c) for c in ("interval_end", "received"))
+    drawn = clocks.plottable(ends, received, now, rules.clock_skew_s, rules.max_late_s)
     html = TEMPLATE.render(
         devices=ranked,
         intervals=len(table),
@@ -169,20 +176,28 @@ def render(
         lost=_total(table, "spool_dropped"),
         missing=_total(table, "frames_missing"),
         heatmap=heatmap(ranked, intervals),
-        timeline=timeline(ranked, intervals),
+        timeline=timeline(ranked, intervals, drawn),
+        undrawn=int((~drawn).sum()),
+        undrawn_devices=len({intervals.devices[i] for i in _devices_of(intervals, ~drawn)}),
         fmt=_fmt,
         pts=_pts,
         shown=shown_id,
+        duration=clocks.duration,
         timeline_devices=TIMELINE_DEVICES,
         heatmap_devices=HEATMAP_DEVICES,
         accuracy_devices=ACCURACY_DEVICES,
-        accuracy=accuracy_over_time(ranked, intervals, rules.estimate_windows),
+        accuracy=accuracy_over_time(ranked, intervals, rules.estimate_windows, drawn),
         distribution=None if rows is None else distributions.plot(top, distributions.latest_rows(rows, top)),
         distribution_devices=len(top),
         alert_counts=sorted(Counter(a.rule for a in alerts).items()),
         open_alerts=OPEN_ALERTS,
     )
     return html, alerts
+
+
+def _devices_of(intervals: Intervals, rows: np.ndarray) -> np.ndarray:
+    """The device index of each selected row of the score arrays."""
+    return np.searchsorted(intervals.bounds, np.flatnonzero(rows), side="right") - 1
 
 
 def _total(table: pa.Table, column: str) -> int:
