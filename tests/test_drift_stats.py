@@ -151,6 +151,17 @@ def test_an_interval_closes_by_time_or_window_count_and_an_empty_one_yields_noth
     assert c.maybe_close(100.0) is None and c.maybe_close(123.0).windows == 1
 
 
+def test_a_clock_set_back_ends_the_interval_instead_of_stalling_it():
+    """Network time setting back a clock that ran a day ahead: without this, no summary for a day."""
+    c = collector(interval_s=60.0)
+    observe(c, np.zeros((3, 2, 8)))
+    assert c.maybe_close(30.0) is None
+    s = c.maybe_close(30.0 - 86_400)
+    assert s is not None and s.windows == 3 and (s.start, s.end) == (0.0, 30.0 - 86_400)
+    observe(c, np.zeros((2, 2, 8)))  # the next interval runs by the corrected clock
+    assert c.maybe_close(30.0 - 86_400 + 59) is None and c.maybe_close(30.0 - 86_400 + 60).windows == 2
+
+
 def test_latency_percentiles_come_from_a_mergeable_histogram():
     s = DriftSummary.empty(reference(), "d", "0", 0.0, "sha", "source")
     s.latency.update(np.r_[np.full(98, 2.0), 900.0, 900.0])

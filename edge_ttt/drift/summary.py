@@ -315,10 +315,12 @@ class SummaryCollector:
         )
 
     def due(self, now: float | None = None) -> bool:
-        """Whether the interval is over (by time or window count): time to `close` it."""
+        """Whether the interval is over (by time or window count): time to `close` it. A clock set
+        back (network time correcting a clock that ran ahead) ends it too: waiting for the old
+        time to come round again would leave the fleet without summaries for as long as the step."""
         now = time.time() if now is None else now
         full = self.interval_windows is not None and self.current.windows >= self.interval_windows
-        return full or now - self.current.start >= self.interval_s
+        return full or now - self.current.start >= self.interval_s or now < self.current.start
 
     def maybe_close(
         self, now: float | None = None, report: EngineReport | None = None
