@@ -18,6 +18,7 @@ from edge_ttt.agent.checkpoints import CheckpointWriter
 from edge_ttt.agent.config import AgentConfig
 from edge_ttt.agent.pipeline import AgentCounters, Pipelines, PipelineSettings, check_frame
 from edge_ttt.agent.publisher import PredictionPublisher
+from edge_ttt.agent.quiet import QuietWatch
 from edge_ttt.agent.spooler import SummarySpooler
 from edge_ttt.agent.status import StatusReporter, StatusSources, read_health, status_file
 from edge_ttt.artifacts import Bundle, load_bundle
@@ -103,6 +104,7 @@ class Agent:
             )
         self.inbox: Inbox[Message] = Inbox(cfg.queue.max_frames, cfg.queue.when_full, cfg.queue.max_bytes)
         self.counters = AgentCounters()
+        self.quiet = QuietWatch(cfg.status.quiet_warning_s)
         self.stop_event = threading.Event()
         self._warn = RateLimitedLog(log)
         self._warn_received = RateLimitedLog(log)  # paho's thread has its own
@@ -183,12 +185,27 @@ class Agent:
                 if now >= next_summaries:  # intervals are minutes: a look per second is plenty
                     self.pipelines.close_summaries(final=False)
                     next_summaries = now + SUMMARY_CHECK_S
+                    self._warn_if_quiet(now)
         finally:
             stopping = time.monotonic()
             self.write_last()
             self.ship_before_stop(self.cfg.drift.stop_timeout_s - (time.monotonic() - stopping))
             self.reporter.publish("offline")
             self.transport.stop(counters=self.status()["counters"])
+
+    def _warn_if_quiet(self, now: float) -> None:
+        c = self.counters
+        quiet_s = self.quiet.update(
+            self.transport.subscribed.is_set(), c.frames + c.unknown_topic + sum(c.rejected.values()), now
+        )
+        if quiet_s is not None:
+            fields = {"subscription": self.cfg.mqtt.subscription(), "seconds": round(quiet_s)}
+            log.warning(
+                "no sensor message since subscribing: check that the devices publish to this filter "
+                "(mqtt.prefix, mqtt.sensor_topic) and that the broker lets this client read it (an ACL "
+                "that does not is silent: mosquitto accepts the subscription and drops the messages)",
+                extra={"fields": fields},
+            )
 
     def ship_before_stop(self, budget_s: float) -> None:
         """Ship what the fleet acknowledges within what is left of `drift.stop_timeout_s` (the

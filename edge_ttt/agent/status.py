@@ -38,6 +38,9 @@ class StatusSection(Section):
     max_disconnected_s: float = Field(
         10.0, gt=0, description="health fails once the agent is not connected for longer than this"
     )
+    quiet_warning_s: float = Field(
+        300.0, ge=0, description="warn once when subscribed this long without any sensor message (0: never)"
+    )
 
 
 def status_file(state_dir: Path) -> Path:
