@@ -21,9 +21,7 @@ from tests.conftest import wait_for
 PASSWORD = "not-a-secret"
 
 
-def test_an_agent_not_allowed_to_read_the_sensors_warns_once(
-    tmp_path, bundle_dir, monkeypatch, caplog
-):
+def test_an_agent_not_allowed_to_read_the_sensors_warns_once(tmp_path, bundle_dir, monkeypatch, caplog):
     (tmp_path / "acl").write_text(
         "user agent\ntopic write edge-ttt/#\ntopic read edge-ttt/+/drift/ack\n"  # no read on dt/
         "user device\ntopic readwrite edge-ttt/#\n"
