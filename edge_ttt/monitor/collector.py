@@ -45,6 +45,9 @@ MAX_UNACKED = 16
 ACK_IDS_PER_MESSAGE = 500  # about 18 kB of ids per acknowledgement
 
 
+CLOSE_WAIT_S = 5.0  # at most, for the broker to take the last acknowledgements before disconnecting
+
+
 def received(table: pa.Table, now: float) -> pa.Table:
     """The summary stamped with when the collector took it (the fleet's clock, not the agent's)."""
     stamp = pa.array([round(now * 1e6)] * table.num_rows, pa.int64()).cast(dataset.RECEIVED.type)
@@ -80,10 +83,14 @@ class Collector:
         self.client.on_message = lambda _c, _u, msg: self._on_message(msg)
         self.acks_sent = 0  # acknowledgement messages to agents
         self._closing = False
+        self._closed = threading.Event()
+        self._told: list[paho.MQTTMessageInfo] = []  # the agents' acknowledgements of the last batch
 
     def _disconnected(self, _client, _userdata, flags, reason_code, _properties) -> None:
-        if not self._closing:  # our own disconnect at the end is not a lost connection
-            self.link.closed(reason_code, flags.is_disconnect_packet_from_server)
+        if self._closing:  # our own disconnect at the end is not a lost connection
+            self._closed.set()
+            return
+        self.link.closed(reason_code, flags.is_disconnect_packet_from_server)
 
     def start(self) -> None:
         connect_in_background(self.client, self.cfg.mqtt)
@@ -164,21 +171,27 @@ class Collector:
             return
         with self._lock:
             written = {sid: self._batch_ids.pop(sid) for sid in ids if sid in self._batch_ids}
-        self._tell_agents(written)  # stored: now the agents may delete their copies
         for mid in acks:  # written: now the broker may forget them
             self.client.ack(mid, 1)
+        # stored: now the agents may delete their copies. After the broker's acknowledgements on
+        # the one connection, so that the broker's answer to the last of these says it has those
+        self._told = self._tell_agents(written)
 
-    def _tell_agents(self, stored: dict[str, str]) -> None:
+    def _tell_agents(self, stored: dict[str, str]) -> list[paho.MQTTMessageInfo]:
         """Acknowledge stored summary ids, one message per drift topic (`<topic>/ack`, QoS 1)."""
         by_topic: dict[str, list[str]] = {}
         for summary_id, topic in stored.items():
             by_topic.setdefault(topic, []).append(summary_id)
+        sent = []
         for topic, ids in by_topic.items():
             for start in range(0, len(ids), ACK_IDS_PER_MESSAGE):
-                self.client.publish(
-                    ack_topic(topic), encode_ack(ids[start : start + ACK_IDS_PER_MESSAGE]), qos=1
+                sent.append(
+                    self.client.publish(
+                        ack_topic(topic), encode_ack(ids[start : start + ACK_IDS_PER_MESSAGE]), qos=1
+                    )
                 )
                 self.acks_sent += 1
+        return sent
 
     def run(self, stop: threading.Event | None = None) -> None:
         """Write batches when full or `flush_s` old until `stop` (or `self.stop()`), then write
@@ -205,6 +218,17 @@ class Collector:
         too, unacknowledged: the broker delivers it again and the next run counts a duplicate."""
         self._closing = True
         self.flush()
+        # The broker has taken the acknowledgements once it answers the agents' ones sent after
+        # them. A disconnect right away closed the socket with the broker's messages unread, which
+        # resets the connection: the broker lost acknowledgements still in its buffer and sent the
+        # summaries again.
+        deadline = time.monotonic() + CLOSE_WAIT_S
+        for info in self._told:
+            try:
+                info.wait_for_publish(max(0.0, deadline - time.monotonic()))
+            except (RuntimeError, ValueError):  # not connected: the broker sends them again, harmless
+                break
         self.client.disconnect()
+        self._closed.wait(max(0.0, deadline - time.monotonic()))
         self.client.loop_stop()
         self.flush()
