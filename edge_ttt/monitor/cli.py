@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 import signal
 import threading
+import time
 from dataclasses import asdict
 from decimal import Decimal
 from functools import partial
@@ -32,6 +34,38 @@ DatasetOption = Annotated[
 ConfigOption = Annotated[
     Path | None, typer.Option("--config", help="monitor TOML; its [alerts] rules (default: built-in)")
 ]
+
+
+SinceOption = Annotated[
+    str | None,
+    typer.Option(
+        "--since",
+        help="only summaries received since then: a duration back from now (90m, 24h, 7d) or a UTC date "
+        "or time (2026-12-01, 2026-12-01T08:00); devices silent since are kept (default: all)",
+    ),
+]
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*([mhd])")
+_UNIT_S = {"m": 60, "h": 3600, "d": 86_400}
+
+
+def since_time(text: str, now: float) -> float:
+    """Unix seconds of a `--since` value.
+
+    >>> since_time("90m", 10_000.0), since_time("1.5h", 10_000.0)
+    (4600.0, 4600.0)
+    >>> since_time("2026-12-01", 0.0), since_time("2026-12-01T08:00+01:00", 0.0)
+    (1796083200.0, 1796108400.0)
+    """
+    if m := _DURATION.fullmatch(text.strip()):
+        return now - float(m[1]) * _UNIT_S[m[2]]
+    try:
+        at = dt.datetime.fromisoformat(text.strip())
+    except ValueError:
+        fail(
+            f"--since {text!r}: not a time. Fix: a duration back from now such as 90m, 24h or 7d, or a "
+            "UTC date or time such as 2026-12-01 or 2026-12-01T08:00"
+        )
+    return (at if at.tzinfo else at.replace(tzinfo=dt.timezone.utc)).timestamp()
 
 
 def _rules(config: Path | None) -> AlertsSection:
@@ -64,12 +98,16 @@ def _require(location: str) -> None:
         )
 
 
-def _summaries(location: str, columns: list[str]) -> pa.Table:
-    """The dataset's rows; an empty or unreadable dataset is an error, not a healthy fleet: a
-    report of nothing must not look like a report of devices without drift."""
+def _summaries(location: str, columns: list[str], since: float | None = None) -> pa.Table:
+    """The dataset's rows (`since`: see `dataset.read_since`); an empty or unreadable dataset is an
+    error, not a healthy fleet: a report of nothing must not look like a report of devices without
+    drift."""
     _require(location)
     try:
-        table = dataset.read(location, columns)
+        if since is None:
+            table = dataset.read(location, columns)
+        else:
+            table = dataset.read_since(location, columns, since)
     except (pa.ArrowException, OSError) as exc:
         fail(
             f"{location} is not a fleet dataset ({str(exc).splitlines()[0]}). Fix: pass the directory "
@@ -176,10 +214,14 @@ def alerts(
     location: DatasetOption,
     config: ConfigOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="a JSON array")] = False,
+    since: SinceOption = None,
 ) -> None:
     """Evaluate the alert rules. Exit status: 0 no alert, 1 an alert holds, 2 no dataset, an empty
-    one or a bad --config (for cron and CI)."""
-    found = evaluate(_summaries(location, COLUMNS), _rules(config), bins=dataset.reference_bins(location))
+    one, a bad --config or --since (for cron and CI)."""
+    now = time.time()
+    start = None if since is None else since_time(since, now)
+    rows = _summaries(location, COLUMNS, start)
+    found = evaluate(rows, _rules(config), now=now, bins=dataset.reference_bins(location))
     if as_json:
         typer.echo(json.dumps([asdict(a) for a in found]))
     else:
@@ -201,6 +243,7 @@ def report(
             "(default: the one the summaries carry)",
         ),
     ] = None,
+    since: SinceOption = None,
 ) -> None:
     """Write a self-contained HTML report: fleet summary, alerts, ranking by estimated accuracy lost,
     estimates over time, heat map, the worst channels against the reference, drift over time, health."""
@@ -217,10 +260,14 @@ def report(
             reference = load_bundle(bundle).manifest.reference.val_accuracy
         except BundleError as exc:
             fail(f"--bundle: {exc}")
+    now = time.time()
+    start = None if since is None else since_time(since, now)
     found = write_report(
-        _summaries(location, REPORT_COLUMNS),
+        _summaries(location, REPORT_COLUMNS, start),
         _rules(config),
         out,
+        now=now,
+        since=start,
         reference_accuracy=reference,
         bins=dataset.reference_bins(location),
         histograms=partial(dataset.read_devices, location, columns=distributions.COLUMNS),

@@ -186,10 +186,18 @@ def reference_bins(location: str) -> dict[str, list[int]]:
     every row is most of the time a fleet report takes."""
 
     def bins(data: ds.Dataset) -> dict[str, list[int]]:
-        models = pc.unique(data.to_table(columns=["model_sha256"]).column("model_sha256")).to_pylist()
+        models: set[str] = set()  # batch by batch: the column whole is 46 MB at 720,000 rows, read 0.4 GB
+        for batch in data.to_batches(columns=["model_sha256"], batch_readahead=2, fragment_readahead=1):
+            models.update(pc.unique(batch.column(0)).to_pylist())
         out = {}
-        for model in models:
-            first = data.head(1, columns=["ref_share"], filter=pc.field("model_sha256") == model)
+        for model in sorted(models):
+            first = data.head(
+                1,
+                columns=["ref_share"],
+                filter=pc.field("model_sha256") == model,
+                batch_readahead=1,
+                fragment_readahead=1,
+            )
             out[model] = [len(share) for share in first.column("ref_share")[0].as_py() or []]
         return out
 
@@ -219,12 +227,47 @@ def once(table: pa.Table) -> pa.Table:
 def _read_once(data: ds.Dataset, columns: list[str] | None, where: pc.Expression | None = None) -> pa.Table:
     """`columns` (all when None) of the rows `where` selects, each summary once."""
     extra = columns is not None and "summary_id" not in columns
-    table = once(data.to_table(columns=[*columns, "summary_id"] if extra else columns, filter=where))
+    wanted = [*columns, "summary_id"] if extra else columns
+    # one file and two batches ahead: a filtered read of a sixth of 720,000 rows peaked at 1.0 GB
+    # with pyarrow's default readahead, 0.46 GB with this, in no more time
+    table = once(data.to_table(columns=wanted, filter=where, batch_readahead=2, fragment_readahead=1))
     return table.drop_columns(["summary_id"]) if extra else table
 
 
 def read(location: str, columns: list[str] | None = None) -> pa.Table:
     return tolerant(location, lambda data: _read_once(data, columns))
+
+
+def recent(since: float) -> pc.Expression:
+    """Rows the collector received at or after `since` (Unix seconds); rows stored before it
+    stamped them, by their interval end. Not by the interval end alone: a device whose clock is off
+    would fall out of every window, or never leave it."""
+    at = pa.scalar(round(since * 1e6), pa.int64()).cast(RECEIVED.type)
+    received, end = pc.field(RECEIVED.name), pc.field("interval_end")
+    return (received >= at) | (received.is_null() & (end >= at))
+
+
+def read_since(location: str, columns: list[str], since: float) -> pa.Table:
+    """`columns` of the rows `recent(since)` selects, and the newest row of each device it finds
+    none for: a device that went silent before `since` must stay in the report, silent."""
+
+    def read(data: ds.Dataset) -> pa.Table:
+        table = _read_once(data, columns, recent(since))
+        devices = pc.unique(data.to_table(columns=["device_id"]).column("device_id"))
+        gone = pc.filter(devices, pc.invert(pc.is_in(devices, table.column("device_id").unique())))
+        if not len(gone):
+            return table
+        keys = ["device_id", "interval_end", "summary_id"]
+        last = (
+            _read_once(data, keys, pc.field("device_id").isin(gone))
+            .sort_by([("device_id", "ascending"), ("interval_end", "descending")])
+            .group_by("device_id", use_threads=False)
+            .aggregate([("summary_id", "first")])
+            .column("summary_id_first")
+        )
+        return pa.concat_tables([table, _read_once(data, columns, pc.field("summary_id").isin(last))])
+
+    return tolerant(location, read)
 
 
 def read_devices(location: str, devices: list[str], columns: list[str]) -> pa.Table:

@@ -53,7 +53,8 @@ td,th{border:1px solid #ccc;padding:.25em .6em;text-align:right}
 td:first-child{text-align:left;white-space:nowrap}
 .alert{color:#a00;overflow-wrap:anywhere}</style></head><body>
 <h1>Fleet drift report</h1>
-<p>{{ devices|length }} devices, {{ intervals }} summaries, generated {{ generated }}.</p>
+<p>{{ devices|length }} devices, {{ intervals }} summaries{% if since %} received since {{ since }} (and
+the last ones of devices silent since){% endif %}, generated {{ generated }}.</p>
 <h2>Fleet summary</h2>
 <ul id="summary">
 <li><b>{{ summary.devices }}</b> devices</li>
@@ -151,10 +152,12 @@ def render(
     reference_accuracy: float | None = None,
     bins: ReferenceBins | None = None,
     histograms: Histograms | None = None,
+    since: float | None = None,
 ) -> tuple[str, list[Alert]]:
     """The HTML and the alerts it shows; `reference_accuracy`: the bundle's validation accuracy;
     `histograms`: reads the rows of a few devices with their histograms, where `table` lacks them
-    (a fleet's histograms are most of its bytes: the command reads them for the plotted devices only)."""
+    (a fleet's histograms are most of its bytes: the command reads them for the plotted devices only);
+    `since`: the table holds the summaries received since then (`dataset.read_since`), as the page says."""
     intervals = Intervals.of(table, rules, bins)
     estimates = fleet_estimates(intervals, rules.estimate_windows)
     ranked = health(intervals, rules, reference_accuracy, estimates)
@@ -170,6 +173,7 @@ def render(
         devices=ranked,
         intervals=len(table),
         generated=stamp.strftime(STAMP),
+        since=None if since is None else clocks.stamp(since),
         alerts=alerts,
         rules=rules,
         summary=fleet_summary(ranked, alerts, rules, reference_accuracy is not None),
@@ -215,8 +219,10 @@ def write_report(
     reference_accuracy: float | None = None,
     bins: ReferenceBins | None = None,
     histograms: Histograms | None = None,
+    since: float | None = None,
 ) -> list[Alert]:
-    """`bins`: see Intervals.of (without them the table must hold `ref_share`); `histograms`: see render."""
-    html, alerts = render(table, rules, now, reference_accuracy, bins, histograms)
+    """`bins`: see Intervals.of (without them the table must hold `ref_share`); `histograms`, `since`:
+    see render."""
+    html, alerts = render(table, rules, now, reference_accuracy, bins, histograms, since)
     atomic_write(Path(out), lambda f: f.write(html.encode("utf-8")))
     return alerts
