@@ -390,3 +390,27 @@ def test_a_collector_stopped_with_summaries_buffered_writes_and_acknowledges_the
     finally:
         agents.disconnect()
         agents.loop_stop()
+
+
+def test_a_summary_of_another_device_than_its_topic_names_is_refused(broker, tmp_path):
+    """Brokers authorize by topic: a device allowed to publish on its own drift topic only must not
+    file summaries under another device's id by writing that id into the payload."""
+    location = str(tmp_path / "fleet")
+    running = Running(config(broker.port, location))
+    agents = publisher(broker.port)
+    forged, own = make_summary("victim", T0, seed=1), make_summary("mallory", T0 + 60, seed=2)
+    try:
+        publish(agents, "mallory", messages(forged))
+        publish(agents, "mallory", messages(own))
+        counters = running.collector.receiver.counters
+        assert wait_for(lambda: counters.misaddressed == 1 and counters.accepted == 1)
+        publish(agents, "victim", messages(forged))  # where it belongs, the same summary is taken
+        assert wait_for(lambda: counters.accepted == 2)
+    finally:
+        running.stop()
+        agents.disconnect()
+        agents.loop_stop()
+    table = dataset.read(location, ["summary_id", "device_id"])
+    assert sorted(zip(*table.to_pydict().values(), strict=True)) == sorted(
+        [(forged.summary_id, "victim"), (own.summary_id, "mallory")]
+    )

@@ -68,6 +68,7 @@ class ReceiverCounters:
     duplicates: int = 0  # messages of a summary already accepted
     evicted: int = 0  # incomplete files dropped to bound memory
     too_large: int = 0  # messages of a file over `max_bytes` (declared, or what its chunks add up to)
+    misaddressed: int = 0  # intact summaries of another device than the topic they came on
     accepted: int = 0
 
 
@@ -94,8 +95,10 @@ class Receiver:
         self._partial: OrderedDict[tuple[str, str, int], dict[int, bytes]] = OrderedDict()
         self._sizes: dict[tuple[str, str, int], int] = {}  # data bytes per incomplete file
 
-    def accept(self, payload: bytes) -> pa.Table | None:
-        """The summary table when this message completes a new, intact summary; else None."""
+    def accept(self, payload: bytes, device: str | None = None) -> pa.Table | None:
+        """The summary table when this message completes a new, intact summary; else None.
+        `device`: the device its topic names; a summary of another device is refused
+        (`misaddressed`): brokers authorize by topic, so only the topic says who sent it."""
         self.counters.messages += 1
         try:
             chunk = parse_message(payload)
@@ -117,6 +120,9 @@ class Receiver:
             table = None
         if table is None or len(data) != chunk.size or table["summary_id"].to_pylist() != [chunk.summary_id]:
             self.counters.corrupt += 1
+            return None
+        if device is not None and table["device"].to_pylist() != [device]:
+            self.counters.misaddressed += 1
             return None
         self.seen.add(chunk.summary_id)
         self.counters.accepted += 1

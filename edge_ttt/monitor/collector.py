@@ -45,6 +45,15 @@ MAX_UNACKED = 16
 ACK_IDS_PER_MESSAGE = 500  # about 18 kB of ids per acknowledgement
 
 
+def topic_device(topic: str) -> str:
+    """The device level of a drift topic (`<prefix>/<device>/drift`, the prefix may hold levels).
+
+    >>> topic_device("edge-ttt/watch-1/drift"), topic_device("plant/a/edge-ttt/watch-1/drift")
+    ('watch-1', 'watch-1')
+    """
+    return topic.rsplit("/", 2)[-2]
+
+
 CLOSE_WAIT_S = 5.0  # at most, for the broker to take the last acknowledgements before disconnecting
 
 
@@ -112,7 +121,7 @@ class Collector:
         thread). Returns the message ids to acknowledge now (those that carry nothing to keep)."""
         with self._lock:
             duplicates = self.receiver.counters.duplicates
-            table = self.receiver.accept(payload)
+            table = self.receiver.accept(payload, None if topic is None else topic_device(topic))
             try:
                 chunk = parse_message(payload)
                 summary_id: str | None = chunk.summary_id
@@ -141,7 +150,7 @@ class Collector:
     def _warn_rejected(self) -> None:
         """At most one warning per `log_every_s`, with the count since the last one."""
         c = self.receiver.counters
-        rejected = c.malformed + c.corrupt
+        rejected = c.malformed + c.corrupt + c.misaddressed
         new = rejected - self._rejected_reported
         if new > 0 and self._warn.warning("rejected", "rejected %d payloads (counters: %s)", new, asdict(c)):
             self._rejected_reported = rejected
