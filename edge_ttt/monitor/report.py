@@ -48,7 +48,9 @@ OPEN_ALERTS = 20  # more alerts than this: listed folded, so that the ranking st
 TEMPLATE = jinja2.Template(
     """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>edge-ttt fleet drift report</title>
+<meta name="viewport" content="width=device-width, initial-scale=1">
 <style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}
+img{max-width:100%;height:auto}.wide{overflow-x:auto}
 td,th{border:1px solid #ccc;padding:.25em .6em;text-align:right}
 td:first-child{text-align:left;white-space:nowrap}
 .alert{color:#a00;overflow-wrap:anywhere}</style></head><body>
@@ -85,7 +87,8 @@ docs/monitoring.md)</p>
 {% for a in alerts %}<li class="alert"><b>{{ a.device }}</b> [{{ a.rule }}]: {{ a.message }}</li>
 {% endfor %}</ul></details>{% else %}<p>None.</p>{% endif %}
 <h2>Devices ranked by estimated accuracy lost</h2>
-<table id="ranking"><tr><th>device</th><th>accuracy lost, pts</th><th>estimated accuracy %</th>
+<div class="wide"><table id="ranking"><tr><th>device</th><th>accuracy lost, pts</th>
+<th>estimated accuracy %</th>
 <th>source estimated %</th><th>gain from adaptation, pts</th><th>drift (max PSI)</th>
 <th>worst channels (PSI)</th><th>drifting since</th><th>last summary</th><th>intervals</th></tr>
 {% for h in devices %}<tr><td>{{ shown(h.device) }}</td><td>{{ pts(h.accuracy_lost) }}</td>
@@ -93,7 +96,7 @@ docs/monitoring.md)</p>
 <td>{{ pts(h.gain) }}</td><td>{{ fmt(h.score) }}</td>
 <td>{{ h.worst_channels|map("join", " ")|join(", ") }}</td><td>{{ h.drifting_since or "-" }}</td>
 <td>{{ h.last_seen }}</td><td>{{ h.intervals }}</td></tr>
-{% endfor %}</table>
+{% endfor %}</table></div>
 {% if accuracy %}<h2>Estimated accuracy over time{% if devices|length > accuracy_devices %} (the top
 {{ accuracy_devices }} of the ranking){% endif %}</h2>
 <img alt="estimated accuracy over time per device" src="data:image/png;base64,{{ accuracy }}">{% endif %}
@@ -111,7 +114,7 @@ ranking){% endif %}</h2>
 <p>Shares of windows that took no gradient step: the input looked like the source data (the drift
 gate), or the prediction was too uncertain to learn from. The default policy's normalization
 statistics adapt on every valid window either way.</p>
-<table id="health"><tr><th>device</th><th>windows</th><th>resets</th><th>rollbacks</th>
+<div class="wide"><table id="health"><tr><th>device</th><th>windows</th><th>resets</th><th>rollbacks</th>
 <th>no step: no drift</th><th>no step: unreliable</th>
 <th>entropy trend (nats/interval)</th><th>fallbacks</th><th>windows on source</th>
 <th>estimated accuracy (recent)</th><th>source estimated accuracy (recent)</th><th>mounting found</th></tr>
@@ -120,7 +123,7 @@ statistics adapt on every valid window either way.</p>
 <td>{{ fmt(h.entropy_trend) }}</td>
 <td>{{ h.fallbacks }}</td><td>{{ h.windows_on_source }}</td><td>{{ fmt(h.estimated_accuracy) }}</td>
 <td>{{ fmt(h.source_estimated_accuracy) }}</td><td>{{ h.mounting or "-" }}</td></tr>
-{% endfor %}</table>
+{% endfor %}</table></div>
 </body></html>
 """,
     autoescape=True,
