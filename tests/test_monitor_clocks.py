@@ -26,9 +26,9 @@ NAN = math.nan
 
 
 def test_plottable_leaves_out_dates_ahead_of_now_or_long_before_arrival():
-    ends = np.array([NOW - 60, NOW + 7200, 1_000.0, NOW - 86_400, NOW - 60])
-    got = np.array([NOW - 50, NOW, NOW - 10, NOW, NAN])  # the last: stored before `received`
-    assert plottable(ends, got, NOW, 3600, 30 * 86_400).tolist() == [True, False, False, True, True]
+    ends = np.array([NOW - 60, NOW + 7200, 1_000.0, NOW - 86_400, NOW - 60, -62e9])
+    got = np.array([NOW - 50, NOW, NOW - 10, NOW, NAN, NAN])  # NaN: stored before `received`
+    assert plottable(ends, got, NOW, 3600, 30 * 86_400).tolist() == [True, False, False, True, True, False]
 
 
 @pytest.mark.parametrize(
@@ -100,3 +100,40 @@ def test_the_report_leaves_dates_that_cannot_be_right_off_its_time_plots_and_say
         dataset.append(str(ok), stamped(make_summary("ok", T0 + i * STEP, seed=i), T0 + i * STEP + 1))
     write_report(dataset.read(str(ok)), RULES, out, now=NOW)
     assert 'id="undrawn"' not in out.read_text()
+
+
+FAR = (253_402_300_800.0 + 86_400 * 400, -62_170_156_800.0)  # the year 10001; the year 0
+
+
+def test_a_summary_dated_where_no_reader_can_go_is_refused_by_the_collector():
+    from edge_ttt.drift.receiver import Receiver
+    from edge_ttt.drift.schema import to_parquet
+    from edge_ttt.drift.shipper import encode_chunks
+
+    receiver = Receiver()
+    for i, end in enumerate((*FAR, NOW)):
+        s = make_summary("far", end, seed=i)
+        (message,) = encode_chunks(s.summary_id, to_parquet([s]), 10**6)
+        receiver.accept(message, "far")
+    assert (receiver.counters.corrupt, receiver.counters.accepted) == (2, 1)
+
+
+def test_rows_stored_with_such_dates_are_left_out_and_the_fleet_is_still_reported(tmp_path, caplog):
+    """Stored before the collector refused them, they made every report and alert fail."""
+    from typer.testing import CliRunner
+
+    from edge_ttt.monitor.cli import monitor_app
+
+    location = str(tmp_path / "fleet")
+    clocked_fleet(location)
+    dataset.append(location, to_table([make_summary("garbled", end, seed=i) for i, end in enumerate(FAR)]))
+    dataset.append(location, to_table([make_summary("ancient", -62e9 + i * STEP, seed=i) for i in range(3)]))
+    with caplog.at_level("WARNING", logger="edge_ttt.monitor.dataset"):
+        table = dataset.read(location)
+    assert "garbled" not in table.column("device_id").to_pylist()
+    assert any("2 summaries dated outside the years 1 to 9999" in r.getMessage() for r in caplog.records)
+    runner = CliRunner()
+    result = runner.invoke(monitor_app, ["report", "--dataset", location, "--out", str(tmp_path / "r.html")])
+    assert result.exit_code == 0, result.output  # `ancient` (the year 5) is listed, not drawn
+    assert "ancient" in (tmp_path / "r.html").read_text()
+    assert runner.invoke(monitor_app, ["alerts", "--dataset", location]).exit_code == 1

@@ -22,6 +22,19 @@ _ID = re.compile(r"^[0-9A-Za-z_-]{1,64}$")
 _SHA = re.compile(r"^[0-9a-f]{64}$")
 
 
+FIRST_US, LAST_US = -62_135_596_800_000_000, 253_402_300_799_999_999  # years 1 to 9999
+
+
+def _dated(table: pa.Table) -> bool:
+    """Whether the summary's interval times are dates a reader can take (Python's datetime): one
+    dated in the year 10001 would make every report of the fleet fail on it."""
+    for name in ("interval_start", "interval_end"):
+        micros = table[name].cast(pa.int64()).to_pylist()
+        if not all(FIRST_US <= m <= LAST_US for m in micros):
+            return False
+    return True
+
+
 class MessageError(ValueError):
     """A payload that is not a drift message of a version this receiver reads."""
 
@@ -118,7 +131,12 @@ class Receiver:
             table = read_bytes(data) if hashlib.sha256(data).hexdigest() == chunk.sha256 else None
         except (pa.ArrowException, SchemaError):
             table = None
-        if table is None or len(data) != chunk.size or table["summary_id"].to_pylist() != [chunk.summary_id]:
+        if (
+            table is None
+            or len(data) != chunk.size
+            or table["summary_id"].to_pylist() != [chunk.summary_id]
+            or not _dated(table)
+        ):
             self.counters.corrupt += 1
             return None
         if device is not None and table["device"].to_pylist() != [device]:

@@ -28,9 +28,11 @@ def seconds(table: pa.Table, name: str) -> np.ndarray:
 
 def plottable(ends: np.ndarray, received: np.ndarray, now: float, skew_s: float, late_s: float) -> np.ndarray:
     """The rows whose time can share the fleet's time axis: not dated more than `skew_s` after
-    `now`, nor more than `late_s` before they arrived (no agent keeps a summary that long)."""
+    `now`, nor more than `late_s` before they arrived (no agent keeps a summary that long), nor
+    before 1970 (a clock reset says 1970; earlier is garbage, which the plots cannot even draw
+    before the year 1)."""
     with np.errstate(invalid="ignore"):
-        return (ends <= now + skew_s) & ~(received - ends > late_s)
+        return (ends >= 0) & (ends <= now + skew_s) & ~(received - ends > late_s)
 
 
 def duration(s: float) -> str:
