@@ -552,3 +552,50 @@ def test_the_estimates_are_drawn_over_time_when_there_are_any(estimated_fleet, t
     assert (
         len(re.findall(r'src="data:image/png;base64,', html)) == 4
     )  # with the heat map, the worst channels and drift over time
+
+
+def test_a_device_with_thousands_of_channels_does_not_blow_up_the_heat_map(tmp_path):
+    """The heat map grew a column per channel: one device's summary with 20,000 channels (a forged
+    payload fits within the collector's bounds) took 210 s and 12 GB to draw. It shows the 40 most
+    drifted channels."""
+    import pyarrow as pa
+
+    location = str(tmp_path / "fleet")
+    fleet(location)
+    rows = []
+    for i in range(3):
+        row = to_table([make_summary("wide", T0 + (i + 1) * STEP, seed=500 + i)]).to_pylist()[0]
+        row["channels"] = [f"w{k}" for k in range(3000)]
+        row["psi"] = [float(k % 7) for k in range(3000)]
+        row["psi_limit"] = [1.0] * 3000
+        rows.append(row)
+    dataset.append(location, pa.Table.from_pylist(rows, schema=to_table([make_summary("x", T0)]).schema))
+    out = tmp_path / "report.html"
+    write_report(dataset.read(location), RULES, out, now=NOW)
+    html = out.read_text()
+    heat = re.search(r'alt="per-channel PSI heat map"\s+src="data:image/png;base64,([^"]+)"', html)[1]
+    width = int.from_bytes(base64.b64decode(heat)[16:20], "big")  # the PNG header's width
+    assert 800 < width < 4000
+
+
+def test_a_summary_whose_lists_do_not_fit_together_does_not_stop_the_report(tmp_path):
+    """Per-channel lists of unequal lengths (a forged or broken payload): the worst channel beyond
+    the reference's bins made the reference-against-current plot, and the whole report, fail."""
+    import pyarrow as pa
+
+    location = str(tmp_path / "fleet")
+    fleet(location)
+    rows = []
+    for i in range(3):
+        row = to_table([make_summary("odd", T0 + (i + 1) * STEP, seed=600 + i)]).to_pylist()[0]
+        row["channels"] = ["only-one"]
+        row["psi"] = [0.1, 50.0, 0.2]  # the worst channel has no name, no reference, no histogram
+        row["psi_limit"] = [1.0]
+        rows.append(row)
+    dataset.append(location, pa.Table.from_pylist(rows, schema=to_table([make_summary("x", T0)]).schema))
+    out = tmp_path / "report.html"
+    alerts = write_report(dataset.read(location), RULES, out, now=NOW)
+    assert "odd" in out.read_text() and any(a.device == "odd" for a in alerts)
+    runner = CliRunner()
+    result = runner.invoke(monitor_app, ["report", "--dataset", location, "--out", str(tmp_path / "r.html")])
+    assert result.exit_code == 0, result.output
