@@ -599,3 +599,30 @@ def test_a_summary_whose_lists_do_not_fit_together_does_not_stop_the_report(tmp_
     runner = CliRunner()
     result = runner.invoke(monitor_app, ["report", "--dataset", location, "--out", str(tmp_path / "r.html")])
     assert result.exit_code == 0, result.output
+
+
+@pytest.mark.parametrize(
+    "broken",
+    [
+        {"class_counts": [None, 3, None]},  # a null count stopped the estimates (ArrowInvalid)
+        {"source_class_counts": [None, None, None]},
+        {"channels": [None, None]},  # a null channel name stopped the heat map (TypeError)
+    ],
+)
+def test_null_values_inside_a_summarys_lists_do_not_stop_the_report(tmp_path, broken):
+    """Found by mutating the list fields of stored summaries at random (lengths, nulls, empties) and
+    rendering: these made the report and the alerts of the whole fleet fail."""
+    import pyarrow as pa
+
+    location = str(tmp_path / "fleet")
+    fleet(location)
+    rows = []
+    for i in range(4):
+        row = to_table([make_summary("broken", T0 + (i + 1) * STEP, seed=700 + i)]).to_pylist()[0]
+        row.update({k: v[: len(row[k] or [])] if k.endswith("counts") else v for k, v in broken.items()})
+        rows.append(row)
+    dataset.append(location, pa.Table.from_pylist(rows, schema=to_table([make_summary("x", T0)]).schema))
+    table = dataset.read(location)
+    alerts = write_report(table, RULES, tmp_path / "report.html", now=NOW)
+    assert "broken" in (tmp_path / "report.html").read_text()
+    assert evaluate(table, RULES, now=NOW) == alerts

@@ -70,7 +70,10 @@ def _counts(table: pa.Table, name: str, k: int) -> np.ndarray:
     fits = lengths == k
     if k and fits.any():  # k = 0: a row without classes (null), nothing to count
         out[fits] = (
-            pc.list_flatten(column.filter(pa.array(fits))).to_numpy().astype(np.float64).reshape(-1, k)
+            pc.list_flatten(column.filter(pa.array(fits)))
+            .to_numpy(zero_copy_only=False)  # a null count (a broken payload) is NaN, not an error
+            .astype(np.float64)
+            .reshape(-1, k)
         )
     return out
 

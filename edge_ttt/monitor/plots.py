@@ -20,11 +20,14 @@ def heatmap(ranked: list[DeviceHealth], intervals: Intervals) -> str:
     colour is how drifted (`drift_scores`: PSI over its calibrated limit), the number the PSI."""
     shown = ranked[:HEATMAP_DEVICES]
     latest = [intervals.rows(intervals.devices.index(h.device), last=1)[0] for h in shown]
-    channels = sorted({c for last in latest for c in last["channels"] or []})
+    named = [
+        [str(c) for c in last["channels"] or []] for last in latest
+    ]  # a null name (broken payload): "None"
+    channels = sorted({c for names in named for c in names})
     at = {name: j for j, name in enumerate(channels)}
     psi, score = np.full((len(shown), len(channels)), np.nan), np.full((len(shown), len(channels)), np.nan)
     for i, last in enumerate(latest):
-        columns = [at[name] for name in last["channels"] or []]
+        columns = [at[name] for name in named[i]]
         values = [np.nan if v is None else v for v in last["psi"] or []]
         psi[i, columns[: len(values)]] = values[: len(columns)]
         score[i, columns[: len(values)]] = drift_scores(last)[: len(columns)]
