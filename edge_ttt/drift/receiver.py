@@ -15,24 +15,11 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
-from edge_ttt.drift.schema import SchemaError, read_bytes
+from edge_ttt.drift.schema import SchemaError, read_bytes, readable_times
 from edge_ttt.drift.shipper import MESSAGE_FORMAT, MESSAGE_VERSION
 
 _ID = re.compile(r"^[0-9A-Za-z_-]{1,64}$")
 _SHA = re.compile(r"^[0-9a-f]{64}$")
-
-
-FIRST_US, LAST_US = -62_135_596_800_000_000, 253_402_300_799_999_999  # years 1 to 9999
-
-
-def _dated(table: pa.Table) -> bool:
-    """Whether the summary's interval times are dates a reader can take (Python's datetime): one
-    dated in the year 10001 would make every report of the fleet fail on it."""
-    for name in ("interval_start", "interval_end"):
-        micros = table[name].cast(pa.int64()).to_pylist()
-        if not all(FIRST_US <= m <= LAST_US for m in micros):
-            return False
-    return True
 
 
 class MessageError(ValueError):
@@ -135,7 +122,7 @@ class Receiver:
             table is None
             or len(data) != chunk.size
             or table["summary_id"].to_pylist() != [chunk.summary_id]
-            or not _dated(table)
+            or readable_times(table) is not None  # dated where no reader can go
         ):
             self.counters.corrupt += 1
             return None

@@ -12,6 +12,7 @@ import math
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from edge_ttt.drift.reference import Reference
@@ -178,6 +179,27 @@ def encode_table(table: pa.Table) -> bytes:
     sink = io.BytesIO()
     pq.write_table(table, sink, compression="none", use_dictionary=False, write_statistics=False)
     return sink.getvalue()
+
+
+TIMES = ("interval_start", "interval_end", "received")  # received: the fleet dataset's, null in older rows
+# what a reader can turn into a date (Python's datetime: years 1 to 9999), as microseconds
+FIRST_US, LAST_US = -62_135_596_800_000_000, 253_402_300_799_999_999
+
+
+def readable_times(table: pa.Table) -> pa.Array | None:
+    """Per row, whether its times are dates a reader can take (a Python datetime); None when all
+    are. A summary dated in the year 10001 (a forged payload, a garbled clock) made every report
+    and alert of the fleet fail on it."""
+    ok = None
+    for name in TIMES:
+        if name not in table.column_names:
+            continue
+        micros = pc.cast(table.column(name), pa.int64())
+        inside = pc.fill_null(
+            pc.and_(pc.greater_equal(micros, FIRST_US), pc.less_equal(micros, LAST_US)), True
+        )
+        ok = inside if ok is None else pc.and_(ok, inside)
+    return None if ok is None or pc.all(ok).as_py() else ok
 
 
 def conform(table: pa.Table) -> pa.Table:

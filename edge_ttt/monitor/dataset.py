@@ -30,7 +30,7 @@ import pyarrow.parquet as pq
 from edge_ttt import dirlock
 from edge_ttt.atomic import atomic_write
 from edge_ttt.dirlock import DirLock
-from edge_ttt.drift.schema import SCHEMA, conform
+from edge_ttt.drift.schema import SCHEMA, conform, readable_times
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -222,27 +222,6 @@ def once(table: pa.Table) -> pa.Table:
         .to_numpy()
     )
     return table.take(np.sort(first))  # in the order they were stored
-
-
-TIMES = ("interval_start", "interval_end", "received")
-# what a reader can turn into a date (Python's datetime: years 1 to 9999), as microseconds
-FIRST_US, LAST_US = -62_135_596_800_000_000, 253_402_300_799_999_999
-
-
-def readable_times(table: pa.Table) -> pa.Array | None:
-    """Per row, whether its times are dates a reader can take; None when all are. A summary dated
-    in the year 10001 (a forged payload, a garbled clock) made every report and alert of the fleet
-    fail on it."""
-    ok = None
-    for name in TIMES:
-        if name not in table.column_names:
-            continue
-        micros = pc.cast(table.column(name), pa.int64())
-        inside = pc.fill_null(
-            pc.and_(pc.greater_equal(micros, FIRST_US), pc.less_equal(micros, LAST_US)), True
-        )
-        ok = inside if ok is None else pc.and_(ok, inside)
-    return None if ok is None or pc.all(ok).as_py() else ok
 
 
 def _read_once(data: ds.Dataset, columns: list[str] | None, where: pc.Expression | None = None) -> pa.Table:
