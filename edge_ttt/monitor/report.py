@@ -77,8 +77,8 @@ and of the source model, over each device's latest {{ rules.estimate_windows }} 
 reference: {{ summary.reference }}.</p>
 {% if undrawn %}<p id="undrawn">{{ undrawn }} summaries of {{ undrawn_devices }} devices are not drawn on
 the plots over time: dated more than {{ duration(rules.clock_skew_s) }} ahead of when they arrived,
-or more than {{ duration(rules.max_late_s) }} before; their device's clock is off (the clock alerts
-name them).</p>{% endif %}
+more than {{ duration(rules.max_late_s) }} before it, or before 1970; their device's clock was off (the
+clock alerts name devices whose clock still is).</p>{% endif %}
 <h2>Alerts</h2>
 {% if alerts %}<p id="alert-counts">{% for rule, n in alert_counts %}<b>{{ n }}</b> {{ rule }}
 {%- if not loop.last %}, {% endif %}{% endfor %} ({{ alerts|length }} in all; the rules:
