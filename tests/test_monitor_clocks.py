@@ -137,3 +137,12 @@ def test_rows_stored_with_such_dates_are_left_out_and_the_fleet_is_still_reporte
     assert result.exit_code == 0, result.output  # `ancient` (the year 5) is listed, not drawn
     assert "ancient" in (tmp_path / "r.html").read_text()
     assert runner.invoke(monitor_app, ["alerts", "--dataset", location]).exit_code == 1
+
+
+def test_an_empty_read_has_no_dates_to_leave_out():
+    """`pc.all` of nothing is null, not true: every empty read warned of 0 summaries left out."""
+    import pyarrow as pa
+
+    from edge_ttt.drift.schema import readable_times
+
+    assert readable_times(pa.table({"interval_end": pa.array([], pa.timestamp("us", tz="UTC"))})) is None

@@ -199,7 +199,7 @@ def readable_times(table: pa.Table) -> pa.Array | None:
             pc.and_(pc.greater_equal(micros, FIRST_US), pc.less_equal(micros, LAST_US)), True
         )
         ok = inside if ok is None else pc.and_(ok, inside)
-    return None if ok is None or pc.all(ok).as_py() else ok
+    return None if ok is None or pc.all(ok, min_count=0).as_py() else ok  # an empty table: all fine
 
 
 def conform(table: pa.Table) -> pa.Table:
