@@ -123,7 +123,13 @@ def replay(
     log: Annotated[Path, typer.Option(help="recorded log to replay")],
     broker: Broker,
     speed: Annotated[float, typer.Option(min=1e-3, help="time scale: 2 plays twice as fast")] = 1.0,
-    as_fast_as_possible: Annotated[bool, typer.Option(help="ignore the log's timing")] = False,
+    as_fast_as_possible: Annotated[
+        bool,
+        typer.Option(
+            help="ignore the log's timing; a broker with a queue limit (mosquitto's default: 1000) drops "
+            "what a live agent cannot take as fast (docs/simulator.md)"
+        ),
+    ] = False,
     scenario: ScenarioName = "clean",
     seed: Annotated[int, typer.Option(help="seeds the scenario's random faults")] = 0,
     prefix: Prefix = "edge-ttt",
