@@ -126,8 +126,8 @@ def replay(
     as_fast_as_possible: Annotated[
         bool,
         typer.Option(
-            help="ignore the log's timing; a broker with a queue limit (mosquitto's default: 1000) drops "
-            "what a live agent cannot take as fast (docs/simulator.md)"
+            help="ignore the log's timing; a broker with a queue limit (mosquitto keeps 1000 per "
+            "client) drops what a live agent cannot take as fast (docs/simulator.md)"
         ),
     ] = False,
     scenario: ScenarioName = "clean",
