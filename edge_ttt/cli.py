@@ -15,7 +15,7 @@ from edge_ttt.adapt.fallback import DEFAULT_FALLBACK
 from edge_ttt.adapt.input_alignment import InputOptions
 from edge_ttt.adapt.label_runs import RunOptions
 from edge_ttt.adapt.policies import DEFAULT_POLICY, POLICY_TYPES
-from edge_ttt.commandline import LazyGroup, command_app, fail, run_app
+from edge_ttt.commandline import LazyGroup, command_app, fail, on_stop, run_app
 from edge_ttt.monitor.cli import collect_command, monitor_app
 
 POLICIES = tuple(POLICY_TYPES)
@@ -160,7 +160,6 @@ def run(
     config: Annotated[Path, typer.Option(help="agent configuration (TOML), e.g. configs/sim.toml")],
 ) -> None:
     """Run the edge agent: MQTT sensor frames in, predictions out, adapting as it goes."""
-    import signal
 
     from edge_ttt.agent import Agent
     from edge_ttt.agent.config import load_config
@@ -176,10 +175,7 @@ def run(
         agent = Agent(cfg, bundle)
     except (ConfigError, BundleError, RuntimeError) as exc:
         fail(str(exc))
-    # SIGHUP too: the terminal of an agent started by hand went away (an SSH session dropped); the
-    # default would end it like SIGKILL, without its last states and summaries.
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        signal.signal(sig, lambda *_: agent.stop_event.set())
+    on_stop(lambda *_: agent.stop_event.set())
     agent.run()
 
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 import errno
 import importlib
 import inspect
+import signal
+from collections.abc import Callable
 from difflib import get_close_matches
 from functools import cache
 from types import ModuleType
@@ -59,6 +61,14 @@ def fail(message: str) -> NoReturn:
 REFUSALS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO})
 # What it says of a path given that cannot be one (a bad input: exit 2).
 BAD_PATHS = frozenset({errno.ENOENT, errno.EISDIR, errno.ENOTDIR, errno.ENAMETOOLONG})
+
+
+def on_stop(handler: Callable[[int, Any], None]) -> None:
+    """End a long-running command through `handler` on Ctrl-C, SIGTERM (`kill`, `timeout`, a
+    service stop) and SIGHUP (its terminal went away, an SSH session dropped), whose default would
+    end it like SIGKILL, without its last states, summaries or recorded frames."""
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, handler)
 
 
 def run_app(app: typer.Typer, args: list[str] | None = None) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import signal
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -10,7 +9,7 @@ from typing import TYPE_CHECKING, Annotated
 import numpy as np
 import typer
 
-from edge_ttt.commandline import command_app, fail, run_app
+from edge_ttt.commandline import command_app, fail, on_stop, run_app
 from edge_ttt.recordlog import LogFormatError, RecordedLog, read_log, write_log
 from edge_ttt.stream.topics import level_problem
 from firmware_sim.broker import parse_address
@@ -50,8 +49,7 @@ def _start(links: list[Link], buffer: int) -> None:
     """Connect the devices; say so, with the reason, when some cannot (they go on as firmware does).
     From here on SIGTERM (`kill`, `timeout`, a service stop) and SIGHUP (its terminal went away)
     end the run as Ctrl-C does: the devices send what they buffered and the summary line is printed."""
-    for sig in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, _interrupt)
+    on_stop(_interrupt)
     offline = connect(links)
     if offline:
         reason = offline[0].reason or "no answer yet"
@@ -198,8 +196,7 @@ def record(
         recorder.stop()
         fail(f"no MQTT broker answered at {host}:{port} within 10 s")
     typer.echo(f"recording {recorder.topic}", err=True)  # from here on nothing published is missed
-    for sig in (signal.SIGTERM, signal.SIGHUP):  # `kill`, `timeout`, a service stop, a closed terminal
-        signal.signal(sig, _interrupt)
+    on_stop(_interrupt)  # `kill`, `timeout`, a service stop, a closed terminal: like Ctrl-C
     deadline = np.inf if duration is None else time.monotonic() + duration
     next_save = time.monotonic() + save_every if save_every > 0 else np.inf
     try:

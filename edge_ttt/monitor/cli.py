@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
-import signal
 import threading
 import time
 from dataclasses import asdict
@@ -19,7 +18,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from edge_ttt.commandline import command_app, fail
+from edge_ttt.commandline import command_app, fail, on_stop
 from edge_ttt.config_file import ConfigError
 from edge_ttt.dirlock import DirInUse
 from edge_ttt.monitor import dataset
@@ -66,6 +65,12 @@ def since_time(text: str, now: float) -> float:
             "UTC date or time such as 2026-12-01 or 2026-12-01T08:00"
         )
     return (at if at.tzinfo else at.replace(tzinfo=dt.timezone.utc)).timestamp()
+
+
+def _window(since: str | None) -> tuple[float, float | None]:
+    """(now, the start of `--since` or None), one clock reading for the read and the rules."""
+    now = time.time()
+    return now, None if since is None else since_time(since, now)
 
 
 def _rules(config: Path | None) -> AlertsSection:
@@ -139,8 +144,7 @@ def collect_command(
     except (pa.ArrowException, OSError) as exc:
         fail(_unreachable(f"collector.dataset {c.dataset}", exc))
     stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # SIGHUP: its terminal went away
-        signal.signal(sig, lambda *_: stop.set())
+    on_stop(lambda *_: stop.set())
     collector = Collector(cfg)
 
     def announce() -> None:  # one line once subscribed: from then on nothing published is missed
@@ -218,8 +222,7 @@ def alerts(
 ) -> None:
     """Evaluate the alert rules. Exit status: 0 no alert, 1 an alert holds, 2 no dataset, an empty
     one, a bad --config or --since (for cron and CI)."""
-    now = time.time()
-    start = None if since is None else since_time(since, now)
+    now, start = _window(since)
     rows = _summaries(location, COLUMNS, start)
     found = evaluate(rows, _rules(config), now=now, bins=dataset.reference_bins(location))
     if as_json:
@@ -260,8 +263,7 @@ def report(
             reference = load_bundle(bundle).manifest.reference.val_accuracy
         except BundleError as exc:
             fail(f"--bundle: {exc}")
-    now = time.time()
-    start = None if since is None else since_time(since, now)
+    now, start = _window(since)
     found = write_report(
         _summaries(location, REPORT_COLUMNS, start),
         _rules(config),
