@@ -29,8 +29,8 @@ class QuietWatch:
 
     def update(self, subscribed: bool, messages: int, now: float) -> float | None:
         """Seconds subscribed without a message when it is time to say so, else None."""
-        if self._done or messages:
-            self._done = self._done or bool(messages)
+        self._done = self._done or messages > 0
+        if self._done:
             return None
         if not subscribed:
             self._since = None

@@ -181,17 +181,17 @@ def encode_table(table: pa.Table) -> bytes:
     return sink.getvalue()
 
 
-TIMES = ("interval_start", "interval_end", "received")  # received: the fleet dataset's, null in older rows
+TIMES = ("interval_start", "interval_end")
 # what a reader can turn into a date (Python's datetime: years 1 to 9999), as microseconds
 FIRST_US, LAST_US = -62_135_596_800_000_000, 253_402_300_799_999_999
 
 
-def readable_times(table: pa.Table) -> pa.Array | None:
-    """Per row, whether its times are dates a reader can take (a Python datetime); None when all
-    are. A summary dated in the year 10001 (a forged payload, a garbled clock) made every report
-    and alert of the fleet fail on it."""
+def readable_times(table: pa.Table, names: tuple[str, ...] = TIMES) -> pa.Array | None:
+    """Per row, whether its times (`names`, those the table has; null counts as fine) are dates a
+    reader can take (a Python datetime); None when all are. A summary dated in the year 10001 (a
+    forged payload, a garbled clock) made every report and alert of the fleet fail on it."""
     ok = None
-    for name in TIMES:
+    for name in names:
         if name not in table.column_names:
             continue
         micros = pc.cast(table.column(name), pa.int64())

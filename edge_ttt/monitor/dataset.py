@@ -30,7 +30,7 @@ import pyarrow.parquet as pq
 from edge_ttt import dirlock
 from edge_ttt.atomic import atomic_write
 from edge_ttt.dirlock import DirLock
-from edge_ttt.drift.schema import SCHEMA, conform, readable_times
+from edge_ttt.drift.schema import SCHEMA, TIMES, conform, readable_times
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -232,7 +232,7 @@ def _read_once(data: ds.Dataset, columns: list[str] | None, where: pc.Expression
     # one file and two batches ahead: a filtered read of a sixth of 720,000 rows peaked at 1.0 GB
     # with pyarrow's default readahead, 0.46 GB with this, in no more time
     table = once(data.to_table(columns=wanted, filter=where, batch_readahead=2, fragment_readahead=1))
-    ok = readable_times(table)
+    ok = readable_times(table, (*TIMES, RECEIVED.name))
     if ok is not None:
         bad = table.filter(pc.invert(ok))
         log.warning(

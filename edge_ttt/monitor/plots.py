@@ -20,9 +20,8 @@ def heatmap(ranked: list[DeviceHealth], intervals: Intervals) -> str:
     colour is how drifted (`drift_scores`: PSI over its calibrated limit), the number the PSI."""
     shown = ranked[:HEATMAP_DEVICES]
     latest = [intervals.rows(intervals.devices.index(h.device), last=1)[0] for h in shown]
-    named = [
-        [str(c) for c in last["channels"] or []] for last in latest
-    ]  # a null name (broken payload): "None"
+    # a null name (a broken payload) shows as "None"
+    named = [[str(c) for c in last["channels"] or []] for last in latest]
     channels = sorted({c for names in named for c in names})
     at = {name: j for j, name in enumerate(channels)}
     psi, score = np.full((len(shown), len(channels)), np.nan), np.full((len(shown), len(channels)), np.nan)
@@ -33,7 +32,7 @@ def heatmap(ranked: list[DeviceHealth], intervals: Intervals) -> str:
         score[i, columns[: len(values)]] = drift_scores(last)[: len(columns)]
     title = None
     if len(channels) > HEATMAP_CHANNELS:  # one device's 20,000 channels took 210 s and 12 GB to draw
-        worst = np.nan_to_num(np.nanmax(np.where(np.isnan(score), -np.inf, score), axis=0), nan=-np.inf)
+        worst = np.where(np.isnan(score), -np.inf, score).max(axis=0)  # per channel, over the devices
         keep = np.sort(np.argsort(-worst, kind="stable")[:HEATMAP_CHANNELS])
         title = f"the {HEATMAP_CHANNELS} most drifted of {len(channels)} channels"
         channels, psi, score = [channels[j] for j in keep], psi[:, keep], score[:, keep]
