@@ -91,15 +91,13 @@ class Collector:
         self.client.on_subscribe = lambda *_: self.subscribed.set()
         self.client.on_message = lambda _c, _u, msg: self._on_message(msg)
         self.acks_sent = 0  # acknowledgement messages to agents
-        self._closing = False
-        self._closed = threading.Event()
+        self._closed = threading.Event()  # set once our own disconnect at the end is done
         self._told: list[paho.MQTTMessageInfo] = []  # the agents' acknowledgements of the last batch
 
     def _disconnected(self, _client, _userdata, flags, reason_code, _properties) -> None:
-        if self._closing:  # our own disconnect at the end is not a lost connection
-            self._closed.set()
-            return
         self.link.closed(reason_code, flags.is_disconnect_packet_from_server)
+        if self.link.stopping:
+            self._closed.set()
 
     def start(self) -> None:
         connect_in_background(self.client, self.cfg.mqtt)
@@ -225,7 +223,7 @@ class Collector:
         """Write what is buffered and acknowledge it while still connected (else the broker and
         the agents would send it all again), then disconnect. What arrives meanwhile is written
         too, unacknowledged: the broker delivers it again and the next run counts a duplicate."""
-        self._closing = True
+        self.link.stopping = True
         self.flush()
         # The broker has taken the acknowledgements once it answers the agents' ones sent after
         # them. A disconnect right away closed the socket with the broker's messages unread, which

@@ -97,6 +97,7 @@ class ConnectionState:
         self._warn = RateLimitedLog(log)
         self._now = Snapshot(CONNECTING, time.time(), None, 0)
         self._refused = False  # a CONNACK refusal was reported; paho's disconnect after it is not news
+        self.stopping = False  # the client disconnects on purpose: its disconnect is not a lost connection
 
     def snapshot(self) -> Snapshot:
         with self._lock:
@@ -121,6 +122,8 @@ class ConnectionState:
         broker closed before accepting it."""
         if self._refused:
             self._refused = False
+            return
+        if self.stopping:
             return
         if not self.online:
             self._failed("closed", f"{self.broker} closed the connection before accepting it: {reason_code}")

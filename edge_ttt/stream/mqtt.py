@@ -110,7 +110,6 @@ class MqttTransport:
         # QoS 1 message again after every reconnect, so one oversize message is a reconnect loop.
         self.max_packet: int | None = None
         self._warn = RateLimitedLog(log)
-        self._stopping = False
         client_id = cfg.client_id or f"edge-ttt-{agent_id}"
         self.link = ConnectionState(f"{cfg.host}:{cfg.port}", client_id)  # what the status and health report
         self.client = make_client(cfg, client_id)
@@ -146,7 +145,7 @@ class MqttTransport:
     def _disconnected(self, _client, _userdata, flags, reason_code, _properties) -> None:
         self.connected.clear()
         self.subscribed.clear()
-        if self._stopping:
+        if self.link.stopping:
             return
         if self.link.online:
             self.disconnects += 1
@@ -164,7 +163,7 @@ class MqttTransport:
 
     def stop(self, timeout: float = 5.0, **status: Any) -> None:
         """Say `offline` (retained) and disconnect cleanly, so the Last Will is not sent."""
-        self._stopping = True
+        self.link.stopping = True
         if self.connected.is_set():
             info = self.client.publish(
                 self.status_topic, status_payload(self.agent_id, "offline", **status), qos=1, retain=True
