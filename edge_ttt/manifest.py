@@ -51,6 +51,11 @@ class GraphInfo(_Strict):
     logits: str = "logits"
     stat_mix: str | None = Field(description="scalar input mixing batch (1) and supplied (0) statistics")
     sample_weight: str = "sample_weight"
+    soft_target: str | None = Field(
+        None,
+        description="[batch, classes] input of the entropy loss's soft cross-entropy term (`rotta`); "
+        "absent: exported before it, or a model with an auxiliary head",
+    )
     loss: str = "loss"
 
 

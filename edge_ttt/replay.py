@@ -17,7 +17,7 @@ from edge_ttt.adapt.fallback import FallbackOptions
 from edge_ttt.adapt.input_alignment import InputOptions
 from edge_ttt.adapt.label_runs import RunOptions
 from edge_ttt.adapt.ort_model import OrtModel
-from edge_ttt.adapt.policies import POLICY_TYPES, bundle_loss, fits
+from edge_ttt.adapt.policies import POLICY_TYPES, misfit
 from edge_ttt.artifacts import load_bundle
 from edge_ttt.manifest import Manifest, check_fits
 from edge_ttt.metrics import accuracy, macro_f1
@@ -33,15 +33,15 @@ class ReplayError(ValueError):
 
 def check_compatible(log: RecordedLog, channels: list[str], sample_rate_hz: float, where: str) -> None:
     """Refuse a log whose channels or sample rate the model was not trained for (`check_fits`)."""
-    misfit = check_fits(
+    mismatch = check_fits(
         channels, sample_rate_hz, channels=list(log.channels), period_ns=1e9 / log.sample_rate_hz
     )
-    if misfit == "channels":
+    if mismatch == "channels":
         raise ReplayError(
             f"{where}: channels {list(log.channels)} do not match the model's {channels} "
             "(same names, same order)"
         )
-    if misfit == "rate":
+    if mismatch == "rate":
         raise ReplayError(
             f"{where}: sample rate {log.sample_rate_hz} Hz, the model expects {sample_rate_hz} Hz"
         )
@@ -108,16 +108,9 @@ def every_policy(manifest: Manifest, episodic: bool) -> tuple[list[str], dict[st
     why each other one is left out, so that a missing row is explained rather than silent."""
     chosen, left_out = [], {}
     for name, policy in POLICY_TYPES.items():
-        if not fits(policy, manifest):
-            left_out[name] = (
-                f"it steps on the {policy.loss} loss, and this bundle's model ({manifest.model.name}) "
-                f"was exported with the {bundle_loss(manifest)} loss"
-                + (
-                    "; train and export a model with an auxiliary head, e.g. cnn-bn-ttt, to run it"
-                    if policy.loss == "auxiliary"
-                    else ""
-                )
-            )
+        reason = misfit(policy, manifest)
+        if reason is not None:
+            left_out[name] = reason
         elif episodic and policy.loss is None:
             left_out[name] = "it takes no gradient steps, so an episode would have nothing to forget"
         else:

@@ -33,7 +33,13 @@ from edge_ttt.manifest import (
     Manifest,
 )
 from export.checkpoint import SourceModel, load_checkpoint
-from export.loss import AUX_TARGET_INPUT, WEIGHT_INPUT, WeightedCrossEntropy, WeightedEntropy
+from export.loss import (
+    AUX_TARGET_INPUT,
+    SOFT_TARGET_INPUT,
+    WEIGHT_INPUT,
+    WeightedCrossEntropy,
+    WeightedEntropy,
+)
 from export.norms import norm_layers
 from export.onnx_graph import MAX_IR_VERSION, GraphNames, to_onnx
 from export.standard_graph import lower
@@ -59,10 +65,10 @@ def _stderr_to(path: Path) -> Iterator[None]:
             os.close(saved)
 
 
-def _generate(proto: onnx.ModelProto, names: GraphNames, out: Path) -> None:
+def _generate(proto: onnx.ModelProto, names: GraphNames, classes: int, out: Path) -> None:
     """Run ORT's artifact generator with its ~40 INFO lines sent to the export log, not stderr."""
     frozen = [i.name for i in proto.graph.initializer if i.name not in names.trainable]
-    loss = WeightedCrossEntropy(len(TRANSFORMS)) if names.aux_logits else WeightedEntropy()
+    loss = WeightedCrossEntropy(len(TRANSFORMS)) if names.aux_logits else WeightedEntropy(classes)
     root = logging.getLogger()
     handler = logging.FileHandler(out / EXPORT_LOG)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
@@ -171,7 +177,11 @@ def build_manifest(
                 "sample_rate_hz": src.sample_rate_hz,
             },
             "standardization": {"mean": std.mean.tolist(), "std": std.std.tolist()},
-            "graph": {"stat_mix": names.stat_mix, "sample_weight": WEIGHT_INPUT},
+            "graph": {
+                "stat_mix": names.stat_mix,
+                "sample_weight": WEIGHT_INPUT,
+                "soft_target": None if names.aux_logits else SOFT_TARGET_INPUT,
+            },
             "norm_layers": norm_entries,
             "trainable": list(names.trainable),
             "auxiliary": _auxiliary(names),
@@ -211,7 +221,7 @@ def export_bundle(src: SourceModel, out: Path, force: bool = False) -> Manifest:
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        _generate(proto, names, tmp)
+        _generate(proto, names, len(src.classes), tmp)
         gradients = _write_standard(names, tmp)
         files = {p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.is_file()}
         manifest = build_manifest(src, names, files, gradients)

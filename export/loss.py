@@ -1,7 +1,11 @@
 """Training losses of the bundles, weighted per sample by a runtime-supplied vector.
 
-Entropy (every model without an auxiliary head), label-free:
-loss = sum_i w_i * H(softmax(logits_i)), with H(p) = -sum_c p_c log p_c.
+Entropy (every model without an auxiliary head), label-free, plus a cross-entropy against soft
+targets that the runtime supplies (RoTTA's teacher predictions, weighted by age):
+loss = sum_i w_i * H(softmax(logits_i)) - sum_i sum_c t_ic log softmax(logits_i)_c,
+with H(p) = -sum_c p_c log p_c and `soft_target` t, [batch, classes]. With t = 0 (what every
+entropy policy feeds) the loss and its gradients are the entropy's alone; with w = 0 they are the
+soft cross-entropy's, whose per-sample weights the runtime folds into t.
 
 Auxiliary cross-entropy (models with an auxiliary head, `WeightedCrossEntropy`): the device
 builds transformed copies of a window and knows their labels, so it feeds the targets itself:
@@ -21,6 +25,7 @@ from onnxruntime.training import onnxblock
 
 WEIGHT_INPUT = "sample_weight"
 AUX_TARGET_INPUT = "aux_target"
+SOFT_TARGET_INPUT = "soft_target"
 
 
 class _WeightedPerSample(onnxblock.Block):
@@ -33,6 +38,10 @@ class _WeightedPerSample(onnxblock.Block):
         """Extra inputs on `graph`, and the nodes computing a [batch] loss; returns (nodes, output)."""
         raise NotImplementedError
 
+    def total(self, graph: onnx.GraphProto, weighted: str) -> list:
+        """The nodes from the weighted per-sample losses to the scalar `loss`: their sum."""
+        return [helper.make_node("ReduceSum", [weighted], ["loss"], keepdims=0)]
+
     def build(self, logits_name: str) -> str:
         graph = self.base.graph
         graph.input.append(helper.make_tensor_value_info(WEIGHT_INPUT, TensorProto.FLOAT, ["batch"]))
@@ -40,19 +49,22 @@ class _WeightedPerSample(onnxblock.Block):
         nodes, per_sample = self.per_sample(graph, logits_name, axes)
         graph.initializer.append(onnx.numpy_helper.from_array(np.asarray([1], dtype=np.int64), axes))
         weighted = f"{self.prefix}.weighted"
-        nodes += [
-            helper.make_node("Mul", [per_sample, WEIGHT_INPUT], [weighted]),
-            helper.make_node("ReduceSum", [weighted], ["loss"], keepdims=0),
-        ]
+        nodes.append(helper.make_node("Mul", [per_sample, WEIGHT_INPUT], [weighted]))
+        nodes += self.total(graph, weighted)
         graph.node.extend(nodes)
         graph.value_info.append(helper.make_tensor_value_info("loss", TensorProto.FLOAT, []))
         return "loss"
 
 
 class WeightedEntropy(_WeightedPerSample):
-    """The weighted entropy of the logits; built from ops that have gradients."""
+    """The weighted entropy of the logits plus their cross-entropy against `soft_target`; built
+    from ops that have gradients."""
 
     prefix = "entropy"
+
+    def __init__(self, classes: int) -> None:
+        super().__init__()
+        self.classes = classes
 
     def per_sample(self, graph: onnx.GraphProto, logits_name: str, axes: str) -> tuple[list, str]:
         nodes = [
@@ -63,6 +75,18 @@ class WeightedEntropy(_WeightedPerSample):
             helper.make_node("Neg", ["entropy.neg_h"], ["entropy.h"]),
         ]
         return nodes, "entropy.h"
+
+    def total(self, graph: onnx.GraphProto, weighted: str) -> list:
+        """The weighted entropies' sum minus the sum of the soft targets' log-likelihoods."""
+        graph.input.append(
+            helper.make_tensor_value_info(SOFT_TARGET_INPUT, TensorProto.FLOAT, ["batch", self.classes])
+        )
+        return [
+            helper.make_node("ReduceSum", [weighted], ["entropy.sum"], keepdims=0),
+            helper.make_node("Mul", ["entropy.logp", SOFT_TARGET_INPUT], ["soft_ce.tlogp"]),
+            helper.make_node("ReduceSum", ["soft_ce.tlogp"], ["soft_ce.neg_sum"], keepdims=0),
+            helper.make_node("Sub", ["entropy.sum", "soft_ce.neg_sum"], ["loss"]),
+        ]
 
 
 class WeightedCrossEntropy(_WeightedPerSample):

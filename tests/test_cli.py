@@ -228,7 +228,7 @@ def test_replay_episodic_runs_the_gradient_policies_the_bundle_can_run(
     summaries = [json.loads(line) for line in result.stdout.splitlines()]
     left_out = [line.split(":")[0] for line in result.stderr.splitlines()]
     assert left_out == [
-        f"left out {p}" for p in ("source", "norm", "tent", "sar", "note", "unmix-tns", "steady")
+        f"left out {p}" for p in ("source", "norm", "tent", "sar", "note", "unmix-tns", "rotta", "steady")
     ]
     assert [(s["policy"], s["episodic"]) for s in summaries] == [("ttt", True)]
     assert summaries[0]["adapt_steps"] == summaries[0]["windows"]  # one step per window, each forgotten

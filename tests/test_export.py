@@ -187,6 +187,36 @@ def test_one_adaptation_step_equals_torch(exported, mix):
     assert any(np.abs(updated[n] - src.model.state_dict()[n].numpy()).max() > 1e-3 for n in names)
 
 
+def test_the_soft_target_term_equals_torchs_soft_cross_entropy(exported):
+    """Entropy and soft cross-entropy together (RoTTA's student loss is the second): the loss and
+    every gradient equal torch's, with the source statistics, batch size 1 included."""
+    src, bundle = exported
+    model = OrtModel(bundle)
+    assert bundle.manifest.graph.soft_target == "soft_target"
+    rng = np.random.default_rng(5)
+    for batch in (1, 6):
+        x = windows(batch, seed=30 + batch)
+        weights = rng.uniform(0.0, 0.5, batch).astype(np.float32)
+        target = (rng.dirichlet(np.ones(CLASSES), batch) / batch).astype(np.float32)
+        reference = copy.deepcopy(src.model).eval()
+        params = [p for layer in norm_layers(reference).values() for p in (layer.weight, layer.bias)]
+        for p in reference.parameters():
+            p.requires_grad_(False)
+        for p in params:
+            p.requires_grad_(True)
+        logp = torch.log_softmax(reference(torch.from_numpy(x)), dim=1)
+        entropy = -(logp.exp() * logp).sum(dim=1)
+        loss = (entropy * torch.from_numpy(weights)).sum() - (torch.from_numpy(target) * logp).sum()
+        loss.backward()
+        out = model.forward_backward(x, weights, model.source_stats(), soft_target=target)
+        assert out.loss == pytest.approx(float(loss.detach()), rel=1e-4)
+        got = model.gradients()
+        model.discard_gradients()
+        names = [f"{n}.{p}" for n in norm_layers(reference) for p in ("weight", "bias")]
+        for name, p in zip(names, params, strict=True):
+            np.testing.assert_allclose(got[name], p.grad.numpy(), rtol=1e-3, atol=1e-6, err_msg=name)
+
+
 def test_fifty_steps_change_only_norm_parameters(exported):
     src, bundle = exported
     model = OrtModel(bundle)

@@ -35,7 +35,8 @@ def test_the_default_fails_when_its_mean_is_behind_and_is_not_measured_without_p
 
 
 def test_each_peer_must_beat_tent_on_the_class_sorted_stream_at_batch_16():
-    cells = peer_grid({"tent": 40.0, "note": 55.0, "unmix-tns": 60.0}, orders=("class-sorted",), batch=16)
+    peers = {"tent": 40.0, "note": 55.0, "unmix-tns": 60.0, "rotta": 58.0}
+    cells = peer_grid(peers, orders=("class-sorted",), batch=16)
     assert target_peer_claims(results(cells)).status == PASS
     cells.update(peer_grid({"note": 39.0}, orders=("class-sorted",), batch=16))
     claims = target_peer_claims(results(cells))

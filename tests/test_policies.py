@@ -49,7 +49,9 @@ def stream(seed: int, n: int = 1, policy: str = "") -> np.ndarray:
 
 
 def test_the_registry_lists_every_policy_once_in_its_own_module():
-    assert list(POLICY_TYPES) == ["source", "norm", "tent", "sar", "note", "unmix-tns", "steady", "ttt"]
+    assert list(POLICY_TYPES) == [
+        *("source", "norm", "tent", "sar", "note", "unmix-tns", "rotta", "steady", "ttt")
+    ]
     for name, policy in POLICY_TYPES.items():
         module = name.replace("-", "_")  # a hyphenated name lives in a module it can be imported as
         assert policy.name == name and policy.__module__ == f"edge_ttt.adapt.policies.{module}"
@@ -227,5 +229,5 @@ def test_the_report_is_a_frozen_value_with_the_fields_of_a_summary(bundle_dir: P
 
 def test_only_policies_with_statistics_of_their_own_report_them():
     own = {name for name, p in POLICY_TYPES.items() if p.keeps_stats}
-    assert own == {"norm", "note", "unmix-tns", "steady", "ttt"}
+    assert own == {"norm", "note", "unmix-tns", "rotta", "steady", "ttt"}
     assert all(POLICY_TYPES[p].stats is not Policy.stats for p in own)

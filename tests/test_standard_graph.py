@@ -41,7 +41,8 @@ def checkpoint_parameters(bundle: Bundle) -> dict[str, np.ndarray]:
 
 
 def call_inputs(bundle: Bundle, batch: int, mix: float) -> dict[str, np.ndarray]:
-    """A call's inputs: windows, nonuniform weights, statistics off the source ones, a target."""
+    """A call's inputs: windows, nonuniform weights, statistics off the source ones, a target
+    (soft targets for an entropy bundle, so that both terms of its loss are compared)."""
     m = bundle.manifest
     rng = np.random.default_rng(batch)
     values = {
@@ -57,6 +58,9 @@ def call_inputs(bundle: Bundle, batch: int, mix: float) -> dict[str, np.ndarray]
     if m.auxiliary is not None:
         labels = rng.integers(0, len(m.auxiliary.transformations), batch)
         values[m.auxiliary.target] = np.eye(len(m.auxiliary.transformations), dtype=np.float32)[labels]
+    if m.graph.soft_target is not None:
+        soft = rng.uniform(0.0, 1.0, (batch, len(m.model.classes))).astype(np.float32)
+        values[m.graph.soft_target] = soft / soft.sum()
     return values
 
 

@@ -44,6 +44,8 @@ class TrainingModule:
             values[manifest.auxiliary.target] = np.zeros(
                 (len(x), len(manifest.auxiliary.transformations)), np.float32
             )
+        if graph.soft_target is not None:  # zeros: the entropy alone, as the engine feeds it
+            values[graph.soft_target] = np.zeros((len(x), len(manifest.model.classes)), np.float32)
         if graph.stat_mix is not None:
             values[graph.stat_mix] = np.asarray([mix], np.float32)
         for layer in manifest.batch_norms:

@@ -17,12 +17,16 @@ from firmware_sim.datasets.watch import watch_logs
 
 def cached(paths: ModelPaths, name: str) -> bool:
     """A checkpoint next to a bundle that verifies and holds the named model, from this version's
-    training (its reference lacks nothing that training writes now)."""
+    training and export (its reference lacks nothing that training writes now, and its graph
+    takes every input that the policies feed now)."""
     try:
         bundle = load_bundle(paths.bundle)
     except BundleError:
         return False
     if bundle.manifest.model.name != name or not paths.checkpoint.is_file():
+        return False
+    if bundle.manifest.auxiliary is None and bundle.manifest.graph.soft_target is None:
+        progress(f"{paths.bundle} predates the soft-target input (rotta): training and exporting again")
         return False
     missing = missing_reference(paths.checkpoint)
     if missing:

@@ -1,5 +1,5 @@
 """Issue #23's targets: the default policy against the peers built for correlated streams
-(NOTE, UnMix-TNS), and each peer's own claim on our data (docs/adaptation-benchmark.md)."""
+(NOTE, UnMix-TNS, RoTTA), and each peer's own claim on our data (docs/adaptation-benchmark.md)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from benchmarks.adaptation.targets import (
 )
 from benchmarks.harness import FAIL, NOT_MEASURED, PASS, Target
 
-PEERS = ("note", "unmix-tns")
+PEERS = ("note", "unmix-tns", "rotta")
 PEER_BATCH = 1
 MAX_BEHIND_PEER = 2.0  # points, any cell, against the best peer of its order
 CLAIM_ORDER, CLAIM_BATCH, CLAIM_BASELINE = "class-sorted", 16, "tent"
@@ -64,7 +64,7 @@ def target_default_vs_peers(results: list[dict], default: str | None) -> Target:
 def target_peer_claims(results: list[dict]) -> Target:
     title = (
         f"12. each peer above {CLAIM_BASELINE} on the label-correlated ({CLAIM_ORDER}) stream at batch size "
-        f"{CLAIM_BATCH}, mean over corruptions: the claim NOTE and UnMix-TNS both make, that they hold "
+        f"{CLAIM_BATCH}, mean over corruptions: the claim NOTE, UnMix-TNS and RoTTA all make, that they hold "
         f"where test-batch normalization fails ({TARGET_MODEL}, severity {SHIFT_SEVERITY})"
     )
     acc = _cells(results)

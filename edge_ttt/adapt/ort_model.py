@@ -108,6 +108,8 @@ class OrtModel:
         fed = {graph.input, graph.sample_weight} | (
             {self.manifest.auxiliary.target} if self.manifest.auxiliary else set()
         )
+        if graph.soft_target is not None:
+            fed.add(graph.soft_target)
         spec = self.manifest.standard_graph
         predictor = BoundGraph(bundle.file(EVAL_MODEL), options, buffers)
         predictor.fetch(self._outputs)
@@ -171,6 +173,7 @@ class OrtModel:
         stats: Stats,
         mix: float,
         target: np.ndarray | None = None,
+        soft_target: np.ndarray | None = None,
     ) -> None:
         """This call's inputs, copied into the bound buffers: the statistics and the mix into
         those bound once, the batch-shaped ones into buffers bound for the batch size."""
@@ -182,6 +185,9 @@ class OrtModel:
         if aux is not None:  # the eval graph keeps the training graph's inputs, so feed it always
             shape = (len(x), len(aux.transformations))
             g.feed(aux.target, np.zeros(shape, np.float32) if target is None else target)
+        if graph.soft_target is not None:  # as the auxiliary target: the eval graph has it too
+            shape = (len(x), len(self.manifest.model.classes))
+            g.feed(graph.soft_target, np.zeros(shape, np.float32) if soft_target is None else soft_target)
         kept = self._kept
         if graph.stat_mix is not None:
             kept[graph.stat_mix][0] = mix  # rounded to float32 as the input is
@@ -207,18 +213,27 @@ class OrtModel:
         stats: Stats,
         mix: float = 0.0,
         target: np.ndarray | None = None,
+        soft_target: np.ndarray | None = None,
     ) -> Outputs:
-        """Training graph: loss = sum(weights * entropy), or for a bundle with an auxiliary task
-        sum(weights * cross-entropy of the auxiliary head against `target`); gradients accumulate
-        until `discard_gradients`.
+        """Training graph: loss = sum(weights * entropy), plus, where the bundle has the input,
+        the cross-entropy against `soft_target` ([batch, classes], per-sample weights folded in;
+        zeros when None); or for a bundle with an auxiliary task sum(weights * cross-entropy of
+        the auxiliary head against `target`). Gradients accumulate until `discard_gradients`.
 
         The logits are those before the update, i.e. what `forward` would have returned.
         """
         weights = np.asarray(weights, np.float32)
         if target is not None:
             target = np.ascontiguousarray(target, np.float32)
+        if soft_target is not None:
+            if self.manifest.graph.soft_target is None:
+                raise ValueError(
+                    f"bundle {self.bundle_path} has no soft-target input; export it again "
+                    "(`edge-ttt export`) with this version to train on soft targets"
+                )
+            soft_target = np.ascontiguousarray(soft_target, np.float32)
         trainer = self._graphs[1]
-        self._bind_call(trainer, x, weights, stats, mix, target)
+        self._bind_call(trainer, x, weights, stats, mix, target, soft_target)
         out = trainer.run()
         if self._step_gradient is not None:  # the standard graph: add this pass's gradients
             if self._reset[0]:

@@ -8,6 +8,9 @@
   entropy steps on the memory every 64 windows.
 - `unmix-tns`: UnMix-TNS (Tomar et al., 2024): per batch norm K statistics components; each window
   normalizes with their mixture re-weighted by its own statistics (layer by layer); no gradients.
+- `rotta`: RoTTA (Yuan et al., 2023): robust batch norm, a category-balanced memory, and a
+  teacher-student step on soft targets every 64 windows; needs a bundle whose entropy graph takes
+  soft targets (exported by this version or later).
 - `steady` (default): class-balanced momentum statistics + filtered, class-balanced entropy steps
   on the norm affines, averaged (EMA) and anchored to source, with collapse rollback.
 - `ttt`: test-time training on a self-supervised auxiliary task; needs a bundle with an auxiliary
@@ -25,9 +28,10 @@ from typing import Any
 
 from edge_ttt.adapt.counters import Counters
 from edge_ttt.adapt.ort_model import OrtModel
-from edge_ttt.adapt.policies.base import Policy, PolicyMismatchError, bundle_loss, fits
+from edge_ttt.adapt.policies.base import Policy, PolicyMismatchError, bundle_loss, fits, misfit
 from edge_ttt.adapt.policies.norm import Norm
 from edge_ttt.adapt.policies.note import Note
+from edge_ttt.adapt.policies.rotta import Rotta
 from edge_ttt.adapt.policies.sar import Sar
 from edge_ttt.adapt.policies.source import Source
 from edge_ttt.adapt.policies.steady import Steady
@@ -36,7 +40,7 @@ from edge_ttt.adapt.policies.ttt import TestTimeTraining
 from edge_ttt.adapt.policies.unmix_tns import UnmixTns
 
 POLICY_TYPES: dict[str, type[Policy]] = {
-    p.name: p for p in (Source, Norm, Tent, Sar, Note, UnmixTns, Steady, TestTimeTraining)
+    p.name: p for p in (Source, Norm, Tent, Sar, Note, UnmixTns, Rotta, Steady, TestTimeTraining)
 }
 DEFAULT_POLICY = Steady.name
 
@@ -47,6 +51,7 @@ __all__ = [
     "Note",
     "Policy",
     "PolicyMismatchError",
+    "Rotta",
     "Sar",
     "Source",
     "Steady",
@@ -56,6 +61,7 @@ __all__ = [
     "bundle_loss",
     "create",
     "fits",
+    "misfit",
 ]
 
 
@@ -64,12 +70,15 @@ def create(name: str, model: OrtModel, counters: Counters, options: Mapping[str,
     bundle does not fit it, TypeError for an option it does not take, ValueError for a bad value."""
     policy = POLICY_TYPES[name]
     manifest = model.manifest
-    if not fits(policy, manifest):
+    reason = misfit(policy, manifest)
+    if reason is not None:
         usable = ", ".join(p.name for p in POLICY_TYPES.values() if fits(p, manifest))
-        raise PolicyMismatchError(
-            f"policy {name!r} steps on the {policy.loss} loss, but bundle {model.bundle_path} "
-            f"(model {manifest.model.name}) was exported with the {bundle_loss(manifest)} loss; "
-            f"run it with one of {usable}, or export a model made for {name!r}"
-            + (" (a model with an auxiliary head, e.g. cnn-bn-ttt)" if policy.loss == "auxiliary" else "")
-        )
+        if policy.loss != bundle_loss(manifest):
+            raise PolicyMismatchError(
+                f"policy {name!r} steps on the {policy.loss} loss, but bundle {model.bundle_path} "
+                f"(model {manifest.model.name}) was exported with the {bundle_loss(manifest)} loss; "
+                f"run it with one of {usable}, or export a model made for {name!r}"
+                + (" (a model with an auxiliary head, e.g. cnn-bn-ttt)" if policy.loss == "auxiliary" else "")
+            )
+        raise PolicyMismatchError(f"policy {name!r} cannot run on bundle {model.bundle_path}: {reason}")
     return policy(model, counters, policy.Options(**options))

@@ -51,9 +51,31 @@ def bundle_loss(manifest: Manifest) -> str:
     return "entropy" if manifest.auxiliary is None else "auxiliary"
 
 
+def misfit(policy: type[Policy], manifest: Manifest) -> str | None:
+    """Why the policy cannot run on the bundle, in words; None when it can (gradient-free
+    policies run on any)."""
+    model = manifest.model.name
+    if policy.loss is not None and policy.loss != bundle_loss(manifest):
+        return (
+            f"it steps on the {policy.loss} loss, and this bundle's model ({model}) "
+            f"was exported with the {bundle_loss(manifest)} loss"
+            + (
+                "; train and export a model with an auxiliary head, e.g. cnn-bn-ttt, to run it"
+                if policy.loss == "auxiliary"
+                else ""
+            )
+        )
+    if policy.soft_targets and manifest.graph.soft_target is None:
+        return (
+            f"it trains on soft targets, and this bundle's model ({model}) was exported before "
+            "the training graph took them; export it again with `edge-ttt export` to run it"
+        )
+    return None
+
+
 def fits(policy: type[Policy], manifest: Manifest) -> bool:
-    """Whether the policy can run on the bundle (gradient-free policies run on any)."""
-    return policy.loss is None or policy.loss == bundle_loss(manifest)
+    """Whether the policy can run on the bundle."""
+    return misfit(policy, manifest) is None
 
 
 class Policy:
@@ -65,6 +87,7 @@ class Policy:
 
     name: ClassVar[str]
     loss: ClassVar[str | None] = None  # the training loss its steps need: 'entropy', 'auxiliary', None
+    soft_targets: ClassVar[bool] = False  # its steps feed the entropy graph's soft targets
     keeps_stats: ClassVar[bool] = False  # normalizes with statistics of its own (`stats()`)
     batch_stats: ClassVar[bool] = False  # batch norms normalize each batch by its own moments
 
