@@ -171,6 +171,7 @@ def run(
         cfg = load_config(config)
         logs.configure(cfg.logging.level, cfg.logging.json_lines)
         bundle = load_bundle(cfg.model.artifacts)  # a bad one is refused before the locks make a directory
+        cfg.model.check_fits(bundle.manifest)  # as is a policy that cannot run on it
         hold_dirs(cfg)  # for the life of the process
         agent = Agent(cfg, bundle)
     except (ConfigError, BundleError, RuntimeError) as exc:

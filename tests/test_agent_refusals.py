@@ -92,3 +92,8 @@ def test_run_refuses_a_bad_config_or_bundle_before_starting_anything(tmp_path, b
     assert not (tmp_path / "state").exists()  # nothing half-started
     result = run(write_config(tmp_path, tmp_path / "no-such-bundle", 1))
     assert result.returncode == 2 and "no-such-bundle does not exist" in result.stderr
+    wrong = write_config(tmp_path, bundle_dir, 1)
+    wrong.write_text(wrong.read_text().replace("[model]\n", '[model]\npolicy = "ttt"\n'))
+    result = run(wrong)  # a policy the bundle cannot run: refused at start, not at every device's first frame
+    assert result.returncode == 2 and "model.policy: 'ttt' cannot run on" in result.stderr
+    assert "auxiliary loss" in result.stderr and not (tmp_path / "state").exists()

@@ -29,12 +29,21 @@ from edge_ttt.adapt.engine import SOURCE_EVERY, AutoInputs
 from edge_ttt.adapt.fallback import FallbackOptions
 from edge_ttt.adapt.input_alignment import InputOptions
 from edge_ttt.adapt.label_runs import RunOptions
-from edge_ttt.adapt.policies import DEFAULT_POLICY, POLICY_TYPES
+from edge_ttt.adapt.policies import DEFAULT_POLICY, POLICY_TYPES, misfit
 from edge_ttt.agent.checkpoints import StateSection
 from edge_ttt.agent.publisher import PredictionsSection
 from edge_ttt.agent.status import StatusSection
-from edge_ttt.config_file import ConfigPath, Section, WritableDir, read_toml, section_at, validate_file
+from edge_ttt.config_file import (
+    ConfigError,
+    ConfigPath,
+    Section,
+    WritableDir,
+    read_toml,
+    section_at,
+    validate_file,
+)
 from edge_ttt.drift.acks import ACK_LEVEL
+from edge_ttt.manifest import Manifest
 from edge_ttt.stream.mqtt_settings import MqttSection
 from edge_ttt.stream.settings import QueueSection, WindowingSection
 from edge_ttt.stream.topics import DeviceTopic, levels, may_overlap, subscription
@@ -185,6 +194,13 @@ class ModelSection(Section):
             # The values' own checks (ranges, how options go together), on load rather than at start.
             POLICY_TYPES[info.data["policy"]].Options(**{k: v for k, v in options.items() if k != "episodic"})
         return options
+
+    def check_fits(self, manifest: Manifest) -> None:
+        """Refuse a policy that cannot run on the bundle, before anything starts: the engines are
+        built per device, at its first frame, where a mismatch would fail every stream instead."""
+        reason = misfit(POLICY_TYPES[self.policy], manifest)
+        if reason is not None:
+            raise ConfigError(f"model.policy: {self.policy!r} cannot run on {self.artifacts}: {reason}")
 
     @field_validator("runs")
     @classmethod

@@ -91,6 +91,7 @@ class Agent:
         self.cfg, m = cfg, cfg.model
         bundle = load_bundle(m.artifacts) if bundle is None else bundle
         self.manifest = bundle.manifest
+        m.check_fits(self.manifest)
         self.model = OrtModel(bundle, device=m.device, threads=m.threads)
         identity = {"device": self.model.device, "policy": m.policy, "model": self.model.bundle_sha256}
         loaded = {"bundle": bundle.sha256[:12], "device": self.model.device, "policy": m.policy}
