@@ -188,7 +188,7 @@ def test_episodic_ttt_adapts_on_each_window_alone_with_its_moments_mixed_in(
 
 
 def test_policies_refuse_bundles_made_for_another_loss(bundle_dir: Path, aux_bundle_dir: Path):
-    with pytest.raises(PolicyMismatchError, match=r"policy 'ttt' .*\(model cnn-bn\) .*cnn-bn-ttt"):
+    with pytest.raises(PolicyMismatchError, match=r"policy 'ttt' .*model \(cnn-bn\) .*cnn-bn-ttt"):
         Engine(OrtModel(load_bundle(bundle_dir)), "ttt")
     for policy in ("tent", "sar", "note", "steady"):
         with pytest.raises(

@@ -237,7 +237,8 @@ def test_replay_episodic_runs_the_gradient_policies_the_bundle_can_run(
 def test_replay_names_the_policy_that_does_not_fit_the_bundle(aux_bundle_dir: Path, synthetic_log_path: Path):
     result = invoke("replay", "--artifacts", aux_bundle_dir, "--log", synthetic_log_path, "--policy", "tent")
     assert result.exit_code == 2
-    assert "policy 'tent' steps on the entropy loss" in result.output and "ttt" in result.output
+    assert "policy 'tent' cannot run on bundle" in result.output
+    assert "it steps on the entropy loss" in result.output and "ttt" in result.output
 
 
 def test_replay_text_says_what_it_leaves_out_and_every_counter(bundle_dir: Path, synthetic_log_path: Path):

@@ -73,12 +73,8 @@ def create(name: str, model: OrtModel, counters: Counters, options: Mapping[str,
     reason = misfit(policy, manifest)
     if reason is not None:
         usable = ", ".join(p.name for p in POLICY_TYPES.values() if fits(p, manifest))
-        if policy.loss != bundle_loss(manifest):
-            raise PolicyMismatchError(
-                f"policy {name!r} steps on the {policy.loss} loss, but bundle {model.bundle_path} "
-                f"(model {manifest.model.name}) was exported with the {bundle_loss(manifest)} loss; "
-                f"run it with one of {usable}, or export a model made for {name!r}"
-                + (" (a model with an auxiliary head, e.g. cnn-bn-ttt)" if policy.loss == "auxiliary" else "")
-            )
-        raise PolicyMismatchError(f"policy {name!r} cannot run on bundle {model.bundle_path}: {reason}")
+        raise PolicyMismatchError(
+            f"policy {name!r} cannot run on bundle {model.bundle_path}: {reason}; "
+            f"the policies that run on it: {usable}"
+        )
     return policy(model, counters, policy.Options(**options))
