@@ -17,11 +17,12 @@ from edge_ttt.adapt.ort_model import OrtModel, Stats
 from edge_ttt.adapt.outputs import Outputs
 from edge_ttt.adapt.pbrs import PredictionBalancedReservoir
 from edge_ttt.adapt.policies.base import Count, NonNegative, Policy, Rate
+from edge_ttt.adapt.policies.memory import MemoryPolicy
 
 Moments = dict[str, tuple[np.ndarray, np.ndarray]]
 
 
-class Note(Policy):
+class Note(MemoryPolicy):
     """NOTE, window by window as the paper runs it (its batch-free inference):
 
     1. Predict each window with instance-aware batch norm (`edge_ttt.adapt.iabn`): per layer the
@@ -102,21 +103,9 @@ class Note(Policy):
         start, choose = self.running, self._iabn(self.running)
         return joined([forward_layerwise(self.model, x[i : i + 1], start, choose)[0] for i in range(len(x))])
 
-    def update(self, x: np.ndarray) -> Outputs:
-        """Windows in order; a step between two windows when the count comes round."""
-        every, outs, i = self.options.update_every, [], 0
-        while i < len(x):
-            part = x[i : i + every - self.arrived % every]  # up to the next step
-            out = self.predict(part)
-            for window, label in zip(part, out.logits.argmax(axis=1), strict=True):
-                self.memory.add(window, int(label))
-            self.arrived += len(part)
-            if self.arrived % every == 0:
-                self._step()
-            outs.append(out)
-            i += len(part)
-        self.counters.adapt_steps += 1  # the memory saw the batch
-        return joined(outs)
+    def _remember(self, part: np.ndarray, out: Outputs) -> None:
+        for window, label in zip(part, out.logits.argmax(axis=1), strict=True):
+            self.memory.add(window, int(label))
 
     def _step(self) -> None:
         """One Adam step on the memory's mean entropy; the running statistics follow the memory."""

@@ -11,18 +11,18 @@ from edge_ttt.adapt.augment import strong_augment
 from edge_ttt.adapt.counters import Counters
 from edge_ttt.adapt.cstu import CategoryBalancedMemory, timeliness
 from edge_ttt.adapt.flat import prefixed, unprefixed
-from edge_ttt.adapt.layerwise import joined
 from edge_ttt.adapt.optim import Adam, Arrays
 from edge_ttt.adapt.ort_model import OrtModel, Stats
 from edge_ttt.adapt.outputs import Outputs
 from edge_ttt.adapt.policies.base import Count, NonNegative, Policy, Rate
+from edge_ttt.adapt.policies.memory import MemoryPolicy
 from edge_ttt.adapt.softmax import softmax_entropy
 from edge_ttt.adapt.transforms import triads
 
 Moments = dict[str, tuple[np.ndarray, np.ndarray]]
 
 
-class Rotta(Policy):
+class Rotta(MemoryPolicy):
     """RoTTA, window by window:
 
     1. The teacher predicts each window with its robust statistics (no batch moments): these are
@@ -88,22 +88,10 @@ class Rotta(Policy):
     def predict(self, x: np.ndarray) -> Outputs:
         return self.model.forward(x, self.stats())
 
-    def update(self, x: np.ndarray) -> Outputs:
-        """Windows in order; a step between two windows when the count comes round."""
-        every, outs, i = self.options.update_every, [], 0
-        while i < len(x):
-            part = x[i : i + every - self.arrived % every]  # up to the next step
-            out = self.predict(part)
-            _, entropy = softmax_entropy(out.logits.astype(np.float64))
-            for window, label, h in zip(part, out.logits.argmax(axis=1), entropy, strict=True):
-                self.memory.add(window, int(label), float(h))
-            self.arrived += len(part)
-            if self.arrived % every == 0:
-                self._step()
-            outs.append(out)
-            i += len(part)
-        self.counters.adapt_steps += 1  # the memory saw the batch
-        return joined(outs)
+    def _remember(self, part: np.ndarray, out: Outputs) -> None:
+        _, entropy = softmax_entropy(out.logits.astype(np.float64))
+        for window, label, h in zip(part, out.logits.argmax(axis=1), entropy, strict=True):
+            self.memory.add(window, int(label), float(h))
 
     def _step(self) -> None:
         """The teacher-student step on the memory (the model holds the teacher's affines before
