@@ -75,6 +75,24 @@ def test_targets_fail_and_name_the_cells():
     assert targets[2].details[1:] == ["cnn-bn noise shuffled b=16: tent 90.0 vs torch-tent 60.0 (+30.00)"]
 
 
+def test_tent_parity_leaves_out_cells_where_the_input_guard_refused_windows():
+    """Parity checks the tent policy against torch's Tent on the same windows; where the engine's
+    guard kept windows from every policy the two saw different streams: listed, not judged."""
+    cells = results(grid({"tent": 60.0, TORCH_TENT: 60.0}))
+    for r in cells:
+        r["counters"] = {"rejected_invalid": 0}
+    guarded = next(r for r in cells if r["policy"] == "tent" and r["corruption"] == "noise")
+    guarded["accuracy"], guarded["counters"]["rejected_invalid"] = 0.9, 1915
+    target = evaluate_targets(cells, default=None)[2]
+    assert target.status == PASS
+    assert target.details[-1] == (
+        f"not judged: cnn-bn noise {guarded['order']} b={guarded['batch_size']}: the input guard "
+        "refused 1915 windows that torch-tent adapted on"
+    )
+    guarded["counters"]["rejected_invalid"] = 0  # the same gap on the same windows fails
+    assert evaluate_targets(cells, default=None)[2].status == FAIL
+
+
 def test_targets_not_measured_without_the_policies():
     targets = evaluate_targets(results(grid({"source": 70.0, TORCH_TENT: 60.0})), default=None)
     assert [t.status for t in targets] == [NOT_MEASURED] * 10

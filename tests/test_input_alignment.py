@@ -417,8 +417,8 @@ def test_config_turns_alignment_on_with_its_options_and_names_a_bad_key(tmp_path
     assert "model.input.momentum" in message and "greater than 0" in message
 
 
-def test_auto_turns_alignment_on_for_the_default_policy_and_leaves_offsets_to_batch_norms(
-    bundle_dir: Path, tmp_path_factory
+def test_auto_turns_alignment_on_for_this_projects_policies_and_leaves_offsets_to_batch_norms(
+    bundle_dir: Path, aux_bundle_dir: Path, tmp_path_factory
 ):
     from tests.conftest import exported_bundle
 
@@ -427,6 +427,9 @@ def test_auto_turns_alignment_on_for_the_default_policy_and_leaves_offsets_to_ba
     assert Engine(group_norm, "steady").inputs is not None  # the default: AUTO_INPUTS
     assert Engine(group_norm, "source").inputs is None
     assert Engine(group_norm, "norm").inputs is None
+    assert all(Engine(batch_norm, p).inputs is None for p in ("tent", "note", "rotta"))  # as published
+    ttt = Engine(OrtModel(load_bundle(aux_bundle_dir)), "ttt").inputs  # test-time training is ours too
+    assert ttt is not None and ttt.options.offset_floor == 3.0
     on_batch_norm = Engine(batch_norm, "steady").inputs  # offsets left to steady's statistics
     assert on_batch_norm is not None and on_batch_norm.options.offset_floor == 3.0
     assert Engine(group_norm, "steady", inputs=None).inputs is None

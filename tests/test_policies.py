@@ -33,9 +33,10 @@ def bundle_of(confident_bundle_dir: Path, aux_bundle_dir: Path):
 
 
 def make(path: Path, policy: str, model: OrtModel | None = None) -> Engine:
-    """An engine that always serves the policy (no fallback): these tests are about the policy."""
+    """An engine that always serves the policy (no fallback, no input alignment ahead of it):
+    these tests are about the policy."""
     options = AGGRESSIVE_STEADY if policy == "steady" else None
-    return Engine(model or OrtModel(load_bundle(path)), policy, options, fallback=None)
+    return Engine(model or OrtModel(load_bundle(path)), policy, options, fallback=None, inputs=None)
 
 
 def stream(seed: int, n: int = 1, policy: str = "") -> np.ndarray:

@@ -40,7 +40,7 @@ import numpy as np
 from edge_ttt.adapt.channel_references import window_features
 from edge_ttt.adapt.flat import prefixed, unprefixed
 from edge_ttt.adapt.mounting import Mounting, MountOptions
-from edge_ttt.adapt.policies import DEFAULT_POLICY
+from edge_ttt.adapt.policies import POLICY_TYPES
 from edge_ttt.adapt.statistics import ClassBalance, fold_weights
 from edge_ttt.adapt.transforms import triads
 
@@ -317,9 +317,10 @@ def for_bundle(manifest: Manifest, bundle_path: str | Path, options: InputOption
 
 @dataclass(frozen=True)
 class AutoInputs:
-    """Input alignment as it is on by default: ahead of the default policy, on a bundle with the
-    references for it. On a bundle without batch norms the policy has no statistics to adapt and
-    alignment is what moves the model. On a batch-norm bundle `steady`'s own statistics absorb a
+    """Input alignment as it is on by default: ahead of this project's policies (`Policy.aligned`:
+    the default, `steady`, and `ttt`), on a bundle with the references for it. On a bundle
+    without batch norms the policy has no statistics to adapt and alignment is what moves the
+    model. On a batch-norm bundle `steady`'s own statistics absorb a
     moderate offset, and alignment of offsets too lost up to 34 points against them on
     class-sorted streams, so offsets under `BATCH_NORM_OFFSET_FLOOR` source stds are left to them:
     there alignment undoes mounting and gains far out of the source range (docs/adaptation.md)."""
@@ -328,7 +329,7 @@ class AutoInputs:
 
     def resolve(self, policy: str, manifest: Manifest) -> InputOptions | None:
         """The options for `policy` on the bundle of `manifest`; None: no alignment."""
-        if policy != DEFAULT_POLICY or manifest.reference.class_channels is None:
+        if not POLICY_TYPES[policy].aligned or manifest.reference.class_channels is None:
             return None
         if manifest.batch_norms:  # offsets within the floor are left to the policy's statistics
             return replace(self.options, offset_floor=max(self.options.offset_floor, BATCH_NORM_OFFSET_FLOOR))

@@ -89,6 +89,9 @@ class Policy:
     loss: ClassVar[str | None] = None  # the training loss its steps need: 'entropy', 'auxiliary', None
     soft_targets: ClassVar[bool] = False  # its steps feed the entropy graph's soft targets
     keeps_stats: ClassVar[bool] = False  # normalizes with statistics of its own (`stats()`)
+    # Input alignment ahead of it by default (`AutoInputs`): this project's policies for real
+    # devices, not the published ones, which the benchmark runs as their papers do.
+    aligned: ClassVar[bool] = False
     batch_stats: ClassVar[bool] = False  # batch norms normalize each batch by its own moments
 
     @dataclass(frozen=True)

@@ -59,6 +59,7 @@ class Steady(Policy):
     """
 
     name = "steady"
+    aligned = True
     loss = "entropy"
     keeps_stats = True
 

@@ -58,6 +58,7 @@ class TestTimeTraining(Norm):
 
     __test__ = False  # not a pytest test class, whatever its name
     name = "ttt"
+    aligned = True
     loss = "auxiliary"
 
     @dataclass(frozen=True)
