@@ -163,15 +163,14 @@ def run(
 
     from edge_ttt.agent import Agent
     from edge_ttt.agent.config import load_config
-    from edge_ttt.agent.loop import hold_dirs
-    from edge_ttt.artifacts import BundleError, load_bundle
+    from edge_ttt.agent.loop import agent_bundle, hold_dirs
+    from edge_ttt.artifacts import BundleError
     from edge_ttt.config_file import ConfigError
 
     try:
         cfg = load_config(config)
         logs.configure(cfg.logging.level, cfg.logging.json_lines)
-        bundle = load_bundle(cfg.model.artifacts)  # a bad one is refused before the locks make a directory
-        cfg.model.check_fits(bundle.manifest)  # as is a policy that cannot run on it
+        bundle = agent_bundle(cfg)  # a bad one, or a policy it cannot run, before the locks make a directory
         hold_dirs(cfg)  # for the life of the process
         agent = Agent(cfg, bundle)
     except (ConfigError, BundleError, RuntimeError) as exc:

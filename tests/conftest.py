@@ -100,6 +100,12 @@ def confident_bundle_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def gn_bundle_dir(tmp_path_factory) -> Path:
+    """An exported cnn-gn bundle (group norms: no batch norm statistics)."""
+    return exported_bundle(tmp_path_factory, "cnn-gn", "bundles")
+
+
+@pytest.fixture(scope="session")
 def aux_bundle_dir(tmp_path_factory) -> Path:
     """An exported cnn-bn-ttt bundle (auxiliary head, auxiliary loss)."""
     return exported_bundle(tmp_path_factory, "cnn-bn-ttt", "bundles")

@@ -77,3 +77,8 @@ def source_model(name: str) -> SourceModel:
 
 def windows(n: int, seed: int = 0) -> np.ndarray:
     return (np.random.default_rng(seed).standard_normal((n, len(CHANNELS), LENGTH)) * 1.5).astype(np.float32)
+
+
+def off_source(n: int, seed: int) -> np.ndarray:
+    """Windows away from source (offset and gain), so that statistics and steps have somewhere to go."""
+    return windows(n, seed=seed) * 2.0 + 1.0

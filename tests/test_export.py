@@ -208,6 +208,8 @@ def test_the_soft_target_term_equals_torchs_soft_cross_entropy(exported):
         entropy = -(logp.exp() * logp).sum(dim=1)
         loss = (entropy * torch.from_numpy(weights)).sum() - (torch.from_numpy(target) * logp).sum()
         loss.backward()
+        model.forward_backward(x, weights, model.source_stats())  # its target input left zero
+        model.discard_gradients()
         out = model.forward_backward(x, weights, model.source_stats(), soft_target=target)
         assert out.loss == pytest.approx(float(loss.detach()), rel=1e-4)
         got = model.gradients()
@@ -215,6 +217,10 @@ def test_the_soft_target_term_equals_torchs_soft_cross_entropy(exported):
         names = [f"{n}.{p}" for n in norm_layers(reference) for p in ("weight", "bias")]
         for name, p in zip(names, params, strict=True):
             np.testing.assert_allclose(got[name], p.grad.numpy(), rtol=1e-3, atol=1e-6, err_msg=name)
+        # the next pass without soft targets is the entropy alone again (zeroed, not the stale targets)
+        alone = model.forward_backward(x, weights, model.source_stats())
+        model.discard_gradients()
+        assert alone.loss == pytest.approx(float((entropy * torch.from_numpy(weights)).sum()), rel=1e-4)
 
 
 def test_fifty_steps_change_only_norm_parameters(exported):

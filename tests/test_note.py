@@ -17,23 +17,12 @@ from edge_ttt.adapt.ort_model import OrtModel
 from edge_ttt.adapt.pbrs import PredictionBalancedReservoir
 from edge_ttt.adapt.policies.note import Note
 from edge_ttt.artifacts import load_bundle
-from tests.conftest import exported_bundle
-from tests.model_factory import LENGTH, windows
+from tests.model_factory import LENGTH, off_source
 from tests.test_engine import states_equal
-
-
-@pytest.fixture(scope="module")
-def gn_bundle_dir(tmp_path_factory) -> Path:
-    return exported_bundle(tmp_path_factory, "cnn-gn", "note-gn")
 
 
 def note(path: Path, **options) -> Note:
     return Note(OrtModel(load_bundle(path)), Counters(), Note.Options(**options))
-
-
-def shifted(n: int, seed: int) -> np.ndarray:
-    """Windows away from source (offset and gain), so that entropy steps have something to do."""
-    return windows(n, seed=seed) * 2.0 + 1.0
 
 
 def test_iabn_keeps_the_base_within_alpha_standard_errors_and_shrinks_beyond():
@@ -61,7 +50,7 @@ def test_pooled_moments_are_those_of_all_samples_together():
 
 def test_within_the_band_everywhere_the_prediction_is_the_running_statistics(bundle_dir: Path):
     policy = note(bundle_dir, alpha=1e9)
-    x = shifted(3, seed=1)
+    x = off_source(3, seed=1)
     for i in range(3):
         source = policy.model.forward(x[i : i + 1], policy.source_stats).logits
         np.testing.assert_array_equal(policy.predict(x[i : i + 1]).logits, source)
@@ -119,19 +108,19 @@ def test_the_step_fires_every_update_every_windows_and_moves_only_the_norm_affin
     model = policy.model
     before = model.parameters(trainable_only=False)
     for seed in range(4):
-        policy.update(shifted(1, seed))
+        policy.update(off_source(1, seed))
     assert policy.steps == 0 and len(policy.memory) == 4
     assert all(np.array_equal(before[k], v) for k, v in model.parameters(trainable_only=False).items())
     assert states_equal(dict(policy.stats()), dict(policy.source_stats))
-    policy.update(shifted(1, 4))
+    policy.update(off_source(1, 4))
     assert policy.steps == 1
     after = model.parameters(trainable_only=False)
     changed = {k for k in before if not np.array_equal(before[k], after[k])}
     assert changed and changed <= set(model.trainable)
     assert not np.array_equal(policy.stats()["block1.norm"][0], policy.source_stats["block1.norm"][0])
-    policy.update(shifted(4, 5))
+    policy.update(off_source(4, 5))
     assert policy.steps == 1
-    policy.update(shifted(5, 9))  # crosses the 10th window
+    policy.update(off_source(5, 9))  # crosses the 10th window
     assert policy.steps == 2
 
 
@@ -140,7 +129,7 @@ def test_with_a_band_that_holds_everything_the_memory_step_is_batch_norm_over_th
     unbiased var; IABN in training mode), which the running statistics move towards by
     bn_momentum. The reference runs the memory as one batch, layer by layer."""
     policy = note(bundle_dir, alpha=1e9, memory=6, update_every=6, bn_momentum=0.5)
-    x = shifted(6, seed=3)
+    x = off_source(6, seed=3)
     source = policy.source_stats
     stats = dict(source)
     for name, n in policy.lengths.items():  # graph order, with the affines before the step
@@ -155,13 +144,13 @@ def test_with_a_band_that_holds_everything_the_memory_step_is_batch_norm_over_th
 def test_the_state_restores_bit_for_bit_memory_included(bundle_dir: Path):
     a, b = note(bundle_dir, memory=4, update_every=3), note(bundle_dir, memory=4, update_every=3)
     for seed in range(7):
-        a.update(shifted(1, seed))
+        a.update(off_source(1, seed))
     saved = a.state()
     assert a.steps == 2 and saved["memory/windows"].any()
     b.load_state(saved)
     assert states_equal(b.state(), saved)
     for seed in range(7, 12):  # steps ahead: the memory, optimizer and statistics all matter
-        x = shifted(1, seed)
+        x = off_source(1, seed)
         np.testing.assert_array_equal(a.update(x).logits, b.update(x).logits)
     assert states_equal(a.state(), b.state())
     a.reset()
@@ -170,7 +159,7 @@ def test_the_state_restores_bit_for_bit_memory_included(bundle_dir: Path):
 
 def test_a_batch_is_the_same_as_its_windows_one_by_one(bundle_dir: Path):
     whole, single = note(bundle_dir, memory=4, update_every=5), note(bundle_dir, memory=4, update_every=5)
-    x = shifted(12, seed=20)  # steps after the 5th and 10th windows, inside the batch
+    x = off_source(12, seed=20)  # steps after the 5th and 10th windows, inside the batch
     batched = whole.update(x).logits
     one_by_one = np.concatenate([single.update(x[i : i + 1]).logits for i in range(12)])
     np.testing.assert_array_equal(batched, one_by_one)
@@ -180,7 +169,7 @@ def test_a_batch_is_the_same_as_its_windows_one_by_one(bundle_dir: Path):
 def test_without_batch_norms_note_is_the_memory_and_its_entropy_steps(gn_bundle_dir: Path):
     policy = note(gn_bundle_dir, memory=4, update_every=4, lr=1e-2)
     assert policy.lengths == {} and dict(policy.stats()) == {}
-    x = shifted(4, seed=7)
+    x = off_source(4, seed=7)
     plain = policy.model.forward(x, {}).logits
     np.testing.assert_array_equal(policy.update(x).logits, plain)  # predicted before the step
     assert policy.steps == 1 and policy.param_change()[0] > 0

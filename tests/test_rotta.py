@@ -19,13 +19,8 @@ from edge_ttt.adapt.softmax import softmax_entropy
 from edge_ttt.artifacts import load_bundle
 from edge_ttt.replay import every_policy
 from tests.conftest import exported_bundle
-from tests.model_factory import windows
+from tests.model_factory import off_source, windows
 from tests.test_engine import states_equal
-
-
-@pytest.fixture(scope="module")
-def gn_bundle_dir(tmp_path_factory) -> Path:
-    return exported_bundle(tmp_path_factory, "cnn-gn", "rotta-gn")
 
 
 @pytest.fixture(scope="module")
@@ -43,11 +38,6 @@ def older_bundle_dir(tmp_path_factory) -> Path:
 
 def rotta(path: Path, **options) -> Rotta:
     return Rotta(OrtModel(load_bundle(path)), Counters(), Rotta.Options(**options))
-
-
-def shifted(n: int, seed: int) -> np.ndarray:
-    """Windows away from source (offset and gain), so that the statistics have somewhere to go."""
-    return windows(n, seed=seed) * 2.0 + 1.0
 
 
 def test_a_long_run_of_one_class_fills_only_its_share_of_the_memory():
@@ -115,7 +105,7 @@ def test_the_step_is_robust_batch_norm_soft_targets_and_a_slow_teacher(bundle_di
     options = {"memory": 20, "update_every": 4, "lr": 1e-2, "nu": 0.25, "alpha": 0.5}
     policy, reference = rotta(bundle_dir, **options), rotta(bundle_dir, **options)
     model = policy.model
-    x = shifted(4, seed=3)
+    x = off_source(4, seed=3)
     before = model.parameters(trainable_only=False)
     out = policy.update(x[:3])
     assert policy.steps == 0 and len(policy.memory) == 3
@@ -156,14 +146,14 @@ def test_the_step_is_robust_batch_norm_soft_targets_and_a_slow_teacher(bundle_di
 def test_the_state_restores_bit_for_bit_memory_student_and_statistics_included(bundle_dir: Path):
     a, b = rotta(bundle_dir, memory=4, update_every=3), rotta(bundle_dir, memory=4, update_every=3)
     for seed in range(7):
-        a.update(shifted(1, seed))
+        a.update(off_source(1, seed))
     saved = a.state()
     assert a.steps == 2 and saved["memory/windows"].any()
     assert not states_equal(dict(a.stats()), dict(a.source_stats))
     b.load_state(saved)
     assert states_equal(b.state(), saved)
     for seed in range(7, 14):  # steps ahead: memory, student, optimizer and statistics all matter
-        x = shifted(1, seed)
+        x = off_source(1, seed)
         np.testing.assert_array_equal(a.update(x).logits, b.update(x).logits)
     assert states_equal(a.state(), b.state())
     a.reset()
@@ -174,7 +164,7 @@ def test_a_batch_is_the_same_as_its_windows_one_by_one(bundle_dir: Path):
     """The same steps at the same windows; equal up to float rounding (ORT's kernels sum a batch
     of 5 in another order than 5 batches of one)."""
     whole, single = rotta(bundle_dir, memory=4, update_every=5), rotta(bundle_dir, memory=4, update_every=5)
-    x = shifted(12, seed=20)  # steps after the 5th and 10th windows, inside the batch
+    x = off_source(12, seed=20)  # steps after the 5th and 10th windows, inside the batch
     batched = whole.update(x).logits
     one_by_one = np.concatenate([single.update(x[i : i + 1]).logits for i in range(12)])
     np.testing.assert_allclose(batched, one_by_one, rtol=1e-5, atol=1e-6)
@@ -188,9 +178,11 @@ def test_on_a_shifted_stream_the_teacher_s_statistics_follow_it(bundle_dir: Path
     policy = rotta(bundle_dir)
     first = policy.source_stats["block1.norm"][0]
     for seed in range(256):
-        policy.update(shifted(1, seed))
+        policy.update(off_source(1, seed))
     assert policy.steps == 4
-    stream_mean = policy.model.forward(shifted(64, 999), policy.source_stats, 1.0).moments["block1.norm"][0]
+    stream_mean = policy.model.forward(off_source(64, 999), policy.source_stats, 1.0).moments["block1.norm"][
+        0
+    ]
     moved = np.abs(policy.stats()["block1.norm"][0] - stream_mean).mean()
     assert moved < 0.9 * np.abs(first - stream_mean).mean()
 
@@ -198,7 +190,7 @@ def test_on_a_shifted_stream_the_teacher_s_statistics_follow_it(bundle_dir: Path
 def test_without_batch_norms_rotta_is_the_memory_and_its_teacher_student_steps(gn_bundle_dir: Path):
     policy = rotta(gn_bundle_dir, memory=4, update_every=4, lr=1e-2, nu=0.5)
     assert dict(policy.stats()) == {}
-    x = shifted(4, seed=7)
+    x = off_source(4, seed=7)
     plain = policy.model.forward(x, {}).logits
     np.testing.assert_array_equal(policy.update(x).logits, plain)  # predicted before the step
     assert policy.steps == 1 and policy.param_change()[0] > 0
@@ -209,12 +201,12 @@ def test_a_bundle_exported_before_the_soft_targets_is_refused_with_the_fix(older
     manifest = load_bundle(older_bundle_dir).manifest
     assert manifest.graph.soft_target is None
     model = OrtModel(load_bundle(older_bundle_dir))  # every other policy still runs it
-    assert create("steady", model, Counters(), {}).update(shifted(2, 1)).logits.shape == (2, 5)
+    assert create("steady", model, Counters(), {}).update(off_source(2, 1)).logits.shape == (2, 5)
     with pytest.raises(PolicyMismatchError, match=r"policy 'rotta' cannot run on bundle .*export it again"):
         create("rotta", model, Counters(), {})
     chosen, left_out = every_policy(manifest, episodic=False)
     assert "rotta" not in chosen and "steady" in chosen
     assert "trains on soft targets" in left_out["rotta"] and "edge-ttt export" in left_out["rotta"]
     with pytest.raises(ValueError, match="no soft-target input; export it again"):
-        x, weight = shifted(1, 2), np.ones(1, np.float32)
+        x, weight = off_source(1, 2), np.ones(1, np.float32)
         model.forward_backward(x, weight, model.source_stats(), soft_target=np.ones((1, 5)))

@@ -38,6 +38,7 @@ class BoundGraph:
         self._fetch: list[str] = []
         self._into: dict[str, tuple] = {}  # outputs written into the caller's arrays
         self._rows: int | None = None  # the batch size the outputs were allocated for
+        self._zeros: dict[str, tuple[int, ...]] = {}  # inputs that hold zeros, with their shape
 
     def fetch(self, names: list[str], into: Mapping[str, np.ndarray] | None = None) -> None:
         """The outputs `run` returns, in this order; and outputs of a fixed shape that each run
@@ -64,6 +65,7 @@ class BoundGraph:
     def feed(self, name: str, array: np.ndarray) -> None:
         """Copy a batch-shaped input into this graph's buffer for it (placed anew when the shape
         or type changes): a copy of one window costs less than wrapping and binding it."""
+        self._zeros.pop(name, None)
         key = (id(self), name)
         held = self.buffers.host(key)
         if held is not None and held.shape == array.shape and held.dtype == array.dtype:
@@ -71,6 +73,15 @@ class BoundGraph:
             self.buffers.push([key])
         else:
             self.bind(name, self.buffers.place(key, np.array(array, order="C")))
+
+    def feed_target(self, name: str, value: np.ndarray | None, shape: tuple[int, ...]) -> None:
+        """A float32 target input of `shape`, zeros when `value` is None: most calls (every forward
+        among them) leave a target empty, so zeros are copied only when it holds something else."""
+        if value is not None:
+            self.feed(name, value)
+        elif self._zeros.get(name) != shape:
+            self.feed(name, np.zeros(shape, np.float32))
+            self._zeros[name] = shape
 
     def bind(self, name: str, value) -> None:
         """Bind an input to an OrtValue (placed by `DeviceBuffers`): the next runs read whatever

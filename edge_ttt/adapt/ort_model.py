@@ -182,12 +182,11 @@ class OrtModel:
         g.feed(graph.input, np.ascontiguousarray(x, np.float32))
         g.feed(graph.sample_weight, weights)
         aux = self.manifest.auxiliary
-        if aux is not None:  # the eval graph keeps the training graph's inputs, so feed it always
-            shape = (len(x), len(aux.transformations))
-            g.feed(aux.target, np.zeros(shape, np.float32) if target is None else target)
-        if graph.soft_target is not None:  # as the auxiliary target: the eval graph has it too
-            shape = (len(x), len(self.manifest.model.classes))
-            g.feed(graph.soft_target, np.zeros(shape, np.float32) if soft_target is None else soft_target)
+        # the eval graph keeps the training graph's inputs, so the targets are fed always
+        if aux is not None:
+            g.feed_target(aux.target, target, (len(x), len(aux.transformations)))
+        if graph.soft_target is not None:
+            g.feed_target(graph.soft_target, soft_target, (len(x), len(self.manifest.model.classes)))
         kept = self._kept
         if graph.stat_mix is not None:
             kept[graph.stat_mix][0] = mix  # rounded to float32 as the input is

@@ -82,16 +82,23 @@ def _settings(cfg: AgentConfig) -> PipelineSettings:
     )
 
 
+def agent_bundle(cfg: AgentConfig) -> Bundle:
+    """`model.artifacts`, verified, and a policy that can run on it (`ModelSection.check_fits`):
+    both refused before anything starts."""
+    bundle = load_bundle(cfg.model.artifacts)
+    cfg.model.check_fits(bundle.manifest)
+    return bundle
+
+
 class Agent:
     """Routes each message of the inbox to its stream's pipeline, and keeps status, drift summaries
     and checkpoints on their intervals."""
 
     def __init__(self, cfg: AgentConfig, bundle: Bundle | None = None) -> None:
-        """`bundle`: `model.artifacts` already loaded and verified (else loaded here)."""
+        """`bundle`: from `agent_bundle(cfg)` already (else it is called here)."""
         self.cfg, m = cfg, cfg.model
-        bundle = load_bundle(m.artifacts) if bundle is None else bundle
+        bundle = agent_bundle(cfg) if bundle is None else bundle
         self.manifest = bundle.manifest
-        m.check_fits(self.manifest)
         self.model = OrtModel(bundle, device=m.device, threads=m.threads)
         identity = {"device": self.model.device, "policy": m.policy, "model": self.model.bundle_sha256}
         loaded = {"bundle": bundle.sha256[:12], "device": self.model.device, "policy": m.policy}

@@ -9,11 +9,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from edge_ttt.monitor.alerts import Alert
+from edge_ttt.monitor.clocks import STAMP
 from edge_ttt.monitor.config import AlertsSection
 from edge_ttt.monitor.estimates import Estimates, fleet_estimates
 from edge_ttt.monitor.intervals import Intervals
 
-STAMP = "%Y-%m-%d %H:%M:%S UTC"
 COUNTS = (
     "windows",
     "resets",

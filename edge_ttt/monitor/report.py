@@ -3,7 +3,6 @@ external resources), so it can be mailed, archived or opened on a machine withou
 
 from __future__ import annotations
 
-import datetime as dt
 import math
 import os
 import time
@@ -22,7 +21,7 @@ from edge_ttt.monitor.alerts import COLUMNS, Alert, evaluate_intervals
 from edge_ttt.monitor.config import AlertsSection
 from edge_ttt.monitor.estimates import fleet_estimates
 from edge_ttt.monitor.figures import shown_id
-from edge_ttt.monitor.health import STAMP, fleet_summary, health
+from edge_ttt.monitor.health import fleet_summary, health
 from edge_ttt.monitor.intervals import Intervals, ReferenceBins
 from edge_ttt.monitor.plots import (
     ACCURACY_DEVICES,
@@ -169,13 +168,12 @@ def render(
     rows = table if held else (histograms(top) if histograms is not None else None)
     now = time.time() if now is None else now
     alerts = evaluate_intervals(intervals, rules, now, estimates)
-    stamp = dt.datetime.fromtimestamp(now, dt.timezone.utc)
     ends, received = (clocks.seconds(intervals.table, c) for c in ("interval_end", "received"))
     drawn = clocks.plottable(ends, received, now, rules.clock_skew_s, rules.max_late_s)
     html = TEMPLATE.render(
         devices=ranked,
         intervals=len(table),
-        generated=stamp.strftime(STAMP),
+        generated=clocks.stamp(now),
         since=None if since is None else clocks.stamp(since),
         alerts=alerts,
         rules=rules,

@@ -72,7 +72,7 @@ class Rotta(MemoryPolicy):
         super().reset()
         cfg = self.options
         self.student = self.source_vector.copy()
-        self.teacher_stats: Moments = {k: _float64(s) for k, s in self.source_stats.items()}
+        self._teach({k: _float64(s) for k, s in self.source_stats.items()})
         self.student_stats: Moments = {k: _float64(s) for k, s in self.source_stats.items()}
         self.opt = Adam(lr=cfg.lr)
         self.memory = CategoryBalancedMemory(
@@ -83,7 +83,13 @@ class Rotta(MemoryPolicy):
 
     def stats(self) -> Stats:
         """The teacher's robust statistics: what the served predictions normalize with."""
-        return _float32(self.teacher_stats)
+        return self._served
+
+    def _teach(self, stats: Moments) -> None:
+        """Set the teacher's statistics, and the float32 copy that every prediction normalizes with
+        (they change once per step, not per window)."""
+        self.teacher_stats = stats
+        self._served = _float32(stats)
 
     def predict(self, x: np.ndarray) -> Outputs:
         return self.model.forward(x, self.stats())
@@ -99,8 +105,8 @@ class Rotta(MemoryPolicy):
         cfg = self.options
         xs, _, ages = self.memory.contents()
         alpha = cfg.alpha
-        teacher = self.model.forward(xs, _float32(self.teacher_stats), alpha)
-        self.teacher_stats = _moved(self.teacher_stats, teacher.moments, alpha)
+        teacher = self.model.forward(xs, self._served, alpha)
+        self._teach(_moved(self.teacher_stats, teacher.moments, alpha))
         probabilities, _ = softmax_entropy(teacher.logits.astype(np.float64))
         weights = timeliness(ages, cfg.memory) / len(xs)
         rng = np.random.default_rng((cfg.seed, self.steps))
@@ -136,7 +142,8 @@ class Rotta(MemoryPolicy):
         self.student = self.layout.flatten(unprefixed("student", flat), np.float32)
         self.opt.load_state(unprefixed("adam", flat), self.layout)
         self.memory.load_state(unprefixed("memory", flat))
-        self.teacher_stats, self.student_stats = _loaded(flat, "teacher"), _loaded(flat, "student")
+        self._teach(_loaded(flat, "teacher"))
+        self.student_stats = _loaded(flat, "student")
         self.arrived, self.steps = int(flat["arrived"]), int(flat["steps"])
 
 
