@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.adaptation.cells import stream_order
+from benchmarks.adaptation.cells import device_streams, stream_order
 from benchmarks.adaptation.models import prepare_models
 from benchmarks.harness import progress, write_json
 from edge_ttt.adapt.engine import Engine
@@ -60,10 +60,7 @@ def cell(job: tuple[Path, str, str]) -> dict:
     batch, devices = windows_from_log(log, info.window, info.hop)
     if per_device:
         order = "class-sorted" if mode.endswith("class-sorted") else "recorded"
-        streams = []
-        for device in np.unique(devices):
-            idx = np.flatnonzero(devices == device)
-            streams.append(idx[stream_order(devices[idx], batch.t_end_ns[idx], batch.label[idx], order, 0)])
+        streams = device_streams(devices, batch.t_end_ns, batch.label, order)
     else:
         streams = [stream_order(devices, batch.t_end_ns, batch.label, mode, 0)]
     row = {"shift": shift, "mode": mode}

@@ -123,6 +123,18 @@ def stream_order(
     raise ValueError(f"unknown order {order!r}; choose one of {', '.join(ORDERS)}")
 
 
+def device_streams(
+    devices: np.ndarray, t_end_ns: np.ndarray, labels: np.ndarray, order: str
+) -> list[np.ndarray]:
+    """One stream per device (sorted by id), as the agent adapts one engine per device: each the
+    device's window indices in `order` (`recorded` or `class-sorted`, `stream_order`)."""
+    streams = []
+    for device in np.unique(devices):
+        idx = np.flatnonzero(devices == device)
+        streams.append(idx[stream_order(devices[idx], t_end_ns[idx], labels[idx], order, 0)])
+    return streams
+
+
 def make_stream(log: RecordedLog, cell: Cell, window: int, hop: int) -> tuple[WindowBatch, np.ndarray]:
     """The cell's shifted windows in the cell's order, and each window's device id."""
     # One fault for the whole fleet: a shuffled stream mixes devices, and a per-device fault (each
