@@ -149,6 +149,14 @@ def replay(
             f"{result['resets']} resets, {result['rollbacks']} rollbacks, "
             f"{result['ms_per_window']:.3f} ms/window"
         )
+        below = result["devices_below_source"]
+        if below and result["policy"] != "source":
+            worst = ", ".join(f"{b['device']} {b['points']:+.1f}" for b in below[:3])
+            more = f", and {len(below) - 3} more" if len(below) > 3 else ""
+            typer.echo(
+                f"  {len(below)} of {len(result['device_accuracy'])} devices more than 1 point below "
+                f"source: {worst}{more}"
+            )
         if result["windows_in_runs"]:
             typer.echo(f"  {result['windows_in_runs']} windows served by the source model in label runs")
         if result["collapse"] is not None:

@@ -20,11 +20,12 @@ from edge_ttt.adapt.ort_model import OrtModel
 from edge_ttt.adapt.policies import POLICY_TYPES, misfit
 from edge_ttt.artifacts import load_bundle
 from edge_ttt.manifest import Manifest, check_fits
-from edge_ttt.metrics import accuracy, macro_f1
+from edge_ttt.metrics import accuracy, device_accuracy, devices_below, macro_f1
 from edge_ttt.recordlog import RecordedLog, read_log
 from edge_ttt.stream.window import WindowBatch, windows_from_log
 
 COLLAPSE_SHARE = 0.9  # predictions of one class above this share are called a collapse
+BELOW_SOURCE = 0.01  # a device more than 1 point below `source` counts as made worse
 
 
 class ReplayError(ValueError):
@@ -82,9 +83,8 @@ def replay(
     info = bundle.manifest.model
     log = read_log(log_path)
     check_compatible(log, info.channels, info.sample_rate_hz, str(log_path))
-    windows, devices = windows_from_log(log, info.window, info.hop)
-    if not per_device:
-        devices = np.zeros(len(windows), np.int64)
+    windows, log_devices = windows_from_log(log, info.window, info.hop)
+    devices = log_devices if per_device else np.zeros(len(windows), np.int64)
     if policies is None:
         policies = every_policy(bundle.manifest, episodic)[0]
     options = {"episodic": True} if episodic else None
@@ -99,7 +99,20 @@ def replay(
             for d in np.unique(devices)
         }
         summary, predicted = _run(engines, windows, devices, batches, show_progress)
+        summary["device_accuracy"] = device_accuracy(windows.label, predicted, log_devices)
         results.append({**summary, "classes": predicted.tolist()} if with_classes else summary)
+    return against_source(results)
+
+
+def against_source(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each result gains `devices_below_source`: the devices where it is more than
+    `BELOW_SOURCE` below the `source` policy of the same replay (None without one). A mean over the
+    devices hides the device that adaptation made worse; the agent adapts, and an operator
+    watches, one device at a time."""
+    source = next((r["device_accuracy"] for r in results if r["policy"] == "source"), None)
+    for r in results:
+        below = None if source is None else devices_below(source, r["device_accuracy"], BELOW_SOURCE)
+        r["devices_below_source"] = below
     return results
 
 

@@ -16,6 +16,8 @@ runner = CliRunner()
 REPLAY_KEYS = {
     "policy",
     "devices",
+    "device_accuracy",
+    "devices_below_source",
     "estimated_accuracy",
     "source_estimated_accuracy",
     "fallbacks",
@@ -212,6 +214,41 @@ def test_replay_accuracy_is_the_share_of_correct_windows(bundle_dir: Path, synth
     shared = np.concatenate([engine.process(windows.x[i : i + 1]).classes for i in range(len(windows))])
     assert one["accuracy"] == pytest.approx(float(np.mean(shared == windows.label)))
     assert per_device["adapt_steps"] == one["adapt_steps"] == len(windows)
+    # per device, by the log's device ids, whichever way the engines were laid out
+    assert per_device["device_accuracy"] == {
+        str(d): pytest.approx(float(np.mean(predicted[devices == d] == windows.label[devices == d])))
+        for d in np.unique(devices)
+    }
+    assert one["device_accuracy"] == {
+        str(d): pytest.approx(float(np.mean(shared[devices == d] == windows.label[devices == d])))
+        for d in np.unique(devices)
+    }
+    assert per_device["devices_below_source"] is None  # no source replayed beside it
+
+
+def test_replay_names_the_devices_a_policy_made_worse_than_source(bundle_dir: Path, synthetic_log_path: Path):
+    """A mean over devices hides the device that adaptation made worse: each policy lists the
+    devices more than 1 point below the source model of the same replay, worst first."""
+    args = ("replay", "--artifacts", bundle_dir, "--log", synthetic_log_path, "--policy", "all")
+    summaries = {s["policy"]: s for s in map(json.loads, invoke(*args, "--json").stdout.splitlines())}
+    source = summaries["source"]["device_accuracy"]
+    assert summaries["source"]["devices_below_source"] == []
+    for name, s in summaries.items():
+        worse = [d for d, acc in s["device_accuracy"].items() if acc < source[d] - 0.01]
+        below = s["devices_below_source"]
+        assert sorted(b["device"] for b in below) == sorted(worse), name
+        assert [b["points"] for b in below] == pytest.approx(
+            sorted(100 * (s["device_accuracy"][d] - source[d]) for d in worse)
+        )
+    # tent at batch size 1 normalizes each window by its own moments: worse than source on every device
+    tent = summaries["tent"]
+    assert len(tent["devices_below_source"]) == len(source) == tent["devices"] > 1
+    text = invoke(*args).stdout
+    worst = tent["devices_below_source"][0]
+    assert (
+        f"  {len(source)} of {len(source)} devices more than 1 point below source: "
+        f"{worst['device']} {worst['points']:+.1f}, "
+    ) in text
 
 
 def test_replay_refuses_an_unknown_policy(bundle_dir: Path, synthetic_log_path: Path):

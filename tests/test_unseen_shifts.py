@@ -86,8 +86,22 @@ def test_sample_and_hold_repeats_within_each_device_only() -> None:
 def test_run_reports_every_policy_and_the_fallback(bundle_dir) -> None:
     rows = run(bundle_dir, LOG, ["attenuated x0.5", "dead gyroscope z"])
     assert [r["shift"] for r in rows] == ["attenuated x0.5", "dead gyroscope z"]
+    columns = (*POLICIES, WITH_FALLBACK)
     for row in rows:
-        assert set(row) == {"shift", *POLICIES, WITH_FALLBACK}
-        assert all(0.0 <= row[c] <= 1.0 for c in (*POLICIES, WITH_FALLBACK))
+        assert set(row) == {"shift", *columns, *(f"{c} devices" for c in columns)} | {
+            f"{c} below" for c in columns[1:]
+        }
+        assert all(0.0 <= row[c] <= 1.0 for c in columns)
+        source = row["source devices"]
+        assert set(source) == {str(d) for d in LOG.devices()}
+        for c in columns[1:]:  # the devices more than 1 point below source, recounted
+            worse = {d for d, acc in row[f"{c} devices"].items() if acc < source[d] - 0.01}
+            assert {b["device"] for b in row[f"{c} below"]} == worse
     text = markdown(rows, {"command": "python -m benchmarks.unseen_shifts", "git_commit": "x"}, "cnn-bn")
     assert "| attenuated x0.5 |" in text and "Worst `steady` against `source`" in text
+    counts = [len(rows[0][f"{c} below"]) for c in columns[1:]]
+    assert (
+        text.split("| attenuated x0.5 |")[1]
+        .split("\n")[0]
+        .endswith(" | ".join(str(n) for n in counts) + " |")
+    )
