@@ -202,6 +202,8 @@ def test_policy_option_values_are_checked_on_load_not_at_start(tmp_path):
         ("step_every = 0", "model.options.step_every: must be at least 1, got 0"),
         ("watch_every = 3", "model.options: snapshot_every (32) must be a multiple of watch_every (3)"),
         ("class_correction = 1.5", "model.options.class_correction: must be between 0.0 and 1.0, got 1.5"),
+        ("relax_from = 3.0", "model.options: relax_to (2.0) must be at least relax_from (3.0)"),
+        ("relax_to = -1.0", "model.options.relax_to: must be at least 0, got -1.0"),
     ]:
         with pytest.raises(ConfigError) as info:
             load_config(write(tmp_path, AGENT + MODEL + f"[model.options]\n{options}\n"), check_files=False)

@@ -39,3 +39,26 @@ def test_thresholds_are_configurable():
     g = gate(max_shift=1.0, max_spread=1.0)
     g.observe(window(0.8, 1.5))
     assert not g.open
+
+
+@pytest.mark.parametrize(("mean", "std"), [(0.0, 1.0), (0.3, 1.0), (0.8, 1.0), (0.0, 1.5), (0.8, 2.0)])
+def test_distance_counts_thresholds_and_opens_past_one(mean, std):
+    g = gate(max_shift=0.5, max_spread=0.4)
+    g.observe(window(mean, std))
+    assert g.distance() == pytest.approx(max(g.shift() / 0.5, g.spread() / 0.4))
+    assert g.open == (g.shift() > 0.5 or g.spread() > 0.4) == (g.distance() > 1.0)
+
+
+def test_a_zero_threshold_makes_any_shift_infinitely_far():
+    g = gate(max_shift=0.0, max_spread=0.0)
+    assert g.distance() == 0.0 and not g.open  # nothing observed: the source itself
+    g.observe(window(0.1, 1.0))
+    assert g.distance() == float("inf") and g.open and g.beyond(1.0, 2.0) == 1.0
+
+
+def test_beyond_ramps_from_start_to_end():
+    g = gate(max_shift=0.5, max_spread=100.0)
+    g.observe(window(1.0, 1.0))  # about 2 thresholds
+    d = g.distance()
+    assert g.beyond(0.0, 4.0) == pytest.approx(d / 4.0)
+    assert g.beyond(d + 0.1, d + 1.0) == 0.0 and g.beyond(0.0, d - 0.1) == 1.0

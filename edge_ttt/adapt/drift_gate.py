@@ -15,6 +15,7 @@ moments leave it closed; they change too little for an entropy step to fix anywa
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -68,6 +69,31 @@ class DriftGate:
         spread = np.abs(np.log(np.maximum(self.moments.var, 1e-12) / self.source_var))
         return float(np.add.reduce(spread) / len(spread))
 
+    def distance(self) -> float:
+        """How far the stream is, in gate thresholds: the larger of shift / max_shift and
+        spread / max_spread (1: at the threshold; a zero threshold makes any shift infinite)."""
+        return max(_ratio(self.shift(), self.max_shift), _ratio(self.spread(), self.max_spread))
+
+    def beyond(self, start: float, end: float) -> float:
+        """0 while `distance` is at most `start`, 1 from `end` on (and past `start`), linear in
+        between: how far past a threshold the stream is, for what should fade as it goes.
+
+        >>> gate = DriftGate.from_reference(np.zeros(1), np.ones(1), 1.0, None, max_shift=0.5)
+        >>> gate.observe(np.array([[[-0.25, 1.75, -0.25, 1.75]]]))  # mean 0.75, var 1: 1.5 thresholds
+        >>> gate.beyond(1.0, 2.0), gate.beyond(2.0, 3.0), gate.beyond(0.5, 0.5)
+        (0.5, 0.0, 1.0)
+        """
+        d = self.distance()
+        if d <= start:
+            return 0.0
+        return 1.0 if d >= end else (d - start) / (end - start)
+
     @property
     def open(self) -> bool:
-        return self.shift() > self.max_shift or self.spread() > self.max_spread
+        return self.distance() > 1.0
+
+
+def _ratio(value: float, threshold: float) -> float:
+    if threshold > 0.0:
+        return value / threshold
+    return math.inf if value > 0.0 else 0.0

@@ -253,11 +253,18 @@ def fold_moments(
     classes: np.ndarray,
     balance: ClassBalance | None = None,
     shift: tuple[np.ndarray, np.ndarray] | None = None,
+    balance_power: float = 1.0,
 ) -> None:
     """Fold one batch's per-layer moments, less `shift` (`LayerMoments.fold`), into the averages.
     The batch weighs its number of windows, or with `balance` the sum of its windows' class-balance
-    weights, after which the class shares take the batch's predicted `classes` in."""
-    windows = len(classes) if balance is None else float(np.add.reduce(balance.weights(classes)))
+    weights raised to `balance_power` (1: as they are, 0: each window counts one), after which the
+    class shares take the batch's predicted `classes` in."""
+    if balance is None:
+        windows = len(classes)
+    elif balance_power == 1.0:
+        windows = float(np.add.reduce(balance.weights(classes)))
+    else:
+        windows = float(np.add.reduce(balance.weights(classes) ** balance_power))
     moments.fold(batch_moments, windows, shift)
     if balance is not None:
         balance.observe(classes)

@@ -17,6 +17,7 @@ from edge_ttt.adapt.counters import Counters
 from edge_ttt.adapt.drift_gate import DriftGate
 from edge_ttt.adapt.flat import prefixed, unprefixed
 from edge_ttt.adapt.guard import CollapseDetector
+from edge_ttt.adapt.label_runs import LabelRuns, RunOptions
 from edge_ttt.adapt.optim import Adam, Arrays
 from edge_ttt.adapt.ort_model import OrtModel, Stats
 from edge_ttt.adapt.outputs import Outputs
@@ -37,6 +38,10 @@ log = logging.getLogger(__name__)
 
 NEVER_ROLLED_BACK = -(10**9)  # `last_rollback` before the first: any cooldown has passed
 SNAPSHOTS = 2  # healthy snapshots kept; a rollback goes to the older one
+RUNS = "label_runs"  # the prefix of the label-run detector's arrays in the state (the engine has `runs`)
+# A label run, as shares of the classes: below 3/7 of them (effective number) a run starts, above
+# 4/7 it ends; the engine's label-run defaults (3 and 4) for the 7 classes of the smartwatch data.
+RUN_ENTER, RUN_LEAVE = 3.0 / 7.0, 4.0 / 7.0
 
 
 class Steady(Policy):
@@ -47,6 +52,9 @@ class Steady(Policy):
        moments are first moved to the source class mix (`ClassCorrection`, by its predicted
        class distribution): a long run of one activity cannot drag the statistics toward that
        activity. (Separate estimates per pseudo-class lose: misclassified windows contaminate them.)
+       Both guard against a label run, so outside one (`LabelRuns`), where the input is far
+       from source (past `relax_from` drift-gate thresholds), they fade, gone at `relax_to`: there
+       the shift, not an activity, moves the statistics, and they would only slow them down.
     2. While the drift gate (`DriftGate`) sees the input away from source, entropy steps only
        from reliable windows (entropy below a source quantile), weighted
        down when their pseudo-class dominates recent predictions (so a run cannot pull the
@@ -83,6 +91,8 @@ class Steady(Policy):
         rollback_cooldown: Annotated[int, Ge(0)] = 64  # updates after a rollback in which a collapse resets
         step_every: Count = 4  # windows per gradient step while the gate is open; the others: forward only
         class_correction: Share = 0.85  # share of a window's predicted-class offset taken off its moments
+        relax_from: NonNegative = 1.0  # drift-gate distance past which, outside a label run, 1. fades
+        relax_to: NonNegative = 2.0  # ... and at which it is gone (a large relax_from: never)
 
         def __post_init__(self) -> None:
             super().__post_init__()
@@ -90,6 +100,10 @@ class Steady(Policy):
                 raise ValueError(
                     f"snapshot_every ({self.snapshot_every}) must be a multiple of "
                     f"watch_every ({self.watch_every})"
+                )
+            if self.relax_to < self.relax_from:
+                raise ValueError(
+                    f"relax_to ({self.relax_to}) must be at least relax_from ({self.relax_from})"
                 )
 
     def __init__(self, model: OrtModel, counters: Counters, options: Options | None = None) -> None:
@@ -129,6 +143,8 @@ class Steady(Policy):
         super().reset()
         self.opt = Adam(lr=cfg.lr)
         self.balance = ClassBalance(self.classes, cfg.prior_momentum)
+        runs = RunOptions(enter=max(1.0, RUN_ENTER * self.classes), leave=max(1.0, RUN_LEAVE * self.classes))
+        self.runs = LabelRuns(runs, self.classes)
         self.updates = 0
         self.since_step = 0  # windows since the last gradient step
         self.last_rollback = NEVER_ROLLED_BACK
@@ -163,8 +179,12 @@ class Steady(Policy):
             out, weights, grads = self.model.forward(x, self.stats()), np.zeros(len(x)), None
             self.counters.skipped_no_drift += len(x)
         classes = out.logits.argmax(axis=1)
+        self.runs.update(classes)
+        keep = 1.0 if self.runs.in_run else 1.0 - self.gate.beyond(cfg.relax_from, cfg.relax_to)
         shift = None if self.correction is None else self.correction.shift(out.softmax[0])
-        fold_moments(self.moments, out.moments, classes, self.balance, shift)
+        if shift is not None and keep != 1.0:
+            shift = (keep * shift[0], keep * shift[1])
+        fold_moments(self.moments, out.moments, classes, self.balance, shift, balance_power=keep)
         if drifting:
             self.counters.skipped_unreliable += len(weights) - int(np.count_nonzero(weights))
         if grads is not None:
@@ -218,11 +238,13 @@ class Steady(Policy):
         return self.model.forward(x, self.stats())
 
     def _adapted(self) -> Arrays:
-        """What a snapshot holds: the parameters, optimizer, statistics, gate and update count."""
+        """What a snapshot holds: the parameters, optimizer, statistics, gate, label-run detector
+        and update count."""
         flat = {**prefixed("params", self.params), **prefixed("fast", self.layout.split(self.fast))}
         flat.update(prefixed("adam", self.opt.state(self.layout)))
         flat.update(prefixed("moments", self.moments.state()))
         flat.update(prefixed("gate", self.gate.moments.state()))
+        flat.update(prefixed(RUNS, self.runs.state()))
         flat["prior"] = self.balance.share.copy()
         flat["updates"] = np.asarray(self.updates)
         return flat
@@ -234,6 +256,11 @@ class Steady(Policy):
         self.moments.load_state(unprefixed("moments", flat))
         self.gate.moments.load_state(unprefixed("gate", flat))
         self.balance.share = np.asarray(flat["prior"], np.float64)
+        runs = unprefixed(RUNS, flat)
+        if runs:
+            self.runs.load_state(runs)
+        else:  # a state saved before the detector: it starts afresh
+            self.runs.reset()
         self.updates = int(flat["updates"])
 
     def state(self) -> Arrays:
