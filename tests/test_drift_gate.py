@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edge_ttt.adapt.drift_gate import DriftGate
+from edge_ttt.adapt.drift_gate import DriftGate, fade
 
 
 def gate(**kw) -> DriftGate:
@@ -53,12 +53,9 @@ def test_a_zero_threshold_makes_any_shift_infinitely_far():
     g = gate(max_shift=0.0, max_spread=0.0)
     assert g.distance() == 0.0 and not g.open  # nothing observed: the source itself
     g.observe(window(0.1, 1.0))
-    assert g.distance() == float("inf") and g.open and g.beyond(1.0, 2.0) == 1.0
+    assert g.distance() == float("inf") and g.open and fade(g.distance(), 1.0, 2.0) == 1.0
 
 
-def test_beyond_ramps_from_start_to_end():
-    g = gate(max_shift=0.5, max_spread=100.0)
-    g.observe(window(1.0, 1.0))  # about 2 thresholds
-    d = g.distance()
-    assert g.beyond(0.0, 4.0) == pytest.approx(d / 4.0)
-    assert g.beyond(d + 0.1, d + 1.0) == 0.0 and g.beyond(0.0, d - 0.1) == 1.0
+def test_fade_ramps_from_start_to_end():
+    assert [fade(d, 1.0, 3.0) for d in (0.0, 1.0, 1.5, 2.0, 3.0, 9.0)] == [0.0, 0.0, 0.25, 0.5, 1.0, 1.0]
+    assert fade(1.0, 1.0, 1.0) == 0.0 and fade(1.0 + 1e-12, 1.0, 1.0) == 1.0  # a step, past start

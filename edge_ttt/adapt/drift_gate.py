@@ -74,23 +74,21 @@ class DriftGate:
         spread / max_spread (1: at the threshold; a zero threshold makes any shift infinite)."""
         return max(_ratio(self.shift(), self.max_shift), _ratio(self.spread(), self.max_spread))
 
-    def beyond(self, start: float, end: float) -> float:
-        """0 while `distance` is at most `start`, 1 from `end` on (and past `start`), linear in
-        between: how far past a threshold the stream is, for what should fade as it goes.
-
-        >>> gate = DriftGate.from_reference(np.zeros(1), np.ones(1), 1.0, None, max_shift=0.5)
-        >>> gate.observe(np.array([[[-0.25, 1.75, -0.25, 1.75]]]))  # mean 0.75, var 1: 1.5 thresholds
-        >>> gate.beyond(1.0, 2.0), gate.beyond(2.0, 3.0), gate.beyond(0.5, 0.5)
-        (0.5, 0.0, 1.0)
-        """
-        d = self.distance()
-        if d <= start:
-            return 0.0
-        return 1.0 if d >= end else (d - start) / (end - start)
-
     @property
     def open(self) -> bool:
         return self.distance() > 1.0
+
+
+def fade(distance: float, start: float, end: float) -> float:
+    """0 while `distance` is at most `start`, 1 from `end` on (and past `start`), linear in
+    between: how far past a threshold a stream is, for what should fade as it goes.
+
+    >>> fade(1.5, 1.0, 2.0), fade(1.5, 2.0, 3.0), fade(1.5, 0.5, 0.5), fade(0.0, 0.0, 0.0)
+    (0.5, 0.0, 1.0, 0.0)
+    """
+    if distance <= start:
+        return 0.0
+    return 1.0 if distance >= end else (distance - start) / (end - start)
 
 
 def _ratio(value: float, threshold: float) -> float:

@@ -14,7 +14,7 @@ from annotated_types import Ge
 
 from edge_ttt.adapt.class_correction import ClassCorrection
 from edge_ttt.adapt.counters import Counters
-from edge_ttt.adapt.drift_gate import DriftGate
+from edge_ttt.adapt.drift_gate import DriftGate, fade
 from edge_ttt.adapt.flat import prefixed, unprefixed
 from edge_ttt.adapt.guard import CollapseDetector
 from edge_ttt.adapt.label_runs import LabelRuns, RunOptions
@@ -167,7 +167,8 @@ class Steady(Policy):
     def update(self, x: np.ndarray) -> Outputs:
         cfg = self.options
         self.gate.observe(x)
-        drifting = self.gate.open
+        distance = self.gate.distance()
+        drifting = distance > 1.0  # the gate is open
         self.since_step += len(x)
         if drifting and self.since_step >= cfg.step_every:
             self.since_step = 0
@@ -180,7 +181,7 @@ class Steady(Policy):
             self.counters.skipped_no_drift += len(x)
         classes = out.logits.argmax(axis=1)
         self.runs.update(classes)
-        keep = 1.0 if self.runs.in_run else 1.0 - self.gate.beyond(cfg.relax_from, cfg.relax_to)
+        keep = 1.0 if self.runs.in_run else 1.0 - fade(distance, cfg.relax_from, cfg.relax_to)
         shift = None if self.correction is None else self.correction.shift(out.softmax[0])
         if shift is not None and keep != 1.0:
             shift = (keep * shift[0], keep * shift[1])
