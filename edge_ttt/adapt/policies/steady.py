@@ -91,8 +91,8 @@ class Steady(Policy):
         rollback_cooldown: Annotated[int, Ge(0)] = 64  # updates after a rollback in which a collapse resets
         step_every: Count = 4  # windows per gradient step while the gate is open; the others: forward only
         class_correction: Share = 0.85  # share of a window's predicted-class offset taken off its moments
-        relax_from: NonNegative = 1.0  # drift-gate distance past which, outside a label run, 1. fades
-        relax_to: NonNegative = 2.0  # ... and at which it is gone (a large relax_from: never)
+        relax_from: NonNegative = 1.0  # gate distance past which, outside a run, 1.'s protections fade
+        relax_to: NonNegative = 2.0  # gate distance at which they are gone (a large relax_from: never)
 
         def __post_init__(self) -> None:
             super().__post_init__()
