@@ -27,9 +27,8 @@ from benchmarks.adaptation.models import prepare_models
 from benchmarks.harness import one_model_args, progress, write_json
 from edge_ttt.adapt.engine import DEFAULT_POLICY
 from edge_ttt.adapt.fallback import DEFAULT_FALLBACK
-from edge_ttt.metrics import devices_below
 from edge_ttt.recordlog import RecordedLog, write_log
-from edge_ttt.replay import BELOW_SOURCE, replay
+from edge_ttt.replay import against_source, replay
 from firmware_sim.datasets.watch import watch_logs
 from firmware_sim.signal import finite_moments
 
@@ -347,15 +346,14 @@ def run(bundle_dir: Path, log: RecordedLog, names: list[str]) -> list[dict]:
             path = Path(tmp) / "shifted.parquet"
             write_log(path, shifted(log, name))
             row = {"shift": name}
+            # one list, so that the fallback's devices are set against the same source model
             results = replay(bundle_dir, path, policies=POLICIES)
-            results += replay(bundle_dir, path, fallback=DEFAULT_FALLBACK)
+            results = against_source(results + replay(bundle_dir, path, fallback=DEFAULT_FALLBACK))
             for result, column in zip(results, [*POLICIES, WITH_FALLBACK], strict=True):
                 row[column] = result["accuracy"]
                 row[f"{column} devices"] = result["device_accuracy"]
-            for column in (*POLICIES[1:], WITH_FALLBACK):  # devices more than 1 point below source
-                row[f"{column} below"] = devices_below(
-                    row["source devices"], row[f"{column} devices"], BELOW_SOURCE
-                )
+                if column != "source":  # devices more than 1 point below source
+                    row[f"{column} below"] = result["devices_below_source"]
             progress(f"{name}: " + ", ".join(f"{c} {100 * row[c]:.1f}" for c in (*POLICIES, WITH_FALLBACK)))
             rows.append(row)
     return rows

@@ -261,8 +261,6 @@ def fold_moments(
     class shares take the batch's predicted `classes` in."""
     if balance is None:
         windows = len(classes)
-    elif balance_power == 1.0:
-        windows = float(np.add.reduce(balance.weights(classes)))
     else:
         windows = float(np.add.reduce(balance.weights(classes) ** balance_power))
     moments.fold(batch_moments, windows, shift)

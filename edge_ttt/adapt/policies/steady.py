@@ -182,9 +182,11 @@ class Steady(Policy):
         classes = out.logits.argmax(axis=1)
         self.runs.update(classes)
         keep = 1.0 if self.runs.in_run else 1.0 - fade(distance, cfg.relax_from, cfg.relax_to)
-        shift = None if self.correction is None else self.correction.shift(out.softmax[0])
-        if shift is not None and keep != 1.0:
-            shift = (keep * shift[0], keep * shift[1])
+        shift = None  # what the class correction takes off, `keep` of it
+        if self.correction is not None and keep > 0.0:
+            shift = self.correction.shift(out.softmax[0])
+            if keep != 1.0:
+                shift = (keep * shift[0], keep * shift[1])
         fold_moments(self.moments, out.moments, classes, self.balance, shift, balance_power=keep)
         if drifting:
             self.counters.skipped_unreliable += len(weights) - int(np.count_nonzero(weights))
