@@ -15,16 +15,22 @@ GROUPS = [(0, 1, 2), (3, 4, 5)]
 LENGTH = 32
 
 
-def stream(n: int, seed: int = 0, devices: int = 4) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+# No quarter turn maps these four directions onto themselves (the next best fits at 0.22,
+# squared): gravity tells every turn.
+DIRECTIONS = np.array([[0.0, 1.0, 0.0], [0.0, 0.0, -1.0], [0.6, 0.0, -0.8], [-0.48, 0.6, 0.64]])
+
+
+def stream(
+    n: int, seed: int = 0, devices: int = 4, directions: np.ndarray = DIRECTIONS, tilt: float = 0.08
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Windows of a wrist-worn device: per (device, class) a posture of the accelerometer
-    (gravity, 1 g, in one of 4 directions by class, tilted per device), motion on top of it, and a
-    zero-mean gyroscope. Returns (windows, labels, devices)."""
+    (gravity, 1 g, in one of 4 directions by class, tilted per device by about `tilt`), motion on
+    top of it, and a zero-mean gyroscope. Returns (windows, labels, devices)."""
     rng = np.random.default_rng(seed)
-    directions = np.array([[0.0, 1.0, 0.0], [0.0, 0.0, -1.0], [0.6, 0.0, -0.8], [-0.6, 0.8, 0.0]])
     labels = rng.integers(0, len(directions), n)
     owners = rng.integers(0, devices, n)
-    tilt = rng.normal(0.0, 0.08, (devices, 3))
-    gravity = directions[labels] + tilt[owners]
+    tilts = rng.normal(0.0, tilt, (devices, 3))
+    gravity = directions[labels] + tilts[owners]
     x = rng.normal(0.0, 0.3, (n, 6, LENGTH))
     x[:, :3] += gravity[:, :, None]
     return x, labels, owners
@@ -175,6 +181,37 @@ def test_input_alignment_turns_first_restarts_its_gain_estimates_and_keeps_the_t
     assert np.array_equal(fresh.apply(target), stage.apply(target))
 
 
+def test_two_turns_that_fit_alike_are_not_told_apart():
+    """Postures that a quarter turn maps onto themselves (180 degrees about y-z maps the first
+    two onto each other and the last two): the true turn and that one times it fit alike, and
+    gravity cannot choose; `distinct` 1.0 turns to whichever is ahead by a hair."""
+    symmetric = np.array([[0.0, 1.0, 0.0], [0.0, 0.0, -1.0], [0.6, 0.0, -0.8], [-0.6, 0.8, 0.0]])
+    source = stream(800, seed=1, directions=symmetric)
+    mounted = turn(stream(400, seed=2, directions=symmetric)[0], MOUNTINGS["180° x (upside down)"])
+    careful = mounting_for(*source)
+    eager = mounting_for(*source, options=MountOptions(min_windows=50, distinct=1.0))
+    for i in range(0, len(mounted), 4):
+        careful.update(mounted[i : i + 4])
+        eager.update(mounted[i : i + 4])
+    assert careful.switches == 0 and eager.switches > 0
+
+
+def test_a_turn_contradicted_later_is_undone():
+    """Upside down for 200 windows (found), then worn as at the factory again: the turn no longer
+    fits and the device as mounted fits better, so the turn goes. (A wearer close to the source
+    postures, so that 200 windows are enough to find the turn.)"""
+    mounting = mounting_for(*stream(800, seed=1))
+    upside_down = turn(stream(200, seed=2, tilt=0.04)[0], MOUNTINGS["180° x (upside down)"])
+    righted = stream(600, seed=3, tilt=0.04)[0]
+    for i in range(0, len(upside_down), 4):
+        mounting.update(upside_down[i : i + 4])
+    assert mounting.switches == 1 and mounting.turn != 0
+    for i in range(0, len(righted), 4):
+        mounting.update(righted[i : i + 4])
+    assert mounting.switches == 2 and mounting.turn == 0
+    assert mounting.apply(righted) is righted
+
+
 def test_non_finite_windows_do_not_move_the_scores():
     mounting = mounting_for(*stream(800, seed=1))
     x = stream(1, seed=5)[0]
@@ -188,6 +225,8 @@ def test_options_refuse_values_out_of_range():
         MountOptions(ratio=1.0)
     with pytest.raises(ValueError, match="min_classes"):
         MountOptions(min_classes=0.5)
+    with pytest.raises(ValueError, match="distinct"):
+        MountOptions(distinct=0.9)
 
 
 def test_a_block_of_windows_scores_as_the_same_windows_one_by_one():
