@@ -212,6 +212,25 @@ def test_a_turn_contradicted_later_is_undone():
     assert mounting.apply(righted) is righted
 
 
+def test_one_activity_is_not_enough_to_undo_a_turn():
+    """Upside down (found), then righted but in one activity for 200 windows: another turn fits
+    far better, but on the postures of under 2 classes, so the turn stays; once the righted
+    device shows its other activities, the turn goes."""
+    mounting = mounting_for(*stream(800, seed=1))
+    upside_down = turn(stream(200, seed=2, tilt=0.04)[0], MOUNTINGS["180° x (upside down)"])
+    righted, labels, _ = stream(900, seed=3, tilt=0.04)
+    one_activity = righted[labels == 3][:200]
+    for i in range(0, len(upside_down), 4):
+        mounting.update(upside_down[i : i + 4])
+    found = mounting.turn
+    for i in range(0, len(one_activity), 4):
+        mounting.update(one_activity[i : i + 4])
+    assert found != 0 and mounting.turn == found and mounting.switches == 1
+    for i in range(0, len(righted), 4):
+        mounting.update(righted[i : i + 4])
+    assert mounting.turn == 0 and mounting.switches == 2
+
+
 def test_non_finite_windows_do_not_move_the_scores():
     mounting = mounting_for(*stream(800, seed=1))
     x = stream(1, seed=5)[0]
@@ -227,6 +246,8 @@ def test_options_refuse_values_out_of_range():
         MountOptions(min_classes=0.5)
     with pytest.raises(ValueError, match="distinct"):
         MountOptions(distinct=0.9)
+    with pytest.raises(ValueError, match="undo_classes"):
+        MountOptions(undo_classes=0.5)
 
 
 def test_a_block_of_windows_scores_as_the_same_windows_one_by_one():
