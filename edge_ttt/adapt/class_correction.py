@@ -47,9 +47,15 @@ class ClassCorrection:
         s_var = layout.flatten({n: v for n, (_, v) in source.items()}, np.float64)
         return cls(mean - s_mean, var + mean**2 - (s_var + s_mean**2), strength)
 
-    def shift(self, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def shift(self, probs: np.ndarray, scale: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
         """What to take off a batch's raw moments: the offsets of the batch's mean predicted class
-        distribution (the batch moments average its windows; one window's is its own, exactly)."""
+        distribution (the batch moments average its windows; one window's is its own, exactly),
+        times `scale` on top of `strength` (a caller that keeps only part of the correction).
+
+        >>> c = ClassCorrection(np.array([[1.0], [-1.0]]), np.array([[2.0], [0.0]]), strength=0.5)
+        >>> [s.tolist() for s in c.shift(np.array([[1.0, 0.0]]), scale=0.5)]
+        [[0.25], [0.5]]
+        """
         probs = np.asarray(probs, np.float64)
         p = probs[0] if len(probs) == 1 else probs.mean(axis=0)
-        return p @ self.first, p @ self.second
+        return scale * (p @ self.first), scale * (p @ self.second)  # 1.0 * v is v, bit for bit

@@ -22,6 +22,8 @@ import numpy as np
 
 from edge_ttt.adapt.statistics import MomentEMA
 
+OPEN_AT = 1.0  # the distance (in thresholds) past which the gate is open
+
 
 @dataclass
 class DriftGate:
@@ -76,7 +78,7 @@ class DriftGate:
 
     @property
     def open(self) -> bool:
-        return self.distance() > 1.0
+        return self.distance() > OPEN_AT
 
 
 def fade(distance: float, start: float, end: float) -> float:

@@ -14,7 +14,7 @@ from annotated_types import Ge
 
 from edge_ttt.adapt.class_correction import ClassCorrection
 from edge_ttt.adapt.counters import Counters
-from edge_ttt.adapt.drift_gate import DriftGate, fade
+from edge_ttt.adapt.drift_gate import OPEN_AT, DriftGate, fade
 from edge_ttt.adapt.flat import prefixed, unprefixed
 from edge_ttt.adapt.guard import CollapseDetector
 from edge_ttt.adapt.label_runs import LabelRuns, RunOptions
@@ -168,7 +168,7 @@ class Steady(Policy):
         cfg = self.options
         self.gate.observe(x)
         distance = self.gate.distance()
-        drifting = distance > 1.0  # the gate is open
+        drifting = distance > OPEN_AT  # `gate.open`, from the distance already computed
         self.since_step += len(x)
         if drifting and self.since_step >= cfg.step_every:
             self.since_step = 0
@@ -182,11 +182,9 @@ class Steady(Policy):
         classes = out.logits.argmax(axis=1)
         self.runs.update(classes)
         keep = 1.0 if self.runs.in_run else 1.0 - fade(distance, cfg.relax_from, cfg.relax_to)
-        shift = None  # what the class correction takes off, `keep` of it
+        shift = None  # what the class correction takes off: `keep` of it
         if self.correction is not None and keep > 0.0:
-            shift = self.correction.shift(out.softmax[0])
-            if keep != 1.0:
-                shift = (keep * shift[0], keep * shift[1])
+            shift = self.correction.shift(out.softmax[0], keep)
         fold_moments(self.moments, out.moments, classes, self.balance, shift, balance_power=keep)
         if drifting:
             self.counters.skipped_unreliable += len(weights) - int(np.count_nonzero(weights))
