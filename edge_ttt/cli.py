@@ -9,7 +9,7 @@ from typing import Annotated, ClassVar
 
 import typer
 
-from edge_ttt import logs
+from edge_ttt import __version__, logs
 from edge_ttt.adapt.engine import AUTO_INPUTS, SOURCE_EVERY
 from edge_ttt.adapt.fallback import DEFAULT_FALLBACK
 from edge_ttt.adapt.input_alignment import InputOptions
@@ -40,12 +40,23 @@ app.command("collect")(collect_command)
 app.add_typer(monitor_app, name="monitor")
 
 
+def _print_version(value: bool) -> None:
+    """`--version`: the one line a bug report needs, before any command runs."""
+    if value:
+        typer.echo(f"edge-ttt {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
 def _main(
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error")] = "warning",
     json_logs: Annotated[
         bool | None, typer.Option("--json-logs/--text-logs", help="default: JSON unless a terminal")
     ] = None,
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_print_version, is_eager=True, help="print the version and exit"),
+    ] = False,
 ) -> None:
     logs.configure(log_level, json_logs)
 

@@ -67,6 +67,19 @@ def test_help_lists_every_command_without_torch():
     assert "export.train" not in modules.split() and "edge_ttt_demo.run" not in modules.split()
 
 
+def test_version_is_the_installed_one_and_needs_no_command_or_torch():
+    from importlib.metadata import version
+
+    import edge_ttt
+
+    result = _blocked("--version")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[0] == f"edge-ttt {edge_ttt.__version__}"
+    # pyproject reads the version from the package: what pip installed is what the agent stamps
+    # on its drift summaries (`agent_version`)
+    assert version("edge-ttt") == edge_ttt.__version__
+
+
 @pytest.mark.parametrize(
     "args",
     [("train", "--log", "log.parquet", "--out", "m.pt"), ("export", "--checkpoint", "m.pt", "--out", "art")],

@@ -76,3 +76,13 @@ def test_following_the_monitoring_page_leaves_nothing_untracked():
     for path in written:
         check = subprocess.run(["git", "check-ignore", "-q", "--no-index", path], cwd=ROOT)
         assert check.returncode == 0, f"{path}, written by docs/monitoring.md's commands, is not git-ignored"
+
+
+def test_the_declared_license_ships_its_text():
+    """pyproject declares Apache-2.0, which asks that its text go with every copy: the wheel's
+    dist-info and the Jetson image take it from LICENSE."""
+    assert 'license = { text = "Apache-2.0" }' in (ROOT / "pyproject.toml").read_text()
+    text = (ROOT / "LICENSE").read_text()
+    assert text.lstrip().startswith("Apache License") and "Version 2.0, January 2004" in text
+    assert "END OF TERMS AND CONDITIONS" in text
+    assert "LICENSE" in (ROOT / "Dockerfile.jetson").read_text()
