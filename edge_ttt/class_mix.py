@@ -4,6 +4,8 @@ effective number of classes; shared by the engine (`edge_ttt.adapt`) and the fle
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 
@@ -32,6 +34,9 @@ def effective_classes(share: np.ndarray) -> np.ndarray | float:
     >>> effective_classes(np.array([[1.0, 0.0], [0.5, 0.5]])).tolist()
     [1.0, 2.0]
     """
+    share = np.asarray(share, np.float64)
+    if share.ndim == 1:  # one mix, as the engine asks on every window: Python floats, no errstate
+        total = float(np.add.reduce(share * share))
+        return math.inf if total == 0.0 else 1.0 / total
     with np.errstate(divide="ignore"):  # no classes at all: inf, more than any mix holds
-        out = 1.0 / np.sum(np.square(np.asarray(share, np.float64)), axis=-1)
-    return float(out) if np.ndim(out) == 0 else out
+        return 1.0 / np.add.reduce(np.square(share), axis=-1)

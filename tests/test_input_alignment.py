@@ -78,6 +78,36 @@ def test_a_known_gain_and_offset_per_channel_are_learnt_and_undone():
     assert np.allclose(aligned.std(axis=(0, 2)), source.std(axis=(0, 2)), rtol=0.15)
 
 
+@pytest.mark.parametrize("seed", range(6))
+def test_aligned_bounds_are_the_extremes_of_the_aligned_windows_bit_for_bit(seed: int):
+    """The guard checks the aligned windows from the raw ones' extremes (`aligned_bounds`): they
+    must be exactly what reducing `apply`'s output gives, at every gain and offset learnt, however
+    large the values (float32 overflow included)."""
+    rng = np.random.default_rng(seed)
+    source = smooth_windows(200, seed=1)
+    gain = np.exp(rng.uniform(-4.0, 4.0, 3))
+    stream = smooth_windows(60, seed=2) * gain[None, :, None] + rng.normal(0.0, 5.0, 3)[None, :, None]
+    stream[0, rng.integers(3)] = 3e38  # beyond float32's range once the gain is undone
+    stage = stage_for(source)
+    feed(stage, stream[1:])
+    x = stream.astype(np.float32)
+    aligned = stage.apply(x)
+    assert aligned is not x  # a correction is applied: the case the engine takes the bounds in
+    high, low = stage.aligned_bounds(np.maximum.reduce(x, axis=2), np.minimum.reduce(x, axis=2))
+    np.testing.assert_array_equal(high, np.maximum.reduce(aligned, axis=2))
+    np.testing.assert_array_equal(low, np.minimum.reduce(aligned, axis=2))
+    assert high.dtype == np.float32
+
+
+def test_aligned_bounds_are_not_given_while_a_turn_mixes_the_channels(bundle_dir: Path):
+    stage = Engine(OrtModel(load_bundle(bundle_dir)), inputs=InputOptions()).inputs
+    assert stage.mounting is not None
+    high, low = np.ones((1, stage.offset.size), np.float32), np.zeros((1, stage.offset.size), np.float32)
+    assert stage.aligned_bounds(high, low) is not None
+    stage.mounting.turn = 1
+    assert stage.aligned_bounds(high, low) is None
+
+
 def test_white_noise_is_not_mistaken_for_a_gain():
     source = smooth_windows(300, seed=1)
     noisy = smooth_windows(300, seed=3) + np.random.default_rng(4).standard_normal((300, 3, 64))

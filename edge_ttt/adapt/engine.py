@@ -18,7 +18,7 @@ from edge_ttt.adapt.counters import Counters
 from edge_ttt.adapt.estimates import entropy_threshold, likely_right
 from edge_ttt.adapt.fallback import Fallback, FallbackOptions
 from edge_ttt.adapt.flat import prefixed, unprefixed
-from edge_ttt.adapt.guard import InputLimits, Validity, check_windows, out_of_range, sanitize
+from edge_ttt.adapt.guard import Extremes, InputLimits, Validity, beyond, check_windows, extremes, sanitize
 from edge_ttt.adapt.input_alignment import AUTO_INPUTS, AutoInputs, InputOptions, for_bundle
 from edge_ttt.adapt.label_runs import LabelRuns, RunOptions
 from edge_ttt.adapt.ort_model import OrtModel
@@ -130,14 +130,14 @@ class Engine:
 
     def _adapt(self, x: np.ndarray) -> Predictions:
         """`process` outside a label run: the policy adapts and serves (or the fallback)."""
-        x, seen, checks, clean = self._screen(x)
+        x, raw, checks, clean = self._screen(x)
         # With input alignment the guard judges what the model will see: a gyroscope in degrees
         # is out of the source range raw, and in range once its gain is learnt. The policy adapts
         # only on windows in range raw as well: while the alignment is still learning such a
         # gain, the windows it lets through are still off, and long-horizon statistics keep that.
         # Where the alignment left the windows as they came, the raw check is the one just made.
         valid = checks.valid
-        adapts = valid if seen is x else valid & ~out_of_range(x, self.limits)
+        adapts = valid if raw is None else valid & ~beyond(raw.high, raw.low, self.limits)
         n_invalid = len(x) - int(np.count_nonzero(valid))
         n_adapts = int(np.count_nonzero(adapts))
         update = self.policy.episode if self.episodic else self.policy.update
@@ -213,18 +213,23 @@ class Engine:
 
     def _screen(
         self, x: np.ndarray, floor: float | None = None
-    ) -> tuple[np.ndarray, np.ndarray, Validity, np.ndarray]:
-        """The raw windows as float32, what the model will see (aligned, with the offset `floor` if
-        given; the raw array itself where alignment changes nothing), the guard's checks of that and
-        its sanitized copy; the model serves the policy from here on."""
+    ) -> tuple[np.ndarray, Extremes | None, Validity, np.ndarray]:
+        """The raw windows as float32, their extremes where alignment changes them (None where the
+        model sees them as they are), the guard's checks of what the model will see (aligned, with
+        the offset `floor` if given) and its sanitized copy; the model serves the policy from here on."""
         self.model.serve(self.policy, self.policy.param_vector)  # engines of several devices share it
         x = np.asarray(x, np.float32)
         if x.ndim != 3 or x.shape[1:] != self.shape:
             c, length = self.shape
             raise ValueError(f"windows must have shape [n, {c}, {length}], got {list(x.shape)}")
         seen = x if self.inputs is None else self.inputs.apply(x, floor)
-        checks = check_windows(seen, self.limits)
-        return x, seen, checks, seen if checks.valid.all() else sanitize(seen, self.limits)
+        raw = bounds = None
+        if seen is not x:  # the raw extremes, and from them the aligned ones (no second pass)
+            raw = extremes(x, self.limits)
+            if not np.logical_or.reduce(raw.nonfinite):
+                bounds = self.inputs.aligned_bounds(raw.high, raw.low, floor)
+        checks = check_windows(seen, self.limits, bounds)
+        return x, raw, checks, seen if checks.valid.all() else sanitize(seen, self.limits)
 
     def _raw(self, x: np.ndarray, valid: np.ndarray) -> np.ndarray:
         """What the source model sees: the raw windows, sanitized where the guard refused one."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 from collections import deque
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 
@@ -63,27 +64,36 @@ class Validity:
         object.__setattr__(self, "valid", ~(self.nonfinite | self.flat | self.out_of_range))
 
 
-def check_windows(x: np.ndarray, limits: InputLimits) -> Validity:
+class Extremes(NamedTuple):
+    """Per window and channel the finite maximum, minimum and their spread (float64); per window
+    whether a value was not finite (the non-finite values then count as the source mean)."""
+
+    high: np.ndarray
+    low: np.ndarray
+    spread: np.ndarray
+    nonfinite: np.ndarray
+
+
+def check_windows(
+    x: np.ndarray, limits: InputLimits, bounds: tuple[np.ndarray, np.ndarray] | None = None
+) -> Validity:
     """Checks on raw windows [n, C, L].
 
     Flat-lined: a channel whose spread within the window is below `flat_ratio` of its source
     std (a dead or stuck sensor). Out of range: any finite value further than `range_sigmas`
     source stds from the source mean (a wrong unit or a broken reading, not drift).
+    `bounds`: the windows' per-channel maxima and minima where the caller has them already
+    (`InputAlignment.aligned_bounds`), exactly as the reductions over `x` would give them.
     """
-    high, low, spread, nonfinite = _extremes(x, limits)
+    high, low, spread, nonfinite = extremes(x, limits, bounds)
     flat = np.logical_or.reduce(spread < limits.flat_below, axis=1)
-    return Validity(nonfinite=nonfinite, flat=flat, out_of_range=_beyond(high, low, limits))
+    return Validity(nonfinite=nonfinite, flat=flat, out_of_range=beyond(high, low, limits))
 
 
-def out_of_range(x: np.ndarray, limits: InputLimits) -> np.ndarray:
-    """`check_windows(x, limits).out_of_range` alone, without the other checks' work."""
-    high, low, _, _ = _extremes(x, limits)
-    return _beyond(high, low, limits)
-
-
-def _extremes(x: np.ndarray, limits: InputLimits) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Per window and channel the finite maximum, minimum and their spread (float64); per window
-    whether a value was not finite (the non-finite values then count as the source mean)."""
+def extremes(
+    x: np.ndarray, limits: InputLimits, bounds: tuple[np.ndarray, np.ndarray] | None = None
+) -> Extremes:
+    """The windows' `Extremes`; from `bounds` (maxima, minima) when given, unless one is not finite."""
     # Only each channel's extremes matter: |v - mean| is largest at the minimum or the maximum,
     # and float64 rounding keeps that order, so this equals the element-wise test, without
     # the element-wise work. A NaN or an infinity shows in the extremes too (max and min
@@ -91,8 +101,7 @@ def _extremes(x: np.ndarray, limits: InputLimits) -> tuple[np.ndarray, np.ndarra
     # The arithmetic is in float64 (the extremes are cast on the way into each subtraction). The
     # ufuncs' reductions stand for `.max`, `.min`, `.all` and `.any` (the same calls without their
     # Python wrappers).
-    high = np.maximum.reduce(x, axis=2)
-    low = np.minimum.reduce(x, axis=2)
+    high, low = (np.maximum.reduce(x, axis=2), np.minimum.reduce(x, axis=2)) if bounds is None else bounds
     spread = np.subtract(high, low, dtype=np.float64)
     nonfinite = ~np.logical_and.reduce(np.isfinite(spread), axis=1)
     if np.logical_or.reduce(nonfinite):
@@ -100,10 +109,10 @@ def _extremes(x: np.ndarray, limits: InputLimits) -> tuple[np.ndarray, np.ndarra
         high = np.maximum.reduce(clean, axis=2)
         low = np.minimum.reduce(clean, axis=2)
         spread = np.subtract(high, low, dtype=np.float64)
-    return high, low, spread, nonfinite
+    return Extremes(high, low, spread, nonfinite)
 
 
-def _beyond(high: np.ndarray, low: np.ndarray, limits: InputLimits) -> np.ndarray:
+def beyond(high: np.ndarray, low: np.ndarray, limits: InputLimits) -> np.ndarray:
     """Per window: an extreme further than `range_sigmas` source stds from the source mean. Since
     high >= low, max(high - mean, mean - low) is the larger of |high - mean| and |low - mean|
     (float subtraction is monotone and negates exactly)."""

@@ -192,6 +192,25 @@ class InputAlignment:
             return np.asarray(x, np.float32)
         return ((np.asarray(x, np.float64) - offset[None, :, None]) / gain[None, :, None]).astype(np.float32)
 
+    def aligned_bounds(
+        self, high: np.ndarray, low: np.ndarray, offset_floor: float | None = None
+    ) -> tuple[np.ndarray, np.ndarray] | None:
+        """The per-channel maxima and minima [n, channels] of what `apply` gives, from those of the
+        raw windows: `apply`'s float operations on the extremes alone. Each operation keeps the
+        order of values (the gain is positive, rounding is monotone), so these are exactly the
+        extremes of the corrected windows, for the guard to check without a second pass over them.
+        None while a turn mixes the channels."""
+        if self.mounting is not None and self.mounting.turn:
+            return None
+        offset, gain, unchanged = self._corrected(offset_floor)
+        if unchanged:
+            return high, low
+
+        def corrected(v: np.ndarray) -> np.ndarray:
+            return ((np.asarray(v, np.float64) - offset[None, :]) / gain[None, :]).astype(np.float32)
+
+        return corrected(high), corrected(low)
+
     def update(self, x: np.ndarray, probs: np.ndarray, entropy: np.ndarray) -> bool:
         """Learn from raw windows and the model's predictions on their corrected copies, once
         `learn_every` windows have gathered (`flush`); in the warm-up after every call, window
