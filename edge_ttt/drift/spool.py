@@ -181,7 +181,3 @@ class Spool:
             size = self._orphans.pop(summary_id, None)
             if size is not None:
                 self._count_drop(size)
-
-    def orphaned(self, summary_id: str) -> bool:
-        """Deleted by the bound while in flight, its fate still open."""
-        return summary_id in self._orphans
