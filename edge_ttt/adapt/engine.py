@@ -14,12 +14,13 @@ from typing import Any
 
 import numpy as np
 
+from edge_ttt.adapt.alignment_setup import AUTO_INPUTS, AutoInputs, for_bundle
 from edge_ttt.adapt.counters import Counters
 from edge_ttt.adapt.estimates import entropy_threshold, likely_right
 from edge_ttt.adapt.fallback import Fallback, FallbackOptions
 from edge_ttt.adapt.flat import prefixed, unprefixed
 from edge_ttt.adapt.guard import Extremes, InputLimits, Validity, beyond, check_windows, extremes, sanitize
-from edge_ttt.adapt.input_alignment import AUTO_INPUTS, AutoInputs, InputOptions, for_bundle
+from edge_ttt.adapt.input_alignment import InputOptions
 from edge_ttt.adapt.label_runs import LabelRuns, RunOptions
 from edge_ttt.adapt.ort_model import OrtModel
 from edge_ttt.adapt.policies import DEFAULT_POLICY, POLICY_TYPES, Policy, create

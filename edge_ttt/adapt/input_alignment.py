@@ -31,26 +31,18 @@ streams. Beyond the band the shift is undone, nearly whole when far beyond it (`
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
-from pathlib import Path
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
 
 import numpy as np
 
 from edge_ttt.adapt.channel_references import window_features
 from edge_ttt.adapt.flat import prefixed, unprefixed
-from edge_ttt.adapt.mounting import Mounting, MountOptions
-from edge_ttt.adapt.policies import POLICY_TYPES
+from edge_ttt.adapt.mounting import Mounting
 from edge_ttt.adapt.statistics import ClassBalance, fold_weights
-from edge_ttt.adapt.transforms import triads
-
-if TYPE_CHECKING:
-    from edge_ttt.manifest import Manifest
 
 Arrays = dict[str, np.ndarray]
 MAX_STEP = 100.0  # a window's autocovariance counts at most this many times the current estimate
 RANGE_SIGMAS = 50.0  # a window's offset residual counts at most this many source stds (x gain)
-BATCH_NORM_OFFSET_FLOOR = 3.0  # source stds; `AutoInputs` on batch-norm bundles
 
 
 @dataclass(frozen=True)
@@ -102,6 +94,13 @@ def _shrink(value: np.ndarray, band: np.ndarray | float) -> np.ndarray:
     ratio = np.divide(band, value, out=np.zeros_like(value), where=outside)
     kept = value * (1.0 - ratio**2)
     return np.where(outside, kept, 0.0)
+
+
+def _undone(v: np.ndarray, offset: np.ndarray, gain: np.ndarray) -> np.ndarray:
+    """`(v - offset) / gain` per channel (axis 1 of `v`), in float64, as float32: `apply` on windows
+    and `aligned_bounds` on their extremes must round alike."""
+    at = (slice(None),) + (None,) * (np.ndim(v) - 2)  # the channel axis, then any more
+    return ((np.asarray(v, np.float64) - offset[at]) / gain[at]).astype(np.float32)
 
 
 class InputAlignment:
@@ -190,7 +189,7 @@ class InputAlignment:
         offset, gain, unchanged = self._corrected(offset_floor)
         if unchanged:  # nothing beyond the dead bands: as it came
             return np.asarray(x, np.float32)
-        return ((np.asarray(x, np.float64) - offset[None, :, None]) / gain[None, :, None]).astype(np.float32)
+        return _undone(x, offset, gain)
 
     def aligned_bounds(
         self, high: np.ndarray, low: np.ndarray, offset_floor: float | None = None
@@ -202,14 +201,8 @@ class InputAlignment:
         None while a turn mixes the channels."""
         if self.mounting is not None and self.mounting.turn:
             return None
-        offset, gain, unchanged = self._corrected(offset_floor)
-        if unchanged:
-            return high, low
-
-        def corrected(v: np.ndarray) -> np.ndarray:
-            return ((np.asarray(v, np.float64) - offset[None, :]) / gain[None, :]).astype(np.float32)
-
-        return corrected(high), corrected(low)
+        offset, gain, _ = self._corrected(offset_floor)
+        return _undone(high, offset, gain), _undone(low, offset, gain)
 
     def update(self, x: np.ndarray, probs: np.ndarray, entropy: np.ndarray) -> bool:
         """Learn from raw windows and the model's predictions on their corrected copies, once
@@ -299,60 +292,3 @@ class InputAlignment:
         self.balance.share = np.asarray(flat["prior"], np.float64).copy()
         self._corrections = {}
         self._pending = []
-
-
-def for_bundle(manifest: Manifest, bundle_path: str | Path, options: InputOptions) -> InputAlignment:
-    """The input alignment stage for a bundle's references; refused for a bundle exported before it."""
-    refs = manifest.reference.class_channels
-    if refs is None:
-        raise ValueError(
-            f"bundle {bundle_path} has no reference.class_channels (it was exported before "
-            "input alignment existed); re-export it with `edge-ttt export`, or turn input alignment off"
-        )
-    entropy = manifest.reference.entropy
-    reliable = (
-        np.inf
-        if options.reliable_quantile >= 1.0
-        else float(np.interp(options.reliable_quantile, entropy.q, entropy.value))
-    )
-    std = np.sqrt([c.var for c in manifest.reference.channels])
-    spread = (np.array(refs.offset_spread), np.array(refs.log_gain_spread))
-    mount = manifest.reference.mounting
-    mounting = None
-    if options.mounting and mount is not None:  # without the postures: no mounting search
-        groups = triads(manifest.model.channels)
-        mounting = Mounting(
-            MountOptions(),
-            np.array(mount.postures),
-            mount.classes,
-            mount.posture_level,
-            tuple(mount.triad),
-            groups,
-        )
-    return InputAlignment(
-        options, (np.array(refs.mean), np.array(refs.autocov)), std, spread, reliable, mounting
-    )
-
-
-@dataclass(frozen=True)
-class AutoInputs:
-    """Input alignment as it is on by default: ahead of this project's policies (`Policy.aligned`:
-    the default, `steady`, and `ttt`), on a bundle with the references for it. On a bundle
-    without batch norms the policy has no statistics to adapt and alignment is what moves the
-    model. On a batch-norm bundle `steady`'s own statistics absorb a
-    moderate offset, and alignment of offsets too lost up to 34 points against them on
-    class-sorted streams, so offsets under `BATCH_NORM_OFFSET_FLOOR` source stds are left to them:
-    there alignment undoes mounting and gains far out of the source range (docs/adaptation.md)."""
-
-    options: InputOptions = field(default_factory=InputOptions)
-
-    def resolve(self, policy: str, manifest: Manifest) -> InputOptions | None:
-        """The options for `policy` on the bundle of `manifest`; None: no alignment."""
-        if not POLICY_TYPES[policy].aligned or manifest.reference.class_channels is None:
-            return None
-        if manifest.batch_norms:  # offsets within the floor are left to the policy's statistics
-            return replace(self.options, offset_floor=max(self.options.offset_floor, BATCH_NORM_OFFSET_FLOOR))
-        return self.options
-
-
-AUTO_INPUTS = AutoInputs()
