@@ -1,7 +1,9 @@
-"""`python -m benchmarks.graph_paths [--repeats N]`: the standard-operator graph (schema 2) against
-ORT's training graph (a schema-1 copy of the same bundle, which needs onnxruntime-training)
-at batch size 1, side by side in one run: the default policy with its drift gate open
-(steady-ungated), one bare training pass, and PyTorch's Tent for the ratio.
+"""`python -m benchmarks.graph_paths [--repeats N] [--models A,B]`: a bundle's graph paths at batch
+size 1, side by side in one run: the bundle as exported (`fixed`: the fixed-statistics graphs at
+stat_mix 0), the same without them (`standard`: the standard-operator graphs, schema 2), and ORT's
+training graph (`training`: a schema-1 copy, which needs onnxruntime-training); for each the
+default policy with its drift gate open (steady-ungated) and one bare training pass, and PyTorch's
+Tent for the ratio.
 
 The columns run in a random order for every block of `CYCLE` consecutive windows (put through
 one at a time: the default engine's gradient step and source pass come once a block): the
@@ -36,15 +38,18 @@ from edge_ttt.adapt.ort_model import OrtModel
 from edge_ttt.artifacts import load_bundle
 from export.checkpoint import load_checkpoint
 from firmware_sim.datasets.watch import watch_logs
-from tests.conftest import legacy_bundle
+from tests.conftest import legacy_bundle, without_fixed_graphs
 
 WARMUP = 30
+# The bundle as exported (with the fixed-statistics graphs), without them, and as schema 1 (ORT's
+# training graph, which needs onnxruntime-training).
+PATHS = ("fixed", "standard", "training")
 
 
-def runners(bundle: Path, checkpoint: Path, legacy: Path) -> dict:
-    """Per path, steady-ungated and a bare training pass; and PyTorch's Tent."""
+def runners(checkpoint: Path, bundles: dict[str, Path]) -> dict:
+    """Per path (a bundle), steady-ungated and a bare training pass; and PyTorch's Tent."""
     out = {}
-    for path, bundle_dir in (("standard", bundle), ("training", legacy)):
+    for path, bundle_dir in bundles.items():
         engine = Engine(OrtModel(load_bundle(bundle_dir), threads=1), options=UNGATED_OPTIONS)
         bare = OrtModel(load_bundle(bundle_dir), threads=1)
         stats = bare.source_stats()
@@ -63,21 +68,30 @@ def main() -> None:
     p = argparse.ArgumentParser(prog="python -m benchmarks.graph_paths", description=__doc__)
     p.add_argument("--repeats", type=int, default=600)
     p.add_argument("--cache", type=Path, default=Path("runs/bench"))
+    p.add_argument("--models", default=",".join(PERF_MODELS), help="comma-separated (default: %(default)s)")
     args = p.parse_args()
+    models = [m for m in args.models.split(",") if m]
+    unknown = sorted(set(models) - set(PERF_MODELS))
+    if unknown:
+        p.error(f"unknown models {', '.join(unknown)}; choose from {', '.join(PERF_MODELS)}")
     torch.set_num_threads(1)
-    paths = prepare_models(PERF_MODELS, args.cache, retrain=False)
+    paths = prepare_models(models, args.cache, retrain=False)
     log = watch_logs()["target"]
     order = random.Random(0)
     print("| model | steady-ungated (ms) | training pass (ms) | steady-ungated / Tent |")
-    print("| | standard / training graph | standard / training | standard / training |")
+    print(f"| | {' / '.join(PATHS)} | {' / '.join(PATHS)} | {' / '.join(PATHS)} |")
     print("|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
-        for model in PERF_MODELS:
-            legacy = legacy_bundle(paths[model].bundle, Path(tmp) / model)
+        for model in models:
+            bundles = {
+                "fixed": paths[model].bundle,
+                "standard": without_fixed_graphs(paths[model].bundle, Path(tmp) / model / "standard"),
+                "training": legacy_bundle(paths[model].bundle, Path(tmp) / model / "training"),
+            }
             info = load_bundle(paths[model].bundle).manifest.model
             cell = Cell(model, "gain", 4, "recorded", 1, DEFAULT_POLICY, 0)
             stream = make_stream(log, cell, info.window, info.hop)[0].x
-            columns = runners(paths[model].bundle, paths[model].checkpoint, legacy)
+            columns = runners(paths[model].checkpoint, bundles)
             times: dict[str, list[float]] = {name: [] for name in columns}
             blocks = len(stream) // CYCLE
             for i in range(WARMUP + args.repeats):
@@ -93,12 +107,12 @@ def main() -> None:
                     if i >= WARMUP:
                         times[name].append(time.perf_counter() - start)
             ms = {name: summary_ms(t, CYCLE)["median_ms"] for name, t in times.items()}
-            ungated = ms["steady-ungated/standard"], ms["steady-ungated/training"]
-            passes = ms["train-pass/standard"], ms["train-pass/training"]
+            ungated = [ms[f"steady-ungated/{p}"] for p in PATHS]
+            passes = [ms[f"train-pass/{p}"] for p in PATHS]
             ratios = [t / ms["torch-tent"] for t in ungated]
-            cells = [f"{a:.3f} / {b:.3f}" for a, b in (ungated, passes, ratios)]
+            cells = [" / ".join(f"{v:.3f}" for v in values) for values in (ungated, passes, ratios)]
             print(f"| {model} | {' | '.join(cells)} |", flush=True)
-            shutil.rmtree(legacy)
+            shutil.rmtree(Path(tmp) / model)
 
 
 if __name__ == "__main__":

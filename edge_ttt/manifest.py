@@ -20,6 +20,11 @@ OPTIMIZER_MODEL = "optimizer_model.onnx"
 CHECKPOINT = "checkpoint"
 STANDARD_TRAINING_MODEL = "standard_training_model.onnx"
 PARAMETERS = "parameters.npz"
+# Optional (bundles exported from 2026-12-06 on), listed in `files` only, so that readers from
+# before them still load such a bundle: the eval graph and the standard training graph at
+# stat_mix 0, without the mix (docs/manifest.md, "Fixed-statistics graphs").
+FIXED_EVAL_MODEL = "fixed_eval_model.onnx"
+FIXED_TRAINING_MODEL = "fixed_training_model.onnx"
 REQUIRED_FILES = (TRAINING_MODEL, EVAL_MODEL, OPTIMIZER_MODEL, CHECKPOINT)
 # How far a stream's sample period may be from the model's, relative to the model's: a sensor's
 # clock is off by a fraction of a percent, and a frame states its period in whole nanoseconds.
@@ -291,6 +296,18 @@ class Manifest(_Strict):
                     raise ValueError(
                         f"reference.class_norms.{name} needs [classes][channels] values for mean and var"
                     )
+
+    @property
+    def fixed_eval(self) -> str | None:
+        """`FIXED_EVAL_MODEL` where the bundle has it: the eval graph's outputs at `stat_mix` 0
+        from `x`, the statistics and the parameters (no mix, no loss, no training inputs)."""
+        return FIXED_EVAL_MODEL if FIXED_EVAL_MODEL in self.files else None
+
+    @property
+    def fixed_training(self) -> str | None:
+        """`FIXED_TRAINING_MODEL` where the bundle has it (batch-norm bundles of schema 2): the
+        standard training graph at `stat_mix` 0, its ports less the mix, the same gradient outputs."""
+        return FIXED_TRAINING_MODEL if FIXED_TRAINING_MODEL in self.files else None
 
     @property
     def batch_norms(self) -> list[NormLayer]:

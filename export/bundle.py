@@ -3,29 +3,24 @@ training graph with its parameters, and manifest.json."""
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import json
 import logging
-import os
 import shutil
-import sys
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import onnx
 import onnxruntime
 import torch
-from onnxruntime.training import api, artifacts, onnxblock
+from onnxruntime.training import api
 
 import edge_ttt
 from edge_ttt.adapt.transforms import TRANSFORMS, check_channels
 from edge_ttt.artifacts import sha256_file
 from edge_ttt.manifest import (
     CHECKPOINT,
-    OPTIMIZER_MODEL,
     PARAMETERS,
     SCHEMA_VERSION,
     STANDARD_TRAINING_MODEL,
@@ -33,71 +28,14 @@ from edge_ttt.manifest import (
     Manifest,
 )
 from export.checkpoint import SourceModel, load_checkpoint
-from export.loss import (
-    AUX_TARGET_INPUT,
-    SOFT_TARGET_INPUT,
-    WEIGHT_INPUT,
-    WeightedCrossEntropy,
-    WeightedEntropy,
-)
+from export.fixed_graphs import write_fixed_graphs
+from export.loss import AUX_TARGET_INPUT, SOFT_TARGET_INPUT, WEIGHT_INPUT
 from export.norms import norm_layers
-from export.onnx_graph import MAX_IR_VERSION, GraphNames, to_onnx
+from export.onnx_graph import GraphNames, to_onnx
+from export.ort_artifacts import ADAMW, generate
 from export.standard_graph import lower
 
-EXPORT_LOG = "export.log"
-ADAMW = {"betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.0}
-
 log = logging.getLogger(__name__)
-
-
-@contextlib.contextmanager
-def _stderr_to(path: Path) -> Iterator[None]:
-    """Send file descriptor 2 to `path`: ORT's C++ logger writes its INFO lines there, not via Python."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with open(path, "ab") as f:
-        os.dup2(f.fileno(), 2)
-        try:
-            yield
-        finally:
-            sys.stderr.flush()
-            os.dup2(saved, 2)
-            os.close(saved)
-
-
-def _generate(proto: onnx.ModelProto, names: GraphNames, classes: int, out: Path) -> None:
-    """Run ORT's artifact generator with its ~40 INFO lines sent to the export log, not stderr."""
-    frozen = [i.name for i in proto.graph.initializer if i.name not in names.trainable]
-    loss = WeightedCrossEntropy(len(TRANSFORMS)) if names.aux_logits else WeightedEntropy(classes)
-    root = logging.getLogger()
-    handler = logging.FileHandler(out / EXPORT_LOG)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    saved = (root.level, root.handlers[:])
-    root.handlers = [handler]
-    root.setLevel(logging.INFO)
-    try:
-        with _stderr_to(out / EXPORT_LOG):
-            artifacts.generate_artifacts(
-                proto,
-                requires_grad=list(names.trainable),
-                frozen_params=frozen,
-                loss=loss,
-                optimizer=onnxblock.optim.AdamW(
-                    betas=ADAMW["betas"], eps=ADAMW["eps"], weight_decay=ADAMW["weight_decay"]
-                ),
-                artifact_directory=out,
-                additional_output_names=names.outputs,
-                loss_input_names=[names.aux_logits or names.outputs[0]],
-            )
-    finally:
-        onnxruntime.set_default_logger_severity(2)  # the generator leaves ORT's own logger at INFO
-        root.handlers = saved[1]
-        root.setLevel(saved[0])
-        handler.close()
-    optimizer = onnx.load(out / OPTIMIZER_MODEL)
-    if optimizer.ir_version > MAX_IR_VERSION:  # an onnx newer than the pinned one wrote it
-        optimizer.ir_version = MAX_IR_VERSION
-        onnx.save(optimizer, out / OPTIMIZER_MODEL)
 
 
 def _write_standard(names: GraphNames, out: Path) -> dict[str, str]:
@@ -221,8 +159,9 @@ def export_bundle(src: SourceModel, out: Path, force: bool = False) -> Manifest:
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        _generate(proto, names, len(src.classes), tmp)
+        generate(proto, names, len(src.classes), tmp)
         gradients = _write_standard(names, tmp)
+        write_fixed_graphs(src, names, gradients, tmp)
         files = {p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.is_file()}
         manifest = build_manifest(src, names, files, gradients)
         # A bundle without an auxiliary task has no `auxiliary` key at all, so that readers from

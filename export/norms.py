@@ -7,7 +7,9 @@ graph initializers with gradients in ONNX Runtime 1.19.2 (its LayerNormalization
 GroupNormalization have no usable gradient builders, see shared ORT notes), and:
 
 - a batch norm takes its statistics as graph inputs, mixed with the batch's own by a scalar
-  `stat_mix` input (0 = supplied statistics only, 1 = batch statistics as in Tent);
+  `stat_mix` input (0 = supplied statistics only, 1 = batch statistics as in Tent); traced
+  without the mix (`NormIO.stat_mix` None: the serving graph), it normalizes with the supplied
+  statistics alone;
 - every layer returns the moments it measured on the batch as extra graph outputs, so the
   runtime can average them itself (batch size 1 included) and watch them drift.
 
@@ -88,11 +90,11 @@ class BatchNorm(_ExplicitNorm, nn.BatchNorm1d):
         centered = x - batch_mean.reshape(1, -1, 1)
         batch_var = time_average(centered * centered).mean(dim=(0, 2))
         self._record(batch_mean, batch_var)
-        stat_mean, stat_var = self.io.supplied[self.layer_name]
+        mean, var = self.io.supplied[self.layer_name]
         mix = self.io.stat_mix
-        assert mix is not None
-        mean = mix * batch_mean + (1.0 - mix) * stat_mean
-        var = mix * batch_var + (1.0 - mix) * stat_var
+        if mix is not None:  # None: the serving graph, which normalizes with the supplied ones
+            mean = mix * batch_mean + (1.0 - mix) * mean
+            var = mix * batch_var + (1.0 - mix) * var
         scale = self.weight / torch.sqrt(var + self.eps)
         shift = self.bias - mean * scale
         return x * scale.reshape(1, -1, 1) + shift.reshape(1, -1, 1)

@@ -146,6 +146,11 @@ def _strip_prefix(proto: onnx.ModelProto, prefix: str) -> None:
 def to_onnx(model: nn.Module, channels: int, length: int) -> tuple[onnx.ModelProto, GraphNames]:
     """Export a deep copy in eval mode, without constant folding, and check the norm parameters survived."""
     names = graph_names(model)
+    return trace(model, names, channels, length), names
+
+
+def trace(model: nn.Module, names: GraphNames, channels: int, length: int) -> onnx.ModelProto:
+    """The graph of `names` (its inputs and outputs) traced from a deep copy of the model, as `to_onnx`."""
     work = copy.deepcopy(model).eval()  # tracing must not touch the caller's running statistics
     x = torch.zeros(1, channels, length)
     flat = example_inputs(work, names, x)
@@ -173,7 +178,7 @@ def to_onnx(model: nn.Module, channels: int, length: int) -> tuple[onnx.ModelPro
     _strip_prefix(proto, "model.")
     proto.ir_version = min(proto.ir_version, MAX_IR_VERSION)
     check_norm_parameters(proto, names)
-    return proto, names
+    return proto
 
 
 def check_norm_parameters(proto: onnx.ModelProto, names: GraphNames) -> None:

@@ -65,17 +65,33 @@ def exported_bundle(tmp_path_factory, model: str, folder: str, prepare=None) -> 
 
 
 def legacy_bundle(bundle: Path, out: Path) -> Path:
-    """A copy of `bundle` as schema 1 wrote it: no standard-operator graph, no parameters file."""
+    """A copy of `bundle` as schema 1 wrote it: no standard-operator graph, no parameters file, no
+    fixed-statistics graphs."""
     import json
-    import shutil
 
-    shutil.copytree(bundle, out)
+    without_fixed_graphs(bundle, out)
     doc = json.loads((out / "manifest.json").read_text())
     spec = doc.pop("standard_graph")
     for name in (spec["model"], spec["parameters"]):
         (out / name).unlink()
         del doc["files"][name]
     doc["schema_version"] = 1
+    (out / "manifest.json").write_text(json.dumps(doc, indent=2) + "\n")
+    return out
+
+
+def without_fixed_graphs(bundle: Path, out: Path) -> Path:
+    """A copy of `bundle` as exported before the fixed-statistics graphs: the general graphs only."""
+    import json
+    import shutil
+
+    from edge_ttt.manifest import FIXED_EVAL_MODEL, FIXED_TRAINING_MODEL
+
+    shutil.copytree(bundle, out)
+    doc = json.loads((out / "manifest.json").read_text())
+    for name in (FIXED_EVAL_MODEL, FIXED_TRAINING_MODEL):
+        if doc["files"].pop(name, None) is not None:
+            (out / name).unlink()
     (out / "manifest.json").write_text(json.dumps(doc, indent=2) + "\n")
     return out
 

@@ -10,7 +10,7 @@ from benchmarks.adaptation.cells import ModelPaths
 from benchmarks.harness import progress
 from edge_ttt.artifacts import BundleError, load_bundle
 from edge_ttt.recordlog import write_log
-from export.bundle import export_bundle
+from export.bundle import export_bundle, export_checkpoint
 from export.train import TrainConfig, missing_reference, train
 from firmware_sim.datasets.watch import watch_logs
 
@@ -38,6 +38,10 @@ def prepare_models(names: list[str], cache: Path, retrain: bool) -> dict[str, Mo
     """Train (TrainConfig defaults) and export every model that has no valid cached bundle."""
     paths = {name: ModelPaths(cache / name, cache / f"{name}.pt") for name in names}
     todo = [name for name in names if retrain or not cached(paths[name], name)]
+    for name in set(names) - set(todo):
+        if load_bundle(paths[name].bundle).manifest.fixed_eval is None:
+            progress(f"{paths[name].bundle} predates the fixed-statistics graphs: exporting it again")
+            export_checkpoint(paths[name].checkpoint, paths[name].bundle, force=True)
     if todo:
         with tempfile.TemporaryDirectory() as tmp:
             source = Path(tmp) / "watch_source.parquet"

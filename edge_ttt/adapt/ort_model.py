@@ -15,6 +15,8 @@ need onnxruntime-training, on the CPU.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 
 from edge_ttt.adapt.bound_graph import BoundGraph
@@ -32,6 +34,16 @@ from edge_ttt.manifest import EVAL_MODEL, TRAINING_MODEL
 ACCUMULATION_BUFFER = "_grad.accumulation.buffer"
 ACCUMULATION_OUT = "_grad.accumulation.out"
 LAZY_RESET_GRAD = "lazy_reset_grad"
+
+
+class Graphs(NamedTuple):
+    """A bundle's graphs in ONNX Runtime; the fixed ones (`stat_mix` 0, `export.fixed_graphs`)
+    where the bundle has them, which the model then runs at mix 0."""
+
+    eval: BoundGraph
+    training: BoundGraph
+    fixed_eval: BoundGraph | None
+    fixed_training: BoundGraph | None
 
 
 class OrtModel:
@@ -83,13 +95,12 @@ class OrtModel:
         self._buffers = DeviceBuffers(self.device, copies)
         self._graphs = self._bind_graphs(bundle, options, params)
 
-    def _bind_graphs(
-        self, bundle: Bundle, options, params: dict[str, np.ndarray]
-    ) -> tuple[BoundGraph, BoundGraph]:
-        """Eval and training graphs bound to the parameters (trainable ones as views of one vector
-        in `layout`), the statistics and stat mix, and the gradients: for the standard graph its
-        gradient outputs (views of `_step_gradient`), for ORT's training graph each trainable
-        parameter's accumulation buffer (a view of `_gradient`, in host memory) and the reset flag."""
+    def _bind_graphs(self, bundle: Bundle, options, params: dict[str, np.ndarray]) -> Graphs:
+        """The graphs bound to the parameters (trainable ones as views of one vector in `layout`),
+        the statistics and stat mix, and the gradients: for the standard graph (and the fixed
+        one) its gradient outputs (views of `_step_gradient`), for ORT's training graph each
+        trainable parameter's accumulation buffer (a view of `_gradient`, in host memory) and the
+        reset flag."""
         graph = self.manifest.graph
         buffers = self._buffers
         self._param_names = list(params)
@@ -127,17 +138,26 @@ class OrtModel:
         else:
             trainer = BoundGraph(bundle.file(spec.model), options, buffers)
             self._step_gradient = np.zeros(self.layout.size, np.float32)
-            steps = self.layout.split(self._step_gradient)
+            steps = {spec.gradients[n]: v for n, v in self.layout.split(self._step_gradient).items()}
             training = {}
-            trainer.fetch([graph.loss, *self._outputs], into={spec.gradients[n]: steps[n] for n in steps})
-        for g, bound in ((predictor, values), (trainer, {**values, **training})):
+            trainer.fetch([graph.loss, *self._outputs], into=steps)
+        fixed_eval = fixed_training = None  # the graphs at stat_mix 0, where the bundle has them
+        if self.manifest.fixed_eval is not None:
+            fixed_eval = BoundGraph(bundle.file(self.manifest.fixed_eval), options, buffers)
+            fixed_eval.fetch(self._outputs)
+        if spec is not None and self.manifest.fixed_training is not None:
+            fixed_training = BoundGraph(bundle.file(self.manifest.fixed_training), options, buffers)
+            fixed_training.fetch([graph.loss, *self._outputs], into=steps)
+        graphs = Graphs(predictor, trainer, fixed_eval, fixed_training)
+        for g in filter(None, graphs):
+            bound = values if g in (predictor, fixed_eval) else {**values, **training}
             for name in g.inputs:
                 if name in bound:
                     g.bind(name, bound[name])
             missing = [name for name in g.unbound() if name not in fed]
             if missing:
                 raise ValueError(f"{g.path} has inputs this runtime does not feed: {missing}")
-        return predictor, trainer
+        return graphs
 
     def _stat_buffers(self) -> dict[str, np.ndarray]:
         """Per statistics input, the array bound to it: views of one vector laid out as
@@ -169,24 +189,26 @@ class OrtModel:
         self,
         g: BoundGraph,
         x: np.ndarray,
-        weights: np.ndarray,
+        weights: np.ndarray | None,
         stats: Stats,
         mix: float,
         target: np.ndarray | None = None,
         soft_target: np.ndarray | None = None,
     ) -> None:
         """This call's inputs, copied into the bound buffers: the statistics and the mix into
-        those bound once, the batch-shaped ones into buffers bound for the batch size."""
+        those bound once, the batch-shaped ones into buffers bound for the batch size (the
+        weights and targets only where the graph takes them: None for the fixed eval graph)."""
         g.batch(len(x))
         graph = self.manifest.graph
         g.feed(graph.input, np.ascontiguousarray(x, np.float32))
-        g.feed(graph.sample_weight, weights)
-        aux = self.manifest.auxiliary
-        # the eval graph keeps the training graph's inputs, so the targets are fed always
-        if aux is not None:
-            g.feed_target(aux.target, target, (len(x), len(aux.transformations)))
-        if graph.soft_target is not None:
-            g.feed_target(graph.soft_target, soft_target, (len(x), len(self.manifest.model.classes)))
+        if weights is not None:
+            g.feed(graph.sample_weight, weights)
+            aux = self.manifest.auxiliary
+            # the eval graph keeps the training graph's inputs, so the targets are fed always
+            if aux is not None:
+                g.feed_target(aux.target, target, (len(x), len(aux.transformations)))
+            if graph.soft_target is not None:
+                g.feed_target(graph.soft_target, soft_target, (len(x), len(self.manifest.model.classes)))
         kept = self._kept
         if graph.stat_mix is not None:
             kept[graph.stat_mix][0] = mix  # rounded to float32 as the input is
@@ -200,8 +222,14 @@ class OrtModel:
         self._buffers.push(self._per_call)
 
     def forward(self, x: np.ndarray, stats: Stats, mix: float = 0.0) -> Outputs:
-        """Eval graph: logits and batch moments; no gradients, no state change."""
-        predictor = self._graphs[0]
+        """Logits and batch moments; no gradients, no state change. At `mix` 0 from the fixed eval
+        graph where the bundle has one (the same values, bit for bit, from fewer kernels: export
+        checks it), else from the eval graph."""
+        fixed = self._graphs.fixed_eval
+        if mix == 0.0 and fixed is not None:
+            self._bind_call(fixed, x, None, stats, mix)
+            return self._unpack(fixed.run(), None)
+        predictor = self._graphs.eval
         self._bind_call(predictor, x, np.zeros(len(x), np.float32), stats, mix)
         return self._unpack(predictor.run(), None)
 
@@ -231,7 +259,8 @@ class OrtModel:
                     "(`edge-ttt export`) with this version to train on soft targets"
                 )
             soft_target = np.ascontiguousarray(soft_target, np.float32)
-        trainer = self._graphs[1]
+        trainer = self._graphs.fixed_training if mix == 0.0 else None
+        trainer = trainer or self._graphs.training
         self._bind_call(trainer, x, weights, stats, mix, target, soft_target)
         out = trainer.run()
         if self._step_gradient is not None:  # the standard graph: add this pass's gradients
