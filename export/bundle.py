@@ -1,5 +1,5 @@
 """Build the artifact bundle: ORT training/eval/optimizer models, checkpoint, the standard-operator
-training graph with its parameters, and manifest.json."""
+training graph with its parameters, the fixed-statistics graphs, and manifest.json."""
 
 from __future__ import annotations
 
