@@ -10,9 +10,9 @@ never used (cnn-bn: 114 -> 84 nodes), and the training graph the backward pass t
 moments (252 -> 155); docs/performance.md has the times.
 
 For finite values `0 * v` is 0 and `v + 0` is `v`, so they give the general graphs' outputs bit for
-bit. That is checked here, on windows around the source's scale; a graph that differs is not
-written, with a warning: a bundle without them runs its general graphs, as readers from before
-them do.
+bit. That is checked here, on windows around the source's scale; a graph that differs (or that
+cannot be built) is not written, with a warning: a bundle without them runs its general graphs,
+as readers from before them do.
 """
 
 from __future__ import annotations
@@ -45,19 +45,28 @@ log = logging.getLogger(__name__)
 def write_fixed_graphs(src: SourceModel, names: GraphNames, gradients: dict[str, str], out: Path) -> None:
     """Write the fixed eval graph, and for a model with batch norms the fixed training graph (its
     gradient outputs named as the standard graph's `gradients`), into the bundle directory `out`,
-    which holds the general graphs and the parameters already; each only if it matches them."""
+    which holds the general graphs and the parameters already; each only if it matches them. They
+    only save time: one that cannot be built is left out with a warning, not an export error."""
     shape = (len(src.channels), src.window)
-    forward = trace(src.model, replace(names, stat_mix=None, aux_logits=None), *shape)
-    _initializers_as_inputs(forward)
-    onnx.save(forward, out / FIXED_EVAL_MODEL)
     feeds = _feeds(src, names, out)
-    _keep_if_same(out, FIXED_EVAL_MODEL, EVAL_MODEL, feeds)
+    try:
+        forward = trace(src.model, replace(names, stat_mix=None, aux_logits=None), *shape)
+        _initializers_as_inputs(forward)
+        onnx.save(forward, out / FIXED_EVAL_MODEL)
+    except Exception as exc:  # whatever the tracer raises, the general graph serves
+        log.warning("%s: the fixed eval graph could not be built (%s); not written", src.name, exc)
+    else:
+        _keep_if_same(out, FIXED_EVAL_MODEL, EVAL_MODEL, feeds)
     if names.stat_mix is None:  # no batch norm: the standard training graph has no mix to drop
         return
     fixed = replace(names, stat_mix=None)
-    with tempfile.TemporaryDirectory() as tmp:
-        generate(trace(src.model, fixed, *shape), fixed, len(src.classes), Path(tmp))
-        training, fixed_gradients = lower(onnx.load(Path(tmp) / TRAINING_MODEL), fixed.trainable)
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            generate(trace(src.model, fixed, *shape), fixed, len(src.classes), Path(tmp))
+            training, fixed_gradients = lower(onnx.load(Path(tmp) / TRAINING_MODEL), fixed.trainable)
+    except Exception as exc:  # as above: the standard training graph serves
+        log.warning("%s: the fixed training graph could not be built (%s); not written", src.name, exc)
+        return
     if fixed_gradients != gradients:
         log.warning("%s: the fixed training graph names its gradients otherwise; not written", src.name)
         return

@@ -163,3 +163,22 @@ def test_a_fixed_graph_that_differs_is_left_out_with_a_warning(tmp_path: Path, m
     assert sum("not written" in r.getMessage() for r in caplog.records) == 2
     out = OrtModel(bundle).forward(windows(1), OrtModel(bundle).source_stats())
     assert np.isfinite(out.logits).all()
+
+
+def test_a_fixed_graph_that_cannot_be_built_is_left_out_and_the_export_goes_on(
+    tmp_path: Path, monkeypatch, caplog
+):
+    """They only save time: a generator failing on the fixed training graph costs it, not the bundle."""
+
+    def broken(*args) -> None:
+        raise RuntimeError("generator failed")
+
+    monkeypatch.setattr(fixed_graphs, "generate", broken)
+    with caplog.at_level(logging.WARNING, logger="export.fixed_graphs"):
+        export_bundle(source_model("cnn-bn"), tmp_path / "b")
+    bundle = load_bundle(tmp_path / "b")
+    assert bundle.manifest.fixed_eval == FIXED_EVAL_MODEL and bundle.manifest.fixed_training is None
+    assert any("could not be built (generator failed)" in r.getMessage() for r in caplog.records)
+    model = OrtModel(bundle)
+    out = model.forward_backward(windows(2), np.full(2, 0.5, np.float32), model.source_stats())
+    assert np.isfinite(out.loss)
