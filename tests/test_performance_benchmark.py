@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import random
 import sys
 
 import numpy as np
@@ -10,7 +11,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from benchmarks import rss_workload  # noqa: E402
+from benchmarks import graph_paths, rss_workload  # noqa: E402
 from benchmarks.adaptation import FAIL, NOT_MEASURED, PASS  # noqa: E402
 from benchmarks.performance import (  # noqa: E402
     COLUMNS,
@@ -185,3 +186,17 @@ def test_arguments_are_checked():
     assert parse_args([]).models == ["cnn-bn", "cnn-gn", "tcn-ln"]  # no entropy steps on an auxiliary head
     with pytest.raises(SystemExit):
         parse_args(["--models", "cnn-bn-ttt"])
+
+
+def test_graph_paths_times_every_path_of_one_bundle_side_by_side(model_paths, tmp_path):
+    """The bundle as exported, without its fixed-statistics graphs, and as schema 1, in one run."""
+    row = graph_paths.measure(
+        "cnn-bn", model_paths, synthetic_log(devices=2, seconds=20), 2, random.Random(0), tmp_path
+    )
+    assert set(row["ratio_to_tent"]) == set(graph_paths.PATHS) == {"fixed", "standard", "training"}
+    columns = {f"{c}/{p}" for c in ("steady-ungated", "train-pass") for p in graph_paths.PATHS} | {
+        "torch-tent"
+    }
+    assert set(row["median_ms"]) == columns
+    assert all(ms > 0 for ms in row["median_ms"].values())
+    assert not (tmp_path / "cnn-bn").exists()  # the copies are removed after the model
