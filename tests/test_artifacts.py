@@ -41,6 +41,8 @@ def test_intact_bundle_loads_and_has_a_stable_identity(bundle: Path):
         "checkpoint",
         "standard_training_model.onnx",
         "parameters.npz",
+        "fixed_eval_model.onnx",
+        "fixed_training_model.onnx",
     ],
 )
 def test_tampered_file_is_refused_by_name(bundle: Path, name: str):
@@ -52,7 +54,10 @@ def test_tampered_file_is_refused_by_name(bundle: Path, name: str):
         load_bundle(bundle)
 
 
-@pytest.mark.parametrize("name", ["checkpoint", "eval_model.onnx", "parameters.npz"])
+@pytest.mark.parametrize(
+    "name",
+    ["checkpoint", "eval_model.onnx", "parameters.npz", "fixed_eval_model.onnx", "fixed_training_model.onnx"],
+)
 def test_missing_file_is_refused_by_name(bundle: Path, name: str):
     (bundle / name).unlink()
     with pytest.raises(BundleError, match=rf"{name} is missing"):
