@@ -4,6 +4,7 @@ bit for bit, from fewer nodes; the device runs them at mix 0, and a bundle witho
 from __future__ import annotations
 
 import logging
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -182,3 +183,17 @@ def test_a_fixed_graph_that_cannot_be_built_is_left_out_and_the_export_goes_on(
     model = OrtModel(bundle)
     out = model.forward_backward(windows(2), np.full(2, 0.5, np.float32), model.source_stats())
     assert np.isfinite(out.loss)
+
+
+def test_a_cached_benchmark_bundle_without_them_is_exported_again_not_retrained(
+    model_paths, tmp_path: Path, monkeypatch
+):
+    from benchmarks.adaptation import models, prepare_models
+
+    cache = tmp_path / "cache"
+    without_fixed_graphs(model_paths.bundle, cache / "cnn-bn")
+    shutil.copy(model_paths.checkpoint, cache / "cnn-bn.pt")
+    monkeypatch.setattr(models, "train", lambda *args, **kwargs: pytest.fail("trained again"))
+    bundle = load_bundle(prepare_models(["cnn-bn"], cache, retrain=False)["cnn-bn"].bundle)
+    assert bundle.manifest.fixed_eval == FIXED_EVAL_MODEL
+    assert bundle.manifest.fixed_training == FIXED_TRAINING_MODEL
