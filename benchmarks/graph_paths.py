@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks.adaptation import Cell, make_stream, prepare_models
+from benchmarks.adaptation import Cell, ModelPaths, make_stream, prepare_models
 from benchmarks.harness import progress, write_json
 from benchmarks.performance.measure import (
     CYCLE,
@@ -38,6 +38,7 @@ from benchmarks.torch_tent import TorchTent
 from edge_ttt.adapt.engine import DEFAULT_POLICY, Engine
 from edge_ttt.adapt.ort_model import OrtModel
 from edge_ttt.artifacts import load_bundle
+from edge_ttt.recordlog import RecordedLog
 from export.checkpoint import load_checkpoint
 from firmware_sim.datasets.watch import watch_logs
 from tests.conftest import legacy_bundle, without_fixed_graphs
@@ -66,7 +67,9 @@ def runners(checkpoint: Path, bundles: dict[str, Path]) -> dict:
     return out
 
 
-def measure(model: str, paths, log, repeats: int, order: random.Random, tmp: Path) -> dict:
+def measure(
+    model: str, paths: ModelPaths, log: RecordedLog, repeats: int, order: random.Random, tmp: Path
+) -> dict:
     """One model's columns, in random order per block: median ms per window, and the ratios."""
     bundles = {
         "fixed": paths.bundle,

@@ -31,6 +31,7 @@ class BoundGraph:
         self.buffers = buffers
         self.session = onnxruntime.InferenceSession(str(path), options, providers=PROVIDERS[buffers.device])
         self.inputs = [i.name for i in self.session.get_inputs()]
+        self.takes = frozenset(self.inputs)  # for a caller's "does it take this input?", per call
         self.outputs = [o.name for o in self.session.get_outputs()]
         self._ortvalue = onnxruntime.OrtValue.ortvalue_from_numpy
         self._binding = self.session.io_binding()

@@ -45,6 +45,14 @@ class Graphs(NamedTuple):
     fixed_eval: BoundGraph | None
     fixed_training: BoundGraph | None
 
+    def forward(self, mix: float) -> BoundGraph:
+        """The graph for a forward pass at `mix`."""
+        return self.fixed_eval if mix == 0.0 and self.fixed_eval is not None else self.eval
+
+    def training_pass(self, mix: float) -> BoundGraph:
+        """The graph for a training pass at `mix`."""
+        return self.fixed_training if mix == 0.0 and self.fixed_training is not None else self.training
+
 
 class OrtModel:
     """One bundle's eval and training graphs (`BoundGraph`), bound to buffers kept here: a copy of
@@ -189,26 +197,26 @@ class OrtModel:
         self,
         g: BoundGraph,
         x: np.ndarray,
-        weights: np.ndarray | None,
+        weights: np.ndarray,
         stats: Stats,
         mix: float,
         target: np.ndarray | None = None,
         soft_target: np.ndarray | None = None,
     ) -> None:
         """This call's inputs, copied into the bound buffers: the statistics and the mix into
-        those bound once, the batch-shaped ones into buffers bound for the batch size (the
-        weights and targets only where the graph takes them: None for the fixed eval graph)."""
+        those bound once, the batch-shaped ones into buffers bound for the batch size. The weights
+        and targets go where the graph takes them: the eval graph keeps the training graph's
+        inputs, the fixed eval graph has none of them."""
         g.batch(len(x))
         graph = self.manifest.graph
         g.feed(graph.input, np.ascontiguousarray(x, np.float32))
-        if weights is not None:
+        if graph.sample_weight in g.takes:
             g.feed(graph.sample_weight, weights)
-            aux = self.manifest.auxiliary
-            # the eval graph keeps the training graph's inputs, so the targets are fed always
-            if aux is not None:
-                g.feed_target(aux.target, target, (len(x), len(aux.transformations)))
-            if graph.soft_target is not None:
-                g.feed_target(graph.soft_target, soft_target, (len(x), len(self.manifest.model.classes)))
+        aux = self.manifest.auxiliary
+        if aux is not None and aux.target in g.takes:
+            g.feed_target(aux.target, target, (len(x), len(aux.transformations)))
+        if graph.soft_target is not None and graph.soft_target in g.takes:
+            g.feed_target(graph.soft_target, soft_target, (len(x), len(self.manifest.model.classes)))
         kept = self._kept
         if graph.stat_mix is not None:
             kept[graph.stat_mix][0] = mix  # rounded to float32 as the input is
@@ -225,11 +233,7 @@ class OrtModel:
         """Logits and batch moments; no gradients, no state change. At `mix` 0 from the fixed eval
         graph where the bundle has one (the same values, bit for bit, from fewer kernels: export
         checks it), else from the eval graph."""
-        fixed = self._graphs.fixed_eval
-        if mix == 0.0 and fixed is not None:
-            self._bind_call(fixed, x, None, stats, mix)
-            return self._unpack(fixed.run(), None)
-        predictor = self._graphs.eval
+        predictor = self._graphs.forward(mix)
         self._bind_call(predictor, x, np.zeros(len(x), np.float32), stats, mix)
         return self._unpack(predictor.run(), None)
 
@@ -259,8 +263,7 @@ class OrtModel:
                     "(`edge-ttt export`) with this version to train on soft targets"
                 )
             soft_target = np.ascontiguousarray(soft_target, np.float32)
-        trainer = self._graphs.fixed_training if mix == 0.0 else None
-        trainer = trainer or self._graphs.training
+        trainer = self._graphs.training_pass(mix)
         self._bind_call(trainer, x, weights, stats, mix, target, soft_target)
         out = trainer.run()
         if self._step_gradient is not None:  # the standard graph: add this pass's gradients
