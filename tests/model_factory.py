@@ -7,6 +7,7 @@ import torch
 
 from edge_ttt.adapt.mounting import posture_reference
 from edge_ttt.adapt.transforms import triads
+from edge_ttt.artifacts import Bundle
 from edge_ttt.drift.calibration import drift_limits
 from export.checkpoint import SourceModel
 from export.models import build_model
@@ -82,3 +83,27 @@ def windows(n: int, seed: int = 0) -> np.ndarray:
 def off_source(n: int, seed: int) -> np.ndarray:
     """Windows away from source (offset and gain), so that statistics and steps have somewhere to go."""
     return windows(n, seed=seed) * 2.0 + 1.0
+
+
+def graph_inputs(bundle: Bundle, batch: int, mix: float) -> dict[str, np.ndarray]:
+    """A call's inputs: windows, nonuniform weights, statistics off the source ones, a target
+    (soft targets for an entropy bundle, so that both terms of its loss are compared)."""
+    m = bundle.manifest
+    rng = np.random.default_rng(batch)
+    values = {
+        m.graph.input: windows(batch, seed=batch),
+        m.graph.sample_weight: np.linspace(0.2, 1.0, batch, dtype=np.float32),
+    }
+    if m.graph.stat_mix is not None:
+        values[m.graph.stat_mix] = np.asarray([mix], np.float32)
+    for layer in m.batch_norms:
+        mean, var = layer.stat_inputs
+        values[mean] = np.asarray(layer.source_mean, np.float32) + 0.1
+        values[var] = np.asarray(layer.source_var, np.float32) * 1.5
+    if m.auxiliary is not None:
+        labels = rng.integers(0, len(m.auxiliary.transformations), batch)
+        values[m.auxiliary.target] = np.eye(len(m.auxiliary.transformations), dtype=np.float32)[labels]
+    if m.graph.soft_target is not None:
+        soft = rng.uniform(0.0, 1.0, (batch, len(m.model.classes))).astype(np.float32)
+        values[m.graph.soft_target] = soft / soft.sum()
+    return values

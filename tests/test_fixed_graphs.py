@@ -23,7 +23,7 @@ from export.bundle import export_bundle  # noqa: E402
 from export.onnx_graph import MAX_IR_VERSION  # noqa: E402
 from export.standard_graph import nonstandard_ops  # noqa: E402
 from tests.conftest import MODELS, without_fixed_graphs  # noqa: E402
-from tests.model_factory import off_source, source_model, windows  # noqa: E402
+from tests.model_factory import graph_inputs, off_source, source_model, windows  # noqa: E402
 
 
 @pytest.fixture(scope="module", params=[*MODELS, "cnn-bn-ttt"])
@@ -31,26 +31,6 @@ def bundle(request, tmp_path_factory) -> Bundle:
     out = tmp_path_factory.mktemp("fixed") / request.param
     export_bundle(source_model(request.param), out)
     return load_bundle(out)
-
-
-def call_inputs(bundle: Bundle, batch: int) -> dict[str, np.ndarray]:
-    """Windows, statistics off the source ones, the mix at 0, random weights and targets."""
-    m = bundle.manifest
-    rng = np.random.default_rng(batch)
-    values = {m.graph.input: windows(batch, seed=batch)}
-    if m.graph.stat_mix is not None:
-        values[m.graph.stat_mix] = np.zeros(1, np.float32)
-    for layer in m.batch_norms:
-        mean, var = layer.stat_inputs
-        values[mean] = np.asarray(layer.source_mean, np.float32) + 0.1
-        values[var] = np.asarray(layer.source_var, np.float32) * 1.5
-    with np.load(bundle.file(m.standard_graph.parameters), allow_pickle=False) as saved:
-        values.update({name: saved[name] for name in saved.files})
-    for port in session(bundle.file(m.standard_graph.model)).get_inputs():
-        if port.name not in values:  # sample weights and targets
-            dims = [d if isinstance(d, int) else batch for d in port.shape]
-            values[port.name] = rng.uniform(0.1, 1.0, dims).astype(np.float32)
-    return values
 
 
 def session(path: Path) -> onnxruntime.InferenceSession:
@@ -86,7 +66,9 @@ def test_every_bundle_has_them_with_fewer_nodes_and_standard_operators(bundle: B
 
 @pytest.mark.parametrize("batch", [1, 4])
 def test_they_give_the_general_graphs_outputs_at_mix_0_bit_for_bit(bundle: Bundle, batch: int):
-    values = call_inputs(bundle, batch)
+    values = graph_inputs(bundle, batch, mix=0.0)
+    with np.load(bundle.file(bundle.manifest.standard_graph.parameters), allow_pickle=False) as saved:
+        values.update(saved)
     for fixed, general in pairs(bundle):
         outputs = [o.name for o in session(bundle.file(fixed)).get_outputs()]
         got, expected = run(bundle.file(fixed), values, outputs), run(bundle.file(general), values, outputs)

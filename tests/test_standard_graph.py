@@ -17,7 +17,7 @@ from export.bundle import export_bundle  # noqa: E402
 from export.onnx_graph import MAX_IR_VERSION  # noqa: E402
 from export.standard_graph import ACCUMULATION_BUFFER, LAZY_RESET_GRAD, nonstandard_ops  # noqa: E402
 from tests.conftest import MODELS  # noqa: E402
-from tests.model_factory import source_model, windows  # noqa: E402
+from tests.model_factory import graph_inputs, source_model  # noqa: E402
 
 RTOL = 1e-5
 
@@ -38,30 +38,6 @@ def session(path) -> onnxruntime.InferenceSession:
 def checkpoint_parameters(bundle: Bundle) -> dict[str, np.ndarray]:
     state = training_api().CheckpointState.load_checkpoint(str(bundle.file(CHECKPOINT)))
     return {name: np.asarray(p.data) for name, p in state.parameters}
-
-
-def call_inputs(bundle: Bundle, batch: int, mix: float) -> dict[str, np.ndarray]:
-    """A call's inputs: windows, nonuniform weights, statistics off the source ones, a target
-    (soft targets for an entropy bundle, so that both terms of its loss are compared)."""
-    m = bundle.manifest
-    rng = np.random.default_rng(batch)
-    values = {
-        m.graph.input: windows(batch, seed=batch),
-        m.graph.sample_weight: np.linspace(0.2, 1.0, batch, dtype=np.float32),
-    }
-    if m.graph.stat_mix is not None:
-        values[m.graph.stat_mix] = np.asarray([mix], np.float32)
-    for layer in m.batch_norms:
-        mean, var = layer.stat_inputs
-        values[mean] = np.asarray(layer.source_mean, np.float32) + 0.1
-        values[var] = np.asarray(layer.source_var, np.float32) * 1.5
-    if m.auxiliary is not None:
-        labels = rng.integers(0, len(m.auxiliary.transformations), batch)
-        values[m.auxiliary.target] = np.eye(len(m.auxiliary.transformations), dtype=np.float32)[labels]
-    if m.graph.soft_target is not None:
-        soft = rng.uniform(0.0, 1.0, (batch, len(m.model.classes))).astype(np.float32)
-        values[m.graph.soft_target] = soft / soft.sum()
-    return values
 
 
 def run(s: onnxruntime.InferenceSession, values: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -104,7 +80,7 @@ def test_standard_graph_equals_the_training_graph(bundle: Bundle, batch: int, mi
     m = bundle.manifest
     if mix and m.graph.stat_mix is None:
         pytest.skip("only batch norms have a statistics mix")
-    values = call_inputs(bundle, batch, mix)
+    values = graph_inputs(bundle, batch, mix)
     params = checkpoint_parameters(bundle)
     buffers = {f"{p}{ACCUMULATION_BUFFER}": np.zeros_like(params[p]) for p in m.trainable}
     reference = run(
