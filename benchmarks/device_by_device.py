@@ -26,7 +26,8 @@ from firmware_sim.corruptions import SHIFTS, corrupt_log
 from firmware_sim.datasets.watch import watch_logs
 
 ORDERS = ("recorded", "class-sorted")
-COLUMNS = ("source", "steady", "steady-fallback")
+COLUMNS = ("source", "steady", "steady-fallback", "steady-instance")
+INSTANCE_OFFSETS = 4.0  # `steady-instance`: the default policy with its opt-in instance offsets
 SEVERITY = 4
 LOSS = 1.0  # points below source that count as a device made worse
 
@@ -44,6 +45,8 @@ def _target() -> RecordedLog:
 def _engine(model: OrtModel, column: str) -> Engine:
     if column == "source":
         return Engine(model, "source")
+    if column == "steady-instance":
+        return Engine(model, "steady", {"instance_offsets": INSTANCE_OFFSETS})
     return Engine(model, fallback=FallbackOptions() if column == "steady-fallback" else None)
 
 
@@ -100,8 +103,8 @@ def report(rows: list[dict], meta: dict, model: str) -> list[str]:
             "",
             f"## {order}",
             "",
-            "| shift | source | steady: mean / worst | losing | steady-fallback: mean / worst | losing |",
-            "|---|---:|---:|---:|---:|---:|",
+            "| shift | source | " + " | ".join(f"{c}: mean / worst | losing" for c in COLUMNS[1:]) + " |",
+            "|---|---:|" + "---:|---:|" * (len(COLUMNS) - 1),
         ]
         for shift in SHIFTS:
             part = [r for r in mine if r["shift"] == shift]

@@ -55,6 +55,7 @@ INPUT_COLUMN = "input"  # input alignment alone, ahead of the source model
 DEFAULT_INPUT_COLUMN = f"{DEFAULT_POLICY}+input"
 UNALIGNED_COLUMN = f"{DEFAULT_POLICY}-unaligned"
 RUNS_COLUMN = f"{DEFAULT_POLICY}-runs"
+INSTANCE_COLUMN = f"{DEFAULT_POLICY}-instance"
 # Columns that are not a policy as the engine runs it by default: name -> Variant.
 VARIANTS = {
     "ttt-episodic": Variant("ttt", {"episodic": True}),
@@ -67,6 +68,8 @@ VARIANTS = {
     UNALIGNED_COLUMN: Variant(DEFAULT_POLICY, inputs=None),
     # The default policy with the opt-in label-run switch (docs/adaptation.md).
     RUNS_COLUMN: Variant(DEFAULT_POLICY, runs=RunOptions()),
+    # The default policy with the opt-in instance offsets of the first batch norm (docs/adaptation.md).
+    INSTANCE_COLUMN: Variant(DEFAULT_POLICY, {"instance_offsets": 4.0}),
 }
 COLUMNS = (*POLICIES, *VARIANTS)
 

@@ -62,3 +62,28 @@ def pooled(moments: Sequence[tuple[np.ndarray, np.ndarray]], length: int) -> tup
     (mean, biased var) over its `length` samples (law of total variance)."""
     mean, var = mixture_moments(np.array([m for m, _ in moments]), np.array([v for _, v in moments]))
     return mean, unbiased(var, length * len(moments))
+
+
+def class_free_mean(
+    base: tuple[np.ndarray, np.ndarray],
+    own_mean: np.ndarray,
+    class_offset: np.ndarray,
+    samples: int,
+    alpha: float,
+    eps: float,
+) -> np.ndarray:
+    """The mean to normalize a batch norm with: the `base` (mean, var) mean moved by the part of
+    the batch's own mean that neither its predicted classes (`class_offset`: their mean's expected
+    offset from source) nor sampling (`alpha` standard errors over `samples` values) explain.
+
+    A window's own mean differs from the statistics' for two reasons that IABN alone cannot tell
+    apart: its activity (information the model needs) and a fault that moved it since the
+    statistics last did (an offset creeping with temperature). Only the second is taken off.
+
+    >>> base = (np.zeros(2), np.ones(2))
+    >>> class_free_mean(base, np.array([3.0, 3.0]), np.array([0.0, 3.0]), 4, 2.0, 0.0).tolist()
+    [2.0, 0.0]
+    """
+    mean_b, var_b = (np.asarray(a, np.float64) for a in base)
+    residual = np.asarray(own_mean, np.float64) - np.asarray(class_offset, np.float64) - mean_b
+    return mean_b + soft_shrink(residual, alpha * np.sqrt((var_b + eps) / samples))

@@ -7,7 +7,7 @@ import functools
 import logging
 from collections import deque
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, NamedTuple
 
 import numpy as np
 from annotated_types import Ge
@@ -17,7 +17,9 @@ from edge_ttt.adapt.counters import Counters
 from edge_ttt.adapt.drift_gate import OPEN_AT, DriftGate, fade
 from edge_ttt.adapt.flat import prefixed, unprefixed
 from edge_ttt.adapt.guard import CollapseDetector
+from edge_ttt.adapt.iabn import class_free_mean
 from edge_ttt.adapt.label_runs import LabelRuns, RunOptions
+from edge_ttt.adapt.layer_lengths import batch_norm_lengths
 from edge_ttt.adapt.optim import Adam, Arrays
 from edge_ttt.adapt.ort_model import OrtModel, Stats
 from edge_ttt.adapt.outputs import Outputs
@@ -42,6 +44,15 @@ RUNS = "label_runs"  # the prefix of the label-run detector's arrays in the stat
 # A label run, as shares of the classes: below 3/7 of them (effective number) a run starts, above
 # 4/7 it ends; the engine's label-run defaults (3 and 4) for the 7 classes of the smartwatch data.
 RUN_ENTER, RUN_LEAVE = 3.0 / 7.0, 4.0 / 7.0
+
+
+class FirstNorm(NamedTuple):
+    """What the instance offset (`Steady.Options.instance_offsets`) needs of the first batch norm."""
+
+    name: str
+    length: int  # time samples per channel of one window at that layer
+    eps: float
+    class_offset: np.ndarray  # [classes, channels]: each class's mean input there, less the source's
 
 
 class Steady(Policy):
@@ -93,6 +104,7 @@ class Steady(Policy):
         class_correction: Share = 0.85  # share of a window's predicted-class offset taken off its moments
         relax_from: NonNegative = 1.0  # gate distance past which, outside a run, 1.'s protections fade
         relax_to: NonNegative = 2.0  # gate distance at which they are gone (a large relax_from: never)
+        instance_offsets: NonNegative = 0.0  # opt-in (0: off): see `_window_stats`, docs/adaptation.md
 
         def __post_init__(self) -> None:
             super().__post_init__()
@@ -125,7 +137,30 @@ class Steady(Policy):
                 "without class correction; re-run `edge-ttt export` to add them",
                 model.bundle_path,
             )
+        self.first_norm = self._first_norm(model) if cfg.instance_offsets > 0 else None
         self.reset()
+
+    def _first_norm(self, model: OrtModel) -> FirstNorm | None:
+        """The first batch norm, for the instance offset; None without one (group- and layer-norm
+        models already normalize each window by itself) or without the class moments to tell a
+        window's activity from a fault."""
+        norms = model.manifest.batch_norms
+        class_norms = model.manifest.reference.class_norms
+        if not norms:
+            return None
+        if class_norms is None:
+            log.warning(
+                "bundle %s has no class moments (reference.class_norms): steady runs without "
+                "instance_offsets; re-run `edge-ttt export` to add them",
+                model.bundle_path,
+            )
+            return None
+        layer = norms[0]
+        length = layer.length
+        if length is None:  # exported before the manifest recorded it
+            length = batch_norm_lengths(model.bundle_path, [(layer.name, layer.channels)])[layer.name]
+        offset = np.asarray(class_norms[layer.name].mean, np.float64) - self.source_stats[layer.name][0]
+        return FirstNorm(layer.name, int(length), float(layer.eps), offset)
 
     def reset(self) -> None:
         cfg = self.options
@@ -154,6 +189,30 @@ class Steady(Policy):
     def stats(self) -> Stats:
         return self.moments.stats()
 
+    def _window_stats(self, x: np.ndarray) -> tuple[Stats, Outputs | None]:
+        """The statistics to run `x` with, and the outputs already computed with them (None where
+        they still have to be). With `instance_offsets`, a first pass with the statistics gives
+        the batch's own first-layer mean and its predicted classes; the first batch norm's mean
+        then follows what of that mean the classes and sampling do not explain. Where that is
+        nothing, the first pass is the answer."""
+        stats = self.stats()
+        first = self.first_norm
+        if first is None:
+            return stats, None
+        out = self.model.forward(x, stats)
+        base = stats[first.name]
+        mean = class_free_mean(
+            base,
+            np.reshape(out.moments[first.name][0], np.shape(base[0])),
+            out.softmax[0].mean(axis=0) @ first.class_offset,
+            first.length * len(x),
+            self.options.instance_offsets,
+            first.eps,
+        )
+        if np.array_equal(mean, base[0]):
+            return stats, out
+        return {**stats, first.name: (mean, base[1])}, None
+
     def _weights(self, out: Outputs) -> np.ndarray:
         h = out.entropy
         reliable = h < self.reliable_entropy
@@ -170,14 +229,16 @@ class Steady(Policy):
         distance = self.gate.distance()
         drifting = distance > OPEN_AT  # `gate.open`, from the distance already computed
         self.since_step += len(x)
+        stats, out = self._window_stats(x)
         if drifting and self.since_step >= cfg.step_every:
             self.since_step = 0
-            out, weights, grads = self._gradient(x, self.stats(), 0.0, self._weights)
+            out, weights, grads = self._gradient(x, stats, 0.0, self._weights)
         elif drifting:  # between two steps: the weights for the counters, no backward pass
-            out, grads = self.model.forward(x, self.stats()), None
+            out, grads = out if out is not None else self.model.forward(x, stats), None
             weights = self._weights(out)
         else:  # nothing to correct: no backward pass, no step
-            out, weights, grads = self.model.forward(x, self.stats()), np.zeros(len(x)), None
+            out = out if out is not None else self.model.forward(x, stats)
+            weights, grads = np.zeros(len(x)), None
             self.counters.skipped_no_drift += len(x)
         classes = out.logits.argmax(axis=1)
         self.runs.update(classes)
@@ -236,7 +297,8 @@ class Steady(Policy):
         return mean, std
 
     def predict(self, x: np.ndarray) -> Outputs:
-        return self.model.forward(x, self.stats())
+        stats, out = self._window_stats(x)
+        return out if out is not None else self.model.forward(x, stats)
 
     def _adapted(self) -> Arrays:
         """What a snapshot holds: the parameters, optimizer, statistics, gate, label-run detector
