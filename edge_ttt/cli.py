@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, ClassVar
+from typing import Annotated, Any, ClassVar
 
 import typer
 
@@ -61,6 +61,32 @@ def _main(
     logs.configure(log_level, json_logs)
 
 
+def _policy_option_values(policy: str, pairs: list[str]) -> dict[str, Any]:
+    """`--option KEY=VALUE` pairs as the policy's options, checked as the agent checks
+    `[model.options]`: each value read as TOML (a number, a boolean, an array), else as text."""
+    import tomllib
+
+    from edge_ttt.agent.config import policy_options
+    from edge_ttt.config_file import validate_file
+
+    options: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key.strip():
+            fail(f"--option {pair!r}: write KEY=VALUE, for example --option instance_offsets=4")
+        try:
+            options[key.strip()] = tomllib.loads(f"v = {raw}")["v"]
+        except tomllib.TOMLDecodeError:
+            options[key.strip()] = raw
+    model = policy_options(policy)
+    try:
+        validate_file(model, options, Path("--option"), {}, section_model=lambda _: model)
+        POLICY_TYPES[policy].Options(**{k: v for k, v in options.items() if k != "episodic"})
+    except ValueError as exc:  # a ConfigError, or options that do not go together
+        fail(str(exc).replace("allowed in the top level", f"{policy} takes"))  # its keys, not a file's
+    return options
+
+
 @app.command()
 def replay(
     artifacts: Annotated[Path, typer.Option(help="artifact directory")],
@@ -111,6 +137,13 @@ def replay(
             "statistics), off for the other policies (docs/adaptation.md)"
         ),
     ] = "auto",
+    option: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="KEY=VALUE: an option of the policy, as under [model.options] in the agent's "
+            "configuration (repeatable; one --policy; docs/configuration.md)"
+        ),
+    ] = None,
 ) -> None:
     """Replay a recorded log through the engine, in time order, and report accuracy and counters."""
     from edge_ttt.artifacts import BundleError, load_bundle
@@ -122,6 +155,9 @@ def replay(
         fail(f"unknown --input-alignment {input_alignment!r}; choose one of {', '.join(INPUT_CHOICES)}")
     if policy not in (*POLICIES, "all"):
         fail(f"unknown policy {policy!r}; choose one of {', '.join(POLICIES)} or all")
+    if option and policy == "all":
+        fail("--option sets the options of one policy; name it with --policy")
+    options = _policy_option_values(policy, option) if option else None
     try:
         policies, left_out = [policy], {}
         if policy == "all":  # every policy the bundle can run, and a line for each one left out
@@ -141,6 +177,7 @@ def replay(
             inputs=INPUT_CHOICES[input_alignment],
             runs=RunOptions() if label_runs else None,
             source_every=source_every,
+            options=options,
         )
     except (BundleError, LogFormatError, ValueError, RuntimeError) as exc:
         fail(str(exc))

@@ -62,6 +62,7 @@ def replay(
     inputs: InputOptions | AutoInputs | None = AUTO_INPUTS,
     runs: RunOptions | None = None,
     source_every: int = SOURCE_EVERY,
+    options: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
     """Run the log once per policy; one summary (what `--json` prints) per policy.
 
@@ -73,7 +74,8 @@ def replay(
     worse (see `Engine`); off by default. Without it the source model runs on every
     `source_every`-th window of each engine (0: never), for `source_estimated_accuracy`.
     `inputs`: input alignment ahead of every policy (by default where it wins: `AutoInputs`).
-    `runs`: the opt-in label-run switch (see `Engine`).
+    `runs`: the opt-in label-run switch (see `Engine`). `options`: keyword options of the policy
+    (for one policy: `[model.options]` of the agent's configuration).
     `with_classes` adds every window's predicted class (`classes`, in log order), to compare runs
     window by window (scripts/aarch64_check.sh).
     """
@@ -87,7 +89,7 @@ def replay(
     devices = log_devices if per_device else np.zeros(len(windows), np.int64)
     if policies is None:
         policies = every_policy(bundle.manifest, episodic)[0]
-    options = {"episodic": True} if episodic else None
+    options = {**(options or {}), **({"episodic": True} if episodic else {})} or None
     batches = _batches(windows, devices, batch_size)
     results = []
     for p in policies:

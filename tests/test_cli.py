@@ -311,3 +311,37 @@ def test_a_collapse_is_explained_by_the_counters_and_the_policy(bundle_dir: Path
     assert collapse_note("steady", manifest, 1, dead, "ROW", 1.0).startswith(
         "10 of 10 windows failed the input guard (non-finite, flat-lined or out-of-range values)"
     )
+
+
+def test_replay_takes_a_policys_options(bundle_dir: Path, synthetic_log_path: Path):
+    """`--option` sets what `[model.options]` sets in the agent: the same engine as the API with
+    those options, and not the default one (norm following each window alone: momentum 1)."""
+    from edge_ttt.replay import replay as run_replay
+
+    args = ("replay", "--artifacts", bundle_dir, "--log", synthetic_log_path, "--policy", "norm", "--json")
+    result = invoke(*args, "--option", "momentum=1", "--option", "prior_windows=1e-3")
+    assert result.exit_code == 0, result.output
+    got = json.loads(result.stdout)
+    options = {"momentum": 1, "prior_windows": 1e-3}
+    expected = run_replay(bundle_dir, synthetic_log_path, ["norm"], options=options)[0]
+    default = run_replay(bundle_dir, synthetic_log_path, ["norm"])[0]
+    assert got["device_accuracy"] == expected["device_accuracy"] != default["device_accuracy"]
+
+
+@pytest.mark.parametrize(
+    ("option", "policy", "message"),
+    [
+        ("instance_offsets=-4", "steady", "error: --option: instance_offsets: must be at least 0, got -4"),
+        ("instance_offset=4", "steady", "did you mean 'instance_offsets'? steady takes: stat_momentum"),
+        ("lr", "steady", "write KEY=VALUE, for example --option instance_offsets=4"),
+        ("snapshot_every=7", "steady", "snapshot_every (7) must be a multiple of watch_every (8)"),
+        ("lr=0.1", "all", "--option sets the options of one policy; name it with --policy"),
+    ],
+)
+def test_replay_refuses_a_bad_option_in_one_line(
+    bundle_dir: Path, synthetic_log_path: Path, option: str, policy: str, message: str
+):
+    args = ("replay", "--artifacts", bundle_dir, "--log", synthetic_log_path, "--policy", policy)
+    result = invoke(*args, "--option", option)
+    assert result.exit_code == 2 and message in result.stderr, result.output
+    assert len(result.stderr.strip().splitlines()) == 1

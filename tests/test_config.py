@@ -212,6 +212,18 @@ def test_policy_option_values_are_checked_on_load_not_at_start(tmp_path):
     assert cfg.model.options == {"step_every": 2, "episodic": False}
 
 
+def test_a_tuple_option_takes_a_toml_array(tmp_path):
+    """TOML has arrays, not tuples: `note`'s `lengths` (a tuple) is written as one, and its
+    elements are still checked."""
+    note = 'policy = "note"\n[model.options]\n'
+    cfg = load_config(write(tmp_path, AGENT + MODEL + note + "lengths = [128, 64, 32]\n"), check_files=False)
+    assert cfg.model.options == {"lengths": [128, 64, 32]}
+    with pytest.raises(ConfigError, match=r"model.options.lengths.1: must be an integer, got 'x'"):
+        load_config(write(tmp_path, AGENT + MODEL + note + 'lengths = [128, "x", 32]\n'), check_files=False)
+    with pytest.raises(ConfigError, match=r"model.options.lengths"):
+        load_config(write(tmp_path, AGENT + MODEL + note + "lengths = 128\n"), check_files=False)
+
+
 def mqtt_filter_matches(subscription: str, topic: str) -> bool:
     """MQTT's rule for '+' (the only wildcard a subscription here uses)."""
     sub, top = subscription.split("/"), topic.split("/")

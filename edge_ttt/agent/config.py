@@ -13,12 +13,14 @@ import os
 import re
 from functools import cache
 from pathlib import Path
-from typing import Any, Literal, get_type_hints
+from types import UnionType
+from typing import Annotated, Any, Literal, Union, get_args, get_origin, get_type_hints
 
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    Strict,
     ValidationInfo,
     create_model,
     field_validator,
@@ -77,13 +79,20 @@ class AgentSection(Section):
         return value
 
 
+def _arrays_as_tuples(hint: Any) -> Any:
+    """A tuple option (`note`'s `lengths`) as one that takes a TOML array: strict validation
+    refuses a list where a tuple is declared, and TOML has no tuples."""
+    kinds = get_args(hint) if get_origin(hint) in (Union, UnionType) else (hint,)
+    return Annotated[hint, Strict(False)] if any(get_origin(k) is tuple for k in kinds) else hint
+
+
 @cache
 def policy_options(policy: str) -> type[BaseModel]:
     """The options a policy takes, as a strict model, so that a misspelt option fails on load:
     the fields of its `Options`, and `episodic` for every gradient policy."""
     options = POLICY_TYPES[policy].Options
     hints = get_type_hints(options, include_extras=True)  # with the ranges their types carry
-    fields = {f.name: (hints[f.name], f.default) for f in dataclasses.fields(options)}
+    fields = {f.name: (_arrays_as_tuples(hints[f.name]), f.default) for f in dataclasses.fields(options)}
     if POLICY_TYPES[policy].loss is not None:  # gradient policies: see `Engine`
         fields["episodic"] = (bool, False)
     config = ConfigDict(**Section.model_config, allow_inf_nan=False)
