@@ -64,10 +64,8 @@ def _main(
 def _policy_option_values(policy: str, pairs: list[str]) -> dict[str, Any]:
     """`--option KEY=VALUE` pairs as the policy's options, checked as the agent checks
     `[model.options]`: each value read as TOML (a number, a boolean, an array), else as text."""
-    import tomllib
-
     from edge_ttt.agent.config import policy_options
-    from edge_ttt.config_file import validate_file
+    from edge_ttt.config_file import TOMLDecodeError, parse_toml, validate_file
 
     options: dict[str, Any] = {}
     for pair in pairs:
@@ -75,8 +73,8 @@ def _policy_option_values(policy: str, pairs: list[str]) -> dict[str, Any]:
         if not sep or not key.strip():
             fail(f"--option {pair!r}: write KEY=VALUE, for example --option instance_offsets=4")
         try:
-            options[key.strip()] = tomllib.loads(f"v = {raw}")["v"]
-        except tomllib.TOMLDecodeError:
+            options[key.strip()] = parse_toml(f"v = {raw}")["v"]
+        except TOMLDecodeError:
             options[key.strip()] = raw
     model = policy_options(policy)
     try:
