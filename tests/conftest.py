@@ -96,6 +96,18 @@ def without_fixed_graphs(bundle: Path, out: Path) -> Path:
     return out
 
 
+def without_class_moments(bundle: Path, out: Path) -> Path:
+    """A copy of `bundle` as exported before the class moments (`reference.class_norms`)."""
+    import json
+    import shutil
+
+    shutil.copytree(bundle, out)
+    doc = json.loads((out / "manifest.json").read_text())
+    del doc["reference"]["class_norms"]
+    (out / "manifest.json").write_text(json.dumps(doc))
+    return out
+
+
 @pytest.fixture(scope="session")
 def bundle_dir(tmp_path_factory) -> Path:
     """An exported cnn-bn bundle."""

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +17,7 @@ from edge_ttt.artifacts import load_bundle
 from edge_ttt.manifest import Manifest
 from edge_ttt.recordlog import write_log
 from edge_ttt.stream.window import windows_from_log
-from tests.conftest import exported_bundle, synthetic_log
+from tests.conftest import exported_bundle, synthetic_log, without_class_moments
 from tests.model_factory import reference_data
 
 
@@ -108,12 +107,7 @@ def test_a_shift_of_the_input_still_moves_the_corrected_statistics(trained_bundl
 
 
 def test_without_class_moments_steady_says_so_and_runs_uncorrected(bundle_dir: Path, tmp_path: Path, caplog):
-    old = tmp_path / "old"
-    shutil.copytree(bundle_dir, old)
-    doc = json.loads((old / "manifest.json").read_text())
-    del doc["reference"]["class_norms"]
-    (old / "manifest.json").write_text(json.dumps(doc))
-    model = OrtModel(load_bundle(old))
+    model = OrtModel(load_bundle(without_class_moments(bundle_dir, tmp_path / "old")))
     with caplog.at_level(logging.WARNING):
         steady = Steady(model, Counters())
     assert steady.correction is None

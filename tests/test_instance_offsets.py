@@ -4,9 +4,7 @@ neither its predicted classes nor sampling explain (`Steady.Options.instance_off
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +15,7 @@ from edge_ttt.adapt.iabn import class_free_mean
 from edge_ttt.adapt.ort_model import OrtModel
 from edge_ttt.adapt.policies.steady import Steady
 from edge_ttt.artifacts import load_bundle
-from tests.conftest import exported_bundle
+from tests.conftest import exported_bundle, without_class_moments
 from tests.model_factory import reference_data
 
 BASE = (np.array([0.0, 1.0]), np.array([4.0, 1.0]))  # mean, var: standard errors 2/sqrt(n), 1/sqrt(n)
@@ -137,13 +135,9 @@ def test_prediction_and_gradient_steps_use_it_too(bundle_dir: Path):
 
 
 def test_without_class_moments_it_is_off_and_says_so(bundle_dir: Path, tmp_path: Path, caplog):
-    old = tmp_path / "old"
-    shutil.copytree(bundle_dir, old)
-    doc = json.loads((old / "manifest.json").read_text())
-    del doc["reference"]["class_norms"]
-    (old / "manifest.json").write_text(json.dumps(doc))
+    old = load_bundle(without_class_moments(bundle_dir, tmp_path / "old"))
     with caplog.at_level(logging.WARNING):
-        steady = Steady(OrtModel(load_bundle(old)), Counters(), Steady.Options(instance_offsets=4.0))
+        steady = Steady(OrtModel(old), Counters(), Steady.Options(instance_offsets=4.0))
     assert steady.first_norm is None
     assert "instance_offsets" in caplog.text and "re-run `edge-ttt export`" in caplog.text
 
