@@ -138,8 +138,9 @@ def replay(
     option: Annotated[
         list[str] | None,
         typer.Option(
-            help="KEY=VALUE: an option of the policy, as under [model.options] in the agent's "
-            "configuration (repeatable; one --policy; docs/configuration.md)"
+            metavar="KEY=VALUE",
+            help="an option of the policy, as under [model.options] in the agent's configuration "
+            "(repeatable; one --policy; docs/configuration.md)",
         ),
     ] = None,
 ) -> None:

@@ -326,6 +326,7 @@ def test_replay_takes_a_policys_options(bundle_dir: Path, synthetic_log_path: Pa
     expected = run_replay(bundle_dir, synthetic_log_path, ["norm"], options=options)[0]
     default = run_replay(bundle_dir, synthetic_log_path, ["norm"])[0]
     assert got["device_accuracy"] == expected["device_accuracy"] != default["device_accuracy"]
+    assert "--option KEY=VALUE" in invoke("replay", "--help").output
 
 
 @pytest.mark.parametrize(
