@@ -64,7 +64,7 @@ def _main(
 def _policy_option_values(policy: str, pairs: list[str]) -> dict[str, Any]:
     """`--option KEY=VALUE` pairs as the policy's options, checked as the agent checks
     `[model.options]`: each value read as TOML (a number, a boolean, an array), else as text."""
-    from edge_ttt.agent.config import policy_options
+    from edge_ttt.agent.config import check_option_values, policy_options
     from edge_ttt.config_file import TOMLDecodeError, parse_toml, validate_file
 
     options: dict[str, Any] = {}
@@ -78,10 +78,10 @@ def _policy_option_values(policy: str, pairs: list[str]) -> dict[str, Any]:
             options[key.strip()] = raw
     model = policy_options(policy)
     try:
-        validate_file(model, options, Path("--option"), {}, section_model=lambda _: model)
-        POLICY_TYPES[policy].Options(**{k: v for k, v in options.items() if k != "episodic"})
+        validate_file(model, options, Path("--option"), {}, lambda _: model, top=f"the options of {policy}")
+        check_option_values(policy, options)
     except ValueError as exc:  # a ConfigError, or options that do not go together
-        fail(str(exc).replace("allowed in the top level", f"{policy} takes"))  # its keys, not a file's
+        fail(str(exc))
     return options
 
 

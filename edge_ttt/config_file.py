@@ -127,17 +127,19 @@ def validate_file(
     path: Path,
     context: dict[str, Any],
     section_model: SectionModel | None = None,
+    top: str = "the top level",
 ) -> Model:
     """`raw` (the tables of `path`) as `model`, or one ConfigError with a line per problem.
 
     `section_model` finds the model of a table by its key path (default: through `model`'s fields),
-    for tables whose model depends on another key, such as a policy's options."""
+    for tables whose model depends on another key, such as a policy's options. `top` names the
+    keys outside any table in the message for an unknown one."""
     try:
         return model.model_validate(raw, context=context)
     except ValidationError as exc:
         where = section_model or (lambda section: section_at(model, section))
         problems = [
-            f"{path}: {'.'.join(map(str, e['loc']))}: {explain(e, where)}"
+            f"{path}: {'.'.join(map(str, e['loc']))}: {explain(e, where, top)}"
             for e in exc.errors(include_url=False)
         ]
     # Raised outside the except block so that the ValidationError, which holds the raw input
@@ -168,12 +170,12 @@ def _got(error: ErrorDetails) -> str:
     return f"got {show(error.get('input'), toml=True)}"
 
 
-def explain(error: ErrorDetails, section_model: SectionModel) -> str:
+def explain(error: ErrorDetails, section_model: SectionModel, top: str = "the top level") -> str:
     """What is wrong with one key and how to fix it, in the words of a TOML file."""
     kind, loc, ctx = error["type"], error["loc"], error.get("ctx", {})
     got = _got(error)
     if kind == "extra_forbidden":  # the value is not shown: it may be a password
-        return _PASSWORD if loc == ("mqtt", "password") else _unknown_key(loc, section_model)
+        return _PASSWORD if loc == ("mqtt", "password") else _unknown_key(loc, section_model, top)
     if kind == "missing":
         return "required, but missing; add it"
     if kind == "value_error":
@@ -196,11 +198,11 @@ def _keys(model: type[BaseModel]) -> dict[str, Any]:
     return {field.alias or name: field for name, field in model.model_fields.items()}
 
 
-def _unknown_key(loc: tuple[Any, ...], section_model: SectionModel) -> str:
+def _unknown_key(loc: tuple[Any, ...], section_model: SectionModel, top: str) -> str:
     allowed = list(_keys(section_model(loc[:-1])))
     guess = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
     hint = f"did you mean {guess[0]!r}? " if guess else ""
-    where = ".".join(loc[:-1]) or "the top level"
+    where = ".".join(loc[:-1]) or top
     return f"unknown key; {hint}allowed in {where}: {', '.join(allowed) or 'none'}"
 
 

@@ -333,7 +333,11 @@ def test_replay_takes_a_policys_options(bundle_dir: Path, synthetic_log_path: Pa
     ("option", "policy", "message"),
     [
         ("instance_offsets=-4", "steady", "error: --option: instance_offsets: must be at least 0, got -4"),
-        ("instance_offset=4", "steady", "did you mean 'instance_offsets'? steady takes: stat_momentum"),
+        (
+            "instance_offset=4",
+            "steady",
+            "did you mean 'instance_offsets'? allowed in the options of steady: stat_momentum",
+        ),
         ("lr", "steady", "write KEY=VALUE, for example --option instance_offsets=4"),
         ("snapshot_every=7", "steady", "snapshot_every (7) must be a multiple of watch_every (8)"),
         ("lr=0.1", "all", "--option sets the options of one policy; name it with --policy"),

@@ -58,6 +58,7 @@ __all__ = [
     "FallbackSection",
     "LoggingSection",
     "ModelSection",
+    "check_option_values",
     "load_config",
     "policy_options",
 ]
@@ -84,6 +85,13 @@ def _arrays_as_tuples(hint: Any) -> Any:
     refuses a list where a tuple is declared, and TOML has no tuples."""
     kinds = get_args(hint) if get_origin(hint) in (Union, UnionType) else (hint,)
     return Annotated[hint, Strict(False)] if any(get_origin(k) is tuple for k in kinds) else hint
+
+
+def check_option_values(policy: str, options: dict[str, Any]) -> None:
+    """The values' own checks, beyond their types (ranges, options that must go together): the
+    policy's `Options` made from them, or its ValueError. `episodic` is the engine's, not the
+    policy's."""
+    POLICY_TYPES[policy].Options(**{k: v for k, v in options.items() if k != "episodic"})
 
 
 @cache
@@ -200,8 +208,7 @@ class ModelSection(Section):
         if "policy" in info.data:
             # A ValidationError raised here keeps its locations: model.options.<key>.
             policy_options(info.data["policy"]).model_validate(options)
-            # The values' own checks (ranges, how options go together), on load rather than at start.
-            POLICY_TYPES[info.data["policy"]].Options(**{k: v for k, v in options.items() if k != "episodic"})
+            check_option_values(info.data["policy"], options)  # on load rather than at start
         return options
 
     def check_fits(self, manifest: Manifest) -> None:
