@@ -50,9 +50,8 @@ def instance_aware(
     if length <= 1:
         return mean_b, var_b
     mean, var = (np.asarray(a, np.float64) for a in own)
-    se_mean = np.sqrt((var_b + eps) / length)
     se_var = (var_b + eps) * np.sqrt(2.0 / (length - 1))
-    adjusted_mean = mean_b + soft_shrink(mean - mean_b, alpha * se_mean)
+    adjusted_mean = class_free_mean((mean_b, var_b), mean, 0.0, length, alpha, eps)  # no classes
     adjusted_var = np.maximum(var_b + soft_shrink(var - var_b, alpha * se_var), 0.0)
     return adjusted_mean, adjusted_var
 
@@ -67,7 +66,7 @@ def pooled(moments: Sequence[tuple[np.ndarray, np.ndarray]], length: int) -> tup
 def class_free_mean(
     base: tuple[np.ndarray, np.ndarray],
     own_mean: np.ndarray,
-    class_offset: np.ndarray,
+    class_offset: np.ndarray | float,
     samples: int,
     alpha: float,
     eps: float,

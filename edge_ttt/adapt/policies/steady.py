@@ -7,7 +7,7 @@ import functools
 import logging
 from collections import deque
 from dataclasses import dataclass
-from typing import Annotated, NamedTuple
+from typing import Annotated
 
 import numpy as np
 from annotated_types import Ge
@@ -17,9 +17,8 @@ from edge_ttt.adapt.counters import Counters
 from edge_ttt.adapt.drift_gate import OPEN_AT, DriftGate, fade
 from edge_ttt.adapt.flat import prefixed, unprefixed
 from edge_ttt.adapt.guard import CollapseDetector
-from edge_ttt.adapt.iabn import class_free_mean
+from edge_ttt.adapt.instance_offsets import FirstNorm
 from edge_ttt.adapt.label_runs import LabelRuns, RunOptions
-from edge_ttt.adapt.layer_lengths import batch_norm_lengths
 from edge_ttt.adapt.optim import Adam, Arrays
 from edge_ttt.adapt.ort_model import OrtModel, Stats
 from edge_ttt.adapt.outputs import Outputs
@@ -44,15 +43,6 @@ RUNS = "label_runs"  # the prefix of the label-run detector's arrays in the stat
 # A label run, as shares of the classes: below 3/7 of them (effective number) a run starts, above
 # 4/7 it ends; the engine's label-run defaults (3 and 4) for the 7 classes of the smartwatch data.
 RUN_ENTER, RUN_LEAVE = 3.0 / 7.0, 4.0 / 7.0
-
-
-class FirstNorm(NamedTuple):
-    """What the instance offset (`Steady.Options.instance_offsets`) needs of the first batch norm."""
-
-    name: str
-    length: int  # time samples per channel of one window at that layer
-    eps: float
-    class_offset: np.ndarray  # [classes, channels]: each class's mean input there, less the source's
 
 
 class Steady(Policy):
@@ -137,30 +127,10 @@ class Steady(Policy):
                 "without class correction; re-run `edge-ttt export` to add them",
                 model.bundle_path,
             )
-        self.first_norm = self._first_norm(model) if cfg.instance_offsets > 0 else None
+        self.first_norm = (
+            FirstNorm.of(model, self.source_stats, cfg.instance_offsets) if cfg.instance_offsets > 0 else None
+        )
         self.reset()
-
-    def _first_norm(self, model: OrtModel) -> FirstNorm | None:
-        """The first batch norm, for the instance offset; None without one (group- and layer-norm
-        models already normalize each window by itself) or without the class moments to tell a
-        window's activity from a fault."""
-        norms = model.manifest.batch_norms
-        class_norms = model.manifest.reference.class_norms
-        if not norms:
-            return None
-        if class_norms is None:
-            log.warning(
-                "bundle %s has no class moments (reference.class_norms): steady runs without "
-                "instance_offsets; re-run `edge-ttt export` to add them",
-                model.bundle_path,
-            )
-            return None
-        layer = norms[0]
-        length = layer.length
-        if length is None:  # exported before the manifest recorded it
-            length = batch_norm_lengths(model.bundle_path, [(layer.name, layer.channels)])[layer.name]
-        offset = np.asarray(class_norms[layer.name].mean, np.float64) - self.source_stats[layer.name][0]
-        return FirstNorm(layer.name, int(length), float(layer.eps), offset)
 
     def reset(self) -> None:
         cfg = self.options
@@ -196,22 +166,11 @@ class Steady(Policy):
         then follows what of that mean the classes and sampling do not explain. Where that is
         nothing, the first pass is the answer."""
         stats = self.stats()
-        first = self.first_norm
-        if first is None:
+        if self.first_norm is None:
             return stats, None
-        out = self.model.forward(x, stats)
-        base = stats[first.name]
-        mean = class_free_mean(
-            base,
-            np.reshape(out.moments[first.name][0], np.shape(base[0])),
-            out.softmax[0].mean(axis=0) @ first.class_offset,
-            first.length * len(x),
-            self.options.instance_offsets,
-            first.eps,
-        )
-        if np.array_equal(mean, base[0]):
-            return stats, out
-        return {**stats, first.name: (mean, base[1])}, None
+        first = self.model.forward(x, stats)
+        moved = self.first_norm.moved(stats, first, len(x))
+        return (stats, first) if moved is None else (moved, None)
 
     def _weights(self, out: Outputs) -> np.ndarray:
         h = out.entropy
