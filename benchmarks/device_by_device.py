@@ -14,10 +14,9 @@ import multiprocessing
 
 import numpy as np
 
-from benchmarks.adaptation.cells import device_streams
+from benchmarks.adaptation.cells import FALLBACK_COLUMN, INSTANCE_COLUMN, device_streams, variant
 from benchmarks.adaptation.models import prepare_models
 from benchmarks.harness import one_model_args, progress, write_json
-from edge_ttt.adapt.engine import Engine, FallbackOptions
 from edge_ttt.adapt.ort_model import OrtModel
 from edge_ttt.artifacts import load_bundle
 from edge_ttt.recordlog import RecordedLog
@@ -26,8 +25,8 @@ from firmware_sim.corruptions import SHIFTS, corrupt_log
 from firmware_sim.datasets.watch import watch_logs
 
 ORDERS = ("recorded", "class-sorted")
-COLUMNS = ("source", "steady", "steady-fallback", "steady-instance")
-INSTANCE_OFFSETS = 4.0  # `steady-instance`: the default policy with its opt-in instance offsets
+# Each column runs as the adaptation benchmark runs it (`variant`).
+COLUMNS = ("source", "steady", FALLBACK_COLUMN, INSTANCE_COLUMN)
 SEVERITY = 4
 LOSS = 1.0  # points below source that count as a device made worse
 
@@ -42,14 +41,6 @@ def _target() -> RecordedLog:
     return watch_logs()["target"]
 
 
-def _engine(model: OrtModel, column: str) -> Engine:
-    if column == "source":
-        return Engine(model, "source")
-    if column == "steady-instance":
-        return Engine(model, "steady", {"instance_offsets": INSTANCE_OFFSETS})
-    return Engine(model, fallback=FallbackOptions() if column == "steady-fallback" else None)
-
-
 def cell(job: tuple) -> list[dict]:
     """Per device of one shift in one order: windows and each column's accuracy (%)."""
     bundle_dir, shift, order = job
@@ -61,7 +52,7 @@ def cell(job: tuple) -> list[dict]:
     for idx in device_streams(devices, batch.t_end_ns, batch.label, order):
         row = {"shift": shift, "order": order, "device": str(devices[idx[0]]), "windows": len(idx)}
         for column in COLUMNS:
-            engine = _engine(model, column)
+            engine = variant(column).engine(model)
             served = np.concatenate([engine.process(batch.x[i : i + 1]).classes for i in idx])
             row[column] = 100.0 * float(np.mean(served == batch.label[idx]))
         rows.append(row)

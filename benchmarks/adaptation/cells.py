@@ -49,6 +49,11 @@ class Variant:
     inputs: InputOptions | AutoInputs | None = AUTO_INPUTS  # as the engine runs by default
     runs: RunOptions | None = None
 
+    def engine(self, model: OrtModel) -> Engine:
+        """A fresh engine on `model` that runs this column."""
+        how = {"fallback": self.fallback, "inputs": self.inputs, "runs": self.runs}
+        return Engine(model, self.policy, self.options, **how)
+
 
 FALLBACK_COLUMN = f"{DEFAULT_POLICY}-fallback"
 INPUT_COLUMN = "input"  # input alignment alone, ahead of the source model
@@ -185,15 +190,7 @@ def run_cell(cell: Cell, paths: ModelPaths, log: RecordedLog, rate_hz: float | N
         start = time.perf_counter()
         served[:] = tent_predictions(model, stream.x, cell.batch_size, TORCH_TENT_LR)
     else:
-        how = variant(cell.policy)
-        engine = Engine(
-            OrtModel(bundle, threads=1),
-            how.policy,
-            how.options,
-            fallback=how.fallback,
-            inputs=how.inputs,
-            runs=how.runs,
-        )
+        engine = variant(cell.policy).engine(OrtModel(bundle, threads=1))
         start = time.perf_counter()
         if rate_hz is None:
             for i in range(0, len(stream), cell.batch_size):
