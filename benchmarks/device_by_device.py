@@ -14,7 +14,13 @@ import multiprocessing
 
 import numpy as np
 
-from benchmarks.adaptation.cells import FALLBACK_COLUMN, INSTANCE_COLUMN, device_streams, variant
+from benchmarks.adaptation.cells import (
+    BLEND_COLUMN,
+    FALLBACK_COLUMN,
+    INSTANCE_COLUMN,
+    device_streams,
+    variant,
+)
 from benchmarks.adaptation.models import prepare_models
 from benchmarks.harness import one_model_args, progress, write_json
 from edge_ttt.adapt.ort_model import OrtModel
@@ -26,7 +32,7 @@ from firmware_sim.datasets.watch import watch_logs
 
 ORDERS = ("recorded", "class-sorted")
 # Each column runs as the adaptation benchmark runs it (`variant`).
-COLUMNS = ("source", "steady", FALLBACK_COLUMN, INSTANCE_COLUMN)
+COLUMNS = ("source", "steady", FALLBACK_COLUMN, INSTANCE_COLUMN, BLEND_COLUMN)
 SEVERITY = 4
 LOSS = 1.0  # points below source that count as a device made worse
 

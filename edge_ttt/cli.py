@@ -13,7 +13,7 @@ from edge_ttt import __version__, logs
 from edge_ttt.adapt.engine import AUTO_INPUTS, SOURCE_EVERY
 from edge_ttt.adapt.fallback import DEFAULT_FALLBACK
 from edge_ttt.adapt.input_alignment import InputOptions
-from edge_ttt.adapt.label_runs import RunOptions
+from edge_ttt.adapt.label_runs import SERVE_MODES, RunOptions
 from edge_ttt.adapt.policies import DEFAULT_POLICY, POLICY_TYPES
 from edge_ttt.commandline import LazyGroup, command_app, fail, on_stop, run_app
 from edge_ttt.monitor.cli import collect_command, monitor_app
@@ -127,6 +127,13 @@ def replay(
             "hold the policy still (opt-in; docs/adaptation.md)"
         ),
     ] = False,
+    run_serve: Annotated[
+        str,
+        typer.Option(
+            help="with --label-runs, who serves in a run: source, or blend (the mean of the source "
+            "model's and the held policy's probabilities)"
+        ),
+    ] = RunOptions.serve,
     input_alignment: Annotated[
         str,
         typer.Option(
@@ -154,6 +161,10 @@ def replay(
         fail(f"unknown --input-alignment {input_alignment!r}; choose one of {', '.join(INPUT_CHOICES)}")
     if policy not in (*POLICIES, "all"):
         fail(f"unknown policy {policy!r}; choose one of {', '.join(POLICIES)} or all")
+    if run_serve not in SERVE_MODES:
+        fail(f"unknown --run-serve {run_serve!r}; choose one of {', '.join(SERVE_MODES)}")
+    if run_serve != RunOptions.serve and not label_runs:
+        fail("--run-serve says who serves in a label run; turn the runs on with --label-runs")
     if option and policy == "all":
         fail("--option sets the options of one policy; name it with --policy")
     options = _policy_option_values(policy, option) if option else None
@@ -174,7 +185,7 @@ def replay(
             per_device=per_device,
             fallback=DEFAULT_FALLBACK if fallback else None,
             inputs=INPUT_CHOICES[input_alignment],
-            runs=RunOptions() if label_runs else None,
+            runs=RunOptions(serve=run_serve) if label_runs else None,
             source_every=source_every,
             options=options,
         )
@@ -205,7 +216,8 @@ def replay(
                 f"source: {worst}{more}"
             )
         if result["windows_in_runs"]:
-            typer.echo(f"  {result['windows_in_runs']} windows served by the source model in label runs")
+            who = "the source model" if run_serve == "source" else "the source model and the held policy"
+            typer.echo(f"  {result['windows_in_runs']} windows served by {who} in label runs")
         if result["collapse"] is not None:
             typer.echo(f"  {result['collapse']}")
 

@@ -26,7 +26,7 @@ def test_one_stream_per_device_in_the_order_asked():
 def _rows(changes: list[float], order: str = "recorded", shift: str = "gain") -> list[dict]:
     return [
         {"shift": shift, "order": order, "device": f"d{i}", "source": 50.0, "steady": 50.0 + c}
-        | {"steady-fallback": 50.0, "steady-instance": 50.0 + 2 * c}
+        | {"steady-fallback": 50.0, "steady-instance": 50.0 + 2 * c, "steady-instance-blend": 50.0 + 3 * c}
         for i, c in enumerate(changes)
     ]
 
@@ -45,8 +45,9 @@ def test_report_has_a_row_per_shift_and_a_total_per_order():
     n = 2 * len(SHIFTS)
     assert totals == [
         f"| **all {n} device streams** | | -0.5 / -3.0 | {n // 2} (0 by more than 5) | "
-        f"+0.0 / +0.0 | 0 (0 by more than 5) | -1.0 / -6.0 | {n // 2} ({n // 2} by more than 5) |"
+        f"+0.0 / +0.0 | 0 (0 by more than 5) | -1.0 / -6.0 | {n // 2} ({n // 2} by more than 5) | "
+        f"-1.5 / -9.0 | {n // 2} ({n // 2} by more than 5) |"
     ] * len(ORDERS)
     header = next(line for line in lines if line.startswith("| shift |"))
     rule = next(line for line in lines if line.startswith("|---"))
-    assert "steady-instance: mean / worst" in header and header.count("|") == rule.count("|") == 9
+    assert "steady-instance-blend: mean / worst" in header and header.count("|") == rule.count("|") == 11

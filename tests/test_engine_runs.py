@@ -95,6 +95,30 @@ def test_in_a_run_the_source_model_serves_the_run_aligned_windows_and_the_policy
     assert e.counters.adapt_steps == counters["adapt_steps"]
 
 
+def test_a_blending_run_serves_the_mean_of_the_source_model_and_the_held_policy(bundle_dir: Path):
+    e = in_run(engine(bundle_dir, RunOptions(serve="blend")))
+    policy = policy_state(e)
+    x = one_activity(4, seed=4)
+    narrow = e.inputs.apply(x, e.runs.options.offset_floor)
+    held = e.policy.predict(narrow).softmax[0]
+    e.model.serve(None, e.policy.source_vector)
+    source = e.model.forward(narrow, e.policy.source_stats).softmax[0]
+    predicted = e.predict(x)  # the same blend, learning nothing
+    out = e.process(x)
+    np.testing.assert_allclose(out.probs, (held + source) / 2, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(predicted.probs, out.probs, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(held, source, atol=1e-3)  # a blend of two different views
+    assert np.array_equal(out.source_classes, source.argmax(axis=1)) and not out.on_source.any()
+    entropy = -(out.probs * np.log(out.probs)).sum(axis=1)
+    np.testing.assert_allclose(out.entropy, entropy, rtol=1e-4)
+    assert states_equal(policy_state(e), policy) and e.counters.windows_in_runs == len(x)
+
+
+def test_who_serves_in_a_run_is_checked():
+    with pytest.raises(ValueError, match="serve must be one of source, blend"):
+        RunOptions(serve="policy")
+
+
 def test_predict_in_a_run_serves_the_same_and_learns_nothing(bundle_dir: Path):
     e = in_run(engine(bundle_dir, RunOptions()))
     x = np.concatenate([one_activity(2), bad_windows()["nan"]])
@@ -144,6 +168,12 @@ def test_config_turns_the_switch_on_with_its_options_and_names_a_bad_pair(tmp_pa
     assert on.model.runs.options() == RunOptions(horizon=32)
     message = problems(write(tmp_path, BASE + "[model.runs]\nenter = 5.0\nleave = 4.0\n"), check_files=False)
     assert "model.runs" in message and "leave" in message
+    blend = load_config(
+        write(tmp_path, BASE + '[model.runs]\nenabled = true\nserve = "blend"\n'), check_files=False
+    )
+    assert blend.model.runs.options() == RunOptions(serve="blend")
+    message = problems(write(tmp_path, BASE + '[model.runs]\nserve = "policy"\n'), check_files=False)
+    assert "model.runs.serve" in message and "blend" in message
 
 
 def test_replay_with_label_runs_counts_the_windows_served_in_runs(bundle_dir: Path, synthetic_log_path: Path):
@@ -157,6 +187,21 @@ def test_replay_with_label_runs_counts_the_windows_served_in_runs(bundle_dir: Pa
     assert plain["windows_in_runs"] == 0
     # The untrained test model puts nearly every window in one class: a run from early on.
     assert 0 < switched["windows_in_runs"] <= switched["windows"]
+    blended = replay("--label-runs", "--run-serve", "blend")
+    assert blended["windows_in_runs"] == switched["windows_in_runs"]
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (("--run-serve", "blend"), "turn the runs on with --label-runs"),
+        (("--label-runs", "--run-serve", "x"), "choose one of source, blend"),
+    ],
+)
+def test_replay_refuses_a_run_serve_it_cannot_use(bundle_dir: Path, synthetic_log_path: Path, flags, message):
+    args = ("replay", "--artifacts", str(bundle_dir), "--log", str(synthetic_log_path), *flags)
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2 and message in result.output
 
 
 def test_config_refuses_label_runs_with_an_episodic_policy(tmp_path: Path):

@@ -61,6 +61,7 @@ DEFAULT_INPUT_COLUMN = f"{DEFAULT_POLICY}+input"
 UNALIGNED_COLUMN = f"{DEFAULT_POLICY}-unaligned"
 RUNS_COLUMN = f"{DEFAULT_POLICY}-runs"
 INSTANCE_COLUMN = f"{DEFAULT_POLICY}-instance"
+BLEND_COLUMN = f"{DEFAULT_POLICY}-instance-blend"
 # Columns that are not a policy as the engine runs it by default: name -> Variant.
 VARIANTS = {
     "ttt-episodic": Variant("ttt", {"episodic": True}),
@@ -75,6 +76,8 @@ VARIANTS = {
     RUNS_COLUMN: Variant(DEFAULT_POLICY, runs=RunOptions()),
     # The default policy with the opt-in instance offsets of the first batch norm (docs/adaptation.md).
     INSTANCE_COLUMN: Variant(DEFAULT_POLICY, {"instance_offsets": 4.0}),
+    # Both, with the label runs' blend of the source model and the held policy (docs/adaptation.md).
+    BLEND_COLUMN: Variant(DEFAULT_POLICY, {"instance_offsets": 4.0}, runs=RunOptions(serve="blend")),
 }
 COLUMNS = (*POLICIES, *VARIANTS)
 

@@ -75,7 +75,8 @@ class Engine:
     correction. The guard and the source model see the raw windows; in episodic mode it learns
     nothing (the engine forgets after every batch). By default (`AUTO_INPUTS`) it is on ahead of
     the default policy, offsets left to the statistics on batch-norm bundles. With `runs` (opt-in,
-    not episodic) the source model serves in a label run (`_in_run`, `edge_ttt.adapt.label_runs`).
+    not episodic) the source model serves in a label run, alone or blended with the policy held
+    still (`_in_run`, `edge_ttt.adapt.label_runs`).
     """
 
     def __init__(
@@ -181,15 +182,21 @@ class Engine:
 
     def _in_run(self, x: np.ndarray, learn: bool) -> Predictions:
         """A label run: the policy's statistics would follow the activity, so the source model serves
-        the run-floor aligned windows, policy and fallback stand still; `learn`: alignment, counters."""
+        the run-floor aligned windows (or, `serve="blend"`, its mean with the policy held still),
+        policy and fallback stand still; `learn`: alignment, counters."""
         x, _, checks, clean = self._screen(x, self.runs.options.offset_floor)
-        served = self._source(clean, self.runs)
+        source = served = self._source(clean, self.runs)
+        blend = self.runs.options.serve == "blend"
+        if blend:
+            held = self.policy.predict(clean).softmax[0]
+            probs, entropy = softmax_entropy(np.log(0.5 * (source.probs + held)))
+            served = Scored(probs, likely_right(entropy, self.threshold), entropy)
         if learn:
             self._teach(x, checks, served.probs, served.entropy)
             self.counters.windows += len(x)
             self.counters.windows_in_runs += len(x)
             self.counters.rejected_invalid += len(x) - int(np.count_nonzero(checks.valid))
-        return handed_out(checks.valid, served, served, on_source=True)
+        return handed_out(checks.valid, served, source, on_source=not blend)
 
     def _teach(self, x: np.ndarray, checks: Validity, probs: np.ndarray, entropy: np.ndarray) -> None:
         """Input alignment learns from every sound window (finite, not flat), in range or not yet.

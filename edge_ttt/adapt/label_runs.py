@@ -18,6 +18,7 @@ from edge_ttt.adapt.statistics import ClassBalance
 from edge_ttt.class_mix import effective_classes
 
 Arrays = dict[str, np.ndarray]
+SERVE_MODES = ("source", "blend")  # who serves in a run: `RunOptions.serve`
 
 
 @dataclass(frozen=True)
@@ -25,12 +26,16 @@ class RunOptions:
     """`horizon`: windows the class histogram spans (a window's weight is 1/horizon);
     `enter`/`leave`: effective numbers of classes below which a run starts and above which it
     ends; `offset_floor`: the input alignment's offset floor in a run, in source stds (the
-    alignment's own default, not the wider floor left to a batch-norm policy's statistics)."""
+    alignment's own default, not the wider floor left to a batch-norm policy's statistics);
+    `serve`: in a run, `source` serves the source model, `blend` the mean of its probabilities
+    and those of the policy held still (what it adapted to before the run, which a shift such as
+    noise needs, without what the run's activity would teach it)."""
 
     horizon: float = 64.0
     enter: float = 3.0
     leave: float = 4.0
     offset_floor: float = 0.4
+    serve: str = "source"
 
     def __post_init__(self) -> None:
         if not self.horizon >= 1.0:
@@ -41,6 +46,8 @@ class RunOptions:
             raise ValueError(f"label runs leave must be >= enter ({self.enter}), got {self.leave}")
         if not self.offset_floor >= 0.0:
             raise ValueError(f"label runs offset_floor must be >= 0, got {self.offset_floor}")
+        if self.serve not in SERVE_MODES:
+            raise ValueError(f"label runs serve must be one of {', '.join(SERVE_MODES)}, got {self.serve!r}")
 
 
 class LabelRuns:

@@ -161,13 +161,17 @@ class InputSection(Section):
 
 class RunsSection(Section):
     """`[model.runs]`: the label-run switch (`edge_ttt.adapt.label_runs`), opt-in: in a long run
-    of one activity the source model serves the aligned windows and the policy stands still."""
+    of one activity the source model serves the aligned windows (alone or blended with the policy)
+    and the policy stands still."""
 
     enabled: bool = False  # off: measured on one model only (docs/adaptation.md)
     horizon: float = Field(RunOptions.horizon, ge=1.0, description="windows of the predicted-class mix")
     enter: float = Field(RunOptions.enter, ge=1.0, description="effective classes below which a run starts")
     leave: float = Field(RunOptions.leave, ge=1.0, description="effective classes above which it ends")
     offset_floor: float = Field(RunOptions.offset_floor, ge=0.0, description="source stds, in a run")
+    serve: Literal["source", "blend"] = Field(
+        RunOptions.serve, description="in a run: the source model, or its mean with the policy held still"
+    )
 
     @model_validator(mode="after")
     def _fits(self) -> RunsSection:
@@ -175,7 +179,7 @@ class RunsSection(Section):
         return self
 
     def _build(self) -> RunOptions:
-        return RunOptions(self.horizon, self.enter, self.leave, self.offset_floor)
+        return RunOptions(self.horizon, self.enter, self.leave, self.offset_floor, self.serve)
 
     def options(self) -> RunOptions | None:
         """What the engine takes: None when disabled."""
