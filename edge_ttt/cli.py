@@ -134,6 +134,10 @@ def replay(
             "model's and the held policy's probabilities)"
         ),
     ] = RunOptions.serve,
+    run_horizon: Annotated[
+        float,
+        typer.Option(min=1.0, help="with --label-runs, windows over which the served class mix is averaged"),
+    ] = RunOptions.horizon,
     input_alignment: Annotated[
         str,
         typer.Option(
@@ -163,8 +167,8 @@ def replay(
         fail(f"unknown policy {policy!r}; choose one of {', '.join(POLICIES)} or all")
     if run_serve not in SERVE_MODES:
         fail(f"unknown --run-serve {run_serve!r}; choose one of {', '.join(SERVE_MODES)}")
-    if run_serve != RunOptions.serve and not label_runs:
-        fail("--run-serve says who serves in a label run; turn the runs on with --label-runs")
+    if (run_serve, run_horizon) != (RunOptions.serve, RunOptions.horizon) and not label_runs:
+        fail("--run-serve and --run-horizon set the label runs; turn them on with --label-runs")
     if option and policy == "all":
         fail("--option sets the options of one policy; name it with --policy")
     options = _policy_option_values(policy, option) if option else None
@@ -185,7 +189,7 @@ def replay(
             per_device=per_device,
             fallback=DEFAULT_FALLBACK if fallback else None,
             inputs=INPUT_CHOICES[input_alignment],
-            runs=RunOptions(serve=run_serve) if label_runs else None,
+            runs=RunOptions(horizon=run_horizon, serve=run_serve) if label_runs else None,
             source_every=source_every,
             options=options,
         )

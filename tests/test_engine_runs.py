@@ -189,12 +189,16 @@ def test_replay_with_label_runs_counts_the_windows_served_in_runs(bundle_dir: Pa
     assert 0 < switched["windows_in_runs"] <= switched["windows"]
     blended = replay("--label-runs", "--run-serve", "blend")
     assert blended["windows_in_runs"] == switched["windows_in_runs"]
+    # Over a shorter horizon one class makes a run sooner (each device's engine starts afresh).
+    shorter = replay("--label-runs", "--run-horizon", "16")
+    assert switched["windows_in_runs"] < shorter["windows_in_runs"] <= shorter["windows"]
 
 
 @pytest.mark.parametrize(
     ("flags", "message"),
     [
-        (("--run-serve", "blend"), "turn the runs on with --label-runs"),
+        (("--run-serve", "blend"), "turn them on with --label-runs"),
+        (("--run-horizon", "128"), "turn them on with --label-runs"),
         (("--label-runs", "--run-serve", "x"), "choose one of source, blend"),
     ],
 )
