@@ -11,6 +11,7 @@ activity's first, do not flip it back and forth). Pure numpy; the engine acts on
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 import numpy as np
 
@@ -18,7 +19,8 @@ from edge_ttt.adapt.statistics import ClassBalance
 from edge_ttt.class_mix import effective_classes
 
 Arrays = dict[str, np.ndarray]
-SERVE_MODES = ("source", "blend")  # who serves in a run: `RunOptions.serve`
+ServeMode = Literal["source", "blend"]  # who serves in a run: `RunOptions.serve`
+SERVE_MODES: tuple[str, ...] = get_args(ServeMode)
 
 
 @dataclass(frozen=True)
@@ -35,7 +37,7 @@ class RunOptions:
     enter: float = 3.0
     leave: float = 4.0
     offset_floor: float = 0.4
-    serve: str = "source"
+    serve: ServeMode = "source"
 
     def __post_init__(self) -> None:
         if not self.horizon >= 1.0:

@@ -30,7 +30,7 @@ from pydantic import (
 from edge_ttt.adapt.engine import SOURCE_EVERY, AutoInputs
 from edge_ttt.adapt.fallback import FallbackOptions
 from edge_ttt.adapt.input_alignment import InputOptions
-from edge_ttt.adapt.label_runs import RunOptions
+from edge_ttt.adapt.label_runs import RunOptions, ServeMode
 from edge_ttt.adapt.policies import DEFAULT_POLICY, POLICY_TYPES, misfit
 from edge_ttt.agent.checkpoints import StateSection
 from edge_ttt.agent.publisher import PredictionsSection
@@ -169,7 +169,7 @@ class RunsSection(Section):
     enter: float = Field(RunOptions.enter, ge=1.0, description="effective classes below which a run starts")
     leave: float = Field(RunOptions.leave, ge=1.0, description="effective classes above which it ends")
     offset_floor: float = Field(RunOptions.offset_floor, ge=0.0, description="source stds, in a run")
-    serve: Literal["source", "blend"] = Field(
+    serve: ServeMode = Field(
         RunOptions.serve, description="in a run: the source model, or its mean with the policy held still"
     )
 
