@@ -24,7 +24,7 @@ from edge_ttt.adapt.input_alignment import InputOptions
 from edge_ttt.adapt.label_runs import LabelRuns, RunOptions
 from edge_ttt.adapt.ort_model import OrtModel
 from edge_ttt.adapt.policies import DEFAULT_POLICY, POLICY_TYPES, Policy, create
-from edge_ttt.adapt.predictions import Predictions, Scored, handed_out, not_run
+from edge_ttt.adapt.predictions import Predictions, Scored, blended, handed_out, not_run
 from edge_ttt.adapt.report import Report
 from edge_ttt.adapt.snapshot import StateError, load_state, save_state
 from edge_ttt.adapt.softmax import softmax_entropy
@@ -75,8 +75,7 @@ class Engine:
     correction. The guard and the source model see the raw windows; in episodic mode it learns
     nothing (the engine forgets after every batch). By default (`AUTO_INPUTS`) it is on ahead of
     the default policy, offsets left to the statistics on batch-norm bundles. With `runs` (opt-in,
-    not episodic) the source model serves in a label run, alone or blended with the policy held
-    still (`_in_run`, `edge_ttt.adapt.label_runs`).
+    not episodic) the source model serves in a label run (`_in_run`, `edge_ttt.adapt.label_runs`).
     """
 
     def __init__(
@@ -188,9 +187,7 @@ class Engine:
         source = served = self._source(clean, self.runs)
         blend = self.runs.options.serve == "blend"
         if blend:
-            held = self.policy.predict(clean).softmax[0]
-            probs, entropy = softmax_entropy(np.log(0.5 * (source.probs + held)))
-            served = Scored(probs, likely_right(entropy, self.threshold), entropy)
+            served = blended(source.probs, self.policy.predict(clean).softmax[0], self.threshold)
         if learn:
             self._teach(x, checks, served.probs, served.entropy)
             self.counters.windows += len(x)
@@ -306,12 +303,9 @@ class Engine:
         if self.inputs is not None and self.inputs.flush():  # windows it gathered: learnt first
             self._turned()
         arrays = self.policy.state()
-        if self.fallback is not None:
-            arrays.update(prefixed(FALLBACK_STATE, self.fallback.state()))
-        if self.inputs is not None:
-            arrays.update(prefixed(INPUT_STATE, self.inputs.state()))
-        if self.runs is not None:
-            arrays.update(prefixed(RUNS_STATE, self.runs.state()))
+        for prefix, part in zip(PARTS, (self.fallback, self.inputs, self.runs), strict=True):
+            if part is not None:
+                arrays.update(prefixed(prefix, part.state()))
         return {k: np.array(v, copy=True) for k, v in arrays.items()}, meta
 
     def save_state(self, path: str | Path) -> None:

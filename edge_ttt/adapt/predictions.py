@@ -8,6 +8,9 @@ from typing import NamedTuple
 
 import numpy as np
 
+from edge_ttt.adapt.estimates import likely_right
+from edge_ttt.adapt.softmax import softmax_entropy
+
 
 @dataclass(frozen=True, eq=False)
 class Predictions:
@@ -36,6 +39,18 @@ class Scored(NamedTuple):
 def not_run(n: int) -> Scored:
     """The view of a model that ran on none of the batch's `n` windows."""
     return Scored(None, np.full(n, np.nan), None)
+
+
+def blended(a: np.ndarray, b: np.ndarray, threshold: float) -> Scored:
+    """Two models' probabilities [n, K] averaged and scored as one model's view (its entropy and
+    `likely_right` at the ATC-NE `threshold`); a class both give 0 (logits far apart) stays 0.
+
+    >>> view = blended(np.array([[1.0, 0.0, 0.0]]), np.array([[0.5, 0.5, 0.0]]), threshold=0.6)
+    >>> view.probs.round(2).tolist(), view.entropy.round(3).tolist(), view.estimate.tolist()
+    ([[0.75, 0.25, 0.0]], [0.562], [1.0])
+    """
+    probs, entropy = softmax_entropy(np.log(np.maximum(0.5 * (a + b), np.finfo(np.float64).tiny)))
+    return Scored(probs, likely_right(entropy, threshold), entropy)
 
 
 def handed_out(valid: np.ndarray, served: Scored, source: Scored, on_source: bool) -> Predictions:
