@@ -13,7 +13,7 @@ from edge_ttt import __version__, logs
 from edge_ttt.adapt.engine import AUTO_INPUTS, SOURCE_EVERY
 from edge_ttt.adapt.fallback import DEFAULT_FALLBACK
 from edge_ttt.adapt.input_alignment import InputOptions
-from edge_ttt.adapt.label_runs import SERVE_MODES, RunOptions
+from edge_ttt.adapt.label_runs import RunOptions
 from edge_ttt.adapt.policies import DEFAULT_POLICY, POLICY_TYPES
 from edge_ttt.commandline import LazyGroup, command_app, fail, on_stop, run_app
 from edge_ttt.monitor.cli import collect_command, monitor_app
@@ -165,10 +165,12 @@ def replay(
         fail(f"unknown --input-alignment {input_alignment!r}; choose one of {', '.join(INPUT_CHOICES)}")
     if policy not in (*POLICIES, "all"):
         fail(f"unknown policy {policy!r}; choose one of {', '.join(POLICIES)} or all")
-    if run_serve not in SERVE_MODES:
-        fail(f"unknown --run-serve {run_serve!r}; choose one of {', '.join(SERVE_MODES)}")
     if (run_serve, run_horizon) != (RunOptions.serve, RunOptions.horizon) and not label_runs:
         fail("--run-serve and --run-horizon set the label runs; turn them on with --label-runs")
+    try:  # the label runs check their own options
+        runs = RunOptions(horizon=run_horizon, serve=run_serve) if label_runs else None
+    except ValueError as exc:
+        fail(f"--run-serve: {exc}")
     if option and policy == "all":
         fail("--option sets the options of one policy; name it with --policy")
     options = _policy_option_values(policy, option) if option else None
@@ -189,7 +191,7 @@ def replay(
             per_device=per_device,
             fallback=DEFAULT_FALLBACK if fallback else None,
             inputs=INPUT_CHOICES[input_alignment],
-            runs=RunOptions(horizon=run_horizon, serve=run_serve) if label_runs else None,
+            runs=runs,
             source_every=source_every,
             options=options,
         )

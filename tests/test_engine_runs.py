@@ -199,7 +199,7 @@ def test_replay_with_label_runs_counts_the_windows_served_in_runs(bundle_dir: Pa
     [
         (("--run-serve", "blend"), "turn them on with --label-runs"),
         (("--run-horizon", "128"), "turn them on with --label-runs"),
-        (("--label-runs", "--run-serve", "x"), "choose one of source, blend"),
+        (("--label-runs", "--run-serve", "x"), "serve must be one of source, blend"),
     ],
 )
 def test_replay_refuses_a_run_serve_it_cannot_use(bundle_dir: Path, synthetic_log_path: Path, flags, message):
