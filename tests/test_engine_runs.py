@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 from edge_ttt.adapt.engine import AutoInputs, Engine, InputOptions, RunOptions
 from edge_ttt.adapt.fallback import FallbackOptions
 from edge_ttt.adapt.flat import unprefixed
+from edge_ttt.adapt.instance_offsets import FirstNorm
 from edge_ttt.adapt.ort_model import OrtModel
 from edge_ttt.agent.config import load_config
 from edge_ttt.artifacts import load_bundle
@@ -114,6 +115,39 @@ def test_a_blending_run_serves_the_mean_of_the_source_model_and_the_held_policy(
     assert states_equal(policy_state(e), policy) and e.counters.windows_in_runs == len(x)
 
 
+def test_a_blending_run_with_instance_offsets_has_both_models_follow_each_batch_offset(bundle_dir: Path):
+    e = in_run(engine(bundle_dir, RunOptions(serve="blend", instance_offsets=4.0)))
+    policy = policy_state(e)
+    x = one_activity(4, seed=4)
+    x[:, 1] += 2.0  # an offset the held statistics have not seen
+    narrow = e.inputs.apply(x, e.runs.options.offset_floor)
+    first = FirstNorm.of(e.model, e.policy.source_stats, 4.0)
+
+    def followed(stats):
+        moved = first.moved(stats, e.model.forward(narrow, stats), len(x))
+        assert moved is not None  # the offset is beyond what sampling explains
+        return e.model.forward(narrow, moved).softmax[0], e.model.forward(narrow, stats).softmax[0]
+
+    held, held_still = followed(e.policy.stats())
+    e.model.serve(None, e.policy.source_vector)
+    source, source_still = followed(e.policy.source_stats)
+    out = e.process(x)
+    np.testing.assert_allclose(out.probs, (held + source) / 2, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(out.probs, (held_still + source_still) / 2, atol=1e-3)
+    assert np.array_equal(out.source_classes, source.argmax(axis=1))
+    assert states_equal(policy_state(e), policy)
+
+
+def test_instance_offsets_in_a_run_follow_only_plain_policies_and_only_when_on(bundle_dir: Path):
+    assert engine(bundle_dir, RunOptions(serve="blend")).follow is None  # 0: off
+    e = engine(bundle_dir, RunOptions(serve="blend", instance_offsets=4.0), policy="tent")
+    x = one_activity(4, seed=4)
+    assert e.follow is not None and not e.policy.plain  # tent normalizes with the batch's moments
+    np.testing.assert_array_equal(e.policy.predict_following(x, e.follow).logits, e.policy.predict(x).logits)
+    with pytest.raises(ValueError, match="instance_offsets must be >= 0"):
+        RunOptions(instance_offsets=-1.0)
+
+
 def test_who_serves_in_a_run_is_checked():
     with pytest.raises(ValueError, match="serve must be one of source, blend"):
         RunOptions(serve="policy")
@@ -174,6 +208,12 @@ def test_config_turns_the_switch_on_with_its_options_and_names_a_bad_pair(tmp_pa
     assert blend.model.runs.options() == RunOptions(serve="blend")
     message = problems(write(tmp_path, BASE + '[model.runs]\nserve = "policy"\n'), check_files=False)
     assert "model.runs.serve" in message and "blend" in message
+    follow = load_config(
+        write(tmp_path, BASE + "[model.runs]\nenabled = true\ninstance_offsets = 4.0\n"), check_files=False
+    )
+    assert follow.model.runs.options() == RunOptions(instance_offsets=4.0)
+    message = problems(write(tmp_path, BASE + "[model.runs]\ninstance_offsets = -1\n"), check_files=False)
+    assert "model.runs.instance_offsets" in message
 
 
 def test_replay_with_label_runs_counts_the_windows_served_in_runs(bundle_dir: Path, synthetic_log_path: Path):

@@ -62,6 +62,7 @@ UNALIGNED_COLUMN = f"{DEFAULT_POLICY}-unaligned"
 RUNS_COLUMN = f"{DEFAULT_POLICY}-runs"
 INSTANCE_COLUMN = f"{DEFAULT_POLICY}-instance"
 BLEND_COLUMN = f"{DEFAULT_POLICY}-instance-blend"
+RUN_BLEND_COLUMN = f"{DEFAULT_POLICY}-blend"
 # Columns that are not a policy as the engine runs it by default: name -> Variant.
 VARIANTS = {
     "ttt-episodic": Variant("ttt", {"episodic": True}),
@@ -80,6 +81,10 @@ VARIANTS = {
     # the longer horizon that leaves a device's few-minute activities to `steady` (docs/adaptation.md).
     BLEND_COLUMN: Variant(
         DEFAULT_POLICY, {"instance_offsets": 4.0}, runs=RunOptions(horizon=128.0, serve="blend")
+    ),
+    # Those label runs alone, the instance offsets only in a run, for both models that blend.
+    RUN_BLEND_COLUMN: Variant(
+        DEFAULT_POLICY, runs=RunOptions(horizon=128.0, serve="blend", instance_offsets=4.0)
     ),
 }
 COLUMNS = (*POLICIES, *VARIANTS)

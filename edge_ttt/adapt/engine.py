@@ -21,6 +21,7 @@ from edge_ttt.adapt.fallback import Fallback, FallbackOptions
 from edge_ttt.adapt.flat import prefixed, unprefixed
 from edge_ttt.adapt.guard import Extremes, InputLimits, Validity, beyond, check_windows, extremes, sanitize
 from edge_ttt.adapt.input_alignment import InputOptions
+from edge_ttt.adapt.instance_offsets import FirstNorm
 from edge_ttt.adapt.label_runs import LabelRuns, RunOptions
 from edge_ttt.adapt.ort_model import OrtModel
 from edge_ttt.adapt.policies import DEFAULT_POLICY, POLICY_TYPES, Policy, create
@@ -61,21 +62,18 @@ class Engine:
     The option `episodic=True` (gradient policies only) runs the policy episodically: each batch
     is adapted on and predicted, then the policy returns to its state before it (`Policy.episode`).
 
-    Every window also goes through the source model, and both models' label-free accuracy
-    estimates (`edge_ttt.adapt.estimates`) decide which one serves (`Fallback`); with
-    `fallback=None` (the default until the estimates are good enough: docs/adaptation.md) the
-    policy always serves, and the source model runs for its estimate alone on every
-    `source_every`-th window `process` takes outside a label run (0: never), counted across
-    batches from this engine's start (not saved with the state: a restored engine counts
-    afresh), so that the drift summaries show what the drift costs the unadapted model at a
-    fraction of the fallback's cost; the `source` policy is its own source model.
+    With a `fallback`, every window also goes through the source model and both models'
+    label-free estimates (`edge_ttt.adapt.estimates`) decide which serves (`Fallback`). Without
+    (the default: docs/adaptation.md) the policy serves, and the source model runs for its
+    estimate on every `source_every`-th window `process` takes outside a label run (0: never),
+    counted from this engine's start (a restored engine counts afresh); `source` is its own.
 
     `inputs` puts input alignment (`edge_ttt.adapt.input_alignment`) ahead of the policy: every
     window is corrected per channel before the model sees it, and the valid ones teach the
     correction. The guard and the source model see the raw windows; in episodic mode it learns
     nothing (the engine forgets after every batch). By default (`AUTO_INPUTS`) it is on ahead of
-    the default policy, offsets left to the statistics on batch-norm bundles. With `runs` (opt-in,
-    not episodic) the source model serves in a label run (`_in_run`, `edge_ttt.adapt.label_runs`).
+    the default policy, offsets left to the statistics on batch-norm bundles. With `runs` (not
+    episodic) the source model serves in a label run (`_in_run`, `edge_ttt.adapt.label_runs`).
     """
 
     def __init__(
@@ -119,7 +117,10 @@ class Engine:
         self.inputs = None if inputs is None else for_bundle(model.manifest, model.bundle_path, inputs)
         if runs is not None and self.episodic:  # it forgets every batch: no run to keep apart
             raise ValueError("label runs need a policy that keeps its state, not an episodic one")
-        self.runs = None if runs is None else LabelRuns(runs, len(info.classes))
+        self.runs = self.follow = None  # the run detector, and in a run the first norm's offsets
+        if runs is not None:
+            self.runs = LabelRuns(runs, len(info.classes))
+            self.follow = FirstNorm.of(model, self.policy.source_stats, runs.instance_offsets)
 
     def process(self, x: np.ndarray) -> Predictions:
         """Predict a batch [n, channels, length] of raw windows and adapt on the valid ones (in a
@@ -132,11 +133,9 @@ class Engine:
     def _adapt(self, x: np.ndarray) -> Predictions:
         """`process` outside a label run: the policy adapts and serves (or the fallback)."""
         x, raw, checks, clean = self._screen(x)
-        # With input alignment the guard judges what the model will see: a gyroscope in degrees
-        # is out of the source range raw, and in range once its gain is learnt. The policy adapts
-        # only on windows in range raw as well: while the alignment is still learning such a
-        # gain, the windows it lets through are still off, and long-horizon statistics keep that.
-        # Where the alignment left the windows as they came, the raw check is the one just made.
+        # The guard judges what the model will see (a gyroscope in degrees is in range once its
+        # gain is learnt); the policy adapts only on windows in range raw as well (while that gain
+        # is learnt, long-horizon statistics would keep what it lets through).
         valid = checks.valid
         adapts = valid if raw is None else valid & ~beyond(raw.high, raw.low, self.limits)
         n_invalid = len(x) - int(np.count_nonzero(valid))
@@ -164,10 +163,9 @@ class Engine:
 
     def predict(self, x: np.ndarray) -> Predictions:
         """Predict a batch as `process` would from the state as it is, learning nothing: for
-        windows a device has no time to adapt on (a stream faster than the policy's step). The
-        same input alignment (applied, not learnt), guard and fallback decision (not moved), and
-        no sampled source pass (the cheapest path); the counters are left alone too: they count
-        what the engine adapted on, so a caller that predicts counts those windows itself."""
+        windows a device has no time to adapt on (a stream faster than the policy's step): input
+        alignment applied, not learnt; fallback decision not moved; no sampled source pass; the
+        counters (of what the engine adapted on) left to the caller."""
         if self.runs is not None and self.runs.in_run:
             return self._in_run(x, learn=False)
         x, _, checks, clean = self._screen(x)
@@ -184,10 +182,11 @@ class Engine:
         the run-floor aligned windows (or, `serve="blend"`, its mean with the policy held still),
         policy and fallback stand still; `learn`: alignment, counters."""
         x, _, checks, clean = self._screen(x, self.runs.options.offset_floor)
-        source = served = self._source(clean, self.runs)
+        source = served = self._source(clean, self.runs, self.follow)
         blend = self.runs.options.serve == "blend"
         if blend:
-            served = blended(source.probs, self.policy.predict(clean).softmax[0], self.threshold)
+            held = self.policy.predict_following(clean, self.follow)
+            served = blended(source.probs, held.softmax[0], self.threshold)
         if learn:
             self._teach(x, checks, served.probs, served.entropy)
             self.counters.windows += len(x)
@@ -263,10 +262,14 @@ class Engine:
         probs[due], estimate[due] = ran.probs, ran.estimate
         return Scored(probs, estimate, None)
 
-    def _source(self, x: np.ndarray, owner: object) -> Scored:
-        """The source model's view of the batch, served as `owner`; the model leaves as the policy's."""
+    def _source(self, x: np.ndarray, owner: object, follow: FirstNorm | None = None) -> Scored:
+        """The source model's view of the batch (its first batch norm following each window's own
+        offset with `follow`), served as `owner`; the model leaves as the policy's."""
         self.model.serve(owner, self.policy.source_vector)
-        probs, entropy = self.model.forward(x, self.policy.source_stats).softmax
+        out = self.model.forward(x, self.policy.source_stats)
+        if follow is not None:
+            out = follow.follow(self.model, x, self.policy.source_stats, out)
+        probs, entropy = out.softmax
         self.model.serve(self.policy, self.policy.param_vector)
         return Scored(probs, likely_right(entropy, self.threshold), entropy)
 

@@ -32,11 +32,12 @@ class FirstNorm(NamedTuple):
 
     @classmethod
     def of(cls, model: OrtModel, source: Stats, alpha: float) -> FirstNorm | None:
-        """None without a batch norm (group- and layer-norm models already normalize each window
-        by itself) or without the class moments to tell a window's activity from a fault."""
+        """None at `alpha` 0 (off), without a batch norm (group- and layer-norm models already
+        normalize each window by itself) or without the class moments to tell a window's
+        activity from a fault."""
         norms = model.manifest.batch_norms
         class_norms = model.manifest.reference.class_norms
-        if not norms:
+        if not norms or alpha <= 0:
             return None
         if class_norms is None:
             log.warning(
@@ -65,3 +66,9 @@ class FirstNorm(NamedTuple):
             self.eps,
         )
         return None if np.array_equal(mean, base[0]) else {**stats, self.name: (mean, base[1])}
+
+    def follow(self, model: OrtModel, x: np.ndarray, stats: Stats, first: Outputs) -> Outputs:
+        """`first` (a pass of `x` with `stats`) again with this layer's mean moved as it says, or
+        `first` itself where nothing moves."""
+        moved = self.moved(stats, first, len(x))
+        return first if moved is None else model.forward(x, moved)

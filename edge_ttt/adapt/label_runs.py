@@ -31,13 +31,16 @@ class RunOptions:
     alignment's own default, not the wider floor left to a batch-norm policy's statistics);
     `serve`: in a run, `source` serves the source model, `blend` the mean of its probabilities
     and those of the policy held still (what it adapted to before the run, which a shift such as
-    noise needs, without what the run's activity would teach it)."""
+    noise needs, without what the run's activity would teach it); `instance_offsets`: in a run,
+    the first batch norm of the models that serve follows each window's own offset (an alpha, as
+    `steady`'s option of that name; 0: off), which the statistics held still do not."""
 
     horizon: float = 64.0
     enter: float = 3.0
     leave: float = 4.0
     offset_floor: float = 0.4
     serve: ServeMode = "source"
+    instance_offsets: float = 0.0
 
     def __post_init__(self) -> None:
         if not self.horizon >= 1.0:
@@ -48,6 +51,8 @@ class RunOptions:
             raise ValueError(f"label runs leave must be >= enter ({self.enter}), got {self.leave}")
         if not self.offset_floor >= 0.0:
             raise ValueError(f"label runs offset_floor must be >= 0, got {self.offset_floor}")
+        if not self.instance_offsets >= 0.0:
+            raise ValueError(f"label runs instance_offsets must be >= 0, got {self.instance_offsets}")
         if self.serve not in SERVE_MODES:
             raise ValueError(f"label runs serve must be one of {', '.join(SERVE_MODES)}, got {self.serve!r}")
 

@@ -172,6 +172,11 @@ class RunsSection(Section):
     serve: ServeMode = Field(
         RunOptions.serve, description="in a run: the source model, or its mean with the policy held still"
     )
+    instance_offsets: float = Field(
+        RunOptions.instance_offsets,
+        ge=0.0,
+        description="in a run, the first norm follows each window (0: off)",
+    )
 
     @model_validator(mode="after")
     def _fits(self) -> RunsSection:
@@ -179,7 +184,9 @@ class RunsSection(Section):
         return self
 
     def _build(self) -> RunOptions:
-        return RunOptions(self.horizon, self.enter, self.leave, self.offset_floor, self.serve)
+        return RunOptions(
+            self.horizon, self.enter, self.leave, self.offset_floor, self.serve, self.instance_offsets
+        )
 
     def options(self) -> RunOptions | None:
         """What the engine takes: None when disabled."""

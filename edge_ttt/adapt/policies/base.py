@@ -23,6 +23,7 @@ from annotated_types import Ge, Gt, Interval
 
 from edge_ttt.adapt.counters import Counters
 from edge_ttt.adapt.flat import unprefixed
+from edge_ttt.adapt.instance_offsets import FirstNorm
 from edge_ttt.adapt.optim import Arrays
 from edge_ttt.adapt.ort_model import OrtModel, Stats
 from edge_ttt.adapt.outputs import Outputs
@@ -93,6 +94,7 @@ class Policy:
     # devices, not the published ones, which the benchmark runs as their papers do.
     aligned: ClassVar[bool] = False
     batch_stats: ClassVar[bool] = False  # batch norms normalize each batch by its own moments
+    plain: ClassVar[bool] = False  # `predict` is one pass with `stats()`, nothing else
 
     @dataclass(frozen=True)
     class Options:
@@ -148,6 +150,15 @@ class Policy:
     def predict(self, x: np.ndarray) -> Outputs:
         """Logits without any state change."""
         return self.model.forward(x, self.source_stats)
+
+    def predict_following(self, x: np.ndarray, first: FirstNorm | None) -> Outputs:
+        """`predict` with the first batch norm following each window's own offset (label runs'
+        `instance_offsets`; None: off): only where `predict` is a pass with `stats()` (`plain`);
+        the others (batch moments, per-window norms) predict as they do."""
+        if first is None or not self.plain:
+            return self.predict(x)
+        stats = self.stats()
+        return first.follow(self.model, x, stats, self.model.forward(x, stats))
 
     def episode(self, x: np.ndarray) -> Outputs:
         """Episodic mode: `update` on x (adapt, predict), then return to the state before it."""

@@ -25,6 +25,7 @@ class Norm(Policy):
     """
 
     name = "norm"
+    plain = True
     keeps_stats = True
 
     @dataclass(frozen=True)

@@ -7,3 +7,4 @@ from edge_ttt.adapt.policies.base import Policy
 
 class Source(Policy):
     name = "source"
+    plain = True

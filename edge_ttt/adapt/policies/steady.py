@@ -68,6 +68,7 @@ class Steady(Policy):
     """
 
     name = "steady"
+    plain = True  # with its own instance offsets off (`predict_following`)
     aligned = True
     loss = "entropy"
     keeps_stats = True
@@ -127,9 +128,7 @@ class Steady(Policy):
                 "without class correction; re-run `edge-ttt export` to add them",
                 model.bundle_path,
             )
-        self.first_norm = (
-            FirstNorm.of(model, self.source_stats, cfg.instance_offsets) if cfg.instance_offsets > 0 else None
-        )
+        self.first_norm = FirstNorm.of(model, self.source_stats, cfg.instance_offsets)
         self.reset()
 
     def reset(self) -> None:
@@ -258,6 +257,10 @@ class Steady(Policy):
     def predict(self, x: np.ndarray) -> Outputs:
         stats, out = self._window_stats(x)
         return out if out is not None else self.model.forward(x, stats)
+
+    def predict_following(self, x: np.ndarray, first: FirstNorm | None) -> Outputs:
+        """Its own instance offsets, where on, already follow (not twice)."""
+        return self.predict(x) if self.first_norm is not None else super().predict_following(x, first)
 
     def _adapted(self) -> Arrays:
         """What a snapshot holds: the parameters, optimizer, statistics, gate, label-run detector
