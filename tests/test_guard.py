@@ -6,7 +6,15 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edge_ttt.adapt.guard import CollapseDetector, InputLimits, beyond, check_windows, extremes, sanitize
+from edge_ttt.adapt.guard import (
+    CollapseDetector,
+    InputLimits,
+    beyond,
+    check_windows,
+    extremes,
+    glitched,
+    sanitize,
+)
 
 LIMITS = InputLimits(mean=np.zeros(2), std=np.ones(2), range_sigmas=10.0, flat_ratio=1e-3)
 
@@ -26,6 +34,20 @@ def test_each_check_flags_what_it_names_and_nothing_else():
     assert v.flat.tolist() == [False, False, True, False]
     assert v.out_of_range.tolist() == [False, False, False, True]
     assert v.valid.tolist() == [True, False, False, False]
+
+
+def test_glitched_tells_isolated_readings_from_a_stretch_out_of_range():
+    rng = np.random.default_rng(2)
+    one, two, three, unit, inside = (window(rng) for _ in range(5))
+    one[0, 0, 5] = 1e4  # one reading
+    two[0, 1, 20:22] = -50.0  # two in a row: still within a running median of 5
+    three[0, 1, 20:23] = 50.0  # three: a stretch
+    unit *= 57.3  # every reading scaled (a wrong unit)
+    x = np.concatenate([one, two, three, unit, inside])
+    out_of_range = check_windows(x, LIMITS).out_of_range
+    assert out_of_range.tolist() == [True, True, True, True, False]
+    assert glitched(x, out_of_range, LIMITS).tolist() == [True, True, False, False, False]
+    assert not glitched(x, np.zeros(5, bool), LIMITS).any()  # only suspects are looked at
 
 
 def test_near_constant_channels_count_as_flat_by_default():

@@ -288,6 +288,30 @@ def test_engine_learns_a_unit_error_that_the_guard_refuses_raw(bundle_dir: Path,
     assert np.array_equal(restored.process(x[:4]).classes, aligned.process(x[:4]).classes)
 
 
+def test_glitches_out_of_range_teach_the_alignment_nothing(bundle_dir: Path, tmp_path: Path):
+    """A bit error (one reading 1e4 times too large) puts a window out of range as a unit error
+    does, but in one sample: the alignment learns from the stream as if those windows were not
+    there, while a unit error is still learnt (above)."""
+    bundle = load_bundle(smooth_bundle(bundle_dir, tmp_path / "smooth"))
+    x = smooth_windows(120, 6, LENGTH, seed=3).astype(np.float32)
+    glitched = x.copy()
+    hit = np.arange(0, 120, 3)
+    glitched[hit, 2, 40] *= 1e4
+    glitched[hit, 2, 40] += 1e4
+    options = InputOptions(reliable_quantile=1.0, warmup_windows=4.0)
+    engines = [Engine(OrtModel(bundle), "norm", inputs=options) for _ in range(2)]
+    for i in range(120):
+        engines[0].process(glitched[i : i + 1])
+        if i not in hit:
+            engines[1].process(x[i : i + 1])
+    assert engines[0].counters.rejected_invalid == len(hit)
+    learnt = [{k: v for k, v in e.snapshot()[0].items() if k.startswith("input/")} for e in engines]
+    assert learnt[0].keys() == learnt[1].keys() and learnt[0]
+    for key in learnt[0]:
+        np.testing.assert_array_equal(learnt[0][key], learnt[1][key], err_msg=key)
+    assert not np.array_equal(learnt[1]["input/offset"], np.zeros_like(learnt[1]["input/offset"]))
+
+
 def test_windows_out_of_range_raw_are_predicted_aligned_but_never_adapt_the_policy(
     bundle_dir: Path, tmp_path: Path
 ):

@@ -19,7 +19,7 @@ from edge_ttt.adapt.counters import Counters
 from edge_ttt.adapt.estimates import entropy_threshold, likely_right
 from edge_ttt.adapt.fallback import Fallback, FallbackOptions
 from edge_ttt.adapt.flat import prefixed, unprefixed
-from edge_ttt.adapt.guard import Extremes, InputLimits, Validity, beyond, check_windows, extremes, sanitize
+from edge_ttt.adapt.guard import InputLimits
 from edge_ttt.adapt.input_alignment import InputOptions
 from edge_ttt.adapt.instance_offsets import FirstNorm
 from edge_ttt.adapt.label_runs import LabelRuns, RunOptions
@@ -27,6 +27,7 @@ from edge_ttt.adapt.ort_model import OrtModel
 from edge_ttt.adapt.policies import DEFAULT_POLICY, POLICY_TYPES, Policy, create
 from edge_ttt.adapt.predictions import Predictions, Scored, blended, handed_out, not_run
 from edge_ttt.adapt.report import Report
+from edge_ttt.adapt.screen import Screened, adapting, screen, source_view, teaching
 from edge_ttt.adapt.snapshot import StateError, load_state, save_state
 from edge_ttt.adapt.softmax import softmax_entropy
 
@@ -132,12 +133,9 @@ class Engine:
 
     def _adapt(self, x: np.ndarray) -> Predictions:
         """`process` outside a label run: the policy adapts and serves (or the fallback)."""
-        x, raw, checks, clean = self._screen(x)
-        # The guard judges what the model will see (a gyroscope in degrees is in range once its
-        # gain is learnt); the policy adapts only on windows in range raw as well (while that gain
-        # is learnt, long-horizon statistics would keep what it lets through).
-        valid = checks.valid
-        adapts = valid if raw is None else valid & ~beyond(raw.high, raw.low, self.limits)
+        s = self._screen(x)
+        x, checks, clean = s.x, s.checks, s.clean
+        valid, adapts = checks.valid, adapting(s, self.limits)
         n_invalid = len(x) - int(np.count_nonzero(valid))
         n_adapts = int(np.count_nonzero(adapts))
         update = self.policy.episode if self.episodic else self.policy.update
@@ -153,12 +151,12 @@ class Engine:
         if self.inputs is not None and self.counters.resets + self.counters.rollbacks > undone:
             self.inputs.reset()  # the policy undid a collapse: what it adapted to starts afresh too
         elif not self.episodic:
-            self._teach(x, checks, probs, entropy)
+            self._teach(s, probs, entropy)
         self.counters.windows += len(x)
         self.counters.rejected_invalid += n_invalid
         adapted = Scored(probs, likely_right(entropy, self.threshold), entropy)
         if self.fallback is not None:  # the source model sees the raw windows
-            return self._serve(self._raw(x, valid), valid, adapted)
+            return self._serve(source_view(x, valid, self.limits), valid, adapted)
         return self._alone(valid, adapted, self._sample(x, valid))
 
     def predict(self, x: np.ndarray) -> Predictions:
@@ -173,7 +171,7 @@ class Engine:
         adapted = Scored(probs, likely_right(entropy, self.threshold), entropy)
         if self.fallback is None:
             return self._alone(checks.valid, adapted, not_run(len(x)))
-        source = self._source(self._raw(x, checks.valid), self.fallback)
+        source = self._source(source_view(x, checks.valid, self.limits), self.fallback)
         on_source = self.fallback.on_source
         return handed_out(checks.valid, source if on_source else adapted, source, on_source)
 
@@ -181,26 +179,27 @@ class Engine:
         """A label run: the policy's statistics would follow the activity, so the source model serves
         the run-floor aligned windows (or, `serve="blend"`, its mean with the policy held still),
         policy and fallback stand still; `learn`: alignment, counters."""
-        x, _, checks, clean = self._screen(x, self.runs.options.offset_floor)
+        s = self._screen(x, self.runs.options.offset_floor)
+        x, checks, clean = s.x, s.checks, s.clean
         source = served = self._source(clean, self.runs, self.follow)
         blend = self.runs.options.serve == "blend"
         if blend:
             held = self.policy.predict_following(clean, self.follow)
             served = blended(source.probs, held.softmax[0], self.threshold)
         if learn:
-            self._teach(x, checks, served.probs, served.entropy)
+            self._teach(s, served.probs, served.entropy)
             self.counters.windows += len(x)
             self.counters.windows_in_runs += len(x)
             self.counters.rejected_invalid += len(x) - int(np.count_nonzero(checks.valid))
         return handed_out(checks.valid, served, source, on_source=not blend)
 
-    def _teach(self, x: np.ndarray, checks: Validity, probs: np.ndarray, entropy: np.ndarray) -> None:
-        """Input alignment learns from every sound window (finite, not flat), in range or not yet.
-        When it turns the device's orientation, the policy starts afresh from source: what it
-        adapted to was the old orientation (as the alignment's gain and offset start afresh)."""
+    def _teach(self, s: Screened, probs: np.ndarray, entropy: np.ndarray) -> None:
+        """Input alignment learns from the windows fit to teach it (`screen.teaching`). When it
+        turns the device's orientation, the policy starts afresh from source: what it adapted to
+        was the old orientation (as the alignment's gain and offset start afresh)."""
         if self.inputs is None:
             return
-        sound = ~(checks.nonfinite | checks.flat)
+        x, sound = s.x, teaching(s, self.limits)
         if not np.logical_and.reduce(sound):  # the common case needs no copies picked
             x, probs, entropy = x[sound], probs[sound], entropy[sound]
         if self.inputs.update(x, probs, entropy):
@@ -215,29 +214,11 @@ class Engine:
             self.policy_name,
         )
 
-    def _screen(
-        self, x: np.ndarray, floor: float | None = None
-    ) -> tuple[np.ndarray, Extremes | None, Validity, np.ndarray]:
-        """The raw windows as float32, their extremes where alignment changes them (None where the
-        model sees them as they are), the guard's checks of what the model will see (aligned, with
-        the offset `floor` if given) and its sanitized copy; the model serves the policy from here on."""
-        self.model.serve(self.policy, self.policy.param_vector)  # engines of several devices share it
-        x = np.asarray(x, np.float32)
-        if x.ndim != 3 or x.shape[1:] != self.shape:
-            c, length = self.shape
-            raise ValueError(f"windows must have shape [n, {c}, {length}], got {list(x.shape)}")
-        seen = x if self.inputs is None else self.inputs.apply(x, floor)
-        raw = bounds = None
-        if seen is not x:  # the raw extremes, and from them the aligned ones (no second pass)
-            raw = extremes(x, self.limits)
-            if not np.logical_or.reduce(raw.nonfinite):
-                bounds = self.inputs.aligned_bounds(raw.high, raw.low, floor)
-        checks = check_windows(seen, self.limits, bounds)
-        return x, raw, checks, seen if checks.valid.all() else sanitize(seen, self.limits)
-
-    def _raw(self, x: np.ndarray, valid: np.ndarray) -> np.ndarray:
-        """What the source model sees: the raw windows, sanitized where the guard refused one."""
-        return x if valid.all() else sanitize(x, self.limits)
+    def _screen(self, x: np.ndarray, floor: float | None = None) -> Screened:
+        """The batch as `screen.screen` sees it (alignment with the offset `floor` if given); the
+        model serves the policy from here on (engines of several devices share it)."""
+        self.model.serve(self.policy, self.policy.param_vector)
+        return screen(x, self.shape, self.limits, self.inputs, floor)
 
     def _alone(self, valid: np.ndarray, adapted: Scored, source: Scored) -> Predictions:
         """Without a fallback: the policy serves, beside the source model's view where it ran;
@@ -257,7 +238,7 @@ class Engine:
             return not_run(n)
         due = np.zeros(n, bool)
         due[offset :: self.source_every] = True
-        ran = self._source(self._raw(x[due], valid[due]), self)
+        ran = self._source(source_view(x[due], valid[due], self.limits), self)
         probs, estimate = np.zeros((n, ran.probs.shape[1])), np.full(n, np.nan)
         probs[due], estimate[due] = ran.probs, ran.estimate
         return Scored(probs, estimate, None)

@@ -21,6 +21,9 @@ from edge_ttt.manifest import Manifest
 # (stuck or near-constant). In the smartwatch recordings no window of any channel spans less than
 # 0.147 source stds (0.1 % of windows: under 0.21), so 0.02 leaves real motion a margin of 7x.
 FLAT_RATIO = 0.02
+# Samples of the running median that tells isolated readings (a bit error, a glitch: one or two
+# samples) from a stretch of them (a wrong unit or gain moves every sample).
+GLITCH_SPAN = 5
 
 
 @dataclass(frozen=True)
@@ -118,6 +121,25 @@ def beyond(high: np.ndarray, low: np.ndarray, limits: InputLimits) -> np.ndarray
     (float subtraction is monotone and negates exactly)."""
     distance = np.maximum(high - limits.mean, limits.mean - low) / limits.std
     return np.logical_or.reduce(distance > limits.range_sigmas, axis=1)
+
+
+def glitched(x: np.ndarray, suspects: np.ndarray, limits: InputLimits) -> np.ndarray:
+    """Per window [n, C, L]: among the `suspects` (windows out of range), those out of range
+    through isolated readings alone: their running median over `GLITCH_SPAN` samples is in range.
+    Only the suspects are filtered, so a stream in range pays nothing.
+
+    >>> x = np.zeros((2, 1, 16)); x[0, 0, 7] = 1e4; x[1] *= 57.3; x[1, 0, 4:12] = 1e4
+    >>> limits = InputLimits(mean=np.zeros(1), std=np.ones(1))
+    >>> glitched(x, np.array([True, True]), limits).tolist()
+    [True, False]
+    """
+    out = np.zeros(len(x), bool)
+    if not np.logical_or.reduce(suspects):
+        return out
+    windows = np.lib.stride_tricks.sliding_window_view(x[suspects], GLITCH_SPAN, axis=2)
+    median = np.median(windows, axis=3)
+    out[suspects] = ~beyond(median.max(axis=2), median.min(axis=2), limits)
+    return out
 
 
 def sanitize(x: np.ndarray, limits: InputLimits) -> np.ndarray:

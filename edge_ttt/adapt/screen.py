@@ -1,0 +1,74 @@
+"""What the model sees of a batch, and which of its windows may teach: the raw windows checked
+for shape, input alignment applied, the guard's checks of what the model will see, and a
+sanitized copy where a window failed them. Pure numpy; the engine acts on it."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+from edge_ttt.adapt.guard import (
+    Extremes,
+    InputLimits,
+    Validity,
+    beyond,
+    check_windows,
+    extremes,
+    glitched,
+    sanitize,
+)
+from edge_ttt.adapt.input_alignment import InputAlignment
+
+
+class Screened(NamedTuple):
+    """One batch: the raw windows (float32), their extremes where alignment changes them (None
+    where the model sees them as they are), the guard's checks of the aligned windows, and what
+    the model is fed (aligned, sanitized where a check failed)."""
+
+    x: np.ndarray
+    raw: Extremes | None
+    checks: Validity
+    clean: np.ndarray
+
+
+def screen(
+    x: np.ndarray,
+    shape: tuple[int, int],
+    limits: InputLimits,
+    inputs: InputAlignment | None,
+    floor: float | None = None,
+) -> Screened:
+    """Check, align (with the offset `floor` if given) and guard a batch [n, channels, length]."""
+    x = np.asarray(x, np.float32)
+    if x.ndim != 3 or x.shape[1:] != shape:
+        raise ValueError(f"windows must have shape [n, {shape[0]}, {shape[1]}], got {list(x.shape)}")
+    seen = x if inputs is None else inputs.apply(x, floor)
+    raw = bounds = None
+    if seen is not x:  # the raw extremes, and from them the aligned ones (no second pass)
+        raw = extremes(x, limits)
+        if not np.logical_or.reduce(raw.nonfinite):
+            bounds = inputs.aligned_bounds(raw.high, raw.low, floor)
+    checks = check_windows(seen, limits, bounds)
+    return Screened(x, raw, checks, seen if checks.valid.all() else sanitize(seen, limits))
+
+
+def adapting(s: Screened, limits: InputLimits) -> np.ndarray:
+    """The windows the policy may adapt on. The guard judges what the model will see (a gyroscope
+    in degrees is in range once its gain is learnt); the policy adapts only on windows in range
+    raw as well (while that gain is learnt, long-horizon statistics would keep what it lets through)."""
+    valid = s.checks.valid
+    return valid if s.raw is None else valid & ~beyond(s.raw.high, s.raw.low, limits)
+
+
+def teaching(s: Screened, limits: InputLimits) -> np.ndarray:
+    """The windows input alignment may learn from, in range or not yet (a unit error is learnt from
+    windows out of range): finite, not flat, and not out of range through a glitch alone (a bit
+    error's reading would drag the gain, the offset and the mounting)."""
+    c = s.checks
+    return ~(c.nonfinite | c.flat | glitched(s.x, c.out_of_range, limits))
+
+
+def source_view(x: np.ndarray, valid: np.ndarray, limits: InputLimits) -> np.ndarray:
+    """What the source model sees: the raw windows, sanitized where the guard refused one."""
+    return x if valid.all() else sanitize(x, limits)
