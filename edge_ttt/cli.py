@@ -85,6 +85,24 @@ def _policy_option_values(policy: str, pairs: list[str]) -> dict[str, Any]:
     return options
 
 
+def _refuse_idle_flags(policy: str, fallback: bool, label_runs: bool, source_every: int | None) -> None:
+    """Flags that would change nothing (`Engine`): the source policy adapts nothing to fall back
+    from or hold still, and with it or a fallback the source model runs on every window."""
+    if policy == "source" and fallback:
+        fail(
+            "--fallback serves the source model while the adapted one is estimated worse; --policy "
+            "source adapts nothing, so there is nothing to fall back from"
+        )
+    if policy == "source" and label_runs:
+        fail(
+            "--label-runs holds an adapting policy still in a run of one activity; --policy source "
+            "adapts nothing, so there is nothing to hold"
+        )
+    if source_every is not None and (fallback or policy == "source"):
+        why = "--fallback" if fallback else "--policy source"
+        fail(f"--source-every does nothing with {why}: the source model runs on every window; leave it out")
+
+
 @app.command()
 def replay(
     artifacts: Annotated[Path, typer.Option(help="artifact directory")],
@@ -113,13 +131,13 @@ def replay(
         bool, typer.Option(help="serve the source model while the adapted one is estimated worse")
     ] = False,
     source_every: Annotated[
-        int,
+        int | None,
         typer.Option(
             min=0,
             help="without --fallback, run the source model on every Nth window for its label-free "
-            "estimate (0: never)",
+            f"estimate (0: never; default {SOURCE_EVERY})",
         ),
-    ] = SOURCE_EVERY,
+    ] = None,
     label_runs: Annotated[
         bool,
         typer.Option(
@@ -156,9 +174,9 @@ def replay(
     ] = None,
 ) -> None:
     """Replay a recorded log through the engine, in time order, and report accuracy and counters."""
-    from edge_ttt.artifacts import BundleError, load_bundle
+    from edge_ttt.artifacts import BundleError
     from edge_ttt.recordlog import LogFormatError
-    from edge_ttt.replay import every_policy
+    from edge_ttt.replay import every_policy, open_bundle
     from edge_ttt.replay import replay as run_replay
 
     if input_alignment not in INPUT_CHOICES:
@@ -173,11 +191,12 @@ def replay(
         fail(f"--run-serve: {exc}")
     if option and policy == "all":
         fail("--option sets the options of one policy; name it with --policy")
+    _refuse_idle_flags(policy, fallback, label_runs, source_every)
     options = _policy_option_values(policy, option) if option else None
     try:
         policies, left_out = [policy], {}
         if policy == "all":  # every policy the bundle can run, and a line for each one left out
-            policies, left_out = every_policy(load_bundle(artifacts).manifest, episodic)
+            policies, left_out = every_policy(open_bundle(artifacts).manifest, episodic)
         for name, why in left_out.items():
             typer.echo(f"left out {name}: {why}", err=as_json)
         results = run_replay(
@@ -192,7 +211,7 @@ def replay(
             fallback=DEFAULT_FALLBACK if fallback else None,
             inputs=INPUT_CHOICES[input_alignment],
             runs=runs,
-            source_every=source_every,
+            source_every=SOURCE_EVERY if source_every is None else source_every,
             options=options,
         )
     except (BundleError, LogFormatError, ValueError, RuntimeError) as exc:
@@ -224,8 +243,9 @@ def replay(
         if result["windows_in_runs"]:
             who = "the source model" if run_serve == "source" else "the source model and the held policy"
             typer.echo(f"  {result['windows_in_runs']} windows served by {who} in label runs")
-        if result["collapse"] is not None:
-            typer.echo(f"  {result['collapse']}")
+        for note in (result["input_guard"], result["collapse"]):
+            if note is not None:
+                typer.echo(f"  {note}")
 
 
 @app.command()

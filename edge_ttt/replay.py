@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,34 +19,106 @@ from edge_ttt.adapt.input_alignment import InputOptions
 from edge_ttt.adapt.label_runs import RunOptions
 from edge_ttt.adapt.ort_model import OrtModel
 from edge_ttt.adapt.policies import POLICY_TYPES, misfit
-from edge_ttt.artifacts import load_bundle
+from edge_ttt.artifacts import MANIFEST, Bundle, BundleError, load_bundle
 from edge_ttt.manifest import Manifest, check_fits
 from edge_ttt.metrics import accuracy, device_accuracy, devices_below, macro_f1
 from edge_ttt.recordlog import RecordedLog, read_log
 from edge_ttt.stream.window import WindowBatch, windows_from_log
 
 COLLAPSE_SHARE = 0.9  # predictions of one class above this share are called a collapse
+# ... over at least this many windows: a recording of one activity runs ~25 windows, so a short
+# log can hold one class and the model be right.
+COLLAPSE_MIN_WINDOWS = 50
 BELOW_SOURCE = 0.01  # a device more than 1 point below `source` counts as made worse
 
 
 class ReplayError(ValueError):
-    """The log does not fit the model (channels, sample rate)."""
+    """The log does not fit the model (channels, sample rate, class names) or gives no window."""
 
 
 def check_compatible(log: RecordedLog, channels: list[str], sample_rate_hz: float, where: str) -> None:
-    """Refuse a log whose channels or sample rate the model was not trained for (`check_fits`)."""
+    """Refuse a log whose channels or sample rate the model was not trained for (`check_fits`),
+    saying how to make it fit."""
     mismatch = check_fits(
         channels, sample_rate_hz, channels=list(log.channels), period_ns=1e9 / log.sample_rate_hz
     )
     if mismatch == "channels":
         raise ReplayError(
             f"{where}: channels {list(log.channels)} do not match the model's {channels} "
-            "(same names, same order)"
+            f"(same names, same order). Fix: {_channels_fix(log, channels, where)}"
         )
     if mismatch == "rate":
         raise ReplayError(
-            f"{where}: sample rate {log.sample_rate_hz} Hz, the model expects {sample_rate_hz} Hz"
+            f"{where}: sample rate {log.sample_rate_hz} Hz, the model expects {sample_rate_hz} Hz. Fix: "
+            f"resample the recording to {sample_rate_hz:g} Hz and import it again (edge-ttt does not "
+            "resample, and a window counts samples, so it would span another length of time than in "
+            f"training), or train a model on {log.sample_rate_hz:g} Hz logs"
         )
+
+
+def _channels_fix(log: RecordedLog, channels: list[str], where: str) -> str:
+    """`datasets import` reads a recorded log like any Parquet file, so it reorders and renames
+    channels; channels the log lacks need a recording that has them, or another model."""
+    missing = [c for c in channels if c not in log.channels]
+    if missing and len(log.channels) != len(channels):
+        return f"the log lacks {', '.join(missing)}: record them, or train a model on the log's channels"
+    if missing:  # as many channels under other names: the same sensors, perhaps
+        how = f"if they are the model's in its order ({log.channels[0]} is {channels[0]}, ...), rename them"
+        pairs = ",".join(f"{a}={b}" for a, b in zip(log.channels, channels, strict=True))
+    else:
+        how, pairs = "re-import the log with the model's channels in its order", ",".join(channels)
+    labels = "" if log.label is None else " --label label"
+    if log.label is not None and log.class_names is not None:
+        labels += f" --classes {','.join(log.class_names)}"
+    return (
+        f"{how}: `edge-ttt datasets import {where} --out FIXED.parquet --time t_ns --time-unit ns "
+        f"--device-column device_id --channels {pairs}{labels}`"
+    )
+
+
+def model_labels(log: RecordedLog, classes: Sequence[str], where: str) -> RecordedLog:
+    """The log with its labels as indices of the model's classes, matched by name: a log imported
+    with its class names sorted (the default) indexes them otherwise than the model. A log without
+    class names keeps its indices. A class of the log the model does not know is refused where a
+    label uses it: its windows could only be scored wrong."""
+    if log.label is None or log.class_names is None or tuple(log.class_names) == tuple(classes):
+        return log
+    used = np.unique(log.label[log.label >= 0])
+    unknown = [log.class_names[i] for i in used if log.class_names[i] not in classes]
+    if unknown:
+        raise ReplayError(
+            f"{where}: the log's class(es) {unknown} are not among the model's ({', '.join(classes)}); "
+            "replay matches labels to the model's classes by name. Fix: name the classes as the model "
+            "does when you import the log (the label column's text), or mark those samples unknown (-1)"
+        )
+    index = np.array([classes.index(n) if n in classes else -1 for n in log.class_names], np.int32)
+    label = np.where(log.label >= 0, index[np.maximum(log.label, 0)], -1)
+    return dataclasses.replace(log, label=label, class_names=tuple(classes))
+
+
+def open_bundle(artifacts: Path) -> Bundle:
+    """`load_bundle`, with a file given for the bundle (its manifest.json, say) named as such:
+    its message would otherwise say the directory does not exist and send one to re-export it."""
+    artifacts = Path(artifacts)
+    if artifacts.is_file():
+        parent = artifacts.parent
+        hint = str(parent) if (parent / MANIFEST).is_file() else "the directory `edge-ttt export --out` wrote"
+        raise BundleError(
+            f"{artifacts} is a file, not an artifact bundle. Fix: pass the bundle directory, {hint}"
+        )
+    return load_bundle(artifacts)
+
+
+def _no_window(log: RecordedLog, window: int, where: str) -> ReplayError:
+    """Too few samples for a window, or gaps that cut every run shorter than one."""
+    counts = np.unique(log.device_id, return_counts=True)[1] if len(log) else np.zeros(1, np.int64)
+    most = int(counts.max())
+    held = "no samples" if not most else f"{'at most ' if len(counts) > 1 else ''}{most} samples per device"
+    gaps = "" if most < window else " without a gap over 2 sample periods, and gaps cut every run shorter"
+    return ReplayError(
+        f"{where}: no complete window: the log holds {held}, a window is {window} samples{gaps}. "
+        "Fix: replay a longer recording"
+    )
 
 
 def replay(
@@ -81,11 +154,14 @@ def replay(
     """
     if batch_size < 1:
         raise ValueError("batch size must be at least 1")
-    bundle = load_bundle(artifacts)
+    bundle = open_bundle(artifacts)
     info = bundle.manifest.model
     log = read_log(log_path)
     check_compatible(log, info.channels, info.sample_rate_hz, str(log_path))
+    log = model_labels(log, info.classes, str(log_path))
     windows, log_devices = windows_from_log(log, info.window, info.hop)
+    if not len(windows):
+        raise _no_window(log, info.window, str(log_path))
     devices = log_devices if per_device else np.zeros(len(windows), np.int64)
     if policies is None:
         policies = every_policy(bundle.manifest, episodic)[0]
@@ -189,23 +265,35 @@ def _run(
         "collapse": collapse_note(
             first.policy_name, manifest, batch, counters, manifest.model.classes[top], top_share
         ),
+        "input_guard": guard_note(counters, manifest.model.classes[top], top_share),
     }
     return summary, predicted
+
+
+def guard_note(counters: Counters, top_class: str, share: float) -> str | None:
+    """Where half the windows or more failed the input guard, whatever the policy: their classes
+    come from a sanitized copy, without adaptation, so the accuracy says little of the model."""
+    if counters.windows == 0 or 2 * counters.rejected_invalid < counters.windows:
+        return None
+    said = f": their class, {top_class!r}, says nothing of the model" if share >= COLLAPSE_SHARE else ""
+    return (
+        f"{counters.rejected_invalid} of {counters.windows} windows failed the input guard "
+        "(non-finite, flat-lined or out-of-range values) and were predicted from a sanitized copy"
+        f"{said}; check the sensor or the log"
+    )
 
 
 def collapse_note(
     policy: str, manifest: Manifest, batch: int, counters: Counters, top_class: str, share: float
 ) -> str | None:
     """Why a policy's predictions sit at one class, from what the counters and the policy say;
-    None below COLLAPSE_SHARE. An accuracy at the share of one class otherwise reads as a bug."""
-    if share < COLLAPSE_SHARE or counters.windows == 0:
+    None below COLLAPSE_SHARE, under COLLAPSE_MIN_WINDOWS, or where most windows failed the input
+    guard (a dead sensor, not the model: `guard_note`). An accuracy at the share of one class
+    otherwise reads as a bug."""
+    if share < COLLAPSE_SHARE or counters.windows < COLLAPSE_MIN_WINDOWS:
         return None
-    if 2 * counters.rejected_invalid >= counters.windows:  # a dead or broken sensor, not the model
-        return (
-            f"{counters.rejected_invalid} of {counters.windows} windows failed the input guard "
-            "(non-finite, flat-lined or out-of-range values) and were predicted from a sanitized copy: "
-            f"their class, {top_class!r}, says nothing of the model; check the sensor or the log"
-        )
+    if 2 * counters.rejected_invalid >= counters.windows:
+        return None
     said = [f"{100 * share:.0f}% of windows predicted as {top_class!r}: a collapse to one class"]
     if POLICY_TYPES[policy].batch_stats and manifest.batch_norms:
         which = (

@@ -146,13 +146,14 @@ def export_bundle(src: SourceModel, out: Path, force: bool = False) -> Manifest:
     """Write the bundle to a temporary sibling directory, then move it into place."""
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        if not force:
-            raise FileExistsError(f"{out} exists and is not empty; pass --force to replace it")
         if not (out / "manifest.json").is_file():  # --force replaces a bundle, nothing else
+            what = "a file" if not out.is_dir() else "a directory that is not a bundle (no manifest.json)"
             raise FileExistsError(
-                f"{out} is not a bundle (it holds no manifest.json); --force replaces only a bundle, "
-                "so choose a new or empty directory"
+                f"{out} is {what}, which export does not replace, --force or not; choose a new or "
+                "empty directory"
             )
+        if not force:
+            raise FileExistsError(f"{out} holds a bundle; pass --force to replace it")
     proto, names = to_onnx(src.model, len(src.channels), src.window)
     if names.aux_logits:
         check_channels(src.channels)

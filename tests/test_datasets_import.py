@@ -148,6 +148,11 @@ T = [0, 20, 40, 60]
             "column 'act' holds class(es) ['run'] that --classes does not list. Fix: add them to --classes",
         ),
         (
+            ["--time", "t", "--time-unit", "ms", "--label", "act", "--classes", "walk,run,walk"],
+            {"t": T, "ax": [1.0] * 4, "act": ["walk", "run", None, "walk"]},
+            "--classes lists class(es) ['walk'] twice. Fix: list each class once",
+        ),
+        (
             ["--time", "t", "--time-unit", "ms", "--label", "act"],
             {"t": T, "ax": [1.0] * 4, "act": [0, 1, 2.5, -1]},
             "column 'act' holds numbers that are not class indices (whole numbers >= -1)",
@@ -171,6 +176,7 @@ T = [0, 20, 40, 60]
         "reserved name",
         "text channel",
         "unknown class",
+        "class twice",
         "fractional index",
         "missing device",
         "duplicate seconds",
@@ -206,6 +212,38 @@ def import_seconds(tmp_path: Path, name: str, text: str):
     result = invoke("datasets", "import", csv, "--out", out, "--time", "t", "--time-unit", "s")
     assert result.exit_code == 0, result.output
     return result, read_log(out)
+
+
+def test_an_out_that_would_replace_the_input_or_is_not_parquet_is_refused(tmp_path: Path):
+    """The input itself, by its path or through a link, and a log named as a CSV: one line, and the
+    input untouched."""
+    source = tmp_path / "cap.parquet"
+    pq.write_table(table(t=T, ax=[1.0] * 4), source)
+    before = source.read_bytes()
+    (tmp_path / "link.parquet").symlink_to(source)
+    cases = {
+        source: f"--out is the input file {source} itself, which the log would replace. Fix: name a new "
+        f"file for the log, e.g. --out {tmp_path / 'cap-log.parquet'}.",
+        tmp_path / "link.parquet": f"--out is the input file {source} itself",
+        tmp_path / "cap.csv": "--out names a '.csv' file, but a recorded log is a Parquet file. Fix: name it "
+        "cap.parquet (.parquet, .pq).",
+    }
+    for out, message in cases.items():
+        result = invoke("datasets", "import", source, "--out", out, "--time", "t", "--time-unit", "ms")
+        assert result.exit_code == 2 and result.output.startswith(f"error: {out}: {message}"), result.output
+        assert len(result.output.splitlines()) == 1 and source.read_bytes() == before
+    assert not (tmp_path / "cap.csv").exists()
+
+
+def test_watch_refuses_an_out_that_is_a_file_in_one_line(tmp_path: Path):
+    (tmp_path / "notes").write_text("a user's file")
+    for out in (tmp_path / "notes", tmp_path / "notes" / "logs"):
+        result = invoke("datasets", "watch", "--out", out)
+        assert result.exit_code == 2 and result.output == (
+            f"error: --out {out}: {tmp_path / 'notes'} is a file; --out must be a directory (new or "
+            "existing) for the two logs\n"
+        )
+    assert (tmp_path / "notes").read_text() == "a user's file"
 
 
 def test_a_sensor_column_with_a_stray_text_cell_is_reported_not_dropped_unseen(tmp_path: Path):

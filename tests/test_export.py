@@ -342,8 +342,12 @@ def test_force_replaces_a_bundle_and_nothing_else(tmp_path: Path):
     work.mkdir()
     (work / "notes.txt").write_text("a user's file")
     for out in (work, work / "notes.txt"):
-        with pytest.raises(FileExistsError, match="is not a bundle"):
-            export_bundle(source_model("cnn-gn"), out, force=True)
+        for force in (True, False):  # without it, the message must not send one to --force
+            with pytest.raises(
+                FileExistsError, match="which export does not replace, --force or not"
+            ) as info:
+                export_bundle(source_model("cnn-gn"), out, force=force)
+            assert "pass --force" not in str(info.value)
     assert (work / "notes.txt").read_text() == "a user's file"
 
 

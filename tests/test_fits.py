@@ -33,14 +33,28 @@ def test_rate_within_the_tolerance_of_the_model_period():
     assert check_fits(CHANNELS, 30_000.0, channels=3, period_ns=sample_period_ns(30_000.0)) is None
 
 
-def test_replay_refuses_with_its_messages():
-    model = SimpleNamespace
-    check_compatible(model(channels=CHANNELS, sample_rate_hz=50.0), CHANNELS, 50.0, "log")
-    check_compatible(model(channels=CHANNELS, sample_rate_hz=50.2), CHANNELS, 50.0, "log")  # a clock's error
-    with pytest.raises(ReplayError, match=r"^log: channels \['az'\] do not match the model's"):
-        check_compatible(model(channels=["az"], sample_rate_hz=50.0), CHANNELS, 50.0, "log")
-    with pytest.raises(ReplayError, match=r"^log: sample rate 100.0 Hz, the model expects 50.0 Hz$"):
-        check_compatible(model(channels=CHANNELS, sample_rate_hz=100.0), CHANNELS, 50.0, "log")
+def test_replay_refuses_with_its_messages_and_the_fix():
+    def log(channels=CHANNELS, rate=50.0):
+        return SimpleNamespace(channels=channels, sample_rate_hz=rate, label=None, class_names=None)
+
+    check_compatible(log(), CHANNELS, 50.0, "log")
+    check_compatible(log(rate=50.2), CHANNELS, 50.0, "log")  # a clock's error
+    with pytest.raises(ReplayError, match=r"^log: channels \['az'\] do not match the model's") as info:
+        check_compatible(log(["az"]), CHANNELS, 50.0, "log")
+    assert str(info.value).endswith(
+        "Fix: the log lacks ax, ay: record them, or train a model on the log's channels"
+    )
+    with pytest.raises(ReplayError) as info:
+        check_compatible(log(["x", "y", "z"]), CHANNELS, 50.0, "log")
+    assert str(info.value).endswith(  # as many channels under other names: rename them, in order
+        "Fix: if they are the model's in its order (x is ax, ...), rename them: `edge-ttt datasets import "
+        "log --out FIXED.parquet --time t_ns --time-unit ns --device-column "
+        "device_id --channels x=ax,y=ay,z=az`"
+    )
+    with pytest.raises(
+        ReplayError, match=r"^log: sample rate 100.0 Hz, the model expects 50.0 Hz. Fix: resample"
+    ):
+        check_compatible(log(rate=100.0), CHANNELS, 50.0, "log")
 
 
 def test_the_agent_refuses_with_its_reasons_and_messages():

@@ -19,6 +19,9 @@ datasets_app = command_app(
 def datasets_watch(out: Annotated[Path, typer.Option(help="directory for the two logs")]) -> None:
     """The seglearn smartwatch recordings: watch_source (subjects 1-5) and watch_target (6-10)."""
     watch = host_import("firmware_sim.datasets.watch")
+    there = next(p for p in (out, *out.parents) if p.exists())  # the part of the path that exists
+    if not there.is_dir():
+        fail(f"--out {out}: {there} is a file; --out must be a directory (new or existing) for the two logs")
     try:
         paths = watch.convert_watch(out)
     except (RuntimeError, OSError, ValueError) as exc:
@@ -36,7 +39,7 @@ def datasets_import(
     source: Annotated[
         Path, typer.Argument(help="CSV (.csv, .tsv, .txt) or Parquet file, one row per sample")
     ],
-    out: Annotated[Path, typer.Option(help="recorded log to write (Parquet, docs/log-format.md)")],
+    out: Annotated[Path, typer.Option(help="recorded log to write, a .parquet file (docs/log-format.md)")],
     time: Annotated[str, typer.Option(help="the column of sample times")],
     time_unit: Annotated[
         str | None,

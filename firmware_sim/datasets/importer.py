@@ -5,6 +5,7 @@ The mapping of columns lives in `tabular` (no files there); this module only ope
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pyarrow as pa
@@ -54,9 +55,35 @@ def read_table(path: Path, text_columns: tuple[str, ...] = ()) -> pa.Table:
     )
 
 
+def check_out(source: Path, out: Path) -> None:
+    """Refuse an `out` that would replace the input (the same file, also through a link) or that
+    is not named as the Parquet file it becomes, before anything is read or written."""
+    if out.exists() and source.exists() and os.path.samefile(source, out):
+        raise contract_error(
+            out,
+            f"--out is the input file {source} itself, which the log would replace",
+            f"name a new file for the log, e.g. --out {source.with_name(source.stem + '-log.parquet')}",
+        )
+    if out.is_dir() or out.suffix.lower() not in PARQUET_SUFFIXES:
+        what = (
+            "is a directory"
+            if out.is_dir()
+            else f"names a '{out.suffix}' file"
+            if out.suffix
+            else "has no suffix"
+        )
+        name = out / f"{source.stem}.parquet" if out.is_dir() else out.with_suffix(".parquet").name
+        raise contract_error(
+            out,
+            f"--out {what}, but a recorded log is a Parquet file",
+            f"name it {name} ({', '.join(PARQUET_SUFFIXES)})",
+        )
+
+
 def import_file(source: Path, out: Path, spec: ImportSpec) -> Imported:
     """Write `source` as the recorded log `out`; the log written, its timing, the columns left out."""
     source, out = Path(source), Path(out)
+    check_out(source, out)
     text = (spec.device_column,) if spec.device_column is not None else ()
     imported = table_to_log(read_table(source, text), spec, str(source))
     write_log(out, imported.log)

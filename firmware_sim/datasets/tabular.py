@@ -218,6 +218,11 @@ def _labels(src: _Table, spec: ImportSpec) -> tuple[np.ndarray | None, tuple[str
         if spec.classes is not None:
             raise src.refuse("--classes is given without --label", "name the label column with --label")
         return None, None
+    if spec.classes is not None:
+        twice = sorted({c for c in spec.classes if spec.classes.count(c) > 1})
+        if twice or "" in spec.classes:
+            what = f"lists class(es) {twice} twice" if twice else "holds an empty class name"
+            raise src.refuse(f"--classes {what}", "list each class once, in the model's order")
     name = spec.label
     column = src.column(name, "--label")
     kind = column.type
