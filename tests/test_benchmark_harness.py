@@ -181,6 +181,16 @@ def test_the_label_runs_column_runs_the_switch_and_records_its_options(model_pat
     assert 0 < r["counters"]["windows_in_runs"] < r["windows"]  # it starts out of a run
 
 
+def test_the_blend_column_carries_the_instance_offsets_in_its_runs_only():
+    from benchmarks.adaptation.cells import RUN_BLEND_COLUMN, variant
+    from benchmarks.adaptation.cli import _column_info
+
+    v = variant(RUN_BLEND_COLUMN)
+    assert v.policy == "steady" and v.options == {} and v.runs is not None
+    assert (v.runs.horizon, v.runs.serve, v.runs.instance_offsets) == (128.0, "blend", 4.0)
+    assert _column_info(RUN_BLEND_COLUMN)["runs"]["instance_offsets"] == 4.0
+
+
 def test_a_resampling_shift_changes_the_number_of_windows(model_paths):
     log = synthetic_log(devices=2, seconds=20)
     clean, rate = (
