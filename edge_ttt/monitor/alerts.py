@@ -98,7 +98,6 @@ def _device_alerts(
 ) -> list[Alert]:
     out = []
     scores = intervals.scores(i)
-    rows = intervals.rows(i, last=max(rules.reset_intervals, 1))
     sized = np.flatnonzero(np.nan_to_num(intervals.array_of("windows", scores)) >= rules.psi_min_windows)
     judged = sized[-rules.psi_intervals :]
     ratio = intervals.drift_ratio[scores][judged]
@@ -118,9 +117,9 @@ def _device_alerts(
     lost = accuracy_alert(device, estimates, rules)
     if lost is not None:
         out.append(lost)
-    window = rows[-rules.reset_intervals :]
-    windows = sum(r["windows"] or 0 for r in window)
-    resets = sum((r["resets"] or 0) + (r["rollbacks"] or 0) for r in window)
+    recent = slice(max(scores.start, scores.stop - max(rules.reset_intervals, 1)), scores.stop)
+    windows = int(np.nansum(intervals.array_of("windows", recent)))  # broken counts (NaN) as none
+    resets = int(sum(np.nansum(intervals.array_of(c, recent)) for c in ("resets", "rollbacks")))
     if windows and resets / windows > rules.reset_rate:
         out.append(
             Alert(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import math
 import re
 import threading
 import time
@@ -153,7 +154,12 @@ def collect_command(
 
     threading.Thread(target=announce, daemon=True).start()
     collector.run(stop)
-    written = {"files_written": collector.files_written, "write_failures": collector.write_failures}
+    written = {
+        "files_written": collector.files_written,
+        "write_failures": collector.write_failures,
+        "refused_at_write": collector.refused_at_write,
+        "handler_errors": collector.handler_errors,
+    }
     typer.echo(json.dumps({**written, **asdict(collector.receiver.counters)}))
 
 
@@ -172,6 +178,22 @@ def _plain(value: object) -> object:
     if isinstance(value, dt.datetime | dt.date):
         return value.isoformat()
     return str(value)
+
+
+def _strict(value: object) -> object:
+    """`value` for strict JSON: NaN and infinities (a broken summary's, or SQL's) as null, since
+    JSON has neither and strict parsers refuse `NaN`."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _strict(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_strict(v) for v in value]
+    return value
+
+
+def _json(value: object) -> str:
+    return json.dumps(_strict(value), default=_plain, allow_nan=False)
 
 
 def _headline(message: str) -> str:
@@ -197,15 +219,23 @@ def query(
     _require(location)
     import duckdb  # the [monitor] extra
 
+    from edge_ttt.monitor.queries import NoResult
     from edge_ttt.monitor.queries import query as run_query
 
     try:
         result = run_query(location, sql)
+    except NoResult as exc:
+        fail(str(exc))
+    except duckdb.PermissionException as exc:
+        fail(
+            f"{_headline(str(exc))} (monitor query reads the view `summaries` only: no other file, "
+            "URL, database or extension)"
+        )
     except duckdb.Error as exc:
         fail(f"{_headline(str(exc))} (the view is `summaries`; its columns: docs/drift-summaries.md)")
     if as_json:
         for row in result.to_pylist():
-            typer.echo(json.dumps(row, default=_plain))
+            typer.echo(_json(row))
         return
     table = Table(*result.column_names)
     for row in result.to_pylist():
@@ -226,11 +256,30 @@ def alerts(
     rows = _summaries(location, COLUMNS, start)
     found = evaluate(rows, _rules(config), now=now, bins=dataset.reference_bins(location))
     if as_json:
-        typer.echo(json.dumps([asdict(a) for a in found]))
+        typer.echo(_json([asdict(a) for a in found]))
     else:
         for a in found:
             typer.echo(f"{a.device}\t{a.rule}\t{a.message}")
     raise typer.Exit(1 if found else 0)
+
+
+def _check_out(out: Path) -> None:
+    """Refuse an `--out` that cannot be written before the seconds of reading and drawing: a
+    directory, or a file under a directory that does not exist (it used to be created)."""
+    if out.is_dir():
+        fail(f"--out {out} is a directory. Fix: name the HTML file to write, e.g. {out / 'report.html'}")
+    try:
+        there = out.parent.is_dir()
+    except OSError as exc:
+        fail(
+            f"--out {out}: cannot reach {out.parent} ({exc.strerror}). Fix: name a file in a directory "
+            "you can write"
+        )
+    if not there:
+        fail(
+            f"--out {out}: the directory {out.parent} does not exist. Fix: create it, or name a file in "
+            "one that does"
+        )
 
 
 @monitor_app.command()
@@ -253,8 +302,7 @@ def report(
     from edge_ttt.monitor import distributions  # matplotlib: the [monitor] extra
     from edge_ttt.monitor.report import REPORT_COLUMNS, write_report
 
-    if out.is_dir():  # before the seconds of reading and drawing
-        fail(f"--out {out} is a directory. Fix: name the HTML file to write, e.g. {out / 'report.html'}")
+    _check_out(out)
     reference = None
     if bundle is not None:
         from edge_ttt.artifacts import BundleError, load_bundle

@@ -31,8 +31,9 @@ import pyarrow as pa
 
 from edge_ttt.drift.acks import ack_topic, encode_ack
 from edge_ttt.drift.receiver import MessageError, Receiver, parse_message
+from edge_ttt.drift.validation import first_line
 from edge_ttt.logs import RateLimitedLog
-from edge_ttt.monitor import dataset
+from edge_ttt.monitor import dataset, files
 from edge_ttt.monitor.config import MonitorConfig
 from edge_ttt.stream.connection import ConnectionState
 from edge_ttt.stream.mqtt import connect_in_background, make_client
@@ -43,6 +44,7 @@ log = logging.getLogger(__name__)
 # max_inflight_messages defaults to 20): write the batch before reaching it.
 MAX_UNACKED = 16
 ACK_IDS_PER_MESSAGE = 500  # about 18 kB of ids per acknowledgement
+STALE_S = 600.0  # a temporary file untouched this long is no write in progress (one takes seconds)
 
 
 def topic_device(topic: str) -> str:
@@ -67,13 +69,18 @@ class Collector:
     def __init__(self, cfg: MonitorConfig) -> None:
         self.cfg = cfg
         self.location = cfg.collector.dataset
+        # a collector killed mid-write left its temporary file; one sharing the directory may be
+        # writing one now, so with a share group only old ones go
+        files.remove_temporaries(self.location, 0.0 if cfg.collector.share_group is None else STALE_S)
         self.receiver = Receiver(seen=dataset.summary_ids(self.location))
         self.subscribed = threading.Event()
         self.files_written = 0
         self.write_failures = 0
+        self.refused_at_write = 0  # summaries no file would take (a row no check foresaw)
+        self.handler_errors = 0  # messages whose handling raised: dropped, the network thread lives
         self._pending: list[pa.Table] = []
         self._unacked: dict[str, list[int]] = {}  # summary id -> message ids, until written
-        self._to_ack: list[int] = []  # message ids of the summaries in `_pending`
+        self._to_ack: dict[str, list[int]] = {}  # summary id -> message ids, of those in `_pending`
         self._batch_ids: dict[str, str] = {}  # summary id -> drift topic, pending or being written
         self._pending_since = time.monotonic()
         self._lock = threading.Lock()
@@ -110,7 +117,18 @@ class Collector:
         self.link.connected()
 
     def _on_message(self, msg: paho.MQTTMessage) -> None:
-        for mid in self.accept(msg.payload, msg.mid, msg.topic):
+        """Never raises: an exception escaping into paho stopped its network thread for good, the
+        process living on, holding the dataset's lock and storing nothing."""
+        try:
+            mids = self.accept(msg.payload, msg.mid, msg.topic)
+        except Exception as exc:  # a payload no check foresaw: dropped like a corrupt one
+            self.handler_errors += 1
+            fields = {"topic": msg.topic, "error": first_line(exc)}
+            self._warn.warning(
+                "handler", "message on %s dropped: %r", msg.topic, exc, fields=fields, exc_info=exc
+            )
+            mids = [msg.mid]
+        for mid in mids:
             self.client.ack(mid, msg.qos)
 
     def accept(self, payload: bytes, mid: int = 0, topic: str | None = None) -> list[int]:
@@ -129,7 +147,7 @@ class Collector:
             ack_now: list[int] = []
             if table is not None:
                 self._pending.append(received(table, time.time()))
-                self._to_ack += [*self._unacked.pop(str(summary_id), []), mid]
+                self._to_ack[str(summary_id)] = [*self._unacked.pop(str(summary_id), []), mid]
                 if topic is not None:
                     self._batch_ids[str(summary_id)] = topic
             elif summary_id is not None and self.receiver.waiting(summary_id):
@@ -140,7 +158,7 @@ class Collector:
                 if stored and last_chunk and topic is not None:  # written before: tell the agent again, once
                     self._tell_agents({str(summary_id): topic})
             self._warn_rejected()
-            waiting = len(self._to_ack) + sum(map(len, self._unacked.values()))
+            waiting = sum(map(len, self._to_ack.values())) + sum(map(len, self._unacked.values()))
             if len(self._pending) >= self.cfg.collector.flush_summaries or waiting >= MAX_UNACKED:
                 self._full.set()
             return ack_now
@@ -148,17 +166,24 @@ class Collector:
     def _warn_rejected(self) -> None:
         """At most one warning per `log_every_s`, with the count since the last one."""
         c = self.receiver.counters
-        rejected = c.malformed + c.corrupt + c.misaddressed
+        rejected = c.malformed + c.corrupt + c.misaddressed + c.too_large
         new = rejected - self._rejected_reported
-        if new > 0 and self._warn.warning("rejected", "rejected %d payloads (counters: %s)", new, asdict(c)):
+        if new > 0 and self._warn.warning(
+            "rejected",
+            "rejected %d payloads, the latest %s (counters: %s)",
+            new,
+            self.receiver.refusal,
+            asdict(c),
+        ):
             self._rejected_reported = rejected
 
     def flush(self) -> None:
         """Write the buffered summaries as one file (per date), outside the lock so that messages
-        keep arriving meanwhile; on failure they go back to the buffer for the next try."""
+        keep arriving meanwhile; on a failing disk they go back to the buffer for the next try.
+        Never raises: a batch that fails otherwise is written summary by summary (`_one_by_one`)."""
         with self._lock:
             batch, self._pending = self._pending, []
-            acks, self._to_ack = self._to_ack, []
+            acks, self._to_ack = self._to_ack, {}
             self._pending_since = time.monotonic()
             self._full.clear()
         if not batch:
@@ -167,22 +192,55 @@ class Collector:
         try:
             self.files_written += len(dataset.append(self.location, pa.concat_tables(batch)))
         except OSError as exc:  # a full or failing disk: one line, not a traceback a second
-            self.write_failures += 1
-            fields = {"summaries": len(batch), "dataset": str(self.location), "error": str(exc)}
-            self._warn.warning(
-                "write", "summaries not written, kept unacknowledged; trying again", fields=fields
-            )
-            with self._lock:
-                self._pending = batch + self._pending
-                self._to_ack = acks + self._to_ack
+            self._keep(batch, acks, exc)
             return
+        except Exception as exc:  # a row no check foresaw must not stop the writer
+            ids = self._one_by_one(batch, acks, exc)
         with self._lock:
             written = {sid: self._batch_ids.pop(sid) for sid in ids if sid in self._batch_ids}
-        for mid in acks:  # written: now the broker may forget them
+        for mid in (m for sid in ids for m in acks.get(sid, [])):  # written: now the broker may forget them
             self.client.ack(mid, 1)
         # stored: now the agents may delete their copies. After the broker's acknowledgements on
         # the one connection, so that the broker's answer to the last of these says it has those
         self._told = self._tell_agents(written)
+
+    def _keep(self, batch: list[pa.Table], acks: dict[str, list[int]], exc: Exception) -> None:
+        """Summaries the disk refused: back to the buffer, unacknowledged, for the next flush."""
+        self.write_failures += 1
+        fields = {"summaries": len(batch), "dataset": str(self.location), "error": str(exc)}
+        self._warn.warning("write", "summaries not written, kept unacknowledged; trying again", fields=fields)
+        with self._lock:
+            self._pending = batch + self._pending
+            self._to_ack = {**acks, **self._to_ack}
+
+    def _one_by_one(self, batch: list[pa.Table], acks: dict[str, list[int]], exc: Exception) -> list[str]:
+        """Each summary of a batch that failed as a whole, in a file of its own: the ids written.
+        One that fails again is refused as a corrupt payload is (its messages acknowledged, the agent
+        not told: no row), kept back where the disk refuses it; never is the batch lost."""
+        self._warn.warning(
+            "batch", "batch not written (%s); writing it summary by summary", first_line(exc), exc_info=exc
+        )
+        written, refused, kept, kept_acks = [], [], [], {}
+        for table in batch:  # one summary each (`Receiver.accept`)
+            sid = table.column("summary_id")[0].as_py()
+            try:
+                self.files_written += len(dataset.append(self.location, table))
+                written.append(sid)
+            except OSError as failed:
+                kept.append(table)
+                kept_acks[sid] = acks.pop(sid, [])
+                exc = failed
+            except Exception as failed:
+                refused.append(sid)
+                self._warn.warning("refused", "summary %s refused: %s", sid, first_line(failed))
+        with self._lock:
+            for sid in refused:  # a re-send is judged again, not taken for stored
+                self.receiver.seen.discard(sid)
+                self._batch_ids.pop(sid, None)
+        self.refused_at_write += len(refused)
+        if kept:
+            self._keep(kept, kept_acks, exc)
+        return written + refused  # refused ones are acknowledged to the broker, not told to agents
 
     def _tell_agents(self, stored: dict[str, str]) -> list[paho.MQTTMessageInfo]:
         """Acknowledge stored summary ids, one message per drift topic (`<topic>/ack`, QoS 1)."""

@@ -6,19 +6,15 @@ Rows are the drift summary schema (edge_ttt/drift/schema.py) plus `device_id`, a
 (null in rows stored before it was kept: an agent's clock can be years off, the collector's is
 the fleet's); `date` lives in the directory names only.
 
-A file that cannot be read (truncated or corrupted on its disk, or a stray file someone put there)
-must not hide the rest of the fleet: every read tries the whole dataset first (no extra cost), and
-only when that fails looks for such files, names each in a warning and reads the others. A
-dataset of nothing but such files is still an error.
+Files that cannot be read or are not the dataset's are left out of every read with a warning
+(`edge_ttt.monitor.files`).
 """
 
 from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
 
 import numpy as np
 import pyarrow as pa
@@ -30,22 +26,22 @@ import pyarrow.parquet as pq
 from edge_ttt import dirlock
 from edge_ttt.atomic import atomic_write
 from edge_ttt.dirlock import DirLock
-from edge_ttt.drift.schema import SCHEMA, TIMES, conform, readable_times
+from edge_ttt.drift.schema import TIMES, SchemaError, conform, readable_times
+from edge_ttt.drift.validation import Invalid, first_line
+from edge_ttt.monitor.files import (
+    FILE_SCHEMA,
+    RECEIVED,
+    complete_rows,
+    dataset_of,
+    lacking,
+    left_out,
+    open_fs,
+    read_file,
+    stray_files,
+    tolerant,
+)
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
-_named: set[str] = set()  # unreadable files already warned of by this process: once each
-
-RECEIVED = pa.field("received", pa.timestamp("us", tz="UTC"))
-FILE_SCHEMA = SCHEMA.append(pa.field("device_id", pa.string(), nullable=False)).append(RECEIVED)
-PARTITIONING = ds.partitioning(pa.schema([("date", pa.string())]), flavor="hive")
-
-
-def open_fs(location: str) -> tuple[pafs.FileSystem, str]:
-    """(filesystem, root path inside it) of a local path or a URI such as s3://bucket/fleet."""
-    if "://" in location:
-        return pafs.FileSystem.from_uri(location)
-    return pafs.LocalFileSystem(), str(Path(location).resolve())
 
 
 def hold(location: str, owner: str, shared: bool) -> DirLock | None:
@@ -60,13 +56,17 @@ def hold(location: str, owner: str, shared: bool) -> DirLock | None:
 
 
 def rows(table: pa.Table) -> pa.Table:
-    """Accepted summaries in the dataset's columns; `received` kept where the table has it."""
+    """Accepted summaries in the dataset's columns; `received` kept where the table has it. A row
+    with a null in a required column is `Invalid` (it was written under `date=None/`, or failed the
+    write and with it the whole batch, on every restart of the collector)."""
     received = (
         table.column(RECEIVED.name).cast(RECEIVED.type)
         if RECEIVED.name in table.column_names
         else pa.nulls(table.num_rows, RECEIVED.type)
     )
     table = conform(table)
+    if complete_rows(table) is not None:
+        raise Invalid(f"summaries without {', '.join(lacking(table))}: not stored")
     return table.append_column(FILE_SCHEMA.field("device_id"), table.column("device")).append_column(
         RECEIVED, received
     )
@@ -106,65 +106,7 @@ def append(location: str, table: pa.Table) -> list[str]:
 def open_dataset(location: str) -> ds.Dataset:
     """The whole dataset; files being written (hidden `.` temporaries) are not part of it."""
     fs, root = open_fs(location)
-    return _dataset(root, fs, root)
-
-
-def _dataset(source: str | list[str], fs: pafs.FileSystem, root: str) -> ds.Dataset:
-    """The dataset of `source`: the root directory, or a list of its files."""
-    return ds.dataset(
-        source,
-        schema=FILE_SCHEMA.append(pa.field("date", pa.string())),
-        filesystem=fs,
-        format="parquet",
-        partitioning=PARTITIONING,
-        partition_base_dir=root,
-    )
-
-
-def _unreadable(fs: pafs.FileSystem, files: list[str]) -> dict[str, str]:
-    """The files that do not read as summary rows, each with why (its error's first line)."""
-    bad = {}
-    for path in files:
-        try:
-            pq.read_table(path, filesystem=fs, schema=FILE_SCHEMA)
-        except (pa.ArrowException, OSError) as exc:
-            bad[path] = _why(exc)
-    return bad
-
-
-def _why(exc: BaseException) -> str:
-    """An error's first line, for a message about one file."""
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-
-
-def tolerant(
-    location: str,
-    read: Callable[[ds.Dataset], T],
-    errors: tuple[type[BaseException], ...] = (pa.ArrowException, OSError),
-) -> T:
-    """`read(dataset)`; when it fails with one of `errors` because some files cannot be read,
-    `read` of the others, each left-out file named in a warning (once per process). Anything else
-    is raised."""
-    fs, root = open_fs(location)
-    data = _dataset(root, fs, root)
-    try:
-        return read(data)
-    except errors:
-        bad = _unreadable(fs, data.files)
-        if not bad or len(bad) == len(data.files):
-            raise
-    for path, why in bad.items():
-        if path in _named:
-            continue
-        _named.add(path)
-        log.warning(
-            "unreadable file left out of the fleet dataset: %s (%s). Fix: move it out of %s",
-            path,
-            why,
-            location,
-            extra={"fields": {"file": path, "error": why}},
-        )
-    return read(_dataset([f for f in data.files if f not in bad], fs, root))
+    return dataset_of(root, fs, root)
 
 
 def exists(location: str) -> bool:
@@ -177,7 +119,7 @@ def summary_ids(location: str) -> set[str]:
     if not exists(location):
         return set()
     table = tolerant(location, lambda data: data.to_table(columns=["summary_id"]))
-    return set(table.column("summary_id").to_pylist())
+    return set(pc.drop_null(table.column("summary_id")).to_pylist())
 
 
 def reference_bins(location: str) -> dict[str, list[int]]:
@@ -188,7 +130,7 @@ def reference_bins(location: str) -> dict[str, list[int]]:
     def bins(data: ds.Dataset) -> dict[str, list[int]]:
         models: set[str] = set()  # batch by batch: the column whole is 46 MB at 720,000 rows, read 0.4 GB
         for batch in data.to_batches(columns=["model_sha256"], batch_readahead=2, fragment_readahead=1):
-            models.update(pc.unique(batch.column(0)).to_pylist())
+            models.update(pc.drop_null(pc.unique(batch.column(0))).to_pylist())  # null: a stray file
         out = {}
         for model in sorted(models):
             first = data.head(
@@ -225,13 +167,15 @@ def once(table: pa.Table) -> pa.Table:
 
 
 def _read_once(data: ds.Dataset, columns: list[str] | None, where: pc.Expression | None = None) -> pa.Table:
-    """`columns` (all when None) of the rows `where` selects, each summary once; rows whose times
-    no reader can take are left out, with a warning."""
+    """`columns` (all when None) of the rows `where` selects, each summary once; rows without a
+    required column (`_placed`) or whose times no reader can take are left out, with a warning."""
     extra = columns is not None and "summary_id" not in columns
     wanted = [*columns, "summary_id"] if extra else columns
     # one file and two batches ahead: a filtered read of a sixth of 720,000 rows peaked at 1.0 GB
     # with pyarrow's default readahead, 0.46 GB with this, in no more time
-    table = once(data.to_table(columns=wanted, filter=where, batch_readahead=2, fragment_readahead=1))
+    table = once(
+        _placed(data, data.to_table(columns=wanted, filter=where, batch_readahead=2, fragment_readahead=1))
+    )
     ok = readable_times(table, (*TIMES, RECEIVED.name))
     if ok is not None:
         bad = table.filter(pc.invert(ok))
@@ -244,6 +188,20 @@ def _read_once(data: ds.Dataset, columns: list[str] | None, where: pc.Expression
         )
         table = table.filter(ok)
     return table.drop_columns(["summary_id"]) if extra else table
+
+
+def _placed(data: ds.Dataset, table: pa.Table) -> pa.Table:
+    """The rows with every required column they were read with. The others are left out with a
+    warning: a stray Parquet file's (read as rows of nulls under the dataset's schema: they made
+    the report and the alerts fail), each such file named, or rows no collector stores any more."""
+    ok = complete_rows(table)
+    if ok is None:
+        return table
+    left_out(stray_files(data), "the dataset")
+    kept = table.filter(ok)
+    named = ", ".join(lacking(table))
+    log.warning("%d rows without %s left out of the fleet dataset", table.num_rows - kept.num_rows, named)
+    return kept
 
 
 def read(location: str, columns: list[str] | None = None) -> pa.Table:
@@ -265,7 +223,7 @@ def read_since(location: str, columns: list[str], since: float) -> pa.Table:
 
     def read(data: ds.Dataset) -> pa.Table:
         table = _read_once(data, columns, recent(since))
-        devices = pc.unique(data.to_table(columns=["device_id"]).column("device_id"))
+        devices = pc.drop_null(pc.unique(data.to_table(columns=["device_id"]).column("device_id")))
         gone = pc.filter(devices, pc.invert(pc.is_in(devices, table.column("device_id").unique())))
         if not len(gone):
             return table
@@ -314,10 +272,14 @@ def compact(location: str) -> dict[str, int]:
         tables, merged = [], []
         for p in files:
             try:
-                tables.append(pq.read_table(p, filesystem=fs, schema=FILE_SCHEMA))
+                tables.append(read_file(fs, p))
                 merged.append(p)
-            except (pa.ArrowException, OSError) as exc:  # left where it is: not merged, not deleted
-                log.warning("unreadable file not compacted: %s (%s)", p, _why(exc))
+            except (
+                pa.ArrowException,
+                OSError,
+                SchemaError,
+            ) as exc:  # left where it is: not merged, not deleted
+                log.warning("unreadable file not compacted: %s (%s)", p, first_line(exc))
         if len(merged) < 2:
             continue
         table = once(pa.concat_tables(tables))

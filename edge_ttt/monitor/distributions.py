@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from edge_ttt.monitor.figures import finished, shown_id, small_multiples
-from edge_ttt.monitor.health import drift_scores
+from edge_ttt.monitor.health import drift_scores, psi_values
 
 COLUMNS = [
     "device_id",
@@ -70,6 +70,6 @@ def plot(devices: list[str], rows: dict[str, dict]) -> str | None:
         if edges:
             ax.set_xticks(at[1:] - 0.5, [f"{e:.2g}" for e in edges], fontsize="x-small", rotation=90)
         names = row["channels"] or []
-        name, psi = names[c] if c < len(names) else f"channel {c}", row["psi"][c]
-        ax.set_title(f"{shown_id(device)}: {name} (PSI {psi:.2f})", fontsize="medium")
+        name, psi = str(names[c]) if c < len(names) else f"channel {c}", psi_values(row)[c]
+        ax.set_title(f"{shown_id(device)}: {shown_id(name)} (PSI {psi:.2f})", fontsize="medium")
     return finished(fig, axes, "share of samples, %", 0.92)

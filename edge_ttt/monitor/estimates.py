@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from edge_ttt.class_mix import class_mix_cap, effective_classes
-from edge_ttt.monitor.intervals import Intervals
+from edge_ttt.monitor.intervals import Intervals, numbers, sane
 
 MIX_FRACTION = 0.5  # the bound applies where the classes seen hold half the prior's effective classes
 COUNTED = ("class_counts", "source_class_counts")
@@ -58,10 +58,6 @@ class Rolling:
         return Estimates(last(self.served), last(self.source), self.reference, int(self.windows[-1]))
 
 
-def _numbers(table: pa.Table, name: str) -> np.ndarray:
-    return table.column(name).to_numpy().astype(np.float64)  # null -> NaN
-
-
 def _counts(table: pa.Table, name: str, k: int) -> np.ndarray:
     """A list column of k counts per row as [rows, k]; rows without them (null, other length) NaN."""
     column = table.column(name).combine_chunks()
@@ -75,7 +71,7 @@ def _counts(table: pa.Table, name: str, k: int) -> np.ndarray:
             .astype(np.float64)
             .reshape(-1, k)
         )
-    return out
+    return sane(out)  # a negative count (a broken payload) is NaN too
 
 
 def _span_sums(values: np.ndarray, starts: np.ndarray) -> np.ndarray:
@@ -101,7 +97,7 @@ def rolling(intervals: Intervals, i: int, span: int) -> Rolling:
     """Device i's estimates at each of its intervals (see the module docstring for which estimate)."""
     at = intervals.scores(i)
     table = intervals.table.slice(at.start, at.stop - at.start)
-    windows = np.nan_to_num(_numbers(table, "windows"))
+    windows = np.nan_to_num(numbers(table, "windows"))
     held = np.concatenate([[0.0], np.cumsum(windows)])
     # the latest start whose intervals up to j hold `span` windows (0 when none does)
     starts = np.maximum(np.searchsorted(held, held[1:] - span, side="right") - 1, 0)
@@ -111,7 +107,12 @@ def rolling(intervals: Intervals, i: int, span: int) -> Rolling:
     k = len(latest["class_counts"] or [])
     prior = np.asarray(latest["ref_class_prior"] or np.full(k, 1.0 / max(k, 1)), np.float64)
     served, source = _bounds(table, prior, starts)
-    return Rolling(served, source, held[1:] - held[starts], latest["ref_accuracy"])
+    return Rolling(served, source, held[1:] - held[starts], _share(latest["ref_accuracy"]))
+
+
+def _share(value: float | None) -> float | None:
+    """A share (0 to 1) as the summary carries it; None where it cannot be one (NaN, 7.5)."""
+    return value if value is not None and 0.0 <= value <= 1.0 else None
 
 
 def device_estimates(intervals: Intervals, i: int, span: int) -> Estimates:

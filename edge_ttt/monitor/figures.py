@@ -23,9 +23,9 @@ SHOWN_ID = 48  # characters of a device id on the page; a longer one keeps its t
 
 
 def shown_id(device: str) -> str:
-    """A device id as the page shows it in tables and figures: whole up to `SHOWN_ID` characters,
-    else its first 32 and last 12 around an ellipsis, so that one long id cannot push every other
-    column off the page (the alerts list and `monitor query` keep it whole).
+    """A device id (or a channel name) as the page shows it in tables and figures: whole up to
+    `SHOWN_ID` characters, else its first 32 and last 12 around an ellipsis, so that one long id
+    cannot push every other column off the page (the alerts list and `monitor query` keep it whole).
 
     >>> shown_id("watch-s06-left")
     'watch-s06-left'

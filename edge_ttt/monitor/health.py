@@ -12,7 +12,7 @@ from edge_ttt.monitor.alerts import Alert
 from edge_ttt.monitor.clocks import STAMP
 from edge_ttt.monitor.config import AlertsSection
 from edge_ttt.monitor.estimates import Estimates, fleet_estimates
-from edge_ttt.monitor.intervals import Intervals
+from edge_ttt.monitor.intervals import Intervals, sane
 
 COUNTS = (
     "windows",
@@ -65,11 +65,16 @@ class DeviceHealth:
         return self.estimated_accuracy - self.source_estimated_accuracy
 
 
+def psi_values(row: dict) -> np.ndarray:
+    """A summary row's PSI per channel; NaN where null, or where no PSI can be (`sane`)."""
+    return sane(np.array([np.nan if v is None else v for v in row["psi"] or []], np.float64))
+
+
 def drift_scores(row: dict) -> np.ndarray:
     """Per channel of a summary row, how drifted it is: its PSI over the calibrated limit the summary
     carries (above 1: beyond what in-distribution devices reach), the PSI itself where there is no
     limit; NaN without data. A new wearer's 3.0 on one axis can be less drift than 1.5 on another."""
-    psi = np.array([np.nan if v is None else v for v in row["psi"] or []], np.float64)
+    psi = psi_values(row)
     limits = row.get("psi_limit") or []
     limit = np.array([np.nan if v is None else v for v in limits], np.float64)
     if len(limit) != len(psi):
@@ -83,8 +88,8 @@ def _worst_channels(row: dict) -> tuple[tuple[str, str], ...]:
     scores = drift_scores(row)
     named = [
         (score, name, value)
-        for name, value, score in zip(row["channels"] or [], row["psi"] or [], scores, strict=False)
-        if value is not None and not math.isnan(value)
+        for name, value, score in zip(row["channels"] or [], psi_values(row), scores, strict=False)
+        if not math.isnan(value)
     ]
     worst = sorted(named, key=lambda snv: -snv[0])[:EXPLAINING_CHANNELS]
     return tuple((name, f"{value:.2f}") for _, name, value in worst)

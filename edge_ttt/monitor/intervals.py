@@ -85,8 +85,17 @@ def _row_max(values: np.ndarray, offsets: np.ndarray) -> np.ndarray:
     return out
 
 
-def _numbers(table: pa.Table, name: str) -> np.ndarray:
-    return table.column(name).to_numpy().astype(np.float64)  # null -> NaN
+def sane(values: np.ndarray) -> np.ndarray:
+    """Values a count, share or divergence can be; NaN for negative or non-finite ones (a broken
+    or forged summary's, stored before the collector refused them: they read as "-210 frames" or
+    "PSI is infx its limit")."""
+    with np.errstate(invalid="ignore"):
+        return np.where(np.isfinite(values) & (values >= 0), values, np.nan)
+
+
+def numbers(table: pa.Table, name: str) -> np.ndarray:
+    """A numeric column as float64, null and values no count or share can be (`sane`) as NaN."""
+    return sane(table.column(name).to_numpy(zero_copy_only=False).astype(np.float64))
 
 
 def _mean_entropy(table: pa.Table) -> np.ndarray:
@@ -169,8 +178,9 @@ class Intervals:
             table, sort_keys=[("device_id", "ascending"), ("interval_end", "ascending")]
         ).to_numpy()
         psi, po = _list(table, "psi")
+        psi = sane(psi)
         element_bins = _element_bins(table, po, bins)
-        windows = np.nan_to_num(_numbers(table, "windows"))[np.repeat(np.arange(table.num_rows), np.diff(po))]
+        windows = np.nan_to_num(numbers(table, "windows"))[np.repeat(np.arange(table.num_rows), np.diff(po))]
         limit = np.fmax(psi_limit(element_bins, windows, rules), _aligned(table, "psi_limit", po))
         light = table.drop_columns([c for c in HEAVY if c in table.column_names]).take(order)
         ids = light.column("device_id").to_numpy(zero_copy_only=False)
@@ -195,11 +205,11 @@ class Intervals:
 
     def array(self, name: str) -> np.ndarray:
         """A numeric column of all intervals, in this order (null -> NaN)."""
-        return _numbers(self.table, name)
+        return numbers(self.table, name)
 
     def array_of(self, name: str, at: slice) -> np.ndarray:
         """A numeric column of the intervals `at` (a device's `scores`), null -> NaN."""
-        return _numbers(self.table.slice(at.start, at.stop - at.start), name)
+        return numbers(self.table.slice(at.start, at.stop - at.start), name)
 
     def scores(self, i: int) -> slice:
         """Device i's part of the score arrays."""

@@ -8,7 +8,7 @@ import numpy as np
 
 from edge_ttt.monitor.estimates import rolling
 from edge_ttt.monitor.figures import finished, plt, png, shown_id, small_multiples
-from edge_ttt.monitor.health import DeviceHealth, drift_scores
+from edge_ttt.monitor.health import DeviceHealth, drift_scores, psi_values
 from edge_ttt.monitor.intervals import Intervals
 
 HEATMAP_DEVICES = 40  # rows of the heat map: the top of the ranking, numbers still legible
@@ -27,7 +27,7 @@ def heatmap(ranked: list[DeviceHealth], intervals: Intervals) -> str:
     psi, score = np.full((len(shown), len(channels)), np.nan), np.full((len(shown), len(channels)), np.nan)
     for i, last in enumerate(latest):
         columns = [at[name] for name in named[i]]
-        values = [np.nan if v is None else v for v in last["psi"] or []]
+        values = psi_values(last).tolist()
         psi[i, columns[: len(values)]] = values[: len(columns)]
         score[i, columns[: len(values)]] = drift_scores(last)[: len(columns)]
     title = None
@@ -43,7 +43,9 @@ def heatmap(ranked: list[DeviceHealth], intervals: Intervals) -> str:
         if not np.isnan(value):
             color = "white" if score[i, j] > 0.6 * top else "black"
             ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize="small", color=color)
-    ax.set_xticks(range(len(channels)), channels)
+    # a channel name is the payload's: a 3,000-character one made the image 3,000 characters tall
+    long = any(len(c) > 8 for c in channels)
+    ax.set_xticks(range(len(channels)), [shown_id(c) for c in channels], rotation=90 if long else 0)
     ax.set_yticks(range(len(shown)), [shown_id(h.device) for h in shown])
     fig.colorbar(image, ax=ax, label="PSI over its no-drift limit (above 1: drifted)")
     if title is not None:

@@ -13,7 +13,6 @@ from pathlib import Path
 import jinja2
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from edge_ttt.atomic import atomic_write
 from edge_ttt.monitor import clocks, distributions
@@ -22,7 +21,7 @@ from edge_ttt.monitor.config import AlertsSection
 from edge_ttt.monitor.estimates import fleet_estimates
 from edge_ttt.monitor.figures import shown_id
 from edge_ttt.monitor.health import fleet_summary, health
-from edge_ttt.monitor.intervals import Intervals, ReferenceBins
+from edge_ttt.monitor.intervals import Intervals, ReferenceBins, numbers
 from edge_ttt.monitor.plots import (
     ACCURACY_DEVICES,
     HEATMAP_DEVICES,
@@ -130,7 +129,7 @@ statistics adapt on every valid window either way.</p>
 
 
 def _fmt(value: float | None) -> str:
-    if value is None or math.isnan(value):
+    if value is None or not math.isfinite(value):
         return "n/a"
     text = f"{value:.3f}"
     return "0.000" if text == "-0.000" else text
@@ -138,7 +137,7 @@ def _fmt(value: float | None) -> str:
 
 def _pts(value: float | None) -> str:
     """A share as percentage points, one decimal."""
-    if value is None or math.isnan(value):
+    if value is None or not math.isfinite(value):
         return "n/a"
     text = f"{100 * value:.1f}"
     return "0.0" if text == "-0.0" else text
@@ -206,10 +205,12 @@ def _devices_of(intervals: Intervals, rows: np.ndarray) -> np.ndarray:
 
 
 def _total(table: pa.Table, column: str) -> int:
-    """A count column's sum over the rows; 0 where the summaries predate it (null) or it is absent."""
+    """A count column's sum over the rows; 0 where the summaries predate it (null) or it is absent.
+    Negative counts (a broken summary's) are left out, and the sum is not int64's: two counts of
+    2**62 wrapped round to "9223372036854775658 drift summaries lost"."""
     if column not in table.column_names:
         return 0
-    return int(pc.sum(table.column(column)).as_py() or 0)
+    return int(np.nansum(numbers(table, column), dtype=np.float64))
 
 
 def write_report(
