@@ -50,6 +50,13 @@ def _refused(root: Path, what: str) -> BundleError:
     )
 
 
+def unreadable(path: Path, exc: BaseException) -> BundleError:
+    """A bundle file whose hash matches the manifest but that its library cannot read (edited and
+    re-hashed, or a broken export): one line naming the file, not the library's traceback."""
+    detail = (str(exc).splitlines() or [""])[0][:200]
+    return _refused(path.parent, f"{path} is corrupt: {type(exc).__name__}: {detail}")
+
+
 def _first_problem(exc: ValidationError) -> str:
     """pydantic's report spans many lines; the first problem and the count fit on one."""
     first = exc.errors()[0]

@@ -19,6 +19,7 @@ import numpy as np
 
 from edge_ttt.adapt.device_buffers import DeviceBuffers
 from edge_ttt.adapt.devices import PROVIDERS
+from edge_ttt.artifacts import unreadable
 
 
 class BoundGraph:
@@ -29,7 +30,14 @@ class BoundGraph:
 
         self.path = path
         self.buffers = buffers
-        self.session = onnxruntime.InferenceSession(str(path), options, providers=PROVIDERS[buffers.device])
+        from onnxruntime.capi.onnxruntime_pybind11_state import InvalidGraph, InvalidProtobuf
+
+        try:
+            self.session = onnxruntime.InferenceSession(
+                str(path), options, providers=PROVIDERS[buffers.device]
+            )
+        except (InvalidProtobuf, InvalidGraph) as exc:  # not RuntimeErrors: the CLI would show a traceback
+            raise unreadable(path, exc) from exc
         self.inputs = [i.name for i in self.session.get_inputs()]
         self.takes = frozenset(self.inputs)  # for a caller's "does it take this input?", per call
         self.outputs = [o.name for o in self.session.get_outputs()]

@@ -15,6 +15,7 @@ need onnxruntime-training, on the CPU.
 
 from __future__ import annotations
 
+import zipfile
 from typing import NamedTuple
 
 import numpy as np
@@ -26,7 +27,7 @@ from edge_ttt.adapt.flat import Layout
 from edge_ttt.adapt.outputs import Outputs
 from edge_ttt.adapt.schema1 import checkpoint_parameters
 from edge_ttt.adapt.statistics import FlatStats, Stats
-from edge_ttt.artifacts import Bundle
+from edge_ttt.artifacts import Bundle, unreadable
 from edge_ttt.manifest import EVAL_MODEL, TRAINING_MODEL
 
 # How ORT's training graphs name a parameter's gradient accumulation input and output, and the
@@ -96,8 +97,11 @@ class OrtModel:
         if spec is None:
             params = checkpoint_parameters(bundle, self.device)
         else:
-            with np.load(bundle.file(spec.parameters), allow_pickle=False) as saved:
-                params = {name: saved[name] for name in saved.files}
+            try:
+                with np.load(bundle.file(spec.parameters), allow_pickle=False) as saved:
+                    params = {name: saved[name] for name in saved.files}
+            except (ValueError, OSError, EOFError, KeyError, zipfile.BadZipFile) as exc:
+                raise unreadable(bundle.file(spec.parameters), exc) from exc
         self.layout = Layout.of({n: params[n] for n in self.trainable})
         self._source = {n: params[n].copy() for n in self.trainable}
         self._buffers = DeviceBuffers(self.device, copies)

@@ -26,6 +26,7 @@ from edge_ttt.dirlock import DirLock, hold
 from edge_ttt.drift.shipper import Shipper
 from edge_ttt.drift.spool import Spool
 from edge_ttt.logs import RateLimitedLog
+from edge_ttt.mqtt_callbacks import MAX_TOPIC_BYTES
 from edge_ttt.stream.codec import FrameError, decode
 from edge_ttt.stream.inbox import Inbox
 from edge_ttt.stream.mqtt import MqttTransport
@@ -129,6 +130,7 @@ class Agent:
             d.ack_timeout_s,
             acks,
             max_packet=lambda: self.transport.max_packet,
+            guard=self.transport.guard,
         )
         sha = self.model.bundle_sha256
         self.publisher = PredictionPublisher(
@@ -153,6 +155,7 @@ class Agent:
             self.spool,
             self.spooler,
             self.transport.link,
+            self.transport.guard,
         )
         self.reporter = StatusReporter(
             cfg.agent.id, cfg.status_topic(), status_file(cfg.state.dir), self.transport.publish, sources
@@ -231,27 +234,47 @@ class Agent:
 
     def handle(self, message: Message) -> None:
         """Route a message to its stream's pipeline; a frame that cannot go there is counted, and
-        so is one that its stream fails on (logged with the traceback at most once per 10 s)."""
+        so is one that its stream fails on, or any other unexpected fault (logged with the
+        traceback at most once per 10 s): one message must never end the agent (retained, it
+        would be a crash loop)."""
+        try:
+            self._route(message)
+        except Exception as exc:
+            self.counters.stream_errors += 1
+            fields = {"topic": message.topic[:200], "error": repr(exc)[:300]}
+            self._warn.warning("stream_error", "frame lost: its stream failed", fields=fields, exc_info=exc)
+
+    def _route(self, message: Message) -> None:
         parsed = self.cfg.mqtt.parse_topic(message.topic)
         if parsed is None:
             self.counters.unknown_topic += 1
             return
         device, stream = parsed
         try:
+            self._check_device(device)
             frame = decode(message.payload, self.cfg.queue.max_frame_bytes)
             check_frame(self.manifest, frame, stream)
         except FrameError as exc:
             self.counters.rejected[exc.reason] += 1
-            fields = {"device": device, "stream": stream, "error": str(exc)}
+            fields = {"device": device[:200], "stream": stream[:200], "error": str(exc)[:500]}
             self._warn.warning(exc.reason, "frame dropped", fields=fields)
             return
         self.counters.frames += 1
-        try:
-            self.pipelines.get_or_make(device, stream).feed(frame, message.arrived)
-        except Exception as exc:  # one stream's fault must not stop every other device's
-            self.counters.stream_errors += 1
-            fields = {"device": device[:200], "stream": stream[:200], "error": repr(exc)}
-            self._warn.warning("stream_error", "frame lost: its stream failed", fields=fields, exc_info=exc)
+        self.pipelines.get_or_make(device, stream).feed(frame, message.arrived)
+
+    def _check_device(self, device: str) -> None:
+        """A device id whose drift or prediction topic MQTT cannot carry (over 65535 bytes) is
+        refused here: paho would raise on publishing, and its summaries could never leave."""
+        longest = max(
+            len(self.cfg.drift_topic(device).encode()), len(self.cfg.prediction_topic(device).encode())
+        )
+        if longest > MAX_TOPIC_BYTES:
+            raise FrameError(
+                "device",
+                f"device id of {len(device.encode())} bytes makes a topic of {longest} bytes, "
+                f"MQTT takes at most {MAX_TOPIC_BYTES}",
+                "use a shorter device id",
+            )
 
     def write_last(self) -> None:
         """Every stream's last drift summary and adapted state, for at most `state.stop_timeout_s`,

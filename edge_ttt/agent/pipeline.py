@@ -63,11 +63,19 @@ def check_frame(manifest: Manifest, frame: Frame, stream: str) -> None:
             f"sample period {frame.period_ns} ns, the model's is {sample_period_ns(info.sample_rate_hz)} ns",
             f"sample at {info.sample_rate_hz:g} Hz or deploy a model trained at this rate",
         )
-    if stream.isdigit() and int(stream) != frame.stream_id:
+    if any(char.isnumeric() for char in stream) and not stream.isascii():
+        # str.isdigit() holds for '²' and '①' (int() refuses them), int() reads '٣' as 3: either
+        # way one stream would get two names, or a frame would end the worker.
         raise FrameError(
             "stream",
-            f"topic names stream {stream}, the frame's stream_id is {frame.stream_id}",
-            "publish each stream on its own topic",
+            f"topic's stream level {stream[:40]!r} holds a digit that is not ASCII",
+            "name numbered streams 0, 1, 2, ... in ASCII digits",
+        )
+    if stream.isdigit() and stream != str(frame.stream_id):  # ASCII here; '00' is not '0'
+        raise FrameError(
+            "stream",
+            f"topic names stream {stream[:40]}, the frame's stream_id is {frame.stream_id}",
+            "publish each stream on its own topic, its number written without leading zeros",
         )
 
 

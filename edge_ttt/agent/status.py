@@ -24,6 +24,7 @@ from edge_ttt.atomic import atomic_write
 from edge_ttt.config_file import Section
 from edge_ttt.drift.spool import Spool
 from edge_ttt.logs import RateLimitedLog
+from edge_ttt.mqtt_callbacks import CallbackGuard
 from edge_ttt.stream.connection import CONNECTING, DISCONNECTED, ONLINE, ConnectionState
 from edge_ttt.stream.inbox import Inbox
 from edge_ttt.stream.sequencer import SequencerCounters
@@ -86,6 +87,7 @@ class StatusSources:
     spool: Spool
     spooler: SummarySpooler
     link: ConnectionState
+    callbacks: CallbackGuard  # MQTT callbacks that failed (the network loop goes on)
 
 
 @dataclass
@@ -125,6 +127,7 @@ class StatusReporter:
                 "decode_errors": dict(c.rejected),
                 "unknown_topic": c.unknown_topic,
                 "stream_errors": c.stream_errors,
+                "callback_errors": src.callbacks.errors,
                 "states_restored": src.pipelines.states_restored,
                 "streams_evicted": src.pipelines.evicted,
                 "checkpoints_pending": src.pipelines.writer.pending(),

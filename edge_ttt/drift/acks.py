@@ -27,14 +27,17 @@ def encode_ack(ids: list[str]) -> bytes:
 
 def parse_ack(payload: bytes) -> list[str]:
     """The summary ids of an acknowledgement; [] for anything else (never an exception: anyone
-    allowed to publish there could send junk).
+    allowed to publish there could send junk, and this runs on paho's network thread). Deep
+    nesting raises RecursionError in `json`, not ValueError.
 
     >>> parse_ack(encode_ack(["a1", "../x"]))
     ['a1']
+    >>> parse_ack(b"[" * 100_000), parse_ack(None)
+    ([], [])
     """
     try:
         doc = json.loads(payload)
-    except ValueError:
+    except (ValueError, RecursionError, TypeError, OverflowError):
         return []
     if not isinstance(doc, dict) or doc.get("format") != ACK_FORMAT or doc.get("v") != ACK_VERSION:
         return []

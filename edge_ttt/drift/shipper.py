@@ -34,6 +34,7 @@ from edge_ttt.drift.schema import SchemaError, encode_table, read_bytes, to_parq
 from edge_ttt.drift.spool import Spool, summary_id_of
 from edge_ttt.drift.summary import DriftSummary
 from edge_ttt.logs import RateLimitedLog
+from edge_ttt.mqtt_callbacks import MAX_TOPIC_BYTES, CallbackGuard
 
 log = logging.getLogger(__name__)
 
@@ -107,12 +108,14 @@ class Shipper:
         ack_timeout_s: float = 60.0,
         ack_filter: str | None = None,
         max_packet: Callable[[], int | None] | None = None,
+        guard: CallbackGuard | None = None,
     ) -> None:
         """`topic`: one topic, or a function of the summary's device id (an agent serving several
         devices ships each device's summaries to `<prefix>/<device>/drift` from one spool).
         `ack_filter`: the subscription acknowledgements arrive on (default: `ack_topic(topic)`).
         `max_packet`: the largest packet the broker takes now (None: no limit known); chunks are
-        cut to fit it, whatever `chunk_bytes` says."""
+        cut to fit it, whatever `chunk_bytes` says. `guard`: wraps the callbacks registered on
+        `client` (the transport's, to count their failures in one place)."""
         self.client = client
         self.spool = spool
         self.topic = topic
@@ -121,7 +124,7 @@ class Shipper:
         self.max_inflight = max_inflight
         self.ack_timeout_s = ack_timeout_s
         self.messages_sent = 0
-        self.unreadable = 0
+        self.unreadable = self.unsendable = 0  # spool files set aside, never shipped
         self._inflight: dict[Path, _Flight] = {}
         self._refused_until: dict[Path, float] = {}
         self._acks: deque[str] = deque()  # ids acknowledged, from paho's thread
@@ -133,17 +136,18 @@ class Shipper:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         previous = client.on_publish
+        guard = guard or CallbackGuard()
 
         def on_publish(*args: Any) -> None:  # paho's thread: only note what came back
             self._published(*args)
             if previous is not None:
                 previous(*args)
 
-        client.on_publish = on_publish
+        client.on_publish = guard("on_publish", on_publish)
         ack_filter = ack_filter or (ack_topic(topic) if isinstance(topic, str) else None)
         if ack_filter is not None:
             client.message_callback_add(
-                ack_filter, lambda _c, _u, msg: self._acks.extend(parse_ack(msg.payload))
+                ack_filter, guard("on_ack", lambda _c, _u, msg: self._acks.extend(parse_ack(msg.payload)))
             )
 
     def _published(self, _client, _userdata, mid: int, reason_code, _properties=None) -> None:
@@ -256,6 +260,18 @@ class Shipper:
         self._send(path, now)
 
     def _send(self, path: Path, now: float) -> None:
+        """Publish a file; one paho refuses for good (a ValueError: e.g. its device makes a topic
+        over MQTT's limit) is set aside as `.unsendable`, not to block the others at every start."""
+        try:
+            self._publish(path, now)
+        except (ValueError, TypeError) as exc:
+            self._inflight.pop(path, None)
+            self.spool.set_aside(path, ".unsendable")
+            self.unsendable += 1
+            fields = {"file": path.name[:200], "error": str(exc)[:300], "unsendable": self.unsendable}
+            log.error("drift summary cannot be published, set aside", extra={"fields": fields})
+
+    def _publish(self, path: Path, now: float) -> None:
         try:
             data = path.read_bytes()
         except FileNotFoundError:  # dropped by the bound meanwhile
@@ -265,12 +281,13 @@ class Shipper:
         except (pa.ArrowException, SchemaError, KeyError, IndexError) as exc:
             # Not a summary we can read (written by something else): shipping it would only
             # fail at the receiver, keeping it would block the spool.
-            log.warning(
-                "unreadable spool file removed", extra={"fields": {"file": path.name, "error": str(exc)}}
-            )
-            path.unlink(missing_ok=True)
+            fields = {"file": path.name, "error": str(exc)}
+            log.warning("unreadable spool file set aside", extra={"fields": fields})
+            self.spool.set_aside(path, ".unreadable")
             self.unreadable += 1
             return
+        if len(topic.encode()) > MAX_TOPIC_BYTES:
+            raise ValueError(f"drift topic of {len(topic.encode())} bytes, MQTT takes {MAX_TOPIC_BYTES}")
         flight = _Flight(summary_id_of(path), now)
         self.spool.sending(path, True)
         self._inflight[path] = flight  # before publishing: a refusal may come back at once
@@ -314,13 +331,13 @@ class Shipper:
         def loop() -> None:
             try:
                 self.unpack(stop=self._stop)  # what a stop left batched
-            except OSError as exc:
-                log.warning("drift batch not unpacked", extra={"fields": {"error": str(exc)}})
+            except Exception as exc:  # shipping what is spooled goes on
+                log.warning("drift batch not unpacked", extra={"fields": {"error": repr(exc)[:300]}})
             while not self._stop.wait(interval_s):
                 try:
                     self.pump()
-                except OSError as exc:  # a full or failing disk must not end shipping
-                    log.warning("drift shipping failed", extra={"fields": {"error": str(exc)}})
+                except Exception as exc:  # a full or failing disk, or anything else, must not end shipping
+                    self._warn.warning("pump", "drift shipping failed", fields={"error": repr(exc)[:300]})
 
         self._stop.clear()
         self._thread = threading.Thread(target=loop, name="drift-shipper", daemon=True)

@@ -175,6 +175,20 @@ class Spool:
             fsync_dir(self.dir)
             return True
 
+    def set_aside(self, path: Path, suffix: str) -> None:
+        """Take a file that can never be shipped out of the spool (and its index, so that
+        `pending()` and a stop's drain do not wait for it): renamed to `suffix`, kept for a person
+        and never retried, also after a restart (the new name is not a spool file's)."""
+        with self._lock:
+            if path.name in self._files:
+                self._forget(path.name)
+            self._sending.discard(path.name)
+            try:
+                path.rename(path.with_suffix(suffix))
+            except FileNotFoundError:  # deleted by the bound meanwhile
+                return
+            fsync_dir(self.dir)
+
     def lost(self, summary_id: str) -> None:
         """A file the bound deleted in flight was never acknowledged: now it counts as dropped."""
         with self._lock:

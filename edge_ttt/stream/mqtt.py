@@ -29,6 +29,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from edge_ttt.logs import RateLimitedLog
+from edge_ttt.mqtt_callbacks import CallbackGuard
 from edge_ttt.stream.connection import ConnectionState
 from edge_ttt.stream.mqtt_settings import MqttSection
 
@@ -41,7 +42,10 @@ def status_payload(agent: str, state: str, **fields: Any) -> bytes:
 
 
 def make_client(cfg: MqttSection, client_id: str, manual_ack: bool = False) -> paho.Client:
-    """A paho client for a persistent session: stable id, backoff, credentials and TLS from config."""
+    """A paho client for a persistent session: stable id, backoff, credentials and TLS from config.
+    Every callback the agent registers is wrapped by a `CallbackGuard`; `suppress_exceptions` is a
+    second line for anything that slips past one (paho then drops the exception silently, as no
+    paho logger is enabled): a dead network loop is worse than a lost message."""
     v5 = cfg.protocol == "v5"
     client = paho.Client(
         CallbackAPIVersion.VERSION2,
@@ -50,6 +54,7 @@ def make_client(cfg: MqttSection, client_id: str, manual_ack: bool = False) -> p
         clean_session=None if v5 else False,
         manual_ack=manual_ack,
     )
+    client.suppress_exceptions = True
     # paho annotates these as int but waits float seconds as given (`Client._reconnect_wait`): rounding
     # up made reconnect_min_s = 0.5 a 1 s delay.
     client.reconnect_delay_set(min_delay=cfg.reconnect_min_s, max_delay=cfg.reconnect_max_s)  # type: ignore[arg-type]
@@ -114,13 +119,19 @@ class MqttTransport:
         self.link = ConnectionState(f"{cfg.host}:{cfg.port}", client_id)  # what the status and health report
         self.client = make_client(cfg, client_id)
         self.client.will_set(status_topic, status_payload(agent_id, "offline"), qos=1, retain=True)
-        self.client.on_connect = self._connected
-        self.client.on_disconnect = self._disconnected
+        self.guard = CallbackGuard()  # also the drift shipper's: one count of callback failures
+        guard = self.guard
+        self.client.on_connect = guard("on_connect", self._connected)
+        self.client.on_disconnect = guard("on_disconnect", self._disconnected)
         # paho calls this inside its `except OSError:` around the connect: the exception is there.
-        self.client.on_connect_fail = lambda *_: self.link.connect_failed(sys.exc_info()[1])
-        self.client.on_subscribe = lambda *_: self.subscribed.set()
-        self.client.on_message = lambda _c, _u, msg: self._on_message(msg.topic, msg.payload)
-        self.client.on_socket_open = _no_delay
+        self.client.on_connect_fail = guard(
+            "on_connect_fail", lambda *_: self.link.connect_failed(sys.exc_info()[1])
+        )
+        self.client.on_subscribe = guard("on_subscribe", lambda *_: self.subscribed.set())
+        self.client.on_message = guard(
+            "on_message", lambda _c, _u, msg: self._on_message(msg.topic, msg.payload)
+        )
+        self.client.on_socket_open = guard("on_socket_open", _no_delay)
 
     def start(self) -> None:
         """Connect in the background: the loop keeps retrying until the broker answers."""
