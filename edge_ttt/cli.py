@@ -15,6 +15,7 @@ from edge_ttt.adapt.fallback import DEFAULT_FALLBACK
 from edge_ttt.adapt.input_alignment import InputOptions
 from edge_ttt.adapt.label_runs import RunOptions
 from edge_ttt.adapt.policies import DEFAULT_POLICY, POLICY_TYPES
+from edge_ttt.adapt.runs_setup import AutoRuns
 from edge_ttt.commandline import LazyGroup, command_app, fail, on_stop, run_app
 from edge_ttt.monitor.cli import collect_command, monitor_app
 
@@ -103,6 +104,18 @@ def _refuse_idle_flags(policy: str, fallback: bool, label_runs: bool, source_eve
         fail(f"--source-every does nothing with {why}: the source model runs on every window; leave it out")
 
 
+def _label_runs(on: bool | None, serve: str | None, horizon: float | None) -> RunOptions | AutoRuns | None:
+    """`replay`'s label runs: auto (None), on or off, with the options given (the rest default)."""
+    if on is False and (serve, horizon) != (None, None):
+        fail("--run-serve and --run-horizon set the label runs, which --no-label-runs turns off")
+    given = {k: v for k, v in (("serve", serve), ("horizon", horizon)) if v is not None}
+    try:  # the label runs check their own options
+        options = RunOptions(**given)
+    except ValueError as exc:
+        fail(f"--run-serve: {exc}")
+    return None if on is False else options if on else AutoRuns(options)
+
+
 @app.command()
 def replay(
     artifacts: Annotated[Path, typer.Option(help="artifact directory")],
@@ -139,23 +152,29 @@ def replay(
         ),
     ] = None,
     label_runs: Annotated[
-        bool,
+        bool | None,
         typer.Option(
-            help="in a long run of one activity, serve the source model on aligned windows and "
-            "hold the policy still (opt-in; docs/adaptation.md)"
+            "--label-runs/--no-label-runs",
+            help="in a long run of one activity, hold the policy still and serve its blend with the "
+            "source model; on or off for every policy (default: on for steady only; docs/adaptation.md)",
+            show_default=False,
         ),
-    ] = False,
+    ] = None,
     run_serve: Annotated[
-        str,
+        str | None,
         typer.Option(
-            help="with --label-runs, who serves in a run: source, or blend (the mean of the source "
-            "model's and the held policy's probabilities)"
+            help="who serves in a label run: source, or blend (the mean of the source model's and "
+            f"the held policy's probabilities; default {RunOptions.serve})",
         ),
-    ] = RunOptions.serve,
+    ] = None,
     run_horizon: Annotated[
-        float,
-        typer.Option(min=1.0, help="with --label-runs, windows over which the served class mix is averaged"),
-    ] = RunOptions.horizon,
+        float | None,
+        typer.Option(
+            min=1.0,
+            help="windows over which the label runs average the served class mix "
+            f"(default {RunOptions.horizon:g})",
+        ),
+    ] = None,
     input_alignment: Annotated[
         str,
         typer.Option(
@@ -183,15 +202,10 @@ def replay(
         fail(f"unknown --input-alignment {input_alignment!r}; choose one of {', '.join(INPUT_CHOICES)}")
     if policy not in (*POLICIES, "all"):
         fail(f"unknown policy {policy!r}; choose one of {', '.join(POLICIES)} or all")
-    if (run_serve, run_horizon) != (RunOptions.serve, RunOptions.horizon) and not label_runs:
-        fail("--run-serve and --run-horizon set the label runs; turn them on with --label-runs")
-    try:  # the label runs check their own options
-        runs = RunOptions(horizon=run_horizon, serve=run_serve) if label_runs else None
-    except ValueError as exc:
-        fail(f"--run-serve: {exc}")
+    runs = _label_runs(label_runs, run_serve, run_horizon)
     if option and policy == "all":
         fail("--option sets the options of one policy; name it with --policy")
-    _refuse_idle_flags(policy, fallback, label_runs, source_every)
+    _refuse_idle_flags(policy, fallback, label_runs is True, source_every)
     options = _policy_option_values(policy, option) if option else None
     try:
         policies, left_out = [policy], {}
@@ -241,7 +255,8 @@ def replay(
                 f"source: {worst}{more}"
             )
         if result["windows_in_runs"]:
-            who = "the source model" if run_serve == "source" else "the source model and the held policy"
+            blend = (runs.options if isinstance(runs, AutoRuns) else runs).serve == "blend"
+            who = "the source model and the held policy" if blend else "the source model"
             typer.echo(f"  {result['windows_in_runs']} windows served by {who} in label runs")
         for note in (result["input_guard"], result["collapse"]):
             if note is not None:

@@ -19,6 +19,7 @@ from edge_ttt.adapt.input_alignment import InputOptions
 from edge_ttt.adapt.label_runs import RunOptions
 from edge_ttt.adapt.ort_model import OrtModel
 from edge_ttt.adapt.policies import POLICY_TYPES, misfit
+from edge_ttt.adapt.runs_setup import AUTO_RUNS, AutoRuns
 from edge_ttt.artifacts import MANIFEST, Bundle, BundleError, load_bundle
 from edge_ttt.manifest import Manifest, check_fits
 from edge_ttt.metrics import accuracy, device_accuracy, devices_below, macro_f1
@@ -133,7 +134,7 @@ def replay(
     fallback: FallbackOptions | None = None,
     with_classes: bool = False,
     inputs: InputOptions | AutoInputs | None = AUTO_INPUTS,
-    runs: RunOptions | None = None,
+    runs: RunOptions | AutoRuns | None = AUTO_RUNS,
     source_every: int = SOURCE_EVERY,
     options: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
@@ -147,7 +148,8 @@ def replay(
     worse (see `Engine`); off by default. Without it the source model runs on every
     `source_every`-th window of each engine (0: never), for `source_estimated_accuracy`.
     `inputs`: input alignment ahead of every policy (by default where it wins: `AutoInputs`).
-    `runs`: the opt-in label-run switch (see `Engine`). `options`: keyword options of the policy
+    `runs`: the label-run switch (by default ahead of the default policy: `AutoRuns`; see
+    `Engine`). `options`: keyword options of the policy
     (for one policy: `[model.options]` of the agent's configuration).
     `with_classes` adds every window's predicted class (`classes`, in log order), to compare runs
     window by window (scripts/aarch64_check.sh).

@@ -171,11 +171,16 @@ def test_cells_carry_per_device_accuracy_and_estimates(model_paths):
 
 
 def test_the_label_runs_column_runs_the_switch_and_records_its_options(model_paths):
-    from benchmarks.adaptation.cells import RUNS_COLUMN, variant
+    from benchmarks.adaptation.cells import NO_RUNS_COLUMN, RUNS_COLUMN, variant
     from benchmarks.adaptation.cli import _column_info
+    from edge_ttt.adapt.engine import AUTO_RUNS
 
-    assert variant(RUNS_COLUMN).runs is not None and variant("steady").runs is None
-    assert _column_info(RUNS_COLUMN)["runs"]["horizon"] == 64.0 and _column_info("steady")["runs"] is None
+    assert variant(RUNS_COLUMN).runs.serve == "source" and variant("no-such-variant").runs is AUTO_RUNS
+    assert (
+        _column_info(RUNS_COLUMN)["runs"]["horizon"] == 64.0
+        and _column_info("steady")["runs"]["horizon"] == 128.0
+    )
+    assert _column_info("tent")["runs"] is None and _column_info(NO_RUNS_COLUMN)["runs"] is None
     log = synthetic_log(devices=2, seconds=20)
     r = run_cell(Cell("cnn-bn", "noise", 4, "class-sorted", 1, RUNS_COLUMN, seed=0), model_paths, log)
     assert 0 < r["counters"]["windows_in_runs"] < r["windows"]  # it starts out of a run

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from edge_ttt.adapt.engine import AutoInputs, Engine, InputOptions, RunOptions
+from edge_ttt.adapt.engine import AutoInputs, AutoRuns, Engine, InputOptions, RunOptions
 from edge_ttt.adapt.fallback import FallbackOptions
 from edge_ttt.adapt.flat import unprefixed
 from edge_ttt.adapt.instance_offsets import FirstNorm
@@ -26,6 +26,8 @@ from tests.test_label_runs import windows_to_enter
 # Alignment learns from every window at once; the batch-norm bundle still widens its offset floor.
 INPUTS = AutoInputs(InputOptions(reliable_quantile=1.0, warmup_windows=0.0))
 NEVER = RunOptions(enter=1.0, leave=1.0)  # no histogram has fewer than one effective class
+# The switch that serves the source model alone, over a horizon the untrained model enters soon.
+SWITCH = RunOptions(horizon=64.0, serve="source", instance_offsets=0.0)
 FALLBACK = FallbackOptions(horizon=8, margin=0.0, min_windows=2)
 
 
@@ -57,15 +59,20 @@ def in_run(e: Engine) -> Engine:
 
 
 def test_one_served_class_enters_a_run_when_the_detector_says(bundle_dir: Path):
-    e = engine(bundle_dir, RunOptions(), policy="source")  # the untrained model: class 0 throughout
+    e = engine(bundle_dir, SWITCH, policy="source")  # the untrained model: class 0 throughout
     classes = len(e.model.manifest.model.classes)
     expected = windows_to_enter(classes, e.runs.options.horizon, e.runs.options.enter)
     entered = [e.process(w[None]).on_source[0] or e.runs.in_run for w in one_activity(expected)]
     assert entered == [False] * (expected - 1) + [True]
 
 
-def test_off_by_default_and_a_detector_that_never_fires_changes_nothing(bundle_dir: Path):
-    assert Engine(OrtModel(load_bundle(bundle_dir))).runs is None
+def test_on_by_default_ahead_of_steady_only_and_a_detector_that_never_fires_changes_nothing(
+    bundle_dir: Path,
+):
+    model = OrtModel(load_bundle(bundle_dir))
+    assert Engine(model).runs.options == RunOptions() and Engine(model).follow is not None
+    assert Engine(model, "tent").runs is None and Engine(model, "norm").runs is None
+    assert Engine(model, "steady", {"episodic": True}).runs is None  # it forgets every batch
     plain, watched = engine(bundle_dir, None), engine(bundle_dir, NEVER)
     for seed in range(6):
         x = np.concatenate([windows(3, seed=seed), bad_windows()["nan"]])
@@ -79,7 +86,7 @@ def test_off_by_default_and_a_detector_that_never_fires_changes_nothing(bundle_d
 def test_in_a_run_the_source_model_serves_the_run_aligned_windows_and_the_policy_stands_still(
     bundle_dir: Path,
 ):
-    e = in_run(engine(bundle_dir, RunOptions(), fallback=FALLBACK))
+    e = in_run(engine(bundle_dir, SWITCH, fallback=FALLBACK))
     counters, policy, fallback = e.counters.as_dict(), policy_state(e), e.fallback.state()
     x = one_activity(4, seed=4)
     narrow = e.inputs.apply(x, e.runs.options.offset_floor)
@@ -97,7 +104,7 @@ def test_in_a_run_the_source_model_serves_the_run_aligned_windows_and_the_policy
 
 
 def test_a_blending_run_serves_the_mean_of_the_source_model_and_the_held_policy(bundle_dir: Path):
-    e = in_run(engine(bundle_dir, RunOptions(serve="blend")))
+    e = in_run(engine(bundle_dir, RunOptions(horizon=64.0, instance_offsets=0.0)))
     policy = policy_state(e)
     x = one_activity(4, seed=4)
     narrow = e.inputs.apply(x, e.runs.options.offset_floor)
@@ -139,7 +146,7 @@ def test_a_blending_run_with_instance_offsets_has_both_models_follow_each_batch_
 
 
 def test_instance_offsets_in_a_run_follow_only_plain_policies_and_only_when_on(bundle_dir: Path):
-    assert engine(bundle_dir, RunOptions(serve="blend")).follow is None  # 0: off
+    assert engine(bundle_dir, RunOptions(instance_offsets=0.0)).follow is None  # 0: off
     e = engine(bundle_dir, RunOptions(serve="blend", instance_offsets=4.0), policy="tent")
     x = one_activity(4, seed=4)
     assert e.follow is not None and not e.policy.plain  # tent normalizes with the batch's moments
@@ -154,7 +161,7 @@ def test_who_serves_in_a_run_is_checked():
 
 
 def test_predict_in_a_run_serves_the_same_and_learns_nothing(bundle_dir: Path):
-    e = in_run(engine(bundle_dir, RunOptions()))
+    e = in_run(engine(bundle_dir, SWITCH))
     x = np.concatenate([one_activity(2), bad_windows()["nan"]])
     before, counters = e.snapshot()[0], e.counters.as_dict()
     predicted = e.predict(x)
@@ -165,7 +172,7 @@ def test_predict_in_a_run_serves_the_same_and_learns_nothing(bundle_dir: Path):
 
 
 def test_out_of_the_run_the_policy_adapts_again(bundle_dir: Path):
-    e = in_run(engine(bundle_dir, RunOptions()))
+    e = in_run(engine(bundle_dir, SWITCH))
     policy = policy_state(e)
     e.runs.reset()  # the untrained test model never mixes classes: the detector's leaving is its own test
     out = e.process(windows(4, seed=99))
@@ -173,10 +180,10 @@ def test_out_of_the_run_the_policy_adapts_again(bundle_dir: Path):
 
 
 def test_the_detector_state_round_trips_and_an_older_state_starts_it_afresh(bundle_dir: Path):
-    e = in_run(engine(bundle_dir, RunOptions()))
+    e = in_run(engine(bundle_dir, SWITCH))
     arrays, meta = e.snapshot()
     assert set(unprefixed("runs", arrays)) == {"share", "in_run"}
-    restored = engine(bundle_dir, RunOptions())
+    restored = engine(bundle_dir, SWITCH)
     restored.restore_snapshot(arrays, meta)
     assert restored.runs.in_run and np.array_equal(restored.runs.share, e.runs.share)
     assert restored.counters.windows_in_runs == e.counters.windows_in_runs
@@ -194,8 +201,10 @@ def test_episodic_engines_refuse_label_runs(bundle_dir: Path):
 
 
 def test_config_turns_the_switch_on_with_its_options_and_names_a_bad_pair(tmp_path: Path):
-    off = load_config(write(tmp_path, BASE), check_files=False)
-    assert off.model.runs.options() is None  # opt-in
+    auto = load_config(write(tmp_path, BASE), check_files=False)
+    assert auto.model.runs.options() == AutoRuns(RunOptions())  # on ahead of the default policy
+    off = load_config(write(tmp_path, BASE + "[model.runs]\nenabled = false\n"), check_files=False)
+    assert off.model.runs.options() is None
     on = load_config(
         write(tmp_path, BASE + "[model.runs]\nenabled = true\nhorizon = 32\n"), check_files=False
     )
@@ -223,23 +232,29 @@ def test_replay_with_label_runs_counts_the_windows_served_in_runs(bundle_dir: Pa
         assert result.exit_code == 0, result.output
         return json.loads(result.stdout.splitlines()[-1])
 
-    plain, switched = replay(), replay("--label-runs")
+    short = ("--run-horizon", "16")  # the synthetic devices' streams are short
+    plain, switched = replay("--no-label-runs"), replay(*short)
     assert plain["windows_in_runs"] == 0
     # The untrained test model puts nearly every window in one class: a run from early on.
     assert 0 < switched["windows_in_runs"] <= switched["windows"]
-    blended = replay("--label-runs", "--run-serve", "blend")
-    assert blended["windows_in_runs"] == switched["windows_in_runs"]
-    # Over a shorter horizon one class makes a run sooner (each device's engine starts afresh).
-    shorter = replay("--label-runs", "--run-horizon", "16")
-    assert switched["windows_in_runs"] < shorter["windows_in_runs"] <= shorter["windows"]
+    assert (
+        replay("--label-runs", *short)["windows_in_runs"] == switched["windows_in_runs"]
+    )  # steady: on either way
+    assert replay(*short, "--run-serve", "source")["windows_in_runs"] == switched["windows_in_runs"]
+    # Over a longer horizon one class makes a run later (each device's engine starts afresh).
+    longer = replay("--run-horizon", "32")
+    assert longer["windows_in_runs"] < switched["windows_in_runs"]
+    # on for every policy with --label-runs, for steady only without it
+    assert replay("--policy", "norm", *short)["windows_in_runs"] == 0
+    assert replay("--policy", "norm", "--label-runs", *short)["windows_in_runs"] > 0
 
 
 @pytest.mark.parametrize(
     ("flags", "message"),
     [
-        (("--run-serve", "blend"), "turn them on with --label-runs"),
-        (("--run-horizon", "128"), "turn them on with --label-runs"),
-        (("--label-runs", "--run-serve", "x"), "serve must be one of source, blend"),
+        (("--no-label-runs", "--run-serve", "blend"), "which --no-label-runs turns off"),
+        (("--no-label-runs", "--run-horizon", "128"), "which --no-label-runs turns off"),
+        (("--run-serve", "x"), "serve must be one of source, blend"),
     ],
 )
 def test_replay_refuses_a_run_serve_it_cannot_use(bundle_dir: Path, synthetic_log_path: Path, flags, message):

@@ -11,6 +11,7 @@ import pytest
 
 from edge_ttt.adapt import engine as engine_module
 from edge_ttt.adapt import outputs as pass_outputs
+from edge_ttt.adapt import screen as screen_module
 from edge_ttt.adapt.engine import Engine
 from edge_ttt.adapt.guard import CollapseDetector, InputLimits, Validity
 from edge_ttt.adapt.ort_model import OrtModel
@@ -92,7 +93,7 @@ def test_predictions_and_states_equal_the_replaced_code(
     with monkeypatch.context() as patch:
         patch.setattr(pass_outputs, "softmax_entropy", reference_softmax_entropy)
         patch.setattr(engine_module, "softmax_entropy", reference_softmax_entropy)
-        patch.setattr(engine_module, "check_windows", reference_check_windows)
+        patch.setattr(screen_module, "check_windows", reference_check_windows)
         patch.setattr(ClassBalance, "weights", reference_weights)
         patch.setattr(LayerMoments, "stats", reference_stats)
         patch.setattr(CollapseDetector, "observe", reference_observe)

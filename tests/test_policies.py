@@ -163,7 +163,8 @@ def test_a_steady_state_without_the_guard_restores_with_a_fresh_guard(
     b = make(confident_bundle_dir, "steady")
     b.load_state(tmp_path / "adapted.npz")
     state = b.policy.state()
-    policy_part = {k: v for k, v in adapted.items() if not k.startswith("input/")}  # the engine's alignment
+    engine_parts = ("input/", "runs/")  # the engine's alignment and label-run detector
+    policy_part = {k: v for k, v in adapted.items() if not k.startswith(engine_parts)}
     assert states_equal({k: v for k, v in state.items() if not k.startswith(guard)}, policy_part)
     assert not b.policy.snapshots and b.policy.last_rollback == NEVER_ROLLED_BACK
     assert all(len(v) == 0 for v in b.policy.detector.state().values())

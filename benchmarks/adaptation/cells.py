@@ -17,7 +17,15 @@ import torch
 
 from benchmarks.adaptation.paced import replay_paced
 from benchmarks.torch_tent import tent_predictions
-from edge_ttt.adapt.engine import AUTO_INPUTS, DEFAULT_POLICY, POLICIES, AutoInputs, Engine
+from edge_ttt.adapt.engine import (
+    AUTO_INPUTS,
+    AUTO_RUNS,
+    DEFAULT_POLICY,
+    POLICIES,
+    AutoInputs,
+    AutoRuns,
+    Engine,
+)
 from edge_ttt.adapt.estimates import class_prior, device_estimates, stream_estimate
 from edge_ttt.adapt.fallback import DEFAULT_FALLBACK, FallbackOptions
 from edge_ttt.adapt.input_alignment import InputOptions
@@ -41,13 +49,13 @@ TORCH_TENT_LR = 1e-3
 @dataclass(frozen=True)
 class Variant:
     """How a column runs: the engine's policy, its options, its fallback (None: no fallback), its
-    input alignment and its label-run switch (None: off, as by default)."""
+    input alignment and its label-run switch (None: off)."""
 
     policy: str
     options: dict[str, Any] = field(default_factory=dict)
     fallback: FallbackOptions | None = None
     inputs: InputOptions | AutoInputs | None = AUTO_INPUTS  # as the engine runs by default
-    runs: RunOptions | None = None
+    runs: RunOptions | AutoRuns | None = AUTO_RUNS  # as the engine runs by default
 
     def engine(self, model: OrtModel) -> Engine:
         """A fresh engine on `model` that runs this column."""
@@ -63,6 +71,7 @@ RUNS_COLUMN = f"{DEFAULT_POLICY}-runs"
 INSTANCE_COLUMN = f"{DEFAULT_POLICY}-instance"
 BLEND_COLUMN = f"{DEFAULT_POLICY}-instance-blend"
 RUN_BLEND_COLUMN = f"{DEFAULT_POLICY}-blend"
+NO_RUNS_COLUMN = f"{DEFAULT_POLICY}-no-runs"
 # Columns that are not a policy as the engine runs it by default: name -> Variant.
 VARIANTS = {
     "ttt-episodic": Variant("ttt", {"episodic": True}),
@@ -74,18 +83,23 @@ VARIANTS = {
     # The default policy as it ran before input alignment: what the default is judged against.
     UNALIGNED_COLUMN: Variant(DEFAULT_POLICY, inputs=None),
     # The default policy with the opt-in label-run switch (docs/adaptation.md).
-    RUNS_COLUMN: Variant(DEFAULT_POLICY, runs=RunOptions()),
+    RUNS_COLUMN: Variant(DEFAULT_POLICY, runs=RunOptions(horizon=64.0, serve="source", instance_offsets=0.0)),
     # The default policy with the opt-in instance offsets of the first batch norm (docs/adaptation.md).
     INSTANCE_COLUMN: Variant(DEFAULT_POLICY, {"instance_offsets": 4.0}),
     # Both, with label runs that serve the blend of the source model and the held policy, over
     # the longer horizon that leaves a device's few-minute activities to `steady` (docs/adaptation.md).
     BLEND_COLUMN: Variant(
-        DEFAULT_POLICY, {"instance_offsets": 4.0}, runs=RunOptions(horizon=128.0, serve="blend")
+        DEFAULT_POLICY,
+        {"instance_offsets": 4.0},
+        runs=RunOptions(horizon=128.0, serve="blend", instance_offsets=0.0),
     ),
-    # Those label runs alone, the instance offsets only in a run, for both models that blend.
+    # Those label runs alone, the instance offsets only in a run, for both models that blend:
+    # the default since 2026-12-06 (benchmarks/results/runs_follow/ has it under this name).
     RUN_BLEND_COLUMN: Variant(
         DEFAULT_POLICY, runs=RunOptions(horizon=128.0, serve="blend", instance_offsets=4.0)
     ),
+    # The default policy without label runs, as it ran before 2026-12-06.
+    NO_RUNS_COLUMN: Variant(DEFAULT_POLICY, runs=None),
 }
 COLUMNS = (*POLICIES, *VARIANTS)
 

@@ -29,7 +29,7 @@ from benchmarks.adaptation.peer_targets import target_default_vs_peers, target_p
 from benchmarks.adaptation.report import markdown
 from benchmarks.adaptation.targets import evaluate_targets
 from benchmarks.harness import _batch_sizes, add_output_options, machine_info, name_list, progress, share
-from edge_ttt.adapt.engine import DEFAULT_POLICY, AutoInputs
+from edge_ttt.adapt.engine import DEFAULT_POLICY, AutoInputs, AutoRuns
 from edge_ttt.adapt.fallback import DEFAULT_FALLBACK
 from edge_ttt.artifacts import Bundle, load_bundle
 from export.models import MODELS
@@ -59,7 +59,10 @@ def _column_info(column: str) -> dict:
         if how.inputs is None
         else {"auto": isinstance(how.inputs, AutoInputs), **dataclasses.asdict(how.inputs)}
     )
-    runs = None if how.runs is None else dataclasses.asdict(how.runs)
+    runs = how.runs
+    if isinstance(runs, AutoRuns):  # as the engine resolves it for the column
+        runs = runs.resolve(how.policy, bool(how.options.get("episodic")))
+    runs = None if runs is None else dataclasses.asdict(runs)
     return {
         "policy": how.policy,
         "options": how.options,

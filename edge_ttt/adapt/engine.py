@@ -27,6 +27,7 @@ from edge_ttt.adapt.ort_model import OrtModel
 from edge_ttt.adapt.policies import DEFAULT_POLICY, POLICY_TYPES, Policy, create
 from edge_ttt.adapt.predictions import Predictions, Scored, blended, handed_out, not_run
 from edge_ttt.adapt.report import Report
+from edge_ttt.adapt.runs_setup import AUTO_RUNS, AutoRuns
 from edge_ttt.adapt.screen import Screened, adapting, screen, source_view, teaching
 from edge_ttt.adapt.snapshot import StateError, load_state, save_state
 from edge_ttt.adapt.softmax import softmax_entropy
@@ -40,10 +41,12 @@ SOURCE_EVERY = 4  # without a fallback, the source model's estimate from every 4
 
 __all__ = [
     "AUTO_INPUTS",
+    "AUTO_RUNS",
     "DEFAULT_POLICY",
     "POLICIES",
     "SOURCE_EVERY",
     "AutoInputs",
+    "AutoRuns",
     "Counters",
     "Engine",
     "FallbackOptions",
@@ -73,8 +76,9 @@ class Engine:
     window is corrected per channel before the model sees it, and the valid ones teach the
     correction. The guard and the source model see the raw windows; in episodic mode it learns
     nothing (the engine forgets after every batch). By default (`AUTO_INPUTS`) it is on ahead of
-    the default policy, offsets left to the statistics on batch-norm bundles. With `runs` (not
-    episodic) the source model serves in a label run (`_in_run`, `edge_ttt.adapt.label_runs`).
+    the default policy, offsets left to the statistics on batch-norm bundles. With `runs` (by
+    default, `AUTO_RUNS`, ahead of the default policy, not episodic) the source model serves in a
+    label run, blended with the policy held still (`_in_run`, `edge_ttt.adapt.label_runs`).
     """
 
     def __init__(
@@ -85,7 +89,7 @@ class Engine:
         limits: InputLimits | None = None,
         fallback: FallbackOptions | None = None,
         inputs: InputOptions | AutoInputs | None = AUTO_INPUTS,
-        runs: RunOptions | None = None,
+        runs: RunOptions | AutoRuns | None = AUTO_RUNS,
         source_every: int = SOURCE_EVERY,
     ) -> None:
         if policy not in POLICY_TYPES:
@@ -116,6 +120,8 @@ class Engine:
         if isinstance(inputs, AutoInputs):
             inputs = inputs.resolve(policy, model.manifest)
         self.inputs = None if inputs is None else for_bundle(model.manifest, model.bundle_path, inputs)
+        if isinstance(runs, AutoRuns):
+            runs = runs.resolve(policy, self.episodic)
         if runs is not None and self.episodic:  # it forgets every batch: no run to keep apart
             raise ValueError("label runs need a policy that keeps its state, not an episodic one")
         self.runs = self.follow = None  # the run detector, and in a run the first norm's offsets

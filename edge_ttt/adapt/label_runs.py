@@ -35,12 +35,12 @@ class RunOptions:
     the first batch norm of the models that serve follows each window's own offset (an alpha, as
     `steady`'s option of that name; 0: off), which the statistics held still do not."""
 
-    horizon: float = 64.0
+    horizon: float = 128.0
     enter: float = 3.0
     leave: float = 4.0
     offset_floor: float = 0.4
-    serve: ServeMode = "source"
-    instance_offsets: float = 0.0
+    serve: ServeMode = "blend"
+    instance_offsets: float = 4.0
 
     def __post_init__(self) -> None:
         if not self.horizon >= 1.0:

@@ -27,7 +27,7 @@ from pydantic import (
     model_validator,
 )
 
-from edge_ttt.adapt.engine import SOURCE_EVERY, AutoInputs
+from edge_ttt.adapt.engine import SOURCE_EVERY, AutoInputs, AutoRuns
 from edge_ttt.adapt.fallback import FallbackOptions
 from edge_ttt.adapt.input_alignment import InputOptions
 from edge_ttt.adapt.label_runs import RunOptions, ServeMode
@@ -160,11 +160,11 @@ class InputSection(Section):
 
 
 class RunsSection(Section):
-    """`[model.runs]`: the label-run switch (`edge_ttt.adapt.label_runs`), opt-in: in a long run
-    of one activity the source model serves the aligned windows (alone or blended with the policy)
-    and the policy stands still."""
+    """`[model.runs]`: the label-run switch (`edge_ttt.adapt.label_runs`): in a long run of one
+    activity the source model serves the aligned windows (alone or blended with the policy) and
+    the policy stands still; on by default ahead of the default policy (`AutoRuns`)."""
 
-    enabled: bool = False  # off: measured on one model only (docs/adaptation.md)
+    enabled: bool | Literal["auto"] = "auto"  # auto: where it wins (`AutoRuns`, docs/adaptation.md)
     horizon: float = Field(RunOptions.horizon, ge=1.0, description="windows of the predicted-class mix")
     enter: float = Field(RunOptions.enter, ge=1.0, description="effective classes below which a run starts")
     leave: float = Field(RunOptions.leave, ge=1.0, description="effective classes above which it ends")
@@ -188,9 +188,11 @@ class RunsSection(Section):
             self.horizon, self.enter, self.leave, self.offset_floor, self.serve, self.instance_offsets
         )
 
-    def options(self) -> RunOptions | None:
-        """What the engine takes: None when disabled."""
-        return self._build() if self.enabled else None
+    def options(self) -> RunOptions | AutoRuns | None:
+        """What the engine takes: None when disabled, `AutoRuns` for auto."""
+        if self.enabled is False:
+            return None
+        return AutoRuns(self._build()) if self.enabled == "auto" else self._build()
 
 
 class ModelSection(Section):
@@ -232,7 +234,7 @@ class ModelSection(Section):
     @field_validator("runs")
     @classmethod
     def _runs_keep_state(cls, runs: RunsSection, info: ValidationInfo) -> RunsSection:
-        if runs.enabled and (info.data.get("options") or {}).get("episodic"):
+        if runs.enabled is True and (info.data.get("options") or {}).get("episodic"):
             raise ValueError(
                 "label runs need a policy that keeps its state, and model.options.episodic = true "
                 "forgets every batch; set one of them to false"

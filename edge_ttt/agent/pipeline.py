@@ -15,7 +15,15 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_ttt.adapt.engine import AutoInputs, Engine, FallbackOptions, InputOptions, Predictions, RunOptions
+from edge_ttt.adapt.engine import (
+    AutoInputs,
+    AutoRuns,
+    Engine,
+    FallbackOptions,
+    InputOptions,
+    Predictions,
+    RunOptions,
+)
 from edge_ttt.adapt.ort_model import OrtModel
 from edge_ttt.agent.checkpoints import CheckpointWriter, restore, stamped, state_path
 from edge_ttt.drift.reference import Reference
@@ -135,7 +143,7 @@ class PipelineSettings:
     options: dict
     fallback: FallbackOptions | None
     inputs: InputOptions | AutoInputs | None
-    runs: RunOptions | None
+    runs: RunOptions | AutoRuns | None
     source_every: int
     state_dir: Path
     reorder_frames: int

@@ -95,6 +95,7 @@ class Policy:
     aligned: ClassVar[bool] = False
     batch_stats: ClassVar[bool] = False  # batch norms normalize each batch by its own moments
     plain: ClassVar[bool] = False  # `predict` is one pass with `stats()`, nothing else
+    label_runs: ClassVar[bool] = False  # the engine's label runs on by default (`runs_setup`)
 
     @dataclass(frozen=True)
     class Options:

@@ -69,6 +69,7 @@ class Steady(Policy):
 
     name = "steady"
     plain = True  # with its own instance offsets off (`predict_following`)
+    label_runs = True
     aligned = True
     loss = "entropy"
     keeps_stats = True
