@@ -57,6 +57,12 @@ def unreadable(path: Path, exc: BaseException) -> BundleError:
     return _refused(path.parent, f"{path} is corrupt: {type(exc).__name__}: {detail}")
 
 
+def inconsistent(root: Path, what: str) -> BundleError:
+    """The manifest and a graph of the bundle disagree (a manifest edited after export): one line,
+    at load, rather than every window failing later."""
+    return _refused(root, f"bundle {root}: {what}")
+
+
 def _first_problem(exc: ValidationError) -> str:
     """pydantic's report spans many lines; the first problem and the count fit on one."""
     first = exc.errors()[0]

@@ -46,3 +46,23 @@ def test_run_says_so_in_one_line_and_exits_2(corrupt, tmp_path):
     cmd = [sys.executable, "-m", "edge_ttt.cli", "run", "--config", str(write_config(tmp_path, path, 1))]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=Path(__file__).parents[1])
     assert done.returncode == 2 and name in done.stderr and "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("key", ["window", "channels"])
+def test_a_manifest_edited_after_export_is_refused_at_load(bundle_dir, tmp_path, key):
+    """The manifest itself is not among the hashed files: a window or channel list edited there
+    would load, and then fail every window."""
+    out = tmp_path / "edited"
+    shutil.copytree(bundle_dir, out)
+    manifest = json.loads((out / "manifest.json").read_text())
+    if key == "window":
+        manifest["model"]["window"] //= 2
+    else:
+        manifest["model"]["channels"] = manifest["model"]["channels"][:-1]
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    with pytest.raises(BundleError, match=r"edge-ttt export") as refused:
+        OrtModel(load_bundle(out))
+    if key == "window":  # (an edited channel list is caught sooner, by the standardization's length)
+        assert "the manifest says windows of" in str(refused.value) and "its graph takes" in str(
+            refused.value
+        )

@@ -16,6 +16,7 @@ need onnxruntime-training, on the CPU.
 from __future__ import annotations
 
 import zipfile
+from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
@@ -27,7 +28,7 @@ from edge_ttt.adapt.flat import Layout
 from edge_ttt.adapt.outputs import Outputs
 from edge_ttt.adapt.schema1 import checkpoint_parameters
 from edge_ttt.adapt.statistics import FlatStats, Stats
-from edge_ttt.artifacts import Bundle, unreadable
+from edge_ttt.artifacts import Bundle, inconsistent, unreadable
 from edge_ttt.manifest import EVAL_MODEL, TRAINING_MODEL
 
 # How ORT's training graphs name a parameter's gradient accumulation input and output, and the
@@ -106,6 +107,19 @@ class OrtModel:
         self._source = {n: params[n].copy() for n in self.trainable}
         self._buffers = DeviceBuffers(self.device, copies)
         self._graphs = self._bind_graphs(bundle, options, params)
+        self._check_window(bundle.path)
+
+    def _check_window(self, root: Path) -> None:
+        """The eval graph takes the windows the manifest says ([batch, channels, window])."""
+        info, port = self.manifest.model, self.manifest.graph.input
+        shape = next((i.shape for i in self._graphs.eval.session.get_inputs() if i.name == port), None)
+        want = [len(info.channels), info.window]
+        fixed = shape is not None and all(isinstance(d, int) for d in shape[1:])
+        if shape is None or (fixed and list(shape[1:]) != want):
+            got = "no such input" if shape is None else f"windows of {list(shape[1:])}"
+            raise inconsistent(
+                root, f"the manifest says windows of {want} (channels, samples), its graph takes {got}"
+            )
 
     def _bind_graphs(self, bundle: Bundle, options, params: dict[str, np.ndarray]) -> Graphs:
         """The graphs bound to the parameters (trainable ones as views of one vector in `layout`),
