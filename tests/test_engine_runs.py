@@ -145,6 +145,15 @@ def test_a_blending_run_with_instance_offsets_has_both_models_follow_each_batch_
     assert states_equal(policy_state(e), policy)
 
 
+def test_steady_keeps_its_own_run_detector_over_64_windows_whatever_the_engines_default(bundle_dir: Path):
+    """`steady`'s fading protections watch for runs with a detector of their own; the engine's
+    label-run defaults moved to 128 windows, and with them, by accident, that detector (a full
+    benchmark run caught the change: class-sorted `drift` 55.9 -> 52.2 without the engine's runs)."""
+    e = Engine(OrtModel(load_bundle(bundle_dir)))
+    assert e.runs.options.horizon == RunOptions().horizon == 128.0
+    assert e.policy.runs.options.horizon == 64.0
+
+
 def test_instance_offsets_in_a_run_follow_only_plain_policies_and_only_when_on(bundle_dir: Path):
     assert engine(bundle_dir, RunOptions(instance_offsets=0.0)).follow is None  # 0: off
     e = engine(bundle_dir, RunOptions(serve="blend", instance_offsets=4.0), policy="tent")

@@ -43,6 +43,7 @@ RUNS = "label_runs"  # the prefix of the label-run detector's arrays in the stat
 # A label run, as shares of the classes: below 3/7 of them (effective number) a run starts, above
 # 4/7 it ends; the engine's label-run defaults (3 and 4) for the 7 classes of the smartwatch data.
 RUN_ENTER, RUN_LEAVE = 3.0 / 7.0, 4.0 / 7.0
+RUN_HORIZON = 64.0  # windows of its own detector's class mix (not the engine's label runs' 128)
 
 
 class Steady(Policy):
@@ -148,7 +149,11 @@ class Steady(Policy):
         super().reset()
         self.opt = Adam(lr=cfg.lr)
         self.balance = ClassBalance(self.classes, cfg.prior_momentum)
-        runs = RunOptions(enter=max(1.0, RUN_ENTER * self.classes), leave=max(1.0, RUN_LEAVE * self.classes))
+        runs = RunOptions(
+            horizon=RUN_HORIZON,
+            enter=max(1.0, RUN_ENTER * self.classes),
+            leave=max(1.0, RUN_LEAVE * self.classes),
+        )
         self.runs = LabelRuns(runs, self.classes)
         self.updates = 0
         self.since_step = 0  # windows since the last gradient step
