@@ -251,7 +251,8 @@ class Agent:
             return
         device, stream = parsed
         try:
-            self._check_device(device)
+            if (device, stream) not in self.pipelines:  # once per stream, not per frame
+                self._check_device(device)
             frame = decode(message.payload, self.cfg.queue.max_frame_bytes)
             check_frame(self.manifest, frame, stream)
         except FrameError as exc:

@@ -71,7 +71,7 @@ def check_frame(manifest: Manifest, frame: Frame, stream: str) -> None:
             f"sample period {frame.period_ns} ns, the model's is {sample_period_ns(info.sample_rate_hz)} ns",
             f"sample at {info.sample_rate_hz:g} Hz or deploy a model trained at this rate",
         )
-    if any(char.isnumeric() for char in stream) and not stream.isascii():
+    if not stream.isascii() and any(char.isnumeric() for char in stream):  # ASCII: one C call
         # str.isdigit() holds for '²' and '①' (int() refuses them), int() reads '٣' as 3: either
         # way one stream would get two names, or a frame would end the worker.
         raise FrameError(

@@ -34,7 +34,7 @@ from edge_ttt.drift.schema import SchemaError, encode_table, read_bytes, to_parq
 from edge_ttt.drift.spool import Spool, summary_id_of
 from edge_ttt.drift.summary import DriftSummary
 from edge_ttt.logs import RateLimitedLog
-from edge_ttt.mqtt_callbacks import MAX_TOPIC_BYTES, CallbackGuard
+from edge_ttt.mqtt_callbacks import CallbackGuard
 
 log = logging.getLogger(__name__)
 
@@ -286,8 +286,6 @@ class Shipper:
             self.spool.set_aside(path, ".unreadable")
             self.unreadable += 1
             return
-        if len(topic.encode()) > MAX_TOPIC_BYTES:
-            raise ValueError(f"drift topic of {len(topic.encode())} bytes, MQTT takes {MAX_TOPIC_BYTES}")
         flight = _Flight(summary_id_of(path), now)
         self.spool.sending(path, True)
         self._inflight[path] = flight  # before publishing: a refusal may come back at once

@@ -72,10 +72,10 @@ def _leaves(column: pa.ChunkedArray | pa.Array) -> pa.Array:
     return values
 
 
-def null_required(table: pa.Table) -> list[str]:
-    """The required columns (those it has) with a null in some row: no reader can place such a row
-    (no date, no model, no device)."""
-    return [f.name for f in REQUIRED if f.name in table.column_names and table.column(f.name).null_count]
+def null_required(table: pa.Table, names: tuple[str, ...] = tuple(f.name for f in REQUIRED)) -> list[str]:
+    """The required columns (`names`, of those it has) with a null in some row: no reader can
+    place such a row (no date, no model, no device)."""
+    return [n for n in names if n in table.column_names and table.column(n).null_count]
 
 
 def _check_numbers(name: str, values: pa.Array) -> str | None:

@@ -22,7 +22,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from edge_ttt.drift.schema import REQUIRED, SCHEMA, SchemaError
-from edge_ttt.drift.validation import first_line
+from edge_ttt.drift.validation import first_line, null_required
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -43,8 +43,8 @@ def open_fs(location: str) -> tuple[pafs.FileSystem, str]:
 
 
 def lacking(table: pa.Table) -> list[str]:
-    """The required columns (of those `table` has) with a null somewhere."""
-    return [n for n in REQUIRED_COLUMNS if n in table.column_names and table.column(n).null_count]
+    """The dataset's required columns (of those `table` has) with a null somewhere."""
+    return null_required(table, REQUIRED_COLUMNS)
 
 
 def complete_rows(table: pa.Table) -> pa.Array | None:

@@ -69,7 +69,6 @@ class Steady(Policy):
     """
 
     name = "steady"
-    plain = True  # with its own instance offsets off (`predict_following`)
     label_runs = True
     aligned = True
     loss = "entropy"
@@ -264,9 +263,10 @@ class Steady(Policy):
         stats, out = self._window_stats(x)
         return out if out is not None else self.model.forward(x, stats)
 
-    def predict_following(self, x: np.ndarray, first: FirstNorm | None) -> Outputs:
-        """Its own instance offsets, where on, already follow (not twice)."""
-        return self.predict(x) if self.first_norm is not None else super().predict_following(x, first)
+    @property
+    def plain(self) -> bool:  # type: ignore[override]
+        """With its own instance offsets on, `predict` already follows (not twice)."""
+        return self.first_norm is None
 
     def _adapted(self) -> Arrays:
         """What a snapshot holds: the parameters, optimizer, statistics, gate, label-run detector
