@@ -258,6 +258,8 @@ def replay(
             blend = (runs.options if isinstance(runs, AutoRuns) else runs).serve == "blend"
             who = "the source model and the held policy" if blend else "the source model"
             typer.echo(f"  {result['windows_in_runs']} windows served by {who} in label runs")
+        if result["windows_filled"]:
+            typer.echo(f"  {result['windows_filled']} windows with a few dropped samples filled in and kept")
         for note in (result["input_guard"], result["collapse"]):
             if note is not None:
                 typer.echo(f"  {note}")

@@ -113,8 +113,8 @@ def test_norm_at_batch_size_one_finds_the_population_statistics(bundle_dir: Path
 def bad_windows() -> dict[str, np.ndarray]:
     base = windows(1, seed=9)
     nan, inf, flat, huge = (base.copy() for _ in range(4))
-    nan[0, 2, 10] = np.nan
-    inf[0, 0, 5] = np.inf
+    nan[0, 2, 10:40] = np.nan  # more samples missing than `guard.fill_gaps` fills in
+    inf[0, 0, 5:25] = np.inf
     flat[0, 4, :] = 0.25  # a stuck gyroscope axis
     huge[0, 1, 3] = 1e6
     return {"nan": nan, "inf": inf, "flat": flat, "constant": np.full_like(base, 3.0), "out_of_range": huge}
@@ -144,6 +144,27 @@ def test_a_batch_with_one_bad_window_adapts_on_the_others_only(bundle_dir: Path)
     pred = a.process(mixed)
     b.process(good)
     assert pred.valid.tolist() == [True, True, True, False]
+    assert states_equal(a.policy.state(), b.policy.state())
+
+
+def test_a_few_dropped_samples_are_filled_in_and_the_window_adapts_as_if_they_had_come(bundle_dir: Path):
+    good = windows(4, seed=3)
+    holed = good.copy()
+    holed[0, 1, 7] = np.nan  # isolated drops, as from a lost packet
+    holed[2, :, 30:33] = np.inf
+    holed[3, 5, 0] = -np.inf  # at the window's edge: its neighbour's value
+    expected = good.copy()
+    expected[0, 1, 7] = 0.5 * (good[0, 1, 6] + good[0, 1, 8])
+    steps = np.arange(30, 33)
+    for c in range(good.shape[1]):
+        expected[2, c, 30:33] = np.interp(steps, [29, 33], good[2, c, [29, 33]])
+    expected[3, 5, 0] = good[3, 5, 1]
+    a, b = engine(bundle_dir, "steady"), engine(bundle_dir, "steady")
+    pred = a.process(holed)
+    want = b.process(expected)
+    assert pred.valid.all() and a.counters.rejected_invalid == 0
+    assert a.counters.windows_filled == 3 and b.counters.windows_filled == 0
+    np.testing.assert_allclose(pred.probs, want.probs, rtol=1e-5, atol=1e-7)
     assert states_equal(a.policy.state(), b.policy.state())
 
 

@@ -7,11 +7,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from edge_ttt.adapt.guard import (
+    GAP_SHARE,
     CollapseDetector,
     InputLimits,
     beyond,
     check_windows,
     extremes,
+    fill_gaps,
     glitched,
     sanitize,
 )
@@ -66,6 +68,31 @@ def test_inf_is_nonfinite_and_a_nan_window_is_not_also_called_flat():
     x[0, 0, 0] = -np.inf
     v = check_windows(x, LIMITS)
     assert v.nonfinite[0] and not v.flat[0] and not v.out_of_range[0]
+
+
+def test_fill_gaps_fills_up_to_the_share_of_a_channel_and_leaves_the_rest_to_the_guard():
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(4, 3, 64)).astype(np.float32)
+    most = int(GAP_SHARE * 64)  # 8 of 64 samples
+    x[0, 1, 10 : 10 + most] = np.nan  # at the limit: filled
+    x[1, 1, 10 : 11 + most] = np.nan  # one more: left as it is
+    x[2, 0, :] = np.inf  # a channel gone altogether
+    before = x.copy()
+    filled, done = fill_gaps(x)
+    assert done.tolist() == [True, False, False, False]
+    assert np.array_equal(before, x, equal_nan=True), "the caller's windows are not written to"
+    assert np.isfinite(filled[0]).all() and np.array_equal(filled[3], x[3])
+    assert np.array_equal(filled[1:3], x[1:3], equal_nan=True)
+    line = np.linspace(x[0, 1, 9], x[0, 1, 10 + most], most + 2)[1:-1]
+    np.testing.assert_allclose(filled[0, 1, 10 : 10 + most], line, rtol=1e-6)
+
+
+def test_fill_gaps_returns_finite_windows_themselves_however_large():
+    x = np.full((2, 3, 64), 3e38, np.float32)  # finite, if not in range: the guard's to refuse
+    filled, done = fill_gaps(x)
+    assert filled is x and not done.any()
+    calm = np.zeros((2, 3, 64), np.float32)
+    assert fill_gaps(calm)[0] is calm
 
 
 def test_sanitize_replaces_only_nonfinite_values_by_the_source_mean():

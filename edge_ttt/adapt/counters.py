@@ -12,6 +12,7 @@ class Counters:
     skipped_unreliable: int = 0  # valid windows a reliability filter kept out of a gradient step
     skipped_no_drift: int = 0  # valid windows with no gradient step because the input looks like source
     rejected_invalid: int = 0  # windows the input guard kept away from any state
+    windows_filled: int = 0  # windows with a few dropped samples filled in (`guard.fill_gaps`), kept
     resets: int = 0  # returns to the source state
     rollbacks: int = 0  # returns to an earlier healthy snapshot
     fallbacks: int = 0  # switches to serving the source model (`edge_ttt.adapt.fallback`)

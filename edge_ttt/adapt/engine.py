@@ -160,6 +160,7 @@ class Engine:
             self._teach(s, probs, entropy)
         self.counters.windows += len(x)
         self.counters.rejected_invalid += n_invalid
+        self.counters.windows_filled += int(np.count_nonzero(s.filled))
         adapted = Scored(probs, likely_right(entropy, self.threshold), entropy)
         if self.fallback is not None:  # the source model sees the raw windows
             return self._serve(source_view(x, valid, self.limits), valid, adapted)
@@ -172,7 +173,7 @@ class Engine:
         counters (of what the engine adapted on) left to the caller."""
         if self.runs is not None and self.runs.in_run:
             return self._in_run(x, learn=False)
-        x, _, checks, clean = self._screen(x)
+        x, _, checks, clean, _ = self._screen(x)
         probs, entropy = self.policy.predict(clean).softmax
         adapted = Scored(probs, likely_right(entropy, self.threshold), entropy)
         if self.fallback is None:
@@ -197,6 +198,7 @@ class Engine:
             self.counters.windows += len(x)
             self.counters.windows_in_runs += len(x)
             self.counters.rejected_invalid += len(x) - int(np.count_nonzero(checks.valid))
+            self.counters.windows_filled += int(np.count_nonzero(s.filled))
         return handed_out(checks.valid, served, source, on_source=not blend)
 
     def _teach(self, s: Screened, probs: np.ndarray, entropy: np.ndarray) -> None:

@@ -1,9 +1,10 @@
 """Guards: which windows may touch the adapted state, and when the adapted state has collapsed.
 
-Pure numpy. Input checks run on every window before any policy sees it: a window with NaN/Inf,
-a flat-lined channel or values far outside the source range is still predicted (from a
-sanitized copy) but never updates statistics, parameters or optimizer state. The collapse
-detector watches label-free signals of the adapted model and says when to roll back.
+Pure numpy. Input checks run on every window before any policy sees it: a window with more
+NaN/Inf than a few dropped samples (those are filled in: `fill_gaps`), a flat-lined channel or
+values far outside the source range is still predicted (from a sanitized copy) but never updates
+statistics, parameters or optimizer state. The collapse detector watches label-free signals of the
+adapted model and says when to roll back.
 """
 
 from __future__ import annotations
@@ -21,6 +22,10 @@ from edge_ttt.manifest import Manifest
 # (stuck or near-constant). In the smartwatch recordings no window of any channel spans less than
 # 0.147 source stds (0.1 % of windows: under 0.21), so 0.02 leaves real motion a margin of 7x.
 FLAT_RATIO = 0.02
+# At most this share of a channel's samples in a window may be missing (NaN, +-Inf: a dropped
+# packet, a failed read) for the window to be filled in and kept: 8 of 64 samples. More, and the
+# window is invalid (a sensor that fails that often is not to be learnt from).
+GAP_SHARE = 0.125
 # Samples of the running median that tells isolated readings (a bit error, a glitch: one or two
 # samples) from a stretch of them (a wrong unit or gain moves every sample).
 GLITCH_SPAN = 5
@@ -140,6 +145,35 @@ def glitched(x: np.ndarray, suspects: np.ndarray, limits: InputLimits) -> np.nda
     median = np.median(windows, axis=3)
     out[suspects] = ~beyond(median.max(axis=2), median.min(axis=2), limits)
     return out
+
+
+def fill_gaps(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Windows [n, C, L] with their few missing samples filled in, and per window whether it was.
+
+    A missing sample (NaN, +-Inf) is a reading that never came, not a reading of zero or of the
+    source mean: it is filled by linear interpolation between its channel's neighbours in the
+    window (the nearest one at an edge), where at most `GAP_SHARE` of each channel's samples are
+    missing. Other windows are returned as they are (the guard refuses them). A batch without a
+    missing sample gets `x` itself back.
+
+    >>> x = np.arange(16.0).reshape(1, 1, 16); x[0, 0, [1, 15]] = [np.nan, np.inf]
+    >>> filled, done = fill_gaps(x)
+    >>> filled[0, 0, :3].tolist(), filled[0, 0, -2:].tolist(), done.tolist()
+    ([0.0, 1.0, 2.0], [14.0, 14.0], [True])
+    """
+    missing = ~np.isfinite(x)
+    if not np.logical_or.reduce(missing, axis=None):
+        return x, np.zeros(len(x), bool)
+    counts = np.add.reduce(missing, axis=2)  # [n, C]
+    done = counts.any(axis=1) & (counts <= GAP_SHARE * x.shape[2]).all(axis=1)
+    if not done.any():
+        return x, done
+    x = x.copy()
+    steps = np.arange(x.shape[2])
+    for i, c in zip(*np.nonzero(done[:, None] & (counts > 0)), strict=True):
+        hole = missing[i, c]
+        x[i, c, hole] = np.interp(steps[hole], steps[~hole], x[i, c, ~hole])
+    return x, done
 
 
 def sanitize(x: np.ndarray, limits: InputLimits) -> np.ndarray:

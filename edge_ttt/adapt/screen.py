@@ -15,6 +15,7 @@ from edge_ttt.adapt.guard import (
     beyond,
     check_windows,
     extremes,
+    fill_gaps,
     glitched,
     sanitize,
 )
@@ -22,14 +23,16 @@ from edge_ttt.adapt.input_alignment import InputAlignment
 
 
 class Screened(NamedTuple):
-    """One batch: the raw windows (float32), their extremes where alignment changes them (None
-    where the model sees them as they are), the guard's checks of the aligned windows, and what
-    the model is fed (aligned, sanitized where a check failed)."""
+    """One batch: the raw windows (float32, a few dropped samples filled in), their extremes where
+    alignment changes them (None where the model sees them as they are), the guard's checks of the
+    aligned windows, what the model is fed (aligned, sanitized where a check failed), and which
+    windows had dropped samples filled in (`guard.fill_gaps`)."""
 
     x: np.ndarray
     raw: Extremes | None
     checks: Validity
     clean: np.ndarray
+    filled: np.ndarray
 
 
 def screen(
@@ -39,10 +42,12 @@ def screen(
     inputs: InputAlignment | None,
     floor: float | None = None,
 ) -> Screened:
-    """Check, align (with the offset `floor` if given) and guard a batch [n, channels, length]."""
+    """Check, fill in (a few dropped samples), align (with the offset `floor` if given) and guard
+    a batch [n, channels, length]."""
     x = np.asarray(x, np.float32)
     if x.ndim != 3 or x.shape[1:] != shape:
         raise ValueError(f"windows must have shape [n, {shape[0]}, {shape[1]}], got {list(x.shape)}")
+    x, filled = fill_gaps(x)
     seen = x if inputs is None else inputs.apply(x, floor)
     raw = bounds = None
     if seen is not x:  # the raw extremes, and from them the aligned ones (no second pass)
@@ -50,7 +55,7 @@ def screen(
         if not np.logical_or.reduce(raw.nonfinite):
             bounds = inputs.aligned_bounds(raw.high, raw.low, floor)
     checks = check_windows(seen, limits, bounds)
-    return Screened(x, raw, checks, seen if checks.valid.all() else sanitize(seen, limits))
+    return Screened(x, raw, checks, seen if checks.valid.all() else sanitize(seen, limits), filled)
 
 
 def adapting(s: Screened, limits: InputLimits) -> np.ndarray:
