@@ -198,7 +198,9 @@ def streams(args: argparse.Namespace, n: int) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks.agent_bounds", description=__doc__.partition("\n\n")[0]
+    )
     p.add_argument("--artifacts", type=Path, required=True)
     p.add_argument("--payloads", type=int, default=2000)
     p.add_argument("--streams", type=int, nargs="*", default=[1000, 3000])

@@ -161,7 +161,9 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks.agent_load", description=__doc__.partition("\n\n")[0]
+    )
     p.add_argument("--artifacts", type=Path, required=True)
     p.add_argument("--devices", type=int, default=100)
     p.add_argument("--samples", type=int, default=10, help="samples per frame (50 Hz: 5 frames/s per device)")

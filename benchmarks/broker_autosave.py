@@ -90,7 +90,9 @@ def run(setting: str, frames: int, rate: float | None) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.broker_autosave", description=__doc__.partition("\n\n")[0]
+    )
     parser.add_argument("--frames", type=int, default=5000, help="frames sent as fast as possible")
     parser.add_argument("--paced", type=int, default=10000, help="frames sent at --rate")
     parser.add_argument("--rate", type=float, default=500.0)

@@ -75,7 +75,7 @@ def cell(job: tuple[Path, str, str]) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
-        prog="python -m benchmarks.class_correction", description=__doc__.splitlines()[0]
+        prog="python -m benchmarks.class_correction", description=__doc__.partition("\n\n")[0]
     )
     parser.add_argument("--model", default="cnn-bn", help="reference model (with batch norms)")
     parser.add_argument("--cache", type=Path, default=Path("runs/bench"), help="trained models and bundles")

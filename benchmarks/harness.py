@@ -107,7 +107,7 @@ def add_output_options(p: argparse.ArgumentParser) -> None:
 
 def one_model_args(module: str, doc: str | None, out: str, argv: list[str] | None) -> argparse.Namespace:
     """The options of a benchmark of one reference model: `--model`, `--cache`, `--out` (default `out`)."""
-    parser = argparse.ArgumentParser(prog=f"python -m {module}", description=(doc or "").splitlines()[0])
+    parser = argparse.ArgumentParser(prog=f"python -m {module}", description=(doc or "").partition("\n\n")[0])
     parser.add_argument("--model", default="cnn-bn", help="reference model")
     parser.add_argument("--cache", type=Path, default=Path("runs/bench"), help="trained models and bundles")
     parser.add_argument("--out", type=Path, default=Path(out), help="result files")

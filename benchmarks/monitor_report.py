@@ -105,7 +105,9 @@ def synthetic(location: str, devices: int, intervals: int) -> int:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.monitor_report", description=__doc__.partition("\n\n")[0]
+    )
     parser.add_argument("--devices", type=int, default=500)
     parser.add_argument("--intervals", type=int, default=1440, help="summaries per device (one a minute)")
     parser.add_argument("--keep", type=Path, help="build the dataset here and keep it")

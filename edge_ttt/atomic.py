@@ -2,12 +2,15 @@
 
 Temporary file in the same directory, written, flushed and fsynced, renamed over the target,
 then the directory fsynced so that the rename itself survives a power cut. Used for recorded
-logs, adapted state and drift summaries.
+logs, adapted state, drift summaries and reports. A symbolic link is written through (its target
+gets the new content, the link stays); a path that is not a regular file (a device such as
+`/dev/full`, a pipe, a directory) is refused: renaming over it would replace it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import tempfile
 from collections.abc import Callable
@@ -18,6 +21,12 @@ from typing import BinaryIO
 def atomic_write(path: str | os.PathLike[str], write: Callable[[BinaryIO], None]) -> Path:
     """Call `write(f)` on a temporary file and move it into place; the file gets 0666 & ~umask."""
     path = Path(path)
+    if path.is_symlink():  # written through: the link is not replaced
+        path = Path(os.path.realpath(path))
+    if path.exists() and not (path.is_file() or path.is_dir()):  # a directory: EISDIR below
+        raise OSError(
+            errno.EEXIST, "exists and is not a regular file (a device, a pipe); give a file's path", str(path)
+        )
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)

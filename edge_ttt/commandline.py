@@ -60,7 +60,7 @@ def fail(message: str) -> NoReturn:
 # What the system says when it refuses a file: the machine's state, not a bug in the command.
 REFUSALS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO})
 # What it says of a path given that cannot be one (a bad input: exit 2).
-BAD_PATHS = frozenset({errno.ENOENT, errno.EISDIR, errno.ENOTDIR, errno.ENAMETOOLONG})
+BAD_PATHS = frozenset({errno.ENOENT, errno.EISDIR, errno.ENOTDIR, errno.ENAMETOOLONG, errno.EEXIST})
 
 
 def on_stop(handler: Callable[[int, Any], None]) -> None:

@@ -1,12 +1,13 @@
 """Record frames from MQTT back into the recorded-log format, e.g. to capture a replay or a fleet.
 
 The device id comes from the topic `<prefix>/<device>/dt/<stream>`; QoS 1 redeliveries are
-dropped by (device, stream, seq). Frames carry no channel names, so they are given; the sample
-rate is that of the most common frame period. Values are kept as the float32 the frames carried,
-so replay followed by record reproduces a log's samples bit for bit. A frame that does not fit the
-log (another number of channels, a period more than `RATE_TOLERANCE` off the log's: another rate,
-not a clock's jitter) is left out and counted per device (`misfits`): one odd device must not cost
-the recording of the others.
+dropped by (device, stream, seq, first sample's time): a device that restarts its sequence
+numbers (a reboot, a second run of the simulator) sends new frames, kept. Frames carry no channel
+names, so they are given; the sample rate is that of the most common frame period. Values are
+kept as the float32 the frames carried, so replay followed by record reproduces a log's samples
+bit for bit. A frame that does not fit the log (another number of channels, a period more than
+`RATE_TOLERANCE` off the log's: another rate, not a clock's jitter) is left out and counted per
+device (`misfits`): one odd device must not cost the recording of the others.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ class Recorder:
         self.prefix = prefix
         self.topic = f"{prefix}/+/dt/{stream}"
         self.qos = qos
-        self.frames: dict[tuple[str, int, int], Frame] = {}
+        self.frames: dict[tuple[str, int, int, int], Frame] = {}  # (device, stream, seq, t0_ns)
         self.duplicates = 0
         self.rejected = 0
         self.misfits: Counter[tuple[str, str]] = (
@@ -65,7 +66,7 @@ class Recorder:
             with self._lock:
                 self.rejected += 1
             return
-        key = (device, frame.stream_id, frame.seq)
+        key = (device, frame.stream_id, frame.seq, frame.t0_ns)
         with self._lock:
             if key in self.frames:
                 self.duplicates += 1
@@ -81,7 +82,7 @@ class Recorder:
         with self._lock:
             keys = sorted(self.frames)
         out: dict[str, list[int]] = {}
-        for device, _, seq in keys:
+        for device, _, seq, _ in keys:
             out.setdefault(device, []).append(seq)
         return out
 
@@ -101,7 +102,7 @@ class Recorder:
         self.misfits = Counter()
         kept = []
         for item in items:
-            (device, _, _), frame = item
+            (device, *_), frame = item
             if frame.n_channels != len(channels):
                 self.misfits[device, f"{frame.n_channels} channels, not {len(channels)}"] += 1
             elif abs(frame.period_ns - period) > RATE_TOLERANCE * period:
@@ -109,7 +110,7 @@ class Recorder:
             else:
                 kept.append(item)
         items = kept
-        ids = np.concatenate([np.full(f.n_samples, device, dtype=object) for (device, _, _), f in items])
+        ids = np.concatenate([np.full(f.n_samples, device, dtype=object) for (device, *_), f in items])
         t_ns = np.concatenate([f.times() for _, f in items])
         values = np.concatenate([f.values for _, f in items])
         order = np.lexsort((t_ns, ids.astype(str)))

@@ -39,7 +39,7 @@ KINDS: dict[str, dict[str, Any]] = {
     "rotation": {"degrees": 30.0, "axis": [1.0, 0.0, 0.0]},
     "clipping": {"limit": 12.0, "channels": None},
     "dropout": {"rate": 0.2},
-    "jitter": {"max": 0.02},
+    "jitter": {"max": 0.005},  # within the agent's rate tolerance (1 %): a clock's jitter, not another rate
     "dead-channel": {"channel": "wy", "value": 0.0},
     "nan-bursts": {"rate": 0.01, "burst": 3.0, "channels": None},
 }

@@ -230,3 +230,16 @@ def test_two_agents_with_one_id_are_told_so_in_their_logs(tmp_path, broker, bund
             agent.send_signal(signal.SIGTERM)
         for agent in agents:
             assert agent.wait(30) == 0
+
+
+def test_the_end_of_an_outage_is_said_at_the_level_of_its_start(caplog):
+    """A log kept at warnings (the collector's default) ended on "cannot connect" although the
+    connection was back; the first connection of a run stays at info."""
+    link = ConnectionState("127.0.0.1:47001", "edge-ttt-a")
+    with caplog.at_level(logging.INFO):
+        link.connected()
+        link._failed("refused", "connection refused by 127.0.0.1:47001")
+        link.connected()
+    levels = [(r.levelname, r.getMessage()) for r in caplog.records]
+    assert levels[0] == ("INFO", "connected") and levels[-1] == ("WARNING", "connected")
+    assert any(level == "WARNING" and "cannot connect" in text for level, text in levels)

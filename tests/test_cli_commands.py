@@ -238,6 +238,21 @@ def test_a_path_that_cannot_be_written_ends_a_command_with_one_line_naming_it(tm
         assert capsys.readouterr().err == f"error: {path}: {os.strerror(reason)}\n"
 
 
+def test_atomic_write_refuses_a_device_or_pipe_and_writes_through_a_link(tmp_path):
+    """Before, `monitor report --out /dev/full` renamed the report over the device node."""
+    pipe = tmp_path / "pipe"
+    os.mkfifo(pipe)
+    with pytest.raises(OSError) as refused:  # a device node is refused alike (not tried on the machine's own)
+        atomic_write(pipe, lambda f: f.write(b"x"))
+    assert refused.value.errno == errno.EEXIST and "not a regular file" in refused.value.strerror
+    assert pipe.is_fifo() and refused.value.filename == str(pipe)
+    target, link = tmp_path / "report.html", tmp_path / "latest.html"
+    target.write_bytes(b"old")
+    link.symlink_to(target)
+    assert atomic_write(link, lambda f: f.write(b"new")) == target
+    assert link.is_symlink() and target.read_bytes() == b"new"
+
+
 def test_other_os_errors_stay_tracebacks_for_a_bug_report():
     app = command_app()
 

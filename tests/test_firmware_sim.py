@@ -117,7 +117,7 @@ def test_twenty_devices_deliver_every_frame_in_sequence(broker):
     assert len(seqs) == 20
     assert all(s == list(range(len(s))) and len(s) >= 14 for s in seqs.values())
     assert rec.duplicates == 0 and rec.rejected == 0
-    t0 = [rec.frames[(d, 0, 0)].t0_ns for d in sorted(seqs)]
+    t0 = [frame.t0_ns for (_, _, seq, _), frame in sorted(rec.frames.items()) if seq == 0]
     assert len(set(t0)) == 20 and max(t0) - min(t0) <= 100_000_000  # clock offsets within +-50 ms
 
 
@@ -166,6 +166,25 @@ def test_recorder_drops_redelivered_frames_and_counts_bad_ones():
     assert len(rec.log(IMU_CHANNELS)) == 20
 
 
+def test_a_device_that_restarts_its_sequence_numbers_is_recorded_not_dropped_as_a_duplicate():
+    """A reboot (or a second run of the simulator) sends seq 0, 1, ... again, later: new frames.
+    Before, they were counted as QoS 1 redeliveries and their samples lost."""
+    rec = Recorder("127.0.0.1", 1)
+    t0, period = 1_704_067_200_000_000_000, 20_000_000
+    boots = [
+        Frame(0, seq, t0 + (boot * 100 + seq) * 10 * period, period, np.full((10, 6), boot, np.float32))
+        for boot in (0, 1)
+        for seq in (0, 1)
+    ]
+    for frame in [*boots, boots[3]]:  # the last one redelivered
+        msg = paho.MQTTMessage(topic=b"edge-ttt/d/dt/0")
+        msg.payload = encode(frame)
+        rec._on_message(rec.client, None, msg)
+    assert rec.duplicates == 1 and rec.seqs() == {"d": [0, 0, 1, 1]}
+    log = rec.log(IMU_CHANNELS)
+    assert len(log) == 40 and log.values[:20].max() == 0.0 and log.values[20:].min() == 1.0
+
+
 def test_frames_that_do_not_fit_the_log_are_left_out_and_the_others_kept():
     """One device with another channel count or rate (a misconfigured one) costs only its own
     frames: before, it made every save fail and the recorder stop, with nothing written."""
@@ -186,7 +205,7 @@ def test_frames_that_do_not_fit_the_log_are_left_out_and_the_others_kept():
     assert sorted(log.devices()) == ["good", "jittery"] and log.sample_rate_hz == 50.0
     assert rec.misfits == {("three", "3 channels, not 6"): 1, ("fast", "100 Hz, not the log's 50 Hz"): 1}
     only_three = Recorder("127.0.0.1", 1)
-    only_three.frames = {("three", 0, 0): sent["three"]}
+    only_three.frames = {("three", 0, 0, t0): sent["three"]}
     with pytest.raises(ValueError, match=r"no frame has 6 channels \(frames have \[3\]\)"):
         only_three.log(IMU_CHANNELS)
 

@@ -68,6 +68,28 @@ def test_a_restarted_device_starts_over_instead_of_being_dropped():
     assert s.counters.restarts == 1 and s.counters.missing == 1
 
 
+def test_a_device_whose_clock_started_over_too_starts_over_and_a_late_frame_does_not():
+    """A device without a real-time clock reboots to seq 0 and a time near 1970. Before, its frames
+    were all dropped as late until its counter passed the old one."""
+    s = Sequencer(reorder=2)
+    now = 1_700_000_000_000_000_000
+    assert [f.seq for q in range(100, 200) for f in s.push(F(q, now + q * PERIOD))] == list(range(100, 200))
+    s.push(F(120, now + 120 * PERIOD))  # a redelivered old frame, where its time puts it
+    assert s.counters.late == 1 and s.counters.restarts == 0
+    assert [f.seq for q in range(3) for f in s.push(F(q, q * PERIOD))] == [0, 1, 2]  # rebooted
+    assert s.counters.restarts == 1 and s.counters.late == 1
+
+
+def test_a_pause_in_the_stream_does_not_make_late_frames_look_like_a_restart():
+    s = Sequencer(reorder=2)
+    early = [f.seq for q in range(100) for f in s.push(frame(q))]
+    later = [f.seq for q in range(100, 200) for f in s.push(frame(q, offset=100_000))]  # asleep 100 s
+    assert early + later == list(range(200))
+    for q in (5, 50, 99, 120):  # none of them among the last 64 delivered (those are duplicates)
+        s.push(frame(q, offset=100_000 if q >= 100 else 0))
+    assert s.counters.late == 4 and s.counters.restarts == 0
+
+
 def test_negative_reorder_is_refused():
     with pytest.raises(ValueError, match="reorder"):
         Sequencer(reorder=-1)

@@ -1,5 +1,5 @@
 """Predictions out: one JSON message per window, or per `batch` windows of a device, and the
-latency from a frame's arrival to the publish of the prediction it completed."""
+latency from a frame's arrival to the publish of each prediction it completed."""
 
 from __future__ import annotations
 
@@ -50,7 +50,8 @@ class PredictionPublisher:
     def publish(
         self, device: str, stream: str, policy: str, t_end_ns: np.ndarray, pred: Predictions, arrived: float
     ) -> list[float]:
-        """Publish (or hold for a batch); the latency in ms of what was published, if anything."""
+        """Publish (or hold for a batch); the latency in ms of each window published, if any. With
+        `batch` 1 every window is a message of its own, however many one frame completed."""
         pending = self._pending.setdefault(device, [])
         for i in range(len(pred)):
             pending.append(
@@ -65,15 +66,18 @@ class PredictionPublisher:
                 }
             )
         self.windows += len(pred)
-        if len(pending) < self.cfg.batch:
-            return []
+        batch, latencies = self.cfg.batch, []
         body = {"device": device, "policy": policy, "model": self.model_sha256}
-        payload = body | (pending[0] if len(pending) == 1 else {"predictions": pending})
-        self._publish(self.topic(device), json.dumps(payload).encode(), self.cfg.qos)
-        self.published += len(pending)
-        self._pending[device] = []
-        self.latency_ms.append(1000 * (time.monotonic() - arrived))
-        return [self.latency_ms[-1]]
+        while len(pending) >= batch:  # a frame can complete several windows: one message per batch
+            part, pending = pending[:batch], pending[batch:]
+            payload = body | (part[0] if batch == 1 else {"predictions": part})
+            self._publish(self.topic(device), json.dumps(payload).encode(), self.cfg.qos)
+            self.published += len(part)
+            latency = 1000 * (time.monotonic() - arrived)
+            self.latency_ms.extend([latency] * len(part))  # per window, as the percentiles say
+            latencies += [latency] * len(part)
+        self._pending[device] = pending
+        return latencies
 
     def percentiles(self) -> dict[str, float | None]:
         """p50 and p99 of the recent latencies in ms (None before the first publish)."""

@@ -154,7 +154,10 @@ class ConnectionState:
             return
         self._warn = RateLimitedLog(log)  # the next outage's first failure is said at once
         fields = {"broker": self.broker, "was": was.state, "after_s": round(time.time() - was.since_unix, 1)}
-        log.info("connected", extra={"fields": {**fields, "failed_attempts": was.failures}})
+        # After an outage said at warning level, its end is said at the same level: a log kept at
+        # warnings would otherwise end on "cannot connect" although the connection is back.
+        level = logging.WARNING if was.failures or was.state == DISCONNECTED else logging.INFO
+        log.log(level, "connected", extra={"fields": {**fields, "failed_attempts": was.failures}})
 
     def _failed(self, kind: str, reason: str) -> None:
         with self._lock:
