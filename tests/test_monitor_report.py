@@ -284,10 +284,10 @@ def test_the_health_table_tells_windows_without_a_step_apart_by_why(tmp_path):
     out = tmp_path / "report.html"
     write_report(dataset.read(location), RULES, out, now=NOW)
     html = out.read_text()
-    assert "<th>no step: no drift</th><th>no step: unreliable</th>" in html
+    assert "<th>no step: no drift, %</th><th>no step: unreliable, %</th>" in html
     assert "statistics adapt on every valid window" in html
     row = html.split('<table id="health">')[1].split("<tr><td>d</td>")[1]
-    assert re.findall(r"<td>([^<]*)</td>", row)[:5] == ["40", "0", "0", "0.750", "0.100"]
+    assert re.findall(r"<td>([^<]*)</td>", row)[:5] == ["40", "0", "0", "75.0", "10.0"]  # %, as throughout
 
 
 def test_the_worst_channel_is_the_one_furthest_above_its_limit_and_its_shares_are_plotted(location):
@@ -365,7 +365,9 @@ def test_the_report_renders_in_headless_chromium(location, tmp_path):
     # the DOM after the browser parsed it: the summary, the ranking and every plot decoded
     summary = re.sub(r"\s+", " ", dom.split('<ul id="summary">')[1].split("</ul>")[0])
     assert "<b>5</b> devices" in summary and "<b>1</b> drifting" in summary
+    assert "<b>1</b> silent" in summary and "<b>0</b> with their clock off" in summary  # gone
     assert "<details open=" in dom  # four alerts: listed open
+    assert 'id="ranking-more"' not in dom  # five devices: nothing folded
     assert _ranking(dom)[0][0] == "drifting" and len(_ranking(dom)) == 5
     assert len(re.findall(r'<img alt="[^"]+"\s+src="data:image/png;base64,', dom)) == 4
 
@@ -413,14 +415,57 @@ def test_a_fleet_of_500_devices_reads_in_a_browser(tmp_path):
     dom = _chromium(out, "monitor-report-500", tmp_path, height=2400)
     summary = re.sub(r"\s+", " ", dom.split('<ul id="summary">')[1].split("</ul>")[0])
     assert "<b>500</b> devices" in summary and "<b>100</b> drifting" in summary
+    assert "<b>0</b> silent" in summary and "<b>0</b> with their clock off" in summary
     ranking = _ranking(dom)
     assert len(ranking) == 500
+    # the worst 25 open, the other 475 folded: the figures are no longer 25,000 px down
+    for table in ("ranking", "health"):
+        assert (
+            dom.count(f'<table id="{table}">') == 1
+            and len(_rows(dom.split(f'id="{table}-more"')[0], table)) == 25
+        )
+        folded = dom.split(f'<details id="{table}-more"><summary>')[1]
+        assert (
+            re.sub(r"\s+", " ", folded).startswith("the other 475 devices") and len(_rows(dom, table)) == 500
+        )
     assert {r[0] for r in ranking[:100]} == {f"dev-{d:04d}" for d in range(0, 500, 5)}
     assert all(float(r[1]) > 30 for r in ranking[:100])  # 80 % reference, source estimated near 43 %
     assert len(re.findall(r'<img alt="[^"]+"\s+src="data:image/png;base64,', dom)) == 4
     counts = re.sub(r"\s+", " ", dom.split('<p id="alert-counts">')[1].split("</p>")[0])
     assert counts.startswith("<b>100</b> accuracy, <b>100</b> psi (200 in all")
     assert "<details><summary>every alert" in dom  # 200 alerts: folded, the ranking comes next
+
+
+def test_a_fleet_whose_devices_are_all_silent_says_so_at_the_top(location, tmp_path):
+    """A fleet silent for 1,116 days looked fine at the top of the page."""
+    out = tmp_path / "report.html"
+    write_report(dataset.read(location), RULES, out, now=NOW + 1000 * 86_400)
+    summary = re.sub(r"\s+", " ", out.read_text().split('<ul id="summary">')[1].split("</ul>")[0])
+    assert "<b>5</b> silent (no summary received for more than 15 min)" in summary
+
+
+def test_each_line_over_time_has_its_own_colour_and_style(tmp_path, monkeypatch):
+    """With 12 devices and 10 colours, two lines shared a colour; the symlog axis had ticks at 0
+    and 1 only."""
+    from edge_ttt.monitor import plots
+    from edge_ttt.monitor.health import health
+
+    location = str(tmp_path / "fleet")
+    for i in range(2):
+        dataset.append(
+            location, to_table([make_summary(f"d{k:02d}", T0 + (i + 1) * STEP, seed=k) for k in range(12)])
+        )
+    intervals = Intervals.of(dataset.read(location), RULES)
+    monkeypatch.setattr(plots, "png", lambda fig: fig)
+    fig = plots.timeline(health(intervals, RULES), intervals, np.ones(24, bool))
+    (ax,) = fig.axes
+    drawn = [
+        (line.get_color(), line.get_linestyle())
+        for line in ax.get_lines()
+        if line.get_label() != "drift limit"
+    ]
+    assert len(drawn) == 12 and len(set(drawn)) == 12
+    assert [t for t in ax.get_yticks() if t <= 2] == [0, 0.25, 0.5, 0.75, 1, 1.5, 2]
 
 
 def _mix(estimate: float, n: int = 60) -> np.ndarray:
@@ -450,9 +495,18 @@ def estimated_fleet(tmp_path) -> str:
     return path
 
 
+def _rows(html: str, table_id: str) -> list[list[str]]:
+    """The cells of a table's rows, those folded below it (`<table id="ID-rest">`) included."""
+    rows = []
+    for part in (table_id, f"{table_id}-rest"):
+        if f'<table id="{part}">' in html:
+            table = html.split(f'<table id="{part}">')[1].split("</table>")[0]
+            rows += [re.findall(r"<td>([^<]*)</td>", row) for row in table.split("<tr>")[2:]]
+    return rows
+
+
 def _ranking(html: str) -> list[list[str]]:
-    table = html.split('<table id="ranking">')[1].split("</table>")[0]
-    return [re.findall(r"<td>([^<]*)</td>", row) for row in table.split("<tr>")[2:]]
+    return _rows(html, "ranking")
 
 
 def test_the_report_ranks_by_estimated_accuracy_lost_and_sums_up_the_fleet(estimated_fleet, tmp_path):
@@ -472,7 +526,7 @@ def test_the_report_ranks_by_estimated_accuracy_lost_and_sums_up_the_fleet(estim
     assert rows[0][6].startswith("c0 ")  # the drifted channel explains the loss
     summary = re.sub(r"\s+", " ", html.split('<ul id="summary">')[1].split("</ul>")[0])
     assert "<b>3</b> devices" in summary and "<b>2</b> drifting" in summary
-    assert "<b>1</b> estimated to serve predictions more than 15.0 points" in summary  # noisy
+    assert "<b>1</b> estimated to serve predictions more than 15.0 % points" in summary  # noisy
     assert "<b>1</b> rescued by adaptation" in summary  # rotated: source 30 points lost, served 5
     assert "<b>2</b> of 3 with both estimates where adaptation helped" in summary
     assert "reference: the bundle&#39;s validation accuracy" in html

@@ -2,85 +2,39 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import json
-import math
-import re
 import threading
-import time
 from dataclasses import asdict
-from decimal import Decimal
 from functools import partial
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import pyarrow as pa
 import typer
-from rich.console import Console
-from rich.table import Table
 
+from edge_ttt.atomic import atomic_write
 from edge_ttt.commandline import command_app, fail, on_stop
 from edge_ttt.config_file import ConfigError
 from edge_ttt.dirlock import DirInUse
 from edge_ttt.monitor import dataset
 from edge_ttt.monitor.alerts import COLUMNS, evaluate
-from edge_ttt.monitor.config import AlertsSection, load_monitor_config
+from edge_ttt.monitor.arguments import (
+    ConfigOption,
+    DatasetOption,
+    SinceOption,
+    check_out,
+    given,
+    guarded,
+    rules,
+    window,
+    write_out,
+)
+from edge_ttt.monitor.config import load_monitor_config
+from edge_ttt.monitor.files import foreign
+from edge_ttt.monitor.output import json_text, print_rows
+from edge_ttt.monitor.text import visible
 
 monitor_app = command_app(help="Compact, query and report on the fleet drift dataset.")
-
-DatasetOption = Annotated[
-    str, typer.Option("--dataset", help="dataset directory or URI (e.g. s3://bucket/fleet)")
-]
-ConfigOption = Annotated[
-    Path | None, typer.Option("--config", help="monitor TOML; its [alerts] rules (default: built-in)")
-]
-
-
-SinceOption = Annotated[
-    str | None,
-    typer.Option(
-        "--since",
-        help="only summaries received since then: a duration back from now (90m, 24h, 7d) or a UTC date "
-        "or time (2026-12-01, 2026-12-01T08:00); devices silent since are kept (default: all)",
-    ),
-]
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*([mhd])")
-_UNIT_S = {"m": 60, "h": 3600, "d": 86_400}
-
-
-def since_time(text: str, now: float) -> float:
-    """Unix seconds of a `--since` value.
-
-    >>> since_time("90m", 10_000.0), since_time("1.5h", 10_000.0)
-    (4600.0, 4600.0)
-    >>> since_time("2026-12-01", 0.0), since_time("2026-12-01T08:00+01:00", 0.0)
-    (1796083200.0, 1796108400.0)
-    """
-    if m := _DURATION.fullmatch(text.strip()):
-        return now - float(m[1]) * _UNIT_S[m[2]]
-    try:
-        at = dt.datetime.fromisoformat(text.strip())
-    except ValueError:
-        fail(
-            f"--since {text!r}: not a time. Fix: a duration back from now such as 90m, 24h or 7d, or a "
-            "UTC date or time such as 2026-12-01 or 2026-12-01T08:00"
-        )
-    return (at if at.tzinfo else at.replace(tzinfo=dt.timezone.utc)).timestamp()
-
-
-def _window(since: str | None) -> tuple[float, float | None]:
-    """(now, the start of `--since` or None), one clock reading for the read and the rules."""
-    now = time.time()
-    return now, None if since is None else since_time(since, now)
-
-
-def _rules(config: Path | None) -> AlertsSection:
-    if config is None:
-        return AlertsSection()
-    try:
-        return load_monitor_config(config).alerts
-    except ConfigError as exc:
-        fail(f"--config: {exc}")
 
 
 def _unreachable(what: str, exc: Exception) -> str:
@@ -93,6 +47,7 @@ def _unreachable(what: str, exc: Exception) -> str:
 
 
 def _require(location: str) -> None:
+    given("--dataset", location)
     try:
         found = dataset.exists(location)
     except (pa.ArrowException, OSError) as exc:
@@ -102,6 +57,20 @@ def _require(location: str) -> None:
             f"{location} is not a dataset directory. Fix: pass the directory that `edge-ttt collect` "
             "writes (its config's collector.dataset), or run the collector first"
         )
+
+
+def _not_fleet(location: str, why: str) -> NoReturn:
+    fail(f"{location} is not a fleet dataset ({why}). Fix: pass the directory that `edge-ttt collect` writes")
+
+
+def _own(location: str) -> None:
+    """Refuse a directory of files none of which is the dataset's (`files.foreign`)."""
+    try:
+        why = foreign(location)
+    except (pa.ArrowException, OSError) as exc:
+        fail(_unreachable(location, exc))
+    if why is not None:
+        _not_fleet(location, why)
 
 
 def _summaries(location: str, columns: list[str], since: float | None = None) -> pa.Table:
@@ -115,11 +84,9 @@ def _summaries(location: str, columns: list[str], since: float | None = None) ->
         else:
             table = dataset.read_since(location, columns, since)
     except (pa.ArrowException, OSError) as exc:
-        fail(
-            f"{location} is not a fleet dataset ({str(exc).splitlines()[0]}). Fix: pass the directory "
-            "that `edge-ttt collect` writes"
-        )
+        _not_fleet(location, str(exc).splitlines()[0])
     if not table.num_rows:
+        _own(location)
         fail(
             f"{location} holds no drift summaries yet. Fix: check that agents publish summaries and "
             "that `edge-ttt collect` runs (its log line says what it collects into)"
@@ -164,36 +131,13 @@ def collect_command(
 
 
 @monitor_app.command()
+@guarded(os_errors=True)
 def compact(location: DatasetOption) -> None:
     """Per date partition, merge the collector's small files into one (new file first, then the old go)."""
     _require(location)
+    _own(location)
     done = dataset.compact(location)
     typer.echo(json.dumps({"partitions": len(done), "files_merged": sum(done.values())}))
-
-
-def _plain(value: object) -> object:
-    """JSON for what DuckDB returns beyond JSON's types (sums are DECIMAL/HUGEINT, times datetimes)."""
-    if isinstance(value, Decimal):
-        return int(value) if value == value.to_integral_value() else float(value)
-    if isinstance(value, dt.datetime | dt.date):
-        return value.isoformat()
-    return str(value)
-
-
-def _strict(value: object) -> object:
-    """`value` for strict JSON: NaN and infinities (a broken summary's, or SQL's) as null, since
-    JSON has neither and strict parsers refuse `NaN`."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _strict(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_strict(v) for v in value]
-    return value
-
-
-def _json(value: object) -> str:
-    return json.dumps(_strict(value), default=_plain, allow_nan=False)
 
 
 def _headline(message: str) -> str:
@@ -210,13 +154,15 @@ def _headline(message: str) -> str:
 
 
 @monitor_app.command()
+@guarded(os_errors=True)
 def query(
     sql: Annotated[str, typer.Argument(help="DuckDB SQL over the view `summaries`")],
     location: DatasetOption,
     as_json: Annotated[bool, typer.Option("--json", help="JSON lines, one object per row")] = False,
 ) -> None:
-    """Run SQL over the dataset and print the result."""
+    """Run SQL over the dataset and print the result: a table when it fits, else a block per row."""
     _require(location)
+    _own(location)
     import duckdb  # the [monitor] extra
 
     from edge_ttt.monitor.queries import NoResult
@@ -235,15 +181,13 @@ def query(
         fail(f"{_headline(str(exc))} (the view is `summaries`; its columns: docs/drift-summaries.md)")
     if as_json:
         for row in result.to_pylist():
-            typer.echo(_json(row))
+            typer.echo(json_text(row))
         return
-    table = Table(*result.column_names)
-    for row in result.to_pylist():
-        table.add_row(*(str(row[c]) for c in result.column_names))
-    Console(width=200).print(table)
+    print_rows(result)
 
 
 @monitor_app.command()
+@guarded(os_errors=False)
 def alerts(
     location: DatasetOption,
     config: ConfigOption = None,
@@ -251,48 +195,31 @@ def alerts(
     since: SinceOption = None,
 ) -> None:
     """Evaluate the alert rules. Exit status: 0 no alert, 1 an alert holds, 2 no dataset, an empty
-    one, a bad --config or --since (for cron and CI)."""
-    now, start = _window(since)
+    one, a bad --config or --since, 3 an unexpected failure (for cron and CI)."""
+    now, start = window(since)
+    checked = rules(config)
     rows = _summaries(location, COLUMNS, start)
-    found = evaluate(rows, _rules(config), now=now, bins=dataset.reference_bins(location))
+    found = evaluate(rows, checked, now=now, bins=dataset.reference_bins(location))
     if as_json:
-        typer.echo(_json([asdict(a) for a in found]))
-    else:
+        typer.echo(json_text([asdict(a) for a in found]))
+    else:  # a tab or newline in an id would split its line
         for a in found:
-            typer.echo(f"{a.device}\t{a.rule}\t{a.message}")
+            typer.echo(f"{visible(a.device)}\t{a.rule}\t{visible(a.message)}")
     raise typer.Exit(1 if found else 0)
 
 
-def _check_out(out: Path) -> None:
-    """Refuse an `--out` that cannot be written before the seconds of reading and drawing: a
-    directory, or a file under a directory that does not exist (it used to be created)."""
-    if out.is_dir():
-        fail(f"--out {out} is a directory. Fix: name the HTML file to write, e.g. {out / 'report.html'}")
-    try:
-        there = out.parent.is_dir()
-    except OSError as exc:
-        fail(
-            f"--out {out}: cannot reach {out.parent} ({exc.strerror}). Fix: name a file in a directory "
-            "you can write"
-        )
-    if not there:
-        fail(
-            f"--out {out}: the directory {out.parent} does not exist. Fix: create it, or name a file in "
-            "one that does"
-        )
-
-
 @monitor_app.command()
+@guarded(os_errors=True)
 def report(
     location: DatasetOption,
-    out: Annotated[Path, typer.Option("--out", help="HTML file to write")],
+    out: Annotated[str, typer.Option("--out", help="HTML file to write")],
     config: ConfigOption = None,
     bundle: Annotated[
         Path | None,
         typer.Option(
             "--bundle",
             help="the devices' exported bundle: its validation accuracy is the reference for accuracy lost "
-            "(default: the one the summaries carry)",
+            "of the devices running its model (default: the one the summaries carry)",
         ),
     ] = None,
     since: SinceOption = None,
@@ -300,26 +227,24 @@ def report(
     """Write a self-contained HTML report: fleet summary, alerts, ranking by estimated accuracy lost,
     estimates over time, heat map, the worst channels against the reference, drift over time, health."""
     from edge_ttt.monitor import distributions  # matplotlib: the [monitor] extra
-    from edge_ttt.monitor.report import REPORT_COLUMNS, write_report
+    from edge_ttt.monitor.bundles import bundle_reference
+    from edge_ttt.monitor.report import REPORT_COLUMNS, render
 
-    _check_out(out)
-    reference = None
-    if bundle is not None:
-        from edge_ttt.artifacts import BundleError, load_bundle
-
-        try:
-            reference = load_bundle(bundle).manifest.reference.val_accuracy
-        except BundleError as exc:
-            fail(f"--bundle: {exc}")
-    now, start = _window(since)
-    found = write_report(
-        _summaries(location, REPORT_COLUMNS, start),
-        _rules(config),
-        out,
+    path = Path(given("--out", out))
+    check_out(path)
+    now, start = window(since)
+    checked = rules(config)
+    table = _summaries(location, REPORT_COLUMNS, start)
+    reference, model = (None, None) if bundle is None else bundle_reference(bundle, table)
+    html, found = render(
+        table,
+        checked,
         now=now,
         since=start,
         reference_accuracy=reference,
+        reference_model=model,
         bins=dataset.reference_bins(location),
         histograms=partial(dataset.read_devices, location, columns=distributions.COLUMNS),
     )
-    typer.echo(json.dumps({"out": str(out), "alerts": len(found)}))
+    write_out(path, lambda: atomic_write(path, lambda f: f.write(html.encode("utf-8"))))
+    typer.echo(json.dumps({"out": str(path), "alerts": len(found)}))

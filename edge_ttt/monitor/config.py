@@ -7,9 +7,9 @@ import os
 import re
 from pathlib import Path
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
-from edge_ttt.config_file import Section, read_toml, validate_file
+from edge_ttt.config_file import Section, read_toml, section_at, validate_file
 from edge_ttt.stream.mqtt_settings import MqttSection
 
 _GROUP = re.compile(r"[A-Za-z0-9._-]+")
@@ -74,11 +74,38 @@ class AlertsSection(Section):
         100, ge=1, description="windows the estimates need before the accuracy rule judges a device"
     )
 
+    @model_validator(mode="after")
+    def _consistent(self) -> AlertsSection:
+        """Keys that bound each other: accepted apart, together they silenced a rule for good."""
+        problems = []
+        if self.accuracy_min_windows > self.estimate_windows:
+            problems.append(
+                f"accuracy_min_windows ({self.accuracy_min_windows}) is above estimate_windows "
+                f"({self.estimate_windows}), the windows the estimates span, so the accuracy rule could "
+                "never fire; make accuracy_min_windows at most estimate_windows"
+            )
+        if self.max_late_s < self.clock_skew_s:
+            problems.append(
+                f"max_late_s ({self.max_late_s:g}) is below clock_skew_s ({self.clock_skew_s:g}), so the "
+                "plots would leave out late summaries that no clock alert explains; make max_late_s at "
+                "least clock_skew_s"
+            )
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
 
-class MonitorConfig(Section):
+
+class RulesConfig(Section):
+    """The monitor TOML as `monitor alerts` and `monitor report` read it: [alerts] is theirs, the
+    collector's tables may be there (checked, not required)."""
+
     mqtt: MqttSection = Field(default_factory=MqttSection)
-    collector: CollectorSection
+    collector: CollectorSection | None = None
     alerts: AlertsSection = Field(default_factory=AlertsSection)
+
+
+class MonitorConfig(RulesConfig):
+    collector: CollectorSection  # the collector's: it writes there
 
     def topic_filter(self) -> str:
         """`<prefix>/+/drift`, or `$share/<group>/<prefix>/+/drift` when collectors share the load."""
@@ -102,3 +129,13 @@ def load_monitor_config(path: str | os.PathLike[str]) -> MonitorConfig:
     cfg = validate_file(MonitorConfig, read_toml(path), path, context)
     dataset = resolve_location(cfg.collector.dataset, path.parent.resolve())
     return cfg.model_copy(update={"collector": cfg.collector.model_copy(update={"dataset": dataset})})
+
+
+def load_alert_rules(path: str | os.PathLike[str]) -> AlertsSection:
+    """The [alerts] rules of a monitor TOML; one with [alerts] only (or nothing: the defaults) is
+    enough, the broker's files are not checked (the monitor commands do not connect)."""
+    path = Path(path)
+    context = {"base_dir": path.parent.resolve(), "check_files": False}
+    return validate_file(
+        RulesConfig, read_toml(path), path, context, lambda table: section_at(MonitorConfig, table)
+    ).alerts

@@ -31,6 +31,7 @@ from edge_ttt.drift.validation import Invalid, first_line
 from edge_ttt.monitor.files import (
     FILE_SCHEMA,
     RECEIVED,
+    check_text,
     complete_rows,
     dataset_of,
     lacking,
@@ -118,7 +119,7 @@ def summary_ids(location: str) -> set[str]:
     """Ids already stored, reading that one column only: a restarted collector skips them."""
     if not exists(location):
         return set()
-    table = tolerant(location, lambda data: data.to_table(columns=["summary_id"]))
+    table = tolerant(location, lambda data: check_text(data.to_table(columns=["summary_id"])))
     return set(pc.drop_null(table.column("summary_id")).to_pylist())
 
 
@@ -130,7 +131,7 @@ def reference_bins(location: str) -> dict[str, list[int]]:
     def bins(data: ds.Dataset) -> dict[str, list[int]]:
         models: set[str] = set()  # batch by batch: the column whole is 46 MB at 720,000 rows, read 0.4 GB
         for batch in data.to_batches(columns=["model_sha256"], batch_readahead=2, fragment_readahead=1):
-            models.update(pc.drop_null(pc.unique(batch.column(0))).to_pylist())  # null: a stray file
+            models.update(pc.drop_null(pc.unique(check_text(batch).column(0))).to_pylist())  # null: stray
         out = {}
         for model in sorted(models):
             first = data.head(
@@ -173,9 +174,8 @@ def _read_once(data: ds.Dataset, columns: list[str] | None, where: pc.Expression
     wanted = [*columns, "summary_id"] if extra else columns
     # one file and two batches ahead: a filtered read of a sixth of 720,000 rows peaked at 1.0 GB
     # with pyarrow's default readahead, 0.46 GB with this, in no more time
-    table = once(
-        _placed(data, data.to_table(columns=wanted, filter=where, batch_readahead=2, fragment_readahead=1))
-    )
+    read = data.to_table(columns=wanted, filter=where, batch_readahead=2, fragment_readahead=1)
+    table = once(_placed(data, check_text(read)))
     ok = readable_times(table, (*TIMES, RECEIVED.name))
     if ok is not None:
         bad = table.filter(pc.invert(ok))

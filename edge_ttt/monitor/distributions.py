@@ -8,8 +8,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from edge_ttt.monitor.figures import finished, shown_id, small_multiples
+from edge_ttt.monitor.figures import finished, small_multiples
 from edge_ttt.monitor.health import drift_scores, psi_values
+from edge_ttt.monitor.text import shown_id
 
 COLUMNS = [
     "device_id",

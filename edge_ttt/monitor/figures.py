@@ -19,21 +19,6 @@ matplotlib.rcParams["text.parse_math"] = False
 warnings.filterwarnings("ignore", "Glyph .* missing from font", UserWarning)
 import matplotlib.pyplot as plt  # noqa: E402
 
-SHOWN_ID = 48  # characters of a device id on the page; a longer one keeps its two ends
-
-
-def shown_id(device: str) -> str:
-    """A device id (or a channel name) as the page shows it in tables and figures: whole up to
-    `SHOWN_ID` characters, else its first 32 and last 12 around an ellipsis, so that one long id
-    cannot push every other column off the page (the alerts list and `monitor query` keep it whole).
-
-    >>> shown_id("watch-s06-left")
-    'watch-s06-left'
-    >>> shown_id("d" * 40 + "0123456789abcdef")
-    'dddddddddddddddddddddddddddddddd…456789abcdef'
-    """
-    return device if len(device) <= SHOWN_ID else f"{device[:32]}…{device[-12:]}"
-
 
 def png(fig: plt.Figure) -> str:
     """The figure as base64 PNG text (closed afterwards: a report draws dozens)."""

@@ -1,7 +1,8 @@
 """The files of the fleet dataset: its schema and layout, and which files are its own.
 
 A file that cannot be read (truncated or corrupted on its disk) or that is not the dataset's (a
-stray Parquet file someone put there: it read as rows of nulls under the dataset's schema) must
+stray Parquet file someone put there: it read as rows of nulls under the dataset's schema; one
+whose required columns have other types, or whose text is not UTF-8: it crashed the commands) must
 not hide the rest of the fleet: every read tries the whole dataset first (no extra cost), and only
 when that fails, or finds rows without the required columns, looks for such files, names each in
 a warning and reads the others. A dataset of nothing but such files is still an error.
@@ -72,15 +73,48 @@ def dataset_of(source: str | list[str], fs: pafs.FileSystem, root: str) -> ds.Da
 
 def read_file(fs: pafs.FileSystem, path: str) -> pa.Table:
     """One file of the dataset in its schema; `SchemaError` for a file without the required
-    columns (a stray Parquet file would read as rows of nulls)."""
-    check_columns(pq.read_schema(path, filesystem=fs).names)
-    return pq.read_table(path, filesystem=fs, schema=FILE_SCHEMA)
+    columns or with other types in them (a stray Parquet file would read as rows of nulls),
+    `pa.ArrowInvalid` for text that is not UTF-8 (`check_text`)."""
+    check_columns(pq.read_schema(path, filesystem=fs))
+    return check_text(pq.read_table(path, filesystem=fs, schema=FILE_SCHEMA))
 
 
-def check_columns(names: list[str]) -> None:
-    missing = [n for n in REQUIRED_COLUMNS if n not in names]
+def check_columns(schema: pa.Schema) -> None:
+    """`SchemaError` unless the file has the required columns, each of the type the collector
+    writes: a device id written as binary (or as a number) is another program's file."""
+    missing = [n for n in REQUIRED_COLUMNS if n not in schema.names]
     if missing:
         raise SchemaError(f"not a file of the fleet dataset: no {', '.join(missing)}")
+    wrong = [
+        f"{name} is {schema.field(name).type}, not {FILE_SCHEMA.field(name).type}"
+        for name in REQUIRED_COLUMNS
+        if not schema.field(name).type.equals(FILE_SCHEMA.field(name).type)
+    ]
+    if wrong:
+        raise SchemaError(f"not a file of the fleet dataset: {', '.join(wrong)}")
+
+
+def _text(kind: pa.DataType) -> bool:
+    if pa.types.is_list(kind) or pa.types.is_large_list(kind):
+        return _text(kind.value_type)
+    return pa.types.is_string(kind) or pa.types.is_large_string(kind)
+
+
+Rows = TypeVar("Rows", pa.Table, pa.RecordBatch)
+
+
+def check_text(rows: Rows) -> Rows:
+    """`rows`, or `pa.ArrowInvalid` where a text column holds bytes that are not UTF-8 (a file
+    written by another program): pyarrow reads them unchecked, and they crashed the commands
+    later, wherever a Python string was made of them."""
+    for field, column in zip(rows.schema, rows.columns, strict=True):
+        if _text(field.type):
+            try:
+                column.validate(full=True)
+            except pa.ArrowInvalid as exc:
+                why = f"{field.name} holds text that is not UTF-8 ({first_line(exc)})"
+                raise pa.ArrowInvalid(why) from None
+    return rows
 
 
 def unreadable(fs: pafs.FileSystem, files: list[str]) -> dict[str, str]:
@@ -100,12 +134,27 @@ def stray_files(data: ds.Dataset) -> dict[str, str]:
     bad = {}
     for fragment in data.get_fragments():
         try:
-            check_columns(fragment.physical_schema.names)
+            check_columns(fragment.physical_schema)
         except SchemaError as exc:
             bad[fragment.path] = str(exc)
         except (pa.ArrowException, OSError):
             continue  # unreadable: `tolerant` names those
     return bad
+
+
+def foreign(location: str) -> str | None:
+    """Why `location` is not a fleet dataset: it holds files and none is the dataset's (the first
+    one's path and why); None when one is, or when it holds none yet. Reads footers, and only up
+    to the first file of the dataset's."""
+    fs, root = open_fs(location)
+    why = None
+    for fragment in dataset_of(root, fs, root).get_fragments():
+        try:
+            check_columns(fragment.physical_schema)
+            return None
+        except (pa.ArrowException, OSError, SchemaError) as exc:
+            why = why or f"{fragment.path}: {first_line(exc)}"
+    return why
 
 
 def left_out(bad: dict[str, str], location: str) -> None:

@@ -12,7 +12,7 @@ from edge_ttt.monitor.alerts import Alert
 from edge_ttt.monitor.clocks import STAMP
 from edge_ttt.monitor.config import AlertsSection
 from edge_ttt.monitor.estimates import Estimates, fleet_estimates
-from edge_ttt.monitor.intervals import Intervals, sane
+from edge_ttt.monitor.intervals import Intervals, psi_limit, sane
 
 COUNTS = (
     "windows",
@@ -23,7 +23,7 @@ COUNTS = (
     "fallbacks",
     "windows_on_source",
 )
-EXPLAINING_CHANNELS = 3  # the worst channels named next to a device in the ranking
+EXPLAINING_CHANNELS = 3  # at most this many channels over their limit named next to a device in the ranking
 
 
 @dataclass(frozen=True)
@@ -43,7 +43,7 @@ class DeviceHealth:
     reference_accuracy: float | None  # what the device is compared with (see `health`)
     fallbacks: int
     windows_on_source: int
-    worst_channels: tuple[tuple[str, str], ...]  # (channel, latest PSI), worst first: the explanation
+    worst_channels: tuple[tuple[str, str], ...]  # (channel, latest PSI) over the limit, worst first
     drifting_since: str | None  # start of the current run of drifted intervals; None: latest not drifted
     mounting: str | None = None  # latest summary's orientation or wiring found ("sensors exchanged", ...)
 
@@ -83,16 +83,25 @@ def drift_scores(row: dict) -> np.ndarray:
         return np.where(np.isfinite(limit) & (limit > 0), psi / limit, psi)
 
 
-def _worst_channels(row: dict) -> tuple[tuple[str, str], ...]:
-    """(channel, PSI as text) of the latest interval, the most drifted first (`drift_scores`)."""
-    scores = drift_scores(row)
-    named = [
-        (score, name, value)
-        for name, value, score in zip(row["channels"] or [], psi_values(row), scores, strict=False)
-        if not math.isnan(value)
+def _worst_channels(row: dict, bins: int, rules: AlertsSection) -> tuple[tuple[str, str], ...]:
+    """(channel, PSI as text) of a summary row's channels beyond their drift limit (the larger of
+    the sampling limit at its size, with the row's most bins, and the summary's own), the furthest
+    first; none when no channel is: "ax 0.01" named a healthy device's noise as its explanation."""
+    psi = psi_values(row)
+    windows = float(np.nan_to_num(sane(np.array([row["windows"] or 0], np.float64)))[0])
+    limit = np.full(len(psi), float(psi_limit(bins, windows, rules)))
+    own = np.array([np.nan if v is None else v for v in row.get("psi_limit") or []], np.float64)
+    if len(own) == len(psi):
+        limit = np.fmax(limit, own)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ratio = psi / limit
+    over = [
+        (r, name, value)
+        for name, value, r in zip(row["channels"] or [], psi, ratio, strict=False)
+        if r > 1  # NaN is not
     ]
-    worst = sorted(named, key=lambda snv: -snv[0])[:EXPLAINING_CHANNELS]
-    return tuple((name, f"{value:.2f}") for _, name, value in worst)
+    worst = sorted(over, key=lambda rnv: -rnv[0])[:EXPLAINING_CHANNELS]
+    return tuple((str(name), f"{value:.2f}") for _, name, value in worst)
 
 
 def drifting_since(intervals: Intervals, i: int, min_windows: int = 1) -> str | None:
@@ -114,11 +123,13 @@ def health(
     rules: AlertsSection | None = None,
     reference_accuracy: float | None = None,
     estimates: list[Estimates] | None = None,
+    reference_model: str | None = None,
 ) -> list[DeviceHealth]:
     """Devices ranked by estimated accuracy lost, worst first, then by drift score; devices without an
     estimate last. Estimates are over the latest intervals holding `estimate_windows` windows
     (`edge_ttt.monitor.estimates`). The reference is the bundle's validation accuracy when given,
-    else the one the summaries carry (since version 4; before, no loss is known)."""
+    for the devices whose latest summary names `reference_model` (every device when None), else the
+    one the summaries carry (since version 4; before, no loss is known)."""
     rules = rules or AlertsSection()
     fleet = fleet_estimates(intervals, rules.estimate_windows) if estimates is None else estimates
     col = {name: np.nan_to_num(intervals.array(name)) for name in COUNTS}
@@ -131,8 +142,9 @@ def health(
         ok = ~np.isnan(entropy)
         trend = float(np.polyfit(np.flatnonzero(ok), entropy[ok], 1)[0]) if ok.sum() >= 2 else math.nan
         estimates = fleet[i]
-        reference = reference_accuracy if reference_accuracy is not None else estimates.reference
         (last,) = intervals.rows(i, last=1)
+        bundle = reference_accuracy is not None and reference_model in (None, last["model_sha256"])
+        reference = reference_accuracy if bundle else estimates.reference
         out.append(
             DeviceHealth(
                 device,
@@ -150,7 +162,7 @@ def health(
                 reference,
                 int(col["fallbacks"][at].sum()),
                 int(col["windows_on_source"][at].sum()),
-                _worst_channels(last),
+                _worst_channels(last, int(intervals.bins[at][-1]), rules),
                 drifting_since(intervals, i, rules.psi_min_windows),
                 last.get("mounting"),
             )
@@ -172,6 +184,8 @@ def health(
 @dataclass(frozen=True)
 class FleetSummary:
     devices: int
+    silent: int  # a silent alert holds: nothing received for longer than silent_s
+    clock_off: int  # a clock alert holds
     drifting: int  # a psi alert holds
     losing: int  # served predictions estimated to lose more than the rule's accuracy_loss
     rescued: int  # the source model estimated to lose more than that, the served predictions not
@@ -181,8 +195,9 @@ class FleetSummary:
 
 
 def fleet_summary(
-    ranked: list[DeviceHealth], alerts: list[Alert], rules: AlertsSection, reference_given: bool
+    ranked: list[DeviceHealth], alerts: list[Alert], rules: AlertsSection, bundle_devices: int | None = None
 ) -> FleetSummary:
+    """`bundle_devices`: how many devices are compared with the bundle's accuracy (None: no bundle)."""
     gains = [h.gain for h in ranked if h.gain is not None]
     limit = rules.accuracy_loss
 
@@ -191,6 +206,8 @@ def fleet_summary(
 
     return FleetSummary(
         devices=len(ranked),
+        silent=len({a.device for a in alerts if a.rule == "silent"}),
+        clock_off=len({a.device for a in alerts if a.rule == "clock"}),
         drifting=len({a.device for a in alerts if a.rule == "psi"}),
         losing=sum(1 for h in ranked if lost(h, h.estimated_accuracy)),
         rescued=sum(
@@ -202,10 +219,17 @@ def fleet_summary(
         ),
         helped=sum(1 for g in gains if g > 0),
         compared=len(gains),
-        reference=(
-            "the bundle's validation accuracy"
-            if reference_given
-            else "the source model's validation accuracy, as the summaries carry it (summaries before "
-            "version 4 do not: pass --bundle)"
-        ),
+        reference=_reference_words(bundle_devices, len(ranked)),
+    )
+
+
+def _reference_words(bundle_devices: int | None, devices: int) -> str:
+    carried = "the source model's validation accuracy, as the summaries carry it"
+    if bundle_devices is None:
+        return f"{carried} (summaries before version 4 do not: pass --bundle)"
+    if bundle_devices == devices:
+        return "the bundle's validation accuracy"
+    return (
+        f"the bundle's validation accuracy for the {bundle_devices} devices running its model; for the "
+        f"other {devices - bundle_devices}, {carried}"
     )

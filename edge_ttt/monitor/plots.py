@@ -3,13 +3,16 @@ distribution is `distributions.py`); each returns the PNG as base64 text."""
 
 from __future__ import annotations
 
+import math
+
 import matplotlib.ticker
 import numpy as np
 
 from edge_ttt.monitor.estimates import rolling
-from edge_ttt.monitor.figures import finished, plt, png, shown_id, small_multiples
+from edge_ttt.monitor.figures import finished, plt, png, small_multiples
 from edge_ttt.monitor.health import DeviceHealth, drift_scores, psi_values
 from edge_ttt.monitor.intervals import Intervals
+from edge_ttt.monitor.text import shown_id
 
 HEATMAP_DEVICES = 40  # rows of the heat map: the top of the ranking, numbers still legible
 HEATMAP_CHANNELS = 40  # columns: the most drifted channels, when the devices have more
@@ -105,6 +108,26 @@ def accuracy_over_time(
 
 
 TIMELINE_DEVICES = 12  # lines in the drift-over-time plot: the top of the ranking, readable
+# a colour and a line style per device: ten colours, then the same colours dashed, so that no two
+# of the lines look alike (the 11th and 12th device repeated the 1st's and 2nd's colour)
+COLOURS = [f"C{k}" for k in range(10)]
+STYLES = ("-", "--", ":", "-.")
+TICKS = (0, 0.25, 0.5, 0.75, 1, 1.5, 2, 3, 5, 10, 20, 50, 100, 200, 500, 1000)
+
+
+def ticks(top: float) -> list[float]:
+    """The y ticks of the symlog drift axis up to `top` (a tick past it closes the axis): symlog's
+    own are 0, 1, 10, ..., so a fleet between 0 and 3 had two ticks.
+
+    >>> ticks(2.4), ticks(0.3)
+    ([0, 0.25, 0.5, 0.75, 1, 1.5, 2, 3], [0, 0.25, 0.5, 0.75, 1, 1.5, 2])
+    >>> ticks(3e4)
+    [0, 0.5, 1, 10, 100, 1000, 10000, 100000]
+    """
+    top = max(top, 2.0)  # the drift limit, 1, with room above it
+    if top > 50:  # decades only, or the labels overlap
+        return [0, 0.5, *(10**k for k in range(math.ceil(math.log10(top)) + 1))]
+    return [*(t for t in TICKS if t < top), next(t for t in TICKS if t >= top)]
 
 
 def timeline(ranked: list[DeviceHealth], intervals: Intervals, drawn: np.ndarray) -> str:
@@ -112,21 +135,29 @@ def timeline(ranked: list[DeviceHealth], intervals: Intervals, drawn: np.ndarray
     sample-size-aware limit: above 1 the interval counts as drifted. `drawn`: as in
     `accuracy_over_time`; one device dated 1970 would squeeze every other one into a line."""
     fig, ax = plt.subplots(figsize=(10, 4))
-    for h in ranked[:TIMELINE_DEVICES]:
+    top = 0.0
+    for k, h in enumerate(ranked[:TIMELINE_DEVICES]):
         at = intervals.scores(intervals.devices.index(h.device))
         keep = drawn[at]
         if not keep.any():  # no line and no legend entry: the report says why above the plots
             continue
+        ratio = intervals.drift_ratio[at][keep]
+        top = max([top, *ratio[np.isfinite(ratio)].tolist()])
         ax.plot(
             _ends(intervals, at)[keep],
-            intervals.drift_ratio[at][keep],
+            ratio,
             marker=".",
+            color=COLOURS[k % len(COLOURS)],
+            linestyle=STYLES[k // len(COLOURS) % len(STYLES)],
             label=shown_id(h.device),
         )
     ax.axhline(1.0, color="grey", linestyle="--", linewidth=1, label="drift limit")
     ax.set_yscale("symlog", linthresh=1.0)
-    ax.yaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
-    ax.set_ylim(bottom=0)
+    marks = ticks(top)
+    ax.yaxis.set_major_locator(matplotlib.ticker.FixedLocator(marks))
+    ax.yaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+    ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.set_ylim(0, marks[-1])
     ax.set_ylabel("max channel PSI / its limit")
     ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     fig.autofmt_xdate()

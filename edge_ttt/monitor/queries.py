@@ -14,6 +14,7 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 
 from edge_ttt.monitor import dataset
+from edge_ttt.monitor.files import check_text
 
 VIEW = "summaries"
 
@@ -41,7 +42,7 @@ def query(location: str, sql: str) -> pa.Table:
             relation = con.sql(sql)
             if relation is None:
                 raise NoResult("no query in the SQL given. Fix: a SELECT over the view `summaries`")
-            return relation.to_arrow_table()
+            return check_text(relation.to_arrow_table())  # a stored id that is not UTF-8: that file left out
         finally:
             con.close()
 

@@ -19,7 +19,6 @@ from edge_ttt.monitor import clocks, distributions
 from edge_ttt.monitor.alerts import COLUMNS, Alert, evaluate_intervals
 from edge_ttt.monitor.config import AlertsSection
 from edge_ttt.monitor.estimates import fleet_estimates
-from edge_ttt.monitor.figures import shown_id
 from edge_ttt.monitor.health import fleet_summary, health
 from edge_ttt.monitor.intervals import Intervals, ReferenceBins, numbers
 from edge_ttt.monitor.plots import (
@@ -30,6 +29,7 @@ from edge_ttt.monitor.plots import (
     heatmap,
     timeline,
 )
+from edge_ttt.monitor.text import shown_id, visible
 
 REPORT_COLUMNS = [  # COLUMNS: estimates too
     *COLUMNS,
@@ -41,6 +41,7 @@ REPORT_COLUMNS = [  # COLUMNS: estimates too
     "mounting",
 ]
 OPEN_ALERTS = 20  # more alerts than this: listed folded, so that the ranking stays near the top
+OPEN_ROWS = 25  # rows of the ranking and of the health table shown open; the rest folded below them
 
 
 TEMPLATE = jinja2.Template(
@@ -55,12 +56,22 @@ td:first-child{text-align:left;white-space:nowrap}
 <h1>Fleet drift report</h1>
 <p>{{ devices|length }} devices, {{ intervals }} summaries{% if since %} received since {{ since }} (and
 the last ones of devices silent since){% endif %}, generated {{ generated }}.</p>
+{%- macro folded(id, rows, head, row) %}<div class="wide"><table id="{{ id }}">{{ head() }}
+{% for h in rows[:open_rows] %}{{ row(h) }}{% endfor %}</table></div>
+{% if rows|length > open_rows %}<details id="{{ id }}-more"><summary>the other {{ rows|length - open_rows }}
+devices, in the ranking's order</summary><div class="wide"><table id="{{ id }}-rest">{{ head() }}
+{% for h in rows[open_rows:] %}{{ row(h) }}{% endfor %}</table></div></details>{% endif %}
+{%- endmacro %}
 <h2>Fleet summary</h2>
 <ul id="summary">
 <li><b>{{ summary.devices }}</b> devices</li>
+<li id="silent"><b>{{ summary.silent }}</b> silent (no summary received for more than
+{{ duration(rules.silent_s) }})</li>
+<li id="clock"><b>{{ summary.clock_off }}</b> with their clock off (by more than
+{{ duration(rules.clock_skew_s) }})</li>
 <li><b>{{ summary.drifting }}</b> drifting (a drift alert holds)</li>
 <li><b>{{ summary.losing }}</b> estimated to serve predictions more than {{ pts(rules.accuracy_loss) }}
-points less accurate than the reference</li>
+% points less accurate than the reference</li>
 <li><b>{{ summary.rescued }}</b> rescued by adaptation (the source model estimated to lose more than
 that, the served predictions not)</li>
 <li><b>{{ summary.helped }}</b> of {{ summary.compared }} with both estimates where adaptation helped
@@ -82,19 +93,23 @@ clock alerts name devices whose clock still is).</p>{% endif %}
 {%- if not loop.last %}, {% endif %}{% endfor %} ({{ alerts|length }} in all; the rules:
 docs/monitoring.md)</p>
 <details{% if alerts|length <= open_alerts %} open{% endif %}><summary>every alert, by device</summary><ul>
-{% for a in alerts %}<li class="alert"><b>{{ a.device }}</b> [{{ a.rule }}]: {{ a.message }}</li>
+{% for a in alerts %}<li class="alert"><b>{{ visible(a.device) }}</b> [{{ a.rule }}]: {{ a.message }}</li>
 {% endfor %}</ul></details>{% else %}<p>None.</p>{% endif %}
 <h2>Devices ranked by estimated accuracy lost</h2>
-<div class="wide"><table id="ranking"><tr><th>device</th><th>accuracy lost, pts</th>
-<th>estimated accuracy %</th>
-<th>source estimated %</th><th>gain from adaptation, pts</th><th>drift (max PSI)</th>
-<th>worst channels (PSI)</th><th>drifting since</th><th>last summary</th><th>intervals</th></tr>
-{% for h in devices %}<tr><td>{{ shown(h.device) }}</td><td>{{ pts(h.accuracy_lost) }}</td>
+{%- macro ranking_head() %}<tr><th>device</th><th>accuracy lost, % points</th>
+<th>estimated accuracy, %</th>
+<th>source estimated, %</th><th>gain from adaptation, % points</th><th>drift (max PSI)</th>
+<th>channels over their drift limit (PSI)</th><th>drifting since</th><th>last summary</th>
+<th>intervals</th></tr>
+{%- endmacro %}
+{%- macro ranking_row(h) %}<tr><td>{{ shown(h.device) }}</td><td>{{ loss(h.accuracy_lost) }}</td>
 <td>{{ pts(h.estimated_accuracy) }}</td><td>{{ pts(h.source_estimated_accuracy) }}</td>
 <td>{{ pts(h.gain) }}</td><td>{{ fmt(h.score) }}</td>
-<td>{{ h.worst_channels|map("join", " ")|join(", ") }}</td><td>{{ h.drifting_since or "-" }}</td>
+<td>{% for name, psi in h.worst_channels %}{{ shown(name) }} {{ psi }}{% if not loop.last %}, {% endif %}
+{%- else %}none{% endfor %}</td><td>{{ h.drifting_since or "-" }}</td>
 <td>{{ h.last_seen }}</td><td>{{ h.intervals }}</td></tr>
-{% endfor %}</table></div>
+{% endmacro %}
+{{ folded("ranking", devices, ranking_head, ranking_row) }}
 {% if accuracy %}<h2>Estimated accuracy over time{% if devices|length > accuracy_devices %} (the top
 {{ accuracy_devices }} of the ranking){% endif %}</h2>
 <img alt="estimated accuracy over time per device" src="data:image/png;base64,{{ accuracy }}">{% endif %}
@@ -112,16 +127,19 @@ ranking){% endif %}</h2>
 <p>Shares of windows that took no gradient step: the input looked like the source data (the drift
 gate), or the prediction was too uncertain to learn from. The default policy's normalization
 statistics adapt on every valid window either way.</p>
-<div class="wide"><table id="health"><tr><th>device</th><th>windows</th><th>resets</th><th>rollbacks</th>
-<th>no step: no drift</th><th>no step: unreliable</th>
+{%- macro health_head() %}<tr><th>device</th><th>windows</th><th>resets</th><th>rollbacks</th>
+<th>no step: no drift, %</th><th>no step: unreliable, %</th>
 <th>entropy trend (nats/interval)</th><th>fallbacks</th><th>windows on source</th>
-<th>estimated accuracy (recent)</th><th>source estimated accuracy (recent)</th><th>mounting found</th></tr>
-{% for h in devices %}<tr><td>{{ shown(h.device) }}</td><td>{{ h.windows }}</td><td>{{ h.resets }}</td>
-<td>{{ h.rollbacks }}</td><td>{{ fmt(h.no_drift_share) }}</td><td>{{ fmt(h.unreliable_share) }}</td>
+<th>estimated accuracy (recent), %</th><th>source estimated accuracy (recent), %</th>
+<th>mounting found</th></tr>
+{%- endmacro %}
+{%- macro health_row(h) %}<tr><td>{{ shown(h.device) }}</td><td>{{ h.windows }}</td><td>{{ h.resets }}</td>
+<td>{{ h.rollbacks }}</td><td>{{ pts(h.no_drift_share) }}</td><td>{{ pts(h.unreliable_share) }}</td>
 <td>{{ fmt(h.entropy_trend) }}</td>
-<td>{{ h.fallbacks }}</td><td>{{ h.windows_on_source }}</td><td>{{ fmt(h.estimated_accuracy) }}</td>
-<td>{{ fmt(h.source_estimated_accuracy) }}</td><td>{{ h.mounting or "-" }}</td></tr>
-{% endfor %}</table></div>
+<td>{{ h.fallbacks }}</td><td>{{ h.windows_on_source }}</td><td>{{ pts(h.estimated_accuracy) }}</td>
+<td>{{ pts(h.source_estimated_accuracy) }}</td><td>{{ visible(h.mounting) if h.mounting else "-" }}</td></tr>
+{% endmacro %}
+{{ folded("health", devices, health_head, health_row) }}
 </body></html>
 """,
     autoescape=True,
@@ -136,11 +154,23 @@ def _fmt(value: float | None) -> str:
 
 
 def _pts(value: float | None) -> str:
-    """A share as percentage points, one decimal."""
+    """A share as percent (a difference of shares: percentage points), one decimal."""
     if value is None or not math.isfinite(value):
         return "n/a"
     text = f"{100 * value:.1f}"
     return "0.0" if text == "-0.0" else text
+
+
+def _lost(value: float | None) -> str:
+    """Accuracy lost in percentage points; an estimate above the reference is no loss, and says by
+    how much (a "-16.9 points lost" read as a loss).
+
+    >>> _lost(0.123), _lost(-0.118), _lost(None)
+    ('12.3', '0.0 (11.8 above the reference)', 'n/a')
+    """
+    if value is not None and value < 0 and _pts(-value) != "0.0":
+        return f"0.0 ({_pts(-value)} above the reference)"
+    return _pts(value)
 
 
 Histograms = Callable[[list[str]], pa.Table]  # devices -> their rows with distributions.COLUMNS
@@ -154,14 +184,16 @@ def render(
     bins: ReferenceBins | None = None,
     histograms: Histograms | None = None,
     since: float | None = None,
+    reference_model: str | None = None,
 ) -> tuple[str, list[Alert]]:
-    """The HTML and the alerts it shows; `reference_accuracy`: the bundle's validation accuracy;
+    """The HTML and the alerts it shows; `reference_accuracy`: the bundle's validation accuracy, for
+    the devices whose latest summary names `reference_model` (all when None);
     `histograms`: reads the rows of a few devices with their histograms, where `table` lacks them
     (a fleet's histograms are most of its bytes: the command reads them for the plotted devices only);
     `since`: the table holds the summaries received since then (`dataset.read_since`), as the page says."""
     intervals = Intervals.of(table, rules, bins)
     estimates = fleet_estimates(intervals, rules.estimate_windows)
-    ranked = health(intervals, rules, reference_accuracy, estimates)
+    ranked = health(intervals, rules, reference_accuracy, estimates, reference_model)
     top = [h.device for h in ranked[: distributions.DEVICES]]
     held = set(distributions.COLUMNS) <= set(table.column_names)
     rows = table if held else (histograms(top) if histograms is not None else None)
@@ -176,7 +208,7 @@ def render(
         since=None if since is None else clocks.stamp(since),
         alerts=alerts,
         rules=rules,
-        summary=fleet_summary(ranked, alerts, rules, reference_accuracy is not None),
+        summary=fleet_summary(ranked, alerts, rules, _compared(ranked, reference_accuracy, reference_model)),
         lost=_total(table, "spool_dropped"),
         missing=_total(table, "frames_missing"),
         heatmap=heatmap(ranked, intervals),
@@ -185,7 +217,10 @@ def render(
         undrawn_devices=len({intervals.devices[i] for i in _devices_of(intervals, ~drawn)}),
         fmt=_fmt,
         pts=_pts,
+        loss=_lost,
         shown=shown_id,
+        visible=visible,
+        open_rows=OPEN_ROWS,
         duration=clocks.duration,
         timeline_devices=TIMELINE_DEVICES,
         heatmap_devices=HEATMAP_DEVICES,
@@ -197,6 +232,13 @@ def render(
         open_alerts=OPEN_ALERTS,
     )
     return html, alerts
+
+
+def _compared(ranked: list, accuracy: float | None, model: str | None) -> int | None:
+    """How many devices are compared with the bundle's accuracy; None without a bundle."""
+    if accuracy is None:
+        return None
+    return len(ranked) if model is None else sum(1 for h in ranked if h.reference_accuracy == accuracy)
 
 
 def _devices_of(intervals: Intervals, rows: np.ndarray) -> np.ndarray:
@@ -222,9 +264,10 @@ def write_report(
     bins: ReferenceBins | None = None,
     histograms: Histograms | None = None,
     since: float | None = None,
+    reference_model: str | None = None,
 ) -> list[Alert]:
-    """`bins`: see Intervals.of (without them the table must hold `ref_share`); `histograms`, `since`:
-    see render."""
-    html, alerts = render(table, rules, now, reference_accuracy, bins, histograms, since)
+    """`bins`: see Intervals.of (without them the table must hold `ref_share`); `histograms`, `since`,
+    `reference_model`: see render."""
+    html, alerts = render(table, rules, now, reference_accuracy, bins, histograms, since, reference_model)
     atomic_write(Path(out), lambda f: f.write(html.encode("utf-8")))
     return alerts
