@@ -37,7 +37,9 @@ def load_state(path: str | Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]
         with np.load(path, allow_pickle=False) as data:
             arrays = {k: data[k] for k in data.files}
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
-        raise StateError(f"state file {path} cannot be read ({exc}); delete it to start from source") from exc
+        # numpy reads a file that is no archive as a pickle and advises loading it unsafely: not for a state
+        why = "not an .npz archive of arrays" if "pickle" in str(exc) else str(exc)
+        raise StateError(f"state file {path} cannot be read ({why}); delete it to start from source") from exc
     try:
         meta = json.loads(arrays.pop(_META).tobytes())
     except (KeyError, ValueError) as exc:

@@ -286,10 +286,11 @@ class Agent:
         remaining = lambda: max(0.0, start + budget - time.monotonic())  # noqa: E731
         self.pipelines.close_summaries(final=True)  # in memory; the spooler writes them
         summaries_lost = self.spooler.close(remaining())
+        written_before = self.writer.written  # the stop's own, not the run's total
         states_left = self.pipelines.checkpoint_all(remaining())
         states_left += self.writer.close(remaining())
         fields = {
-            "states_written": self.writer.written,
+            "states_written": self.writer.written - written_before,
             "states_left": states_left,
             "summaries_lost": summaries_lost,
             "seconds": round(time.monotonic() - start, 3),
