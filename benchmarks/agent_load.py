@@ -164,12 +164,17 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(
         prog="python -m benchmarks.agent_load", description=__doc__.partition("\n\n")[0]
     )
-    p.add_argument("--artifacts", type=Path, required=True)
-    p.add_argument("--devices", type=int, default=100)
+    p.add_argument("--artifacts", type=Path, required=True, help="the bundle the agent runs")
+    p.add_argument("--devices", type=int, default=100, help="simulated devices publishing at once")
     p.add_argument("--samples", type=int, default=10, help="samples per frame (50 Hz: 5 frames/s per device)")
-    p.add_argument("--duration", type=float, default=30.0)
-    p.add_argument("--policy", default="steady")
-    p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "agent_load.json")
+    p.add_argument("--duration", type=float, default=30.0, help="seconds the devices publish")
+    p.add_argument("--policy", default="steady", help="the agent's policy")
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=ROOT / "benchmarks" / "results" / "agent_load.json",
+        help="the result file",
+    )
     args = p.parse_args(argv)
     result = run(args)
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -95,8 +95,13 @@ def main() -> None:
     )
     parser.add_argument("--frames", type=int, default=5000, help="frames sent as fast as possible")
     parser.add_argument("--paced", type=int, default=10000, help="frames sent at --rate")
-    parser.add_argument("--rate", type=float, default=500.0)
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "broker_autosave.json")
+    parser.add_argument("--rate", type=float, default=500.0, help="frames per second of the paced part")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=ROOT / "benchmarks" / "results" / "broker_autosave.json",
+        help="the result file",
+    )
     args = parser.parse_args()
     results = {}
     for name, setting in SETTINGS.items():

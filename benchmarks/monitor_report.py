@@ -108,10 +108,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.monitor_report", description=__doc__.partition("\n\n")[0]
     )
-    parser.add_argument("--devices", type=int, default=500)
+    parser.add_argument("--devices", type=int, default=500, help="devices of the synthetic fleet")
     parser.add_argument("--intervals", type=int, default=1440, help="summaries per device (one a minute)")
     parser.add_argument("--keep", type=Path, help="build the dataset here and keep it")
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "monitor_report.json")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=ROOT / "benchmarks" / "results" / "monitor_report.json",
+        help="the result file",
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         location = str(args.keep or Path(tmp) / "fleet")
