@@ -1,4 +1,5 @@
-"""`edge-ttt` command line: host commands (datasets, train, export) and device commands (replay, run)."""
+"""`edge-ttt` command line: host commands (datasets, train, export), device commands (replay, run,
+health), the fleet's (collect, monitor) and the whole pipeline at once (demo)."""
 
 from __future__ import annotations
 

@@ -27,6 +27,46 @@ def test_a_device_install_pulls_stock_onnxruntime_and_nothing_host_side():
     assert "onnxruntime-training-cpu==1.19.2" in project["optional-dependencies"]["export"]
 
 
+def _imported(paths: list[Path]) -> set[str]:
+    """Top-level names of the third-party modules these files import, anywhere in them."""
+    import ast
+    import sys
+
+    first_party = {"edge_ttt", "export", "firmware_sim", "benchmarks", "edge_ttt_demo", "__future__"}
+    names = set()
+    for path in paths:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names |= {a.name.partition(".")[0] for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names.add(node.module.partition(".")[0])
+    return {n for n in names if n not in sys.stdlib_module_names and n not in first_party}
+
+
+def test_the_device_package_declares_every_package_it_imports():
+    """A fresh `pip install .` must run `edge-ttt`: an import that only arrived through another
+    package (click through typer, which stopped depending on it) broke the command on a clean
+    machine while every venv with the dev extras still had it. The monitor may use its extra."""
+    from importlib.metadata import packages_distributions
+
+    from edge_ttt.config_file import parse_toml
+
+    project = parse_toml((ROOT / "pyproject.toml").read_text())["project"]
+    norm = lambda name: re.sub(r"[-_.]+", "-", name).lower()  # noqa: E731  (PEP 503)
+    declared = lambda reqs: {norm(re.match(r"[A-Za-z0-9_.-]+", d).group(0)) for d in reqs}  # noqa: E731
+    device = declared(project["dependencies"]) | {"pydantic-core"}  # pydantic's own core, pinned by it
+    monitor = device | declared(project["optional-dependencies"]["monitor"])
+    files = sorted((ROOT / "edge_ttt").rglob("*.py"))
+    installed = packages_distributions()
+    for allowed, paths in [
+        (device, [f for f in files if "monitor" not in f.relative_to(ROOT).parts]),
+        (monitor, [f for f in files if "monitor" in f.relative_to(ROOT).parts]),
+    ]:
+        for name in sorted(_imported(paths)):
+            dists = {norm(d) for d in installed.get(name, [name])}
+            assert dists & allowed, f"edge_ttt imports {name} ({dists}), which pyproject does not declare"
+
+
 def test_host_installs_reinstall_the_training_build_last():
     """Stock onnxruntime and onnxruntime-training-cpu share `onnxruntime/`; the last one installed
     wins, and the export and the parity tests need the training build."""

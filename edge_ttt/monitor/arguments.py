@@ -11,7 +11,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
-import click
 import typer
 
 from edge_ttt.commandline import BAD_PATHS, REFUSALS, fail
@@ -110,7 +109,7 @@ def guarded(*, os_errors: bool) -> Callable[[F], F]:
         def run(*args: Any, **kwargs: Any) -> Any:
             try:
                 return command(*args, **kwargs)
-            except (typer.Exit, typer.Abort, click.ClickException, KeyboardInterrupt):
+            except (typer.Exit, typer.Abort, typer.BadParameter, KeyboardInterrupt):  # typer's to end on
                 raise
             except OSError as exc:
                 if os_errors and exc.errno in REFUSALS | BAD_PATHS:

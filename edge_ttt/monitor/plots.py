@@ -33,11 +33,13 @@ def heatmap(ranked: list[DeviceHealth], intervals: Intervals) -> str:
         values = psi_values(last).tolist()
         psi[i, columns[: len(values)]] = values[: len(columns)]
         score[i, columns[: len(values)]] = drift_scores(last)[: len(columns)]
-    title = None
+    title = (
+        "number: the PSI; colour: the PSI over its no-drift limit"  # an operator read 3.02 as 3x the limit
+    )
     if len(channels) > HEATMAP_CHANNELS:  # one device's 20,000 channels took 210 s and 12 GB to draw
         worst = np.where(np.isnan(score), -np.inf, score).max(axis=0)  # per channel, over the devices
         keep = np.sort(np.argsort(-worst, kind="stable")[:HEATMAP_CHANNELS])
-        title = f"the {HEATMAP_CHANNELS} most drifted of {len(channels)} channels"
+        title = f"the {HEATMAP_CHANNELS} most drifted of {len(channels)} channels; {title}"
         channels, psi, score = [channels[j] for j in keep], psi[:, keep], score[:, keep]
     fig, ax = plt.subplots(figsize=(1.6 + 0.8 * max(len(channels), 1), 1 + 0.35 * max(len(shown), 1)))
     top = max(2.0, float(np.nanmax(score))) if np.isfinite(score).any() else 2.0
@@ -51,8 +53,7 @@ def heatmap(ranked: list[DeviceHealth], intervals: Intervals) -> str:
     ax.set_xticks(range(len(channels)), [shown_id(c) for c in channels], rotation=90 if long else 0)
     ax.set_yticks(range(len(shown)), [shown_id(h.device) for h in shown])
     fig.colorbar(image, ax=ax, label="PSI over its no-drift limit (above 1: drifted)")
-    if title is not None:
-        ax.set_title(title)
+    ax.set_title(title, fontsize="small")
     return png(fig)
 
 
