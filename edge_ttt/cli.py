@@ -242,8 +242,9 @@ def replay(
             f"{result['policy']}{mode}: {result['windows']} windows, accuracy {acc} "
             f"(estimated without labels {est}), {result['fallbacks']} fallbacks to source "
             f"({result['windows_on_source']} windows), "
-            f"{result['adapt_steps']} adaptation steps, {result['skipped_unreliable']} skipped as "
-            f"unreliable, {result['skipped_no_drift']} without drift, {result['rejected_invalid']} invalid, "
+            f"{result['adapt_steps']} adaptation steps, gradient steps "
+            f"{result['skipped_unreliable']} skipped as unreliable, "
+            f"{result['skipped_no_drift']} without drift, {result['rejected_invalid']} invalid, "
             f"{result['resets']} resets, {result['rollbacks']} rollbacks, "
             f"{result['ms_per_window']:.3f} ms/window"
         )
