@@ -294,9 +294,11 @@ def run(
 @app.command()
 def health(
     config: Annotated[Path, typer.Option(help="the agent's configuration")],
-    max_age: Annotated[float | None, typer.Option(help="seconds; default 3 status intervals")] = None,
+    max_age: Annotated[
+        float | None, typer.Option(min=0.0, help="seconds; default 3 status intervals")
+    ] = None,
     max_disconnected: Annotated[
-        float | None, typer.Option(help="seconds; default status.max_disconnected_s")
+        float | None, typer.Option(min=0.0, help="seconds; default status.max_disconnected_s")
     ] = None,
 ) -> None:
     """Exit 0 when the agent's local status is fresh and its broker connection up, or down for at

@@ -51,8 +51,10 @@ class ConfigError(ValueError):
 class Section(BaseModel):
     """A table of a config file: unknown keys refused, values immutable, types strict."""
 
-    # strict: a TOML "1883" for a port or "yes" for a flag is a mistake, not a value to coerce
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+    # strict: a TOML "1883" for a port or "yes" for a flag is a mistake, not a value to coerce;
+    # nan and inf are no durations, sizes or thresholds (a stop_timeout_s of inf ended a stop in
+    # an OverflowError, a status interval of inf kept a stopped agent "healthy")
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
 
 def _context(info: ValidationInfo) -> dict[str, Any]:

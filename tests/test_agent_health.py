@@ -243,3 +243,23 @@ def test_the_end_of_an_outage_is_said_at_the_level_of_its_start(caplog):
     levels = [(r.levelname, r.getMessage()) for r in caplog.records]
     assert levels[0] == ("INFO", "connected") and levels[-1] == ("WARNING", "connected")
     assert any(level == "WARNING" and "cannot connect" in text for level, text in levels)
+
+
+def test_a_status_whose_times_are_no_agents_clock_is_not_healthy(tmp_path):
+    """Before, a time_unix of NaN, inf or next year, or an online status without its connection,
+    read as fresh and healthy."""
+    path = tmp_path / "status.json"
+    now = time.time()
+    for doc in [
+        {"state": "online", "time_unix": float("nan"), "connection": {"since_unix": now}},
+        {"state": "online", "time_unix": now + 86_400 * 365, "connection": {"since_unix": now}},
+        {"state": "disconnected", "time_unix": now, "connection": {"since_unix": float("inf")}},
+        {"state": "disconnected", "time_unix": now},
+        {"state": "online"},
+    ]:
+        path.write_text(json.dumps(doc))
+        assert read_health(path, 30.0, 10.0).startswith(f"no readable status at {path}: "), doc
+    path.write_text(
+        json.dumps({"state": "online", "time_unix": now + 5.0, "connection": {"since_unix": now}})
+    )
+    assert read_health(path, 30.0, 10.0) is None  # clocks a few seconds apart

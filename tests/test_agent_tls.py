@@ -97,3 +97,27 @@ def test_a_wrong_password_is_refused_and_never_logged(
             thread.join(10)
     assert "refused" in caplog.text
     assert PASSWORD not in caplog.text
+
+
+def test_tls_files_that_cannot_be_used_are_one_config_error_naming_the_fix(tmp_path, bundle_dir):
+    """Before, a CA file that is no certificate, a key of another certificate or a key with a
+    passphrase ended `run` and `collect` in an SSLError traceback, or OpenSSL's prompt on a terminal."""
+    from edge_ttt.config_file import ConfigError
+    from edge_ttt.stream.mqtt import make_client
+
+    pki = make_pki(tmp_path / "pki")
+    (pki / "junk.pem").write_text("not a certificate\n")
+    sh("openssl", "genrsa", "-aes256", "-passout", "pass:secret", "-out", "locked.key", "2048", cwd=pki)
+    cases = {
+        "junk CA": f'ca_file = "{pki / "junk.pem"}"',
+        "key of another certificate": f'cert_file = "{pki / "server.crt"}"\nkey_file = "{pki / "ca.key"}"',
+        "key with a passphrase": f'cert_file = "{pki / "server.crt"}"\nkey_file = "{pki / "locked.key"}"',
+    }
+    for name, lines in cases.items():
+        (tmp_path / name.replace(" ", "-")).mkdir()
+        config = write_config(
+            tmp_path / name.replace(" ", "-"), bundle_dir, 1883, mqtt=f"[mqtt.tls]\nenabled = true\n{lines}"
+        )
+        with pytest.raises(ConfigError, match=r"^mqtt\.tls: the TLS files cannot be used .*Fix: ") as refused:
+            make_client(load_config(config).mqtt, "edge-ttt-test")
+        assert "Traceback" not in str(refused.value), name

@@ -181,6 +181,8 @@ BROKEN = {
         ["mqtt.password_file: file ", "pw.txt does not exist"],
     ),
     "TOML syntax error": (AGENT + "[model]\nartifacts = \n", ["invalid TOML", "line 4"]),
+    "stop timeout of inf": (BASE + "[state]\nstop_timeout_s = inf\n", ["state.stop_timeout_s:", "finite"]),
+    "status interval of inf": (BASE + "[status]\ninterval_s = inf\n", ["status.interval_s:", "finite"]),
 }
 
 

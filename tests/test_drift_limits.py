@@ -183,12 +183,16 @@ def test_the_explanation_orders_channels_by_how_far_beyond_their_limit_they_are(
     """A new wearer's PSI of 3.0 on a channel whose source devices reach 6.0 is less drift than 1.5
     where they reach 0.75: the ranking names b first, and the report's plot takes b."""
     from edge_ttt.monitor import distributions
+    from edge_ttt.monitor.config import AlertsSection
     from edge_ttt.monitor.health import _worst_channels, drift_scores
 
-    row = {"channels": ["a", "b"], "psi": [3.0, 1.5], "psi_limit": [6.0, 0.75]}
+    rules = AlertsSection()
+    row = {"channels": ["a", "b"], "psi": [3.0, 1.5], "psi_limit": [6.0, 0.75], "windows": 1000}
     assert drift_scores(row).tolist() == [0.5, 2.0]
-    assert _worst_channels(row) == (("b", "1.50"), ("a", "3.00"))
+    assert _worst_channels(row, 16, rules) == (("b", "1.50"),)  # a is within its limit: not named
     assert distributions.worst_channel(row) == 1
-    older = {"channels": ["a", "b"], "psi": [3.0, 1.5], "psi_limit": None}  # no limits: PSI orders
-    assert _worst_channels(older) == (("a", "3.00"), ("b", "1.50"))
+    both = {**row, "psi_limit": [2.0, 0.5]}  # both beyond: the furthest first
+    assert _worst_channels(both, 16, rules) == (("b", "1.50"), ("a", "3.00"))
+    older = {"channels": ["a", "b"], "psi": [3.0, 1.5], "psi_limit": None, "windows": 1000}  # PSI orders
+    assert _worst_channels(older, 16, rules) == (("a", "3.00"), ("b", "1.50"))
     assert distributions.worst_channel(older) == 0

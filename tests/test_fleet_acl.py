@@ -90,3 +90,34 @@ def test_the_shipped_acl_lets_each_role_do_its_part_and_no_one_forge_another_s(t
         for role in roles:
             role.close()
         broker.stop()
+
+
+def test_a_publish_the_acl_refuses_does_not_cost_the_connection_with_the_fleet_queue(tmp_path: Path):
+    """With `max_queued_messages 0`, mosquitto 2.0 closed the connection of a client whose QoS 1
+    publish the ACL refused; an agent resending it reconnected twice a second. The fleet file's
+    value must keep the connection (the refusal then comes back as a PUBACK reason code)."""
+    fleet = (ROOT / "configs" / "mosquitto-fleet.conf").read_text()
+    queue = next(line for line in fleet.splitlines() if line.startswith("max_queued_messages "))
+    subprocess.run(["mosquitto_passwd", "-b", "-c", str(tmp_path / "pw"), AGENT, PASSWORD], check=True)
+    (tmp_path / "acl").write_text(f"user {AGENT}\ntopic write edge-ttt/allowed\n")
+    broker = Broker(
+        tmp_path, f"password_file {tmp_path / 'pw'}\nacl_file {tmp_path / 'acl'}\n{queue}", anonymous=False
+    )
+    broker.start()
+    drops: list[object] = []
+    client = paho.Client(CallbackAPIVersion.VERSION2, client_id="acl-queue", protocol=paho.MQTTv5)
+    client.username_pw_set(AGENT, PASSWORD)
+    client.on_disconnect = lambda *args: drops.append(args)
+    try:
+        client.connect("127.0.0.1", broker.port)
+        client.loop_start()
+        for _ in range(3):
+            info = client.publish("edge-ttt/dev-a/drift", b"refused", qos=1)
+            info.wait_for_publish(10)
+            assert info.rc == 0 and info.is_published()
+        client.publish("edge-ttt/allowed", b"fine", qos=1).wait_for_publish(10)
+        assert drops == [], drops
+    finally:
+        client.disconnect()
+        client.loop_stop()
+        broker.stop()

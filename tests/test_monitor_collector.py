@@ -414,3 +414,20 @@ def test_a_summary_of_another_device_than_its_topic_names_is_refused(broker, tmp
     assert sorted(zip(*table.to_pydict().values(), strict=True)) == sorted(
         [(forged.summary_id, "victim"), (own.summary_id, "mallory")]
     )
+
+
+def test_collect_with_its_password_variable_unset_says_so_in_one_line(tmp_path, monkeypatch):
+    """Before, the MQTT client was made outside the command's checks: a traceback, exit 1."""
+    from typer.testing import CliRunner
+
+    from edge_ttt.cli import app
+
+    monkeypatch.delenv("EDGE_TTT_UNSET_PW", raising=False)
+    toml = tmp_path / "monitor.toml"
+    toml.write_text(
+        '[mqtt]\nport = 1\nusername = "collector"\npassword_env = "EDGE_TTT_UNSET_PW"\n'
+        f'[collector]\ndataset = "{tmp_path / "fleet"}"\n'
+    )
+    result = CliRunner().invoke(app, ["collect", "--config", str(toml)])
+    assert result.exit_code == 2, result.output
+    assert "EDGE_TTT_UNSET_PW" in result.output and "Traceback" not in result.output

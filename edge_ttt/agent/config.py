@@ -18,7 +18,6 @@ from typing import Annotated, Any, Literal, Union, get_args, get_origin, get_typ
 
 from pydantic import (
     BaseModel,
-    ConfigDict,
     Field,
     Strict,
     ValidationInfo,
@@ -103,8 +102,7 @@ def policy_options(policy: str) -> type[BaseModel]:
     fields = {f.name: (_arrays_as_tuples(hints[f.name]), f.default) for f in dataclasses.fields(options)}
     if POLICY_TYPES[policy].loss is not None:  # gradient policies: see `Engine`
         fields["episodic"] = (bool, False)
-    config = ConfigDict(**Section.model_config, allow_inf_nan=False)
-    return create_model(f"{policy}_options", __config__=config, **fields)
+    return create_model(f"{policy}_options", __config__=Section.model_config, **fields)  # no nan or inf
 
 
 class FallbackSection(Section):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -48,6 +49,9 @@ def status_file(state_dir: Path) -> Path:
     return Path(state_dir) / "status.json"
 
 
+CLOCK_SLACK_S = 60.0  # a status written this far "in the future" is still the agent's (clocks differ)
+
+
 def read_health(path: Path, max_age_s: float, max_disconnected_s: float = 10.0) -> str | None:
     """None when the status file is fresh and says online, or not connected for at most
     `max_disconnected_s` (a broker restart is not an outage); else what is wrong, in one line."""
@@ -55,15 +59,23 @@ def read_health(path: Path, max_age_s: float, max_disconnected_s: float = 10.0) 
         doc = json.loads(path.read_text())
         if not isinstance(doc, dict):
             raise ValueError(f"a JSON {type(doc).__name__}, not an object")
-        age = time.time() - float(doc.get("time_unix", 0))
-        state, link = doc.get("state"), doc.get("connection") or {}
-        down_s = time.time() - float(link.get("since_unix", 0))
-    except (OSError, ValueError, TypeError, AttributeError) as exc:
+    except (OSError, ValueError) as exc:
         return f"no readable status at {path}: {exc}"
+    state, link = doc.get("state"), doc.get("connection")
     if state == "offline":  # a clean stop wrote it
         return "agent is offline"
     if state not in (ONLINE, CONNECTING, DISCONNECTED):
         return f"no readable status at {path}: state {state!r} is not one an agent writes"
+    try:
+        now = time.time()
+        age = now - float(doc["time_unix"])
+        down_s = 0.0 if state == ONLINE else now - float(link["since_unix"])
+    except (ValueError, TypeError, KeyError) as exc:
+        return f"no readable status at {path}: no time_unix and connection.since_unix ({exc!r})"
+    # a time that is not finite, or minutes in the future, is no agent's clock: not "fresh"
+    if not (math.isfinite(age) and math.isfinite(down_s) and min(age, down_s) > -CLOCK_SLACK_S):
+        when = doc["time_unix"]
+        return f"no readable status at {path}: its times are not an agent's clock (time_unix {when!r})"
     if age > max_age_s:
         return (
             f"status is {age:.0f} s old (more than {max_age_s:.0f} s): the agent is stuck or gone,"

@@ -111,9 +111,12 @@ def collect_command(
         fail(str(exc))
     except (pa.ArrowException, OSError) as exc:
         fail(_unreachable(f"collector.dataset {c.dataset}", exc))
+    try:
+        collector = Collector(cfg)  # its MQTT client: a password variable unset, TLS files unusable
+    except ConfigError as exc:
+        fail(f"--config: {exc}")
     stop = threading.Event()
     on_stop(lambda *_: stop.set())
-    collector = Collector(cfg)
 
     def announce() -> None:  # one line once subscribed: from then on nothing published is missed
         if collector.subscribed.wait(60):

@@ -141,7 +141,9 @@ class ConnectionState:
                 reason += (
                     "; or the broker closes the connection on a message it will not take, such as one "
                     "over its packet size limit (with MQTT v3.1.1 it cannot say its limit: lower "
-                    "drift.chunk_bytes below it)"
+                    "drift.chunk_bytes below it) or one its ACL refuses (mosquitto with "
+                    "max_queued_messages 0 does: let this login publish its pred, drift and status "
+                    "topics, or set a large limit instead of 0, as configs/mosquitto-fleet.conf does)"
                 )
         self._set(Snapshot(DISCONNECTED, time.time(), reason, 0))
         self._warn.warning(kind, "%s; reconnecting", reason, fields=self._fields())

@@ -28,6 +28,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from edge_ttt.config_file import ConfigError
 from edge_ttt.logs import RateLimitedLog
 from edge_ttt.mqtt_callbacks import CallbackGuard
 from edge_ttt.stream.connection import ConnectionState
@@ -61,12 +62,21 @@ def make_client(cfg: MqttSection, client_id: str, manual_ack: bool = False) -> p
     if cfg.username is not None:
         client.username_pw_set(cfg.username, cfg.password())
     if cfg.tls.enabled:
-        client.tls_set(
-            ca_certs=str(cfg.tls.ca_file) if cfg.tls.ca_file else None,
-            certfile=str(cfg.tls.cert_file) if cfg.tls.cert_file else None,
-            keyfile=str(cfg.tls.key_file) if cfg.tls.key_file else None,
-            tls_version=ssl.PROTOCOL_TLS_CLIENT,
-        )
+        try:
+            client.tls_set(
+                ca_certs=str(cfg.tls.ca_file) if cfg.tls.ca_file else None,
+                certfile=str(cfg.tls.cert_file) if cfg.tls.cert_file else None,
+                keyfile=str(cfg.tls.key_file) if cfg.tls.key_file else None,
+                tls_version=ssl.PROTOCOL_TLS_CLIENT,
+                # never OpenSSL's prompt: a service has no terminal (a passphrase key fails below)
+                keyfile_password="",
+            )
+        except (ssl.SSLError, OSError) as exc:  # a file that is no PEM, a key of another certificate
+            raise ConfigError(
+                f"mqtt.tls: the TLS files cannot be used ({exc.strerror or exc}). Fix: mqtt.tls.ca_file a "
+                "PEM CA certificate, mqtt.tls.cert_file and key_file a PEM certificate and its own key, "
+                "without a passphrase, readable by this user"
+            ) from exc
         client.tls_insecure_set(cfg.tls.insecure)
     return client
 
