@@ -92,6 +92,34 @@ def test_summaries_refused_by_the_acl_are_kept_reported_and_delivered_once_allow
         listener.close()
 
 
+def test_predictions_and_acknowledgements_the_acl_refuses_are_counted_and_said(
+    tmp_path, bundle_dir, private_broker, caplog
+):
+    """Before, the broker's PUBACK "Not authorized" for predictions and for the collector's
+    acknowledgements went unnoticed: the status counted the predictions as published."""
+    acl = tmp_path / "acl"
+    refusing = ACL.format(drift="readwrite").replace("readwrite edge-ttt/+/pred", "read edge-ttt/+/pred")
+    acl.write_text(refusing.replace("readwrite edge-ttt/+/drift/ack", "read edge-ttt/+/drift/ack"))
+    broker = private_broker(f"acl_file {acl}")
+    collector = Running(config(broker.port, str(tmp_path / "fleet")))
+    agent = Agent(load_config(agent_config(tmp_path, bundle_dir, broker.port)))
+    listener = Listener(broker.port, TOPICS)
+    thread = start(agent)
+    try:
+        with caplog.at_level(logging.WARNING):
+            send_frames(listener, ["dev-a", "dev-b"], 0, 12)
+            status = lambda: agent.status()["counters"]  # noqa: E731
+            assert wait_for(lambda: status()["publishes_refused"] >= status()["predictions_published"] > 0)
+            assert wait_for(lambda: collector.collector.link.publishes_refused > 0)
+        said = [r.getMessage() for r in caplog.records if "refused a message" in r.getMessage()]
+        assert said and all("Not authorized" in m and "ACL" in m for m in said)
+    finally:
+        agent.stop_event.set()
+        thread.join(10)
+        collector.stop()
+        listener.close()
+
+
 def test_a_broker_killed_while_the_collector_is_away_loses_nothing(tmp_path, bundle_dir, private_broker):
     """Persistence on with the default autosave_interval (1800 s): the broker's memory of what it
     PUBACKed dies with it; the agent still holds every unacknowledged summary and sends it again."""

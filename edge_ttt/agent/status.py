@@ -136,6 +136,7 @@ class StatusReporter:
                 "frames": c.frames,
                 "windows": src.publisher.windows,
                 "predictions_published": src.publisher.published,
+                "publishes_refused": src.link.publishes_refused,
                 "decode_errors": dict(c.rejected),
                 "unknown_topic": c.unknown_topic,
                 "stream_errors": c.stream_errors,

@@ -126,6 +126,7 @@ def collect_command(
     collector.run(stop)
     written = {
         "files_written": collector.files_written,
+        "acks_refused": collector.link.publishes_refused,
         "write_failures": collector.write_failures,
         "refused_at_write": collector.refused_at_write,
         "handler_errors": collector.handler_errors,

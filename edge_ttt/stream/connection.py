@@ -98,6 +98,7 @@ class ConnectionState:
         self._now = Snapshot(CONNECTING, time.time(), None, 0)
         self._refused = False  # a CONNACK refusal was reported; paho's disconnect after it is not news
         self.stopping = False  # the client disconnects on purpose: its disconnect is not a lost connection
+        self.publishes_refused = 0  # QoS 1 messages the broker answered with a failure (MQTT v5 PUBACK)
 
     def snapshot(self) -> Snapshot:
         with self._lock:
@@ -116,6 +117,18 @@ class ConnectionState:
         kind = "auth" if getattr(reason_code, "value", None) in AUTH_REASONS else "broker"
         self._refused = True
         self._failed(kind, refusal(self.broker, reason_code))
+
+    def publish_refused(self, reason_code: Any) -> None:
+        """`on_publish` with a failure: the broker took the message and dropped it (v5 says so;
+        v3.1.1 cannot), typically an ACL that does not let this login publish the topic. Counted
+        and said (rate-limited): before, refused predictions and acknowledgements went unnoticed."""
+        self.publishes_refused += 1
+        self._warn.warning(
+            "publish_refused",
+            "the broker refused a message: %s. Fix: let this login publish its topics (the broker's ACL)",
+            reason_code,
+            fields={"broker": self.broker, "reason": str(reason_code), "refused": self.publishes_refused},
+        )
 
     def closed(self, reason_code: Any, from_broker: bool) -> None:
         """`on_disconnect`: a connection lost, the end of a refused attempt, or an attempt that the
