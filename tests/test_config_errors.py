@@ -43,7 +43,7 @@ BROKEN = {
         BASE + "[predictions]\nqos = 2\n",
         ["predictions.qos: must be between 0 and 1, got 2"],
     ),
-    "threads below 1": (AGENT + MODEL + "threads = 0\n", ["model.threads: must be at least 1, got 0"]),
+    "threads below 1": (AGENT + MODEL + "threads = 0\n", ["model.threads: must be between 1 and 1024, got 0"]),
     "negative reorder": (
         BASE + "[windowing]\nreorder_frames = -1\n",
         ["windowing.reorder_frames: must be at least 0"],
@@ -181,6 +181,8 @@ BROKEN = {
         ["mqtt.password_file: file ", "pw.txt does not exist"],
     ),
     "TOML syntax error": (AGENT + "[model]\nartifacts = \n", ["invalid TOML", "line 4"]),
+    "a host longer than any DNS name": (BASE + f'[mqtt]\nhost = "{"h" * 5000}"\n', ["mqtt.host:", "253"]),
+    "threads beyond any machine": (AGENT + MODEL + "threads = 99999999999999999999\n", ["model.threads"]),
     "stop timeout of inf": (BASE + "[state]\nstop_timeout_s = inf\n", ["state.stop_timeout_s:", "finite"]),
     "status interval of inf": (BASE + "[status]\ninterval_s = inf\n", ["status.interval_s:", "finite"]),
 }

@@ -199,7 +199,7 @@ class ModelSection(Section):
     )
     policy: str = DEFAULT_POLICY
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    threads: int = Field(1, ge=1)
+    threads: int = Field(1, ge=1, le=1024)  # ONNX Runtime's intra-op threads: a huge one was a TypeError
     options: dict[str, Any] = Field(default_factory=dict, description="keyword options of the policy")
     fallback: FallbackSection = Field(default_factory=FallbackSection)
     estimates: EstimatesSection = Field(default_factory=EstimatesSection)

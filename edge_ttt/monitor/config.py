@@ -20,7 +20,7 @@ class CollectorSection(Section):
         min_length=1, description="local directory (relative to this file) or URI, e.g. s3://"
     )
     client_id: str = Field(
-        "edge-ttt-collector", min_length=1, description="stable: the session is persistent"
+        "edge-ttt-collector", min_length=1, max_length=8192, description="stable: the session is persistent"
     )
     share_group: str | None = Field(None, description="MQTT v5 shared subscription group; None: no sharing")
     flush_summaries: int = Field(100, ge=1, description="write a file after this many new summaries")

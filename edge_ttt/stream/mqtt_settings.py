@@ -48,10 +48,13 @@ class TlsSection(Section):
 
 
 class MqttSection(Section):
-    host: str = Field("127.0.0.1", min_length=1)
+    host: str = Field("127.0.0.1", min_length=1, max_length=253)  # a DNS name's longest
     port: int = Field(1883, ge=1, le=65535)
-    client_id: str | None = Field(
-        None, min_length=1, description="None in the file: edge-ttt-<agent.id>, filled in on load"
+    client_id: str | None = Field(  # MQTT strings are at most 65,535 bytes: a longer id killed paho's thread
+        None,
+        min_length=1,
+        max_length=8192,
+        description="None in the file: edge-ttt-<agent.id>, filled in on load",
     )
     protocol: Literal["v5", "v311"] = "v5"
     keepalive_s: int = Field(30, ge=1, le=65535)
