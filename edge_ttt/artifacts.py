@@ -75,6 +75,11 @@ def load_bundle(path: str | Path) -> Bundle:
     """Read manifest.json, check its schema, then every file's presence and hash."""
     root = Path(path)
     manifest_path = root / MANIFEST
+    if root.exists() and not root.is_dir():  # not a bundle to re-create there: the path is wrong
+        raise BundleError(
+            f"{root} is a file, not an artifact directory. Fix: name the directory `edge-ttt export` "
+            "wrote (it holds manifest.json)"
+        )
     if not root.is_dir():
         raise _refused(root, f"artifact directory {root} does not exist")
     if not manifest_path.is_file():

@@ -96,6 +96,12 @@ def test_standard_graph_files_must_be_listed(bundle: Path):
 
 
 def test_missing_manifest_and_directory(bundle: Path, tmp_path: Path):
+    (tmp_path / "a-file").write_text("x")  # a file named where the directory goes: no "export there"
+    with pytest.raises(
+        BundleError, match=r"a-file is a file, not an artifact directory\. Fix: name"
+    ) as wrong:
+        load_bundle(tmp_path / "a-file")
+    assert "--force" not in str(wrong.value)
     with pytest.raises(BundleError, match="does not exist"):
         load_bundle(tmp_path / "nowhere")
     (bundle / "manifest.json").unlink()

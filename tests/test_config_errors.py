@@ -43,7 +43,10 @@ BROKEN = {
         BASE + "[predictions]\nqos = 2\n",
         ["predictions.qos: must be between 0 and 1, got 2"],
     ),
-    "threads below 1": (AGENT + MODEL + "threads = 0\n", ["model.threads: must be between 1 and 1024, got 0"]),
+    "threads below 1": (
+        AGENT + MODEL + "threads = 0\n",
+        ["model.threads: must be between 1 and 1024, got 0"],
+    ),
     "negative reorder": (
         BASE + "[windowing]\nreorder_frames = -1\n",
         ["windowing.reorder_frames: must be at least 0"],
