@@ -308,6 +308,26 @@ class AgentConfig(Section):
             )
         return section
 
+    @field_validator("drift")
+    @classmethod
+    def _own_spool(cls, drift: DriftSection, info: ValidationInfo) -> DriftSection:
+        """The spool's files are deleted as the collector acknowledges them and its directory is
+        locked: shared with the states or inside the bundle, that reaches what is not the spool's."""
+        state, model = info.data.get("state"), info.data.get("model")
+        spool = Path(drift.spool_dir).resolve()
+        for key, other in (
+            ("state.dir", state and state.dir),
+            ("model.artifacts", model and model.artifacts),
+        ):
+            if other is not None and (
+                spool == Path(other).resolve() or Path(other).resolve() in spool.parents
+            ):
+                raise ValueError(
+                    f"drift.spool_dir {drift.spool_dir} is {key} or inside it; give the spool a directory "
+                    "of its own"
+                )
+        return drift
+
     def prediction_topic(self, device: str) -> str:
         return self.predictions.topic.format(prefix=self.mqtt.prefix, device=device)
 
