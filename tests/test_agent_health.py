@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import signal
+import ssl
 import subprocess
 import sys
 import threading
@@ -263,3 +264,16 @@ def test_a_status_whose_times_are_no_agents_clock_is_not_healthy(tmp_path):
         json.dumps({"state": "online", "time_unix": now + 5.0, "connection": {"since_unix": now}})
     )
     assert read_health(path, 30.0, 10.0) is None  # clocks a few seconds apart
+
+
+def test_a_plain_client_on_a_tls_port_and_the_other_way_round_are_named_with_the_fix():
+    """Seen by a probe: "closed the connection before accepting it: Unspecified error" and
+    "Connection reset by peer", neither of which says to check mqtt.tls.enabled and mqtt.port."""
+    from edge_ttt.stream.connection import describe
+
+    fix = "Fix: check mqtt.tls.enabled and mqtt.port"
+    assert fix in describe(ConnectionResetError(104, "Connection reset by peer"), "127.0.0.1:8883")[1]
+    assert fix in describe(ssl.SSLError(1, "[SSL: WRONG_VERSION_NUMBER] wrong version number"), "h:1883")[1]
+    link = ConnectionState("127.0.0.1:8883", "edge-ttt-a")
+    link.closed("Unspecified error", False)  # never accepted: the broker hung up on the hello
+    assert fix in link.snapshot().reason

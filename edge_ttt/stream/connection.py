@@ -31,6 +31,11 @@ TAKEN_OVER = 0x8E  # MQTT v5 "Session taken over": another client connected with
 # of connections that each end this soon after they began is that pattern.
 SHORT_S = 5.0
 SHORT_RUN = 3
+# What a plain client on a TLS port, or a TLS client on a plain one, sees: said, since neither
+# side can tell it in its own words.
+PORT_HINT = (
+    " (a TLS port reached without TLS, or a plain one with it? Fix: check mqtt.tls.enabled and mqtt.port)"
+)
 
 
 @dataclass(frozen=True)
@@ -49,13 +54,15 @@ def describe(exc: BaseException | None, broker: str) -> tuple[str, str]:
     if isinstance(exc, ssl.SSLCertVerificationError):
         return "tls", f"TLS verification of {broker} failed: {exc.verify_message or exc.reason}"
     if isinstance(exc, ssl.SSLError):
-        return "tls", f"TLS handshake with {broker} failed: {exc.reason or exc}"
+        return "tls", f"TLS handshake with {broker} failed: {getattr(exc, 'reason', None) or exc}{PORT_HINT}"
     if isinstance(exc, ConnectionRefusedError):
         return "refused", f"connection refused by {broker}: no broker listening there"
     if isinstance(exc, socket.gaierror):
         return "dns", f"cannot resolve the broker's host in {broker}: {exc.strerror}"
     if isinstance(exc, TimeoutError):
         return "timeout", f"no answer from {broker} (timed out)"
+    if isinstance(exc, ConnectionResetError):  # a plain port hung up on a TLS hello, for one
+        return "network", f"cannot reach {broker}: {exc.strerror or exc}{PORT_HINT}"
     if isinstance(exc, OSError):
         return "network", f"cannot reach {broker}: {exc.strerror or exc}"
     return "unknown", f"cannot connect to {broker} (paho gave no reason)"
@@ -139,7 +146,9 @@ class ConnectionState:
         if self.stopping:
             return
         if not self.online:
-            self._failed("closed", f"{self.broker} closed the connection before accepting it: {reason_code}")
+            self._failed(
+                "closed", f"{self.broker} closed the connection before accepting it: {reason_code}{PORT_HINT}"
+            )
             return
         self._short = self._short + 1 if time.monotonic() - self._online_at < SHORT_S else 0
         kind, reason = "lost", lost_reason(reason_code, from_broker)
