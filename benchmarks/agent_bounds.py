@@ -26,7 +26,7 @@ import numpy as np
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
-from benchmarks.agent_load import Listener, _proc_stats
+from benchmarks.agent_load import Listener, _proc_stats, agent_parser
 from edge_ttt.artifacts import load_bundle
 from edge_ttt.stream.codec import Frame, encode
 from firmware_sim.broker import Broker
@@ -198,20 +198,11 @@ def streams(args: argparse.Namespace, n: int) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(
-        prog="python -m benchmarks.agent_bounds", description=__doc__.partition("\n\n")[0]
-    )
-    p.add_argument("--artifacts", type=Path, required=True, help="the bundle the agent runs")
+    p = agent_parser("agent_bounds", __doc__)
     p.add_argument("--payloads", type=int, default=2000, help="1 MiB payloads of the flood")
     p.add_argument("--streams", type=int, nargs="*", default=[1000, 3000], help="live streams, one run each")
     p.add_argument("--duration", type=float, default=60.0, help="seconds each streams run lasts")
     p.add_argument("--skip-flood", action="store_true", help="run the streams part only")
-    p.add_argument(
-        "--out",
-        type=Path,
-        default=ROOT / "benchmarks" / "results" / "agent_bounds.json",
-        help="the result file",
-    )
     args = p.parse_args(argv)
     result: dict = {"flood": [], "streams": []}
     if not args.skip_flood:

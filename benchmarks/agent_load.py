@@ -160,21 +160,23 @@ def run(args: argparse.Namespace) -> dict:
     }
 
 
-def main(argv: list[str] | None = None) -> None:
+def agent_parser(name: str, doc: str | None) -> argparse.ArgumentParser:
+    """The options every benchmark of the live agent takes: the bundle, and where the result goes."""
     p = argparse.ArgumentParser(
-        prog="python -m benchmarks.agent_load", description=__doc__.partition("\n\n")[0]
+        prog=f"python -m benchmarks.{name}", description=(doc or "").partition("\n\n")[0]
     )
     p.add_argument("--artifacts", type=Path, required=True, help="the bundle the agent runs")
+    results = ROOT / "benchmarks" / "results" / f"{name}.json"
+    p.add_argument("--out", type=Path, default=results, help="the result file")
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = agent_parser("agent_load", __doc__)
     p.add_argument("--devices", type=int, default=100, help="simulated devices publishing at once")
     p.add_argument("--samples", type=int, default=10, help="samples per frame (50 Hz: 5 frames/s per device)")
     p.add_argument("--duration", type=float, default=30.0, help="seconds the devices publish")
     p.add_argument("--policy", default="steady", help="the agent's policy")
-    p.add_argument(
-        "--out",
-        type=Path,
-        default=ROOT / "benchmarks" / "results" / "agent_load.json",
-        help="the result file",
-    )
     args = p.parse_args(argv)
     result = run(args)
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -66,7 +66,7 @@ def _main(
 def _policy_option_values(policy: str, pairs: list[str]) -> dict[str, Any]:
     """`--option KEY=VALUE` pairs as the policy's options, checked as the agent checks
     `[model.options]`: each value read as TOML (a number, a boolean, an array), else as text."""
-    from edge_ttt.agent.config import check_option_values, policy_options
+    from edge_ttt.agent.policy_options import check_option_values, policy_options
     from edge_ttt.config_file import TOMLDecodeError, parse_toml, validate_file
 
     options: dict[str, Any] = {}

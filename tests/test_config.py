@@ -9,7 +9,8 @@ import pytest
 from pydantic import ValidationError
 
 from edge_ttt.adapt.policies import DEFAULT_POLICY, Steady
-from edge_ttt.agent.config import AgentConfig, load_config, policy_options
+from edge_ttt.agent.config import AgentConfig, load_config
+from edge_ttt.agent.policy_options import policy_options
 from edge_ttt.config_file import ConfigError
 from tests.agent_config_factory import AGENT, BASE, MODEL, problems, write
 

@@ -17,7 +17,7 @@ from edge_ttt.adapt.ort_model import OrtModel
 from edge_ttt.adapt.policies import POLICY_TYPES, Policy
 from edge_ttt.adapt.policies.steady import NEVER_ROLLED_BACK
 from edge_ttt.adapt.snapshot import load_state, save_state
-from edge_ttt.agent.config import policy_options
+from edge_ttt.agent.policy_options import policy_options
 from edge_ttt.artifacts import load_bundle
 from edge_ttt.drift.summary import Adaptation
 from tests.model_factory import windows

@@ -8,20 +8,15 @@ the whole can tell. The keys are documented in docs/configuration.md.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import re
-from functools import cache
 from pathlib import Path
-from types import UnionType
-from typing import Annotated, Any, Literal, Union, get_args, get_origin, get_type_hints
+from typing import Any, Literal
 
 from pydantic import (
     BaseModel,
     Field,
-    Strict,
     ValidationInfo,
-    create_model,
     field_validator,
     model_validator,
 )
@@ -32,6 +27,7 @@ from edge_ttt.adapt.input_alignment import InputOptions
 from edge_ttt.adapt.label_runs import RunOptions, ServeMode
 from edge_ttt.adapt.policies import DEFAULT_POLICY, POLICY_TYPES, misfit
 from edge_ttt.agent.checkpoints import StateSection
+from edge_ttt.agent.policy_options import check_option_values, policy_options
 from edge_ttt.agent.publisher import PredictionsSection
 from edge_ttt.agent.status import StatusSection
 from edge_ttt.config_file import (
@@ -57,9 +53,7 @@ __all__ = [
     "FallbackSection",
     "LoggingSection",
     "ModelSection",
-    "check_option_values",
     "load_config",
-    "policy_options",
 ]
 
 _NAME = re.compile(r"[A-Za-z0-9._-]+")
@@ -77,32 +71,6 @@ class AgentSection(Section):
                 "MQTT topics and the client id; rename the agent"
             )
         return value
-
-
-def _arrays_as_tuples(hint: Any) -> Any:
-    """A tuple option (`note`'s `lengths`) as one that takes a TOML array: strict validation
-    refuses a list where a tuple is declared, and TOML has no tuples."""
-    kinds = get_args(hint) if get_origin(hint) in (Union, UnionType) else (hint,)
-    return Annotated[hint, Strict(False)] if any(get_origin(k) is tuple for k in kinds) else hint
-
-
-def check_option_values(policy: str, options: dict[str, Any]) -> None:
-    """The values' own checks, beyond their types (ranges, options that must go together): the
-    policy's `Options` made from them, or its ValueError. `episodic` is the engine's, not the
-    policy's."""
-    POLICY_TYPES[policy].Options(**{k: v for k, v in options.items() if k != "episodic"})
-
-
-@cache
-def policy_options(policy: str) -> type[BaseModel]:
-    """The options a policy takes, as a strict model, so that a misspelt option fails on load:
-    the fields of its `Options`, and `episodic` for every gradient policy."""
-    options = POLICY_TYPES[policy].Options
-    hints = get_type_hints(options, include_extras=True)  # with the ranges their types carry
-    fields = {f.name: (_arrays_as_tuples(hints[f.name]), f.default) for f in dataclasses.fields(options)}
-    if POLICY_TYPES[policy].loss is not None:  # gradient policies: see `Engine`
-        fields["episodic"] = (bool, False)
-    return create_model(f"{policy}_options", __config__=Section.model_config, **fields)  # no nan or inf
 
 
 class FallbackSection(Section):
