@@ -187,8 +187,12 @@ BROKEN = {
     "a host longer than any DNS name": (BASE + f'[mqtt]\nhost = "{"h" * 5000}"\n', ["mqtt.host:", "253"]),
     "threads beyond any machine": (AGENT + MODEL + "threads = 99999999999999999999\n", ["model.threads"]),
     "spool in the state directory": (
-        BASE + '[state]\ndir = "st"\n[drift]\nspool_dir = "st/spool"\n',
-        ["drift.spool_dir", "is state.dir or inside it; give the spool a directory of its own"],
+        BASE + '[state]\ndir = "st"\n[drift]\nspool_dir = "st"\n',
+        ["drift.spool_dir is state.dir", "give the spool a directory of its own"],
+    ),
+    "spool inside the bundle": (
+        BASE + '[drift]\nspool_dir = "bundle/spool"\n',
+        ["drift.spool_dir ", "bundle/spool is inside model.artifacts; give the spool a directory of its own"],
     ),
     "stop timeout of inf": (BASE + "[state]\nstop_timeout_s = inf\n", ["state.stop_timeout_s:", "finite"]),
     "status interval of inf": (BASE + "[status]\ninterval_s = inf\n", ["status.interval_s:", "finite"]),

@@ -198,7 +198,7 @@ def test_agent_config_loads_and_names_its_own_state(tmp_path):
         tmp_path / "a.toml",
         agent="a",
         policy="source",
-        bundle=tmp_path,
+        bundle=tmp_path / "model",  # beside the run's directories, as the demo's own is
         mqtt=mqtt,
         drift_topic="{prefix}/{device}/d",
     )

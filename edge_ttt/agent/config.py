@@ -280,20 +280,20 @@ class AgentConfig(Section):
     @classmethod
     def _own_spool(cls, drift: DriftSection, info: ValidationInfo) -> DriftSection:
         """The spool's files are deleted as the collector acknowledges them and its directory is
-        locked: shared with the states or inside the bundle, that reaches what is not the spool's."""
+        locked: the states' own directory, or the bundle, is not one to share with it (a spool in a
+        subdirectory of the states, on one disk, is fine)."""
         state, model = info.data.get("state"), info.data.get("model")
         spool = Path(drift.spool_dir).resolve()
-        for key, other in (
-            ("state.dir", state and state.dir),
-            ("model.artifacts", model and model.artifacts),
-        ):
-            if other is not None and (
-                spool == Path(other).resolve() or Path(other).resolve() in spool.parents
-            ):
-                raise ValueError(
-                    f"drift.spool_dir {drift.spool_dir} is {key} or inside it; give the spool a directory "
-                    "of its own"
-                )
+        if state is not None and spool == Path(state.dir).resolve():
+            raise ValueError(
+                f"drift.spool_dir is state.dir ({state.dir}); give the spool a directory of its own"
+            )
+        bundle = model and Path(model.artifacts).resolve()
+        if bundle is not None and (spool == bundle or bundle in spool.parents):
+            raise ValueError(
+                f"drift.spool_dir {drift.spool_dir} is inside model.artifacts; give the spool a directory "
+                "of its own, outside the bundle"
+            )
         return drift
 
     def prediction_topic(self, device: str) -> str:
