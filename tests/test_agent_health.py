@@ -277,3 +277,28 @@ def test_a_plain_client_on_a_tls_port_and_the_other_way_round_are_named_with_the
     link = ConnectionState("127.0.0.1:8883", "edge-ttt-a")
     link.closed("Unspecified error", False)  # never accepted: the broker hung up on the hello
     assert fix in link.snapshot().reason
+
+
+def test_connections_that_keep_ending_make_health_fail_until_one_lasts(tmp_path, monkeypatch):
+    """Two agents with one client id take the session from each other every few seconds: the
+    agent is online most of the time, and `health` said healthy. The status now carries it."""
+    clock = [100.0]
+    monkeypatch.setattr("edge_ttt.stream.connection.time.monotonic", lambda: clock[0])
+    link = ConnectionState("127.0.0.1:47001", "edge-ttt-line3")
+    for _ in range(4):  # each connection closed 0.5 s after it began
+        link.connected()
+        clock[0] += 0.5
+        link.closed("Unspecified error", False)
+    link.connected()
+    assert "another client may be using client id 'edge-ttt-line3'" in link.flapping()
+    path = tmp_path / "status.json"
+    now = time.time()
+    doc = {
+        "state": "online",
+        "time_unix": now,
+        "connection": {"since_unix": now, "flapping": link.flapping()},
+    }
+    path.write_text(json.dumps(doc))
+    assert read_health(path, 30.0, 10.0).startswith("agent's connections keep ending within seconds: ")
+    clock[0] += 60.0  # this connection lasted
+    assert link.flapping() is None

@@ -81,6 +81,8 @@ def read_health(path: Path, max_age_s: float, max_disconnected_s: float = 10.0) 
             f"status is {age:.0f} s old (more than {max_age_s:.0f} s): the agent is stuck or gone,"
             f" or cannot write {path} (is its disk full?)"
         )
+    if isinstance(link, dict) and link.get("flapping"):
+        return f"agent's connections keep ending within seconds: {link['flapping']}"
     if state != ONLINE and down_s > max_disconnected_s:
         reason = link.get("reason") or "no attempt has failed yet"
         return f"agent is {state} for {down_s:.0f} s (more than {max_disconnected_s:g} s): {reason}"
@@ -178,7 +180,12 @@ class StatusReporter:
             "agent": self.agent_id,
             "state": state or link.state,
             "time_unix": time.time(),
-            "connection": {"broker": self.sources.link.broker, "state": link.state, **link.as_dict()},
+            "connection": {
+                "broker": self.sources.link.broker,
+                "state": link.state,
+                **link.as_dict(),
+                "flapping": self.sources.link.flapping(),
+            },
             **self.status(),
         }
         payload = json.dumps(doc).encode()

@@ -100,6 +100,7 @@ class ConnectionState:
         self.changed = threading.Event()
         self._online_at = 0.0  # time.monotonic() of the last connection
         self._short = 0  # connections in a row that ended within SHORT_S
+        self._flap_reason: str | None = None  # why, the last time such a run was said
         self._lock = threading.Lock()
         self._warn = RateLimitedLog(log)
         self._now = Snapshot(CONNECTING, time.time(), None, 0)
@@ -167,8 +168,19 @@ class ConnectionState:
                     "max_queued_messages 0 does: let this login publish its pred, drift and status "
                     "topics, or set a large limit instead of 0, as configs/mosquitto-fleet.conf does)"
                 )
+        self._flap_reason = reason if kind == "taken_over" else None
         self._set(Snapshot(DISCONNECTED, time.time(), reason, 0))
         self._warn.warning(kind, "%s; reconnecting", reason, fields=self._fields())
+
+    def flapping(self) -> str | None:
+        """Why connections keep ending within `SHORT_S` of their start (another client with this
+        id, a message the broker will not take), while they do; None once one lasts. The status
+        carries it: between two such drops the agent is online, and `health` said healthy."""
+        if self._flap_reason is None:  # set by a takeover or a run of short connections
+            return None
+        if self.online and time.monotonic() - self._online_at >= SHORT_S:
+            return None
+        return self._flap_reason
 
     def connected(self) -> None:
         was = self.snapshot()
