@@ -273,7 +273,10 @@ def test_a_plain_client_on_a_tls_port_and_the_other_way_round_are_named_with_the
 
     fix = "Fix: check mqtt.tls.enabled and mqtt.port"
     assert fix in describe(ConnectionResetError(104, "Connection reset by peer"), "127.0.0.1:8883")[1]
-    assert fix in describe(ssl.SSLError(1, "[SSL: WRONG_VERSION_NUMBER] wrong version number"), "h:1883")[1]
+    assert (
+        fix
+        in describe(ssl.SSLError(1, "[SSL: WRONG_VERSION_NUMBER] wrong version number"), "127.0.0.1:47001")[1]
+    )
     link = ConnectionState("127.0.0.1:8883", "edge-ttt-a")
     link.closed("Unspecified error", False)  # never accepted: the broker hung up on the hello
     assert fix in link.snapshot().reason

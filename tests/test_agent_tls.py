@@ -116,7 +116,10 @@ def test_tls_files_that_cannot_be_used_are_one_config_error_naming_the_fix(tmp_p
     for name, lines in cases.items():
         (tmp_path / name.replace(" ", "-")).mkdir()
         config = write_config(
-            tmp_path / name.replace(" ", "-"), bundle_dir, 1883, mqtt=f"[mqtt.tls]\nenabled = true\n{lines}"
+            tmp_path / name.replace(" ", "-"),
+            bundle_dir,
+            1,
+            mqtt=f"[mqtt.tls]\nenabled = true\n{lines}",  # never dialled
         )
         with pytest.raises(ConfigError, match=r"^mqtt\.tls: the TLS files cannot be used .*Fix: ") as refused:
             make_client(load_config(config).mqtt, "edge-ttt-test")

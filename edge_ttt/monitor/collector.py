@@ -97,9 +97,7 @@ class Collector:
         self.client.on_disconnect = self._disconnected
         self.client.on_subscribe = lambda *_: self.subscribed.set()
         # an acknowledgement the ACL refuses: the agents resend the summaries for ever (duplicates)
-        self.client.on_publish = lambda _c, _u, _mid, code, _p=None: (
-            self.link.publish_refused(code) if getattr(code, "is_failure", False) else None
-        )
+        self.client.on_publish = self.link.published
         self.client.on_message = lambda _c, _u, msg: self._on_message(msg)
         self.acks_sent = 0  # acknowledgement messages to agents
         self._closed = threading.Event()  # set once our own disconnect at the end is done

@@ -46,6 +46,7 @@ class DeviceHealth:
     worst_channels: tuple[tuple[str, str], ...]  # (channel, latest PSI) over the limit, worst first
     drifting_since: str | None  # start of the current run of drifted intervals; None: latest not drifted
     mounting: str | None = None  # latest summary's orientation or wiring found ("sensors exchanged", ...)
+    on_bundle: bool = False  # `reference_accuracy` is the --bundle's (its model is the device's)
 
     @property
     def accuracy_lost(self) -> float | None:
@@ -165,6 +166,7 @@ def health(
                 _worst_channels(last, int(intervals.bins[at][-1]), rules),
                 drifting_since(intervals, i, rules.psi_min_windows),
                 last.get("mounting"),
+                bundle,
             )
         )
 

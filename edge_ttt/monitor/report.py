@@ -208,7 +208,9 @@ def render(
         since=None if since is None else clocks.stamp(since),
         alerts=alerts,
         rules=rules,
-        summary=fleet_summary(ranked, alerts, rules, _compared(ranked, reference_accuracy, reference_model)),
+        summary=fleet_summary(
+            ranked, alerts, rules, None if reference_accuracy is None else sum(h.on_bundle for h in ranked)
+        ),
         lost=_total(table, "spool_dropped"),
         missing=_total(table, "frames_missing"),
         heatmap=heatmap(ranked, intervals),
@@ -232,13 +234,6 @@ def render(
         open_alerts=OPEN_ALERTS,
     )
     return html, alerts
-
-
-def _compared(ranked: list, accuracy: float | None, model: str | None) -> int | None:
-    """How many devices are compared with the bundle's accuracy; None without a bundle."""
-    if accuracy is None:
-        return None
-    return len(ranked) if model is None else sum(1 for h in ranked if h.reference_accuracy == accuracy)
 
 
 def _devices_of(intervals: Intervals, rows: np.ndarray) -> np.ndarray:

@@ -61,10 +61,9 @@ def describe(exc: BaseException | None, broker: str) -> tuple[str, str]:
         return "dns", f"cannot resolve the broker's host in {broker}: {exc.strerror}"
     if isinstance(exc, TimeoutError):
         return "timeout", f"no answer from {broker} (timed out)"
-    if isinstance(exc, ConnectionResetError):  # a plain port hung up on a TLS hello, for one
-        return "network", f"cannot reach {broker}: {exc.strerror or exc}{PORT_HINT}"
-    if isinstance(exc, OSError):
-        return "network", f"cannot reach {broker}: {exc.strerror or exc}"
+    if isinstance(exc, OSError):  # a reset: a plain port hung up on a TLS hello, for one
+        hint = PORT_HINT if isinstance(exc, ConnectionResetError) else ""
+        return "network", f"cannot reach {broker}: {exc.strerror or exc}{hint}"
     return "unknown", f"cannot connect to {broker} (paho gave no reason)"
 
 
@@ -126,10 +125,15 @@ class ConnectionState:
         self._refused = True
         self._failed(kind, refusal(self.broker, reason_code))
 
-    def publish_refused(self, reason_code: Any) -> None:
-        """`on_publish` with a failure: the broker took the message and dropped it (v5 says so;
-        v3.1.1 cannot), typically an ACL that does not let this login publish the topic. Counted
-        and said (rate-limited): before, refused predictions and acknowledgements went unnoticed."""
+    def published(
+        self, _client: Any, _userdata: Any, _mid: int, reason_code: Any, _properties: Any = None
+    ) -> None:
+        """paho's `on_publish`, for the agent and the collector alike: a failure means the broker
+        took the message and dropped it (v5 says so; v3.1.1 cannot), typically an ACL that does not
+        let this login publish the topic. Counted and said (rate-limited): before, refused
+        predictions and acknowledgements went unnoticed."""
+        if not getattr(reason_code, "is_failure", False):
+            return
         self.publishes_refused += 1
         self._warn.warning(
             "publish_refused",

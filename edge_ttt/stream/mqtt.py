@@ -142,7 +142,7 @@ class MqttTransport:
             "on_message", lambda _c, _u, msg: self._on_message(msg.topic, msg.payload)
         )
         self.client.on_socket_open = guard("on_socket_open", _no_delay)
-        self.client.on_publish = guard("on_publish", self._published)  # the drift shipper chains on it
+        self.client.on_publish = guard("on_publish", self.link.published)  # the drift shipper chains on it
 
     def start(self) -> None:
         """Connect in the background: the loop keeps retrying until the broker answers."""
@@ -163,10 +163,6 @@ class MqttTransport:
         client.publish(self.status_topic, status_payload(self.agent_id, "online"), qos=1, retain=True)
         self.connected.set()
         self.link.connected()
-
-    def _published(self, _client, _userdata, _mid: int, reason_code, _properties=None) -> None:
-        if getattr(reason_code, "is_failure", False):
-            self.link.publish_refused(reason_code)
 
     def _disconnected(self, _client, _userdata, flags, reason_code, _properties) -> None:
         self.connected.clear()
