@@ -36,6 +36,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from edge_ttt.adapt.channel_references import window_features
+from edge_ttt.adapt.denoise import WhiteNoise
 from edge_ttt.adapt.flat import prefixed, unprefixed
 from edge_ttt.adapt.mounting import Mounting
 from edge_ttt.adapt.statistics import ClassBalance, fold_weights
@@ -56,7 +57,8 @@ class InputOptions:
     the offset estimate has its own error: a 0.28-std offset read into a noisy stream cost 1.7
     points); `mounting`: also
     find and undo a quarter-turn mounting first (`edge_ttt.adapt.mounting`), where the bundle
-    has the postures for it."""
+    has the postures for it; `denoise`: smooth white sensor noise away first
+    (`edge_ttt.adapt.denoise`)."""
 
     momentum: float = 0.003
     warmup_windows: float = 20.0
@@ -66,6 +68,7 @@ class InputOptions:
     offset_floor: float = 0.4
     mounting: bool = True
     learn_every: int = 16
+    denoise: bool = True
 
     def __post_init__(self) -> None:
         if self.learn_every < 1:
@@ -136,12 +139,16 @@ class InputAlignment:
         self.gain_band = options.dead_band * np.asarray(log_gain_spread, np.float64)
         self.reliable_entropy = reliable_entropy
         self.mounting = mounting
+        self.noise = WhiteNoise(len(self.std)) if options.denoise else None
+        self.smoothed = False  # whether the last `apply` smoothed a window (`aligned_bounds`)
         self.reset()
 
     def reset(self) -> None:
         """Back to no correction (and the factory mounting)."""
         if self.mounting is not None:
             self.mounting.reset()
+        if self.noise is not None:
+            self.noise.reset()
         self._reset_channels()
 
     def _reset_channels(self) -> None:
@@ -179,11 +186,15 @@ class InputAlignment:
         return self._corrections[floor]
 
     def apply(self, x: np.ndarray, offset_floor: float | None = None) -> np.ndarray:
-        """The windows [n, channels, length] turned back (mounting) and with the per-channel
-        correction undone, float32; the array itself where that changes nothing (float32 in, no turn,
-        nothing beyond the dead bands), which the engine relies on to skip a second guard pass.
+        """The windows [n, channels, length] smoothed where white noise dominates (`denoise`), turned
+        back (mounting) and with the per-channel correction undone, float32; the array itself where
+        that changes nothing (float32 in, nothing smoothed, no turn, nothing beyond the dead bands),
+        which the engine relies on to skip a second guard pass.
         `offset_floor` (source stds) replaces the options' floor of the offset dead band for this
         call (the label runs' narrower one); the estimates are the same."""
+        if self.noise is not None:
+            smooth = self.noise.apply(x)
+            self.smoothed, x = smooth is not x, smooth
         if self.mounting is not None:
             x = self.mounting.apply(x)
         offset, gain, unchanged = self._corrected(offset_floor)
@@ -198,8 +209,9 @@ class InputAlignment:
         raw windows: `apply`'s float operations on the extremes alone. Each operation keeps the
         order of values (the gain is positive, rounding is monotone), so these are exactly the
         extremes of the corrected windows, for the guard to check without a second pass over them.
-        None while a turn mixes the channels."""
-        if self.mounting is not None and self.mounting.turn:
+        None while a turn mixes the channels, or where the last `apply` (on these windows) smoothed
+        one: a moving average moves the extremes."""
+        if self.smoothed or (self.mounting is not None and self.mounting.turn):
             return None
         offset, gain, _ = self._corrected(offset_floor)
         return _undone(high, offset, gain), _undone(low, offset, gain)
@@ -226,6 +238,8 @@ class InputAlignment:
             return False
         x, probs, entropy = (np.concatenate(part) for part in zip(*self._pending, strict=True))
         self._pending = []
+        if self.noise is not None:  # the sensor's noise, whatever the activity or the confidence
+            self.noise.update(x)
         if self.mounting is not None:
             turned = self.mounting.apply(x)
             before = self.mounting.turn
@@ -278,13 +292,18 @@ class InputAlignment:
         }
         if self.mounting is not None:
             flat.update(prefixed("mount", self.mounting.state()))
+        if self.noise is not None:
+            flat.update(prefixed("noise", self.noise.state()))
         return flat
 
     def load_state(self, flat: Arrays) -> None:
-        """Restore what `state` returned; a state without the mounting's arrays leaves it as mounted."""
-        mount = unprefixed("mount", flat)
+        """Restore what `state` returned; a state without the mounting's arrays leaves it as mounted,
+        one without the noise's (saved before it) starts it afresh."""
+        mount, noise = unprefixed("mount", flat), unprefixed("noise", flat)
         if self.mounting is not None:
             self.mounting.load_state(mount) if mount else self.mounting.reset()
+        if self.noise is not None:
+            self.noise.load_state(noise) if noise else self.noise.reset()
         self.offset = np.asarray(flat["offset"], np.float64).copy()
         self.autocov = np.asarray(flat["autocov"], np.float64).copy()
         self.expected = np.asarray(flat["expected"], np.float64).copy()

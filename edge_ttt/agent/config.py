@@ -116,6 +116,7 @@ class InputSection(Section):
     offset_floor: float = Field(InputOptions.offset_floor, ge=0.0, description="source stds")
     mounting: bool = InputOptions.mounting
     learn_every: int = Field(InputOptions.learn_every, ge=1, description="windows learnt in one block")
+    denoise: bool = InputOptions.denoise
 
     def options(self) -> InputOptions | AutoInputs | None:
         """What the engine takes: None when disabled, `AutoInputs` for auto."""
