@@ -150,6 +150,9 @@ class ClassChannels(_Strict):
     autocov: list[list[float]]
     offset_spread: list[float]
     log_gain_spread: list[float]
+    noise_share: list[float] | None = Field(
+        None, description="per channel, the training windows' white-noise share; absent: no smoothing"
+    )
 
 
 class MountingReference(_Strict):
@@ -265,6 +268,9 @@ class Manifest(_Strict):
             raise ValueError(
                 "reference.class_channels needs one offset_spread and log_gain_spread per channel"
             )
+        share = None if per_class is None else per_class.noise_share
+        if share is not None and (len(share) != n or not all(0.0 <= v <= 1.0 for v in share)):
+            raise ValueError("reference.class_channels.noise_share needs one share in [0, 1] per channel")
         self._check_class_norms()
         if [c.name for c in self.reference.channels] != self.model.channels:
             raise ValueError("reference.channels must list model.channels in order")

@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from edge_ttt.adapt.channel_references import class_references, device_spread
+from edge_ttt.adapt.denoise import source_share
 from edge_ttt.adapt.softmax import softmax_entropy
 from edge_ttt.drift.calibration import drift_limits
 from edge_ttt.stream.window import WindowBatch
@@ -57,6 +58,7 @@ def class_channels(x: np.ndarray, labels: np.ndarray, classes: int, devices: np.
         "autocov": autocov.tolist(),
         "offset_spread": offset.tolist(),
         "log_gain_spread": log_gain.tolist(),
+        "noise_share": source_share(x).tolist(),
     }
 
 

@@ -53,7 +53,10 @@ def missing_reference(checkpoint: Path) -> list[str]:
         reference = load_checkpoint(checkpoint).reference
     except (ValueError, FileNotFoundError):
         return list(REFERENCE_KEYS)
-    return [key for key in REFERENCE_KEYS if key not in reference]
+    missing = [key for key in REFERENCE_KEYS if key not in reference]
+    if "noise_share" not in reference.get("class_channels", {"noise_share": None}):
+        missing.append("class_channels.noise_share")
+    return missing
 
 
 @dataclass(frozen=True)

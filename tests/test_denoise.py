@@ -14,6 +14,7 @@ from edge_ttt.adapt.denoise import (
     autocovariances,
     moving_average,
     noise_variance,
+    source_share,
 )
 from edge_ttt.adapt.guard import InputLimits, check_windows
 from edge_ttt.adapt.input_alignment import InputAlignment, InputOptions
@@ -33,8 +34,8 @@ def noisy(x: np.ndarray, std: np.ndarray | float, seed: int = 1) -> np.ndarray:
     return x + np.random.default_rng(seed).standard_normal(x.shape) * np.reshape(std, (1, -1, 1))
 
 
-def learnt(x: np.ndarray) -> WhiteNoise:
-    stage = WhiteNoise(channels=x.shape[1])
+def learnt(x: np.ndarray, baseline: float = 0.0) -> WhiteNoise:
+    stage = WhiteNoise(baseline=np.full(x.shape[1], baseline))
     stage.update(x)
     return stage
 
@@ -118,11 +119,30 @@ def test_windows_that_are_not_finite_do_not_break_apply():
 
 def test_state_round_trip_and_a_state_of_other_channels_refused():
     stage = learnt(noisy(smooth(30), 1.0))
-    other = WhiteNoise(channels=3)
+    other = WhiteNoise(baseline=np.zeros(3))
     other.load_state(stage.state())
     assert np.array_equal(other.variance, stage.variance) and other.windows == stage.windows == 30
     with pytest.raises(ValueError, match=r"expected \[3, 2\]"):
-        WhiteNoise(channels=2).load_state(stage.state())
+        WhiteNoise(baseline=np.zeros(2)).load_state(stage.state())
+
+
+def test_only_noise_beyond_the_source_share_counts():
+    """A model trained on noisy windows expects their noise: the source's share is the baseline."""
+    motion = smooth(300, channels=1)
+    x = noisy(motion, 1.0)  # half the variance is noise
+    share = float(source_share(x)[0])  # about 2/3: a window holds less of the slow motion's variance
+    assert 0.3 < share < 0.8
+    assert not learnt(x, baseline=share).variance.any()  # as noisy as the source: nothing
+    assert learnt(x, baseline=0.0).variance[0] == pytest.approx(1.0, rel=0.1)
+    louder = noisy(motion, 2.0)  # noise variance 4, less the source's share of the stream's variance
+    expected = 4.0 - share * louder.var(axis=2).mean()
+    assert learnt(louder, baseline=share).variance[0] == pytest.approx(expected, rel=0.25)
+
+
+def test_source_share_of_smooth_and_of_white_windows():
+    assert np.all(source_share(smooth(100)) < 0.02)
+    assert np.all(source_share(np.random.default_rng(2).standard_normal((100, 3, 128))) > 0.95)
+    assert source_share(np.zeros((4, 2, 16))).tolist() == [0.0, 0.0]  # flat: no variance, no share
 
 
 def test_autocovariances_are_about_the_window_mean():
@@ -135,9 +155,11 @@ def test_autocovariances_are_about_the_window_mean():
 BARE = InputOptions(momentum=1.0, warmup_windows=0.0, reliable_quantile=1.0, offset_floor=0.0, learn_every=1)
 
 
-def stage_for(options: InputOptions = BARE) -> InputAlignment:
+def stage_for(options: InputOptions = BARE, noise_share: np.ndarray | None = None) -> InputAlignment:
     source = smooth(50, seed=9)
-    return InputAlignment(options, class_references(source, np.zeros(50, int), 1), np.ones(3))
+    share = source_share(source) if noise_share is None else noise_share
+    refs = class_references(source, np.zeros(50, int), 1)
+    return InputAlignment(options, refs, np.ones(3), noise_share=share)
 
 
 def test_alignment_smooths_first_and_the_guard_checks_what_the_model_sees():
@@ -160,6 +182,16 @@ def test_alignment_without_denoise_leaves_noise_and_saves_no_noise_state():
     assert not stage.smoothed
 
 
+def test_no_smoothing_without_the_source_share_from_the_bundle():
+    """A bundle exported before the share: the model may have been trained on what reads as noise."""
+    source = smooth(50, seed=9)
+    stage = InputAlignment(BARE, class_references(source, np.zeros(50, int), 1), np.ones(3))
+    x = noisy(smooth(10, seed=3), 1.5).astype(np.float32)
+    stage.update(x, np.ones((10, 1)), np.zeros(10))
+    stage.apply(x)
+    assert stage.noise is None and not stage.smoothed
+
+
 def test_a_state_saved_before_denoise_restores_with_the_noise_afresh():
     stage = stage_for()
     x = noisy(smooth(10, seed=3), 1.5)
@@ -170,3 +202,37 @@ def test_a_state_saved_before_denoise_restores_with_the_noise_afresh():
     again.load_state(saved)
     assert again.noise.windows == 0 and not again.noise.variance.any()
     assert np.array_equal(again.offset, stage.offset)
+
+
+# --- the source's share, from export to the manifest ---------------------------------------------
+
+
+def test_export_writes_the_source_share_and_the_manifest_checks_it(bundle_dir):
+    import json
+
+    from edge_ttt.manifest import Manifest
+
+    doc = json.loads((bundle_dir / "manifest.json").read_text())
+    share = Manifest.model_validate(doc).reference.class_channels.noise_share
+    assert len(share) == 6 and all(0.0 <= v <= 1.0 for v in share)
+    channels = doc["reference"]["class_channels"]
+    for bad in (share[:-1], [1.5] * 6, [-0.1] * 6):
+        channels["noise_share"] = bad
+        with pytest.raises(ValueError, match=r"noise_share needs one share in \[0, 1\] per channel"):
+            Manifest.model_validate(doc)
+    del channels["noise_share"]  # a bundle exported before it still loads (and smooths nothing)
+    assert Manifest.model_validate(doc).reference.class_channels.noise_share is None
+
+
+def test_a_checkpoint_without_the_source_share_is_trained_again(tmp_path):
+    pytest.importorskip("torch")
+    from export.checkpoint import save_checkpoint
+    from export.train import missing_reference
+    from tests.model_factory import source_model
+
+    src = source_model("cnn-bn")
+    save_checkpoint(tmp_path / "now.pt", src)
+    assert missing_reference(tmp_path / "now.pt") == []
+    del src.reference["class_channels"]["noise_share"]
+    save_checkpoint(tmp_path / "before.pt", src)
+    assert missing_reference(tmp_path / "before.pt") == ["class_channels.noise_share"]

@@ -148,8 +148,7 @@ class HarmfulAlignment:
 def test_the_fallback_judges_what_the_input_alignment_feeds_the_model(bundle_dir: Path):
     options = FallbackOptions(horizon=16, margin=0.05, min_windows=8)
     model = OrtModel(load_bundle(bundle_dir))
-    # these windows are white noise, which the alignment's denoising would smooth (another test's)
-    e = Engine(model, "norm", fallback=options, inputs=InputOptions(denoise=False))
+    e = Engine(model, "norm", fallback=options, inputs=InputOptions())
     source = Engine(model, "source", inputs=None)
     e.inputs = HarmfulAlignment(e.inputs)
     x = windows(64, seed=3)

@@ -214,7 +214,7 @@ def test_the_estimates_move_once_a_block_has_gathered_and_a_state_includes_the_r
 def test_unreliable_windows_teach_the_gain_and_offset_nothing():
     source = smooth_windows(50, seed=1)
     refs = class_references(source, np.zeros(50, int), 1)
-    stage = InputAlignment(BARE, refs, np.ones(3), reliable_entropy=0.5)
+    stage = InputAlignment(BARE, refs, np.ones(3), reliable_entropy=0.5, noise_share=np.zeros(3))
     before = stage.state()
     stage.update(source[:10] * 3.0, np.ones((10, 1)), np.full(10, 0.9))
     after = stage.state()

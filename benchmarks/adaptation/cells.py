@@ -72,6 +72,7 @@ INSTANCE_COLUMN = f"{DEFAULT_POLICY}-instance"
 BLEND_COLUMN = f"{DEFAULT_POLICY}-instance-blend"
 RUN_BLEND_COLUMN = f"{DEFAULT_POLICY}-blend"
 NO_RUNS_COLUMN = f"{DEFAULT_POLICY}-no-runs"
+NO_DENOISE_COLUMN = f"{DEFAULT_POLICY}-no-denoise"
 # Columns that are not a policy as the engine runs it by default: name -> Variant.
 VARIANTS = {
     "ttt-episodic": Variant("ttt", {"episodic": True}),
@@ -100,6 +101,8 @@ VARIANTS = {
     ),
     # The default policy without label runs, as it ran before 2026-12-06.
     NO_RUNS_COLUMN: Variant(DEFAULT_POLICY, runs=None),
+    # The default policy without the white-noise smoothing ahead of it (docs/adaptation.md).
+    NO_DENOISE_COLUMN: Variant(DEFAULT_POLICY, inputs=AutoInputs(InputOptions(denoise=False))),
 }
 COLUMNS = (*POLICIES, *VARIANTS)
 

@@ -50,8 +50,9 @@ def for_bundle(manifest: Manifest, bundle_path: str | Path, options: InputOption
             tuple(mount.triad),
             groups,
         )
+    noise = None if refs.noise_share is None else np.array(refs.noise_share)
     return InputAlignment(
-        options, (np.array(refs.mean), np.array(refs.autocov)), std, spread, reliable, mounting
+        options, (np.array(refs.mean), np.array(refs.autocov)), std, spread, reliable, mounting, noise
     )
 
 

@@ -5,7 +5,10 @@ autoregression, whose autocovariances about the window mean satisfy `g1**2 = g0 
 (a noisy sensor, electrical interference, a coarse converter) adds to the lag-0 autocovariance only,
 so `g0 - g1**2 / g2` is the white-noise variance, with no reference to the source data and no class
 to know. On the smartwatch recordings it is at most 2 % of any activity's variance when clean, and
-13 to 80 % of it under the benchmark's noise corruption (docs/adaptation.md, "White noise").
+up to 80 % of it under the benchmark's noise corruption (docs/adaptation.md, "White noise"). A model
+trained on noisy or broadband signals expects its noise: export stores the source windows' own noise
+share per channel (`source_share`, `reference.class_channels.noise_share`), and only the noise above
+that share of the stream's variance counts.
 
 The noise is the sensor's, not the activity's, so its variance is a momentum mean over the stream
 (per raw channel, from the means of the three autocovariances: mixing activities can only make the
@@ -55,6 +58,18 @@ def noise_variance(g: np.ndarray) -> np.ndarray:
     return np.clip(g0 - signal, 0.0, np.maximum(g0, 0.0))
 
 
+def source_share(x: np.ndarray) -> np.ndarray:
+    """Per channel, the white-noise share of the variance of windows [n, channels, length] (the
+    source's, at export): `noise_variance` of their mean autocovariances over their mean variance.
+
+    >>> rng = np.random.default_rng(0)
+    >>> source_share(rng.normal(size=(50, 1, 128))).round(1).tolist()  # white noise: all of it
+    [1.0]
+    """
+    g = autocovariances(np.nan_to_num(np.asarray(x, np.float64))).mean(axis=1)
+    return np.divide(noise_variance(g), g[0], out=np.zeros(g.shape[1]), where=g[0] > 0)
+
+
 def moving_average(x: np.ndarray, length: int) -> np.ndarray:
     """A centred moving average over `length` samples (odd) along the last axis, the edges repeated.
 
@@ -72,26 +87,33 @@ def moving_average(x: np.ndarray, length: int) -> np.ndarray:
 
 
 class WhiteNoise:
-    """The white-noise variance of one device stream's raw channels; `update`, then `apply`.
+    """The white-noise variance of one device stream's raw channels beyond what the source's
+    windows held (`baseline`: their noise share per channel); `update`, then `apply`.
 
     A smooth channel with noise of variance 1 added is found and smoothed:
 
     >>> rng = np.random.default_rng(0)
     >>> t = np.arange(128)
     >>> x = np.sin(2 * np.pi * t / 64)[None, None, :] + rng.normal(0, 1.0, (40, 1, 128))
-    >>> stage = WhiteNoise(channels=1)
+    >>> stage = WhiteNoise(baseline=np.zeros(1))
     >>> stage.update(x)
     >>> round(float(stage.variance[0]), 1), stage.lengths(x[:1]).tolist()
     (1.0, [[5]])
     >>> clean = np.sin(2 * np.pi * t / 64)[None, None, :]
-    >>> quiet = WhiteNoise(channels=1)
+    >>> quiet = WhiteNoise(baseline=np.zeros(1))
     >>> quiet.update(clean)
     >>> float(quiet.variance[0]) < 1e-3, quiet.apply(clean) is clean
     (True, True)
+
+    A model trained on noise (the source's share 1) expects it: nothing is smoothed.
+
+    >>> WhiteNoise(baseline=np.ones(1)).update(x) or WhiteNoise(baseline=np.ones(1)).apply(x) is x
+    True
     """
 
-    def __init__(self, channels: int, momentum: float = MOMENTUM) -> None:
-        self.channels = channels
+    def __init__(self, baseline: np.ndarray, momentum: float = MOMENTUM) -> None:
+        self.baseline = np.clip(np.asarray(baseline, np.float64), 0.0, 1.0)
+        self.channels = len(self.baseline)
         self.momentum = momentum
         self.reset()
 
@@ -99,7 +121,7 @@ class WhiteNoise:
         """No noise known."""
         self.moments = np.zeros((3, self.channels))  # momentum means of the three autocovariances
         self.windows = 0
-        self.variance = np.zeros(self.channels)  # the estimated white-noise variance per channel
+        self.variance = np.zeros(self.channels)  # the white-noise variance beyond the source's share
 
     def update(self, x: np.ndarray) -> None:
         """Fold in finite raw windows [n, channels, length], in order (one vectorised step with the
@@ -111,7 +133,7 @@ class WhiteNoise:
         kept, share = fold_weights(np.maximum(self.momentum, 1.0 / counts))
         self.moments = kept * self.moments + np.einsum("i,lic->lc", share, g)
         self.windows += g.shape[1]
-        self.variance = noise_variance(self.moments)
+        self.variance = self._excess()
 
     def lengths(self, x: np.ndarray) -> np.ndarray:
         """The moving average's length for each window and channel [n, channels] (1: none)."""
@@ -149,4 +171,8 @@ class WhiteNoise:
             )
         self.moments = moments.copy()
         self.windows = int(flat["windows"])
-        self.variance = noise_variance(self.moments)
+        self.variance = self._excess()
+
+    def _excess(self) -> np.ndarray:
+        """The stream's noise variance less the source's share of the stream's variance."""
+        return np.maximum(noise_variance(self.moments) - self.baseline * self.moments[0], 0.0)

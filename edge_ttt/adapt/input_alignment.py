@@ -130,6 +130,7 @@ class InputAlignment:
         spread: tuple[np.ndarray, np.ndarray] | None = None,
         reliable_entropy: float = np.inf,
         mounting: Mounting | None = None,
+        noise_share: np.ndarray | None = None,
     ) -> None:
         self.options = options
         self.ref_mean, self.ref_autocov = (np.asarray(r, np.float64) for r in references)
@@ -139,7 +140,9 @@ class InputAlignment:
         self.gain_band = options.dead_band * np.asarray(log_gain_spread, np.float64)
         self.reliable_entropy = reliable_entropy
         self.mounting = mounting
-        self.noise = WhiteNoise(len(self.std)) if options.denoise else None
+        # without the source's noise share (a bundle exported before it) no smoothing: the model
+        # may have been trained on what would read as noise
+        self.noise = WhiteNoise(noise_share) if options.denoise and noise_share is not None else None
         self.smoothed = False  # whether the last `apply` smoothed a window (`aligned_bounds`)
         self.reset()
 
