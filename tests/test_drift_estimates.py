@@ -103,7 +103,7 @@ def test_estimates_round_trip_through_the_schema_including_null_ones():
     with_all = estimated([1, 0, 1], [1, 1, 0], fallbacks=2, windows_on_source=3)
     without = estimated([0, 1], [np.nan, np.nan])
     table = to_table([with_all, without])
-    assert table.schema.metadata[b"schema_version"] == str(SCHEMA_VERSION).encode() == b"5"
+    assert table.schema.metadata[b"schema_version"] == str(SCHEMA_VERSION).encode() == b"6"
     rows = table.to_pylist()
     assert [r["estimated_accuracy"] for r in rows] == [pytest.approx(2 / 3), 0.5]
     assert [r["source_estimated_accuracy"] for r in rows] == [pytest.approx(2 / 3), None]

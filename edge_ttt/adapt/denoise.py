@@ -135,6 +135,13 @@ class WhiteNoise:
         self.windows += g.shape[1]
         self.variance = self._excess()
 
+    def share(self) -> np.ndarray:
+        """Per channel, the white noise beyond the source's as a share of the stream's variance (a
+        momentum mean): what the operator should hear of, whatever the activity."""
+        return np.divide(
+            self.variance, self.moments[0], out=np.zeros(self.channels), where=self.moments[0] > 0
+        ).clip(0.0, 1.0)
+
     def lengths(self, x: np.ndarray) -> np.ndarray:
         """The moving average's length for each window and channel [n, channels] (1: none)."""
         with np.errstate(invalid="ignore", divide="ignore", over="ignore"):

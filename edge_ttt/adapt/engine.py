@@ -336,7 +336,7 @@ class Engine:
 
     def report(self) -> Report:
         """The counters and the adaptation level now, as a frozen value (for drift summaries)."""
-        mounting = (
-            None if self.inputs is None or self.inputs.mounting is None else self.inputs.mounting.describe()
-        )
-        return Report.of(self.counters.as_dict(), self.policy, mounting)
+        inputs = self.inputs
+        mounting = None if inputs is None or inputs.mounting is None else inputs.mounting.describe()
+        noise = None if inputs is None or inputs.noise is None else tuple(inputs.noise.share().tolist())
+        return Report.of(self.counters.as_dict(), self.policy, mounting, noise)

@@ -21,9 +21,16 @@ class Report:
     adaptation: Mapping[str, Any]
 
     @classmethod
-    def of(cls, counters: Mapping[str, int], policy: Policy, mounting: str | None = None) -> Report:
-        """`mounting`: the orientation the input alignment found, in words (None: no search)."""
-        level = {**adaptation_level(policy), "mounting": mounting}
+    def of(
+        cls,
+        counters: Mapping[str, int],
+        policy: Policy,
+        mounting: str | None = None,
+        noise_share: tuple[float, ...] | None = None,
+    ) -> Report:
+        """`mounting`: the orientation the input alignment found, in words (None: no search);
+        `noise_share`: per channel, the white noise it found beyond the source's (None: not looked for)."""
+        level = {**adaptation_level(policy), "mounting": mounting, "noise_share": noise_share}
         return cls(MappingProxyType(dict(counters)), MappingProxyType(level))
 
 

@@ -19,10 +19,11 @@ from edge_ttt.drift.reference import Reference
 from edge_ttt.drift.stats import Histogram, Mean, Moments
 from edge_ttt.drift.summary import COUNTERS, Adaptation, DriftSummary
 
-SCHEMA_VERSION = 5  # 2: accuracy estimates, fallbacks, windows_on_source; 3: spool_dropped,
+SCHEMA_VERSION = 6  # 2: accuracy estimates, fallbacks, windows_on_source; 3: spool_dropped,
 # frames_missing; 4: in-distribution PSI limits (psi_limit, ref_limit_windows, ref_limit_psi), the
 # source model's classes (source_class_counts), the reference's class prior and accuracy;
-# 5: mounting (the orientation or wiring the input alignment found)
+# 5: mounting (the orientation or wiring the input alignment found); 6: noise_share (the white noise
+# it found per channel)
 FORMAT = b"edge-ttt-drift"  # file metadata key `format`; a breaking change would need a new name
 
 _f64, _i64, _str = pa.float64(), pa.int64(), pa.string()
@@ -86,6 +87,7 @@ OPTIONAL = (
     pa.field("source_estimated_windows", _i64),
     pa.field("spool_dropped", _i64),
     pa.field("frames_missing", _i64),
+    pa.field("noise_share", pa.list_(_f64)),
 )
 SCHEMA = pa.schema(
     [*REQUIRED, *OPTIONAL],
@@ -148,6 +150,7 @@ def _row(s: DriftSummary) -> dict:
         "param_change": None if a is None else a.param_change,
         "param_change_rel": None if a is None else a.param_change_rel,
         "mounting": None if a is None else a.mounting,
+        "noise_share": None if a is None or a.noise_share is None else list(a.noise_share),
         "latency_edges_ms": s.latency.edges.tolist(),
         "latency_counts": s.latency.counts.tolist(),
         "latency_p50_ms": s.latency_ms(0.5),
@@ -242,6 +245,7 @@ def from_table(table: pa.Table) -> list[DriftSummary]:
                 r["param_change"],
                 r["param_change_rel"],
                 r["mounting"],
+                None if r["noise_share"] is None else tuple(r["noise_share"]),
             )
         zeros_i, zeros_f = [0] * n, [0.0] * n
         out.append(

@@ -50,7 +50,9 @@ class Adaptation:
     (source, tent, sar), empty for models without batch norms. `param_change` is the L2 norm of
     the adapted norm affines minus the source ones; `param_change_rel` divides it by the source norm.
     `mounting`: how the device was found mounted or wired ("as mounted", "turned 180° about x",
-    "sensors exchanged"), for the operator to fix at the device.
+    "sensors exchanged"), for the operator to fix at the device. `noise_share`: per raw channel, the
+    white noise the input alignment found beyond the source's, as a share of the channel's variance
+    (a noisy sensor, also to fix at the device; smoothed meanwhile).
     """
 
     norm_layers: tuple[str, ...] | None
@@ -59,6 +61,7 @@ class Adaptation:
     param_change: float
     param_change_rel: float
     mounting: str | None = None  # the input alignment's orientation in words; None: no search
+    noise_share: tuple[float, ...] | None = None  # per channel; None: not looked for
 
 
 class EngineReport(Protocol):

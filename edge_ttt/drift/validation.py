@@ -31,7 +31,7 @@ UNCHECKED = (
     "param_change",
     "param_change_rel",
 )
-SHARES = ("estimated_accuracy", "source_estimated_accuracy", "ref_accuracy")  # 0 to 1
+SHARES = ("estimated_accuracy", "source_estimated_accuracy", "ref_accuracy", "noise_share")  # 0 to 1
 NON_NEGATIVE = ("psi", "psi_limit")  # divergences and their limits: the report divides by them
 
 

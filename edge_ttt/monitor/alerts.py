@@ -15,6 +15,7 @@ from edge_ttt.monitor.config import AlertsSection
 from edge_ttt.monitor.estimates import COLUMNS as ESTIMATE_COLUMNS
 from edge_ttt.monitor.estimates import Estimates, fleet_estimates
 from edge_ttt.monitor.intervals import Intervals, ReferenceBins
+from edge_ttt.monitor.text import visible
 
 COLUMNS = [
     "device_id",
@@ -31,13 +32,14 @@ COLUMNS = [
     "channels",
     "model_sha256",
     "received",
+    "noise_share",
     *(c for c in ESTIMATE_COLUMNS if c != "windows"),
 ]
 
 
 @dataclass(frozen=True)
 class Alert:
-    rule: str  # psi, accuracy, resets, entropy, silent, clock
+    rule: str  # psi, accuracy, resets, entropy, noise, silent, clock
     device: str
     value: float
     message: str
@@ -85,6 +87,29 @@ def accuracy_alert(device: str, e: Estimates, rules: AlertsSection) -> Alert | N
         worst,
         f"estimated accuracy over the latest {e.windows} windows: {said}, against the reference "
         f"{100 * e.reference:.1f} % ({100 * worst:.1f} points lost by the {which})",
+    )
+
+
+def noise_alert(device: str, own: pa.Table, rules: AlertsSection) -> Alert | None:
+    """The device's latest summary reports white noise beyond the training data's on a channel above
+    `noise_share` of its variance: a sensor to look at, though input alignment smooths it meanwhile
+    (a noisy source model loses accuracy the class-mix estimates do not see)."""
+    if "noise_share" not in own.column_names:
+        return None
+    shares = own.column("noise_share")[-1].as_py() or []
+    names = own.column("channels")[-1].as_py() or []
+    if len(names) != len(shares):
+        names = [f"channel {i}" for i in range(len(shares))]
+    noisy = [(n, v) for n, v in zip(names, shares, strict=True) if v is not None and v >= rules.noise_share]
+    if not noisy:
+        return None
+    said = ", ".join(f"{visible(n)} {100 * v:.0f} %" for n, v in noisy)
+    return Alert(
+        "noise",
+        device,
+        max(v for _, v in noisy),
+        f"white noise beyond the training data's, as a share of each channel's variance: {said} "
+        "(a noisy sensor; input alignment smooths it before the model meanwhile)",
     )
 
 
@@ -144,6 +169,9 @@ def _device_alerts(
                 )
             )
     own = intervals.table.slice(scores.start, scores.stop - scores.start)
+    noisy = noise_alert(device, own, rules)
+    if noisy is not None:
+        out.append(noisy)
     ends, received = seconds(own, "interval_end"), seconds(own, "received")
     clock = clock_problem(float(ends[-1]), float(received[-1]), now, rules.clock_skew_s)
     if clock is not None:

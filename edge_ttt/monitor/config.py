@@ -73,6 +73,12 @@ class AlertsSection(Section):
     accuracy_min_windows: int = Field(
         100, ge=1, description="windows the estimates need before the accuracy rule judges a device"
     )
+    noise_share: float = Field(
+        0.2,
+        gt=0,
+        le=1,
+        description="white noise past the training data's, as a share of a channel's variance: noisy sensor",
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> AlertsSection:
