@@ -1,14 +1,15 @@
-"""White sensor noise: found without labels or references, and smoothed away before the model.
+"""White sensor noise: found from the stream itself, without labels, and smoothed away before the
+model.
 
 Human motion sampled at tens of hertz is smooth: over two samples it behaves like a first-order
 autoregression, whose autocovariances about the window mean satisfy `g1**2 = g0 * g2`. White noise
 (a noisy sensor, electrical interference, a coarse converter) adds to the lag-0 autocovariance only,
-so `g0 - g1**2 / g2` is the white-noise variance, with no reference to the source data and no class
-to know. On the smartwatch recordings it is at most 2 % of any activity's variance when clean, and
-up to 80 % of it under the benchmark's noise corruption (docs/adaptation.md, "White noise"). A model
-trained on noisy or broadband signals expects its noise: export stores the source windows' own noise
-share per channel (`source_share`, `reference.class_channels.noise_share`), and only the noise above
-that share of the stream's variance counts.
+so `g0 - g1**2 / g2` is the white-noise variance, with no class to know. On the smartwatch
+recordings it is at most 2 % of any activity's variance when clean, and up to 80 % of it under the
+benchmark's noise corruption (docs/adaptation.md, "White noise"). A model trained on noisy or
+broadband signals expects its noise: export stores the source windows' own noise share per channel
+(`source_share`, `reference.class_channels.noise_share`), and only the noise above that share of
+the stream's variance counts.
 
 The noise is the sensor's, not the activity's, so its variance is a momentum mean over the stream
 (per raw channel, from the means of the three autocovariances: mixing activities can only make the
@@ -138,9 +139,10 @@ class WhiteNoise:
     def share(self) -> np.ndarray:
         """Per channel, the white noise beyond the source's as a share of the stream's variance (a
         momentum mean): what the operator should hear of, whatever the activity."""
-        return np.divide(
+        share = np.divide(
             self.variance, self.moments[0], out=np.zeros(self.channels), where=self.moments[0] > 0
-        ).clip(0.0, 1.0)
+        )
+        return np.nan_to_num(share, nan=0.0, posinf=0.0).clip(0.0, 1.0)  # a summary holds no NaN
 
     def lengths(self, x: np.ndarray) -> np.ndarray:
         """The moving average's length for each window and channel [n, channels] (1: none)."""
