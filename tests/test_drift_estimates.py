@@ -161,9 +161,13 @@ def test_the_monitor_reads_a_dataset_holding_version_1_and_2_files(tmp_path):
     out = tmp_path / "report.html"
     write_report(table, RULES, out, now=T0)
     rows = out.read_text().split('<table id="health">')[1].split("</table>")[0].split("<tr>")
-    cells = {r[0]: r[-3:] for r in (re.findall(r"<td>([^<]*)</td>", row) for row in rows) if r}
-    # the two estimates, then the mounting found (version 5 on; "-" before)
-    assert cells == {"new": [f"{100 * bound:.1f}", "n/a", "-"], "old": [f"{100 * old_bound:.1f}", "n/a", "-"]}
+    cells = {r[0]: r[-4:] for r in (re.findall(r"<td>([^<]*)</td>", row) for row in rows) if r}
+    # the two estimates, then the mounting found (version 5 on; "-" before) and the white noise
+    # found (version 6 on)
+    assert cells == {
+        "new": [f"{100 * bound:.1f}", "n/a", "-", "-"],
+        "old": [f"{100 * old_bound:.1f}", "n/a", "-", "-"],
+    }
     assert dataset.compact(location) == {"date=2023-11-14": 2}
     compacted = dataset.read(location).sort_by("device_id")
     assert compacted["estimated_accuracy"].to_pylist() == [0.75, None]

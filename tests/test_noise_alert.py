@@ -94,3 +94,21 @@ def test_the_engine_reports_noise_beyond_the_training_windows(
     assert len(share) == 6 and all(0.0 <= v <= 1.0 for v in share)
     assert (share[1] > 0.5) == noisy and max(share[:1] + share[2:]) < 0.1
     assert Engine(OrtModel(bundle), "steady", inputs=None).report().adaptation["noise_share"] is None
+
+
+def test_the_report_shows_the_noise_found_per_device(tmp_path: Path):
+    from edge_ttt.monitor.health import health
+    from edge_ttt.monitor.intervals import Intervals
+    from edge_ttt.monitor.report import write_report
+
+    location = str(tmp_path / "fleet")
+    dataset.append(location, to_table([with_noise([0.05, 0.9], device="noisy")]))
+    dataset.append(location, to_table([with_noise([0.0, 0.1], device="quiet")]))
+    dataset.append(location, to_table([with_noise(None, device="older")]))
+    table, rules = dataset.read(location), AlertsSection()
+    found = {h.device: h.noise for h in health(Intervals.of(table, rules), rules)}
+    assert found == {"noisy": "c1 90 %", "quiet": None, "older": None}
+    out = tmp_path / "report.html"
+    write_report(table, rules, out, now=NOW)
+    page = out.read_text()
+    assert "white noise found, % of variance" in page and "<td>c1 90 %</td>" in page

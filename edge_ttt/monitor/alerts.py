@@ -90,20 +90,30 @@ def accuracy_alert(device: str, e: Estimates, rules: AlertsSection) -> Alert | N
     )
 
 
+def noisy_channels(shares: list | None, names: list | None, threshold: float) -> list[tuple[str, float]]:
+    """(channel, share) of a summary's `noise_share` at or above `threshold`, in channel order."""
+    shares, names = shares or [], names or []
+    if len(names) != len(shares):
+        names = [f"channel {i}" for i in range(len(shares))]
+    return [(n, v) for n, v in zip(names, shares, strict=True) if v is not None and v >= threshold]
+
+
+def said_noise(noisy: list[tuple[str, float]]) -> str:
+    """`noisy_channels` in words: "ax 43 %, ay 90 %" (names shown escaped)."""
+    return ", ".join(f"{visible(n)} {100 * v:.0f} %" for n, v in noisy)
+
+
 def noise_alert(device: str, own: pa.Table, rules: AlertsSection) -> Alert | None:
     """The device's latest summary reports white noise beyond the training data's on a channel above
     `noise_share` of its variance: a sensor to look at, though input alignment smooths it meanwhile
     (a noisy source model loses accuracy the class-mix estimates do not see)."""
     if "noise_share" not in own.column_names:
         return None
-    shares = own.column("noise_share")[-1].as_py() or []
-    names = own.column("channels")[-1].as_py() or []
-    if len(names) != len(shares):
-        names = [f"channel {i}" for i in range(len(shares))]
-    noisy = [(n, v) for n, v in zip(names, shares, strict=True) if v is not None and v >= rules.noise_share]
+    shares, names = (own.column(c)[-1].as_py() for c in ("noise_share", "channels"))
+    noisy = noisy_channels(shares, names, rules.noise_share)
     if not noisy:
         return None
-    said = ", ".join(f"{visible(n)} {100 * v:.0f} %" for n, v in noisy)
+    said = said_noise(noisy)
     return Alert(
         "noise",
         device,

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edge_ttt.monitor.alerts import Alert
+from edge_ttt.monitor.alerts import Alert, noisy_channels, said_noise
 from edge_ttt.monitor.clocks import STAMP
 from edge_ttt.monitor.config import AlertsSection
 from edge_ttt.monitor.estimates import Estimates, fleet_estimates
@@ -47,6 +47,7 @@ class DeviceHealth:
     drifting_since: str | None  # start of the current run of drifted intervals; None: latest not drifted
     mounting: str | None = None  # latest summary's orientation or wiring found ("sensors exchanged", ...)
     on_bundle: bool = False  # `reference_accuracy` is the --bundle's (its model is the device's)
+    noise: str | None = None  # latest summary's channels with white noise over the alert's share, in words
 
     @property
     def accuracy_lost(self) -> float | None:
@@ -167,6 +168,8 @@ def health(
                 drifting_since(intervals, i, rules.psi_min_windows),
                 last.get("mounting"),
                 bundle,
+                said_noise(noisy_channels(last.get("noise_share"), last.get("channels"), rules.noise_share))
+                or None,
             )
         )
 

@@ -131,13 +131,14 @@ statistics adapt on every valid window either way.</p>
 <th>no step: no drift, %</th><th>no step: unreliable, %</th>
 <th>entropy trend (nats/interval)</th><th>fallbacks</th><th>windows on source</th>
 <th>estimated accuracy (recent), %</th><th>source estimated accuracy (recent), %</th>
-<th>mounting found</th></tr>
+<th>mounting found</th><th>white noise found, % of variance</th></tr>
 {%- endmacro %}
 {%- macro health_row(h) %}<tr><td>{{ shown(h.device) }}</td><td>{{ h.windows }}</td><td>{{ h.resets }}</td>
 <td>{{ h.rollbacks }}</td><td>{{ pts(h.no_drift_share) }}</td><td>{{ pts(h.unreliable_share) }}</td>
 <td>{{ fmt(h.entropy_trend) }}</td>
 <td>{{ h.fallbacks }}</td><td>{{ h.windows_on_source }}</td><td>{{ pts(h.estimated_accuracy) }}</td>
-<td>{{ pts(h.source_estimated_accuracy) }}</td><td>{{ visible(h.mounting) if h.mounting else "-" }}</td></tr>
+<td>{{ pts(h.source_estimated_accuracy) }}</td><td>{{ visible(h.mounting) if h.mounting else "-" }}</td>
+<td>{{ h.noise or "-" }}</td></tr>
 {% endmacro %}
 {{ folded("health", devices, health_head, health_row) }}
 </body></html>
