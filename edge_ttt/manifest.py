@@ -8,7 +8,7 @@ documented in docs/manifest.md; a manifest with an unknown `schema_version` is r
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -150,7 +150,7 @@ class ClassChannels(_Strict):
     autocov: list[list[float]]
     offset_spread: list[float]
     log_gain_spread: list[float]
-    noise_share: list[float] | None = Field(
+    noise_share: list[Annotated[float, Field(ge=0.0, le=1.0)]] | None = Field(
         None, description="per channel, the training windows' white-noise share; absent: no smoothing"
     )
 
@@ -264,13 +264,12 @@ class Manifest(_Strict):
             raise ValueError(
                 "reference.mounting needs three channel indices, and postures of three values, a class each"
             )
-        if per_class is not None and not len(per_class.offset_spread) == len(per_class.log_gain_spread) == n:
+        c = per_class
+        per_channel = () if c is None else (c.offset_spread, c.log_gain_spread, c.noise_share)
+        if any(v is not None and len(v) != n for v in per_channel):
             raise ValueError(
-                "reference.class_channels needs one offset_spread and log_gain_spread per channel"
+                "reference.class_channels needs one offset_spread, log_gain_spread, noise_share a channel"
             )
-        share = None if per_class is None else per_class.noise_share
-        if share is not None and (len(share) != n or not all(0.0 <= v <= 1.0 for v in share)):
-            raise ValueError("reference.class_channels.noise_share needs one share in [0, 1] per channel")
         self._check_class_norms()
         if [c.name for c in self.reference.channels] != self.model.channels:
             raise ValueError("reference.channels must list model.channels in order")

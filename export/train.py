@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 
 
 # What `train` writes into a checkpoint's `reference` (the manifest's); a cached checkpoint without
-# one of them predates it (the demo trains such a one again).
+# one of them predates it (the demo trains such a one again); a dotted key is one within another.
 REFERENCE_KEYS = (
     "channels",
     "entropy",
@@ -39,6 +39,7 @@ REFERENCE_KEYS = (
     "val_accuracy",
     "class_prior",
     "class_channels",
+    "class_channels.noise_share",
     "mounting",
     "drift_limits",
     "class_norms",
@@ -53,10 +54,13 @@ def missing_reference(checkpoint: Path) -> list[str]:
         reference = load_checkpoint(checkpoint).reference
     except (ValueError, FileNotFoundError):
         return list(REFERENCE_KEYS)
-    missing = [key for key in REFERENCE_KEYS if key not in reference]
-    if "noise_share" not in reference.get("class_channels", {"noise_share": None}):
-        missing.append("class_channels.noise_share")
-    return missing
+    return [key for key in REFERENCE_KEYS if not _holds(reference, key.split("."))]
+
+
+def _holds(reference: dict, path: list[str]) -> bool:
+    """Whether the nested dict holds the dotted key's parts, one within another."""
+    head, *rest = path
+    return head in reference and (not rest or _holds(reference[head] or {}, rest))
 
 
 @dataclass(frozen=True)

@@ -6,12 +6,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edge_ttt.adapt.channel_references import class_references
+from edge_ttt.adapt.channel_references import autocovariances, class_references
 from edge_ttt.adapt.denoise import (
     LENGTHS,
     SHARES,
     WhiteNoise,
-    autocovariances,
     moving_average,
     noise_variance,
     source_share,
@@ -147,7 +146,7 @@ def test_source_share_of_smooth_and_of_white_windows():
 
 def test_autocovariances_are_about_the_window_mean():
     x = np.array([[[1.0, 2.0, 3.0, 4.0]]])
-    assert np.allclose(autocovariances(x + 100.0), autocovariances(x))
+    assert np.allclose(autocovariances(x + 100.0, (0, 1, 2)), autocovariances(x, (0, 1, 2)))
 
 
 # --- in input alignment -------------------------------------------------------------------------
@@ -216,9 +215,17 @@ def test_export_writes_the_source_share_and_the_manifest_checks_it(bundle_dir):
     share = Manifest.model_validate(doc).reference.class_channels.noise_share
     assert len(share) == 6 and all(0.0 <= v <= 1.0 for v in share)
     channels = doc["reference"]["class_channels"]
-    for bad in (share[:-1], [1.5] * 6, [-0.1] * 6):
-        channels["noise_share"] = bad
-        with pytest.raises(ValueError, match=r"noise_share needs one share in \[0, 1\] per channel"):
+    bad = {
+        "one short": (
+            share[:-1],
+            r"class_channels needs one offset_spread, log_gain_spread, noise_share a channel",
+        ),
+        "above 1": ([1.5] * 6, r"noise_share\.0\n  Input should be less than or equal to 1"),
+        "below 0": ([-0.1] * 6, r"noise_share\.0\n  Input should be greater than or equal to 0"),
+    }
+    for value, message in bad.values():
+        channels["noise_share"] = value
+        with pytest.raises(ValueError, match=message):
             Manifest.model_validate(doc)
     del channels["noise_share"]  # a bundle exported before it still loads (and smooths nothing)
     assert Manifest.model_validate(doc).reference.class_channels.noise_share is None

@@ -8,6 +8,17 @@ from __future__ import annotations
 import numpy as np
 
 
+def autocovariances(x: np.ndarray, lags: tuple[int, ...]) -> np.ndarray:
+    """Per lag, window and channel, the autocovariance about the window mean, [lags, n, C].
+
+    >>> autocovariances(np.array([[[1.0, -1.0, 1.0, -1.0]]]), (0, 1, 2))[:, 0, 0].tolist()
+    [1.0, -1.0, 1.0]
+    """
+    x = np.asarray(x, np.float64)
+    c = x - x.mean(axis=2, keepdims=True)
+    return np.stack([(c[:, :, lag:] * c[:, :, : c.shape[2] - lag]).mean(axis=2) for lag in lags])
+
+
 def window_features(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per window and channel: the mean, and the lag-1 autocovariance about that mean.
 
@@ -16,9 +27,7 @@ def window_features(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     (2.0, -1.0)
     """
     x = np.asarray(x, np.float64)
-    mean = x.mean(axis=2)
-    centred = x - mean[:, :, None]
-    return mean, (centred[:, :, 1:] * centred[:, :, :-1]).mean(axis=2)
+    return x.mean(axis=2), autocovariances(x, (1,))[0]
 
 
 def class_references(x: np.ndarray, labels: np.ndarray, classes: int) -> tuple[np.ndarray, np.ndarray]:

@@ -26,23 +26,14 @@ from __future__ import annotations
 
 import numpy as np
 
+from edge_ttt.adapt.channel_references import autocovariances
 from edge_ttt.adapt.statistics import fold_weights
 
 Arrays = dict[str, np.ndarray]
 SHARES = (0.2, 0.5)  # noise shares from which windows are smoothed over LENGTHS[1], LENGTHS[2] samples
 LENGTHS = (1, 3, 5)
+LAGS = (0, 1, 2)  # the autocovariances the noise variance is read from
 MOMENTUM = 0.01  # weight of one window once warm; before, a running mean
-
-
-def autocovariances(x: np.ndarray) -> np.ndarray:
-    """Per window and channel, the lag-0, -1 and -2 autocovariances about the window mean, [3, n, C].
-
-    >>> autocovariances(np.array([[[1.0, -1.0, 1.0, -1.0]]]))[:, 0, 0].tolist()
-    [1.0, -1.0, 1.0]
-    """
-    x = np.asarray(x, np.float64)
-    c = x - x.mean(axis=2, keepdims=True)
-    return np.stack([(c[:, :, lag:] * c[:, :, : c.shape[2] - lag]).mean(axis=2) for lag in (0, 1, 2)])
 
 
 def noise_variance(g: np.ndarray) -> np.ndarray:
@@ -59,6 +50,16 @@ def noise_variance(g: np.ndarray) -> np.ndarray:
     return np.clip(g0 - signal, 0.0, np.maximum(g0, 0.0))
 
 
+def noise_share(noise: np.ndarray, variance: np.ndarray) -> np.ndarray:
+    """`noise` over `variance`, 0 to 1; 0 where there is no variance (or nothing finite to divide).
+
+    >>> noise_share(np.array([1.0, 1.0, 0.0]), np.array([4.0, 0.0, 0.0])).tolist()
+    [0.25, 0.0, 0.0]
+    """
+    share = np.divide(noise, variance, out=np.zeros(np.shape(noise)), where=np.asarray(variance) > 0)
+    return np.nan_to_num(share, nan=0.0, posinf=0.0).clip(0.0, 1.0)  # a summary holds no NaN
+
+
 def source_share(x: np.ndarray) -> np.ndarray:
     """Per channel, the white-noise share of the variance of windows [n, channels, length] (the
     source's, at export): `noise_variance` of their mean autocovariances over their mean variance.
@@ -67,8 +68,8 @@ def source_share(x: np.ndarray) -> np.ndarray:
     >>> source_share(rng.normal(size=(50, 1, 128))).round(1).tolist()  # white noise: all of it
     [1.0]
     """
-    g = autocovariances(np.nan_to_num(np.asarray(x, np.float64))).mean(axis=1)
-    return np.divide(noise_variance(g), g[0], out=np.zeros(g.shape[1]), where=g[0] > 0)
+    g = autocovariances(np.nan_to_num(np.asarray(x, np.float64)), LAGS).mean(axis=1)
+    return noise_share(noise_variance(g), g[0])
 
 
 def moving_average(x: np.ndarray, length: int) -> np.ndarray:
@@ -127,7 +128,7 @@ class WhiteNoise:
     def update(self, x: np.ndarray) -> None:
         """Fold in finite raw windows [n, channels, length], in order (one vectorised step with the
         weights that folding them one by one gives them)."""
-        g = autocovariances(x)
+        g = autocovariances(x, LAGS)
         if not g.shape[1]:
             return
         counts = self.windows + 1 + np.arange(g.shape[1])
@@ -139,10 +140,7 @@ class WhiteNoise:
     def share(self) -> np.ndarray:
         """Per channel, the white noise beyond the source's as a share of the stream's variance (a
         momentum mean): what the operator should hear of, whatever the activity."""
-        share = np.divide(
-            self.variance, self.moments[0], out=np.zeros(self.channels), where=self.moments[0] > 0
-        )
-        return np.nan_to_num(share, nan=0.0, posinf=0.0).clip(0.0, 1.0)  # a summary holds no NaN
+        return noise_share(self.variance, self.moments[0])
 
     def lengths(self, x: np.ndarray) -> np.ndarray:
         """The moving average's length for each window and channel [n, channels] (1: none)."""
