@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 
 
 # What `train` writes into a checkpoint's `reference` (the manifest's); a cached checkpoint without
-# one of them predates it (the demo trains such a one again); a dotted key is one within another.
+# one of them predates it (the demo trains such a one again).
 REFERENCE_KEYS = (
     "channels",
     "entropy",
@@ -39,11 +39,12 @@ REFERENCE_KEYS = (
     "val_accuracy",
     "class_prior",
     "class_channels",
-    "class_channels.noise_share",
     "mounting",
     "drift_limits",
     "class_norms",
 )
+# And the keys added within one of them since, dotted: a checkpoint without one predates it too.
+REFERENCE_PATHS = (*REFERENCE_KEYS, "class_channels.noise_share")
 
 
 def missing_reference(checkpoint: Path) -> list[str]:
@@ -53,8 +54,8 @@ def missing_reference(checkpoint: Path) -> list[str]:
     try:
         reference = load_checkpoint(checkpoint).reference
     except (ValueError, FileNotFoundError):
-        return list(REFERENCE_KEYS)
-    return [key for key in REFERENCE_KEYS if not _holds(reference, key.split("."))]
+        return list(REFERENCE_PATHS)
+    return [key for key in REFERENCE_PATHS if not _holds(reference, key.split("."))]
 
 
 def _holds(reference: dict, path: list[str]) -> bool:
