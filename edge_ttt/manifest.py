@@ -29,6 +29,7 @@ REQUIRED_FILES = (TRAINING_MODEL, EVAL_MODEL, OPTIMIZER_MODEL, CHECKPOINT)
 # How far a stream's sample period may be from the model's, relative to the model's: a sensor's
 # clock is off by a fraction of a percent, and a frame states its period in whole nanoseconds.
 RATE_TOLERANCE = 0.01
+Share = Annotated[float, Field(ge=0.0, le=1.0)]  # a share of windows or of variance
 
 
 class _Strict(BaseModel):
@@ -150,7 +151,7 @@ class ClassChannels(_Strict):
     autocov: list[list[float]]
     offset_spread: list[float]
     log_gain_spread: list[float]
-    noise_share: list[Annotated[float, Field(ge=0.0, le=1.0)]] | None = Field(
+    noise_share: list[Share] | None = Field(
         None, description="per channel, the training windows' white-noise share; absent: no smoothing"
     )
 
@@ -213,6 +214,7 @@ class Reference(_Strict):
     class_norms: dict[str, ClassMoments] | None = Field(
         None, description="per batch norm; absent: exported before it (`steady` without class correction)"
     )
+    stay: list[Share] | None = Field(None, min_length=1, description="per lag 1, 2, ...: held-out stay rate")
 
     @model_validator(mode="after")
     def _limits_per_channel(self) -> Reference:
@@ -261,9 +263,7 @@ class Manifest(_Strict):
             or len(mount.classes) != len(mount.postures)
             or not all(0 <= c < len(self.model.classes) for c in mount.classes)
         ):
-            raise ValueError(
-                "reference.mounting needs three channel indices, and postures of three values, a class each"
-            )
+            raise ValueError("reference.mounting needs 3 channel indices, postures of 3 values, a class each")
         c = per_class
         per_channel = () if c is None else (c.offset_spread, c.log_gain_spread, c.noise_share)
         if any(v is not None and len(v) != n for v in per_channel):

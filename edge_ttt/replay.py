@@ -248,7 +248,7 @@ def _run(
     top = int(np.bincount(predicted[predicted >= 0], minlength=classes).argmax()) if n else 0
     top_share = float(np.mean(predicted == top)) if n else 0.0
     batch = int(max((len(b) for b in batches), default=1))
-    prior = class_prior(first.model.manifest)
+    prior, stay = class_prior(manifest), manifest.reference.stay
     summary = {
         "policy": first.policy_name,
         "episodic": first.episodic,
@@ -256,8 +256,8 @@ def _run(
         "devices": len(engines),
         "accuracy": accuracy(windows.label, predicted),
         "macro_f1": macro_f1(windows.label, predicted, classes),
-        "estimated_accuracy": stream_estimate(device_estimates(predicted, devices, prior)),
-        "source_estimated_accuracy": stream_estimate(device_estimates(source, devices, prior)),
+        "estimated_accuracy": stream_estimate(device_estimates(predicted, devices, prior, stay)),
+        "source_estimated_accuracy": stream_estimate(device_estimates(source, devices, prior, stay)),
         **{k: v for k, v in counters.as_dict().items() if k != "windows"},  # adapt_steps, fallbacks, ...
         "ms_per_window": 1000 * elapsed / max(n, 1),
         "batch_size": batch,

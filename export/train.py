@@ -17,6 +17,7 @@ import torch
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from torch import nn
 
+from edge_ttt.adapt.estimates import stay_rates
 from edge_ttt.adapt.mounting import posture_reference
 from edge_ttt.adapt.transforms import TRANSFORMS, transform_each, transformed_copies, triads
 from edge_ttt.recordlog import RecordedLog, read_log
@@ -42,6 +43,7 @@ REFERENCE_KEYS = (
     "mounting",
     "drift_limits",
     "class_norms",
+    "stay",
 )
 # And the keys added within one of them since, dotted: a checkpoint without one predates it too.
 REFERENCE_PATHS = (*REFERENCE_KEYS, "class_channels.noise_share")
@@ -84,6 +86,7 @@ class Split:
     train_devices: list[str]
     val_devices: list[str]
     train_ids: np.ndarray  # the device of each training window
+    val_ids: np.ndarray  # and of each held-out one
 
 
 def split_by_device(log_: RecordedLog, cfg: TrainConfig) -> Split:
@@ -105,7 +108,8 @@ def split_by_device(log_: RecordedLog, cfg: TrainConfig) -> Split:
         is_val = np.zeros(len(batch), dtype=bool)
         is_val[order[int(len(order) * (1 - cfg.val_fraction)) :]] = True
     train_devices = sorted(set(devices[~is_val].tolist()))
-    return Split(_take(batch, ~is_val), _take(batch, is_val), train_devices, val_devices, devices[~is_val])
+    train, val = _take(batch, ~is_val), _take(batch, is_val)
+    return Split(train, val, train_devices, val_devices, devices[~is_val], devices[is_val])
 
 
 def _take(batch: WindowBatch, mask: np.ndarray) -> WindowBatch:
@@ -243,6 +247,8 @@ def train(log_path: Path, out: Path, cfg: TrainConfig, show_progress: bool = Tru
                 len(src.class_names),
             ),
             "drift_limits": held_out_limits(*windows_from_log(src, cfg.window, cfg.hop), channels),
+            # Each held-out device's windows are in time order (`windows_from_log`, split keeps it).
+            "stay": stay_rates(val_logits.argmax(axis=1), split.val_ids),
         },
         norm_source=norm_source_moments(model, x_val),
         report={

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from edge_ttt.adapt.estimates import stay_rates
 from edge_ttt.adapt.mounting import posture_reference
 from edge_ttt.adapt.transforms import triads
 from edge_ttt.artifacts import Bundle
@@ -70,6 +71,7 @@ def source_model(name: str) -> SourceModel:
             "drift_limits": drift_limits(
                 x, np.arange(len(x)) // 8, [np.asarray(c["hist_edges"]) for c in reference_channels]
             ),
+            "stay": stay_rates(logits.argmax(axis=1), np.arange(len(x)) // 8),
         },
         norm_source=norm_source_moments(model, x),
         report={},

@@ -243,3 +243,6 @@ def test_a_checkpoint_without_the_source_share_is_trained_again(tmp_path):
     del src.reference["class_channels"]["noise_share"]
     save_checkpoint(tmp_path / "before.pt", src)
     assert missing_reference(tmp_path / "before.pt") == ["class_channels.noise_share"]
+    del src.reference["stay"]  # and one from before the estimates' stay rates
+    save_checkpoint(tmp_path / "older.pt", src)
+    assert missing_reference(tmp_path / "older.pt") == ["stay", "class_channels.noise_share"]

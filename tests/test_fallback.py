@@ -15,6 +15,8 @@ from edge_ttt.adapt.estimates import (
     device_estimates,
     entropy_threshold,
     likely_right,
+    stay_rates,
+    steadiness,
     stream_estimate,
 )
 from edge_ttt.adapt.fallback import Fallback, FallbackOptions
@@ -68,6 +70,48 @@ def test_whole_stream_estimates_are_per_device_class_mix_bounds_weighted_by_wind
     assert per_device == {"a": (8, 1.0), "b": (4, 0.25), "c": (0, None)}
     assert stream_estimate(per_device) == pytest.approx((8 * 1.0 + 4 * 0.25) / 12)
     assert stream_estimate({"c": (0, None)}) is None
+
+
+def activity_stream(right: float, rng: np.random.Generator, n: int = 4000) -> tuple[np.ndarray, np.ndarray]:
+    """Labels in activities of 20 windows (4 classes in turn, as often each), and a model right on a
+    window with probability `right`, otherwise any other class: its mix stays the prior's."""
+    labels = np.repeat(np.arange(n // 20) % 4, 20)
+    wrong = (labels + rng.integers(1, 4, n)) % 4
+    return labels, np.where(rng.random(n) < right, labels, wrong)
+
+
+def test_stay_rates_count_pairs_within_each_device_in_the_order_given():
+    classes = np.array([0, 0, 1, 1, 2, 2])
+    devices = np.array(["a", "a", "a", "b", "b", "b"])  # a: 0 0 1, b: 1 2 2
+    assert stay_rates(classes, devices, lags=3) == pytest.approx([2 / 4, 0 / 2, 1.0])  # lag 3: no pair
+
+
+def test_steadiness_scales_a_mix_preserving_confusion_toward_the_true_accuracy():
+    rng = np.random.default_rng(0)
+    labels, held_out = activity_stream(0.9, rng)
+    reference = stay_rates(held_out, np.zeros(len(held_out)))
+    prior = np.full(4, 0.25)
+    for right in (0.9, 0.7, 0.5):
+        labels, predicted = activity_stream(right, rng)
+        devices = np.zeros(len(labels))
+        bound = device_estimates(predicted, devices, prior)[0.0][1]
+        (n, estimate) = device_estimates(predicted, devices, prior, reference)[0.0]
+        truth = float(np.mean(predicted == labels))
+        assert n == len(labels) and bound > 0.97  # the mix gives nothing away
+        assert abs(estimate - truth) < 0.12 and abs(estimate - truth) < abs(bound - truth) - 0.1 * (right < 0.9)
+    # A model sampled every 4th window is compared at lag 4, not at lag 1.
+    labels, predicted = activity_stream(0.9, rng)
+    sampled = np.where(np.arange(len(predicted)) % 4 == 0, predicted, -1)
+    assert steadiness(sampled, reference) > 0.93  # as steady as the held-out model, up to sampling
+    assert steadiness(sampled, reference[:1]) < 0.88  # lag 1's rate would read it as unsteady
+
+
+def test_without_the_reference_the_estimate_is_the_bound_alone():
+    prior = np.full(2, 0.5)
+    flips = np.array([0, 1] * 10)
+    assert device_estimates(flips, np.zeros(20), prior) == {0.0: (20, 1.0)}  # a bundle without `stay`
+    assert device_estimates(flips, np.zeros(20), prior, [0.9])[0.0] == (20, 0.0)
+    assert steadiness(np.array([3]), [0.9]) == 1.0  # no pair: nothing to say
 
 
 def test_the_fallback_waits_for_min_windows_and_keeps_a_margin_both_ways():
@@ -191,3 +235,22 @@ def test_the_fallback_state_survives_a_restart(bundle_dir: Path, tmp_path: Path)
     again.load_state(tmp_path / "s.npz")
     assert again.fallback.on_source and again.counters.fallbacks == 1
     assert np.array_equal(again.fallback.adapted.state(), e.fallback.adapted.state())
+
+
+def test_export_writes_the_held_out_stay_rates_and_the_manifest_checks_them(bundle_dir: Path):
+    import json
+
+    from edge_ttt.manifest import Manifest
+
+    doc = json.loads((bundle_dir / "manifest.json").read_text())
+    stay = Manifest.model_validate(doc).reference.stay
+    assert len(stay) == 8 and all(0.0 <= v <= 1.0 for v in stay)
+    for value, message in {
+        "above 1": ([1.5], r"stay\.0\n  Input should be less than or equal to 1"),
+        "empty": ([], r"stay\n  List should have at least 1 item"),
+    }.values():
+        doc["reference"]["stay"] = value
+        with pytest.raises(ValueError, match=message):
+            Manifest.model_validate(doc)
+    del doc["reference"]["stay"]  # a bundle exported before it still loads (the bound alone)
+    assert Manifest.model_validate(doc).reference.stay is None

@@ -231,10 +231,10 @@ def run_cell(cell: Cell, paths: ModelPaths, log: RecordedLog, rate_hz: float | N
             paced = paced.summary(rate_hz, hop_s)
         counters = engine.counters.as_dict()
     elapsed = time.perf_counter() - start
-    # As `edge-ttt replay` estimates: per device, from the predicted class mix.
-    prior = class_prior(bundle.manifest)
-    estimated = device_estimates(served, devices, prior)
-    source_estimated = device_estimates(source, devices, prior)
+    # As `edge-ttt replay` estimates: per device, from the predicted class mix and its steadiness.
+    prior, stay = class_prior(bundle.manifest), bundle.manifest.reference.stay
+    estimated = device_estimates(served, devices, prior, stay)
+    source_estimated = device_estimates(source, devices, prior, stay)
     result = {
         **dataclasses.asdict(cell),
         "windows": len(stream),
