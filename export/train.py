@@ -17,10 +17,10 @@ import torch
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from torch import nn
 
-from edge_ttt.adapt.estimates import stay_rates
 from edge_ttt.adapt.mounting import posture_reference
 from edge_ttt.adapt.transforms import TRANSFORMS, transform_each, transformed_copies, triads
 from edge_ttt.recordlog import RecordedLog, read_log
+from edge_ttt.steadiness import stay_rates
 from edge_ttt.stream.window import WindowBatch, windows_from_log
 from export.checkpoint import SourceModel, load_checkpoint, save_checkpoint
 from export.models import build_model

@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from edge_ttt.adapt.estimates import stay_rates
 from edge_ttt.adapt.mounting import posture_reference
 from edge_ttt.adapt.transforms import triads
 from edge_ttt.artifacts import Bundle
 from edge_ttt.drift.calibration import drift_limits
+from edge_ttt.steadiness import stay_rates
 from export.checkpoint import SourceModel
 from export.models import build_model
 from export.norm_moments import class_norm_moments, norm_source_moments

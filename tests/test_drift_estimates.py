@@ -13,9 +13,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from edge_ttt.class_mix import class_mix_cap
+from edge_ttt.drift.merge import merge_summaries
 from edge_ttt.drift.reference import Reference
 from edge_ttt.drift.schema import SCHEMA, SCHEMA_VERSION, from_table, read_table, to_table
-from edge_ttt.drift.summary import COUNTERS, SummaryCollector, merge_summaries
+from edge_ttt.drift.summary import COUNTERS, SummaryCollector
 from edge_ttt.monitor import dataset
 from edge_ttt.monitor.health import health
 from edge_ttt.monitor.intervals import Intervals
@@ -103,7 +104,7 @@ def test_estimates_round_trip_through_the_schema_including_null_ones():
     with_all = estimated([1, 0, 1], [1, 1, 0], fallbacks=2, windows_on_source=3)
     without = estimated([0, 1], [np.nan, np.nan])
     table = to_table([with_all, without])
-    assert table.schema.metadata[b"schema_version"] == str(SCHEMA_VERSION).encode() == b"6"
+    assert table.schema.metadata[b"schema_version"] == str(SCHEMA_VERSION).encode() == b"7"
     rows = table.to_pylist()
     assert [r["estimated_accuracy"] for r in rows] == [pytest.approx(2 / 3), 0.5]
     assert [r["source_estimated_accuracy"] for r in rows] == [pytest.approx(2 / 3), None]

@@ -10,9 +10,10 @@ import pytest
 from pydantic import ValidationError
 
 from edge_ttt.drift.calibration import drift_limits, held_out_psi, limit_at, window_counts
+from edge_ttt.drift.merge import merge_summaries
 from edge_ttt.drift.reference import Reference
 from edge_ttt.drift.schema import from_table, to_table
-from edge_ttt.drift.summary import DriftSummary, SummaryCollector, merge_summaries
+from edge_ttt.drift.summary import DriftSummary, SummaryCollector
 from edge_ttt.manifest import DriftLimits
 from edge_ttt.manifest import Reference as ManifestReference
 from edge_ttt.monitor import dataset

@@ -10,9 +10,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
+from edge_ttt.drift.merge import merge_summaries
 from edge_ttt.drift.reference import Reference
 from edge_ttt.drift.stats import Histogram, Moments, psi
-from edge_ttt.drift.summary import COUNTERS, DriftSummary, SummaryCollector, merge_summaries
+from edge_ttt.drift.summary import COUNTERS, DriftSummary, SummaryCollector
 
 EDGES = (-1.0, 0.0, 0.5, 2.0)
 values = st.floats(-1e6, 1e6, allow_nan=False, allow_infinity=False) | st.sampled_from(

@@ -14,8 +14,9 @@ from edge_ttt.adapt.engine import Engine
 from edge_ttt.adapt.input_alignment import InputOptions
 from edge_ttt.adapt.ort_model import OrtModel
 from edge_ttt.artifacts import load_bundle
+from edge_ttt.drift.merge import merge_summaries
 from edge_ttt.drift.schema import from_table, to_table
-from edge_ttt.drift.summary import Adaptation, merge_summaries
+from edge_ttt.drift.summary import Adaptation
 from edge_ttt.drift.validation import Invalid, check_table
 from edge_ttt.monitor import dataset
 from edge_ttt.monitor.alerts import evaluate

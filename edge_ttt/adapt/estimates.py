@@ -15,7 +15,7 @@ bounds an estimate over a span long enough to hold the classes in their source p
 A model that confuses classes without changing that mix keeps the bound; it also changes its mind
 from one window to the next more often than on the data it was trained for, while the activity
 stays the same: `steadiness` scales the bound by how often its class stays from window to window,
-against how often the source model's stayed on held-out source windows (`reference.stay`).
+against how often the source model's stayed on held-out source windows (`edge_ttt.steadiness`).
 """
 
 from __future__ import annotations
@@ -27,8 +27,7 @@ import numpy as np
 
 from edge_ttt.class_mix import class_mix_cap as mix_cap
 from edge_ttt.manifest import Manifest
-
-STAY_LAGS = 8  # the lags, in windows, of the reference's stay rates (a source pass every 4th: lag 4)
+from edge_ttt.steadiness import StayCounter
 
 
 def entropy_threshold(manifest: Manifest) -> float:
@@ -66,40 +65,16 @@ def class_mix_cap(classes: np.ndarray, prior: np.ndarray) -> float:
     return float(mix_cap(np.bincount(np.asarray(classes, np.int64), minlength=len(prior)), prior))
 
 
-def stay_rates(classes: np.ndarray, devices: np.ndarray, lags: int = STAY_LAGS) -> list[float]:
-    """Per lag 1 to `lags`: the share of pairs of one device's windows that many apart (in the
-    order given: time order) whose classes are the same. Export stores the source model's on the
-    held-out windows (`reference.stay`); a lag without pairs reads 1.0.
-
-    >>> stay_rates(np.array([0, 0, 1, 1]), np.array(["a"] * 4), lags=2)
-    [0.6666666666666666, 0.0]
-    """
-    classes, devices = np.asarray(classes), np.asarray(devices)
-    stays, pairs = np.zeros(lags), np.zeros(lags)
-    for d in np.unique(devices):
-        own = classes[devices == d]
-        for lag in range(1, min(lags, len(own) - 1) + 1):
-            stays[lag - 1] += np.count_nonzero(own[lag:] == own[:-lag])
-            pairs[lag - 1] += len(own) - lag
-    return np.where(pairs > 0, stays / np.maximum(pairs, 1), 1.0).tolist()
-
-
 def steadiness(classes: np.ndarray, reference: list[float] | None) -> float:
-    """How often one device's class stays from one predicted window to the next (class -1: the
-    model did not run; the lag is the usual gap between windows it ran on), against the source
-    model's on held-out windows at that lag; at most 1.0, and 1.0 without a reference or pairs.
+    """`Stays.factor` of one device's classes in the order the model saw them (class -1: it did
+    not run), against the source model's held-out stay rates; 1.0 without a reference or pairs.
 
     >>> steadiness(np.array([0, 0, 0, 1, 1, 1]), [1.0])  # 4 of 5 pairs stay
     0.8
-    >>> steadiness(np.array([0, -1, 1, -1, 1]), [0.9, 0.5])  # lag 2: 1 of 2 pairs, against 0.5
+    >>> steadiness(np.array([0, -1, 1, -1, 1]), [0.9, 0.5])  # two pairs at gap 2: 1 kept, 1.0 expected
     1.0
     """
-    ran = np.flatnonzero(np.asarray(classes) >= 0)
-    if reference is None or len(ran) < 2:
-        return 1.0
-    lag = min(max(int(np.median(np.diff(ran))), 1), len(reference))
-    run = np.asarray(classes)[ran]
-    return min(1.0, float(np.mean(run[1:] == run[:-1])) / max(reference[lag - 1], 1e-9))
+    return StayCounter(reference).count(classes).factor()
 
 
 def device_estimates(

@@ -22,6 +22,7 @@ class Reference:
     limit_psi: tuple[tuple[float, ...], ...] = ()  # [size][channel]; empty: not calibrated
     class_prior: tuple[float, ...] = ()  # source class shares; empty: not recorded
     accuracy: float | None = None  # the source model's held-out validation accuracy
+    stay: tuple[float, ...] = ()  # its held-out class stay rates per lag (`edge_ttt.steadiness`); empty: none
 
     @classmethod
     def from_manifest(cls, manifest: Any) -> Reference:
@@ -38,4 +39,5 @@ class Reference:
             () if limits is None else tuple(tuple(row) for row in limits.psi),
             tuple(manifest.reference.class_prior or ()),
             manifest.reference.val_accuracy,
+            tuple(manifest.reference.stay or ()),
         )

@@ -18,12 +18,13 @@ import pyarrow.parquet as pq
 from edge_ttt.drift.reference import Reference
 from edge_ttt.drift.stats import Histogram, Mean, Moments
 from edge_ttt.drift.summary import COUNTERS, Adaptation, DriftSummary
+from edge_ttt.steadiness import Stays
 
-SCHEMA_VERSION = 6  # 2: accuracy estimates, fallbacks, windows_on_source; 3: spool_dropped,
+SCHEMA_VERSION = 7  # 2: accuracy estimates, fallbacks, windows_on_source; 3: spool_dropped,
 # frames_missing; 4: in-distribution PSI limits (psi_limit, ref_limit_windows, ref_limit_psi), the
 # source model's classes (source_class_counts), the reference's class prior and accuracy;
 # 5: mounting (the orientation or wiring the input alignment found); 6: noise_share (the white noise
-# it found per channel)
+# it found per channel); 7: how steady both models' classes were (stays_*, source_stays_*, ref_stay)
 FORMAT = b"edge-ttt-drift"  # file metadata key `format`; a breaking change would need a new name
 
 _f64, _i64, _str = pa.float64(), pa.int64(), pa.string()
@@ -66,6 +67,11 @@ OPTIONAL = (
     pa.field("source_class_counts", pa.list_(_i64)),
     pa.field("ref_class_prior", pa.list_(_f64)),
     pa.field("ref_accuracy", _f64),
+    pa.field("ref_stay", pa.list_(_f64)),
+    pa.field("stays_kept", _i64),
+    pa.field("stays_expected", _f64),
+    pa.field("source_stays_kept", _i64),
+    pa.field("source_stays_expected", _f64),
     pa.field("confidence_edges", pa.list_(_f64)),
     pa.field("confidence_counts", pa.list_(_i64)),
     pa.field("entropy_edges", pa.list_(_f64)),
@@ -137,6 +143,11 @@ def _row(s: DriftSummary) -> dict:
         "source_class_counts": None if s.source_class_counts is None else s.source_class_counts.tolist(),
         "ref_class_prior": list(s.reference.class_prior) or None,
         "ref_accuracy": s.reference.accuracy,
+        "ref_stay": list(s.reference.stay) or None,
+        "stays_kept": s.stays.kept,
+        "stays_expected": s.stays.expected,
+        "source_stays_kept": s.source_stays.kept,
+        "source_stays_expected": s.source_stays.expected,
         "confidence_edges": s.confidence.edges.tolist(),
         "confidence_counts": s.confidence.counts.tolist(),
         "entropy_edges": s.entropy.edges.tolist(),
@@ -269,6 +280,7 @@ def from_table(table: pa.Table) -> list[DriftSummary]:
                     tuple(tuple(row) for row in r["ref_limit_psi"] or ()),
                     tuple(r["ref_class_prior"] or ()),
                     r["ref_accuracy"],
+                    tuple(r["ref_stay"] or ()),
                 ),
                 moments=Moments(
                     _array(r["channel_count"], np.int64, zeros_i),
@@ -294,6 +306,8 @@ def from_table(table: pa.Table) -> list[DriftSummary]:
                 adaptation=a,
                 spool_dropped=r["spool_dropped"] or 0,
                 frames_missing=r["frames_missing"] or 0,
+                stays=Stays(r["stays_kept"] or 0, r["stays_expected"] or 0.0),
+                source_stays=Stays(r["source_stays_kept"] or 0, r["source_stays_expected"] or 0.0),
                 source_class_counts=None
                 if r["source_class_counts"] is None
                 else np.asarray(r["source_class_counts"], np.int64),

@@ -9,7 +9,6 @@ devices. Pure: no I/O (schema.py writes them).
 
 from __future__ import annotations
 
-import copy
 import math
 import time
 import uuid
@@ -23,6 +22,7 @@ from edge_ttt import __version__
 from edge_ttt.drift.calibration import limit_at
 from edge_ttt.drift.reference import Reference
 from edge_ttt.drift.stats import Histogram, Mean, Moments, mean_shift, psi
+from edge_ttt.steadiness import StayCounter, Stays
 
 COUNTERS = (
     "adapt_steps",
@@ -36,8 +36,6 @@ COUNTERS = (
 )
 BINS = 20  # confidence and entropy histograms: equal-width bins over [0, 1] and [0, ln K]
 LATENCY_EDGES_MS = tuple(float(e) for e in np.geomspace(0.1, 10_000.0, 41))  # 0.1 ms to 10 s, x1.33
-_MERGED = uuid.UUID("6c1d5e2a-3f0b-4b8e-9a51-0d7e4c2f9b10")  # namespace of merged summaries' ids
-ANY = "*"  # an identity field that differs between merged summaries
 
 
 @dataclass(frozen=True)
@@ -103,6 +101,10 @@ class DriftSummary:
     spool_dropped: int = 0  # the agent's spool drops since its previous summary (any stream)
     frames_missing: int = 0  # this stream's frames given up on (sequence gaps) in the interval
     source_class_counts: np.ndarray | None = None  # int64 [K], the source model's classes where it ran
+    stays: Stays = field(
+        default_factory=Stays
+    )  # served classes kept from one window to the next, against the reference's
+    source_stays: Stays = field(default_factory=Stays)  # the same, the source model's classes where it ran
 
     @classmethod
     def empty(
@@ -169,55 +171,11 @@ class DriftSummary:
         return self.source_estimated.get()
 
 
-def _add(a: np.ndarray | None, b: np.ndarray | None) -> np.ndarray | None:
+def add_counts(a: np.ndarray | None, b: np.ndarray | None) -> np.ndarray | None:
     """Counts that older summaries lack (None) add as zeros; None only when both lack them."""
     if a is None or b is None:
         return b if a is None else a
     return a + b
-
-
-def _same(values: Iterable[str]) -> str:
-    distinct = set(values)
-    return distinct.pop() if len(distinct) == 1 else ANY
-
-
-def merge_summaries(summaries: Iterable[DriftSummary]) -> DriftSummary:
-    """Exact for counts, moments and histograms; the accuracy estimates are window-weighted means.
-    Identity fields that differ become "*"; the adaptation level is the latest interval's when all
-    are of one (device, stream), else None.
-    The merged id is derived from the inputs' ids, so merging the same summaries twice gives one id.
-    """
-    parts = sorted(summaries, key=lambda s: (s.end, s.summary_id))
-    if not parts:
-        raise ValueError("nothing to merge")
-    first = parts[0]
-    if any(p.reference != first.reference for p in parts):
-        raise ValueError("summaries scored against different references cannot merge")
-    out = copy.deepcopy(first)  # the inputs stay as they are
-    out.summary_id = uuid.uuid5(_MERGED, ",".join(sorted(p.summary_id for p in parts))).hex
-    for p in parts[1:]:
-        out.moments = out.moments + p.moments
-        out.channel_hist = [a + b for a, b in zip(out.channel_hist, p.channel_hist, strict=True)]
-        out.class_counts = out.class_counts + p.class_counts
-        out.source_class_counts = _add(out.source_class_counts, p.source_class_counts)
-        out.confidence, out.entropy, out.latency = (
-            out.confidence + p.confidence,
-            out.entropy + p.entropy,
-            out.latency + p.latency,
-        )
-        out.estimated = out.estimated + p.estimated
-        out.source_estimated = out.source_estimated + p.source_estimated
-        out.windows += p.windows
-        out.invalid_windows += p.invalid_windows
-        out.counters = {k: out.counters.get(k, 0) + p.counters.get(k, 0) for k in COUNTERS}
-        out.spool_dropped += p.spool_dropped
-        out.frames_missing += p.frames_missing
-    for name in ("device", "stream", "model_sha256", "policy", "agent_version"):
-        setattr(out, name, _same(getattr(p, name) for p in parts))
-    out.start, out.end = min(p.start for p in parts), max(p.end for p in parts)
-    one_stream = ANY not in (out.device, out.stream)
-    out.adaptation = parts[-1].adaptation if one_stream else None
-    return out
 
 
 class SummaryCollector:
@@ -247,6 +205,7 @@ class SummaryCollector:
         self.interval_s = interval_s
         self.interval_windows = interval_windows
         self._counters = {k: int((counters or {}).get(k, 0)) for k in COUNTERS}
+        self._stays, self._source_stays = StayCounter(reference.stay), StayCounter(reference.stay)
         self._open(time.time() if now is None else now)
 
     def _open(self, now: float) -> None:
@@ -279,6 +238,7 @@ class SummaryCollector:
         for c, hist in enumerate(s.channel_hist):
             hist.update(samples[:, c])
         s.class_counts += np.bincount(np.asarray(classes, np.int64), minlength=len(s.class_counts))
+        s.stays += self._stays.count(classes)
         s.confidence.update(confidence)
         s.entropy.update(entropy)
         s.latency.update(np.fromiter(latency_ms, np.float64))
@@ -290,7 +250,8 @@ class SummaryCollector:
             ran = np.asarray(source_classes, np.int64)
             ran = ran[ran >= 0]
             k = len(s.class_counts)
-            s.source_class_counts = _add(s.source_class_counts, np.bincount(ran, minlength=k))
+            s.source_class_counts = add_counts(s.source_class_counts, np.bincount(ran, minlength=k))
+            s.source_stays += self._source_stays.count(source_classes)
         s.windows += len(x)
         s.invalid_windows += 0 if valid is None else int((~np.asarray(valid, bool)).sum())
         if counters is not None:

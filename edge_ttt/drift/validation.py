@@ -31,8 +31,9 @@ UNCHECKED = (
     "param_change",
     "param_change_rel",
 )
-SHARES = ("estimated_accuracy", "source_estimated_accuracy", "ref_accuracy", "noise_share")  # 0 to 1
-NON_NEGATIVE = ("psi", "psi_limit")  # divergences and their limits: the report divides by them
+SHARES = ("estimated_accuracy", "source_estimated_accuracy", "ref_accuracy", "noise_share", "ref_stay")  # 0-1
+# divergences and their limits, expected counts: the report divides by them
+NON_NEGATIVE = ("psi", "psi_limit", "stays_expected", "source_stays_expected")
 
 
 class Invalid(ValueError):

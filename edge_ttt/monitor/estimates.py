@@ -4,8 +4,10 @@ served and of the source model (on the windows the engine ran it on), set agains
 
 The estimate is the class-mix bound of each model's predicted classes (docs/adaptation.md): a model
 cannot be right more often than its predicted mix overlaps the source class shares, when the stream's
-classes come in about those proportions. It misses errors that keep the mix (an upper bound), and it
-needs a span long enough to hold the stream's classes: hence the horizon in windows (`[alerts]
+classes come in about those proportions; times how steady its classes were from one window to the
+next against the source model's on held-out windows (`edge_ttt.steadiness`, counted on the device),
+which catches part of the errors that keep the mix. It needs a span long enough to hold the stream's
+classes: hence the horizon in windows (`[alerts]
 estimate_windows`), and no estimate where the classes seen are too few to say anything of the models
 (`MIX_FRACTION`). The summaries' ATC shares are not used here: on clean held-out wearers the source
 model's ranged from 39 % to 98 % at true accuracies of 80 % and 84 %, which read as losses that were
@@ -25,7 +27,8 @@ from edge_ttt.monitor.intervals import Intervals, numbers, sane
 
 MIX_FRACTION = 0.5  # the bound applies where the classes seen hold half the prior's effective classes
 COUNTED = ("class_counts", "source_class_counts")
-COLUMNS = ("windows", "class_counts", "source_class_counts", "ref_class_prior", "ref_accuracy")
+STAYS = (("stays_kept", "stays_expected"), ("source_stays_kept", "source_stays_expected"))
+COLUMNS = ("windows", *COUNTED, *(c for pair in STAYS for c in pair), "ref_class_prior", "ref_accuracy")
 
 
 @dataclass(frozen=True)
@@ -81,16 +84,28 @@ def _span_sums(values: np.ndarray, starts: np.ndarray) -> np.ndarray:
 
 
 def _bounds(table: pa.Table, prior: np.ndarray, starts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The class-mix bounds of the served and the source model's classes at each interval; NaN
-    where the two models' classes together hold fewer than MIX_FRACTION of the prior's effective
-    classes: a stream in one long activity (a sedentary wearer, a label run), where a low bound says
-    nothing of the models."""
+    """The class-mix bounds of the served and the source model's classes at each interval, times
+    their steadiness (`_steadiness`); NaN where the two models' classes together hold fewer than
+    MIX_FRACTION of the prior's effective classes: a stream in one long activity (a sedentary
+    wearer, a label run), where a low bound says nothing of the models."""
     served, source = (_span_sums(_counts(table, c, len(prior)), starts) for c in COUNTED)
     together = served + source
     with np.errstate(invalid="ignore", divide="ignore"):
         mix = effective_classes(together / together.sum(axis=-1, keepdims=True))
     diverse = np.nan_to_num(mix) >= MIX_FRACTION * effective_classes(prior)
-    return tuple(np.where(diverse, class_mix_cap(c, prior), np.nan) for c in (served, source))
+    steady = (_steadiness(table, kept, expected, starts) for kept, expected in STAYS)
+    return tuple(
+        np.where(diverse, class_mix_cap(c, prior) * f, np.nan)
+        for c, f in zip((served, source), steady, strict=True)
+    )
+
+
+def _steadiness(table: pa.Table, kept: str, expected: str, starts: np.ndarray) -> np.ndarray:
+    """`Stays.factor` over each span: kept against expected stays, at most 1; 1 where none was
+    expected (older summaries, which lack the counts, or no pair of windows)."""
+    k, e = (_span_sums(numbers(table, name), starts) for name in (kept, expected))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(e > 0, np.minimum(1.0, k / e), 1.0)
 
 
 def rolling(intervals: Intervals, i: int, span: int) -> Rolling:

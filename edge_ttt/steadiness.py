@@ -1,0 +1,91 @@
+"""How steady a model's predicted classes are from one window to the next, against how steady the
+source model's were on held-out windows: what the label-free estimates scale the class-mix bound by
+(docs/adaptation.md, "Label-free estimates and the fallback"). A model that confuses classes
+without changing their mix changes its mind more often while the activity stays the same.
+
+Pure numpy, in the formats layer so that the engine's estimates, the drift summaries and the
+monitor count alike.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+STAY_LAGS = 8  # the lags, in windows, of the reference's stay rates (a source pass every 4th: lag 4)
+
+
+def stay_rates(classes: np.ndarray, devices: np.ndarray, lags: int = STAY_LAGS) -> list[float]:
+    """Per lag 1 to `lags`: the share of pairs of one device's windows that many apart (in the
+    order given: time order) whose classes are the same. Export stores the source model's on the
+    held-out windows (`reference.stay`); a lag without pairs reads 1.0.
+
+    >>> stay_rates(np.array([0, 0, 1, 1]), np.array(["a"] * 4), lags=2)
+    [0.6666666666666666, 0.0]
+    """
+    classes, devices = np.asarray(classes), np.asarray(devices)
+    kept, pairs = np.zeros(lags), np.zeros(lags)
+    for d in np.unique(devices):
+        own = classes[devices == d]
+        for lag in range(1, min(lags, len(own) - 1) + 1):
+            kept[lag - 1] += np.count_nonzero(own[lag:] == own[:-lag])
+            pairs[lag - 1] += len(own) - lag
+    return np.where(pairs > 0, kept / np.maximum(pairs, 1), 1.0).tolist()
+
+
+@dataclass(frozen=True)
+class Stays:
+    """Of the pairs of consecutive windows a model ran on, those whose class stayed (`kept`), and
+    how many of them the source model kept on held-out windows at the same gaps (`expected`). They
+    add over batches, intervals and devices.
+
+    >>> (Stays(3, 4.0) + Stays(1, 1.0)).factor()
+    0.8
+    >>> Stays().factor()  # no pair: nothing to say
+    1.0
+    """
+
+    kept: int = 0
+    expected: float = 0.0
+
+    def __add__(self, other: Stays) -> Stays:
+        return Stays(self.kept + other.kept, self.expected + other.expected)
+
+    def factor(self) -> float:
+        """Kept against expected, at most 1.0 (a model steadier than the source's is not more right)."""
+        return 1.0 if self.expected <= 0 else min(1.0, self.kept / self.expected)
+
+
+class StayCounter:
+    """Counts `Stays` over one model's classes in stream order, batch by batch (class -1: it did
+    not run on that window). The last class it ran on carries over to the next batch; a pair
+    further apart than the reference's lags counts not at all, and without a reference nothing does.
+
+    >>> counter = StayCounter([0.9, 0.5])
+    >>> counter.count(np.array([0, 0, -1]))  # one pair at gap 1, kept
+    Stays(kept=1, expected=0.9)
+    >>> counter.count(np.array([1, 1]))  # 0 -> 1 at gap 2, then 1 -> 1
+    Stays(kept=1, expected=1.4)
+    """
+
+    def __init__(self, reference: Sequence[float] | None) -> None:
+        self.reference = np.asarray(reference, np.float64) if reference else None
+        self._last = -1  # the last class the model ran on; -1: none yet
+        self._gap = 0  # windows since then
+
+    def count(self, classes: np.ndarray) -> Stays:
+        c = np.asarray(classes, np.int64)
+        ran = np.flatnonzero(c >= 0)
+        if not len(ran):
+            self._gap += len(c)
+            return Stays()
+        previous = np.concatenate(([self._last], c[ran[:-1]]))
+        gaps = np.diff(ran, prepend=-(self._gap + 1))
+        self._last, self._gap = int(c[ran[-1]]), len(c) - 1 - int(ran[-1])
+        if self.reference is None:
+            return Stays()
+        pair = (previous >= 0) & (gaps <= len(self.reference))
+        kept = int(np.count_nonzero(pair & (c[ran] == previous)))
+        return Stays(kept, float(self.reference[gaps[pair] - 1].sum()))
