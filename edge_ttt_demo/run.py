@@ -69,7 +69,11 @@ def prepare_model(
     if retrain or not checkpoint.exists() or missing:
         say(f"training {MODEL} on {source_log.name} ({epochs} epochs)")
         result = train(
-            source_log, checkpoint, TrainConfig(model=MODEL, epochs=epochs), show_progress=sys.stderr.isatty()
+            source_log,
+            checkpoint,
+            TrainConfig(model=MODEL, epochs=epochs),
+            show_progress=sys.stderr.isatty(),
+            say=say,
         )
         say(f"held-out validation accuracy {result.report['val_accuracy']:.3f}")
     else:
@@ -160,7 +164,7 @@ def start_agents(agents: Agents, dirs: RunDirs, bundle: Path, mqtt: dict[str, An
 
 def run_demo(opts: DemoOptions, console: Console | None = None) -> DemoResult:
     """Everything, in order; Ctrl-C (SIGINT) or SIGTERM during the live part stops it cleanly."""
-    console = console or Console(stderr=True)
+    console = console or Console(stderr=True, soft_wrap=True)  # a path is never cut in two lines
 
     def say(message: str) -> None:
         console.print(f"[bold cyan]demo[/] {message}")

@@ -7,6 +7,7 @@ each command imports its torch modules when it runs.
 from __future__ import annotations
 
 import sys
+from functools import partial
 from pathlib import Path
 from typing import Annotated
 
@@ -33,7 +34,8 @@ def train(
 
     cfg = train_mod.TrainConfig(model=model, window=window, hop=hop, epochs=epochs, seed=seed)
     try:
-        result = train_mod.train(log, out, cfg, show_progress=sys.stderr.isatty())
+        say = partial(typer.echo, err=True)  # a line per epoch where the bar draws nothing
+        result = train_mod.train(log, out, cfg, show_progress=sys.stderr.isatty(), say=say)
     except (LogFormatError, ValueError) as exc:
         fail(str(exc))
     r = result.report

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import copy
 import logging
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -158,8 +160,15 @@ def aux_accuracy(model: nn.Module, x: np.ndarray, channels: list[str]) -> float:
     return float((logits.argmax(1).numpy() == labels).mean())
 
 
-def train(log_path: Path, out: Path, cfg: TrainConfig, show_progress: bool = True) -> SourceModel:
-    """Train, keep the epoch with the best held-out accuracy, and save the checkpoint."""
+def train(
+    log_path: Path,
+    out: Path,
+    cfg: TrainConfig,
+    show_progress: bool = True,
+    say: Callable[[str], None] | None = None,
+) -> SourceModel:
+    """Train, keep the epoch with the best held-out accuracy, and save the checkpoint. `say`, where
+    the bar draws nothing (piped, logged), gets a line per epoch: no silent minute."""
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     src = read_log(log_path)
@@ -184,6 +193,7 @@ def train(log_path: Path, out: Path, cfg: TrainConfig, show_progress: bool = Tru
     has_aux = hasattr(model, "aux_head")
     best_acc, best_state = -1.0, None
     steps = (len(x_train) + cfg.batch_size - 1) // cfg.batch_size
+    began = time.monotonic()
     with Progress(
         TextColumn("[bold]train {task.fields[model]}"),
         BarColumn(),
@@ -212,6 +222,9 @@ def train(log_path: Path, out: Path, cfg: TrainConfig, show_progress: bool = Tru
             if acc > best_acc:
                 best_acc, best_state = acc, copy.deepcopy(model.state_dict())
             progress.update(task, epoch=epoch + 1, acc=f"{acc:.3f}")
+            if say is not None and not show_progress:
+                took = time.monotonic() - began
+                say(f"epoch {epoch + 1}/{cfg.epochs}: held-out accuracy {acc:.3f}, {took:.0f} s")
             log.info("epoch %d val_accuracy %.4f", epoch + 1, acc)
     assert best_state is not None
     model.load_state_dict(best_state)

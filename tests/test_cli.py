@@ -48,6 +48,12 @@ def trained(synthetic_log_path: Path, tmp_path_factory) -> Path:
     result = invoke(*args, "--epochs", 3, "--out", out)
     assert result.exit_code == 0, result.output
     assert "held-out validation accuracy" in result.output
+    # not a terminal, so no bar: a line per epoch on stderr instead of a silent minute
+    assert [line.split(":")[0] for line in result.stderr.splitlines()] == [
+        "epoch 1/3",
+        "epoch 2/3",
+        "epoch 3/3",
+    ]
     return out
 
 

@@ -43,7 +43,7 @@ class DeviceHealth:
     reference_accuracy: float | None  # what the device is compared with (see `health`)
     fallbacks: int
     windows_on_source: int
-    worst_channels: tuple[tuple[str, str], ...]  # (channel, latest PSI) over the limit, worst first
+    worst_channels: tuple[tuple[str, str], ...]  # (channel, PSI) over the limit in the judged interval
     drifting_since: str | None  # start of the current run of drifted intervals; None: latest not drifted
     mounting: str | None = None  # latest summary's orientation or wiring found ("sensors exchanged", ...)
     on_bundle: bool = False  # `reference_accuracy` is the --bundle's (its model is the device's)
@@ -120,6 +120,16 @@ def drifting_since(intervals: Intervals, i: int, min_windows: int = 1) -> str | 
     return intervals.table.column("interval_start")[scores.start + int(first)].as_py().strftime(STAMP)
 
 
+def _judged(intervals: Intervals, i: int, rules: AlertsSection) -> tuple[dict, int]:
+    """Device i's latest interval as the psi rule and `drifting_since` judge it (the latest of
+    `psi_min_windows` windows or more; the latest of all when none is), and its bins: a last summary
+    of 3 windows, sent as an agent stops, named no channel beside 'drifting since' and a psi alert."""
+    at = intervals.scores(i)
+    sized = np.flatnonzero(np.nan_to_num(intervals.array_of("windows", at)) >= rules.psi_min_windows)
+    judged = int(sized[-1]) if sized.size else at.stop - at.start - 1
+    return intervals.rows(i, last=at.stop - at.start - judged)[0], int(intervals.bins[at][judged])
+
+
 def health(
     intervals: Intervals,
     rules: AlertsSection | None = None,
@@ -164,7 +174,7 @@ def health(
                 reference,
                 int(col["fallbacks"][at].sum()),
                 int(col["windows_on_source"][at].sum()),
-                _worst_channels(last, int(intervals.bins[at][-1]), rules),
+                _worst_channels(*_judged(intervals, i, rules), rules),
                 drifting_since(intervals, i, rules.psi_min_windows),
                 last.get("mounting"),
                 bundle,

@@ -12,19 +12,51 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from edge_ttt.recordlog import write_log
+from edge_ttt.recordlog import LogFormatError, write_log
 from edge_ttt.recordlog.checks import contract_error
 from firmware_sim.datasets.tabular import Imported, ImportSpec, table_to_log
 
 CSV_SUFFIXES = {".csv": ",", ".tsv": "\t", ".txt": ","}
 PARQUET_SUFFIXES = (".parquet", ".pq")
+NEWLINE = b"\n"
+
+
+def first_non_utf8(path: Path, chunk: int = 1 << 20) -> str | None:
+    """Where a file first holds bytes that are not UTF-8 ("line 3, byte 0xe9"); None if it holds
+    none. Read in chunks: a large file is not held twice."""
+    line, pending = 1, b""
+    with path.open("rb") as f:
+        while block := f.read(chunk):
+            data, pending = pending + block, b""
+            try:
+                data.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                if exc.reason != "unexpected end of data" or exc.end < len(data):
+                    return f"line {line + data.count(NEWLINE, 0, exc.start)}, byte 0x{data[exc.start]:02x}"
+                data, pending = data[: exc.start], data[exc.start :]  # a character the chunk splits
+            line += data.count(NEWLINE)
+    return f"line {line}, at its end" if pending else None
+
+
+def not_utf8(path: Path, where: str) -> LogFormatError:
+    return contract_error(
+        path,
+        f"the file is not UTF-8 text ({where})",
+        f'save it as UTF-8 (a spreadsheet\'s "CSV UTF-8"; or iconv -f latin1 -t utf-8 {path.name} > '
+        f"{path.stem}-utf8{path.suffix})",
+    )
 
 
 def delimiter(path: Path, default: str) -> str:
     """The separator of a CSV file's header line: of ',', ';' and tab, the one it holds most
-    (spreadsheets set to a locale with decimal commas write ';'); `default` when it holds none."""
+    (spreadsheets set to a locale with decimal commas write ';'); `default` when it holds none.
+    A header that is not UTF-8 is refused: Arrow reads it unchecked and fails on its names later."""
     with path.open("rb") as f:
-        header = f.readline(65536).decode("utf-8", "replace")
+        raw = f.readline(65536)
+    try:
+        header = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise not_utf8(path, first_non_utf8(path) or "line 1") from None
     counts = {sep: header.count(sep) for sep in (",", ";", "\t")}
     best = max(counts, key=counts.get)
     return best if counts[best] else default
@@ -44,6 +76,8 @@ def read_table(path: Path, text_columns: tuple[str, ...] = ()) -> pa.Table:
             convert = pacsv.ConvertOptions(column_types=dict.fromkeys(text_columns, pa.string()))
             return pacsv.read_csv(path, parse_options=parse, convert_options=convert)
     except (pa.ArrowException, OSError) as exc:
+        if suffix in CSV_SUFFIXES and "UTF8" in str(exc) and (where := first_non_utf8(path)):
+            raise not_utf8(path, where) from exc
         kind = "Parquet" if suffix in PARQUET_SUFFIXES else "CSV"
         raise contract_error(
             path, f"not a readable {kind} file ({str(exc).splitlines()[0]})", "check the file and its suffix"

@@ -12,9 +12,11 @@ from typing import NamedTuple
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from edge_ttt.recordlog import LogFormatError, RecordedLog
 from edge_ttt.recordlog.checks import RESERVED_COLUMNS, contract_error
+from edge_ttt.stream.topics import level_problem
 from firmware_sim.datasets.timing import Timing, measure, steps_within_devices
 
 TIME_UNITS = {"s": 10**9, "ms": 10**6, "us": 10**3, "ns": 1}  # nanoseconds per unit
@@ -50,11 +52,28 @@ def parse_channels(text: str) -> tuple[tuple[str, str], ...]:
     return tuple(pairs)
 
 
+def decimal_commas(column: pa.ChunkedArray) -> pa.ChunkedArray | None:
+    """Text numbers written with a decimal comma ("0,12", as a spreadsheet in such a locale saves a
+    ';'-separated CSV) as float64; None when the column is not text or is not all such numbers."""
+    if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
+        return None
+    try:
+        return pc.replace_substring(column, ",", ".", max_replacements=1).cast(pa.float64())
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        return None
+
+
 class _Table:
     """The table and where it came from, for messages that name both."""
 
     def __init__(self, table: pa.Table, where: str) -> None:
         self.table, self.where = table, where
+        names = table.column_names
+        if twice := sorted({n for n in names if names.count(n) > 1}):
+            raise self.refuse(
+                f"the header names column(s) {', '.join(map(repr, twice))} more than once",
+                "give every column its own name in the file's header",
+            )
 
     def refuse(self, what: str, fix: str) -> LogFormatError:
         return contract_error(self.where, what, fix)
@@ -81,6 +100,8 @@ def _times(src: _Table, spec: ImportSpec) -> np.ndarray:
     option = "--time"
     column = src.column(spec.time, option)
     src.no_nulls(spec.time, column, "drop the rows without a time, or fill them in")
+    if spec.time_unit in TIME_UNITS and (numbers := decimal_commas(column)) is not None:
+        column = numbers
     kind = column.type
     if pa.types.is_timestamp(kind) or pa.types.is_string(kind) or pa.types.is_large_string(kind):
         if spec.time_unit not in (None, ISO):
@@ -159,8 +180,9 @@ def _channels(src: _Table, spec: ImportSpec) -> tuple[tuple[str, ...], np.ndarra
     pairs, left_out = spec.channels, ()
     if pairs is None:
         kinds = dict(zip(src.table.column_names, src.table.schema.types, strict=True))
-        numeric = [n for n, k in kinds.items() if pa.types.is_integer(k) or pa.types.is_floating(k)]
-        pairs = tuple((name, name) for name in numeric if name not in used)
+        numeric = {n for n, k in kinds.items() if pa.types.is_integer(k) or pa.types.is_floating(k)}
+        numeric |= {n for n in kinds if n not in used and decimal_commas(src.table.column(n)) is not None}
+        pairs = tuple((name, name) for name in kinds if name in numeric and name not in used)
         left_out = tuple(n for n in kinds if n not in used and n not in numeric)
         if not pairs:
             raise src.refuse("no numeric column is left for channels", "name them with --channels")
@@ -188,6 +210,9 @@ def _channels(src: _Table, spec: ImportSpec) -> tuple[tuple[str, ...], np.ndarra
             try:
                 data = data.cast(pa.float64())
             except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+                if (numbers := decimal_commas(data)) is not None:
+                    values[:, j] = numbers.fill_null(np.nan).to_numpy()
+                    continue
                 raise src.refuse(
                     f"column '{column}' (a channel) holds {data.type} values that are not numbers ({exc})",
                     "leave it out of --channels, or clean the values (empty cells read as NaN)",
@@ -200,6 +225,11 @@ def _devices(src: _Table, spec: ImportSpec) -> np.ndarray:
     if (spec.device_column is None) == (spec.device is None):
         raise src.refuse("the device is not said", "pass --device-column COLUMN or --device NAME, not both")
     if spec.device is not None:
+        if why := level_problem(spec.device):
+            raise src.refuse(
+                f"--device {spec.device!r} cannot be a level of the devices' MQTT topics ({why})",
+                "name the device without '/', '+' or '#', or leave --device out (the file's name)",
+            )
         return np.full(src.table.num_rows, spec.device, dtype=object)
     column = src.column(spec.device_column, "--device-column")
     src.no_nulls(
@@ -208,6 +238,13 @@ def _devices(src: _Table, spec: ImportSpec) -> np.ndarray:
     ids = column.cast(pa.string()).to_numpy(zero_copy_only=False).astype(object)
     if (ids == "").any():
         raise src.refuse(f"column '{spec.device_column}' has an empty device id", "give every row a device")
+    for device in np.unique(ids):  # replay and the agent put the id in a topic: refused there, later
+        if why := level_problem(device):
+            raise src.refuse(
+                f"column '{spec.device_column}' holds device id {device!r}, which cannot be a level of the "
+                f"devices' MQTT topics ({why})",
+                "rename it in the file, without '/', '+' or '#'",
+            )
     return ids
 
 
@@ -240,6 +277,11 @@ def _labels(src: _Table, spec: ImportSpec) -> tuple[np.ndarray | None, tuple[str
             )
         index = {c: i for i, c in enumerate(classes)}
         return np.array([index.get(t, -1) for t in text], dtype=np.int32), classes
+    if pa.types.is_binary(kind) or pa.types.is_large_binary(kind):
+        raise src.refuse(
+            f"column '{name}' holds text that is not UTF-8 (class names)",
+            'save the file as UTF-8 (a spreadsheet\'s "CSV UTF-8"; or iconv -f latin1 -t utf-8)',
+        )
     if not (pa.types.is_integer(kind) or pa.types.is_floating(kind)):
         raise src.refuse(
             f"column '{name}' has type {kind}, not class names or indices", "pass the label column to --label"
