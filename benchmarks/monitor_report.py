@@ -35,6 +35,8 @@ from edge_ttt.monitor.config import AlertsSection
 from edge_ttt.monitor.report import REPORT_COLUMNS, write_report
 
 ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results" / "monitor_report.json"
+PARTIAL = ROOT / "runs" / "bench" / "partial" / "monitor_report.json"  # other fleet sizes
 CHANNELS = ("ax", "ay", "az", "wx", "wy", "wz")
 TEMPLATES = 32  # distinct real summaries per kind (steady, shifted)
 T0 = 1_700_006_400.0  # 2023-11-15 00:00 UTC: one day is one date partition
@@ -114,10 +116,13 @@ def main() -> None:
     parser.add_argument(
         "--out",
         type=Path,
-        default=ROOT / "benchmarks" / "results" / "monitor_report.json",
-        help="the result file",
+        help=f"the result file (default: {RESULTS} for the default fleet, else {PARTIAL})",
     )
     args = parser.parse_args()
+    if args.out is None:  # another fleet size must not replace the committed result, unless asked
+        default = all(getattr(args, k) == parser.get_default(k) for k in ("devices", "intervals"))
+        args.out = RESULTS if default else PARTIAL
+        args.out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         location = str(args.keep or Path(tmp) / "fleet")
         started = time.perf_counter()
