@@ -24,6 +24,7 @@ from edge_ttt.monitor import dataset
 from edge_ttt.monitor.alerts import COLUMNS, evaluate
 from edge_ttt.monitor.cli import monitor_app
 from edge_ttt.monitor.config import AlertsSection
+from edge_ttt.monitor.health import health
 from edge_ttt.monitor.intervals import Intervals, psi_limit
 from edge_ttt.monitor.report import REPORT_COLUMNS, write_report
 from tests.test_drift_stats import reference
@@ -600,6 +601,13 @@ def test_an_interval_too_small_to_judge_neither_ends_the_drift_nor_its_alert(loc
     # the channels over their limit beside it are the judged interval's: not "none" (3 windows'
     # sampling limit is wide), which contradicted "drifting since" and the alert in one row
     assert ranking["drifting"][6].startswith("c0 ")
+    # and so are the drift column and the heat map's row: the alert's interval, not the 3 windows
+    table = dataset.read(location)
+    intervals = Intervals.of(table, RULES)
+    (h,) = [h for h in health(intervals, RULES) if h.device == "drifting"]
+    at = intervals.scores(intervals.devices.index("drifting"))
+    assert h.judged == 2 and h.score == float(intervals.max_psi[at][-2]) != float(intervals.max_psi[at][-1])
+    assert ranking["drifting"][5] == f"{h.score:.3f}"
 
 
 def test_the_estimates_are_drawn_over_time_when_there_are_any(estimated_fleet, tmp_path):

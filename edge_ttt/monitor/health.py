@@ -29,7 +29,7 @@ EXPLAINING_CHANNELS = 3  # at most this many channels over their limit named nex
 @dataclass(frozen=True)
 class DeviceHealth:
     device: str
-    score: float  # max channel PSI of the latest interval
+    score: float  # max channel PSI of the judged interval (`judged`)
     last_seen: str
     intervals: int
     windows: int
@@ -48,6 +48,7 @@ class DeviceHealth:
     mounting: str | None = None  # latest summary's orientation or wiring found ("sensors exchanged", ...)
     on_bundle: bool = False  # `reference_accuracy` is the --bundle's (its model is the device's)
     noise: str | None = None  # latest summary's channels with white noise over the alert's share, in words
+    judged: int = 1  # the interval `score` and `worst_channels` come from, counted back (1: the latest)
 
     @property
     def accuracy_lost(self) -> float | None:
@@ -120,14 +121,14 @@ def drifting_since(intervals: Intervals, i: int, min_windows: int = 1) -> str | 
     return intervals.table.column("interval_start")[scores.start + int(first)].as_py().strftime(STAMP)
 
 
-def _judged(intervals: Intervals, i: int, rules: AlertsSection) -> tuple[dict, int]:
-    """Device i's latest interval as the psi rule and `drifting_since` judge it (the latest of
-    `psi_min_windows` windows or more; the latest of all when none is), and its bins: a last summary
-    of 3 windows, sent as an agent stops, named no channel beside 'drifting since' and a psi alert."""
+def judged(intervals: Intervals, i: int, rules: AlertsSection) -> int:
+    """Device i's interval the psi rule and `drifting_since` judge, counted back from its latest (1:
+    the latest): the latest of `psi_min_windows` windows or more, else the latest. A last summary of
+    3 windows, sent as an agent stops, showed no drifted channel beside 'drifting since' and a psi
+    alert."""
     at = intervals.scores(i)
     sized = np.flatnonzero(np.nan_to_num(intervals.array_of("windows", at)) >= rules.psi_min_windows)
-    judged = int(sized[-1]) if sized.size else at.stop - at.start - 1
-    return intervals.rows(i, last=at.stop - at.start - judged)[0], int(intervals.bins[at][judged])
+    return at.stop - at.start - int(sized[-1]) if sized.size else 1
 
 
 def health(
@@ -155,12 +156,14 @@ def health(
         trend = float(np.polyfit(np.flatnonzero(ok), entropy[ok], 1)[0]) if ok.sum() >= 2 else math.nan
         estimates = fleet[i]
         (last,) = intervals.rows(i, last=1)
+        back = judged(intervals, i, rules)
+        seen = intervals.rows(i, last=back)[0]
         bundle = reference_accuracy is not None and reference_model in (None, last["model_sha256"])
         reference = reference_accuracy if bundle else estimates.reference
         out.append(
             DeviceHealth(
                 device,
-                float(intervals.max_psi[at][-1]),
+                float(intervals.max_psi[at][-back]),
                 last["interval_end"].strftime(STAMP),
                 at.stop - at.start,
                 windows,
@@ -174,12 +177,13 @@ def health(
                 reference,
                 int(col["fallbacks"][at].sum()),
                 int(col["windows_on_source"][at].sum()),
-                _worst_channels(*_judged(intervals, i, rules), rules),
+                _worst_channels(seen, int(intervals.bins[at][-back]), rules),
                 drifting_since(intervals, i, rules.psi_min_windows),
                 last.get("mounting"),
                 bundle,
                 said_noise(noisy_channels(last.get("noise_share"), last.get("channels"), rules.noise_share))
                 or None,
+                back,
             )
         )
 

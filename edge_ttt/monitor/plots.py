@@ -19,10 +19,11 @@ HEATMAP_CHANNELS = 40  # columns: the most drifted channels, when the devices ha
 
 
 def heatmap(ranked: list[DeviceHealth], intervals: Intervals) -> str:
-    """Latest interval per device (rows, ranked) and channel (columns, the union over devices): the
-    colour is how drifted (`drift_scores`: PSI over its calibrated limit), the number the PSI."""
+    """The judged interval per device (rows, ranked; `DeviceHealth.judged`: the latest that the psi
+    rule judges) and channel (columns, the union over devices): the colour is how drifted
+    (`drift_scores`: PSI over its calibrated limit), the number the PSI."""
     shown = ranked[:HEATMAP_DEVICES]
-    latest = [intervals.rows(intervals.devices.index(h.device), last=1)[0] for h in shown]
+    latest = [intervals.rows(intervals.devices.index(h.device), last=h.judged)[0] for h in shown]
     # a null name (a broken payload) shows as "None"
     named = [[str(c) for c in last["channels"] or []] for last in latest]
     channels = sorted({c for names in named for c in names})

@@ -113,7 +113,7 @@ docs/monitoring.md)</p>
 {% if accuracy %}<h2>Estimated accuracy over time{% if devices|length > accuracy_devices %} (the top
 {{ accuracy_devices }} of the ranking){% endif %}</h2>
 <img alt="estimated accuracy over time per device" src="data:image/png;base64,{{ accuracy }}">{% endif %}
-<h2>Per-channel drift (latest interval){% if devices|length > heatmap_devices %}, the top
+<h2>Per-channel drift (latest judged interval){% if devices|length > heatmap_devices %}, the top
 {{ heatmap_devices }} of the ranking{% endif %}</h2>
 <img alt="per-channel PSI heat map" src="data:image/png;base64,{{ heatmap }}">
 <h2>Reference against current: the worst channel of the top {{ distribution_devices }}</h2>
