@@ -7,6 +7,7 @@ import json
 import time
 
 import numpy as np
+import pytest
 
 from edge_ttt.adapt.predictions import Predictions
 from edge_ttt.agent.publisher import PredictionPublisher, PredictionsSection
@@ -56,3 +57,24 @@ def test_batches_hold_exactly_batch_windows_and_keep_the_rest_for_the_next():
     pub.publish("d", "0", "steady", np.array([5]), predictions(1), time.monotonic())
     assert [len(m["predictions"]) for m in sent] == [2, 2, 2]
     assert [p["t_end_ns"] for m in sent for p in m["predictions"]] == [0, 1, 2, 3, 4, 5]
+
+
+def test_a_window_with_non_finite_outputs_is_published_as_json_with_nulls():
+    """A float32 sample of 3e38 (finite, so a valid frame) made the model's probabilities NaN, and
+    the agent published `"confidence": NaN, "entropy": NaN`, which is not JSON: JavaScript's
+    `JSON.parse` and Go's `encoding/json` refuse the whole message."""
+    sent: list[bytes] = []
+    pub = PredictionPublisher(
+        PredictionsSection(batch=1),
+        lambda device: f"edge-ttt/{device}/pred",
+        lambda topic, payload, qos: sent.append(payload),
+        CLASSES,
+        "f" * 64,
+    )
+    pred = predictions(2)
+    pred.probs[0] = np.nan
+    pred.entropy[0] = np.nan
+    pred.entropy[1] = np.inf
+    pub.publish("d", "0", "steady", np.arange(2), pred, time.monotonic())
+    strict = [json.loads(m, parse_constant=lambda name: pytest.fail(f"{name} is not JSON")) for m in sent]
+    assert [(m["confidence"], m["entropy"]) for m in strict] == [(None, None), (0.7, None)]

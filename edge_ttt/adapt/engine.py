@@ -29,7 +29,7 @@ from edge_ttt.adapt.predictions import Predictions, Scored, blended, handed_out,
 from edge_ttt.adapt.report import Report
 from edge_ttt.adapt.runs_setup import AUTO_RUNS, AutoRuns
 from edge_ttt.adapt.screen import Screened, adapting, screen, source_view, teaching
-from edge_ttt.adapt.snapshot import StateError, load_state, save_state
+from edge_ttt.adapt.snapshot import StateError, check_restored, fresh_layout, load_state, save_state
 from edge_ttt.adapt.softmax import softmax_entropy
 
 POLICIES = tuple(POLICY_TYPES)
@@ -128,6 +128,7 @@ class Engine:
         if runs is not None:
             self.runs = LabelRuns(runs, len(info.classes))
             self.follow = FirstNorm.of(model, self.policy.source_stats, runs.instance_offsets)
+        self._fresh = fresh_layout(self._arrays())  # what a restored state is checked against
 
     def process(self, x: np.ndarray) -> Predictions:
         """Predict a batch [n, channels, length] of raw windows and adapt on the valid ones (in a
@@ -294,11 +295,14 @@ class Engine:
         }
         if self.inputs is not None and self.inputs.flush():  # windows it gathered: learnt first
             self._turned()
+        return self._arrays(), meta
+
+    def _arrays(self) -> dict[str, np.ndarray]:
         arrays = self.policy.state()
         for prefix, part in zip(PARTS, (self.fallback, self.inputs, self.runs), strict=True):
             if part is not None:
                 arrays.update(prefixed(prefix, part.state()))
-        return {k: np.array(v, copy=True) for k, v in arrays.items()}, meta
+        return {k: np.array(v, copy=True) for k, v in arrays.items()}
 
     def save_state(self, path: str | Path) -> None:
         save_state(path, *self.snapshot())
@@ -318,21 +322,24 @@ class Engine:
             )
         if meta.get("policy") != self.policy_name:
             raise StateError(f"{source} belongs to policy {meta.get('policy')!r}, not {self.policy_name!r}")
-        fallback, inputs, runs = (unprefixed(p, arrays) for p in PARTS)
-        arrays = {k: v for k, v in arrays.items() if k.split("/")[0] not in PARTS}
-        try:
-            if self.fallback is not None and fallback:
-                self.fallback.load_state(fallback)
-            if self.inputs is not None and inputs:  # a state from before alignment: it starts afresh
-                self.inputs.load_state(inputs)
-            if self.runs is not None:  # a state from before the detector: it starts afresh
-                self.runs.load_state(runs) if runs else self.runs.reset()
-            self.policy.load_state(arrays)
-        except (KeyError, ValueError) as exc:
+        before = self._arrays()
+        try:  # a state that does not fit is refused whole: the engine stays as it was
+            self._load(arrays)
+            counters = check_restored(self._fresh, self._arrays(), meta, vars(self.counters))
+        except (KeyError, ValueError, TypeError) as exc:
+            self._load(before)
             raise StateError(f"{source} does not fit this policy and bundle: {exc}") from exc
-        for name, value in meta.get("counters", {}).items():
-            if hasattr(self.counters, name):
-                setattr(self.counters, name, int(value))
+        vars(self.counters).update(counters)
+
+    def _load(self, arrays: dict[str, np.ndarray]) -> None:
+        fallback, inputs, runs = (unprefixed(p, arrays) for p in PARTS)
+        if self.fallback is not None and fallback:
+            self.fallback.load_state(fallback)
+        if self.inputs is not None and inputs:  # a state from before alignment: it starts afresh
+            self.inputs.load_state(inputs)
+        if self.runs is not None:  # a state from before the detector: it starts afresh
+            self.runs.load_state(runs) if runs else self.runs.reset()
+        self.policy.load_state({k: v for k, v in arrays.items() if k.split("/")[0] not in PARTS})
 
     def report(self) -> Report:
         """The counters and the adaptation level now, as a frozen value (for drift summaries)."""

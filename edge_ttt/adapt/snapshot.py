@@ -44,6 +44,40 @@ def load_state(path: str | Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]
         meta = json.loads(arrays.pop(_META).tobytes())
     except (KeyError, ValueError) as exc:
         raise StateError(f"state file {path} has no readable metadata; delete it to start over") from exc
-    if meta.get("format") != FORMAT:
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        meta = meta if isinstance(meta, dict) else {}
         raise StateError(f"state file {path} has format {meta.get('format')!r}, expected {FORMAT}")
     return arrays, meta
+
+
+Layout = dict[str, tuple[tuple[int, ...], bool]]
+
+
+def fresh_layout(arrays: dict[str, np.ndarray]) -> Layout:
+    """Of an engine not yet run: each array's shape and whether it is all finite (NaN means "none
+    yet" in some), leaving out the empty ones (histories, which may grow to any length)."""
+    return {
+        k: (v.shape, v.dtype.kind not in "fc" or bool(np.isfinite(v).all()))
+        for k, v in arrays.items()
+        if v.size
+    }
+
+
+def check_restored(
+    fresh: Layout, restored: dict[str, np.ndarray], meta: dict[str, Any], counters: dict[str, int]
+) -> dict[str, int]:
+    """The engine counters (named in `counters`) that a restored state's metadata holds, as
+    integers; ValueError (TypeError) when they are not, or when the engine's state after the restore
+    holds what no state it saved can: a NaN or infinite value where a fresh engine holds finite
+    ones (adapted parameters of NaN made every prediction NaN, published as valid), or an array
+    shaped unlike the fresh engine's (a mounting matrix of another shape made every window of the
+    stream fail)."""
+    for key, value in restored.items():
+        if key not in fresh:
+            continue
+        shape, finite = fresh[key]
+        if value.shape != shape:
+            raise ValueError(f"{key} has shape {value.shape}, this engine's is {shape}")
+        if finite and value.dtype.kind in "fc" and not np.isfinite(value).all():
+            raise ValueError(f"{key} holds NaN or infinite values")
+    return {k: int(v) for k, v in dict(meta.get("counters", {})).items() if k in counters}

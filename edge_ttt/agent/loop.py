@@ -34,6 +34,11 @@ from edge_ttt.stream.mqtt import MqttTransport
 log = logging.getLogger(__package__)
 
 SUMMARY_CHECK_S = 1.0  # how often the worker looks for drift summary intervals that ended
+QUEUE_FULL = (
+    "inbox full, messages dropped for good (queue.when_full): a flood, or the backlog a broker kept "
+    "while the agent was away arriving faster than the worker takes it. Fix: raise queue.max_frames "
+    "(and queue.max_bytes) above the backlog an outage leaves (frames/s x seconds away)"
+)
 
 
 @dataclass(frozen=True)
@@ -171,7 +176,16 @@ class Agent:
             fields = {"topic": topic[:200], "bytes": len(payload), "limit": self.cfg.queue.max_frame_bytes}
             self._warn_received.warning("too_large", "frame dropped before queueing", fields=fields)
             return
+        dropped = self.inbox.counters.dropped
         self.inbox.put(Message(topic, payload, time.monotonic()), len(payload) + len(topic))
+        if self.inbox.counters.dropped > dropped:  # paho acknowledged them: the broker will not resend
+            q = self.cfg.queue
+            fields = {
+                "dropped": self.inbox.counters.dropped,
+                "max_frames": q.max_frames,
+                "when_full": q.when_full,
+            }
+            self._warn_received.warning("queue_full", QUEUE_FULL, fields=fields)
 
     def run(self) -> None:
         """Until `stop_event` is set: handle messages, publish status, summaries and checkpoints."""
@@ -293,11 +307,14 @@ class Agent:
             "states_written": self.writer.written - written_before,
             "states_left": states_left,
             "summaries_lost": summaries_lost,
+            # received and acknowledged to the broker, never handled: the broker will not resend them
+            "frames_unprocessed": len(self.inbox),
             "seconds": round(time.monotonic() - start, 3),
         }
-        if states_left or summaries_lost:
+        if states_left or summaries_lost or fields["frames_unprocessed"]:
             log.warning(
-                "stop: states left at their previous checkpoint or summaries lost", extra={"fields": fields}
+                "stop: states left at their previous checkpoint, or summaries or queued frames lost",
+                extra={"fields": fields},
             )
         else:
             log.info("stop: states and summaries written", extra={"fields": fields})

@@ -4,6 +4,7 @@ latency from a frame's arrival to the publish of each prediction it completed.""
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections import deque
 from collections.abc import Callable
@@ -18,6 +19,19 @@ from edge_ttt.stream.topics import DeviceTopic
 LATENCY_SAMPLES = 4096  # recent latencies kept for the status percentiles
 
 Publish = Callable[[str, bytes, int], None]  # (topic, payload, qos)
+
+
+def _number(x: object) -> float | None:
+    """`x` rounded to 5 decimals, or None (JSON null) when it is not finite: `NaN` and `Infinity`
+    are not JSON, and strict parsers (JavaScript's `JSON.parse`, Go's `encoding/json`) refuse the
+    whole message. A window whose input the model cannot take (an extreme but finite sample) gives
+    NaN probabilities.
+
+    >>> _number(0.123456789), _number(float("nan")), _number(float("-inf"))
+    (0.12346, None, None)
+    """
+    value = float(x)  # type: ignore[arg-type]
+    return round(value, 5) if math.isfinite(value) else None
 
 
 class PredictionsSection(Section):
@@ -60,8 +74,8 @@ class PredictionPublisher:
                     "t_end_ns": int(t_end_ns[i]),
                     "class": self.classes[int(pred.classes[i])],
                     "class_index": int(pred.classes[i]),
-                    "confidence": round(float(pred.probs[i].max()), 5),
-                    "entropy": round(float(pred.entropy[i]), 5),
+                    "confidence": _number(pred.probs[i].max()),
+                    "entropy": _number(pred.entropy[i]),
                     "valid": bool(pred.valid[i]),
                 }
             )
@@ -71,7 +85,7 @@ class PredictionPublisher:
         while len(pending) >= batch:  # a frame can complete several windows: one message per batch
             part, pending = pending[:batch], pending[batch:]
             payload = body | (part[0] if batch == 1 else {"predictions": part})
-            self._publish(self.topic(device), json.dumps(payload).encode(), self.cfg.qos)
+            self._publish(self.topic(device), json.dumps(payload, allow_nan=False).encode(), self.cfg.qos)
             self.published += len(part)
             latency = 1000 * (time.monotonic() - arrived)
             self.latency_ms.extend([latency] * len(part))  # per window, as the percentiles say

@@ -6,6 +6,10 @@ subscribes again and messages queued while the collector was away arrive. Payloa
 `Receiver` (chunks, SHA-256, de-duplication), whose `seen` set starts with the ids already in the
 dataset. New summaries are buffered and written as one file per batch: after `flush_summaries`
 summaries or `flush_s` seconds, or when `MAX_UNACKED` messages wait for their acknowledgement.
+Chunks of summaries not yet complete are acknowledged then too: the broker sends nothing more
+until some are, so holding them stalled the collector for good on a summary of more chunks than
+that (or on the first chunks of that many devices' summaries); a crash before their summary is
+written costs its agent a re-send after `drift.ack_timeout_s`, never the summary.
 
 Nothing is lost in a crash: messages are acknowledged by hand (paho `manual_ack`), a summary's
 messages only once the file holding it is written. A collector killed before writing leaves
@@ -161,6 +165,9 @@ class Collector:
                     self._tell_agents({str(summary_id): topic})
             self._warn_rejected()
             waiting = sum(map(len, self._to_ack.values())) + sum(map(len, self._unacked.values()))
+            if waiting >= MAX_UNACKED and self._unacked:  # the broker would send nothing more:
+                ack_now += [m for held in self._unacked.values() for m in held]
+                self._unacked.clear()
             if len(self._pending) >= self.cfg.collector.flush_summaries or waiting >= MAX_UNACKED:
                 self._full.set()
             return ack_now

@@ -43,6 +43,10 @@ from edge_ttt.monitor.files import (
 )
 
 log = logging.getLogger(__name__)
+NEWER = (
+    "file not compacted: %s holds columns this version does not know (%s). "
+    "Fix: compact with the newer edge-ttt that wrote it"
+)
 
 
 def hold(location: str, owner: str, shared: bool) -> DirLock | None:
@@ -253,7 +257,9 @@ def compact(location: str) -> dict[str, int]:
 
     The new file is complete before any old one goes, so a crash in between leaves duplicates
     (rows in both), never a loss; the next run merges them again and writes each summary once.
-    Returns files merged per partition.
+    A file with columns this version does not know (a newer collector's) is left as it is: this
+    version reads without them, and merging would have dropped them for good. Returns files merged
+    per partition.
     """
     fs, root = open_fs(location)
     done = {}
@@ -272,6 +278,10 @@ def compact(location: str) -> dict[str, int]:
         tables, merged = [], []
         for p in files:
             try:
+                newer = [n for n in pq.read_schema(p, filesystem=fs).names if n not in FILE_SCHEMA.names]
+                if newer:  # merged here they would be dropped, and the file deleted: lost for good
+                    log.warning(NEWER, p, ", ".join(newer))
+                    continue
                 tables.append(read_file(fs, p))
                 merged.append(p)
             except (
