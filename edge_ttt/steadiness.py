@@ -35,6 +35,18 @@ def stay_rates(classes: np.ndarray, devices: np.ndarray, lags: int = STAY_LAGS) 
     return np.where(pairs > 0, kept / np.maximum(pairs, 1), 1.0).tolist()
 
 
+def stay_factor(kept: np.ndarray | float, expected: np.ndarray | float) -> np.ndarray:
+    """Kept against expected stays, at most 1 (a model steadier than the source's is not more
+    right); 1 where none was expected. Elementwise, for a span's sums or many spans' at once.
+
+    >>> stay_factor(np.array([3.0, 5.0, 0.0]), np.array([4.0, 4.0, 0.0])).tolist()
+    [0.75, 1.0, 1.0]
+    """
+    kept, expected = np.asarray(kept, np.float64), np.asarray(expected, np.float64)
+    some = expected > 0
+    return np.where(some, np.minimum(1.0, kept / np.where(some, expected, 1.0)), 1.0)
+
+
 @dataclass(frozen=True)
 class Stays:
     """Of the pairs of consecutive windows a model ran on, those whose class stayed (`kept`), and
@@ -54,8 +66,8 @@ class Stays:
         return Stays(self.kept + other.kept, self.expected + other.expected)
 
     def factor(self) -> float:
-        """Kept against expected, at most 1.0 (a model steadier than the source's is not more right)."""
-        return 1.0 if self.expected <= 0 else min(1.0, self.kept / self.expected)
+        """`stay_factor` of these counts."""
+        return float(stay_factor(self.kept, self.expected))
 
 
 class StayCounter:

@@ -101,10 +101,9 @@ class DriftSummary:
     spool_dropped: int = 0  # the agent's spool drops since its previous summary (any stream)
     frames_missing: int = 0  # this stream's frames given up on (sequence gaps) in the interval
     source_class_counts: np.ndarray | None = None  # int64 [K], the source model's classes where it ran
-    stays: Stays = field(
-        default_factory=Stays
-    )  # served classes kept from one window to the next, against the reference's
-    source_stays: Stays = field(default_factory=Stays)  # the same, the source model's classes where it ran
+    # how often the served classes, and the source model's where it ran, stayed from window to window
+    stays: Stays = field(default_factory=Stays)
+    source_stays: Stays = field(default_factory=Stays)
 
     @classmethod
     def empty(

@@ -7,11 +7,10 @@ cannot be right more often than its predicted mix overlaps the source class shar
 classes come in about those proportions; times how steady its classes were from one window to the
 next against the source model's on held-out windows (`edge_ttt.steadiness`, counted on the device),
 which catches part of the errors that keep the mix. It needs a span long enough to hold the stream's
-classes: hence the horizon in windows (`[alerts]
-estimate_windows`), and no estimate where the classes seen are too few to say anything of the models
-(`MIX_FRACTION`). The summaries' ATC shares are not used here: on clean held-out wearers the source
-model's ranged from 39 % to 98 % at true accuracies of 80 % and 84 %, which read as losses that were
-not there (docs/monitoring.md).
+classes: hence the horizon in windows (`[alerts] estimate_windows`), and no estimate where the
+classes seen are too few to say anything of the models (`MIX_FRACTION`). The summaries' ATC shares
+are not used here: on clean held-out wearers the source model's ranged from 39 % to 98 % at true
+accuracies of 80 % and 84 %, which read as losses that were not there (docs/monitoring.md).
 """
 
 from __future__ import annotations
@@ -24,6 +23,7 @@ import pyarrow.compute as pc
 
 from edge_ttt.class_mix import class_mix_cap, effective_classes
 from edge_ttt.monitor.intervals import Intervals, numbers, sane
+from edge_ttt.steadiness import stay_factor
 
 MIX_FRACTION = 0.5  # the bound applies where the classes seen hold half the prior's effective classes
 COUNTED = ("class_counts", "source_class_counts")
@@ -101,11 +101,9 @@ def _bounds(table: pa.Table, prior: np.ndarray, starts: np.ndarray) -> tuple[np.
 
 
 def _steadiness(table: pa.Table, kept: str, expected: str, starts: np.ndarray) -> np.ndarray:
-    """`Stays.factor` over each span: kept against expected stays, at most 1; 1 where none was
-    expected (older summaries, which lack the counts, or no pair of windows)."""
-    k, e = (_span_sums(numbers(table, name), starts) for name in (kept, expected))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(e > 0, np.minimum(1.0, k / e), 1.0)
+    """`stay_factor` over each span; 1 where none was expected (older summaries, which lack the
+    counts, or no pair of windows)."""
+    return stay_factor(*(_span_sums(numbers(table, name), starts) for name in (kept, expected)))
 
 
 def rolling(intervals: Intervals, i: int, span: int) -> Rolling:
