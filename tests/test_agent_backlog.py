@@ -18,24 +18,28 @@ from tests.agent_harness import Listener, frames, start, write_config
 from tests.conftest import wait_for
 
 
-def test_a_backlog_beyond_the_inbox_is_dropped_with_a_warning_naming_the_bound(
-    tmp_path, bundle_dir, broker, monkeypatch, caplog
-):
+def backlog(config, broker, monkeypatch, n: int, delay_s: float) -> tuple[Agent, Listener]:
+    """An agent whose broker kept `n` frames while it was away, and whose engine takes `delay_s` a
+    batch (so that the backlog outruns it); the listener that published them, to close."""
     from edge_ttt.adapt.engine import Engine
 
-    config = load_config(write_config(tmp_path, bundle_dir, broker.port, extra="[queue]\nmax_frames = 50\n"))
     first = Agent(config)  # its persistent session: the broker keeps what comes while it is away
     thread = start(first)
     first.stop_event.set()
     thread.join(20)
-
     listener = Listener(broker.port, ["edge-ttt/+/pred"])
-    for frame in frames(400, samples=8):
+    for frame in frames(n, samples=8):
         listener.client.publish("edge-ttt/dev-away/dt/0", encode(frame), qos=1).wait_for_publish(5)
-
     original = Engine.process
-    monkeypatch.setattr(Engine, "process", lambda self, x: (time.sleep(0.02), original(self, x))[1])
-    agent = Agent(config)
+    monkeypatch.setattr(Engine, "process", lambda self, x: (time.sleep(delay_s), original(self, x))[1])
+    return Agent(config), listener
+
+
+def test_a_backlog_beyond_the_inbox_is_dropped_with_a_warning_naming_the_bound(
+    tmp_path, bundle_dir, broker, monkeypatch, caplog
+):
+    config = load_config(write_config(tmp_path, bundle_dir, broker.port, extra="[queue]\nmax_frames = 50\n"))
+    agent, listener = backlog(config, broker, monkeypatch, 400, 0.02)
     with caplog.at_level(logging.WARNING, logger="edge_ttt.agent"):
         thread = start(agent)
         try:
@@ -55,20 +59,8 @@ def test_a_stop_says_how_many_received_frames_it_leaves_unprocessed(
     """Frames in the inbox at a stop were acknowledged to the broker on arrival: nothing sends them
     again. Measured with `edge-ttt run`: a SIGTERM 3 s after a restart into a backlog of 9,600 frames
     left 8,564 of them unprocessed, and the stop line said `summaries_lost=0` and nothing else."""
-    from edge_ttt.adapt.engine import Engine
-
     config = load_config(write_config(tmp_path, bundle_dir, broker.port))
-    first = Agent(config)
-    thread = start(first)
-    first.stop_event.set()
-    thread.join(20)
-    listener = Listener(broker.port, ["edge-ttt/+/pred"])
-    for frame in frames(300, samples=8):
-        listener.client.publish("edge-ttt/dev-away/dt/0", encode(frame), qos=1).wait_for_publish(5)
-
-    original = Engine.process
-    monkeypatch.setattr(Engine, "process", lambda self, x: (time.sleep(0.1), original(self, x))[1])
-    agent = Agent(config)
+    agent, listener = backlog(config, broker, monkeypatch, 300, 0.1)
     with caplog.at_level(logging.INFO, logger="edge_ttt.agent"):
         thread = start(agent)
         try:

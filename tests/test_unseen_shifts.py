@@ -8,7 +8,8 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from benchmarks.unseen_shifts import POLICIES, SHIFTS, WITH_FALLBACK, markdown, run, shifted, triads
+from benchmarks.held_out_shifts import SHIFTS, shifted, triads
+from benchmarks.unseen_shifts import POLICIES, WITH_FALLBACK, markdown, run
 from tests.conftest import synthetic_log
 
 LOG = synthetic_log(devices=2, seconds=12.0)
