@@ -133,8 +133,7 @@ def _device_alerts(
 ) -> list[Alert]:
     out = []
     scores = intervals.scores(i)
-    sized = np.flatnonzero(np.nan_to_num(intervals.array_of("windows", scores)) >= rules.psi_min_windows)
-    judged = sized[-rules.psi_intervals :]
+    judged = intervals.sized(i, rules.psi_min_windows)[-rules.psi_intervals :]
     ratio = intervals.drift_ratio[scores][judged]
     if len(ratio) == rules.psi_intervals and bool(np.all(ratio > 1)):
         at = scores.start + int(judged[-1])

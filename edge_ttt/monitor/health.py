@@ -111,8 +111,7 @@ def drifting_since(intervals: Intervals, i: int, min_windows: int = 1) -> str | 
     """The start of the first interval of the run of drifted intervals that reaches the latest one,
     judged as the psi rule judges: intervals of fewer than `min_windows` windows neither start nor
     break a run."""
-    scores = intervals.scores(i)
-    sized = np.flatnonzero(np.nan_to_num(intervals.array_of("windows", scores)) >= min_windows)
+    scores, sized = intervals.scores(i), intervals.sized(i, min_windows)
     drifted = intervals.drift_ratio[scores][sized] > 1
     if not sized.size or not drifted[-1]:
         return None
@@ -126,8 +125,7 @@ def judged(intervals: Intervals, i: int, rules: AlertsSection) -> int:
     the latest): the latest of `psi_min_windows` windows or more, else the latest. A last summary of
     3 windows, sent as an agent stops, showed no drifted channel beside 'drifting since' and a psi
     alert."""
-    at = intervals.scores(i)
-    sized = np.flatnonzero(np.nan_to_num(intervals.array_of("windows", at)) >= rules.psi_min_windows)
+    at, sized = intervals.scores(i), intervals.sized(i, rules.psi_min_windows)
     return at.stop - at.start - int(sized[-1]) if sized.size else 1
 
 

@@ -214,3 +214,8 @@ class Intervals:
     def scores(self, i: int) -> slice:
         """Device i's part of the score arrays."""
         return slice(int(self.bounds[i]), int(self.bounds[i + 1]))
+
+    def sized(self, i: int, min_windows: int) -> np.ndarray:
+        """Positions within device i's intervals of those holding at least `min_windows` windows:
+        the ones the psi rule judges (a stopping agent's last few windows say little of drift)."""
+        return np.flatnonzero(np.nan_to_num(self.array_of("windows", self.scores(i))) >= min_windows)
