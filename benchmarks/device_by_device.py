@@ -16,8 +16,8 @@ import numpy as np
 
 from benchmarks.adaptation.cells import (
     BLEND_COLUMN,
-    FALLBACK_COLUMN,
     INSTANCE_COLUMN,
+    NO_FALLBACK_COLUMN,
     device_streams,
     variant,
 )
@@ -32,7 +32,7 @@ from firmware_sim.datasets.watch import watch_logs
 
 ORDERS = ("recorded", "class-sorted")
 # Each column runs as the adaptation benchmark runs it (`variant`).
-COLUMNS = ("source", "steady", FALLBACK_COLUMN, INSTANCE_COLUMN, BLEND_COLUMN)
+COLUMNS = ("source", "steady", NO_FALLBACK_COLUMN, INSTANCE_COLUMN, BLEND_COLUMN)
 SEVERITY = 4
 LOSS = 1.0  # points below source that count as a device made worse
 

@@ -9,8 +9,8 @@ upside down, wiring swapped, sensors out of step, filtering, sample-and-hold, qu
 saturation, vibration, noise, spikes, repeated buffers, a dead axis, one axis negated or with its
 own gain, one wire crossed, a strap slipping, a dead or hung sensor, three faults at once. Each is
 applied to every target device's whole recording (the seglearn smartwatch subjects 6 to 10),
-written as a log and replayed with `source`, `norm`, the default policy and the default policy
-with `--fallback`.
+written as a log and replayed with `source`, `norm`, the default policy (with its fallback to
+source) and the default policy with `--no-fallback`.
 Writes unseen_shifts.json and .md to --out.
 """
 
@@ -21,28 +21,27 @@ from pathlib import Path
 from benchmarks.harness import progress
 from benchmarks.held_out_shifts import over_shifts, shifted_logs
 from edge_ttt.adapt.engine import DEFAULT_POLICY
-from edge_ttt.adapt.fallback import DEFAULT_FALLBACK
 from edge_ttt.recordlog import RecordedLog
 from edge_ttt.replay import against_source, replay
 
 POLICIES = ("source", "norm", DEFAULT_POLICY)
-WITH_FALLBACK = f"{DEFAULT_POLICY}+fallback"
+NO_FALLBACK = f"{DEFAULT_POLICY}-no-fallback"
 
 
 def run(bundle_dir: Path, log: RecordedLog, names: list[str]) -> list[dict]:
-    """Per shift: the accuracy of every policy, and of the default policy with the fallback."""
+    """Per shift: the accuracy of every policy, and of the default policy without its fallback."""
     rows = []
     for name, path in shifted_logs(log, names):
         row = {"shift": name}
-        # one list, so that the fallback's devices are set against the same source model
+        # one list, so that the devices without the fallback are set against the same source model
         results = replay(bundle_dir, path, policies=POLICIES)
-        results = against_source(results + replay(bundle_dir, path, fallback=DEFAULT_FALLBACK))
-        for result, column in zip(results, [*POLICIES, WITH_FALLBACK], strict=True):
+        results = against_source(results + replay(bundle_dir, path, fallback=None))
+        for result, column in zip(results, [*POLICIES, NO_FALLBACK], strict=True):
             row[column] = result["accuracy"]
             row[f"{column} devices"] = result["device_accuracy"]
             if column != "source":  # devices more than 1 point below source
                 row[f"{column} below"] = result["devices_below_source"]
-        progress(f"{name}: " + ", ".join(f"{c} {100 * row[c]:.1f}" for c in (*POLICIES, WITH_FALLBACK)))
+        progress(f"{name}: " + ", ".join(f"{c} {100 * row[c]:.1f}" for c in (*POLICIES, NO_FALLBACK)))
         rows.append(row)
     return rows
 
@@ -50,7 +49,7 @@ def run(bundle_dir: Path, log: RecordedLog, names: list[str]) -> list[dict]:
 def markdown(rows: list[dict], meta: dict, model: str) -> str:
     """The table (accuracy %, the default policy against `source` in points, and per policy the
     devices more than 1 point below `source`), its worst cell and its worst device."""
-    columns = [*POLICIES, WITH_FALLBACK]
+    columns = [*POLICIES, NO_FALLBACK]
     adapted = columns[1:]
     devices = len(rows[0]["source devices"]) if rows else 0
     lines = [

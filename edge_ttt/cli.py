@@ -13,6 +13,7 @@ import typer
 from edge_ttt import __version__, logs
 from edge_ttt.adapt.engine import AUTO_INPUTS, SOURCE_EVERY
 from edge_ttt.adapt.fallback import DEFAULT_FALLBACK
+from edge_ttt.adapt.fallback_setup import AUTO_FALLBACK
 from edge_ttt.adapt.input_alignment import InputOptions
 from edge_ttt.adapt.label_runs import RunOptions
 from edge_ttt.adapt.policies import DEFAULT_POLICY, POLICY_TYPES
@@ -88,8 +89,9 @@ def _policy_option_values(policy: str, pairs: list[str]) -> dict[str, Any]:
 
 
 def _refuse_idle_flags(policy: str, fallback: bool, label_runs: bool, source_every: int | None) -> None:
-    """Flags that would change nothing (`Engine`): the source policy adapts nothing to fall back
-    from or hold still, and with it or a fallback the source model runs on every window."""
+    """Flags that would change nothing or cannot go together (`Engine`): the source policy adapts
+    nothing to fall back from or hold still and is its own source model; a fallback compares with
+    a source model that runs."""
     if policy == "source" and fallback:
         fail(
             "--fallback serves the source model while the adapted one is estimated worse; --policy "
@@ -100,9 +102,13 @@ def _refuse_idle_flags(policy: str, fallback: bool, label_runs: bool, source_eve
             "--label-runs holds an adapting policy still in a run of one activity; --policy source "
             "adapts nothing, so there is nothing to hold"
         )
-    if source_every is not None and (fallback or policy == "source"):
-        why = "--fallback" if fallback else "--policy source"
-        fail(f"--source-every does nothing with {why}: the source model runs on every window; leave it out")
+    if source_every is not None and policy == "source":
+        fail(
+            "--source-every does nothing with --policy source: the source model runs on every "
+            "window; leave it out"
+        )
+    if fallback and source_every == 0:
+        fail("--fallback compares with the source model, which --source-every 0 never runs; leave one out")
 
 
 def _label_runs(on: bool | None, serve: str | None, horizon: float | None) -> RunOptions | AutoRuns | None:
@@ -142,14 +148,19 @@ def replay(
         ),
     ] = True,
     fallback: Annotated[
-        bool, typer.Option(help="serve the source model while the adapted one is estimated worse")
-    ] = False,
+        bool | None,
+        typer.Option(
+            "--fallback/--no-fallback",
+            help="serve the source model while the adapted one is estimated worse (default: on for "
+            "steady only; docs/adaptation.md)",
+        ),
+    ] = None,
     source_every: Annotated[
         int | None,
         typer.Option(
             min=0,
-            help="without --fallback, run the source model on every Nth window for its label-free "
-            f"estimate (0: never; default {SOURCE_EVERY})",
+            help="run the source model on every Nth window the policy serves, for its label-free "
+            f"estimate and the fallback (0: never, and no fallback; default {SOURCE_EVERY})",
         ),
     ] = None,
     label_runs: Annotated[
@@ -206,7 +217,7 @@ def replay(
     runs = _label_runs(label_runs, run_serve, run_horizon)
     if option and policy == "all":
         fail("--option sets the options of one policy; name it with --policy")
-    _refuse_idle_flags(policy, fallback, label_runs is True, source_every)
+    _refuse_idle_flags(policy, fallback is True, label_runs is True, source_every)
     options = _policy_option_values(policy, option) if option else None
     try:
         policies, left_out = [policy], {}
@@ -223,7 +234,7 @@ def replay(
             show_progress=sys.stderr.isatty(),
             episodic=episodic,
             per_device=per_device,
-            fallback=DEFAULT_FALLBACK if fallback else None,
+            fallback=AUTO_FALLBACK if fallback is None else DEFAULT_FALLBACK if fallback else None,
             inputs=INPUT_CHOICES[input_alignment],
             runs=runs,
             source_every=SOURCE_EVERY if source_every is None else source_every,

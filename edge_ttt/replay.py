@@ -15,6 +15,7 @@ from edge_ttt.adapt.counters import Counters
 from edge_ttt.adapt.engine import AUTO_INPUTS, DEFAULT_POLICY, SOURCE_EVERY, AutoInputs, Engine
 from edge_ttt.adapt.estimates import class_prior, device_estimates, stream_estimate
 from edge_ttt.adapt.fallback import FallbackOptions
+from edge_ttt.adapt.fallback_setup import AUTO_FALLBACK, AutoFallback
 from edge_ttt.adapt.input_alignment import InputOptions
 from edge_ttt.adapt.label_runs import RunOptions
 from edge_ttt.adapt.ort_model import OrtModel
@@ -131,7 +132,7 @@ def replay(
     show_progress: bool = False,
     episodic: bool = False,
     per_device: bool = True,
-    fallback: FallbackOptions | None = None,
+    fallback: FallbackOptions | AutoFallback | None = AUTO_FALLBACK,
     with_classes: bool = False,
     inputs: InputOptions | AutoInputs | None = AUTO_INPUTS,
     runs: RunOptions | AutoRuns | None = AUTO_RUNS,
@@ -145,8 +146,9 @@ def replay(
     window). `per_device=False` runs every device's windows through one engine. Each policy
     starts from source. `policies=None` means every policy the bundle can run (with `episodic`,
     every gradient one). `fallback`: serve the source model while the adapted one is estimated
-    worse (see `Engine`); off by default. Without it the source model runs on every
-    `source_every`-th window of each engine (0: never), for `source_estimated_accuracy`.
+    worse (see `Engine`; by default ahead of the default policy: `AutoFallback`). The source model
+    runs on every `source_every`-th window each engine's policy serves (0: never), for
+    `source_estimated_accuracy` and the fallback.
     `inputs`: input alignment ahead of every policy (by default where it wins: `AutoInputs`).
     `runs`: the label-run switch (by default ahead of the default policy: `AutoRuns`; see
     `Engine`). `options`: keyword options of the policy

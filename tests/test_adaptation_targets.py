@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from benchmarks.adaptation import (
     FAIL,
-    FALLBACK_COLUMN,
+    NO_FALLBACK_COLUMN,
     NOT_MEASURED,
     PASS,
     TORCH_TENT,
@@ -294,7 +294,7 @@ def test_estimate_error_is_judged_per_stream_and_device():
 
 
 def test_report_marks_the_suites_and_gives_both_means_and_the_estimates():
-    cells = shift_grid({"source": 60.0, "steady": 80.0, FALLBACK_COLUMN: 70.0}, orders=("recorded",))
+    cells = shift_grid({"source": 60.0, "steady": 80.0, NO_FALLBACK_COLUMN: 70.0}, orders=("recorded",))
     cells.update({key: 50.0 for key in cells if key[1] in DEPLOYMENT_SHIFTS and key[4] == "source"})
     res = results(cells)
     for r in res:
@@ -314,11 +314,11 @@ def test_report_marks_the_suites_and_gives_both_means_and_the_estimates():
         "models": {"cnn-bn": {"source_val_accuracy": 0.8, "bundle_sha256": "f" * 64}},
     }
     report = markdown(res, evaluate_targets(res, "steady"), meta)
-    assert "| order | batch | suite | shift | source | steady | steady-fallback |" in report
+    assert "| order | batch | suite | shift | source | steady | steady-no-fallback |" in report
     assert "| recorded | 1 | original | gain | 60.0 | 80.0 | 70.0 |" in report
     assert "| recorded | 1 | deployment | mount | 50.0 | 80.0 | 70.0 |" in report
     assert "| recorded | 1 | original | **mean over corruptions** | 60.0 | 80.0 | 70.0 |" in report
     assert "| recorded | 1 | deployment | **mean over deployment shifts** | 50.0 | 80.0 | 70.0 |" in report
     assert "mount 180° x (upside down) (every triad turned by)" in report and "wrist (mirrored" in report
-    assert "fallback (horizon 256, margin 0.02, min_windows 32)" in report
-    assert "| recorded | 1 | unit | 80.0 | 75.0 | 50.0 | 55.0 | 70.0 | 2 | 25.0 |" in report
+    assert "with its fallback to source (horizon 256, margin 0.02, min_windows 32)" in report
+    assert "| recorded | 1 | unit | 80.0 | 75.0 | 2 | 25.0 | 50.0 | 55.0 | 70.0 |" in report

@@ -26,7 +26,7 @@ def test_one_stream_per_device_in_the_order_asked():
 def _rows(changes: list[float], order: str = "recorded", shift: str = "gain") -> list[dict]:
     return [
         {"shift": shift, "order": order, "device": f"d{i}", "source": 50.0, "steady": 50.0 + c}
-        | {"steady-fallback": 50.0, "steady-instance": 50.0 + 2 * c, "steady-instance-blend": 50.0 + 3 * c}
+        | {"steady-no-fallback": 50.0, "steady-instance": 50.0 + 2 * c, "steady-instance-blend": 50.0 + 3 * c}
         for i, c in enumerate(changes)
     ]
 
@@ -34,7 +34,7 @@ def _rows(changes: list[float], order: str = "recorded", shift: str = "gain") ->
 def test_summary_counts_the_devices_made_worse():
     s = summary(_rows([+3.0, -0.5, -2.0, -7.5]), "steady")
     assert s == {"mean": -1.75, "worst": -7.5, "losing": 2, "losing_5": 1, "devices": 4}
-    assert summary(_rows([+3.0, -0.5]), "steady-fallback")["losing"] == 0
+    assert summary(_rows([+3.0, -0.5]), "steady-no-fallback")["losing"] == 0
 
 
 def test_report_has_a_row_per_shift_and_a_total_per_order():

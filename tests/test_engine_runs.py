@@ -28,7 +28,7 @@ INPUTS = AutoInputs(InputOptions(reliable_quantile=1.0, warmup_windows=0.0))
 NEVER = RunOptions(enter=1.0, leave=1.0)  # no histogram has fewer than one effective class
 # The switch that serves the source model alone, over a horizon the untrained model enters soon.
 SWITCH = RunOptions(horizon=64.0, serve="source", instance_offsets=0.0)
-FALLBACK = FallbackOptions(horizon=8, margin=0.0, min_windows=2)
+FALLBACK = FallbackOptions(horizon=8, margin=0.0, recover=0.0, min_windows=2)
 
 
 def one_activity(n: int, seed: int = 3) -> np.ndarray:

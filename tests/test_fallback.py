@@ -22,6 +22,8 @@ from edge_ttt.adapt.fallback import Fallback, FallbackOptions
 from edge_ttt.adapt.input_alignment import InputOptions
 from edge_ttt.adapt.ort_model import OrtModel
 from edge_ttt.adapt.outputs import Outputs
+from edge_ttt.adapt.predictions import Scored
+from edge_ttt.adapt.softmax import softmax_entropy
 from edge_ttt.artifacts import load_bundle
 from edge_ttt.steadiness import stay_rates
 from tests.model_factory import CLASSES, windows
@@ -116,70 +118,149 @@ def test_without_the_reference_the_estimate_is_the_bound_alone():
     assert steadiness(np.array([3]), [0.9]) == 1.0  # no pair: nothing to say
 
 
-def test_the_fallback_waits_for_min_windows_and_keeps_a_margin_both_ways():
-    f = Fallback(FallbackOptions(horizon=10, margin=0.2, min_windows=4))
-    assert not any(f.update([0.0], [1.0]) for _ in range(3)) and not f.on_source  # too few windows
-    assert f.update([0.0], [1.0]) and f.on_source
+PRIOR = np.full(4, 0.25)
+
+
+def test_the_fallback_switches_past_the_margin_and_returns_within_recover():
+    f = Fallback(
+        FallbackOptions(horizon=40, margin=0.2, recover=0.1, min_windows=8, classes=0.5), PRIOR, None
+    )
+    source = np.repeat(np.arange(4), 10)  # every class, as often: the source's bound is 1
+    assert not f.update(np.zeros(7, np.int64), source[:7])  # too few windows
     f.reset()
-    for _ in range(10):  # within the margin: no switch
-        assert not f.update([0.0, 1.0, 1.0, 1.0, 1.0], [1.0] * 5)
-    with pytest.raises(ValueError, match="min_windows"):
-        FallbackOptions(horizon=4, min_windows=8)
+    assert f.update(np.zeros(40, np.int64), source) and f.on_source  # stuck on one class: 0.25 vs 1
+    half = np.where(source < 2, source, 0)  # two classes right, two taken for class 0: 0.5
+    assert not f.update(half, source) and f.on_source  # 0.5 below: not within recover
+    assert f.update(source, source) and not f.on_source  # as good as source: back
+    nearly = np.where(source < 3, source, 0)  # 0.75: 0.25 below, past the margin again
+    assert f.update(nearly, source) and f.on_source
+    f.update(np.where(np.arange(40) < 34, source, 0), source)  # 0.85: within the margin ...
+    assert f.on_source  # ... but not within recover
 
 
-class Harmful:
-    """Wraps a policy so its predictions are what the test says: `bad` gives uniform logits
-    (estimated wrong), `good` very confident ones (estimated right); the state is the policy's."""
+def test_the_fallback_waits_for_the_source_model_to_see_most_classes():
+    """During one long activity the source model's own mix is narrow: no switch, however the
+    adapted model does; a collapsed adapted model does not keep it shut."""
+    f = Fallback(
+        FallbackOptions(horizon=40, margin=0.1, recover=0.0, min_windows=8, classes=0.7), PRIOR, None
+    )
+    assert not f.update(np.full(40, 3), np.zeros(40, np.int64)) and not f.on_source
+    assert f.update(np.full(40, 3), np.repeat(np.arange(4), 10)) and f.on_source
 
-    def __init__(self, policy) -> None:
-        self.policy, self.mode = policy, "good"
+
+def test_the_fallback_reads_steadiness_and_the_sampled_source_at_its_gap():
+    """A model that confuses classes without changing their mix changes its mind from window to
+    window: the reference's stay rates (here 0.9 at every gap) tell it from a steady one."""
+    f = Fallback(FallbackOptions(horizon=80, margin=0.2, recover=0.1, min_windows=8), PRIOR, [0.9] * 8)
+    source = np.repeat(np.arange(4), 20)
+    sampled = np.where(np.arange(80) % 4 == 0, source, -1)  # every 4th: pairs 4 apart, 16 of 19 stay
+    flapping = np.tile(np.arange(4), 20)  # the prior's mix, never the same class twice
+    assert f.update(flapping, sampled) and f.on_source
+    assert f.source.get() == pytest.approx(min(1.0, (16 / 19) / 0.9))
+    assert f.adapted.get() == 0.0
+
+
+def test_fallback_options_name_what_does_not_fit():
+    for bad, message in {
+        "min_windows": (dict(horizon=4, min_windows=8), "min_windows"),
+        "recover": (dict(margin=0.05, recover=0.1), "recover"),
+        "classes": (dict(classes=1.5), "classes"),
+    }.values():
+        with pytest.raises(ValueError, match=message):
+            FallbackOptions(**bad)
+
+
+def test_a_state_of_the_earlier_rule_starts_the_comparison_afresh():
+    f = Fallback(FallbackOptions(), PRIOR, None)
+    f.update(np.zeros(40, np.int64), np.repeat(np.arange(4), 10))
+    f.load_state({"on_source": np.asarray(True), "adapted": np.ones(5), "source": np.ones(5)})
+    assert not f.on_source and f.adapted.ran() == f.source.ran() == 0
+
+
+RUN = 16  # windows per activity in the scripted streams below
+
+
+class Scripted:
+    """The test's stand-in for both models' predictions, since the test bundle's random model
+    predicts one class on nearly every window: the activity of the window being processed
+    (`label`, set by the test) for the source model and, in `good` mode, for the policy; class 0
+    in `bad` mode (a collapse). The policy's state and the engine around it are real, and the
+    real source pass still runs (for what it does to the shared model)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.policy, self.mode, self.label, self.engine = engine.policy, "good", 0, engine
+        engine.policy = self
+        self.real_source = engine._source
+        engine._source = self.source
 
     def __getattr__(self, name: str):
         return getattr(self.policy, name)
 
-    def _shape(self, out: Outputs) -> Outputs:
-        logits = (
-            np.zeros_like(out.logits) if self.mode == "bad" else 50.0 * np.eye(CLASSES)[out.logits.argmax(1)]
-        )
-        return Outputs(logits.astype(np.float32), out.moments, out.loss)
+    def _logits(self, n: int, label: int) -> np.ndarray:
+        return (50.0 * np.eye(CLASSES)[np.full(n, label)]).astype(np.float32)
+
+    def _served(self, out: Outputs, n: int) -> Outputs:
+        return Outputs(self._logits(n, 0 if self.mode == "bad" else self.label), out.moments, out.loss)
 
     def update(self, x: np.ndarray) -> Outputs:
-        return self._shape(self.policy.update(x))
+        return self._served(self.policy.update(x), len(x))
 
     def predict(self, x: np.ndarray) -> Outputs:
-        return self._shape(self.policy.predict(x))
+        return self._served(self.policy.predict(x), len(x))
+
+    def source(self, x: np.ndarray, owner: object, follow=None) -> Scored:
+        self.real_source(x, owner, follow)
+        probs, entropy = softmax_entropy(self._logits(len(x), self.label).astype(np.float64))
+        return Scored(probs, likely_right(entropy, self.engine.threshold), entropy)
 
 
-def test_the_engine_serves_source_within_min_windows_of_harm_and_returns_when_it_ends(bundle_dir: Path):
-    options = FallbackOptions(horizon=16, margin=0.05, min_windows=8)
-    model = OrtModel(load_bundle(bundle_dir))
-    e = Engine(model, "norm", fallback=options)
-    source = Engine(model, "source")
-    e.policy = Harmful(e.policy)
-    x = windows(64, seed=3)
-    entropy = np.concatenate([source.process(x[i : i + 1]).entropy for i in range(64)])
-    # A threshold at which the source model counts as right on half the windows: room to be better.
-    e.threshold = source.threshold = float(np.median(entropy))
-    e.policy.mode = "bad"
-    served = [e.process(x[i : i + 1]) for i in range(8)]
-    assert not any(p.on_source[0] for p in served)  # decided from earlier windows only
-    assert e.counters.fallbacks == 1 and e.fallback.on_source  # switched at the 8th window
-    later = [e.process(x[i : i + 1]) for i in range(8, 24)]
-    assert all(p.on_source[0] for p in later) and e.counters.windows_on_source == 16
-    for i, p in zip(range(8, 24), later, strict=True):  # the source model's predictions, exactly
-        expected = source.process(x[i : i + 1])
-        np.testing.assert_array_equal(p.probs, expected.probs)
-        assert p.estimated_correct[0] == p.source_estimated_correct[0] == expected.estimated_correct[0]
-    e.policy.mode = "good"
-    back = next(i for i in range(24, 64) if not e.process(x[i : i + 1]).on_source[0] or i == 63)
-    assert not e.fallback.on_source and back < 24 + 16  # within one horizon
-    assert e.counters.fallbacks == 1  # a switch back is not a fallback
+def stream_through(e: Engine, script: Scripted, start: int, stop: int) -> list:
+    x = windows(stop, seed=3)
+    out = []
+    for i in range(start, stop):
+        script.label = (i // RUN) % CLASSES
+        out.append(e.process(x[i : i + 1]))
+    return out
+
+
+def fallback_engine(bundle_dir: Path) -> tuple[Engine, Scripted]:
+    options = FallbackOptions(horizon=96, margin=0.2, recover=0.05, min_windows=8)
+    e = Engine(OrtModel(load_bundle(bundle_dir)), "norm", fallback=options, runs=None)
+    return e, Scripted(e)
+
+
+def test_the_engine_serves_source_once_the_adapted_model_collapses_and_returns_when_it_recovers(
+    bundle_dir: Path,
+):
+    e, script = fallback_engine(bundle_dir)
+    script.mode = "bad"
+    first = stream_through(e, script, 0, 96)
+    switched = next(i for i, p in enumerate(first) if p.on_source[0])
+    assert e.counters.fallbacks == 1 and e.fallback.on_source
+    assert 8 < switched < 96  # once the source model has seen most classes, within one horizon
+    assert all(p.classes[0] == 0 for p in first[:switched])  # decided from earlier windows only
+    served = first[switched:]
+    assert all(p.classes[0] == (switched + i) // RUN % CLASSES for i, p in enumerate(served))
+    # The source model's estimate keeps to every 4th window, whichever model serves.
+    assert [i for i, p in enumerate(first) if p.source_classes[0] >= 0] == list(range(0, 96, 4))
+    assert e.counters.windows_on_source == len(served)
+    script.mode = "good"
+    later = stream_through(e, script, 96, 192)
+    back = next(i for i, p in enumerate(later) if not p.on_source[0])
+    assert back < 96 and not e.fallback.on_source and e.counters.fallbacks == 1  # back is no fallback
+    assert all(p.classes[0] == (96 + i) // RUN % CLASSES for i, p in enumerate(later))
+
+
+def test_without_harm_the_policy_serves_and_the_source_runs_on_every_fourth_window(bundle_dir: Path):
+    e, script = fallback_engine(bundle_dir)
+    out = stream_through(e, script, 0, 96)
+    assert not any(p.on_source[0] for p in out) and e.counters.fallbacks == 0
+    assert [i for i, p in enumerate(out) if p.source_classes[0] >= 0] == list(range(0, 96, 4))
 
 
 class HarmfulAlignment:
-    """Wraps the engine's input alignment: `bad` squeezes every channel tenfold (windows the test
-    model is less sure of than of any raw one, and not flat), `good` is the alignment's own output;
-    learning and state are the alignment's."""
+    """Wraps the engine's input alignment: `bad` squeezes every channel tenfold, `good` is the
+    alignment's own output; learning and state are the alignment's."""
 
     def __init__(self, inputs) -> None:
         self.inputs, self.mode = inputs, "good"
@@ -191,26 +272,27 @@ class HarmfulAlignment:
         return 0.1 * x if self.mode == "bad" else self.inputs.apply(x, offset_floor)
 
 
-def test_the_fallback_judges_what_the_input_alignment_feeds_the_model(bundle_dir: Path):
-    options = FallbackOptions(horizon=16, margin=0.05, min_windows=8)
+def test_the_source_model_serves_the_raw_windows_not_what_the_alignment_made(bundle_dir: Path):
     model = OrtModel(load_bundle(bundle_dir))
-    e = Engine(model, "norm", fallback=options, inputs=InputOptions())
+    e = Engine(model, "norm", fallback=FallbackOptions(), inputs=InputOptions())
     source = Engine(model, "source", inputs=None)
     e.inputs = HarmfulAlignment(e.inputs)
-    x = windows(64, seed=3)
-    entropy = np.concatenate([source.process(x[i : i + 1]).entropy for i in range(64)])
-    e.threshold = source.threshold = float(np.median(entropy))  # source right on half the windows
     e.inputs.mode = "bad"
+    e.fallback.on_source = True  # as after a fallback
+    x = windows(8, seed=3)
     for i in range(8):
-        assert not e.process(x[i : i + 1]).on_source[0]
-    assert e.fallback.on_source and e.counters.fallbacks == 1
-    for i in range(8, 24):  # the source model on the raw windows, not on what the alignment made
         p, expected = e.process(x[i : i + 1]), source.process(x[i : i + 1])
         assert p.on_source[0]
         np.testing.assert_array_equal(p.probs, expected.probs)
-    e.inputs.mode = "good"  # back once the statistics `norm` took from the squeezed windows fade
-    back = next(i for i in range(24, 64) if not e.process(x[i : i + 1]).on_source[0] or i == 63)
-    assert not e.fallback.on_source and back < 63 and e.counters.fallbacks == 1
+
+
+def test_the_fallback_is_on_by_default_ahead_of_the_default_policy_only(bundle_dir: Path):
+    model = OrtModel(load_bundle(bundle_dir))
+    assert Engine(model, "steady").fallback is not None
+    assert Engine(model, "norm").fallback is None and Engine(model, "source").fallback is None
+    assert Engine(model, "steady", source_every=0).fallback is None  # it could compare with nothing
+    with pytest.raises(ValueError, match="source_every must be at least 1"):
+        Engine(model, "steady", fallback=FallbackOptions(), source_every=0)
 
 
 def test_without_a_fallback_the_policy_always_serves(bundle_dir: Path):
@@ -224,19 +306,17 @@ def test_without_a_fallback_the_policy_always_serves(bundle_dir: Path):
 
 
 def test_the_fallback_state_survives_a_restart(bundle_dir: Path, tmp_path: Path):
-    model = OrtModel(load_bundle(bundle_dir))
-    options = FallbackOptions(horizon=16, margin=0.05, min_windows=4)
-    e = Engine(model, "norm", fallback=options)
-    e.policy = Harmful(e.policy)
-    e.policy.mode = "bad"
-    for i in range(6):
-        e.process(windows(1, seed=i))
+    e, script = fallback_engine(bundle_dir)
+    script.mode = "bad"
+    stream_through(e, script, 0, 96)
     assert e.fallback.on_source
     e.save_state(tmp_path / "s.npz")
-    again = Engine(model, "norm", fallback=options)
+    again, _ = fallback_engine(bundle_dir)
     again.load_state(tmp_path / "s.npz")
     assert again.fallback.on_source and again.counters.fallbacks == 1
-    assert np.array_equal(again.fallback.adapted.state(), e.fallback.adapted.state())
+    for a, b in zip(again.fallback.state().values(), e.fallback.state().values(), strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert again.fallback.adapted.get() == e.fallback.adapted.get()
 
 
 def test_export_writes_the_held_out_stay_rates_and_the_manifest_checks_them(bundle_dir: Path):

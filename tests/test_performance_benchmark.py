@@ -20,7 +20,6 @@ from benchmarks.performance import (  # noqa: E402
     TORCH_TENT,
     TRAIN_PASS,
     UNGATED,
-    WITH_FALLBACK,
     evaluate_targets,
     in_batches,
     markdown,
@@ -55,9 +54,8 @@ def test_summary_is_per_window():
     assert s["median_ms"] == pytest.approx(1.0) and s["p90_ms"] == pytest.approx(1.1) and s["calls"] == 10
 
 
-def rows(ungated: float, torch_tent: float, source: float, fallback: float | None = None) -> list[dict]:
+def rows(ungated: float, torch_tent: float, source: float) -> list[dict]:
     values = {UNGATED: ungated, TORCH_TENT: torch_tent, "source": source}
-    values[WITH_FALLBACK] = ungated if fallback is None else fallback
     return [
         {"model": "m", "batch_size": 1, "column": c, "median_ms": v, "p90_ms": v, "counters": None}
         for c, v in values.items()
@@ -96,21 +94,20 @@ def results(**overrides) -> dict:
 
 
 def test_targets_pass_on_good_numbers():
-    assert [t.status for t in evaluate_targets(results())] == [PASS] * 6
+    assert [t.status for t in evaluate_targets(results())] == [PASS] * 5
 
 
 def test_each_target_fails_on_its_own_number():
     cases = {
-        0: {"windows": rows(ungated=0.6, torch_tent=1.0, source=0.3, fallback=0.45)},  # over half of torch
+        0: {"windows": rows(ungated=0.6, torch_tent=1.0, source=0.3)},  # over half of torch
         1: {"windows": rows(ungated=0.4, torch_tent=1.0, source=0.1)},  # 4x inference
         2: {"gate": [gate(0.5, 0.75)]},  # the gate costs accuracy
         3: {"rss": [rss(120, 300)]},
         4: {"replay": [{"model": "m", "x_real_time": 150.0}]},
-        5: {"windows": rows(ungated=0.4, torch_tent=1.0, source=0.3, fallback=0.55)},
     }
     for index, override in cases.items():
         statuses = [t.status for t in evaluate_targets(results(**override))]
-        assert statuses == [FAIL if i == index else PASS for i in range(6)], index
+        assert statuses == [FAIL if i == index else PASS for i in range(5)], index
     slower = evaluate_targets(results(gate=[gate(1.2, 0.80)]))[2]
     assert slower.status == FAIL and "missed" in slower.details[0]
 
@@ -128,7 +125,7 @@ def test_memory_target_fails_when_the_device_environment_has_torch():
 
 def test_nothing_measured():
     statuses = [t.status for t in evaluate_targets({"windows": [], "gate": [], "rss": [], "replay": []})]
-    assert statuses == [NOT_MEASURED] * 6
+    assert statuses == [NOT_MEASURED] * 5
 
 
 def test_ratio_needs_both_columns():

@@ -116,7 +116,7 @@ def test_channels_in_another_order_get_the_import_that_fixes_them(bundle_dir: Pa
     [
         (["--policy", "source", "--fallback"], "--fallback serves the source model while the adapted one"),
         (["--policy", "source", "--label-runs"], "--label-runs holds an adapting policy still"),
-        (["--fallback", "--source-every", "2"], "--source-every does nothing with --fallback"),
+        (["--fallback", "--source-every", "0"], "--fallback compares with the source model"),
         (["--policy", "source", "--source-every", "4"], "--source-every does nothing with --policy source"),
     ],
 )

@@ -104,7 +104,7 @@ def test_the_source_pass_changes_nothing_the_policy_serves_or_learns(bundle_dir:
     """The source model runs on the shared model with its own parameters and statistics, however
     far the policy moved from them (here by large steps), and the policy's are back before its
     next window."""
-    sampled = Engine(OrtModel(load_bundle(bundle_dir)), "steady", AGGRESSIVE_STEADY)
+    sampled = Engine(OrtModel(load_bundle(bundle_dir)), "steady", AGGRESSIVE_STEADY, fallback=None)
     plain = Engine(OrtModel(load_bundle(bundle_dir)), "steady", AGGRESSIVE_STEADY, source_every=0)
     source = run(Engine(OrtModel(load_bundle(bundle_dir)), "source"), stream, 1)
     with_sample, without = run(sampled, stream, 1), run(plain, stream, 1)

@@ -14,7 +14,7 @@ the truth), `targets`, `report` (the Markdown; `paced_report` its paced table an
 
 from benchmarks.adaptation.cells import (
     COLUMNS,
-    FALLBACK_COLUMN,
+    NO_FALLBACK_COLUMN,
     ORDERS,
     TORCH_TENT,
     TORCH_TENT_LR,
@@ -42,8 +42,8 @@ __all__ = [
     "AUX_POLICY",
     "COLUMNS",
     "FAIL",
-    "FALLBACK_COLUMN",
     "NOT_MEASURED",
+    "NO_FALLBACK_COLUMN",
     "ORDERS",
     "PASS",
     "TARGET_MODEL",

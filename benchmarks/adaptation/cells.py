@@ -27,7 +27,8 @@ from edge_ttt.adapt.engine import (
     Engine,
 )
 from edge_ttt.adapt.estimates import class_prior, device_estimates, stream_estimate
-from edge_ttt.adapt.fallback import DEFAULT_FALLBACK, FallbackOptions
+from edge_ttt.adapt.fallback import FallbackOptions
+from edge_ttt.adapt.fallback_setup import AUTO_FALLBACK, AutoFallback
 from edge_ttt.adapt.input_alignment import InputOptions
 from edge_ttt.adapt.label_runs import RunOptions
 from edge_ttt.adapt.ort_model import OrtModel
@@ -48,12 +49,12 @@ TORCH_TENT_LR = 1e-3
 
 @dataclass(frozen=True)
 class Variant:
-    """How a column runs: the engine's policy, its options, its fallback (None: no fallback), its
-    input alignment and its label-run switch (None: off)."""
+    """How a column runs: the engine's policy, its options, its fallback to source, its input
+    alignment and its label-run switch (None: off; by default each as the engine runs it)."""
 
     policy: str
     options: dict[str, Any] = field(default_factory=dict)
-    fallback: FallbackOptions | None = None
+    fallback: FallbackOptions | AutoFallback | None = AUTO_FALLBACK  # as the engine runs by default
     inputs: InputOptions | AutoInputs | None = AUTO_INPUTS  # as the engine runs by default
     runs: RunOptions | AutoRuns | None = AUTO_RUNS  # as the engine runs by default
 
@@ -63,7 +64,7 @@ class Variant:
         return Engine(model, self.policy, self.options, **how)
 
 
-FALLBACK_COLUMN = f"{DEFAULT_POLICY}-fallback"
+NO_FALLBACK_COLUMN = f"{DEFAULT_POLICY}-no-fallback"
 INPUT_COLUMN = "input"  # input alignment alone, ahead of the source model
 DEFAULT_INPUT_COLUMN = f"{DEFAULT_POLICY}+input"
 UNALIGNED_COLUMN = f"{DEFAULT_POLICY}-unaligned"
@@ -76,8 +77,8 @@ NO_DENOISE_COLUMN = f"{DEFAULT_POLICY}-no-denoise"
 # Columns that are not a policy as the engine runs it by default: name -> Variant.
 VARIANTS = {
     "ttt-episodic": Variant("ttt", {"episodic": True}),
-    # The default policy with the opt-in fallback to source (docs/adaptation.md).
-    FALLBACK_COLUMN: Variant(DEFAULT_POLICY, fallback=DEFAULT_FALLBACK),
+    # The default policy without its fallback to source (docs/adaptation.md), as it ran before 2026-12-06.
+    NO_FALLBACK_COLUMN: Variant(DEFAULT_POLICY, fallback=None),
     # Input alignment (docs/adaptation.md), alone and ahead of the default policy.
     INPUT_COLUMN: Variant("source", inputs=InputOptions()),
     DEFAULT_INPUT_COLUMN: Variant(DEFAULT_POLICY, inputs=InputOptions()),
@@ -109,7 +110,7 @@ COLUMNS = (*POLICIES, *VARIANTS)
 
 def variant(column: str) -> Variant:
     """A column's engine settings: a variant's own, else the policy as the engine runs it by
-    default (no fallback), as the agent and replay do."""
+    default, as the agent and replay do."""
     return VARIANTS.get(column, Variant(column))
 
 

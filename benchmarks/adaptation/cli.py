@@ -29,7 +29,7 @@ from benchmarks.adaptation.peer_targets import target_default_vs_peers, target_p
 from benchmarks.adaptation.report import markdown
 from benchmarks.adaptation.targets import evaluate_targets
 from benchmarks.harness import _batch_sizes, add_output_options, machine_info, name_list, progress, share
-from edge_ttt.adapt.engine import DEFAULT_POLICY, AutoInputs, AutoRuns
+from edge_ttt.adapt.engine import DEFAULT_POLICY, SOURCE_EVERY, AutoFallback, AutoInputs, AutoRuns
 from edge_ttt.adapt.fallback import DEFAULT_FALLBACK
 from edge_ttt.artifacts import Bundle, load_bundle
 from export.models import MODELS
@@ -53,7 +53,10 @@ def _model_info(bundle: Bundle) -> dict:
 
 def _column_info(column: str) -> dict:
     how = variant(column)
-    fallback = None if how.fallback is None else dataclasses.asdict(how.fallback)
+    fallback = how.fallback
+    if isinstance(fallback, AutoFallback):  # as the engine resolves it for the column
+        fallback = fallback.resolve(how.policy, SOURCE_EVERY)
+    fallback = None if fallback is None else dataclasses.asdict(fallback)
     inputs = (
         None
         if how.inputs is None

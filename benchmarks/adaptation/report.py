@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from benchmarks.adaptation.cells import FALLBACK_COLUMN, ORDERS, TORCH_TENT, TORCH_TENT_LR
+from benchmarks.adaptation.cells import NO_FALLBACK_COLUMN, ORDERS, TORCH_TENT, TORCH_TENT_LR
 from benchmarks.adaptation.paced_report import paced_rows
 from benchmarks.adaptation.targets import accuracies, mean_over_corruptions, mean_over_deployment_shifts
 from benchmarks.harness import Target, pct, share, target_lines
@@ -65,8 +65,8 @@ def _options(options: dict) -> str:
 
 
 def _estimate_rows(results: list[dict], model: str, default: str) -> list[str]:
-    """Per stream: the default policy's true and estimated accuracy, the source model's (its own
-    cell), and the default policy with its opt-in fallback: accuracy, switches, share on source."""
+    """Per stream: the default policy's true and estimated accuracy, its switches to source and share
+    of windows on source, the source model's (its own cell), and the policy without the fallback."""
     cells = {
         (r["order"], r["batch_size"], r["corruption"], r["policy"]): r for r in results if r["model"] == model
     }
@@ -78,28 +78,25 @@ def _estimate_rows(results: list[dict], model: str, default: str) -> list[str]:
         return []
     lines = [
         "",
-        f"Label-free estimates (per device class-mix bound, weighted by windows), % over the stream: "
-        f"`{default}` true and estimated, `source` true and estimated, and `{FALLBACK_COLUMN}` (the same "
-        "policy with the opt-in fallback): accuracy, switches to source, share of windows on source.",
+        f"Label-free estimates (per device class-mix bound times steadiness, weighted by windows), % "
+        f"over the stream: `{default}` true and estimated, its switches to source and share of windows "
+        f"on source, `source` true and estimated, and `{NO_FALLBACK_COLUMN}` (the same policy without "
+        "the fallback).",
         "",
-        f"| order | batch | shift | {default} | estimated | source | estimated | {FALLBACK_COLUMN} | "
-        "fallbacks | on source |",
+        f"| order | batch | shift | {default} | estimated | fallbacks | on source | source | estimated | "
+        f"{NO_FALLBACK_COLUMN} |",
         "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for order, batch, name in keys:
         r = cells[(order, batch, name, default)]
         source = cells.get((order, batch, name, "source"), {})
-        fallback = cells.get((order, batch, name, FALLBACK_COLUMN))
-        counters = fallback["counters"] if fallback else None
-        switched = ["-", "-", "-"]
-        if fallback:
-            on_source = counters["windows_on_source"] / max(counters["windows"], 1)
-            switched = [share(fallback["accuracy"]), str(counters["fallbacks"]), share(on_source)]
+        without = cells.get((order, batch, name, NO_FALLBACK_COLUMN), {})
+        counters = r["counters"] or {}
+        on_source = counters.get("windows_on_source", 0) / max(counters.get("windows", 0), 1)
         lines.append(
             f"| {order} | {batch} | {name} | {share(r['accuracy'])} | {share(r['estimated_accuracy'])} | "
-            f"{share(source.get('accuracy'))} | {share(source.get('estimated_accuracy'))} | "
-            + " | ".join(switched)
-            + " |"
+            f"{counters.get('fallbacks', '-')} | {share(on_source)} | {share(source.get('accuracy'))} | "
+            f"{share(source.get('estimated_accuracy'))} | {share(without.get('accuracy'))} |"
         )
     return lines
 
@@ -124,9 +121,8 @@ def markdown(results: list[dict], targets: list[Target], meta: dict, paced: list
         f"Accuracy (%) on the smartwatch target subjects, severity {severity}: {levels}. Rows of suite "
         "`original` are the corruption suite, `deployment` the deployment shifts. "
         f"`{TORCH_TENT}` is the PyTorch eager Tent (lr {TORCH_TENT_LR:g}). Every policy runs as the "
-        f"engine runs it by default, without the fallback to source; the default policy is "
-        f"{default or 'none defined'}, and `{FALLBACK_COLUMN}` is it with the opt-in fallback "
-        f"({_options(meta['fallback'])}).",
+        f"engine runs it by default; the default policy is {default or 'none defined'}, with its "
+        f"fallback to source ({_options(meta['fallback'])}), and `{NO_FALLBACK_COLUMN}` is it without.",
     ]
     for model in dict.fromkeys(r["model"] for r in results):
         info = meta["models"][model]

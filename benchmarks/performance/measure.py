@@ -20,7 +20,6 @@ from benchmarks.adaptation import AUX_MODEL, Cell, ModelPaths, make_stream
 from benchmarks.harness import progress
 from benchmarks.torch_tent import TorchTent
 from edge_ttt.adapt.engine import DEFAULT_POLICY, SOURCE_EVERY, Engine
-from edge_ttt.adapt.fallback import DEFAULT_FALLBACK
 from edge_ttt.adapt.ort_model import OrtModel
 from edge_ttt.adapt.policies.steady import Steady
 from edge_ttt.artifacts import load_bundle
@@ -35,8 +34,8 @@ ENGINE_POLICIES = ("source", "norm", "tent", DEFAULT_POLICY)
 TORCH_INFERENCE, TORCH_TENT = "torch-inference", "torch-tent"
 UNGATED = f"{DEFAULT_POLICY}-ungated"  # the default policy with its drift gate always open
 UNGATED_OPTIONS = {"gate_shift": 0.0, "gate_spread": 0.0}
-# The same with the fallback on: the source model's forward and both estimates on every window.
-WITH_FALLBACK = f"{UNGATED}+fallback"
+# The same without its fallback to source (on by default since 2026-12-06): what the fallback costs.
+NO_FALLBACK = f"{UNGATED}-no-fallback"
 # The same without input alignment (which the engine puts ahead of the default policy by default).
 UNALIGNED = f"{UNGATED}-unaligned"
 # The same with a gradient step on every window (`step_every=1`), as before the steps were sampled.
@@ -49,7 +48,7 @@ COLUMNS = (
     UNGATED,
     UNALIGNED,
     EVERY_STEP,
-    WITH_FALLBACK,
+    NO_FALLBACK,
     TRAIN_PASS,
     TORCH_INFERENCE,
     TORCH_TENT,
@@ -109,9 +108,7 @@ def window_runners(paths: ModelPaths) -> tuple[dict[str, Runner], dict[str, Engi
     engines[UNGATED] = Engine(OrtModel(bundle, threads=1), options=UNGATED_OPTIONS)
     engines[UNALIGNED] = Engine(OrtModel(bundle, threads=1), options=UNGATED_OPTIONS, inputs=None)
     engines[EVERY_STEP] = Engine(OrtModel(bundle, threads=1), options={**UNGATED_OPTIONS, "step_every": 1})
-    engines[WITH_FALLBACK] = Engine(
-        OrtModel(bundle, threads=1), options=UNGATED_OPTIONS, fallback=DEFAULT_FALLBACK
-    )
+    engines[NO_FALLBACK] = Engine(OrtModel(bundle, threads=1), options=UNGATED_OPTIONS, fallback=None)
     bare = OrtModel(bundle, threads=1)
     stats = bare.source_stats()
 

@@ -17,7 +17,8 @@ import numpy as np
 from edge_ttt.adapt.alignment_setup import AUTO_INPUTS, AutoInputs, for_bundle
 from edge_ttt.adapt.counters import Counters
 from edge_ttt.adapt.estimates import entropy_threshold, likely_right
-from edge_ttt.adapt.fallback import Fallback, FallbackOptions
+from edge_ttt.adapt.fallback import FallbackOptions
+from edge_ttt.adapt.fallback_setup import AUTO_FALLBACK, AutoFallback, fallback_for
 from edge_ttt.adapt.flat import prefixed, unprefixed
 from edge_ttt.adapt.guard import InputLimits
 from edge_ttt.adapt.input_alignment import InputOptions
@@ -25,7 +26,7 @@ from edge_ttt.adapt.instance_offsets import FirstNorm
 from edge_ttt.adapt.label_runs import LabelRuns, RunOptions
 from edge_ttt.adapt.ort_model import OrtModel
 from edge_ttt.adapt.policies import DEFAULT_POLICY, POLICY_TYPES, Policy, create
-from edge_ttt.adapt.predictions import Predictions, Scored, blended, handed_out, not_run
+from edge_ttt.adapt.predictions import Predictions, Scored, blended, handed_out, not_run, ran_classes
 from edge_ttt.adapt.report import Report
 from edge_ttt.adapt.runs_setup import AUTO_RUNS, AutoRuns
 from edge_ttt.adapt.screen import Screened, adapting, screen, source_view, teaching
@@ -37,14 +38,16 @@ FALLBACK_STATE = "fallback"  # the prefix of the fallback's arrays in a state fi
 INPUT_STATE = "input"  # the prefix of the input alignment's arrays
 RUNS_STATE = "runs"  # the prefix of the label-run detector's arrays
 PARTS = (FALLBACK_STATE, INPUT_STATE, RUNS_STATE)  # the state's parts beside the policy's
-SOURCE_EVERY = 4  # without a fallback, the source model's estimate from every 4th window (docs/adaptation.md)
+SOURCE_EVERY = 4  # the source model's estimate from every 4th window the policy serves (docs/adaptation.md)
 
 __all__ = [
+    "AUTO_FALLBACK",
     "AUTO_INPUTS",
     "AUTO_RUNS",
     "DEFAULT_POLICY",
     "POLICIES",
     "SOURCE_EVERY",
+    "AutoFallback",
     "AutoInputs",
     "AutoRuns",
     "Counters",
@@ -66,11 +69,10 @@ class Engine:
     The option `episodic=True` (gradient policies only) runs the policy episodically: each batch
     is adapted on and predicted, then the policy returns to its state before it (`Policy.episode`).
 
-    With a `fallback`, every window also goes through the source model and both models'
-    label-free estimates (`edge_ttt.adapt.estimates`) decide which serves (`Fallback`). Without
-    (the default: docs/adaptation.md) the policy serves, and the source model runs for its
-    estimate on every `source_every`-th window `process` takes outside a label run (0: never),
-    counted from this engine's start (a restored engine counts afresh); `source` is its own.
+    The source model runs for its label-free estimate on every `source_every`-th window `process`
+    takes outside a label run (0: never; counted from this engine's start, a restored engine counts
+    afresh); `source` is its own. With a `fallback` (by default, `AUTO_FALLBACK`, ahead of the
+    default policy) both models' estimates decide which serves (`Fallback`).
 
     `inputs` puts input alignment (`edge_ttt.adapt.input_alignment`) ahead of the policy: every
     window is corrected per channel before the model sees it, and the valid ones teach the
@@ -87,7 +89,7 @@ class Engine:
         policy: str = DEFAULT_POLICY,
         options: dict[str, Any] | None = None,
         limits: InputLimits | None = None,
-        fallback: FallbackOptions | None = None,
+        fallback: FallbackOptions | AutoFallback | None = AUTO_FALLBACK,
         inputs: InputOptions | AutoInputs | None = AUTO_INPUTS,
         runs: RunOptions | AutoRuns | None = AUTO_RUNS,
         source_every: int = SOURCE_EVERY,
@@ -113,9 +115,8 @@ class Engine:
         except TypeError as exc:
             raise ValueError(f"policy {policy!r}: bad option ({exc})") from None
         self.threshold = entropy_threshold(model.manifest)
-        self.fallback = None if fallback is None or policy == "source" else Fallback(fallback)
-        # A fallback runs the source model on every window; the `source` policy is that model.
-        self.source_every = source_every if self.fallback is None and policy != "source" else 0
+        self.fallback = fallback_for(fallback, policy, model.manifest, source_every)
+        self.source_every = source_every if policy != "source" else 0
         self._sampled = 0  # windows counted for `source_every` so far
         if isinstance(inputs, AutoInputs):
             inputs = inputs.resolve(policy, model.manifest)
@@ -163,8 +164,8 @@ class Engine:
         self.counters.rejected_invalid += n_invalid
         self.counters.windows_filled += int(np.count_nonzero(s.filled))
         adapted = Scored(probs, likely_right(entropy, self.threshold), entropy)
-        if self.fallback is not None:  # the source model sees the raw windows
-            return self._serve(source_view(x, valid, self.limits), valid, adapted)
+        if self.fallback is not None:
+            return self._serve(x, valid, adapted)
         return self._alone(valid, adapted, self._sample(x, valid))
 
     def predict(self, x: np.ndarray) -> Predictions:
@@ -177,11 +178,10 @@ class Engine:
         x, _, checks, clean, _ = self._screen(x)
         probs, entropy = self.policy.predict(clean).softmax
         adapted = Scored(probs, likely_right(entropy, self.threshold), entropy)
-        if self.fallback is None:
+        if self.fallback is None or not self.fallback.on_source:
             return self._alone(checks.valid, adapted, not_run(len(x)))
         source = self._source(source_view(x, checks.valid, self.limits), self.fallback)
-        on_source = self.fallback.on_source
-        return handed_out(checks.valid, source if on_source else adapted, source, on_source)
+        return handed_out(checks.valid, source, not_run(len(x)), on_source=True)
 
     def _in_run(self, x: np.ndarray, learn: bool) -> Predictions:
         """A label run: the policy's statistics would follow the activity, so the source model serves
@@ -236,10 +236,11 @@ class Engine:
             return handed_out(valid, adapted, adapted, on_source=False)
         return handed_out(valid, adapted, source, on_source=False)
 
-    def _sample(self, x: np.ndarray, valid: np.ndarray) -> Scored:
+    def _sample(self, x: np.ndarray, valid: np.ndarray, served: Scored | None = None) -> Scored:
         """The source model's view of the batch's windows due for its estimate (every
-        `source_every`-th, counted across batches): only those rows go through it, as `_serve`
-        runs it, served as this engine (an owner other than the policy)."""
+        `source_every`-th, counted across batches), served as this engine (an owner other than the
+        policy): only those rows go through it, or they are taken from its view of every window
+        where it `served` (the estimate weighs every stretch of the stream alike)."""
         n, first = len(x), self._sampled
         self._sampled += n
         offset = -first % self.source_every if self.source_every else n  # the batch's first due window
@@ -247,7 +248,10 @@ class Engine:
             return not_run(n)
         due = np.zeros(n, bool)
         due[offset :: self.source_every] = True
-        ran = self._source(source_view(x[due], valid[due], self.limits), self)
+        if served is None:
+            ran = self._source(source_view(x[due], valid[due], self.limits), self)
+        else:
+            ran = Scored(served.probs[due], served.estimate[due], None)
         probs, estimate = np.zeros((n, ran.probs.shape[1])), np.full(n, np.nan)
         probs[due], estimate[due] = ran.probs, ran.estimate
         return Scored(probs, estimate, None)
@@ -264,25 +268,21 @@ class Engine:
         return Scored(probs, likely_right(entropy, self.threshold), entropy)
 
     def _serve(self, x: np.ndarray, valid: np.ndarray, adapted: Scored) -> Predictions:
-        """Run the source model on the batch and serve it where the fallback says so (decided on
-        the windows before this batch); then both models' estimates on the valid windows move
-        the fallback. The adapted model's estimate is its own whichever model served."""
-        source = self._source(x, self.fallback)
-        on_source = self.fallback.on_source
+        """Serve the source model where the fallback says so (decided on the windows before this
+        batch; it runs on every window then, its estimate keeps to the sampled ones); then both
+        models' classes on the valid windows where they ran move the fallback. The adapted model's
+        are its own whichever served."""
+        on_source, served = self.fallback.on_source, None
         if on_source:
+            served = self._source(source_view(x, valid, self.limits), self.fallback)
             self.counters.windows_on_source += len(x)
-        if self.fallback.update(adapted.estimate[valid], source.estimate[valid]):
-            if self.fallback.on_source:
-                self.counters.fallbacks += 1
-            log.info(
-                "%s serves now: estimated accuracy %s %.3f, source %.3f over the last %d windows",
-                "source" if self.fallback.on_source else self.policy_name,
-                self.policy_name,
-                self.fallback.adapted.get(),
-                self.fallback.source.get(),
-                len(self.fallback.adapted),
-            )
-        return handed_out(valid, source if on_source else adapted, source, on_source)
+        source = self._sample(x, valid, served)
+        ran = ran_classes(source if served is None else served)
+        if self.fallback.update(adapted.probs.argmax(axis=1)[valid], ran[valid]):
+            self.counters.fallbacks += self.fallback.on_source
+            now = "source" if self.fallback.on_source else self.policy_name
+            log.info("%s serves now: %s", now, self.fallback.describe(self.policy_name))
+        return handed_out(valid, served if on_source else adapted, source, on_source)
 
     def snapshot(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         """The adapted state as copies (arrays, metadata): written later, e.g. on another thread,

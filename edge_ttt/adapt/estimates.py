@@ -20,7 +20,6 @@ against how often the source model's stayed on held-out source windows (`edge_tt
 
 from __future__ import annotations
 
-from collections import deque
 from typing import Any
 
 import numpy as np
@@ -110,44 +109,3 @@ def stream_estimate(estimates: dict[Any, tuple[int, float | None]]) -> float | N
     known = [(n, e) for n, e in estimates.values() if e is not None and n > 0]
     total = sum(n for n, _ in known)
     return sum(n * e for n, e in known) / total if total else None
-
-
-class RollingMean:
-    """The mean of the last `horizon` values, in O(1) per value (river's `update`/`get` shape).
-
-    >>> m = RollingMean(3)
-    >>> m.update([1.0, 0.0]).get()
-    0.5
-    >>> m.update([1.0, 1.0]).get()  # the first value has left the window
-    0.6666666666666666
-    >>> RollingMean(3).get() is None
-    True
-    """
-
-    def __init__(self, horizon: int) -> None:
-        if horizon < 1:
-            raise ValueError(f"horizon must be at least 1, got {horizon}")
-        self.horizon = horizon
-        self._values: deque[float] = deque(maxlen=horizon)
-        self._sum = 0.0
-
-    def update(self, values) -> RollingMean:
-        for v in np.asarray(values, np.float64).ravel():
-            if len(self._values) == self.horizon:
-                self._sum -= self._values[0]
-            self._values.append(float(v))
-            self._sum += float(v)
-        return self
-
-    def get(self) -> float | None:
-        return self._sum / len(self._values) if self._values else None
-
-    def __len__(self) -> int:
-        return len(self._values)
-
-    def state(self) -> np.ndarray:
-        return np.array(self._values, np.float64)
-
-    def load_state(self, values: np.ndarray) -> None:
-        self._values = deque((float(v) for v in np.asarray(values, np.float64)), maxlen=self.horizon)
-        self._sum = float(sum(self._values))

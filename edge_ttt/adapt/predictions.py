@@ -21,7 +21,7 @@ class Predictions:
     estimated_correct: np.ndarray  # float32 [n], 1.0: the served prediction is likely right
     source_estimated_correct: np.ndarray  # float32 [n], the same for the source model; NaN: not run
     on_source: np.ndarray  # bool [n]; True: the source model served this window (fallback)
-    source_classes: np.ndarray  # int64 [n], the source model's predictions; -1: not run
+    source_classes: np.ndarray  # int64 [n], the source model's, on windows sampled for its estimate; else -1
 
     def __len__(self) -> int:
         return len(self.classes)
@@ -65,7 +65,12 @@ def handed_out(valid: np.ndarray, served: Scored, source: Scored, on_source: boo
         served.estimate.astype(np.float32),
         source.estimate.astype(np.float32),
         np.full(n, on_source),
-        np.full(n, -1)
-        if source.probs is None
-        else np.where(np.isnan(source.estimate), -1, source.probs.argmax(axis=1)),
+        ran_classes(source),
     )
+
+
+def ran_classes(view: Scored) -> np.ndarray:
+    """A model's class per window of its view, -1 where it did not run."""
+    if view.probs is None:
+        return np.full(len(view.estimate), -1)
+    return np.where(np.isnan(view.estimate), -1, view.probs.argmax(axis=1))

@@ -23,6 +23,7 @@ from pydantic import (
 
 from edge_ttt.adapt.engine import SOURCE_EVERY, AutoInputs, AutoRuns
 from edge_ttt.adapt.fallback import FallbackOptions
+from edge_ttt.adapt.fallback_setup import AutoFallback
 from edge_ttt.adapt.input_alignment import InputOptions
 from edge_ttt.adapt.label_runs import RunOptions, ServeMode
 from edge_ttt.adapt.policies import DEFAULT_POLICY, POLICY_TYPES, misfit
@@ -77,19 +78,26 @@ class FallbackSection(Section):
     """`[model.fallback]`: serve the source model while the adapted one is estimated worse
     (`edge_ttt.adapt.fallback`); the other keys are `FallbackOptions`' fields."""
 
-    enabled: bool = False  # off until the estimates are good enough: docs/adaptation.md
+    enabled: bool | Literal["auto"] = "auto"  # auto: ahead of the default policy (`AutoFallback`)
     horizon: int = Field(FallbackOptions.horizon, ge=1, description="windows compared")
-    margin: float = Field(FallbackOptions.margin, ge=0.0, lt=1.0, description="estimated accuracy, 0-1")
+    margin: float = Field(FallbackOptions.margin, ge=0.0, lt=1.0, description="to serve source, 0-1")
+    recover: float = Field(FallbackOptions.recover, ge=0.0, lt=1.0, description="to serve the policy again")
     min_windows: int = Field(FallbackOptions.min_windows, ge=1, description="before the first switch")
+    classes: float = Field(FallbackOptions.classes, ge=0.0, le=1.0, description="share of the classes")
 
     @model_validator(mode="after")
     def _fits(self) -> FallbackSection:
-        FallbackOptions(self.horizon, self.margin, self.min_windows)  # checks how the fields relate
+        self._options()  # checks how the fields relate
         return self
 
-    def options(self) -> FallbackOptions | None:
+    def _options(self) -> FallbackOptions:
+        return FallbackOptions(self.horizon, self.margin, self.recover, self.min_windows, self.classes)
+
+    def options(self) -> FallbackOptions | AutoFallback | None:
         """What the engine takes: None when disabled."""
-        return FallbackOptions(self.horizon, self.margin, self.min_windows) if self.enabled else None
+        if self.enabled == "auto":
+            return AutoFallback(self._options())
+        return self._options() if self.enabled else None
 
 
 class EstimatesSection(Section):
@@ -97,7 +105,7 @@ class EstimatesSection(Section):
     the fallback off, how often the source model runs for its own (docs/adaptation.md)."""
 
     source_every: int = Field(
-        SOURCE_EVERY, ge=0, description="the source model on every n-th window without a fallback; 0: never"
+        SOURCE_EVERY, ge=0, description="the source model on every n-th window the policy serves; 0: never"
     )
 
 
@@ -197,6 +205,17 @@ class ModelSection(Section):
         reason = misfit(POLICY_TYPES[self.policy], manifest)
         if reason is not None:
             raise ConfigError(f"model.policy: {self.policy!r} cannot run on {self.artifacts}: {reason}")
+
+    @field_validator("estimates")
+    @classmethod
+    def _source_for_fallback(cls, estimates: EstimatesSection, info: ValidationInfo) -> EstimatesSection:
+        fallback = info.data.get("fallback")
+        if fallback is not None and fallback.enabled is True and estimates.source_every == 0:
+            raise ValueError(
+                "source_every = 0 never runs the source model, and model.fallback.enabled = true "
+                "compares with it; set source_every to 1 or more, or the fallback off"
+            )
+        return estimates
 
     @field_validator("runs")
     @classmethod

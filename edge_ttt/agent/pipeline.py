@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from edge_ttt.adapt.engine import (
+    AutoFallback,
     AutoInputs,
     AutoRuns,
     Engine,
@@ -141,7 +142,7 @@ class PipelineSettings:
 
     policy: str
     options: dict
-    fallback: FallbackOptions | None
+    fallback: FallbackOptions | AutoFallback | None
     inputs: InputOptions | AutoInputs | None
     runs: RunOptions | AutoRuns | None
     source_every: int

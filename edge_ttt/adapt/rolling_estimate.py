@@ -1,0 +1,107 @@
+"""A model's label-free accuracy estimate over its last windows, updated window by window: the
+class-mix bound of its predicted classes times their steadiness (`edge_ttt.steadiness`), as
+`device_estimates` computes it over a whole stream. What the fallback compares
+(`edge_ttt.adapt.fallback`). Pure numpy.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Sequence
+
+import numpy as np
+
+from edge_ttt.class_mix import class_mix_cap, effective_classes
+from edge_ttt.steadiness import stay_factor
+
+
+class RollingEstimate:
+    """Over the last `horizon` windows: the counts of the classes a model predicted and, of the
+    pairs of consecutive windows it ran on (at most `len(stay)` apart), those whose class stayed
+    against the source model's held-out stay rate at that gap (`stay`, the manifest's
+    `reference.stay`; None: the bound alone). A window it did not run on is class -1: it takes a
+    place in the horizon and widens the next pair's gap.
+
+    >>> r = RollingEstimate(np.array([0.5, 0.5]), [1.0], horizon=4)
+    >>> r.update([0, 0, 1, 1]).get()  # the prior's mix; 2 of the 3 pairs stay
+    0.6666666666666666
+    >>> r.update([1, 1]).get()  # [1, 1, 1, 1] now: half the mix, 3 of its 4 pairs (one reaches back to a 0)
+    0.375
+    >>> RollingEstimate(np.array([0.5, 0.5]), None, horizon=4).get() is None
+    True
+    """
+
+    def __init__(self, prior: np.ndarray, stay: Sequence[float] | None, horizon: int) -> None:
+        if horizon < 1:
+            raise ValueError(f"horizon must be at least 1, got {horizon}")
+        self.prior = np.asarray(prior, np.float64)
+        self.stay = [] if stay is None else [float(s) for s in stay]
+        self.horizon = horizon
+        self.reset()
+
+    def reset(self) -> None:
+        # Per window: its class (-1: not run), whether its pair with the window before stayed,
+        # and the stay expected of that pair (0 where there is no pair).
+        self._windows: deque[tuple[int, bool, float]] = deque()
+        self.counts = np.zeros(len(self.prior), np.int64)
+        self._kept = 0
+        self._expected = 0.0
+        self._last = -1  # the last class it ran on, and how many windows ago
+        self._gap = 0
+
+    def update(self, classes) -> RollingEstimate:
+        for c in np.asarray(classes, np.int64).ravel():
+            self._gap += 1
+            kept, expected = False, 0.0
+            if c >= 0:
+                if self._last >= 0 and self._gap <= len(self.stay):
+                    kept, expected = bool(c == self._last), self.stay[self._gap - 1]
+                self._last, self._gap = int(c), 0
+                self.counts[c] += 1
+            self._add(int(c), kept, expected)
+        return self
+
+    def _add(self, c: int, kept: bool, expected: float) -> None:
+        self._windows.append((c, kept, expected))
+        self._kept += kept
+        self._expected += expected
+        if len(self._windows) > self.horizon:
+            old, old_kept, old_expected = self._windows.popleft()
+            if old >= 0:
+                self.counts[old] -= 1
+            self._kept -= old_kept
+            self._expected -= old_expected
+
+    def get(self) -> float | None:
+        """The bound times the steadiness; None before the model ran on any window."""
+        if not self.counts.any():
+            return None
+        factor = float(stay_factor(self._kept, max(self._expected, 0.0)))
+        return float(class_mix_cap(self.counts, self.prior)) * factor
+
+    def ran(self) -> int:
+        """Windows in the horizon that the model ran on."""
+        return int(self.counts.sum())
+
+    def effective_classes(self) -> float:
+        """The effective number of classes of its predictions in the horizon (0 for none)."""
+        total = self.counts.sum()
+        return float(effective_classes(self.counts / total)) if total else 0.0
+
+    def state(self) -> dict[str, np.ndarray]:
+        """`windows` [n, 3]: class, stayed, expected per window in the horizon (none yet: empty);
+        `last`: the last class the model ran on and how many windows ago."""
+        return {
+            "windows": np.array(self._windows, np.float64).reshape(-1, 3),
+            "last": np.array([self._last, self._gap], np.float64),
+        }
+
+    def load_state(self, flat: dict[str, np.ndarray]) -> None:
+        rows = np.asarray(flat["windows"], np.float64).reshape(-1, 3)
+        last, gap = np.asarray(flat["last"], np.float64)
+        self.reset()
+        for c, kept, expected in rows[-self.horizon :]:
+            if c >= 0:
+                self.counts[int(c)] += 1
+            self._add(int(c), bool(kept), float(expected))
+        self._last, self._gap = int(last), int(gap)
