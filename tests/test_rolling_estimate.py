@@ -64,3 +64,20 @@ def test_a_model_that_ran_on_nothing_has_no_estimate_and_no_classes():
     assert rolling.get() is None and rolling.ran() == 0 and rolling.effective_classes() == 0.0
     with pytest.raises(ValueError, match="horizon"):
         RollingEstimate(PRIOR, STAY, horizon=0)
+
+
+@pytest.mark.parametrize(
+    ("part", "value", "message"),
+    [
+        ("windows", [[7.0, 0.0, 0.0]], "classes must be -1 to 3"),
+        ("windows", [[1.0, 0.0, np.nan]], "classes must be -1 to 3"),
+        ("windows", [[1.0, 2.0, 0.5]], "stays must be 0 or 1"),
+        ("windows", [[1.0, 1.0, 1.5]], "stays must be 0 or 1"),
+        ("last", [9.0, 0.0], "classes must be -1 to 3"),
+    ],
+)
+def test_a_state_no_estimate_saved_is_refused(part: str, value, message: str):
+    rolling = RollingEstimate(PRIOR, STAY, horizon=8).update([0, 1, 1])
+    state = {**rolling.state(), part: np.array(value)}
+    with pytest.raises(ValueError, match=message):
+        RollingEstimate(PRIOR, STAY, horizon=8).load_state(state)

@@ -63,10 +63,15 @@ def policy_part_broken(arrays, meta):  # the input alignment's part loads, then 
     del arrays[next(k for k in arrays if k.startswith("params/"))]
 
 
+def fallback_class_out_of_range(arrays, meta):  # the fallback's rolling classes: 99 of 7 classes
+    arrays["fallback/adapted_windows"] = np.array([[99.0, 0.0, 0.0]])
+
+
 @pytest.mark.parametrize(
     ("edit", "says"),
     [
         (nan_parameters, r"params/.* holds NaN or infinite values"),
+        (fallback_class_out_of_range, "a rolling estimate's classes must be -1 to"),
         (mounting_of_another_shape, r"input/mount/mix has shape \(2, 2\)"),
         (counters_not_numbers, "invalid literal"),
         (policy_part_broken, "does not fit this policy"),

@@ -97,8 +97,16 @@ class RollingEstimate:
         }
 
     def load_state(self, flat: dict[str, np.ndarray]) -> None:
+        """ValueError for a state no estimate saved (a class out of range, a stay rate outside 0-1):
+        the engine then refuses the state whole."""
         rows = np.asarray(flat["windows"], np.float64).reshape(-1, 3)
         last, gap = np.asarray(flat["last"], np.float64)
+        classes = np.append(rows[:, 0], last)
+        known = np.isfinite(rows).all() and np.isfinite([last, gap]).all() and gap >= 0
+        if not known or not np.isin(classes, np.arange(-1, len(self.prior))).all():
+            raise ValueError(f"a rolling estimate's classes must be -1 to {len(self.prior) - 1}")
+        if not (np.isin(rows[:, 1], (0.0, 1.0)).all() and ((rows[:, 2] >= 0) & (rows[:, 2] <= 1)).all()):
+            raise ValueError("a rolling estimate's stays must be 0 or 1, its expected stays 0 to 1")
         self.reset()
         for c, kept, expected in rows[-self.horizon :]:
             if c >= 0:
