@@ -35,13 +35,15 @@ def stay_rates(classes: np.ndarray, devices: np.ndarray, lags: int = STAY_LAGS) 
     return np.where(pairs > 0, kept / np.maximum(pairs, 1), 1.0).tolist()
 
 
-def stay_factor(kept: np.ndarray | float, expected: np.ndarray | float) -> np.ndarray:
+def stay_factor(kept: np.ndarray | float, expected: np.ndarray | float) -> np.ndarray | float:
     """Kept against expected stays, at most 1 (a model steadier than the source's is not more
     right); 1 where none was expected. Elementwise, for a span's sums or many spans' at once.
 
     >>> stay_factor(np.array([3.0, 5.0, 0.0]), np.array([4.0, 4.0, 0.0])).tolist()
     [0.75, 1.0, 1.0]
     """
+    if isinstance(kept, int | float) and isinstance(expected, int | float):  # one span: Python floats
+        return 1.0 if expected <= 0 else min(1.0, kept / expected)
     kept, expected = np.asarray(kept, np.float64), np.asarray(expected, np.float64)
     some = expected > 0
     return np.where(some, np.minimum(1.0, kept / np.where(some, expected, 1.0)), 1.0)

@@ -34,7 +34,9 @@ class RollingEstimate:
     def __init__(self, prior: np.ndarray, stay: Sequence[float] | None, horizon: int) -> None:
         if horizon < 1:
             raise ValueError(f"horizon must be at least 1, got {horizon}")
-        self.prior = np.asarray(prior, np.float64)
+        # Python numbers, not arrays: the fallback asks on every window, and a handful of classes
+        # is cheaper in plain arithmetic than through numpy's calls.
+        self.prior = [float(p) for p in prior]
         self.stay = [] if stay is None else [float(s) for s in stay]
         self.horizon = horizon
         self.reset()
@@ -43,22 +45,24 @@ class RollingEstimate:
         # Per window: its class (-1: not run), whether its pair with the window before stayed,
         # and the stay expected of that pair (0 where there is no pair).
         self._windows: deque[tuple[int, bool, float]] = deque()
-        self.counts = np.zeros(len(self.prior), np.int64)
+        self.counts = [0] * len(self.prior)
+        self._ran = 0
         self._kept = 0
         self._expected = 0.0
         self._last = -1  # the last class it ran on, and how many windows ago
         self._gap = 0
 
     def update(self, classes) -> RollingEstimate:
-        for c in np.asarray(classes, np.int64).ravel():
+        for c in np.asarray(classes, np.int64).ravel().tolist():
             self._gap += 1
             kept, expected = False, 0.0
             if c >= 0:
                 if self._last >= 0 and self._gap <= len(self.stay):
-                    kept, expected = bool(c == self._last), self.stay[self._gap - 1]
-                self._last, self._gap = int(c), 0
+                    kept, expected = c == self._last, self.stay[self._gap - 1]
+                self._last, self._gap = c, 0
                 self.counts[c] += 1
-            self._add(int(c), kept, expected)
+                self._ran += 1
+            self._add(c, kept, expected)
         return self
 
     def _add(self, c: int, kept: bool, expected: float) -> None:
@@ -69,24 +73,23 @@ class RollingEstimate:
             old, old_kept, old_expected = self._windows.popleft()
             if old >= 0:
                 self.counts[old] -= 1
+                self._ran -= 1
             self._kept -= old_kept
             self._expected -= old_expected
 
     def get(self) -> float | None:
         """The bound times the steadiness; None before the model ran on any window."""
-        if not self.counts.any():
+        if not self._ran:
             return None
-        factor = float(stay_factor(self._kept, max(self._expected, 0.0)))
-        return float(class_mix_cap(self.counts, self.prior)) * factor
+        return class_mix_cap(self.counts, self.prior) * stay_factor(self._kept, max(self._expected, 0.0))
 
     def ran(self) -> int:
         """Windows in the horizon that the model ran on."""
-        return int(self.counts.sum())
+        return self._ran
 
     def effective_classes(self) -> float:
         """The effective number of classes of its predictions in the horizon (0 for none)."""
-        total = self.counts.sum()
-        return float(effective_classes(self.counts / total)) if total else 0.0
+        return effective_classes([c / self._ran for c in self.counts]) if self._ran else 0.0
 
     def state(self) -> dict[str, np.ndarray]:
         """`windows` [n, 3]: class, stayed, expected per window in the horizon (none yet: empty);
@@ -111,5 +114,6 @@ class RollingEstimate:
         for c, kept, expected in rows[-self.horizon :]:
             if c >= 0:
                 self.counts[int(c)] += 1
+                self._ran += 1
             self._add(int(c), bool(kept), float(expected))
         self._last, self._gap = int(last), int(gap)
