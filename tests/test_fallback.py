@@ -160,6 +160,11 @@ def test_the_fallback_reads_steadiness_and_the_sampled_source_at_its_gap():
     assert f.adapted.get() == 0.0
 
 
+def test_without_a_source_window_nothing_is_compared_whatever_the_gate():
+    f = Fallback(FallbackOptions(horizon=8, margin=0.1, recover=0.0, min_windows=1, classes=0.0), PRIOR, None)
+    assert not f.update(np.zeros(4, np.int64), np.full(4, -1)) and not f.on_source
+
+
 def test_fallback_options_name_what_does_not_fit():
     for bad, message in {
         "min_windows": (dict(horizon=4, min_windows=8), "min_windows"),

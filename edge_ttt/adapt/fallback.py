@@ -78,7 +78,8 @@ class Fallback:
         when the served model changed."""
         self.adapted.update(adapted)
         self.source.update(source)
-        if self.adapted.ran() < self.options.min_windows or self.source.effective_classes() < self.needed:
+        source_seen = self.source.ran() and self.source.effective_classes() >= self.needed
+        if self.adapted.ran() < self.options.min_windows or not source_seen:
             return False
         gap = self.adapted.get() - self.source.get()
         switch = gap < -self.options.margin if not self.on_source else gap > -self.options.recover
