@@ -4,7 +4,8 @@ one device? The agent adapts one engine per device, and an operator sees devices
 Every shift of the benchmark at severity 4, each target device with its own fault (its own bias
 signs, rotation axis, ...), one fresh engine per device, batch size 1, in recorded order and with
 each device's windows sorted by class. Per device: the accuracy of `source`, of the default policy
-and of the default with the opt-in fallback to source. Writes device_by_device.json and .md to --out.
+(with its fallback to source) and of the default without it. Writes device_by_device.json and .md to
+--out.
 """
 
 from __future__ import annotations

@@ -69,11 +69,11 @@ def test_a_model_that_ran_on_nothing_has_no_estimate_and_no_classes():
 @pytest.mark.parametrize(
     ("part", "value", "message"),
     [
-        ("windows", [[7.0, 0.0, 0.0]], "classes must be -1 to 3"),
-        ("windows", [[1.0, 0.0, np.nan]], "classes must be -1 to 3"),
-        ("windows", [[1.0, 2.0, 0.5]], "stays must be 0 or 1"),
-        ("windows", [[1.0, 1.0, 1.5]], "stays must be 0 or 1"),
-        ("last", [9.0, 0.0], "classes must be -1 to 3"),
+        ("windows", [[7, 0, 0]], "classes must be -1 to 3"),
+        ("windows", [[1.0, 0.0, np.nan]], "must hold finite numbers"),
+        ("windows", [[1, 2, 1]], "stays must be 0 or 1"),
+        ("windows", [[1, 1, 9]], "its gaps 0 to 8"),
+        ("last", [9, 0], "classes must be -1 to 3"),
     ],
 )
 def test_a_state_no_estimate_saved_is_refused(part: str, value, message: str):

@@ -42,9 +42,12 @@ class RollingEstimate:
         self.reset()
 
     def reset(self) -> None:
-        # Per window: its class (-1: not run), whether its pair with the window before stayed,
-        # and the stay expected of that pair (0 where there is no pair).
-        self._windows: deque[tuple[int, bool, float]] = deque()
+        # Per window in the horizon, three small numbers (no object made per window, for agents
+        # of many devices): its class (-1: not run), whether its pair with the window before it
+        # ran on stayed, and that pair's gap (0: no pair).
+        self._classes: deque[int] = deque()
+        self._stayed: deque[bool] = deque()
+        self._gaps: deque[int] = deque()
         self.counts = [0] * len(self.prior)
         self._ran = 0
         self._kept = 0
@@ -55,27 +58,29 @@ class RollingEstimate:
     def update(self, classes) -> RollingEstimate:
         for c in np.asarray(classes, np.int64).ravel().tolist():
             self._gap += 1
-            kept, expected = False, 0.0
+            kept, gap = False, 0
             if c >= 0:
                 if self._last >= 0 and self._gap <= len(self.stay):
-                    kept, expected = c == self._last, self.stay[self._gap - 1]
+                    kept, gap = c == self._last, self._gap
                 self._last, self._gap = c, 0
-                self.counts[c] += 1
-                self._ran += 1
-            self._add(c, kept, expected)
+            self._add(c, kept, gap)
         return self
 
-    def _add(self, c: int, kept: bool, expected: float) -> None:
-        self._windows.append((c, kept, expected))
-        self._kept += kept
-        self._expected += expected
-        if len(self._windows) > self.horizon:
-            old, old_kept, old_expected = self._windows.popleft()
-            if old >= 0:
-                self.counts[old] -= 1
-                self._ran -= 1
-            self._kept -= old_kept
-            self._expected -= old_expected
+    def _add(self, c: int, kept: bool, gap: int) -> None:
+        self._classes.append(c)
+        self._stayed.append(kept)
+        self._gaps.append(gap)
+        self._count(c, kept, gap, 1)
+        if len(self._classes) > self.horizon:
+            self._count(self._classes.popleft(), self._stayed.popleft(), self._gaps.popleft(), -1)
+
+    def _count(self, c: int, kept: bool, gap: int, sign: int) -> None:
+        if c >= 0:
+            self.counts[c] += sign
+            self._ran += sign
+        self._kept += sign * kept
+        if gap:
+            self._expected += sign * self.stay[gap - 1]
 
     def get(self) -> float | None:
         """The bound times the steadiness; None before the model ran on any window."""
@@ -92,28 +97,24 @@ class RollingEstimate:
         return effective_classes([c / self._ran for c in self.counts]) if self._ran else 0.0
 
     def state(self) -> dict[str, np.ndarray]:
-        """`windows` [n, 3]: class, stayed, expected per window in the horizon (none yet: empty);
+        """`windows` [n, 3]: class, stayed, gap per window in the horizon (none yet: empty);
         `last`: the last class the model ran on and how many windows ago."""
-        return {
-            "windows": np.array(self._windows, np.float64).reshape(-1, 3),
-            "last": np.array([self._last, self._gap], np.float64),
-        }
+        rows = np.array([self._classes, self._stayed, self._gaps], np.int64).T
+        return {"windows": rows.reshape(-1, 3), "last": np.array([self._last, self._gap], np.int64)}
 
     def load_state(self, flat: dict[str, np.ndarray]) -> None:
-        """ValueError for a state no estimate saved (a class out of range, a stay rate outside 0-1):
-        the engine then refuses the state whole."""
+        """ValueError for a state no estimate saved (a class or a gap out of range): the engine
+        then refuses the state whole."""
         rows = np.asarray(flat["windows"], np.float64).reshape(-1, 3)
         last, gap = np.asarray(flat["last"], np.float64)
-        classes = np.append(rows[:, 0], last)
-        known = np.isfinite(rows).all() and np.isfinite([last, gap]).all() and gap >= 0
-        if not known or not np.isin(classes, np.arange(-1, len(self.prior))).all():
+        if not (np.isfinite(rows).all() and np.isfinite([last, gap]).all() and gap >= 0):
+            raise ValueError("a rolling estimate's state must hold finite numbers")
+        if not np.isin(np.append(rows[:, 0], last), np.arange(-1, len(self.prior))).all():
             raise ValueError(f"a rolling estimate's classes must be -1 to {len(self.prior) - 1}")
-        if not (np.isin(rows[:, 1], (0.0, 1.0)).all() and ((rows[:, 2] >= 0) & (rows[:, 2] <= 1)).all()):
-            raise ValueError("a rolling estimate's stays must be 0 or 1, its expected stays 0 to 1")
+        gaps = np.arange(len(self.stay) + 1)
+        if not (np.isin(rows[:, 1], (0, 1)).all() and np.isin(rows[:, 2], gaps).all()):
+            raise ValueError(f"a rolling estimate's stays must be 0 or 1, its gaps 0 to {len(self.stay)}")
         self.reset()
-        for c, kept, expected in rows[-self.horizon :]:
-            if c >= 0:
-                self.counts[int(c)] += 1
-                self._ran += 1
-            self._add(int(c), bool(kept), float(expected))
+        for c, kept, pair_gap in rows[-self.horizon :].astype(np.int64).tolist():
+            self._add(c, bool(kept), pair_gap)
         self._last, self._gap = int(last), int(gap)
