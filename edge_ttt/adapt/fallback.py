@@ -30,7 +30,7 @@ class FallbackOptions:
     while the source model's classes hold fewer than `classes` x the prior's effective classes."""
 
     horizon: int = 512
-    margin: float = 0.08
+    margin: float = 0.10
     recover: float = 0.02
     min_windows: int = 32
     classes: float = 0.7
