@@ -75,9 +75,14 @@ class Fallback:
 
     def update(self, adapted, source) -> bool:
         """Both models' classes on the same windows (the source's -1 where it did not run); True
-        when the served model changed."""
+        when the served model changed. The two are compared when the source model's estimate moved
+        (it runs on a sample of the windows while the adapted model serves): a switch waits at most
+        until its next window, and the comparison costs a quarter at the default sample."""
         self.adapted.update(adapted)
+        seen = self.source.seen
         self.source.update(source)
+        if self.source.seen == seen:
+            return False
         source_seen = self.source.ran() and self.source.effective_classes() >= self.needed
         if self.adapted.ran() < self.options.min_windows or not source_seen:
             return False

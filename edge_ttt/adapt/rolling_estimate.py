@@ -50,6 +50,7 @@ class RollingEstimate:
         self._gaps: deque[int] = deque()
         self.counts = [0] * len(self.prior)
         self._ran = 0
+        self.seen = 0  # windows it ran on since the reset, for callers that wait for a new one
         self._kept = 0
         self._expected = 0.0
         self._last = -1  # the last class it ran on, and how many windows ago
@@ -63,6 +64,7 @@ class RollingEstimate:
                 if self._last >= 0 and self._gap <= len(self.stay):
                     kept, gap = c == self._last, self._gap
                 self._last, self._gap = c, 0
+                self.seen += 1
             self._add(c, kept, gap)
         return self
 
