@@ -1,7 +1,8 @@
 """A model's label-free accuracy estimate over its last windows, updated window by window: the
 class-mix bound of its predicted classes times their steadiness (`edge_ttt.steadiness`), as
 `device_estimates` computes it over a whole stream. What the fallback compares
-(`edge_ttt.adapt.fallback`). Pure numpy.
+(`edge_ttt.adapt.fallback`). Numeric only, no I/O; its counts are Python numbers, since it is
+asked on every window and a handful of classes is cheaper that way than through numpy's calls.
 """
 
 from __future__ import annotations
