@@ -85,21 +85,47 @@ class StayCounter:
     """
 
     def __init__(self, reference: Sequence[float] | None) -> None:
-        self.reference = np.asarray(reference, np.float64) if reference else None
+        # Python numbers: `closes` runs on every window of the engine's fallback (`RollingEstimate`).
+        self.reference = None if not reference else [float(r) for r in reference]
         self._last = -1  # the last class the model ran on; -1: none yet
         self._gap = 0  # windows since then
 
+    def closes(self, c: int) -> int:
+        """One window's class (-1: not run): the gap of the counted pair it closes with the last
+        window the model ran on, 0 for none (it did not run, nothing before it, too far apart, or
+        no reference). The pair stayed where the class equals `last` before the call.
+
+        >>> counter = StayCounter([0.9])
+        >>> [counter.closes(c) for c in (2, 2, -1, 2)]  # the last pair is 2 apart: beyond the lags
+        [0, 1, 0, 0]
+        """
+        self._gap += 1
+        if c < 0:
+            return 0
+        gap = self._gap if self._last >= 0 and self.reference and self._gap <= len(self.reference) else 0
+        self._last, self._gap = c, 0
+        return gap
+
+    @property
+    def last(self) -> int:
+        """The last class the model ran on; -1: none yet."""
+        return self._last
+
+    @property
+    def gap(self) -> int:
+        """Windows since the model last ran."""
+        return self._gap
+
+    def resume(self, last: int, gap: int) -> None:
+        """Carry on from a saved `last` and `gap`."""
+        self._last, self._gap = last, gap
+
     def count(self, classes: np.ndarray) -> Stays:
-        c = np.asarray(classes, np.int64)
-        ran = np.flatnonzero(c >= 0)
-        if not len(ran):
-            self._gap += len(c)
-            return Stays()
-        previous = np.concatenate(([self._last], c[ran[:-1]]))
-        gaps = np.diff(ran, prepend=-(self._gap + 1))
-        self._last, self._gap = int(c[ran[-1]]), len(c) - 1 - int(ran[-1])
-        if self.reference is None:
-            return Stays()
-        pair = (previous >= 0) & (gaps <= len(self.reference))
-        kept = int(np.count_nonzero(pair & (c[ran] == previous)))
-        return Stays(kept, float(self.reference[gaps[pair] - 1].sum()))
+        kept, expected = 0, 0.0
+        for c in np.asarray(classes, np.int64).ravel().tolist():
+            before = self._last
+            gap = self.closes(c)
+            if gap:
+                kept += c == before
+                expected += self.reference[gap - 1]
+        return Stays(kept, expected)

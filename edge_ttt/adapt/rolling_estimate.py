@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from edge_ttt.class_mix import class_mix_cap, effective_classes
-from edge_ttt.steadiness import stay_factor
+from edge_ttt.steadiness import StayCounter, stay_factor
 
 
 class RollingEstimate:
@@ -54,19 +54,14 @@ class RollingEstimate:
         self.seen = 0  # windows it ran on since the reset, for callers that wait for a new one
         self._kept = 0
         self._expected = 0.0
-        self._last = -1  # the last class it ran on, and how many windows ago
-        self._gap = 0
+        self._pairs = StayCounter(self.stay)  # which window closes a counted pair, and at what gap
 
     def update(self, classes) -> RollingEstimate:
         for c in np.asarray(classes, np.int64).ravel().tolist():
-            self._gap += 1
-            kept, gap = False, 0
-            if c >= 0:
-                if self._last >= 0 and self._gap <= len(self.stay):
-                    kept, gap = c == self._last, self._gap
-                self._last, self._gap = c, 0
-                self.seen += 1
-            self._add(c, kept, gap)
+            before = self._pairs.last
+            gap = self._pairs.closes(c)
+            self.seen += c >= 0
+            self._add(c, gap > 0 and c == before, gap)
         return self
 
     def _add(self, c: int, kept: bool, gap: int) -> None:
@@ -103,7 +98,8 @@ class RollingEstimate:
         """`windows` [n, 3]: class, stayed, gap per window in the horizon (none yet: empty);
         `last`: the last class the model ran on and how many windows ago."""
         rows = np.array([self._classes, self._stayed, self._gaps], np.int64).T
-        return {"windows": rows.reshape(-1, 3), "last": np.array([self._last, self._gap], np.int64)}
+        last = np.array([self._pairs.last, self._pairs.gap], np.int64)
+        return {"windows": rows.reshape(-1, 3), "last": last}
 
     def load_state(self, flat: dict[str, np.ndarray]) -> None:
         """ValueError for a state no estimate saved (a class or a gap out of range): the engine
@@ -120,4 +116,4 @@ class RollingEstimate:
         self.reset()
         for c, kept, pair_gap in rows[-self.horizon :].astype(np.int64).tolist():
             self._add(c, bool(kept), pair_gap)
-        self._last, self._gap = int(last), int(gap)
+        self._pairs.resume(int(last), int(gap))
