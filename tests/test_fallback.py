@@ -148,6 +148,21 @@ def test_the_fallback_waits_for_the_source_model_to_see_most_classes():
     assert f.update(np.full(40, 3), np.repeat(np.arange(4), 10)) and f.on_source
 
 
+def test_the_class_gate_never_holds_the_source_model_serving():
+    """A source model whose classes narrow once it serves (confused by the very shift it was
+    called for) shuts the gate; the adapted model, estimated far ahead, serves again anyway."""
+    f = Fallback(
+        FallbackOptions(horizon=40, margin=0.1, recover=0.0, min_windows=8, classes=0.7), PRIOR, None
+    )
+    every = np.repeat(np.arange(4), 10)
+    assert f.update(np.zeros(40, np.int64), every) and f.on_source
+    narrow = np.zeros(40, np.int64)  # one class: below the gate's 2.8 effective classes, bound 0.25
+    assert f.source.effective_classes() >= f.needed
+    assert f.update(every, narrow) and not f.on_source  # the adapted model's bound 1.0: back
+    assert f.source.effective_classes() < f.needed
+    assert not f.update(narrow, narrow) and not f.on_source  # the shut gate holds a new switch back
+
+
 def test_the_fallback_reads_steadiness_and_the_sampled_source_at_its_gap():
     """A model that confuses classes without changing their mix changes its mind from window to
     window: the reference's stay rates (here 0.9 at every gap) tell it from a steady one."""

@@ -2,10 +2,13 @@
 accuracy estimates over the last windows (`RollingEstimate`: the class-mix bound of each model's
 predicted classes times their steadiness), with a margin to switch and a smaller one to return.
 
-Pure numpy. The comparison waits until the source model's predictions over the horizon hold most
-of the classes (`classes`): the bound needs a span of several activities, and during one long
+Pure numpy. A switch to source waits until the source model's predictions over the horizon hold
+most of the classes (`classes`): the bound needs a span of several activities, and during one long
 activity it would read as harm what is only the stream's narrow mix. It looks at the source
-model's classes, not the adapted one's, so a collapsed adapted model does not shut it. The
+model's classes, not the adapted one's, so a collapsed adapted model does not shut it. The return
+to the adapted model (the default) waits for nothing but the estimates: a source model that
+narrowed its classes after the switch (confused by the shift it was called for) would otherwise
+keep serving while the adapted model is estimated far ahead. The
 adapted model keeps adapting while the source model serves (neither reset nor frozen): its
 estimate must be able to recover for it to serve again, and a state that is only temporarily
 worse is worth keeping. A collapsed state is the policy's own collapse detector's business.
@@ -27,7 +30,8 @@ class FallbackOptions:
     """Over the last `horizon` windows, the source model serves once the adapted model's estimate
     is more than `margin` below its own, and the adapted model again once it is less than
     `recover` below; nothing switches before the adapted model ran on `min_windows` windows, nor
-    while the source model's classes hold fewer than `classes` x the prior's effective classes."""
+    does the source model start serving while its classes hold fewer than `classes` x the prior's
+    effective classes."""
 
     horizon: int = 512
     margin: float = 0.10
@@ -81,11 +85,10 @@ class Fallback:
         self.adapted.update(adapted)
         seen = self.source.seen
         self.source.update(source)
-        if self.source.seen == seen:
+        if self.source.seen == seen or self.adapted.ran() < self.options.min_windows:
             return False
-        source_seen = self.source.ran() and self.source.effective_classes() >= self.needed
-        if self.adapted.ran() < self.options.min_windows or not source_seen:
-            return False
+        if not self.on_source and self.source.effective_classes() < self.needed:
+            return False  # the class gate holds back a switch to source, never the return
         gap = self.adapted.get() - self.source.get()
         switch = gap < -self.options.margin if not self.on_source else gap > -self.options.recover
         if switch:

@@ -83,7 +83,7 @@ class FallbackSection(Section):
     margin: float = Field(FallbackOptions.margin, ge=0.0, lt=1.0, description="to serve source, 0-1")
     recover: float = Field(FallbackOptions.recover, ge=0.0, lt=1.0, description="to serve the policy again")
     min_windows: int = Field(FallbackOptions.min_windows, ge=1, description="before the first switch")
-    classes: float = Field(FallbackOptions.classes, ge=0.0, le=1.0, description="share of the classes")
+    classes: float = Field(FallbackOptions.classes, ge=0.0, le=1.0, description="classes to switch to source")
 
     @model_validator(mode="after")
     def _fits(self) -> FallbackSection:
