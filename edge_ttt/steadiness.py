@@ -90,21 +90,22 @@ class StayCounter:
         self._last = -1  # the last class the model ran on; -1: none yet
         self._gap = 0  # windows since then
 
-    def closes(self, c: int) -> int:
+    def closes(self, c: int) -> tuple[int, bool]:
         """One window's class (-1: not run): the gap of the counted pair it closes with the last
         window the model ran on, 0 for none (it did not run, nothing before it, too far apart, or
-        no reference). The pair stayed where the class equals `last` before the call.
+        no reference), and whether the class stayed over that pair (False for none).
 
         >>> counter = StayCounter([0.9])
         >>> [counter.closes(c) for c in (2, 2, -1, 2)]  # the last pair is 2 apart: beyond the lags
-        [0, 1, 0, 0]
+        [(0, False), (1, True), (0, False), (0, False)]
         """
         self._gap += 1
         if c < 0:
-            return 0
-        gap = self._gap if self._last >= 0 and self.reference and self._gap <= len(self.reference) else 0
+            return 0, False
+        counted = self._last >= 0 and self.reference and self._gap <= len(self.reference)
+        pair = (self._gap, c == self._last) if counted else (0, False)
         self._last, self._gap = c, 0
-        return gap
+        return pair
 
     @property
     def last(self) -> int:
@@ -123,9 +124,8 @@ class StayCounter:
     def count(self, classes: np.ndarray) -> Stays:
         kept, expected = 0, 0.0
         for c in np.asarray(classes, np.int64).ravel().tolist():
-            before = self._last
-            gap = self.closes(c)
+            gap, stayed = self.closes(c)
             if gap:
-                kept += c == before
+                kept += stayed
                 expected += self.reference[gap - 1]
         return Stays(kept, expected)

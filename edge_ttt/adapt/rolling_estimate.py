@@ -58,10 +58,9 @@ class RollingEstimate:
 
     def update(self, classes) -> RollingEstimate:
         for c in np.asarray(classes, np.int64).ravel().tolist():
-            before = self._pairs.last
-            gap = self._pairs.closes(c)
+            gap, stayed = self._pairs.closes(c)
             self.seen += c >= 0
-            self._add(c, gap > 0 and c == before, gap)
+            self._add(c, stayed, gap)
         return self
 
     def _add(self, c: int, kept: bool, gap: int) -> None:
