@@ -47,6 +47,12 @@ def reference_weights(self: ClassBalance, classes: np.ndarray) -> np.ndarray:
     return np.minimum(1.0, 1.0 / (len(self.share) * np.maximum(self.share[classes], 1e-12)))
 
 
+def reference_observe_classes(self: ClassBalance, classes: np.ndarray) -> None:
+    counts = np.bincount(classes, minlength=len(self.share))
+    a = 1.0 - (1.0 - self.momentum) ** len(classes)
+    self.share = (1.0 - a) * self.share + a * counts / len(classes)
+
+
 def reference_stats(self: LayerMoments) -> dict:
     """Plain per-layer arrays: the model copies them layer by layer, not as one `FlatStats`."""
     means = self.layout.split(self.ema.mean.astype(np.float32))
@@ -97,6 +103,7 @@ def test_predictions_and_states_equal_the_replaced_code(
         patch.setattr(ClassBalance, "weights", reference_weights)
         patch.setattr(LayerMoments, "stats", reference_stats)
         patch.setattr(CollapseDetector, "observe", reference_observe)
+        patch.setattr(ClassBalance, "observe", reference_observe_classes)
         before, state_before = run(confident_bundle_dir, policy, options, batch)
     after, state_after = run(confident_bundle_dir, policy, options, batch)
     fields = ("classes", "probs", "entropy", "valid", "estimated_correct", "source_classes")

@@ -165,6 +165,7 @@ class InputAlignment:
         # per offset floor, when asked: (offset, gain, whether they change nothing)
         self._corrections: dict[float, tuple[np.ndarray, np.ndarray, bool]] = {}
         self._pending: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # windows not learnt yet
+        self._gathered = 0  # how many
 
     @property
     def log_gain(self) -> np.ndarray:
@@ -217,7 +218,8 @@ class InputAlignment:
         if self.smoothed or (self.mounting is not None and self.mounting.turn):
             return None
         offset, gain, _ = self._corrected(offset_floor)
-        return _undone(high, offset, gain), _undone(low, offset, gain)
+        both = _undone(np.concatenate((high, low)), offset, gain)  # one call for the two
+        return both[: len(high)], both[len(high) :]
 
     def update(self, x: np.ndarray, probs: np.ndarray, entropy: np.ndarray) -> bool:
         """Learn from raw windows and the model's predictions on their corrected copies, once
@@ -227,8 +229,8 @@ class InputAlignment:
         if not len(x):
             return False
         self._pending.append((np.array(x, copy=True), np.asarray(probs, np.float64), np.asarray(entropy)))
-        gathered = sum(len(part[0]) for part in self._pending)
-        if gathered >= self.options.learn_every or self.windows < self.options.warmup_windows:
+        self._gathered += len(x)
+        if self._gathered >= self.options.learn_every or self.windows < self.options.warmup_windows:
             return self.flush()
         return False
 
@@ -240,7 +242,7 @@ class InputAlignment:
         if not self._pending:
             return False
         x, probs, entropy = (np.concatenate(part) for part in zip(*self._pending, strict=True))
-        self._pending = []
+        self._pending, self._gathered = [], 0
         if self.noise is not None:  # the sensor's noise, whatever the activity or the confidence
             self.noise.update(x)
         if self.mounting is not None:
@@ -313,4 +315,4 @@ class InputAlignment:
         self.windows = int(flat["windows"])
         self.balance.share = np.asarray(flat["prior"], np.float64).copy()
         self._corrections = {}
-        self._pending = []
+        self._pending, self._gathered = [], 0

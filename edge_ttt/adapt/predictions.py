@@ -64,7 +64,7 @@ def handed_out(valid: np.ndarray, served: Scored, source: Scored, on_source: boo
         valid,
         served.estimate.astype(np.float32),
         source.estimate.astype(np.float32),
-        np.full(n, on_source),
+        (np.ones if on_source else np.zeros)(n, bool),
         ran_classes(source),
     )
 

@@ -55,7 +55,8 @@ def screen(
         if not np.logical_or.reduce(raw.nonfinite):
             bounds = inputs.aligned_bounds(raw.high, raw.low, floor)
     checks = check_windows(seen, limits, bounds)
-    return Screened(x, raw, checks, seen if checks.valid.all() else sanitize(seen, limits), filled)
+    clean = seen if np.logical_and.reduce(checks.valid) else sanitize(seen, limits)
+    return Screened(x, raw, checks, clean, filled)
 
 
 def adapting(s: Screened, limits: InputLimits) -> np.ndarray:
@@ -76,4 +77,4 @@ def teaching(s: Screened, limits: InputLimits) -> np.ndarray:
 
 def source_view(x: np.ndarray, valid: np.ndarray, limits: InputLimits) -> np.ndarray:
     """What the source model sees: the raw windows, sanitized where the guard refused one."""
-    return x if valid.all() else sanitize(x, limits)
+    return x if np.logical_and.reduce(valid) else sanitize(x, limits)

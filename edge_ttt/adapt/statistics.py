@@ -178,8 +178,13 @@ class ClassBalance:
         return self._class_weights[classes]
 
     def observe(self, classes: np.ndarray) -> None:
-        counts = np.bincount(classes, minlength=len(self.share))
         a = 1.0 - (1.0 - self.momentum) ** len(classes)
+        if len(classes) == 1:  # one window, as at batch size 1 on every window: the same floats
+            share = (1.0 - a) * self.share  # (a * 1 / 1 is a, and adding 0.0 keeps a share)
+            share[classes[0]] += a
+            self.share = share
+            return
+        counts = np.bincount(classes, minlength=len(self.share))
         self.share = (1.0 - a) * self.share + a * counts / len(classes)
 
 

@@ -177,6 +177,8 @@ class Steady(Policy):
         return (stats, first) if moved is None else (moved, None)
 
     def _weights(self, out: Outputs) -> np.ndarray:
+        """Per window, 0 where it is not reliable, else its class-balance weight (positive) times
+        exp(reliable_entropy - h) (at least 1), over the batch size."""
         h = out.entropy
         reliable = h < self.reliable_entropy
         return (
@@ -196,9 +198,9 @@ class Steady(Policy):
         if drifting and self.since_step >= cfg.step_every:
             self.since_step = 0
             out, weights, grads = self._gradient(x, stats, 0.0, self._weights)
-        elif drifting:  # between two steps: the weights for the counters, no backward pass
+        elif drifting:  # between two steps: no backward pass; the counters need only which weights
             out, grads = out if out is not None else self.model.forward(x, stats), None
-            weights = self._weights(out)
+            weights = out.entropy < self.reliable_entropy  # are not 0 (`_weights`: the reliable)
         else:  # nothing to correct: no backward pass, no step
             out = out if out is not None else self.model.forward(x, stats)
             weights, grads = np.zeros(len(x)), None
