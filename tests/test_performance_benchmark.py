@@ -37,10 +37,18 @@ from tests.conftest import synthetic_log  # noqa: E402
 def test_runners_take_turns_on_the_same_batches_and_warmup_is_not_recorded():
     calls: list[tuple[str, int]] = []
     runners = {name: (lambda x, name=name: calls.append((name, int(x[0])))) for name in "abc"}
-    times = time_turns(runners, [np.array([0]), np.array([1])], rounds=4, warmup=2)
-    assert {k: len(v) for k, v in times.items()} == {"a": 4, "b": 4, "c": 4}
-    assert [name for name, _ in calls[:6]] == ["a", "b", "c", "b", "c", "a"]  # a new first each round
-    assert all(batch == i % 2 for i in range(6) for _, batch in calls[3 * i : 3 * i + 3])
+    times = time_turns(runners, [np.array([0]), np.array([1])], rounds=40, warmup=2)
+    assert {k: len(v) for k, v in times.items()} == {"a": 40, "b": 40, "c": 40}
+    rounds = [calls[3 * i : 3 * i + 3] for i in range(42)]
+    assert all(sorted(name for name, _ in r) == ["a", "b", "c"] for r in rounds)  # each once a round
+    assert all(batch == i % 2 for i, r in enumerate(rounds) for _, batch in r)  # on the same batch
+    # in changing orders: no runner always right after the same one
+    follows = {(r[j][0], r[j + 1][0]) for r in rounds for j in range(2)}
+    assert len(follows) == 6
+    again: list[tuple[str, int]] = []
+    runners = {name: (lambda x, name=name: again.append((name, int(x[0])))) for name in "abc"}
+    time_turns(runners, [np.array([0]), np.array([1])], rounds=40, warmup=2)
+    assert again == calls  # seeded: a rerun takes the same orders
 
 
 def test_a_block_goes_through_one_batch_at_a_time():
