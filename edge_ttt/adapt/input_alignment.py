@@ -165,7 +165,7 @@ class InputAlignment:
         # per offset floor, when asked: (offset, gain, whether they change nothing)
         self._corrections: dict[float, tuple[np.ndarray, np.ndarray, bool]] = {}
         self._pending: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # windows not learnt yet
-        self._gathered = 0  # how many
+        self._gathered = 0  # the windows in them
 
     @property
     def log_gain(self) -> np.ndarray:

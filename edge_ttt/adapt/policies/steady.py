@@ -198,9 +198,10 @@ class Steady(Policy):
         if drifting and self.since_step >= cfg.step_every:
             self.since_step = 0
             out, weights, grads = self._gradient(x, stats, 0.0, self._weights)
-        elif drifting:  # between two steps: no backward pass; the counters need only which weights
+        elif drifting:  # between two steps: no backward pass; the counters need only where
+            # `_weights` would be 0, which is exactly where a window is not reliable
             out, grads = out if out is not None else self.model.forward(x, stats), None
-            weights = out.entropy < self.reliable_entropy  # are not 0 (`_weights`: the reliable)
+            weights = out.entropy < self.reliable_entropy
         else:  # nothing to correct: no backward pass, no step
             out = out if out is not None else self.model.forward(x, stats)
             weights, grads = np.zeros(len(x)), None
