@@ -47,13 +47,18 @@ def screen(
     x = np.asarray(x, np.float32)
     if x.ndim != 3 or x.shape[1:] != shape:
         raise ValueError(f"windows must have shape [n, {shape[0]}, {shape[1]}], got {list(x.shape)}")
-    x, filled = fill_gaps(x)
-    seen = x if inputs is None else inputs.apply(x, floor)
-    raw = bounds = None
-    if seen is not x:  # the raw extremes, and from them the aligned ones (no second pass)
+    # The raw extremes first: a value that is not finite shows in them (max and min propagate NaN,
+    # an infinity leaves the spread not finite), so only then are the windows filled in and read again.
+    raw, filled = extremes(x, limits), np.zeros(len(x), bool)
+    if np.logical_or.reduce(raw.nonfinite):
+        x, filled = fill_gaps(x)
         raw = extremes(x, limits)
-        if not np.logical_or.reduce(raw.nonfinite):
-            bounds = inputs.aligned_bounds(raw.high, raw.low, floor)
+    finite = not np.logical_or.reduce(raw.nonfinite)  # else the guard reads the windows themselves
+    seen = x if inputs is None else inputs.apply(x, floor)
+    if seen is x:  # the model sees the raw windows: their extremes are the guard's
+        raw, bounds = None, (raw.high, raw.low) if finite else None
+    else:  # the aligned windows' extremes from the raw ones (no second pass)
+        bounds = inputs.aligned_bounds(raw.high, raw.low, floor) if finite else None
     checks = check_windows(seen, limits, bounds)
     clean = seen if np.logical_and.reduce(checks.valid) else sanitize(seen, limits)
     return Screened(x, raw, checks, clean, filled)
