@@ -231,7 +231,9 @@ class CollapseDetector:
         if len(self._classes) < self.horizon:
             return None
         share = np.bincount(np.asarray(self._classes), minlength=self.classes).max() / len(self._classes)
+        if share < self.max_class_share:  # the common case: no need to average the entropies
+            return None
         mean_entropy = float(np.mean(self._entropy))
-        if mean_entropy < self.entropy_floor and share >= self.max_class_share:
+        if mean_entropy < self.entropy_floor:
             return f"entropy {mean_entropy:.3f} below {self.entropy_floor:.3f} with one class at {share:.0%}"
         return None
