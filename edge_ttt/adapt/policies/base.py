@@ -136,7 +136,7 @@ class Policy:
         """The sum of a flat vector, layer by layer in the manifest's order: summing per layer
         keeps the rounding of the reported parameter change independent of the flat layout."""
         parts = self.layout.split(vector)
-        return sum(float(parts[k].sum()) for k in self.source_params)
+        return sum(float(np.add.reduce(parts[k], axis=None)) for k in self.source_params)
 
     def param_change(self) -> tuple[float, float]:
         """How far the predicting parameters moved from source: L2 distance, and that distance
