@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from edge_ttt.adapt.guard import InputLimits, check_windows, fill_gaps
-from edge_ttt.adapt.screen import screen
+from edge_ttt.adapt.screen import screen, teaching
 
 LIMITS = InputLimits(mean=np.zeros(3), std=np.ones(3))
 
@@ -44,3 +44,10 @@ def test_a_sound_batch_is_handed_on_as_it_came():
     x = faulty(0)[[0, 9]]
     s = screen(x, (3, 32), LIMITS, None)
     assert s.x is x and s.clean is x and not s.filled.any() and s.checks.valid.all()
+    assert teaching(s, LIMITS).all()  # every window the guard passes teaches alignment
+
+
+def test_windows_the_guard_refuses_teach_only_when_out_of_range_alone():
+    s = screen(faulty(1), (3, 32), LIMITS, None)
+    # a unit error (every value out of range) teaches; NaN, infinities, a flat line, one glitch do not
+    assert teaching(s, LIMITS).tolist() == [True, True, False, True, False, True, False, False, True, True]

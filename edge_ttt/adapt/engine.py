@@ -208,9 +208,8 @@ class Engine:
         was the old orientation (as the alignment's gain and offset start afresh)."""
         if self.inputs is None:
             return
-        x = s.x
-        if not np.logical_and.reduce(s.checks.valid):  # else all teach: `teaching` refuses fewer
-            sound = teaching(s, self.limits)
+        x, sound = s.x, teaching(s, self.limits)
+        if not np.logical_and.reduce(sound):  # the common case needs no copies picked
             x, probs, entropy = x[sound], probs[sound], entropy[sound]
         if self.inputs.update(x, probs, entropy):
             self._turned()

@@ -176,13 +176,16 @@ class Steady(Policy):
         moved = self.first_norm.moved(stats, first, len(x))
         return (stats, first) if moved is None else (moved, None)
 
+    def _reliable(self, out: Outputs) -> np.ndarray:
+        """Per window, whether it may teach: its entropy below the source's `reliable_quantile`."""
+        return out.entropy < self.reliable_entropy
+
     def _weights(self, out: Outputs) -> np.ndarray:
         """Per window, 0 where it is not reliable, else its class-balance weight (positive) times
         exp(reliable_entropy - h) (at least 1), over the batch size."""
         h = out.entropy
-        reliable = h < self.reliable_entropy
         return (
-            reliable
+            self._reliable(out)
             * self.balance.weights(out.logits.argmax(axis=1))
             * np.exp(self.reliable_entropy - h)
             / len(out.logits)
@@ -201,7 +204,7 @@ class Steady(Policy):
         elif drifting:  # between two steps: no backward pass; the counters need only where
             # `_weights` would be 0, which is exactly where a window is not reliable
             out, grads = out if out is not None else self.model.forward(x, stats), None
-            weights = out.entropy < self.reliable_entropy
+            weights = self._reliable(out)
         else:  # nothing to correct: no backward pass, no step
             out = out if out is not None else self.model.forward(x, stats)
             weights, grads = np.zeros(len(x)), None
